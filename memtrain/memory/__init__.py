@@ -1,0 +1,1 @@
+"""The memory plan, its allocation, and (later) measurement and batch solving."""

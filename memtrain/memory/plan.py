@@ -1,0 +1,221 @@
+"""The memory plan: every buffer a training step (or inference) uses.
+
+The estimate sums it, the batch solver solves it for B, and the trainer
+allocates exactly its buffers (memory/arena.py) and runs every operation
+inside them. Buffer names here are the contract with nn/step.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+CATEGORIES = (
+    "parameters",
+    "gradients",
+    "optimizer_state",
+    "activations",
+    "workspace",
+    "data",
+    "overhead",
+)
+# Flat-array updates (optimizer, regularisation) run over chunks of this many
+# elements with a bounded scratch, instead of P-sized temporaries. 64 Ki
+# elements keeps a float32 chunk (256 KiB) inside a core's L2 cache.
+CHUNK = 65536
+CUDA_ALIGNMENT = 512  # CuPy's memory pool rounds every allocation up to this
+INTP = np.dtype(np.intp).name
+
+
+@dataclass(frozen=True)
+class Buffer:
+    name: str
+    category: str
+    shape: tuple
+    dtype: str
+    layer: int | None = None  # the layer the buffer belongs to, for --per-layer
+    batched: bool = False  # its size is proportional to the batch size
+
+    def __post_init__(self):
+        if self.category not in CATEGORIES:
+            raise ValueError(f"buffer {self.name}: unknown category {self.category!r}")
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * np.dtype(self.dtype).itemsize
+
+
+def round_up(n: int, unit: int) -> int:
+    return -(-n // unit) * unit
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    mode: str  # "train" or "inference"
+    batch_size: int
+    device: str  # "cpu" or "cuda"
+    buffers: tuple
+    overhead_bytes: int = 0
+    overhead_source: str = "none"  # "measured", "assumed", "given" or "none"
+    notes: tuple = field(default_factory=tuple)
+
+    def allocated(self, buf: Buffer) -> int:
+        """Bytes the device really takes for `buf`: CuPy's pool rounds to 512 B."""
+        if self.device == "cuda":
+            return round_up(buf.nbytes, CUDA_ALIGNMENT)
+        return buf.nbytes
+
+    def get(self, name: str) -> Buffer:
+        for b in self.buffers:
+            if b.name == name:
+                return b
+        raise KeyError(name)
+
+    def names(self) -> list:
+        return [b.name for b in self.buffers]
+
+    def by_category(self) -> dict:
+        out = dict.fromkeys(CATEGORIES, 0)
+        for b in self.buffers:
+            out[b.category] += self.allocated(b)
+        out["overhead"] += self.overhead_bytes
+        return out
+
+    @property
+    def buffer_bytes(self) -> int:
+        return sum(self.allocated(b) for b in self.buffers)
+
+    @property
+    def total(self) -> int:
+        return self.buffer_bytes + self.overhead_bytes
+
+    @property
+    def parameter_bytes(self) -> int:
+        return self.by_category()["parameters"]
+
+
+# -- builders -----------------------------------------------------------------
+
+
+def params_buffer(spec) -> Buffer:
+    """The flat parameter vector; the model allocates it from this, the plans count it."""
+    return Buffer("params", "parameters", (spec.n_params,), spec.dtype.name)
+
+
+def _slot_buffers(spec, optimizer) -> list:
+    """Optimizer state, counted from the optimizer's own slot declaration."""
+    groups = len(spec.layout)
+    out = []
+    for slot in optimizer.all_slots():
+        shape = {"param": (spec.n_params,), "per_layer": (groups,), "scalar": ()}[slot.kind]
+        dtype = slot.dtype or spec.dtype.name
+        out.append(Buffer(f"opt.{slot.name}", "optimizer_state", shape, np.dtype(dtype).name))
+    return out
+
+
+def _label_buffer(spec, b: int) -> Buffer:
+    kind = spec.output.label_kind
+    if kind == "class":
+        return Buffer("y", "data", (b,), INTP, batched=True)
+    return Buffer("y", "data", (b, spec.sizes[-1]), spec.dtype.name, batched=True)
+
+
+def _loss_buffers(spec, b: int) -> list:
+    dt = spec.dtype.name
+    out = [Buffer("loss_rows", "workspace", (2, b), dt, batched=True)]
+    if spec.output.needs_index:
+        out.append(Buffer("label_index", "workspace", (b,), INTP, batched=True))
+        out.append(Buffer("row_offsets", "workspace", (b,), INTP, batched=True))
+    return out
+
+
+def uniform_dtype(spec) -> str:
+    # Generator.random fills float32/float64 only; float16 models draw in float32.
+    return "float64" if spec.dtype.name == "float64" else "float32"
+
+
+def training_plan(spec, optimizer, batch_size: int, device: str = "cpu", *, dataset_size=None,
+                  keep_best: bool = False, overhead_bytes: int = 0, overhead_source: str = "none") -> MemoryPlan:
+    """Every buffer of one training step at `batch_size` (see docs/memory-model.md)."""
+    b = _check_batch(batch_size)
+    dt = spec.dtype.name
+    L, sizes = spec.n_layers, spec.sizes
+    P = spec.n_params
+    bufs = [params_buffer(spec), Buffer("grads", "gradients", (P,), dt)]
+    if keep_best:
+        # early stopping restores the best weights, so it keeps a copy of them
+        bufs.append(Buffer("best_params", "parameters", (P,), dt))
+    bufs += _slot_buffers(spec, optimizer)
+    bufs.append(Buffer("x", "data", (b, sizes[0]), dt, batched=True))
+    bufs.append(_label_buffer(spec, b))
+    if dataset_size:
+        bufs.append(Buffer("order", "data", (int(dataset_size),), INTP))
+    keep_in, keep_hidden = spec.dropout or (1.0, 1.0)
+    if keep_in < 1.0:
+        bufs.append(Buffer("mask0", "activations", (b, sizes[0]), dt, layer=0, batched=True))
+    # Backprop keeps, per hidden layer, z (for g'(z)) and a = g(z) (the next
+    # layer's input, for its weight gradient), plus the dropout mask.
+    for i in range(1, L + 1):
+        k = sizes[i]
+        bufs.append(Buffer(f"z{i}", "activations", (b, k), dt, layer=i, batched=True))
+        if i < L:
+            bufs.append(Buffer(f"a{i}", "activations", (b, k), dt, layer=i, batched=True))
+            if keep_hidden < 1.0:
+                bufs.append(Buffer(f"mask{i}", "activations", (b, k), dt, layer=i, batched=True))
+    bufs.append(Buffer("out", "activations", (b, sizes[-1]), dt, layer=L, batched=True))
+    if L >= 2:
+        widest = max(spec.hidden)
+        # dL/da of a hidden layer; the delta itself is then written over z.
+        bufs.append(Buffer("dA", "workspace", (b * widest,), dt, batched=True))
+        if spec.activation.needs_scratch:
+            bufs.append(Buffer("act_scratch", "workspace", (b * widest,), dt, batched=True))
+    drop_widths = ([sizes[0]] if keep_in < 1.0 else []) + (list(spec.hidden) if keep_hidden < 1.0 else [])
+    if drop_widths:
+        bufs.append(Buffer("dropout_uniform", "workspace", (b * max(drop_widths),), uniform_dtype(spec),
+                           batched=True))
+    bufs += _loss_buffers(spec, b)
+    n_scratch = max(optimizer.scratch_count, 1 if (spec.l1 or spec.l2) else 0)
+    if n_scratch:
+        bufs.append(Buffer("chunk", "workspace", (n_scratch, min(P, CHUNK)), dt))
+    return MemoryPlan("train", b, _device_kind(device), tuple(bufs), int(overhead_bytes), overhead_source)
+
+
+def inference_plan(spec, batch_size: int, device: str = "cpu", *, overhead_bytes: int = 0,
+                   overhead_source: str = "none") -> MemoryPlan:
+    """Inference keeps a layer's output only until the next layer is computed
+    (course: memory slides), so two ping-pong buffers serve every layer: all
+    z's go to `ping`, all g(z)'s to `pong`."""
+    b = _check_batch(batch_size)
+    dt = spec.dtype.name
+    widest = max(spec.sizes[1:])
+    bufs = [
+        params_buffer(spec),
+        Buffer("x", "data", (b, spec.sizes[0]), dt, batched=True),
+        _label_buffer(spec, b),
+        Buffer("ping", "activations", (b * widest,), dt, batched=True),
+        Buffer("pong", "activations", (b * widest,), dt, batched=True),
+    ]
+    if spec.n_layers >= 2 and spec.activation.needs_scratch and spec.activation.params_per_unit:
+        # only PReLU's forward needs a scratch (GELU/Mish/Swish need theirs in backward)
+        bufs.append(Buffer("act_scratch", "workspace", (b * max(spec.hidden),), dt, batched=True))
+    bufs += _loss_buffers(spec, b)
+    return MemoryPlan("inference", b, _device_kind(device), tuple(bufs), int(overhead_bytes), overhead_source)
+
+
+def _check_batch(batch_size) -> int:
+    try:
+        b = int(batch_size)
+    except (TypeError, ValueError):
+        raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}") from None
+    if b <= 0 or b != batch_size:
+        raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
+    return b
+
+
+def _device_kind(device: str) -> str:
+    return "cuda" if str(device).startswith("cuda") else "cpu"

@@ -1,0 +1,1 @@
+"""Layers, activations, losses, initialisers and the MLP model."""

@@ -1,0 +1,166 @@
+"""ModelSpec: everything about a network that decides its memory, validated.
+
+The parameter layout lives here: one flat vector of P elements holding, per
+layer i, W_i (n x k, so z = x W + b as the course's z = W^T x + b), b_i (k)
+and, for PReLU hidden layers, alpha_i (k). Gradients and every per-parameter
+optimizer slot share this layout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from memtrain.nn.activations import Activation, make_activation
+from memtrain.nn.init import INITS, resolve_init
+from memtrain.nn.losses import OutputUnit, make_output
+
+DTYPES = ("float16", "float32", "float64")
+COURSE_DROPOUT = (0.8, 0.5)  # keep probabilities: input, hidden
+
+
+@dataclass(frozen=True)
+class ParamGroup:
+    """One parameter tensor's place in the flat vector."""
+
+    name: str  # "W1", "b1", "alpha1", ...
+    layer: int  # 1-based
+    kind: str  # "weight", "bias", "alpha"
+    offset: int
+    shape: tuple
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    def view(self, flat):
+        return flat[self.offset : self.offset + self.size].reshape(self.shape)
+
+
+def _parse_dropout(dropout):
+    if dropout is None or dropout is False:
+        return None
+    if dropout is True:
+        return COURSE_DROPOUT
+    try:
+        keep_in, keep_hidden = (float(v) for v in dropout)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"dropout: expected True (course keep probabilities 0.8/0.5) or a pair "
+            f"(input_keep, hidden_keep), got {dropout!r}"
+        ) from None
+    for name, p in (("input keep probability", keep_in), ("hidden keep probability", keep_hidden)):
+        if not 0.0 < p <= 1.0:
+            raise ValueError(f"dropout: {name} must be in (0, 1], got {p}")
+    if keep_in == 1.0 and keep_hidden == 1.0:
+        return None
+    return (keep_in, keep_hidden)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    sizes: tuple
+    activation: Activation = field(default_factory=lambda: make_activation("relu"))
+    output: OutputUnit = field(default_factory=lambda: make_output("softmax"))
+    dropout: tuple | None = None
+    init: str = "auto"
+    bias_init: float = 0.0
+    dtype: np.dtype = np.dtype("float32")
+    l1: float = 0.0
+    l2: float = 0.0
+
+    @classmethod
+    def create(
+        cls,
+        layer_sizes,
+        activation="relu",
+        output="softmax",
+        dropout=None,
+        init="auto",
+        bias_init=0.0,
+        dtype="float32",
+        l1=0.0,
+        l2=0.0,
+    ) -> "ModelSpec":
+        try:
+            sizes = tuple(int(s) for s in layer_sizes)
+        except (TypeError, ValueError):
+            raise ValueError(f"layers: expected a list of positive integers, got {layer_sizes!r}") from None
+        if len(sizes) < 2:
+            raise ValueError(f"layers: need at least 2 sizes (inputs and outputs), got {list(sizes)}")
+        if any(s <= 0 for s in sizes):
+            raise ValueError(f"layers: every size must be positive, got {list(sizes)}")
+        act = make_activation(activation)
+        out = make_output(output)
+        if out.name == "softmax" and sizes[-1] < 2:
+            raise ValueError("layers: a softmax output needs at least 2 units (classes)")
+        if out.name == "sigmoid" and sizes[-1] != 1:
+            raise ValueError(f"layers: a sigmoid output has exactly 1 unit, got {sizes[-1]}")
+        try:
+            dt = np.dtype(dtype)
+        except TypeError:
+            dt = None
+        if dt is None or dt.name not in DTYPES:
+            raise ValueError(f"dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
+        if init not in INITS:
+            raise ValueError(f"init: unknown {init!r}; expected one of {', '.join(INITS)}")
+        for name, v in (("l1", l1), ("l2", l2)):
+            if not (float(v) >= 0.0):
+                raise ValueError(f"{name}: expected a non-negative number, got {v!r}")
+        return cls(
+            sizes=sizes,
+            activation=act,
+            output=out,
+            dropout=_parse_dropout(dropout),
+            init=resolve_init(init, act.name),
+            bias_init=float(bias_init),
+            dtype=dt,
+            l1=float(l1),
+            l2=float(l2),
+        )
+
+    # -- shape facts -------------------------------------------------------
+    @property
+    def n_layers(self) -> int:
+        return len(self.sizes) - 1
+
+    @property
+    def hidden(self) -> tuple:
+        return self.sizes[1:-1]
+
+    @property
+    def layout(self) -> tuple:
+        groups, offset = [], 0
+        for i in range(1, len(self.sizes)):
+            n, k = self.sizes[i - 1], self.sizes[i]
+            parts = [("W", "weight", (n, k)), ("b", "bias", (k,))]
+            if i < self.n_layers and self.activation.params_per_unit:
+                parts.append(("alpha", "alpha", (k,)))
+            for prefix, kind, shape in parts:
+                g = ParamGroup(f"{prefix}{i}", i, kind, offset, shape)
+                groups.append(g)
+                offset += g.size
+        return tuple(groups)
+
+    @property
+    def n_params(self) -> int:
+        last = self.layout[-1]
+        return last.offset + last.size
+
+    def describe(self) -> str:
+        drop = "off" if self.dropout is None else f"keep {self.dropout[0]:g}/{self.dropout[1]:g}"
+        return (
+            f"MLP {'-'.join(map(str, self.sizes))} {self.activation.describe()} -> {self.output.name}, "
+            f"{self.dtype.name}, dropout {drop}"
+        )
+
+    def identity(self) -> dict:
+        """What a checkpoint must match to be resumed into this model."""
+        return {
+            "sizes": list(self.sizes),
+            "activation": self.activation.describe(),
+            "output": self.output.name,
+            "dtype": self.dtype.name,
+            "n_params": self.n_params,
+        }

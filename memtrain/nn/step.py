@@ -1,0 +1,194 @@
+"""Forward, loss and backward of an MLP inside a plan's buffers.
+
+Every operation writes into a buffer the plan listed (`out=`, in place), so a
+step allocates nothing whose size grows with the batch or the parameter
+count. Names of buffers are those memory/plan.py gives them.
+"""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+from memtrain.backend import array_module
+from memtrain.memory.plan import CHUNK
+from memtrain.optim.base import chunks
+
+
+def layer_views(spec, flat) -> list:
+    """[None, (W1, b1, alpha1|None), ..., (WL, bL, None)] as views into `flat`."""
+    views = [None] + [[None, None, None] for _ in range(spec.n_layers)]
+    slot = {"weight": 0, "bias": 1, "alpha": 2}
+    for g in spec.layout:
+        views[g.layer][slot[g.kind]] = g.view(flat)
+    return [None] + [tuple(v) for v in views[1:]]
+
+
+def fill_offsets(offsets, width: int) -> None:
+    """offsets[i] = i * width, without a temporary arange: cumsum of a constant."""
+    xp = array_module(offsets)
+    offsets[...] = width
+    xp.cumsum(offsets, out=offsets)
+    offsets -= width
+
+
+class StepBuffers:
+    """Per-batch views (b <= B rows) of a plan's arrays, for training or inference."""
+
+    def __init__(self, spec, arrays: dict, mode: str):
+        self.spec, self.arrays, self.mode = spec, arrays, mode
+        self.B = arrays["x"].shape[0]
+        if "row_offsets" in arrays:
+            fill_offsets(arrays["row_offsets"], spec.sizes[-1])
+        self._cache = (None, None)
+
+    def at(self, b: int) -> SimpleNamespace:
+        if self._cache[0] == b:
+            return self._cache[1]
+        A, spec, L = self.arrays, self.spec, self.spec.n_layers
+        sizes = spec.sizes
+        v = SimpleNamespace(b=b, x=A["x"][:b], y=A["y"][:b], rows=A["loss_rows"],
+                            index=A.get("label_index"), offsets=A.get("row_offsets"))
+        flat = lambda name, k: A[name][: b * k].reshape(b, k) if name in A else None  # noqa: E731
+        if self.mode == "train":
+            v.z = [None] + [A[f"z{i}"][:b] for i in range(1, L + 1)]
+            v.a = [None] + [A[f"a{i}"][:b] for i in range(1, L)]
+            v.mask = [A[f"mask{i}"][:b] if f"mask{i}" in A else None for i in range(L)]
+            v.out = A["out"][:b]
+            v.dA = [None] + [flat("dA", sizes[i]) for i in range(1, L)]
+        else:
+            # ping-pong: every z in ping, every g(z) in pong (plan.inference_plan)
+            v.z = [None] + [flat("ping", sizes[i]) for i in range(1, L + 1)]
+            v.a = [None] + [flat("pong", sizes[i]) for i in range(1, L)]
+            v.mask = [None] * L
+            v.out = flat("pong", sizes[-1])
+            v.dA = None
+        v.scratch = [None] + [flat("act_scratch", sizes[i]) for i in range(1, L)]
+        v.uniform = A.get("dropout_uniform")
+        self._cache = (b, v)
+        return v
+
+
+def sample_mask(rng, mask, keep: float, uniform) -> None:
+    """Inverted dropout: mask = 1(u < keep) / keep, drawn per minibatch."""
+    xp = array_module(mask)
+    b, k = mask.shape
+    u = uniform[: b * k].reshape(b, k)
+    rng.random(out=u, dtype=u.dtype)
+    xp.less(u, keep, out=mask)
+    mask *= 1.0 / keep
+
+
+def forward(spec, layers, v, *, train: bool, rng=None, resample: bool = True) -> None:
+    """z_i = h_{i-1} W_i + b_i; h_i = g(z_i) (times the dropout mask when training).
+    Leaves the output layer's logits in v.z[L]."""
+    xp = array_module(v.x)
+    act, L = spec.activation, spec.n_layers
+    keep_in, keep_hidden = spec.dropout or (1.0, 1.0)
+    h = v.x
+    if train and v.mask[0] is not None:
+        if resample:
+            sample_mask(rng, v.mask[0], keep_in, v.uniform)
+        h *= v.mask[0]  # in place: the batch buffer is refilled for every step
+    for i in range(1, L + 1):
+        W, bias, alpha = layers[i]
+        z = v.z[i]
+        xp.matmul(h, W, out=z)
+        z += bias
+        if i < L:
+            act.forward(z, v.a[i], v.scratch[i], alpha)
+            h = v.a[i]
+            if train and v.mask[i] is not None:
+                if resample:
+                    sample_mask(rng, v.mask[i], keep_hidden, v.uniform)
+                h *= v.mask[i]
+
+
+def loss_sum(spec, v) -> float:
+    """Sum of the per-sample losses of the batch; the outputs are left in v.out."""
+    return spec.output.loss_sum(v.z[spec.n_layers], v.out, v.y, v.rows, v.index, v.offsets)
+
+
+def backward(spec, layers, glayers, v) -> None:
+    """Backprop (course): delta at the output = dL/dz; below,
+    delta_j = g'(z_j) sum_k W_kj delta_k; dL/dW = u delta; dL/db = delta.
+    Needs loss_sum() to have run (it leaves the outputs in v.out)."""
+    xp = array_module(v.x)
+    act, L = spec.activation, spec.n_layers
+    spec.output.delta(v.out, v.y, v.rows, v.index)
+    delta = v.out
+    for i in range(L, 0, -1):
+        W, _, _ = layers[i]
+        gW, gb, _ = glayers[i]
+        h_prev = v.a[i - 1] if i > 1 else v.x
+        xp.matmul(h_prev.T, delta, out=gW)
+        xp.sum(delta, axis=0, out=gb)
+        if i > 1:
+            dA = v.dA[i - 1]
+            xp.matmul(delta, W.T, out=dA)
+            if v.mask[i - 1] is not None:
+                dA *= v.mask[i - 1]
+            _, _, alpha = layers[i - 1]
+            _, _, galpha = glayers[i - 1]
+            act.backward(v.z[i - 1], v.a[i - 1], dA, v.scratch[i - 1], alpha, galpha)
+            delta = v.z[i - 1]
+
+
+def weight_groups(spec):
+    return [g for g in spec.layout if g.kind == "weight"]
+
+
+def penalty(spec, params, scratch) -> float:
+    """l2 * sum ||W||_F^2 + l1 * sum |W|, weights only, never biases (course: regularisation)."""
+    xp = array_module(params)
+    total = 0.0
+    for g in weight_groups(spec):
+        w = params[g.offset : g.offset + g.size]
+        if spec.l2:
+            total += spec.l2 * float(xp.dot(w, w))
+        if spec.l1:
+            for a, b in chunks(g.size, scratch.shape[-1] if scratch is not None else CHUNK):
+                s = scratch[0][: b - a]
+                xp.abs(w[a:b], out=s)
+                total += spec.l1 * float(s.sum(dtype="float64"))
+    return total
+
+
+def add_penalty_grad(spec, params, grads, scratch) -> None:
+    """grads_W += 2 l2 W + l1 sign(W)."""
+    if not (spec.l1 or spec.l2):
+        return
+    xp = array_module(params)
+    for g in weight_groups(spec):
+        w = params[g.offset : g.offset + g.size]
+        gw = grads[g.offset : g.offset + g.size]
+        for a, b in chunks(g.size, scratch.shape[-1]):
+            s = scratch[0][: b - a]
+            if spec.l2:
+                xp.multiply(w[a:b], 2.0 * spec.l2, out=s)
+                gw[a:b] += s
+            if spec.l1:
+                xp.sign(w[a:b], out=s)
+                s *= spec.l1
+                gw[a:b] += s
+
+
+def clip_by_norm(grads, max_norm) -> float:
+    """Scale the whole gradient down to `max_norm` if it is longer (course: cliffs,
+    exploding gradients). Returns the norm before clipping."""
+    norm = math.sqrt(squared_norm(grads))
+    if max_norm is not None and norm > max_norm:
+        grads *= max_norm / norm
+    return norm
+
+
+def squared_norm(x) -> float:
+    """sum x^2. float16 is summed in float32 pieces: its dot overflows past 65504."""
+    xp = array_module(x)
+    if x.dtype.itemsize >= 4:
+        return float(xp.dot(x, x))
+    total = 0.0
+    for a, b in chunks(x.shape[0], 4096):
+        piece = x[a:b].astype("float32")  # bounded: 16 KiB
+        total += float(xp.dot(piece, piece))
+    return total

@@ -1,0 +1,108 @@
+"""Optimizer state declared as slots (optax's ScaleByAdamState), updates as
+pure functions over flat arrays, run chunk by chunk.
+
+A slot's kind says how big it is:
+- "param":     one element per parameter (P elements), in the layout of params
+- "per_layer": one element per parameter tensor (W_i, b_i, alpha_i)
+- "scalar":    one element (a step counter)
+`init_state` allocates nothing itself: the plan lists `opt.<slot>` buffers from
+this same declaration, the arena allocates them, and `init_state` fills their
+initial values, eagerly, before the first step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from memtrain.memory.plan import CHUNK
+
+
+@dataclass(frozen=True)
+class Slot:
+    name: str
+    kind: str  # "param", "per_layer" or "scalar"
+    dtype: str | None = None  # None: the parameters' dtype
+    init: float = 0.0
+    doc: str = ""
+
+
+def check_positive(name: str, value, *, allow_zero: bool = False) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected a number, got {value!r}") from None
+    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+        raise ValueError(f"{name}: expected a {'non-negative' if allow_zero else 'positive'} number, got {value!r}")
+    return v
+
+
+def check_unit(name: str, value, *, closed: bool = False) -> float:
+    """A decay rate in [0, 1) (or [0, 1] with closed=True)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected a number, got {value!r}") from None
+    ok = 0.0 <= v <= 1.0 if closed else 0.0 <= v < 1.0
+    if not ok:
+        raise ValueError(f"{name}: expected a number in [0, 1{']' if closed else ')'}, got {value!r}")
+    return v
+
+
+def chunks(n: int, size: int = CHUNK):
+    for start in range(0, n, size):
+        yield start, min(start + size, n)
+
+
+class Optimizer:
+    """Base: subclasses set `name`, `slots`, `scratch_count`, `hyper` and
+    implement `update(p, g, st, scratch, lr, t)` on one chunk."""
+
+    name = ""
+    slots: tuple = ()
+    scratch_count = 1
+    uses_lr = True
+
+    def __init__(self, lr: float):
+        self.lr = check_positive("lr", lr)
+
+    def all_slots(self) -> tuple:
+        return tuple(self.slots)
+
+    @property
+    def hyper(self) -> dict:
+        return {"lr": self.lr}
+
+    def describe(self) -> str:
+        return f"{self.name}(" + ", ".join(f"{k}={v:g}" for k, v in self.hyper.items()) + ")"
+
+    def init_state(self, state: dict, params) -> None:
+        for slot in self.all_slots():
+            state[f"opt.{slot.name}"][...] = slot.init
+
+    def step(self, params, grads, state: dict, scratch, lr: float, layout) -> None:
+        """One update of `params` in place, given this step's gradient and rate."""
+        t = self._tick(state)
+        pre = self.prepare(t, lr)
+        param_slots = [s.name for s in self.slots if s.kind == "param"]
+        for start, stop in chunks(params.shape[0]):
+            st = {name: state[f"opt.{name}"][start:stop] for name in param_slots}
+            n = stop - start
+            self.update(params[start:stop], grads[start:stop], st, [s[:n] for s in scratch], pre)
+
+    def _tick(self, state) -> int:
+        """Advance the step counter if this optimizer declares one; returns t (1-based)."""
+        if "opt.count" in state:
+            state["opt.count"][...] += 1
+            return int(state["opt.count"])
+        return 0
+
+    def prepare(self, t: int, lr: float) -> dict:
+        """Per-step scalars (bias corrections, the rate), computed once, not per chunk."""
+        return {"lr": lr}
+
+    def update(self, p, g, st, s, pre) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+COUNT = Slot("count", "scalar", "int64", 0, "steps taken, t")

@@ -1,0 +1,63 @@
+"""Lookahead: slow and fast weights around any inner optimizer (course: Lookahead)."""
+
+from __future__ import annotations
+
+from memtrain.backend import array_module
+from memtrain.optim.base import Optimizer, Slot, check_unit, chunks
+
+
+def lookahead_sync(p, slow, s, *, alpha):
+    """phi <- phi + alpha (theta - phi); theta <- phi."""
+    xp = array_module(p)
+    xp.subtract(p, slow, out=s)
+    s *= alpha
+    slow += s
+    xp.copyto(p, slow)
+
+
+class Lookahead(Optimizer):
+    """The inner optimizer's slots plus slow: the slow weights phi; la_count: inner steps taken.
+    - Course: Lookahead (Zhang et al. 2019)."""
+
+    name = "lookahead"
+
+    def __init__(self, inner: Optimizer, k: int = 5, alpha: float = 0.5):
+        if isinstance(inner, Lookahead):
+            raise ValueError("optimizer: lookahead cannot wrap lookahead")
+        self.inner = inner
+        if int(k) != k or k < 1:
+            raise ValueError(f"k: expected a positive integer, got {k!r}")
+        self.k = int(k)
+        self.alpha = check_unit("alpha", alpha, closed=True)
+        self.lr = inner.lr
+        self.uses_lr = inner.uses_lr
+        # Wrappers add slots (optax's lookahead): inner state + one copy of the parameters.
+        self.slots = tuple(inner.all_slots()) + (
+            Slot("slow", "param", doc="slow weights phi"),
+            Slot("la_count", "scalar", "int64", doc="inner steps since the start"),
+        )
+        self.scratch_count = max(inner.scratch_count, 1)
+
+    @property
+    def name_full(self) -> str:
+        return f"lookahead:{self.inner.name}"
+
+    @property
+    def hyper(self):
+        return {**self.inner.hyper, "k": self.k, "alpha": self.alpha}
+
+    def describe(self) -> str:
+        return f"lookahead(k={self.k}, alpha={self.alpha:g}, {self.inner.describe()})"
+
+    def init_state(self, state, params):
+        self.inner.init_state(state, params)
+        state["opt.slow"][...] = params  # phi starts at theta
+        state["opt.la_count"][...] = 0
+
+    def step(self, params, grads, state, scratch, lr, layout):
+        self.inner.step(params, grads, state, scratch, lr, layout)
+        state["opt.la_count"][...] += 1
+        if int(state["opt.la_count"]) % self.k == 0:
+            slow = state["opt.slow"]
+            for start, stop in chunks(params.shape[0]):
+                lookahead_sync(params[start:stop], slow[start:stop], scratch[0][: stop - start], alpha=self.alpha)

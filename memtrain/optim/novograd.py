@@ -1,0 +1,66 @@
+"""Layer-wise second moments (course: NovoGrad)."""
+
+from __future__ import annotations
+
+import math
+
+from memtrain.backend import array_module
+from memtrain.optim.base import COUNT, Optimizer, Slot, check_positive, check_unit, chunks
+
+
+def novograd_group_update(p, g, m, s0, s1, *, lr, beta1, scale, weight_decay):
+    """m <- beta1 m + (g / sqrt(v_l + eps) + d w); w <- w - lr m, for one layer's chunk.
+    `scale` = 1/sqrt(v_l + eps) was computed from the layer's whole gradient."""
+    xp = array_module(p)
+    xp.multiply(g, scale, out=s0)
+    if weight_decay:
+        xp.multiply(p, weight_decay, out=s1)  # decoupled: d * w, not folded into g
+        s0 += s1
+    m *= beta1
+    m += s0
+    xp.multiply(m, lr, out=s0)
+    p -= s0
+
+
+class NovoGrad(Optimizer):
+    """m: first moment (per parameter); v: second moment, one scalar per parameter tensor; count: t.
+    - Course: NovoGrad (Ginsburg et al. 2019)."""
+
+    name = "novograd"
+    slots = (
+        COUNT,
+        Slot("m", "param", doc="first moment of the normalised gradient"),
+        Slot("v", "per_layer", doc="moving average of the layer's squared gradient norm"),
+    )
+    scratch_count = 2
+
+    def __init__(self, lr: float = 0.01, beta1: float = 0.95, beta2: float = 0.98, eps: float = 1e-8,
+                 weight_decay: float = 0.0):
+        super().__init__(lr)
+        self.beta1 = check_unit("beta1", beta1)
+        self.beta2 = check_unit("beta2", beta2)
+        self.eps = check_positive("eps", eps)
+        self.weight_decay = check_positive("weight_decay", weight_decay, allow_zero=True)
+
+    @property
+    def hyper(self):
+        return {"lr": self.lr, "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps,
+                "weight_decay": self.weight_decay}
+
+    def step(self, params, grads, state, scratch, lr, layout):
+        xp = array_module(params)
+        t = self._tick(state)
+        m, v = state["opt.m"], state["opt.v"]
+        for li, group in enumerate(layout):
+            lo, hi = group.offset, group.offset + group.size
+            g_l = grads[lo:hi]
+            norm2 = float(xp.dot(g_l, g_l))
+            # v_1 = ||g_1||^2, then v_t = beta2 v + (1 - beta2) ||g_t||^2
+            v_l = norm2 if t == 1 else self.beta2 * float(v[li]) + (1.0 - self.beta2) * norm2
+            v[li] = v_l
+            scale = 1.0 / math.sqrt(v_l + self.eps)
+            for start, stop in chunks(hi - lo):
+                n = stop - start
+                a, b = lo + start, lo + stop
+                novograd_group_update(params[a:b], grads[a:b], m[a:b], scratch[0][:n], scratch[1][:n], lr=lr,
+                                      beta1=self.beta1, scale=scale, weight_decay=self.weight_decay)

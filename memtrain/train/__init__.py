@@ -1,0 +1,1 @@
+"""The training loop (jobs, checkpoints and metrics build on it)."""
