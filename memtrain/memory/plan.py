@@ -109,10 +109,12 @@ def params_buffer(spec) -> Buffer:
 
 def _slot_buffers(spec, optimizer) -> list:
     """Optimizer state, counted from the optimizer's own slot declaration."""
+    from memtrain.optim.base import slot_shape  # noqa: PLC0415 - optim imports this module
+
     groups = len(spec.layout)
     out = []
     for slot in optimizer.all_slots():
-        shape = {"param": (spec.n_params,), "per_layer": (groups,), "scalar": ()}[slot.kind]
+        shape = slot_shape(slot, spec.n_params, groups)
         dtype = slot.dtype or spec.dtype.name
         out.append(Buffer(f"opt.{slot.name}", "optimizer_state", shape, np.dtype(dtype).name))
     return out

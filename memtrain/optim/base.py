@@ -27,6 +27,11 @@ class Slot:
     doc: str = ""
 
 
+def slot_shape(slot: Slot, n_params: int, n_groups: int) -> tuple:
+    """The one place a slot's kind becomes a shape (the plan and `standalone_state` use it)."""
+    return {"param": (n_params,), "per_layer": (n_groups,), "scalar": ()}[slot.kind]
+
+
 def check_positive(name: str, value, *, allow_zero: bool = False) -> float:
     try:
         v = float(value)
@@ -76,6 +81,26 @@ class Optimizer:
     def describe(self) -> str:
         return f"{self.name}(" + ", ".join(f"{k}={v:g}" for k, v in self.hyper.items()) + ")"
 
+    _EPS_FIELDS = ("eps", "delta")
+
+    def adapt_to_dtype(self, dtype) -> list:
+        """float16 cannot hold an eps of 1e-8 (it rounds to 0 and Adam divides
+        0/0 where a gradient is 0): raise eps-like fields to float16's smallest
+        normal number. Returns notes saying what changed."""
+        import numpy as np  # noqa: PLC0415
+
+        notes = []
+        if np.dtype(dtype) != np.float16:
+            return notes
+        tiny = float(np.finfo(np.float16).tiny)
+        for target in (self, getattr(self, "inner", None)):
+            for field in self._EPS_FIELDS:
+                value = getattr(target, field, None) if target is not None else None
+                if value is not None and value < tiny:
+                    setattr(target, field, tiny)
+                    notes.append(f"{target.name} {field} raised from {value:g} to {tiny:g}: float16 rounds it to 0")
+        return notes
+
     def init_state(self, state: dict, params) -> None:
         for slot in self.all_slots():
             state[f"opt.{slot.name}"][...] = slot.init
@@ -106,3 +131,18 @@ class Optimizer:
 
 
 COUNT = Slot("count", "scalar", "int64", 0, "steps taken, t")
+
+
+def standalone_state(optimizer: Optimizer, params, n_groups: int = 1):
+    """State and scratch for using an optimizer outside a Trainer (tests, notebooks):
+    returns (state, scratch) allocated from the slot declaration, initialised."""
+    from memtrain.backend import array_module  # noqa: PLC0415
+
+    xp = array_module(params)
+    state = {
+        f"opt.{slot.name}": xp.zeros(slot_shape(slot, params.shape[0], n_groups), dtype=slot.dtype or params.dtype)
+        for slot in optimizer.all_slots()
+    }
+    optimizer.init_state(state, params)
+    scratch = [xp.zeros(min(params.shape[0], CHUNK), dtype=params.dtype) for _ in range(optimizer.scratch_count)]
+    return state, scratch

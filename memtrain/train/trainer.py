@@ -36,6 +36,7 @@ class Trainer:
         self.optimizer = optimizer if isinstance(optimizer, Optimizer) else make_optimizer(optimizer, **optimizer_hyper)
         if isinstance(optimizer, Optimizer) and optimizer_hyper:
             raise ValueError("optimizer: pass hyper-parameters to the Optimizer, not to the Trainer")
+        self.notes = self.optimizer.adapt_to_dtype(self.spec.dtype)
         self.schedule = schedule or Constant(self.optimizer.lr)
         if clip_norm is not None and not (clip_norm > 0 and math.isfinite(clip_norm)):
             raise ValueError(f"clip_norm: expected a positive number, got {clip_norm!r}")

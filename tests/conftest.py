@@ -1,0 +1,20 @@
+import pytest
+
+from memtrain.backend import _import_cupy
+
+
+def _cuda_reason():
+    cupy, why = _import_cupy()
+    return None if cupy is not None else why
+
+
+_CUDA_MISSING = _cuda_reason()
+
+
+def pytest_collection_modifyitems(config, items):
+    if _CUDA_MISSING is None:
+        return
+    skip = pytest.mark.skip(reason=f"no CUDA device: {_CUDA_MISSING}")
+    for item in items:
+        if item.get_closest_marker("gpu") is not None:
+            item.add_marker(skip)

@@ -1,0 +1,48 @@
+import numpy as np
+import pytest
+
+import memtrain.backend as backend
+from memtrain.backend import array_module, get_backend, parse_device
+from memtrain.errors import DeviceError
+
+
+def test_cpu():
+    b = get_backend("cpu")
+    assert b.xp is np and b.name == "cpu" and not b.is_cuda
+
+
+@pytest.mark.parametrize("bad", ["gpu", "cuda:x", "cpu:0", "", "cuda:-1"])
+def test_bad_device_strings(bad):
+    with pytest.raises(DeviceError, match="device"):
+        parse_device(bad)
+
+
+def test_auto_falls_back_to_cpu_and_says_why(monkeypatch, capsys):
+    monkeypatch.setattr(backend, "_import_cupy", lambda: (None, "CuPy is not installed"))
+    b = get_backend("auto", verbose=True)
+    assert b.kind == "cpu"
+    assert "auto -> cpu (CuPy is not installed)" in capsys.readouterr().err
+
+
+def test_cuda_without_device_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(backend, "_import_cupy", lambda: (None, "CuPy sees no CUDA device"))
+    with pytest.raises(DeviceError, match=r"device: cuda:1 was asked for but CuPy sees no CUDA device"):
+        get_backend("cuda:1")
+
+
+def test_array_module_numpy():
+    assert array_module(np.zeros(2)) is np
+
+
+def test_rng_fills_in_place():
+    rng = get_backend("cpu").rng(3)
+    out = np.zeros(5, np.float32)
+    rng.random(out=out, dtype=np.float32)
+    assert np.all((out > 0) & (out < 1))
+
+
+@pytest.mark.gpu
+def test_cuda_backend():
+    b = get_backend("cuda")
+    assert b.is_cuda and b.xp.__name__ == "cupy"
+    assert array_module(b.xp.zeros(2)) is b.xp
