@@ -9,7 +9,7 @@ import tracemalloc
 import numpy as np
 
 from memtrain import MLP, Trainer
-from memtrain.report import format_bytes
+from memtrain.units import format_bytes
 
 
 def load_digits_split(seed: int = 0):

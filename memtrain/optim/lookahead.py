@@ -25,7 +25,11 @@ class Lookahead(Optimizer):
         if isinstance(inner, Lookahead):
             raise ValueError("optimizer: lookahead cannot wrap lookahead")
         self.inner = inner
-        if int(k) != k or k < 1:
+        try:
+            ok = int(k) == k and k >= 1
+        except (TypeError, ValueError):  # None, "two": still a ValueError naming k
+            ok = False
+        if not ok:
             raise ValueError(f"k: expected a positive integer, got {k!r}")
         self.k = int(k)
         self.alpha = check_unit("alpha", alpha, closed=True)

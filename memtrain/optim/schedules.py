@@ -124,6 +124,9 @@ def make_schedule(name: str = "constant", lr: float = 0.001, *, total_steps: int
                   period: int | None = None, mult: float = 1.0) -> Schedule:
     """Build a schedule by name; `warmup` > 0 puts a linear warm-up in front of it."""
     key = str(name).strip().lower()
+    lr = _number("lr", lr)
+    total_steps = None if total_steps is None else int(_number("total_steps", total_steps))
+    warmup = _number("warmup", warmup)
     if key not in SCHEDULES:
         raise ValueError(f"schedule: unknown {name!r}; expected one of {', '.join(SCHEDULES)}")
     if not (lr > 0 and math.isfinite(lr)):
@@ -157,3 +160,13 @@ def make_schedule(name: str = "constant", lr: float = 0.001, *, total_steps: int
             raise ValueError(f"mult: expected a number >= 1, got {mult!r}")
         s = CosineRestarts(lr, int(p), float(mult))
     return Warmup(s, int(warmup)) if warmup else s
+
+
+def _number(field: str, value) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{field}: expected a number, got {value!r}") from None
+    if not math.isfinite(v):
+        raise ValueError(f"{field}: expected a finite number, got {value!r}")
+    return v

@@ -1,0 +1,56 @@
+"""The largest batch a plan allows: solved on the plan, nothing allocated.
+
+plan(B).total is non-decreasing in B (every batched buffer grows with B), so
+a binary search on the plan function finds the largest B with
+plan(B).total <= budget exactly, CUDA's 512-byte rounding included.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+
+@dataclass(frozen=True)
+class BatchFit:
+    batch_size: int  # 0 when not even batch 1 fits
+    total: int  # plan total at that batch (0 if none)
+    budget: int
+    shortfall: int  # bytes missing for batch 1 (0 when it fits)
+
+    @property
+    def utilisation(self) -> float:
+        return self.total / self.budget if self.budget else 0.0
+
+
+def round_batch(b: int, multiple_of: int | None = None, power_of_two: bool = False) -> int:
+    """Round down to a multiple (GPUs favour multiples of 8) or a power of two; 0 if none fits."""
+    if power_of_two:
+        return 1 << (b.bit_length() - 1) if b >= 1 else 0
+    if multiple_of and multiple_of > 1:
+        return (b // multiple_of) * multiple_of
+    return b
+
+
+def largest_batch(total_at: Callable[[int], int], budget: int, *, multiple_of: int | None = None,
+                  power_of_two: bool = False, limit: int = 1 << 40) -> BatchFit:
+    """Largest B with total_at(B) <= budget, rounded down as asked."""
+    if multiple_of is not None and multiple_of < 1:
+        raise ValueError(f"multiple_of: expected a positive integer, got {multiple_of}")
+    one = total_at(1)
+    if one > budget:
+        return BatchFit(0, 0, budget, one - budget)
+    lo, hi = 1, 2
+    while hi < limit and total_at(hi) <= budget:  # exponential bracket, then bisect
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if total_at(mid) <= budget:
+            lo = mid
+        else:
+            hi = mid
+    b = round_batch(lo, multiple_of, power_of_two)
+    if b == 0:  # nothing at the asked granularity fits
+        need = total_at(multiple_of or 1)
+        return BatchFit(0, 0, budget, max(need - budget, 0))
+    return BatchFit(b, total_at(b), budget, 0)

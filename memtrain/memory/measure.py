@@ -1,0 +1,177 @@
+"""Measured memory: NVML (pynvml) for the GPU, CuPy's pool for what memtrain
+allocated there, and tracemalloc / RSS / MemAvailable on the CPU.
+
+Nothing here raises because a driver is missing: NVML problems become a
+`NvmlState(ok=False, reason=...)` that callers print as it is.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class NvmlState:
+    ok: bool
+    reason: str = ""
+    driver_version: str = ""
+
+
+def _pynvml():
+    import pynvml  # noqa: PLC0415 - optional at run time: only GPU paths need it
+
+    return pynvml
+
+
+def nvml_state() -> NvmlState:
+    try:
+        nv = _pynvml()
+    except ImportError:
+        return NvmlState(False, "nvidia-ml-py (pynvml) is not installed")
+    try:
+        nv.nvmlInit()
+    except Exception as exc:  # NVMLError_LibraryNotFound, DriverNotLoaded, ...
+        return NvmlState(False, f"no NVIDIA driver found ({exc})")
+    try:
+        return NvmlState(True, driver_version=_text(nv.nvmlSystemGetDriverVersion()))
+    except Exception as exc:
+        return NvmlState(False, f"NVML failed: {exc}")
+
+
+def _text(v) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def normalize_pci_bus_id(bus_id: str) -> str:
+    """NVML says 00000000:3B:00.0, CUDA says 0000:3b:00.0: compare on (domain, bus, device, function)."""
+    dom, rest = str(bus_id).strip().split(":", 1)
+    return f"{int(dom, 16):08X}:{rest.upper()}"
+
+
+def gpu_list(with_processes: bool = True) -> list:
+    """Every GPU NVML sees: index, uuid, name, PCI bus id, memory, health, processes."""
+    state = nvml_state()
+    if not state.ok:
+        return []
+    nv = _pynvml()
+    out = []
+    for i in range(nv.nvmlDeviceGetCount()):
+        h = nv.nvmlDeviceGetHandleByIndex(i)
+        out.append(_describe(nv, h, i, state.driver_version, with_processes))
+    return out
+
+
+def _optional(fn, *args):
+    try:
+        return fn(*args)
+    except Exception:  # not supported on this device (e.g. power on some boards)
+        return None
+
+
+def _describe(nv, h, index, driver, with_processes) -> dict:
+    mem = nv.nvmlDeviceGetMemoryInfo(h)
+    util = _optional(nv.nvmlDeviceGetUtilizationRates, h)
+    power = _optional(nv.nvmlDeviceGetPowerUsage, h)
+    info = {
+        "index": index,
+        "uuid": _text(nv.nvmlDeviceGetUUID(h)),
+        "name": _text(nv.nvmlDeviceGetName(h)),
+        "pci_bus_id": normalize_pci_bus_id(_text(nv.nvmlDeviceGetPciInfo(h).busId)),
+        "driver_version": driver,
+        "memory_total": int(mem.total),
+        "memory_used": int(mem.used),
+        "memory_free": int(mem.free),
+        "utilization": None if util is None else util.gpu / 100.0,
+        "temperature_c": _optional(nv.nvmlDeviceGetTemperature, h, nv.NVML_TEMPERATURE_GPU),
+        "power_w": None if power is None else power / 1000.0,
+    }
+    if with_processes:
+        procs = _optional(nv.nvmlDeviceGetComputeRunningProcesses, h) or []
+        info["processes"] = [{"pid": p.pid, "used_bytes": p.usedGpuMemory} for p in procs]
+    return info
+
+
+def handle_for_cuda_device(index: int):
+    """The NVML handle of CUDA device `index`, matched by PCI bus id: the CUDA
+    ordinal need not equal the NVML index (CUDA_VISIBLE_DEVICES, FASTEST_FIRST)."""
+    import cupy  # noqa: PLC0415
+
+    nv = _pynvml()
+    nv.nvmlInit()
+    bus = normalize_pci_bus_id(cupy.cuda.Device(index).pci_bus_id)
+    return nv.nvmlDeviceGetHandleByPciBusId(bus.encode() if isinstance(bus, str) else bus)
+
+
+def gpu_free_bytes(index: int) -> int:
+    return int(_pynvml().nvmlDeviceGetMemoryInfo(handle_for_cuda_device(index)).free)
+
+
+def process_gpu_bytes(index: int, pid: int | None = None) -> int | None:
+    """This process's memory on CUDA device `index` as NVML reports it (None if not listed)."""
+    nv = _pynvml()
+    pid = os.getpid() if pid is None else pid
+    for p in nv.nvmlDeviceGetComputeRunningProcesses(handle_for_cuda_device(index)):
+        if p.pid == pid:
+            return int(p.usedGpuMemory)
+    return None
+
+
+# -- CPU -----------------------------------------------------------------------
+
+
+def mem_available() -> int:
+    """The kernel's estimate of memory available without swapping (MemAvailable)."""
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    raise OSError("MemAvailable not found in /proc/meminfo")
+
+
+def mem_total() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    raise OSError("MemTotal not found in /proc/meminfo")
+
+
+def rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+# -- CuPy pool -----------------------------------------------------------------
+
+
+def pool_peak_hook(pool):
+    """A cupy.cuda.MemoryHook recording the pool's high-water mark while active
+    (`with hook:`); `hook.peak` is in bytes, `hook.reset()` starts again."""
+    import cupy  # noqa: PLC0415
+
+    class PoolPeak(cupy.cuda.MemoryHook):
+        name = "memtrain_pool_peak"
+
+        def __init__(self):
+            self.pool = pool
+            self.peak = pool.used_bytes()
+
+        def reset(self):
+            self.peak = self.pool.used_bytes()
+
+        def malloc_postprocess(self, device_id, size, mem_size, mem_ptr, pmem_id):
+            self.peak = max(self.peak, self.pool.used_bytes())
+
+    return PoolPeak()
