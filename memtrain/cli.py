@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 
 import click
@@ -10,8 +11,29 @@ from memtrain import __version__
 from memtrain.errors import ExitCode, MemtrainError
 
 
+_NO_ARGS = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
 class _Group(click.Group):
     """Turns a user error raised anywhere below into one line and exit status 2."""
+
+    def main(self, args=None, prog_name=None, **kwargs):
+        kwargs.pop("standalone_mode", None)
+        try:
+            rv = super().main(args, prog_name, standalone_mode=False, **kwargs)
+        except _NO_ARGS as exc:  # plain `memtrain`: the help, as click would show it
+            click.echo(exc.ctx.get_help())
+            sys.exit(ExitCode.OK)
+        except click.UsageError as exc:  # bad flags and values: one line, not click's three
+            click.echo(f"memtrain: error: {exc.format_message()}", err=True)
+            sys.exit(ExitCode.USAGE)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(ExitCode.FAILURE)
+        sys.exit(rv if isinstance(rv, int) else ExitCode.OK)
 
     def invoke(self, ctx):
         try:
@@ -21,11 +43,183 @@ class _Group(click.Group):
             sys.exit(ExitCode.USAGE)
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="memtrain")
 def main():
     """Train feedforward networks on a GPU (CuPy) or CPU (NumPy), knowing
     exactly how much memory the training takes before anything is allocated."""
+
+
+# -- shared option parsing ---------------------------------------------------------
+
+
+def _size(ctx, param, value):
+    if value is None:
+        return None
+    from memtrain.units import parse_bytes  # noqa: PLC0415
+
+    try:
+        return parse_bytes(value, param.name.replace("_", "-"))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc).split(": ", 1)[1]) from None
+
+
+def _layers(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        return [int(v) for v in value.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers like 784,128,10, got {value!r}") from None
+
+
+def _dropout(ctx, param, value):
+    if value is None:
+        return None
+    v = value.strip().lower()
+    if v in ("off", "none", "false", "0"):
+        return False
+    if v in ("on", "course", "true"):
+        return True
+    try:
+        return tuple(float(p) for p in v.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected off, course (keep 0.8/0.5) or INPUT_KEEP,HIDDEN_KEEP, got {value!r}") from None
+
+
+def model_options(f):
+    """Flags that describe a model; each overrides the same setting in --config."""
+    opts = [
+        click.option("--config", type=click.Path(dir_okay=False), help="Job file (TOML) with the model; flags override it."),
+        click.option("--layers", callback=_layers, help="Layer sizes, inputs to outputs, e.g. 784,1024,1024,10."),
+        click.option("--activation", help="Hidden activation: relu, gelu, tanh, sigmoid, leaky_relu[:a], prelu, abs, "
+                     "swish[:beta], mish, softplus, identity.  [default: relu]"),
+        click.option("--output", help="Output unit: softmax | sigmoid | linear.  [default: softmax]"),
+        click.option("--dropout", callback=_dropout, help="off, course (keep 0.8 input / 0.5 hidden), or INPUT,HIDDEN keep probabilities."),
+        click.option("--dtype", type=click.Choice(["float16", "float32", "float64"]), help="Parameter dtype.  [default: float32]"),
+        click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N (the device the plan is for)."),
+        click.option("--overhead", callback=_size, help="Device overhead to assume, e.g. 600MiB (CUDA default: measured on a GPU, else assumed 512 MiB)."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _backend_for(device):
+    """The CUDA backend when asked for and present; None for the CPU or a GPU-less planning run."""
+    from memtrain.backend import _import_cupy, get_backend, parse_device  # noqa: PLC0415
+
+    kind, _ = parse_device(device)
+    if kind == "auto":
+        raise ValueError("device: estimate needs cpu, cuda or cuda:N (the device the plan is for)")
+    if kind == "cpu":
+        return None
+    cupy, _why = _import_cupy()
+    return get_backend(device) if cupy is not None else None
+
+
+def _echo(text):
+    click.echo(text)
+
+
+# -- estimate ---------------------------------------------------------------------------
+
+
+@main.command()
+@model_options
+@click.option("--optimizer", help="Optimizer name, lookahead:<inner>, or 'all' for every optimizer side by side.  [default: adam]")
+@click.option("--batch-size", "batch_size", help="N, a list 32,64,128, or a range 32:512 (doubling) / 32:512:32.  [default: 32]")
+@click.option("--memory", callback=_size, help="Memory to fit, e.g. 16GiB (1024-based) or 16GB (1000-based): prints the largest batch.")
+@click.option("--max-batch", is_flag=True, help="Print the largest batch that fits --memory, the GPU's free memory, or MemAvailable.")
+@click.option("--multiple-of", type=click.IntRange(min=1), help="Round the largest batch down to a multiple of this (GPUs favour 8).")
+@click.option("--power-of-two", is_flag=True, help="Round the largest batch down to a power of two.")
+@click.option("--inference", is_flag=True, help="The inference plan: no gradients, optimizer state or saved activations.")
+@click.option("--per-layer", is_flag=True, help="Each layer's parameters, per-sample activations and share.")
+@click.option("--gpus", type=click.IntRange(min=1), help="Data-parallel view: per-GPU memory with optimizer state replicated vs sharded N ways.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
+@click.option("--verify", is_flag=True, help="Also allocate the plan and run 3 real steps: estimated vs measured (see `memtrain profile`).")
+def estimate(config, layers, activation, output, dropout, dtype, device, overhead, optimizer, batch_size, memory,
+             max_batch, multiple_of, power_of_two, inference, per_layer, gpus, fmt, verify):
+    """Memory of a model + optimizer + batch + dtype, from the plan the trainer allocates.
+
+    \b
+    Examples:
+      memtrain estimate --layers 784,1024,1024,10 --optimizer adam --batch-size 256
+      memtrain estimate --layers 784,1024,1024,10 --optimizer all --batch-size 256
+      memtrain estimate --layers 784,4096,4096,10 --optimizer adam --memory 16GiB
+      memtrain estimate --config job.toml --per-layer --format json
+    """
+    from memtrain import render  # noqa: PLC0415
+    from memtrain.memory import estimate as est  # noqa: PLC0415
+    from memtrain.memory.batch import parse_batch_sizes  # noqa: PLC0415
+
+    backend = _backend_for(device)
+    want_fit = memory is not None or max_batch or (backend is not None)
+    budget, source = est.resolve_budget(memory, device, backend, want_fit)
+    setting, cfg_batches = est.build_setting(config=config, layers=layers, activation=activation, output=output,
+                                             dropout=dropout, dtype=dtype, optimizer=optimizer, device=device,
+                                             overhead=overhead, inference=inference, backend=backend)
+    batches = parse_batch_sizes(batch_size) if batch_size else (cfg_batches or [32])
+    names = est.all_optimizer_names() if optimizer == "all" else [setting.optimizer]
+    if inference and optimizer == "all":
+        raise ValueError("optimizer: --inference has no optimizer; drop --optimizer all")
+    if len(names) > 1 or len(batches) > 1:
+        t = est.table(setting, names, batches, budget=budget, budget_source=source, multiple_of=multiple_of,
+                      power_of_two=power_of_two)
+        _echo({"table": render.table_text, "json": render.to_json, "csv": render.table_csv}[fmt](t))
+        return
+    r = est.report(setting, batches[0], budget=budget, budget_source=source, multiple_of=multiple_of,
+                   power_of_two=power_of_two, with_per_layer=per_layer, gpus=gpus)
+    if "max_batch" in r and not r["max_batch"]["batch_size"]:
+        from memtrain.units import format_bytes  # noqa: PLC0415
+
+        f = r["max_batch"]
+        raise ValueError(f"memory: {format_bytes(f['budget'])} is too small for batch 1 of this plan; "
+                         f"it needs {format_bytes(f['shortfall'])} ({f['shortfall']:,} B) more")
+    _echo({"table": render.estimate_text, "json": render.to_json, "csv": render.estimate_csv}[fmt](r))
+    if verify:
+        _run_profile(setting, batches[0], 3, None, fmt, backend)
+
+
+# -- profile ------------------------------------------------------------------------
+
+
+def _run_profile(setting, batch, steps, tolerance, fmt, backend):
+    from memtrain import render  # noqa: PLC0415
+    from memtrain.backend import get_backend  # noqa: PLC0415
+    from memtrain.memory import verify  # noqa: PLC0415
+
+    if setting.device == "cuda" and backend is None:
+        get_backend("cuda")  # raises the clear "no CUDA device" error
+    p = verify.profile(setting, batch, steps=steps, backend=backend,
+                       tolerance=verify.DEFAULT_TOLERANCE if tolerance is None else tolerance)
+    _echo(render.to_json(p) if fmt == "json" else render.profile_text(p))
+    if not p["ok"]:
+        sys.exit(ExitCode.FAILURE)
+
+
+@main.command()
+@model_options
+@click.option("--optimizer", help="Optimizer name or lookahead:<inner>.  [default: adam]")
+@click.option("--batch-size", "batch_size", type=click.IntRange(min=1), help="Batch size.  [default: 32]")
+@click.option("--steps", type=click.IntRange(min=1), default=3, show_default=True, help="Real training steps to run.")
+@click.option("--tolerance", type=click.FloatRange(min=0), default=0.005, show_default=True,
+              help="Allowed |measured - planned| / planned (at least 64 KiB is always allowed); exit 1 beyond it.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def profile(config, layers, activation, output, dropout, dtype, device, overhead, optimizer, batch_size, steps,
+            tolerance, fmt):
+    """Allocate the plan, run real training steps, and print estimated vs measured
+    memory per category (CPU: tracemalloc; CUDA: CuPy pool peak and NVML).
+
+    Exit status 1 when the error exceeds --tolerance.
+    """
+    from memtrain.memory import estimate as est  # noqa: PLC0415
+
+    backend = _backend_for(device)
+    setting, cfg_batches = est.build_setting(config=config, layers=layers, activation=activation, output=output,
+                                             dropout=dropout, dtype=dtype, optimizer=optimizer, device=device,
+                                             overhead=overhead, backend=backend)
+    _run_profile(setting, batch_size or (cfg_batches or [32])[0], steps, tolerance, fmt, backend)
 
 
 if __name__ == "__main__":  # pragma: no cover

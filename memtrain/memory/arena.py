@@ -5,13 +5,14 @@ from __future__ import annotations
 from memtrain.memory.plan import MemoryPlan
 
 
-def allocate(plan: MemoryPlan, xp, *, existing: dict | None = None) -> dict:
+def allocate(plan: MemoryPlan, xp, *, existing: dict | None = None, observer=None) -> dict:
     """name -> array for every buffer of `plan`.
 
     `existing` supplies buffers owned elsewhere (the model's parameters); each
     must match the plan's shape and dtype exactly, so what runs is what was
     planned. Everything is zero-filled: a reused buffer never leaks stale
-    values, and on the CPU the pages are touched now rather than mid-step.
+    values. `observer(buf, array)` is called after each allocation, so a
+    profiler can attribute measured bytes to buffers.
     """
     existing = existing or {}
     arrays = {}
@@ -25,4 +26,6 @@ def allocate(plan: MemoryPlan, xp, *, existing: dict | None = None) -> dict:
             arrays[buf.name] = a
         else:
             arrays[buf.name] = xp.zeros(buf.shape, dtype=buf.dtype)
+            if observer is not None:
+                observer(buf, arrays[buf.name])
     return arrays

@@ -54,3 +54,33 @@ def largest_batch(total_at: Callable[[int], int], budget: int, *, multiple_of: i
         need = total_at(multiple_of or 1)
         return BatchFit(0, 0, budget, max(need - budget, 0))
     return BatchFit(b, total_at(b), budget, 0)
+
+
+def parse_batch_sizes(text) -> list:
+    """ "256" | "32,64,128" | "32:512" (doubling) | "32:512:32" (arithmetic), all inclusive."""
+    s = str(text).strip()
+    err = f"batch-size: expected N, a list like 32,64,128 or a range like 32:512 or 32:512:32, got {text!r}"
+    try:
+        if ":" in s:
+            parts = [int(p) for p in s.split(":")]
+            if len(parts) not in (2, 3):
+                raise ValueError
+            start, stop = parts[0], parts[1]
+            if start < 1 or stop < start:
+                raise ValueError
+            if len(parts) == 3:
+                if parts[2] < 1:
+                    raise ValueError
+                sizes = list(range(start, stop + 1, parts[2]))
+            else:
+                sizes, b = [], start
+                while b <= stop:
+                    sizes.append(b)
+                    b *= 2
+        else:
+            sizes = [int(p) for p in s.split(",")]
+    except ValueError:
+        raise ValueError(err) from None
+    if not sizes or any(b < 1 for b in sizes):
+        raise ValueError(f"batch-size: every size must be a positive integer, got {text!r}")
+    return sizes

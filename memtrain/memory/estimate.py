@@ -185,3 +185,65 @@ def _fit_info(f: BatchFit, source: str) -> dict:
     return {"budget": f.budget, "budget_source": source, "batch_size": f.batch_size, "total": f.total,
             "utilisation": f.utilisation, "headroom": f.budget - f.total if f.batch_size else 0,
             "shortfall": f.shortfall}
+
+
+# -- from user input ----------------------------------------------------------
+
+
+def build_setting(*, config=None, layers=None, activation=None, output=None, dropout=None, dtype=None,
+                  optimizer=None, device="cpu", overhead=None, inference=False, backend=None):
+    """(Setting, default batch sizes) from a job file and/or flags; flags win.
+
+    `backend` is the resolved CUDA Backend when a GPU is present (then the
+    overhead is measured), else None (assumed overhead on "cuda")."""
+    from memtrain.config import load  # noqa: PLC0415
+    from memtrain.memory import overhead as ovh  # noqa: PLC0415
+    from memtrain.nn.spec import ModelSpec  # noqa: PLC0415
+
+    cfg = load(config) if config else None
+    model = dict(cfg.model) if cfg else {}
+    for key, value in (("layers", layers), ("activation", activation), ("output", output),
+                       ("dropout", dropout), ("dtype", dtype)):
+        if value is not None:
+            model[key] = value
+    if "layers" not in model:
+        raise ValueError("layers: missing; pass --layers 784,128,10 or --config job.toml")
+    model.pop("init", None), model.pop("bias_init", None)  # no effect on memory
+    spec = ModelSpec.create(model.pop("layers"), **model)
+    opt_name = optimizer or (cfg.optimizer_name() if cfg else "adam")
+    hyper = tuple(sorted(cfg.optimizer_hyper().items())) if cfg and not optimizer else ()
+    kind = "cuda" if str(device).startswith("cuda") else "cpu"
+    if overhead is not None:
+        over, source = overhead, "given"
+    elif kind == "cuda" and backend is not None:
+        over, source = ovh.measure_cuda_overhead(backend.index), "measured"
+    else:
+        over, source = ovh.assumed(kind)
+    keep_best = bool(cfg and cfg.training.get("patience"))
+    batches = None
+    if cfg and isinstance(cfg.training.get("batch_size"), int):
+        batches = [cfg.training["batch_size"]]
+    setting = Setting(spec, opt_name if opt_name != "all" else "adam", hyper, kind, int(over), source,
+                      bool(inference), keep_best)
+    if opt_name != "all":
+        setting.make_optimizer()  # validate the name and hyper-parameters now
+    return setting, batches
+
+
+def resolve_budget(memory, device: str, backend, want: bool):
+    """(budget bytes, where it came from) or (None, "") when no largest batch is asked for."""
+    from memtrain.memory.measure import mem_available  # noqa: PLC0415
+
+    if memory is not None:
+        return memory, "given"
+    if str(device).startswith("cuda"):
+        if backend is None:
+            if want:
+                raise ValueError("memory: no CUDA device is visible to read free memory from; pass --memory SIZE")
+            return None, ""
+        from memtrain.memory.measure import gpu_free_bytes  # noqa: PLC0415
+
+        return gpu_free_bytes(backend.index), f"free on {backend.name} now, NVML"
+    if want:
+        return mem_available(), "MemAvailable now"
+    return None, ""

@@ -188,7 +188,7 @@ def squared_norm(x) -> float:
     if x.dtype.itemsize >= 4:
         return float(xp.dot(x, x))
     total = 0.0
-    for a, b in chunks(x.shape[0], 4096):
-        piece = x[a:b].astype("float32")  # bounded: 16 KiB
+    for a, b in chunks(x.shape[0], 1024):
+        piece = x[a:b].astype("float32")  # bounded: 4 KiB
         total += float(xp.dot(piece, piece))
     return total

@@ -6,6 +6,8 @@ test tables all read OPTIMIZERS (a coverage test checks it).
 
 from __future__ import annotations
 
+import inspect
+
 from memtrain.optim.adam import Adam, NAdam, RAdam
 from memtrain.optim.adaptive import AdaDelta, AdaGrad, RMSProp
 from memtrain.optim.base import Optimizer, Slot
@@ -46,10 +48,12 @@ def make_optimizer(name: str, **hyper) -> Optimizer:
         return Lookahead(make_optimizer(inner_name, **hyper), **la)
     if inner_name:
         raise ValueError(f"optimizer: only lookahead takes an inner optimizer, got {name!r}")
-    try:
-        return OPTIMIZERS[base](**hyper)
-    except TypeError as exc:
-        raise ValueError(f"optimizer {base}: {exc}") from None
+    cls = OPTIMIZERS[base]
+    accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    unknown = sorted(set(hyper) - set(accepted))
+    if unknown:
+        raise ValueError(f"{unknown[0]}: unknown hyper-parameter of {base}; expected one of {', '.join(accepted)}")
+    return cls(**hyper)
 
 
 __all__ = ["OPTIMIZERS", "Optimizer", "Slot", "make_optimizer"]

@@ -29,7 +29,7 @@ class Trainer:
 
     def __init__(self, model: MLP, optimizer="adam", batch_size: int = 32, *, schedule: Schedule | None = None,
                  clip_norm: float | None = None, patience: int | None = None, seed: int = 0,
-                 dataset_size: int | None = None, **optimizer_hyper):
+                 dataset_size: int | None = None, allocation_observer=None, **optimizer_hyper):
         self.model = model
         self.spec = model.spec
         self.backend = model.backend
@@ -47,7 +47,8 @@ class Trainer:
         self.seed = int(seed)
         self.plan: MemoryPlan = training_plan(self.spec, self.optimizer, batch_size, self.backend.kind,
                                               dataset_size=dataset_size, keep_best=patience is not None)
-        self.arrays = allocate(self.plan, self.backend.xp, existing={"params": model.params})
+        self.arrays = allocate(self.plan, self.backend.xp, existing={"params": model.params},
+                               observer=allocation_observer)
         self.optimizer.init_state(self.arrays, model.params)
         self.grads = self.arrays["grads"]
         self.glayers = step.layer_views(self.spec, self.grads)

@@ -1,0 +1,169 @@
+"""`memtrain profile`: allocate the plan for real, run steps, and put the
+measured memory next to the estimate, per category and in total.
+
+CPU: tracemalloc sees every NumPy allocation. Each plan buffer's measured
+bytes are the traced growth while the arena allocates it; the step's
+unplanned temporaries are the traced peak above the allocated state.
+CUDA: the same through CuPy's pool (used bytes per buffer, the peak through a
+memory hook), plus NVML's figure for the whole process against plan total
+with the measured device overhead.
+"""
+
+from __future__ import annotations
+
+import time
+import tracemalloc
+
+import numpy as np
+
+from memtrain.memory.plan import CATEGORIES
+
+SCHEMA = "memtrain.profile/1"
+DEFAULT_TOLERANCE = 0.005
+ABS_TOLERANCE = 64 * 1024
+
+
+def _batches(spec, batch_size: int, steps: int, seed: int):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((batch_size * steps, spec.sizes[0])).astype(spec.dtype)
+    kind, C = spec.output.label_kind, spec.sizes[-1]
+    if kind == "class":
+        y = rng.integers(0, C, batch_size * steps)
+    elif kind == "binary":
+        y = rng.integers(0, 2, (batch_size * steps, 1)).astype(spec.dtype)
+    else:
+        y = rng.standard_normal((batch_size * steps, C)).astype(spec.dtype)
+    return X, y
+
+
+class _Meter:
+    """Attributes measured bytes to plan categories as the arena allocates."""
+
+    def __init__(self, read):
+        self.read = read  # () -> bytes currently allocated
+        self.last = read()
+        self.by_category = dict.fromkeys(CATEGORIES, 0)
+
+    def take(self, category: str):
+        now = self.read()
+        self.by_category[category] += now - self.last
+        self.last = now
+
+    def __call__(self, buf, array):
+        self.take(buf.category)
+
+
+def _warm_up(spec, backend):
+    # lazy imports and first-call caches (NumPy, SciPy's erf) stay out of the measurement
+    from memtrain.nn.mlp import MLP  # noqa: PLC0415
+    from memtrain.train.trainer import Trainer  # noqa: PLC0415
+
+    tiny = type(spec).create([3, 2, 2], activation=spec.activation, dropout=spec.dropout, dtype=spec.dtype.name)
+    m = MLP.from_spec(tiny, device=backend)
+    Trainer(m, "adam", batch_size=2).step(np.zeros((2, 3)), np.zeros(2, int))
+
+
+def profile(setting, batch_size: int, *, steps: int = 3, seed: int = 0, backend=None,
+            tolerance: float = DEFAULT_TOLERANCE) -> dict:
+    """Run `steps` real training steps of `setting` at `batch_size`; estimated vs measured."""
+    from memtrain.backend import get_backend  # noqa: PLC0415
+    from memtrain.nn.mlp import MLP  # noqa: PLC0415
+    from memtrain.train.trainer import Trainer  # noqa: PLC0415
+
+    if setting.inference:
+        raise ValueError("profile: --inference is not profiled; profile the training plan")
+    if int(steps) != steps or steps < 1:
+        raise ValueError(f"steps: expected a positive integer, got {steps!r}")
+    backend = backend or get_backend(setting.device)
+    spec = setting.spec
+    X, y = _batches(spec, batch_size, steps, seed)
+    _warm_up(spec, backend)
+    if backend.is_cuda:
+        return _profile_cuda(setting, batch_size, steps, backend, X, y, tolerance)
+
+    t0 = time.perf_counter()
+    tracemalloc.start()
+    try:
+        read = lambda: tracemalloc.get_traced_memory()[0]  # noqa: E731
+        base = read()
+        meter = _Meter(read)
+        model = MLP.from_spec(spec, seed=seed, device=backend)
+        meter.take("parameters")
+        trainer = Trainer(model, setting.make_optimizer(), batch_size, seed=seed, allocation_observer=meter,
+                          patience=1 if setting.keep_best else None)
+        allocated = read()
+        tracemalloc.reset_peak()
+        losses = [trainer.step(X[i * batch_size:(i + 1) * batch_size], y[i * batch_size:(i + 1) * batch_size])
+                  for i in range(steps)]
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    measured_total = peak - base
+    return _result(trainer.plan, meter.by_category, measured_total, peak - allocated, "tracemalloc", steps,
+                   tolerance, time.perf_counter() - t0, losses)
+
+
+def _profile_cuda(setting, batch_size, steps, backend, X, y, tolerance):  # pragma: no cover - needs a GPU
+    import cupy  # noqa: PLC0415
+
+    from memtrain.memory.measure import pool_peak_hook, process_gpu_bytes  # noqa: PLC0415
+    from memtrain.memory.overhead import measure_cuda_overhead  # noqa: PLC0415
+    from memtrain.nn.mlp import MLP  # noqa: PLC0415
+    from memtrain.train.trainer import Trainer  # noqa: PLC0415
+
+    t0 = time.perf_counter()
+    overhead = measure_cuda_overhead(backend.index)
+    setting = type(setting)(**{**setting.__dict__, "overhead_bytes": overhead, "overhead_source": "measured"})
+    pool = cupy.get_default_memory_pool()
+    pool.free_all_blocks()
+    with cupy.cuda.Device(backend.index):
+        meter = _Meter(pool.used_bytes)
+        base = pool.used_bytes()
+        model = MLP.from_spec(setting.spec, device=backend)
+        meter.take("parameters")
+        trainer = Trainer(model, setting.make_optimizer(), batch_size, allocation_observer=meter,
+                          patience=1 if setting.keep_best else None)
+        trainer.plan = setting.plan(batch_size) if not setting.keep_best else trainer.plan
+        allocated = pool.used_bytes()
+        hook = pool_peak_hook(pool)
+        with hook:
+            losses = [trainer.step(X[i * batch_size:(i + 1) * batch_size], y[i * batch_size:(i + 1) * batch_size])
+                      for i in range(steps)]
+            cupy.cuda.runtime.deviceSynchronize()
+        nvml = process_gpu_bytes(backend.index)
+    meter.by_category["overhead"] = overhead
+    out = _result(trainer.plan, meter.by_category, hook.peak - base + overhead, hook.peak - allocated,
+                  "cupy_pool", steps, tolerance, time.perf_counter() - t0, losses)
+    out["nvml_process"] = nvml
+    out["nvml_error_ratio"] = None if nvml is None else nvml / trainer.plan.total - 1
+    return out
+
+
+def _result(plan, measured: dict, measured_total: int, transient: int, source: str, steps: int,
+            tolerance: float, seconds: float, losses) -> dict:
+    planned = plan.by_category()
+    rows = []
+    for cat in CATEGORIES:
+        p, m = planned[cat], measured.get(cat, 0)
+        if p or m:
+            rows.append({"category": cat, "planned": p, "measured": m, "error_bytes": m - p,
+                         "error_ratio": (m - p) / p if p else None})
+    allowed = max(tolerance * plan.total, ABS_TOLERANCE)
+    error = measured_total - plan.total
+    return {
+        "schema": SCHEMA,
+        "source": source,
+        "device": plan.device,
+        "batch_size": plan.batch_size,
+        "steps": steps,
+        "rows": rows,
+        "step_transient": transient,
+        "planned_total": plan.total,
+        "measured_total": measured_total,
+        "error_bytes": error,
+        "error_ratio": error / plan.total,
+        "tolerance": {"ratio": tolerance, "bytes": ABS_TOLERANCE, "allowed_bytes": int(allowed)},
+        "ok": abs(error) <= allowed,
+        "seconds": seconds,
+        "final_loss": float(losses[-1]),
+    }
