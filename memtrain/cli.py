@@ -59,7 +59,7 @@ def _size(ctx, param, value):
     from memtrain.units import parse_bytes  # noqa: PLC0415
 
     try:
-        return parse_bytes(value, param.name.replace("_", "-"))
+        return parse_bytes(value, param.name.replace("_", "-"), allow_zero=param.name == "overhead")
     except ValueError as exc:
         raise click.BadParameter(str(exc).split(": ", 1)[1]) from None
 

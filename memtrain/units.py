@@ -12,7 +12,7 @@ _UNITS = {
 _RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*$")
 
 
-def parse_bytes(text, field: str = "memory") -> int:
+def parse_bytes(text, field: str = "memory", *, allow_zero: bool = False) -> int:
     """ "16GiB" -> 17179869184, "16GB" -> 16000000000, "512MiB", "1e9", "2048" (bytes)."""
     if isinstance(text, (int, float)) and not isinstance(text, bool):
         value, unit = float(text), ""
@@ -24,8 +24,8 @@ def parse_bytes(text, field: str = "memory") -> int:
             )
         value, unit = float(m.group(1)), m.group(2).lower()
     n = int(value * _UNITS[unit])
-    if n <= 0:
-        raise ValueError(f"{field}: expected a positive size, got {text!r}")
+    if n < 0 or (n == 0 and not allow_zero):
+        raise ValueError(f"{field}: expected a {'non-negative' if allow_zero else 'positive'} size, got {text!r}")
     return n
 
 

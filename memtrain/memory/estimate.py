@@ -80,7 +80,7 @@ def per_layer(plan: MemoryPlan, spec) -> list:
         n_params = sum(g.size for g in groups)
         param_bytes = n_params * spec.dtype.itemsize
         acts = [b for b in plan.buffers if b.layer == i and b.category == "activations"]
-        per_sample = sum(b.nbytes // plan.batch_size for b in acts)
+        per_sample = sum(b.nbytes // plan.rows for b in acts)
         act_bytes = sum(plan.allocated(b) for b in acts)
         if i == 0 and not acts:
             continue

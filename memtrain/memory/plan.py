@@ -7,7 +7,7 @@ inside them. Buffer names here are the contract with nn/step.py.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -62,7 +62,12 @@ class MemoryPlan:
     buffers: tuple
     overhead_bytes: int = 0
     overhead_source: str = "none"  # "measured", "assumed", "given" or "none"
-    notes: tuple = field(default_factory=tuple)
+    micro_batch_size: int | None = None  # rows per forward/backward pass; None: the whole batch
+
+    @property
+    def rows(self) -> int:
+        """Rows the batched buffers hold: the micro-batch when accumulating, else the batch."""
+        return self.micro_batch_size or self.batch_size
 
     def allocated(self, buf: Buffer) -> int:
         """Bytes the device really takes for `buf`: CuPy's pool rounds to 512 B."""
@@ -141,14 +146,25 @@ def uniform_dtype(spec) -> str:
     return "float64" if spec.dtype.name == "float64" else "float32"
 
 
-def training_plan(spec, optimizer, batch_size: int, device: str = "cpu", *, dataset_size=None,
-                  keep_best: bool = False, overhead_bytes: int = 0, overhead_source: str = "none") -> MemoryPlan:
-    """Every buffer of one training step at `batch_size` (see docs/memory-model.md)."""
-    b = _check_batch(batch_size)
+def training_plan(spec, optimizer, batch_size: int, device: str = "cpu", *, micro_batch_size=None,
+                  dataset_size=None, keep_best: bool = False, overhead_bytes: int = 0,
+                  overhead_source: str = "none") -> MemoryPlan:
+    """Every buffer of one training step at `batch_size` (see docs/memory-model.md).
+
+    With `micro_batch_size` m < batch_size, the step runs in micro-batches of m
+    rows whose gradients are averaged (gradient accumulation): everything that
+    grows with the batch is sized for m, plus one accumulator of P elements."""
+    B = _check_batch(batch_size)
+    b = B if micro_batch_size is None else _check_batch(micro_batch_size, "micro_batch_size")
+    if b > B:
+        raise ValueError(f"micro_batch_size: {b} is larger than the batch size {B}")
     dt = spec.dtype.name
     L, sizes = spec.n_layers, spec.sizes
     P = spec.n_params
     bufs = [params_buffer(spec), Buffer("grads", "gradients", (P,), dt)]
+    if b < B:
+        # the mean gradient over the micro-batches is summed here
+        bufs.append(Buffer("grad_accum", "gradients", (P,), dt))
     if keep_best:
         # early stopping restores the best weights, so it keeps a copy of them
         bufs.append(Buffer("best_params", "parameters", (P,), dt))
@@ -184,7 +200,8 @@ def training_plan(spec, optimizer, batch_size: int, device: str = "cpu", *, data
     n_scratch = max(optimizer.scratch_count, 1 if (spec.l1 or spec.l2) else 0)
     if n_scratch:
         bufs.append(Buffer("chunk", "workspace", (n_scratch, min(P, CHUNK)), dt))
-    return MemoryPlan("train", b, _device_kind(device), tuple(bufs), int(overhead_bytes), overhead_source)
+    return MemoryPlan("train", B, _device_kind(device), tuple(bufs), int(overhead_bytes), overhead_source,
+                      micro_batch_size=b)
 
 
 def inference_plan(spec, batch_size: int, device: str = "cpu", *, overhead_bytes: int = 0,
@@ -209,13 +226,13 @@ def inference_plan(spec, batch_size: int, device: str = "cpu", *, overhead_bytes
     return MemoryPlan("inference", b, _device_kind(device), tuple(bufs), int(overhead_bytes), overhead_source)
 
 
-def _check_batch(batch_size) -> int:
+def _check_batch(batch_size, field: str = "batch_size") -> int:
     try:
         b = int(batch_size)
     except (TypeError, ValueError):
-        raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}") from None
-    if b <= 0 or b != batch_size:
-        raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
+        raise ValueError(f"{field}: expected a positive integer, got {batch_size!r}") from None
+    if b <= 0 or b != batch_size or isinstance(batch_size, bool):
+        raise ValueError(f"{field}: expected a positive integer, got {batch_size!r}")
     return b
 
 

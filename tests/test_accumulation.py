@@ -1,0 +1,95 @@
+"""Gradient accumulation and out-of-memory recovery: the optimizer sees the same
+mean gradient whether a batch runs whole, in micro-batches, or after an OOM."""
+
+import numpy as np
+import pytest
+
+from memtrain import MLP, Trainer
+from memtrain.memory.plan import training_plan
+from memtrain.optim import make_optimizer
+
+
+def data(n=96, d=12, c=4, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, d)), rng.integers(0, c, n)
+
+
+def train(micro=None, fault=None, optimizer="adam", epochs=2, batch=32):
+    X, y = data()
+    m = MLP([12, 20, 16, 4], activation="tanh", dtype="float64", seed=0, l2=0.01)
+    t = Trainer(m, optimizer, batch_size=batch, micro_batch_size=micro, seed=0, clip_norm=5.0)
+    t.fault_hook = fault
+    t.fit(X, y, epochs=epochs)
+    return t
+
+
+@pytest.mark.parametrize("micro", [16, 8, 5, 1])
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "rprop"])
+def test_micro_batches_give_the_same_training(micro, optimizer):
+    whole, parts = train(None, optimizer=optimizer), train(micro, optimizer=optimizer)
+    np.testing.assert_allclose(parts.model.params, whole.model.params, rtol=1e-10, atol=1e-12)
+    assert parts.micro_batch_size == micro and parts.batch_size == 32
+    assert "grad_accum" in parts.plan.names() and "grad_accum" not in whole.plan.names()
+
+
+def test_micro_batch_plan_is_smaller():
+    from memtrain.nn.spec import ModelSpec
+
+    spec = ModelSpec.create([784, 1024, 1024, 10])
+    opt = make_optimizer("adam")
+    full = training_plan(spec, opt, 4096).by_category()
+    micro = training_plan(spec, opt, 4096, micro_batch_size=512).by_category()
+    assert micro["activations"] == full["activations"] // 8
+    assert micro["gradients"] == 2 * full["gradients"]  # the accumulator
+    with pytest.raises(ValueError, match="micro_batch_size: 8192 is larger than the batch size 4096"):
+        training_plan(spec, opt, 4096, micro_batch_size=8192)
+
+
+class InjectOOM:
+    """Raises MemoryError once, at the chosen step and micro-batch index."""
+
+    def __init__(self, at_step, at_micro=0):
+        self.at = (at_step, at_micro)
+        self.fired = False
+
+    def __call__(self, step, micro):
+        if not self.fired and (step, micro) == self.at:
+            self.fired = True
+            raise MemoryError("injected")
+
+
+@pytest.mark.parametrize("at", [(0, 0), (3, 0), (4, 1)])
+def test_oom_mid_run_continues_with_smaller_micro_batches(at):
+    whole = train(None)
+    hook = InjectOOM(*at)
+    if at[1] > 0:  # an OOM on the 2nd micro-batch needs micro-batching already
+        t = train(16, fault=hook)
+    else:
+        t = train(None, fault=hook)
+    assert hook.fired and t.oom_recoveries == 1
+    before = 32 if at[1] == 0 else 16
+    assert t.micro_batch_size == before // 2  # the micro-batch shrank
+    assert t.batch_size == 32  # the effective batch did not
+    assert t.steps == whole.steps  # no step lost or repeated
+    np.testing.assert_allclose(t.model.params, whole.model.params, rtol=1e-5)
+    assert t.events[0]["event"] == "oom_recovery" and t.events[0]["micro_batch_to"] == before // 2
+
+
+def test_oom_at_micro_batch_one_is_raised():
+    def always(step, micro):
+        raise MemoryError("no memory at all")
+
+    X, y = data()
+    t = Trainer(MLP([12, 4]), "sgd", batch_size=2)
+    t.fault_hook = always
+    with pytest.raises(MemoryError):
+        t.step(X[:2], y[:2])
+    assert t.micro_batch_size == 1 and t.oom_recoveries == 1
+
+
+def test_replan_keeps_parameters_and_state():
+    t = train(None, epochs=1)
+    m_state = t.arrays["opt.m"]
+    t.replan(8)
+    assert t.arrays["opt.m"] is m_state and t.arrays["params"] is t.model.params
+    assert t.arrays["z1"].shape == (8, 20)
