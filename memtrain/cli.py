@@ -222,5 +222,65 @@ def profile(config, layers, activation, output, dropout, dtype, device, overhead
     _run_profile(setting, batch_size or (cfg_batches or [32])[0], steps, tolerance, fmt, backend)
 
 
+# -- autobatch ------------------------------------------------------------------------
+
+
+@main.command()
+@model_options
+@click.option("--optimizer", help="Optimizer name or lookahead:<inner>.  [default: adam]")
+@click.option("--memory-limit", callback=_size, help="Memory to fit (e.g. 8GiB); default: free device memory now "
+              "(NVML on a GPU, MemAvailable on the CPU).")
+@click.option("--margin", callback=_size, help="Safety margin kept free.  [default: 256KiB on CPU, 8MiB on CUDA]")
+@click.option("--multiple-of", type=click.IntRange(min=1), help="Round the batch down to a multiple of this.  [default: 8 on CUDA]")
+@click.option("--objective", type=click.Choice(["memory", "throughput"]), default="memory", show_default=True,
+              help="memory: the largest batch that fits; throughput: the fastest batch up to that size.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def autobatch(config, layers, activation, output, dropout, dtype, device, overhead, optimizer, memory_limit, margin,
+              multiple_of, objective, fmt):
+    """The largest batch that fits, solved on the plan and confirmed by one real
+    training step (a second probe only if the first one does not fit).
+
+    \b
+    Examples:
+      memtrain autobatch --layers 784,1024,1024,10 --optimizer adam --memory-limit 2GiB
+      memtrain autobatch --config job.toml --device cuda --objective throughput
+    """
+    from memtrain import render  # noqa: PLC0415
+    from memtrain.backend import get_backend  # noqa: PLC0415
+    from memtrain.memory import autobatch as ab  # noqa: PLC0415
+    from memtrain.memory import estimate as est  # noqa: PLC0415
+
+    backend = get_backend(device, verbose=True)
+    setting, _ = est.build_setting(config=config, layers=layers, activation=activation, output=output,
+                                   dropout=dropout, dtype=dtype, optimizer=optimizer, device=backend.name,
+                                   overhead=overhead, backend=backend if backend.is_cuda else None)
+    if multiple_of is None and backend.is_cuda:
+        multiple_of = 8
+    log = None if fmt == "json" else (lambda p: _echo(render.probe_line(p)))
+    result = ab.auto_batch(setting, backend, memory_limit=memory_limit, margin=margin, multiple_of=multiple_of,
+                           log=log)
+    if objective == "throughput":
+        result.objective = "throughput"
+        result.throughput = ab.fastest_batch(setting, backend, result.confirmed, multiple_of=multiple_of,
+                                             log=None if fmt == "json" else (lambda b, r: _echo(
+                                                 f"throughput  B = {b:,}: {r:,.0f} samples/s")))
+    _echo(render.to_json(result.to_dict()) if fmt == "json" else render.autobatch_text(result))
+
+
+# -- devices ---------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def devices(fmt):
+    """The GPUs NVML sees (memory, who uses it, health), or this CPU's memory
+    when there is no NVIDIA driver."""
+    from memtrain import render  # noqa: PLC0415
+    from memtrain.memory.measure import device_report  # noqa: PLC0415
+
+    report = device_report()
+    _echo(render.to_json(report) if fmt == "json" else render.devices_text(report))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -133,3 +133,48 @@ def profile_text(p: dict) -> str:
         lines.append(f"NVML process usage {p['nvml_process']:,} B vs plan total {p['planned_total']:,} B "
                      f"({p['nvml_error_ratio']:+.3%})")
     return "\n".join(lines)
+
+
+def probe_line(p) -> str:
+    measured = "n/a" if p.measured is None else f"{p.measured:,} B"
+    return (f"probe       B = {p.batch_size:,}: planned {p.planned:,} B, measured peak {measured} -> {p.outcome} "
+            f"({p.seconds:.2f} s)")
+
+
+def autobatch_text(r) -> str:
+    lines = [
+        f"budget      {format_bytes(r.budget + r.margin)} ({r.budget_source}) - margin {format_bytes(r.margin)} "
+        f"= {format_bytes(r.budget)}",
+        f"analytic    B = {r.analytic:,} (largest with plan(B) <= budget)",
+        f"confirmed   B = {r.confirmed:,} after {len(r.probes)} probe{'s' if len(r.probes) != 1 else ''}, "
+        f"{r.seconds:.2f} s in all",
+        f"evaluation  B = {r.eval_batch:,} (inference plan)",
+    ]
+    if r.throughput:
+        best = max(r.throughput, key=lambda t: t[1])
+        lines.append(f"fastest     B = {best[0]:,}: {best[1]:,.0f} samples/s (stopped when doubling gained < 5%)")
+    return "\n".join(lines)
+
+
+def devices_text(r: dict) -> str:
+    lines = []
+    if r["gpus"]:
+        lines.append(f"NVIDIA driver {r['nvml']['driver_version']}")
+        rows = []
+        for g in r["gpus"]:
+            procs = ", ".join(f"{p['pid']}: {format_bytes(p['used_bytes'] or 0)}" for p in g.get("processes", [])) or "-"
+            rows.append([g["index"], g["name"], g["pci_bus_id"], format_bytes(g["memory_total"]),
+                         format_bytes(g["memory_used"]), format_bytes(g["memory_free"]),
+                         "-" if g["utilization"] is None else f"{g['utilization']:.0%}",
+                         "-" if g["temperature_c"] is None else f"{g['temperature_c']} C",
+                         "-" if g["power_w"] is None else f"{g['power_w']:.0f} W", procs])
+        lines.append(_table(["gpu", "name", "pci bus id", "total", "used", "free", "util", "temp", "power",
+                             "processes (pid: memory)"], rows, ["<"] * 10))
+        lines.append("")
+    else:
+        lines.append(f"no GPU: {r['nvml']['reason']}")
+    c = r["cpu"]
+    lines.append(f"cpu         {c['model']}, {c['cores']} cores")
+    lines.append(f"memory      {format_bytes(c['memory_total'])} total, {format_bytes(c['memory_available'])} available "
+                 f"(MemAvailable), this process {format_bytes(c['process_rss'])} (RSS)")
+    return "\n".join(lines)

@@ -175,3 +175,16 @@ def pool_peak_hook(pool):
             self.peak = max(self.peak, self.pool.used_bytes())
 
     return PoolPeak()
+
+
+def device_report() -> dict:
+    """What `memtrain devices` shows: NVML's GPUs, or the CPU view and why there is no GPU."""
+    state = nvml_state()
+    report = {
+        "schema": "memtrain.devices/1",
+        "nvml": {"ok": state.ok, "reason": state.reason, "driver_version": state.driver_version},
+        "gpus": gpu_list() if state.ok else [],
+        "cpu": {"model": cpu_model(), "cores": os.cpu_count(), "memory_total": mem_total(),
+                "memory_available": mem_available(), "process_rss": rss()},
+    }
+    return report

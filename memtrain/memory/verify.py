@@ -16,6 +16,7 @@ import tracemalloc
 
 import numpy as np
 
+from memtrain.backend import array_module
 from memtrain.memory.plan import CATEGORIES
 
 SCHEMA = "memtrain.profile/1"
@@ -23,17 +24,47 @@ DEFAULT_TOLERANCE = 0.005
 ABS_TOLERANCE = 64 * 1024
 
 
-def _batches(spec, batch_size: int, steps: int, seed: int):
-    rng = np.random.default_rng(seed)
-    X = rng.standard_normal((batch_size * steps, spec.sizes[0])).astype(spec.dtype)
+def random_batch(spec, n: int, rng):
+    """n random inputs and labels of the kind the model's output unit takes."""
+    X = rng.standard_normal((n, spec.sizes[0])).astype(spec.dtype)
     kind, C = spec.output.label_kind, spec.sizes[-1]
     if kind == "class":
-        y = rng.integers(0, C, batch_size * steps)
-    elif kind == "binary":
-        y = rng.integers(0, 2, (batch_size * steps, 1)).astype(spec.dtype)
-    else:
-        y = rng.standard_normal((batch_size * steps, C)).astype(spec.dtype)
-    return X, y
+        return X, rng.integers(0, C, n)
+    if kind == "binary":
+        return X, rng.integers(0, 2, (n, 1)).astype(spec.dtype)
+    return X, rng.standard_normal((n, C)).astype(spec.dtype)
+
+
+def random_fill(spec, seed: int):
+    """fill(v, lo, hi) writing random inputs straight into the plan's batch buffers,
+    so a profile or probe holds no data besides the plan's (a real job's data set
+    is already in memory when the budget is read)."""
+    rng = np.random.default_rng(seed)
+    kind, C = spec.output.label_kind, spec.sizes[-1]
+
+    def fill(v, lo, hi):
+        _normal_into(rng, v.x)
+        if kind == "class":
+            v.y[...] = 1
+            v.y.cumsum(out=v.y)  # 1, 2, 3, ... without a temporary
+            v.y %= C
+        elif kind == "binary":
+            v.y[...] = 0
+            v.y[::2] = 1
+        else:
+            _normal_into(rng, v.y)
+
+    return fill
+
+
+def _normal_into(rng, a):
+    if isinstance(a, np.ndarray) and a.dtype in (np.float32, np.float64):
+        rng.standard_normal(out=a, dtype=a.dtype)
+        return
+    flat = a.reshape(-1)  # float16 (or a device array): bounded host pieces
+    for lo in range(0, flat.size, 1024):
+        piece = rng.standard_normal(min(1024, flat.size - lo)).astype(np.float32)
+        flat[lo:lo + piece.size] = piece if isinstance(flat, np.ndarray) else array_module(flat).asarray(piece)
 
 
 class _Meter:
@@ -76,10 +107,10 @@ def profile(setting, batch_size: int, *, steps: int = 3, seed: int = 0, backend=
         raise ValueError(f"steps: expected a positive integer, got {steps!r}")
     backend = backend or get_backend(setting.device)
     spec = setting.spec
-    X, y = _batches(spec, batch_size, steps, seed)
+    fill = random_fill(spec, seed)
     _warm_up(spec, backend)
     if backend.is_cuda:
-        return _profile_cuda(setting, batch_size, steps, backend, X, y, tolerance)
+        return _profile_cuda(setting, batch_size, steps, backend, fill, tolerance)
 
     t0 = time.perf_counter()
     tracemalloc.start()
@@ -93,8 +124,7 @@ def profile(setting, batch_size: int, *, steps: int = 3, seed: int = 0, backend=
                           patience=1 if setting.keep_best else None)
         allocated = read()
         tracemalloc.reset_peak()
-        losses = [trainer.step(X[i * batch_size:(i + 1) * batch_size], y[i * batch_size:(i + 1) * batch_size])
-                  for i in range(steps)]
+        losses = [trainer._step(batch_size, fill) for _ in range(steps)]
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -103,7 +133,7 @@ def profile(setting, batch_size: int, *, steps: int = 3, seed: int = 0, backend=
                    tolerance, time.perf_counter() - t0, losses)
 
 
-def _profile_cuda(setting, batch_size, steps, backend, X, y, tolerance):  # pragma: no cover - needs a GPU
+def _profile_cuda(setting, batch_size, steps, backend, fill, tolerance):  # pragma: no cover - needs a GPU
     import cupy  # noqa: PLC0415
 
     from memtrain.memory.measure import pool_peak_hook, process_gpu_bytes  # noqa: PLC0415
@@ -127,8 +157,7 @@ def _profile_cuda(setting, batch_size, steps, backend, X, y, tolerance):  # prag
         allocated = pool.used_bytes()
         hook = pool_peak_hook(pool)
         with hook:
-            losses = [trainer.step(X[i * batch_size:(i + 1) * batch_size], y[i * batch_size:(i + 1) * batch_size])
-                      for i in range(steps)]
+            losses = [trainer._step(batch_size, fill) for _ in range(steps)]
             cupy.cuda.runtime.deviceSynchronize()
         nvml = process_gpu_bytes(backend.index)
     meter.by_category["overhead"] = overhead

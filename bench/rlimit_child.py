@@ -1,0 +1,56 @@
+"""Child process for tests/test_autobatch.py and bench/autobatch_vs_doubling.py: one
+real training step (or autobatch) under a hard address-space cap (RLIMIT_AS).
+
+    python rlimit_child.py trial B CAP     -> "fits" or "oom": one real step at batch B
+    python rlimit_child.py auto CAP        -> autobatch's result as JSON
+
+The cap is CAP bytes above the process's address space after imports and a
+warm-up step, so every child starts from the same baseline.
+"""
+
+import json
+import resource
+import sys
+
+from memtrain import MLP, Trainer
+from memtrain.backend import get_backend
+from memtrain.memory.autobatch import auto_batch
+from memtrain.memory.estimate import Setting
+from memtrain.memory.verify import random_fill
+from memtrain.nn.spec import ModelSpec
+
+SPEC = ModelSpec.create([784, 512, 256, 10])
+OPTIMIZER = "adam"
+
+
+def vm_size() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    raise OSError("VmSize")
+
+
+def one_step(batch: int) -> None:
+    """A real step, its random batch written straight into the plan's buffers (as the probe does)."""
+    Trainer(MLP.from_spec(SPEC), OPTIMIZER, batch)._step(batch, random_fill(SPEC, 0))
+
+
+def main() -> None:
+    mode = sys.argv[1]
+    one_step(64)  # warm-up: libraries, BLAS buffers, first-call caches
+    cap = int(sys.argv[-1])
+    resource.setrlimit(resource.RLIMIT_AS, (vm_size() + cap, resource.RLIM_INFINITY))
+    if mode == "trial":
+        try:
+            one_step(int(sys.argv[2]))
+            print("fits")
+        except MemoryError:
+            print("oom")
+    else:
+        r = auto_batch(Setting(SPEC, OPTIMIZER), get_backend("cpu"), memory_limit=cap)
+        print(json.dumps(r.to_dict()))
+
+
+if __name__ == "__main__":
+    main()

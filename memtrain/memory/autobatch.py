@@ -1,0 +1,188 @@
+"""The largest feasible batch, solved on the plan and confirmed by one real step.
+
+1. Budget = --memory-limit, or the device's free memory now (NVML on a GPU,
+   MemAvailable on the CPU), minus a safety margin.
+2. Analytic B: the largest B with plan(B).total <= budget (memory/batch.py),
+   rounded down to --multiple-of. No allocation.
+3. Probe: ONE real training step at B (model, trainer with every buffer of the
+   plan, forward, backward and the first optimizer update), measuring the peak.
+   If it fits the limit (the margin is for what the plan cannot see), B is
+   confirmed. If the measured peak is over the limit, the limit is corrected
+   by the measured discrepancy and B solved again; after
+   an out-of-memory error (no measurement to correct with), B shrinks by 2%.
+   Then one more probe. An untested B is never returned.
+
+Lightning's batch-size finder doubles from 2 and needs a dozen or more trial
+runs; the plan makes one probe the usual case (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from memtrain.memory.batch import largest_batch, round_batch
+
+# Safety margins (bytes) when none is given. CPU: tracemalloc's measured peak
+# exceeded the plan by at most ~56 KiB over the whole verification grid
+# (Python objects and NumPy's bounded ufunc buffers; docs/memory-model.md);
+# 256 KiB covers that with room. CUDA: an assumption (not measured in this
+# project yet) for the pool's fragmentation beyond the 512-byte rounding the
+# plan already counts.
+DEFAULT_MARGIN = {"cpu": 256 * 1024, "cuda": 8 * 1024**2}
+OOM_SHRINK = 0.98
+
+
+@dataclass
+class Probe:
+    batch_size: int
+    planned: int
+    measured: int | None
+    outcome: str  # "fits", "over budget", "out of memory"
+    seconds: float
+
+
+@dataclass
+class AutoBatch:
+    analytic: int
+    confirmed: int
+    budget: int
+    budget_source: str
+    margin: int
+    probes: list = field(default_factory=list)
+    seconds: float = 0.0
+    eval_batch: int = 0
+    throughput: list = field(default_factory=list)  # (batch, samples/s) with --objective throughput
+    objective: str = "memory"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["schema"] = "memtrain.autobatch/1"
+        d["probes_used"] = len(self.probes)
+        return d
+
+
+def device_budget(backend) -> tuple:
+    """Free memory now: (bytes, where it came from)."""
+    from memtrain.memory import measure  # noqa: PLC0415
+
+    if backend.is_cuda:
+        return measure.gpu_free_bytes(backend.index), f"free on {backend.name} now (NVML)"
+    return measure.mem_available(), "MemAvailable now"
+
+
+def _solve(setting, budget: int, multiple_of) -> int:
+    return largest_batch(lambda b: setting.plan(b).total, budget, multiple_of=multiple_of).batch_size
+
+
+def probe(setting, batch_size: int, budget: int, backend) -> Probe:
+    """One real step at `batch_size` (everything allocated, first update included)."""
+    from memtrain.memory.verify import profile  # noqa: PLC0415
+    from memtrain.train.trainer import oom_errors  # noqa: PLC0415
+
+    planned = setting.plan(batch_size).total
+    t0 = time.perf_counter()
+    try:
+        r = profile(setting, batch_size, steps=1, backend=backend)
+    except oom_errors():
+        _release(backend)
+        return Probe(batch_size, planned, None, "out of memory", time.perf_counter() - t0)
+    measured = r["measured_total"]
+    outcome = "fits" if measured <= budget else "over budget"
+    _release(backend)
+    return Probe(batch_size, planned, measured, outcome, time.perf_counter() - t0)
+
+
+def _release(backend):
+    if backend.is_cuda:
+        backend.xp.get_default_memory_pool().free_all_blocks()
+
+
+def auto_batch(setting, backend, *, memory_limit: int | None = None, margin: int | None = None,
+               multiple_of: int | None = None, max_probes: int = 4, dataset_size: int | None = None,
+               log=None) -> AutoBatch:
+    """Analytic B from the plan, confirmed by real probes (usually one)."""
+    t0 = time.perf_counter()
+    if memory_limit is not None:
+        raw, source = memory_limit, "given"
+    else:
+        raw, source = device_budget(backend)
+    margin = DEFAULT_MARGIN[backend.kind] if margin is None else int(margin)
+    budget = raw - margin
+    fit = largest_batch(lambda b: setting.plan(b).total, budget, multiple_of=multiple_of)
+    if not fit.batch_size:
+        from memtrain.units import format_bytes  # noqa: PLC0415
+
+        raise ValueError(f"memory-limit: {format_bytes(raw)} less a {format_bytes(margin)} margin is too small "
+                         f"for batch {multiple_of or 1}; {format_bytes(fit.shortfall)} ({fit.shortfall:,} B) more "
+                         "is needed")
+    analytic = b = fit.batch_size
+    probes = []
+    while True:
+        # the margin is for what the plan cannot see; the probe checks the real limit
+        p = probe(setting, b, raw, backend)
+        probes.append(p)
+        if log:
+            log(p)
+        if p.outcome == "fits":
+            break
+        if len(probes) >= max_probes:
+            raise RuntimeError(f"autobatch: no batch size confirmed in {max_probes} probes "
+                               f"(last: B={b}, {p.outcome}); pass a smaller --memory-limit")
+        if p.outcome == "over budget":
+            corrected = raw - (p.measured - p.planned)
+            nb = _solve(setting, corrected, multiple_of)
+        else:
+            nb = round_batch(int(b * OOM_SHRINK), multiple_of)
+        step_down = multiple_of or 1
+        b = min(nb, b - step_down)
+        if b < 1:
+            raise ValueError("memory-limit: not even the smallest batch fits when measured")
+    eval_setting = type(setting)(**{**setting.__dict__, "inference": True, "keep_best": False})
+    eval_fit = largest_batch(lambda n: eval_setting.plan(n).total, budget)
+    eval_batch = min(eval_fit.batch_size, dataset_size) if dataset_size else eval_fit.batch_size
+    return AutoBatch(analytic, b, budget, source, margin, probes, time.perf_counter() - t0, eval_batch)
+
+
+def fastest_batch(setting, backend, max_batch: int, *, steps: int = 3, min_gain: float = 0.05,
+                  multiple_of: int | None = None, log=None) -> list:
+    """samples/s at growing batch sizes <= max_batch (powers of two, then max_batch);
+    stops once doubling gains less than `min_gain`. Returns [(batch, samples/s), ...]."""
+    from memtrain.memory.verify import random_batch  # noqa: PLC0415
+    from memtrain.nn.mlp import MLP  # noqa: PLC0415
+    from memtrain.train.trainer import Trainer  # noqa: PLC0415
+
+    sizes, b = [], max(1, multiple_of or 1)
+    while b < max_batch:
+        sizes.append(b)
+        b *= 2
+    sizes = [s for s in sizes if s >= max(1, max_batch // 256)] + [max_batch]
+    rng = np.random.default_rng(0)
+    results, best = [], 0.0
+    for b in sizes:
+        model = MLP.from_spec(setting.spec, device=backend)
+        trainer = Trainer(model, setting.make_optimizer(), b)
+        X, y = random_batch(setting.spec, b, rng)
+        trainer.step(X, y)  # warm-up
+        _sync(backend)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            trainer.step(X, y)
+        _sync(backend)
+        rate = b * steps / (time.perf_counter() - t0)
+        results.append((b, rate))
+        if log:
+            log(b, rate)
+        del trainer, model
+        _release(backend)
+        if best and rate < best * (1 + min_gain):
+            break
+        best = max(best, rate)
+    return results
+
+
+def _sync(backend):
+    if backend.is_cuda:
+        backend.xp.cuda.runtime.deviceSynchronize()
