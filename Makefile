@@ -15,7 +15,8 @@ $(STAMP): $(BIN)/python pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m memtrain.demo
+	rm -rf runs/digits-demo  # a fresh demo each time
+	$(BIN)/memtrain train docs/example-job.toml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -34,11 +34,14 @@ class Backend:
     def is_cuda(self) -> bool:
         return self.kind == "cuda"
 
-    def rng(self, seed: int):
-        """A seeded generator whose `random(out=...)` fills a buffer in place."""
+    def rng(self, seed):
+        """A seeded generator whose `random(out=...)` fills a buffer in place.
+        `seed` may be a tuple of ints (e.g. (seed, step)): counter-based streams
+        that a resumed job can recreate without saving generator state."""
         if self.is_cuda:
-            return self.xp.random.default_rng(seed)
-        return np.random.Generator(np.random.PCG64(seed))
+            key = seed if isinstance(seed, int) else int(np.random.SeedSequence(list(seed)).generate_state(1)[0])
+            return self.xp.random.default_rng(key)
+        return np.random.Generator(np.random.PCG64(seed if isinstance(seed, int) else list(seed)))
 
     def to_numpy(self, a) -> np.ndarray:
         return self.xp.asnumpy(a) if self.is_cuda else np.asarray(a)

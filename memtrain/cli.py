@@ -230,7 +230,7 @@ def profile(config, layers, activation, output, dropout, dtype, device, overhead
 @click.option("--optimizer", help="Optimizer name or lookahead:<inner>.  [default: adam]")
 @click.option("--memory-limit", callback=_size, help="Memory to fit (e.g. 8GiB); default: free device memory now "
               "(NVML on a GPU, MemAvailable on the CPU).")
-@click.option("--margin", callback=_size, help="Safety margin kept free.  [default: 256KiB on CPU, 8MiB on CUDA]")
+@click.option("--margin", callback=_size, help="Safety margin kept free.  [default: 256KiB (CPU) or 8MiB (CUDA) + 0.1% of the budget]")
 @click.option("--multiple-of", type=click.IntRange(min=1), help="Round the batch down to a multiple of this.  [default: 8 on CUDA]")
 @click.option("--objective", type=click.Choice(["memory", "throughput"]), default="memory", show_default=True,
               help="memory: the largest batch that fits; throughput: the fastest batch up to that size.")
@@ -280,6 +280,122 @@ def devices(fmt):
 
     report = device_report()
     _echo(render.to_json(report) if fmt == "json" else render.devices_text(report))
+
+
+# -- train ---------------------------------------------------------------------------
+
+
+def _batch_value(ctx, param, value):
+    if value is None or value == "auto":
+        return value
+    try:
+        n = int(value)
+    except ValueError:
+        raise click.BadParameter(f"expected auto or a positive integer, got {value!r}") from None
+    if n < 1:
+        raise click.BadParameter(f"expected auto or a positive integer, got {value!r}")
+    return n
+
+
+@main.command()
+@click.argument("job_file", required=False, type=click.Path(dir_okay=False))
+@click.option("--name", help="Job name (the `job` label of its metrics; default output dir runs/NAME).")
+@click.option("--layers", callback=_layers, help="Layer sizes, e.g. 64,128,10.")
+@click.option("--activation", help="Hidden activation.")
+@click.option("--output", help="Output unit: softmax | sigmoid | linear.")
+@click.option("--dropout", callback=_dropout, help="off, course, or INPUT,HIDDEN keep probabilities.")
+@click.option("--dtype", type=click.Choice(["float16", "float32", "float64"]))
+@click.option("--optimizer", help="Optimizer name or lookahead:<inner>.")
+@click.option("--lr", type=float, help="Learning rate.")
+@click.option("--schedule", help="constant, step, exponential, cosine, linear, inverse_sqrt, cosine_restarts.")
+@click.option("--epochs", type=click.IntRange(min=1))
+@click.option("--batch-size", callback=_batch_value, help="auto (largest that fits, probed) or N.")
+@click.option("--micro-batch-size", callback=_batch_value, help="auto or N: gradient accumulation below the batch size.")
+@click.option("--memory-limit", help="Memory the auto batch must fit, e.g. 2GiB (default: free device memory).")
+@click.option("--dataset", help="digits, a .npz/.csv/IDX file, or synthetic:classification(n,d,classes).")
+@click.option("--device", help="cpu, cuda, cuda:N or auto.")
+@click.option("--seed", type=int)
+@click.option("--checkpoint-dir", help="Where checkpoints go (default OUTPUT_DIR/checkpoints).")
+@click.option("--checkpoint-every", type=click.IntRange(min=0), help="Also checkpoint every N steps.")
+@click.option("--resume/--no-resume", default=None, help="Resume from the newest checkpoint if there is one.  [default: resume]")
+@click.option("--output-dir", help="Where the models go.  [default: runs/NAME]")
+@click.option("--metrics-port", type=click.IntRange(min=0, max=65535), help="Serve Prometheus metrics on this port.")
+@click.option("--metrics-host", help="Address to bind the metrics server to.  [default: 127.0.0.1]")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="text: progress bar and lines; json: one JSON object per line.")
+def train(job_file, name, layers, activation, output, dropout, dtype, optimizer, lr, schedule, epochs, batch_size,
+          micro_batch_size, memory_limit, dataset, device, seed, checkpoint_dir, checkpoint_every, resume, output_dir,
+          metrics_port, metrics_host, log_format):
+    """Run a training job from JOB_FILE (TOML; see docs/job-file.md) and/or flags; flags
+    override the file. Checkpoints every epoch (and on SIGTERM/SIGINT, then exits 0);
+    resumes from the newest checkpoint.
+
+    \b
+    Examples:
+      memtrain train docs/example-job.toml
+      memtrain train --layers 64,128,10 --dataset digits --batch-size auto --epochs 20
+      memtrain train job.toml --metrics-port 9464 --log-format json
+    """
+    from memtrain.config import JobConfig, load, merge  # noqa: PLC0415
+    from memtrain.train.job import JobFailed, run  # noqa: PLC0415
+
+    cfg = load(job_file) if job_file else JobConfig()
+    if optimizer is not None and cfg.optimizer.get("name") != optimizer:
+        cfg.optimizer = {"name": optimizer}  # another optimizer: the file's hyper-parameters were for the old one
+    merge(cfg, {"name": name, "seed": seed, "device": device, "model.layers": layers, "model.activation": activation,
+                "model.output": output, "model.dropout": dropout, "model.dtype": dtype, "optimizer.lr": lr,
+                "schedule.name": schedule, "training.epochs": epochs, "training.batch_size": batch_size,
+                "training.micro_batch_size": micro_batch_size, "training.memory_limit": memory_limit,
+                "data.dataset": dataset, "checkpoint.dir": checkpoint_dir, "checkpoint.every_steps": checkpoint_every,
+                "checkpoint.resume": resume, "output.dir": output_dir, "metrics.port": metrics_port,
+                "metrics.host": metrics_host})
+    try:
+        run(cfg, log_format=log_format)
+    except JobFailed as exc:
+        click.echo(f"memtrain: job failed: {exc}", err=True)
+        sys.exit(ExitCode.FAILURE)
+
+
+# -- evaluate / predict ---------------------------------------------------------------
+
+
+@main.command()
+@click.argument("model_file", type=click.Path(dir_okay=False))
+@click.option("--dataset", required=True, help="digits, a .npz/.csv/IDX file, or synthetic:...")
+@click.option("--label-column", help="The label column of a .csv data set.")
+@click.option("--split", type=click.Choice(["test", "all"]), default="all", show_default=True,
+              help="digits/synthetic: evaluate on the job's held-out test split, or on every row.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def evaluate(model_file, dataset, label_column, split, device, fmt):
+    """Loss and accuracy of a saved model (model-final.npz / model-best.npz) on a data set."""
+    from memtrain import render  # noqa: PLC0415
+    from memtrain.train.predict import evaluate_model  # noqa: PLC0415
+
+    r = evaluate_model(model_file, dataset, label_column=label_column, split=split, device=device)
+    if fmt == "json":
+        _echo(render.to_json(r))
+    else:
+        acc = "" if r["accuracy"] is None else f", accuracy {r['accuracy']:.4f}"
+        _echo(f"{r['rows']:,} rows of {r['dataset']}: loss {r['loss']:.4f}{acc}")
+
+
+@main.command()
+@click.argument("model_file", type=click.Path(dir_okay=False))
+@click.option("--input", "input_file", required=True, type=click.Path(dir_okay=False),
+              help="A .npz (array X) or .csv (header row; features only, or --label-column to drop).")
+@click.option("--label-column", help="A .csv column to ignore (the labels).")
+@click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False),
+              help="Where predictions go: .csv (class and probabilities) or .npy (the raw outputs).")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=1024, show_default=True)
+def predict(model_file, input_file, label_column, out_file, device, batch_size):
+    """Outputs of a saved model for new inputs (the job's standardisation is applied)."""
+    from memtrain.train.predict import predict_file  # noqa: PLC0415
+
+    n = predict_file(model_file, input_file, out_file, label_column=label_column, device=device,
+                     batch_size=batch_size)
+    _echo(f"wrote {n:,} predictions to {out_file}")
 
 
 if __name__ == "__main__":  # pragma: no cover

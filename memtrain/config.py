@@ -38,11 +38,19 @@ from pathlib import Path
 from memtrain.nn.spec import ModelSpec
 
 SCHEMA = {
-    "": {"name", "seed", "device", "model", "optimizer", "schedule", "training"},
+    "": {"name", "seed", "device", "model", "optimizer", "schedule", "training", "data", "checkpoint", "metrics",
+         "output"},
     "model": {"layers", "activation", "output", "dropout", "init", "bias_init", "dtype", "l1", "l2"},
     "schedule": {"name", "warmup", "milestones", "gamma", "period", "mult", "total_steps"},
-    "training": {"batch_size", "epochs", "clip_norm", "patience"},
+    "training": {"batch_size", "max_batch_size", "micro_batch_size", "epochs", "clip_norm", "patience", "max_nonfinite",
+                 "memory_limit", "measure"},
+    "data": {"dataset", "label_column", "validation", "validation_dataset", "test", "standardize",
+             "resident_share"},
+    "checkpoint": {"dir", "every_steps", "every_minutes", "keep", "resume"},
+    "metrics": {"port", "host"},
+    "output": {"dir"},
 }
+SECTIONS = ("model", "optimizer", "schedule", "training", "data", "checkpoint", "metrics", "output")
 
 
 @dataclass
@@ -54,6 +62,10 @@ class JobConfig:
     optimizer: dict = field(default_factory=lambda: {"name": "adam"})
     schedule: dict = field(default_factory=dict)
     training: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)
+    checkpoint: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    output: dict = field(default_factory=dict)
     source: str = ""
 
     def model_spec(self) -> ModelSpec:
@@ -91,7 +103,7 @@ def from_dict(data: dict, source: str = "") -> JobConfig:
     unknown = set(data) - SCHEMA[""]
     if unknown:
         raise ValueError(f"{where}unknown key(s) {', '.join(sorted(unknown))}; expected {', '.join(sorted(SCHEMA['']))}")
-    for section in ("model", "optimizer", "schedule", "training"):
+    for section in SECTIONS:
         if section in data and not isinstance(data[section], dict):
             raise ValueError(f"{where}[{section}] must be a table")
         if section in SCHEMA:
@@ -105,8 +117,22 @@ def from_dict(data: dict, source: str = "") -> JobConfig:
     cfg.device = str(data.get("device", cfg.device))
     cfg.model = dict(data.get("model", {}))
     cfg.optimizer = {"name": "adam", **data.get("optimizer", {})}
-    cfg.schedule = dict(data.get("schedule", {}))
-    cfg.training = dict(data.get("training", {}))
+    for section in ("schedule", "training", "data", "checkpoint", "metrics", "output"):
+        setattr(cfg, section, dict(data.get(section, {})))
+    return cfg
+
+
+def merge(cfg: JobConfig, overrides: dict) -> JobConfig:
+    """Flags override the file: `overrides` maps "section.key" (or a top-level key) to a
+    value; None means "not given" and leaves the file's value."""
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        section, _, name = key.rpartition(".")
+        if section:
+            getattr(cfg, section)[name] = value
+        else:
+            setattr(cfg, name, value)
     return cfg
 
 

@@ -99,7 +99,7 @@ def test_autobatch_command():
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--layers", "784,4096,10", "--memory-limit", "1MiB"], "memory-limit: 1.00 MiB less a 256.00 KiB margin is too small for batch 1"),
+    (["--layers", "784,4096,10", "--memory-limit", "1MiB"], "memory-limit: 1.00 MiB less a 257.02 KiB margin is too small for batch 1"),
     (["--layers", "784,10", "--device", "cuda:0"], "device: cuda:0 was asked for but"),
 ])
 def test_autobatch_bad_input(args, message, monkeypatch):

@@ -25,14 +25,20 @@ import numpy as np
 
 from memtrain.memory.batch import largest_batch, round_batch
 
-# Safety margins (bytes) when none is given. CPU: tracemalloc's measured peak
-# exceeded the plan by at most ~56 KiB over the whole verification grid
-# (Python objects and NumPy's bounded ufunc buffers; docs/memory-model.md);
-# 256 KiB covers that with room. CUDA: an assumption (not measured in this
-# project yet) for the pool's fragmentation beyond the 512-byte rounding the
-# plan already counts.
+# Safety margin when none is given: a fixed part plus 0.1% of the budget.
+# CPU: tracemalloc's peak exceeded the plan by at most ~56 KiB over the whole
+# verification grid (Python objects, NumPy's bounded ufunc buffers), and under
+# a hard RLIMIT_AS cap the address space grew by ~0.03% more than the plan
+# (page rounding and mmap headers of each buffer; bench/autobatch_vs_doubling.py).
+# CUDA: an assumption, not yet measured in this project, for the pool's
+# fragmentation beyond the 512-byte rounding the plan already counts.
 DEFAULT_MARGIN = {"cpu": 256 * 1024, "cuda": 8 * 1024**2}
+MARGIN_FRACTION = 0.001
 OOM_SHRINK = 0.98
+
+
+def default_margin(kind: str, budget: int) -> int:
+    return DEFAULT_MARGIN[kind] + int(MARGIN_FRACTION * budget)
 
 
 @dataclass
@@ -109,7 +115,7 @@ def auto_batch(setting, backend, *, memory_limit: int | None = None, margin: int
         raw, source = memory_limit, "given"
     else:
         raw, source = device_budget(backend)
-    margin = DEFAULT_MARGIN[backend.kind] if margin is None else int(margin)
+    margin = default_margin(backend.kind, raw) if margin is None else int(margin)
     budget = raw - margin
     fit = largest_batch(lambda b: setting.plan(b).total, budget, multiple_of=multiple_of)
     if not fit.batch_size:

@@ -147,13 +147,17 @@ def uniform_dtype(spec) -> str:
 
 
 def training_plan(spec, optimizer, batch_size: int, device: str = "cpu", *, micro_batch_size=None,
-                  dataset_size=None, keep_best: bool = False, overhead_bytes: int = 0,
+                  dataset_size=None, resident_rows=None, keep_best: bool = False, overhead_bytes: int = 0,
                   overhead_source: str = "none") -> MemoryPlan:
     """Every buffer of one training step at `batch_size` (see docs/memory-model.md).
 
     With `micro_batch_size` m < batch_size, the step runs in micro-batches of m
     rows whose gradients are averaged (gradient accumulation): everything that
-    grows with the batch is sized for m, plus one accumulator of P elements."""
+    grows with the batch is sized for m, plus one accumulator of P elements.
+
+    `dataset_size` adds the epoch's permutation (host). `resident_rows` =
+    (n_train, n_val) adds the data set itself, kept in the plan's memory (on a
+    GPU: resident on the device) instead of streamed batch by batch."""
     B = _check_batch(batch_size)
     b = B if micro_batch_size is None else _check_batch(micro_batch_size, "micro_batch_size")
     if b > B:
@@ -173,6 +177,12 @@ def training_plan(spec, optimizer, batch_size: int, device: str = "cpu", *, micr
     bufs.append(_label_buffer(spec, b))
     if dataset_size:
         bufs.append(Buffer("order", "data", (int(dataset_size),), INTP))
+    if resident_rows:
+        for prefix, n in zip(("data", "val"), resident_rows):
+            if n:
+                bufs.append(Buffer(f"{prefix}_x", "data", (int(n), sizes[0]), dt))
+                label = _label_buffer(spec, int(n))
+                bufs.append(Buffer(f"{prefix}_y", "data", label.shape, label.dtype))
     keep_in, keep_hidden = spec.dropout or (1.0, 1.0)
     if keep_in < 1.0:
         bufs.append(Buffer("mask0", "activations", (b, sizes[0]), dt, layer=0, batched=True))

@@ -1,5 +1,10 @@
 """Trainer: allocates the training plan once, then runs steps inside it.
 
+Randomness is counter-based: the data order of epoch e comes from the stream
+(seed, 0, e) and the dropout masks of step t from (seed, 1, t, micro-batch).
+A resumed job therefore recreates every random draw from (epoch, position,
+step) alone, which is what makes resume bit-exact.
+
 Out-of-memory during a step (MemoryError on the CPU, CuPy's OutOfMemoryError
 on a GPU) does not end the job: the trainer halves the micro-batch, re-plans,
 reallocates only what changed, and runs the SAME step again as gradient
@@ -23,6 +28,8 @@ from memtrain.nn.mlp import MLP, _copy_in, evaluate_in
 from memtrain.optim import Optimizer, make_optimizer
 from memtrain.optim.schedules import Constant, Schedule
 
+STOP = "stop"  # what an on_step/on_epoch callback returns to end fit() after this step
+
 
 def oom_errors() -> tuple:
     """The exceptions that mean "out of memory" on the backends loaded now."""
@@ -43,7 +50,7 @@ class Trainer:
     clip_norm: scale the gradient down to this global norm when longer
     patience: early stopping after this many epochs without a better validation
         loss; the best weights are kept (a planned copy) and restored
-    seed: data order and dropout masks (two independent streams)
+    seed: data order and dropout masks (independent counter-based streams)
     """
 
     def __init__(self, model: MLP, optimizer="adam", batch_size: int = 32, *, micro_batch_size: int | None = None,
@@ -64,24 +71,32 @@ class Trainer:
             raise ValueError(f"patience: expected a positive integer, got {patience!r}")
         self.patience = patience
         self.seed = int(seed)
+        self._data_rows = (None, None)  # (n_train, n_val) resident in the plan, else None
         self.plan: MemoryPlan = self._make_plan(batch_size, micro_batch_size, dataset_size)
         self.arrays = allocate(self.plan, self.backend.xp, existing={"params": model.params},
                                observer=allocation_observer)
         self.optimizer.init_state(self.arrays, model.params)
         self._bind()
-        self.data_rng = np.random.Generator(np.random.PCG64(self.seed))
-        self.dropout_rng = self.backend.rng(self.seed + 1)
+        # progress, all of it saved in a checkpoint
         self.steps = 0
+        self.epoch = 0  # completed epochs
+        self.position = 0  # batches done in the current epoch
         self.nonfinite_steps = 0
+        self.nonfinite_streak = 0
         self.oom_recoveries = 0
+        self.best_loss, self.best_epoch, self.waited = math.inf, None, 0
+        self.stopped_early = False
+        self.history: list = []
         self.events: list = []  # OOM recoveries and other things a job log should show
         self.last_grad_norm = float("nan")
-        self.history: list = []
+        self.last_lr = float("nan")
         self.fault_hook = None  # tests: called (step, micro_index) before each pass; may raise MemoryError
+        self._host_data = None
 
     def _make_plan(self, batch_size, micro_batch_size, dataset_size=None) -> MemoryPlan:
+        resident = self._data_rows if self._data_rows[0] is not None else None
         return training_plan(self.spec, self.optimizer, batch_size, self.backend.kind,
-                             micro_batch_size=micro_batch_size, dataset_size=dataset_size,
+                             micro_batch_size=micro_batch_size, dataset_size=dataset_size, resident_rows=resident,
                              keep_best=self.patience is not None)
 
     def _bind(self):
@@ -100,12 +115,17 @@ class Trainer:
     def micro_batch_size(self) -> int:
         return self.plan.rows
 
-    # -- re-planning -------------------------------------------------------
-    def replan(self, micro_batch_size: int) -> None:
-        """Switch to another micro-batch: buffers whose shape is unchanged (parameters,
-        gradients, optimizer state) are kept; the others are freed, then reallocated."""
+    def _dataset_size(self):
         order = self.arrays.get("order")
-        plan = self._make_plan(self.batch_size, micro_batch_size, order.shape[0] if order is not None else None)
+        return None if order is None else order.shape[0]
+
+    # -- re-planning -------------------------------------------------------
+    def replan(self, micro_batch_size: int | None = None) -> None:
+        """Re-plan (another micro-batch, or data attached) and reallocate: buffers whose
+        shape is unchanged (parameters, gradients, optimizer state, the data set) are
+        kept; the others are freed first, then allocated."""
+        micro = self.plan.micro_batch_size if micro_batch_size is None else micro_batch_size
+        plan = self._make_plan(self.batch_size, micro, self._dataset_size())
         keep = {}
         for buf in plan.buffers:
             a = self.arrays.get(buf.name)
@@ -117,6 +137,56 @@ class Trainer:
         self.plan = plan
         self.arrays = allocate(plan, self.backend.xp, existing=keep)
         self._bind()
+
+    # -- data ----------------------------------------------------------------
+    def attach_data(self, X, y, validation=None, *, resident: bool = True) -> None:
+        """Give the trainer its data set. resident=True puts it in the plan (on a GPU:
+        on the device) and copies it in once; resident=False streams each batch from
+        the host arrays. Arrays already in the model dtype are used without a copy on
+        the CPU. Also plans the epoch permutation."""
+        X = np.ascontiguousarray(self.model._inputs(X), dtype=self.spec.dtype)
+        y = self.model.prepare_labels(y)
+        if len(X) != len(y):
+            raise ValueError(f"y: {len(y)} labels for {len(X)} samples")
+        if len(X) == 0:
+            raise ValueError("X: the training set is empty")
+        val = None
+        if validation is not None:
+            Xv = np.ascontiguousarray(self.model._inputs(validation[0]), dtype=self.spec.dtype)
+            yv = self.model.prepare_labels(validation[1])
+            if len(Xv) != len(yv):
+                raise ValueError(f"validation y: {len(yv)} labels for {len(Xv)} samples")
+            val = (Xv, yv)
+        n_val = len(val[0]) if val else 0
+        self._data_rows = (len(X), n_val) if resident else (None, None)
+        if resident and not self.backend.is_cuda:
+            # the caller's arrays are already what the plan lists: adopt them, no copy
+            for name, a in (("data_x", X), ("data_y", y)) + ((("val_x", val[0]), ("val_y", val[1])) if val else ()):
+                self.arrays[name] = a
+        plan = self._make_plan(self.batch_size, self.plan.micro_batch_size, len(X))
+        self.arrays = {k: v for k, v in self.arrays.items() if k in plan.names()}
+        self.plan = plan
+        missing = [b for b in plan.buffers if b.name not in self.arrays]
+        for buf in missing:
+            # the permutation indexes host data when streaming, device data when resident
+            xp = np if (buf.name == "order" and not resident) else self.backend.xp
+            self.arrays[buf.name] = xp.zeros(buf.shape, dtype=buf.dtype)
+        if resident and self.backend.is_cuda:
+            for name, a in (("data_x", X), ("data_y", y)) + ((("val_x", val[0]), ("val_y", val[1])) if val else ()):
+                self.arrays[name].set(a)
+        self._host_data = None if resident else (X, y, val)
+
+    def _train_data(self):
+        if self._host_data is not None:
+            return self._host_data[0], self._host_data[1]
+        return self.arrays["data_x"], self.arrays["data_y"]
+
+    def _val_data(self):
+        if self._host_data is not None:
+            return self._host_data[2]
+        if "val_x" in self.arrays:
+            return self.arrays["val_x"], self.arrays["val_y"]
+        return None
 
     # -- one step ----------------------------------------------------------
     def step(self, xb, yb) -> float:
@@ -147,6 +217,9 @@ class Trainer:
                 self.oom_recoveries += 1
                 self.replan(new)
 
+    def _dropout_rng(self, micro: int):
+        return self.backend.rng((self.seed, 1, self.steps, micro)) if self.spec.dropout else None
+
     def _step_inside(self, b: int, fill) -> float:
         spec, model = self.spec, self.model
         m = self.micro_batch_size
@@ -160,7 +233,7 @@ class Trainer:
                 self.fault_hook(self.steps, k)
             v = self.buffers.at(n)
             fill(v, lo, lo + n)
-            step.forward(spec, model.layers, v, train=True, rng=self.dropout_rng)
+            step.forward(spec, model.layers, v, train=True, rng=self._dropout_rng(k))
             total += step.loss_sum(spec, v)
             step.backward(spec, model.layers, self.glayers, v)
             if accumulate:
@@ -176,86 +249,154 @@ class Trainer:
         self.last_grad_norm = norm
         if not (math.isfinite(loss) and math.isfinite(norm)):
             self.nonfinite_steps += 1  # skip: a non-finite update would poison every weight
+            self.nonfinite_streak += 1
             return loss
-        lr = self.schedule(self.steps)
+        self.nonfinite_streak = 0
+        self.last_lr = lr = self.schedule(self.steps)
         self.optimizer.step(model.params, G, self.arrays, self.scratch, lr, spec.layout)
         self.steps += 1
         return loss
 
     # -- epochs ------------------------------------------------------------
-    def _order(self, n: int):
-        """The permutation buffer for a dataset of n rows; it is part of the plan."""
-        if "order" not in self.arrays or self.arrays["order"].shape[0] != n:
-            self.plan = self._make_plan(self.batch_size, self.plan.micro_batch_size, n)
-            self.arrays["order"] = np.zeros(n, dtype=np.intp)  # host: it indexes host data
-        order = self.arrays["order"]
-        order[...] = 1
-        np.cumsum(order, out=order)
-        order -= 1
-        return order
+    def _shuffle(self, order, epoch: int) -> None:
+        """The permutation of `epoch`, from its own stream: recreated exactly on resume."""
+        host = order if isinstance(order, np.ndarray) else np.empty(order.shape, dtype=np.intp)
+        host[...] = 1
+        np.cumsum(host, out=host)
+        host -= 1
+        np.random.Generator(np.random.PCG64([self.seed, 0, epoch])).shuffle(host)
+        if host is not order:
+            order.set(host)
 
-    def fit(self, X, y, epochs: int = 10, validation=None, *, verbose: bool = False, callback=None) -> list:
-        """Shuffled minibatches for `epochs`; validation loss/accuracy per epoch;
-        early stopping (with `patience`) restores the best weights. Returns the history."""
+    def fit(self, X=None, y=None, epochs: int = 10, validation=None, *, verbose: bool = False, on_step=None,
+            on_epoch=None, resident: bool = True) -> list:
+        """Train for `epochs` epochs (an epoch interrupted by a checkpoint counts as one
+        and is finished first) over shuffled minibatches; validation loss/accuracy
+        per epoch; early stopping (with `patience`) restores the best weights.
+        X, y may be omitted after attach_data(). `on_step(trainer, loss)` and
+        `on_epoch(trainer, record)` may return STOP. Returns the history."""
         if int(epochs) != epochs or epochs < 1:
             raise ValueError(f"epochs: expected a positive integer, got {epochs!r}")
-        X = self.model._inputs(X)
-        y = self.model.prepare_labels(y)
-        if len(X) != len(y):
-            raise ValueError(f"y: {len(y)} labels for {len(X)} samples")
-        X = np.ascontiguousarray(X, dtype=self.spec.dtype)
-        if validation is not None:
-            Xv = np.ascontiguousarray(self.model._inputs(validation[0]), dtype=self.spec.dtype)
-            yv = self.model.prepare_labels(validation[1])
-        n = len(X)
-        order = self._order(n)
-        best_loss, best_epoch, waited = math.inf, None, 0
-        B = self.batch_size
-        for epoch in range(1, int(epochs) + 1):
+        if X is not None:
+            self.attach_data(X, y, validation, resident=resident)
+        elif "order" not in self.arrays:
+            raise ValueError("X: no data; pass X, y or call attach_data() first")
+        Xd, yd = self._train_data()
+        val = self._val_data()
+        order = self.arrays["order"]
+        n, B = len(order), self.batch_size
+        n_batches = -(-n // B)
+        target = self.epoch + int(epochs)
+        stop = False
+        while self.epoch < target and not stop and not self.stopped_early:
             t0 = time.perf_counter()
-            self.data_rng.shuffle(order)  # in place
-            total = 0.0
-            for s in range(0, n, B):
-                idx = order[s : s + B]
-                total += self._step(len(idx), _gather(X, y, idx)) * len(idx)
-            record = {"epoch": epoch, "train_loss": total / n, "lr": self.schedule(max(self.steps - 1, 0)),
-                      "grad_norm": self.last_grad_norm, "seconds": time.perf_counter() - t0}
-            if validation is not None:
-                ev = evaluate_in(self.spec, self.model.layers, self.buffers, Xv, yv)
-                record.update(val_loss=ev["loss"], val_accuracy=ev["accuracy"])
-            self.history.append(record)
+            self._shuffle(order, self.epoch)
+            if self.position == 0:
+                self._epoch_loss = 0.0
+            while self.position < n_batches:
+                idx = order[self.position * B : (self.position + 1) * B]
+                loss = self._step(len(idx), _gather(Xd, yd, idx))
+                self._epoch_loss += loss * len(idx)
+                self.position += 1
+                if on_step is not None and on_step(self, loss) == STOP:
+                    stop = True
+                    break
+            if stop:
+                break
+            record = self._end_epoch(n, time.perf_counter() - t0, val)
             if verbose:
                 print(_format_record(record))
-            if callback is not None:
-                callback(record)
-            if self.patience is not None and validation is not None:
-                if record["val_loss"] < best_loss:
-                    best_loss, best_epoch, waited = record["val_loss"], epoch, 0
+            if on_epoch is not None and on_epoch(self, record) == STOP:
+                break
+        if self.stopped_early or (self.epoch >= target and self.patience is not None):
+            self.restore_best()
+        return self.history
+
+    def _end_epoch(self, n, seconds, val) -> dict:
+        self.epoch += 1
+        self.position = 0
+        record = {"epoch": self.epoch, "train_loss": self._epoch_loss / n, "lr": self.last_lr,
+                  "grad_norm": self.last_grad_norm, "seconds": seconds}
+        if val is not None:
+            ev = evaluate_in(self.spec, self.model.layers, self.buffers, val[0], val[1])
+            record.update(val_loss=ev["loss"], val_accuracy=ev["accuracy"])
+            if self.patience is not None:
+                if ev["loss"] < self.best_loss:
+                    self.best_loss, self.best_epoch, self.waited = ev["loss"], self.epoch, 0
                     self.arrays["best_params"][...] = self.model.params
                 else:
-                    waited += 1
-                    if waited >= self.patience:
-                        break
-        if self.patience is not None and best_epoch is not None:
+                    self.waited += 1
+                    self.stopped_early = self.waited >= self.patience
+        self.history.append(record)
+        return record
+
+    def restore_best(self) -> None:
+        """Put the best weights seen (early stopping) back into the model."""
+        if self.best_epoch is not None:
             self.model.params[...] = self.arrays["best_params"]
-            self.best_epoch = best_epoch
-        return self.history
 
     def evaluate(self, X, y) -> dict:
         """Loss and accuracy using the training buffers (no extra memory)."""
         X = np.ascontiguousarray(self.model._inputs(X), dtype=self.spec.dtype)
         return evaluate_in(self.spec, self.model.layers, self.buffers, X, self.model.prepare_labels(y))
 
+    # -- checkpoint contents -------------------------------------------------
+    def state_arrays(self) -> dict:
+        """Every array a resume needs, as host NumPy: parameters, each optimizer slot, best weights."""
+        names = ["params"] + [n for n in self.arrays if n.startswith("opt.")] + (
+            ["best_params"] if "best_params" in self.arrays else [])
+        return {n: self.backend.to_numpy(self.arrays[n]) for n in names}
+
+    def state_meta(self) -> dict:
+        return {
+            "steps": self.steps, "epoch": self.epoch, "position": self.position,
+            "epoch_loss": getattr(self, "_epoch_loss", 0.0),
+            "nonfinite_steps": self.nonfinite_steps, "oom_recoveries": self.oom_recoveries,
+            "micro_batch_size": self.micro_batch_size,
+            "best_loss": None if math.isinf(self.best_loss) else self.best_loss, "best_epoch": self.best_epoch,
+            "waited": self.waited, "stopped_early": self.stopped_early, "history": self.history,
+            "seed": self.seed,
+        }
+
+    def identity(self) -> dict:
+        """What a checkpoint must match: model, optimizer (with hyper-parameters), dtype, batch."""
+        return {"model": self.spec.identity(), "optimizer": self.optimizer.describe(),
+                "batch_size": self.batch_size, "dtype": self.spec.dtype.name}
+
+    def load_state(self, arrays: dict, meta: dict) -> None:
+        if meta["micro_batch_size"] != self.micro_batch_size:
+            self.replan(meta["micro_batch_size"])  # as the interrupted run had it after any OOM
+        for name, a in arrays.items():
+            if name not in self.arrays:
+                continue
+            dst = self.arrays[name]
+            if tuple(dst.shape) != a.shape or dst.dtype != a.dtype:
+                raise ValueError(f"checkpoint: {name} is {a.shape} {a.dtype}, expected {tuple(dst.shape)} {dst.dtype}")
+            if self.backend.is_cuda:
+                dst.set(a)
+            else:
+                dst[...] = a
+        self.steps, self.epoch, self.position = meta["steps"], meta["epoch"], meta["position"]
+        self._epoch_loss = meta.get("epoch_loss", 0.0)
+        self.nonfinite_steps, self.oom_recoveries = meta["nonfinite_steps"], meta["oom_recoveries"]
+        self.best_loss = math.inf if meta["best_loss"] is None else meta["best_loss"]
+        self.best_epoch, self.waited = meta["best_epoch"], meta["waited"]
+        self.stopped_early = meta["stopped_early"]
+        self.history = list(meta["history"])
+
 
 def _gather(X, y, idx):
-    """fill(v, lo, hi): rows idx[lo:hi] of the host data into the plan's batch buffers."""
+    """fill(v, lo, hi): rows idx[lo:hi] of the data set into the plan's batch buffers."""
 
     def fill(v, lo, hi):
         rows = idx[lo:hi]
         if isinstance(v.x, np.ndarray):
             np.take(X, rows, axis=0, out=v.x)  # no temporary: straight into the buffer
             np.take(y, rows, axis=0, out=v.y)
-        else:
+        elif not isinstance(X, np.ndarray):  # resident on the device
+            X.take(rows, axis=0, out=v.x)
+            y.take(rows, axis=0, out=v.y)
+        else:  # streamed from the host
             _copy_in(v.x, X[rows])
             _copy_in(v.y, y[rows])
 

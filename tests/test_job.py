@@ -1,0 +1,228 @@
+"""Training jobs end to end: outputs, resume exactness under SIGKILL, corrupt
+checkpoints, signals, non-finite losses and bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from memtrain.config import from_dict
+from memtrain.train import checkpoint as ckpt
+from memtrain.train.job import JobFailed, load_model, run
+
+JOB = """
+name = "t"
+seed = 3
+device = "cpu"
+[model]
+layers = [20, 48, 32, 4]
+activation = "tanh"
+dropout = [0.9, 0.8]
+[optimizer]
+name = "adam"
+lr = 0.003
+[schedule]
+name = "cosine"
+warmup = 5
+[training]
+batch_size = 16
+epochs = 3
+[data]
+dataset = "synthetic:classification(600, 20, 4)"
+validation = 0.2
+test = 0.1
+standardize = false
+[checkpoint]
+every_steps = 4
+keep = 2
+"""
+
+
+def job_file(tmp_path, text=JOB, **replace):
+    for old, new in replace.items():
+        text = text.replace(old, new)
+    p = tmp_path / "job.toml"
+    p.write_text(text)
+    return p
+
+
+def cli(*args, timeout=120, **kw):
+    return subprocess.run([sys.executable, "-m", "memtrain.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, **kw)
+
+
+def config(tmp_path, **sections):
+    import tomllib
+
+    data = tomllib.loads(JOB)
+    for key, value in sections.items():
+        data.setdefault(key, {}).update(value) if isinstance(value, dict) else data.__setitem__(key, value)
+    data["output"] = {"dir": str(tmp_path / "out")}
+    return from_dict(data)
+
+
+def test_a_job_trains_and_writes_its_models(tmp_path):
+    with open(os.devnull, "w") as devnull:
+        summary = run(config(tmp_path), progress=False, stream=devnull, install_signals=False)
+    assert summary["epochs"] == 3 and summary["steps"] == 3 * 27  # 432 training rows / 16
+    assert summary["val_accuracy"] > 0.5
+    model, meta = load_model(tmp_path / "out" / "model-final.npz")
+    assert meta["dataset"] == "synthetic:classification(600,20,4)" or "synthetic" in meta["dataset"]
+    assert model.spec.sizes == (20, 48, 32, 4)
+    assert summary["measured_peak_bytes"] >= summary["planned_bytes"]
+    # the plan is what ran; the job loop's own Python objects (logs, history, JSON) add tens of KiB
+    assert summary["measured_peak_bytes"] <= summary["planned_bytes"] * 1.005 + 256 * 1024
+    assert len(ckpt.list_checkpoints(tmp_path / "out" / "checkpoints")) == 2  # keep = 2
+
+
+def test_json_logs_are_one_object_per_line(tmp_path, capsys):
+    import io
+
+    buf = io.StringIO()
+    run(config(tmp_path), log_format="json", stream=buf, install_signals=False)
+    events = [json.loads(line)["event"] for line in buf.getvalue().splitlines()]
+    assert events[0] == "data" and events[-1] == "summary" and events.count("epoch") == 3
+    assert "plan" in events and "checkpoint" in events
+
+
+def _final_params(out_dir):
+    with np.load(Path(out_dir) / "model-final.npz", allow_pickle=False) as z:
+        return z["params"]
+
+
+@pytest.mark.slow
+def test_sigkill_at_five_points_then_resume_is_bit_identical(tmp_path):
+    ref_dir, run_dir = tmp_path / "ref", tmp_path / "run"
+    job = job_file(tmp_path, **{"epochs = 3": "epochs = 12"})  # 324 steps: long enough to be killed 5 times
+    done = cli("train", job, "--output-dir", ref_dir, "--log-format", "json")
+    assert done.returncode == 0, done.stderr
+    reference = _final_params(ref_dir)
+    rng = np.random.default_rng(7)
+    killed = 0
+    for _ in range(5):
+        # each run: let it write 1-3 checkpoints, then kill it somewhere in the steps that follow
+        wait_for, delay = int(rng.integers(1, 4)), float(rng.uniform(0, 0.05))
+        proc = subprocess.Popen([sys.executable, "-m", "memtrain.cli", "train", str(job), "--output-dir", str(run_dir),
+                                 "--log-format", "json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        seen = 0
+        for line in proc.stdout:
+            if json.loads(line)["event"] == "checkpoint":
+                seen += 1
+                if seen >= wait_for:
+                    time.sleep(delay)
+                    proc.send_signal(signal.SIGKILL)
+                    break
+        proc.wait(timeout=60)
+        proc.stdout.close()
+        proc.stderr.close()
+        if proc.returncode == -signal.SIGKILL:
+            killed += 1
+    assert killed == 5
+    done = cli("train", job, "--output-dir", run_dir, "--log-format", "json")
+    assert done.returncode == 0, done.stderr
+    assert any(json.loads(line)["event"] == "resume" for line in done.stdout.splitlines())
+    np.testing.assert_array_equal(_final_params(run_dir), reference)  # bit-identical
+
+
+def test_corrupt_newest_checkpoint_falls_back_with_a_warning(tmp_path):
+    job = job_file(tmp_path, **{"epochs = 3": "epochs = 1"})
+    out = tmp_path / "o"
+    assert cli("train", job, "--output-dir", out).returncode == 0
+    newest = ckpt.list_checkpoints(out / "checkpoints")[0]
+    npz = newest.with_suffix(".npz")
+    npz.write_bytes(npz.read_bytes()[:100])  # truncated
+    job2 = job_file(tmp_path, **{"epochs = 3": "epochs = 2"})
+    r = cli("train", job2, "--output-dir", out, "--log-format", "json")
+    assert r.returncode == 0, r.stderr
+    events = [json.loads(line) for line in r.stdout.splitlines()]
+    warning = next(e for e in events if e["event"] == "warning")
+    assert "SHA-256 mismatch" in warning["message"] and "falling back" in warning["message"]
+    assert next(e for e in events if e["event"] == "resume")["step"] < 27
+
+
+def test_resume_refuses_a_different_model(tmp_path):
+    job = job_file(tmp_path, **{"epochs = 3": "epochs = 1"})
+    out = tmp_path / "o"
+    assert cli("train", job, "--output-dir", out).returncode == 0
+    r = cli("train", job, "--output-dir", out, "--layers", "20,64,4")
+    assert r.returncode == 2
+    assert r.stderr.startswith("memtrain: error: resume:") and "model" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_sigterm_checkpoints_and_exits_0_then_resumes(tmp_path):
+    job = job_file(tmp_path, **{"epochs = 3": "epochs = 30"})
+    out = tmp_path / "o"
+    proc = subprocess.Popen([sys.executable, "-m", "memtrain.cli", "train", str(job), "--output-dir", str(out),
+                             "--log-format", "json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if json.loads(line)["event"] == "epoch":
+            proc.send_signal(signal.SIGTERM)
+            break
+    rest, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    events = [json.loads(line) for line in rest.splitlines()]
+    stopped = next(e for e in events if e["event"] == "stopped")
+    assert stopped["signal"] == "SIGTERM"
+    assert any(e["event"] == "checkpoint" and e["reason"] == "SIGTERM" for e in events)
+    newest = json.loads(ckpt.list_checkpoints(out / "checkpoints")[0].read_text())
+    assert newest["state"]["steps"] == stopped["step"]
+
+
+def test_nonfinite_losses_stop_with_a_checkpoint(tmp_path):
+    job = job_file(tmp_path, **{"lr = 0.003": "lr = 1e30", "[training]": "[training]\nmax_nonfinite = 3"})
+    r = cli("train", job, "--output-dir", tmp_path / "o")
+    assert r.returncode == 1
+    assert "non-finite steps in a row" in r.stderr
+    newest = json.loads(ckpt.list_checkpoints(tmp_path / "o" / "checkpoints")[0].read_text())
+    assert newest["state"]["nonfinite_steps"] >= 3
+
+
+@pytest.mark.parametrize("text,args,message", [
+    ("[model]\nlayers = [20, 4\n", [], "invalid TOML"),
+    (JOB.replace("epochs = 3", "epoch = 3"), [], "unknown key(s) in [training]: epoch"),
+    (JOB.replace("synthetic:classification(600, 20, 4)", "nope.npz"), [], "nope.npz"),
+    (JOB.replace("layers = [20, 48, 32, 4]", "layers = [21, 4]"), [], "model.layers: the first size must equal"),
+    (JOB, ["--batch-size", "0"], "Invalid value for '--batch-size'"),
+    (JOB, ["--micro-batch-size", "64"], "training.micro_batch_size: 64 is larger than the batch size 16"),
+    (JOB, ["--checkpoint-dir", "/proc/forbidden"], "checkpoint-dir: /proc/forbidden is not writable"),
+])
+def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, text, args, message):
+    p = tmp_path / "bad.toml"
+    p.write_text(text)
+    out = tmp_path / "o"
+    r = cli("train", p, "--output-dir", out, *args)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], r.stderr
+    assert not (out / "model-final.npz").exists()
+
+
+def test_metrics_port_in_use_is_a_clear_error(tmp_path):
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    port = s.getsockname()[1]
+    try:
+        r = cli("train", job_file(tmp_path), "--output-dir", tmp_path / "o", "--metrics-port", port)
+    finally:
+        s.close()
+    assert r.returncode == 2 and f"metrics.port: cannot listen on 127.0.0.1:{port}" in r.stderr
+
+
+def test_existing_checkpoints_are_not_overwritten_without_resume(tmp_path):
+    job = job_file(tmp_path, **{"epochs = 3": "epochs = 1"})
+    out = tmp_path / "o"
+    assert cli("train", job, "--output-dir", out).returncode == 0
+    before = sorted(p.name for p in (out / "checkpoints").iterdir())
+    r = cli("train", job, "--output-dir", out, "--no-resume")
+    assert r.returncode == 2 and "already holds checkpoints" in r.stderr
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == before
