@@ -7,6 +7,7 @@ through the JobConfig and its arguments, so tests drive it directly.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import signal
@@ -70,7 +71,13 @@ def _plain(v):
 
 
 def run(cfg, *, log_format: str = "text", progress: bool = True, stream=None, install_signals: bool = True) -> dict:
-    """Run the job described by `cfg` (memtrain.config.JobConfig). Returns the summary."""
+    """Run the job described by `cfg` (memtrain.config.JobConfig). Returns the summary.
+    The metrics server and tracing are stopped however the job ends."""
+    with contextlib.ExitStack() as resources:
+        return _run(cfg, resources, log_format, progress, stream, install_signals)
+
+
+def _run(cfg, resources, log_format, progress, stream, install_signals) -> dict:
     from memtrain.data import load_dataset  # noqa: PLC0415 - sklearn and friends only when a job runs
 
     stream = stream or sys.stdout
@@ -145,6 +152,7 @@ def run(cfg, *, log_format: str = "text", progress: bool = True, stream=None, in
     port = _setting(cfg, "metrics", "port")
     if port is not None:
         server = _serve(state, port, _setting(cfg, "metrics", "host"), log)
+        resources.callback(_stop_server, server)
     if progress and log_format == "text":
         import tqdm  # noqa: F401, PLC0415 - imported before tracing starts, so the measurement is the plan's
 
@@ -153,6 +161,7 @@ def run(cfg, *, log_format: str = "text", progress: bool = True, stream=None, in
     if measure:
         _HELD[0] = _UNTRACED[0] = 0
         tracemalloc.start()
+        resources.callback(tracemalloc.stop)
     steps_per_epoch = -(-len(ds.X_train) // batch)
     schedule = _schedule(cfg, hyper.get("lr", make_optimizer(opt_name).lr), epochs * steps_per_epoch)
     model = MLP.from_spec(spec, seed=cfg.seed, device=backend)
@@ -185,6 +194,7 @@ def run(cfg, *, log_format: str = "text", progress: bool = True, stream=None, in
         if found:
             arrays, record = found
             trainer.load_state(arrays, record["state"])
+            state.steps, state.epoch = trainer.steps, trainer.epoch
             log("resume", f"resumed   from {ckpt_dir / record['npz']}: step {trainer.steps}, epoch "
                 f"{trainer.epoch + 1}, batch {trainer.position}", step=trainer.steps, epoch=trainer.epoch,
                 position=trainer.position)
@@ -228,6 +238,9 @@ def run(cfg, *, log_format: str = "text", progress: bool = True, stream=None, in
         state.samples += min(tr.batch_size, n_train - (tr.position - 1) * tr.batch_size)
         if pool_hook is not None:
             state.measured["cupy_pool_peak"] = pool_hook.peak
+        peak = _peak(measure)
+        if peak is not None:
+            state.measured["tracemalloc_peak"] = peak  # the data set traced before tracing began included
         state.train_loss, state.gradient_norm, state.learning_rate = loss, tr.last_grad_norm, tr.last_lr
         state.nonfinite_steps, state.oom_recoveries = tr.nonfinite_steps, tr.oom_recoveries
         state.micro_batch_size = tr.micro_batch_size
@@ -270,8 +283,6 @@ def run(cfg, *, log_format: str = "text", progress: bool = True, stream=None, in
             signal.signal(sig, handler)
     if stop_signal or failure:
         save_checkpoint(stop_signal[0] if stop_signal else "non-finite")
-        if server:
-            server[0].shutdown()
         if failure:
             state.set_state("failed")
             raise JobFailed(failure[0])
@@ -284,11 +295,7 @@ def run(cfg, *, log_format: str = "text", progress: bool = True, stream=None, in
     train_peak = _peak(measure)  # before the test evaluation allocates its inference plan
     summary = _finish(cfg, ds, trainer, out_dir, plan, train_peak, time.perf_counter() - t_start)
     state.set_state("finished")
-    if measure:
-        tracemalloc.stop()
     log("summary", _summary_text(summary), **summary)
-    if server:
-        server[0].shutdown()
     return summary
 
 
@@ -352,6 +359,11 @@ def _serve(state, port, host, log):
 
 _UNTRACED = [0]  # bytes of plan buffers allocated before tracing began (the adopted data set)
 _HELD = [0]  # the highest training peak seen before the last checkpoint write
+
+
+def _stop_server(server) -> None:
+    server[0].shutdown()
+    server[0].server_close()
 
 
 def _peak(measure) -> int | None:

@@ -1,0 +1,252 @@
+"""Prometheus exporter: a Collector that reads a JobState (and measures memory)
+at scrape time, and `serve()` to expose it over HTTP. Reference: docs/metrics.md.
+
+Nothing in `memtrain/__init__.py` imports this module: prometheus_client is
+loaded only when a job asks for metrics. CuPy is never imported here; its pool
+is read only when the job already imported it.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import tracemalloc
+
+from prometheus_client import CollectorRegistry, disable_created_metrics, start_http_server
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    StateSetMetricFamily,
+)
+
+from memtrain.memory import measure
+from memtrain.memory.plan import CATEGORIES
+from memtrain.train.state import JOB_STATES, JobState
+
+PREFIX = "memtrain_"
+
+
+class JobCollector:
+    """Collector over one JobState (prometheus client_python's Collector protocol:
+    `collect()` yields metric families). Register it on a registry you own:
+
+        registry = CollectorRegistry()
+        registry.register(JobCollector(state))
+
+    measure_gpu=False makes no NVML or CuPy call (tests, or a scrape that must
+    not touch the driver); the state's own values and the CPU readings remain.
+    """
+
+    def __init__(self, state: JobState, *, measure_gpu: bool = True):
+        self.state = state
+        self.measure_gpu = measure_gpu
+
+    def collect(self):
+        s = self.state
+        yield from self._memory(s)
+        if self.measure_gpu:
+            yield from _gpus()
+        yield from _present(
+            _gauge("batch_size", "Rows per optimizer step (absent until the batch size is chosen).",
+                   s.batch_size or None),
+            _gauge("micro_batch_size", "Rows per forward/backward pass; below batch_size when gradients "
+                   "are accumulated (absent until the batch size is chosen).", s.micro_batch_size or None),
+            _counter("oom_recoveries", "Out-of-memory errors recovered by halving the micro-batch.",
+                     s.oom_recoveries),
+            _counter("steps", "Optimizer steps taken (the trainer's count; a resumed job continues it).",
+                     s.steps),
+            _counter("samples", "Training samples processed by this run.", s.samples),
+            _gauge("epoch", "Epochs completed.", s.epoch),
+            _step_durations(s),
+            _gauge("train_loss", "Training loss of the last step.", s.train_loss),
+            _gauge("validation_loss", "Validation loss after the last completed epoch.", s.validation_loss),
+            _gauge("validation_accuracy", "Validation accuracy (0..1) after the last completed epoch.",
+                   s.validation_accuracy),
+            _gauge("learning_rate", "Learning rate of the last applied update.", s.learning_rate),
+            _gauge("gradient_norm", "L2 norm of the last step's gradient, before clipping.", s.gradient_norm),
+            _counter("nonfinite_steps", "Steps skipped because the loss or the gradient was not finite.",
+                     s.nonfinite_steps),
+            _counter("checkpoints", "Checkpoints written by this run.", s.checkpoints),
+            _gauge("last_checkpoint_timestamp_seconds", "Unix time of the last checkpoint this run wrote.",
+                   s.last_checkpoint_time),
+            _gauge("job_start_timestamp_seconds", "Unix time this run of the job started.", s.started),
+        )
+        yield StateSetMetricFamily(PREFIX + "job_state", "The job's current state.",
+                                   value={name: s.state == name for name in JOB_STATES})
+        yield InfoMetricFamily(PREFIX + "job", "The job's identity (value 1).",
+                               value={"job": str(s.job), "model": str(s.model), "optimizer": str(s.optimizer),
+                                      "dtype": str(s.dtype), "device": str(s.device)})
+
+    # -- memory ----------------------------------------------------------------------------------
+
+    def _memory(self, s):
+        planned = dict(s.planned_bytes or {})
+        if planned:
+            fam = GaugeMetricFamily(PREFIX + "memory_planned_bytes",
+                                    "Bytes the memory plan reserves, per category (absent until planned).",
+                                    labels=["category"])
+            for cat in CATEGORIES:
+                fam.add_metric([cat], float(planned.get(cat, 0)))
+            yield fam
+
+        measured = self._measured(s)
+        if measured:
+            fam = GaugeMetricFamily(PREFIX + "memory_measured_bytes",
+                                    "Memory measured, or reported by the job, per source.", labels=["source"])
+            for source, nbytes in measured.items():
+                fam.add_metric([source], float(nbytes))
+            yield fam
+
+        ratio = _estimate_error(s, planned, measured)
+        if ratio is not None:
+            yield GaugeMetricFamily(PREFIX + "memory_estimate_error_ratio",
+                                    "Measured peak / planned - 1 (CUDA: CuPy pool peak vs the plan without "
+                                    "overhead; CPU: tracemalloc peak vs the plan).", value=ratio)
+
+    def _measured(self, s) -> dict:
+        out = {}
+        reported = getattr(s, "measured", None) or {}
+        on_cuda = str(s.device).startswith("cuda")
+        if on_cuda and self.measure_gpu and "cupy" in sys.modules:  # never import it: a CPU job must stay CPU
+            out.update(_quiet(_cupy_pool, s.gpu_index) or {})
+        if on_cuda and reported.get("cupy_pool_peak") is not None:
+            out["cupy_pool_peak"] = reported["cupy_pool_peak"]
+        if on_cuda and self.measure_gpu and s.gpu_index is not None and "cupy" in sys.modules:
+            nbytes = _quiet(_nvml_process, s.gpu_index)
+            if nbytes is not None:
+                out["nvml_process"] = nbytes
+        if reported.get("tracemalloc_peak") is not None:
+            out["tracemalloc_peak"] = reported["tracemalloc_peak"]
+        elif tracemalloc.is_tracing():
+            out["tracemalloc_peak"] = tracemalloc.get_traced_memory()[1]
+        nbytes = _quiet(measure.rss)
+        if nbytes is not None:
+            out["rss"] = nbytes
+        return out
+
+
+def _estimate_error(s, planned: dict, measured: dict) -> float | None:
+    total = sum(planned.values())
+    if str(s.device).startswith("cuda"):
+        if "cupy_pool_peak" not in measured:
+            return None
+        # The pool holds the plan's buffers; the CUDA context and library handles
+        # (the "overhead" category) live outside it.
+        base, peak = total - planned.get("overhead", 0), measured["cupy_pool_peak"]
+    elif "tracemalloc_peak" in measured:  # host memory only: comparable with a CPU job's plan alone
+        base, peak = total, measured["tracemalloc_peak"]
+    else:
+        return None
+    return peak / base - 1 if base > 0 else None
+
+
+def _cupy_pool(gpu_index) -> dict:
+    cupy = sys.modules["cupy"]
+    pool = cupy.get_default_memory_pool()
+    # The pool answers for the calling thread's current device, and a scrape
+    # runs on the server's thread, whose current device is 0.
+    if gpu_index is None:
+        return {"cupy_pool_used": pool.used_bytes(), "cupy_pool_total": pool.total_bytes()}
+    with cupy.cuda.Device(gpu_index):
+        return {"cupy_pool_used": pool.used_bytes(), "cupy_pool_total": pool.total_bytes()}
+
+
+def _nvml_process(gpu_index):
+    if not measure.nvml_state().ok:
+        return None
+    return measure.process_gpu_bytes(gpu_index)
+
+
+def _quiet(fn, *args):
+    """A measurement that fails (driver gone, device reset, no /proc) is left out of
+    the scrape instead of failing it."""
+    try:
+        return fn(*args)
+    except Exception:
+        return None
+
+
+# -- GPUs (NVML) ------------------------------------------------------------------------------------
+
+_GPU_GAUGES = (  # (name, help, key in measure.gpu_list()'s dicts, already in base units)
+    ("gpu_memory_total_bytes", "GPU memory in total, as NVML reports it.", "memory_total"),
+    ("gpu_memory_used_bytes", "GPU memory in use by all processes, as NVML reports it.", "memory_used"),
+    ("gpu_memory_free_bytes", "GPU memory free, as NVML reports it.", "memory_free"),
+    ("gpu_utilization_ratio", "Fraction of the last sample period a kernel ran (NVML utilization.gpu / 100).",
+     "utilization"),
+    ("gpu_temperature_celsius", "GPU core temperature.", "temperature_c"),
+    ("gpu_power_watts", "GPU power draw.", "power_w"),
+)
+
+
+def _gpus():
+    gpus = _quiet(measure.gpu_list, False) or []
+    if not gpus:
+        return
+    families = {}
+    for name, doc, _ in _GPU_GAUGES:
+        families[name] = GaugeMetricFamily(PREFIX + name, doc, labels=["gpu", "uuid"])
+    info = InfoMetricFamily(PREFIX + "gpu", "Each GPU NVML sees (value 1); gpu is NVML's index.",
+                            labels=["gpu", "uuid"])
+    for g in gpus:
+        try:
+            labels = [str(g["index"]), str(g["uuid"])]
+            for name, _, key in _GPU_GAUGES:
+                if g.get(key) is not None:  # e.g. power is not supported on every board
+                    families[name].add_metric(labels, float(g[key]))
+            info.add_metric(labels, {"name": str(g["name"]), "pci_bus_id": str(g["pci_bus_id"]),
+                                     "driver_version": str(g["driver_version"])})
+        except (KeyError, TypeError, ValueError):
+            continue
+    for fam in families.values():
+        if fam.samples:
+            yield fam
+    if info.samples:
+        yield info
+
+
+# -- families ---------------------------------------------------------------------------------------
+
+
+def _present(*families):
+    return [f for f in families if f is not None]
+
+
+def _gauge(name, doc, value):
+    """A gauge, or None (left out of the scrape) while the value is unknown: None or NaN."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return GaugeMetricFamily(PREFIX + name, doc, value=float(value))
+
+
+def _counter(name, doc, value):
+    # No created timestamp: a counter family without one yields no _created sample.
+    return CounterMetricFamily(PREFIX + name, doc, value=float(value))
+
+
+def _step_durations(s):
+    h = s.step_durations
+    fam = HistogramMetricFamily(PREFIX + "step_duration_seconds",
+                                "Wall time per optimizer step, callback to callback.")
+    fam.add_metric([], [(le, float(n)) for le, n in h.cumulative()], sum_value=float(h.total))
+    return fam
+
+
+# -- serving ----------------------------------------------------------------------------------------
+
+
+def serve(state: JobState, port: int, host: str = "127.0.0.1", registry=None) -> tuple:
+    """Serve `registry` (default: a new CollectorRegistry holding a JobCollector over
+    `state`) at http://host:port/metrics from a daemon thread.
+
+    Returns (server, thread): `server.server_address[1]` is the bound port (useful
+    with port=0); stop with `server.shutdown(); server.server_close()`. Raises
+    OSError when the address cannot be bound (e.g. the port is in use).
+    """
+    disable_created_metrics()  # only instrumented metrics have _created; the JobCollector emits none
+    if registry is None:
+        registry = CollectorRegistry()
+        registry.register(JobCollector(state))
+    return start_http_server(port, addr="127.0.0.1" if host is None else host, registry=registry)
