@@ -39,9 +39,10 @@ class JobCollector:
     not touch the driver); the state's own values and the CPU readings remain.
     """
 
-    def __init__(self, state: JobState, *, measure_gpu: bool = True):
+    def __init__(self, state: JobState, *, measure_gpu: bool = True, pid: int | None = None):
         self.state = state
         self.measure_gpu = measure_gpu
+        self.pid = pid  # the job's process when this collector runs in another (memtrain/exporter.py)
 
     def collect(self):
         s = self.state
@@ -113,15 +114,19 @@ class JobCollector:
             out.update(_quiet(_cupy_pool, s.gpu_index) or {})
         if on_cuda and reported.get("cupy_pool_peak") is not None:
             out["cupy_pool_peak"] = reported["cupy_pool_peak"]
-        if on_cuda and self.measure_gpu and s.gpu_index is not None and "cupy" in sys.modules:
-            nbytes = _quiet(_nvml_process, s.gpu_index)
+        for key in ("cupy_pool_used", "cupy_pool_total"):  # reported by a job whose exporter runs apart
+            if on_cuda and key not in out and reported.get(key) is not None:
+                out[key] = reported[key]
+        bus = getattr(s, "gpu_pci_bus_id", "")
+        if on_cuda and self.measure_gpu and s.gpu_index is not None and ("cupy" in sys.modules or bus):
+            nbytes = _quiet(_nvml_process, s.gpu_index, self.pid, bus)
             if nbytes is not None:
                 out["nvml_process"] = nbytes
         if reported.get("tracemalloc_peak") is not None:
             out["tracemalloc_peak"] = reported["tracemalloc_peak"]
         elif tracemalloc.is_tracing():
             out["tracemalloc_peak"] = tracemalloc.get_traced_memory()[1]
-        nbytes = _quiet(measure.rss)
+        nbytes = _quiet(measure.rss, self.pid)
         if nbytes is not None:
             out["rss"] = nbytes
         return out
@@ -153,10 +158,10 @@ def _cupy_pool(gpu_index) -> dict:
         return {"cupy_pool_used": pool.used_bytes(), "cupy_pool_total": pool.total_bytes()}
 
 
-def _nvml_process(gpu_index):
+def _nvml_process(gpu_index, pid=None, bus=""):
     if not measure.nvml_state().ok:
         return None
-    return measure.process_gpu_bytes(gpu_index)
+    return measure.process_gpu_bytes(gpu_index, pid, bus or None)
 
 
 def _quiet(fn, *args):

@@ -215,7 +215,7 @@ class _FakeCupy:
 def test_cuda_measurements(monkeypatch):
     monkeypatch.setitem(sys.modules, "cupy", _FakeCupy())
     monkeypatch.setattr(measure, "nvml_state", lambda: measure.NvmlState(True, driver_version="550.54.15"))
-    monkeypatch.setattr(measure, "process_gpu_bytes", lambda index: {1: 400_000}[index])
+    monkeypatch.setattr(measure, "process_gpu_bytes", lambda index, pid=None, bus=None: {1: 400_000}[index])
     monkeypatch.setattr(measure, "gpu_list", lambda with_processes=True: [])
     planned = {**PLANNED, "overhead": 300_000}
     s = _state(device="cuda:1", gpu_index=1, planned_bytes=planned, measured={"cupy_pool_peak": 18_000})

@@ -107,11 +107,18 @@ def gpu_free_bytes(index: int) -> int:
     return int(_pynvml().nvmlDeviceGetMemoryInfo(handle_for_cuda_device(index)).free)
 
 
-def process_gpu_bytes(index: int, pid: int | None = None) -> int | None:
-    """This process's memory on CUDA device `index` as NVML reports it (None if not listed)."""
+def process_gpu_bytes(index: int, pid: int | None = None, pci_bus_id: str | None = None) -> int | None:
+    """This process's (or `pid`'s) memory on CUDA device `index` as NVML reports it
+    (None if not listed). With `pci_bus_id` the device is found without CuPy (the
+    exporter process, which never imports it)."""
     nv = _pynvml()
     pid = os.getpid() if pid is None else pid
-    for p in nv.nvmlDeviceGetComputeRunningProcesses(handle_for_cuda_device(index)):
+    if pci_bus_id:
+        nv.nvmlInit()
+        handle = nv.nvmlDeviceGetHandleByPciBusId(normalize_pci_bus_id(pci_bus_id).encode())
+    else:
+        handle = handle_for_cuda_device(index)
+    for p in nv.nvmlDeviceGetComputeRunningProcesses(handle):
         if p.pid == pid:
             return int(p.usedGpuMemory)
     return None
@@ -137,8 +144,9 @@ def mem_total() -> int:
     raise OSError("MemTotal not found in /proc/meminfo")
 
 
-def rss() -> int:
-    with open("/proc/self/statm") as f:
+def rss(pid: int | None = None) -> int:
+    """Resident set size of this process (or of `pid`)."""
+    with open(f"/proc/{pid or 'self'}/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 

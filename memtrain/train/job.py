@@ -97,6 +97,7 @@ def _run(cfg, resources, log_format, progress, stream, install_signals) -> dict:
     state.model = f"{'-'.join(map(str, spec.sizes))} {spec.activation.describe()} {spec.output.name}"
     state.optimizer = opt_name
     state.gpu_index = backend.index if backend.is_cuda else None
+    state.gpu_pci_bus_id = backend.xp.cuda.Device(backend.index).pci_bus_id if backend.is_cuda else ""
 
     # -- data --------------------------------------------------------------------------
     ds = load_dataset(_setting(cfg, "data", "dataset"), dtype=spec.dtype.name,
@@ -148,11 +149,15 @@ def _run(cfg, resources, log_format, progress, stream, install_signals) -> dict:
         log("batch", auto_note, batch_size=batch)
 
     # -- metrics -----------------------------------------------------------------------------------
-    server = None
+    exporter = None
     port = _setting(cfg, "metrics", "port")
     if port is not None:
-        server = _serve(state, port, _setting(cfg, "metrics", "host"), log)
-        resources.callback(_stop_server, server)
+        exporter = _serve(state, port, _setting(cfg, "metrics", "host"), log)
+        resources.callback(exporter.stop)
+
+    def publish():
+        if exporter is not None:
+            exporter.publish(state)
     if progress and log_format == "text":
         import tqdm  # noqa: F401, PLC0415 - imported before tracing starts, so the measurement is the plan's
 
@@ -220,6 +225,7 @@ def _run(cfg, resources, log_format, progress, stream, install_signals) -> dict:
         state.last_checkpoint_time = time.time()
         last_ckpt[0] = time.monotonic()
         state.set_state("training")
+        publish()
         _reset_peak(measure)
         log("checkpoint", "", path=str(path), reason=reason, step=trainer.steps)
 
@@ -243,8 +249,10 @@ def _run(cfg, resources, log_format, progress, stream, install_signals) -> dict:
             state.measured["tracemalloc_peak"] = peak  # the data set traced before tracing began included
         state.train_loss, state.gradient_norm, state.learning_rate = loss, tr.last_grad_norm, tr.last_lr
         state.nonfinite_steps, state.oom_recoveries = tr.nonfinite_steps, tr.oom_recoveries
-        state.micro_batch_size = tr.micro_batch_size
+        if tr.micro_batch_size != state.micro_batch_size:  # an OOM re-planned the step
+            state.micro_batch_size, state.planned_bytes = tr.micro_batch_size, tr.plan.by_category()
         bar.update(tr, loss, dt, _peak(measure))
+        publish()
         if tr.nonfinite_streak >= max_nonfinite:
             failure.append(f"training: {tr.nonfinite_streak} non-finite steps in a row (loss {loss}); stopped "
                            "with a checkpoint of the last good state (try a lower lr or clip_norm)")
@@ -261,11 +269,13 @@ def _run(cfg, resources, log_format, progress, stream, install_signals) -> dict:
         state.validation_loss = record.get("val_loss", math.nan)
         acc = record.get("val_accuracy")
         state.validation_accuracy = math.nan if acc is None else acc
+        publish()
         log("epoch", _epoch_line(record, epochs, _peak(measure), plan.total), **record)
         save_checkpoint("epoch")
         return None
 
     state.set_state("training")
+    publish()
     remaining = epochs - trainer.epoch
     try:
         if pool_hook is not None:
@@ -274,6 +284,7 @@ def _run(cfg, resources, log_format, progress, stream, install_signals) -> dict:
             trainer.fit(epochs=remaining, on_step=on_step, on_epoch=on_epoch)
     except BaseException:
         state.set_state("failed")
+        publish()
         raise
     finally:
         if pool_hook is not None:
@@ -285,6 +296,7 @@ def _run(cfg, resources, log_format, progress, stream, install_signals) -> dict:
         save_checkpoint(stop_signal[0] if stop_signal else "non-finite")
         if failure:
             state.set_state("failed")
+            publish()
             raise JobFailed(failure[0])
         log("stopped", f"stopped   on {stop_signal[0]} at step {trainer.steps}; checkpoint saved, resume with the "
             "same command", signal=stop_signal[0], step=trainer.steps)
@@ -292,9 +304,11 @@ def _run(cfg, resources, log_format, progress, stream, install_signals) -> dict:
 
     # -- results -------------------------------------------------------------------------------------
     state.set_state("evaluating")
+    publish()
     train_peak = _peak(measure)  # before the test evaluation allocates its inference plan
     summary = _finish(cfg, ds, trainer, out_dir, plan, train_peak, time.perf_counter() - t_start)
     state.set_state("finished")
+    publish()
     log("summary", _summary_text(summary), **summary)
     return summary
 
@@ -345,25 +359,20 @@ def _resident(ds, setting, backend, memory_limit, share) -> bool:
 
 
 def _serve(state, port, host, log):
-    from memtrain.metrics import serve  # noqa: PLC0415 - prometheus_client only when metrics are asked for
+    """The exporter in its own process (memtrain/exporter.py): scrapes cost the steps nothing."""
+    from memtrain.exporter import Exporter  # noqa: PLC0415
 
     port = _positive_int("metrics.port", port) if port != 0 else 0
     try:
-        server = serve(state, port, host=host)
+        exporter = Exporter(state, port, host)
     except OSError as exc:
         raise ValueError(f"metrics.port: cannot listen on {host}:{port} ({exc.strerror or exc})") from None
-    bound = server[0].server_address[1] if hasattr(server[0], "server_address") else port
-    log("metrics", f"metrics   http://{host}:{bound}/metrics", url=f"http://{host}:{bound}/metrics")
-    return server
+    log("metrics", f"metrics   http://{host}:{exporter.port}/metrics", url=f"http://{host}:{exporter.port}/metrics")
+    return exporter
 
 
 _UNTRACED = [0]  # bytes of plan buffers allocated before tracing began (the adopted data set)
 _HELD = [0]  # the highest training peak seen before the last checkpoint write
-
-
-def _stop_server(server) -> None:
-    server[0].shutdown()
-    server[0].server_close()
 
 
 def _peak(measure) -> int | None:

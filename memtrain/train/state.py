@@ -70,6 +70,7 @@ class JobState:
     step_durations: StepHistogram = field(default_factory=StepHistogram)
     started: float = field(default_factory=time.time)
     gpu_index: int | None = None  # the CUDA device the job runs on, for the NVML readings
+    gpu_pci_bus_id: str = ""  # the same device as NVML names it (the exporter process has no CuPy)
     measured: dict = field(default_factory=dict)  # source -> bytes the job loop measured (e.g. cupy_pool_peak)
 
     def set_state(self, state: str) -> None:
