@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 
 from memtrain import MLP, Trainer, make_schedule
-from memtrain.demo import load_digits_split
+from memtrain.data import load_dataset
 
 
 def test_digits_reaches_95_percent_quickly():
-    (Xtr, ytr), (Xva, yva), (Xte, yte) = load_digits_split(seed=0)
+    d = load_dataset("digits", validation=0.2, test=0.2, standardize=True, seed=0)
+    (Xtr, ytr), (Xva, yva), (Xte, yte) = (d.X_train, d.y_train), (d.X_val, d.y_val), (d.X_test, d.y_test)
     t0 = time.perf_counter()
     model = MLP([64, 128, 10], activation="relu", output="softmax", seed=0)
     trainer = Trainer(model, "adam", batch_size=32, patience=5, seed=0)
