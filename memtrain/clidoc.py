@@ -16,12 +16,13 @@ def render() -> str:
            "`tests/test_clidoc.py` fails when this file is out of date.", "",
            "Bad input to any command is one line on stderr starting `memtrain: error:` and exit",
            "status 2; a job or check that ran and failed exits 1.", ""]
-    names = ["memtrain"] + [f"memtrain {n}" for n in sorted(main.commands)]
-    for name in names:
-        cmd = main if name == "memtrain" else main.commands[name.split()[1]]
-        with click.Context(cmd, info_name=name, terminal_width=100, max_content_width=100) as ctx:
-            text = cmd.get_help(ctx)
-        out += [f"## `{name}`", "", "```", text.rstrip(), "```", ""]
+    # contexts as the command line builds them: the group's settings (-h) reach every subcommand
+    root = click.Context(main, info_name="memtrain", terminal_width=100, **main.context_settings)
+    for cmd, ctx in [(main, root)] + [
+        (main.commands[n], click.Context(main.commands[n], info_name=n, parent=root)) for n in sorted(main.commands)
+    ]:
+        name = ctx.command_path
+        out += [f"## `{name}`", "", "```", cmd.get_help(ctx).rstrip(), "```", ""]
     return "\n".join(out)
 
 
