@@ -48,6 +48,11 @@ def estimate_text(r: dict) -> str:
     out.append(_table(["category", "bytes", "size", "x params"], rows))
     if r["mode"] == "train":
         out.append(f"\nparameters + gradients + optimizer state = {_x(m['params_grads_state'])} the parameters")
+        extra = [b["name"] for b in r["buffers"] if b["name"] in ("best_params", "grad_accum")]
+        if extra:
+            out.append("(not counted there: " + ", ".join(
+                {"best_params": "best_params, the best weights early stopping keeps",
+                 "grad_accum": "grad_accum, the gradient-accumulation buffer"}[n] for n in extra) + ")")
     f = r["formula"]
     out.append(f"total(B) = {f['fixed']:,} B + B x {f['per_sample']:,} B"
                f"   ({format_bytes(f['fixed'])} + B x {format_bytes(f['per_sample'])})"

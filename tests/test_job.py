@@ -226,3 +226,14 @@ def test_existing_checkpoints_are_not_overwritten_without_resume(tmp_path):
     r = cli("train", job, "--output-dir", out, "--no-resume")
     assert r.returncode == 2 and "already holds checkpoints" in r.stderr
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == before
+
+
+def test_auto_batch_counts_the_resident_data_set(tmp_path):
+    """The data set is part of the plan, so the auto batch leaves room for it."""
+    limit = 3 * 1024**2
+    cfg = config(tmp_path, training={"batch_size": "auto", "memory_limit": "3MiB", "epochs": 1})
+    with open(os.devnull, "w") as devnull:
+        s = run(cfg, progress=False, stream=devnull, install_signals=False)
+    assert s["planned_bytes"] <= limit
+    data = 600 * 20 * 4  # the synthetic set's features, float32 (part of the plan)
+    assert s["batch_size"] == 432 or s["planned_bytes"] > limit - data  # the batch grew until the limit

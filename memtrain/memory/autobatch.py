@@ -18,6 +18,7 @@ runs; the plan makes one probe the usual case (docs/benchmarks.md).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -108,13 +109,18 @@ def _release(backend):
 
 def auto_batch(setting, backend, *, memory_limit: int | None = None, margin: int | None = None,
                multiple_of: int | None = None, max_probes: int = 4, dataset_size: int | None = None,
-               log=None) -> AutoBatch:
-    """Analytic B from the plan, confirmed by real probes (usually one)."""
+               already_allocated: int = 0, log=None) -> AutoBatch:
+    """Analytic B from the plan, confirmed by real probes (usually one).
+
+    `already_allocated`: bytes of the plan that exist already (a job's data set,
+    loaded before the free memory is read); they are counted by the plan, so
+    they are added back to a measured free-memory budget, not to a given limit."""
     t0 = time.perf_counter()
     if memory_limit is not None:
         raw, source = memory_limit, "given"
     else:
         raw, source = device_budget(backend)
+        raw += already_allocated
     margin = default_margin(backend.kind, raw) if margin is None else int(margin)
     budget = raw - margin
     fit = largest_batch(lambda b: setting.plan(b).total, budget, multiple_of=multiple_of)
@@ -146,7 +152,7 @@ def auto_batch(setting, backend, *, memory_limit: int | None = None, margin: int
         b = min(nb, b - step_down)
         if b < 1:
             raise ValueError("memory-limit: not even the smallest batch fits when measured")
-    eval_setting = type(setting)(**{**setting.__dict__, "inference": True, "keep_best": False})
+    eval_setting = dataclasses.replace(setting, inference=True, keep_best=False, resident_rows=None)
     eval_fit = largest_batch(lambda n: eval_setting.plan(n).total, budget)
     eval_batch = min(eval_fit.batch_size, dataset_size) if dataset_size else eval_fit.batch_size
     return AutoBatch(analytic, b, budget, source, margin, probes, time.perf_counter() - t0, eval_batch)

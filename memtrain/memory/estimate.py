@@ -6,6 +6,7 @@ plan the Trainer allocates.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from memtrain.memory.batch import BatchFit, largest_batch
@@ -28,6 +29,7 @@ class Setting:
     overhead_source: str = "none"
     inference: bool = False
     keep_best: bool = False
+    resident_rows: tuple | None = None  # (n_train, n_val) of a data set kept in the plan (a job's)
 
     def make_optimizer(self):
         return make_optimizer(self.optimizer, **dict(self.hyper))
@@ -37,11 +39,13 @@ class Setting:
             return inference_plan(self.spec, batch_size, self.device, overhead_bytes=self.overhead_bytes,
                                   overhead_source=self.overhead_source)
         return training_plan(self.spec, self.make_optimizer(), batch_size, self.device, keep_best=self.keep_best,
-                             overhead_bytes=self.overhead_bytes, overhead_source=self.overhead_source)
+                             resident_rows=self.resident_rows,
+                             dataset_size=self.resident_rows[0] if self.resident_rows else None,
+                             overhead_bytes=self.overhead_bytes,
+                             overhead_source=self.overhead_source)
 
     def with_optimizer(self, name: str) -> "Setting":
-        return Setting(self.spec, name, self.hyper if name == self.optimizer else (), self.device,
-                       self.overhead_bytes, self.overhead_source, self.inference, self.keep_best)
+        return dataclasses.replace(self, optimizer=name, hyper=self.hyper if name == self.optimizer else ())
 
 
 def all_optimizer_names() -> list:
@@ -67,7 +71,10 @@ def multipliers(plan: MemoryPlan) -> dict:
     p = plan.allocated(plan.get("params"))
     cats = plan.by_category()
     out = {c: cats[c] / p for c in CATEGORIES}
-    out["params_grads_state"] = (cats["parameters"] + cats["gradients"] + cats["optimizer_state"]) / p
+    # the course's quantity: the weights, their gradient and the optimizer state (not the
+    # early-stopping copy or the accumulation buffer, which the categories still show)
+    grads = plan.allocated(plan.get("grads")) if "grads" in plan.names() else 0
+    out["params_grads_state"] = (p + grads + cats["optimizer_state"]) / p
     return out
 
 

@@ -11,6 +11,7 @@ with the measured device overhead.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import tracemalloc
 
@@ -84,6 +85,18 @@ class _Meter:
         self.take(buf.category)
 
 
+def _attach_zeros(trainer, spec, rows) -> None:
+    """A data set of the planned shape (zeros: only its memory matters here)."""
+    kind, C = spec.output.label_kind, spec.sizes[-1]
+
+    def part(n):
+        y = np.zeros(n, np.intp) if kind == "class" else np.zeros((n, C), spec.dtype)
+        return np.zeros((n, spec.sizes[0]), spec.dtype), y
+
+    n_train, n_val = rows
+    trainer.attach_data(*part(n_train), part(n_val) if n_val else None, resident=True)
+
+
 def _warm_up(spec, backend):
     # lazy imports and first-call caches (NumPy, SciPy's erf) stay out of the measurement
     from memtrain.nn.mlp import MLP  # noqa: PLC0415
@@ -122,6 +135,9 @@ def profile(setting, batch_size: int, *, steps: int = 3, seed: int = 0, backend=
         meter.take("parameters")
         trainer = Trainer(model, setting.make_optimizer(), batch_size, seed=seed, allocation_observer=meter,
                           patience=1 if setting.keep_best else None)
+        if setting.resident_rows:  # a job's data set, resident in the plan
+            _attach_zeros(trainer, spec, setting.resident_rows)
+            meter.take("data")
         allocated = read()
         tracemalloc.reset_peak()
         losses = [trainer._step(batch_size, fill) for _ in range(steps)]
@@ -143,7 +159,7 @@ def _profile_cuda(setting, batch_size, steps, backend, fill, tolerance):  # prag
 
     t0 = time.perf_counter()
     overhead = measure_cuda_overhead(backend.index)
-    setting = type(setting)(**{**setting.__dict__, "overhead_bytes": overhead, "overhead_source": "measured"})
+    setting = dataclasses.replace(setting, overhead_bytes=overhead, overhead_source="measured")
     pool = cupy.get_default_memory_pool()
     pool.free_all_blocks()
     with cupy.cuda.Device(backend.index):

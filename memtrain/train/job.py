@@ -118,8 +118,13 @@ def _run(cfg, resources, log_format, progress, stream, install_signals) -> dict:
     micro = _setting(cfg, "training", "micro_batch_size")
     memory_limit = _setting(cfg, "training", "memory_limit")
     memory_limit = None if memory_limit is None else parse_bytes(memory_limit, "training.memory_limit")
+    resident = _resident(ds, backend, memory_limit, _setting(cfg, "data", "resident_share"))
+    n_val = 0 if ds.X_val is None else len(ds.X_val)
     setting = Setting(spec, opt_name, tuple(sorted(hyper.items())), backend.kind,
-                      keep_best=bool(_setting(cfg, "training", "patience")))
+                      keep_best=bool(_setting(cfg, "training", "patience")),
+                      resident_rows=(len(ds.X_train), n_val) if resident else None)
+    # on the CPU the data set is in memory already when the free memory is read
+    loaded = _data_bytes(ds) if (resident and not backend.is_cuda) else 0
     auto_note = None
     if identity_probe and batch == "auto":
         batch = json.loads(identity_probe[0].read_text())["identity"]["batch_size"]
@@ -129,7 +134,7 @@ def _run(cfg, resources, log_format, progress, stream, install_signals) -> dict:
 
         state.set_state("planning")
         r = auto_batch(setting, backend, memory_limit=memory_limit, multiple_of=8 if backend.is_cuda else None,
-                       dataset_size=len(ds.X_train))
+                       dataset_size=len(ds.X_train), already_allocated=loaded)
         cap = _setting(cfg, "training", "max_batch_size")
         cap = len(ds.X_train) if cap is None else min(_positive_int("training.max_batch_size", cap), len(ds.X_train))
         batch = min(r.confirmed, cap)
@@ -175,7 +180,6 @@ def _run(cfg, resources, log_format, progress, stream, install_signals) -> dict:
                       patience=_setting(cfg, "training", "patience"), seed=cfg.seed)
     for note in trainer.notes:
         log("note", f"note      {note}", note=note)
-    resident = _resident(ds, setting, backend, memory_limit, _setting(cfg, "data", "resident_share"))
     validation = (ds.X_val, ds.y_val) if ds.X_val is not None else None
     before = set(trainer.arrays)
     trainer.attach_data(ds.X_train, ds.y_train, validation, resident=resident)
@@ -338,7 +342,7 @@ def _auto_micro(setting, batch, backend, memory_limit) -> int | None:
 
     def total(m):
         return training_plan(setting.spec, opt, batch, setting.device, micro_batch_size=min(m, batch),
-                             keep_best=setting.keep_best).total
+                             keep_best=setting.keep_best, resident_rows=setting.resident_rows).total
 
     fit = largest_batch(total, budget)
     if not fit.batch_size:
@@ -346,7 +350,11 @@ def _auto_micro(setting, batch, backend, memory_limit) -> int | None:
     return None if fit.batch_size >= batch else fit.batch_size
 
 
-def _resident(ds, setting, backend, memory_limit, share) -> bool:
+def _data_bytes(ds) -> int:
+    return sum(a.nbytes for a in (ds.X_train, ds.y_train, ds.X_val, ds.y_val) if a is not None)
+
+
+def _resident(ds, backend, memory_limit, share) -> bool:
     """CPU: the data set is in host memory either way, so it is in the plan. CUDA: on the
     device when it takes at most `share` of the memory budget, else streamed batch by batch."""
     if not backend.is_cuda:
@@ -354,8 +362,7 @@ def _resident(ds, setting, backend, memory_limit, share) -> bool:
     from memtrain.memory.autobatch import device_budget  # noqa: PLC0415
 
     budget = memory_limit if memory_limit is not None else device_budget(backend)[0]
-    nbytes = sum(a.nbytes for a in (ds.X_train, ds.y_train, ds.X_val, ds.y_val) if a is not None)
-    return nbytes <= float(share) * budget
+    return _data_bytes(ds) <= float(share) * budget
 
 
 def _serve(state, port, host, log):
