@@ -47,7 +47,7 @@ SCHEMA = {
     "data": {"dataset", "label_column", "validation", "validation_dataset", "test", "standardize",
              "resident_share"},
     "checkpoint": {"dir", "every_steps", "every_minutes", "keep", "resume"},
-    "metrics": {"port", "host"},
+    "metrics": {"port", "host", "linger"},
     "output": {"dir"},
 }
 SECTIONS = ("model", "optimizer", "schedule", "training", "data", "checkpoint", "metrics", "output")

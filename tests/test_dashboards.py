@@ -330,7 +330,7 @@ def test_compose_config():
     s = c["services"]
     assert set(s) == {"memtrain", "memtrain-cpu", "prometheus", "grafana", "dcgm-exporter"}
     assert s["memtrain"]["command"] == ["memtrain", "train", "docs/example-job.toml", "--metrics-host", "0.0.0.0",
-                                        "--output-dir", "/runs/digits-demo"]
+                                        "--metrics-linger", "3600", "--output-dir", "/runs/digits-demo"]
     assert s["memtrain"]["deploy"]["resources"]["reservations"]["devices"] == GPU_RESERVATION
     assert "profiles" not in s["memtrain"]  # plain `docker compose up` runs it
     cpu = s["memtrain-cpu"]

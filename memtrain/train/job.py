@@ -35,7 +35,7 @@ DEFAULTS = {
     "data": {"dataset": "digits", "label_column": None, "validation": 0.2, "validation_dataset": None, "test": 0.2,
              "standardize": True, "resident_share": 0.25},
     "checkpoint": {"dir": None, "every_steps": 0, "every_minutes": 10.0, "keep": 3, "resume": True},
-    "metrics": {"port": None, "host": "127.0.0.1"},
+    "metrics": {"port": None, "host": "127.0.0.1", "linger": 0},
     "output": {"dir": None},
 }
 
@@ -157,8 +157,14 @@ def _run(cfg, resources, log_format, progress, stream, install_signals) -> dict:
     exporter = None
     port = _setting(cfg, "metrics", "port")
     if port is not None:
+        linger = float(_setting(cfg, "metrics", "linger") or 0)
+        if not (linger >= 0 and math.isfinite(linger)):
+            raise ValueError(f"metrics.linger: expected seconds >= 0, got {linger!r}")
         exporter = _serve(state, port, _setting(cfg, "metrics", "host"), log)
         resources.callback(exporter.stop)
+        if linger:
+            # LIFO: runs before stop(), so a short job's final state can still be scraped
+            resources.callback(_linger, linger, log)
 
     def publish():
         if exporter is not None:
@@ -348,6 +354,14 @@ def _auto_micro(setting, batch, backend, memory_limit) -> int | None:
     if not fit.batch_size:
         raise ValueError(f"training.micro_batch_size: even a micro-batch of 1 needs {format_bytes(fit.shortfall)} more")
     return None if fit.batch_size >= batch else fit.batch_size
+
+
+def _linger(seconds, log) -> None:
+    log("linger", f"metrics   still served for {seconds:g} s (metrics.linger); Ctrl-C ends it", seconds=seconds)
+    try:
+        time.sleep(seconds)
+    except KeyboardInterrupt:
+        pass
 
 
 def _data_bytes(ds) -> int:
