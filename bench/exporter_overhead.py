@@ -53,6 +53,29 @@ def scraper(url: str, rate: float, stop, counter, cpus) -> None:
             time.sleep(delay)
 
 
+def control_server(port_out, cpus, payload_bytes) -> None:
+    """A plain HTTP server with a payload of the exposition's size: the load without memtrain."""
+    import http.server  # noqa: PLC0415
+
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+    body = b"x" * payload_bytes
+
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+    port_out.value = srv.server_address[1]
+    srv.serve_forever()
+
+
 def timed_steps(trainer, state, publish, X, y, steps: int) -> list:
     out = []
     for _ in range(steps):
@@ -74,6 +97,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=6, help="rounds per condition")
     ap.add_argument("--in-process", action="store_true", help="serve from a thread of the job process")
     ap.add_argument("--pin", action="store_true", help="job on CPU 0 (1 BLAS thread), exporter and scraper on CPU 1")
+    ap.add_argument("--control", action="store_true",
+                    help="scrape a plain HTTP server (same payload size) instead: the load generator's own cost")
     args = ap.parse_args()
     if args.pin and os.environ.get("OPENBLAS_NUM_THREADS") != "1":
         # BLAS reads its thread count at import: start again with one thread
@@ -98,6 +123,14 @@ def main() -> int:
     if job_cpus:
         os.sched_setaffinity(0, job_cpus)
     url = f"http://127.0.0.1:{port}/metrics"
+    if args.control:
+        size = len(urllib.request.urlopen(url, timeout=5).read())
+        port_box = mp.Value("i", 0)
+        ctrl = mp.Process(target=control_server, args=(port_box, side_cpus, size), daemon=True)
+        ctrl.start()
+        while not port_box.value:
+            time.sleep(0.01)
+        url = f"http://127.0.0.1:{port_box.value}/metrics"
     timed_steps(trainer, state, publish, X, y, 10)  # warm-up
     quiet, scraped, served = [], [], 0
     for _ in range(args.rounds):
@@ -119,6 +152,8 @@ def main() -> int:
         exporter.stop()
     q, s = statistics.median(quiet), statistics.median(scraped)
     where = "a thread of the job" if args.in_process else "its own process"
+    if args.control:
+        where += " (idle: the scrapes went to a plain HTTP server, the control)"
     pin = "job on CPU 0 with 1 BLAS thread, exporter and scraper on CPU 1" if args.pin else "no pinning"
     print(f"model {args.layers}, batch {args.batch_size}, adam, float32; {args.rounds} rounds x {args.steps} steps each")
     print(f"exporter in {where}; {pin}")
