@@ -57,6 +57,7 @@ import numpy as np
 import memtrain
 from memtrain import MLP, Trainer, get_backend
 from memtrain.errors import DeviceError
+from memtrain.memory.measure import cpu_model
 
 # Hyper-parameters shared by both frameworks (memtrain's defaults, passed explicitly).
 OPTIMIZER_HYPER = {
@@ -127,16 +128,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-# -- the machine -------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+# -- the machine (cpu_model comes from memtrain.memory.measure) ----------------
 
 
 def native_libraries() -> list[dict]:

@@ -27,8 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-DTYPES = ("float16", "float32", "float64")
-OUTPUTS = ("softmax", "sigmoid", "linear")
+from memtrain.nn.losses import OUTPUTS as _OUTPUT_UNITS
+from memtrain.nn.spec import DTYPES, parse_dtype
+
+OUTPUTS = tuple(_OUTPUT_UNITS)
 SOURCE_FORMS = (
     "digits",
     "synthetic:classification(n, d, classes)",
@@ -219,13 +221,7 @@ def load_dataset(source: str, *, dtype="float32", label_column=None, validation=
 
 
 def _dtype(dtype) -> np.dtype:
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        dt = None
-    if dt is None or dt.name not in DTYPES:
-        raise ValueError(f"dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
-    return dt
+    return parse_dtype(dtype)
 
 
 def _output(output) -> str:

@@ -20,6 +20,17 @@ DTYPES = ("float16", "float32", "float64")
 COURSE_DROPOUT = (0.8, 0.5)  # keep probabilities: input, hidden
 
 
+def parse_dtype(dtype) -> np.dtype:
+    """float16, float32 or float64 (a name or a NumPy dtype); anything else names the field."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt is None or dt.name not in DTYPES:
+        raise ValueError(f"dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
+    return dt
+
+
 @dataclass(frozen=True)
 class ParamGroup:
     """One parameter tensor's place in the flat vector."""
@@ -97,12 +108,7 @@ class ModelSpec:
             raise ValueError("layers: a softmax output needs at least 2 units (classes)")
         if out.name == "sigmoid" and sizes[-1] != 1:
             raise ValueError(f"layers: a sigmoid output has exactly 1 unit, got {sizes[-1]}")
-        try:
-            dt = np.dtype(dtype)
-        except TypeError:
-            dt = None
-        if dt is None or dt.name not in DTYPES:
-            raise ValueError(f"dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
+        dt = parse_dtype(dtype)
         if init not in INITS:
             raise ValueError(f"init: unknown {init!r}; expected one of {', '.join(INITS)}")
         for name, v in (("l1", l1), ("l2", l2)):

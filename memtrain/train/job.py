@@ -25,7 +25,7 @@ from memtrain.optim import make_optimizer
 from memtrain.optim.schedules import make_schedule
 from memtrain.train import checkpoint as ckpt
 from memtrain.train.state import JobState
-from memtrain.train.trainer import STOP, Trainer
+from memtrain.train.trainer import STOP, Trainer, format_record
 from memtrain.units import format_bytes, parse_bytes
 
 DEFAULTS = {
@@ -452,16 +452,11 @@ class _Progress:
 
 
 def _epoch_line(r, epochs, peak, planned) -> str:
-    parts = [f"epoch {r['epoch']}/{epochs}", f"loss {r['train_loss']:.4f}"]
-    if "val_loss" in r:
-        parts.append(f"val_loss {r['val_loss']:.4f}")
-        if r.get("val_accuracy") is not None:
-            parts.append(f"val_acc {r['val_accuracy']:.4f}")
-    parts.append(f"lr {r['lr']:.3g}")
-    parts.append(f"{r['seconds']:.2f} s")
+    line = format_record(r).replace(f"epoch {r['epoch']}", f"epoch {r['epoch']}/{epochs}", 1)
+    line += f"  lr {r['lr']:.3g}"
     if peak is not None:
-        parts.append(f"peak {format_bytes(peak)} (plan {format_bytes(planned)})")
-    return "  ".join(parts)
+        line += f"  peak {format_bytes(peak)} (plan {format_bytes(planned)})"
+    return line
 
 
 def save_model(path: Path, model, meta: dict) -> None:
@@ -529,7 +524,8 @@ def _finish(cfg, ds, trainer, out_dir, plan, peak, seconds) -> dict:
         "test_loss": None if test is None else test["loss"], "test_accuracy": None if test is None else test["accuracy"],
         "seconds": seconds, "batch_size": trainer.batch_size, "micro_batch_size": trainer.micro_batch_size,
         "oom_recoveries": trainer.oom_recoveries, "nonfinite_steps": trainer.nonfinite_steps,
-        "planned_bytes": plan.total, "measured_peak_bytes": peak,
+        "planned_bytes": plan.total, "planned_by_category": plan.by_category(), "measured_peak_bytes": peak,
+        "history": trainer.history,
         "model": str(final_path.with_suffix(".npz")), "best_model": str(best_path.with_suffix(".npz")) if had_best else None,
     }
 

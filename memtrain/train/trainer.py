@@ -305,7 +305,7 @@ class Trainer:
                 break
             record = self._end_epoch(n, time.perf_counter() - t0, val)
             if verbose:
-                print(_format_record(record))
+                print(format_record(record))
             if on_epoch is not None and on_epoch(self, record) == STOP:
                 break
         if self.stopped_early or (self.epoch >= target and self.patience is not None):
@@ -408,7 +408,7 @@ def _free_device_pool(backend) -> None:
         backend.xp.get_default_memory_pool().free_all_blocks()
 
 
-def _format_record(r: dict) -> str:
+def format_record(r: dict) -> str:
     parts = [f"epoch {r['epoch']}", f"loss {r['train_loss']:.4f}"]
     if "val_loss" in r:
         parts.append(f"val_loss {r['val_loss']:.4f}")
