@@ -240,3 +240,15 @@ def test_auto_batch_counts_the_resident_data_set(tmp_path):
     assert s["batch_size"] < 420  # smaller than the training set: the limit decided it
     assert s["planned_bytes"] <= budget  # with the data set (48 kB of features) inside
     assert s["planned_bytes"] > budget - 2 * 1024  # the batch grew until the budget (one more row: ~1 kB)
+
+
+def test_micro_batch_auto_fits_a_tight_limit(tmp_path):
+    """batch 256 does not fit 600 KiB, so micro_batch_size = auto accumulates smaller ones."""
+    cfg = config(tmp_path, training={"batch_size": 256, "micro_batch_size": "auto", "memory_limit": "600KiB",
+                                     "epochs": 1})
+    with open(os.devnull, "w") as devnull:
+        s = run(cfg, progress=False, stream=devnull, install_signals=False)
+    assert s["batch_size"] == 256 and s["micro_batch_size"] < 256
+    from memtrain.memory.autobatch import default_margin
+
+    assert s["planned_bytes"] <= 600 * 1024 - default_margin("cpu", 600 * 1024)

@@ -348,7 +348,8 @@ def _auto_micro(setting, batch, backend, memory_limit) -> int | None:
 
     def total(m):
         return training_plan(setting.spec, opt, batch, setting.device, micro_batch_size=min(m, batch),
-                             keep_best=setting.keep_best, resident_rows=setting.resident_rows).total
+                             keep_best=setting.keep_best, resident_rows=setting.resident_rows,
+                             dataset_size=setting.resident_rows[0] if setting.resident_rows else None).total
 
     fit = largest_batch(total, budget)
     if not fit.batch_size:

@@ -1,0 +1,8 @@
+"""Model selection the course teaches: optimizers side by side (`compare`) and
+grid / random search (`sweep`), both memory-aware and both choosing on the
+validation set only ("Regularisation": choosing on the test set is not allowed).
+
+Modules, simple to complex: compare (one job per optimizer), space (sweep
+files and their trials), planner (which trials may run together in memory),
+sweep (running, results.jsonl, resume), plots (matplotlib, imported lazily).
+"""

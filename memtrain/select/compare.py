@@ -1,0 +1,201 @@
+"""`memtrain compare`: the same model, data, seed and epoch budget with each optimizer.
+
+Each run is a normal job (memtrain.train.job.run) on a copy of the JobConfig
+with `optimizer = {"name": NAME}`: the file's hyper-parameters belong to its
+own optimizer, so only an explicit `lr` is carried over. Rows are ranked by
+the best validation loss; the test accuracy is reported, never used to rank
+(course, "Regularisation": choosing on the test set is not allowed).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+import math
+import tempfile
+from pathlib import Path
+
+from memtrain.units import format_bytes
+
+SCHEMA = "memtrain.compare/1"
+
+
+def parse_optimizers(text: str) -> list:
+    """"adam,sgd,lookahead:adam" -> names, validated against the registry."""
+    from memtrain.optim import make_optimizer  # noqa: PLC0415
+
+    names = [n.strip() for n in str(text).split(",") if n.strip()]
+    if not names:
+        raise ValueError("optimizers: expected a comma-separated list like adam,sgd,momentum, got nothing")
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"optimizers: {', '.join(dup)} given more than once")
+    for n in names:
+        try:
+            make_optimizer(n)
+        except ValueError as exc:
+            raise ValueError(f"optimizers: {str(exc).removeprefix('optimizer: ')}") from None
+    return names
+
+
+def run_config(cfg, name: str, *, lr=None, epochs=None, output_dir, checkpoint_dir):
+    """The JobConfig of one optimizer's run: a copy, its own output dir, no metrics
+    port, a fresh checkpoint dir and no resume."""
+    c = copy.deepcopy(cfg)
+    c.optimizer = {"name": name} if lr is None else {"name": name, "lr": float(lr)}
+    if epochs is not None:
+        c.training["epochs"] = epochs
+    c.output = {"dir": str(Path(output_dir) / "compare" / name.replace(":", "-"))}
+    c.checkpoint = {**c.checkpoint, "dir": str(checkpoint_dir), "resume": False}
+    c.metrics = {}
+    return c
+
+
+def _job_runner(cfg) -> tuple:
+    """(summary, training rows): the job's JSON log says how many rows it trained on."""
+    from memtrain.train.job import run  # noqa: PLC0415
+
+    buf = io.StringIO()
+    summary = run(cfg, log_format="json", progress=False, stream=buf, install_signals=False)
+    rows = None
+    for line in buf.getvalue().splitlines():
+        event = json.loads(line)
+        if event.get("event") == "data":
+            rows = event.get("train")
+    return summary, rows
+
+
+def compare(cfg, optimizers: list, *, lr=None, epochs=None, output_dir="runs", target_accuracy=None,
+            runner=_job_runner, log=None) -> dict:
+    """Train `cfg` once per optimizer; the report with rows ranked by best validation loss."""
+    if target_accuracy is not None and not 0 < target_accuracy <= 1:
+        raise ValueError(f"target-accuracy: expected a fraction in (0, 1], got {target_accuracy!r}")
+    load_data(cfg)  # the first run's wall time should not include importing the data loader
+    rows = []
+    for name in optimizers:
+        with tempfile.TemporaryDirectory(prefix="memtrain-compare-") as tmp:
+            c = run_config(cfg, name, lr=lr, epochs=epochs, output_dir=output_dir, checkpoint_dir=tmp)
+            if log:
+                log(f"training  {name} ...")
+            summary, n_train = runner(c)
+        rows.append(summarize(name, summary, n_train, target_accuracy))
+        if log:
+            r = rows[-1]
+            log(f"done      {name}: best validation loss {_f(r['best_val_loss'])} "
+                f"(epoch {r['best_loss_epoch']}), {r['seconds']:.1f} s")
+    ranked = rank(rows)
+    return {"schema": SCHEMA, "job": cfg.name, "target_accuracy": target_accuracy,
+            "ranked_by": "best validation loss (the test set is reported, never used to choose)", "rows": ranked}
+
+
+def load_data(cfg):
+    """The job's data set, split as the job splits it (the first load imports scikit-learn: ~1 s)."""
+    from memtrain.data import load_dataset  # noqa: PLC0415
+    from memtrain.train.job import DEFAULTS  # noqa: PLC0415
+
+    spec = cfg.model_spec()
+    data = {**DEFAULTS["data"], **cfg.data}
+    return load_dataset(data["dataset"], dtype=spec.dtype.name, label_column=data["label_column"],
+                        validation=data["validation"], validation_source=data["validation_dataset"],
+                        test=data["test"], standardize=data["standardize"], seed=cfg.seed, output=spec.output.name,
+                        n_outputs=spec.sizes[-1])
+
+
+def summarize(name: str, s: dict, n_train, target_accuracy) -> dict:
+    hist = s.get("history") or []
+    losses = [(h["val_loss"], h["epoch"]) for h in hist if _finite(h.get("val_loss"))]
+    best_loss, best_epoch = min(losses) if losses else (None, None)
+    best_acc = next((h.get("val_accuracy") for h in hist if h["epoch"] == best_epoch), None)
+    reached = "-"
+    if target_accuracy is not None:
+        reached = next((h["epoch"] for h in hist if (h.get("val_accuracy") or 0) >= target_accuracy), "-")
+    train_s = sum(h.get("seconds", 0.0) for h in hist)
+    samples = (n_train or 0) * len(hist)
+    return {
+        "optimizer": name, "best_val_loss": best_loss, "best_loss_epoch": best_epoch, "best_val_accuracy": best_acc,
+        "final_val_loss": s.get("val_loss"), "final_val_accuracy": s.get("val_accuracy"),
+        "test_loss": s.get("test_loss"), "test_accuracy": s.get("test_accuracy"),
+        "epochs": s.get("epochs"), "epochs_to_target": reached,
+        "seconds": s.get("seconds"), "train_seconds": train_s,
+        "samples_per_second": samples / train_s if samples and train_s > 0 else None,
+        "batch_size": s.get("batch_size"), "planned_bytes": s.get("planned_bytes"),
+        "planned_by_category": dict(s.get("planned_by_category") or {}),
+        "measured_peak_bytes": s.get("measured_peak_bytes"),
+        "history": [{k: h.get(k) for k in ("epoch", "train_loss", "val_loss", "val_accuracy", "lr", "seconds")}
+                    for h in hist],
+    }
+
+
+def rank(rows: list) -> list:
+    """Lowest best validation loss first; runs without one (diverged) last, in input order."""
+    order = sorted(range(len(rows)), key=lambda i: (rows[i]["best_val_loss"] is None,
+                                                    rows[i]["best_val_loss"] or 0.0, i))
+    return [{"rank": n + 1, **rows[i]} for n, i in enumerate(order)]
+
+
+# -- output --------------------------------------------------------------------------------
+
+_CATS = (("parameters", "params"), ("gradients", "grads"), ("optimizer_state", "state"),
+         ("activations", "activ."), ("workspace", "work"), ("data", "data"), ("overhead", "overhead"))
+
+
+def table_text(report: dict) -> str:
+    from memtrain.render import _table  # noqa: PLC0415
+
+    rows = report["rows"]
+    cats = [(k, short) for k, short in _CATS if any(r["planned_by_category"].get(k) for r in rows)]
+    target = report.get("target_accuracy")
+    headers = (["#", "optimizer", "best val loss (ep)", "final val loss", "val acc best/final", "test acc"]
+               + ([f"ep to {target:g}"] if target is not None else [])
+               + ["wall s", "samples/s"] + [short for _, short in cats] + ["plan", "peak"])
+    body = []
+    for r in rows:
+        body.append([r["rank"], r["optimizer"],
+                     f"{_f(r['best_val_loss'])} ({r['best_loss_epoch'] if r['best_loss_epoch'] else '-'})",
+                     _f(r["final_val_loss"]), f"{_f(r['best_val_accuracy'])}/{_f(r['final_val_accuracy'])}",
+                     _f(r["test_accuracy"])]
+                    + ([r["epochs_to_target"]] if target is not None else [])
+                    + [f"{r['seconds']:.1f}", "-" if r["samples_per_second"] is None else f"{r['samples_per_second']:,.0f}"]
+                    + [_b(r["planned_by_category"].get(k)) for k, _ in cats]
+                    + [_b(r["planned_bytes"]), _b(r["measured_peak_bytes"])])
+    note = ("ranked by the best validation loss; test accuracy is reported, never used to choose; "
+            "memory: the plan by category and the measured peak (CPU: tracemalloc)")
+    return _table(headers, body, ["<", "<"] + [">"] * (len(headers) - 2)) + "\n" + note
+
+
+def table_json(report: dict) -> str:
+    return json.dumps(report, indent=2, default=_plain)
+
+
+def table_csv(report: dict) -> str:
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    cats = [k for k, _ in _CATS]
+    keys = ["rank", "optimizer", "best_val_loss", "best_loss_epoch", "best_val_accuracy", "final_val_loss",
+            "final_val_accuracy", "test_loss", "test_accuracy", "epochs", "epochs_to_target", "seconds",
+            "train_seconds", "samples_per_second", "batch_size"]
+    w.writerow(keys + [f"planned_{k}" for k in cats] + ["planned_bytes", "measured_peak_bytes"])
+    for r in report["rows"]:
+        w.writerow([r[k] for k in keys] + [r["planned_by_category"].get(k, 0) for k in cats]
+                   + [r["planned_bytes"], r["measured_peak_bytes"]])
+    return out.getvalue().rstrip("\n")
+
+
+def _finite(v) -> bool:
+    return v is not None and math.isfinite(v)
+
+
+def _f(v) -> str:
+    return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.4f}"
+
+
+def _b(v) -> str:
+    return "-" if v is None else format_bytes(v)
+
+
+def _plain(v):
+    if hasattr(v, "item"):
+        return v.item()
+    return str(v)

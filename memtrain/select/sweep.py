@@ -1,0 +1,332 @@
+"""`memtrain sweep`: plan every trial's memory, schedule them, run them, keep results.
+
+1. Expand the space into trials (space.py) and build each trial's job.
+2. Plan each trial's memory with the trainer's own plan (Setting(...).plan(batch));
+   a trial that does not fit the budget is reported and skipped, never run.
+3. Pack the rest into waves (planner.py): the trials of a wave run at the same
+   time in worker processes, their plans together within the budget.
+4. Append one JSON line per finished trial to OUTPUT_DIR/results.jsonl with a
+   single os.write on an O_APPEND descriptor and an fsync, so a killed sweep
+   loses no finished trial; `--resume` skips the trials already there.
+5. Rank by the validation metric; the test metrics are reported, never used
+   to choose (course, "Regularisation").
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from memtrain.select import space as sp
+from memtrain.select.compare import load_data, summarize
+from memtrain.select.planner import plan_waves
+from memtrain.units import format_bytes
+
+SCHEMA = "memtrain.sweep-trial/1"
+RESULTS = "results.jsonl"
+
+
+@dataclass
+class TrialPlan:
+    trial: sp.Trial
+    cfg: object  # JobConfig
+    planned_bytes: int  # what the trial reserves: its plan at its batch, or its whole limit for "auto"
+    batch: object  # int or "auto"
+    reason: str = ""  # why it cannot run (empty when it can)
+
+
+# -- planning -------------------------------------------------------------------------------
+
+
+def plan_trials(sweep, trials, *, output_dir, budget: int, device_kind: str, metrics_port=None) -> list:
+    """Each trial's job and the memory it needs. Raises ValueError (naming the trial)
+    for a value the job would refuse, before anything runs."""
+    from memtrain.memory import overhead as ovh  # noqa: PLC0415
+    from memtrain.memory.estimate import Setting  # noqa: PLC0415
+    from memtrain.train.job import DEFAULTS  # noqa: PLC0415
+
+    datasets = {}
+    out = []
+    for t in trials:
+        cfg = sp.trial_config(sweep, t, output_dir=output_dir, metrics_port=metrics_port)
+        try:
+            spec = cfg.model_spec()
+            opt, hyper = cfg.optimizer_name(), tuple(sorted(cfg.optimizer_hyper().items()))
+            data = {**DEFAULTS["data"], **cfg.data}
+            key = (str(data["dataset"]), data["validation"], data["validation_dataset"], data["test"], cfg.seed,
+                   spec.dtype.name, spec.output.name, spec.sizes[-1], data["label_column"])
+            if key not in datasets:
+                datasets[key] = _rows(cfg)
+            n_features, n_train, n_val, data_bytes = datasets[key]
+            if n_features != spec.sizes[0]:
+                raise ValueError(f"model.layers: the first size must equal the data's {n_features} features, "
+                                 f"got {spec.sizes[0]}")
+            resident = device_kind == "cpu" or data_bytes <= float(data["resident_share"]) * budget
+            over = ovh.assumed(device_kind)[0]  # each worker process holds its own CUDA context
+            setting = Setting(spec, opt, hyper, device_kind, overhead_bytes=over,
+                              keep_best=bool(cfg.training.get("patience")),
+                              resident_rows=(n_train, n_val) if resident else None)
+            setting.make_optimizer()
+        except ValueError as exc:
+            raise ValueError(f"trial {t.id} {_params_text(t.params)}: {exc}") from None
+        batch = cfg.training.get("batch_size", DEFAULTS["training"]["batch_size"])
+        one = setting.plan(1).total
+        if batch == "auto":
+            limit = cfg.training.get("memory_limit")
+            if limit is not None:
+                from memtrain.units import parse_bytes  # noqa: PLC0415
+
+                limit = parse_bytes(limit, "training.memory_limit")
+            reserve = budget if limit is None else min(limit, budget)
+            cfg.training["memory_limit"] = reserve  # the job's auto batch must fit what was reserved for it
+            reason = "" if one <= reserve else (f"needs {format_bytes(one)} at batch 1; the budget is "
+                                               f"{format_bytes(budget)}")
+            out.append(TrialPlan(t, cfg, reserve if not reason else one, batch, reason))
+            continue
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise ValueError(f"trial {t.id} {_params_text(t.params)}: training.batch_size: expected auto or a "
+                             f"positive integer, got {batch!r}")
+        total = setting.plan(batch).total
+        reason = ""
+        if one > budget:
+            reason = f"needs {format_bytes(one)} even at batch 1; the budget is {format_bytes(budget)}"
+        elif total > budget:
+            reason = (f"needs {format_bytes(total)} at batch {batch}; the budget is {format_bytes(budget)} "
+                      "(batch_size = \"auto\" would fit)")
+        out.append(TrialPlan(t, cfg, total, batch, reason))
+    return out
+
+
+def _rows(cfg) -> tuple:
+    ds = load_data(cfg)
+    nbytes = sum(a.nbytes for a in (ds.X_train, ds.y_train, ds.X_val, ds.y_val) if a is not None)
+    return ds.n_features, len(ds.X_train), 0 if ds.X_val is None else len(ds.X_val), nbytes
+
+
+# -- results.jsonl -----------------------------------------------------------------------------
+
+
+def append_result(path, record: dict) -> None:
+    """One line, one os.write on an O_APPEND descriptor, then fsync: a killed sweep
+    leaves whole lines (at worst a last line cut short, which read_results skips)."""
+    line = (json.dumps(record, default=_plain, allow_nan=True) + "\n").encode()
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            line = b"\n" + line  # an earlier line was cut short: start a fresh one
+        if os.write(fd, line) != len(line):
+            raise OSError(f"{path}: short write")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_results(path) -> tuple:
+    """(records, warnings); a malformed line (a write cut short) is skipped with a warning."""
+    p = Path(path)
+    if not p.exists():
+        return [], []
+    records, warnings = [], []
+    for n, line in enumerate(p.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            if rec.get("schema") != SCHEMA or "trial" not in rec:
+                raise ValueError("not a trial record")
+        except ValueError:
+            warnings.append(f"{p}:{n}: skipped a malformed line (a write cut short?)")
+            continue
+        records.append(rec)
+    return records, warnings
+
+
+# -- running -------------------------------------------------------------------------------
+
+
+def run_trial(cfg) -> dict:
+    """One trial's job, its log (JSON lines) in its output dir; returns the job's summary
+    and its training rows. Module level so worker processes can import it."""
+    from memtrain.train.job import JobFailed, run  # noqa: PLC0415
+
+    d = Path(cfg.output["dir"])
+    d.mkdir(parents=True, exist_ok=True)
+    buf = io.StringIO()
+    try:
+        summary = run(cfg, log_format="json", progress=False, stream=buf, install_signals=False)
+        status, error = "finished", None
+    except JobFailed as exc:
+        summary, status, error = {}, "failed", str(exc)
+    finally:
+        (d / "log.jsonl").write_text(buf.getvalue())
+    rows = next((e.get("train") for e in map(json.loads, buf.getvalue().splitlines()) if e.get("event") == "data"),
+                None)
+    return {"status": status, "error": error, "summary": summary, "train_rows": rows}
+
+
+def make_record(sweep, tp: TrialPlan, outcome: dict) -> dict:
+    s = summarize("", outcome["summary"], outcome["train_rows"], None) if outcome["summary"] else None
+    score = None
+    if s:
+        if sweep.metric == "val_loss":
+            score = s["best_val_loss"]
+        else:
+            accs = [h["val_accuracy"] for h in s["history"] if h.get("val_accuracy") is not None]
+            score = max(accs) if accs else None
+    rec = {"schema": SCHEMA, "sweep": sweep.name, "trial": tp.trial.id, "index": tp.trial.index,
+           "params": tp.trial.params, "status": outcome["status"], "error": outcome["error"],
+           "metric": sweep.metric, "score": score, "base": sweep.base_hash(), "finished_at": round(time.time(), 3)}
+    if s:
+        rec.update({k: s[k] for k in ("best_val_loss", "best_loss_epoch", "best_val_accuracy", "final_val_loss",
+                                      "final_val_accuracy", "test_loss", "test_accuracy", "epochs", "seconds",
+                                      "samples_per_second", "batch_size", "planned_bytes", "planned_by_category",
+                                      "measured_peak_bytes")})
+        rec["history"] = [{k: h[k] for k in ("epoch", "train_loss", "val_loss", "val_accuracy")} for h in s["history"]]
+    return rec
+
+
+def run_sweep(sweep, *, output_dir, budget: int, budget_source: str = "given", workers: int = 1,
+              device_kind: str = "cpu", resume: bool = False, dry_run: bool = False, metrics_port=None,
+              runner=None, log=print) -> dict:
+    """Plan, print the schedule, run it (unless dry_run), and return the report.
+
+    `runner(cfg) -> outcome` runs one trial (default run_trial; a trial runs in a
+    worker process when its wave has more than one trial, so the runner must then be
+    importable by name)."""
+    out = Path(output_dir)
+    trials = sp.expand(sweep)
+    plans = plan_trials(sweep, trials, output_dir=out, budget=budget, device_kind=device_kind,
+                        metrics_port=metrics_port)
+    results_path = out / RESULTS
+    records, warnings = read_results(results_path)
+    for w in warnings:
+        log(f"warning   {w}")
+    if records and not resume and not dry_run:
+        raise ValueError(f"output-dir: {results_path} already holds {len(records)} trial(s) of an earlier sweep; "
+                         "pass --resume to continue it, or choose another --output-dir (nothing was overwritten)")
+    other = {r.get("base") for r in records} - {sweep.base_hash()}
+    if records and other:
+        raise ValueError(f"output-dir: {results_path} holds trials of a different base job; "
+                         "choose another --output-dir")
+    done = {r["trial"] for r in records} if resume else set()
+    by_id = {tp.trial.id: tp for tp in plans}
+    runnable = [tp for tp in plans if not tp.reason and tp.trial.id not in done]
+    schedule = plan_waves([(tp.trial.id, tp.planned_bytes) for tp in runnable], budget, workers)
+    assert not schedule.skipped  # every runnable plan fits on its own (checked in plan_trials)
+    log(schedule_text(sweep, plans, schedule, done, budget, budget_source, workers))
+    if dry_run:
+        return report(sweep, records, plans)
+
+    runner = runner or run_trial
+    out.mkdir(parents=True, exist_ok=True)
+    for n, wave in enumerate(schedule.waves, 1):
+        log(f"wave {n}/{len(schedule.waves)}  " + ", ".join(wave))
+        for tp, outcome in _run_wave([by_id[k] for k in wave], runner):
+            rec = make_record(sweep, tp, outcome)
+            append_result(results_path, rec)
+            records.append(rec)
+            log(f"trial     {tp.trial.id} {_params_text(tp.trial.params)}: {rec['status']}"
+                + (f", {sweep.metric} {rec['score']:.4f}" if rec["score"] is not None else "")
+                + (f" ({rec['error']})" if rec["error"] else ""))
+    return report(sweep, records, plans)
+
+
+def _run_wave(wave, runner):
+    """Yields (TrialPlan, outcome) as trials finish: in this process for a wave of one,
+    else one worker process per trial (spawned: a forked NumPy can deadlock)."""
+    if len(wave) == 1:
+        yield wave[0], runner(wave[0].cfg)
+        return
+    import multiprocessing  # noqa: PLC0415
+    from concurrent.futures import ProcessPoolExecutor, as_completed  # noqa: PLC0415
+
+    with ProcessPoolExecutor(max_workers=len(wave), mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(runner, tp.cfg): tp for tp in wave}
+        for f in as_completed(futures):
+            yield futures[f], f.result()
+
+
+# -- report --------------------------------------------------------------------------------
+
+
+def report(sweep, records, plans) -> dict:
+    """Finished trials ranked by the validation metric (best first), and the skipped ones."""
+    latest = {}
+    for r in records:
+        latest[r["trial"]] = r  # a trial re-run after a cut-short line: the last record counts
+    rows = list(latest.values())
+    sign = 1 if sweep.metric == "val_loss" else -1
+    rows.sort(key=lambda r: (r["score"] is None, sign * (r["score"] or 0.0), r["index"]))
+    skipped = [{"trial": tp.trial.id, "index": tp.trial.index, "params": tp.trial.params, "reason": tp.reason,
+                "planned_bytes": tp.planned_bytes} for tp in plans if tp.reason]
+    best = rows[0] if rows and rows[0]["score"] is not None else None
+    return {"schema": "memtrain.sweep/1", "sweep": sweep.name, "method": sweep.method, "metric": sweep.metric,
+            "params": list(sweep.space), "trials": len(plans), "rows": rows, "skipped": skipped,
+            "best": None if best is None else best["trial"],
+            "note": "ranked by the validation metric; test metrics are reported, never used to choose"}
+
+
+def schedule_text(sweep, plans, schedule, done, budget, budget_source, workers) -> str:
+    ready = sum(1 for tp in plans if not tp.reason and tp.trial.id not in done)
+    lines = [f"sweep     {sweep.name}: {sweep.method} search, {len(plans)} trial(s): {len(done & {tp.trial.id for tp in plans})} "
+             f"finished, {ready} to run, {sum(1 for tp in plans if tp.reason)} skipped",
+             f"budget    {format_bytes(budget)} ({budget_source}), at most {workers} at a time"]
+    by_id = {tp.trial.id: tp for tp in plans}
+    for n, wave in enumerate(schedule.waves, 1):
+        total = sum(by_id[k].planned_bytes for k in wave)
+        lines.append(f"wave {n:<4} {format_bytes(total)}: " + "; ".join(
+            f"{k} {_params_text(by_id[k].trial.params)} {format_bytes(by_id[k].planned_bytes)}" for k in wave))
+    for tp in plans:
+        if tp.reason:
+            lines.append(f"skipped   {tp.trial.id} {_params_text(tp.trial.params)}: {tp.reason}")
+    return "\n".join(lines)
+
+
+def report_text(rep: dict) -> str:
+    from memtrain.render import _table  # noqa: PLC0415
+
+    names = rep["params"]
+    headers = ["", "trial"] + names + [rep["metric"] + " (best)", "val acc", "test acc", "epochs", "s", "plan",
+                                       "status"]
+    body = []
+    for r in rep["rows"]:
+        mark = "*" if r["trial"] == rep["best"] else ""
+        body.append([mark, r["trial"]] + [_value(r["params"].get(n)) for n in names]
+                    + [_f(r["score"]), _f(r.get("best_val_accuracy")), _f(r.get("test_accuracy")),
+                       r.get("epochs", "-"), _f(r.get("seconds"), 1),
+                       "-" if r.get("planned_bytes") is None else format_bytes(r["planned_bytes"]), r["status"]])
+    lines = [_table(headers, body, ["<", "<"] + ["<"] * len(names) + [">"] * 6 + ["<"])]
+    if rep["best"]:
+        b = rep["rows"][0]
+        lines.append(f"best      * {b['trial']} {_params_text(b['params'])}: {rep['metric']} {b['score']:.4f} "
+                     f"(chosen on validation; its test accuracy {_f(b.get('test_accuracy'))} is reported only)")
+    for s in rep["skipped"]:
+        lines.append(f"skipped   {s['trial']} {_params_text(s['params'])}: {s['reason']}")
+    return "\n".join(lines)
+
+
+def _value(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, list):
+        return "-".join(map(str, v))
+    return "-" if v is None else str(v)
+
+
+def _params_text(params) -> str:
+    return "(" + ", ".join(f"{k}={_value(v)}" for k, v in params.items()) + ")"
+
+
+def _f(v, digits=4) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def _plain(v):
+    if hasattr(v, "item"):
+        return v.item()
+    return str(v)
