@@ -156,19 +156,23 @@ def _run(cfg, resources, log_format, progress, stream, install_signals) -> dict:
     # -- metrics -----------------------------------------------------------------------------------
     exporter = None
     port = _setting(cfg, "metrics", "port")
+    linger = float(_setting(cfg, "metrics", "linger") or 0)
+    if not (linger >= 0 and math.isfinite(linger)):
+        raise ValueError(f"metrics.linger: expected seconds >= 0, got {linger!r}")
     if port is not None:
-        linger = float(_setting(cfg, "metrics", "linger") or 0)
-        if not (linger >= 0 and math.isfinite(linger)):
-            raise ValueError(f"metrics.linger: expected seconds >= 0, got {linger!r}")
         exporter = _serve(state, port, _setting(cfg, "metrics", "host"), log)
         resources.callback(exporter.stop)
-        if linger:
-            # LIFO: runs before stop(), so a short job's final state can still be scraped
-            resources.callback(_linger, linger, log)
 
     def publish():
         if exporter is not None:
             exporter.publish(state)
+
+    def linger_then(result):
+        """A short job's final state stays scrapeable for `linger` seconds (not after an error)."""
+        if exporter is not None and linger:
+            _linger(linger, log)
+        return result
+
     if progress and log_format == "text":
         import tqdm  # noqa: F401, PLC0415 - imported before tracing starts, so the measurement is the plan's
 
@@ -310,7 +314,7 @@ def _run(cfg, resources, log_format, progress, stream, install_signals) -> dict:
             raise JobFailed(failure[0])
         log("stopped", f"stopped   on {stop_signal[0]} at step {trainer.steps}; checkpoint saved, resume with the "
             "same command", signal=stop_signal[0], step=trainer.steps)
-        return {"stopped": stop_signal[0], "steps": trainer.steps}
+        return linger_then({"stopped": stop_signal[0], "steps": trainer.steps})
 
     # -- results -------------------------------------------------------------------------------------
     state.set_state("evaluating")
@@ -320,7 +324,7 @@ def _run(cfg, resources, log_format, progress, stream, install_signals) -> dict:
     state.set_state("finished")
     publish()
     log("summary", _summary_text(summary), **summary)
-    return summary
+    return linger_then(summary)
 
 
 def _positive_int(field, value) -> int:
