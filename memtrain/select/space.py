@@ -183,6 +183,9 @@ def _check_dimension(where, name, values, method):
     if kind == "choice":
         if not isinstance(args, list) or not args:
             raise ValueError(f"{where}space.{name}: choice needs a non-empty list")
+        if name == "dropout":
+            for v in args:
+                _drop_rate(name, v)
         return
     if (not isinstance(args, list) or len(args) != 2
             or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args)):
@@ -195,7 +198,8 @@ def _check_dimension(where, name, values, method):
     if kind == "int_uniform" and not (isinstance(low, int) and isinstance(high, int)):
         raise ValueError(f"{where}space.{name}: int_uniform needs integer bounds, got [{low}, {high}]")
     if name == "dropout":
-        _drop_rate(name, low), _drop_rate(name, high if kind != "int_uniform" else 0)
+        _drop_rate(name, low)
+        _drop_rate(name, high)
 
 
 def expand(sweep: Sweep) -> list:

@@ -1,0 +1,141 @@
+"""`memtrain compare`: optimizers side by side, ranked on validation, never on test."""
+
+import json
+import sys
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from memtrain.cli import _Group
+from memtrain.cli_select import compare as compare_cmd
+from memtrain.config import from_dict
+from memtrain.select import compare as cmp
+
+# a private group with the main group's error handling: registering on memtrain.cli.main
+# here would change the CLI other tests (docs/cli.md) see
+main = _Group(name="memtrain", commands={compare_cmd.name: compare_cmd})
+
+JOB = """
+name = "cmp"
+seed = 0
+device = "cpu"
+[model]
+layers = [64, 32, 10]
+[optimizer]
+name = "adam"
+lr = 0.003
+beta1 = 0.8
+[training]
+batch_size = 32
+epochs = 3
+[data]
+dataset = "digits"
+"""
+
+
+@pytest.fixture
+def job(tmp_path):
+    p = tmp_path / "job.toml"
+    p.write_text(JOB)
+    return p
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_compare_three_optimizers_on_digits_ranks_by_validation_loss(job, tmp_path):
+    t0 = time.perf_counter()
+    r = invoke("compare", "--config", job, "--optimizers", "adam,sgd,momentum", "--target-accuracy", "0.8",
+               "--output-dir", tmp_path / "out", "--format", "json")
+    elapsed = time.perf_counter() - t0
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.output)
+    rows = rep["rows"]
+    assert elapsed < 60
+    assert sorted(x["optimizer"] for x in rows) == ["adam", "momentum", "sgd"]
+    assert [x["rank"] for x in rows] == [1, 2, 3]
+    best = [x["best_val_loss"] for x in rows]
+    assert best == sorted(best)  # ranked by the best validation loss
+    for x in rows:
+        losses = [h["val_loss"] for h in x["history"]]
+        assert x["best_val_loss"] == min(losses)
+        assert x["final_val_loss"] == losses[-1]
+        assert 0 <= x["test_accuracy"] <= 1  # reported
+        assert x["epochs"] == 3 and len(x["history"]) == 3
+        reached = [h["epoch"] for h in x["history"] if h["val_accuracy"] >= 0.8]
+        assert x["epochs_to_target"] == (reached[0] if reached else "-")
+        assert x["planned_bytes"] == sum(x["planned_by_category"].values())
+        assert x["measured_peak_bytes"] > 0 and x["samples_per_second"] > 0
+        assert (tmp_path / "out" / "compare" / x["optimizer"] / "model-final.npz").exists()
+    by = {x["optimizer"]: x for x in rows}
+    # the plan counts each optimizer's declared state: SGD none, momentum one copy, Adam two
+    p = by["sgd"]["planned_by_category"]["parameters"]
+    assert by["sgd"]["planned_by_category"]["optimizer_state"] == 0
+    assert by["momentum"]["planned_by_category"]["optimizer_state"] == p
+    assert by["adam"]["planned_by_category"]["optimizer_state"] >= 2 * p
+
+
+def test_each_run_is_the_job_with_only_the_optimizer_changed(job, tmp_path):
+    cfg = from_dict({"name": "x", "model": {"layers": [64, 10]}, "optimizer": {"name": "adam", "lr": 0.1, "beta1": 0.5},
+                     "metrics": {"port": 9464}, "checkpoint": {"resume": True, "keep": 2}, "seed": 7})
+    c = cmp.run_config(cfg, "sgd", output_dir=tmp_path, checkpoint_dir=tmp_path / "ck")
+    assert c.optimizer == {"name": "sgd"}  # the file's hyper-parameters were Adam's
+    assert c.metrics == {} and c.checkpoint["resume"] is False and c.checkpoint["every_steps"] == 0
+    assert c.output["dir"] == str(tmp_path / "compare" / "sgd") and c.seed == 7
+    assert cmp.run_config(cfg, "lookahead:adam", lr=0.01, epochs=4, output_dir=tmp_path,
+                          checkpoint_dir=tmp_path).optimizer == {"name": "lookahead:adam", "lr": 0.01}
+    assert cfg.optimizer == {"name": "adam", "lr": 0.1, "beta1": 0.5}  # the original is untouched
+
+
+def test_formats_and_plot_with_a_fake_runner(job, tmp_path, monkeypatch):
+    losses = {"adam": [1.0, 0.5, 0.7], "sgd": [2.0, 1.5, 1.2], "rmsprop": [float("nan")] * 3}
+
+    def runner(cfg):
+        name = cfg.optimizer["name"]
+        hist = [{"epoch": i + 1, "train_loss": 1.0, "val_loss": v, "val_accuracy": 0.5 + 0.2 * i, "lr": 0.1,
+                 "seconds": 0.1} for i, v in enumerate(losses[name])]
+        return ({"history": hist, "val_loss": hist[-1]["val_loss"], "val_accuracy": 0.9, "test_accuracy": 0.99,
+                 "test_loss": 0.1, "epochs": 3, "seconds": 0.5, "batch_size": 32, "planned_bytes": 30,
+                 "planned_by_category": {"parameters": 10, "gradients": 10, "optimizer_state": 10},
+                 "measured_peak_bytes": 40}, 100)
+
+    cfg = from_dict({"name": "x", "model": {"layers": [64, 10]}})
+    rep = cmp.compare(cfg, ["sgd", "rmsprop", "adam"], output_dir=tmp_path, target_accuracy=0.85, runner=runner)
+    assert [r["optimizer"] for r in rep["rows"]] == ["adam", "sgd", "rmsprop"]  # diverged last
+    adam = rep["rows"][0]
+    assert (adam["best_val_loss"], adam["best_loss_epoch"], adam["epochs_to_target"]) == (0.5, 2, 3)
+    assert adam["samples_per_second"] == pytest.approx(300 / 0.3)
+    text = cmp.table_text(rep)
+    assert "ep to 0.85" in text and "never used to choose" in text
+    assert cmp.table_csv(rep).splitlines()[1].startswith("1,adam,0.5,2,")
+    assert json.loads(cmp.table_json(rep))["rows"][2]["best_val_loss"] is None
+    pytest.importorskip("matplotlib")
+    from memtrain.select.plots import compare_plot
+
+    compare_plot(rep, tmp_path / "c.png")
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_without_matplotlib_is_one_line(job, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    r = invoke("compare", "--config", job, "--optimizers", "adam", "--plot", "x.png")
+    assert r.exit_code == 2
+    assert r.output.strip().count("\n") == 0 and "matplotlib is not installed" in r.output
+
+
+@pytest.mark.parametrize("args, field", [
+    (["--optimizers", "adam,nope"], "optimizers: unknown 'nope'"),
+    (["--optimizers", "adam,adam"], "given more than once"),
+    (["--optimizers", ","], "optimizers:"),
+])
+def test_bad_input_is_one_line_exit_2(job, args, field):
+    r = invoke("compare", "--config", job, *args)
+    assert r.exit_code == 2, r.output
+    assert r.output.startswith("memtrain: error: ") and field in r.output
+
+
+def test_help():
+    r = invoke("compare", "--help")
+    assert r.exit_code == 0 and "--target-accuracy" in r.output and "never used to rank" in r.output
