@@ -184,7 +184,7 @@ def _optimizer_info(setting: Setting) -> dict:
         "hyper": opt.hyper,
         "slots": [{"name": s.name, "kind": s.kind, "dtype": s.dtype or setting.spec.dtype.name}
                   for s in opt.all_slots()],
-        "scratch_arrays": opt.scratch_arrays(setting.spec.dtype, setting.device),
+        "scratch_arrays": opt.scratch_count,
     }
 
 

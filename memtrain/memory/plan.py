@@ -207,7 +207,7 @@ def training_plan(spec, optimizer, batch_size: int, device: str = "cpu", *, micr
         bufs.append(Buffer("dropout_uniform", "workspace", (b * max(drop_widths),), uniform_dtype(spec),
                            batched=True))
     bufs += _loss_buffers(spec, b)
-    n_scratch = max(optimizer.scratch_arrays(spec.dtype, _device_kind(device)), 1 if (spec.l1 or spec.l2) else 0)
+    n_scratch = max(optimizer.scratch_count, 1 if (spec.l1 or spec.l2) else 0)
     if n_scratch:
         bufs.append(Buffer("chunk", "workspace", (n_scratch, min(P, CHUNK)), dt))
     return MemoryPlan("train", B, _device_kind(device), tuple(bufs), int(overhead_bytes), overhead_source,

@@ -74,11 +74,6 @@ class Optimizer:
     def all_slots(self) -> tuple:
         return tuple(self.slots)
 
-    def scratch_arrays(self, dtype, device: str = "cpu") -> int:
-        """Chunk scratch rows this optimizer needs for parameters of `dtype` on `device`
-        (the plan counts them; an update that runs through BLAS needs none)."""
-        return self.scratch_count
-
     @property
     def hyper(self) -> dict:
         return {"lr": self.lr}
@@ -149,7 +144,5 @@ def standalone_state(optimizer: Optimizer, params, n_groups: int = 1):
         for slot in optimizer.all_slots()
     }
     optimizer.init_state(state, params)
-    kind = "cuda" if xp.__name__ == "cupy" else "cpu"
-    rows = optimizer.scratch_arrays(params.dtype, kind)
-    scratch = [xp.zeros(min(params.shape[0], CHUNK), dtype=params.dtype) for _ in range(rows)]
+    scratch = [xp.zeros(min(params.shape[0], CHUNK), dtype=params.dtype) for _ in range(optimizer.scratch_count)]
     return state, scratch

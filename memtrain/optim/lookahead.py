@@ -42,9 +42,6 @@ class Lookahead(Optimizer):
         )
         self.scratch_count = max(inner.scratch_count, 1)
 
-    def scratch_arrays(self, dtype, device="cpu"):
-        return max(self.inner.scratch_arrays(dtype, device), 1)  # the sync needs one row
-
     @property
     def name_full(self) -> str:
         return f"lookahead:{self.inner.name}"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from memtrain.backend import array_module
 from memtrain.optim.base import Optimizer, Slot, check_unit
-from memtrain.optim.blas import axpy_for, blas_dtype
 
 
 def sgd_update(p, g, s, *, lr):
@@ -40,21 +39,7 @@ def _scaled(g, lr, s):
     return array_module(g).multiply(g, lr, out=s)
 
 
-class _BlasFamily(Optimizer):
-    """SGD and momentum are axpy's: on the CPU in float32/64 they run through BLAS over the
-    whole flat vector, with no scratch; elsewhere (float16, CuPy) in chunks as usual."""
-
-    def scratch_arrays(self, dtype, device="cpu"):
-        return 0 if blas_dtype(dtype, device) else self.scratch_count
-
-    def step(self, params, grads, state, scratch, lr, layout):
-        axpy = axpy_for(params)
-        if axpy is None:
-            return super().step(params, grads, state, scratch, lr, layout)
-        self.blas_update(axpy, params, grads, state, lr)
-
-
-class SGD(_BlasFamily):
+class SGD(Optimizer):
     """Plain minibatch SGD. - Course: SGD (Robbins & Monro 1951)."""
 
     name = "sgd"
@@ -66,11 +51,8 @@ class SGD(_BlasFamily):
     def update(self, p, g, st, s, pre):
         sgd_update(p, g, s[0], lr=pre["lr"])
 
-    def blas_update(self, axpy, p, g, state, lr):
-        axpy(-lr, g, p)  # theta <- theta - eps g
 
-
-class Momentum(_BlasFamily):
+class Momentum(Optimizer):
     """SGD with momentum; v is the velocity. - Course: momentum (Polyak 1964)."""
 
     name = "momentum"
@@ -87,12 +69,6 @@ class Momentum(_BlasFamily):
     def update(self, p, g, st, s, pre):
         momentum_update(p, g, st["v"], s[0], lr=pre["lr"], alpha=self.alpha)
 
-    def blas_update(self, axpy, p, g, state, lr):
-        v = state["opt.v"]
-        v *= self.alpha  # v <- alpha v - eps g; theta <- theta + v
-        axpy(-lr, g, v)
-        axpy(1.0, v, p)
-
 
 class Nesterov(Momentum):
     """Nesterov accelerated gradient; v is the velocity. - Course: Nesterov momentum (Nesterov 1983; Sutskever et al. 2013)."""
@@ -101,13 +77,6 @@ class Nesterov(Momentum):
 
     def update(self, p, g, st, s, pre):
         nesterov_update(p, g, st["v"], s[0], lr=pre["lr"], alpha=self.alpha)
-
-    def blas_update(self, axpy, p, g, state, lr):
-        v = state["opt.v"]
-        v *= self.alpha  # v <- alpha v - eps g; phi <- phi + alpha v - eps g
-        axpy(-lr, g, v)
-        axpy(-lr, g, p)
-        axpy(self.alpha, v, p)
 
 
 __all__ = ["SGD", "Momentum", "Nesterov"]
