@@ -26,15 +26,17 @@ def compare_plot(rep: dict, path, *, title: str = "") -> None:
     as stacked bars (with the measured peak as a marker)."""
     plt = _pyplot()
     rows = rep["rows"]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [1.2, 1]})
-    for r in rows:
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(15, 5.5), gridspec_kw={"width_ratios": [1.2, 1]})
+    colours = plt.get_cmap("tab20" if len(rows) > 10 else "tab10")
+    for n, r in enumerate(rows):
         h = [x for x in r["history"] if x.get("val_loss") is not None]
-        ax1.plot([x["epoch"] for x in h], [x["val_loss"] for x in h], marker=".", label=f"{r['rank']}. {r['optimizer']}")
+        ax1.plot([x["epoch"] for x in h], [x["val_loss"] for x in h], marker=".", color=colours(n),
+                 linestyle=("-", "--", ":")[n % 3], label=f"{r['rank']}. {r['optimizer']}")
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("validation loss")
     ax1.set_yscale("log")
     ax1.set_title("validation loss (ranked by its best value)")
-    ax1.legend(fontsize=8)
+    ax1.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax1.grid(alpha=0.3)
     names = [r["optimizer"] for r in rows]
     bottom = [0.0] * len(rows)
@@ -42,7 +44,7 @@ def compare_plot(rep: dict, path, *, title: str = "") -> None:
     for cat in CATEGORIES:
         vals = [r["planned_by_category"].get(cat, 0) / kib for r in rows]
         if any(vals):
-            ax2.bar(names, vals, bottom=bottom, label=cat)
+            ax2.bar(range(len(rows)), vals, bottom=bottom, label=cat)
             bottom = [b + v for b, v in zip(bottom, vals)]
     peaks = [(i, r["measured_peak_bytes"] / kib) for i, r in enumerate(rows) if r.get("measured_peak_bytes")]
     if peaks:
@@ -50,8 +52,9 @@ def compare_plot(rep: dict, path, *, title: str = "") -> None:
                     label="measured peak")
     ax2.set_ylabel("KiB")
     ax2.set_title("planned memory by category")
-    ax2.tick_params(axis="x", rotation=45)
-    ax2.legend(fontsize=8)
+    ax2.set_xticks(range(len(rows)))
+    ax2.set_xticklabels(names, rotation=40, ha="right")
+    ax2.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     if title:
         fig.suptitle(title)
     fig.tight_layout()
