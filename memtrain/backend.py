@@ -100,7 +100,9 @@ def get_backend(device: str = "auto", *, verbose: bool = False) -> Backend:
     count = cupy.cuda.runtime.getDeviceCount()
     if index >= count:
         raise DeviceError(f"device: cuda:{index} does not exist ({count} CUDA device(s) visible)")
-    return Backend("cuda", index, cupy)
+    backend = Backend("cuda", index, cupy)
+    backend.activate()  # CuPy allocates on the current device: make it the one asked for
+    return backend
 
 
 def array_module(a):

@@ -55,10 +55,9 @@ def all_optimizer_names() -> list:
 
 def linear_terms(setting: Setting) -> tuple:
     """(fixed, per_sample) with total(B) = fixed + B * per_sample (+ CUDA rounding)."""
-    one, two = setting.plan(1), setting.plan(2)
+    one = setting.plan(1)  # batched buffers are exactly proportional to B (tests/test_plan.py)
     per_sample = sum(b.nbytes for b in one.buffers if b.batched)
     fixed = one.total - sum(one.allocated(b) for b in one.buffers if b.batched)
-    del two
     return fixed, per_sample
 
 
