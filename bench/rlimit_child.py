@@ -16,6 +16,7 @@ from memtrain import MLP, Trainer
 from memtrain.backend import get_backend
 from memtrain.memory.autobatch import auto_batch
 from memtrain.memory.estimate import Setting
+from memtrain.memory.measure import proc_kib
 from memtrain.memory.verify import random_fill
 from memtrain.nn.spec import ModelSpec
 
@@ -24,11 +25,7 @@ OPTIMIZER = "adam"
 
 
 def vm_size() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmSize:"):
-                return int(line.split()[1]) * 1024
-    raise OSError("VmSize")
+    return proc_kib("/proc/self/status", "VmSize")
 
 
 def one_step(batch: int) -> None:

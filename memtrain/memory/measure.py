@@ -127,21 +127,22 @@ def process_gpu_bytes(index: int, pid: int | None = None, pci_bus_id: str | None
 # -- CPU -----------------------------------------------------------------------
 
 
+def proc_kib(path: str, key: str) -> int:
+    """A "Key:   123 kB" line of a /proc file, in bytes."""
+    with open(path) as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    raise OSError(f"{key} not found in {path}")
+
+
 def mem_available() -> int:
     """The kernel's estimate of memory available without swapping (MemAvailable)."""
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    raise OSError("MemAvailable not found in /proc/meminfo")
+    return proc_kib("/proc/meminfo", "MemAvailable")
 
 
 def mem_total() -> int:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) * 1024
-    raise OSError("MemTotal not found in /proc/meminfo")
+    return proc_kib("/proc/meminfo", "MemTotal")
 
 
 def rss(pid: int | None = None) -> int:
