@@ -251,12 +251,12 @@ def job_dashboard() -> dict:
                     target(sel("memtrain_gpu_memory_free_bytes"), "GPU {{gpu}} free")], w=12, minimum=0,
                    overrides=[by_ref("A", **DASHED)]),
         timeseries("Headroom until OOM", "GPU: memtrain_gpu_memory_free_bytes, what any process can still "
-                   "allocate on each GPU. CPU job: its plan minus its tracemalloc peak; the plan is what was "
-                   "fitted into the memory limit, so below 0 the job is outside the budget it was sized for. "
-                   "(memtrain exports neither the limit nor the host's free memory.)", "bytes",
+                   "allocate on each GPU. CPU job: memtrain_memory_budget_bytes (the memory limit, or the free "
+                   "memory when the job started) minus its tracemalloc peak; below 0 the job is outside the "
+                   "budget it was sized for.", "bytes",
                    [target(sel("memtrain_gpu_memory_free_bytes"), "GPU {{gpu}} free"),
-                    target(f"{planned_total} - on (job, instance) {traced}",
-                           "CPU: plan - traced peak")], w=12,
+                    target(f"{sel('memtrain_memory_budget_bytes')} - on (job, instance) {traced}",
+                           "CPU: budget - traced peak")], w=12,
                    thresholds=[{"color": "red", "value": None}, {"color": "transparent", "value": 0}]),
     ]
     batch = [

@@ -22,7 +22,7 @@ from memtrain.train.state import JOB_STATES, STEP_BUCKETS, JobState
 
 SCALARS = ("batch_size", "micro_batch_size", "oom_recoveries", "steps", "samples", "epoch", "train_loss",
            "validation_loss", "validation_accuracy", "learning_rate", "gradient_norm", "nonfinite_steps",
-           "checkpoints", "last_checkpoint_time")
+           "checkpoints", "last_checkpoint_time", "memory_budget")
 MEASURED = ("cupy_pool_used", "cupy_pool_total", "cupy_pool_peak", "tracemalloc_peak")
 STATIC = ("job", "model", "optimizer", "dtype", "device", "gpu_index", "gpu_pci_bus_id", "started")
 # layout of the shared array: scalars, the state's index, planned bytes, measured bytes, histogram

@@ -92,6 +92,12 @@ class JobCollector:
                 fam.add_metric([cat], float(planned.get(cat, 0)))
             yield fam
 
+        budget = getattr(s, "memory_budget", math.nan)
+        if math.isfinite(budget):
+            yield GaugeMetricFamily(PREFIX + "memory_budget_bytes",
+                                    "Bytes the job's plan was sized to fit: its memory limit, or the device's "
+                                    "free memory when it started (absent until known).", value=float(budget))
+
         measured = self._measured(s)
         if measured:
             fam = GaugeMetricFamily(PREFIX + "memory_measured_bytes",

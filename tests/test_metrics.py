@@ -27,7 +27,7 @@ def _state(**kw) -> JobState:
                  planned_bytes=dict(PLANNED), batch_size=32, micro_batch_size=16, oom_recoveries=1, steps=7,
                  samples=224, epoch=2, train_loss=0.5, validation_loss=0.625, validation_accuracy=0.875,
                  learning_rate=1e-3, gradient_norm=2.5, nonfinite_steps=3, checkpoints=2,
-                 last_checkpoint_time=1_700_000_000.0)
+                 last_checkpoint_time=1_700_000_000.0, memory_budget=8 * 1024**2)
     for seconds in (0.0003, 0.002, 0.002, 0.7, 20.0):
         s.step_durations.observe(seconds)
     s.set_state("training")
@@ -302,7 +302,7 @@ def _everything(monkeypatch) -> CollectorRegistry:
     monkeypatch.setitem(sys.modules, "cupy", _FakeCupy())
     monkeypatch.setattr(measure, "gpu_list", lambda with_processes=True: FAKE_GPUS)
     monkeypatch.setattr(measure, "nvml_state", lambda: measure.NvmlState(True, driver_version="550.54.15"))
-    monkeypatch.setattr(measure, "process_gpu_bytes", lambda index: 400_000)
+    monkeypatch.setattr(measure, "process_gpu_bytes", lambda index, pid=None, bus=None: 400_000)
     return _registry(_state(device="cuda:1", gpu_index=1, measured={"cupy_pool_peak": 18_000}), measure_gpu=True)
 
 
@@ -387,3 +387,9 @@ def test_metrics_module_is_not_imported_by_memtrain():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
     assert metrics.PREFIX == "memtrain_"
+
+
+def test_memory_budget_is_exposed_when_known():
+    r = _registry(_state())
+    assert r.get_sample_value("memtrain_memory_budget_bytes") == 8 * 1024**2
+    assert _registry(_state(memory_budget=float("nan"))).get_sample_value("memtrain_memory_budget_bytes") is None

@@ -125,6 +125,7 @@ def _run(cfg, resources, log_format, progress, stream, install_signals) -> dict:
                       resident_rows=(len(ds.X_train), n_val) if resident else None)
     # on the CPU the data set is in memory already when the free memory is read
     loaded = _data_bytes(ds) if (resident and not backend.is_cuda) else 0
+    state.memory_budget = _budget(backend, memory_limit, loaded)
     auto_note = None
     if identity_probe and batch == "auto":
         batch = json.loads(identity_probe[0].read_text())["identity"]["batch_size"]
@@ -367,6 +368,18 @@ def _linger(seconds, log) -> None:
         time.sleep(seconds)
     except KeyboardInterrupt:
         pass
+
+
+def _budget(backend, memory_limit, loaded) -> float:
+    """What the job's plan is sized to fit, for the headroom metric."""
+    from memtrain.memory.autobatch import device_budget  # noqa: PLC0415
+
+    if memory_limit is not None:
+        return float(memory_limit)
+    try:
+        return float(device_budget(backend)[0] + loaded)
+    except Exception:  # no NVML or /proc: the metric is left out, the job goes on
+        return float("nan")
 
 
 def _data_bytes(ds) -> int:

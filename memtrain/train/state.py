@@ -53,6 +53,7 @@ class JobState:
     device: str = "cpu"
     state: str = "planning"  # one of JOB_STATES
     planned_bytes: dict = field(default_factory=dict)  # category -> bytes (the plan's by_category())
+    memory_budget: float = float("nan")  # bytes the plan was sized to fit: the limit, or free memory at start
     batch_size: int = 0
     micro_batch_size: int = 0
     oom_recoveries: int = 0
