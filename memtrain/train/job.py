@@ -86,7 +86,8 @@ def _run(cfg, resources, log_format, progress, stream, install_signals) -> dict:
     state = JobState(job=cfg.name)
     spec = cfg.model_spec()
     opt_name, hyper = cfg.optimizer_name(), cfg.optimizer_hyper()
-    make_optimizer(opt_name, **hyper)  # bad names and hyper-parameters fail before any work
+    base_lr = make_optimizer(opt_name, **hyper).lr  # bad names and hyper-parameters fail before any work
+    _schedule(cfg, base_lr, 1)  # so does a bad schedule
     epochs = _positive_int("training.epochs", _setting(cfg, "training", "epochs"))
     out_dir = Path(_setting(cfg, "output", "dir") or f"runs/{cfg.name}")
     ckpt_dir = Path(_setting(cfg, "checkpoint", "dir") or out_dir / "checkpoints")
@@ -184,7 +185,7 @@ def _run(cfg, resources, log_format, progress, stream, install_signals) -> dict:
         tracemalloc.start()
         resources.callback(tracemalloc.stop)
     steps_per_epoch = -(-len(ds.X_train) // batch)
-    schedule = _schedule(cfg, hyper.get("lr", make_optimizer(opt_name).lr), epochs * steps_per_epoch)
+    schedule = _schedule(cfg, base_lr, epochs * steps_per_epoch)
     model = MLP.from_spec(spec, seed=cfg.seed, device=backend)
     trainer = Trainer(model, make_optimizer(opt_name, **hyper), batch, micro_batch_size=micro, schedule=schedule,
                       clip_norm=_setting(cfg, "training", "clip_norm"),
