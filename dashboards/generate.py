@@ -211,7 +211,6 @@ def dashboard(uid: str, title: str, description: str, sections: list, *, multi_i
 
 
 def job_dashboard() -> dict:
-    planned_total = f"sum by (job, instance) ({sel('memtrain_memory_planned_bytes')})"
     traced = sel("memtrain_memory_measured_bytes", 'source="tracemalloc_peak"')
     job = [
         state_timeline("State", "memtrain_job_state: planning, training, evaluating, checkpointing, finished, "

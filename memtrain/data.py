@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from memtrain.nn.losses import OUTPUTS as _OUTPUT_UNITS
-from memtrain.nn.spec import DTYPES, parse_dtype
+from memtrain.nn.spec import parse_dtype
 
 OUTPUTS = tuple(_OUTPUT_UNITS)
 SOURCE_FORMS = (

@@ -10,8 +10,15 @@ from memtrain.memory.plan import CATEGORIES
 from memtrain.units import format_bytes
 
 
+def plain(v):
+    """json.dumps default: NumPy scalars as Python numbers, anything else as its str()."""
+    if hasattr(v, "item"):
+        return v.item()
+    return str(v)
+
+
 def to_json(obj) -> str:
-    return json.dumps(obj, indent=2, sort_keys=False)
+    return json.dumps(obj, indent=2, sort_keys=False, default=plain)
 
 
 def _table(headers, rows, align=None) -> str:

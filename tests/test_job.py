@@ -14,7 +14,8 @@ import pytest
 
 from memtrain.config import from_dict
 from memtrain.train import checkpoint as ckpt
-from memtrain.train.job import JobFailed, load_model, run
+from memtrain.train.job import run
+from memtrain.train.model_io import load_model
 
 JOB = """
 name = "t"

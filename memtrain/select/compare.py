@@ -18,6 +18,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from memtrain.render import plain
 from memtrain.units import format_bytes
 
 SCHEMA = "memtrain.compare/1"
@@ -169,7 +170,7 @@ def table_text(report: dict) -> str:
 
 
 def table_json(report: dict) -> str:
-    return json.dumps(report, indent=2, default=_plain)
+    return json.dumps(report, indent=2, default=plain)
 
 
 def table_csv(report: dict) -> str:
@@ -202,9 +203,3 @@ def _f(v) -> str:
 
 def _b(v) -> str:
     return "-" if v is None else format_bytes(v)
-
-
-def _plain(v):
-    if hasattr(v, "item"):
-        return v.item()
-    return str(v)

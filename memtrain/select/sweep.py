@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from memtrain.render import plain
 from memtrain.select import space as sp
 from memtrain.select.compare import load_data, summarize
 from memtrain.select.planner import plan_waves
@@ -113,7 +114,7 @@ def _rows(cfg) -> tuple:
 def append_result(path, record: dict) -> None:
     """One line, one os.write on an O_APPEND descriptor, then fsync: a killed sweep
     leaves whole lines (at worst a last line cut short, which read_results skips)."""
-    line = (json.dumps(record, default=_plain, allow_nan=True) + "\n").encode()
+    line = (json.dumps(record, default=plain, allow_nan=True) + "\n").encode()
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         size = os.fstat(fd).st_size
@@ -324,9 +325,3 @@ def _params_text(params) -> str:
 
 def _f(v, digits=4) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
-
-
-def _plain(v):
-    if hasattr(v, "item"):
-        return v.item()
-    return str(v)

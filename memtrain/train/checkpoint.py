@@ -29,7 +29,7 @@ class CheckpointError(ValueError):
     pass
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 16), b""):
@@ -37,7 +37,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -71,10 +71,10 @@ def save(directory, arrays: dict, meta: dict, identity: dict, *, keep: int = 3) 
     d = check_writable(directory)
     step = int(meta["steps"])
     npz, js = d / f"ckpt-{step:09d}.npz", d / f"ckpt-{step:09d}.json"
-    _atomic_write(npz, lambda f: np.savez(f, **arrays))
-    record = {"format": FORMAT, "created": time.time(), "npz": npz.name, "sha256": _sha256(npz),
+    atomic_write(npz, lambda f: np.savez(f, **arrays))
+    record = {"format": FORMAT, "created": time.time(), "npz": npz.name, "sha256": sha256_file(npz),
               "identity": identity, "state": meta, "arrays": sorted(arrays)}
-    _atomic_write(js, lambda f: f.write(json.dumps(record, indent=1).encode()))
+    atomic_write(js, lambda f: f.write(json.dumps(record, indent=1).encode()))
     for old in list_checkpoints(d)[keep:]:
         old.unlink(missing_ok=True)
         (d / old.name.replace(".json", ".npz")).unlink(missing_ok=True)
@@ -100,7 +100,7 @@ def _read(js: Path):
     npz = js.parent / record["npz"]
     if not npz.exists():
         raise CheckpointError(f"{npz.name}: missing")
-    digest = _sha256(npz)
+    digest = sha256_file(npz)
     if digest != record["sha256"]:
         raise CheckpointError(f"{npz.name}: SHA-256 mismatch (corrupt or truncated)")
     try:

@@ -23,7 +23,9 @@ from memtrain.memory.estimate import Setting
 from memtrain.nn.mlp import MLP
 from memtrain.optim import make_optimizer
 from memtrain.optim.schedules import make_schedule
+from memtrain.render import plain
 from memtrain.train import checkpoint as ckpt
+from memtrain.train.model_io import save_model
 from memtrain.train.state import JobState
 from memtrain.train.trainer import STOP, Trainer, format_record
 from memtrain.units import format_bytes, parse_bytes
@@ -58,16 +60,10 @@ class _Log:
 
     def __call__(self, event: str, text: str = "", **fields):
         if self.fmt == "json":
-            print(json.dumps({"time": round(time.time(), 3), "event": event, **fields}, default=_plain),
+            print(json.dumps({"time": round(time.time(), 3), "event": event, **fields}, default=plain),
                   file=self.stream, flush=True)
         elif text:
             print(text, file=self.stream, flush=True)
-
-
-def _plain(v):
-    if isinstance(v, (np.floating, np.integer)):
-        return v.item()
-    return str(v)
 
 
 def run(cfg, *, log_format: str = "text", progress: bool = True, stream=None, install_signals: bool = True) -> dict:
@@ -476,44 +472,6 @@ def _epoch_line(r, epochs, peak, planned) -> str:
     if peak is not None:
         line += f"  peak {format_bytes(peak)} (plan {format_bytes(planned)})"
     return line
-
-
-def save_model(path: Path, model, meta: dict) -> None:
-    """model.npz (parameters) + model.json (spec, data preprocessing, metrics)."""
-    ckpt._atomic_write(path.with_suffix(".npz"), lambda f: np.savez(f, params=model.backend.to_numpy(model.params)))
-    info = {"format": "memtrain.model/1", "sha256": ckpt._sha256(path.with_suffix(".npz")),
-            "model": {**model.spec.identity(), "dropout": list(model.spec.dropout) if model.spec.dropout else None,
-                      "l1": model.spec.l1, "l2": model.spec.l2}, **meta}
-    ckpt._atomic_write(path.with_suffix(".json"), lambda f: f.write(json.dumps(info, indent=1, default=_plain).encode()))
-
-
-def load_model(path, device="cpu"):
-    """(MLP, metadata) from a model saved by a job; checks the checksum."""
-    from memtrain.nn.spec import ModelSpec  # noqa: PLC0415
-
-    p = Path(path)
-    npz, js = p.with_suffix(".npz"), p.with_suffix(".json")
-    for f in (npz, js):
-        if not f.exists():
-            raise ValueError(f"model: {f} not found (a model is a .npz with its .json beside it)")
-    try:
-        meta = json.loads(js.read_text())
-    except ValueError as exc:
-        raise ValueError(f"model: {js} is not valid JSON ({exc})") from None
-    if meta.get("format") != "memtrain.model/1":
-        raise ValueError(f"model: {js} is not a memtrain model (format {meta.get('format')!r})")
-    if ckpt._sha256(npz) != meta["sha256"]:
-        raise ValueError(f"model: {npz} does not match the checksum in {js.name} (corrupt or replaced)")
-    m = meta["model"]
-    spec = ModelSpec.create(m["sizes"], m["activation"].split("(")[0] if "(" in m["activation"] else m["activation"],
-                            m["output"], m.get("dropout"), dtype=m["dtype"], l1=m.get("l1", 0), l2=m.get("l2", 0))
-    model = MLP.from_spec(spec, device=device, initialise=False)
-    with np.load(npz, allow_pickle=False) as z:
-        params = z["params"]
-    if params.shape != (spec.n_params,):
-        raise ValueError(f"model: {npz} holds {params.shape[0]} parameters, the spec needs {spec.n_params}")
-    model.params[...] = params if isinstance(model.params, np.ndarray) else model.backend.xp.asarray(params)
-    return model, meta
 
 
 def _finish(cfg, ds, trainer, out_dir, plan, peak, seconds) -> dict:

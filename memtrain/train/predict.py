@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from memtrain.train.job import load_model
+from memtrain.train.model_io import load_model
 
 
 def _prepare(X, meta) -> np.ndarray:
