@@ -24,7 +24,7 @@ SCALARS = ("batch_size", "micro_batch_size", "oom_recoveries", "steps", "samples
            "validation_loss", "validation_accuracy", "learning_rate", "gradient_norm", "nonfinite_steps",
            "checkpoints", "last_checkpoint_time", "memory_budget")
 MEASURED = ("cupy_pool_used", "cupy_pool_total", "cupy_pool_peak", "tracemalloc_peak")
-STATIC = ("job", "model", "optimizer", "dtype", "device", "gpu_index", "gpu_pci_bus_id", "started")
+STATIC = ("job", "model", "optimizer", "dtype", "device", "gpu_index", "gpu_pci_bus_id", "gpu_uuid", "started")
 # layout of the shared array: scalars, the state's index, planned bytes, measured bytes, histogram
 _N_HIST = len(STEP_BUCKETS) + 1
 _SIZE = len(SCALARS) + 1 + len(CATEGORIES) + len(MEASURED) + _N_HIST + 1

@@ -78,7 +78,8 @@ class JobCollector:
                                    value={name: s.state == name for name in JOB_STATES})
         yield InfoMetricFamily(PREFIX + "job", "The job's identity (value 1).",
                                value={"job": str(s.job), "model": str(s.model), "optimizer": str(s.optimizer),
-                                      "dtype": str(s.dtype), "device": str(s.device)})
+                                      "dtype": str(s.dtype), "device": str(s.device),
+                                      "gpu_uuid": str(getattr(s, "gpu_uuid", ""))})
 
     # -- memory ----------------------------------------------------------------------------------
 

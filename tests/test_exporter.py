@@ -53,7 +53,7 @@ def test_the_exporter_process_serves_what_the_job_publishes():
         assert sample(text, "memtrain_batch_size") == 128
         assert 'memtrain_memory_planned_bytes{category="parameters"} 1000.0' in text
         assert sample(text, "memtrain_step_duration_seconds_count") == 1
-        assert 'memtrain_job_info{device="cpu",dtype="float32",job="exp",model="m",optimizer="adam"} 1.0' in text
+        assert 'memtrain_job_info{device="cpu",dtype="float32",gpu_uuid="",job="exp",model="m",optimizer="adam"} 1.0' in text
         rss = sample(text, 'memtrain_memory_measured_bytes{source="rss"}')
         assert rss is not None and rss > 10_000_000  # the job's RSS (numpy and all), read by pid
     finally:

@@ -148,8 +148,10 @@ def test_job_state_enum():
 def test_job_info():
     r = _registry(_state())
     labels = {"job": "digits", "model": "64-128-10 relu softmax", "optimizer": "adam", "dtype": "float32",
-              "device": "cpu"}
+              "device": "cpu", "gpu_uuid": ""}
     assert r.get_sample_value("memtrain_job_info", labels) == 1
+    on_gpu = _registry(_state(device="cuda:0", gpu_uuid="GPU-1234"))
+    assert on_gpu.get_sample_value("memtrain_job_info", {**labels, "device": "cuda:0", "gpu_uuid": "GPU-1234"}) == 1
 
 
 def test_rss_is_always_measured():

@@ -95,6 +95,7 @@ def _run(cfg, resources, log_format, progress, stream, install_signals) -> dict:
     state.optimizer = opt_name
     state.gpu_index = backend.index if backend.is_cuda else None
     state.gpu_pci_bus_id = backend.xp.cuda.Device(backend.index).pci_bus_id if backend.is_cuda else ""
+    state.gpu_uuid = _gpu_uuid(backend)
 
     # -- data --------------------------------------------------------------------------
     ds = load_dataset(_setting(cfg, "data", "dataset"), dtype=spec.dtype.name,
@@ -263,7 +264,7 @@ def _run(cfg, resources, log_format, progress, stream, install_signals) -> dict:
         state.nonfinite_steps, state.oom_recoveries = tr.nonfinite_steps, tr.oom_recoveries
         if tr.micro_batch_size != state.micro_batch_size:  # an OOM re-planned the step
             state.micro_batch_size, state.planned_bytes = tr.micro_batch_size, tr.plan.by_category()
-        bar.update(tr, loss, dt, _peak(measure))
+        bar.update(tr, loss, dt, _peak(measure) or state.measured.get("cupy_pool_peak"))
         publish()
         if tr.nonfinite_streak >= max_nonfinite:
             failure.append(f"training: {tr.nonfinite_streak} non-finite steps in a row (loss {loss}); stopped "
@@ -365,6 +366,19 @@ def _linger(seconds, log) -> None:
         time.sleep(seconds)
     except KeyboardInterrupt:
         pass
+
+
+def _gpu_uuid(backend) -> str:
+    """NVML's uuid of the job's GPU ("" on the CPU, or without NVML)."""
+    if not backend.is_cuda:
+        return ""
+    from memtrain.memory import measure  # noqa: PLC0415
+
+    try:
+        uuid = measure._pynvml().nvmlDeviceGetUUID(measure.handle_for_cuda_device(backend.index))
+    except Exception:  # no driver library: the label stays empty, the job goes on
+        return ""
+    return uuid.decode() if isinstance(uuid, bytes) else str(uuid)
 
 
 def _budget(backend, memory_limit, loaded) -> float:

@@ -72,6 +72,7 @@ class JobState:
     started: float = field(default_factory=time.time)
     gpu_index: int | None = None  # the CUDA device the job runs on, for the NVML readings
     gpu_pci_bus_id: str = ""  # the same device as NVML names it (the exporter process has no CuPy)
+    gpu_uuid: str = ""  # NVML's uuid of that device, so dashboards can join a job to its GPU
     measured: dict = field(default_factory=dict)  # source -> bytes the job loop measured (e.g. cupy_pool_peak)
 
     def set_state(self, state: str) -> None:
