@@ -259,12 +259,12 @@ def _run(cfg, resources, log_format, progress, stream, install_signals) -> dict:
             state.measured["cupy_pool_peak"] = pool_hook.peak
         peak = _peak(measure)
         if peak is not None:
-            state.measured["tracemalloc_peak"] = peak  # the data set traced before tracing began included
+            state.measured["tracemalloc_peak"] = peak  # includes the data set allocated before tracing began
         state.train_loss, state.gradient_norm, state.learning_rate = loss, tr.last_grad_norm, tr.last_lr
         state.nonfinite_steps, state.oom_recoveries = tr.nonfinite_steps, tr.oom_recoveries
         if tr.micro_batch_size != state.micro_batch_size:  # an OOM re-planned the step
             state.micro_batch_size, state.planned_bytes = tr.micro_batch_size, tr.plan.by_category()
-        bar.update(tr, loss, dt, _peak(measure) or state.measured.get("cupy_pool_peak"))
+        bar.update(tr, loss, dt, peak if peak is not None else state.measured.get("cupy_pool_peak"))
         publish()
         if tr.nonfinite_streak >= max_nonfinite:
             failure.append(f"training: {tr.nonfinite_streak} non-finite steps in a row (loss {loss}); stopped "
