@@ -1,0 +1,40 @@
+"""The process every executor starts: `python -m memtrain.launch.worker LAUNCH.json`.
+
+It runs one job from its JSON config (the same Job `memtrain train` runs), logging
+JSON lines to stdout (the executor points stdout/stderr at the job's log file).
+Exit status: 0 finished or stopped on SIGTERM/SIGINT after a checkpoint, 1 the job
+failed, 2 a bad config (never retried).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from memtrain.errors import ExitCode
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m memtrain.launch.worker LAUNCH.json", file=sys.stderr)
+        return ExitCode.USAGE
+    from memtrain import config
+    from memtrain.train.job import JobFailed, run
+
+    try:
+        with open(argv[0]) as f:
+            launch = json.load(f)
+        cfg = config.from_dict(launch["config"], source=launch.get("job_id", argv[0]))
+        run(cfg, log_format="json", progress=False)
+    except JobFailed as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return ExitCode.FAILURE
+    except (ValueError, OSError, KeyError) as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return ExitCode.USAGE
+    return ExitCode.OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
