@@ -72,7 +72,13 @@ def compare(config, optimizers, lr, epochs, target_accuracy, output_dir, plot, f
               help="Trial i serves Prometheus metrics on PORT+i as job <sweep>-<trial id>.")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Write the validation metric against each hyper-parameter to this PNG.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-def sweep(sweep_file, output_dir, memory_limit, workers, resume, dry_run, metrics_port, plot, fmt):
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Where trials run: local processes in waves, or a Ray cluster that places each trial by its "
+              "planned memory (pip install 'memtrain[ray]'; docs/cluster.md).")
+@click.option("--ray-address", help="Ray cluster to use with --executor ray: host:port, auto or local.  "
+              "[default: RAY_ADDRESS, else a cluster `ray start` began here, else a new local instance]")
+def sweep(sweep_file, output_dir, memory_limit, workers, resume, dry_run, metrics_port, plot, fmt, executor,
+          ray_address):
     """Grid or random search over a job's hyper-parameters (SWEEP_FILE: see
     docs/choosing-an-optimizer.md). Every trial's memory is planned first; trials
     that cannot fit are skipped, the rest run concurrently while their plans fit
@@ -83,6 +89,7 @@ def sweep(sweep_file, output_dir, memory_limit, workers, resume, dry_run, metric
       memtrain sweep sweep.toml --dry-run
       memtrain sweep sweep.toml --memory-limit 2GiB --workers 2 --plot sweep.png
       memtrain sweep sweep.toml --resume
+      memtrain sweep sweep.toml --executor ray --ray-address auto --output-dir /shared/runs/s
     """
     from memtrain.backend import get_backend  # noqa: PLC0415
     from memtrain.memory.autobatch import device_budget  # noqa: PLC0415
@@ -95,14 +102,30 @@ def sweep(sweep_file, output_dir, memory_limit, workers, resume, dry_run, metric
 
         _pyplot()
     s = sp.load_sweep(sweep_file)
-    backend = get_backend(s.base.device)
-    if memory_limit is not None:
-        budget, source = parse_bytes(memory_limit, "memory-limit"), "--memory-limit"
-    else:
-        budget, source = device_budget(backend)
-    rep = sw.run_sweep(s, output_dir=output_dir or f"runs/{s.name}", budget=budget, budget_source=source,
-                       workers=workers or os.cpu_count() or 1, device_kind=backend.kind, resume=resume,
-                       dry_run=dry_run, metrics_port=metrics_port, log=_echo if dry_run else _log)
+    if ray_address is not None and executor != "ray":
+        raise click.UsageError("--ray-address: only with --executor ray")
+    limit = None if memory_limit is None else parse_bytes(memory_limit, "memory-limit")
+    ex = None
+    if executor == "ray":
+        from memtrain.launch.ray import RayExecutor  # noqa: PLC0415
+
+        ex = RayExecutor(ray_address)
+    try:
+        if ex is not None:
+            from memtrain.select.sweep_launch import cluster_budget  # noqa: PLC0415
+
+            kind, budget, source = cluster_budget(ex, s.base.device, limit)
+        else:
+            backend = get_backend(s.base.device)
+            kind, (budget, source) = backend.kind, ((limit, "--memory-limit") if limit is not None
+                                                     else device_budget(backend))
+        rep = sw.run_sweep(s, output_dir=output_dir or f"runs/{s.name}", budget=budget, budget_source=source,
+                           workers=workers or (None if ex else os.cpu_count() or 1), device_kind=kind,
+                           resume=resume, dry_run=dry_run, metrics_port=metrics_port, log=_echo if dry_run else _log,
+                           executor=ex)
+    finally:
+        if ex is not None:
+            ex.close()
     if dry_run:
         return
     if fmt == "json":

@@ -154,7 +154,7 @@ class RayExecutor:
         self.accelerator_type = accelerator_type
         self._owns = False
         if not self.ray.is_initialized():
-            self.ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="warning",
+            self.ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="error",
                           **(init_kwargs or {}))
             self._owns = True
         self._actors = {}  # Handle.ref -> actor handle

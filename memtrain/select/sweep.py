@@ -193,12 +193,14 @@ def make_record(sweep, tp: TrialPlan, outcome: dict) -> dict:
 
 def run_sweep(sweep, *, output_dir, budget: int, budget_source: str = "given", workers: int = 1,
               device_kind: str = "cpu", resume: bool = False, dry_run: bool = False, metrics_port=None,
-              runner=None, log=print) -> dict:
+              runner=None, log=print, executor=None, max_attempts: int = 2) -> dict:
     """Plan, print the schedule, run it (unless dry_run), and return the report.
 
     `runner(cfg) -> outcome` runs one trial (default run_trial; a trial runs in a
     worker process when its wave has more than one trial, so the runner must then be
-    importable by name)."""
+    importable by name). With an `executor` (memtrain.launch: Ray) the trials run
+    through it instead of local waves (select/sweep_launch.py); `workers` then caps
+    the trials handed to it at once (None: no cap)."""
     out = Path(output_dir)
     trials = sp.expand(sweep)
     plans = plan_trials(sweep, trials, output_dir=out, budget=budget, device_kind=device_kind,
@@ -217,24 +219,36 @@ def run_sweep(sweep, *, output_dir, budget: int, budget_source: str = "given", w
     done = {r["trial"] for r in records} if resume else set()
     by_id = {tp.trial.id: tp for tp in plans}
     runnable = [tp for tp in plans if not tp.reason and tp.trial.id not in done]
-    schedule = plan_waves([(tp.trial.id, tp.planned_bytes) for tp in runnable], budget, workers)
-    assert not schedule.skipped  # every runnable plan fits on its own (checked in plan_trials)
-    log(schedule_text(sweep, plans, schedule, done, budget, budget_source, workers))
+    if executor is not None:
+        from memtrain.select import sweep_launch as sl  # noqa: PLC0415
+
+        log(sl.schedule_text(sweep, plans, done, budget, budget_source, workers, executor.name))
+        outcomes = sl.run_trials(runnable, executor, lambda tp: sl.trial_launch(tp, device_kind=device_kind,
+                                                                                capacity=budget),
+                                 workers=workers, max_attempts=max_attempts, log=log)
+    else:
+        schedule = plan_waves([(tp.trial.id, tp.planned_bytes) for tp in runnable], budget, workers)
+        assert not schedule.skipped  # every runnable plan fits on its own (checked in plan_trials)
+        log(schedule_text(sweep, plans, schedule, done, budget, budget_source, workers))
+        outcomes = _run_waves(schedule, by_id, runner or run_trial, log)
     if dry_run:
         return report(sweep, records, plans)
 
-    runner = runner or run_trial
     out.mkdir(parents=True, exist_ok=True)
+    for tp, outcome in outcomes:
+        rec = make_record(sweep, tp, outcome)
+        append_result(results_path, rec)
+        records.append(rec)
+        log(f"trial     {tp.trial.id} {_params_text(tp.trial.params)}: {rec['status']}"
+            + (f", {sweep.metric} {rec['score']:.4f}" if rec["score"] is not None else "")
+            + (f" ({rec['error']})" if rec["error"] else ""))
+    return report(sweep, records, plans)
+
+
+def _run_waves(schedule, by_id, runner, log):
     for n, wave in enumerate(schedule.waves, 1):
         log(f"wave {n}/{len(schedule.waves)}  " + ", ".join(wave))
-        for tp, outcome in _run_wave([by_id[k] for k in wave], runner):
-            rec = make_record(sweep, tp, outcome)
-            append_result(results_path, rec)
-            records.append(rec)
-            log(f"trial     {tp.trial.id} {_params_text(tp.trial.params)}: {rec['status']}"
-                + (f", {sweep.metric} {rec['score']:.4f}" if rec["score"] is not None else "")
-                + (f" ({rec['error']})" if rec["error"] else ""))
-    return report(sweep, records, plans)
+        yield from _run_wave([by_id[k] for k in wave], runner)
 
 
 def _run_wave(wave, runner):
