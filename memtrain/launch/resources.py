@@ -17,6 +17,8 @@ model (docs/cluster.md).
 
 from __future__ import annotations
 
+import math
+
 from memtrain.errors import MemtrainError
 from memtrain.units import format_bytes
 
@@ -43,7 +45,10 @@ def gpu_fraction(total_bytes: int, capacity_bytes: int) -> float:
     if units > GPU_RESOLUTION:
         raise NeverFits(f"needs {format_bytes(total_bytes)} on one GPU; the GPU holds {format_bytes(capacity_bytes)}",
                         capacity_bytes)
-    return units / GPU_RESOLUTION
+    f = units / GPU_RESOLUTION
+    if f * GPU_RESOLUTION < units:  # e.g. 0.5761 * 10000 == 5760.99...: Ray, truncating, would hold a unit less
+        f = math.nextafter(f, math.inf)
+    return f
 
 
 def ray_options(resources, device: str, accelerator_type: str | None = None) -> dict:
