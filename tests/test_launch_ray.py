@@ -184,6 +184,26 @@ def test_cancel_sends_sigterm_the_job_checkpoints_and_a_waiting_job_leaves_the_q
 
 
 @pytest.mark.ray
+def test_a_restarted_caller_adopts_a_detached_job_and_sees_it_end(local_ray, small, tmp_path):
+    from memtrain.launch.ray import RayExecutor  # noqa: PLC0415
+
+    ref, planned = small
+    d = tmp_path / "adopted"
+    first = RayExecutor(detached=True)
+    h = first.start(launch(d, job(d), planned))
+    first.close()  # the caller goes away; a detached job does not
+    again = RayExecutor(detached=True)
+    try:
+        assert again.adopt(h)
+        (end,) = wait(again, [h])
+        assert end.ok and again.details(h)["ended_at"] is not None
+        assert not again.adopt(h)  # ended and released: nothing left to adopt
+    finally:
+        again.close()
+    assert_identical(d, ref)
+
+
+@pytest.mark.ray
 def test_a_bad_config_exits_2_with_its_one_line_reason(executor, small, tmp_path):
     _, planned = small
     d = tmp_path / "bad"

@@ -201,6 +201,8 @@ class RayExecutor:
     def poll(self, handle: Handle) -> Exit | None:
         if handle.ref in self._ended:
             return self._ended[handle.ref]
+        if handle.ref not in self._waits:
+            raise KeyError(f"{handle.ref}: not started by this executor; adopt() it first")
         wait_ref = self._waits[handle.ref]
         ready, _ = self.ray.wait([wait_ref], timeout=0)
         if not ready:
