@@ -112,7 +112,7 @@ def main(argv=None):
                    if x.startswith("{") and json.loads(x)["event"] == "plan")
 
     t = time.time()
-    ray.init(num_cpus=args.jobs, _memory=int((args.concurrency + 0.5) * (planned + OVERHEAD)),
+    ray.init(address="local", num_cpus=args.jobs, _memory=int((args.concurrency + 0.5) * (planned + OVERHEAD)),
              object_store_memory=100 << 20, include_dashboard=False, log_to_driver=False, logging_level="error")
     ray_init_s = time.time() - t
     ex = RayExecutor()

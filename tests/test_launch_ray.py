@@ -127,7 +127,7 @@ def local_ray(ray_mod, small):
     logical CPUs would allow all six, so memory alone limits concurrency."""
     _, planned = small
     ray_mod.shutdown()
-    ray_mod.init(num_cpus=6, _memory=int(2.5 * (planned + OVERHEAD)), object_store_memory=100 << 20,
+    ray_mod.init(address="local", num_cpus=6, _memory=int(2.5 * (planned + OVERHEAD)), object_store_memory=100 << 20,
                  include_dashboard=False, log_to_driver=False, logging_level="error")
     yield ray_mod
     ray_mod.shutdown()
