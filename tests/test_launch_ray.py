@@ -6,6 +6,7 @@ cancel through Ray, node loss resumed from the checkpoint, and `memtrain sweep
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -100,6 +101,28 @@ def test_ray_address_without_executor_ray_is_refused(tmp_path):
     s.write_text(SWEEP)
     r = CliRunner().invoke(main, ["sweep", str(s), "--ray-address", "auto", "--dry-run"])
     assert r.exit_code == 2 and "--ray-address: only with --executor ray" in r.output
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("address, message", [
+    ("127.0.0.1:{port}", "--ray-address 127.0.0.1:{port}: no Ray cluster answers there (Connection refused)"),
+    ("nonsense", "--ray-address: expected host:port, auto or local, got 'nonsense'"),
+])
+def test_an_unreachable_ray_address_is_one_line_at_once(ray_mod, tmp_path, address, message):
+    port = _closed_port()
+    s = tmp_path / "s.toml"
+    s.write_text(SWEEP)
+    t = time.monotonic()
+    r = CliRunner().invoke(main, ["sweep", str(s), "--executor", "ray", "--ray-address", address.format(port=port),
+                                  "--dry-run"])
+    assert r.exit_code == 2 and r.output.strip() == "memtrain: error: " + message.format(port=port)
+    assert time.monotonic() - t < 10 and not ray_mod.is_initialized()  # Ray alone retries for minutes
 
 
 # -- one local Ray instance for this section ---------------------------------------------------------

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -154,8 +155,13 @@ class RayExecutor:
         self.accelerator_type = accelerator_type
         self._owns = False
         if not self.ray.is_initialized():
-            self.ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="error",
-                          **(init_kwargs or {}))
+            _check_reachable(address)
+            try:
+                self.ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="error",
+                              **(init_kwargs or {}))
+            except ConnectionError:  # "auto" with no cluster running
+                raise MemtrainError(f"--ray-address {address}: no running Ray cluster found; start one "
+                                    "(ray start --head) or give its host:port") from None
             self._owns = True
         self._actors = {}  # Handle.ref -> actor handle
         self._waits = {}  # Handle.ref -> ObjectRef of JobActor.wait()
@@ -298,6 +304,22 @@ class RayExecutor:
         if self._owns and self.ray.is_initialized():
             self.ray.shutdown()
             self._owns = False
+
+
+def _check_reachable(address, timeout_s: float = 5.0) -> None:
+    """Ray retries an unreachable head for minutes (and ignores SIGTERM meanwhile):
+    a host:port that refuses a TCP connection is answered at once instead."""
+    addr = address if address is not None else os.environ.get("RAY_ADDRESS")
+    if not addr or addr in ("auto", "local") or "://" in addr:
+        return
+    host, _, port = addr.rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s).close()
+    except ValueError:
+        raise MemtrainError(f"--ray-address: expected host:port, auto or local, got {addr!r}") from None
+    except OSError as exc:
+        raise MemtrainError(f"--ray-address {addr}: no Ray cluster answers there "
+                            f"({exc.strerror or type(exc).__name__})") from None
 
 
 def _died_reason(exc, retry: bool = True) -> str:
