@@ -28,11 +28,10 @@ from pathlib import Path
 
 from memtrain.errors import MemtrainError
 from memtrain.launch.executor import Exit, Handle, Launch
-from memtrain.launch.resources import check_fits, ray_options
+from memtrain.launch.resources import THREAD_VARS, check_fits, ray_options
 
 NAMESPACE = "memtrain"
 INSTALL_HINT = "--executor ray needs Ray, which is not installed: pip install 'memtrain[ray]'"
-THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 class RayMissing(MemtrainError):
@@ -176,8 +175,10 @@ class RayExecutor:
         return ray_options(launch.resources, launch.device, self.accelerator_type)
 
     def largest_memory(self) -> int:
-        """The largest alive node's Ray `memory` resource: what one CPU job may plan."""
-        return max((int(n["Resources"].get("memory", 0)) for n in self.ray.nodes() if n.get("Alive")), default=0)
+        """The largest Ray `memory` resource of an alive node that can run jobs (has a
+        CPU): what one CPU job may plan."""
+        return max((int(n["Resources"].get("memory", 0)) for n in self.ray.nodes()
+                    if n.get("Alive") and n["Resources"].get("CPU", 0) >= 1), default=0)
 
     def start(self, launch: Launch) -> Handle:
         """Create the job's actor; Ray starts it once a node has its resources free.

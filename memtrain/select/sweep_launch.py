@@ -19,10 +19,8 @@ from pathlib import Path
 
 from memtrain.errors import MemtrainError
 from memtrain.launch.executor import Launch, Resources
-from memtrain.launch.resources import NeverFits
+from memtrain.launch.resources import THREAD_VARS, NeverFits
 from memtrain.units import format_bytes
-
-THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def device_kind(executor, requested: str) -> str:
