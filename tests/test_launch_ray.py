@@ -24,7 +24,7 @@ THREADS = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS
 OVERHEAD = 64 << 20  # stands in for the measured per-process overhead
 
 
-def job(d, layers=(64, 64, 10), epochs=3, batch=32, every=20):
+def job(d, layers=(64, 64, 10), epochs=2, batch=32, every=20):
     return {"name": "j", "seed": 0, "device": "cpu", "model": {"layers": list(layers)},
             "optimizer": {"name": "adam", "lr": 0.003},
             "training": {"batch_size": batch, "epochs": epochs},
@@ -231,8 +231,8 @@ def test_a_bad_config_exits_2_with_its_one_line_reason(executor, small, tmp_path
     _, planned = small
     d = tmp_path / "bad"
     (end,) = wait(executor, [executor.start(launch(d, job(d, layers=(63, 10)), planned))])
-    assert end.code == 2 and end.signal is None
-    assert "model.layers: the first size must equal the data's 64 features" in end.reason
+    assert end.code == 2 and end.signal is None, (end, (d / "log.jsonl").read_text()[-2000:])
+    assert "model.layers: the first size must equal the data's 64 features" in end.reason, end
 
 
 @pytest.mark.ray
@@ -312,7 +312,7 @@ def test_two_nodes_jobs_land_on_both_and_a_lost_node_resumes_bit_identical(clust
     from memtrain.launch.ray import RayExecutor  # noqa: PLC0415
 
     c, nodes = cluster
-    config = {d: job(tmp_path / d, layers=(64, 256, 256, 10), epochs=8, batch=16) for d in ("a", "b")}
+    config = {d: job(tmp_path / d, layers=(64, 256, 256, 10), epochs=6, batch=16) for d in ("a", "b")}
     ex = RayExecutor()
     try:
         handles = [ex.start(launch(tmp_path / d, config[d], 8 << 20)) for d in ("a", "b")]
@@ -337,7 +337,7 @@ def test_two_nodes_jobs_land_on_both_and_a_lost_node_resumes_bit_identical(clust
     resumed = [e for e in events(tmp_path / "a") if e["event"] == "resume"]
     assert len(resumed) == 1 and resumed[0]["step"] > 0
     ref = tmp_path / "ref"
-    run_alone(ref, job(ref, layers=(64, 256, 256, 10), epochs=8, batch=16))
+    run_alone(ref, job(ref, layers=(64, 256, 256, 10), epochs=6, batch=16))
     assert_identical(tmp_path / "a", ref)
     assert_identical(tmp_path / "b", ref)
 
