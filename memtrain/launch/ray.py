@@ -52,7 +52,9 @@ def import_ray():
 def _die_with_parent():
     """In the worker child, before exec: SIGKILL it when the actor's process dies, so a
     lost node or Ray worker leaves no job writing to the storage behind Ray's back
-    (Linux prctl PR_SET_PDEATHSIG; elsewhere a no-op)."""
+    (Linux prctl PR_SET_PDEATHSIG, which fires when the forking thread ends: the
+    actor's main thread, which runs __init__ and lives as long as the actor; elsewhere
+    a no-op)."""
     try:
         import ctypes  # noqa: PLC0415
 
@@ -221,10 +223,10 @@ class RayExecutor:
             # Ray declares the actor dead (starting it again now could make two writers)
             self._waits[handle.ref] = self._actors[handle.ref].wait.remote()
             return None
-        except self.ray.exceptions.RayActorError as exc:
+        except self.ray.exceptions.RayError as exc:
             if getattr(exc, "actor_init_failed", False):  # e.g. the storage is not writable there: not retried
                 ended = Exit(code=1, signal=None, reason=_died_reason(exc, retry=False))
-            else:
+            else:  # its node or Ray worker died, or Ray's memory monitor killed it (the node ran low on memory)
                 ended = Exit(code=None, signal=int(signal.SIGKILL), reason=_died_reason(exc))
         else:
             self._details[handle.ref] = result
@@ -324,9 +326,11 @@ def _check_reachable(address, timeout_s: float = 5.0) -> None:
 
 
 def _died_reason(exc, retry: bool = True) -> str:
-    """One line from Ray's multi-line ActorDiedError: why the actor (and its node or
-    Ray worker) went away."""
+    """One line from Ray's multi-line error: why the actor (with its node or Ray worker)
+    went away, e.g. "The actor died because its node has died. Node Id: ..." or "1
+    worker(s) were killed due to the node running low on memory. ..."."""
     lines = [x.strip() for x in str(exc).splitlines() if x.strip()]
-    why = [x for x in lines if "died" in x.lower() or "dead" in x.lower() or "error" in x.lower()]
-    line = why[-1] if why else lines[-1] if lines else type(exc).__name__
+    lines = [x for x in lines if x != "The actor died unexpectedly before finishing this task."]  # says no why
+    why = [x for x in lines if any(w in x.lower() for w in ("because", "killed", "died", "dead"))]
+    line = why[0] if why else lines[0] if lines else type(exc).__name__
     return "ray: " + line + (" (the job may resume from its checkpoint)" if retry else "")
