@@ -6,10 +6,14 @@ cancel through Ray, node loss resumed from the checkpoint, and `memtrain sweep
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -248,6 +252,41 @@ def test_a_restarted_caller_adopts_a_detached_job_and_sees_it_end(local_ray, sma
     finally:
         again.close()
     assert_identical(d, ref)
+
+
+@pytest.mark.ray
+def test_a_sweep_trial_killed_by_a_signal_is_retried_and_resumes_bit_identical(executor, tmp_path):
+    from memtrain.select.sweep_launch import run_trials  # noqa: PLC0415
+
+    d, ref = tmp_path / "t1", tmp_path / "ref"
+    config = job(d, layers=(64, 256, 256, 10), epochs=6, batch=16)
+    trial = SimpleNamespace(trial=SimpleNamespace(id="t1"))
+
+    def kill_after_first_checkpoint():
+        wait_for_checkpoint(d)
+        pids = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _cmdline(p).startswith(
+            f"{sys.executable} -m memtrain.launch.worker {d}/launch-")]
+        assert len(pids) == 1
+        os.kill(pids[0], signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_after_first_checkpoint)
+    killer.start()
+    logs = []
+    ((tp, outcome),) = run_trials([trial], executor, lambda tp: launch(d, config, 8 << 20), max_attempts=2,
+                                  log=logs.append, poll_s=0.05)
+    killer.join()
+    assert outcome["status"] == "finished" and outcome["summary"]["epochs"] == 6, outcome
+    assert logs == ["retry     t1: killed by SIGKILL; attempt 2/2 resumes from its checkpoint"]
+    assert [e["event"] for e in events(d)].count("resume") == 1
+    run_alone(ref, job(ref, layers=(64, 256, 256, 10), epochs=6, batch=16))
+    assert_identical(d, ref)
+
+
+def _cmdline(proc) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
 
 
 @pytest.mark.ray

@@ -103,8 +103,9 @@ class JobActor:
             if self.info_["ended_at"] is None:
                 self.info_["ended_at"] = time.time()
         sig = -code if code < 0 else None
-        return {**self.info(), "code": None if sig else code, "signal": sig,
-                "reason": None if code == 0 else last_error_line(self.log_path)}
+        reason = None if code == 0 else f"killed by {signal.Signals(sig).name}" if sig else last_error_line(
+            self.log_path)
+        return {**self.info(), "code": None if sig else code, "signal": sig, "reason": reason}
 
     def terminate(self) -> bool:
         """SIGTERM to the worker's process group: it checkpoints, then exits 0."""
