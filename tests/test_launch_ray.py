@@ -172,6 +172,18 @@ def small(tmp_path_factory):
     return d, run_alone(d, job(d))
 
 
+def big_job(d):
+    """Long enough (5 epochs of 68 steps, a checkpoint every 20) to be interrupted mid-run."""
+    return job(d, layers=(64, 256, 256, 10), epochs=5, batch=16)
+
+
+@pytest.fixture(scope="module")
+def big_ref(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ref") / "big"
+    run_alone(d, big_job(d))
+    return d
+
+
 @pytest.fixture(scope="module")
 def local_ray(ray_mod, small):
     """Ray's memory resource holds two of the small job's requests, not three; its 6
@@ -255,11 +267,11 @@ def test_a_restarted_caller_adopts_a_detached_job_and_sees_it_end(local_ray, sma
 
 
 @pytest.mark.ray
-def test_a_sweep_trial_killed_by_a_signal_is_retried_and_resumes_bit_identical(executor, tmp_path):
+def test_a_sweep_trial_killed_by_a_signal_is_retried_and_resumes_bit_identical(executor, big_ref, tmp_path):
     from memtrain.select.sweep_launch import run_trials  # noqa: PLC0415
 
-    d, ref = tmp_path / "t1", tmp_path / "ref"
-    config = job(d, layers=(64, 256, 256, 10), epochs=6, batch=16)
+    d = tmp_path / "t1"
+    config = big_job(d)
     trial = SimpleNamespace(trial=SimpleNamespace(id="t1"))
 
     def kill_after_first_checkpoint():
@@ -275,11 +287,10 @@ def test_a_sweep_trial_killed_by_a_signal_is_retried_and_resumes_bit_identical(e
     ((tp, outcome),) = run_trials([trial], executor, lambda tp: launch(d, config, 8 << 20), max_attempts=2,
                                   log=logs.append, poll_s=0.05)
     killer.join()
-    assert outcome["status"] == "finished" and outcome["summary"]["epochs"] == 6, outcome
+    assert outcome["status"] == "finished" and outcome["summary"]["epochs"] == 5, outcome
     assert logs == ["retry     t1: killed by SIGKILL; attempt 2/2 resumes from its checkpoint"]
     assert [e["event"] for e in events(d)].count("resume") == 1
-    run_alone(ref, job(ref, layers=(64, 256, 256, 10), epochs=6, batch=16))
-    assert_identical(d, ref)
+    assert_identical(d, big_ref)
 
 
 def _cmdline(proc) -> str:
@@ -371,11 +382,11 @@ def cluster(ray_mod):
 
 
 @pytest.mark.ray
-def test_two_nodes_jobs_land_on_both_and_a_lost_node_resumes_bit_identical(cluster, tmp_path):
+def test_two_nodes_jobs_land_on_both_and_a_lost_node_resumes_bit_identical(cluster, big_ref, tmp_path):
     from memtrain.launch.ray import RayExecutor  # noqa: PLC0415
 
     c, nodes = cluster
-    config = {d: job(tmp_path / d, layers=(64, 256, 256, 10), epochs=6, batch=16) for d in ("a", "b")}
+    config = {d: big_job(tmp_path / d) for d in ("a", "b")}
     ex = RayExecutor()
     try:
         handles = [ex.start(launch(tmp_path / d, config[d], 8 << 20)) for d in ("a", "b")]
@@ -399,10 +410,8 @@ def test_two_nodes_jobs_land_on_both_and_a_lost_node_resumes_bit_identical(clust
         ex.close()
     resumed = [e for e in events(tmp_path / "a") if e["event"] == "resume"]
     assert len(resumed) == 1 and resumed[0]["step"] > 0
-    ref = tmp_path / "ref"
-    run_alone(ref, job(ref, layers=(64, 256, 256, 10), epochs=6, batch=16))
-    assert_identical(tmp_path / "a", ref)
-    assert_identical(tmp_path / "b", ref)
+    assert_identical(tmp_path / "a", big_ref)
+    assert_identical(tmp_path / "b", big_ref)
 
 
 def _gone(pid, timeout=10) -> bool:
