@@ -404,6 +404,11 @@ from memtrain.cli_select import compare, sweep  # noqa: E402
 main.add_command(compare)
 main.add_command(sweep)
 
+from memtrain.cli_service import COMMANDS as _SERVICE_COMMANDS  # noqa: E402
+
+for _command in _SERVICE_COMMANDS:
+    main.add_command(_command)
+
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -233,14 +233,16 @@ def _rows(cfg) -> tuple:
     with _ROWS_LOCK:
         if key not in _ROWS_CACHE:
             ds = load_data(cfg)
-            if ds.n_features != spec.sizes[0]:
-                raise SubmissionError(f"model.layers: the first size must equal the data's {ds.n_features} "
-                                      f"features ({ds.name}), got {spec.sizes[0]}")
             nbytes = sum(a.nbytes for a in (ds.X_train, ds.y_train, ds.X_val, ds.y_val) if a is not None)
-            _ROWS_CACHE[key] = (len(ds.X_train), 0 if ds.X_val is None else len(ds.X_val), nbytes)
+            _ROWS_CACHE[key] = (len(ds.X_train), 0 if ds.X_val is None else len(ds.X_val), nbytes, ds.n_features,
+                                ds.name)
             if len(_ROWS_CACHE) > 256:
                 _ROWS_CACHE.pop(next(iter(_ROWS_CACHE)))
-        return _ROWS_CACHE[key]
+        n_train, n_val, nbytes, n_features, name = _ROWS_CACHE[key]
+    if n_features != spec.sizes[0]:
+        raise SubmissionError(f"model.layers: the first size must equal the data's {n_features} features ({name}), "
+                              f"got {spec.sizes[0]}")
+    return n_train, n_val, nbytes
 
 
 # -- plans ----------------------------------------------------------------------------------------
