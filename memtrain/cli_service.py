@@ -64,10 +64,15 @@ def _size(ctx, param, value):
               help="Runs of a job killed by a signal it did not ask for (each resumes from its checkpoint).")
 @click.option("--overhead", callback=_size, metavar="SIZE",
               help="Per-process overhead of a CPU job.  [default: measured once, kept in the state dir]")
+@click.option("--job-metrics-host", default="127.0.0.1", show_default=True,
+              help="Address each job's metrics exporter listens on (0.0.0.0 in a container).")
+@click.option("--job-metrics-address", metavar="HOST",
+              help="Host name Prometheus reaches the jobs' exporters at, in /prometheus/targets.  "
+                   "[default: --job-metrics-host]")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 def serve(state_dir, host, port, devices, budgets, token_file, data_roots, max_jobs_per_device, head_wait,
-          max_attempts, overhead, log_level):
+          max_attempts, overhead, job_metrics_host, job_metrics_address, log_level):
     """Run the training service: an HTTP API (OpenAPI at /docs, status page at /) that
     plans each submitted job and starts it when its plan fits a device's budget.
 
@@ -80,7 +85,8 @@ def serve(state_dir, host, port, devices, budgets, token_file, data_roots, max_j
 
     run(state_dir=state_dir, host=host, port=port, devices=devices, budgets=budgets, token_file=token_file,
         data_roots=data_roots, max_jobs_per_device=max_jobs_per_device, head_wait=head_wait,
-        max_attempts=max_attempts, overhead=overhead, log_level=log_level, echo=lambda t: click.echo(t, err=True))
+        max_attempts=max_attempts, overhead=overhead, job_metrics_host=job_metrics_host,
+        job_metrics_address=job_metrics_address, log_level=log_level, echo=lambda t: click.echo(t, err=True))
 
 
 _server = click.option("--server", envvar="MEMTRAIN_SERVER", default="http://127.0.0.1:8470", show_default=True,

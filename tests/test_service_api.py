@@ -239,3 +239,13 @@ def test_sigterm_of_worker_mid_run_is_not_mistaken_for_cancel(server):
     os.kill(json.loads(server.service.store.get(job_id)["ref"])["pid"], signal.SIGTERM)
     done = server.wait(job_id)
     assert done["state"] == "succeeded" and done["attempts"] == 2
+
+
+def test_service_metrics_are_the_documented_ones(server):
+    import re
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "metrics.md").read_text()
+    documented = set(re.findall(r"^\| `(memtrain_service_\w+)", docs, re.M))
+    text = server.request("GET", "/metrics", raw=True)[1]
+    exposed = {re.sub(r"_(bucket|sum|count|created)$", "", m) for m in re.findall(r"^(memtrain_service_\w+)", text, re.M)}
+    assert exposed == documented

@@ -30,6 +30,8 @@ class Settings:
     head_wait: float = 300.0  # seconds a head job may be passed by smaller ones
     cpu_overhead: int | None = None  # None: measured once and kept in the state dir
     metrics_ports: bool = True  # each job serves /metrics on a port the service picks
+    job_metrics_host: str = "127.0.0.1"  # where each job's exporter listens
+    job_metrics_address: str | None = None  # the host Prometheus reaches them at (default: job_metrics_host)
     tick: float = 0.25
     executor: object = None  # None: LocalExecutor
 
@@ -51,7 +53,8 @@ class Service:
         self.events = {"admitted": 0, "rejected": 0, "started": 0, "requeued": 0}
         self.waits = []  # queue waits (seconds) since start, for the histogram
         self.scheduler = Scheduler(self.store, s.executor, self.devices, s.state_dir, head_wait=s.head_wait,
-                                   tick=s.tick, metrics_ports=s.metrics_ports, on_event=self._event)
+                                   tick=s.tick, metrics_ports=s.metrics_ports, on_event=self._event,
+                                   metrics_host=s.job_metrics_host, metrics_address=s.job_metrics_address)
 
     def start(self) -> None:
         self.scheduler.start()

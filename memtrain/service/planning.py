@@ -318,7 +318,8 @@ def never_fits_message(checked: Checked, p: Plan, overhead: int, budgets: dict) 
             f"{format_bytes(overhead)}); the largest budget is {format_bytes(budget)} on {device}; {hint}")
 
 
-def launch_config(config: dict, run_dir, *, batch: int, memory_limit: int, metrics_port: int | None) -> dict:
+def launch_config(config: dict, run_dir, *, batch: int, memory_limit: int, metrics_port: int | None,
+                  metrics_host: str = "127.0.0.1") -> dict:
     """The config the worker runs: everything it writes goes under `run_dir`."""
     run_dir = Path(run_dir)
     out = json.loads(json.dumps(config))
@@ -330,7 +331,7 @@ def launch_config(config: dict, run_dir, *, batch: int, memory_limit: int, metri
     out["output"] = {"dir": str(run_dir / "output")}
     out["metrics"] = {**out.get("metrics", {})}
     if metrics_port is not None:
-        out["metrics"].update(port=int(metrics_port), host="127.0.0.1")
+        out["metrics"].update(port=int(metrics_port), host=metrics_host)
     return out
 
 

@@ -34,10 +34,12 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 class Scheduler:
     def __init__(self, store: Store, executor, devices: list, state_dir, *, head_wait: float = 300.0,
-                 tick: float = 0.25, metrics_ports: bool = True, on_event=None):
+                 tick: float = 0.25, metrics_ports: bool = True, on_event=None, metrics_host: str = "127.0.0.1",
+                 metrics_address: str | None = None):
         self.store, self.executor, self.devices = store, executor, {d.name: d for d in devices}
         self.state_dir = Path(state_dir)
         self.head_wait, self.tick_seconds, self.metrics_ports = head_wait, tick, metrics_ports
+        self.metrics_host, self.metrics_address = metrics_host, metrics_address
         self.on_event = on_event or (lambda *a, **k: None)  # metrics: ("admitted"|"rejected"|..., job)
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -151,16 +153,17 @@ class Scheduler:
     def _start(self, job: dict, device, batch: int, total: int, by_category: dict) -> None:
         run_dir = Path(job["run_dir"])
         run_dir.mkdir(parents=True, exist_ok=True)
-        port = free_port() if self.metrics_ports else None
+        port = free_port(self.metrics_host) if self.metrics_ports else None
         cfg = planning.launch_config(job["config"], run_dir, batch=batch, memory_limit=device.budget_bytes,
-                                     metrics_port=port)
+                                     metrics_port=port, metrics_host=self.metrics_host)
         cfg["device"] = planning.device_of(device.kind, device.name)
         threads = device.threads_per_job
         env = {"OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
         if device.kind == "cuda":
             env["CUDA_VISIBLE_DEVICES"] = device.index
         reserved = total + device.overhead_bytes
-        launch = Launch(job["id"], cfg, str(run_dir), str(run_dir / "job.log"), device.name, port, env=env,
+        launch = Launch(job["id"], cfg, str(run_dir), str(run_dir / "job.log"), device.name, port, self.metrics_host,
+                        env=env,
                         resources=Resources(total, device.overhead_bytes, threads, device.budget_bytes))
         # written before the process exists: a service killed in between finds a running job without a
         # handle, which recover() requeues (it never starts a second process on the same checkpoints)
@@ -176,7 +179,10 @@ class Scheduler:
                               reserved_bytes=0)
             self.on_event("failed", job)
             return
-        self.store.update(job["id"], executor=h.executor, ref=h.ref, metrics_target=h.metrics_target)
+        target = h.metrics_target
+        if target and self.metrics_address:  # e.g. exporters on 0.0.0.0, scraped as memtrain:PORT
+            target = f"{self.metrics_address}:{target.rsplit(':', 1)[1]}"
+        self.store.update(job["id"], executor=h.executor, ref=h.ref, metrics_target=target)
         self.on_event("started", {**job, "device": device.name})
 
     def _finish(self, job: dict, ended: Exit) -> None:

@@ -11,7 +11,7 @@ from memtrain.units import format_bytes
 
 
 def settings_from(*, state_dir, host, port, devices, budgets, token_file, data_roots, max_jobs_per_device,
-                  head_wait, max_attempts, overhead):
+                  head_wait, max_attempts, overhead, job_metrics_host="127.0.0.1", job_metrics_address=None):
     from memtrain.service.core import Settings  # noqa: PLC0415
 
     token = security.read_token(token_file)
@@ -22,7 +22,8 @@ def settings_from(*, state_dir, host, port, devices, budgets, token_file, data_r
     return Settings(state_dir=state, host=host, port=port, devices=devices, budgets=dict(budgets), token=token,
                     data_roots=tuple(str(Path(r).resolve()) for r in data_roots),
                     max_jobs_per_device=max_jobs_per_device, head_wait=head_wait, max_attempts=max_attempts,
-                    cpu_overhead=overhead)
+                    cpu_overhead=overhead, job_metrics_host=job_metrics_host,
+                    job_metrics_address=job_metrics_address)
 
 
 def check_port(host: str, port: int) -> None:
