@@ -142,6 +142,18 @@ def _threads(launch: dict) -> None:
         os.environ[str(key)] = str(value)
 
 
+def _lock(run_dir: Path):
+    """An exclusive lock on the run dir for the process's lifetime: should a caller ever start a
+    second worker for the same job (a service killed between starting one and recording it), the
+    second waits for the first to end and then resumes from its checkpoint, never beside it."""
+    import fcntl  # noqa: PLC0415
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    f = open(run_dir / "worker.lock", "w")
+    fcntl.flock(f, fcntl.LOCK_EX)
+    return f
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
@@ -155,6 +167,7 @@ def main(argv=None) -> int:
         return ExitCode.USAGE
     _threads(launch)
     run_dir = Path(launch.get("run_dir") or Path(argv[0]).parent)
+    lock = _lock(run_dir)  # noqa: F841 - held until the process exits
     progress = Progress(run_dir, sys.stdout)
     try:
         code, reason, result = _run(launch, progress, argv[0])

@@ -45,6 +45,7 @@ class Scheduler:
         self._wake = threading.Event()
         self._lock = threading.RLock()
         self._thread = None
+        self._recent_ports: list = []  # handed out lately, before their job has stored its target
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -153,7 +154,7 @@ class Scheduler:
     def _start(self, job: dict, device, batch: int, total: int, by_category: dict) -> None:
         run_dir = Path(job["run_dir"])
         run_dir.mkdir(parents=True, exist_ok=True)
-        port = free_port(self.metrics_host) if self.metrics_ports else None
+        port = self._metrics_port() if self.metrics_ports else None
         cfg = planning.launch_config(job["config"], run_dir, batch=batch, memory_limit=device.budget_bytes,
                                      metrics_port=port, metrics_host=self.metrics_host)
         cfg["device"] = planning.device_of(device.kind, device.name)
@@ -184,6 +185,18 @@ class Scheduler:
             target = f"{self.metrics_address}:{target.rsplit(':', 1)[1]}"
         self.store.update(job["id"], executor=h.executor, ref=h.ref, metrics_target=target)
         self.on_event("started", {**job, "device": device.name})
+
+    def _metrics_port(self) -> int:
+        """A free port no running job was given: the kernel hands a just-released port out again,
+        and the job binds it only a second later, so two jobs started together could get one port."""
+        taken = {j["metrics_target"].rsplit(":", 1)[1] for j in self.store.list("running") if j["metrics_target"]}
+        taken |= {str(p) for p in self._recent_ports}
+        for _ in range(100):
+            port = free_port(self.metrics_host)
+            if str(port) not in taken:
+                break
+        self._recent_ports = (self._recent_ports + [port])[-64:]
+        return port
 
     def _finish(self, job: dict, ended: Exit) -> None:
         written = read_json(Path(job["run_dir"]) / EXIT) or {}
