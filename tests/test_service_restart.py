@@ -25,7 +25,7 @@ def test_kill_9_with_3_running_and_2_queued_then_restart(tmp_path):
     state.mkdir()
     args = ["--max-jobs-per-device", "3", "--budget", "cpu=4GiB"]
     server = ProcessServer(state, *args).start()
-    jobs = [digits_job(f"r{i}", epochs=12, batch=8, seed=i % 2) for i in range(5)]
+    jobs = [digits_job(f"r{i}", epochs=8, batch=8, seed=i % 2) for i in range(5)]
     ids = [request(server.url, "POST", "/jobs", j)[1]["id"] for j in jobs]
     deadline = time.time() + 60
     while True:
