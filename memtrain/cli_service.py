@@ -152,7 +152,12 @@ def job(job_id, fmt, server):
 def cancel(job_id, server):
     """Cancel a job: a queued one at once; a running one checkpoints, then stops."""
     j = _client(server).cancel(job_id)
-    note = "cancelled" if j["state"] == "cancelled" else f"{j['state']}; stopping (it checkpoints first)"
+    if j["state"] == "running":
+        note = "running; stopping (it checkpoints first)"
+    elif j["state"] == "cancelled":
+        note = "cancelled"
+    else:
+        note = f"already {j['state']}; nothing to cancel"
     click.echo(f"{j['id']}: {note}")
 
 

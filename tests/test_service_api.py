@@ -133,9 +133,10 @@ MALFORMED = [
     ("text batch", {"model": {"layers": [64, 10]}, "training": {"batch_size": "big"}}, None, "training.batch_size"),
     ("features", {"model": {"layers": [63, 10]}}, None, "64 features"),
     ("dataset", {"model": {"layers": [64, 10]}, "data": {"dataset": "mnist.bin"}}, None, "dataset: unknown source"),
-    ("checkpoint dir", {"model": {"layers": [64, 10]}, "checkpoint": {"dir": "/tmp/x"}}, None, "checkpoint.dir"),
-    ("output dir", {"model": {"layers": [64, 10]}, "output": {"dir": "/tmp/x"}}, None, "output.dir"),
-    ("metrics port", {"model": {"layers": [64, 10]}, "metrics": {"port": 9000}}, None, "metrics.port"),
+    ("checkpoint keep", {"model": {"layers": [64, 10]}, "checkpoint": {"keep": 0}}, None, "checkpoint.keep"),
+    ("every steps", {"model": {"layers": [64, 10]}, "checkpoint": {"every_steps": -1}}, None, "every_steps"),
+    ("micro batch", {"model": {"layers": [64, 10]}, "training": {"micro_batch_size": 0}}, None, "micro_batch_size"),
+    ("a section as a value", {"model": {"layers": [64, 10]}, "training": 3}, None, "[training] must be a table"),
     ("no resume", {"model": {"layers": [64, 10]}, "checkpoint": {"resume": False}}, None, "checkpoint.resume"),
     ("device", {"model": {"layers": [64, 10]}, "device": "cuda"}, None, "device"),
     ("seed", {"model": {"layers": [64, 10]}, "seed": "x"}, None, "seed"),
@@ -192,6 +193,19 @@ def test_data_paths_are_confined_to_the_data_root(server, data_root):
     status, out = server.request("POST", "/jobs", {**job, "data": {"dataset": "small.npz"}})
     assert status == 201, out
     assert server.wait(out["id"])["state"] == "succeeded"
+
+
+def test_paths_and_port_of_a_train_job_file_are_replaced_by_the_service(server, tmp_path):
+    job = digits_job("paths", epochs=1, checkpoint={"dir": str(tmp_path / "c")}, output={"dir": "/etc/out"},
+                     metrics={"port": 9464, "host": "0.0.0.0"})
+    status, out = server.request("POST", "/jobs", job)
+    assert status == 201, out
+    done = server.wait(out["id"])
+    assert done["state"] == "succeeded"
+    run_dir = Path(server.settings.state_dir) / "jobs" / out["id"]
+    assert Path(done["result"]["model"]).parent == run_dir / "output" and not (tmp_path / "c").exists()
+    launched = json.loads((run_dir / "launch.json").read_text())["config"]
+    assert launched["metrics"]["host"] == "127.0.0.1" and launched["metrics"]["port"] != 9464
 
 
 def test_names_are_sanitised(server):

@@ -75,6 +75,14 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
     def healthz():
         return {"status": "ok", "version": memtrain.__version__}
 
+    _job_routes(app, service, guarded)
+    _service_routes(app, service, guarded)
+    return app
+
+
+def _job_routes(app, service, guarded) -> None:
+    """POST/GET /jobs, GET/DELETE /jobs/{id}, GET /jobs/{id}/log."""
+
     @app.post("/jobs", status_code=201, response_model=models.Submitted, dependencies=guarded, tags=["jobs"],
               openapi_extra=TOML_OR_JSON, responses=ERRORS)
     async def submit(request: Request):
@@ -112,6 +120,10 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
             return PlainTextResponse(tail(path, lines))
         return StreamingResponse(_follow(service, job_id, path, lines), media_type="text/plain")
 
+
+def _service_routes(app, service, guarded) -> None:
+    """GET /devices, /prometheus/targets, /metrics and the status page at /."""
+
     @app.get("/devices", response_model=list[models.Device], dependencies=guarded, tags=["service"])
     def devices():
         return service.device_views()
@@ -132,8 +144,6 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
         from memtrain.service.page import render  # noqa: PLC0415
 
         return HTMLResponse(render(service))
-
-    return app
 
 
 def _found(value, job_id):

@@ -97,10 +97,7 @@ def validate(data: dict, *, data_roots=(), device_kinds=("cpu",)) -> Checked:
     Raises SubmissionError naming the field and what was expected."""
     from memtrain import config  # noqa: PLC0415
 
-    for section, key in sorted(SERVICE_KEYS):
-        if isinstance(data.get(section), dict) and key in data[section]:
-            raise SubmissionError(f"{section}.{key}: set by the service (each job writes under the state dir); "
-                                  "remove it")
+    data = _without_service_keys(data)
     if isinstance(data.get("checkpoint"), dict) and data["checkpoint"].get("resume", True) is not True:
         raise SubmissionError("checkpoint.resume: the service resumes retried jobs from their checkpoints; "
                               "expected true or unset")
@@ -119,6 +116,17 @@ def validate(data: dict, *, data_roots=(), device_kinds=("cpu",)) -> Checked:
     cap = cfg.training.get("max_batch_size")
     max_batch = n_train if cap is None else min(_positive("training.max_batch_size", cap), n_train)
     return Checked(cfg.name, _to_dict(cfg), kind, batch, max_batch, (n_train, n_val), data_bytes)
+
+
+def _without_service_keys(data: dict) -> dict:
+    """The job file less what the service sets for every job: a file written for `memtrain train`
+    (with its own checkpoint/output dirs and metrics port) is accepted as it is, and its paths are
+    replaced by ones under the state dir (launch_config)."""
+    out = dict(data)
+    for section, key in SERVICE_KEYS:
+        if isinstance(out.get(section), dict) and key in out[section]:
+            out[section] = {k: v for k, v in out[section].items() if k != key}
+    return out
 
 
 def to_json(checked: Checked) -> dict:

@@ -202,10 +202,10 @@ class Scheduler:
         written = read_json(Path(job["run_dir"]) / EXIT) or {}
         result = written.get("result")
         stopped = bool(result and result.get("stopped"))
-        if job["cancel_requested"]:
-            self._end(job, "cancelled", "cancelled on request" + (" (checkpoint saved)" if stopped else ""), result)
-        elif ended.ok and not stopped:
+        if ended.ok and not stopped:  # it finished (perhaps before a cancel reached it)
             self._end(job, "succeeded", None, result)
+        elif job["cancel_requested"]:
+            self._end(job, "cancelled", "cancelled on request" + (" (checkpoint saved)" if stopped else ""), result)
         elif ended.code == 2:
             self._end(job, "failed", ended.reason or "bad config (exit status 2)", None)
         elif ended.signal is not None or stopped:
