@@ -45,7 +45,7 @@ def _size(ctx, param, value):
               help="Where the SQLite state, each job's log, checkpoints and models live.")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to bind. Anything but loopback needs --token-file.")
-@click.option("--port", default=8470, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--port", default=8470, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--devices", default="auto", show_default=True,
               help="auto (every GPU NVML lists, else the CPU), cpu, or cuda:0,cuda:1.")
 @click.option("--budget", "budgets", multiple=True, callback=_budget, metavar="DEVICE=SIZE",

@@ -52,6 +52,8 @@ def test_submit_list_show_log_through_the_cli(server, tmp_path):
     r = cli(server, "submit", str(path), "--set", "training.epochs=2", "--set", "training.batch_size=64")
     assert r.exit_code == 0, r.output
     job_id = r.output.strip()
+    followed = cli(server, "logs", job_id, "--follow", "--lines", "0")  # streams from now until the job ends
+    assert followed.exit_code == 0 and '"event": "summary"' in followed.output
     done = server.wait(job_id)
     assert done["state"] == "succeeded", done["reason"]
     assert done["batch_size"] == 64 and done["result"]["epochs"] == 2  # the --set values reached the job
@@ -63,7 +65,7 @@ def test_submit_list_show_log_through_the_cli(server, tmp_path):
     r = cli(server, "logs", job_id, "--lines", "1")
     assert json.loads(r.output)["event"] == "summary"
     r = cli(server, "logs", job_id, "--follow")  # a finished job: the tail, then the stream ends
-    assert '"event": "summary"' in r.output
+    assert r.output.endswith("}\n") and '"event": "summary"' in r.output
 
 
 def test_submit_toml_body_and_format_json(server, tmp_path):

@@ -49,3 +49,9 @@ def test_non_loopback_bind_needs_a_token_file(tmp_path):
     r = CliRunner().invoke(main, ["serve", "--state-dir", str(tmp_path / "s"), "--host", "0.0.0.0",
                                   "--token-file", str(short)])
     assert r.exit_code == 2 and "at least 16" in r.output
+
+
+def test_one_service_per_state_dir(server):
+    r = CliRunner().invoke(main, ["serve", "--state-dir", str(server.settings.state_dir), "--port", "8470"])
+    assert r.exit_code == 2
+    assert "another memtrain serve uses it (pid " in r.output and r.output.count("\n") == 1

@@ -43,6 +43,7 @@ class Service:
     def __init__(self, settings: Settings):
         self.settings = s = settings
         s.state_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = _lock_state_dir(s.state_dir)
         self.store = Store(s.state_dir / "memtrain.sqlite")
         self.devices = devs.discover(s.devices, s.budgets, max_jobs=s.max_jobs_per_device, state_dir=s.state_dir,
                                      cpu_overhead=s.cpu_overhead)
@@ -62,6 +63,7 @@ class Service:
     def stop(self) -> None:
         self.scheduler.stop()
         self.store.close()
+        self._lock.close()
 
     def _event(self, kind: str, job: dict) -> None:
         self.events[kind] = self.events.get(kind, 0) + 1
@@ -170,6 +172,28 @@ class Service:
     def is_active(self, job_id: str) -> bool:
         job = self.store.get(job_id)
         return job is not None and job["state"] in ("queued", "running")
+
+
+def _lock_state_dir(state_dir: Path):
+    """One service per state dir: two schedulers on one database would start jobs twice. The
+    lock goes with the process, so a service killed with SIGKILL leaves none behind."""
+    import fcntl  # noqa: PLC0415
+
+    from memtrain.errors import MemtrainError  # noqa: PLC0415
+
+    f = open(state_dir / "serve.lock", "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise MemtrainError(f"--state-dir {state_dir}: another memtrain serve uses it ({holder}); stop it or "
+                            "choose another state dir") from None
+    f.truncate(0)
+    f.write(f"pid {os.getpid()}\n")
+    f.flush()
+    return f
 
 
 def tail(path: Path, lines: int) -> bytes:

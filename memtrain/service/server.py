@@ -38,13 +38,13 @@ def check_port(host: str, port: int) -> None:
 
 def run(*, log_level="info", echo=print, **options) -> None:
     settings = settings_from(**options)
-    check_port(settings.host, settings.port)
     import uvicorn  # noqa: PLC0415
 
     from memtrain.service.app import create_app  # noqa: PLC0415
     from memtrain.service.core import Service  # noqa: PLC0415
 
-    service = Service(settings)
+    service = Service(settings)  # first: it refuses a state dir another service uses
+    check_port(settings.host, settings.port)
     for d in service.devices:
         echo(f"device    {d.name}: budget {format_bytes(d.budget_bytes)} ({d.budget_source}); per-process "
              f"overhead {format_bytes(d.overhead_bytes)} ({d.overhead_source}); {d.max_jobs} job(s) at once, "
