@@ -137,7 +137,9 @@ class Progress:
 
 
 def _threads(launch: dict) -> None:
-    # BLAS reads these when NumPy is first imported: the caller's thread rule applies from the start
+    """The launch's env for this process's children (the exporter). BLAS reads its thread
+    count when NumPy loads, which `import memtrain` has done by now: an executor must put
+    Launch.env in the process's environment when it starts it (LocalExecutor does)."""
     for key, value in (launch.get("env") or {}).items():
         os.environ[str(key)] = str(value)
 
