@@ -30,6 +30,8 @@ def test_runs_a_job_and_reads_its_exit(tmp_path):
     h = ex.start(launch(tmp_path))
     ref = json.loads(h.ref)
     assert ref["start"] == process_start_time(ref["pid"])
+    with open(f"/proc/{ref['pid']}/environ", "rb") as f:  # the thread rule is in place before NumPy loads
+        assert b"OMP_NUM_THREADS=1" in f.read().split(b"\0")
     e = wait(ex, h)
     assert e.ok and e.signal is None
     assert read_json(tmp_path / "exit.json")["result"]["epochs"] == 2
