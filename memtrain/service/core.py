@@ -154,12 +154,23 @@ class Service:
                 free_now = None
             out.append({"device": d.name, "capacity_bytes": d.budget_bytes,
                         "committed_bytes": sum(j["reserved_bytes"] for j in mine),
-                        "measured_bytes": sum(int(self.scheduler.progress(j).get("rss_bytes") or 0) for j in mine),
+                        "measured_bytes": self._measured(d, mine),
                         "free_now_bytes": free_now, "overhead_bytes": d.overhead_bytes,
                         "overhead_source": d.overhead_source, "budget_source": d.budget_source,
                         "max_jobs": d.max_jobs, "threads_per_job": d.threads_per_job,
                         "jobs": [j["id"] for j in mine]})
         return out
+
+    def _measured(self, device, jobs) -> int:
+        """CPU: resident memory of the jobs' processes (their progress files). GPU: NVML's used
+        memory of the jobs' workers on that GPU."""
+        progress = [self.scheduler.progress(j) for j in jobs]
+        if device.kind == "cpu":
+            return sum(int(p.get("rss_bytes") or 0) for p in progress)
+        try:
+            return devs.gpu_process_bytes(device.name, [p["pid"] for p in progress if p.get("pid")])
+        except Exception:  # NVML gone: nothing measured this time
+            return 0
 
     def targets(self) -> list:
         return [{"targets": [j["metrics_target"]], "labels": {"job_id": j["id"], "name": j["name"]}}

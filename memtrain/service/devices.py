@@ -46,6 +46,7 @@ class Device:
     overhead_bytes: int  # per job process
     overhead_source: str
     threads_per_job: int  # BLAS threads each job on it gets
+    uuid: str = ""  # a GPU's NVML uuid: the jobs' CUDA_VISIBLE_DEVICES, whatever the CUDA ordinals
 
     @property
     def index(self) -> int | None:
@@ -78,15 +79,35 @@ def _gpus() -> list:
         return []
 
 
+def gpu_info(name: str, with_processes: bool = False) -> dict:
+    """NVML's description of GPU `cuda:N`, N being NVML's index (as `memtrain devices` lists
+    them). NVML only: the service never creates a CUDA context, which would take memory
+    from the jobs."""
+    index = int(name.split(":")[1])
+    try:
+        from memtrain.memory.measure import gpu_list  # noqa: PLC0415
+
+        found = [g for g in gpu_list(with_processes=with_processes) if g["index"] == index]
+    except Exception as exc:
+        raise MemtrainError(f"--devices: {name}: cannot read it with NVML ({exc})") from None
+    if not found:
+        raise MemtrainError(f"--devices: {name}: NVML lists no GPU with index {index}")
+    return found[0]
+
+
 def capacity(name: str) -> int:
+    """Free memory now: MemAvailable, or NVML's free memory of the GPU."""
     from memtrain.memory import measure  # noqa: PLC0415
 
     if name == "cpu":
         return measure.mem_available()
-    try:
-        return measure.gpu_free_bytes(int(name.split(":")[1]))
-    except Exception as exc:
-        raise MemtrainError(f"--devices: {name}: cannot read its free memory with NVML ({exc})") from None
+    return int(gpu_info(name)["memory_free"])
+
+
+def gpu_process_bytes(name: str, pids) -> int:
+    """NVML's used memory of the processes `pids` on GPU `name` (the jobs' own measurement)."""
+    pids = set(pids)
+    return sum(int(p["used_bytes"] or 0) for p in gpu_info(name, True).get("processes", []) if p["pid"] in pids)
 
 
 def default_budget(name: str, cap: int) -> tuple:
@@ -119,7 +140,8 @@ def discover(devices: str, budgets: dict, *, max_jobs: int | None, state_dir, cp
 
             over, over_source = assumed("cuda")
             threads = 1
-        out.append(Device(name, kind, cap, budget, source, jobs, over, over_source, threads))
+        uuid = gpu_info(name)["uuid"] if kind == "cuda" else ""
+        out.append(Device(name, kind, cap, budget, source, jobs, over, over_source, threads, uuid))
     return out
 
 

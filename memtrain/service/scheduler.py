@@ -160,8 +160,8 @@ class Scheduler:
         cfg["device"] = planning.device_of(device.kind, device.name)
         threads = device.threads_per_job
         env = {"OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-        if device.kind == "cuda":
-            env["CUDA_VISIBLE_DEVICES"] = device.index
+        if device.kind == "cuda":  # by uuid: NVML's index (cuda:N here) need not be CUDA's ordinal
+            env["CUDA_VISIBLE_DEVICES"] = device.uuid or device.index
         reserved = total + device.overhead_bytes
         launch = Launch(job["id"], cfg, str(run_dir), str(run_dir / "job.log"), device.name, port, self.metrics_host,
                         env=env,
@@ -252,15 +252,7 @@ class Scheduler:
     def progress(self, job: dict) -> dict:
         p = read_json(Path(job["run_dir"]) / PROGRESS) or {}
         return {k: p.get(k) for k in ("epoch", "step", "train_loss", "val_loss", "val_accuracy", "event",
-                                      "rss_bytes", "peak_rss_bytes", "time")}
-
-    def measured_bytes(self, device: str) -> int:
-        """Resident memory of the device's running jobs, from their progress files."""
-        total = 0
-        for job in self.store.list("running"):
-            if job["device"] == device:
-                total += int(self.progress(job).get("rss_bytes") or 0)
-        return total
+                                      "rss_bytes", "peak_rss_bytes", "time", "pid")}
 
     @staticmethod
     def _handle(job: dict) -> Handle | None:
