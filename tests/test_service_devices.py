@@ -90,3 +90,19 @@ def test_gpu_job_gets_its_gpu_by_uuid_and_the_budget_as_its_limit(fake_nvml, tmp
         assert view["committed_bytes"] == launch.resources.total_bytes <= budget
     finally:
         service.stop()
+
+
+def test_a_queued_job_that_no_longer_fits_after_a_restart_fails_instead_of_blocking(tmp_path):
+    body = json.dumps({"name": "x", "model": {"layers": [64, 16, 10]}, "training": {"epochs": 1}}).encode()
+    first = Service(Settings(state_dir=tmp_path, devices="cpu", budgets={"cpu": GIB}, cpu_overhead=0,
+                             max_jobs_per_device=1, executor=Recording()))
+    ids = [first.submit(body, "application/json")["id"] for _ in range(2)]  # one starts, one waits
+    first.stop()
+    second = Service(Settings(state_dir=tmp_path, devices="cpu", budgets={"cpu": 1024}, cpu_overhead=0,
+                              executor=Recording()))
+    try:
+        second.scheduler.tick()
+        job = second.job(ids[1])
+        assert job["state"] == "failed" and job["reason"].startswith("never fits this service's devices: needs")
+    finally:
+        second.stop()

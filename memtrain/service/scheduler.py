@@ -119,7 +119,7 @@ class Scheduler:
         return admission.Waiting(job["id"], job["device_kind"], need, job["queued_at"], auto)
 
     def _admit(self) -> None:
-        queued = self.store.list("queued")
+        queued = [j for j in self.store.list("queued") if self._can_ever_fit(j)]
         if not queued:
             return
         by_id = {j["id"]: j for j in queued}
@@ -133,6 +133,20 @@ class Scheduler:
         starts = admission.admit([self.waiting(j) for j in queued], self.slots(), now(), self.head_wait, reserve)
         for job_id, device in starts:
             self._start(by_id[job_id], self.devices[device], *chosen[job_id])
+
+    def _can_ever_fit(self, job: dict) -> bool:
+        """A job planned by an earlier service run with larger budgets (or other devices) would
+        block the queue for ever as its head: it fails instead, saying why."""
+        w = self.waiting(job)
+        budgets = [d.budget_bytes for d in self.devices.values() if d.kind == w.kind]
+        if budgets and w.need <= max(budgets):
+            return True
+        from memtrain.units import format_bytes  # noqa: PLC0415
+
+        have = f"the largest {w.kind} budget is {format_bytes(max(budgets))}" if budgets else f"no {w.kind} device"
+        self._end(job, "failed", f"never fits this service's devices: needs {format_bytes(w.need)}; {have} "
+                                 "(it was planned by a service run with other --budget/--devices)", None)
+        return False
 
     def _batch_for(self, job: dict, device, room: int) -> tuple:
         """(batch, plan total, plan by category) the job starts with on `device` with `room` bytes free."""
