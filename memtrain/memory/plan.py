@@ -207,11 +207,32 @@ def training_plan(spec, optimizer, batch_size: int, device: str = "cpu", *, micr
         bufs.append(Buffer("dropout_uniform", "workspace", (b * max(drop_widths),), uniform_dtype(spec),
                            batched=True))
     bufs += _loss_buffers(spec, b)
-    n_scratch = max(optimizer.scratch_count, 1 if (spec.l1 or spec.l2) else 0)
-    if n_scratch:
-        bufs.append(Buffer("chunk", "workspace", (n_scratch, min(P, CHUNK)), dt))
+    bufs += step_workspace(spec, optimizer, _device_kind(device))
     return MemoryPlan("train", B, _device_kind(device), tuple(bufs), int(overhead_bytes), overhead_source,
                       micro_batch_size=b)
+
+
+def step_workspace(spec, optimizer, device: str) -> list:
+    """The workspace of the update, per device.
+
+    cpu:  the optimizer's chunk scratch (NumPy needs one buffer per
+          intermediate; chunks keep it at CHUNK elements, not P).
+    cuda: no optimizer workspace: each update is one fused kernel that reads
+          and writes every element once (memtrain/kernels). Instead the step's
+          scalars (lr, the step's loss, ...; 4 float64) live on the device, where
+          the kernels and a captured CUDA graph read them. l1/l2 still run
+          through the chunked NumPy-style path, so they keep one chunk."""
+    P = spec.n_params
+    regularised = 1 if (spec.l1 or spec.l2) else 0
+    if device == "cuda":
+        from memtrain.kernels.source import N_SCALARS  # noqa: PLC0415 - plain constants, no CuPy
+
+        bufs = [Buffer("step_scalars", "workspace", (N_SCALARS,), "float64")]
+        if regularised:
+            bufs.append(Buffer("chunk", "workspace", (1, min(P, CHUNK)), spec.dtype.name))
+        return bufs
+    n_scratch = max(optimizer.scratch_count, regularised)
+    return [Buffer("chunk", "workspace", (n_scratch, min(P, CHUNK)), spec.dtype.name)] if n_scratch else []
 
 
 def inference_plan(spec, batch_size: int, device: str = "cpu", *, overhead_bytes: int = 0,

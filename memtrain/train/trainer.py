@@ -21,12 +21,15 @@ import time
 import numpy as np
 
 from memtrain.backend import small_ufunc_buffers
+from memtrain.kernels import dispatch
+from memtrain.kernels.source import SC_LR
 from memtrain.memory.arena import allocate
 from memtrain.memory.plan import MemoryPlan, training_plan
 from memtrain.nn import step
 from memtrain.nn.mlp import MLP, _copy_in, evaluate_in
 from memtrain.optim import Optimizer, make_optimizer
 from memtrain.optim.schedules import Constant, Schedule
+from memtrain.train import graph
 
 STOP = "stop"  # what an on_step/on_epoch callback returns to end fit() after this step
 
@@ -51,11 +54,14 @@ class Trainer:
     patience: early stopping after this many epochs without a better validation
         loss; the best weights are kept (a planned copy) and restored
     seed: data order and dropout masks (independent counter-based streams)
+    cuda_graph: capture the GPU step as a CUDA graph (None: where supported; never on the CPU)
+    loss_every: in graph mode, read the loss back every N steps (between reads step() returns the last mean)
     """
 
     def __init__(self, model: MLP, optimizer="adam", batch_size: int = 32, *, micro_batch_size: int | None = None,
                  schedule: Schedule | None = None, clip_norm: float | None = None, patience: int | None = None,
-                 seed: int = 0, dataset_size: int | None = None, allocation_observer=None, **optimizer_hyper):
+                 seed: int = 0, dataset_size: int | None = None, allocation_observer=None, cuda_graph=None,
+                 loss_every: int = 1, **optimizer_hyper):
         self.model = model
         self.spec = model.spec
         self.backend = model.backend
@@ -92,6 +98,8 @@ class Trainer:
         self.last_lr = float("nan")
         self.fault_hook = None  # tests: called (step, micro_index) before each pass; may raise MemoryError
         self._host_data = None
+        # CUDA graph step (train/graph.py): None = on where supported; loss read every `loss_every` steps
+        self._graph = graph.for_trainer(self, cuda_graph, loss_every=loss_every)
 
     def _make_plan(self, batch_size, micro_batch_size, dataset_size=None) -> MemoryPlan:
         resident = self._data_rows if self._data_rows[0] is not None else None
@@ -206,6 +214,8 @@ class Trainer:
         while True:
             try:
                 with small_ufunc_buffers():
+                    if self._graph is not None and self._graph_ok(b):
+                        return self._graph.step(b, fill)
                     return self._step_inside(b, fill)
             except oom_errors() as exc:
                 m = self.micro_batch_size
@@ -216,6 +226,12 @@ class Trainer:
                                     "micro_batch_to": new, "error": type(exc).__name__})
                 self.oom_recoveries += 1
                 self.replan(new)
+
+    def _graph_ok(self, b: int) -> bool:
+        reason = graph.unsupported(self, b)
+        if reason is not None:
+            self._graph.graph.disable(f"CUDA graph off: {reason}")
+        return reason is None and self._graph.graph.disabled is None
 
     def _dropout_rng(self, micro: int):
         return self.backend.rng((self.seed, 1, self.steps, micro)) if self.spec.dropout else None
@@ -253,7 +269,12 @@ class Trainer:
             return loss
         self.nonfinite_streak = 0
         self.last_lr = lr = self.schedule(self.steps)
-        self.optimizer.step(model.params, G, self.arrays, self.scratch, lr, spec.layout)
+        if "step_scalars" in self.arrays:  # a GPU plan: one fused kernel reads lr on the device
+            self.arrays["step_scalars"][SC_LR] = lr
+            dispatch.optimizer_step(self.optimizer, model.params, G, self.arrays, spec.layout,
+                                    dispatch.default_launcher())
+        else:
+            self.optimizer.step(model.params, G, self.arrays, self.scratch, lr, spec.layout)
         self.steps += 1
         return loss
 
