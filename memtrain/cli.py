@@ -323,9 +323,12 @@ def _batch_value(ctx, param, value):
 @click.option("--metrics-linger", type=click.FloatRange(min=0), help="Keep serving the final metrics this many seconds after the job ends.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="text: progress bar and lines; json: one JSON object per line.")
+@click.option("--cuda-graph/--no-cuda-graph", default=None,
+              help="Replay the GPU step as a CUDA graph.  [default: on where supported, never on the CPU]")
+@click.option("--tf32/--no-tf32", default=None, help="TF32 Tensor Cores for float32 matmuls on a GPU.  [default: off]")
 def train(job_file, name, layers, activation, output, dropout, dtype, optimizer, lr, schedule, epochs, batch_size,
           micro_batch_size, memory_limit, dataset, device, seed, checkpoint_dir, checkpoint_every, resume, output_dir,
-          metrics_port, metrics_host, metrics_linger, log_format):
+          metrics_port, metrics_host, metrics_linger, log_format, cuda_graph, tf32):
     """Run a training job from JOB_FILE (TOML; see docs/job-file.md) and/or flags; flags
     override the file. Checkpoints every epoch (and on SIGTERM/SIGINT, then exits 0);
     resumes from the newest checkpoint.
@@ -348,7 +351,8 @@ def train(job_file, name, layers, activation, output, dropout, dtype, optimizer,
                 "training.micro_batch_size": micro_batch_size, "training.memory_limit": memory_limit,
                 "data.dataset": dataset, "checkpoint.dir": checkpoint_dir, "checkpoint.every_steps": checkpoint_every,
                 "checkpoint.resume": resume, "output.dir": output_dir, "metrics.port": metrics_port,
-                "metrics.host": metrics_host, "metrics.linger": metrics_linger})
+                "metrics.host": metrics_host, "metrics.linger": metrics_linger, "training.cuda_graph": cuda_graph,
+                "training.tf32": tf32})
     try:
         run(cfg, log_format=log_format)
     except JobFailed as exc:

@@ -43,7 +43,7 @@ SCHEMA = {
     "model": {"layers", "activation", "output", "dropout", "init", "bias_init", "dtype", "l1", "l2"},
     "schedule": {"name", "warmup", "milestones", "gamma", "period", "mult", "total_steps"},
     "training": {"batch_size", "max_batch_size", "micro_batch_size", "epochs", "clip_norm", "patience", "max_nonfinite",
-                 "memory_limit", "measure"},
+                 "memory_limit", "measure", "cuda_graph", "tf32"},
     "data": {"dataset", "label_column", "validation", "validation_dataset", "test", "standardize",
              "resident_share"},
     "checkpoint": {"dir", "every_steps", "every_minutes", "keep", "resume"},

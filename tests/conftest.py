@@ -18,3 +18,9 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("gpu") is not None:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _private_cache_dir(tmp_path_factory, monkeypatch):
+    """No test reads or writes the user's cache (the measured CUDA overhead per GPU model)."""
+    monkeypatch.setenv("MEMTRAIN_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))

@@ -221,8 +221,10 @@ def build_setting(*, config=None, layers=None, activation=None, output=None, dro
     kind = "cuda" if str(device).startswith("cuda") else "cpu"
     if overhead is not None:
         over, source = overhead, "given"
-    elif kind == "cuda" and backend is not None:
-        over, source = ovh.measure_cuda_overhead(backend.index), "measured"
+    elif kind == "cuda":  # measured once per GPU model and cached (memory/overhead_cache.py)
+        from memtrain.memory.overhead_cache import cuda_overhead  # noqa: PLC0415
+
+        over, source = cuda_overhead(backend)
     else:
         over, source = ovh.assumed(kind)
     keep_best = bool(cfg and cfg.training.get("patience"))

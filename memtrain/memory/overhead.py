@@ -34,6 +34,7 @@ def measure_cuda_overhead(index: int) -> int:
         cupy.get_default_memory_pool().free_all_blocks()
         cupy.cuda.runtime.deviceSynchronize()
         used = process_gpu_bytes(index)
+        held = cupy.get_default_memory_pool().total_bytes()  # buffers still alive are not overhead
     if used is None:
         raise RuntimeError("NVML does not list this process on the device (containerised PID namespace?)")
-    return used
+    return used - held

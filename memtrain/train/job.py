@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from memtrain.backend import get_backend
+from memtrain.backend import get_backend, set_tf32
 from memtrain.memory.estimate import Setting
 from memtrain.nn.mlp import MLP
 from memtrain.optim import make_optimizer
@@ -33,7 +33,8 @@ from memtrain.units import format_bytes, parse_bytes
 DEFAULTS = {
     "training": {"batch_size": 32, "max_batch_size": None, "micro_batch_size": None, "epochs": 10, "clip_norm": None,
                  "patience": None,
-                 "max_nonfinite": 10, "memory_limit": None, "measure": True},
+                 "max_nonfinite": 10, "memory_limit": None, "measure": True,
+                 "cuda_graph": None, "tf32": False},  # cuda_graph None: on where supported
     "data": {"dataset": "digits", "label_column": None, "validation": 0.2, "validation_dataset": None, "test": 0.2,
              "standardize": True, "resident_share": 0.25},
     "checkpoint": {"dir": None, "every_steps": 0, "every_minutes": 10.0, "keep": 3, "resume": True},
@@ -48,6 +49,14 @@ class JobFailed(RuntimeError):
 
 def _setting(cfg, section, key):
     return cfg.__dict__[section].get(key, DEFAULTS[section][key])
+
+
+def _flag(cfg, key):
+    """training.cuda_graph / training.tf32: true, false (or unset: the default)."""
+    value = _setting(cfg, "training", key)
+    if value is not None and not isinstance(value, bool):
+        raise ValueError(f"training.{key}: expected true or false, got {value!r}")
+    return value
 
 
 class _Log:
@@ -96,6 +105,9 @@ def _run(cfg, resources, log_format, progress, stream, install_signals) -> dict:
     state.gpu_index = backend.index if backend.is_cuda else None
     state.gpu_pci_bus_id = backend.xp.cuda.Device(backend.index).pci_bus_id if backend.is_cuda else ""
     state.gpu_uuid = _gpu_uuid(backend)
+    set_tf32(backend, bool(_flag(cfg, "tf32")))  # raises for tf32 on the CPU; resets it otherwise
+    if _flag(cfg, "cuda_graph") and not backend.is_cuda:
+        raise ValueError(f"training.cuda_graph: CUDA graphs need a CUDA device (the device is {backend.name})")
 
     # -- data --------------------------------------------------------------------------
     ds = load_dataset(_setting(cfg, "data", "dataset"), dtype=spec.dtype.name,
@@ -186,7 +198,8 @@ def _run(cfg, resources, log_format, progress, stream, install_signals) -> dict:
     model = MLP.from_spec(spec, seed=cfg.seed, device=backend)
     trainer = Trainer(model, make_optimizer(opt_name, **hyper), batch, micro_batch_size=micro, schedule=schedule,
                       clip_norm=_setting(cfg, "training", "clip_norm"),
-                      patience=_setting(cfg, "training", "patience"), seed=cfg.seed)
+                      patience=_setting(cfg, "training", "patience"), seed=cfg.seed,
+                      cuda_graph=_flag(cfg, "cuda_graph"))
     for note in trainer.notes:
         log("note", f"note      {note}", note=note)
     validation = (ds.X_val, ds.y_val) if ds.X_val is not None else None
