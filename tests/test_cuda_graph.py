@@ -122,3 +122,26 @@ def test_loss_read_every_n_steps_gives_the_window_mean():
     assert got[3] == got[4] == 4.0 and got[5] == 10.0 and t.steps == 6 and sc[SC_ACCUM] == 0
     with pytest.raises(ValueError, match="loss_every"):
         graph.GraphStepper(t, FakeCapture(), loss_every=0)
+
+
+def test_a_graph_step_gathers_writes_lr_replays_and_reads(monkeypatch):
+    calls = []
+    monkeypatch.setattr(graph, "device_step", lambda t, v: calls.append(("device", v.b)))
+    sc = np.zeros(N_SCALARS)
+    buffers = SimpleNamespace(at=lambda b: SimpleNamespace(b=b))
+    t = SimpleNamespace(steps=0, nonfinite_steps=0, nonfinite_streak=0, events=[], last_grad_norm=0.0,
+                        buffers=buffers, arrays={"step_scalars": sc}, schedule=lambda step: 0.1 / (step + 1))
+    cap = FakeCapture()
+    s = graph.GraphStepper(t, cap)
+
+    def fill(v, lo, hi):
+        calls.append(("fill", lo, hi))
+        sc[SC_LOSS] = 2.0 * hi  # what the loss kernel would leave: a mean loss of 2
+
+    losses = [s.step(8, fill) for _ in range(3)]
+    assert losses == [2.0, 2.0, 2.0] and t.steps == 3 and t.last_lr == 0.1 / 3 and sc[0] == 0.1 / 3
+    assert calls == [("fill", 0, 8), ("device", 8), ("fill", 0, 8), ("fill", 0, 8)]  # warm-up eager, then graph
+    assert len(cap.captured) == 1 and cap.launched == ["graph1", "graph1"]
+    t.buffers = SimpleNamespace(at=buffers.at)  # re-planned (OOM): the old graph's pointers are stale
+    s.step(8, fill)
+    assert len(cap.captured) == 2 and cap.launched[-1] == "graph2"  # captured again, not replayed

@@ -32,7 +32,17 @@ class CupyCapture:
     graph-mode step (batch gather, lr write, replay, loss read) runs on."""
 
     def __init__(self, cupy):
+        self.cupy = cupy
         self.stream = cupy.cuda.Stream(non_blocking=True)
+
+    def join_in(self) -> None:
+        """This stream waits for the default stream's work (e.g. the epoch's order written there):
+        a non-blocking stream does not otherwise."""
+        self.stream.wait_event(self.cupy.cuda.Stream.null.record())
+
+    def join_out(self) -> None:
+        """The default stream waits for this step (evaluation and checkpoints run there)."""
+        self.cupy.cuda.Stream.null.wait_event(self.stream.record())
 
     def capture(self, fn):
         with self.stream:
@@ -139,13 +149,16 @@ class GraphStepper:
             self.graph.graphs.clear()
             self._buffers_id = id(t.buffers)
         ctx = self.stream if self.stream is not None else _NoStream()
+        capture = self.graph.capture
         with ctx:
+            getattr(capture, "join_in", _nothing)()
             v = t.buffers.at(rows)
             fill(v, 0, rows)
             sc = t.arrays["step_scalars"]
             t.last_lr = lr = t.schedule(t.steps)
             sc[SC_LR] = lr  # read by the update kernels inside the graph
             self.graph.run(rows, lambda: device_step(t, v))
+            getattr(capture, "join_out", _nothing)()
             self._window_rows += rows
             return self._account(sc, rows)
 
@@ -185,6 +198,10 @@ def device_step(trainer, v) -> None:
     step.backward(spec, model.layers, trainer.glayers, v)
     dispatch.optimizer_step(trainer.optimizer, model.params, trainer.grads, trainer.arrays, spec.layout,
                             dispatch.default_launcher())
+
+
+def _nothing() -> None:
+    return None
 
 
 class _NoStream:
