@@ -71,6 +71,12 @@ class Launcher:
 
         raw(kernel)((max(1, rows),), (ROW_BLOCK,), (np.int64(rows), *_scalars(args)))
 
+    def blocks(self, kernel, grid: int, threads: int, args) -> None:
+        """A kernel with its own grid (all arguments explicit)."""
+        from memtrain.kernels.compile import raw  # noqa: PLC0415
+
+        raw(kernel)((max(1, grid),), (threads,), tuple(_scalars(args)))
+
     def single(self, kernel, args) -> None:
         from memtrain.kernels.compile import raw  # noqa: PLC0415
 
@@ -159,7 +165,8 @@ def column_sum_kernel(dtype: str):
 def column_sum(x, out, launcher) -> None:
     """out = x.sum(axis=0) for a (rows, k) array: the bias gradient."""
     rows, k = x.shape
-    launcher.elementwise(column_sum_kernel(x.dtype.name), k, [x, rows, out])
+    cols, lanes = activation.COLUMN_TILE
+    launcher.blocks(column_sum_kernel(x.dtype.name), -(-k // cols), cols * lanes, [k, x, rows, out])
 
 
 def output_loss(output, z, bias, y, out, sc, launcher) -> None:

@@ -46,8 +46,13 @@ def prelude(dtype: str) -> str:
     s, t = _STORAGE[dtype], _COMPUTE[dtype]
     if dtype == "float16":
         conv = (
+            "#ifdef MEMTRAIN_HOST  // the C++ host build that checks the kernels on a CPU (kernels/host.py)\n"
+            "inline T ld(const S h) { _Float16 f; memcpy(&f, &h, 2); return (float)f; }\n"
+            "inline S st(const T x) { _Float16 f = (_Float16)x; S h; memcpy(&h, &f, 2); return h; }\n"
+            "#else\n"
             "__device__ __forceinline__ T ld(const S h) { float f; asm(\"{cvt.f32.f16 %0, %1;}\" : \"=f\"(f) : \"h\"(h)); return f; }\n"
             "__device__ __forceinline__ S st(const T f) { S h; asm(\"{cvt.rn.f16.f32 %0, %1;}\" : \"=h\"(h) : \"f\"(f)); return h; }\n"
+            "#endif\n"
         )
     else:
         conv = ("__device__ __forceinline__ T ld(const S x) { return x; }\n"
@@ -81,6 +86,10 @@ def elementwise(name: str, dtype: str, params, body: str, prologue: str = "") ->
 
 # Sum of one double per thread over a block (ROW_BLOCK threads); every thread gets the total.
 BLOCK_SUM = f"""
+#ifdef MEMTRAIN_HOST  // the host build runs one thread per block: its value is the block's
+__device__ __forceinline__ double block_sum(double x, double* shared) {{ return x; }}
+__device__ __forceinline__ double block_max(double x, double* shared) {{ return x; }}
+#else
 __device__ __forceinline__ double block_sum(double x, double* shared) {{
   for (int o = 16; o > 0; o >>= 1) x += __shfl_down_sync(0xffffffffu, x, o);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -101,6 +110,7 @@ __device__ __forceinline__ double block_max(double x, double* shared) {{
   for (int w = 1; w < (int)(blockDim.x + 31) / 32; ++w) m = fmax(m, shared[w]);
   return m;
 }}
+#endif
 """
 
 
