@@ -61,7 +61,7 @@ export -f env_part
 export PY HERE DRY
 run_part env 20 bash -c env_part
 if [ $DRY = 1 ]; then  # the gpu tests skip here; collecting and skipping them is the flow
-    run_part pytest_gpu 150 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_kernels_gpu.py \
+    run_part pytest_gpu 150 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_kernels_numerics.py \
         --junitxml "$OUT/pytest_gpu.xml"
 else
     run_part pytest_gpu 150 "$PY" -m pytest -q -m gpu -p no:cacheprovider --junitxml "$OUT/pytest_gpu.xml"
