@@ -1,6 +1,6 @@
 """The CUDA-graph step's control flow, on the CPU with a fake capture.
 
-Only a GPU can capture a real graph (tests/test_kernels_gpu.py); here the
+Only a GPU can capture a real graph (tests/test_kernels_numerics.py, marked gpu); here the
 fake records what would be captured and launched, or raises like a failed
 capture, so warm-up, capture, replay and the eager fallback with its logged
 reason are all exercised.

@@ -2,8 +2,8 @@
 
 The launches are recorded (no GPU): every optimizer, activation and output
 unit gets its kernel, with arguments that match the kernel's C signature
-in number and kind. tests/test_kernels_gpu.py runs the same kernels on a
-GPU against the NumPy path.
+in number and kind. tests/test_kernels_numerics.py runs the same kernels (host build, and on a
+GPU) against the NumPy path.
 """
 
 import re

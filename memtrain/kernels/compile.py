@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from memtrain.kernels.source import Kernel
 
-OPTIONS = ("-std=c++14",)
+OPTIONS = ("-std=c++17",)  # NVRTC 12 and 13 both take it
 _RAW: dict = {}
 
 
