@@ -63,7 +63,18 @@ def targets(profile, throughput) -> list:
     return out
 
 
-def markdown(parts, profile, autobatch, throughput, checks) -> str:
+def _throughput_table(t) -> list:
+    lines = ["", f"GEMM rate (4096^3 float32, tf32={t['tf32']}): {t['gemm_flops'] / 1e12:.1f} TFLOP/s",
+             "", "| model | B | optimizer | framework | graph | samples/s | TFLOP/s | of GEMM | peak bytes |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in t["rows"]:
+        lines.append(f"| {r['model']} | {r['batch']} | {r['optimizer']} | {r['framework']} | {r['graph']} | "
+                     f"{r['samples_per_s']:,.0f} | {r['flops'] / 1e12:.2f} | {r['gemm_share']:.0%} | "
+                     f"{r['peak_bytes']} |")
+    return lines
+
+
+def markdown(parts, profile, autobatch, throughput, checks, tf32=None) -> str:
     lines = ["# GPU suite", ""]
     if any(p and p.get("dry_run") for p in (profile, autobatch, throughput)):
         lines += ["**Dry run**: the control flow on the CPU at toy sizes; no number here is a GPU measurement.", ""]
@@ -74,14 +85,9 @@ def markdown(parts, profile, autobatch, throughput, checks) -> str:
     if checks:
         lines += ["", "| target | measured | met |", "|---|---|---|"]
         lines += [f"| {t} | {v} | {'yes' if ok else '**no**'} |" for t, v, ok in checks]
-    if throughput:
-        lines += ["", f"GEMM rate (4096^3 float32, tf32={throughput['tf32']}): {throughput['gemm_flops'] / 1e12:.1f} TFLOP/s",
-                  "", "| model | B | optimizer | framework | graph | samples/s | TFLOP/s | of GEMM | peak bytes |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        for r in throughput["rows"]:
-            lines.append(f"| {r['model']} | {r['batch']} | {r['optimizer']} | {r['framework']} | {r['graph']} | "
-                         f"{r['samples_per_s']:,.0f} | {r['flops'] / 1e12:.2f} | {r['gemm_share']:.0%} | "
-                         f"{r['peak_bytes']} |")
+    for t in (throughput, tf32):
+        if t:
+            lines += _throughput_table(t)
     if profile:
         lines += ["", "| model | B | optimizer | dtype | planned | pool peak | error | NVML | NVML error |",
                   "|---|---|---|---|---|---|---|---|---|"]
@@ -94,7 +100,7 @@ def markdown(parts, profile, autobatch, throughput, checks) -> str:
         for r in autobatch["rows"]:
             lines.append(f"| {r['model']} | {r['limit']:,} | {r['analytic']} | {r['confirmed']} | {r['probes']} | "
                          f"{r['brute_force']} | {r['brute_force_probes']} |")
-    skipped = [s for p in (profile, autobatch, throughput) if p for s in p.get("skipped", [])]
+    skipped = [s for p in (profile, autobatch, throughput, tf32) if p for s in p.get("skipped", [])]
     if skipped:
         lines += ["", "Skipped at a part's time limit: " + "; ".join(skipped)]
     return "\n".join(lines) + "\n"
@@ -108,12 +114,13 @@ def main(argv=None) -> int:
     out = Path(argv[0])
     parts = _parts(out)
     profile, autobatch, throughput = (_load(out, n) for n in ("profile", "autobatch", "throughput"))
+    tf32 = _load(out, "throughput_tf32")
     dry = any(p and p.get("dry_run") for p in (profile, autobatch, throughput))
     checks = [] if dry else targets(profile, throughput)  # toy sizes on the CPU: no target applies
     summary = {"parts": parts, "targets": [{"target": t, "value": v, "met": ok} for t, v, ok in checks],
-               "profile": profile, "autobatch": autobatch, "throughput": throughput}
+               "profile": profile, "autobatch": autobatch, "throughput": throughput, "throughput_tf32": tf32}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    md = markdown(parts, profile, autobatch, throughput, checks)
+    md = markdown(parts, profile, autobatch, throughput, checks, tf32)
     (out / "summary.md").write_text(md)
     print(md)
     return 0 if all(p["rc"] == 0 for p in parts) else 1

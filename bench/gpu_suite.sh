@@ -7,12 +7,13 @@
 #
 # Parts, each under its own time limit (a part that runs over is stopped, recorded
 # as "timeout", and the suite goes on):
-#   env         GPU, driver, CUDA and CuPy versions (nvidia-smi, CuPy)            20 s
-#   pytest_gpu  pytest -m gpu (kernels against NumPy, graph step, pool vs plan)  150 s
-#   profile     planned vs CuPy pool peak vs NVML: 3 models x 4 optimizers x 2    90 s
-#   autobatch   auto batch under a hard pool cap vs brute-force bisection         60 s
-#   throughput  memtrain (graph on/off) vs PyTorch, GEMM rate, peak memory       130 s
-#   report      OUT_DIR/summary.json + summary.md, printed                        10 s
+#   env              GPU, driver, CUDA and CuPy versions (nvidia-smi, CuPy)        20 s
+#   pytest_gpu       pytest -m gpu (kernels vs NumPy, graph step, pool vs plan)   140 s
+#   profile          planned vs CuPy pool peak vs NVML: 3 models x 4 opts x 2      80 s
+#   autobatch        auto batch under a hard pool cap vs brute-force bisection     50 s
+#   throughput       memtrain (graph on/off) vs PyTorch, GEMM rate, peak memory   120 s
+#   throughput_tf32  the same for 4096x4 with TF32 on (reported separately)        40 s
+#   report           OUT_DIR/summary.json + summary.md, printed                    10 s
 # 460 s in all at most. Nothing is installed: the machine's own CuPy is used
 # (installing the test extra there would add cupy-cuda12x beside cupy-cuda13x).
 set -uo pipefail
@@ -61,12 +62,14 @@ export -f env_part
 export PY HERE DRY
 run_part env 20 bash -c env_part
 if [ $DRY = 1 ]; then  # the gpu tests skip here; collecting and skipping them is the flow
-    run_part pytest_gpu 150 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_kernels_numerics.py \
+    run_part pytest_gpu 140 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_kernels_numerics.py \
         --junitxml "$OUT/pytest_gpu.xml"
 else
-    run_part pytest_gpu 150 "$PY" -m pytest -q -m gpu -p no:cacheprovider --junitxml "$OUT/pytest_gpu.xml"
+    run_part pytest_gpu 140 "$PY" -m pytest -q -m gpu -p no:cacheprovider --junitxml "$OUT/pytest_gpu.xml"
 fi
-run_part profile 90 "$PY" "$HERE/gpu_profile.py" --out "$OUT/profile.json" --time-limit 85 "${DRYFLAG[@]}"
-run_part autobatch 60 "$PY" "$HERE/gpu_autobatch.py" --out "$OUT/autobatch.json" --time-limit 55 "${DRYFLAG[@]}"
-run_part throughput 130 "$PY" "$HERE/gpu_throughput.py" --out "$OUT/throughput.json" --time-limit 125 "${DRYFLAG[@]}"
+run_part profile 80 "$PY" "$HERE/gpu_profile.py" --out "$OUT/profile.json" --time-limit 75 "${DRYFLAG[@]}"
+run_part autobatch 50 "$PY" "$HERE/gpu_autobatch.py" --out "$OUT/autobatch.json" --time-limit 45 "${DRYFLAG[@]}"
+run_part throughput 120 "$PY" "$HERE/gpu_throughput.py" --out "$OUT/throughput.json" --time-limit 115 "${DRYFLAG[@]}"
+run_part throughput_tf32 40 "$PY" "$HERE/gpu_throughput.py" --out "$OUT/throughput_tf32.json" --time-limit 35 \
+    --models 4096x4 --tf32 "${DRYFLAG[@]}"
 "$PY" "$HERE/gpu_report.py" "$OUT"

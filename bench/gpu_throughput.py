@@ -152,19 +152,24 @@ def main(argv=None) -> int:
     ap.add_argument("--time-limit", type=float, default=150.0)
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--tf32", action="store_true", help="TF32 for float32 matmuls (memtrain and torch alike)")
+    ap.add_argument("--models", default=",".join(c[0] for c in CONFIGS),
+                    help="comma list of " + ", ".join(c[0] for c in CONFIGS))
     ap.add_argument("--dry-run", action="store_true")
     args = ap.parse_args(argv)
+    unknown = set(args.models.split(",")) - {c[0] for c in CONFIGS}
+    if unknown:
+        ap.error(f"--models: unknown {', '.join(sorted(unknown))}")
     from memtrain.backend import set_tf32  # noqa: PLC0415
 
     backend = backend_for(args.dry_run)
     deadline = Deadline(args.time_limit)
     torch = None if args.dry_run else _torch()
-    set_tf32(backend, args.tf32)
+    set_tf32(backend, args.tf32 and backend.is_cuda)  # a dry run on the CPU only records the request
     if torch is not None:
         torch.backends.cuda.matmul.allow_tf32 = args.tf32
     gemm = gemm_rate(backend, 256 if args.dry_run else 4096, 3 if args.dry_run else 20)
     rows = []
-    for label, layers, batch in CONFIGS:
+    for label, layers, batch in (c for c in CONFIGS if c[0] in args.models.split(",")):
         if args.dry_run:
             layers, batch = [max(2, n // 64) for n in layers], 8
         rng = np.random.default_rng(0)
