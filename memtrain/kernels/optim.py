@@ -44,8 +44,22 @@ def _d(*names):
 
 def kernels(dtype: str) -> dict:
     """name -> Kernel for every optimizer update of this dtype."""
+    k = {"tick": single("tick", dtype, [("long long*", "c"), SC], "if (isfinite(sc[1])) c[0] += 1;")}
+    k.update(_gradient_descent(dtype))
+    k.update(_moments(dtype))
+    k.update(_novograd(dtype))
+    k["lookahead_sync"] = elementwise("lookahead_sync", dtype,
+                                      [P, ("S* __restrict__", "slow"), ("const long long* __restrict__", "la_count"), SC]
+                                      + [("const long long", "k")] + _d("alpha"), """
+        const T s = ld(slow[i]) + (T)alpha * (ld(p[i]) - ld(slow[i]));
+        slow[i] = st(s);
+        p[i] = slow[i];""", SKIP + "if (la_count[0] % k != 0) return;  // phi syncs every k inner steps\n")
+    return k
+
+
+def _gradient_descent(dtype: str) -> dict:
+    """SGD, momentum, Nesterov, AdaGrad, RMSProp, AdaDelta (optim/sgd.py, optim/adaptive.py)."""
     k = {}
-    k["tick"] = single("tick", dtype, [("long long*", "c"), SC], "if (isfinite(sc[1])) c[0] += 1;")
     k["sgd"] = elementwise("sgd", dtype, [P, G, SC], "p[i] = st(ld(p[i]) - lr * ld(g[i]));", LR)
     k["momentum"] = elementwise("momentum", dtype, [P, G, ("S* __restrict__", "v"), SC] + _d("alpha"), """
         const T vi = (T)alpha * ld(v[i]) - lr * ld(g[i]);
@@ -75,6 +89,12 @@ def kernels(dtype: str) -> dict:
         const T dx = sqrt(ld(edx2[i]) + (T)eps) / sqrt(e + (T)eps) * gi;
         edx2[i] = st((T)gamma * ld(edx2[i]) + (T)(1.0 - gamma) * dx * dx);
         p[i] = st(ld(p[i]) - lr * dx);""", LR)
+    return k
+
+
+def _moments(dtype: str) -> dict:
+    """Adam, NAdam, RAdam (optim/adam.py) and Rprop (optim/rprop.py)."""
+    k = {}
     k["adam"] = elementwise("adam", dtype, [P, G] + MV + [SC, COUNT] + B12E,
                             MOMENTS + "p[i] = st(ld(p[i]) - lr / bc1 * mi / denom);", ADAM_PRE)
     k["nadam"] = elementwise("nadam", dtype, [P, G] + MV + [SC, COUNT] + B12E, MOMENTS + """
@@ -97,13 +117,6 @@ def kernels(dtype: str) -> dict:
         step[i] = st(u);
         prev[i] = (signed char)sg;
         p[i] = st(ld(p[i]) - sg * ld(st(u)));""", SKIP)
-    k.update(_novograd(dtype))
-    k["lookahead_sync"] = elementwise("lookahead_sync", dtype,
-                                      [P, ("S* __restrict__", "slow"), ("const long long* __restrict__", "la_count"), SC]
-                                      + [("const long long", "k")] + _d("alpha"), """
-        const T s = ld(slow[i]) + (T)alpha * (ld(p[i]) - ld(slow[i]));
-        slow[i] = st(s);
-        p[i] = slow[i];""", SKIP + "if (la_count[0] % k != 0) return;  // phi syncs every k inner steps\n")
     return k
 
 
