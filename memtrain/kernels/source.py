@@ -85,12 +85,12 @@ def elementwise(name: str, dtype: str, params, body: str, prologue: str = "") ->
 
 
 # Sum of one double per thread over a block (ROW_BLOCK threads); every thread gets the total.
-BLOCK_SUM = f"""
+BLOCK_SUM = """
 #ifdef MEMTRAIN_HOST  // the host build runs one thread per block: its value is the block's
-__device__ __forceinline__ double block_sum(double x, double* shared) {{ return x; }}
-__device__ __forceinline__ double block_max(double x, double* shared) {{ return x; }}
+__device__ __forceinline__ double block_sum(double x, double* shared) { return x; }
+__device__ __forceinline__ double block_max(double x, double* shared) { return x; }
 #else
-__device__ __forceinline__ double block_sum(double x, double* shared) {{
+__device__ __forceinline__ double block_sum(double x, double* shared) {
   for (int o = 16; o > 0; o >>= 1) x += __shfl_down_sync(0xffffffffu, x, o);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   __syncthreads();
@@ -99,8 +99,8 @@ __device__ __forceinline__ double block_sum(double x, double* shared) {{
   double total = 0;
   for (int w = 0; w < (int)(blockDim.x + 31) / 32; ++w) total += shared[w];
   return total;
-}}
-__device__ __forceinline__ double block_max(double x, double* shared) {{
+}
+__device__ __forceinline__ double block_max(double x, double* shared) {
   for (int o = 16; o > 0; o >>= 1) x = fmax(x, __shfl_down_sync(0xffffffffu, x, o));
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   __syncthreads();
@@ -109,7 +109,7 @@ __device__ __forceinline__ double block_max(double x, double* shared) {{
   double m = shared[0];
   for (int w = 1; w < (int)(blockDim.x + 31) / 32; ++w) m = fmax(m, shared[w]);
   return m;
-}}
+}
 #endif
 """
 
