@@ -91,6 +91,7 @@ def test_the_graph_stepper_trains_as_the_cpu_step(monkeypatch, request, loss_eve
     losses = [t.step(X[i * 16:(i + 1) * 16], y[i * 16:(i + 1) * 16]) for i in range(6)]
     assert cap.captures == 1 and t._graph.graph.replays == 4 and t.steps == 6
     np.testing.assert_allclose(m.params, cpu.model.params, rtol=1e-9, atol=1e-12)
+    assert t.last_grad_norm == pytest.approx(cpu.last_grad_norm, rel=1e-9)  # computed on the device
     if loss_every == 1:
         np.testing.assert_allclose(losses, cpu_losses, rtol=1e-10)
     else:  # read at steps 3 and 6: the mean of each window of three

@@ -49,6 +49,9 @@ class Recorder:
     def single(self, kernel, args):
         self._check(kernel, 0, args)
 
+    def reduce(self, kernel, n, args):
+        self._check(kernel, 1, args)
+
     def blocks(self, kernel, grid, threads, args):
         assert grid >= 1 and 32 <= threads <= 1024 and threads % 32 == 0
         self._check(kernel, 0, args)
@@ -153,6 +156,13 @@ def test_the_bias_gradient_is_a_column_sum_launch():
     rec = Recorder()
     dispatch.column_sum(np.zeros((5, 300), np.float32), np.zeros(300, np.float32), rec)
     assert rec.launches == ["memtrain_column_sum_float32"]
+
+
+def test_the_gradient_norm_is_one_reduction_into_the_step_scalars():
+    rec = Recorder()
+    dispatch.grad_sq_norm(np.zeros(100, np.float16), np.zeros(N_SCALARS), rec)
+    assert rec.launches == ["memtrain_grad_sq_norm_float16"]
+    assert "sc[4] = 0" in dispatch.begin_kernel().source  # reset at every step's start, with the loss
 
 
 def test_kernel_scalars_are_typed():

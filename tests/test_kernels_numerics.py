@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from memtrain.kernels import dispatch
-from memtrain.kernels.source import N_SCALARS, SC_LOSS, SC_LR
+from memtrain.kernels.source import N_SCALARS, SC_GRAD_SQ, SC_LOSS, SC_LR
 from memtrain.nn.activations import ACTIVATIONS, make_activation
 from memtrain.nn.losses import OUTPUTS, make_output
 from memtrain.nn.spec import ModelSpec
@@ -150,6 +150,27 @@ def test_column_sum_matches_numpy(dev, dtype):
     dispatch.column_sum(cp.asarray(x), out, dev.launcher)
     np.testing.assert_allclose(cp.asnumpy(out).astype(float), x.astype(float).sum(axis=0), rtol=TOL[dtype] * 10,
                                atol=TOL[dtype] * 10)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+def test_gradient_norm_matches_numpy(dev, dtype):
+    g = np.random.default_rng(4).standard_normal(70_001).astype(dtype)
+    sc = dev.xp.zeros(N_SCALARS)
+    dispatch.grad_sq_norm(dev.asarray(g), sc, dev.launcher)
+    assert float(sc[SC_GRAD_SQ]) == pytest.approx(float(np.dot(g.astype(float), g.astype(float))), rel=1e-12)
+
+
+def test_a_nonfinite_gradient_skips_the_update_on_the_device(dev):
+    opt = make_optimizer("momentum")
+    p = dev.xp.ones(10, np.float32)
+    state, _ = standalone_state(opt, dev.asnumpy(p))
+    state = {k: dev.asarray(v) for k, v in state.items()}
+    state["step_scalars"] = sc = dev.xp.zeros(N_SCALARS)
+    sc[SC_LR] = 0.1
+    g = dev.asarray(np.array([1.0] * 9 + [np.inf], np.float32))
+    dispatch.grad_sq_norm(g, sc, dev.launcher)
+    dispatch.optimizer_step(opt, p, g, state, None, dev.launcher)
+    assert float(p.sum()) == 10.0 and float(state["opt.v"].sum()) == 0.0
 
 
 @pytest.mark.gpu

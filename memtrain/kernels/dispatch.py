@@ -12,7 +12,7 @@ import functools
 import numpy as np
 
 from memtrain.kernels import activation, loss, optim
-from memtrain.kernels.source import BLOCK, ROW_BLOCK, single
+from memtrain.kernels.source import BLOCK, ROW_BLOCK, SC_GRAD_SQ, single
 
 # optimizer name -> (param slots passed after p, g; hyper-parameter attributes)
 OPTIMIZER_ARGS = {
@@ -47,7 +47,8 @@ def loss_kernel(name: str, dtype: str):
 @functools.lru_cache(maxsize=None)
 def begin_kernel():
     # a new step: its loss starts at 0 (the updates read it to skip a non-finite step)
-    return single("step_begin", "float64", [("double*", "sc")], f"sc[{loss.SC_LOSS}] = 0;")
+    return single("step_begin", "float64", [("double*", "sc")],
+                  f"sc[{loss.SC_LOSS}] = 0; sc[{SC_GRAD_SQ}] = 0;")
 
 
 class Launcher:
@@ -76,6 +77,13 @@ class Launcher:
         from memtrain.kernels.compile import raw  # noqa: PLC0415
 
         raw(kernel)((max(1, grid),), (threads,), tuple(_scalars(args)))
+
+    def reduce(self, kernel, n: int, args) -> None:
+        """A grid-stride reduction into the step scalars (ROW_BLOCK threads, one atomic add per block)."""
+        from memtrain.kernels.compile import raw  # noqa: PLC0415
+
+        grid = max(1, min(-(-n // ROW_BLOCK), self.sm_count * 4))
+        raw(kernel)((grid,), (ROW_BLOCK,), (np.int64(n), *_scalars(args)))
 
     def single(self, kernel, args) -> None:
         from memtrain.kernels.compile import raw  # noqa: PLC0415
@@ -173,6 +181,11 @@ def output_loss(output, z, bias, y, out, sc, launcher) -> None:
     """Output bias, output unit, per-row loss added to sc, and dL/dz into `out`: one launch."""
     b, C = z.shape
     launcher.rows(loss_kernel(output.name, z.dtype.name), b, [z, bias, y, out, C, 1.0 / b, sc])
+
+
+def grad_sq_norm(grads, sc, launcher) -> None:
+    """sc[SC_GRAD_SQ] += ||grads||^2 on the device (graph mode: read back with the loss)."""
+    launcher.reduce(optimizer_kernels(grads.dtype.name)["grad_sq_norm"], grads.shape[0], [grads, sc])
 
 
 def step_begin(sc, launcher) -> None:

@@ -108,6 +108,10 @@ class HostLauncher:
             self._set(block=b, grid=rows)
             fn(rows, *cargs)
 
+    def reduce(self, kernel, n, args):
+        self._set()  # one thread, one block: the grid-stride loop covers everything
+        self._fn(kernel)(n, *_c(args))
+
     def single(self, kernel, args):
         self._set()
         self._fn(kernel)(*_c(args))

@@ -14,13 +14,13 @@ bias corrections 1/(1 - beta^t) are computed on the device, once per thread.
 
 from __future__ import annotations
 
-from memtrain.kernels.source import Kernel, elementwise, rowwise, single
+from memtrain.kernels.source import BLOCK_SUM, SC_GRAD_SQ, STEP_FINITE, Kernel, elementwise, prelude, rowwise, single
 
 SC = ("const double* __restrict__", "sc")
 P = ("S* __restrict__", "p")
 G = ("const S* __restrict__", "g")
 COUNT = ("const long long* __restrict__", "count")
-SKIP = "if (!isfinite(sc[1])) return;  // this step's loss is not finite: no update (as on the CPU)\n"
+SKIP = f"if (!({STEP_FINITE})) return;  // a non-finite loss or gradient: no update (as on the CPU)\n"
 LR = SKIP + "const T lr = (T)sc[0];\n"
 ADAM_PRE = LR + """
 const double t = (double)count[0];
@@ -44,7 +44,8 @@ def _d(*names):
 
 def kernels(dtype: str) -> dict:
     """name -> Kernel for every optimizer update of this dtype."""
-    k = {"tick": single("tick", dtype, [("long long*", "c"), SC], "if (isfinite(sc[1])) c[0] += 1;")}
+    k = {"tick": single("tick", dtype, [("long long*", "c"), SC], f"if ({STEP_FINITE}) c[0] += 1;"),
+         "grad_sq_norm": grad_sq_norm(dtype)}
     k.update(_gradient_descent(dtype))
     k.update(_moments(dtype))
     k.update(_novograd(dtype))
@@ -126,7 +127,7 @@ def _novograd(dtype: str) -> dict:
     and an update kernel over its slice."""
     norm = rowwise("novograd_norm", dtype, [G, ("const long long", "n"), ("S*", "v"), ("const long long", "layer"),
                                             COUNT, SC] + _d("b2"), """
-        if (!isfinite(sc[1])) return;
+        if (!(""" + STEP_FINITE + """)) return;
         double acc = 0;
         for (long long i = threadIdx.x; i < n; i += blockDim.x) { const double gi = (double)ld(g[i]); acc += gi * gi; }
         const double norm2 = block_sum(acc, shared);
@@ -139,6 +140,21 @@ def _novograd(dtype: str) -> dict:
         m[i] = st(mi);
         p[i] = st(ld(p[i]) - lr * mi);""", LR + "const T scale = (T)(1.0 / sqrt((double)ld(v[layer]) + eps));\n")
     return {"novograd_norm": norm, "novograd": update}
+
+
+def grad_sq_norm(dtype: str) -> Kernel:
+    """sc[SC_GRAD_SQ] += ||g||^2 (summed in double): the gradient's norm on the device, so
+    that a captured step skips a non-finite gradient and the host reads the norm with the
+    loss. Grid-stride loop, one block sum per block, one atomic add per block."""
+    full = f"memtrain_grad_sq_norm_{dtype}"
+    src = (prelude(dtype) + BLOCK_SUM
+           + f'extern "C" __global__ void {full}(const long long n, const S* __restrict__ g, double* sc) {{\n'
+           + "  __shared__ double shared[32];\n  double acc = 0;\n"
+           + "  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;"
+             " i += (long long)blockDim.x * gridDim.x) { const double x = (double)ld(g[i]); acc += x * x; }\n"
+           + "  const double total = block_sum(acc, shared);\n"
+           + f"  if (threadIdx.x == 0) atomicAdd(&sc[{SC_GRAD_SQ}], total);\n}}\n")
+    return Kernel(full, src, dtype)
 
 
 def all_kernels(dtype: str) -> list[Kernel]:

@@ -29,7 +29,10 @@ SC_LR = 0  # learning rate of this step (written by the host before the step)
 SC_LOSS = 1  # this step's summed loss (the loss kernel adds to it; 0 at the step's start)
 SC_LOSS_SCALE = 2  # loss scale (1: reserved for mixed precision)
 SC_ACCUM = 3  # losses summed since the host last read them (read every N steps)
-N_SCALARS = 4
+SC_GRAD_SQ = 4  # ||g||^2 of this step in graph mode (0 at the step's start); 5..7 spare
+N_SCALARS = 8
+# The update kernels skip a step whose loss or gradient is not finite (as the CPU path does on the host).
+STEP_FINITE = f"isfinite(sc[{SC_LOSS}]) && isfinite(sc[{SC_GRAD_SQ}])"
 
 
 @dataclass(frozen=True)

@@ -219,7 +219,7 @@ def step_workspace(spec, optimizer, device: str) -> list:
           intermediate; chunks keep it at CHUNK elements, not P).
     cuda: no optimizer workspace: each update is one fused kernel that reads
           and writes every element once (memtrain/kernels). Instead the step's
-          scalars (lr, the step's loss, ...; 4 float64) live on the device, where
+          scalars (lr, the step's loss and gradient norm, ...; 8 float64) live on the device, where
           the kernels and a captured CUDA graph read them. l1/l2 still run
           through the chunked NumPy-style path, so they keep one chunk."""
     P = spec.n_params

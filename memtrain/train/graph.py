@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 
-from memtrain.kernels.source import SC_ACCUM, SC_LOSS, SC_LR
+from memtrain.kernels.source import SC_ACCUM, SC_GRAD_SQ, SC_LOSS, SC_LR
 
 
 class CupyCapture:
@@ -164,12 +164,13 @@ class GraphStepper:
 
     def _account(self, sc, rows) -> float:
         t = self.trainer
-        t.last_grad_norm = float("nan")  # not computed: clipping is off in graph mode
         if self.loss_every == 1:
-            loss = float(sc[SC_LOSS]) / rows
+            vals = _host(sc)  # one read: this step's loss and gradient norm
+            loss = float(vals[SC_LOSS]) / rows
+            t.last_grad_norm = math.sqrt(vals[SC_GRAD_SQ]) if vals[SC_GRAD_SQ] >= 0 else float("nan")
             self._window_rows = 0
             sc[SC_ACCUM] = 0.0
-            if not math.isfinite(loss):  # the update kernels skipped this step on the device
+            if not (math.isfinite(loss) and math.isfinite(t.last_grad_norm)):  # skipped on the device
                 t.nonfinite_steps += 1
                 t.nonfinite_streak += 1
                 return loss
@@ -178,7 +179,9 @@ class GraphStepper:
             return loss
         t.steps += 1
         if t.steps % self.loss_every == 0:
-            total = float(sc[SC_ACCUM])  # the one host synchronisation of the window
+            vals = _host(sc)  # the one host synchronisation of the window
+            total = float(vals[SC_ACCUM])
+            t.last_grad_norm = math.sqrt(vals[SC_GRAD_SQ]) if vals[SC_GRAD_SQ] >= 0 else float("nan")
             sc[SC_ACCUM] = 0.0
             self._last_mean = total / self._window_rows
             self._window_rows = 0
@@ -196,8 +199,14 @@ def device_step(trainer, v) -> None:
     step.forward(spec, model.layers, v, train=True)
     step.loss_sum(spec, v, read=False)
     step.backward(spec, model.layers, trainer.glayers, v)
+    dispatch.grad_sq_norm(trainer.grads, v.sc, dispatch.default_launcher())  # the updates skip a non-finite one
     dispatch.optimizer_step(trainer.optimizer, model.params, trainer.grads, trainer.arrays, spec.layout,
                             dispatch.default_launcher())
+
+
+def _host(a):
+    """A device array's values on the host (one copy); NumPy arrays as they are."""
+    return a.get() if hasattr(a, "get") else a
 
 
 def _nothing() -> None:
