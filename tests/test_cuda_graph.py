@@ -84,7 +84,7 @@ def test_graphs_are_off_on_the_cpu_and_refused_when_forced():
 
 
 @pytest.mark.parametrize("change, reason", [
-    ({"clip_norm": 1.0}, "clip_norm"), ({"dropout": (0.8, 0.5)}, "dropout"), ({"l2": 1e-4}, "l1/l2"),
+    ({"clip_norm": 1.0}, None), ({"dropout": (0.8, 0.5)}, "dropout"), ({"l2": 1e-4}, "l1/l2"),
     ({"rows": 16}, "gradient accumulation"), ({}, None)])
 def test_what_keeps_a_step_out_of_a_graph(change, reason):
     spec = SimpleNamespace(dropout=change.get("dropout"), l1=0, l2=change.get("l2", 0))
@@ -130,7 +130,8 @@ def test_a_graph_step_gathers_writes_lr_replays_and_reads(monkeypatch):
     sc = np.zeros(N_SCALARS)
     buffers = SimpleNamespace(at=lambda b: SimpleNamespace(b=b))
     t = SimpleNamespace(steps=0, nonfinite_steps=0, nonfinite_streak=0, events=[], last_grad_norm=0.0,
-                        buffers=buffers, arrays={"step_scalars": sc}, schedule=lambda step: 0.1 / (step + 1))
+                        buffers=buffers, arrays={"step_scalars": sc}, schedule=lambda step: 0.1 / (step + 1),
+                        clip_norm=None)
     cap = FakeCapture()
     s = graph.GraphStepper(t, cap)
 

@@ -43,10 +43,10 @@ def _data(output, n=96, d=12, c=4, seed=0):
     return X, rng.standard_normal((n, c)), [d, 16, 10, c]
 
 
-def _train(act, output, opt, micro, steps=6):
+def _train(act, output, opt, micro, steps=6, clip=None):
     X, y, layers = _data(output)
     m = MLP(layers, activation=act, output=output, dtype="float64", seed=3)
-    t = Trainer(m, opt, 16, micro_batch_size=micro)
+    t = Trainer(m, opt, 16, micro_batch_size=micro, clip_norm=clip)
     losses = [t.step(X[i * 16:(i + 1) * 16], y[i * 16:(i + 1) * 16]) for i in range(steps)]
     return t, losses
 
@@ -78,20 +78,23 @@ class ReplayCapture:
         g()
 
 
-@pytest.mark.parametrize("loss_every", [1, 3])
-def test_the_graph_stepper_trains_as_the_cpu_step(monkeypatch, request, loss_every):
-    cpu, cpu_losses = _train("relu", "softmax", "adam", None)  # the CPU reference, on the CPU plan
+@pytest.mark.parametrize("loss_every, clip, opt", [(1, None, "adam"), (3, None, "adam"), (1, 0.05, "adam"),
+                                                   (1, 0.05, "novograd")])
+def test_the_graph_stepper_trains_as_the_cpu_step(monkeypatch, request, loss_every, clip, opt):
+    cpu, cpu_losses = _train("relu", "softmax", opt, None, clip=clip)  # the CPU reference, on the CPU plan
     request.getfixturevalue("gpu_step_on_cpu")
     monkeypatch.setattr(graph, "unsupported", lambda t, rows: None)  # a CPU trainer, run as if on a GPU
     X, y, layers = _data("softmax")
     m = MLP(layers, activation="relu", output="softmax", dtype="float64", seed=3)
-    t = Trainer(m, "adam", 16)
+    t = Trainer(m, opt, 16, clip_norm=clip)
     cap = ReplayCapture()
     t._graph = graph.GraphStepper(t, cap, loss_every=loss_every)
     losses = [t.step(X[i * 16:(i + 1) * 16], y[i * 16:(i + 1) * 16]) for i in range(6)]
     assert cap.captures == 1 and t._graph.graph.replays == 4 and t.steps == 6
     np.testing.assert_allclose(m.params, cpu.model.params, rtol=1e-9, atol=1e-12)
     assert t.last_grad_norm == pytest.approx(cpu.last_grad_norm, rel=1e-9)  # computed on the device
+    if clip is not None:
+        assert t.last_grad_norm > clip  # so the updates above were clipped, on the device
     if loss_every == 1:
         np.testing.assert_allclose(losses, cpu_losses, rtol=1e-10)
     else:  # read at steps 3 and 6: the mean of each window of three

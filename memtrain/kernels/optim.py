@@ -21,14 +21,15 @@ P = ("S* __restrict__", "p")
 G = ("const S* __restrict__", "g")
 COUNT = ("const long long* __restrict__", "count")
 SKIP = f"if (!({STEP_FINITE})) return;  // a non-finite loss or gradient: no update (as on the CPU)\n"
-LR = SKIP + "const T lr = (T)sc[0];\n"
+# gs: the gradient's clip factor in graph mode (clip_norm), 1 otherwise (source.CLIP_SCALE)
+LR = SKIP + "const T lr = (T)sc[0];\nconst T gs = (T)clip_scale(sc);\n"
 ADAM_PRE = LR + """
 const double t = (double)count[0];
 const T bc1 = (T)(1.0 - pow(b1, t));  // Adam bias correction, 1/(1 - beta^t)
 const T inv_sqrt_bc2 = (T)(1.0 / sqrt(1.0 - pow(b2, t)));
 """
 MOMENTS = """
-const T gi = ld(g[i]);
+const T gi = (ld(g[i]) * gs);
 const T mi = (T)b1 * ld(m[i]) + (T)(1.0 - b1) * gi;
 const T vi = (T)b2 * ld(v[i]) + (T)(1.0 - b2) * gi * gi;
 m[i] = st(mi); v[i] = st(vi);
@@ -61,30 +62,30 @@ def kernels(dtype: str) -> dict:
 def _gradient_descent(dtype: str) -> dict:
     """SGD, momentum, Nesterov, AdaGrad, RMSProp, AdaDelta (optim/sgd.py, optim/adaptive.py)."""
     k = {}
-    k["sgd"] = elementwise("sgd", dtype, [P, G, SC], "p[i] = st(ld(p[i]) - lr * ld(g[i]));", LR)
+    k["sgd"] = elementwise("sgd", dtype, [P, G, SC], "p[i] = st(ld(p[i]) - lr * (ld(g[i]) * gs));", LR)
     k["momentum"] = elementwise("momentum", dtype, [P, G, ("S* __restrict__", "v"), SC] + _d("alpha"), """
-        const T vi = (T)alpha * ld(v[i]) - lr * ld(g[i]);
+        const T vi = (T)alpha * ld(v[i]) - lr * (ld(g[i]) * gs);
         v[i] = st(vi);
         p[i] = st(ld(p[i]) + vi);""", LR)
     # phi <- phi + alpha v - eps g (parameters kept at the look-ahead point, see optim/sgd.py)
     k["nesterov"] = elementwise("nesterov", dtype, [P, G, ("S* __restrict__", "v"), SC] + _d("alpha"), """
-        const T eg = lr * ld(g[i]);
+        const T eg = lr * (ld(g[i]) * gs);
         const T vi = (T)alpha * ld(v[i]) - eg;
         v[i] = st(vi);
         p[i] = st(ld(p[i]) - eg + (T)alpha * vi);""", LR)
     k["adagrad"] = elementwise("adagrad", dtype, [P, G, ("S* __restrict__", "r"), SC] + _d("delta"), """
-        const T gi = ld(g[i]);
+        const T gi = (ld(g[i]) * gs);
         const T ri = ld(r[i]) + gi * gi;
         r[i] = st(ri);
         p[i] = st(ld(p[i]) - lr * gi / ((T)delta + sqrt(ri)));""", LR)
     k["rmsprop"] = elementwise("rmsprop", dtype, [P, G, ("S* __restrict__", "r"), SC] + _d("rho", "delta"), """
-        const T gi = ld(g[i]);
+        const T gi = (ld(g[i]) * gs);
         const T ri = (T)rho * ld(r[i]) + (T)(1.0 - rho) * gi * gi;
         r[i] = st(ri);
         p[i] = st(ld(p[i]) - lr * gi / sqrt((T)delta + ri));""", LR)
     k["adadelta"] = elementwise("adadelta", dtype,
                                 [P, G, ("S* __restrict__", "eg2"), ("S* __restrict__", "edx2"), SC] + _d("gamma", "eps"), """
-        const T gi = ld(g[i]);
+        const T gi = (ld(g[i]) * gs);
         const T e = (T)gamma * ld(eg2[i]) + (T)(1.0 - gamma) * gi * gi;
         eg2[i] = st(e);
         const T dx = sqrt(ld(edx2[i]) + (T)eps) / sqrt(e + (T)eps) * gi;
@@ -128,14 +129,15 @@ def _novograd(dtype: str) -> dict:
     norm = rowwise("novograd_norm", dtype, [G, ("const long long", "n"), ("S*", "v"), ("const long long", "layer"),
                                             COUNT, SC] + _d("b2"), """
         if (!(""" + STEP_FINITE + """)) return;
+        const double gs = clip_scale(sc);
         double acc = 0;
-        for (long long i = threadIdx.x; i < n; i += blockDim.x) { const double gi = (double)ld(g[i]); acc += gi * gi; }
+        for (long long i = threadIdx.x; i < n; i += blockDim.x) { const double gi = (double)ld(g[i]) * gs; acc += gi * gi; }
         const double norm2 = block_sum(acc, shared);
         // v_1 = ||g_1||^2, then v_t = beta2 v + (1 - beta2) ||g_t||^2
         if (threadIdx.x == 0) v[layer] = st((T)(count[0] == 1 ? norm2 : b2 * (double)ld(v[layer]) + (1.0 - b2) * norm2));""")
     update = elementwise("novograd", dtype, [P, G, ("S* __restrict__", "m"), ("const S*", "v"), ("const long long", "layer"),
                                              SC] + _d("b1", "eps", "weight_decay"), """
-        const T gi = ld(g[i]) * scale + (T)weight_decay * ld(p[i]);
+        const T gi = (ld(g[i]) * gs) * scale + (T)weight_decay * ld(p[i]);
         const T mi = (T)b1 * ld(m[i]) + gi;
         m[i] = st(mi);
         p[i] = st(ld(p[i]) - lr * mi);""", LR + "const T scale = (T)(1.0 / sqrt((double)ld(v[layer]) + eps));\n")

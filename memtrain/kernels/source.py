@@ -29,7 +29,8 @@ SC_LR = 0  # learning rate of this step (written by the host before the step)
 SC_LOSS = 1  # this step's summed loss (the loss kernel adds to it; 0 at the step's start)
 SC_LOSS_SCALE = 2  # loss scale (1: reserved for mixed precision)
 SC_ACCUM = 3  # losses summed since the host last read them (read every N steps)
-SC_GRAD_SQ = 4  # ||g||^2 of this step in graph mode (0 at the step's start); 5..7 spare
+SC_GRAD_SQ = 4  # ||g||^2 of this step in graph mode (0 at the step's start)
+SC_CLIP = 5  # clip_norm in graph mode (0: no clipping); 6, 7 spare
 N_SCALARS = 8
 # The update kernels skip a step whose loss or gradient is not finite (as the CPU path does on the host).
 STEP_FINITE = f"isfinite(sc[{SC_LOSS}]) && isfinite(sc[{SC_GRAD_SQ}])"
@@ -42,6 +43,14 @@ class Kernel:
     name: str
     source: str
     dtype: str
+
+
+# The gradient clip factor, max_norm / ||g|| when the norm is longer (course: exploding
+# gradients); 1 when sc[SC_CLIP] is 0 or ||g||^2 was not computed on the device (eager mode
+# clips on the host).
+CLIP_SCALE = (f"__device__ __forceinline__ double clip_scale(const double* sc) {{ "
+              f"return (sc[{SC_CLIP}] > 0 && sc[{SC_GRAD_SQ}] > sc[{SC_CLIP}] * sc[{SC_CLIP}]) ? "
+              f"sc[{SC_CLIP}] / sqrt(sc[{SC_GRAD_SQ}]) : 1.0; }}\n")
 
 
 def prelude(dtype: str) -> str:
@@ -63,7 +72,8 @@ def prelude(dtype: str) -> str:
     return (f"// memtrain generated kernel, dtype {dtype}\n"
             f"typedef {s} S;\ntypedef {t} T;\n{conv}"
             "__device__ __forceinline__ T sigm(const T x) { return (T)0.5 + (T)0.5 * tanh((T)0.5 * x); }\n"
-            "__device__ __forceinline__ T softplus(const T x) { return fmax(x, (T)0) + log1p(exp(-fabs(x))); }\n")
+            "__device__ __forceinline__ T softplus(const T x) { return fmax(x, (T)0) + log1p(exp(-fabs(x))); }\n"
+            + CLIP_SCALE)
 
 
 def _params(params) -> str:

@@ -15,8 +15,8 @@ outside the graph, because its rows differ per step.
 
 Capture is tried on the second step of a shape (the first one compiles the
 kernels and warms cuBLAS, which must not happen inside a capture). If it
-fails, or the setup needs the host inside the step (dropout masks, gradient
-clipping, l1/l2, gradient accumulation), training continues eagerly and the
+fails, or the setup needs the host inside the step (dropout masks, l1/l2,
+gradient accumulation), training continues eagerly and the
 reason is logged once in the trainer's events.
 """
 
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 
-from memtrain.kernels.source import SC_ACCUM, SC_GRAD_SQ, SC_LOSS, SC_LR
+from memtrain.kernels.source import SC_ACCUM, SC_CLIP, SC_GRAD_SQ, SC_LOSS, SC_LR
 
 
 class CupyCapture:
@@ -115,8 +115,6 @@ def unsupported(trainer, rows: int) -> str | None:
         return "the plan has no device step scalars"
     if spec.dropout:
         return "dropout draws its masks on the host each step"
-    if trainer.clip_norm is not None:
-        return "clip_norm reads the gradient norm on the host each step"
     if spec.l1 or spec.l2:
         return "l1/l2 penalties run the chunked update"
     if rows > trainer.micro_batch_size:
@@ -157,6 +155,7 @@ class GraphStepper:
             sc = t.arrays["step_scalars"]
             t.last_lr = lr = t.schedule(t.steps)
             sc[SC_LR] = lr  # read by the update kernels inside the graph
+            sc[SC_CLIP] = t.clip_norm or 0.0  # the updates scale g by max_norm/||g|| when it is longer
             self.graph.run(rows, lambda: device_step(t, v))
             getattr(capture, "join_out", _nothing)()
             self._window_rows += rows
