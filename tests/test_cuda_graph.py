@@ -97,7 +97,7 @@ def test_what_keeps_a_step_out_of_a_graph(change, reason):
 def _stepper(loss_every):
     t = SimpleNamespace(steps=0, nonfinite_steps=0, nonfinite_streak=0, events=[], last_grad_norm=0.0)
     s = graph.GraphStepper.__new__(graph.GraphStepper)
-    s.trainer, s.loss_every, s._window_rows, s._last_mean = t, loss_every, 0, float("nan")
+    s.trainer, s.loss_every, s._window_rows, s._last_mean, s._written = t, loss_every, 0, float("nan"), {}
     return s, t
 
 
@@ -125,9 +125,16 @@ def test_loss_read_every_n_steps_gives_the_window_mean():
 
 
 def test_a_graph_step_gathers_writes_lr_replays_and_reads(monkeypatch):
-    calls = []
+    calls, writes = [], []
     monkeypatch.setattr(graph, "device_step", lambda t, v: calls.append(("device", v.b)))
-    sc = np.zeros(N_SCALARS)
+
+    class Scalars(np.ndarray):  # records the host's writes of lr (0) and clip_norm (5)
+        def __setitem__(self, k, value):
+            if k in (0, 5):
+                writes.append((k, value))
+            super().__setitem__(k, value)
+
+    sc = np.zeros(N_SCALARS).view(Scalars)
     buffers = SimpleNamespace(at=lambda b: SimpleNamespace(b=b))
     t = SimpleNamespace(steps=0, nonfinite_steps=0, nonfinite_streak=0, events=[], last_grad_norm=0.0,
                         buffers=buffers, arrays={"step_scalars": sc}, schedule=lambda step: 0.1 / (step + 1),
@@ -141,8 +148,14 @@ def test_a_graph_step_gathers_writes_lr_replays_and_reads(monkeypatch):
 
     losses = [s.step(8, fill) for _ in range(3)]
     assert losses == [2.0, 2.0, 2.0] and t.steps == 3 and t.last_lr == 0.1 / 3 and sc[0] == 0.1 / 3
-    assert calls == [("fill", 0, 8), ("device", 8), ("fill", 0, 8), ("fill", 0, 8)]  # warm-up eager, then graph
+    sc[0] = -1.0  # only a changed value is written again: the next lr (0.1/4) is
+    s.step(8, fill)
+    assert sc[0] == 0.1 / 4 and writes == [(0, 0.1), (5, 0.0), (0, 0.05), (0, 0.1 / 3), (0, -1.0), (0, 0.025)]
+    assert calls[:4] == [("fill", 0, 8), ("device", 8), ("fill", 0, 8), ("fill", 0, 8)]  # warm-up eager, then graph
     assert len(cap.captured) == 1 and cap.launched == ["graph1", "graph1"]
     t.buffers = SimpleNamespace(at=buffers.at)  # re-planned (OOM): the old graph's pointers are stale
+    t.schedule = lambda step: 0.5  # a constant rate is written once, then not again
     s.step(8, fill)
+    s.step(8, fill)
+    assert sc[0] == 0.5
     assert len(cap.captured) == 2 and cap.launched[-1] == "graph2"  # captured again, not replayed

@@ -137,6 +137,7 @@ class GraphStepper:
         self._window_rows = 0
         self._last_mean = float("nan")
         self._buffers_id = None
+        self._written: dict = {}  # (array id, index) -> the value last written to the step scalars
 
     def _log(self, reason: str) -> None:
         self.trainer.events.append({"event": "cuda_graph_off", "step": self.trainer.steps, "reason": reason})
@@ -145,6 +146,7 @@ class GraphStepper:
         t = self.trainer
         if id(t.buffers) != self._buffers_id:  # re-planned: captured pointers are stale
             self.graph.graphs.clear()
+            self._written.clear()
             self._buffers_id = id(t.buffers)
         ctx = self.stream if self.stream is not None else _NoStream()
         capture = self.graph.capture
@@ -154,12 +156,20 @@ class GraphStepper:
             fill(v, 0, rows)
             sc = t.arrays["step_scalars"]
             t.last_lr = lr = t.schedule(t.steps)
-            sc[SC_LR] = lr  # read by the update kernels inside the graph
-            sc[SC_CLIP] = t.clip_norm or 0.0  # the updates scale g by max_norm/||g|| when it is longer
+            # read by the update kernels inside the graph; written only when they change, since
+            # each write is a launch and a small model's step is a few dozen microseconds
+            self._write(sc, SC_LR, lr)
+            self._write(sc, SC_CLIP, t.clip_norm or 0.0)  # updates scale g by max_norm/||g|| when longer
             self.graph.run(rows, lambda: device_step(t, v))
             getattr(capture, "join_out", _nothing)()
             self._window_rows += rows
             return self._account(sc, rows)
+
+    def _write(self, sc, index: int, value: float) -> None:
+        key = (id(sc), index)
+        if self._written.get(key) != value:
+            sc[index] = value
+            self._written[key] = value
 
     def _account(self, sc, rows) -> float:
         t = self.trainer
@@ -168,7 +178,6 @@ class GraphStepper:
             loss = float(vals[SC_LOSS]) / rows
             t.last_grad_norm = math.sqrt(vals[SC_GRAD_SQ]) if vals[SC_GRAD_SQ] >= 0 else float("nan")
             self._window_rows = 0
-            sc[SC_ACCUM] = 0.0
             if not (math.isfinite(loss) and math.isfinite(t.last_grad_norm)):  # skipped on the device
                 t.nonfinite_steps += 1
                 t.nonfinite_streak += 1
