@@ -7,14 +7,24 @@ import sys
 import click
 
 from memtrain import __version__
-from memtrain.errors import ExitCode, MemtrainError
+from memtrain.errors import ConfigError, ExitCode, MemtrainError
 
 
 _NO_ARGS = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
+class UserError(click.ClickException):
+    """A MemtrainError on its way out: one line "memtrain: error: ...", exit status 2."""
+
+    exit_code = ExitCode.USAGE
+
+    def show(self, file=None):
+        click.echo(f"memtrain: error: {self.format_message()}", err=True)
+
+
 class _Group(click.Group):
-    """Turns a user error raised anywhere below into one line and exit status 2."""
+    """User errors (MemtrainError, click's usage errors) as one line and exit status 2;
+    any other exception is a bug and keeps its traceback."""
 
     def main(self, args=None, prog_name=None, **kwargs):
         kwargs.pop("standalone_mode", None)
@@ -37,9 +47,8 @@ class _Group(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except (MemtrainError, ValueError) as exc:
-            click.echo(f"memtrain: error: {exc}", err=True)
-            sys.exit(ExitCode.USAGE)
+        except MemtrainError as exc:
+            raise UserError(str(exc)) from None
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -110,7 +119,7 @@ def _backend_for(device):
 
     kind, _ = parse_device(device)
     if kind == "auto":
-        raise ValueError("device: estimate needs cpu, cuda or cuda:N (the device the plan is for)")
+        raise ConfigError("device: estimate needs cpu, cuda or cuda:N (the device the plan is for)")
     if kind == "cpu":
         return None
     cupy, _why = _import_cupy()
@@ -149,7 +158,7 @@ def estimate(config, layers, activation, output, dropout, dtype, device, overhea
       memtrain estimate --config job.toml --per-layer --format json
     """
     from memtrain import render  # noqa: PLC0415
-    from memtrain.memory import estimate as est  # noqa: PLC0415
+    from memtrain.profiler import estimate as est  # noqa: PLC0415
     from memtrain.memory.batch import parse_batch_sizes  # noqa: PLC0415
 
     backend = _backend_for(device)
@@ -161,7 +170,7 @@ def estimate(config, layers, activation, output, dropout, dtype, device, overhea
     batches = parse_batch_sizes(batch_size) if batch_size else (cfg_batches or [32])
     names = est.all_optimizer_names() if optimizer == "all" else [setting.optimizer]
     if inference and optimizer == "all":
-        raise ValueError("optimizer: --inference has no optimizer; drop --optimizer all")
+        raise ConfigError("optimizer: --inference has no optimizer; drop --optimizer all")
     if len(names) > 1 or len(batches) > 1:
         t = est.table(setting, names, batches, budget=budget, budget_source=source, multiple_of=multiple_of,
                       power_of_two=power_of_two)
@@ -173,7 +182,7 @@ def estimate(config, layers, activation, output, dropout, dtype, device, overhea
         from memtrain.units import format_bytes  # noqa: PLC0415
 
         f = r["max_batch"]
-        raise ValueError(f"memory: {format_bytes(f['budget'])} is too small for batch 1 of this plan; "
+        raise ConfigError(f"memory: {format_bytes(f['budget'])} is too small for batch 1 of this plan; "
                          f"it needs {format_bytes(f['shortfall'])} ({f['shortfall']:,} B) more")
     _echo({"table": render.estimate_text, "json": render.to_json, "csv": render.estimate_csv}[fmt](r))
     if verify:
@@ -186,7 +195,7 @@ def estimate(config, layers, activation, output, dropout, dtype, device, overhea
 def _run_profile(setting, batch, steps, tolerance, fmt, backend):
     from memtrain import render  # noqa: PLC0415
     from memtrain.backend import get_backend  # noqa: PLC0415
-    from memtrain.memory import verify  # noqa: PLC0415
+    from memtrain.profiler import verify  # noqa: PLC0415
 
     if setting.device == "cuda" and backend is None:
         get_backend("cuda")  # raises the clear "no CUDA device" error
@@ -212,7 +221,7 @@ def profile(config, layers, activation, output, dropout, dtype, device, overhead
 
     Exit status 1 when the error exceeds --tolerance.
     """
-    from memtrain.memory import estimate as est  # noqa: PLC0415
+    from memtrain.profiler import estimate as est  # noqa: PLC0415
 
     backend = _backend_for(device)
     setting, cfg_batches = est.build_setting(config=config, layers=layers, activation=activation, output=output,
@@ -246,8 +255,8 @@ def autobatch(config, layers, activation, output, dropout, dtype, device, overhe
     """
     from memtrain import render  # noqa: PLC0415
     from memtrain.backend import get_backend  # noqa: PLC0415
-    from memtrain.memory import autobatch as ab  # noqa: PLC0415
-    from memtrain.memory import estimate as est  # noqa: PLC0415
+    from memtrain.profiler import autobatch as ab  # noqa: PLC0415
+    from memtrain.profiler import estimate as est  # noqa: PLC0415
 
     backend = get_backend(device, verbose=True)
     setting, _ = est.build_setting(config=config, layers=layers, activation=activation, output=output,
@@ -336,21 +345,20 @@ def train(job_file, name, layers, activation, output, dropout, dtype, optimizer,
       memtrain train --layers 64,128,10 --dataset digits --batch-size auto --epochs 20
       memtrain train job.toml --metrics-port 9464 --log-format json
     """
-    from memtrain.config import JobConfig, load, merge  # noqa: PLC0415
-    from memtrain.train.job import JobFailed, run  # noqa: PLC0415
+    from memtrain.config import JobConfig, load, merge
+    from memtrain.profiler.autobatch import auto_batch
+    from memtrain.train.job import Job, JobFailed
 
-    cfg = load(job_file) if job_file else JobConfig()
-    if optimizer is not None and cfg.optimizer.get("name") != optimizer:
-        cfg.optimizer = {"name": optimizer}  # another optimizer: the file's hyper-parameters were for the old one
-    merge(cfg, {"name": name, "seed": seed, "device": device, "model.layers": layers, "model.activation": activation,
-                "model.output": output, "model.dropout": dropout, "model.dtype": dtype, "optimizer.lr": lr,
-                "schedule.name": schedule, "training.epochs": epochs, "training.batch_size": batch_size,
-                "training.micro_batch_size": micro_batch_size, "training.memory_limit": memory_limit,
-                "data.dataset": dataset, "checkpoint.dir": checkpoint_dir, "checkpoint.every_steps": checkpoint_every,
-                "checkpoint.resume": resume, "output.dir": output_dir, "metrics.port": metrics_port,
-                "metrics.host": metrics_host, "metrics.linger": metrics_linger})
+    cfg = merge(load(job_file) if job_file else JobConfig(), {
+        "name": name, "seed": seed, "device": device, "model.layers": layers, "model.activation": activation,
+        "model.output": output, "model.dropout": dropout, "model.dtype": dtype, "optimizer.name": optimizer,
+        "optimizer.lr": lr, "schedule.name": schedule, "training.epochs": epochs, "training.batch_size": batch_size,
+        "training.micro_batch_size": micro_batch_size, "training.memory_limit": memory_limit,
+        "data.dataset": dataset, "checkpoint.dir": checkpoint_dir, "checkpoint.every_steps": checkpoint_every,
+        "checkpoint.resume": resume, "output.dir": output_dir, "metrics.port": metrics_port,
+        "metrics.host": metrics_host, "metrics.linger": metrics_linger})
     try:
-        run(cfg, log_format=log_format)
+        Job(cfg, log_format=log_format, batch_solver=auto_batch).run()
     except JobFailed as exc:
         click.echo(f"memtrain: job failed: {exc}", err=True)
         sys.exit(ExitCode.FAILURE)

@@ -41,7 +41,7 @@ def compare(config, optimizers, lr, epochs, target_accuracy, output_dir, plot, f
       memtrain compare --config job.toml --epochs 10 --plot compare.png --format csv
     """
     from memtrain.config import load  # noqa: PLC0415
-    from memtrain.memory.estimate import all_optimizer_names  # noqa: PLC0415
+    from memtrain.profiler.estimate import all_optimizer_names  # noqa: PLC0415
     from memtrain.select import compare as cmp  # noqa: PLC0415
 
     if plot:
@@ -85,7 +85,7 @@ def sweep(sweep_file, output_dir, memory_limit, workers, resume, dry_run, metric
       memtrain sweep sweep.toml --resume
     """
     from memtrain.backend import get_backend  # noqa: PLC0415
-    from memtrain.memory.autobatch import device_budget  # noqa: PLC0415
+    from memtrain.profiler.autobatch import device_budget  # noqa: PLC0415
     from memtrain.select import space as sp  # noqa: PLC0415
     from memtrain.select import sweep as sw  # noqa: PLC0415
     from memtrain.units import parse_bytes  # noqa: PLC0415

@@ -11,8 +11,8 @@ from click.testing import CliRunner
 
 from memtrain.backend import get_backend
 from memtrain.cli import main
-from memtrain.memory import autobatch as ab
-from memtrain.memory.estimate import Setting
+from memtrain.profiler import autobatch as ab
+from memtrain.profiler.estimate import Setting
 from memtrain.nn.spec import ModelSpec
 
 CHILD = Path(__file__).parents[1] / "bench" / "rlimit_child.py"

@@ -30,7 +30,7 @@ def test_profile_command():
 
 
 def test_profile_exit_status_when_over_tolerance(monkeypatch):
-    import memtrain.memory.verify as verify
+    import memtrain.profiler.verify as verify
 
     monkeypatch.setattr(verify, "ABS_TOLERANCE", 0)
     result = CliRunner().invoke(main, ["profile", "--layers", "32,16,4", "--tolerance", "0"])

@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 from memtrain import MLP, Trainer
 from memtrain.cli import main
-from memtrain.memory import estimate as est
+from memtrain.profiler import estimate as est
 from memtrain.memory.overhead import ASSUMED_CUDA_OVERHEAD
 from memtrain.memory.plan import CATEGORIES
 from memtrain.nn.spec import ModelSpec

@@ -9,7 +9,7 @@ devices.
 import numpy as np
 import pytest
 
-from memtrain.memory.estimate import Setting
+from memtrain.profiler.estimate import Setting
 from memtrain.nn.spec import ModelSpec
 
 pytestmark = pytest.mark.gpu
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.gpu
 @pytest.mark.parametrize("optimizer", ["sgd", "adam", "rprop", "lookahead:adam"])
 def test_pool_peak_and_nvml_match_the_plan(optimizer):
     from memtrain.backend import get_backend
-    from memtrain.memory.verify import profile
+    from memtrain.profiler.verify import profile
 
     backend = get_backend("cuda")
     spec = ModelSpec.create([784, 1024, 1024, 10], dtype="float32")
@@ -33,7 +33,7 @@ def test_autobatch_under_a_hard_pool_limit():
     import cupy
 
     from memtrain.backend import get_backend
-    from memtrain.memory.autobatch import auto_batch
+    from memtrain.profiler.autobatch import auto_batch
 
     backend = get_backend("cuda")
     spec = ModelSpec.create([784, 2048, 2048, 10])
@@ -43,7 +43,7 @@ def test_autobatch_under_a_hard_pool_limit():
     cupy.cuda.set_allocator(pool.malloc)
     pool.set_limit(size=limit)  # a real cap: allocations past it raise OutOfMemoryError
     try:
-        from memtrain.memory.autobatch import probe
+        from memtrain.profiler.autobatch import probe
 
         r = auto_batch(setting, backend, memory_limit=limit, multiple_of=8)
         assert len(r.probes) <= 2 and r.probes[-1].outcome == "fits"

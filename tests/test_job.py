@@ -14,7 +14,9 @@ import pytest
 
 from memtrain.config import from_dict
 from memtrain.train import checkpoint as ckpt
-from memtrain.train.job import run
+from memtrain.memory.budget import default_margin
+from memtrain.profiler.autobatch import auto_batch
+from memtrain.train.job import Job, run
 from memtrain.train.model_io import load_model
 
 JOB = """
@@ -234,8 +236,7 @@ def test_auto_batch_counts_the_resident_data_set(tmp_path):
     limit = 400 * 1024
     cfg = config(tmp_path, training={"batch_size": "auto", "memory_limit": "400KiB", "epochs": 1})
     with open(os.devnull, "w") as devnull:
-        s = run(cfg, progress=False, stream=devnull, install_signals=False)
-    from memtrain.memory.autobatch import default_margin
+        s = Job(cfg, progress=False, stream=devnull, install_signals=False, batch_solver=auto_batch).run()
 
     budget = limit - default_margin("cpu", limit)
     assert s["batch_size"] < 420  # smaller than the training set: the limit decided it
@@ -250,6 +251,4 @@ def test_micro_batch_auto_fits_a_tight_limit(tmp_path):
     with open(os.devnull, "w") as devnull:
         s = run(cfg, progress=False, stream=devnull, install_signals=False)
     assert s["batch_size"] == 256 and s["micro_batch_size"] < 256
-    from memtrain.memory.autobatch import default_margin
-
     assert s["planned_bytes"] <= 600 * 1024 - default_margin("cpu", 600 * 1024)

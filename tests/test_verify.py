@@ -2,8 +2,8 @@
 
 import pytest
 
-from memtrain.memory.estimate import Setting, all_optimizer_names
-from memtrain.memory.verify import profile
+from memtrain.profiler.estimate import Setting, all_optimizer_names
+from memtrain.profiler.verify import profile
 from memtrain.nn.spec import ModelSpec
 
 MODELS = [

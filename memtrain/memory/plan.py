@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from memtrain.errors import ConfigError
+from memtrain.validate import check_scalar
 
 CATEGORIES = (
     "parameters",
@@ -161,7 +163,7 @@ def training_plan(spec, optimizer, batch_size: int, device: str = "cpu", *, micr
     B = _check_batch(batch_size)
     b = B if micro_batch_size is None else _check_batch(micro_batch_size, "micro_batch_size")
     if b > B:
-        raise ValueError(f"micro_batch_size: {b} is larger than the batch size {B}")
+        raise ConfigError(f"micro_batch_size: {b} is larger than the batch size {B}")
     dt = spec.dtype.name
     L, sizes = spec.n_layers, spec.sizes
     P = spec.n_params
@@ -237,13 +239,7 @@ def inference_plan(spec, batch_size: int, device: str = "cpu", *, overhead_bytes
 
 
 def _check_batch(batch_size, field: str = "batch_size") -> int:
-    try:
-        b = int(batch_size)
-    except (TypeError, ValueError):
-        raise ValueError(f"{field}: expected a positive integer, got {batch_size!r}") from None
-    if b <= 0 or b != batch_size or isinstance(batch_size, bool):
-        raise ValueError(f"{field}: expected a positive integer, got {batch_size!r}")
-    return b
+    return check_scalar(batch_size, field, int, min_val=1)
 
 
 def _device_kind(device: str) -> str:

@@ -18,6 +18,7 @@ import math
 
 from memtrain.backend import array_module
 from memtrain.nn.special import erf
+from memtrain.errors import ConfigError
 
 
 class Activation:
@@ -98,7 +99,7 @@ class GeneralizedReLU(Activation):
 
     def __init__(self, alpha: float, name: str):
         if not math.isfinite(alpha):
-            raise ValueError(f"alpha: expected a finite number, got {alpha!r}")
+            raise ConfigError(f"alpha: expected a finite number, got {alpha!r}")
         self.alpha = float(alpha)
         self.name = name
 
@@ -145,7 +146,7 @@ class PReLU(Activation):
 
     def __init__(self, init: float = 0.25):
         if not math.isfinite(init):
-            raise ValueError(f"prelu init: expected a finite number, got {init!r}")
+            raise ConfigError(f"prelu init: expected a finite number, got {init!r}")
         self.init = float(init)
 
     def forward(self, z, out, scratch=None, alpha=None):
@@ -189,7 +190,7 @@ class Swish(Activation):
 
     def __init__(self, beta: float = 1.0):
         if not math.isfinite(beta):
-            raise ValueError(f"swish beta: expected a finite number, got {beta!r}")
+            raise ConfigError(f"swish beta: expected a finite number, got {beta!r}")
         self.beta = float(beta)
 
     def forward(self, z, out, scratch=None, alpha=None):
@@ -295,14 +296,14 @@ def make_activation(spec) -> Activation:
     name, _, arg = str(spec).partition(":")
     name = name.strip().lower()
     if name not in ACTIVATIONS:
-        raise ValueError(f"activation: unknown {spec!r}; expected one of {', '.join(ACTIVATIONS)}")
+        raise ConfigError(f"activation: unknown {spec!r}; expected one of {', '.join(ACTIVATIONS)}")
     cls = ACTIVATIONS[name]
     if not arg:
         return cls()
     if cls not in (LeakyReLU, PReLU, Swish):
-        raise ValueError(f"activation: {name} takes no parameter, got {spec!r}")
+        raise ConfigError(f"activation: {name} takes no parameter, got {spec!r}")
     try:
         value = float(arg)
     except ValueError:
-        raise ValueError(f"activation: parameter of {name} must be a number, got {arg!r}") from None
+        raise ConfigError(f"activation: parameter of {name} must be a number, got {arg!r}") from None
     return cls(value)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from memtrain.errors import ConfigError
 
 INITS = ("auto", "glorot", "simple", "he")
 _RELU_LIKE = {"relu", "leaky_relu", "prelu", "abs", "gelu", "swish", "mish"}
@@ -22,7 +23,7 @@ _CHUNK = 4096
 
 def resolve_init(init: str, activation_name: str) -> str:
     if init not in INITS:
-        raise ValueError(f"init: unknown {init!r}; expected one of {', '.join(INITS)}")
+        raise ConfigError(f"init: unknown {init!r}; expected one of {', '.join(INITS)}")
     if init == "auto":
         return "he" if activation_name in _RELU_LIKE else "glorot"
     return init

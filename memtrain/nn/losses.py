@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from memtrain.backend import array_module
 from memtrain.nn.activations import _sigmoid
+from memtrain.errors import ConfigError
 
 
 class OutputUnit:
@@ -152,5 +153,5 @@ def make_output(name) -> OutputUnit:
         return name
     key = str(name).strip().lower()
     if key not in OUTPUTS:
-        raise ValueError(f"output: unknown {name!r}; expected one of {', '.join(OUTPUTS)}")
+        raise ConfigError(f"output: unknown {name!r}; expected one of {', '.join(OUTPUTS)}")
     return OUTPUTS[key]()

@@ -15,6 +15,7 @@ import numpy as np
 from memtrain.nn.activations import Activation, make_activation
 from memtrain.nn.init import INITS, resolve_init
 from memtrain.nn.losses import OutputUnit, make_output
+from memtrain.errors import ConfigError
 
 DTYPES = ("float16", "float32", "float64")
 COURSE_DROPOUT = (0.8, 0.5)  # keep probabilities: input, hidden
@@ -27,7 +28,7 @@ def parse_dtype(dtype) -> np.dtype:
     except TypeError:
         dt = None
     if dt is None or dt.name not in DTYPES:
-        raise ValueError(f"dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
+        raise ConfigError(f"dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
     return dt
 
 
@@ -57,13 +58,13 @@ def _parse_dropout(dropout):
     try:
         keep_in, keep_hidden = (float(v) for v in dropout)
     except (TypeError, ValueError):
-        raise ValueError(
+        raise ConfigError(
             f"dropout: expected True (course keep probabilities 0.8/0.5) or a pair "
             f"(input_keep, hidden_keep), got {dropout!r}"
         ) from None
     for name, p in (("input keep probability", keep_in), ("hidden keep probability", keep_hidden)):
         if not 0.0 < p <= 1.0:
-            raise ValueError(f"dropout: {name} must be in (0, 1], got {p}")
+            raise ConfigError(f"dropout: {name} must be in (0, 1], got {p}")
     if keep_in == 1.0 and keep_hidden == 1.0:
         return None
     return (keep_in, keep_hidden)
@@ -97,23 +98,23 @@ class ModelSpec:
         try:
             sizes = tuple(int(s) for s in layer_sizes)
         except (TypeError, ValueError):
-            raise ValueError(f"layers: expected a list of positive integers, got {layer_sizes!r}") from None
+            raise ConfigError(f"layers: expected a list of positive integers, got {layer_sizes!r}") from None
         if len(sizes) < 2:
-            raise ValueError(f"layers: need at least 2 sizes (inputs and outputs), got {list(sizes)}")
+            raise ConfigError(f"layers: need at least 2 sizes (inputs and outputs), got {list(sizes)}")
         if any(s <= 0 for s in sizes):
-            raise ValueError(f"layers: every size must be positive, got {list(sizes)}")
+            raise ConfigError(f"layers: every size must be positive, got {list(sizes)}")
         act = make_activation(activation)
         out = make_output(output)
         if out.name == "softmax" and sizes[-1] < 2:
-            raise ValueError("layers: a softmax output needs at least 2 units (classes)")
+            raise ConfigError("layers: a softmax output needs at least 2 units (classes)")
         if out.name == "sigmoid" and sizes[-1] != 1:
-            raise ValueError(f"layers: a sigmoid output has exactly 1 unit, got {sizes[-1]}")
+            raise ConfigError(f"layers: a sigmoid output has exactly 1 unit, got {sizes[-1]}")
         dt = parse_dtype(dtype)
         if init not in INITS:
-            raise ValueError(f"init: unknown {init!r}; expected one of {', '.join(INITS)}")
+            raise ConfigError(f"init: unknown {init!r}; expected one of {', '.join(INITS)}")
         for name, v in (("l1", l1), ("l2", l2)):
             if not (float(v) >= 0.0):
-                raise ValueError(f"{name}: expected a non-negative number, got {v!r}")
+                raise ConfigError(f"{name}: expected a non-negative number, got {v!r}")
         return cls(
             sizes=sizes,
             activation=act,

@@ -16,6 +16,8 @@ import math
 from dataclasses import dataclass
 
 from memtrain.memory.plan import CHUNK
+from memtrain.errors import ConfigError
+from memtrain.validate import check_scalar
 
 
 @dataclass(frozen=True)
@@ -33,25 +35,12 @@ def slot_shape(slot: Slot, n_params: int, n_groups: int) -> tuple:
 
 
 def check_positive(name: str, value, *, allow_zero: bool = False) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}: expected a number, got {value!r}") from None
-    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
-        raise ValueError(f"{name}: expected a {'non-negative' if allow_zero else 'positive'} number, got {value!r}")
-    return v
+    return check_scalar(value, name, float, min_val=0, include_boundaries="left" if allow_zero else "neither")
 
 
 def check_unit(name: str, value, *, closed: bool = False) -> float:
     """A decay rate in [0, 1) (or [0, 1] with closed=True)."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}: expected a number, got {value!r}") from None
-    ok = 0.0 <= v <= 1.0 if closed else 0.0 <= v < 1.0
-    if not ok:
-        raise ValueError(f"{name}: expected a number in [0, 1{']' if closed else ')'}, got {value!r}")
-    return v
+    return check_scalar(value, name, float, min_val=0, max_val=1, include_boundaries="both" if closed else "left")
 
 
 def chunks(n: int, size: int = CHUNK):

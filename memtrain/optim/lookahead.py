@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from memtrain.backend import array_module
 from memtrain.optim.base import Optimizer, Slot, check_unit, chunks
+from memtrain.errors import ConfigError
+from memtrain.validate import check_scalar
 
 
 def lookahead_sync(p, slow, s, *, alpha):
@@ -23,15 +25,9 @@ class Lookahead(Optimizer):
 
     def __init__(self, inner: Optimizer, k: int = 5, alpha: float = 0.5):
         if isinstance(inner, Lookahead):
-            raise ValueError("optimizer: lookahead cannot wrap lookahead")
+            raise ConfigError("optimizer: lookahead cannot wrap lookahead")
         self.inner = inner
-        try:
-            ok = int(k) == k and k >= 1
-        except (TypeError, ValueError):  # None, "two": still a ValueError naming k
-            ok = False
-        if not ok:
-            raise ValueError(f"k: expected a positive integer, got {k!r}")
-        self.k = int(k)
+        self.k = check_scalar(k, "k", int, min_val=1)
         self.alpha = check_unit("alpha", alpha, closed=True)
         self.lr = inner.lr
         self.uses_lr = inner.uses_lr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from memtrain.backend import array_module
 from memtrain.optim.base import Optimizer, Slot, check_positive
+from memtrain.errors import ConfigError
 
 
 def rprop_update(p, g, step, prev_sign, s0, s1, s2, *, eta_plus, eta_minus, step_min, step_max):
@@ -45,11 +46,11 @@ class Rprop(Optimizer):
         self.eta_plus = check_positive("eta_plus", eta_plus)
         self.eta_minus = check_positive("eta_minus", eta_minus)
         if not self.eta_minus < 1.0 < self.eta_plus:
-            raise ValueError(f"eta_minus/eta_plus: expected eta_minus < 1 < eta_plus, got {eta_minus}, {eta_plus}")
+            raise ConfigError(f"eta_minus/eta_plus: expected eta_minus < 1 < eta_plus, got {eta_minus}, {eta_plus}")
         self.step_min = check_positive("step_min", step_min)
         self.step_max = check_positive("step_max", step_max)
         if not self.step_min <= self.lr <= self.step_max:
-            raise ValueError(f"lr: the initial step must lie in [step_min, step_max], got {lr}")
+            raise ConfigError(f"lr: the initial step must lie in [step_min, step_max], got {lr}")
         self.slots = (
             Slot("step", "param", init=self.lr, doc="per-weight step size U"),
             Slot("prev_sign", "param", "int8", doc="sign of the previous gradient"),

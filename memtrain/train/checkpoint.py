@@ -21,12 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from memtrain.errors import CheckpointError
+
 FORMAT = "memtrain.checkpoint/1"
 _NAME = re.compile(r"^ckpt-(\d{9})\.json$")
-
-
-class CheckpointError(ValueError):
-    pass
 
 
 def sha256_file(path: Path) -> str:

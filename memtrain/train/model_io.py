@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from memtrain.nn.mlp import MLP
-from memtrain.render import plain
+from memtrain.jsonable import plain
 from memtrain.train import checkpoint as ckpt
+from memtrain.errors import ModelFileError
 
 
 def save_model(path: Path, model, meta: dict) -> None:
@@ -30,15 +31,15 @@ def load_model(path, device="cpu"):
     npz, js = p.with_suffix(".npz"), p.with_suffix(".json")
     for f in (npz, js):
         if not f.exists():
-            raise ValueError(f"model: {f} not found (a model is a .npz with its .json beside it)")
+            raise ModelFileError(f"model: {f} not found (a model is a .npz with its .json beside it)")
     try:
         meta = json.loads(js.read_text())
     except ValueError as exc:
-        raise ValueError(f"model: {js} is not valid JSON ({exc})") from None
+        raise ModelFileError(f"model: {js} is not valid JSON ({exc})") from None
     if meta.get("format") != "memtrain.model/1":
-        raise ValueError(f"model: {js} is not a memtrain model (format {meta.get('format')!r})")
+        raise ModelFileError(f"model: {js} is not a memtrain model (format {meta.get('format')!r})")
     if ckpt.sha256_file(npz) != meta["sha256"]:
-        raise ValueError(f"model: {npz} does not match the checksum in {js.name} (corrupt or replaced)")
+        raise ModelFileError(f"model: {npz} does not match the checksum in {js.name} (corrupt or replaced)")
     m = meta["model"]
     spec = ModelSpec.create(m["sizes"], m["activation"].split("(")[0] if "(" in m["activation"] else m["activation"],
                             m["output"], m.get("dropout"), dtype=m["dtype"], l1=m.get("l1", 0), l2=m.get("l2", 0))
@@ -46,6 +47,6 @@ def load_model(path, device="cpu"):
     with np.load(npz, allow_pickle=False) as z:
         params = z["params"]
     if params.shape != (spec.n_params,):
-        raise ValueError(f"model: {npz} holds {params.shape[0]} parameters, the spec needs {spec.n_params}")
+        raise ModelFileError(f"model: {npz} holds {params.shape[0]} parameters, the spec needs {spec.n_params}")
     model.params[...] = params if isinstance(model.params, np.ndarray) else model.backend.xp.asarray(params)
     return model, meta

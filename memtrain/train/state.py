@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from memtrain.errors import ConfigError
 
 JOB_STATES = ("planning", "training", "evaluating", "checkpointing", "finished", "failed")
 # Step-duration histogram buckets (seconds): from launch-bound small models to big GEMMs.
@@ -77,5 +78,5 @@ class JobState:
 
     def set_state(self, state: str) -> None:
         if state not in JOB_STATES:
-            raise ValueError(f"state: expected one of {', '.join(JOB_STATES)}, got {state!r}")
+            raise ConfigError(f"state: expected one of {', '.join(JOB_STATES)}, got {state!r}")
         self.state = state

@@ -19,6 +19,8 @@ import numpy as np
 
 from memtrain.backend import array_module
 from memtrain.memory.plan import CATEGORIES
+from memtrain.errors import ConfigError
+from memtrain.validate import check_scalar
 
 SCHEMA = "memtrain.profile/1"
 DEFAULT_TOLERANCE = 0.005
@@ -115,9 +117,8 @@ def profile(setting, batch_size: int, *, steps: int = 3, seed: int = 0, backend=
     from memtrain.train.trainer import Trainer  # noqa: PLC0415
 
     if setting.inference:
-        raise ValueError("profile: --inference is not profiled; profile the training plan")
-    if int(steps) != steps or steps < 1:
-        raise ValueError(f"steps: expected a positive integer, got {steps!r}")
+        raise ConfigError("profile: --inference is not profiled; profile the training plan")
+    check_scalar(steps, "steps", int, min_val=1)
     backend = backend or get_backend(setting.device)
     spec = setting.spec
     fill = random_fill(spec, seed)
