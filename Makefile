@@ -19,6 +19,7 @@ demo: $(STAMP)
 	$(BIN)/memtrain train docs/example-job.toml
 
 test: $(STAMP)
+	$(BIN)/ruff check memtrain tests bench  # the rules kept: [tool.ruff] in pyproject.toml
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

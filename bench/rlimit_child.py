@@ -14,11 +14,11 @@ import sys
 
 from memtrain import MLP, Trainer
 from memtrain.backend import get_backend
+from memtrain.memory.measure import proc_kib
+from memtrain.nn.spec import ModelSpec
 from memtrain.profiler.autobatch import auto_batch
 from memtrain.profiler.estimate import Setting
-from memtrain.memory.measure import proc_kib
 from memtrain.profiler.verify import random_fill
-from memtrain.nn.spec import ModelSpec
 
 SPEC = ModelSpec.create([784, 512, 256, 10])
 OPTIMIZER = "adam"

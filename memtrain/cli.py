@@ -9,7 +9,6 @@ import click
 from memtrain import __version__
 from memtrain.errors import ConfigError, ExitCode, MemtrainError
 
-
 _NO_ARGS = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
@@ -158,8 +157,8 @@ def estimate(config, layers, activation, output, dropout, dtype, device, overhea
       memtrain estimate --config job.toml --per-layer --format json
     """
     from memtrain import render  # noqa: PLC0415
-    from memtrain.profiler import estimate as est  # noqa: PLC0415
     from memtrain.memory.batch import parse_batch_sizes  # noqa: PLC0415
+    from memtrain.profiler import estimate as est  # noqa: PLC0415
 
     backend = _backend_for(device)
     want_fit = memory is not None or max_batch or (backend is not None)
@@ -345,9 +344,9 @@ def train(job_file, name, layers, activation, output, dropout, dtype, optimizer,
       memtrain train --layers 64,128,10 --dataset digits --batch-size auto --epochs 20
       memtrain train job.toml --metrics-port 9464 --log-format json
     """
-    from memtrain.config import JobConfig, load, merge
-    from memtrain.profiler.autobatch import auto_batch
-    from memtrain.train.job import Job, JobFailed
+    from memtrain.config import JobConfig, load, merge  # noqa: PLC0415 - the command loads the library when it runs: --help stays fast
+    from memtrain.profiler.autobatch import auto_batch  # noqa: PLC0415 - the command loads the library when it runs: --help stays fast
+    from memtrain.train.job import Job, JobFailed  # noqa: PLC0415 - the command loads the library when it runs: --help stays fast
 
     cfg = merge(load(job_file) if job_file else JobConfig(), {
         "name": name, "seed": seed, "device": device, "model.layers": layers, "model.activation": activation,

@@ -85,7 +85,7 @@ def sweep(sweep_file, output_dir, memory_limit, workers, resume, dry_run, metric
       memtrain sweep sweep.toml --resume
     """
     from memtrain.backend import get_backend  # noqa: PLC0415
-    from memtrain.profiler.autobatch import device_budget  # noqa: PLC0415
+    from memtrain.memory.budget import device_budget  # noqa: PLC0415
     from memtrain.select import space as sp  # noqa: PLC0415
     from memtrain.select import sweep as sw  # noqa: PLC0415
     from memtrain.units import parse_bytes  # noqa: PLC0415

@@ -40,6 +40,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from memtrain.errors import ConfigError
+from memtrain.nn.spec import ModelSpec
+from memtrain.optim import make_optimizer
+from memtrain.optim.schedules import make_schedule
 from memtrain.units import parse_bytes
 from memtrain.validate import check_scalar
 
@@ -71,8 +74,6 @@ class ModelConfig:
             self.spec()  # names, sizes and dtype fail here, before anything runs
 
     def spec(self):
-        from memtrain.nn.spec import ModelSpec
-
         if self.layers is None:
             raise ConfigError("model.layers: missing; expected a list like [784, 128, 10]")
         return ModelSpec.create(self.layers, activation=self.activation, output=self.output, dropout=self.dropout,
@@ -91,8 +92,6 @@ class OptimizerConfig:
         self.make()  # bad names and hyper-parameters fail here
 
     def make(self):
-        from memtrain.optim import make_optimizer
-
         return make_optimizer(self.name, **dict(self.hyper))
 
     def to_dict(self) -> dict:
@@ -119,8 +118,6 @@ class ScheduleConfig:
         self.make(1e-3, self.total_steps or 1)  # a bad schedule fails before the data is loaded
 
     def make(self, lr, total_steps):
-        from memtrain.optim.schedules import make_schedule
-
         kwargs = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         kwargs["total_steps"] = self.total_steps or total_steps
         return make_schedule(kwargs.pop("name"), lr, **kwargs)

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
+from memtrain.errors import DataError
 from memtrain.nn.losses import OUTPUTS as _OUTPUT_UNITS
 from memtrain.nn.spec import parse_dtype
-from memtrain.errors import DataError
 
 OUTPUTS = tuple(_OUTPUT_UNITS)
 SOURCE_FORMS = (

@@ -11,8 +11,6 @@ from memtrain.memory.plan import CATEGORIES
 from memtrain.units import format_bytes
 
 
-
-
 def to_json(obj) -> str:
     return json.dumps(obj, indent=2, sort_keys=False, default=plain)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+
 from memtrain.errors import ConfigError
 
 _UNITS = {

@@ -9,8 +9,8 @@ devices.
 import numpy as np
 import pytest
 
-from memtrain.profiler.estimate import Setting
 from memtrain.nn.spec import ModelSpec
+from memtrain.profiler.estimate import Setting
 
 pytestmark = pytest.mark.gpu
 

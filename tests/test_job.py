@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from memtrain.config import from_dict
-from memtrain.train import checkpoint as ckpt
 from memtrain.memory.budget import default_margin
 from memtrain.profiler.autobatch import auto_batch
+from memtrain.train import checkpoint as ckpt
 from memtrain.train.job import Job, run
 from memtrain.train.model_io import load_model
 

@@ -19,10 +19,10 @@ def main(argv=None) -> int:
     if len(argv) != 1:
         print("usage: python -m memtrain.launch.worker LAUNCH.json", file=sys.stderr)
         return ExitCode.USAGE
-    from memtrain.config import JobConfig
-    from memtrain.errors import JobFailed
-    from memtrain.profiler.autobatch import auto_batch
-    from memtrain.train.job import Job
+    from memtrain.config import JobConfig  # noqa: PLC0415 - a usage error answers before the trainer loads
+    from memtrain.errors import JobFailed  # noqa: PLC0415 - a usage error answers before the trainer loads
+    from memtrain.profiler.autobatch import auto_batch  # noqa: PLC0415 - a usage error answers before the trainer loads
+    from memtrain.train.job import Job  # noqa: PLC0415 - a usage error answers before the trainer loads
 
     try:
         with open(argv[0]) as f:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from memtrain.memory.plan import MemoryPlan
 from memtrain.errors import ConfigError
+from memtrain.memory.plan import MemoryPlan
 
 
 def allocate(plan: MemoryPlan, xp, *, existing: dict | None = None, observer=None) -> dict:

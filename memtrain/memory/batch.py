@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable
+
 from memtrain.errors import ConfigError
 from memtrain.validate import check_scalar
 

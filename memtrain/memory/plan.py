@@ -10,7 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from memtrain.errors import ConfigError
+from memtrain.memory.slots import CHUNK, slot_shape
 from memtrain.validate import check_scalar
 
 CATEGORIES = (
@@ -22,10 +24,6 @@ CATEGORIES = (
     "data",
     "overhead",
 )
-# Flat-array updates (optimizer, regularisation) run over chunks of this many
-# elements with a bounded scratch, instead of P-sized temporaries. 64 Ki
-# elements keeps a float32 chunk (256 KiB) inside a core's L2 cache.
-CHUNK = 65536
 CUDA_ALIGNMENT = 512  # CuPy's memory pool rounds every allocation up to this
 INTP = np.dtype(np.intp).name
 
@@ -116,8 +114,6 @@ def params_buffer(spec) -> Buffer:
 
 def _slot_buffers(spec, optimizer) -> list:
     """Optimizer state, counted from the optimizer's own slot declaration."""
-    from memtrain.optim.base import slot_shape  # noqa: PLC0415 - optim imports this module
-
     groups = len(spec.layout)
     out = []
     for slot in optimizer.all_slots():

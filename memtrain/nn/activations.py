@@ -17,8 +17,8 @@ from __future__ import annotations
 import math
 
 from memtrain.backend import array_module
-from memtrain.nn.special import erf
 from memtrain.errors import ConfigError
+from memtrain.nn.special import erf
 
 
 class Activation:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
+from memtrain.backend import array_module
 from memtrain.errors import ConfigError
 
 INITS = ("auto", "glorot", "simple", "he")
@@ -47,6 +49,4 @@ def fill_weights(w, fan_in: int, fan_out: int, init: str, rng: np.random.Generat
 
 
 def _to_device(flat, chunk):
-    from memtrain.backend import array_module  # noqa: PLC0415
-
     return array_module(flat).asarray(chunk)

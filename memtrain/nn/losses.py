@@ -15,8 +15,8 @@ every gradient below it is already a batch mean.
 from __future__ import annotations
 
 from memtrain.backend import array_module
-from memtrain.nn.activations import _sigmoid
 from memtrain.errors import ConfigError
+from memtrain.nn.activations import _sigmoid
 
 
 class OutputUnit:

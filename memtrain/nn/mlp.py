@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 from memtrain.backend import get_backend, small_ufunc_buffers
+from memtrain.errors import ConfigError
 from memtrain.memory.arena import allocate
 from memtrain.memory.plan import inference_plan, params_buffer
 from memtrain.nn import step
 from memtrain.nn.init import fill_weights
 from memtrain.nn.spec import ModelSpec
-from memtrain.errors import ConfigError
 
 
 class MLP:

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from memtrain.errors import ConfigError
 from memtrain.nn.activations import Activation, make_activation
 from memtrain.nn.init import INITS, resolve_init
 from memtrain.nn.losses import OutputUnit, make_output
-from memtrain.errors import ConfigError
 
 DTYPES = ("float16", "float32", "float64")
 COURSE_DROPOUT = (0.8, 0.5)  # keep probabilities: input, hidden

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 
+from memtrain.errors import ConfigError
 from memtrain.optim.adam import Adam, NAdam, RAdam
 from memtrain.optim.adaptive import AdaDelta, AdaGrad, RMSProp
 from memtrain.optim.base import Optimizer, Slot
@@ -15,7 +16,6 @@ from memtrain.optim.lookahead import Lookahead
 from memtrain.optim.novograd import NovoGrad
 from memtrain.optim.rprop import Rprop
 from memtrain.optim.sgd import SGD, Momentum, Nesterov
-from memtrain.errors import ConfigError
 
 OPTIMIZERS = {
     "sgd": SGD,

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from memtrain.backend import array_module
-from memtrain.optim.base import Optimizer, Slot, check_unit, chunks
 from memtrain.errors import ConfigError
+from memtrain.optim.base import Optimizer, Slot, check_unit, chunks
 from memtrain.validate import check_scalar
 
 

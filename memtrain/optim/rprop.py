@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from memtrain.backend import array_module
-from memtrain.optim.base import Optimizer, Slot, check_positive
 from memtrain.errors import ConfigError
+from memtrain.optim.base import Optimizer, Slot, check_positive
 
 
 def rprop_update(p, g, step, prev_sign, s0, s1, s2, *, eta_plus, eta_minus, step_min, step_max):

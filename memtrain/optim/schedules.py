@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
 from memtrain.errors import ConfigError
 from memtrain.validate import check_scalar
 

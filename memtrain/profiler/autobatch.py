@@ -24,13 +24,13 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from memtrain.errors import ConfigError
 from memtrain.memory.batch import largest_batch, round_batch
-from memtrain.memory.budget import DEFAULT_MARGIN, MARGIN_FRACTION, default_margin, device_budget
+from memtrain.memory.budget import default_margin, device_budget
 from memtrain.nn.mlp import MLP
 from memtrain.profiler.verify import profile, random_batch
 from memtrain.train.trainer import Trainer, oom_errors
 from memtrain.units import format_bytes
-from memtrain.errors import ConfigError
 
 OOM_SHRINK = 0.98
 
@@ -70,9 +70,6 @@ def _solve(setting, budget: int, multiple_of) -> int:
 
 def probe(setting, batch_size: int, budget: int, backend) -> Probe:
     """One real step at `batch_size` (everything allocated, first update included)."""
-    from memtrain.profiler.verify import profile  # noqa: PLC0415
-    from memtrain.train.trainer import oom_errors  # noqa: PLC0415
-
     planned = setting.plan(batch_size).total
     t0 = time.perf_counter()
     try:
@@ -109,8 +106,6 @@ def auto_batch(setting, backend, *, memory_limit: int | None = None, margin: int
     budget = raw - margin
     fit = largest_batch(lambda b: setting.plan(b).total, budget, multiple_of=multiple_of)
     if not fit.batch_size:
-        from memtrain.units import format_bytes  # noqa: PLC0415
-
         raise ConfigError(f"memory-limit: {format_bytes(raw)} less a {format_bytes(margin)} margin is too small "
                          f"for batch {multiple_of or 1}; {format_bytes(fit.shortfall)} ({fit.shortfall:,} B) more "
                          "is needed")
@@ -146,10 +141,6 @@ def fastest_batch(setting, backend, max_batch: int, *, steps: int = 3, min_gain:
                   multiple_of: int | None = None, log=None) -> list:
     """samples/s at growing batch sizes <= max_batch (powers of two, then max_batch);
     stops once doubling gains less than `min_gain`. Returns [(batch, samples/s), ...]."""
-    from memtrain.profiler.verify import random_batch  # noqa: PLC0415
-    from memtrain.nn.mlp import MLP  # noqa: PLC0415
-    from memtrain.train.trainer import Trainer  # noqa: PLC0415
-
     sizes, b = [], max(1, multiple_of or 1)
     while b < max_batch:
         sizes.append(b)

@@ -13,7 +13,7 @@ from memtrain.errors import ConfigError
 from memtrain.memory import overhead as ovh
 from memtrain.memory.batch import BatchFit, largest_batch
 from memtrain.memory.measure import gpu_free_bytes, mem_available
-from memtrain.memory.plan import CATEGORIES, MemoryPlan, inference_plan, training_plan
+from memtrain.memory.plan import CATEGORIES, MemoryPlan
 from memtrain.nn.spec import ModelSpec
 from memtrain.optim import OPTIMIZERS
 from memtrain.train.setting import Setting

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from memtrain.errors import ConfigError
 from memtrain.memory.batch import largest_batch
 from memtrain.memory.plan import MemoryPlan
 from memtrain.train.job import data_bytes, load_job_data
 from memtrain.train.setting import Setting
 from memtrain.units import format_bytes
-from memtrain.errors import ConfigError
 
 
 @dataclass(frozen=True)

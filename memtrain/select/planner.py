@@ -14,6 +14,7 @@ and what it then runs, so the printed schedule is the schedule.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
 from memtrain.errors import ConfigError
 
 

@@ -6,8 +6,8 @@ matplotlib is an optional extra (`pip install memtrain[plot]`); without it,
 
 from __future__ import annotations
 
-from memtrain.memory.plan import CATEGORIES
 from memtrain.errors import ConfigError
+from memtrain.memory.plan import CATEGORIES
 
 
 def _pyplot():

@@ -30,6 +30,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from memtrain.config import SECTIONS, JobConfig, from_dict, load, merge, section_keys
 from memtrain.errors import ConfigError
 from memtrain.validate import check_scalar
@@ -215,8 +217,6 @@ def expand(sweep: Sweep) -> list:
         combos = itertools.product(*(sweep.space[n] for n in names))
         params = [dict(zip(names, c)) for c in combos]
     else:
-        import numpy as np  # noqa: PLC0415
-
         rng = np.random.default_rng(sweep.seed)
         params = [{n: _draw(rng, sweep.space[n]) for n in names} for _ in range(sweep.trials)]
     seen, out = set(), []

@@ -26,6 +26,7 @@ from memtrain.jsonable import plain
 from memtrain.memory import overhead as ovh
 from memtrain.profiler.autobatch import auto_batch
 from memtrain.profiler.jobplan import data_rows, job_setting
+from memtrain.render import _table
 from memtrain.select import space as sp
 from memtrain.select.compare import summarize
 from memtrain.select.planner import plan_waves
@@ -273,8 +274,6 @@ def schedule_text(sweep, plans, schedule, done, budget, budget_source, workers) 
 
 
 def report_text(rep: dict) -> str:
-    from memtrain.render import _table  # noqa: PLC0415
-
     names = rep["params"]
     headers = ["", "trial"] + names + [rep["metric"] + " (best)", "val acc", "test acc", "epochs", "s", "plan",
                                        "status"]

@@ -150,7 +150,7 @@ class Job:
 
     def serve_metrics(self) -> None:
         """The exporter in its own process (memtrain/exporter.py): scrapes cost the steps nothing."""
-        from memtrain.exporter import Exporter  # prometheus_client only when metrics are asked for
+        from memtrain.exporter import Exporter  # noqa: PLC0415 - prometheus_client only when metrics are asked for
 
         host, port = self.cfg.metrics.host, self.cfg.metrics.port
         try:
@@ -410,7 +410,7 @@ def _summary(cfg, tr, plan, peak, seconds, test, final_path, best_path) -> dict:
 
 def load_job_data(cfg):
     """The job's data set, split as the job splits it; its features must match the model's inputs."""
-    from memtrain.data import load_dataset  # scikit-learn and friends only when a job runs
+    from memtrain.data import load_dataset  # noqa: PLC0415 - scikit-learn and friends only when a job loads data
 
     d, spec = cfg.data, cfg.model_spec()
     ds = load_dataset(d.dataset, dtype=spec.dtype.name, label_column=d.label_column, validation=d.validation,

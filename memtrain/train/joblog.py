@@ -35,13 +35,13 @@ class Progress:
     def __init__(self, enabled, total, stream):
         self.enabled, self.total, self.stream, self.bar, self.epoch = enabled, total, stream, None, None
         if enabled:
-            import tqdm  # noqa: F401 - imported before tracing starts, so the measurement is the plan's
+            import tqdm  # noqa: F401, PLC0415 - imported before tracing starts: the measured peak is the plan's
 
     def update(self, tr, loss, dt, peak):
         if not self.enabled:
             return
         if self.bar is None or self.epoch != tr.epoch:
-            from tqdm import tqdm
+            from tqdm import tqdm  # noqa: PLC0415 - tqdm only for a text log with a progress bar
 
             self.close()
             self.epoch = tr.epoch

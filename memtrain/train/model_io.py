@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from memtrain.nn.mlp import MLP
-from memtrain.jsonable import plain
-from memtrain.train import checkpoint as ckpt
 from memtrain.errors import ModelFileError
+from memtrain.jsonable import plain
+from memtrain.nn.mlp import MLP
+from memtrain.nn.spec import ModelSpec
+from memtrain.train import checkpoint as ckpt
 
 
 def save_model(path: Path, model, meta: dict) -> None:
@@ -25,8 +26,6 @@ def save_model(path: Path, model, meta: dict) -> None:
 
 def load_model(path, device="cpu"):
     """(MLP, metadata) from a model saved by a job; checks the checksum."""
-    from memtrain.nn.spec import ModelSpec  # noqa: PLC0415
-
     p = Path(path)
     npz, js = p.with_suffix(".npz"), p.with_suffix(".json")
     for f in (npz, js):

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from memtrain.train.model_io import load_model
 from memtrain.errors import DataError
+from memtrain.train.model_io import load_model
 
 
 def _prepare(X, meta) -> np.ndarray:

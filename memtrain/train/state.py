@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+
 from memtrain.errors import ConfigError
 
 JOB_STATES = ("planning", "training", "evaluating", "checkpointing", "finished", "failed")

@@ -21,13 +21,13 @@ import time
 import numpy as np
 
 from memtrain.backend import small_ufunc_buffers
+from memtrain.errors import ConfigError
 from memtrain.memory.arena import allocate
 from memtrain.memory.plan import MemoryPlan, training_plan
 from memtrain.nn import step
 from memtrain.nn.mlp import MLP, _copy_in, evaluate_in
 from memtrain.optim import Optimizer, make_optimizer
 from memtrain.optim.schedules import Constant, Schedule
-from memtrain.errors import ConfigError
 from memtrain.validate import check_scalar
 
 STOP = "stop"  # what an on_step/on_epoch callback returns to end fit() after this step
