@@ -28,10 +28,11 @@ from pathlib import Path
 import numpy as np
 
 from memtrain.errors import DataError
-from memtrain.nn.losses import OUTPUTS as _OUTPUT_UNITS
-from memtrain.nn.spec import parse_dtype
+from memtrain.validate import check_dtype
 
-OUTPUTS = tuple(_OUTPUT_UNITS)
+# The output units whose label layout this module builds (class indices, 0/1 column,
+# real targets); tests/test_data.py checks they are memtrain.nn.losses.OUTPUTS.
+OUTPUTS = ("softmax", "sigmoid", "linear")
 SOURCE_FORMS = (
     "digits",
     "synthetic:classification(n, d, classes)",
@@ -222,7 +223,7 @@ def load_dataset(source: str, *, dtype="float32", label_column=None, validation=
 
 
 def _dtype(dtype) -> np.dtype:
-    return parse_dtype(dtype)
+    return check_dtype(dtype)
 
 
 def _output(output) -> str:

@@ -16,20 +16,14 @@ from memtrain.errors import ConfigError
 from memtrain.nn.activations import Activation, make_activation
 from memtrain.nn.init import INITS, resolve_init
 from memtrain.nn.losses import OutputUnit, make_output
+from memtrain.validate import DTYPES, check_dtype  # noqa: F401 - DTYPES re-exported
 
-DTYPES = ("float16", "float32", "float64")
 COURSE_DROPOUT = (0.8, 0.5)  # keep probabilities: input, hidden
 
 
 def parse_dtype(dtype) -> np.dtype:
     """float16, float32 or float64 (a name or a NumPy dtype); anything else names the field."""
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        dt = None
-    if dt is None or dt.name not in DTYPES:
-        raise ConfigError(f"dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
-    return dt
+    return check_dtype(dtype)
 
 
 @dataclass(frozen=True)
