@@ -35,6 +35,16 @@ class Activation:
     def describe(self) -> str:
         return self.name
 
+    def params(self) -> dict:
+        """The constructor's arguments, exactly (a saved model rebuilds the activation from them)."""
+        return {}
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self.params() == other.params()
+
+    def __hash__(self):
+        return hash((type(self), tuple(sorted(self.params().items()))))
+
 
 def _sigmoid(x, out):
     """sigma(x) = 0.5 + 0.5*tanh(x/2): no exp, so no overflow, and in place."""
@@ -121,6 +131,9 @@ class GeneralizedReLU(Activation):
     def describe(self) -> str:
         return f"{self.name}(alpha={self.alpha:g})"
 
+    def params(self) -> dict:
+        return {"alpha": self.alpha}
+
 
 class LeakyReLU(GeneralizedReLU):
     def __init__(self, alpha: float = 0.01):
@@ -135,6 +148,9 @@ class AbsReLU(GeneralizedReLU):
 
     def describe(self) -> str:
         return "abs"
+
+    def params(self) -> dict:
+        return {}  # alpha = -1 is what makes it |z|, not a choice
 
 
 class PReLU(Activation):
@@ -169,6 +185,9 @@ class PReLU(Activation):
 
     def describe(self) -> str:
         return f"prelu(init={self.init:g})"
+
+    def params(self) -> dict:
+        return {"init": self.init}
 
 
 class Softplus(Activation):
@@ -212,6 +231,9 @@ class Swish(Activation):
 
     def describe(self) -> str:
         return f"swish(beta={self.beta:g})"
+
+    def params(self) -> dict:
+        return {"beta": self.beta}
 
 
 class Mish(Activation):
@@ -307,3 +329,13 @@ def make_activation(spec) -> Activation:
     except ValueError:
         raise ConfigError(f"activation: parameter of {name} must be a number, got {arg!r}") from None
     return cls(value)
+
+
+def activation_from_fields(name: str, params: dict) -> Activation:
+    """The activation a saved model names, with its exact parameters."""
+    if name not in ACTIVATIONS:
+        raise ConfigError(f"activation: unknown {name!r}; expected one of {', '.join(ACTIVATIONS)}")
+    try:
+        return ACTIVATIONS[name](**params)
+    except TypeError:
+        raise ConfigError(f"activation: {name} does not take {sorted(params)}") from None

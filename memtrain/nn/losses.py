@@ -24,6 +24,12 @@ class OutputUnit:
     label_kind = ""  # "class" (int labels), "binary" (0/1 floats), "real" (float targets)
     needs_index = False
 
+    def __eq__(self, other):
+        return type(self) is type(other)
+
+    def __hash__(self):
+        return hash(type(self))
+
     def outputs(self, z, out, rows):  # pragma: no cover - interface
         """The output units' values (probabilities, or z itself) into `out`."""
         raise NotImplementedError

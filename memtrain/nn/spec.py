@@ -8,12 +8,13 @@ optimizer slot share this layout.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from memtrain.errors import ConfigError
-from memtrain.nn.activations import Activation, make_activation
+from memtrain.nn.activations import Activation, activation_from_fields, make_activation
 from memtrain.nn.init import INITS, resolve_init
 from memtrain.nn.losses import OutputUnit, make_output
 from memtrain.validate import DTYPES, check_dtype  # noqa: F401 - DTYPES re-exported
@@ -155,6 +156,29 @@ class ModelSpec:
             f"MLP {'-'.join(map(str, self.sizes))} {self.activation.describe()} -> {self.output.name}, "
             f"{self.dtype.name}, dropout {drop}"
         )
+
+    def fields(self) -> dict:
+        """Everything that defines the model, as JSON values (a saved model's identity):
+        the activation as its name and exact parameters, not its display text."""
+        return {
+            "sizes": list(self.sizes),
+            "activation": {"name": self.activation.name, "params": self.activation.params()},
+            "output": self.output.name,
+            "dropout": list(self.dropout) if self.dropout else None,
+            "init": self.init,
+            "bias_init": self.bias_init,
+            "dtype": self.dtype.name,
+            "l1": self.l1,
+            "l2": self.l2,
+        }
+
+    @classmethod
+    def from_fields(cls, f: dict) -> "ModelSpec":
+        act = f["activation"]
+        spec = cls.create(f["sizes"], activation_from_fields(act["name"], act.get("params", {})), f["output"],
+                          f.get("dropout"), dtype=f["dtype"], l1=f.get("l1", 0.0), l2=f.get("l2", 0.0),
+                          bias_init=f.get("bias_init", 0.0))
+        return dataclasses.replace(spec, init=f.get("init", spec.init))  # already resolved when saved
 
     def identity(self) -> dict:
         """What a checkpoint must match to be resumed into this model."""

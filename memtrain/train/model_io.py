@@ -4,6 +4,7 @@ preprocessing, metrics, and the .npz's SHA-256), written atomically."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +15,17 @@ from memtrain.nn.mlp import MLP
 from memtrain.nn.spec import ModelSpec
 from memtrain.train import checkpoint as ckpt
 
+FORMAT = "memtrain.model/2"
+_V1 = "memtrain.model/1"  # activation as display text "swish(beta=2)": converted on load
+_V1_TEXT = re.compile(r"^(\w+)(?:\((\w+)=([^)]+)\))?$")
+
 
 def save_model(path: Path, model, meta: dict) -> None:
-    """model.npz (parameters) + model.json (spec, data preprocessing, metrics)."""
+    """model.npz (parameters) + model.json (the spec as fields, data preprocessing, metrics)."""
     ckpt.atomic_write(path.with_suffix(".npz"), lambda f: np.savez(f, params=model.backend.to_numpy(model.params)))
-    info = {"format": "memtrain.model/1", "sha256": ckpt.sha256_file(path.with_suffix(".npz")),
-            "model": {**model.spec.identity(), "dropout": list(model.spec.dropout) if model.spec.dropout else None,
-                      "l1": model.spec.l1, "l2": model.spec.l2}, **meta}
+    info = {"format": FORMAT, "sha256": ckpt.sha256_file(path.with_suffix(".npz")),
+            "model": {**model.spec.fields(), "n_params": model.spec.n_params,
+                      "description": model.spec.describe()}, **meta}
     ckpt.atomic_write(path.with_suffix(".json"), lambda f: f.write(json.dumps(info, indent=1, default=plain).encode()))
 
 
@@ -35,13 +40,11 @@ def load_model(path, device="cpu"):
         meta = json.loads(js.read_text())
     except ValueError as exc:
         raise ModelFileError(f"model: {js} is not valid JSON ({exc})") from None
-    if meta.get("format") != "memtrain.model/1":
+    if meta.get("format") not in (FORMAT, _V1):
         raise ModelFileError(f"model: {js} is not a memtrain model (format {meta.get('format')!r})")
     if ckpt.sha256_file(npz) != meta["sha256"]:
         raise ModelFileError(f"model: {npz} does not match the checksum in {js.name} (corrupt or replaced)")
-    m = meta["model"]
-    spec = ModelSpec.create(m["sizes"], m["activation"].split("(")[0] if "(" in m["activation"] else m["activation"],
-                            m["output"], m.get("dropout"), dtype=m["dtype"], l1=m.get("l1", 0), l2=m.get("l2", 0))
+    spec = ModelSpec.from_fields(meta["model"] if meta["format"] == FORMAT else _from_v1(js, meta["model"]))
     model = MLP.from_spec(spec, device=device, initialise=False)
     with np.load(npz, allow_pickle=False) as z:
         params = z["params"]
@@ -49,3 +52,15 @@ def load_model(path, device="cpu"):
         raise ModelFileError(f"model: {npz} holds {params.shape[0]} parameters, the spec needs {spec.n_params}")
     model.params[...] = params if isinstance(model.params, np.ndarray) else model.backend.xp.asarray(params)
     return model, meta
+
+
+def _from_v1(js, m: dict) -> dict:
+    """A memtrain.model/1 spec as fields: its activation text carried the parameter with 6
+    significant digits (`:g`), which is what such a model was described with."""
+    match = _V1_TEXT.match(m["activation"])
+    if not match:
+        raise ModelFileError(f"model: {js} (format {_V1}) names an activation memtrain cannot read: "
+                             f"{m['activation']!r}; train it again")
+    name, key, value = match.groups()
+    params = {} if key is None or name == "abs" else {key: float(value)}
+    return {**m, "activation": {"name": name, "params": params}}
