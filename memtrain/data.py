@@ -133,30 +133,7 @@ def load_dataset(source: str, *, dtype="float32", label_column=None, validation=
 
     raw = _load(source, "dataset", label_column, seed)
     X, y = _check_pair(raw.where, "", raw.X, raw.y)
-    extra = {}  # split name -> (where, field suffix, X, y) from the file itself or validation_source
-    if validation_source is not None:
-        if raw.X_val is not None:
-            raise DataError(f"validation_dataset: {raw.where} already carries X_val/y_val; give one validation "
-                             f"set, not both (got {validation_source!r} as well)")
-        vraw = _load(validation_source, "validation_dataset", label_column, seed)
-        if not vraw.is_file:
-            raise DataError(f"validation_dataset: {vraw.name} is split from the training data with `validation`; "
-                             "a separate validation set must be a file")
-        if vraw.divisor != raw.divisor:
-            raise DataError(f"validation_dataset: {vraw.where} is scaled by 1/{vraw.divisor:g} on load but "
-                             f"{raw.where} by 1/{raw.divisor:g}; expected the same kind of source")
-        extra["val"] = (vraw.where, "", *_check_pair(vraw.where, "", vraw.X, vraw.y))
-    elif raw.X_val is not None:
-        extra["val"] = (raw.where, "_val", *_check_pair(raw.where, "_val", raw.X_val, raw.y_val))
-    if raw.X_test is not None:
-        extra["test"] = (raw.where, "_test", *_check_pair(raw.where, "_test", raw.X_test, raw.y_test))
-    if label_column is not None and not any(w.lower().endswith((".csv", ".csv.gz"))
-                                            for w in [raw.where] + [e[0] for e in extra.values()]):
-        raise DataError(f"label_column: only .csv sources have columns; {raw.where} is not one")
-    for where, suffix, Xe, _ in extra.values():
-        if Xe.shape[1] != X.shape[1]:
-            raise DataError(f"{where}: X{suffix}: {Xe.shape[1]} features, but the training data "
-                             f"({raw.where}) has {X.shape[1]}; expected the same features")
+    extra = _extra_splits(raw, validation_source, label_column, seed, X)
 
     # Labels: checked on whole arrays (file row numbers in messages), class count over every split.
     y = _labels(raw.where, "y", y, output)
@@ -169,15 +146,63 @@ def load_dataset(source: str, *, dtype="float32", label_column=None, validation=
     X = _as_float(raw.where, "X", X, work, raw.divisor)
     extra = {k: (w, s, _as_float(w, f"X{s}", Xe, work, raw.divisor), ye) for k, (w, s, Xe, ye) in extra.items()}
 
+    splits = _split(raw.where, X, y, extra, val_frac, test_frac, seed)
+    mean = std = None
+    if standardize:
+        mean, std = _statistics(splits["train"][0])
+        for k, (Xs, ys) in splits.items():
+            if Xs is not None:
+                splits[k] = (_standardize(Xs, mean, std), ys)
+    wheres = {"train": raw.where, "val": raw.where, "test": raw.where} | {k: e[0] for k, e in extra.items()}
+    out = _final_arrays(splits, wheres, dt, output, standardize)
+    return Dataset(
+        X_train=out["train"][0], y_train=out["train"][1], X_val=out["val"][0], y_val=out["val"][1],
+        X_test=out["test"][0], y_test=out["test"][1], name=raw.name, n_features=int(X.shape[1]),
+        n_outputs=width, task="regression" if output == "linear" else "classification",
+        standardized=bool(standardize), mean=mean, std=std, input_divisor=raw.divisor,
+    )
+
+
+def _extra_splits(raw, validation_source, label_column, seed, X) -> dict:
+    """split name -> (where, field suffix, X, y) from the file itself or validation_source."""
+    extra = {}
+    if validation_source is not None:
+        if raw.X_val is not None:
+            raise DataError(f"validation_dataset: {raw.where} already carries X_val/y_val; give one validation "
+                            f"set, not both (got {validation_source!r} as well)")
+        vraw = _load(validation_source, "validation_dataset", label_column, seed)
+        if not vraw.is_file:
+            raise DataError(f"validation_dataset: {vraw.name} is split from the training data with `validation`; "
+                            "a separate validation set must be a file")
+        if vraw.divisor != raw.divisor:
+            raise DataError(f"validation_dataset: {vraw.where} is scaled by 1/{vraw.divisor:g} on load but "
+                            f"{raw.where} by 1/{raw.divisor:g}; expected the same kind of source")
+        extra["val"] = (vraw.where, "", *_check_pair(vraw.where, "", vraw.X, vraw.y))
+    elif raw.X_val is not None:
+        extra["val"] = (raw.where, "_val", *_check_pair(raw.where, "_val", raw.X_val, raw.y_val))
+    if raw.X_test is not None:
+        extra["test"] = (raw.where, "_test", *_check_pair(raw.where, "_test", raw.X_test, raw.y_test))
+    if label_column is not None and not any(w.lower().endswith((".csv", ".csv.gz"))
+                                            for w in [raw.where] + [e[0] for e in extra.values()]):
+        raise DataError(f"label_column: only .csv sources have columns; {raw.where} is not one")
+    for where, suffix, Xe, _ in extra.values():
+        if Xe.shape[1] != X.shape[1]:
+            raise DataError(f"{where}: X{suffix}: {Xe.shape[1]} features, but the training data "
+                            f"({raw.where}) has {X.shape[1]}; expected the same features")
+    return extra
+
+
+def _split(where, X, y, extra, val_frac, test_frac, seed) -> dict:
+    """train/val/test (X, y): fractions of one seeded permutation, or the given splits."""
     n = len(X)
     n_test = 0 if "test" in extra else _rows(test_frac, n)
     n_val = 0 if "val" in extra else _rows(val_frac, n)
     if n_test and n_val and val_frac + test_frac >= 1.0:
         raise DataError(f"validation, test: {val_frac:g} + {test_frac:g} leaves nothing to train on; "
-                         "expected a sum below 1")
+                        "expected a sum below 1")
     if n - n_test - n_val < 1:
-        raise DataError(f"validation, test: {raw.where} has {n} rows; {n_val} for validation and {n_test} for "
-                         "test leave none to train on; expected smaller fractions")
+        raise DataError(f"validation, test: {where} has {n} rows; {n_val} for validation and {n_test} for "
+                        "test leave none to train on; expected smaller fractions")
     splits = {"train": (X, y), "val": (None, None), "test": (None, None)}
     if n_test or n_val:
         perm = np.random.default_rng(seed).permutation(n)
@@ -189,16 +214,12 @@ def load_dataset(source: str, *, dtype="float32", label_column=None, validation=
                 splits[k] = (X[idx], y[idx])
     for k, (_, _, Xe, ye) in extra.items():
         splits[k] = (Xe, ye)
+    return splits
 
-    mean = std = None
-    if standardize:
-        mean, std = _statistics(splits["train"][0])
-        for k, (Xs, ys) in splits.items():
-            if Xs is not None:
-                splits[k] = (_standardize(Xs, mean, std), ys)
 
+def _final_arrays(splits, wheres, dt, output, standardize) -> dict:
+    """Each split in the model's dtype (labels as the output unit wants them), overflow checked."""
     out = {}
-    wheres = {"train": raw.where, "val": raw.where, "test": raw.where} | {k: e[0] for k, e in extra.items()}
     for k, suffix in (("train", "_train"), ("val", "_val"), ("test", "_test")):
         Xs, ys = splits[k]
         if Xs is not None:
@@ -210,13 +231,7 @@ def load_dataset(source: str, *, dtype="float32", label_column=None, validation=
             _check_overflow(wheres[k], f"X{suffix}", Xs, fits)
             _check_overflow(wheres[k], f"y{suffix}", ys, fits)
         out[k] = (Xs, ys)
-
-    return Dataset(
-        X_train=out["train"][0], y_train=out["train"][1], X_val=out["val"][0], y_val=out["val"][1],
-        X_test=out["test"][0], y_test=out["test"][1], name=raw.name, n_features=int(X.shape[1]),
-        n_outputs=width, task="regression" if output == "linear" else "classification",
-        standardized=bool(standardize), mean=mean, std=std, input_divisor=raw.divisor,
-    )
+    return out
 
 
 # -- parameters ------------------------------------------------------------------------

@@ -99,10 +99,6 @@ class MemoryPlan:
     def total(self) -> int:
         return self.buffer_bytes + self.overhead_bytes
 
-    @property
-    def parameter_bytes(self) -> int:
-        return self.by_category()["parameters"]
-
 
 # -- builders -----------------------------------------------------------------
 
@@ -171,16 +167,7 @@ def training_plan(spec, optimizer, batch_size: int, device: str = "cpu", *, micr
         # early stopping restores the best weights, so it keeps a copy of them
         bufs.append(Buffer("best_params", "parameters", (P,), dt))
     bufs += _slot_buffers(spec, optimizer)
-    bufs.append(Buffer("x", "data", (b, sizes[0]), dt, batched=True))
-    bufs.append(_label_buffer(spec, b))
-    if dataset_size:
-        bufs.append(Buffer("order", "data", (int(dataset_size),), INTP))
-    if resident_rows:
-        for prefix, n in zip(("data", "val"), resident_rows):
-            if n:
-                bufs.append(Buffer(f"{prefix}_x", "data", (int(n), sizes[0]), dt))
-                label = _label_buffer(spec, int(n))
-                bufs.append(Buffer(f"{prefix}_y", "data", label.shape, label.dtype))
+    bufs += _data_buffers(spec, b, dataset_size, resident_rows)
     keep_in, keep_hidden = spec.dropout or (1.0, 1.0)
     if keep_in < 1.0:
         bufs.append(Buffer("mask0", "activations", (b, sizes[0]), dt, layer=0, batched=True))
@@ -210,6 +197,20 @@ def training_plan(spec, optimizer, batch_size: int, device: str = "cpu", *, micr
         bufs.append(Buffer("chunk", "workspace", (n_scratch, min(P, CHUNK)), dt))
     return MemoryPlan("train", B, _device_kind(device), tuple(bufs), int(overhead_bytes), overhead_source,
                       micro_batch_size=b)
+
+
+def _data_buffers(spec, b, dataset_size, resident_rows) -> list:
+    """The batch, the epoch's permutation, and a resident data set (train and validation)."""
+    dt, width = spec.dtype.name, spec.sizes[0]
+    bufs = [Buffer("x", "data", (b, width), dt, batched=True), _label_buffer(spec, b)]
+    if dataset_size:
+        bufs.append(Buffer("order", "data", (int(dataset_size),), INTP))
+    for prefix, n in zip(("data", "val"), resident_rows or ()):
+        if n:
+            bufs.append(Buffer(f"{prefix}_x", "data", (int(n), width), dt))
+            label = _label_buffer(spec, int(n))
+            bufs.append(Buffer(f"{prefix}_y", "data", label.shape, label.dtype))
+    return bufs
 
 
 def inference_plan(spec, batch_size: int, device: str = "cpu", *, overhead_bytes: int = 0,

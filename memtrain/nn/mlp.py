@@ -112,9 +112,6 @@ class MLP:
             raise ConfigError("y: a sigmoid output needs 0/1 labels")
         return y.astype(self.spec.dtype)
 
-    def state_dict(self) -> dict:
-        return {"params": self.backend.to_numpy(self.params).copy(), **self.spec.identity()}
-
 
 def _copy_in(dst, src) -> None:
     """Host batch -> plan buffer (cast on the way, no temporary on the CPU)."""

@@ -40,7 +40,6 @@ class Optimizer:
     name = ""
     slots: tuple = ()
     scratch_count = 1
-    uses_lr = True
 
     def __init__(self, lr: float):
         self.lr = check_positive("lr", lr)

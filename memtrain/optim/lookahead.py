@@ -30,17 +30,12 @@ class Lookahead(Optimizer):
         self.k = check_scalar(k, "k", int, min_val=1)
         self.alpha = check_unit("alpha", alpha, closed=True)
         self.lr = inner.lr
-        self.uses_lr = inner.uses_lr
         # Wrappers add slots (optax's lookahead): inner state + one copy of the parameters.
         self.slots = tuple(inner.all_slots()) + (
             Slot("slow", "param", doc="slow weights phi"),
             Slot("la_count", "scalar", "int64", doc="inner steps since the start"),
         )
         self.scratch_count = max(inner.scratch_count, 1)
-
-    @property
-    def name_full(self) -> str:
-        return f"lookahead:{self.inner.name}"
 
     @property
     def hyper(self):

@@ -37,7 +37,6 @@ class Rprop(Optimizer):
 
     name = "rprop"
     scratch_count = 3
-    uses_lr = False  # the step sizes are the rates; meant for full batches
 
     def __init__(self, lr: float = 0.01, eta_plus: float = 1.2, eta_minus: float = 0.5,
                  step_min: float = 1e-6, step_max: float = 50.0):
