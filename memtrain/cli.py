@@ -7,6 +7,7 @@ import sys
 import click
 
 from memtrain import __version__
+from memtrain.cli_types import BATCH, SIZE, model_options, plan_options
 from memtrain.errors import ConfigError, ExitCode, MemtrainError
 
 _NO_ARGS = getattr(click.exceptions, "NoArgsIsHelpError", ())
@@ -57,61 +58,6 @@ def main():
     exactly how much memory the training takes before anything is allocated."""
 
 
-# -- shared option parsing ---------------------------------------------------------
-
-
-def _size(ctx, param, value):
-    if value is None:
-        return None
-    from memtrain.units import parse_bytes  # noqa: PLC0415
-
-    try:
-        return parse_bytes(value, param.name.replace("_", "-"), allow_zero=param.name == "overhead")
-    except ValueError as exc:
-        raise click.BadParameter(str(exc).split(": ", 1)[1]) from None
-
-
-def _layers(ctx, param, value):
-    if value is None:
-        return None
-    try:
-        return [int(v) for v in value.split(",")]
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers like 784,128,10, got {value!r}") from None
-
-
-def _dropout(ctx, param, value):
-    if value is None:
-        return None
-    v = value.strip().lower()
-    if v in ("off", "none", "false", "0"):
-        return False
-    if v in ("on", "course", "true"):
-        return True
-    try:
-        return tuple(float(p) for p in v.split(","))
-    except ValueError:
-        raise click.BadParameter(f"expected off, course (keep 0.8/0.5) or INPUT_KEEP,HIDDEN_KEEP, got {value!r}") from None
-
-
-def model_options(f):
-    """Flags that describe a model; each overrides the same setting in --config."""
-    opts = [
-        click.option("--config", type=click.Path(dir_okay=False), help="Job file (TOML) with the model; flags override it."),
-        click.option("--layers", callback=_layers, help="Layer sizes, inputs to outputs, e.g. 784,1024,1024,10."),
-        click.option("--activation", help="Hidden activation: relu, gelu, tanh, sigmoid, leaky_relu[:a], prelu, abs, "
-                     "swish[:beta], mish, softplus, identity.  [default: relu]"),
-        click.option("--output", help="Output unit: softmax | sigmoid | linear.  [default: softmax]"),
-        click.option("--dropout", callback=_dropout, help="off, course (keep 0.8 input / 0.5 hidden), or INPUT,HIDDEN keep probabilities."),
-        click.option("--dtype", type=click.Choice(["float16", "float32", "float64"]), help="Parameter dtype.  [default: float32]"),
-        click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N (the device the plan is for)."),
-        click.option("--overhead", callback=_size, help="Device overhead to assume, e.g. 600MiB (CUDA default: measured on a GPU, else assumed 512 MiB)."),
-    ]
-    for o in reversed(opts):
-        f = o(f)
-    return f
-
-
 def _backend_for(device):
     """The CUDA backend when asked for and present; None for the CPU or a GPU-less planning run."""
     from memtrain.backend import _import_cupy, get_backend, parse_device  # noqa: PLC0415
@@ -133,10 +79,10 @@ def _echo(text):
 
 
 @main.command()
-@model_options
+@plan_options
 @click.option("--optimizer", help="Optimizer name, lookahead:<inner>, or 'all' for every optimizer side by side.  [default: adam]")
 @click.option("--batch-size", "batch_size", help="N, a list 32,64,128, or a range 32:512 (doubling) / 32:512:32.  [default: 32]")
-@click.option("--memory", callback=_size, help="Memory to fit, e.g. 16GiB (1024-based) or 16GB (1000-based): prints the largest batch.")
+@click.option("--memory", type=SIZE, help="Memory to fit, e.g. 16GiB (1024-based) or 16GB (1000-based): prints the largest batch.")
 @click.option("--max-batch", is_flag=True, help="Print the largest batch that fits --memory, the GPU's free memory, or MemAvailable.")
 @click.option("--multiple-of", type=click.IntRange(min=1), help="Round the largest batch down to a multiple of this (GPUs favour 8).")
 @click.option("--power-of-two", is_flag=True, help="Round the largest batch down to a power of two.")
@@ -206,7 +152,7 @@ def _run_profile(setting, batch, steps, tolerance, fmt, backend):
 
 
 @main.command()
-@model_options
+@plan_options
 @click.option("--optimizer", help="Optimizer name or lookahead:<inner>.  [default: adam]")
 @click.option("--batch-size", "batch_size", type=click.IntRange(min=1), help="Batch size.  [default: 32]")
 @click.option("--steps", type=click.IntRange(min=1), default=3, show_default=True, help="Real training steps to run.")
@@ -233,11 +179,11 @@ def profile(config, layers, activation, output, dropout, dtype, device, overhead
 
 
 @main.command()
-@model_options
+@plan_options
 @click.option("--optimizer", help="Optimizer name or lookahead:<inner>.  [default: adam]")
-@click.option("--memory-limit", callback=_size, help="Memory to fit (e.g. 8GiB); default: free device memory now "
+@click.option("--memory-limit", type=SIZE, help="Memory to fit (e.g. 8GiB); default: free device memory now "
               "(NVML on a GPU, MemAvailable on the CPU).")
-@click.option("--margin", callback=_size, help="Safety margin kept free.  [default: 256KiB (CPU) or 8MiB (CUDA) + 0.1% of the budget]")
+@click.option("--margin", type=SIZE, help="Safety margin kept free.  [default: 256KiB (CPU) or 8MiB (CUDA) + 0.1% of the budget]")
 @click.option("--multiple-of", type=click.IntRange(min=1), help="Round the batch down to a multiple of this.  [default: 8 on CUDA]")
 @click.option("--objective", type=click.Choice(["memory", "throughput"]), default="memory", show_default=True,
               help="memory: the largest batch that fits; throughput: the fastest batch up to that size.")
@@ -292,33 +238,17 @@ def devices(fmt):
 # -- train ---------------------------------------------------------------------------
 
 
-def _batch_value(ctx, param, value):
-    if value is None or value == "auto":
-        return value
-    try:
-        n = int(value)
-    except ValueError:
-        raise click.BadParameter(f"expected auto or a positive integer, got {value!r}") from None
-    if n < 1:
-        raise click.BadParameter(f"expected auto or a positive integer, got {value!r}")
-    return n
-
-
 @main.command()
 @click.argument("job_file", required=False, type=click.Path(dir_okay=False))
 @click.option("--name", help="Job name (the `job` label of its metrics; default output dir runs/NAME).")
-@click.option("--layers", callback=_layers, help="Layer sizes, e.g. 64,128,10.")
-@click.option("--activation", help="Hidden activation.")
-@click.option("--output", help="Output unit: softmax | sigmoid | linear.")
-@click.option("--dropout", callback=_dropout, help="off, course, or INPUT,HIDDEN keep probabilities.")
-@click.option("--dtype", type=click.Choice(["float16", "float32", "float64"]))
+@model_options
 @click.option("--optimizer", help="Optimizer name or lookahead:<inner>.")
 @click.option("--lr", type=float, help="Learning rate.")
 @click.option("--schedule", help="constant, step, exponential, cosine, linear, inverse_sqrt, cosine_restarts.")
 @click.option("--epochs", type=click.IntRange(min=1))
-@click.option("--batch-size", callback=_batch_value, help="auto (largest that fits, probed) or N.")
-@click.option("--micro-batch-size", callback=_batch_value, help="auto or N: gradient accumulation below the batch size.")
-@click.option("--memory-limit", help="Memory the auto batch must fit, e.g. 2GiB (default: free device memory).")
+@click.option("--batch-size", type=BATCH, help="auto (largest that fits, probed) or N.")
+@click.option("--micro-batch-size", type=BATCH, help="auto or N: gradient accumulation below the batch size.")
+@click.option("--memory-limit", type=SIZE, help="Memory the auto batch must fit, e.g. 2GiB (default: free device memory).")
 @click.option("--dataset", help="digits, a .npz/.csv/IDX file, or synthetic:classification(n,d,classes).")
 @click.option("--device", help="cpu, cuda, cuda:N or auto.")
 @click.option("--seed", type=int)
