@@ -1,6 +1,7 @@
 """Training jobs end to end: outputs, resume exactness under SIGKILL, corrupt
 checkpoints, signals, non-finite losses and bad input."""
 
+import io
 import json
 import os
 import signal
@@ -252,3 +253,52 @@ def test_micro_batch_auto_fits_a_tight_limit(tmp_path):
         s = run(cfg, progress=False, stream=devnull, install_signals=False)
     assert s["batch_size"] == 256 and s["micro_batch_size"] < 256
     assert s["planned_bytes"] <= 600 * 1024 - default_margin("cpu", 600 * 1024)
+
+
+def test_phases_run_one_by_one_and_the_state_is_observable(tmp_path):
+    job = Job(config(tmp_path), progress=False, stream=io.StringIO(), install_signals=False)
+    assert job.state.state == "planning" and job.train_rows is None
+    job.open_device()
+    job.load_data()
+    job.choose_batch()
+    assert job.train_rows == 420 and job.batch_size == 16
+    job.build_trainer()
+    try:
+        assert job.state.planned_bytes == job.trainer.plan.by_category() and job.state.batch_size == 16
+        assert job.resume() is False  # a fresh checkpoint dir
+    finally:
+        job.peak.stop()
+
+
+def test_plan_job_is_the_plan_the_job_allocates(tmp_path):
+    from memtrain.profiler.jobplan import plan_job
+
+    cfg = config(tmp_path, training={"epochs": 1, "patience": 2})
+    jp = plan_job(cfg)
+    with open(os.devnull, "w") as devnull:
+        s = Job(cfg, progress=False, stream=devnull, install_signals=False).run()
+    assert jp.batch_size == s["batch_size"] and jp.rows.n_train == 420 and jp.resident
+    assert jp.by_category() == s["planned_by_category"] and jp.total == s["planned_bytes"]
+    auto = plan_job(cfg.with_overrides({"training.batch_size": "auto"}), budget=600 * 1024)
+    assert auto.total <= 600 * 1024 < auto.setting.plan(auto.batch_size + 1).total  # the largest that fits
+
+
+def test_stop_from_another_thread_checkpoints_and_the_job_resumes(tmp_path):
+    import threading
+
+    cfg = config(tmp_path, training={"epochs": 3})
+    job = Job(cfg, progress=False, stream=io.StringIO(), install_signals=False)
+
+    def stop_after_some_steps():
+        while job.state.steps < 5:
+            time.sleep(0.001)
+        job.stop()
+
+    t = threading.Thread(target=stop_after_some_steps)
+    t.start()
+    result = job.run()
+    t.join()
+    assert result["stopped"] == "stop" and 5 <= result["steps"] < 3 * 27
+    assert job.state.state == "training" and ckpt.list_checkpoints(tmp_path / "out" / "checkpoints")
+    again = Job(cfg, progress=False, stream=io.StringIO(), install_signals=False).run()
+    assert again["steps"] == 3 * 27  # resumed where it stopped, then finished
