@@ -248,7 +248,7 @@ class JobConfig:
 
     def __post_init__(self):
         _set(self, "name", str(self.name))
-        _set(self, "seed", check_scalar(self.seed, "seed", int))
+        _set(self, "seed", check_scalar(self.seed, "seed", int, min_val=0, expected="a non-negative integer"))
         _set(self, "device", str(self.device))
 
     def model_spec(self):

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from memtrain.errors import DataError
-from memtrain.validate import check_dtype
+from memtrain.validate import check_dtype, check_scalar
 
 # The output units whose label layout this module builds (class indices, 0/1 column,
 # real targets); tests/test_data.py checks they are memtrain.nn.losses.OUTPUTS.
@@ -251,18 +251,14 @@ def _output(output) -> str:
 def _fraction(field: str, value) -> float:
     if value is None:
         return 0.0
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise DataError(f"{field}: expected a fraction in [0, 1), got {value!r}")
-    if not 0.0 <= float(value) < 1.0:
-        raise DataError(f"{field}: expected a fraction in [0, 1), got {value!r}")
-    return float(value)
+    return check_scalar(value, field, float, min_val=0, max_val=1, include_boundaries="left",
+                        expected="a fraction in [0, 1)")
 
 
 def _n_outputs(n_outputs, output: str) -> int | None:
     if n_outputs is None:
         return None
-    if isinstance(n_outputs, (bool, np.bool_)) or not isinstance(n_outputs, (int, np.integer)) or n_outputs < 1:
-        raise DataError(f"n_outputs: expected a positive integer, got {n_outputs!r}")
+    n_outputs = check_scalar(n_outputs, "n_outputs", int, min_val=1)
     if output == "softmax" and n_outputs < 2:
         raise DataError(f"n_outputs: a softmax output needs at least 2 units (classes), got {n_outputs}")
     if output == "sigmoid" and n_outputs != 1:
@@ -271,9 +267,7 @@ def _n_outputs(n_outputs, output: str) -> int | None:
 
 
 def _seed(seed) -> int:
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise DataError(f"seed: expected a non-negative integer, got {seed!r}")
-    return int(seed)
+    return check_scalar(seed, "seed", int, min_val=0, expected="a non-negative integer")
 
 
 def _label_column_names(label_column) -> list | None:

@@ -17,7 +17,7 @@ DTYPES = ("float16", "float32", "float64")
 
 
 def check_scalar(value, name: str, kind=int, *, min_val=None, max_val=None, include_boundaries="both",
-                 allow_none: bool = False):
+                 allow_none: bool = False, expected: str | None = None):
     """`value` as a Python int or float, checked against [min_val, max_val].
 
     kind: int (integers only, NumPy integers included) or float (any real number,
@@ -25,9 +25,9 @@ def check_scalar(value, name: str, kind=int, *, min_val=None, max_val=None, incl
     of the range are allowed). Raises ConfigError naming `name`."""
     if value is None and allow_none:
         return None
+    expected = expected or _kind_text(kind, min_val, max_val, include_boundaries)
     if isinstance(value, (bool, np.bool_)):
-        raise ConfigError(f"{name}: expected {_kind_text(kind, min_val, max_val, include_boundaries)}, "
-                          f"got {value!r}")
+        raise ConfigError(f"{name}: expected {expected}, got {value!r}")
     if kind is int:
         ok = isinstance(value, (numbers.Integral, np.integer))
         v = int(value) if ok else None
@@ -35,8 +35,7 @@ def check_scalar(value, name: str, kind=int, *, min_val=None, max_val=None, incl
         ok = isinstance(value, (numbers.Real, np.floating, np.integer)) and math.isfinite(float(value))
         v = float(value) if ok else None
     if not ok or not _in_range(v, min_val, max_val, include_boundaries):
-        raise ConfigError(f"{name}: expected {_kind_text(kind, min_val, max_val, include_boundaries)}, "
-                          f"got {value!r}")
+        raise ConfigError(f"{name}: expected {expected}, got {value!r}")
     return v
 
 
