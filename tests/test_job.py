@@ -284,20 +284,19 @@ def test_plan_job_is_the_plan_the_job_allocates(tmp_path):
 
 
 def test_stop_from_another_thread_checkpoints_and_the_job_resumes(tmp_path):
+    """A service runs the Job on a thread (no signal handlers there) and stops it from another."""
     import threading
 
     cfg = config(tmp_path, training={"epochs": 3})
-    job = Job(cfg, progress=False, stream=io.StringIO(), install_signals=False)
-
-    def stop_after_some_steps():
-        while job.state.steps < 5:
-            time.sleep(0.001)
-        job.stop()
-
-    t = threading.Thread(target=stop_after_some_steps)
+    job = Job(cfg, progress=False, stream=io.StringIO())  # install_signals: ignored off the main thread
+    out = {}
+    t = threading.Thread(target=lambda: out.update(result=job.run()))
     t.start()
-    result = job.run()
-    t.join()
+    while job.state.steps < 5 and t.is_alive():
+        time.sleep(0.001)
+    job.stop()
+    t.join(60)
+    result = out["result"]
     assert result["stopped"] == "stop" and 5 <= result["steps"] < 3 * 27
     assert job.state.state == "training" and ckpt.list_checkpoints(tmp_path / "out" / "checkpoints")
     again = Job(cfg, progress=False, stream=io.StringIO(), install_signals=False).run()

@@ -18,6 +18,7 @@ import contextlib
 import json
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -215,7 +216,9 @@ class Job:
         """The loop (on_step/on_epoch after each step/epoch). Returns the stop record when
         stopped, None when the epochs ran out; raises JobFailed on too many non-finite steps."""
         tr, previous = self.trainer, {}
-        if self.install_signals:
+        # signal handlers can only be set on the main thread; a Job run on another thread
+        # (a service) is stopped through stop() instead
+        if self.install_signals and threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 previous[sig] = signal.signal(sig, lambda s, f: self.stop(signal.Signals(s).name))
         pool_hook = pool_peak_hook(self.backend.xp.get_default_memory_pool()) if self.backend.is_cuda else None
