@@ -19,6 +19,7 @@ import math
 from memtrain.backend import array_module
 from memtrain.errors import ConfigError
 from memtrain.nn.special import erf
+from memtrain.validate import check_scalar
 
 
 class Activation:
@@ -108,9 +109,7 @@ class GeneralizedReLU(Activation):
     """g(z, alpha) = max(0, z) + alpha * min(0, z): leaky (alpha small) or |z| (alpha = -1)."""
 
     def __init__(self, alpha: float, name: str):
-        if not math.isfinite(alpha):
-            raise ConfigError(f"alpha: expected a finite number, got {alpha!r}")
-        self.alpha = float(alpha)
+        self.alpha = check_scalar(alpha, "alpha", float)
         self.name = name
 
     def forward(self, z, out, scratch=None, alpha=None):
@@ -161,9 +160,7 @@ class PReLU(Activation):
     needs_scratch = True  # max(0,z) + alpha*min(0,z) needs one buffer besides `out`
 
     def __init__(self, init: float = 0.25):
-        if not math.isfinite(init):
-            raise ConfigError(f"prelu init: expected a finite number, got {init!r}")
-        self.init = float(init)
+        self.init = check_scalar(init, "prelu init", float)
 
     def forward(self, z, out, scratch=None, alpha=None):
         xp = array_module(z)
@@ -208,9 +205,7 @@ class Swish(Activation):
     needs_scratch = True
 
     def __init__(self, beta: float = 1.0):
-        if not math.isfinite(beta):
-            raise ConfigError(f"swish beta: expected a finite number, got {beta!r}")
-        self.beta = float(beta)
+        self.beta = check_scalar(beta, "swish beta", float)
 
     def forward(self, z, out, scratch=None, alpha=None):
         xp = array_module(z)

@@ -17,7 +17,7 @@ from memtrain.errors import ConfigError
 from memtrain.nn.activations import Activation, activation_from_fields, make_activation
 from memtrain.nn.init import INITS, resolve_init
 from memtrain.nn.losses import OutputUnit, make_output
-from memtrain.validate import DTYPES, check_dtype  # noqa: F401 - DTYPES re-exported
+from memtrain.validate import DTYPES, check_dtype, check_scalar  # noqa: F401 - DTYPES re-exported
 
 COURSE_DROPOUT = (0.8, 0.5)  # keep probabilities: input, hidden
 
@@ -58,8 +58,7 @@ def _parse_dropout(dropout):
             f"(input_keep, hidden_keep), got {dropout!r}"
         ) from None
     for name, p in (("input keep probability", keep_in), ("hidden keep probability", keep_hidden)):
-        if not 0.0 < p <= 1.0:
-            raise ConfigError(f"dropout: {name} must be in (0, 1], got {p}")
+        check_scalar(p, f"dropout: {name}", float, min_val=0, max_val=1, include_boundaries="right")
     if keep_in == 1.0 and keep_hidden == 1.0:
         return None
     return (keep_in, keep_hidden)

@@ -127,18 +127,17 @@ def make_schedule(name: str = "constant", lr: float = 0.001, *, total_steps: int
                   period: int | None = None, mult: float = 1.0) -> Schedule:
     """Build a schedule by name; `warmup` > 0 puts a linear warm-up in front of it."""
     key = str(name).strip().lower()
-    lr = _number("lr", lr)
+    lr = check_scalar(lr, "lr", float, min_val=0, include_boundaries="neither")
     total_steps = check_scalar(total_steps, "total_steps", int, allow_none=True)
     if key not in SCHEDULES:
         raise ConfigError(f"schedule: unknown {name!r}; expected one of {', '.join(SCHEDULES)}")
-    if not (lr > 0 and math.isfinite(lr)):
-        raise ConfigError(f"lr: expected a positive number, got {lr!r}")
     warmup = check_scalar(warmup, "warmup", int, min_val=0)
     needs_total = key in ("cosine", "linear")
     if needs_total and (not total_steps or total_steps <= 0):
         raise ConfigError(f"total_steps: schedule {key} needs a positive number of steps, got {total_steps!r}")
-    if gamma is not None and not 0 < gamma <= 1:
-        raise ConfigError(f"gamma: expected a number in (0, 1], got {gamma!r}")
+    gamma = check_scalar(gamma, "gamma", float, min_val=0, max_val=1, include_boundaries="right", allow_none=True)
+    mult = check_scalar(mult, "mult", float, min_val=1)
+    period = check_scalar(period, "period", int, min_val=1, allow_none=True)
     if key == "constant":
         s = Constant(lr)
     elif key == "step":
@@ -157,11 +156,5 @@ def make_schedule(name: str = "constant", lr: float = 0.001, *, total_steps: int
         p = period or (total_steps or 0)
         if p <= 0:
             raise ConfigError("period: cosine_restarts needs a positive period (or total_steps)")
-        if mult < 1:
-            raise ConfigError(f"mult: expected a number >= 1, got {mult!r}")
         s = CosineRestarts(lr, int(p), float(mult))
     return Warmup(s, int(warmup)) if warmup else s
-
-
-def _number(field: str, value) -> float:
-    return check_scalar(value, field, float)
