@@ -85,3 +85,23 @@ def test_cpu_and_gpu_training_agree():
             t.step(X[i * 32:(i + 1) * 32], y[i * 32:(i + 1) * 32])
         results.append(m.backend.to_numpy(m.params))
     np.testing.assert_allclose(results[1], results[0], rtol=1e-5, atol=1e-6)
+
+
+def test_a_job_on_the_gpu_reports_its_pool_peak(tmp_path):
+    """The Job's CUDA path: the pool-peak hook, the device's NVML uuid, the auto batch (a multiple of 8)."""
+    import io
+
+    from memtrain.config import from_dict
+    from memtrain.profiler.autobatch import auto_batch
+    from memtrain.train.job import Job
+
+    cfg = from_dict({"name": "g", "device": "cuda", "model": {"layers": [64, 128, 10]},
+                     "training": {"epochs": 1, "batch_size": "auto", "memory_limit": "256MiB"},
+                     "output": {"dir": str(tmp_path / "out")}})
+    job = Job(cfg, log_format="json", progress=False, stream=io.StringIO(), install_signals=False,
+              batch_solver=auto_batch)
+    s = job.run()
+    assert s["epochs"] == 1 and job.state.device.startswith("cuda") and job.state.state == "finished"
+    assert job.state.measured["cupy_pool_peak"] > 0
+    assert s["batch_size"] % 8 == 0 or s["batch_size"] == job.train_rows  # capped by the training set
+    assert s["measured_peak_bytes"] is None  # tracemalloc measures host memory: off on the GPU
