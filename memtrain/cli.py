@@ -18,6 +18,10 @@ class UserError(click.ClickException):
 
     exit_code = ExitCode.USAGE
 
+    def __init__(self, message: str, exit_code: int = ExitCode.USAGE):
+        super().__init__(message)
+        self.exit_code = exit_code  # a MemtrainError may say it is a failure (1), e.g. a full disk
+
     def show(self, file=None):
         click.echo(f"memtrain: error: {self.format_message()}", err=True)
 
@@ -48,7 +52,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except MemtrainError as exc:
-            raise UserError(str(exc)) from None
+            raise UserError(str(exc), getattr(exc, "exit_code", ExitCode.USAGE)) from None
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
