@@ -106,7 +106,9 @@ RUN_FIELDS = tuple(f.name for f in dataclasses.fields(RunInfo))
 
 
 def utc_now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    """UTC, ISO 8601, to the millisecond (runs started within a second still sort in order)."""
+    t = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
 
 
 def config_hash(config: dict) -> str:
