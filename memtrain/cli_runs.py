@@ -15,10 +15,12 @@ import click
 @click.option("--plot", type=click.Path(dir_okay=False),
               help="Write the training and validation loss curves of every run to this PNG (needs matplotlib).")
 def runs(directory, fmt, plot):
-    """List the runs under DIR (default: runs), oldest first: state, epochs, best
-    validation loss and accuracy, test accuracy, planned and measured memory,
-    device and start time, read from each run's run.json and history.jsonl.
-    DIR may also be one run's directory.
+    """List the runs under DIR, oldest first.
+
+    One row per run under DIR (default: runs; or DIR is one run's directory):
+    state, epochs, best validation loss and accuracy, test accuracy, planned and
+    measured memory, device and start time, read from each run's run.json and
+    history.jsonl (docs/runs.md).
 
     \b
     Examples:
