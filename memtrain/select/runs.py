@@ -228,6 +228,9 @@ def runs_plot(report: dict, path) -> int:
     if not drawn:
         plt.close(fig)
         raise MemtrainError(f"plot: no run under {report['dir']} has a history.jsonl to draw")
+    from matplotlib.ticker import MaxNLocator  # noqa: PLC0415
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
     ax.set_yscale("log")
