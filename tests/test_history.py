@@ -167,3 +167,31 @@ def test_trainer_records_fit_the_layout():
     records = tr.fit(X, y, epochs=2, validation=(X[:10], y[:10]))
     assert set(records[0]) == set(hist.TRAINER_FIELDS)
     assert hist.trainer_history(records) == records
+
+
+def test_a_failed_append_leaves_no_partial_line(tmp_path):
+    """A full disk (here: RLIMIT_FSIZE, a real short write) mid-line: the error reaches the job and the
+    file keeps whole lines only, so the next append is not glued to a fragment."""
+    import subprocess
+    import sys
+
+    code = f"""
+import resource, signal, os
+from memtrain.train.history import RunHistory
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+h = RunHistory({str(tmp_path)!r})
+h.start({{"name": "t"}})
+h.append({{"epoch": 1, "train_loss": 0.5}})
+size = os.path.getsize(h.jsonl)
+resource.setrlimit(resource.RLIMIT_FSIZE, (size + 20, resource.RLIM_INFINITY))
+try:
+    h.append({{"epoch": 2, "train_loss": 0.25}})
+except OSError as exc:
+    print("failed", exc.errno)
+resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+h.append({{"epoch": 2, "train_loss": 0.25}})
+"""
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("failed")
+    assert [r["epoch"] for r in RunHistory(tmp_path).read()] == [1, 2]

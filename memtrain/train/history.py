@@ -19,8 +19,10 @@ keys, the CSV header and the accepted arguments are their fields.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
+import errno
 import hashlib
 import io
 import json
@@ -187,9 +189,16 @@ class RunHistory:
         line = (json.dumps(_clean(row), separators=(",", ":"), allow_nan=False) + "\n").encode()
         fd = os.open(self.jsonl, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            if os.write(fd, line) != len(line):  # a short write is what a torn line is made of
-                raise OSError(f"{self.jsonl}: short write (disk full?)")
-            os.fsync(fd)
+            size = os.fstat(fd).st_size
+            try:
+                if os.write(fd, line) != len(line):
+                    raise OSError(errno.ENOSPC, "short write (disk full?)", str(self.jsonl))
+                os.fsync(fd)
+            except OSError:
+                # cut a partial line off, or the next epoch's line would be glued to it mid-file
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)
+                raise
         finally:
             os.close(fd)
         return row
