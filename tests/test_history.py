@@ -195,3 +195,9 @@ h.append({{"epoch": 2, "train_loss": 0.25}})
     assert p.returncode == 0, p.stderr
     assert p.stdout.startswith("failed")
     assert [r["epoch"] for r in RunHistory(tmp_path).read()] == [1, 2]
+
+
+def test_config_hash_is_stable_and_sensitive():
+    a = hist.config_hash({"model": {"layers": [64, 10]}, "seed": 0})
+    assert a == hist.config_hash({"seed": 0, "model": {"layers": [64, 10]}}) and len(a) == 12
+    assert a != hist.config_hash({"model": {"layers": [64, 11]}, "seed": 0})
