@@ -340,10 +340,12 @@ def predict(model_file, input_file, label_column, out_file, device, batch_size):
 
 
 # compare and sweep (model selection) live in their own module
+from memtrain.cli_runs import runs  # noqa: E402
 from memtrain.cli_select import compare, sweep  # noqa: E402
 
 main.add_command(compare)
 main.add_command(sweep)
+main.add_command(runs)
 
 
 if __name__ == "__main__":  # pragma: no cover

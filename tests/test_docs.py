@@ -23,3 +23,18 @@ def test_example_job_file_is_valid():
 
     cfg = load(DOCS / "example-job.toml")
     assert cfg.model_spec().sizes == (64, 128, 10)
+
+
+def test_bench_commands_name_the_venv_python():
+    """`make` installs into .venv: a bare `python bench/...` would run the system Python without memtrain."""
+    for doc in [*DOCS.glob("*.md"), DOCS.parent / "README.md"]:
+        bare = re.findall(r"(?:^|[\s`])python3? bench/\S+", doc.read_text(), re.M)
+        assert not bare, f"{doc.name}: {bare}"
+
+
+def test_make_demo_says_how_to_run_memtrain():
+    import subprocess
+
+    out = subprocess.run(["make", "-n", "demo"], cwd=DOCS.parent, capture_output=True, text=True, check=True).stdout
+    tail = out[out.index("memtrain train docs/example-job.toml"):]
+    assert ".venv/bin/memtrain" in tail and "source .venv/bin/activate" in tail
