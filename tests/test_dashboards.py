@@ -313,7 +313,7 @@ def test_demo_long_job_file_loads():
     cfg = config.load(DASH / "demo-long.toml")
     demo = config.load(ROOT / "docs" / "example-job.toml")
     n, d, classes = map(int, re.fullmatch(r"synthetic:classification\((.*)\)",
-                                          cfg.data["dataset"].replace(" ", "")).group(1).split(","))
+                                          cfg.data.dataset.replace(" ", "")).group(1).split(","))
     sizes = cfg.model_spec().sizes
     assert (sizes[0], sizes[-1]) == (d, classes)
     assert cfg.metrics == demo.metrics
