@@ -18,10 +18,8 @@ from gpu_common import Deadline, backend_for, versions, write
 
 
 def _autobatch_mod():
-    try:
-        from memtrain.profiler import autobatch  # noqa: PLC0415
-    except ImportError:
-        from memtrain.memory import autobatch  # noqa: PLC0415
+    from memtrain.profiler import autobatch  # noqa: PLC0415
+
     return autobatch
 
 
@@ -42,8 +40,8 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", default=512 * 1024**2, type=int, help="pool cap in bytes (default 512 MiB)")
     ap.add_argument("--dry-run", action="store_true")
     args = ap.parse_args(argv)
-    from memtrain.memory.estimate import Setting  # noqa: PLC0415
     from memtrain.nn.spec import ModelSpec  # noqa: PLC0415
+    from memtrain.train.setting import Setting  # noqa: PLC0415
 
     backend = backend_for(args.dry_run)
     deadline, ab = Deadline(args.time_limit), _autobatch_mod()

@@ -3,7 +3,7 @@
     python bench/gpu_profile.py --out OUT/profile.json [--time-limit 90] [--dry-run]
 
 3 models x 4 optimizers x float32/float16, 3 real steps each: the plan's total
-against the CuPy pool's peak and NVML's process usage (memtrain.memory.verify.profile,
+against the CuPy pool's peak and NVML's process usage (memtrain.profiler.verify.profile,
 with the CUDA overhead measured once per GPU model).
 """
 
@@ -22,10 +22,8 @@ DTYPES = ["float32", "float16"]
 
 
 def _profile_fn():
-    try:  # the job redesign moves verify to memtrain/profiler/
-        from memtrain.profiler.verify import profile  # noqa: PLC0415
-    except ImportError:
-        from memtrain.memory.verify import profile  # noqa: PLC0415
+    from memtrain.profiler.verify import profile  # noqa: PLC0415
+
     return profile
 
 
@@ -35,8 +33,8 @@ def main(argv=None) -> int:
     ap.add_argument("--time-limit", type=float, default=90.0)
     ap.add_argument("--dry-run", action="store_true", help="CPU, toy sizes, 1 step: the control flow only")
     args = ap.parse_args(argv)
-    from memtrain.memory.estimate import Setting  # noqa: PLC0415
     from memtrain.nn.spec import ModelSpec  # noqa: PLC0415
+    from memtrain.train.setting import Setting  # noqa: PLC0415
 
     backend = backend_for(args.dry_run)
     deadline, profile, rows = Deadline(args.time_limit), _profile_fn(), []

@@ -35,7 +35,7 @@ def raw(kernel: Kernel):
     """The compiled cupy.RawKernel for `kernel` (cached by name)."""
     fn = _RAW.get(kernel.name)
     if fn is None:
-        import cupy  # noqa: PLC0415
+        import cupy  # noqa: PLC0415 - CuPy only when a kernel is launched
 
         fn = cupy.RawKernel(kernel.source, kernel.name, options=OPTIONS)
         _RAW[kernel.name] = fn

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 
-from memtrain.errors import ExitCode
+from memtrain.errors import ExitCode, MemtrainError
 
 
 def main(argv=None) -> int:
@@ -19,18 +19,20 @@ def main(argv=None) -> int:
     if len(argv) != 1:
         print("usage: python -m memtrain.launch.worker LAUNCH.json", file=sys.stderr)
         return ExitCode.USAGE
-    from memtrain import config
-    from memtrain.train.job import JobFailed, run
+    from memtrain.config import JobConfig  # noqa: PLC0415 - a usage error answers before the trainer loads
+    from memtrain.errors import JobFailed  # noqa: PLC0415 - a usage error answers before the trainer loads
+    from memtrain.profiler.autobatch import auto_batch  # noqa: PLC0415 - a usage error answers before the trainer loads
+    from memtrain.train.job import Job  # noqa: PLC0415 - a usage error answers before the trainer loads
 
     try:
         with open(argv[0]) as f:
             launch = json.load(f)
-        cfg = config.from_dict(launch["config"], source=launch.get("job_id", argv[0]))
-        run(cfg, log_format="json", progress=False)
+        cfg = JobConfig.from_dict(launch["config"], source=launch.get("job_id", argv[0]))
+        Job(cfg, log_format="json", progress=False, batch_solver=auto_batch).run()
     except JobFailed as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return ExitCode.FAILURE
-    except (ValueError, OSError, KeyError) as exc:
+    except (MemtrainError, OSError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return ExitCode.USAGE
     return ExitCode.OK

@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+from memtrain.memory.measure import process_gpu_bytes
+
 ASSUMED_CUDA_OVERHEAD = 512 * 1024**2
 
 
@@ -24,8 +26,6 @@ def assumed(device_kind: str) -> tuple:
 def measure_cuda_overhead(index: int) -> int:
     """NVML process usage after CUDA init + one GEMM, before any plan buffer."""
     import cupy  # noqa: PLC0415
-
-    from memtrain.memory.measure import process_gpu_bytes  # noqa: PLC0415
 
     with cupy.cuda.Device(index):
         a = cupy.ones((256, 256), dtype=cupy.float32)

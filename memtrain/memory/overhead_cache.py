@@ -53,7 +53,7 @@ def record(model: str, nbytes: int, **details) -> None:
 
 
 def gpu_model(index: int) -> str:
-    import cupy  # noqa: PLC0415
+    import cupy  # noqa: PLC0415 - CuPy only when a GPU is measured
 
     name = cupy.cuda.runtime.getDeviceProperties(index)["name"]
     return name.decode() if isinstance(name, bytes) else str(name)

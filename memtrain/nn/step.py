@@ -11,7 +11,7 @@ import math
 from types import SimpleNamespace
 
 from memtrain.backend import array_module
-from memtrain.memory.plan import CHUNK
+from memtrain.memory.slots import CHUNK
 from memtrain.optim.base import chunks
 
 

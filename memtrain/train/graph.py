@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import math
 
+from memtrain.errors import DeviceError
 from memtrain.kernels.source import SC_ACCUM, SC_CLIP, SC_GRAD_SQ, SC_LOSS, SC_LR
+from memtrain.validate import check_scalar
 
 
 class CupyCapture:
@@ -128,10 +130,8 @@ class GraphStepper:
     """The trainer's graph-mode step: gather, write lr, replay, read the loss every N steps."""
 
     def __init__(self, trainer, capture, *, loss_every: int = 1):
-        if int(loss_every) != loss_every or loss_every < 1:
-            raise ValueError(f"loss_every: expected a positive integer, got {loss_every!r}")
         self.trainer = trainer
-        self.loss_every = int(loss_every)
+        self.loss_every = check_scalar(loss_every, "loss_every", int, min_val=1)
         self.graph = StepGraph(capture, self._log)
         self.stream = getattr(capture, "stream", None)
         self._window_rows = 0
@@ -200,8 +200,8 @@ class GraphStepper:
 
 def device_step(trainer, v) -> None:
     """Forward, fused loss, backward and fused update: device work only (capturable)."""
-    from memtrain.kernels import dispatch  # noqa: PLC0415
-    from memtrain.nn import step  # noqa: PLC0415
+    from memtrain.kernels import dispatch  # noqa: PLC0415 - only the GPU step needs them
+    from memtrain.nn import step  # noqa: PLC0415 - only the GPU step needs them
 
     spec, model = trainer.spec, trainer.model
     step.forward(spec, model.layers, v, train=True)
@@ -233,6 +233,6 @@ def for_trainer(trainer, enabled, *, loss_every: int = 1):
     """A GraphStepper when graphs are on (None: on where supported), else None."""
     if enabled is False or not trainer.backend.is_cuda:
         if enabled:
-            raise ValueError("cuda_graph: CUDA graphs need a CUDA device (device is cpu)")
+            raise DeviceError("cuda_graph: CUDA graphs need a CUDA device (device is cpu)")
         return None
     return GraphStepper(trainer, CupyCapture(trainer.backend.xp), loss_every=loss_every)

@@ -21,6 +21,7 @@ import time
 import numpy as np
 
 from memtrain.backend import small_ufunc_buffers
+from memtrain.errors import ConfigError
 from memtrain.kernels import dispatch
 from memtrain.kernels.source import SC_LR
 from memtrain.memory.arena import allocate
@@ -30,6 +31,7 @@ from memtrain.nn.mlp import MLP, _copy_in, evaluate_in
 from memtrain.optim import Optimizer, make_optimizer
 from memtrain.optim.schedules import Constant, Schedule
 from memtrain.train import graph
+from memtrain.validate import check_scalar
 
 STOP = "stop"  # what an on_step/on_epoch callback returns to end fit() after this step
 
@@ -66,17 +68,14 @@ class Trainer:
         self.spec = model.spec
         self.backend = model.backend
         if isinstance(optimizer, Optimizer) and optimizer_hyper:
-            raise ValueError("optimizer: pass hyper-parameters to the Optimizer, not to the Trainer")
+            raise ConfigError("optimizer: pass hyper-parameters to the Optimizer, not to the Trainer")
         self.optimizer = optimizer if isinstance(optimizer, Optimizer) else make_optimizer(optimizer, **optimizer_hyper)
         self.notes = self.optimizer.adapt_to_dtype(self.spec.dtype)
         self.schedule = schedule or Constant(self.optimizer.lr)
-        if clip_norm is not None and not (clip_norm > 0 and math.isfinite(clip_norm)):
-            raise ValueError(f"clip_norm: expected a positive number, got {clip_norm!r}")
-        self.clip_norm = clip_norm
-        if patience is not None and (int(patience) != patience or patience < 1):
-            raise ValueError(f"patience: expected a positive integer, got {patience!r}")
-        self.patience = patience
-        self.seed = int(seed)
+        self.clip_norm = check_scalar(clip_norm, "clip_norm", float, min_val=0, include_boundaries="neither",
+                                      allow_none=True)
+        self.patience = check_scalar(patience, "patience", int, min_val=1, allow_none=True)
+        self.seed = check_scalar(seed, "seed", int)
         self._data_rows = (None, None)  # (n_train, n_val) resident in the plan, else None
         self.plan: MemoryPlan = self._make_plan(batch_size, micro_batch_size, dataset_size)
         self.arrays = allocate(self.plan, self.backend.xp, existing={"params": model.params},
@@ -155,15 +154,15 @@ class Trainer:
         X = np.ascontiguousarray(self.model._inputs(X), dtype=self.spec.dtype)
         y = self.model.prepare_labels(y)
         if len(X) != len(y):
-            raise ValueError(f"y: {len(y)} labels for {len(X)} samples")
+            raise ConfigError(f"y: {len(y)} labels for {len(X)} samples")
         if len(X) == 0:
-            raise ValueError("X: the training set is empty")
+            raise ConfigError("X: the training set is empty")
         val = None
         if validation is not None:
             Xv = np.ascontiguousarray(self.model._inputs(validation[0]), dtype=self.spec.dtype)
             yv = self.model.prepare_labels(validation[1])
             if len(Xv) != len(yv):
-                raise ValueError(f"validation y: {len(yv)} labels for {len(Xv)} samples")
+                raise ConfigError(f"validation y: {len(yv)} labels for {len(Xv)} samples")
             val = (Xv, yv)
         n_val = len(val[0]) if val else 0
         self._data_rows = (len(X), n_val) if resident else (None, None)
@@ -201,7 +200,7 @@ class Trainer:
         """One optimizer step on a batch (rows <= batch_size); returns its mean data loss."""
         b = len(xb)
         if not 0 < b <= self.batch_size:
-            raise ValueError(f"batch: expected 1..{self.batch_size} rows, got {b}")
+            raise ConfigError(f"batch: expected 1..{self.batch_size} rows, got {b}")
 
         def fill(v, lo, hi):
             _copy_in(v.x, xb[lo:hi])
@@ -296,12 +295,11 @@ class Trainer:
         per epoch; early stopping (with `patience`) restores the best weights.
         X, y may be omitted after attach_data(). `on_step(trainer, loss)` and
         `on_epoch(trainer, record)` may return STOP. Returns the history."""
-        if int(epochs) != epochs or epochs < 1:
-            raise ValueError(f"epochs: expected a positive integer, got {epochs!r}")
+        check_scalar(epochs, "epochs", int, min_val=1)
         if X is not None:
             self.attach_data(X, y, validation, resident=resident)
         elif "order" not in self.arrays:
-            raise ValueError("X: no data; pass X, y or call attach_data() first")
+            raise ConfigError("X: no data; pass X, y or call attach_data() first")
         Xd, yd = self._train_data()
         val = self._val_data()
         order = self.arrays["order"]
@@ -392,7 +390,7 @@ class Trainer:
                 continue
             dst = self.arrays[name]
             if tuple(dst.shape) != a.shape or dst.dtype != a.dtype:
-                raise ValueError(f"checkpoint: {name} is {a.shape} {a.dtype}, expected {tuple(dst.shape)} {dst.dtype}")
+                raise ConfigError(f"checkpoint: {name} is {a.shape} {a.dtype}, expected {tuple(dst.shape)} {dst.dtype}")
             if self.backend.is_cuda:
                 dst.set(a)
             else:
