@@ -10,6 +10,8 @@ import os
 
 import click
 
+from memtrain.cli_types import SIZE
+
 
 def _echo(text):
     click.echo(text)
@@ -41,7 +43,7 @@ def compare(config, optimizers, lr, epochs, target_accuracy, output_dir, plot, f
       memtrain compare --config job.toml --epochs 10 --plot compare.png --format csv
     """
     from memtrain.config import load  # noqa: PLC0415
-    from memtrain.memory.estimate import all_optimizer_names  # noqa: PLC0415
+    from memtrain.profiler.estimate import all_optimizer_names  # noqa: PLC0415
     from memtrain.select import compare as cmp  # noqa: PLC0415
 
     if plot:
@@ -63,7 +65,7 @@ def compare(config, optimizers, lr, epochs, target_accuracy, output_dir, plot, f
 @click.command()
 @click.argument("sweep_file", type=click.Path(dir_okay=False))
 @click.option("--output-dir", help="Where results.jsonl and each trial's output go.  [default: runs/SWEEP_NAME]")
-@click.option("--memory-limit", help="Memory the trials running at once must fit together, e.g. 4GiB.  "
+@click.option("--memory-limit", type=SIZE, help="Memory the trials running at once must fit together, e.g. 4GiB.  "
               "[default: free memory now]")
 @click.option("--workers", type=click.IntRange(min=1), help="At most this many trials at once.  [default: CPU count]")
 @click.option("--resume", is_flag=True, help="Continue: skip the trials already in results.jsonl.")
@@ -85,10 +87,9 @@ def sweep(sweep_file, output_dir, memory_limit, workers, resume, dry_run, metric
       memtrain sweep sweep.toml --resume
     """
     from memtrain.backend import get_backend  # noqa: PLC0415
-    from memtrain.memory.autobatch import device_budget  # noqa: PLC0415
+    from memtrain.memory.budget import device_budget  # noqa: PLC0415
     from memtrain.select import space as sp  # noqa: PLC0415
     from memtrain.select import sweep as sw  # noqa: PLC0415
-    from memtrain.units import parse_bytes  # noqa: PLC0415
 
     if plot:
         from memtrain.select.plots import _pyplot  # noqa: PLC0415
@@ -97,7 +98,7 @@ def sweep(sweep_file, output_dir, memory_limit, workers, resume, dry_run, metric
     s = sp.load_sweep(sweep_file)
     backend = get_backend(s.base.device)
     if memory_limit is not None:
-        budget, source = parse_bytes(memory_limit, "memory-limit"), "--memory-limit"
+        budget, source = memory_limit, "--memory-limit"
     else:
         budget, source = device_budget(backend)
     rep = sw.run_sweep(s, output_dir=output_dir or f"runs/{s.name}", budget=budget, budget_source=source,

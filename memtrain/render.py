@@ -6,15 +6,9 @@ import csv
 import io
 import json
 
+from memtrain.jsonable import plain
 from memtrain.memory.plan import CATEGORIES
 from memtrain.units import format_bytes
-
-
-def plain(v):
-    """json.dumps default: NumPy scalars as Python numbers, anything else as its str()."""
-    if hasattr(v, "item"):
-        return v.item()
-    return str(v)
 
 
 def to_json(obj) -> str:

@@ -7,11 +7,11 @@ from click.testing import CliRunner
 
 from memtrain import MLP, Trainer
 from memtrain.cli import main
-from memtrain.memory import estimate as est
 from memtrain.memory.overhead import ASSUMED_CUDA_OVERHEAD
 from memtrain.memory.plan import CATEGORIES
 from memtrain.nn.spec import ModelSpec
 from memtrain.optim import OPTIMIZERS
+from memtrain.profiler import estimate as est
 
 
 def run(*args):

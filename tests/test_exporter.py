@@ -6,7 +6,7 @@ import urllib.request
 
 import pytest
 
-from memtrain.exporter import Exporter, _pack, _unpack, _SIZE
+from memtrain.exporter import _SIZE, Exporter, _pack, _unpack
 from memtrain.train.state import JobState
 
 

@@ -174,7 +174,7 @@ def test_every_dtype_trains(dtype):
         (dict(layer_sizes=[3, 1], output="softmax"), "softmax output needs at least 2 units"),
         (dict(layer_sizes=[3, 2], output="sigmoid"), "sigmoid output has exactly 1 unit"),
         (dict(layer_sizes=[3, 2], dtype="int8"), "dtype: expected one of float16, float32, float64"),
-        (dict(layer_sizes=[3, 2], dropout=(0.0, 0.5)), "dropout: input keep probability must be in"),
+        (dict(layer_sizes=[3, 2], dropout=(0.0, 0.5)), r"dropout: input keep probability: expected a number in \(0, 1\]"),
         (dict(layer_sizes=[3, 2], dropout="x"), "dropout: expected True"),
         (dict(layer_sizes=[3, 2], init="zeros"), "init: unknown 'zeros'"),
         (dict(layer_sizes=[3, 2], l2=-1), "l2: expected a non-negative number"),

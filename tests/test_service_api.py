@@ -112,9 +112,11 @@ def test_killed_job_is_retried_from_its_checkpoint_and_bad_runtime_config_is_not
     assert done["state"] == "succeeded" and done["attempts"] == 2
     log = (Path(server.settings.state_dir) / "jobs" / job_id / "job.log").read_text()
     assert '"event": "resume"' in log  # the second attempt resumed, not restarted
-    bad = server.request("POST", "/jobs", digits_job("bad", epochs=1, training={"clip_norm": -1.0}))[1]["id"]
-    failed = server.wait(bad)
-    assert failed["state"] == "failed" and failed["attempts"] == 1 and "clip_norm" in failed["reason"]
+    # bad only once its batch is known: the auto batch (at most 8) is smaller than the micro-batch
+    bad = server.request("POST", "/jobs", digits_job("bad", epochs=1, batch="auto",
+                                                     training={"max_batch_size": 8, "micro_batch_size": 16}))
+    failed = server.wait(bad[1]["id"])
+    assert failed["state"] == "failed" and failed["attempts"] == 1 and "micro_batch_size" in failed["reason"]
 
 
 MALFORMED = [
@@ -138,6 +140,11 @@ MALFORMED = [
     ("checkpoint keep", {"model": {"layers": [64, 10]}, "checkpoint": {"keep": 0}}, None, "checkpoint.keep"),
     ("every steps", {"model": {"layers": [64, 10]}, "checkpoint": {"every_steps": -1}}, None, "every_steps"),
     ("micro batch", {"model": {"layers": [64, 10]}, "training": {"micro_batch_size": 0}}, None, "micro_batch_size"),
+    ("micro > batch", {"model": {"layers": [64, 10]}, "training": {"batch_size": 8, "micro_batch_size": 16}}, None,
+     "larger than the batch size 8"),
+    ("micro auto", {"model": {"layers": [64, 10]}, "training": {"micro_batch_size": "auto"}}, None,
+     "micro_batch_size"),
+    ("clip norm", {"model": {"layers": [64, 10]}, "training": {"clip_norm": -1.0}}, None, "training.clip_norm"),
     ("a section as a value", {"model": {"layers": [64, 10]}, "training": 3}, None, "[training] must be a table"),
     ("no resume", {"model": {"layers": [64, 10]}, "checkpoint": {"resume": False}}, None, "checkpoint.resume"),
     ("device", {"model": {"layers": [64, 10]}, "device": "cuda"}, None, "device"),

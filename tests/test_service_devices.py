@@ -7,18 +7,19 @@ import pytest
 
 from memtrain.errors import MemtrainError
 from memtrain.launch.executor import Handle
-from memtrain.memory import measure
+from memtrain.memory import measure, overhead, overhead_cache
 from memtrain.service import devices
 from memtrain.service.core import Service, Settings
 
 GIB = 1024**3
-FAKE = [{"index": 0, "uuid": "GPU-aaaa", "memory_free": 20 * GIB, "processes": [{"pid": 11, "used_bytes": 300},
+FAKE = [{"index": 0, "uuid": "GPU-aaaa", "name": "Fake A", "memory_free": 20 * GIB, "processes": [{"pid": 11, "used_bytes": 300},
                                                                                   {"pid": 12, "used_bytes": 400}]},
-        {"index": 1, "uuid": "GPU-bbbb", "memory_free": 40 * GIB, "processes": []}]
+        {"index": 1, "uuid": "GPU-bbbb", "name": "Fake B", "memory_free": 40 * GIB, "processes": []}]
 
 
 @pytest.fixture
-def fake_nvml(monkeypatch):
+def fake_nvml(monkeypatch, tmp_path):
+    monkeypatch.setenv("MEMTRAIN_CACHE_DIR", str(tmp_path / "cache"))  # no measured CUDA overhead but the test's
     monkeypatch.setattr(measure, "gpu_list", lambda with_processes=True: [
         {k: v for k, v in g.items() if with_processes or k != "processes"} for g in FAKE])
 
@@ -67,6 +68,10 @@ def test_gpus_from_nvml(fake_nvml, tmp_path):
     assert (a.name, a.kind, a.uuid, a.capacity_bytes) == ("cuda:0", "cuda", "GPU-aaaa", 20 * GIB)
     assert a.budget_bytes == 20 * GIB - devices.GPU_RESERVE - int(devices.GPU_RESERVE_FRACTION * 20 * GIB)
     assert (b.budget_bytes, b.budget_source, b.max_jobs, b.overhead_source) == (10 * GIB, "given", 8, "assumed")
+    overhead_cache.record("Fake A", 300 * 1024**2)  # what a memtrain run on such a GPU measured
+    a, b = devices.discover("auto", {}, max_jobs=None, state_dir=tmp_path)
+    assert (a.overhead_bytes, a.overhead_source) == (300 * 1024**2, "measured")
+    assert (b.overhead_bytes, b.overhead_source) == (overhead.ASSUMED_CUDA_OVERHEAD, "assumed")
     assert devices.gpu_process_bytes("cuda:0", [12, 99]) == 400
     with pytest.raises(MemtrainError, match="NVML lists no GPU with index 7"):
         devices.capacity("cuda:7")

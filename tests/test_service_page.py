@@ -35,7 +35,8 @@ def test_status_page_in_headless_chromium(tmp_path):
         while s.request("GET", f"/jobs/{run_id}")[1]["progress"].get("epoch") is None:
             assert time.time() < deadline
             time.sleep(0.1)
-        bad = s.request("POST", "/jobs", digits_job("page-bad", epochs=1, training={"clip_norm": -1.0}))[1]["id"]
+        bad = s.request("POST", "/jobs", digits_job("page-bad", epochs=1, batch="auto",  # fails once started
+                                                    training={"max_batch_size": 8, "micro_batch_size": 16}))[1]["id"]
         s.request("DELETE", f"/jobs/{wait_id}")  # cancelled while queued
         done_id = s.request("POST", "/jobs", digits_job("page-later", epochs=1))[1]["id"]
         r = chromium("--virtual-time-budget=2000", "--dump-dom", s.url + "/")

@@ -17,6 +17,7 @@ atomically (write to a temporary file, then rename), so a reader never sees half
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sys
@@ -24,7 +25,7 @@ import threading
 import time
 from pathlib import Path
 
-from memtrain.errors import ExitCode
+from memtrain.errors import ExitCode, JobFailed, MemtrainError
 
 PROGRESS = "progress.json"
 EXIT = "exit.json"
@@ -148,8 +149,6 @@ def _lock(run_dir: Path):
     """An exclusive lock on the run dir for the process's lifetime: should a caller ever start a
     second worker for the same job (a service killed between starting one and recording it), the
     second waits for the first to end and then resumes from its checkpoint, never beside it."""
-    import fcntl  # noqa: PLC0415
-
     run_dir.mkdir(parents=True, exist_ok=True)
     f = open(run_dir / "worker.lock", "w")
     fcntl.flock(f, fcntl.LOCK_EX)
@@ -184,18 +183,21 @@ def main(argv=None) -> int:
 
 
 def _run(launch: dict, progress: Progress, where: str) -> tuple:
-    from memtrain import config
-    from memtrain.train.job import JobFailed, run
+    """(exit code, reason or None, the job's summary without its history or None)."""
+    from memtrain.config import JobConfig  # noqa: PLC0415 - a usage error answers before the trainer loads
+    from memtrain.profiler.autobatch import auto_batch  # noqa: PLC0415 - a usage error answers before the trainer loads
+    from memtrain.train.job import Job  # noqa: PLC0415 - a usage error answers before the trainer loads
 
     try:
-        cfg = config.from_dict(launch["config"], source=launch.get("job_id", where))
-        result = run(cfg, log_format="json", progress=False, stream=progress)
+        cfg = JobConfig.from_dict(launch["config"], source=launch.get("job_id", where))
+        result = Job(cfg, log_format="json", progress=False, stream=progress, batch_solver=auto_batch).run()
     except JobFailed as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return ExitCode.FAILURE, f"error: {exc}", None
-    except (ValueError, OSError, KeyError) as exc:
+    except (MemtrainError, OSError, KeyError) as exc:
+        # a MemtrainError may say it is a failure (exit 1, e.g. a full disk); other bad input is never retried
         print(f"error: {exc}", file=sys.stderr, flush=True)
-        return ExitCode.USAGE, f"error: {exc}", None
+        return getattr(exc, "exit_code", ExitCode.USAGE), f"error: {exc}", None
     result = {k: v for k, v in result.items() if k != "history"}
     return ExitCode.OK, None, result
 

@@ -10,6 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from memtrain.errors import ConfigError
+from memtrain.validate import check_scalar
+
 
 @dataclass(frozen=True)
 class BatchFit:
@@ -35,8 +38,7 @@ def round_batch(b: int, multiple_of: int | None = None, power_of_two: bool = Fal
 def largest_batch(total_at: Callable[[int], int], budget: int, *, multiple_of: int | None = None,
                   power_of_two: bool = False, limit: int = 1 << 40) -> BatchFit:
     """Largest B with total_at(B) <= budget, rounded down as asked."""
-    if multiple_of is not None and multiple_of < 1:
-        raise ValueError(f"multiple_of: expected a positive integer, got {multiple_of}")
+    check_scalar(multiple_of, "multiple_of", int, min_val=1, allow_none=True)
     one = total_at(1)
     if one > budget:
         return BatchFit(0, 0, budget, one - budget)
@@ -80,7 +82,7 @@ def parse_batch_sizes(text) -> list:
         else:
             sizes = [int(p) for p in s.split(",")]
     except ValueError:
-        raise ValueError(err) from None
+        raise ConfigError(err) from None
     if not sizes or any(b < 1 for b in sizes):
-        raise ValueError(f"batch-size: every size must be a positive integer, got {text!r}")
+        raise ConfigError(f"batch-size: every size must be a positive integer, got {text!r}")
     return sizes

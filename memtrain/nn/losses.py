@@ -15,6 +15,7 @@ every gradient below it is already a batch mean.
 from __future__ import annotations
 
 from memtrain.backend import array_module
+from memtrain.errors import ConfigError
 from memtrain.nn.activations import _sigmoid
 
 
@@ -22,6 +23,12 @@ class OutputUnit:
     name = ""
     label_kind = ""  # "class" (int labels), "binary" (0/1 floats), "real" (float targets)
     needs_index = False
+
+    def __eq__(self, other):
+        return type(self) is type(other)
+
+    def __hash__(self):
+        return hash(type(self))
 
     def outputs(self, z, out, rows):  # pragma: no cover - interface
         """The output units' values (probabilities, or z itself) into `out`."""
@@ -152,5 +159,5 @@ def make_output(name) -> OutputUnit:
         return name
     key = str(name).strip().lower()
     if key not in OUTPUTS:
-        raise ValueError(f"output: unknown {name!r}; expected one of {', '.join(OUTPUTS)}")
+        raise ConfigError(f"output: unknown {name!r}; expected one of {', '.join(OUTPUTS)}")
     return OUTPUTS[key]()

@@ -12,7 +12,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 
-import memtrain
+from memtrain import __version__
 from memtrain.service import models, planning, security
 from memtrain.service.core import Service, Settings, tail
 
@@ -52,7 +52,7 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
         yield
         service.stop()
 
-    app = FastAPI(title="memtrain serve", version=memtrain.__version__, lifespan=lifespan,
+    app = FastAPI(title="memtrain serve", version=__version__, lifespan=lifespan,
                   description="A memory-aware training service: jobs are planned at submission and start "
                               "when their plans fit a device's budget (docs/service.md).")
     app.state.service = service
@@ -73,7 +73,7 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
 
     @app.get("/healthz", response_model=models.Health, tags=["service"])
     def healthz():
-        return {"status": "ok", "version": memtrain.__version__}
+        return {"status": "ok", "version": __version__}
 
     _job_routes(app, service, guarded)
     _service_routes(app, service, guarded)

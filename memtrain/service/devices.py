@@ -11,7 +11,8 @@ Per-process overhead (memory a job's processes take besides its plan):
   the peak resident memory of the worker and its metrics exporter less the job's
   plan (interpreter, NumPy, SciPy, scikit-learn, memtrain, the exporter process);
   kept in STATE_DIR/overhead.json with the Python and memtrain versions it holds for.
-- GPU: memtrain's assumed CUDA context size (memory/overhead.py), stated as assumed.
+- GPU: memtrain's measurement for the GPU's model when one is cached (memory/overhead_cache.py,
+  stated as measured), else its assumed CUDA context size (memory/overhead.py, stated as assumed).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from memtrain import __version__
 from memtrain.errors import MemtrainError
 from memtrain.units import format_bytes
 
@@ -136,13 +138,23 @@ def discover(devices: str, budgets: dict, *, max_jobs: int | None, state_dir, cp
             over, over_source = cpu_overhead_bytes(state_dir, cpu_overhead)
             threads = max(1, cores // jobs)
         else:
-            from memtrain.memory.overhead import assumed  # noqa: PLC0415
-
-            over, over_source = assumed("cuda")
+            over, over_source = gpu_overhead_bytes(gpu_info(name).get("name", ""))
             threads = 1
         uuid = gpu_info(name)["uuid"] if kind == "cuda" else ""
         out.append(Device(name, kind, cap, budget, source, jobs, over, over_source, threads, uuid))
     return out
+
+
+def gpu_overhead_bytes(model: str) -> tuple:
+    """(bytes, source) for a GPU: memtrain's measurement for this GPU model when one is cached
+    (memory/overhead_cache: any memtrain run on such a GPU records it), else the assumed CUDA
+    context. The service itself never measures: that would take a CUDA context of its own."""
+    from memtrain.memory import overhead, overhead_cache  # noqa: PLC0415 - only when a GPU is served
+
+    cached = overhead_cache.load().get(model)
+    if cached is not None:
+        return cached["bytes"], "measured"
+    return overhead.assumed("cuda")
 
 
 def cpu_overhead_bytes(state_dir, given: int | None = None) -> tuple:
@@ -166,9 +178,7 @@ def cpu_overhead_bytes(state_dir, given: int | None = None) -> tuple:
 
 
 def _overhead_key() -> dict:
-    import memtrain  # noqa: PLC0415
-
-    return {"python": platform.python_version(), "executable": sys.executable, "memtrain": memtrain.__version__}
+    return {"python": platform.python_version(), "executable": sys.executable, "memtrain": __version__}
 
 
 def measure_cpu_overhead(state_dir) -> tuple:

@@ -1,14 +1,14 @@
 """The service's one bridge to memtrain's job API: validate, plan, place run paths.
 
 Everything the service knows about job configs, data sets and memory plans goes
-through this module (memtrain.config, memtrain.memory.estimate/plan, the job's
-defaults), so the rest of the service handles plain dicts and byte counts.
+through this module (the typed JobConfig, profiler.jobplan's data rows and plan),
+so the rest of the service handles plain dicts (JobConfig.to_dict) and byte counts.
 
 - `parse_body`: a submission's bytes (TOML or JSON) -> dict.
 - `validate`: dict -> a checked job (name sanitised, data paths confined to the
   data roots, service-owned keys refused), with the rows of its data set.
 - `plan`: bytes by category at its batch (or at batch 1 for `batch_size = "auto"`),
-  and `largest_batch` under a byte budget (the "never fits" message and the auto
+  as plan_job plans it, and `largest_batch` under a byte budget (the "never fits" message and the auto
   batch solved at start time).
 - `launch_config`: the config the worker runs: checkpoint/output dirs under the
   job's run dir, the service's metrics port, the chosen batch.
@@ -23,7 +23,9 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from memtrain.config import JobConfig
 from memtrain.errors import MemtrainError
+from memtrain.memory.batch import largest_batch as solve_batch
 from memtrain.units import format_bytes
 
 SERVICE_KEYS = {("checkpoint", "dir"), ("output", "dir"), ("metrics", "port"), ("metrics", "host")}
@@ -95,27 +97,24 @@ def sanitize_name(name) -> str:
 def validate(data: dict, *, data_roots=(), device_kinds=("cpu",)) -> Checked:
     """Check a submitted job as the worker would, before anything is written.
     Raises SubmissionError naming the field and what was expected."""
-    from memtrain import config  # noqa: PLC0415
-
     data = _without_service_keys(data)
     if isinstance(data.get("checkpoint"), dict) and data["checkpoint"].get("resume", True) is not True:
         raise SubmissionError("checkpoint.resume: the service resumes retried jobs from their checkpoints; "
                               "expected true or unset")
     try:
-        cfg = config.from_dict(data)
-        cfg.name = sanitize_name(cfg.name if "name" in data else "job")
+        cfg = JobConfig.from_dict(data)
+        cfg = cfg.with_overrides({"name": sanitize_name(cfg.name if "name" in data else "job")})
         kind = _device_kind(cfg.device, device_kinds)
         _check_job(cfg)
-        _confine_data(cfg, data_roots)
-        n_train, n_val, data_bytes = _rows(cfg)
+        cfg = _confine_data(cfg, data_roots)
+        rows = _data_rows(cfg)
     except SubmissionError:
         raise
-    except (ValueError, TypeError, KeyError) as exc:
+    except (ValueError, TypeError, KeyError) as exc:  # MemtrainError is a ValueError
         raise SubmissionError(str(exc).removeprefix("config: ")) from None
-    batch = _batch(cfg.training.get("batch_size", 32))
-    cap = cfg.training.get("max_batch_size")
-    max_batch = n_train if cap is None else min(_positive("training.max_batch_size", cap), n_train)
-    return Checked(cfg.name, _to_dict(cfg), kind, batch, max_batch, (n_train, n_val), data_bytes)
+    t = cfg.training
+    max_batch = rows.n_train if t.max_batch_size is None else min(t.max_batch_size, rows.n_train)
+    return Checked(cfg.name, cfg.to_dict(), kind, t.batch_size, max_batch, (rows.n_train, rows.n_val), rows.nbytes)
 
 
 def _without_service_keys(data: dict) -> dict:
@@ -142,15 +141,6 @@ def restore(job: dict) -> Checked:
     return Checked(**d)
 
 
-def _to_dict(cfg) -> dict:
-    out = {"name": cfg.name, "seed": cfg.seed, "device": cfg.device}
-    for section in ("model", "optimizer", "schedule", "training", "data", "checkpoint", "metrics", "output"):
-        value = getattr(cfg, section)
-        if value:
-            out[section] = dict(value)
-    return out
-
-
 def _device_kind(device: str, kinds) -> str:
     text = str(device).strip().lower()
     want = "cuda" if text.startswith("cuda") or text == "gpu" else ("cpu" if text == "cpu" else None)
@@ -164,44 +154,24 @@ def _device_kind(device: str, kinds) -> str:
 
 
 def _check_job(cfg) -> None:
-    """What the job checks before its first step, here so a bad job is a 422, not a failed run."""
-    from memtrain.optim import make_optimizer  # noqa: PLC0415
-    from memtrain.train.job import DEFAULTS, _schedule  # noqa: PLC0415
-
-    cfg.model_spec()
-    lr = make_optimizer(cfg.optimizer_name(), **cfg.optimizer_hyper()).lr
-    _schedule(cfg, lr, 1)
-    t = {**DEFAULTS["training"], **cfg.training}
-    _positive("training.epochs", t["epochs"])
-    for key in ("patience",):
-        if t[key] is not None:
-            _positive(f"training.{key}", t[key])
-    micro = t["micro_batch_size"]
-    if micro is not None:
-        _positive("training.micro_batch_size", micro)  # "auto" is the job's own probe: not in a shared budget
-    c = {**DEFAULTS["checkpoint"], **cfg.checkpoint}
-    _positive("checkpoint.keep", c["keep"])
-    if isinstance(c["every_steps"], bool) or not isinstance(c["every_steps"], int) or c["every_steps"] < 0:
-        raise SubmissionError(f"checkpoint.every_steps: expected an integer >= 0, got {c['every_steps']!r}")
+    """What the job checks before its first step and JobConfig cannot (the schedule at the
+    optimizer's own lr), here so a bad job is a 422, not a failed run."""
+    cfg.schedule.make(cfg.optimizer.make().lr, 1)
+    t = cfg.training
+    if isinstance(t.batch_size, int) and isinstance(t.micro_batch_size, int) and t.micro_batch_size > t.batch_size:
+        raise SubmissionError(f"training.micro_batch_size: {t.micro_batch_size} is larger than the batch size "
+                              f"{t.batch_size}")  # the Job's own check, before it is queued
+    if t.micro_batch_size == "auto":  # the job's own probe: it would not be in a shared budget
+        raise SubmissionError('training.micro_batch_size: expected a positive integer (the service does not '
+                              'probe "auto"), got \'auto\'')
 
 
-def _batch(value):
-    if value == "auto":
-        return "auto"
-    return _positive("training.batch_size", value, extra=' or "auto"')
-
-
-def _positive(field, value, extra="") -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise SubmissionError(f"{field}: expected a positive integer{extra}, got {value!r}")
-    return value
-
-
-def _confine_data(cfg, roots) -> None:
+def _confine_data(cfg, roots):
     """Data files must lie under a --data-root (after resolving symlinks); relative paths
-    are relative to the first root. Rewrites them to absolute paths for the worker."""
+    are relative to the first root. Returns the config with them as absolute paths for the worker."""
+    overrides = {}
     for key in ("dataset", "validation_dataset"):
-        source = cfg.data.get(key)
+        source = getattr(cfg.data, key)
         if source is None or (key == "dataset" and source == "digits"):
             continue
         if not isinstance(source, str):
@@ -209,7 +179,8 @@ def _confine_data(cfg, roots) -> None:
         if source.strip().startswith(BUILTIN_PREFIXES):
             continue
         parts = [p.strip() for p in source.split(",")]
-        cfg.data[key] = ",".join(str(_confined(f"data.{key}", p, roots)) for p in parts)
+        overrides[f"data.{key}"] = ",".join(str(_confined(f"data.{key}", p, roots)) for p in parts)
+    return cfg.with_overrides(overrides) if overrides else cfg
 
 
 def _confined(field: str, text: str, roots) -> Path:
@@ -228,66 +199,60 @@ _ROWS_CACHE: dict = {}
 _ROWS_LOCK = threading.Lock()
 
 
-def _rows(cfg) -> tuple:
-    """(n_train, n_val, bytes) of the job's data set, split as the job splits it. Loaded once
-    per distinct data setting (50 submissions of one data set load it once)."""
-    from memtrain.select.compare import load_data  # noqa: PLC0415
-    from memtrain.train.job import DEFAULTS  # noqa: PLC0415
+def _data_rows(cfg):
+    """The shape of the job's data set, split as the job splits it (profiler.jobplan.data_rows).
+    Loaded once per distinct data setting and model ends (50 submissions of one data set load
+    it once); a data set that does not fit the model raises the job's own DataError."""
+    from memtrain.profiler.jobplan import data_rows  # noqa: PLC0415 - the trainer and data loaders load with the first job
 
     spec = cfg.model_spec()
-    data = {**DEFAULTS["data"], **cfg.data}
-    key = json.dumps([data, cfg.seed, spec.dtype.name, spec.output.name, spec.sizes[-1]], sort_keys=True,
-                     default=str)
+    key = json.dumps([cfg.to_dict()["data"], cfg.seed, spec.dtype.name, spec.output.name, spec.sizes[0],
+                      spec.sizes[-1]], sort_keys=True, default=str)
     with _ROWS_LOCK:
         if key not in _ROWS_CACHE:
-            ds = load_data(cfg)
-            nbytes = sum(a.nbytes for a in (ds.X_train, ds.y_train, ds.X_val, ds.y_val) if a is not None)
-            _ROWS_CACHE[key] = (len(ds.X_train), 0 if ds.X_val is None else len(ds.X_val), nbytes, ds.n_features,
-                                ds.name)
+            _ROWS_CACHE[key] = data_rows(cfg)
             if len(_ROWS_CACHE) > 256:
                 _ROWS_CACHE.pop(next(iter(_ROWS_CACHE)))
-        n_train, n_val, nbytes, n_features, name = _ROWS_CACHE[key]
-    if n_features != spec.sizes[0]:
-        raise SubmissionError(f"model.layers: the first size must equal the data's {n_features} features ({name}), "
-                              f"got {spec.sizes[0]}")
-    return n_train, n_val, nbytes
+        return _ROWS_CACHE[key]
 
 
 # -- plans ----------------------------------------------------------------------------------------
 
 
-def _plan_fn(checked: Checked, resident: bool):
-    from memtrain import config  # noqa: PLC0415
-    from memtrain.memory.plan import training_plan  # noqa: PLC0415
+def _job_plan(checked: Checked, budget: int, batch: int):
+    """profiler.jobplan.plan_job at `batch` with the memory limit the worker gets (the job's own
+    memory_limit, else the device's budget: launch_config), so residency is decided as the job
+    decides it; the data set is not loaded again (its shape is in `checked`)."""
+    from memtrain.profiler.jobplan import DataRows, plan_job  # noqa: PLC0415 - the trainer loads with the first job
 
-    cfg = config.from_dict(checked.config)
-    spec = cfg.model_spec()
-    opt_name, hyper = cfg.optimizer_name(), cfg.optimizer_hyper()
-    from memtrain.optim import make_optimizer  # noqa: PLC0415
+    cfg = JobConfig.from_dict(checked.config).with_overrides({"training.batch_size": int(batch)})
+    n_train, n_val = checked.rows
+    rows = DataRows(cfg.model_spec().sizes[0], n_train, n_val, checked.data_bytes)
+    limit = cfg.training.memory_limit if cfg.training.memory_limit is not None else budget
+    return cfg, plan_job(cfg, device_kind=checked.device_kind, budget=limit, rows=rows)
 
-    micro = cfg.training.get("micro_batch_size")
-    rows = checked.rows if resident else None
+
+def _plan_fn(checked: Checked, budget: int):
+    """batch -> the MemoryPlan the worker's trainer allocates. plan_job's Setting has no
+    micro-batch; a job with training.micro_batch_size plans with it, as its Trainer does."""
+    from memtrain.memory.plan import training_plan  # noqa: PLC0415 - with the trainer, at the first plan
+
+    cfg, jp = _job_plan(checked, budget, 1)
+    s, micro = jp.setting, cfg.training.micro_batch_size
+    if micro is None:
+        return s.plan
 
     def plan(b):
-        return training_plan(spec, make_optimizer(opt_name, **hyper), b, checked.device_kind,
-                             micro_batch_size=None if micro is None else min(micro, b),
-                             keep_best=bool(cfg.training.get("patience")), resident_rows=rows,
-                             dataset_size=rows[0] if rows else None)
+        return training_plan(s.spec, s.make_optimizer(), b, s.device, micro_batch_size=min(micro, b),
+                             keep_best=s.keep_best, resident_rows=s.resident_rows,
+                             dataset_size=s.resident_rows[0] if s.resident_rows else None)
 
     return plan
 
 
-def resident(checked: Checked, budget: int) -> bool:
-    """As the job decides: always on the CPU; on a GPU when the data takes at most
-    data.resident_share of the budget (the worker gets the same budget as memory_limit)."""
-    if checked.device_kind == "cpu":
-        return True
-    share = float(checked.config.get("data", {}).get("resident_share", 0.25))
-    return checked.data_bytes <= share * budget
-
-
 def plan(checked: Checked, budget: int) -> Plan:
-    fn = _plan_fn(checked, resident(checked, budget))
+    """The plan at the job's batch (at batch 1 for "auto": its batch is solved at start)."""
+    fn = _plan_fn(checked, budget)
     one = fn(1)
     if checked.batch == "auto":
         return Plan(one.by_category(), one.total, None, one.total)
@@ -296,7 +261,7 @@ def plan(checked: Checked, budget: int) -> Plan:
 
 
 def plan_at(checked: Checked, budget: int, batch: int) -> Plan:
-    fn = _plan_fn(checked, resident(checked, budget))
+    fn = _plan_fn(checked, budget)
     p = fn(batch)
     return Plan(p.by_category(), p.total, batch, fn(1).total)
 
@@ -304,10 +269,8 @@ def plan_at(checked: Checked, budget: int, batch: int) -> Plan:
 def largest_batch(checked: Checked, budget: int, free: int) -> int:
     """The largest batch (capped by the data set and max_batch_size; a multiple of 8 on a GPU
     when that leaves one) whose plan fits `free` bytes; 0 when not even batch 1 does."""
-    from memtrain.memory.batch import largest_batch as solve  # noqa: PLC0415
-
-    fn = _plan_fn(checked, resident(checked, budget))
-    fit = solve(lambda b: fn(b).total, free)
+    fn = _plan_fn(checked, budget)
+    fit = solve_batch(lambda b: fn(b).total, free)
     b = min(fit.batch_size, checked.max_batch)
     if checked.device_kind == "cuda" and b >= 8:
         b -= b % 8
@@ -327,20 +290,18 @@ def never_fits_message(checked: Checked, p: Plan, overhead: int, budgets: dict) 
 
 
 def launch_config(config: dict, run_dir, *, batch: int, memory_limit: int, metrics_port: int | None,
-                  metrics_host: str = "127.0.0.1") -> dict:
-    """The config the worker runs: everything it writes goes under `run_dir`."""
+                  metrics_host: str = "127.0.0.1", device: str | None = None) -> dict:
+    """The config the worker runs (JobConfig.to_dict): everything it writes goes under `run_dir`,
+    at the chosen batch, with the device's budget as its memory limit unless it set its own."""
     run_dir = Path(run_dir)
-    out = json.loads(json.dumps(config))
-    out.setdefault("training", {})["batch_size"] = int(batch)
-    user_limit = out["training"].get("memory_limit")
-    if user_limit is None:
-        out["training"]["memory_limit"] = int(memory_limit)
-    out["checkpoint"] = {**out.get("checkpoint", {}), "dir": str(run_dir / "checkpoints"), "resume": True}
-    out["output"] = {"dir": str(run_dir / "output")}
-    out["metrics"] = {**out.get("metrics", {})}
+    cfg = JobConfig.from_dict(config)
+    overrides = {"training.batch_size": int(batch), "checkpoint.dir": str(run_dir / "checkpoints"),
+                 "checkpoint.resume": True, "output.dir": str(run_dir / "output"), "device": device}
+    if cfg.training.memory_limit is None:
+        overrides["training.memory_limit"] = int(memory_limit)
     if metrics_port is not None:
-        out["metrics"].update(port=int(metrics_port), host=metrics_host)
-    return out
+        overrides.update({"metrics.port": int(metrics_port), "metrics.host": metrics_host})
+    return cfg.with_overrides(overrides).to_dict()
 
 
 def device_of(kind: str, name: str) -> str:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-import time
 from pathlib import Path
 
 from memtrain.launch.executor import Exit, Handle, Launch, Resources
@@ -170,8 +169,8 @@ class Scheduler:
         run_dir.mkdir(parents=True, exist_ok=True)
         port = self._metrics_port() if self.metrics_ports else None
         cfg = planning.launch_config(job["config"], run_dir, batch=batch, memory_limit=device.budget_bytes,
-                                     metrics_port=port, metrics_host=self.metrics_host)
-        cfg["device"] = planning.device_of(device.kind, device.name)
+                                     metrics_port=port, metrics_host=self.metrics_host,
+                                     device=planning.device_of(device.kind, device.name))
         threads = device.threads_per_job
         env = {"OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
         if device.kind == "cuda":  # by uuid: NVML's index (cuda:N here) need not be CUDA's ordinal

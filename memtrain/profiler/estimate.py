@@ -7,45 +7,19 @@ plan the Trainer allocates.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 
+from memtrain.config import load
+from memtrain.errors import ConfigError
+from memtrain.memory import overhead as ovh
 from memtrain.memory.batch import BatchFit, largest_batch
-from memtrain.memory.plan import CATEGORIES, MemoryPlan, inference_plan, training_plan
-from memtrain.optim import OPTIMIZERS, make_optimizer
+from memtrain.memory.measure import gpu_free_bytes, mem_available
+from memtrain.memory.plan import CATEGORIES, MemoryPlan
+from memtrain.nn.spec import ModelSpec
+from memtrain.optim import OPTIMIZERS
+from memtrain.train.setting import Setting
 
 SCHEMA = "memtrain.estimate/1"
 TABLE_SCHEMA = "memtrain.estimate-table/1"
-
-
-@dataclass(frozen=True)
-class Setting:
-    """What a plan depends on besides the batch size."""
-
-    spec: object  # ModelSpec
-    optimizer: str = "adam"
-    hyper: tuple = ()  # (("lr", 1e-3), ...)
-    device: str = "cpu"  # "cpu" or "cuda"
-    overhead_bytes: int = 0
-    overhead_source: str = "none"
-    inference: bool = False
-    keep_best: bool = False
-    resident_rows: tuple | None = None  # (n_train, n_val) of a data set kept in the plan (a job's)
-
-    def make_optimizer(self):
-        return make_optimizer(self.optimizer, **dict(self.hyper))
-
-    def plan(self, batch_size: int) -> MemoryPlan:
-        if self.inference:
-            return inference_plan(self.spec, batch_size, self.device, overhead_bytes=self.overhead_bytes,
-                                  overhead_source=self.overhead_source)
-        return training_plan(self.spec, self.make_optimizer(), batch_size, self.device, keep_best=self.keep_best,
-                             resident_rows=self.resident_rows,
-                             dataset_size=self.resident_rows[0] if self.resident_rows else None,
-                             overhead_bytes=self.overhead_bytes,
-                             overhead_source=self.overhead_source)
-
-    def with_optimizer(self, name: str) -> "Setting":
-        return dataclasses.replace(self, optimizer=name, hyper=self.hyper if name == self.optimizer else ())
 
 
 def all_optimizer_names() -> list:
@@ -202,18 +176,14 @@ def build_setting(*, config=None, layers=None, activation=None, output=None, dro
 
     `backend` is the resolved CUDA Backend when a GPU is present (then the
     overhead is measured), else None (assumed overhead on "cuda")."""
-    from memtrain.config import load  # noqa: PLC0415
-    from memtrain.memory import overhead as ovh  # noqa: PLC0415
-    from memtrain.nn.spec import ModelSpec  # noqa: PLC0415
-
     cfg = load(config) if config else None
-    model = dict(cfg.model) if cfg else {}
+    model = dataclasses.asdict(cfg.model) if cfg else {}
     for key, value in (("layers", layers), ("activation", activation), ("output", output),
                        ("dropout", dropout), ("dtype", dtype)):
         if value is not None:
             model[key] = value
-    if "layers" not in model:
-        raise ValueError("layers: missing; pass --layers 784,128,10 or --config job.toml")
+    if model.get("layers") is None:
+        raise ConfigError("layers: missing; pass --layers 784,128,10 or --config job.toml")
     model.pop("init", None), model.pop("bias_init", None)  # no effect on memory
     spec = ModelSpec.create(model.pop("layers"), **model)
     opt_name = optimizer or (cfg.optimizer_name() if cfg else "adam")
@@ -221,14 +191,16 @@ def build_setting(*, config=None, layers=None, activation=None, output=None, dro
     kind = "cuda" if str(device).startswith("cuda") else "cpu"
     if overhead is not None:
         over, source = overhead, "given"
-    elif kind == "cuda" and backend is not None:
-        over, source = ovh.measure_cuda_overhead(backend.index), "measured"
+    elif kind == "cuda":  # measured once per GPU model and cached (memory/overhead_cache.py)
+        from memtrain.memory.overhead_cache import cuda_overhead  # noqa: PLC0415 - only an estimate for cuda reads the cache
+
+        over, source = cuda_overhead(backend)
     else:
         over, source = ovh.assumed(kind)
-    keep_best = bool(cfg and cfg.training.get("patience"))
+    keep_best = bool(cfg and cfg.training.patience)
     batches = None
-    if cfg and isinstance(cfg.training.get("batch_size"), int):
-        batches = [cfg.training["batch_size"]]
+    if cfg and isinstance(cfg.training.batch_size, int):
+        batches = [cfg.training.batch_size]
     setting = Setting(spec, opt_name if opt_name != "all" else "adam", hyper, kind, int(over), source,
                       bool(inference), keep_best)
     if opt_name != "all":
@@ -238,17 +210,13 @@ def build_setting(*, config=None, layers=None, activation=None, output=None, dro
 
 def resolve_budget(memory, device: str, backend, want: bool):
     """(budget bytes, where it came from) or (None, "") when no largest batch is asked for."""
-    from memtrain.memory.measure import mem_available  # noqa: PLC0415
-
     if memory is not None:
         return memory, "given"
     if str(device).startswith("cuda"):
         if backend is None:
             if want:
-                raise ValueError("memory: no CUDA device is visible to read free memory from; pass --memory SIZE")
+                raise ConfigError("memory: no CUDA device is visible to read free memory from; pass --memory SIZE")
             return None, ""
-        from memtrain.memory.measure import gpu_free_bytes  # noqa: PLC0415
-
         return gpu_free_bytes(backend.index), f"free on {backend.name} now, NVML"
     if want:
         return mem_available(), "MemAvailable now"

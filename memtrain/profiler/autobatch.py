@@ -24,22 +24,15 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from memtrain.errors import ConfigError
 from memtrain.memory.batch import largest_batch, round_batch
+from memtrain.memory.budget import default_margin, device_budget
+from memtrain.nn.mlp import MLP
+from memtrain.profiler.verify import profile, random_batch
+from memtrain.train.trainer import Trainer, oom_errors
+from memtrain.units import format_bytes
 
-# Safety margin when none is given: a fixed part plus 0.1% of the budget.
-# CPU: tracemalloc's peak exceeded the plan by at most ~56 KiB over the whole
-# verification grid (Python objects, NumPy's bounded ufunc buffers), and under
-# a hard RLIMIT_AS cap the address space grew by ~0.03% more than the plan
-# (page rounding and mmap headers of each buffer; bench/autobatch_vs_doubling.py).
-# CUDA: an assumption, not yet measured in this project, for the pool's
-# fragmentation beyond the 512-byte rounding the plan already counts.
-DEFAULT_MARGIN = {"cpu": 256 * 1024, "cuda": 8 * 1024**2}
-MARGIN_FRACTION = 0.001
 OOM_SHRINK = 0.98
-
-
-def default_margin(kind: str, budget: int) -> int:
-    return DEFAULT_MARGIN[kind] + int(MARGIN_FRACTION * budget)
 
 
 @dataclass
@@ -71,24 +64,12 @@ class AutoBatch:
         return d
 
 
-def device_budget(backend) -> tuple:
-    """Free memory now: (bytes, where it came from)."""
-    from memtrain.memory import measure  # noqa: PLC0415
-
-    if backend.is_cuda:
-        return measure.gpu_free_bytes(backend.index), f"free on {backend.name} now (NVML)"
-    return measure.mem_available(), "MemAvailable now"
-
-
 def _solve(setting, budget: int, multiple_of) -> int:
     return largest_batch(lambda b: setting.plan(b).total, budget, multiple_of=multiple_of).batch_size
 
 
 def probe(setting, batch_size: int, budget: int, backend) -> Probe:
     """One real step at `batch_size` (everything allocated, first update included)."""
-    from memtrain.memory.verify import profile  # noqa: PLC0415
-    from memtrain.train.trainer import oom_errors  # noqa: PLC0415
-
     planned = setting.plan(batch_size).total
     t0 = time.perf_counter()
     try:
@@ -125,9 +106,7 @@ def auto_batch(setting, backend, *, memory_limit: int | None = None, margin: int
     budget = raw - margin
     fit = largest_batch(lambda b: setting.plan(b).total, budget, multiple_of=multiple_of)
     if not fit.batch_size:
-        from memtrain.units import format_bytes  # noqa: PLC0415
-
-        raise ValueError(f"memory-limit: {format_bytes(raw)} less a {format_bytes(margin)} margin is too small "
+        raise ConfigError(f"memory-limit: {format_bytes(raw)} less a {format_bytes(margin)} margin is too small "
                          f"for batch {multiple_of or 1}; {format_bytes(fit.shortfall)} ({fit.shortfall:,} B) more "
                          "is needed")
     analytic = b = fit.batch_size
@@ -151,7 +130,7 @@ def auto_batch(setting, backend, *, memory_limit: int | None = None, margin: int
         step_down = multiple_of or 1
         b = min(nb, b - step_down)
         if b < 1:
-            raise ValueError("memory-limit: not even the smallest batch fits when measured")
+            raise ConfigError("memory-limit: not even the smallest batch fits when measured")
     eval_setting = dataclasses.replace(setting, inference=True, keep_best=False, resident_rows=None)
     eval_fit = largest_batch(lambda n: eval_setting.plan(n).total, budget)
     eval_batch = min(eval_fit.batch_size, dataset_size) if dataset_size else eval_fit.batch_size
@@ -162,10 +141,6 @@ def fastest_batch(setting, backend, max_batch: int, *, steps: int = 3, min_gain:
                   multiple_of: int | None = None, log=None) -> list:
     """samples/s at growing batch sizes <= max_batch (powers of two, then max_batch);
     stops once doubling gains less than `min_gain`. Returns [(batch, samples/s), ...]."""
-    from memtrain.memory.verify import random_batch  # noqa: PLC0415
-    from memtrain.nn.mlp import MLP  # noqa: PLC0415
-    from memtrain.train.trainer import Trainer  # noqa: PLC0415
-
     sizes, b = [], max(1, multiple_of or 1)
     while b < max_batch:
         sizes.append(b)
