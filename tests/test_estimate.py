@@ -1,6 +1,7 @@
 """`memtrain estimate`: library reports and the command, incl. bad input."""
 
 import json
+import os
 
 import pytest
 from click.testing import CliRunner
@@ -157,3 +158,54 @@ def test_bad_input_is_one_line_and_exit_2(args, message):
     assert code == 2
     lines = out.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("memtrain: error: ") and message in lines[0], out
+
+
+def test_estimate_of_a_job_file_is_what_train_runs(tmp_path):
+    """docs/example-job.toml: batch "auto" (16 MiB, max 128) and the digits data set in memory."""
+    from memtrain.config import load, merge
+    from memtrain.profiler.autobatch import auto_batch
+    from memtrain.train.job import Job
+
+    code, out = run("--config", "docs/example-job.toml", "--format", "json")
+    r = json.loads(out)
+    assert code == 0
+    cfg = merge(load("docs/example-job.toml"), {"device": "cpu", "training.epochs": 1, "output.dir": str(tmp_path)})
+    with open(os.devnull, "w") as devnull:
+        job = Job(cfg, progress=False, stream=devnull, install_signals=False, batch_solver=auto_batch)
+        job.open_device(), job.load_data(), job.choose_batch(), job.build_trainer()
+        job.peak.stop()
+    assert r["batch_size"] == job.batch_size == 128
+    assert r["categories"] == job.plan.by_category() and r["total"] == job.plan.total
+    assert "data_x" in [b["name"] for b in r["buffers"]]  # the resident data set is in the estimate
+
+
+def test_estimate_and_autobatch_give_the_same_batch():
+    code, out = run("--layers", "64,128,10", "--memory-limit", "8MiB", "--format", "json")
+    e = json.loads(out)
+    r = CliRunner().invoke(main, ["autobatch", "--layers", "64,128,10", "--memory-limit", "8MiB", "--format", "json"])
+    a = json.loads(r.output)
+    assert code == 0 and r.exit_code == 0
+    assert e["max_batch"]["batch_size"] == a["analytic"] == a["confirmed"] == 4162  # the same margin in both
+    assert e["max_batch"]["margin"] == a["margin"]
+    assert e["batch_size"] == 4162  # the report is at the solved batch, not at 32
+
+
+def test_optimizer_takes_a_list_like_compare():
+    code, out = run("--layers", "64,128,10", "--optimizer", "sgd,adam", "--batch-size", "64", "--format", "json")
+    t = json.loads(out)
+    assert code == 0 and t["schema"] == "memtrain.estimate-table/1"
+    assert sorted(r["optimizer"] for r in t["rows"]) == ["adam", "sgd"]
+    code, out = run("--layers", "64,128,10", "--optimizer", "sgd,adamw")
+    assert code == 2 and "optimizer: unknown 'adamw'" in out
+
+
+def test_memory_limit_is_the_one_spelling_and_memory_a_deprecated_alias():
+    r = CliRunner().invoke(main, ["estimate", "--help"])
+    assert "--memory-limit" in r.output and "--memory " not in r.output
+    old = CliRunner().invoke(main, ["estimate", "--layers", "64,128,10", "--memory", "8MiB", "--format", "json"])
+    new = CliRunner().invoke(main, ["estimate", "--layers", "64,128,10", "--memory-limit", "8MiB", "--format", "json"])
+    assert old.exit_code == new.exit_code == 0
+    assert "--memory is deprecated" in old.stderr and "use --memory-limit" in old.stderr
+    assert json.loads(old.stdout) == json.loads(new.stdout)
+    for cmd in ("estimate", "autobatch", "train", "sweep"):
+        assert "--memory-limit" in CliRunner().invoke(main, [cmd, "--help"]).output
