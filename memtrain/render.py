@@ -154,7 +154,8 @@ def autobatch_text(r) -> str:
     lines = [
         f"budget      {format_bytes(r.budget + r.margin)} ({r.budget_source}) - margin {format_bytes(r.margin)} "
         f"= {format_bytes(r.budget)}",
-        f"analytic    B = {r.analytic:,} (largest with plan(B) <= budget)",
+        f"analytic    B = {r.analytic:,} (largest with plan(B) <= budget"
+        + (f", at most {r.cap:,}: the training rows or max_batch_size)" if getattr(r, "cap", None) else ")"),
         f"confirmed   B = {r.confirmed:,} after {len(r.probes)} probe{'s' if len(r.probes) != 1 else ''}, "
         f"{r.seconds:.2f} s in all",
         f"evaluation  B = {r.eval_batch:,} (inference plan)",

@@ -56,6 +56,7 @@ class AutoBatch:
     eval_batch: int = 0
     throughput: list = field(default_factory=list)  # (batch, samples/s) with --objective throughput
     objective: str = "memory"
+    cap: int | None = None  # no batch above this was solved or probed (training rows, max_batch_size)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -151,7 +152,8 @@ def auto_batch(setting, backend, *, memory_limit: int | None = None, margin: int
     eval_setting = dataclasses.replace(setting, inference=True, keep_best=False, resident_rows=None)
     eval_fit = largest_batch(lambda n: eval_setting.plan(n).total, budget)
     eval_batch = min(eval_fit.batch_size, dataset_size) if dataset_size else eval_fit.batch_size
-    return AutoBatch(analytic, b, budget, source, margin, probes, time.perf_counter() - t0, eval_batch)
+    return AutoBatch(analytic, b, budget, source, margin, probes, time.perf_counter() - t0, eval_batch,
+                     cap=_cap(max_batch, dataset_size))
 
 
 def fastest_batch(setting, backend, max_batch: int, *, steps: int = 3, min_gain: float = 0.05,
