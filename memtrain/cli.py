@@ -9,6 +9,7 @@ import click
 from memtrain import __version__
 from memtrain.cli_types import BATCH, SIZE, model_options, plan_options
 from memtrain.errors import ConfigError, ExitCode, MemtrainError
+from memtrain.units import MAX_BATCH
 
 _NO_ARGS = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
@@ -53,6 +54,18 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except MemtrainError as exc:
             raise UserError(str(exc), getattr(exc, "exit_code", ExitCode.USAGE)) from None
+        except MemoryError as exc:  # NumPy's _ArrayMemoryError, CuPy's OutOfMemoryError: a size, not a bug
+            raise UserError(_out_of_memory(exc)) from None
+
+
+def _out_of_memory(exc) -> str:
+    from memtrain.memory.budget import cpu_free  # noqa: PLC0415
+    from memtrain.units import format_bytes  # noqa: PLC0415
+
+    free, source = cpu_free()
+    what = " ".join(str(exc).split()) or type(exc).__name__
+    return (f"out of memory: {what}; {format_bytes(free)} ({free:,} B) is available ({source}); "
+            "use a smaller batch, smaller layers or a smaller data set")
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -84,10 +97,18 @@ def _echo(text):
 
 @main.command()
 @plan_options
-@click.option("--optimizer", help="Optimizer name, lookahead:<inner>, or 'all' for every optimizer side by side.  [default: adam]")
-@click.option("--batch-size", "batch_size", help="N, a list 32,64,128, or a range 32:512 (doubling) / 32:512:32.  [default: 32]")
-@click.option("--memory", type=SIZE, help="Memory to fit, e.g. 16GiB (1024-based) or 16GB (1000-based): prints the largest batch.")
-@click.option("--max-batch", is_flag=True, help="Print the largest batch that fits --memory, the GPU's free memory, or MemAvailable.")
+@click.option("--optimizer", help="Optimizer name, lookahead:<inner>, a list like sgd,adam, or 'all' for every "
+              "optimizer side by side.  [default: adam, or the job file's]")
+@click.option("--batch-size", "batch_size", help="N, a list 32,64,128, or a range 32:512 (doubling) / 32:512:32.  "
+              "[default: the job file's (auto: solved as train solves it), the largest batch that fits "
+              "--memory-limit, or 32]")
+@click.option("--memory-limit", "memory_limit", type=SIZE, help="Memory to fit, e.g. 16GiB (1024-based) or 16GB "
+              "(1000-based): prints the largest batch, less the safety margin autobatch keeps.")
+@click.option("--memory", "memory_alias", type=SIZE, hidden=True)  # deprecated alias, kept for one release
+@click.option("--margin", type=SIZE, help="Safety margin kept free.  [default: 256KiB (CPU) or 8MiB (CUDA) + 0.1% "
+              "of the budget]")
+@click.option("--max-batch", is_flag=True, help="Print the largest batch that fits --memory-limit, the GPU's free "
+              "memory, or the CPU's default budget (25% of available memory, at most 4 GiB).")
 @click.option("--multiple-of", type=click.IntRange(min=1), help="Round the largest batch down to a multiple of this (GPUs favour 8).")
 @click.option("--power-of-two", is_flag=True, help="Round the largest batch down to a power of two.")
 @click.option("--inference", is_flag=True, help="The inference plan: no gradients, optimizer state or saved activations.")
@@ -95,47 +116,41 @@ def _echo(text):
 @click.option("--gpus", type=click.IntRange(min=1), help="Data-parallel view: per-GPU memory with optimizer state replicated vs sharded N ways.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
 @click.option("--verify", is_flag=True, help="Also allocate the plan and run 3 real steps: estimated vs measured (see `memtrain profile`).")
-def estimate(config, layers, activation, output, dropout, dtype, device, overhead, optimizer, batch_size, memory,
-             max_batch, multiple_of, power_of_two, inference, per_layer, gpus, fmt, verify):
+def estimate(config, layers, activation, output, dropout, dtype, device, overhead, optimizer, batch_size,
+             memory_limit, memory_alias, margin, max_batch, multiple_of, power_of_two, inference, per_layer, gpus,
+             fmt, verify):
     """Memory of a model + optimizer + batch + dtype, from the plan the trainer allocates.
+
+    With --config it is the plan `memtrain train` runs for that job file: the data set
+    in memory and an auto batch solved as train solves it.
 
     \b
     Examples:
       memtrain estimate --layers 784,1024,1024,10 --optimizer adam --batch-size 256
-      memtrain estimate --layers 784,1024,1024,10 --optimizer all --batch-size 256
-      memtrain estimate --layers 784,4096,4096,10 --optimizer adam --memory 16GiB
+      memtrain estimate --layers 784,1024,1024,10 --optimizer sgd,adam --batch-size 256
+      memtrain estimate --layers 784,4096,4096,10 --optimizer adam --memory-limit 16GiB
       memtrain estimate --config job.toml --per-layer --format json
     """
     from memtrain import render  # noqa: PLC0415
-    from memtrain.memory.batch import parse_batch_sizes  # noqa: PLC0415
     from memtrain.profiler import estimate as est  # noqa: PLC0415
 
+    if memory_alias is not None:
+        click.echo("memtrain: warning: --memory is deprecated and will be removed in the next release; "
+                   "use --memory-limit", err=True)
+    memory = memory_limit if memory_limit is not None else memory_alias
     backend = _backend_for(device)
-    want_fit = memory is not None or max_batch or (backend is not None)
-    budget, source = est.resolve_budget(memory, device, backend, want_fit)
-    setting, cfg_batches = est.build_setting(config=config, layers=layers, activation=activation, output=output,
-                                             dropout=dropout, dtype=dtype, optimizer=optimizer, device=device,
-                                             overhead=overhead, inference=inference, backend=backend)
-    batches = parse_batch_sizes(batch_size) if batch_size else (cfg_batches or [32])
-    names = est.all_optimizer_names() if optimizer == "all" else [setting.optimizer]
-    if inference and optimizer == "all":
-        raise ConfigError("optimizer: --inference has no optimizer; drop --optimizer all")
-    if len(names) > 1 or len(batches) > 1:
-        t = est.table(setting, names, batches, budget=budget, budget_source=source, multiple_of=multiple_of,
-                      power_of_two=power_of_two)
-        _echo({"table": render.table_text, "json": render.to_json, "csv": render.table_csv}[fmt](t))
+    req = est.build_setting(config=config, layers=layers, activation=activation, output=output, dropout=dropout,
+                            dtype=dtype, optimizer=optimizer, device=device, overhead=overhead, inference=inference,
+                            backend=backend, budget=memory)
+    r = est.estimate(req, optimizer, batch_size, memory=memory, max_batch=max_batch, backend=backend, margin=margin,
+                     multiple_of=multiple_of, power_of_two=power_of_two, per_layer=per_layer, gpus=gpus)
+    if r["schema"] == est.TABLE_SCHEMA:
+        _echo({"table": render.table_text, "json": render.to_json, "csv": render.table_csv}[fmt](r))
         return
-    r = est.report(setting, batches[0], budget=budget, budget_source=source, multiple_of=multiple_of,
-                   power_of_two=power_of_two, with_per_layer=per_layer, gpus=gpus)
-    if "max_batch" in r and not r["max_batch"]["batch_size"]:
-        from memtrain.units import format_bytes  # noqa: PLC0415
-
-        f = r["max_batch"]
-        raise ConfigError(f"memory: {format_bytes(f['budget'])} is too small for batch 1 of this plan; "
-                         f"it needs {format_bytes(f['shortfall'])} ({f['shortfall']:,} B) more")
     _echo({"table": render.estimate_text, "json": render.to_json, "csv": render.estimate_csv}[fmt](r))
     if verify:
-        _run_profile(setting, batches[0], 3, None, fmt, backend)
+        name = (r["optimizer"] or {}).get("name", req.setting.optimizer)
+        _run_profile(req.setting.with_optimizer(name), r["batch_size"], 3, None, fmt, backend)
 
 
 # -- profile ------------------------------------------------------------------------
@@ -158,7 +173,7 @@ def _run_profile(setting, batch, steps, tolerance, fmt, backend):
 @main.command()
 @plan_options
 @click.option("--optimizer", help="Optimizer name or lookahead:<inner>.  [default: adam]")
-@click.option("--batch-size", "batch_size", type=click.IntRange(min=1), help="Batch size.  [default: 32]")
+@click.option("--batch-size", "batch_size", type=click.IntRange(min=1, max=MAX_BATCH), help="Batch size.  [default: 32]")
 @click.option("--steps", type=click.IntRange(min=1), default=3, show_default=True, help="Real training steps to run.")
 @click.option("--tolerance", type=click.FloatRange(min=0), default=0.005, show_default=True,
               help="Allowed |measured - planned| / planned (at least 64 KiB is always allowed); exit 1 beyond it.")
@@ -173,10 +188,9 @@ def profile(config, layers, activation, output, dropout, dtype, device, overhead
     from memtrain.profiler import estimate as est  # noqa: PLC0415
 
     backend = _backend_for(device)
-    setting, cfg_batches = est.build_setting(config=config, layers=layers, activation=activation, output=output,
-                                             dropout=dropout, dtype=dtype, optimizer=optimizer, device=device,
-                                             overhead=overhead, backend=backend)
-    _run_profile(setting, batch_size or (cfg_batches or [32])[0], steps, tolerance, fmt, backend)
+    req = est.build_setting(config=config, layers=layers, activation=activation, output=output, dropout=dropout,
+                            dtype=dtype, optimizer=optimizer, device=device, overhead=overhead, backend=backend)
+    _run_profile(req.setting, batch_size or (req.batches or [32])[0], steps, tolerance, fmt, backend)
 
 
 # -- autobatch ------------------------------------------------------------------------
@@ -185,15 +199,18 @@ def profile(config, layers, activation, output, dropout, dtype, device, overhead
 @main.command()
 @plan_options
 @click.option("--optimizer", help="Optimizer name or lookahead:<inner>.  [default: adam]")
-@click.option("--memory-limit", type=SIZE, help="Memory to fit (e.g. 8GiB); default: free device memory now "
-              "(NVML on a GPU, MemAvailable on the CPU).")
+@click.option("--memory-limit", type=SIZE, help="Memory to fit (e.g. 8GiB); default: the job file's memory_limit, "
+              "else free GPU memory now (NVML), or on the CPU 25% of the available memory (MemAvailable, the "
+              "cgroup limit and RLIMIT_AS), at most 4 GiB.")
+@click.option("--max-batch-size", type=click.IntRange(min=1), help="Never solve or probe a larger batch.  "
+              "[default: the job file's max_batch_size and training rows]")
 @click.option("--margin", type=SIZE, help="Safety margin kept free.  [default: 256KiB (CPU) or 8MiB (CUDA) + 0.1% of the budget]")
 @click.option("--multiple-of", type=click.IntRange(min=1), help="Round the batch down to a multiple of this.  [default: 8 on CUDA]")
 @click.option("--objective", type=click.Choice(["memory", "throughput"]), default="memory", show_default=True,
               help="memory: the largest batch that fits; throughput: the fastest batch up to that size.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-def autobatch(config, layers, activation, output, dropout, dtype, device, overhead, optimizer, memory_limit, margin,
-              multiple_of, objective, fmt):
+def autobatch(config, layers, activation, output, dropout, dtype, device, overhead, optimizer, memory_limit,
+              max_batch_size, margin, multiple_of, objective, fmt):
     """The largest batch that fits, solved on the plan and confirmed by one real
     training step (a second probe only if the first one does not fit).
 
@@ -208,14 +225,18 @@ def autobatch(config, layers, activation, output, dropout, dtype, device, overhe
     from memtrain.profiler import estimate as est  # noqa: PLC0415
 
     backend = get_backend(device, verbose=True)
-    setting, _ = est.build_setting(config=config, layers=layers, activation=activation, output=output,
-                                   dropout=dropout, dtype=dtype, optimizer=optimizer, device=backend.name,
-                                   overhead=overhead, backend=backend if backend.is_cuda else None)
+    req = est.build_setting(config=config, layers=layers, activation=activation, output=output, dropout=dropout,
+                            dtype=dtype, optimizer=optimizer, device=backend.name, overhead=overhead,
+                            backend=backend if backend.is_cuda else None, budget=memory_limit)
+    setting, t = req.setting, (req.cfg.training if req.cfg is not None else None)
     if multiple_of is None and backend.is_cuda:
         multiple_of = 8
+    if t is not None:  # what `train` would solve for this job file: its limit, its cap, its rows
+        memory_limit = memory_limit if memory_limit is not None else t.memory_limit
+        max_batch_size = max_batch_size or t.max_batch_size
     log = None if fmt == "json" else (lambda p: _echo(render.probe_line(p)))
     result = ab.auto_batch(setting, backend, memory_limit=memory_limit, margin=margin, multiple_of=multiple_of,
-                           log=log)
+                           max_batch=max_batch_size, dataset_size=req.n_train, log=log)
     if objective == "throughput":
         result.objective = "throughput"
         result.throughput = ab.fastest_batch(setting, backend, result.confirmed, multiple_of=multiple_of,
@@ -252,7 +273,8 @@ def devices(fmt):
 @click.option("--epochs", type=click.IntRange(min=1))
 @click.option("--batch-size", type=BATCH, help="auto (largest that fits, probed) or N.")
 @click.option("--micro-batch-size", type=BATCH, help="auto or N: gradient accumulation below the batch size.")
-@click.option("--memory-limit", type=SIZE, help="Memory the auto batch must fit, e.g. 2GiB (default: free device memory).")
+@click.option("--memory-limit", type=SIZE, help="Memory the auto batch must fit, e.g. 2GiB (default: free GPU memory, or on "
+              "the CPU 25% of the available memory, at most 4 GiB).")
 @click.option("--dataset", help="digits, a .npz/.csv/IDX file, or synthetic:classification(n,d,classes).")
 @click.option("--device", help="cpu, cuda, cuda:N or auto.")
 @click.option("--seed", type=int)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from memtrain.units import parse_bytes
+from memtrain.units import MAX_BATCH, MAX_WIDTH, parse_bytes
 
 
 class Size(click.ParamType):
@@ -37,9 +37,12 @@ class LayerList(click.ParamType):
         if isinstance(value, list):
             return value
         try:
-            return [int(v) for v in value.split(",")]
+            sizes = [int(v) for v in value.split(",")]
         except ValueError:
             self.fail(f"expected comma-separated integers like 784,128,10, got {value!r}", param, ctx)
+        if any(not 1 <= s <= MAX_WIDTH for s in sizes):
+            self.fail(f"every layer size must be from 1 to {MAX_WIDTH:,}, got {value!r}", param, ctx)
+        return sizes
 
 
 class Dropout(click.ParamType):
@@ -62,19 +65,19 @@ class Dropout(click.ParamType):
 
 
 class BatchValue(click.ParamType):
-    """auto, or a positive integer."""
+    """auto, or a positive integer (at most MAX_BATCH)."""
 
     name = "auto|N"
 
     def convert(self, value, param, ctx):
-        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        if value == "auto":
             return value
         try:
-            n = int(value)
+            n = int(value) if not isinstance(value, bool) else 0
         except (TypeError, ValueError):
             n = 0
-        if n < 1:
-            self.fail(f"expected auto or a positive integer, got {value!r}", param, ctx)
+        if not 1 <= n <= MAX_BATCH:
+            self.fail(f"expected auto or an integer from 1 to {MAX_BATCH:,}, got {value!r}", param, ctx)
         return n
 
 

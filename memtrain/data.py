@@ -353,6 +353,7 @@ def _load_synthetic(text: str, field: str, seed: int) -> _Raw:
     for name, v, low in zip(names, values, (1, 1, 2 if kind == "classification" else 1)):
         if v < low:
             raise DataError(f"{field}: {text!r}: {name} must be at least {low}, got {v}")
+    _check_synthetic_fits(text, field, n, d, k)
     # Its own stream, apart from the split's default_rng(seed). Samples are drawn in
     # float32 whatever the model dtype, so float16/32/64 runs see the same data.
     rng = np.random.default_rng((seed, 1))
@@ -373,6 +374,20 @@ def _load_synthetic(text: str, field: str, seed: int) -> _Raw:
         y += np.float32(0.1) * rng.standard_normal((n, k), dtype=np.float32)
     name = f"synthetic:{kind}({n},{d},{k})"
     return _Raw(name, name, X, y, is_file=False)
+
+
+def _check_synthetic_fits(text, field, n, d, k) -> None:
+    """Before drawing: the float32 features, their temporary, the labels (int64 or
+    float32 targets) must fit the memory this process can get, or one clear error."""
+    from memtrain.memory.budget import cpu_free  # noqa: PLC0415
+    from memtrain.units import format_bytes  # noqa: PLC0415
+
+    need = n * d * 4 * 2 + n * max(8, 4 * k)
+    free, source = cpu_free()
+    if need > free:
+        raise DataError(f"{field}: {text!r} needs {format_bytes(need)} ({need:,} B) to generate but "
+                        f"{format_bytes(free)} ({free:,} B) is available ({source}); the largest n that fits is "
+                        f"{free // (d * 8 + max(8, 4 * k)):,}")
 
 
 def _load_npz(path: Path) -> _Raw:

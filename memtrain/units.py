@@ -39,3 +39,11 @@ def format_bytes(n: float) -> str:
             return f"{int(n)} B" if unit == "B" else f"{n:.2f} {unit}"
         n /= 1024
     raise AssertionError("unreachable")
+
+
+# Bounds on every count a user gives. Bytes are computed in Python ints (never
+# NumPy's int64, which wraps to negative), and these keep the numbers meaningful:
+# no device holds a 2**40-row batch, and a layer wider than 2**31 - 1 units is
+# beyond what one array dimension of CuPy's kernels indexes.
+MAX_BATCH = 1 << 40
+MAX_WIDTH = (1 << 31) - 1

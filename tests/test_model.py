@@ -169,7 +169,7 @@ def test_every_dtype_trains(dtype):
     "kwargs,match",
     [
         (dict(layer_sizes=[3]), "layers: need at least 2 sizes"),
-        (dict(layer_sizes=[3, 0, 2]), "layers: every size must be positive"),
+        (dict(layer_sizes=[3, 0, 2]), "layers: every size must be an integer from 1 to 2,147,483,647"),
         (dict(layer_sizes=[3, "a"]), "layers: expected a list of positive integers"),
         (dict(layer_sizes=[3, 1], output="softmax"), "softmax output needs at least 2 units"),
         (dict(layer_sizes=[3, 2], output="sigmoid"), "sigmoid output has exactly 1 unit"),

@@ -7,12 +7,14 @@ inside them. Buffer names here are the contract with nn/step.py.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from memtrain.errors import ConfigError
 from memtrain.memory.slots import CHUNK, slot_shape
+from memtrain.units import MAX_BATCH
 from memtrain.validate import check_scalar
 
 CATEGORIES = (
@@ -43,7 +45,8 @@ class Buffer:
 
     @property
     def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+        # Python ints: NumPy's int64 product wraps to negative bytes for huge shapes
+        return math.prod(int(d) for d in self.shape)
 
     @property
     def nbytes(self) -> int:
@@ -257,7 +260,8 @@ def inference_plan(spec, batch_size: int, device: str = "cpu", *, overhead_bytes
 
 
 def _check_batch(batch_size, field: str = "batch_size") -> int:
-    return check_scalar(batch_size, field, int, min_val=1)
+    return check_scalar(batch_size, field, int, min_val=1, max_val=MAX_BATCH,
+                        expected=f"a positive integer at most {MAX_BATCH:,}")
 
 
 def _device_kind(device: str) -> str:

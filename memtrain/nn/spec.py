@@ -17,6 +17,7 @@ from memtrain.errors import ConfigError
 from memtrain.nn.activations import Activation, activation_from_fields, make_activation
 from memtrain.nn.init import INITS, resolve_init
 from memtrain.nn.losses import OutputUnit, make_output
+from memtrain.units import MAX_WIDTH
 from memtrain.validate import DTYPES, check_dtype, check_scalar  # noqa: F401 - DTYPES re-exported
 
 COURSE_DROPOUT = (0.8, 0.5)  # keep probabilities: input, hidden
@@ -95,8 +96,8 @@ class ModelSpec:
             raise ConfigError(f"layers: expected a list of positive integers, got {layer_sizes!r}") from None
         if len(sizes) < 2:
             raise ConfigError(f"layers: need at least 2 sizes (inputs and outputs), got {list(sizes)}")
-        if any(s <= 0 for s in sizes):
-            raise ConfigError(f"layers: every size must be positive, got {list(sizes)}")
+        if any(s <= 0 or s > MAX_WIDTH for s in sizes):
+            raise ConfigError(f"layers: every size must be an integer from 1 to {MAX_WIDTH:,}, got {list(sizes)}")
         act = make_activation(activation)
         out = make_output(output)
         if out.name == "softmax" and sizes[-1] < 2:

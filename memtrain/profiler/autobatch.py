@@ -26,7 +26,7 @@ import numpy as np
 
 from memtrain.errors import ConfigError
 from memtrain.memory.batch import largest_batch, round_batch
-from memtrain.memory.budget import default_margin, device_budget
+from memtrain.memory.budget import auto_budget, with_margin
 from memtrain.nn.mlp import MLP
 from memtrain.profiler.verify import profile, random_batch
 from memtrain.train.trainer import Trainer, oom_errors
@@ -56,6 +56,7 @@ class AutoBatch:
     eval_batch: int = 0
     throughput: list = field(default_factory=list)  # (batch, samples/s) with --objective throughput
     objective: str = "memory"
+    cap: int | None = None  # no batch above this was solved or probed (training rows, max_batch_size)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -64,8 +65,27 @@ class AutoBatch:
         return d
 
 
-def _solve(setting, budget: int, multiple_of) -> int:
-    return largest_batch(lambda b: setting.plan(b).total, budget, multiple_of=multiple_of).batch_size
+def solve_budget(backend, memory_limit: int | None, already_allocated: int = 0) -> tuple:
+    """(raw budget, where it came from): the given limit, or the device's default."""
+    if memory_limit is not None:
+        return int(memory_limit), "given"
+    return auto_budget(backend, already_allocated)
+
+
+def solve(setting, budget: int, *, multiple_of=None, power_of_two=False, max_batch=None):
+    """The one solve on the plan (estimate, autobatch, plan_job): a BatchFit."""
+    return largest_batch(lambda b: setting.plan(b).total, budget, multiple_of=multiple_of,
+                         power_of_two=power_of_two, max_batch=max_batch)
+
+
+def _cap(max_batch, dataset_size):
+    """No batch larger than the training set or max_batch_size is ever solved or probed."""
+    caps = [c for c in (max_batch, dataset_size) if c]
+    return min(caps) if caps else None
+
+
+def _solve(setting, budget: int, multiple_of, max_batch=None) -> int:
+    return solve(setting, budget, multiple_of=multiple_of, max_batch=max_batch).batch_size
 
 
 def probe(setting, batch_size: int, budget: int, backend) -> Probe:
@@ -90,21 +110,19 @@ def _release(backend):
 
 def auto_batch(setting, backend, *, memory_limit: int | None = None, margin: int | None = None,
                multiple_of: int | None = None, max_probes: int = 4, dataset_size: int | None = None,
-               already_allocated: int = 0, log=None) -> AutoBatch:
-    """Analytic B from the plan, confirmed by real probes (usually one).
+               already_allocated: int = 0, max_batch: int | None = None, log=None) -> AutoBatch:
+    """Analytic B from the plan, capped by `max_batch` and `dataset_size` BEFORE any
+    probe, confirmed by real probes (usually one) that never exceed the budget's plan.
 
     `already_allocated`: bytes of the plan that exist already (a job's data set,
     loaded before the free memory is read); they are counted by the plan, so
-    they are added back to a measured free-memory budget, not to a given limit."""
+    they are added back to a measured free-memory budget, not to a given limit.
+    Without `memory_limit` the CPU's budget is a stated default share of the free
+    memory (memory/budget.py), never all of it."""
     t0 = time.perf_counter()
-    if memory_limit is not None:
-        raw, source = memory_limit, "given"
-    else:
-        raw, source = device_budget(backend)
-        raw += already_allocated
-    margin = default_margin(backend.kind, raw) if margin is None else int(margin)
-    budget = raw - margin
-    fit = largest_batch(lambda b: setting.plan(b).total, budget, multiple_of=multiple_of)
+    raw, source = solve_budget(backend, memory_limit, already_allocated)
+    budget, margin = with_margin(backend.kind, raw, margin)
+    fit = solve(setting, budget, multiple_of=multiple_of, max_batch=_cap(max_batch, dataset_size))
     if not fit.batch_size:
         raise ConfigError(f"memory-limit: {format_bytes(raw)} less a {format_bytes(margin)} margin is too small "
                          f"for batch {multiple_of or 1}; {format_bytes(fit.shortfall)} ({fit.shortfall:,} B) more "
@@ -124,7 +142,7 @@ def auto_batch(setting, backend, *, memory_limit: int | None = None, margin: int
                                f"(last: B={b}, {p.outcome}); pass a smaller --memory-limit")
         if p.outcome == "over budget":
             corrected = raw - (p.measured - p.planned)
-            nb = _solve(setting, corrected, multiple_of)
+            nb = _solve(setting, corrected, multiple_of, _cap(max_batch, dataset_size))
         else:
             nb = round_batch(int(b * OOM_SHRINK), multiple_of)
         step_down = multiple_of or 1
@@ -134,7 +152,8 @@ def auto_batch(setting, backend, *, memory_limit: int | None = None, margin: int
     eval_setting = dataclasses.replace(setting, inference=True, keep_best=False, resident_rows=None)
     eval_fit = largest_batch(lambda n: eval_setting.plan(n).total, budget)
     eval_batch = min(eval_fit.batch_size, dataset_size) if dataset_size else eval_fit.batch_size
-    return AutoBatch(analytic, b, budget, source, margin, probes, time.perf_counter() - t0, eval_batch)
+    return AutoBatch(analytic, b, budget, source, margin, probes, time.perf_counter() - t0, eval_batch,
+                     cap=_cap(max_batch, dataset_size))
 
 
 def fastest_batch(setting, backend, max_batch: int, *, steps: int = 3, min_gain: float = 0.05,

@@ -4,8 +4,9 @@ needs to decide whether and where a job fits, without allocating anything.
 `plan_job(cfg, device_kind=..., budget=...)` loads the job's data set only to count
 its rows (the data set is part of the plan when it is resident), builds the same
 Setting the Job builds, and returns the plan at the job's batch size; for
-`batch_size = "auto"` the batch is the largest whose plan fits the budget (the
-analytic solve; the Job then confirms it with a real probe).
+`batch_size = "auto"` the batch is the one the Job's auto batch solves: the largest
+whose plan fits the budget less the safety margin, at most the training rows and
+max_batch_size (the analytic solve; the Job then confirms it with a real probe).
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from memtrain.errors import ConfigError
-from memtrain.memory.batch import largest_batch
+from memtrain.memory.budget import with_margin
 from memtrain.memory.plan import MemoryPlan
+from memtrain.profiler.autobatch import solve
 from memtrain.train.job import data_bytes, load_job_data
 from memtrain.train.setting import Setting
 from memtrain.units import format_bytes
@@ -62,6 +64,15 @@ def job_setting(cfg, device_kind: str, resident_rows: DataRows | None, overhead_
                    resident_rows=None if resident_rows is None else (resident_rows.n_train, resident_rows.n_val))
 
 
+def solve_auto(setting, raw_budget: int, device_kind: str, n_train: int, max_batch_size=None) -> int:
+    """The batch a job's auto batch solves to (0: none fits): the same solver, margin and
+    cap (training rows, max_batch_size) as memtrain.profiler.autobatch.auto_batch."""
+    caps = [c for c in (max_batch_size, n_train) if c]
+    budget, _ = with_margin(device_kind, raw_budget)
+    return solve(setting, budget, multiple_of=8 if device_kind == "cuda" else None,
+                 max_batch=min(caps) if caps else None).batch_size
+
+
 def plan_job(cfg, *, device_kind: str = "cpu", budget: int | None = None, overhead_bytes: int = 0,
              overhead_source: str = "none", rows: DataRows | None = None) -> JobPlan:
     """The plan of `cfg` (a JobConfig) on a `device_kind` ("cpu" or "cuda") device with
@@ -79,9 +90,7 @@ def plan_job(cfg, *, device_kind: str = "cpu", budget: int | None = None, overhe
     if batch == "auto":
         if budget is None:
             raise ConfigError("budget: a job with batch_size = \"auto\" is planned against a memory budget")
-        batch = largest_batch(lambda b: setting.plan(b).total, budget).batch_size or None
-        if cfg.training.max_batch_size is not None and batch:
-            batch = min(batch, cfg.training.max_batch_size)
+        batch = solve_auto(setting, budget, device_kind, rows.n_train, cfg.training.max_batch_size) or None
     plan = setting.plan(batch or 1)
     reason = ""
     if budget is not None and (batch is None or plan.total > budget):

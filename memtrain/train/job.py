@@ -27,7 +27,7 @@ import numpy as np
 from memtrain.backend import get_backend, set_tf32
 from memtrain.errors import ConfigError, DataError, DeviceError, JobFailed
 from memtrain.memory.batch import largest_batch
-from memtrain.memory.budget import default_margin, device_budget
+from memtrain.memory.budget import check_fits, default_margin, device_budget
 from memtrain.memory.measure import gpu_uuid, pool_peak_hook
 from memtrain.memory.peak import PeakMeter
 from memtrain.memory.plan import training_plan
@@ -148,6 +148,8 @@ class Job:
             micro = self._auto_micro(batch)
         if micro is not None and micro > batch:
             raise ConfigError(f"training.micro_batch_size: {micro} is larger than the batch size {batch}")
+        if micro is None and t.batch_size != "auto":  # a given batch that cannot fit: one clear error, first
+            check_fits(lambda b: self.setting.plan(b).total, batch, backend, loaded)
         self.batch_size, self.micro_batch_size = batch, micro
         if note:
             self.log("batch", note, batch_size=batch)
@@ -344,7 +346,7 @@ class Job:
         self.set_state("planning")
         r = self.batch_solver(self.setting, self.backend, memory_limit=t.memory_limit,
                               multiple_of=8 if self.backend.is_cuda else None, dataset_size=n_train,
-                              already_allocated=loaded)
+                              already_allocated=loaded, max_batch=t.max_batch_size)
         cap = n_train if t.max_batch_size is None else min(t.max_batch_size, n_train)
         batch = min(r.confirmed, cap)
         why = "max_batch_size" if cap < n_train else "the whole training set"

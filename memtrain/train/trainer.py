@@ -410,8 +410,10 @@ def _gather(X, y, idx):
     def fill(v, lo, hi):
         rows = idx[lo:hi]
         if isinstance(v.x, np.ndarray):
-            np.take(X, rows, axis=0, out=v.x)  # no temporary: straight into the buffer
-            np.take(y, rows, axis=0, out=v.y)
+            # mode="clip": with the default "raise", NumPy buffers the whole output (a
+            # second batch); the rows are a permutation's, always in range
+            np.take(X, rows, axis=0, out=v.x, mode="clip")
+            np.take(y, rows, axis=0, out=v.y, mode="clip")
         elif not isinstance(X, np.ndarray):  # resident on the device
             X.take(rows, axis=0, out=v.x)
             y.take(rows, axis=0, out=v.y)
