@@ -333,7 +333,8 @@ def evaluate(model_file, dataset, label_column, split, device, fmt):
               help="A .npz (array X) or .csv (header row; features only, or --label-column to drop).")
 @click.option("--label-column", help="A .csv column to ignore (the labels).")
 @click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False),
-              help="Where predictions go: .csv (class and probabilities) or .npy (the raw outputs).")
+              help="Where predictions go: .csv (class and probabilities) or .npy (the raw outputs); "
+              "written whole or not at all.")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=1024, show_default=True)
 def predict(model_file, input_file, label_column, out_file, device, batch_size):

@@ -1,5 +1,6 @@
-"""Malformed invocations of every command: exit status 2, one line on stderr, no
-traceback, and nothing written (issue 12, "No traceback, no garbage").
+"""Malformed invocations of every command: exit status 2, one line on stderr and
+nothing on stdout, no traceback, and nothing written (issue 12, "No traceback, no
+garbage").
 
 Each case runs the CLI in-process with click's CliRunner and catch_exceptions=False,
 so an exception that would print a traceback fails the test instead of becoming an
@@ -234,7 +235,7 @@ def test_malformed_invocation(world, monkeypatch, args, names):
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("memtrain: error: "), result.stderr
     assert names in lines[0], lines[0]
-    assert "Traceback" not in result.output
+    assert "Traceback" not in result.output and result.stdout == "", result.output
     assert _listing(world) == before, "the invocation wrote or changed files"
 
 

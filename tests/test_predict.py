@@ -190,3 +190,20 @@ def test_a_tampered_model_is_refused(trained, tmp_path):
     np.savez(tmp_path / "m.npz", params=params)
     res = CliRunner().invoke(main, ["evaluate", str(tmp_path / "m.npz"), "--dataset", "digits"])
     assert res.exit_code == 2 and "does not match the checksum" in res.output
+
+
+def test_the_jobs_data_file_by_another_path_is_still_the_jobs(tmp_path, monkeypatch):
+    """`--dataset ./d.npz` for a job trained on `d.npz`: the same file, so its test split applies."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    monkeypatch.chdir(tmp_path)
+    np.savez("d.npz", X=d.data[:400], y=d.target[:400])
+    cfg = from_dict({**JOB, "training": {"batch_size": 64, "epochs": 1}, "data": {**JOB["data"], "dataset": "d.npz"},
+                     "output": {"dir": "o"}})
+    with open(os.devnull, "w") as devnull:
+        run(cfg, progress=False, stream=devnull, install_signals=False)
+    res = CliRunner().invoke(main, ["evaluate", "o/model-final.npz", "--dataset", "./d.npz", "--format", "json"])
+    assert res.exit_code == 0, res.output
+    r = json.loads(res.output)
+    assert (r["split"], r["rows"], r["job_data"]) == ("test", 80, True)

@@ -56,7 +56,8 @@ def evaluate_model(model_file, dataset: str | None = None, *, label_column=None,
     dataset = dataset or job.get("dataset")
     if not dataset:
         raise ConfigError(f"--dataset: {model_file} does not record its job's data set; expected --dataset")
-    if job and dataset == job.get("dataset"):
+    is_job_data = bool(job) and _same_source(dataset, job.get("dataset"))
+    if is_job_data:
         X, y, split, seen = _job_rows(model, job, dataset, label_column, split)
     else:
         if split == "test":
@@ -66,7 +67,17 @@ def evaluate_model(model_file, dataset: str | None = None, *, label_column=None,
         split, seen = "all", None
     r = model.evaluate(X, y)
     return {"model": str(model_file), "dataset": dataset, "split": split, "rows": int(len(X)),
-            "seen_rows": seen, "job_data": bool(job) and dataset == job.get("dataset"), **r}
+            "seen_rows": seen, "job_data": is_job_data, **r}
+
+
+def _same_source(a, b) -> bool:
+    """The same data set: the same source text, or the same file by another path (./d.csv, d.csv)."""
+    if a == b:
+        return True
+    try:
+        return b is not None and Path(a).is_file() and Path(b).is_file() and os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _job_rows(model, job: dict, dataset, label_column, split):
