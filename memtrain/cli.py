@@ -7,7 +7,7 @@ import sys
 import click
 
 from memtrain import __version__
-from memtrain.cli_types import BATCH, SIZE, model_options, plan_options
+from memtrain.cli_types import BATCH, SIZE, FiniteFloat, model_options, plan_options
 from memtrain.errors import ConfigError, ExitCode, MemtrainError
 from memtrain.units import MAX_BATCH
 
@@ -175,7 +175,7 @@ def _run_profile(setting, batch, steps, tolerance, fmt, backend):
 @click.option("--optimizer", help="Optimizer name or lookahead:<inner>.  [default: adam]")
 @click.option("--batch-size", "batch_size", type=click.IntRange(min=1, max=MAX_BATCH), help="Batch size.  [default: 32]")
 @click.option("--steps", type=click.IntRange(min=1), default=3, show_default=True, help="Real training steps to run.")
-@click.option("--tolerance", type=click.FloatRange(min=0), default=0.005, show_default=True,
+@click.option("--tolerance", type=FiniteFloat(min_val=0), default=0.005, show_default=True,
               help="Allowed |measured - planned| / planned (at least 64 KiB is always allowed); exit 1 beyond it.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def profile(config, layers, activation, output, dropout, dtype, device, overhead, optimizer, batch_size, steps,
@@ -328,23 +328,29 @@ def train(job_file, name, layers, activation, output, dropout, dtype, optimizer,
 
 @main.command()
 @click.argument("model_file", type=click.Path(dir_okay=False))
-@click.option("--dataset", required=True, help="digits, a .npz/.csv/IDX file, or synthetic:...")
-@click.option("--label-column", help="The label column of a .csv data set.")
-@click.option("--split", type=click.Choice(["test", "all"]), default="all", show_default=True,
-              help="digits/synthetic: evaluate on the job's held-out test split, or on every row.")
+@click.option("--dataset", help="digits, a .npz/.csv/IDX file, or synthetic:...  [default: the job's data set, "
+              "recorded in the model]")
+@click.option("--label-column", help="The label column of a .csv data set.  [default: the job's, for its data set]")
+@click.option("--split", type=click.Choice(["test", "all"]),
+              help="test: the job's held-out test rows (the ones it reported); all: every row, training rows "
+              "included.  [default: test when the data set is the job's and it kept a test split, else all]")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def evaluate(model_file, dataset, label_column, split, device, fmt):
-    """Loss and accuracy of a saved model (model-final.npz / model-best.npz) on a data set."""
+    """Loss and accuracy of a saved model (model-final.npz / model-best.npz), and which
+    rows they are over: by default the job's held-out test rows.
+
+    \b
+    Examples:
+      memtrain evaluate runs/digits-demo/model-best.npz
+      memtrain evaluate runs/digits-demo/model-best.npz --split all --format json
+      memtrain evaluate model-final.npz --dataset new.csv --label-column y
+    """
     from memtrain import render  # noqa: PLC0415
-    from memtrain.train.predict import evaluate_model  # noqa: PLC0415
+    from memtrain.train.predict import describe, evaluate_model  # noqa: PLC0415
 
     r = evaluate_model(model_file, dataset, label_column=label_column, split=split, device=device)
-    if fmt == "json":
-        _echo(render.to_json(r))
-    else:
-        acc = "" if r["accuracy"] is None else f", accuracy {r['accuracy']:.4f}"
-        _echo(f"{r['rows']:,} rows of {r['dataset']}: loss {r['loss']:.4f}{acc}")
+    _echo(render.to_json(r) if fmt == "json" else describe(r))
 
 
 @main.command()
@@ -353,7 +359,8 @@ def evaluate(model_file, dataset, label_column, split, device, fmt):
               help="A .npz (array X) or .csv (header row; features only, or --label-column to drop).")
 @click.option("--label-column", help="A .csv column to ignore (the labels).")
 @click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False),
-              help="Where predictions go: .csv (class and probabilities) or .npy (the raw outputs).")
+              help="Where predictions go: .csv (class and probabilities) or .npy (the raw outputs); "
+              "written whole or not at all.")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=1024, show_default=True)
 def predict(model_file, input_file, label_column, out_file, device, batch_size):

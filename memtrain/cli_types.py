@@ -81,6 +81,24 @@ class BatchValue(click.ParamType):
         return n
 
 
+class FiniteFloat(click.ParamType):
+    """A finite number (not nan or inf), at least `min_val` when given: click's FloatRange lets nan through."""
+
+    name = "float"
+
+    def __init__(self, min_val: float | None = None):
+        self.min_val = min_val
+
+    def convert(self, value, param, ctx):
+        from memtrain.validate import check_scalar  # noqa: PLC0415 - NumPy loads when a command runs, not for --help
+
+        try:
+            return check_scalar(float(value), "value", float, min_val=self.min_val)
+        except (TypeError, ValueError):  # not a number, nan, inf, or below min_val (ConfigError is a ValueError)
+            at_least = "" if self.min_val is None else f" >= {self.min_val:g}"
+            self.fail(f"expected a finite number{at_least}, got {value!r}", param, ctx)
+
+
 SIZE = Size()
 LAYERS = LayerList()
 DROPOUT = Dropout()

@@ -293,16 +293,25 @@ class JobConfig:
 
 def load(path) -> JobConfig:
     """Parse and validate a job file; ConfigError with file, key and what was expected."""
-    p = Path(path)
+    return from_dict(read_toml(path, "config"), source=str(path))
+
+
+def read_toml(path, what: str = "config") -> dict:
+    """A TOML file as a dict; ConfigError naming `what` and the file when it cannot be read,
+    is not UTF-8 text (TOML is UTF-8 only: a binary or Latin-1 file), or is not valid TOML."""
     try:
-        text = p.read_text()
+        raw = Path(path).read_bytes()
     except OSError as exc:
-        raise ConfigError(f"config: cannot read {path}: {exc.strerror or exc}") from None
+        raise ConfigError(f"{what}: cannot read {path}: {exc.strerror or exc}") from None
     try:
-        data = tomllib.loads(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} {path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
+                          "TOML files are UTF-8") from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config {path}: invalid TOML: {exc}") from None
-    return from_dict(data, source=str(path))
+        raise ConfigError(f"{what} {path}: invalid TOML: {exc}") from None
 
 
 def from_dict(data: dict, source: str = "") -> JobConfig:

@@ -727,3 +727,81 @@ def _standardize(X: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray
         X -= mean.astype(X.dtype)
         X /= std.astype(X.dtype)
     return X
+
+
+# -- inputs of a saved model (memtrain evaluate / predict) ---------------------------------
+
+
+def check_features(n_features: int, n_inputs: int, where: str) -> None:
+    """Rows for a saved model must have its input width (its first layer): say both counts
+    before any arithmetic, instead of NumPy's "operands could not be broadcast"."""
+    if n_features != n_inputs:
+        raise DataError(f"{where}: {n_features} features per row, but the model takes {n_inputs} (its first "
+                        f"layer); expected rows like the ones it was trained on")
+
+
+def load_inputs(source, where: str, label_column=None) -> np.ndarray:
+    """Feature rows (no labels needed) for `memtrain predict`, raw as in the file (the model's
+    preprocessing is applied by the caller): a .npz with an array X, or a .csv with a header row
+    whose `label_column`, when given, is dropped. Checked as a data set's X: numeric, rows,
+    finite. DataError starting with `where` (e.g. "--input new.csv")."""
+    path = Path(str(source))
+    lower = path.name.lower()
+    if lower.endswith(".npz"):
+        X = _npz_features(path, where)
+    elif lower.endswith((".csv", ".csv.gz")):
+        X = _csv_features(path, where, label_column)
+    else:
+        raise DataError(f"{where}: expected a .npz (array X) or .csv file (header row), got {path.name}")
+    X = np.asarray(X)
+    if X.dtype.kind not in "biuf":
+        raise DataError(f"{where}: X: dtype {X.dtype} is not numeric; expected integers or floats")
+    if X.ndim < 2:
+        raise DataError(f"{where}: X: shape {X.shape}; expected a 2-D array (rows, features)")
+    X = X.reshape(len(X), -1)  # images (n, h, w): one row of h*w features each
+    if len(X) == 0:
+        raise DataError(f"{where}: X: no rows (shape {X.shape}); expected at least one")
+    _check_finite(where, "X", X)
+    return X.astype(np.float64, copy=False)
+
+
+def _npz_features(path: Path, where: str) -> np.ndarray:
+    if not path.exists():
+        raise DataError(f"{where}: file not found")
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise DataError(f"{where}: file cannot be read as .npz ({_reason(exc)})") from None
+    if not hasattr(z, "files"):  # np.load reads a .npy file given any name
+        raise DataError(f"{where}: file holds a single array, not an .npz archive; expected an array X")
+    with z:
+        if "X" not in z.files:
+            raise DataError(f"{where}: arrays: expected X, found {', '.join(sorted(z.files)) or 'none'}")
+        try:
+            return z["X"]
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
+            raise DataError(f"{where}: X: cannot be read ({_reason(exc)}); expected a numeric array") from None
+
+
+def _csv_features(path: Path, where: str, label_column) -> np.ndarray:
+    if not path.exists():
+        raise DataError(f"{where}: file not found")
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rt", newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header is None:
+                raise DataError(f"{where}: header row: file is empty; expected a header row naming the columns")
+            header = [h.strip() for h in header]
+            _check_header(where, header)
+            if label_column is not None and label_column not in header:
+                raise DataError(f"{where}: --label-column: {label_column!r} not found; columns are "
+                                f"{', '.join(header)}")
+            table = _csv_fast(path, reader.line_num, len(header))
+            if table is None:
+                table = _csv_table(where, reader, header)
+    except (OSError, UnicodeDecodeError, csv.Error, EOFError, zlib.error) as exc:
+        raise DataError(f"{where}: file cannot be read as CSV ({_reason(exc)})") from None
+    keep = [i for i, h in enumerate(header) if h != label_column]
+    return np.ascontiguousarray(table[:, keep])

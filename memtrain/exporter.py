@@ -5,7 +5,9 @@ from the training step (measured: docs/benchmarks.md). Here the job writes its
 JobState's numbers into a shared array after each step (a few microseconds),
 and a separate process serves /metrics from them with the same JobCollector,
 measuring the job's RSS and NVML usage by its pid. The exporter process exits
-when the job stops it, or when the job dies (its end of the pipe closes).
+when the job stops it, or when the job dies (its end of the pipe closes). It
+ignores SIGINT: a terminal's Ctrl-C reaches the whole process group, and the
+job, which checkpoints first, is the one to stop it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import math
 import multiprocessing as mp
 import os
+import signal
 
 import numpy as np
 
@@ -85,7 +88,7 @@ class Exporter:
         self._conn, child = ctx.Pipe()
         self._proc = ctx.Process(target=_child, args=(self._raw, json.dumps(static), os.getpid(), port, host, child),
                                  name="memtrain-exporter", daemon=True)
-        self._proc.start()
+        _start_ignoring_sigint(self._proc)
         child.close()
         if not self._conn.poll(30):
             self.stop()
@@ -111,7 +114,25 @@ class Exporter:
         self._conn.close()
 
 
+def _start_ignoring_sigint(proc) -> None:
+    """proc.start() with SIGINT blocked in this thread: the child inherits the blocked mask
+    through fork and exec, so a Ctrl-C while it imports (before _child ignores SIGINT)
+    cannot end it with a KeyboardInterrupt traceback. A SIGINT meanwhile reaches the
+    job once the mask is restored."""
+    if not hasattr(signal, "pthread_sigmask"):  # not POSIX
+        proc.start()
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        proc.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def _child(raw, static_json, job_pid, port, host, conn) -> None:  # pragma: no cover - runs in the child
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the job, which stops this process
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by the parent; now ignored
     from prometheus_client import CollectorRegistry  # noqa: PLC0415
 
     from memtrain.metrics import JobCollector, serve  # noqa: PLC0415

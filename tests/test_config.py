@@ -133,3 +133,34 @@ def test_wrong_types_are_one_line_naming_the_key(tmp_path, section, key, value, 
     with pytest.raises(ValueError) as e:
         from_dict(json.loads(json.dumps(data)), source="job.toml")
     assert str(e.value).startswith("config job.toml: ") and message in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("content,offset,byte", [
+    (b"\xff\xfe\x00\x01[model]", 0, "0xff"),  # a binary file given as a job file
+    ("name = \"caf\xe9\"\n".encode("latin-1"), 11, "0xe9"),  # Latin-1, not UTF-8
+])
+def test_a_file_that_is_not_utf8_text_is_named(tmp_path, content, offset, byte):
+    from memtrain.config import ConfigError
+
+    p = tmp_path / "job.toml"
+    p.write_bytes(content)
+    with pytest.raises(ConfigError) as e:
+        load(p)
+    assert str(e.value) == (f"config {p}: not UTF-8 text (byte {byte} at offset {offset}); TOML files are UTF-8")
+
+
+def test_a_sweep_file_that_is_not_utf8_text_is_named(tmp_path):
+    from memtrain.config import ConfigError
+    from memtrain.select.space import load_sweep
+
+    p = tmp_path / "sweep.toml"
+    p.write_bytes(b"base = \"job.toml\"\n\x80")
+    with pytest.raises(ConfigError, match=r"^sweep .*sweep.toml: not UTF-8 text \(byte 0x80 at offset 18\)"):
+        load_sweep(p)
+
+
+@pytest.mark.parametrize("layers", ["[true, 10]", "[64, false]", "[64.5, 10]", "[64.0, 10]", '["64", 10]', '"64,10"'])
+def test_layer_sizes_must_be_integers_not_booleans_or_floats(tmp_path, layers):
+    """int(True) is 1 and int(64.5) is 64: such a file is a mistake, never read as [1, 10] or [64, 10]."""
+    with pytest.raises(ValueError, match=r"layers: expected a list of positive integers, got "):
+        load(write(tmp_path, f"[model]\nlayers = {layers}\n"))

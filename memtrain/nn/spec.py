@@ -91,9 +91,11 @@ class ModelSpec:
         l2=0.0,
     ) -> "ModelSpec":
         try:
-            sizes = tuple(int(s) for s in layer_sizes)
-        except (TypeError, ValueError):
-            raise ConfigError(f"layers: expected a list of positive integers, got {layer_sizes!r}") from None
+            # check_scalar, not int(): a TOML `[true, 10]` or `[64.5, 10]` is a mistake, not [1, 10] or [64, 10]
+            sizes = tuple(check_scalar(s, "layers", int) for s in layer_sizes)
+        except (TypeError, ConfigError):
+            shown = list(layer_sizes) if isinstance(layer_sizes, tuple) else layer_sizes
+            raise ConfigError(f"layers: expected a list of positive integers, got {shown!r}") from None
         if len(sizes) < 2:
             raise ConfigError(f"layers: need at least 2 sizes (inputs and outputs), got {list(sizes)}")
         if any(s <= 0 or s > MAX_WIDTH for s in sizes):

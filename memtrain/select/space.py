@@ -26,13 +26,12 @@ import hashlib
 import itertools
 import json
 import math
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from memtrain.config import SECTIONS, JobConfig, from_dict, load, merge, section_keys
+from memtrain.config import SECTIONS, JobConfig, from_dict, load, merge, read_toml, section_keys
 from memtrain.errors import ConfigError
 from memtrain.validate import check_scalar
 
@@ -95,12 +94,7 @@ def trial_id(params: dict) -> str:
 
 def load_sweep(path) -> Sweep:
     p = Path(path)
-    try:
-        data = tomllib.loads(p.read_text())
-    except OSError as exc:
-        raise ConfigError(f"sweep: cannot read {path}: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"sweep {path}: invalid TOML: {exc}") from None
+    data = read_toml(p, "sweep")
     return from_sweep_dict(data, source=str(path), default_name=p.stem, root=p.parent)
 
 
@@ -115,7 +109,7 @@ def from_sweep_dict(data: dict, *, source="", default_name="sweep", root=Path(".
     if isinstance(base, str):
         bp = Path(base) if Path(base).is_absolute() else Path(root) / base
         cfg = load(bp)
-        base_data = tomllib.loads(bp.read_text())
+        base_data = read_toml(bp)  # load() has read it once: it is readable UTF-8 TOML
     elif isinstance(base, dict):
         cfg = from_dict(base, source=f"{source} [base]" if source else "[base]")
         base_data = base
