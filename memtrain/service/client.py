@@ -12,8 +12,8 @@ import os
 import tomllib
 import urllib.error
 import urllib.request
-from pathlib import Path
 
+from memtrain.config import read_toml
 from memtrain.errors import MemtrainError
 from memtrain.units import format_bytes
 
@@ -26,7 +26,7 @@ class ClientError(MemtrainError):
 
 class Client:
     def __init__(self, server: str | None = None, token: str | None = None, timeout: float = 30.0):
-        self.server = (server or os.environ.get("MEMTRAIN_SERVER") or DEFAULT_SERVER).rstrip("/")
+        self.server = _check_url((server or os.environ.get("MEMTRAIN_SERVER") or DEFAULT_SERVER).rstrip("/"))
         self.token = token if token is not None else os.environ.get("MEMTRAIN_TOKEN")
         self.timeout = timeout
 
@@ -75,6 +75,14 @@ class Client:
         return _chunks(resp)
 
 
+def _check_url(url: str) -> str:
+    """--server must be an http(s) URL: urllib raises a bare ValueError for anything else."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in ("http", "https") or not rest:
+        raise ClientError(f"--server: expected a URL like {DEFAULT_SERVER}, got {url!r}")
+    return url
+
+
 def _chunks(resp):
     with resp:
         while True:
@@ -104,12 +112,7 @@ def _detail(exc: urllib.error.HTTPError) -> str:
 
 def load_job(path, sets=()) -> dict:
     """A TOML job file as a dict, with `section.key=value` overrides (values read as TOML)."""
-    try:
-        data = tomllib.loads(Path(path).read_text())
-    except OSError as exc:
-        raise MemtrainError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise MemtrainError(f"{path}: invalid TOML: {exc}") from None
+    data = read_toml(path, "job file")  # one reader: unreadable, not UTF-8 and bad TOML are one line each
     for item in sets:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():

@@ -13,9 +13,11 @@ from memtrain.units import format_bytes
 def settings_from(*, state_dir, host, port, devices, budgets, token_file, data_roots, max_jobs_per_device,
                   head_wait, max_attempts, overhead, job_metrics_host="127.0.0.1", job_metrics_address=None):
     from memtrain.service.core import Settings  # noqa: PLC0415
+    from memtrain.service.devices import parse_devices  # noqa: PLC0415 - with Settings: loaded when serve runs
 
     token = security.read_token(token_file)
     security.check_bind(host, token)
+    parse_devices(devices)  # a bad --devices fails before Service creates the state dir
     state = Path(state_dir)
     if state.exists() and not state.is_dir():
         raise MemtrainError(f"--state-dir: {state} is not a directory")
