@@ -18,7 +18,7 @@ WORKDIR /app
 # The package first, so editing docs or dashboards does not reinstall CuPy.
 COPY pyproject.toml README.md ./
 COPY memtrain ./memtrain
-RUN pip install ".[cuda12]"
+RUN pip install ".[cuda12,service]"
 COPY docs ./docs
 COPY dashboards ./dashboards
 
@@ -28,5 +28,5 @@ RUN useradd --create-home --uid 10001 memtrain \
  && mkdir /runs && chown memtrain:memtrain /runs
 USER memtrain
 
-EXPOSE 9464
+EXPOSE 8470 9464
 CMD ["memtrain", "train", "docs/example-job.toml", "--metrics-host", "0.0.0.0", "--output-dir", "/runs/digits-demo"]

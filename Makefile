@@ -17,8 +17,12 @@ $(STAMP): $(BIN)/python pyproject.toml
 demo: $(STAMP)
 	rm -rf runs/digits-demo  # a fresh demo each time
 	$(BIN)/memtrain train docs/example-job.toml
+	@echo
+	@echo "memtrain is installed in $(VENV): run it as $(BIN)/memtrain (e.g. $(BIN)/memtrain runs),"
+	@echo "or put it on PATH for this shell with: source $(BIN)/activate"
 
 test: $(STAMP)
+	$(BIN)/ruff check memtrain tests bench  # the rules kept: [tool.ruff] in pyproject.toml
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

@@ -18,10 +18,10 @@ import time
 import numpy as np
 
 from memtrain.backend import get_backend
-from memtrain.memory.estimate import Setting, all_optimizer_names
 from memtrain.memory.measure import cpu_model
-from memtrain.memory.verify import profile
 from memtrain.nn.spec import ModelSpec
+from memtrain.profiler.estimate import Setting, all_optimizer_names
+from memtrain.profiler.verify import profile
 
 GRID = [
     ("784-256-10 relu", dict(layer_sizes=[784, 256, 10]), 128),

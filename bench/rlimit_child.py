@@ -14,11 +14,11 @@ import sys
 
 from memtrain import MLP, Trainer
 from memtrain.backend import get_backend
-from memtrain.memory.autobatch import auto_batch
-from memtrain.memory.estimate import Setting
 from memtrain.memory.measure import proc_kib
-from memtrain.memory.verify import random_fill
 from memtrain.nn.spec import ModelSpec
+from memtrain.profiler.autobatch import auto_batch
+from memtrain.profiler.estimate import Setting
+from memtrain.profiler.verify import random_fill
 
 SPEC = ModelSpec.create([784, 512, 256, 10])
 OPTIMIZER = "adam"

@@ -193,6 +193,19 @@ def variables(*, multi_instance: bool) -> list:
     ]
 
 
+def service_variables() -> list:
+    """The service's own scrape job and instance, and the scrape job of the training jobs it
+    runs (discovered through its /prometheus/targets)."""
+    return [
+        {"name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus", "regex": "",
+         "current": {}, "options": [], "refresh": 1, "hide": 0, "multi": False, "includeAll": False},
+        query_variable("job", "Service job", "label_values(memtrain_service_jobs, job)", multi=False),
+        query_variable("instance", "Service", 'label_values(memtrain_service_jobs{job=~"$job"}, instance)',
+                       multi=False),
+        query_variable("jobs", "Training jobs' scrape job", "label_values(memtrain_job_info, job)", multi=True),
+    ]
+
+
 def dashboard(uid: str, title: str, description: str, sections: list, *, multi_instance: bool) -> dict:
     return {
         "uid": uid, "id": None, "title": title, "description": description, "tags": ["memtrain"],
@@ -385,7 +398,73 @@ def fleet_dashboard() -> dict:
                      [("Jobs", jobs), ("Memory", memory), ("Progress", progress)], multi_instance=True)
 
 
-DASHBOARDS = {"memtrain-job.json": job_dashboard, "memtrain-fleet.json": fleet_dashboard}
+# -- memtrain — service --------------------------------------------------------------------------------
+
+
+def service_dashboard() -> dict:
+    def state(name):
+        return target(sel("memtrain_service_jobs", f'state="{name}"'), name)
+
+    def device(metric, legend):
+        return target(sel(metric), "{{device}} " + legend)
+
+    queue = [
+        stat("Queued", "memtrain_service_jobs{state=\"queued\"}: jobs waiting for their plan to fit.", "short",
+             [state("queued")], w=6),
+        stat("Running", "memtrain_service_jobs{state=\"running\"}.", "short", [state("running")], w=6),
+        stat("Failed", "memtrain_service_jobs{state=\"failed\"}: exited non-zero, or killed more often than "
+             "max_attempts.", "short", [state("failed")], w=6,
+             steps=[{"color": "green", "value": None}, {"color": "red", "value": 1}]),
+        stat("Rejected submissions", "memtrain_service_submissions_total{outcome=\"rejected\"}: bad input or a "
+             "plan that never fits (HTTP 422).", "short",
+             [target(sel("memtrain_service_submissions_total", 'outcome="rejected"'), "rejected")], w=6),
+        timeseries("Jobs by state", "memtrain_service_jobs per state.", "short",
+                   [target(f"sum by (state) ({sel('memtrain_service_jobs')})", "{{state}}")], w=12, stack=True),
+        timeseries("Queue wait", "p50 and p95 of memtrain_service_queue_wait_seconds over the jobs started in the "
+                   "window (NaN when none started).", "s",
+                   [target(f"histogram_quantile({q}, sum by (job, instance, le) "
+                           f"(rate({sel('memtrain_service_queue_wait_seconds_bucket')}[$__rate_interval])))", n)
+                    for q, n in (("0.5", "p50"), ("0.95", "p95"))], w=12),
+    ]
+    memory = [
+        timeseries("Memory per device", "memtrain_service_device_capacity_bytes (the budget plans may commit), "
+                   "memtrain_service_device_committed_bytes (plans of running jobs plus their process overhead) "
+                   "and memtrain_service_device_measured_bytes (their resident memory now). Committed never "
+                   "exceeds capacity; measured below committed means the plans hold.", "bytes",
+                   [device("memtrain_service_device_capacity_bytes", "capacity"),
+                    device("memtrain_service_device_committed_bytes", "committed"),
+                    device("memtrain_service_device_measured_bytes", "measured")], w=24, minimum=0),
+    ]
+    flow = [
+        timeseries("Submissions", "rate(memtrain_service_submissions_total) by outcome: admitted to the queue or "
+                   "rejected at submission.", "reqps",
+                   [target(f"sum by (outcome) (rate({sel('memtrain_service_submissions_total')}"
+                           "[$__rate_interval]))", "{{outcome}}")], w=12),
+        timeseries("Starts and retries", "rate(memtrain_service_job_starts_total) (job processes started) and "
+                   "rate(memtrain_service_job_retries_total) (jobs requeued to resume from a checkpoint).", "ops",
+                   [target(f"rate({sel('memtrain_service_job_starts_total')}[$__rate_interval])", "starts"),
+                    target(f"rate({sel('memtrain_service_job_retries_total')}[$__rate_interval])", "retries")],
+                   w=12),
+        state_timeline("Jobs timeline", "memtrain_job_state of every running job the service exposes in "
+                       "/prometheus/targets, by the `name` label discovery gives it.",
+                       [target(jobs_state_code(), "{{name}} {{job_id}}")], h=8),
+    ]
+    return {**dashboard("memtrain-service", "memtrain — service",
+                        "memtrain serve: the queue, jobs by state, committed plans against measured memory and "
+                        "capacity per device, and a timeline of the jobs it runs.",
+                        [("Queue", queue), ("Memory", memory), ("Jobs", flow)], multi_instance=False),
+            "templating": {"list": service_variables()}}
+
+
+def jobs_state_code() -> str:
+    """state_code() over every training job the service runs (scrape job $jobs, any instance)."""
+    parts = [f'memtrain_job_state{{job=~"$jobs", memtrain_job_state="{name}"}} * {i}'
+             for i, name in enumerate(JOB_STATES, 1)]
+    return "sum without (memtrain_job_state) (\n  " + "\n  or ".join(parts) + "\n)"
+
+
+DASHBOARDS = {"memtrain-job.json": job_dashboard, "memtrain-fleet.json": fleet_dashboard,
+              "memtrain-service.json": service_dashboard}
 
 
 def render(build) -> str:

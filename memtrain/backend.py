@@ -105,6 +105,22 @@ def get_backend(device: str = "auto", *, verbose: bool = False) -> Backend:
     return backend
 
 
+def set_tf32(backend: Backend, enabled: bool) -> None:
+    """float32 matmuls on Tensor Cores in TF32 (10-bit mantissa; Ampere and later)
+    or back to full float32. Off by default: TF32 changes float32 results in about
+    the fourth digit. Process-wide (CuPy keeps one compute type per dtype)."""
+    if not backend.is_cuda:
+        if enabled:
+            raise DeviceError("tf32: needs a CUDA device (the device is cpu)")
+        return
+    try:
+        from cupy._core import _routines_linalg as linalg  # noqa: PLC0415 - CuPy's compute-type switch
+    except ImportError as exc:
+        raise DeviceError(f"tf32: this CuPy has no compute-type switch ({exc})") from None
+    kind = linalg.COMPUTE_TYPE_TF32 if enabled else linalg.COMPUTE_TYPE_DEFAULT
+    linalg.set_compute_type(np.dtype(np.float32), kind)
+
+
 def array_module(a):
     """numpy or cupy, whichever owns `a` (CuPy's get_array_module without importing CuPy)."""
     if isinstance(a, np.ndarray) or np.isscalar(a):

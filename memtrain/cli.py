@@ -7,14 +7,29 @@ import sys
 import click
 
 from memtrain import __version__
-from memtrain.errors import ExitCode, MemtrainError
-
+from memtrain.cli_types import BATCH, SIZE, FiniteFloat, model_options, plan_options
+from memtrain.errors import ConfigError, ExitCode, MemtrainError
+from memtrain.units import MAX_BATCH
 
 _NO_ARGS = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
+class UserError(click.ClickException):
+    """A MemtrainError on its way out: one line "memtrain: error: ...", exit status 2."""
+
+    exit_code = ExitCode.USAGE
+
+    def __init__(self, message: str, exit_code: int = ExitCode.USAGE):
+        super().__init__(message)
+        self.exit_code = exit_code  # a MemtrainError may say it is a failure (1), e.g. a full disk
+
+    def show(self, file=None):
+        click.echo(f"memtrain: error: {self.format_message()}", err=True)
+
+
 class _Group(click.Group):
-    """Turns a user error raised anywhere below into one line and exit status 2."""
+    """User errors (MemtrainError, click's usage errors) as one line and exit status 2;
+    any other exception is a bug and keeps its traceback."""
 
     def main(self, args=None, prog_name=None, **kwargs):
         kwargs.pop("standalone_mode", None)
@@ -37,9 +52,20 @@ class _Group(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except (MemtrainError, ValueError) as exc:
-            click.echo(f"memtrain: error: {exc}", err=True)
-            sys.exit(ExitCode.USAGE)
+        except MemtrainError as exc:
+            raise UserError(str(exc), getattr(exc, "exit_code", ExitCode.USAGE)) from None
+        except MemoryError as exc:  # NumPy's _ArrayMemoryError, CuPy's OutOfMemoryError: a size, not a bug
+            raise UserError(_out_of_memory(exc)) from None
+
+
+def _out_of_memory(exc) -> str:
+    from memtrain.memory.budget import cpu_free  # noqa: PLC0415
+    from memtrain.units import format_bytes  # noqa: PLC0415
+
+    free, source = cpu_free()
+    what = " ".join(str(exc).split()) or type(exc).__name__
+    return (f"out of memory: {what}; {format_bytes(free)} ({free:,} B) is available ({source}); "
+            "use a smaller batch, smaller layers or a smaller data set")
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -49,68 +75,13 @@ def main():
     exactly how much memory the training takes before anything is allocated."""
 
 
-# -- shared option parsing ---------------------------------------------------------
-
-
-def _size(ctx, param, value):
-    if value is None:
-        return None
-    from memtrain.units import parse_bytes  # noqa: PLC0415
-
-    try:
-        return parse_bytes(value, param.name.replace("_", "-"), allow_zero=param.name == "overhead")
-    except ValueError as exc:
-        raise click.BadParameter(str(exc).split(": ", 1)[1]) from None
-
-
-def _layers(ctx, param, value):
-    if value is None:
-        return None
-    try:
-        return [int(v) for v in value.split(",")]
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers like 784,128,10, got {value!r}") from None
-
-
-def _dropout(ctx, param, value):
-    if value is None:
-        return None
-    v = value.strip().lower()
-    if v in ("off", "none", "false", "0"):
-        return False
-    if v in ("on", "course", "true"):
-        return True
-    try:
-        return tuple(float(p) for p in v.split(","))
-    except ValueError:
-        raise click.BadParameter(f"expected off, course (keep 0.8/0.5) or INPUT_KEEP,HIDDEN_KEEP, got {value!r}") from None
-
-
-def model_options(f):
-    """Flags that describe a model; each overrides the same setting in --config."""
-    opts = [
-        click.option("--config", type=click.Path(dir_okay=False), help="Job file (TOML) with the model; flags override it."),
-        click.option("--layers", callback=_layers, help="Layer sizes, inputs to outputs, e.g. 784,1024,1024,10."),
-        click.option("--activation", help="Hidden activation: relu, gelu, tanh, sigmoid, leaky_relu[:a], prelu, abs, "
-                     "swish[:beta], mish, softplus, identity.  [default: relu]"),
-        click.option("--output", help="Output unit: softmax | sigmoid | linear.  [default: softmax]"),
-        click.option("--dropout", callback=_dropout, help="off, course (keep 0.8 input / 0.5 hidden), or INPUT,HIDDEN keep probabilities."),
-        click.option("--dtype", type=click.Choice(["float16", "float32", "float64"]), help="Parameter dtype.  [default: float32]"),
-        click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N (the device the plan is for)."),
-        click.option("--overhead", callback=_size, help="Device overhead to assume, e.g. 600MiB (CUDA default: measured on a GPU, else assumed 512 MiB)."),
-    ]
-    for o in reversed(opts):
-        f = o(f)
-    return f
-
-
 def _backend_for(device):
     """The CUDA backend when asked for and present; None for the CPU or a GPU-less planning run."""
     from memtrain.backend import _import_cupy, get_backend, parse_device  # noqa: PLC0415
 
     kind, _ = parse_device(device)
     if kind == "auto":
-        raise ValueError("device: estimate needs cpu, cuda or cuda:N (the device the plan is for)")
+        raise ConfigError("device: estimate needs cpu, cuda or cuda:N (the device the plan is for)")
     if kind == "cpu":
         return None
     cupy, _why = _import_cupy()
@@ -125,11 +96,19 @@ def _echo(text):
 
 
 @main.command()
-@model_options
-@click.option("--optimizer", help="Optimizer name, lookahead:<inner>, or 'all' for every optimizer side by side.  [default: adam]")
-@click.option("--batch-size", "batch_size", help="N, a list 32,64,128, or a range 32:512 (doubling) / 32:512:32.  [default: 32]")
-@click.option("--memory", callback=_size, help="Memory to fit, e.g. 16GiB (1024-based) or 16GB (1000-based): prints the largest batch.")
-@click.option("--max-batch", is_flag=True, help="Print the largest batch that fits --memory, the GPU's free memory, or MemAvailable.")
+@plan_options
+@click.option("--optimizer", help="Optimizer name, lookahead:<inner>, a list like sgd,adam, or 'all' for every "
+              "optimizer side by side.  [default: adam, or the job file's]")
+@click.option("--batch-size", "batch_size", help="N, a list 32,64,128, or a range 32:512 (doubling) / 32:512:32.  "
+              "[default: the job file's (auto: solved as train solves it), the largest batch that fits "
+              "--memory-limit, or 32]")
+@click.option("--memory-limit", "memory_limit", type=SIZE, help="Memory to fit, e.g. 16GiB (1024-based) or 16GB "
+              "(1000-based): prints the largest batch, less the safety margin autobatch keeps.")
+@click.option("--memory", "memory_alias", type=SIZE, hidden=True)  # deprecated alias, kept for one release
+@click.option("--margin", type=SIZE, help="Safety margin kept free.  [default: 256KiB (CPU) or 8MiB (CUDA) + 0.1% "
+              "of the budget]")
+@click.option("--max-batch", is_flag=True, help="Print the largest batch that fits --memory-limit, the GPU's free "
+              "memory, or the CPU's default budget (25% of available memory, at most 4 GiB).")
 @click.option("--multiple-of", type=click.IntRange(min=1), help="Round the largest batch down to a multiple of this (GPUs favour 8).")
 @click.option("--power-of-two", is_flag=True, help="Round the largest batch down to a power of two.")
 @click.option("--inference", is_flag=True, help="The inference plan: no gradients, optimizer state or saved activations.")
@@ -137,47 +116,41 @@ def _echo(text):
 @click.option("--gpus", type=click.IntRange(min=1), help="Data-parallel view: per-GPU memory with optimizer state replicated vs sharded N ways.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
 @click.option("--verify", is_flag=True, help="Also allocate the plan and run 3 real steps: estimated vs measured (see `memtrain profile`).")
-def estimate(config, layers, activation, output, dropout, dtype, device, overhead, optimizer, batch_size, memory,
-             max_batch, multiple_of, power_of_two, inference, per_layer, gpus, fmt, verify):
+def estimate(config, layers, activation, output, dropout, dtype, device, overhead, optimizer, batch_size,
+             memory_limit, memory_alias, margin, max_batch, multiple_of, power_of_two, inference, per_layer, gpus,
+             fmt, verify):
     """Memory of a model + optimizer + batch + dtype, from the plan the trainer allocates.
+
+    With --config it is the plan `memtrain train` runs for that job file: the data set
+    in memory and an auto batch solved as train solves it.
 
     \b
     Examples:
       memtrain estimate --layers 784,1024,1024,10 --optimizer adam --batch-size 256
-      memtrain estimate --layers 784,1024,1024,10 --optimizer all --batch-size 256
-      memtrain estimate --layers 784,4096,4096,10 --optimizer adam --memory 16GiB
+      memtrain estimate --layers 784,1024,1024,10 --optimizer sgd,adam --batch-size 256
+      memtrain estimate --layers 784,4096,4096,10 --optimizer adam --memory-limit 16GiB
       memtrain estimate --config job.toml --per-layer --format json
     """
     from memtrain import render  # noqa: PLC0415
-    from memtrain.memory import estimate as est  # noqa: PLC0415
-    from memtrain.memory.batch import parse_batch_sizes  # noqa: PLC0415
+    from memtrain.profiler import estimate as est  # noqa: PLC0415
 
+    if memory_alias is not None:
+        click.echo("memtrain: warning: --memory is deprecated and will be removed in the next release; "
+                   "use --memory-limit", err=True)
+    memory = memory_limit if memory_limit is not None else memory_alias
     backend = _backend_for(device)
-    want_fit = memory is not None or max_batch or (backend is not None)
-    budget, source = est.resolve_budget(memory, device, backend, want_fit)
-    setting, cfg_batches = est.build_setting(config=config, layers=layers, activation=activation, output=output,
-                                             dropout=dropout, dtype=dtype, optimizer=optimizer, device=device,
-                                             overhead=overhead, inference=inference, backend=backend)
-    batches = parse_batch_sizes(batch_size) if batch_size else (cfg_batches or [32])
-    names = est.all_optimizer_names() if optimizer == "all" else [setting.optimizer]
-    if inference and optimizer == "all":
-        raise ValueError("optimizer: --inference has no optimizer; drop --optimizer all")
-    if len(names) > 1 or len(batches) > 1:
-        t = est.table(setting, names, batches, budget=budget, budget_source=source, multiple_of=multiple_of,
-                      power_of_two=power_of_two)
-        _echo({"table": render.table_text, "json": render.to_json, "csv": render.table_csv}[fmt](t))
+    req = est.build_setting(config=config, layers=layers, activation=activation, output=output, dropout=dropout,
+                            dtype=dtype, optimizer=optimizer, device=device, overhead=overhead, inference=inference,
+                            backend=backend, budget=memory)
+    r = est.estimate(req, optimizer, batch_size, memory=memory, max_batch=max_batch, backend=backend, margin=margin,
+                     multiple_of=multiple_of, power_of_two=power_of_two, per_layer=per_layer, gpus=gpus)
+    if r["schema"] == est.TABLE_SCHEMA:
+        _echo({"table": render.table_text, "json": render.to_json, "csv": render.table_csv}[fmt](r))
         return
-    r = est.report(setting, batches[0], budget=budget, budget_source=source, multiple_of=multiple_of,
-                   power_of_two=power_of_two, with_per_layer=per_layer, gpus=gpus)
-    if "max_batch" in r and not r["max_batch"]["batch_size"]:
-        from memtrain.units import format_bytes  # noqa: PLC0415
-
-        f = r["max_batch"]
-        raise ValueError(f"memory: {format_bytes(f['budget'])} is too small for batch 1 of this plan; "
-                         f"it needs {format_bytes(f['shortfall'])} ({f['shortfall']:,} B) more")
     _echo({"table": render.estimate_text, "json": render.to_json, "csv": render.estimate_csv}[fmt](r))
     if verify:
-        _run_profile(setting, batches[0], 3, None, fmt, backend)
+        name = (r["optimizer"] or {}).get("name", req.setting.optimizer)
+        _run_profile(req.setting.with_optimizer(name), r["batch_size"], 3, None, fmt, backend)
 
 
 # -- profile ------------------------------------------------------------------------
@@ -186,7 +159,7 @@ def estimate(config, layers, activation, output, dropout, dtype, device, overhea
 def _run_profile(setting, batch, steps, tolerance, fmt, backend):
     from memtrain import render  # noqa: PLC0415
     from memtrain.backend import get_backend  # noqa: PLC0415
-    from memtrain.memory import verify  # noqa: PLC0415
+    from memtrain.profiler import verify  # noqa: PLC0415
 
     if setting.device == "cuda" and backend is None:
         get_backend("cuda")  # raises the clear "no CUDA device" error
@@ -198,11 +171,11 @@ def _run_profile(setting, batch, steps, tolerance, fmt, backend):
 
 
 @main.command()
-@model_options
+@plan_options
 @click.option("--optimizer", help="Optimizer name or lookahead:<inner>.  [default: adam]")
-@click.option("--batch-size", "batch_size", type=click.IntRange(min=1), help="Batch size.  [default: 32]")
+@click.option("--batch-size", "batch_size", type=click.IntRange(min=1, max=MAX_BATCH), help="Batch size.  [default: 32]")
 @click.option("--steps", type=click.IntRange(min=1), default=3, show_default=True, help="Real training steps to run.")
-@click.option("--tolerance", type=click.FloatRange(min=0), default=0.005, show_default=True,
+@click.option("--tolerance", type=FiniteFloat(min_val=0), default=0.005, show_default=True,
               help="Allowed |measured - planned| / planned (at least 64 KiB is always allowed); exit 1 beyond it.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def profile(config, layers, activation, output, dropout, dtype, device, overhead, optimizer, batch_size, steps,
@@ -212,30 +185,32 @@ def profile(config, layers, activation, output, dropout, dtype, device, overhead
 
     Exit status 1 when the error exceeds --tolerance.
     """
-    from memtrain.memory import estimate as est  # noqa: PLC0415
+    from memtrain.profiler import estimate as est  # noqa: PLC0415
 
     backend = _backend_for(device)
-    setting, cfg_batches = est.build_setting(config=config, layers=layers, activation=activation, output=output,
-                                             dropout=dropout, dtype=dtype, optimizer=optimizer, device=device,
-                                             overhead=overhead, backend=backend)
-    _run_profile(setting, batch_size or (cfg_batches or [32])[0], steps, tolerance, fmt, backend)
+    req = est.build_setting(config=config, layers=layers, activation=activation, output=output, dropout=dropout,
+                            dtype=dtype, optimizer=optimizer, device=device, overhead=overhead, backend=backend)
+    _run_profile(req.setting, batch_size or (req.batches or [32])[0], steps, tolerance, fmt, backend)
 
 
 # -- autobatch ------------------------------------------------------------------------
 
 
 @main.command()
-@model_options
+@plan_options
 @click.option("--optimizer", help="Optimizer name or lookahead:<inner>.  [default: adam]")
-@click.option("--memory-limit", callback=_size, help="Memory to fit (e.g. 8GiB); default: free device memory now "
-              "(NVML on a GPU, MemAvailable on the CPU).")
-@click.option("--margin", callback=_size, help="Safety margin kept free.  [default: 256KiB (CPU) or 8MiB (CUDA) + 0.1% of the budget]")
+@click.option("--memory-limit", type=SIZE, help="Memory to fit (e.g. 8GiB); default: the job file's memory_limit, "
+              "else free GPU memory now (NVML), or on the CPU 25% of the available memory (MemAvailable, the "
+              "cgroup limit and RLIMIT_AS), at most 4 GiB.")
+@click.option("--max-batch-size", type=click.IntRange(min=1), help="Never solve or probe a larger batch.  "
+              "[default: the job file's max_batch_size and training rows]")
+@click.option("--margin", type=SIZE, help="Safety margin kept free.  [default: 256KiB (CPU) or 8MiB (CUDA) + 0.1% of the budget]")
 @click.option("--multiple-of", type=click.IntRange(min=1), help="Round the batch down to a multiple of this.  [default: 8 on CUDA]")
 @click.option("--objective", type=click.Choice(["memory", "throughput"]), default="memory", show_default=True,
               help="memory: the largest batch that fits; throughput: the fastest batch up to that size.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-def autobatch(config, layers, activation, output, dropout, dtype, device, overhead, optimizer, memory_limit, margin,
-              multiple_of, objective, fmt):
+def autobatch(config, layers, activation, output, dropout, dtype, device, overhead, optimizer, memory_limit,
+              max_batch_size, margin, multiple_of, objective, fmt):
     """The largest batch that fits, solved on the plan and confirmed by one real
     training step (a second probe only if the first one does not fit).
 
@@ -246,18 +221,22 @@ def autobatch(config, layers, activation, output, dropout, dtype, device, overhe
     """
     from memtrain import render  # noqa: PLC0415
     from memtrain.backend import get_backend  # noqa: PLC0415
-    from memtrain.memory import autobatch as ab  # noqa: PLC0415
-    from memtrain.memory import estimate as est  # noqa: PLC0415
+    from memtrain.profiler import autobatch as ab  # noqa: PLC0415
+    from memtrain.profiler import estimate as est  # noqa: PLC0415
 
     backend = get_backend(device, verbose=True)
-    setting, _ = est.build_setting(config=config, layers=layers, activation=activation, output=output,
-                                   dropout=dropout, dtype=dtype, optimizer=optimizer, device=backend.name,
-                                   overhead=overhead, backend=backend if backend.is_cuda else None)
+    req = est.build_setting(config=config, layers=layers, activation=activation, output=output, dropout=dropout,
+                            dtype=dtype, optimizer=optimizer, device=backend.name, overhead=overhead,
+                            backend=backend if backend.is_cuda else None, budget=memory_limit)
+    setting, t = req.setting, (req.cfg.training if req.cfg is not None else None)
     if multiple_of is None and backend.is_cuda:
         multiple_of = 8
+    if t is not None:  # what `train` would solve for this job file: its limit, its cap, its rows
+        memory_limit = memory_limit if memory_limit is not None else t.memory_limit
+        max_batch_size = max_batch_size or t.max_batch_size
     log = None if fmt == "json" else (lambda p: _echo(render.probe_line(p)))
     result = ab.auto_batch(setting, backend, memory_limit=memory_limit, margin=margin, multiple_of=multiple_of,
-                           log=log)
+                           max_batch=max_batch_size, dataset_size=req.n_train, log=log)
     if objective == "throughput":
         result.objective = "throughput"
         result.throughput = ab.fastest_batch(setting, backend, result.confirmed, multiple_of=multiple_of,
@@ -284,33 +263,18 @@ def devices(fmt):
 # -- train ---------------------------------------------------------------------------
 
 
-def _batch_value(ctx, param, value):
-    if value is None or value == "auto":
-        return value
-    try:
-        n = int(value)
-    except ValueError:
-        raise click.BadParameter(f"expected auto or a positive integer, got {value!r}") from None
-    if n < 1:
-        raise click.BadParameter(f"expected auto or a positive integer, got {value!r}")
-    return n
-
-
 @main.command()
 @click.argument("job_file", required=False, type=click.Path(dir_okay=False))
 @click.option("--name", help="Job name (the `job` label of its metrics; default output dir runs/NAME).")
-@click.option("--layers", callback=_layers, help="Layer sizes, e.g. 64,128,10.")
-@click.option("--activation", help="Hidden activation.")
-@click.option("--output", help="Output unit: softmax | sigmoid | linear.")
-@click.option("--dropout", callback=_dropout, help="off, course, or INPUT,HIDDEN keep probabilities.")
-@click.option("--dtype", type=click.Choice(["float16", "float32", "float64"]))
+@model_options
 @click.option("--optimizer", help="Optimizer name or lookahead:<inner>.")
 @click.option("--lr", type=float, help="Learning rate.")
 @click.option("--schedule", help="constant, step, exponential, cosine, linear, inverse_sqrt, cosine_restarts.")
 @click.option("--epochs", type=click.IntRange(min=1))
-@click.option("--batch-size", callback=_batch_value, help="auto (largest that fits, probed) or N.")
-@click.option("--micro-batch-size", callback=_batch_value, help="auto or N: gradient accumulation below the batch size.")
-@click.option("--memory-limit", help="Memory the auto batch must fit, e.g. 2GiB (default: free device memory).")
+@click.option("--batch-size", type=BATCH, help="auto (largest that fits, probed) or N.")
+@click.option("--micro-batch-size", type=BATCH, help="auto or N: gradient accumulation below the batch size.")
+@click.option("--memory-limit", type=SIZE, help="Memory the auto batch must fit, e.g. 2GiB (default: free GPU memory, or on "
+              "the CPU 25% of the available memory, at most 4 GiB).")
 @click.option("--dataset", help="digits, a .npz/.csv/IDX file, or synthetic:classification(n,d,classes).")
 @click.option("--device", help="cpu, cuda, cuda:N or auto.")
 @click.option("--seed", type=int)
@@ -323,9 +287,12 @@ def _batch_value(ctx, param, value):
 @click.option("--metrics-linger", type=click.FloatRange(min=0), help="Keep serving the final metrics this many seconds after the job ends.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="text: progress bar and lines; json: one JSON object per line.")
+@click.option("--cuda-graph/--no-cuda-graph", default=None,
+              help="Replay the GPU step as a CUDA graph.  [default: on where supported, never on the CPU]")
+@click.option("--tf32/--no-tf32", default=None, help="TF32 Tensor Cores for float32 matmuls on a GPU.  [default: off]")
 def train(job_file, name, layers, activation, output, dropout, dtype, optimizer, lr, schedule, epochs, batch_size,
           micro_batch_size, memory_limit, dataset, device, seed, checkpoint_dir, checkpoint_every, resume, output_dir,
-          metrics_port, metrics_host, metrics_linger, log_format):
+          metrics_port, metrics_host, metrics_linger, log_format, cuda_graph, tf32):
     """Run a training job from JOB_FILE (TOML; see docs/job-file.md) and/or flags; flags
     override the file. Checkpoints every epoch (and on SIGTERM/SIGINT, then exits 0);
     resumes from the newest checkpoint.
@@ -336,21 +303,21 @@ def train(job_file, name, layers, activation, output, dropout, dtype, optimizer,
       memtrain train --layers 64,128,10 --dataset digits --batch-size auto --epochs 20
       memtrain train job.toml --metrics-port 9464 --log-format json
     """
-    from memtrain.config import JobConfig, load, merge  # noqa: PLC0415
-    from memtrain.train.job import JobFailed, run  # noqa: PLC0415
+    from memtrain.config import JobConfig, load, merge  # noqa: PLC0415 - the command loads the library when it runs: --help stays fast
+    from memtrain.profiler.autobatch import auto_batch  # noqa: PLC0415 - the command loads the library when it runs: --help stays fast
+    from memtrain.train.job import Job, JobFailed  # noqa: PLC0415 - the command loads the library when it runs: --help stays fast
 
-    cfg = load(job_file) if job_file else JobConfig()
-    if optimizer is not None and cfg.optimizer.get("name") != optimizer:
-        cfg.optimizer = {"name": optimizer}  # another optimizer: the file's hyper-parameters were for the old one
-    merge(cfg, {"name": name, "seed": seed, "device": device, "model.layers": layers, "model.activation": activation,
-                "model.output": output, "model.dropout": dropout, "model.dtype": dtype, "optimizer.lr": lr,
-                "schedule.name": schedule, "training.epochs": epochs, "training.batch_size": batch_size,
-                "training.micro_batch_size": micro_batch_size, "training.memory_limit": memory_limit,
-                "data.dataset": dataset, "checkpoint.dir": checkpoint_dir, "checkpoint.every_steps": checkpoint_every,
-                "checkpoint.resume": resume, "output.dir": output_dir, "metrics.port": metrics_port,
-                "metrics.host": metrics_host, "metrics.linger": metrics_linger})
+    cfg = merge(load(job_file) if job_file else JobConfig(), {
+        "name": name, "seed": seed, "device": device, "model.layers": layers, "model.activation": activation,
+        "model.output": output, "model.dropout": dropout, "model.dtype": dtype, "optimizer.name": optimizer,
+        "optimizer.lr": lr, "schedule.name": schedule, "training.epochs": epochs, "training.batch_size": batch_size,
+        "training.micro_batch_size": micro_batch_size, "training.memory_limit": memory_limit,
+        "data.dataset": dataset, "checkpoint.dir": checkpoint_dir, "checkpoint.every_steps": checkpoint_every,
+        "checkpoint.resume": resume, "output.dir": output_dir, "metrics.port": metrics_port,
+        "metrics.host": metrics_host, "metrics.linger": metrics_linger, "training.cuda_graph": cuda_graph,
+        "training.tf32": tf32})
     try:
-        run(cfg, log_format=log_format)
+        Job(cfg, log_format=log_format, batch_solver=auto_batch).run()
     except JobFailed as exc:
         click.echo(f"memtrain: job failed: {exc}", err=True)
         sys.exit(ExitCode.FAILURE)
@@ -361,23 +328,29 @@ def train(job_file, name, layers, activation, output, dropout, dtype, optimizer,
 
 @main.command()
 @click.argument("model_file", type=click.Path(dir_okay=False))
-@click.option("--dataset", required=True, help="digits, a .npz/.csv/IDX file, or synthetic:...")
-@click.option("--label-column", help="The label column of a .csv data set.")
-@click.option("--split", type=click.Choice(["test", "all"]), default="all", show_default=True,
-              help="digits/synthetic: evaluate on the job's held-out test split, or on every row.")
+@click.option("--dataset", help="digits, a .npz/.csv/IDX file, or synthetic:...  [default: the job's data set, "
+              "recorded in the model]")
+@click.option("--label-column", help="The label column of a .csv data set.  [default: the job's, for its data set]")
+@click.option("--split", type=click.Choice(["test", "all"]),
+              help="test: the job's held-out test rows (the ones it reported); all: every row, training rows "
+              "included.  [default: test when the data set is the job's and it kept a test split, else all]")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def evaluate(model_file, dataset, label_column, split, device, fmt):
-    """Loss and accuracy of a saved model (model-final.npz / model-best.npz) on a data set."""
+    """Loss and accuracy of a saved model (model-final.npz / model-best.npz), and which
+    rows they are over: by default the job's held-out test rows.
+
+    \b
+    Examples:
+      memtrain evaluate runs/digits-demo/model-best.npz
+      memtrain evaluate runs/digits-demo/model-best.npz --split all --format json
+      memtrain evaluate model-final.npz --dataset new.csv --label-column y
+    """
     from memtrain import render  # noqa: PLC0415
-    from memtrain.train.predict import evaluate_model  # noqa: PLC0415
+    from memtrain.train.predict import describe, evaluate_model  # noqa: PLC0415
 
     r = evaluate_model(model_file, dataset, label_column=label_column, split=split, device=device)
-    if fmt == "json":
-        _echo(render.to_json(r))
-    else:
-        acc = "" if r["accuracy"] is None else f", accuracy {r['accuracy']:.4f}"
-        _echo(f"{r['rows']:,} rows of {r['dataset']}: loss {r['loss']:.4f}{acc}")
+    _echo(render.to_json(r) if fmt == "json" else describe(r))
 
 
 @main.command()
@@ -386,7 +359,8 @@ def evaluate(model_file, dataset, label_column, split, device, fmt):
               help="A .npz (array X) or .csv (header row; features only, or --label-column to drop).")
 @click.option("--label-column", help="A .csv column to ignore (the labels).")
 @click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False),
-              help="Where predictions go: .csv (class and probabilities) or .npy (the raw outputs).")
+              help="Where predictions go: .csv (class and probabilities) or .npy (the raw outputs); "
+              "written whole or not at all.")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=1024, show_default=True)
 def predict(model_file, input_file, label_column, out_file, device, batch_size):
@@ -399,10 +373,17 @@ def predict(model_file, input_file, label_column, out_file, device, batch_size):
 
 
 # compare and sweep (model selection) live in their own module
+from memtrain.cli_runs import runs  # noqa: E402
 from memtrain.cli_select import compare, sweep  # noqa: E402
 
 main.add_command(compare)
 main.add_command(sweep)
+main.add_command(runs)
+
+from memtrain.cli_service import COMMANDS as _SERVICE_COMMANDS  # noqa: E402
+
+for _command in _SERVICE_COMMANDS:
+    main.add_command(_command)
 
 
 if __name__ == "__main__":  # pragma: no cover

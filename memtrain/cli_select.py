@@ -10,6 +10,8 @@ import os
 
 import click
 
+from memtrain.cli_types import SIZE
+
 
 def _echo(text):
     click.echo(text)
@@ -41,7 +43,7 @@ def compare(config, optimizers, lr, epochs, target_accuracy, output_dir, plot, f
       memtrain compare --config job.toml --epochs 10 --plot compare.png --format csv
     """
     from memtrain.config import load  # noqa: PLC0415
-    from memtrain.memory.estimate import all_optimizer_names  # noqa: PLC0415
+    from memtrain.profiler.estimate import all_optimizer_names  # noqa: PLC0415
     from memtrain.select import compare as cmp  # noqa: PLC0415
 
     if plot:
@@ -60,10 +62,25 @@ def compare(config, optimizers, lr, epochs, target_accuracy, output_dir, plot, f
         _log(f"plot      {plot}")
 
 
+def _sweep_budget(ex, device: str, memory_limit):
+    """(device kind, budget, where it came from): one node of the cluster, or this machine."""
+    if ex is not None:
+        from memtrain.select.sweep_launch import cluster_budget  # noqa: PLC0415
+
+        return cluster_budget(ex, device, memory_limit)
+    from memtrain.backend import get_backend  # noqa: PLC0415
+    from memtrain.memory.budget import device_budget  # noqa: PLC0415
+
+    backend = get_backend(device)
+    if memory_limit is not None:
+        return backend.kind, memory_limit, "--memory-limit"
+    return (backend.kind, *device_budget(backend))
+
+
 @click.command()
 @click.argument("sweep_file", type=click.Path(dir_okay=False))
 @click.option("--output-dir", help="Where results.jsonl and each trial's output go.  [default: runs/SWEEP_NAME]")
-@click.option("--memory-limit", help="Memory the trials running at once must fit together, e.g. 4GiB.  "
+@click.option("--memory-limit", type=SIZE, help="Memory the trials running at once must fit together, e.g. 4GiB.  "
               "[default: free memory now]")
 @click.option("--workers", type=click.IntRange(min=1), help="At most this many trials at once.  [default: CPU count]")
 @click.option("--resume", is_flag=True, help="Continue: skip the trials already in results.jsonl.")
@@ -91,11 +108,8 @@ def sweep(sweep_file, output_dir, memory_limit, workers, resume, dry_run, metric
       memtrain sweep sweep.toml --resume
       memtrain sweep sweep.toml --executor ray --ray-address auto --output-dir /shared/runs/s
     """
-    from memtrain.backend import get_backend  # noqa: PLC0415
-    from memtrain.memory.autobatch import device_budget  # noqa: PLC0415
     from memtrain.select import space as sp  # noqa: PLC0415
     from memtrain.select import sweep as sw  # noqa: PLC0415
-    from memtrain.units import parse_bytes  # noqa: PLC0415
 
     if plot:
         from memtrain.select.plots import _pyplot  # noqa: PLC0415
@@ -104,21 +118,13 @@ def sweep(sweep_file, output_dir, memory_limit, workers, resume, dry_run, metric
     s = sp.load_sweep(sweep_file)
     if ray_address is not None and executor != "ray":
         raise click.UsageError("--ray-address: only with --executor ray")
-    limit = None if memory_limit is None else parse_bytes(memory_limit, "memory-limit")
     ex = None
     if executor == "ray":
         from memtrain.launch.ray import RayExecutor  # noqa: PLC0415
 
         ex = RayExecutor(ray_address)
     try:
-        if ex is not None:
-            from memtrain.select.sweep_launch import cluster_budget  # noqa: PLC0415
-
-            kind, budget, source = cluster_budget(ex, s.base.device, limit)
-        else:
-            backend = get_backend(s.base.device)
-            kind, (budget, source) = backend.kind, ((limit, "--memory-limit") if limit is not None
-                                                     else device_budget(backend))
+        kind, budget, source = _sweep_budget(ex, s.base.device, memory_limit)
         rep = sw.run_sweep(s, output_dir=output_dir or f"runs/{s.name}", budget=budget, budget_source=source,
                            workers=workers or (None if ex else os.cpu_count() or 1), device_kind=kind,
                            resume=resume, dry_run=dry_run, metrics_port=metrics_port, log=_echo if dry_run else _log,
@@ -126,8 +132,13 @@ def sweep(sweep_file, output_dir, memory_limit, workers, resume, dry_run, metric
     finally:
         if ex is not None:
             ex.close()
-    if dry_run:
-        return
+    if not dry_run:
+        _print_sweep(s, rep, fmt, plot)
+
+
+def _print_sweep(s, rep, fmt, plot):
+    from memtrain.select import sweep as sw  # noqa: PLC0415
+
     if fmt == "json":
         from memtrain.render import to_json  # noqa: PLC0415
 

@@ -1,8 +1,11 @@
-"""Job files (TOML): the model, optimizer, schedule and training settings.
+"""Job files (TOML) as a typed JobConfig: one frozen dataclass per section, each
+owning its defaults and the checks of its values.
 
 Unknown sections and keys are errors that name them (typos are common), and
 malformed TOML reports its line and column. Command-line flags override the
-file; `merge` does that in one place.
+file through `merge` (the one place that does it); `to_dict`/`from_dict`
+round-trip exactly, as JSON (the service stores configs and ships them to
+workers).
 
     name = "digits"
     seed = 0
@@ -31,112 +34,333 @@ file; `merge` does that in one place.
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from memtrain.errors import ConfigError
 from memtrain.nn.spec import ModelSpec
-
-SCHEMA = {
-    "": {"name", "seed", "device", "model", "optimizer", "schedule", "training", "data", "checkpoint", "metrics",
-         "output"},
-    "model": {"layers", "activation", "output", "dropout", "init", "bias_init", "dtype", "l1", "l2"},
-    "schedule": {"name", "warmup", "milestones", "gamma", "period", "mult", "total_steps"},
-    "training": {"batch_size", "max_batch_size", "micro_batch_size", "epochs", "clip_norm", "patience", "max_nonfinite",
-                 "memory_limit", "measure"},
-    "data": {"dataset", "label_column", "validation", "validation_dataset", "test", "standardize",
-             "resident_share"},
-    "checkpoint": {"dir", "every_steps", "every_minutes", "keep", "resume"},
-    "metrics": {"port", "host", "linger"},
-    "output": {"dir"},
-}
-SECTIONS = ("model", "optimizer", "schedule", "training", "data", "checkpoint", "metrics", "output")
+from memtrain.optim import make_optimizer
+from memtrain.optim.schedules import make_schedule
+from memtrain.units import parse_bytes
+from memtrain.validate import check_scalar
 
 
-@dataclass
+def _set(obj, name, value):
+    object.__setattr__(obj, name, value)  # frozen dataclasses normalise in __post_init__
+
+
+def _tuple(v):
+    return tuple(v) if isinstance(v, list) else v
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    layers: tuple | None = None  # None: must come from a flag
+    activation: str = "relu"
+    output: str = "softmax"
+    dropout: bool | tuple | None = None  # None/False off, True the course's 0.8/0.5, or (input, hidden) keep
+    init: str = "auto"
+    bias_init: float = 0.0
+    dtype: str = "float32"
+    l1: float = 0.0
+    l2: float = 0.0
+
+    def __post_init__(self):
+        _set(self, "layers", _tuple(self.layers))
+        _set(self, "dropout", _tuple(self.dropout))
+        if self.layers is not None:
+            self.spec()  # names, sizes and dtype fail here, before anything runs
+
+    def spec(self):
+        if self.layers is None:
+            raise ConfigError("model.layers: missing; expected a list like [784, 128, 10]")
+        return ModelSpec.create(self.layers, activation=self.activation, output=self.output, dropout=self.dropout,
+                                init=self.init, bias_init=self.bias_init, dtype=self.dtype, l1=self.l1, l2=self.l2)
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    name: str = "adam"
+    hyper: tuple = ()  # that optimizer's hyper-parameters as sorted (key, value) pairs; a dict is accepted
+
+    def __post_init__(self):
+        _set(self, "name", str(self.name))
+        items = self.hyper.items() if isinstance(self.hyper, dict) else self.hyper
+        _set(self, "hyper", tuple(sorted((str(k), _tuple(v)) for k, v in items)))  # hashable, picklable
+        self.make()  # bad names and hyper-parameters fail here
+
+    def make(self):
+        return make_optimizer(self.name, **dict(self.hyper))
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, **{k: list(v) if isinstance(v, tuple) else v for k, v in self.hyper}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "OptimizerConfig":
+        d = dict(d)
+        return cls(d.pop("name", "adam"), d)
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    name: str = "constant"
+    warmup: int = 0
+    milestones: tuple = (30, 60, 90)
+    gamma: float | None = None
+    period: int | None = None
+    mult: float = 1.0
+    total_steps: int | None = None  # None: the job's epochs x steps per epoch
+
+    def __post_init__(self):
+        _set(self, "milestones", _tuple(self.milestones))
+        self.make(1e-3, self.total_steps or 1)  # a bad schedule fails before the data is loaded
+
+    def make(self, lr, total_steps):
+        kwargs = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        kwargs["total_steps"] = self.total_steps or total_steps
+        return make_schedule(kwargs.pop("name"), lr, **kwargs)
+
+
+def _batch(name, value, *, allow_none=False):
+    if value == "auto" or (value is None and allow_none):
+        return value
+    try:
+        return check_scalar(value, name, int, min_val=1)
+    except ConfigError:
+        raise ConfigError(f"{name}: expected auto or a positive integer, got {value!r}") from None
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    batch_size: int | str = 32  # or "auto": the largest that fits, probed
+    max_batch_size: int | None = None
+    micro_batch_size: int | str | None = None  # or "auto"; None: no accumulation
+    epochs: int = 10
+    clip_norm: float | None = None
+    patience: int | None = None  # early stopping (keeps the best weights)
+    max_nonfinite: int = 10
+    memory_limit: int | None = None  # bytes; a job file may say "2GiB"
+    measure: bool = True  # CPU: trace the real peak with tracemalloc
+    cuda_graph: bool | None = None  # replay the GPU step as a CUDA graph; None: on where supported, never on the CPU
+    tf32: bool = False  # TF32 Tensor Cores for float32 matmuls on a GPU
+
+    def __post_init__(self):
+        _set(self, "batch_size", _batch("training.batch_size", self.batch_size))
+        _set(self, "micro_batch_size", _batch("training.micro_batch_size", self.micro_batch_size, allow_none=True))
+        _set(self, "max_batch_size", check_scalar(self.max_batch_size, "training.max_batch_size", int, min_val=1,
+                                                  allow_none=True))
+        _set(self, "epochs", check_scalar(self.epochs, "training.epochs", int, min_val=1))
+        _set(self, "clip_norm", check_scalar(self.clip_norm, "training.clip_norm", float, min_val=0,
+                                             include_boundaries="neither", allow_none=True))
+        _set(self, "patience", check_scalar(self.patience, "training.patience", int, min_val=1, allow_none=True))
+        _set(self, "max_nonfinite", check_scalar(self.max_nonfinite, "training.max_nonfinite", int, min_val=1))
+        if self.memory_limit is not None:
+            _set(self, "memory_limit", parse_bytes(self.memory_limit, "training.memory_limit"))
+        _set(self, "measure", _bool("training.measure", self.measure))
+        _set(self, "cuda_graph", _bool("training.cuda_graph", self.cuda_graph, allow_none=True))
+        _set(self, "tf32", _bool("training.tf32", self.tf32))
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "digits"
+    label_column: str | None = None
+    validation: float = 0.2
+    validation_dataset: str | None = None
+    test: float = 0.2
+    standardize: bool = True
+    resident_share: float = 0.25  # CUDA: the data set is kept on the device up to this share of the budget
+
+    def __post_init__(self):
+        _set(self, "dataset", str(self.dataset))
+        _set(self, "standardize", _bool("data.standardize", self.standardize))
+        _set(self, "resident_share", check_scalar(self.resident_share, "data.resident_share", float, min_val=0,
+                                                  max_val=1))
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    dir: str | None = None  # default OUTPUT_DIR/checkpoints
+    every_steps: int = 0
+    every_minutes: float = 10.0
+    keep: int = 3
+    resume: bool = True
+
+    def __post_init__(self):
+        _set(self, "dir", None if self.dir is None else str(self.dir))
+        _set(self, "every_steps", check_scalar(self.every_steps, "checkpoint.every_steps", int, min_val=0))
+        _set(self, "every_minutes", check_scalar(self.every_minutes, "checkpoint.every_minutes", float, min_val=0))
+        _set(self, "keep", check_scalar(self.keep, "checkpoint.keep", int, min_val=1))
+        _set(self, "resume", _bool("checkpoint.resume", self.resume))
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    port: int | None = None  # None: no metrics; 0: any free port
+    host: str = "127.0.0.1"
+    linger: float = 0.0  # seconds the final metrics stay served after the job ends
+
+    def __post_init__(self):
+        _set(self, "port", check_scalar(self.port, "metrics.port", int, min_val=0, max_val=65535, allow_none=True))
+        _set(self, "host", str(self.host))
+        _set(self, "linger", check_scalar(self.linger, "metrics.linger", float, min_val=0))
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    dir: str | None = None  # default runs/NAME
+
+    def __post_init__(self):
+        _set(self, "dir", None if self.dir is None else str(self.dir))
+
+
+def _bool(name, value, *, allow_none=False) -> bool | None:
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name}: expected true or false, got {value!r}")
+    return value
+
+
+SECTIONS = {"model": ModelConfig, "optimizer": OptimizerConfig, "schedule": ScheduleConfig,
+            "training": TrainingConfig, "data": DataConfig, "checkpoint": CheckpointConfig,
+            "metrics": MetricsConfig, "output": OutputConfig}
+TOP_LEVEL = ("name", "seed", "device")
+
+
+def section_keys(section: str) -> set | None:
+    """The keys a section takes (None: any, for the optimizer's hyper-parameters)."""
+    if section == "optimizer":
+        return None
+    return {f.name for f in dataclasses.fields(SECTIONS[section])}
+
+
+@dataclass(frozen=True)
 class JobConfig:
     name: str = "memtrain"
     seed: int = 0
     device: str = "auto"
-    model: dict = field(default_factory=dict)
-    optimizer: dict = field(default_factory=lambda: {"name": "adam"})
-    schedule: dict = field(default_factory=dict)
-    training: dict = field(default_factory=dict)
-    data: dict = field(default_factory=dict)
-    checkpoint: dict = field(default_factory=dict)
-    metrics: dict = field(default_factory=dict)
-    output: dict = field(default_factory=dict)
-    source: str = ""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    source: str = field(default="", compare=False)  # where it came from, for messages only
 
-    def model_spec(self) -> ModelSpec:
-        if "layers" not in self.model:
-            raise ValueError(f"{self._where('model.layers')}: missing; expected a list like [784, 128, 10]")
-        kwargs = dict(self.model)
-        return ModelSpec.create(kwargs.pop("layers"), **kwargs)
+    def __post_init__(self):
+        _set(self, "name", str(self.name))
+        _set(self, "seed", check_scalar(self.seed, "seed", int, min_val=0, expected="a non-negative integer"))
+        _set(self, "device", str(self.device))
+
+    def model_spec(self):
+        return self.model.spec()
 
     def optimizer_name(self) -> str:
-        return str(self.optimizer.get("name", "adam"))
+        return self.optimizer.name
 
     def optimizer_hyper(self) -> dict:
-        return {k: v for k, v in self.optimizer.items() if k != "name"}
+        return dict(self.optimizer.hyper)
 
-    def _where(self, key: str) -> str:
-        return f"{self.source}: {key}" if self.source else key
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.output.dir or f"runs/{self.name}")
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return Path(self.checkpoint.dir or self.output_dir / "checkpoints")
+
+    def to_dict(self) -> dict:
+        """Every setting, defaults included, as JSON-ready values (lists, not tuples)."""
+        out = {k: getattr(self, k) for k in TOP_LEVEL}
+        for name in SECTIONS:
+            sec = getattr(self, name)
+            d = sec.to_dict() if hasattr(sec, "to_dict") else dataclasses.asdict(sec)
+            out[name] = {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "") -> "JobConfig":
+        return from_dict(data, source)
+
+    def with_overrides(self, overrides: dict) -> "JobConfig":
+        return merge(self, overrides)
 
 
 def load(path) -> JobConfig:
-    """Parse and validate a job file; ValueError with file, key and what was expected."""
-    p = Path(path)
+    """Parse and validate a job file; ConfigError with file, key and what was expected."""
+    return from_dict(read_toml(path, "config"), source=str(path))
+
+
+def read_toml(path, what: str = "config") -> dict:
+    """A TOML file as a dict; ConfigError naming `what` and the file when it cannot be read,
+    is not UTF-8 text (TOML is UTF-8 only: a binary or Latin-1 file), or is not valid TOML."""
     try:
-        text = p.read_text()
+        raw = Path(path).read_bytes()
     except OSError as exc:
-        raise ValueError(f"config: cannot read {path}: {exc.strerror or exc}") from None
+        raise ConfigError(f"{what}: cannot read {path}: {exc.strerror or exc}") from None
     try:
-        data = tomllib.loads(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} {path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
+                          "TOML files are UTF-8") from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"config {path}: invalid TOML: {exc}") from None
-    return from_dict(data, source=str(path))
+        raise ConfigError(f"{what} {path}: invalid TOML: {exc}") from None
 
 
 def from_dict(data: dict, source: str = "") -> JobConfig:
     where = f"config {source}: " if source else "config: "
-    unknown = set(data) - SCHEMA[""]
+    _check_keys(data, where)
+    try:
+        sections = {name: _section(name, data.get(name, {})) for name in SECTIONS}
+        return JobConfig(**{k: data[k] for k in TOP_LEVEL if k in data}, **sections, source=source)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}{exc}" if source else str(exc)) from None
+
+
+def _section(name, d):
+    cls = SECTIONS[name]
+    if hasattr(cls, "from_dict"):
+        return cls.from_dict(d)
+    return cls(**d)
+
+
+def _check_keys(data, where):
+    allowed = set(TOP_LEVEL) | set(SECTIONS)
+    unknown = set(data) - allowed
     if unknown:
-        raise ValueError(f"{where}unknown key(s) {', '.join(sorted(unknown))}; expected {', '.join(sorted(SCHEMA['']))}")
+        raise ConfigError(f"{where}unknown key(s) {', '.join(sorted(unknown))}; expected {', '.join(sorted(allowed))}")
     for section in SECTIONS:
         if section in data and not isinstance(data[section], dict):
-            raise ValueError(f"{where}[{section}] must be a table")
-        if section in SCHEMA:
-            bad = set(data.get(section, {})) - SCHEMA[section]
-            if bad:
-                raise ValueError(f"{where}unknown key(s) in [{section}]: {', '.join(sorted(bad))}; "
-                                 f"expected {', '.join(sorted(SCHEMA[section]))}")
-    cfg = JobConfig(source=source)
-    cfg.name = str(data.get("name", cfg.name))
-    cfg.seed = _int(where, "seed", data.get("seed", 0))
-    cfg.device = str(data.get("device", cfg.device))
-    cfg.model = dict(data.get("model", {}))
-    cfg.optimizer = {"name": "adam", **data.get("optimizer", {})}
-    for section in ("schedule", "training", "data", "checkpoint", "metrics", "output"):
-        setattr(cfg, section, dict(data.get(section, {})))
-    return cfg
+            raise ConfigError(f"{where}[{section}] must be a table")
+        keys = section_keys(section)
+        bad = set(data.get(section, {})) - keys if keys is not None else set()
+        if bad:
+            raise ConfigError(f"{where}unknown key(s) in [{section}]: {', '.join(sorted(bad))}; "
+                              f"expected {', '.join(sorted(keys))}")
 
 
 def merge(cfg: JobConfig, overrides: dict) -> JobConfig:
-    """Flags override the file: `overrides` maps "section.key" (or a top-level key) to a
-    value; None means "not given" and leaves the file's value."""
-    for key, value in overrides.items():
-        if value is None:
-            continue
+    """A new JobConfig with `overrides` applied: "section.key" (or a top-level key) -> value,
+    None meaning "not given" (the value stays). A section name replaces the whole section
+    with the given table. A different "optimizer.name" drops the old optimizer's
+    hyper-parameters (they were for that optimizer); an "optimizer.lr" beside it stays."""
+    data = cfg.to_dict()
+    given = {k: v for k, v in overrides.items() if v is not None}
+    new_opt = given.get("optimizer.name")
+    if new_opt is not None and new_opt != cfg.optimizer.name:
+        data["optimizer"] = {"name": new_opt}
+    for key, value in given.items():
         section, _, name = key.rpartition(".")
-        if section:
-            getattr(cfg, section)[name] = value
+        if not section:
+            data[name] = dict(value) if name in SECTIONS else value
         else:
-            setattr(cfg, name, value)
-    return cfg
-
-
-def _int(where, key, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{where}{key}: expected an integer, got {value!r}")
-    return value
+            data[section][name] = list(value) if isinstance(value, tuple) else value
+    # an error names the flag's key, not the file the other values came from
+    return dataclasses.replace(from_dict(data), source=cfg.source)

@@ -27,10 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
-from memtrain.nn.losses import OUTPUTS as _OUTPUT_UNITS
-from memtrain.nn.spec import parse_dtype
+from memtrain.errors import DataError
+from memtrain.validate import check_dtype, check_scalar
 
-OUTPUTS = tuple(_OUTPUT_UNITS)
+# The output units whose label layout this module builds (class indices, 0/1 column,
+# real targets); tests/test_data.py checks they are memtrain.nn.losses.OUTPUTS.
+OUTPUTS = ("softmax", "sigmoid", "linear")
 SOURCE_FORMS = (
     "digits",
     "synthetic:classification(n, d, classes)",
@@ -127,34 +129,11 @@ def load_dataset(source: str, *, dtype="float32", label_column=None, validation=
     seed = _seed(seed)
     _label_column_names(label_column)
     if standardize not in (True, False):  # also admits numpy bools, 0 and 1
-        raise ValueError(f"standardize: expected true or false, got {standardize!r}")
+        raise DataError(f"standardize: expected true or false, got {standardize!r}")
 
     raw = _load(source, "dataset", label_column, seed)
     X, y = _check_pair(raw.where, "", raw.X, raw.y)
-    extra = {}  # split name -> (where, field suffix, X, y) from the file itself or validation_source
-    if validation_source is not None:
-        if raw.X_val is not None:
-            raise ValueError(f"validation_dataset: {raw.where} already carries X_val/y_val; give one validation "
-                             f"set, not both (got {validation_source!r} as well)")
-        vraw = _load(validation_source, "validation_dataset", label_column, seed)
-        if not vraw.is_file:
-            raise ValueError(f"validation_dataset: {vraw.name} is split from the training data with `validation`; "
-                             "a separate validation set must be a file")
-        if vraw.divisor != raw.divisor:
-            raise ValueError(f"validation_dataset: {vraw.where} is scaled by 1/{vraw.divisor:g} on load but "
-                             f"{raw.where} by 1/{raw.divisor:g}; expected the same kind of source")
-        extra["val"] = (vraw.where, "", *_check_pair(vraw.where, "", vraw.X, vraw.y))
-    elif raw.X_val is not None:
-        extra["val"] = (raw.where, "_val", *_check_pair(raw.where, "_val", raw.X_val, raw.y_val))
-    if raw.X_test is not None:
-        extra["test"] = (raw.where, "_test", *_check_pair(raw.where, "_test", raw.X_test, raw.y_test))
-    if label_column is not None and not any(w.lower().endswith((".csv", ".csv.gz"))
-                                            for w in [raw.where] + [e[0] for e in extra.values()]):
-        raise ValueError(f"label_column: only .csv sources have columns; {raw.where} is not one")
-    for where, suffix, Xe, _ in extra.values():
-        if Xe.shape[1] != X.shape[1]:
-            raise ValueError(f"{where}: X{suffix}: {Xe.shape[1]} features, but the training data "
-                             f"({raw.where}) has {X.shape[1]}; expected the same features")
+    extra = _extra_splits(raw, validation_source, label_column, seed, X)
 
     # Labels: checked on whole arrays (file row numbers in messages), class count over every split.
     y = _labels(raw.where, "y", y, output)
@@ -167,15 +146,63 @@ def load_dataset(source: str, *, dtype="float32", label_column=None, validation=
     X = _as_float(raw.where, "X", X, work, raw.divisor)
     extra = {k: (w, s, _as_float(w, f"X{s}", Xe, work, raw.divisor), ye) for k, (w, s, Xe, ye) in extra.items()}
 
+    splits = _split(raw.where, X, y, extra, val_frac, test_frac, seed)
+    mean = std = None
+    if standardize:
+        mean, std = _statistics(splits["train"][0])
+        for k, (Xs, ys) in splits.items():
+            if Xs is not None:
+                splits[k] = (_standardize(Xs, mean, std), ys)
+    wheres = {"train": raw.where, "val": raw.where, "test": raw.where} | {k: e[0] for k, e in extra.items()}
+    out = _final_arrays(splits, wheres, dt, output, standardize)
+    return Dataset(
+        X_train=out["train"][0], y_train=out["train"][1], X_val=out["val"][0], y_val=out["val"][1],
+        X_test=out["test"][0], y_test=out["test"][1], name=raw.name, n_features=int(X.shape[1]),
+        n_outputs=width, task="regression" if output == "linear" else "classification",
+        standardized=bool(standardize), mean=mean, std=std, input_divisor=raw.divisor,
+    )
+
+
+def _extra_splits(raw, validation_source, label_column, seed, X) -> dict:
+    """split name -> (where, field suffix, X, y) from the file itself or validation_source."""
+    extra = {}
+    if validation_source is not None:
+        if raw.X_val is not None:
+            raise DataError(f"validation_dataset: {raw.where} already carries X_val/y_val; give one validation "
+                            f"set, not both (got {validation_source!r} as well)")
+        vraw = _load(validation_source, "validation_dataset", label_column, seed)
+        if not vraw.is_file:
+            raise DataError(f"validation_dataset: {vraw.name} is split from the training data with `validation`; "
+                            "a separate validation set must be a file")
+        if vraw.divisor != raw.divisor:
+            raise DataError(f"validation_dataset: {vraw.where} is scaled by 1/{vraw.divisor:g} on load but "
+                            f"{raw.where} by 1/{raw.divisor:g}; expected the same kind of source")
+        extra["val"] = (vraw.where, "", *_check_pair(vraw.where, "", vraw.X, vraw.y))
+    elif raw.X_val is not None:
+        extra["val"] = (raw.where, "_val", *_check_pair(raw.where, "_val", raw.X_val, raw.y_val))
+    if raw.X_test is not None:
+        extra["test"] = (raw.where, "_test", *_check_pair(raw.where, "_test", raw.X_test, raw.y_test))
+    if label_column is not None and not any(w.lower().endswith((".csv", ".csv.gz"))
+                                            for w in [raw.where] + [e[0] for e in extra.values()]):
+        raise DataError(f"label_column: only .csv sources have columns; {raw.where} is not one")
+    for where, suffix, Xe, _ in extra.values():
+        if Xe.shape[1] != X.shape[1]:
+            raise DataError(f"{where}: X{suffix}: {Xe.shape[1]} features, but the training data "
+                            f"({raw.where}) has {X.shape[1]}; expected the same features")
+    return extra
+
+
+def _split(where, X, y, extra, val_frac, test_frac, seed) -> dict:
+    """train/val/test (X, y): fractions of one seeded permutation, or the given splits."""
     n = len(X)
     n_test = 0 if "test" in extra else _rows(test_frac, n)
     n_val = 0 if "val" in extra else _rows(val_frac, n)
     if n_test and n_val and val_frac + test_frac >= 1.0:
-        raise ValueError(f"validation, test: {val_frac:g} + {test_frac:g} leaves nothing to train on; "
-                         "expected a sum below 1")
+        raise DataError(f"validation, test: {val_frac:g} + {test_frac:g} leaves nothing to train on; "
+                        "expected a sum below 1")
     if n - n_test - n_val < 1:
-        raise ValueError(f"validation, test: {raw.where} has {n} rows; {n_val} for validation and {n_test} for "
-                         "test leave none to train on; expected smaller fractions")
+        raise DataError(f"validation, test: {where} has {n} rows; {n_val} for validation and {n_test} for "
+                        "test leave none to train on; expected smaller fractions")
     splits = {"train": (X, y), "val": (None, None), "test": (None, None)}
     if n_test or n_val:
         perm = np.random.default_rng(seed).permutation(n)
@@ -187,16 +214,12 @@ def load_dataset(source: str, *, dtype="float32", label_column=None, validation=
                 splits[k] = (X[idx], y[idx])
     for k, (_, _, Xe, ye) in extra.items():
         splits[k] = (Xe, ye)
+    return splits
 
-    mean = std = None
-    if standardize:
-        mean, std = _statistics(splits["train"][0])
-        for k, (Xs, ys) in splits.items():
-            if Xs is not None:
-                splits[k] = (_standardize(Xs, mean, std), ys)
 
+def _final_arrays(splits, wheres, dt, output, standardize) -> dict:
+    """Each split in the model's dtype (labels as the output unit wants them), overflow checked."""
     out = {}
-    wheres = {"train": raw.where, "val": raw.where, "test": raw.where} | {k: e[0] for k, e in extra.items()}
     for k, suffix in (("train", "_train"), ("val", "_val"), ("test", "_test")):
         Xs, ys = splits[k]
         if Xs is not None:
@@ -208,55 +231,43 @@ def load_dataset(source: str, *, dtype="float32", label_column=None, validation=
             _check_overflow(wheres[k], f"X{suffix}", Xs, fits)
             _check_overflow(wheres[k], f"y{suffix}", ys, fits)
         out[k] = (Xs, ys)
-
-    return Dataset(
-        X_train=out["train"][0], y_train=out["train"][1], X_val=out["val"][0], y_val=out["val"][1],
-        X_test=out["test"][0], y_test=out["test"][1], name=raw.name, n_features=int(X.shape[1]),
-        n_outputs=width, task="regression" if output == "linear" else "classification",
-        standardized=bool(standardize), mean=mean, std=std, input_divisor=raw.divisor,
-    )
+    return out
 
 
 # -- parameters ------------------------------------------------------------------------
 
 
 def _dtype(dtype) -> np.dtype:
-    return parse_dtype(dtype)
+    return check_dtype(dtype)
 
 
 def _output(output) -> str:
     key = str(output).strip().lower()
     if key not in OUTPUTS:
-        raise ValueError(f"output: expected one of {', '.join(OUTPUTS)}, got {output!r}")
+        raise DataError(f"output: expected one of {', '.join(OUTPUTS)}, got {output!r}")
     return key
 
 
 def _fraction(field: str, value) -> float:
     if value is None:
         return 0.0
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"{field}: expected a fraction in [0, 1), got {value!r}")
-    if not 0.0 <= float(value) < 1.0:
-        raise ValueError(f"{field}: expected a fraction in [0, 1), got {value!r}")
-    return float(value)
+    return check_scalar(value, field, float, min_val=0, max_val=1, include_boundaries="left",
+                        expected="a fraction in [0, 1)")
 
 
 def _n_outputs(n_outputs, output: str) -> int | None:
     if n_outputs is None:
         return None
-    if isinstance(n_outputs, (bool, np.bool_)) or not isinstance(n_outputs, (int, np.integer)) or n_outputs < 1:
-        raise ValueError(f"n_outputs: expected a positive integer, got {n_outputs!r}")
+    n_outputs = check_scalar(n_outputs, "n_outputs", int, min_val=1)
     if output == "softmax" and n_outputs < 2:
-        raise ValueError(f"n_outputs: a softmax output needs at least 2 units (classes), got {n_outputs}")
+        raise DataError(f"n_outputs: a softmax output needs at least 2 units (classes), got {n_outputs}")
     if output == "sigmoid" and n_outputs != 1:
-        raise ValueError(f"n_outputs: a sigmoid output has exactly 1 unit, got {n_outputs}")
+        raise DataError(f"n_outputs: a sigmoid output has exactly 1 unit, got {n_outputs}")
     return int(n_outputs)
 
 
 def _seed(seed) -> int:
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed: expected a non-negative integer, got {seed!r}")
-    return int(seed)
+    return check_scalar(seed, "seed", int, min_val=0, expected="a non-negative integer")
 
 
 def _label_column_names(label_column) -> list | None:
@@ -264,7 +275,7 @@ def _label_column_names(label_column) -> list | None:
         return None
     names = [label_column] if isinstance(label_column, str) else label_column
     if not isinstance(names, (list, tuple)) or not names or not all(isinstance(c, str) and c for c in names):
-        raise ValueError(f"label_column: expected a column name (or a list of names), got {label_column!r}")
+        raise DataError(f"label_column: expected a column name (or a list of names), got {label_column!r}")
     return list(names)
 
 
@@ -279,7 +290,7 @@ def _rows(fraction: float, n: int) -> int:
 
 def _load(source, field: str, label_column, seed: int) -> _Raw:
     if not isinstance(source, (str, Path)):
-        raise ValueError(f"{field}: expected a source string, got {source!r}")
+        raise DataError(f"{field}: expected a source string, got {source!r}")
     text = str(source).strip()
     forms = "; ".join(SOURCE_FORMS)
     if text == "digits":
@@ -289,7 +300,7 @@ def _load(source, field: str, label_column, seed: int) -> _Raw:
     if "," in text:
         parts = [p.strip() for p in text.split(",")]
         if len(parts) != 2 or not all(parts):
-            raise ValueError(f"{field}: {text!r}: a comma-separated source is an IDX pair 'IMAGES,LABELS'; "
+            raise DataError(f"{field}: {text!r}: a comma-separated source is an IDX pair 'IMAGES,LABELS'; "
                              f"got {len(parts)} parts")
         return _load_idx(Path(parts[0]), Path(parts[1]))
     path = Path(text)
@@ -300,21 +311,21 @@ def _load(source, field: str, label_column, seed: int) -> _Raw:
         return _load_csv(path, label_column)
     if _IDX_NAME.search(lower.removesuffix(".gz")):
         return _load_idx(path, None)
-    raise ValueError(f"{field}: unknown source {text!r}; expected one of: {forms}")
+    raise DataError(f"{field}: unknown source {text!r}; expected one of: {forms}")
 
 
 def _exists(path: Path) -> None:
     if not path.exists():
-        raise ValueError(f"{path}: file not found")
+        raise DataError(f"{path}: file not found")
     if not path.is_file():
-        raise ValueError(f"{path}: not a file")
+        raise DataError(f"{path}: not a file")
 
 
 def _load_digits() -> _Raw:
     try:
         from sklearn.datasets import load_digits  # noqa: PLC0415 - `import memtrain` stays free of sklearn
     except ImportError:
-        raise ValueError("dataset: 'digits' is scikit-learn's bundled data set and scikit-learn is not "
+        raise DataError("dataset: 'digits' is scikit-learn's bundled data set and scikit-learn is not "
                          "installed; expected `pip install scikit-learn`") from None
     X, y = load_digits(return_X_y=True)
     # Pixel intensities are 0..16 in this data set.
@@ -325,23 +336,24 @@ def _load_synthetic(text: str, field: str, seed: int) -> _Raw:
     compact = re.sub(r"\s+", "", text)
     m = _SYNTHETIC.fullmatch(compact)
     if not m or m.group(1) not in ("classification", "regression"):
-        raise ValueError(f"{field}: {text!r}: expected synthetic:classification(n, d, classes) or "
+        raise DataError(f"{field}: {text!r}: expected synthetic:classification(n, d, classes) or "
                          "synthetic:regression(n, d, outputs)")
     kind = m.group(1)
     names = ("n", "d", "classes" if kind == "classification" else "outputs")
     args = m.group(2).split(",") if m.group(2) else []
     form = f"synthetic:{kind}({', '.join(names)})"
     if len(args) != 3:
-        raise ValueError(f"{field}: {text!r}: {form} takes 3 integers, got {len(args)}")
+        raise DataError(f"{field}: {text!r}: {form} takes 3 integers, got {len(args)}")
     values = []
     for name, a in zip(names, args):
         if not re.fullmatch(r"\+?\d+", a):
-            raise ValueError(f"{field}: {text!r}: {name} must be a positive integer, got {a!r}")
+            raise DataError(f"{field}: {text!r}: {name} must be a positive integer, got {a!r}")
         values.append(int(a))
     n, d, k = values
     for name, v, low in zip(names, values, (1, 1, 2 if kind == "classification" else 1)):
         if v < low:
-            raise ValueError(f"{field}: {text!r}: {name} must be at least {low}, got {v}")
+            raise DataError(f"{field}: {text!r}: {name} must be at least {low}, got {v}")
+    _check_synthetic_fits(text, field, n, d, k)
     # Its own stream, apart from the split's default_rng(seed). Samples are drawn in
     # float32 whatever the model dtype, so float16/32/64 runs see the same data.
     rng = np.random.default_rng((seed, 1))
@@ -364,31 +376,45 @@ def _load_synthetic(text: str, field: str, seed: int) -> _Raw:
     return _Raw(name, name, X, y, is_file=False)
 
 
+def _check_synthetic_fits(text, field, n, d, k) -> None:
+    """Before drawing: the float32 features, their temporary, the labels (int64 or
+    float32 targets) must fit the memory this process can get, or one clear error."""
+    from memtrain.memory.budget import cpu_free  # noqa: PLC0415
+    from memtrain.units import format_bytes  # noqa: PLC0415
+
+    need = n * d * 4 * 2 + n * max(8, 4 * k)
+    free, source = cpu_free()
+    if need > free:
+        raise DataError(f"{field}: {text!r} needs {format_bytes(need)} ({need:,} B) to generate but "
+                        f"{format_bytes(free)} ({free:,} B) is available ({source}); the largest n that fits is "
+                        f"{free // (d * 8 + max(8, 4 * k)):,}")
+
+
 def _load_npz(path: Path) -> _Raw:
     _exists(path)
     where = str(path)
     try:
         z = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise ValueError(f"{where}: file cannot be read as .npz ({_reason(exc)})") from None
+        raise DataError(f"{where}: file cannot be read as .npz ({_reason(exc)})") from None
     if not hasattr(z, "files"):  # np.load reads a .npy file given any name
-        raise ValueError(f"{where}: file holds a single array, not an .npz archive; expected arrays X and y")
+        raise DataError(f"{where}: file holds a single array, not an .npz archive; expected arrays X and y")
     arrays = {}
     with z:
         present = set(z.files)
         if not {"X", "y"} <= present:
-            raise ValueError(f"{where}: arrays: expected X and y, found {', '.join(sorted(present)) or 'none'}")
+            raise DataError(f"{where}: arrays: expected X and y, found {', '.join(sorted(present)) or 'none'}")
         for key in ("X", "y", "X_val", "y_val", "X_test", "y_test"):
             if key in present:
                 try:
                     arrays[key] = z[key]
                 except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
-                    raise ValueError(f"{where}: {key}: cannot be read ({_reason(exc)}); "
+                    raise DataError(f"{where}: {key}: cannot be read ({_reason(exc)}); "
                                      "expected a numeric array") from None
     for a, b in (("X_val", "y_val"), ("X_test", "y_test")):
         if (a in arrays) != (b in arrays):
             have, missing = (a, b) if a in arrays else (b, a)
-            raise ValueError(f"{where}: {missing}: {have} is present without it; expected both or neither")
+            raise DataError(f"{where}: {missing}: {have} is present without it; expected both or neither")
     return _Raw(path.name, where, **arrays)
 
 
@@ -403,20 +429,20 @@ def _load_csv(path: Path, label_column) -> _Raw:
             reader = csv.reader(f)
             header = next(reader, None)
             if header is None:
-                raise ValueError(f"{where}: header row: file is empty; expected a header row naming the columns")
+                raise DataError(f"{where}: header row: file is empty; expected a header row naming the columns")
             header = [h.strip() for h in header]
             _check_header(where, header)
             if names is None:
-                raise ValueError(f"{where}: label_column: a .csv source needs the label column's name; "
+                raise DataError(f"{where}: label_column: a .csv source needs the label column's name; "
                                  f"columns are {', '.join(header)}")
             for c in names:
                 if c not in header:
-                    raise ValueError(f"{where}: label_column: {c!r} not found; columns are {', '.join(header)}")
+                    raise DataError(f"{where}: label_column: {c!r} not found; columns are {', '.join(header)}")
             table = _csv_fast(path, reader.line_num, len(header))
             if table is None:
                 table = _csv_table(where, reader, header)
     except (OSError, UnicodeDecodeError, csv.Error, EOFError, zlib.error) as exc:
-        raise ValueError(f"{where}: file cannot be read as CSV ({_reason(exc)})") from None
+        raise DataError(f"{where}: file cannot be read as CSV ({_reason(exc)})") from None
     label_idx = [header.index(c) for c in names]
     feature_idx = [i for i in range(len(header)) if i not in label_idx]
     y = table[:, label_idx[0]] if len(names) == 1 else table[:, label_idx]
@@ -443,7 +469,7 @@ def _csv_table(where: str, reader, header: list) -> np.ndarray:
         if not row:  # blank line
             continue
         if len(row) != k:
-            raise ValueError(f"{where}: line {reader.line_num}: {len(row)} columns; expected {k} as in the header row")
+            raise DataError(f"{where}: line {reader.line_num}: {len(row)} columns; expected {k} as in the header row")
         rows.append(row)
         lines.append(reader.line_num)
         if len(rows) == _CSV_CHUNK:
@@ -458,13 +484,13 @@ def _check_header(where: str, header: list) -> None:
     seen = set()
     for h in header:
         if not h:
-            raise ValueError(f"{where}: header row: a column has no name; expected a name for every column")
+            raise DataError(f"{where}: header row: a column has no name; expected a name for every column")
         if h in seen:
-            raise ValueError(f"{where}: header row: column {h!r} appears twice; expected unique names")
+            raise DataError(f"{where}: header row: column {h!r} appears twice; expected unique names")
         seen.add(h)
     # The commonest CSV mistake: no header, so the first data row would be eaten as names.
     if all(_is_number(h) for h in header):
-        raise ValueError(f"{where}: header row: the first line is all numbers; expected a header row "
+        raise DataError(f"{where}: header row: the first line is all numbers; expected a header row "
                          "naming the columns")
 
 
@@ -484,7 +510,7 @@ def _csv_numbers(where: str, header: list, rows: list, lines: list) -> np.ndarra
     for row, line in zip(rows, lines):  # slow path only to name the bad cell
         for name, cell in zip(header, row):
             if not _is_number(cell):
-                raise ValueError(f"{where}: line {line}, column {name!r}: {cell!r} is not a number; "
+                raise DataError(f"{where}: line {line}, column {name!r}: {cell!r} is not a number; "
                                  "expected numeric values")
     return np.array([[float(c) for c in row] for row in rows], dtype=np.float64)
 
@@ -497,11 +523,11 @@ def _load_idx(images: Path, labels: Path | None) -> _Raw:
     X = _read_idx(images)
     y = _read_idx(labels)
     if X.ndim < 2:
-        raise ValueError(f"{images}: dims: {X.ndim}-D; expected an images file (idx3: count, rows, cols)")
+        raise DataError(f"{images}: dims: {X.ndim}-D; expected an images file (idx3: count, rows, cols)")
     if y.ndim != 1:
-        raise ValueError(f"{labels}: dims: {y.ndim}-D {y.shape}; expected a labels file (idx1: count)")
+        raise DataError(f"{labels}: dims: {y.ndim}-D {y.shape}; expected a labels file (idx1: count)")
     if len(X) != len(y):
-        raise ValueError(f"{labels}: y: {len(y)} labels, but {images.name} has {len(X)} images; "
+        raise DataError(f"{labels}: y: {len(y)} labels, but {images.name} has {len(X)} images; "
                          "expected one label per image")
     # Pixels are 0..255; the caller's checks see them flattened, as model inputs.
     return _Raw(images.name, str(images), X.reshape(len(X), -1), y, divisor=255.0)
@@ -510,14 +536,14 @@ def _load_idx(images: Path, labels: Path | None) -> _Raw:
 def _labels_path(images: Path) -> Path:
     m = re.search(r"images([.-])idx3", images.name)
     if not m:
-        raise ValueError(f"{images}: labels: cannot find the labels file from this name (expected "
+        raise DataError(f"{images}: labels: cannot find the labels file from this name (expected "
                          "...-images-idx3-ubyte); give the pair as 'IMAGES,LABELS'")
     stem = images.name[:m.start()] + "labels" + m.group(1) + "idx1" + images.name[m.end():]
     plain = stem.removesuffix(".gz")
     for name in (stem, plain, plain + ".gz"):  # images and labels need not share compression
         if (images.parent / name).is_file():
             return images.parent / name
-    raise ValueError(f"{images}: labels: expected {plain}[.gz] beside it, not found; "
+    raise DataError(f"{images}: labels: expected {plain}[.gz] beside it, not found; "
                      "or give the pair as 'IMAGES,LABELS'")
 
 
@@ -526,32 +552,32 @@ def _read_idx(path: Path) -> np.ndarray:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise ValueError(f"{where}: file cannot be read ({_reason(exc)})") from None
+        raise DataError(f"{where}: file cannot be read ({_reason(exc)})") from None
     if data[:2] == b"\x1f\x8b":  # gzip, whatever the name says
         try:
             data = gzip.decompress(data)
         except (OSError, EOFError, zlib.error) as exc:
-            raise ValueError(f"{where}: gzip: truncated or corrupt ({_reason(exc)})") from None
+            raise DataError(f"{where}: gzip: truncated or corrupt ({_reason(exc)})") from None
     if len(data) < 4:
-        raise ValueError(f"{where}: magic: file is {len(data)} bytes; expected an IDX file "
+        raise DataError(f"{where}: magic: file is {len(data)} bytes; expected an IDX file "
                          "(4-byte magic 0x00 0x00 type ndims)")
     magic = " ".join(f"0x{b:02X}" for b in data[:4])
     if data[0] or data[1] or data[3] == 0:
-        raise ValueError(f"{where}: magic: got {magic}; expected 0x00 0x00 0x08 0x0N (an IDX file of N >= 1 dims)")
+        raise DataError(f"{where}: magic: got {magic}; expected 0x00 0x00 0x08 0x0N (an IDX file of N >= 1 dims)")
     code, ndim = data[2], data[3]
     if code != 0x08:
         kind = _IDX_TYPES.get(code, "unknown")
-        raise ValueError(f"{where}: magic: element type 0x{code:02X} ({kind}) is not supported; "
+        raise DataError(f"{where}: magic: element type 0x{code:02X} ({kind}) is not supported; "
                          "expected 0x08 (unsigned byte)")
     header = 4 + 4 * ndim
     if len(data) < header:
-        raise ValueError(f"{where}: size: {len(data)} bytes, shorter than the {header}-byte header "
+        raise DataError(f"{where}: size: {len(data)} bytes, shorter than the {header}-byte header "
                          f"for {ndim} dims; expected a complete IDX file")
     dims = tuple(int(v) for v in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
     expected = header + int(np.prod(dims, dtype=np.int64))
     if len(data) != expected:
         what = "truncated" if len(data) < expected else "trailing bytes"
-        raise ValueError(f"{where}: size: {len(data):,} bytes, the header's {'x'.join(map(str, dims))} needs "
+        raise DataError(f"{where}: size: {len(data):,} bytes, the header's {'x'.join(map(str, dims))} needs "
                          f"{expected:,} ({what}); expected a complete IDX file")
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
 
@@ -569,18 +595,18 @@ def _check_pair(where: str, suffix: str, X, y):
     fx, fy = f"X{suffix}", f"y{suffix}"
     for field, a in ((fx, X), (fy, y)):
         if a.dtype.kind not in "biuf":
-            raise ValueError(f"{where}: {field}: dtype {a.dtype} is not numeric; expected integers or floats")
+            raise DataError(f"{where}: {field}: dtype {a.dtype} is not numeric; expected integers or floats")
     if X.ndim < 2:
-        raise ValueError(f"{where}: {fx}: shape {X.shape}; expected a 2-D array (rows, features)")
+        raise DataError(f"{where}: {fx}: shape {X.shape}; expected a 2-D array (rows, features)")
     if X.ndim > 2:  # images (n, h, w): one row of h*w features each
         X = X.reshape(len(X), -1)
     if len(X) == 0:
-        raise ValueError(f"{where}: {fx}: no rows (shape {X.shape}); expected at least one")
+        raise DataError(f"{where}: {fx}: no rows (shape {X.shape}); expected at least one")
     if X.shape[1] == 0:
-        raise ValueError(f"{where}: {fx}: no feature columns (shape {X.shape}); expected at least one")
+        raise DataError(f"{where}: {fx}: no feature columns (shape {X.shape}); expected at least one")
     if y.ndim == 0 or len(y) != len(X):
         got = "a scalar" if y.ndim == 0 else f"{len(y)} rows"
-        raise ValueError(f"{where}: {fy}: {got}, but {fx} has {len(X)}; expected one label per row")
+        raise DataError(f"{where}: {fy}: {got}, but {fx} has {len(X)}; expected one label per row")
     _check_finite(where, fx, X)
     _check_finite(where, fy, y)
     return X, y
@@ -598,7 +624,7 @@ def _check_finite(where: str, field: str, a: np.ndarray) -> None:
     found = _nonfinite(a)
     if found:
         n_nan = int(np.isnan(a).sum())
-        raise ValueError(f"{where}: {field}: {n_nan} NaN and {found[0] - n_nan} Inf values (first in row "
+        raise DataError(f"{where}: {field}: {n_nan} NaN and {found[0] - n_nan} Inf values (first in row "
                          f"{found[1]}); expected finite numbers")
 
 
@@ -606,7 +632,7 @@ def _check_overflow(where: str, field: str, a: np.ndarray, how: str) -> None:
     """After a cast from finite data, any Inf is a value too large for the new dtype."""
     found = _nonfinite(a)
     if found:
-        raise ValueError(f"{where}: {field}: {found[0]} values overflow {a.dtype.name} when {how} (first in "
+        raise DataError(f"{where}: {field}: {found[0]} values overflow {a.dtype.name} when {how} (first in "
                          f"row {found[1]}); expected magnitudes below {np.finfo(a.dtype).max:.5g}")
 
 
@@ -614,28 +640,28 @@ def _labels(where: str, field: str, y: np.ndarray, output: str) -> np.ndarray:
     """Labels in the output unit's layout; class ranges are checked later, over every split."""
     if output in ("softmax", "sigmoid"):
         if not (y.ndim == 1 or (y.ndim == 2 and y.shape[1] == 1)):
-            raise ValueError(f"{where}: {field}: shape {y.shape}; expected class labels of shape (n,) "
+            raise DataError(f"{where}: {field}: shape {y.shape}; expected class labels of shape (n,) "
                              f"for a {output} output")
         y = y.reshape(-1)
         # Bound first: casting 1e30 to int64 is undefined, and no model has 2**31 classes.
         huge = np.flatnonzero(np.abs(y) >= 2**31)
         if len(huge):
-            raise ValueError(f"{where}: {field}: class label {y[huge[0]].item()!r} in row {huge[0]} is out of range; "
+            raise DataError(f"{where}: {field}: class label {y[huge[0]].item()!r} in row {huge[0]} is out of range; "
                              "expected class indices below 2**31")
         if y.dtype.kind == "f":
             frac = np.flatnonzero(y != np.round(y))
             if len(frac):
-                raise ValueError(f"{where}: {field}: {len(frac)} non-integer class labels (first {y[frac[0]].item()!r} "
+                raise DataError(f"{where}: {field}: {len(frac)} non-integer class labels (first {y[frac[0]].item()!r} "
                                  f"in row {frac[0]}); expected whole numbers for a {output} output")
         if output == "sigmoid":
             bad = np.flatnonzero((y != 0) & (y != 1))
             if len(bad):
-                raise ValueError(f"{where}: {field}: label {y[bad[0]].item()!r} in row {bad[0]}; a sigmoid output "
+                raise DataError(f"{where}: {field}: label {y[bad[0]].item()!r} in row {bad[0]}; a sigmoid output "
                                  "expects labels 0 or 1")
             return y.reshape(-1, 1)
         return y.astype(np.int64)
     if y.ndim > 2:
-        raise ValueError(f"{where}: {field}: shape {y.shape}; expected targets of shape (n,) or (n, k)")
+        raise DataError(f"{where}: {field}: shape {y.shape}; expected targets of shape (n,) or (n, k)")
     return y.reshape(len(y), -1)
 
 
@@ -647,10 +673,10 @@ def _label_width(all_y: list, output: str, n_outputs: int | None) -> int:
         width = all_y[0][2].shape[1]
         for where, field, y in all_y:
             if n_outputs is not None and y.shape[1] != n_outputs:
-                raise ValueError(f"{where}: {field}: {y.shape[1]} target columns; expected {n_outputs} "
+                raise DataError(f"{where}: {field}: {y.shape[1]} target columns; expected {n_outputs} "
                                  "to match the model's outputs (n_outputs)")
             if y.shape[1] != width:
-                raise ValueError(f"{where}: {field}: {y.shape[1]} target columns; expected {width} "
+                raise DataError(f"{where}: {field}: {y.shape[1]} target columns; expected {width} "
                                  "as in the training data")
         return width
     classes = n_outputs if n_outputs is not None else max(int(y.max()) for _, _, y in all_y) + 1
@@ -659,7 +685,7 @@ def _label_width(all_y: list, output: str, n_outputs: int | None) -> int:
         if len(bad):
             # With n_outputs unknown only a negative label can land here.
             limit = f"the model's {n_outputs} output units" if n_outputs is not None else "class indices"
-            raise ValueError(f"{where}: {field}: {len(bad)} labels out of range (first {int(y[bad[0]])} in row "
+            raise DataError(f"{where}: {field}: {len(bad)} labels out of range (first {int(y[bad[0]])} in row "
                              f"{bad[0]}); expected integers in [0, {classes - 1}] for {limit}")
     return classes
 
@@ -701,3 +727,81 @@ def _standardize(X: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray
         X -= mean.astype(X.dtype)
         X /= std.astype(X.dtype)
     return X
+
+
+# -- inputs of a saved model (memtrain evaluate / predict) ---------------------------------
+
+
+def check_features(n_features: int, n_inputs: int, where: str) -> None:
+    """Rows for a saved model must have its input width (its first layer): say both counts
+    before any arithmetic, instead of NumPy's "operands could not be broadcast"."""
+    if n_features != n_inputs:
+        raise DataError(f"{where}: {n_features} features per row, but the model takes {n_inputs} (its first "
+                        f"layer); expected rows like the ones it was trained on")
+
+
+def load_inputs(source, where: str, label_column=None) -> np.ndarray:
+    """Feature rows (no labels needed) for `memtrain predict`, raw as in the file (the model's
+    preprocessing is applied by the caller): a .npz with an array X, or a .csv with a header row
+    whose `label_column`, when given, is dropped. Checked as a data set's X: numeric, rows,
+    finite. DataError starting with `where` (e.g. "--input new.csv")."""
+    path = Path(str(source))
+    lower = path.name.lower()
+    if lower.endswith(".npz"):
+        X = _npz_features(path, where)
+    elif lower.endswith((".csv", ".csv.gz")):
+        X = _csv_features(path, where, label_column)
+    else:
+        raise DataError(f"{where}: expected a .npz (array X) or .csv file (header row), got {path.name}")
+    X = np.asarray(X)
+    if X.dtype.kind not in "biuf":
+        raise DataError(f"{where}: X: dtype {X.dtype} is not numeric; expected integers or floats")
+    if X.ndim < 2:
+        raise DataError(f"{where}: X: shape {X.shape}; expected a 2-D array (rows, features)")
+    X = X.reshape(len(X), -1)  # images (n, h, w): one row of h*w features each
+    if len(X) == 0:
+        raise DataError(f"{where}: X: no rows (shape {X.shape}); expected at least one")
+    _check_finite(where, "X", X)
+    return X.astype(np.float64, copy=False)
+
+
+def _npz_features(path: Path, where: str) -> np.ndarray:
+    if not path.exists():
+        raise DataError(f"{where}: file not found")
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise DataError(f"{where}: file cannot be read as .npz ({_reason(exc)})") from None
+    if not hasattr(z, "files"):  # np.load reads a .npy file given any name
+        raise DataError(f"{where}: file holds a single array, not an .npz archive; expected an array X")
+    with z:
+        if "X" not in z.files:
+            raise DataError(f"{where}: arrays: expected X, found {', '.join(sorted(z.files)) or 'none'}")
+        try:
+            return z["X"]
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
+            raise DataError(f"{where}: X: cannot be read ({_reason(exc)}); expected a numeric array") from None
+
+
+def _csv_features(path: Path, where: str, label_column) -> np.ndarray:
+    if not path.exists():
+        raise DataError(f"{where}: file not found")
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rt", newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header is None:
+                raise DataError(f"{where}: header row: file is empty; expected a header row naming the columns")
+            header = [h.strip() for h in header]
+            _check_header(where, header)
+            if label_column is not None and label_column not in header:
+                raise DataError(f"{where}: --label-column: {label_column!r} not found; columns are "
+                                f"{', '.join(header)}")
+            table = _csv_fast(path, reader.line_num, len(header))
+            if table is None:
+                table = _csv_table(where, reader, header)
+    except (OSError, UnicodeDecodeError, csv.Error, EOFError, zlib.error) as exc:
+        raise DataError(f"{where}: file cannot be read as CSV ({_reason(exc)})") from None
+    keep = [i for i, h in enumerate(header) if h != label_column]
+    return np.ascontiguousarray(table[:, keep])

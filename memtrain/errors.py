@@ -1,4 +1,10 @@
-"""Errors users can cause, and the exit codes the CLI maps them to."""
+"""Errors users can cause, and the exit codes the CLI maps them to.
+
+A MemtrainError is bad input: the CLI prints its one line and exits 2 (the
+service answers 4xx with the same line). Anything else that escapes is a bug
+and keeps its traceback. MemtrainError stays a ValueError so that code written
+against the older `except ValueError` keeps working.
+"""
 
 import enum
 
@@ -13,5 +19,25 @@ class MemtrainError(ValueError):
     """Bad input from a user: printed as one line by the CLI, exit status 2."""
 
 
+class ConfigError(MemtrainError):
+    """A job file, flag or argument with a wrong key, type or value; the message names it."""
+
+
 class DeviceError(MemtrainError):
     """The asked-for device does not exist or cannot be used."""
+
+
+class DataError(MemtrainError):
+    """A data set that cannot be read or does not fit the model."""
+
+
+class CheckpointError(MemtrainError):
+    """A checkpoint directory that cannot be used, or a checkpoint that does not load."""
+
+
+class ModelFileError(MemtrainError):
+    """A saved model that is missing, corrupt, or written by an older memtrain."""
+
+
+class JobFailed(RuntimeError):
+    """The job ran and could not go on (e.g. too many non-finite steps in a row): exit status 1."""

@@ -5,58 +5,75 @@ from the training step (measured: docs/benchmarks.md). Here the job writes its
 JobState's numbers into a shared array after each step (a few microseconds),
 and a separate process serves /metrics from them with the same JobCollector,
 measuring the job's RSS and NVML usage by its pid. The exporter process exits
-when the job stops it, or when the job dies (its end of the pipe closes).
+when the job stops it, or when the job dies (its end of the pipe closes). It
+ignores SIGINT: a terminal's Ctrl-C reaches the whole process group, and the
+job, which checkpoints first, is the one to stop it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import multiprocessing as mp
 import os
+import signal
 
 import numpy as np
 
 from memtrain.memory.plan import CATEGORIES
-from memtrain.train.state import JOB_STATES, STEP_BUCKETS, JobState
+from memtrain.train.state import EXPORT, JOB_STATES, MEASURED, STEP_BUCKETS, JobState
 
-SCALARS = ("batch_size", "micro_batch_size", "oom_recoveries", "steps", "samples", "epoch", "train_loss",
-           "validation_loss", "validation_accuracy", "learning_rate", "gradient_norm", "nonfinite_steps",
-           "checkpoints", "last_checkpoint_time", "memory_budget")
-MEASURED = ("cupy_pool_used", "cupy_pool_total", "cupy_pool_peak", "tracemalloc_peak")
-STATIC = ("job", "model", "optimizer", "dtype", "device", "gpu_index", "gpu_pci_bus_id", "gpu_uuid", "started")
-# layout of the shared array: scalars, the state's index, planned bytes, measured bytes, histogram
-_N_HIST = len(STEP_BUCKETS) + 1
-_SIZE = len(SCALARS) + 1 + len(CATEGORIES) + len(MEASURED) + _N_HIST + 1
+# layout of the shared array, in JobState's field order: (field, kind, width)
+_WIDTH = {"scalar": 1, "state": 1, "categories": len(CATEGORIES), "sources": len(MEASURED),
+          "histogram": len(STEP_BUCKETS) + 2}  # bucket counts (+Inf included) and the sum
+LAYOUT = tuple((f.name, f.metadata[EXPORT], _WIDTH[f.metadata[EXPORT]]) for f in dataclasses.fields(JobState)
+               if f.metadata.get(EXPORT) in _WIDTH)
+STATIC = tuple(f.name for f in dataclasses.fields(JobState) if f.metadata.get(EXPORT) == "static")
+_SIZE = sum(width for _, _, width in LAYOUT)
 _NAN = float("nan")
 
 
+def _pack_field(state, name, kind) -> list:
+    value = getattr(state, name)
+    if kind == "scalar":
+        return [float(value)]
+    if kind == "state":
+        return [float(JOB_STATES.index(value))]
+    if kind == "categories":
+        return [float(value[c]) if c in (value or {}) else _NAN for c in CATEGORIES]
+    if kind == "sources":
+        return [_NAN if value.get(k) is None else float(value[k]) for k in MEASURED]
+    return [float(c) for c in value.counts] + [value.total]
+
+
+def _unpack_field(state, name, kind, v) -> None:
+    if kind == "scalar":
+        old = getattr(state, name)
+        setattr(state, name, int(v[0]) if isinstance(old, int) and math.isfinite(v[0]) else v[0])
+    elif kind == "state":
+        state.state = JOB_STATES[int(v[0])]
+    elif kind == "categories":
+        setattr(state, name, {c: int(x) for c, x in zip(CATEGORIES, v) if math.isfinite(x)})
+    elif kind == "sources":
+        setattr(state, name, {k: int(x) for k, x in zip(MEASURED, v) if math.isfinite(x)})
+    else:
+        hist = getattr(state, name)
+        hist.counts, hist.total = [int(c) for c in v[:-1]], v[-1]
+
+
 def _pack(state: JobState, out: np.ndarray) -> None:
-    vals = [float(getattr(state, k)) for k in SCALARS]
-    vals.append(float(JOB_STATES.index(state.state)))
-    planned = state.planned_bytes or {}
-    vals += [float(planned[c]) if c in planned else _NAN for c in CATEGORIES]
-    vals += [float(state.measured.get(k, _NAN)) if state.measured.get(k) is not None else _NAN for k in MEASURED]
-    vals += [float(c) for c in state.step_durations.counts]
-    vals.append(state.step_durations.total)
+    vals = []
+    for name, kind, _ in LAYOUT:
+        vals += _pack_field(state, name, kind)
     out[:] = vals
 
 
 def _unpack(src: np.ndarray, state: JobState) -> None:
-    v = src.tolist()
-    for i, k in enumerate(SCALARS):
-        value = v[i]
-        setattr(state, k, int(value) if isinstance(getattr(state, k), int) and math.isfinite(value) else value)
-    i = len(SCALARS)
-    state.state = JOB_STATES[int(v[i])]
-    i += 1
-    planned = {c: int(v[i + j]) for j, c in enumerate(CATEGORIES) if math.isfinite(v[i + j])}
-    state.planned_bytes = planned
-    i += len(CATEGORIES)
-    state.measured = {k: int(v[i + j]) for j, k in enumerate(MEASURED) if math.isfinite(v[i + j])}
-    i += len(MEASURED)
-    state.step_durations.counts = [int(c) for c in v[i : i + _N_HIST]]
-    state.step_durations.total = v[i + _N_HIST]
+    v, i = src.tolist(), 0
+    for name, kind, width in LAYOUT:
+        _unpack_field(state, name, kind, v[i : i + width])
+        i += width
 
 
 class Exporter:
@@ -71,7 +88,7 @@ class Exporter:
         self._conn, child = ctx.Pipe()
         self._proc = ctx.Process(target=_child, args=(self._raw, json.dumps(static), os.getpid(), port, host, child),
                                  name="memtrain-exporter", daemon=True)
-        self._proc.start()
+        _start_ignoring_sigint(self._proc)
         child.close()
         if not self._conn.poll(30):
             self.stop()
@@ -97,7 +114,25 @@ class Exporter:
         self._conn.close()
 
 
+def _start_ignoring_sigint(proc) -> None:
+    """proc.start() with SIGINT blocked in this thread: the child inherits the blocked mask
+    through fork and exec, so a Ctrl-C while it imports (before _child ignores SIGINT)
+    cannot end it with a KeyboardInterrupt traceback. A SIGINT meanwhile reaches the
+    job once the mask is restored."""
+    if not hasattr(signal, "pthread_sigmask"):  # not POSIX
+        proc.start()
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        proc.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def _child(raw, static_json, job_pid, port, host, conn) -> None:  # pragma: no cover - runs in the child
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the job, which stops this process
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by the parent; now ignored
     from prometheus_client import CollectorRegistry  # noqa: PLC0415
 
     from memtrain.metrics import JobCollector, serve  # noqa: PLC0415

@@ -26,6 +26,23 @@ from memtrain.memory.plan import CATEGORIES
 from memtrain.train.state import JOB_STATES, JobState
 
 PREFIX = "memtrain_"
+# Every family collect() may yield (each only once its value is known); tests/test_metrics.py
+# checks that a full scrape yields exactly these.
+FAMILIES = (
+    ("memory_planned_bytes", "gauge"), ("memory_budget_bytes", "gauge"), ("memory_measured_bytes", "gauge"),
+    ("memory_estimate_error_ratio", "gauge"),
+    ("gpu_memory_total_bytes", "gauge"), ("gpu_memory_used_bytes", "gauge"), ("gpu_memory_free_bytes", "gauge"),
+    ("gpu_utilization_ratio", "gauge"), ("gpu_temperature_celsius", "gauge"), ("gpu_power_watts", "gauge"),
+    ("gpu", "info"),
+    ("batch_size", "gauge"), ("micro_batch_size", "gauge"), ("oom_recoveries", "counter"), ("steps", "counter"),
+    ("samples", "counter"), ("epoch", "gauge"), ("step_duration_seconds", "histogram"), ("train_loss", "gauge"),
+    ("validation_loss", "gauge"), ("validation_accuracy", "gauge"), ("learning_rate", "gauge"),
+    ("gradient_norm", "gauge"), ("nonfinite_steps", "counter"), ("checkpoints", "counter"),
+    ("last_checkpoint_timestamp_seconds", "gauge"), ("job_start_timestamp_seconds", "gauge"),
+    ("job_state", "stateset"), ("job", "info"),
+)
+_FAMILY_TYPES = {"gauge": GaugeMetricFamily, "counter": CounterMetricFamily, "histogram": HistogramMetricFamily,
+                 "info": InfoMetricFamily, "stateset": StateSetMetricFamily}
 
 
 class JobCollector:
@@ -43,6 +60,12 @@ class JobCollector:
         self.state = state
         self.measure_gpu = measure_gpu
         self.pid = pid  # the job's process when this collector runs in another (memtrain/exporter.py)
+
+    def describe(self):
+        """The families collect() can yield, without measuring anything (a registry checks
+        names with this when the collector is registered)."""
+        return [_FAMILY_TYPES[kind](PREFIX + name, "") for name, kind in FAMILIES
+                if self.measure_gpu or not name.startswith("gpu")]
 
     def collect(self):
         s = self.state

@@ -6,15 +6,9 @@ import csv
 import io
 import json
 
+from memtrain.jsonable import plain
 from memtrain.memory.plan import CATEGORIES
 from memtrain.units import format_bytes
-
-
-def plain(v):
-    """json.dumps default: NumPy scalars as Python numbers, anything else as its str()."""
-    if hasattr(v, "item"):
-        return v.item()
-    return str(v)
 
 
 def to_json(obj) -> str:
@@ -83,11 +77,14 @@ def estimate_text(r: dict) -> str:
 
 def max_batch_text(f: dict, mode: str) -> str:
     src = f" ({f['budget_source']})" if f.get("budget_source") else ""
+    if f.get("margin"):  # the same safety margin autobatch keeps
+        src += f" less a {format_bytes(f['margin'])} margin"
+    limit = format_bytes(f.get("memory_limit", f["budget"]))
     what = "inference batch" if mode == "inference" else "batch"
     if not f["batch_size"]:
-        return (f"largest {what} in {format_bytes(f['budget'])}{src}: none; batch 1 needs "
+        return (f"largest {what} in {limit}{src}: none; batch 1 needs "
                 f"{format_bytes(f['shortfall'])} more")
-    return (f"largest {what} in {format_bytes(f['budget'])}{src}: B = {f['batch_size']:,} "
+    return (f"largest {what} in {limit}{src}: B = {f['batch_size']:,} "
             f"(uses {format_bytes(f['total'])}, {f['utilisation']:.1%}; {format_bytes(f['headroom'])} left)")
 
 
@@ -157,7 +154,8 @@ def autobatch_text(r) -> str:
     lines = [
         f"budget      {format_bytes(r.budget + r.margin)} ({r.budget_source}) - margin {format_bytes(r.margin)} "
         f"= {format_bytes(r.budget)}",
-        f"analytic    B = {r.analytic:,} (largest with plan(B) <= budget)",
+        f"analytic    B = {r.analytic:,} (largest with plan(B) <= budget"
+        + (f", at most {r.cap:,}: the training rows or max_batch_size)" if getattr(r, "cap", None) else ")"),
         f"confirmed   B = {r.confirmed:,} after {len(r.probes)} probe{'s' if len(r.probes) != 1 else ''}, "
         f"{r.seconds:.2f} s in all",
         f"evaluation  B = {r.eval_batch:,} (inference plan)",

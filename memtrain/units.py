@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from memtrain.errors import ConfigError
+
 _UNITS = {
     "": 1, "b": 1,
     "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3, "t": 1000**4, "tb": 1000**4,
@@ -19,13 +21,13 @@ def parse_bytes(text, field: str = "memory", *, allow_zero: bool = False) -> int
     else:
         m = _RE.match(str(text))
         if not m or m.group(2).lower() not in _UNITS:
-            raise ValueError(
+            raise ConfigError(
                 f"{field}: expected a size like 16GiB, 16GB, 512MiB or a number of bytes, got {text!r}"
             )
         value, unit = float(m.group(1)), m.group(2).lower()
     n = int(value * _UNITS[unit])
     if n < 0 or (n == 0 and not allow_zero):
-        raise ValueError(f"{field}: expected a {'non-negative' if allow_zero else 'positive'} size, got {text!r}")
+        raise ConfigError(f"{field}: expected a {'non-negative' if allow_zero else 'positive'} size, got {text!r}")
     return n
 
 
@@ -37,3 +39,11 @@ def format_bytes(n: float) -> str:
             return f"{int(n)} B" if unit == "B" else f"{n:.2f} {unit}"
         n /= 1024
     raise AssertionError("unreachable")
+
+
+# Bounds on every count a user gives. Bytes are computed in Python ints (never
+# NumPy's int64, which wraps to negative), and these keep the numbers meaningful:
+# no device holds a 2**40-row batch, and a layer wider than 2**31 - 1 units is
+# beyond what one array dimension of CuPy's kernels indexes.
+MAX_BATCH = 1 << 40
+MAX_WIDTH = (1 << 31) - 1

@@ -18,3 +18,21 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("gpu") is not None:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _private_cache_dir(tmp_path_factory, monkeypatch):
+    """No test reads or writes the user's cache (the measured CUDA overhead per GPU model)."""
+    monkeypatch.setenv("MEMTRAIN_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture(scope="session")
+def host_launcher(tmp_path_factory):
+    """memtrain's CUDA kernels built as C++ for this CPU (memtrain/kernels/host.py); skips without g++."""
+    from memtrain.kernels import all_kernels
+    from memtrain.kernels.host import HostLauncher, HostUnavailable
+
+    try:
+        return HostLauncher(all_kernels(), tmp_path_factory.mktemp("host-kernels"))
+    except HostUnavailable as exc:
+        pytest.skip(str(exc))

@@ -11,9 +11,9 @@ from click.testing import CliRunner
 
 from memtrain.backend import get_backend
 from memtrain.cli import main
-from memtrain.memory import autobatch as ab
-from memtrain.memory.estimate import Setting
 from memtrain.nn.spec import ModelSpec
+from memtrain.profiler import autobatch as ab
+from memtrain.profiler.estimate import Setting
 
 CHILD = Path(__file__).parents[1] / "bench" / "rlimit_child.py"
 # A hard cap is the honest check: the plan's own accounting cannot be the judge

@@ -81,19 +81,20 @@ def test_each_run_is_the_job_with_only_the_optimizer_changed(job, tmp_path):
     cfg = from_dict({"name": "x", "model": {"layers": [64, 10]}, "optimizer": {"name": "adam", "lr": 0.1, "beta1": 0.5},
                      "metrics": {"port": 9464}, "checkpoint": {"resume": True, "keep": 2}, "seed": 7})
     c = cmp.run_config(cfg, "sgd", output_dir=tmp_path, checkpoint_dir=tmp_path / "ck")
-    assert c.optimizer == {"name": "sgd"}  # the file's hyper-parameters were Adam's
-    assert c.metrics == {} and c.checkpoint["resume"] is False and c.checkpoint["every_steps"] == 0
-    assert c.output["dir"] == str(tmp_path / "compare" / "sgd") and c.seed == 7
-    assert cmp.run_config(cfg, "lookahead:adam", lr=0.01, epochs=4, output_dir=tmp_path,
-                          checkpoint_dir=tmp_path).optimizer == {"name": "lookahead:adam", "lr": 0.01}
-    assert cfg.optimizer == {"name": "adam", "lr": 0.1, "beta1": 0.5}  # the original is untouched
+    d = c.to_dict()
+    assert d["optimizer"] == {"name": "sgd"}  # the file's hyper-parameters were Adam's
+    assert c.metrics.port is None and c.checkpoint.resume is False and c.checkpoint.every_steps == 0
+    assert c.output.dir == str(tmp_path / "compare" / "sgd") and c.seed == 7
+    c4 = cmp.run_config(cfg, "lookahead:adam", lr=0.01, epochs=4, output_dir=tmp_path, checkpoint_dir=tmp_path)
+    assert c4.to_dict()["optimizer"] == {"name": "lookahead:adam", "lr": 0.01} and c4.training.epochs == 4
+    assert cfg.to_dict()["optimizer"] == {"name": "adam", "lr": 0.1, "beta1": 0.5}  # the original is untouched
 
 
 def test_formats_and_plot_with_a_fake_runner(job, tmp_path, monkeypatch):
     losses = {"adam": [1.0, 0.5, 0.7], "sgd": [2.0, 1.5, 1.2], "rmsprop": [float("nan")] * 3}
 
     def runner(cfg):
-        name = cfg.optimizer["name"]
+        name = cfg.optimizer.name
         hist = [{"epoch": i + 1, "train_loss": 1.0, "val_loss": v, "val_accuracy": 0.5 + 0.2 * i, "lr": 0.1,
                  "seconds": 0.1} for i, v in enumerate(losses[name])]
         return ({"history": hist, "val_loss": hist[-1]["val_loss"], "val_accuracy": 0.9, "test_accuracy": 0.99,

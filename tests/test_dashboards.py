@@ -165,7 +165,7 @@ def test_regenerating_changes_nothing(tmp_path):
 
 
 def test_dashboard_identity():
-    assert set(DASHBOARDS) == {"memtrain-job", "memtrain-fleet"}
+    assert set(DASHBOARDS) == {"memtrain-job", "memtrain-fleet", "memtrain-service"}
     for stem, d in DASHBOARDS.items():
         assert d["uid"] == stem  # fixed, so links survive re-provisioning
         assert d["id"] is None
@@ -175,11 +175,15 @@ def test_dashboard_identity():
 
 
 def test_template_variables():
-    for d in DASHBOARDS.values():
+    for uid, d in DASHBOARDS.items():
         v = {var["name"]: var for var in d["templating"]["list"]}
         assert v["datasource"]["type"] == "datasource" and v["datasource"]["query"] == "prometheus"
-        assert v["job"]["query"] == "label_values(memtrain_job_info, job)"
-        assert v["instance"]["query"] == 'label_values(memtrain_job_info{job=~"$job"}, instance)'
+        # the service dashboard's job/instance are the service's; $jobs is its training jobs' scrape job
+        info = "memtrain_service_jobs" if uid == "memtrain-service" else "memtrain_job_info"
+        assert v["job"]["query"] == f"label_values({info}, job)"
+        assert v["instance"]["query"] == f'label_values({info}{{job=~"$job"}}, instance)'
+        if uid == "memtrain-service":
+            assert v["jobs"]["query"] == "label_values(memtrain_job_info, job)"
         for name in ("job", "instance"):
             assert v[name]["type"] == "query" and v[name]["datasource"] == DS
 
@@ -234,7 +238,9 @@ def test_every_selector_is_scoped_to_job_and_instance():
         for m in re.finditer(r"\bmemtrain_\w+", expr):
             after = expr[m.end():]
             if after.startswith("{"):
-                assert after.startswith(scope), (uid, title, expr)
+                # the service dashboard's per-job series: every training job of the service
+                jobs = uid == "memtrain-service" and after.startswith('{job=~"$jobs"')
+                assert after.startswith(scope) or jobs, (uid, title, expr)
             else:  # the state set's label, in a matcher or a grouping
                 assert m.group() == "memtrain_job_state" and re.match(r'="|\)', after), (uid, title, expr)
 
@@ -286,8 +292,12 @@ def _prometheus():
 def test_prometheus_config():
     prom = _prometheus()
     jobs = {j["job_name"]: j for j in prom["scrape_configs"]}
-    port = tomllib.loads((ROOT / "docs" / "example-job.toml").read_text())["metrics"]["port"]
-    assert jobs["memtrain"]["static_configs"] == [{"targets": [f"memtrain:{port}"]}]
+    # the jobs are discovered through the service, which Prometheus scrapes too, with its token
+    (sd,) = jobs["memtrain"]["http_sd_configs"]
+    assert sd["url"] == "http://memtrain:8470/prometheus/targets"
+    assert sd["authorization"]["credentials_file"] == "/run/secrets/memtrain-token"
+    assert jobs["memtrain-service"]["static_configs"] == [{"targets": ["memtrain:8470"]}]
+    assert jobs["memtrain-service"]["authorization"] == sd["authorization"]
     # The dashboards' `job` variable is the scrape job and the name is read from exported_job:
     # honor_labels would give memtrain_job_info a different `job` from every other series.
     assert not jobs["memtrain"].get("honor_labels", False)
@@ -308,10 +318,14 @@ def test_grafana_dashboard_provider_reads_what_compose_mounts():
 
 
 def test_demo_long_job_file_loads():
-    """The job compose runs with MEMTRAIN_JOB=dashboards/demo-long.toml: the demo's model, served on its port."""
+    """The job to submit to the compose stack's service (docs/dashboards.md): a model that fits its
+    (harder, slower to learn) synthetic data set, served on the demo's port."""
     cfg = config.load(DASH / "demo-long.toml")
     demo = config.load(ROOT / "docs" / "example-job.toml")
-    assert cfg.model_spec().sizes == demo.model_spec().sizes
+    n, d, classes = map(int, re.fullmatch(r"synthetic:classification\((.*)\)",
+                                          cfg.data.dataset.replace(" ", "")).group(1).split(","))
+    sizes = cfg.model_spec().sizes
+    assert (sizes[0], sizes[-1]) == (d, classes)
     assert cfg.metrics == demo.metrics
 
 
@@ -329,19 +343,24 @@ def test_compose_config():
     c = _compose_config()
     s = c["services"]
     assert set(s) == {"memtrain", "memtrain-cpu", "prometheus", "grafana", "dcgm-exporter"}
-    assert s["memtrain"]["command"] == ["memtrain", "train", "docs/example-job.toml", "--metrics-host", "0.0.0.0",
-                                        "--metrics-linger", "3600", "--output-dir", "/runs/digits-demo"]
-    assert s["memtrain"]["deploy"]["resources"]["reservations"]["devices"] == GPU_RESERVATION
+    assert s["memtrain"]["command"] == ["memtrain", "serve", "--state-dir", "/runs/service", "--host", "0.0.0.0",
+                                        "--token-file", "/run/secrets/memtrain-token", "--devices", "auto",
+                                        "--job-metrics-host", "0.0.0.0", "--job-metrics-address", "memtrain"]
+    assert s["memtrain"]["deploy"]["resources"]["reservations"]["devices"] == [{**GPU_RESERVATION[0],
+                                                                                "count": "all"}]
     assert "profiles" not in s["memtrain"]  # plain `docker compose up` runs it
     cpu = s["memtrain-cpu"]
     assert cpu["profiles"] == ["cpu"] and "deploy" not in cpu
-    assert cpu["command"][cpu["command"].index("--device") + 1] == "cpu"
+    assert cpu["command"][cpu["command"].index("--devices") + 1] == "cpu"
     assert cpu["networks"]["default"]["aliases"] == ["memtrain"]  # the scrape target's name
     assert s["dcgm-exporter"]["profiles"] == ["dcgm"]
     for name in ("memtrain", "memtrain-cpu"):
         assert s[name]["build"]["context"] == str(ROOT)
         assert "runs:/runs:rw" in s[name]["volumes"]
-        assert s[name]["command"][s[name]["command"].index("--output-dir") + 1].startswith("/runs/")
+        assert s[name]["command"][s[name]["command"].index("--state-dir") + 1].startswith("/runs/")
+        assert [x["source"] for x in s[name]["secrets"]] == ["memtrain-token"]
+    assert [x["source"] for x in s["prometheus"]["secrets"]] == ["memtrain-token"]
+    assert c["secrets"]["memtrain-token"]["file"] == str(ROOT / "memtrain-token")
     assert "prometheus-data:/prometheus:rw" in s["prometheus"]["volumes"]
     assert f"{DASH}/prometheus/prometheus.yml:/etc/prometheus/prometheus.yml:ro" in s["prometheus"]["volumes"]
     assert f"{DASH}/provisioning:/etc/grafana/provisioning:ro" in s["grafana"]["volumes"]
@@ -349,7 +368,8 @@ def test_compose_config():
     assert s["grafana"]["environment"]["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
     assert set(c["volumes"]) == {"runs", "prometheus-data", "grafana-data"}
     ports = [p for svc in s.values() for p in svc.get("ports", [])]
-    assert sorted(ports) == ["127.0.0.1:3000:3000/tcp", "127.0.0.1:9090:9090/tcp"]
+    assert sorted(ports) == ["127.0.0.1:3000:3000/tcp", "127.0.0.1:8470:8470/tcp", "127.0.0.1:8470:8470/tcp",
+                             "127.0.0.1:9090:9090/tcp"]  # the service and its CPU variant (one profile at a time)
     for name, svc in s.items():
         if "image" in svc and "build" not in svc:  # pinned: a version tag, never latest
             assert re.search(r":v?\d+\.\d+\.\d+", svc["image"]), (name, svc["image"])
@@ -357,8 +377,29 @@ def test_compose_config():
 
 @pytest.mark.skipif(DOCKER_COMPOSE is None,
                     reason="docker-compose not on PATH (Debian: apt-get install docker-compose; .ci/run installs it)")
-def test_compose_runs_another_job_file():
-    s = _compose_config(MEMTRAIN_JOB="dashboards/demo-long.toml", MEMTRAIN_RUN="demo-long")["services"]
-    assert s["memtrain"]["command"][2] == "dashboards/demo-long.toml"
-    assert s["memtrain"]["command"][-1] == "/runs/demo-long"
-    assert s["memtrain-cpu"]["command"][-1] == "/runs/demo-long-cpu"
+def test_compose_service_is_where_prometheus_looks():
+    """Prometheus discovers jobs at memtrain:8470: the service listens there, with the token file it reads."""
+    s = _compose_config()["services"]
+    for name in ("memtrain", "memtrain-cpu"):
+        cmd = s[name]["command"]
+        assert "--port" not in cmd and "8470" in s[name]["expose"]  # the default port, 8470
+        assert cmd[cmd.index("--job-metrics-address") + 1] == "memtrain"
+        assert cmd[cmd.index("--token-file") + 1] == "/run/secrets/memtrain-token"
+
+
+def test_demo_long_keeps_learning(tmp_path):
+    """Its curves must move on the dashboards: no near-perfect validation accuracy after a few
+    epochs (the 64-feature set it replaced was at 1.000 by epoch 2), and still improving."""
+    import io
+
+    from memtrain.train.job import run
+
+    data = tomllib.loads((DASH / "demo-long.toml").read_text())
+    data["training"].update(epochs=3, batch_size=128)  # the batch auto solves to (max_batch_size), without its probes
+    data["device"] = "cpu"
+    data.pop("metrics")
+    data["output"] = {"dir": str(tmp_path)}
+    log = io.StringIO()
+    run(config.from_dict(data), log_format="json", progress=False, stream=log, install_signals=False)
+    acc = [json.loads(ln)["val_accuracy"] for ln in log.getvalue().splitlines() if '"event": "epoch"' in ln]
+    assert len(acc) == 3 and acc[0] < acc[1] < acc[2] < 0.8, acc

@@ -391,3 +391,10 @@ def test_import_memtrain_data_does_not_import_sklearn():
     code = "import sys, memtrain.data; print('sklearn' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_the_label_layouts_are_the_output_units():
+    from memtrain import data
+    from memtrain.nn.losses import OUTPUTS
+
+    assert data.OUTPUTS == tuple(OUTPUTS)

@@ -1,17 +1,18 @@
 """`memtrain estimate`: library reports and the command, incl. bad input."""
 
 import json
+import os
 
 import pytest
 from click.testing import CliRunner
 
 from memtrain import MLP, Trainer
 from memtrain.cli import main
-from memtrain.memory import estimate as est
 from memtrain.memory.overhead import ASSUMED_CUDA_OVERHEAD
 from memtrain.memory.plan import CATEGORIES
 from memtrain.nn.spec import ModelSpec
 from memtrain.optim import OPTIMIZERS
+from memtrain.profiler import estimate as est
 
 
 def run(*args):
@@ -50,7 +51,7 @@ def test_multipliers(name, state, total):
 
 def test_json_schema_is_stable():
     code, out = run("--layers", "20,30,5", "--batch-size", "8", "--format", "json", "--per-layer", "--gpus", "2",
-                    "--memory", "1MiB")
+                    "--memory-limit", "1MiB")
     r = json.loads(out)
     assert code == 0 and r["schema"] == "memtrain.estimate/1"
     assert set(r) == {"schema", "mode", "model", "optimizer", "device", "batch_size", "categories", "total",
@@ -60,11 +61,13 @@ def test_json_schema_is_stable():
     f = r["formula"]
     assert r["total"] == f["fixed"] + 8 * f["per_sample"]
     mb = r["max_batch"]
-    assert f["fixed"] + mb["batch_size"] * f["per_sample"] <= 1024**2 < f["fixed"] + (mb["batch_size"] + 1) * f["per_sample"]
+    budget = 1024**2 - mb["margin"]  # the safety margin autobatch keeps
+    assert mb["budget"] == budget and mb["memory_limit"] == 1024**2
+    assert f["fixed"] + mb["batch_size"] * f["per_sample"] <= budget < f["fixed"] + (mb["batch_size"] + 1) * f["per_sample"]
 
 
 def test_all_optimizers_side_by_side():
-    code, out = run("--layers", "784,1024,1024,10", "--optimizer", "all", "--batch-size", "256", "--memory", "1GiB",
+    code, out = run("--layers", "784,1024,1024,10", "--optimizer", "all", "--batch-size", "256", "--memory-limit", "1GiB",
                     "--format", "json")
     t = json.loads(out)
     assert code == 0 and t["schema"] == "memtrain.estimate-table/1"
@@ -74,7 +77,7 @@ def test_all_optimizers_side_by_side():
     assert totals == sorted(totals)
     assert names[0] == "sgd" and names[-1] == "lookahead:adam"
     assert all(r["max_batch"] > 0 for r in t["rows"])
-    code, text = run("--layers", "784,1024,1024,10", "--optimizer", "all", "--batch-size", "256", "--memory", "1GiB")
+    code, text = run("--layers", "784,1024,1024,10", "--optimizer", "all", "--batch-size", "256", "--memory-limit", "1GiB")
     assert "max batch in 1.00 GiB" in text and "lookahead:adam" in text
 
 
@@ -86,17 +89,17 @@ def test_batch_lists_and_csv():
 
 
 def test_largest_batch_with_rounding():
-    _, out = run("--layers", "784,4096,4096,10", "--memory", "16GiB", "--multiple-of", "8", "--format", "json")
+    _, out = run("--layers", "784,4096,4096,10", "--memory-limit", "16GiB", "--multiple-of", "8", "--format", "json")
     b = json.loads(out)["max_batch"]["batch_size"]
     assert b % 8 == 0 and b > 0
-    _, out = run("--layers", "784,4096,4096,10", "--memory", "16GiB", "--power-of-two", "--format", "json")
+    _, out = run("--layers", "784,4096,4096,10", "--memory-limit", "16GiB", "--power-of-two", "--format", "json")
     p = json.loads(out)["max_batch"]["batch_size"]
     assert p & (p - 1) == 0 and p <= b < 2 * p + 8
 
 
 def test_inference_plan_allows_a_much_larger_batch():
-    _, train = run("--layers", "784,4096,4096,10", "--memory", "16GiB", "--format", "json")
-    _, infer = run("--layers", "784,4096,4096,10", "--memory", "16GiB", "--inference", "--format", "json")
+    _, train = run("--layers", "784,4096,4096,10", "--memory-limit", "16GiB", "--format", "json")
+    _, infer = run("--layers", "784,4096,4096,10", "--memory-limit", "16GiB", "--inference", "--format", "json")
     t, i = json.loads(train), json.loads(infer)
     assert i["mode"] == "inference" and i["optimizer"] is None
     assert i["categories"]["gradients"] == i["categories"]["optimizer_state"] == 0
@@ -137,14 +140,15 @@ def test_verify_runs_real_steps():
 
 @pytest.mark.parametrize("args,message", [
     (["--layers", "784"], "layers: need at least 2 sizes"),
-    (["--layers", "784,0,10"], "layers: every size must be positive"),
+    (["--layers", "784,0,10"], "Invalid value for '--layers': every layer size must be from 1 to 2,147,483,647"),
     (["--layers", "784,x"], "Invalid value for '--layers'"),
     (["--layers", "784,10", "--optimizer", "adamw"], "optimizer: unknown 'adamw'; expected one of sgd, momentum"),
     (["--layers", "784,10", "--activation", "relux"], "activation: unknown 'relux'; expected one of identity"),
-    (["--layers", "784,10", "--batch-size", "0"], "batch-size: every size must be a positive integer"),
+    (["--layers", "784,10", "--batch-size", "0"], "batch-size: every size must be an integer from 1 to 1,099,511,627,776"),
     (["--layers", "784,10", "--batch-size", "-4"], "batch-size"),
-    (["--layers", "784,10", "--memory", "16XB"], "Invalid value for '--memory'"),
-    (["--layers", "784,4096,4096,10", "--memory", "1MiB"], "memory: 1.00 MiB is too small for batch 1 of this plan; it needs"),
+    (["--layers", "784,10", "--memory-limit", "16XB"], "Invalid value for '--memory-limit'"),
+    (["--layers", "784,4096,4096,10", "--memory-limit", "1MiB"],
+     "memory-limit: 1.00 MiB less the safety margin is too small for batch 1 of this plan; it needs"),
     (["--layers", "784,10", "--device", "gpu"], "device: expected cpu, auto, cuda or cuda:N"),
     ([], "layers: missing"),
     (["--config", "/nonexistent.toml"], "config: cannot read"),
@@ -154,3 +158,54 @@ def test_bad_input_is_one_line_and_exit_2(args, message):
     assert code == 2
     lines = out.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("memtrain: error: ") and message in lines[0], out
+
+
+def test_estimate_of_a_job_file_is_what_train_runs(tmp_path):
+    """docs/example-job.toml: batch "auto" (16 MiB, max 128) and the digits data set in memory."""
+    from memtrain.config import load, merge
+    from memtrain.profiler.autobatch import auto_batch
+    from memtrain.train.job import Job
+
+    code, out = run("--config", "docs/example-job.toml", "--format", "json")
+    r = json.loads(out)
+    assert code == 0
+    cfg = merge(load("docs/example-job.toml"), {"device": "cpu", "training.epochs": 1, "output.dir": str(tmp_path)})
+    with open(os.devnull, "w") as devnull:
+        job = Job(cfg, progress=False, stream=devnull, install_signals=False, batch_solver=auto_batch)
+        job.open_device(), job.load_data(), job.choose_batch(), job.build_trainer()
+        job.peak.stop()
+    assert r["batch_size"] == job.batch_size == 128
+    assert r["categories"] == job.plan.by_category() and r["total"] == job.plan.total
+    assert "data_x" in [b["name"] for b in r["buffers"]]  # the resident data set is in the estimate
+
+
+def test_estimate_and_autobatch_give_the_same_batch():
+    code, out = run("--layers", "64,128,10", "--memory-limit", "8MiB", "--format", "json")
+    e = json.loads(out)
+    r = CliRunner().invoke(main, ["autobatch", "--layers", "64,128,10", "--memory-limit", "8MiB", "--format", "json"])
+    a = json.loads(r.output)
+    assert code == 0 and r.exit_code == 0
+    assert e["max_batch"]["batch_size"] == a["analytic"] == a["confirmed"] == 4162  # the same margin in both
+    assert e["max_batch"]["margin"] == a["margin"]
+    assert e["batch_size"] == 4162  # the report is at the solved batch, not at 32
+
+
+def test_optimizer_takes_a_list_like_compare():
+    code, out = run("--layers", "64,128,10", "--optimizer", "sgd,adam", "--batch-size", "64", "--format", "json")
+    t = json.loads(out)
+    assert code == 0 and t["schema"] == "memtrain.estimate-table/1"
+    assert sorted(r["optimizer"] for r in t["rows"]) == ["adam", "sgd"]
+    code, out = run("--layers", "64,128,10", "--optimizer", "sgd,adamw")
+    assert code == 2 and "optimizer: unknown 'adamw'" in out
+
+
+def test_memory_limit_is_the_one_spelling_and_memory_a_deprecated_alias():
+    r = CliRunner().invoke(main, ["estimate", "--help"])
+    assert "--memory-limit" in r.output and "--memory " not in r.output
+    old = CliRunner().invoke(main, ["estimate", "--layers", "64,128,10", "--memory", "8MiB", "--format", "json"])
+    new = CliRunner().invoke(main, ["estimate", "--layers", "64,128,10", "--memory-limit", "8MiB", "--format", "json"])
+    assert old.exit_code == new.exit_code == 0
+    assert "--memory is deprecated" in old.stderr and "use --memory-limit" in old.stderr
+    assert json.loads(old.stdout) == json.loads(new.stdout)
+    for cmd in ("estimate", "autobatch", "train", "sweep"):
+        assert "--memory-limit" in CliRunner().invoke(main, [cmd, "--help"]).output

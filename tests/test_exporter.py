@@ -6,7 +6,7 @@ import urllib.request
 
 import pytest
 
-from memtrain.exporter import Exporter, _pack, _unpack, _SIZE
+from memtrain.exporter import _SIZE, Exporter, _pack, _unpack
 from memtrain.train.state import JobState
 
 
@@ -72,3 +72,43 @@ def test_port_in_use_is_an_oserror():
             Exporter(JobState(), s.getsockname()[1])
     finally:
         s.close()
+
+
+def test_ctrl_c_on_a_job_with_metrics_stops_cleanly_without_a_traceback(tmp_path):
+    """A terminal's Ctrl-C sends SIGINT to the whole foreground process group, the
+    exporter process included: it must ignore it (the job stops it) instead of dying
+    with a KeyboardInterrupt traceback printed before the job's clean stop line."""
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    args = ["train", "--layers", "64,32,10", "--dataset", "digits", "--device", "cpu", "--epochs", "100000",
+            "--metrics-port", "0", "--output-dir", str(tmp_path / "run")]
+    # Python's own SIGINT handling even where this test runs with SIGINT ignored (a background
+    # job of a non-interactive shell), as a command typed at a terminal has it
+    code = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            f"sys.argv = ['memtrain', *{args!r}]; runpy.run_module('memtrain.cli', run_name='__main__')")
+    # a new session: its own process group, as a shell gives a foreground job
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         start_new_session=True)
+    lines = []
+    reader = threading.Thread(target=lambda: lines.extend(p.stdout), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 120
+    try:
+        while not any(line.startswith("epoch 2/") for line in list(lines)):
+            assert p.poll() is None and time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.05)
+        os.killpg(p.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+        assert p.wait(60) == 0
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    reader.join(10)
+    p.stdout.close()
+    out = "".join(lines)
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out, out
+    assert "stopped   on SIGINT at step" in out and "checkpoint saved" in out, out

@@ -9,8 +9,8 @@ devices.
 import numpy as np
 import pytest
 
-from memtrain.memory.estimate import Setting
 from memtrain.nn.spec import ModelSpec
+from memtrain.profiler.estimate import Setting
 
 pytestmark = pytest.mark.gpu
 
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.gpu
 @pytest.mark.parametrize("optimizer", ["sgd", "adam", "rprop", "lookahead:adam"])
 def test_pool_peak_and_nvml_match_the_plan(optimizer):
     from memtrain.backend import get_backend
-    from memtrain.memory.verify import profile
+    from memtrain.profiler.verify import profile
 
     backend = get_backend("cuda")
     spec = ModelSpec.create([784, 1024, 1024, 10], dtype="float32")
@@ -33,7 +33,7 @@ def test_autobatch_under_a_hard_pool_limit():
     import cupy
 
     from memtrain.backend import get_backend
-    from memtrain.memory.autobatch import auto_batch
+    from memtrain.profiler.autobatch import auto_batch
 
     backend = get_backend("cuda")
     spec = ModelSpec.create([784, 2048, 2048, 10])
@@ -43,7 +43,7 @@ def test_autobatch_under_a_hard_pool_limit():
     cupy.cuda.set_allocator(pool.malloc)
     pool.set_limit(size=limit)  # a real cap: allocations past it raise OutOfMemoryError
     try:
-        from memtrain.memory.autobatch import probe
+        from memtrain.profiler.autobatch import probe
 
         r = auto_batch(setting, backend, memory_limit=limit, multiple_of=8)
         assert len(r.probes) <= 2 and r.probes[-1].outcome == "fits"
@@ -85,3 +85,23 @@ def test_cpu_and_gpu_training_agree():
             t.step(X[i * 32:(i + 1) * 32], y[i * 32:(i + 1) * 32])
         results.append(m.backend.to_numpy(m.params))
     np.testing.assert_allclose(results[1], results[0], rtol=1e-5, atol=1e-6)
+
+
+def test_a_job_on_the_gpu_reports_its_pool_peak(tmp_path):
+    """The Job's CUDA path: the pool-peak hook, the device's NVML uuid, the auto batch (a multiple of 8)."""
+    import io
+
+    from memtrain.config import from_dict
+    from memtrain.profiler.autobatch import auto_batch
+    from memtrain.train.job import Job
+
+    cfg = from_dict({"name": "g", "device": "cuda", "model": {"layers": [64, 128, 10]},
+                     "training": {"epochs": 1, "batch_size": "auto", "memory_limit": "256MiB"},
+                     "output": {"dir": str(tmp_path / "out")}})
+    job = Job(cfg, log_format="json", progress=False, stream=io.StringIO(), install_signals=False,
+              batch_solver=auto_batch)
+    s = job.run()
+    assert s["epochs"] == 1 and job.state.device.startswith("cuda") and job.state.state == "finished"
+    assert job.state.measured["cupy_pool_peak"] > 0
+    assert s["batch_size"] % 8 == 0 or s["batch_size"] == job.train_rows  # capped by the training set
+    assert s["measured_peak_bytes"] is None  # tracemalloc measures host memory: off on the GPU

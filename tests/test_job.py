@@ -1,6 +1,7 @@
 """Training jobs end to end: outputs, resume exactness under SIGKILL, corrupt
 checkpoints, signals, non-finite losses and bad input."""
 
+import io
 import json
 import os
 import signal
@@ -13,8 +14,10 @@ import numpy as np
 import pytest
 
 from memtrain.config import from_dict
+from memtrain.memory.budget import default_margin
+from memtrain.profiler.autobatch import auto_batch
 from memtrain.train import checkpoint as ckpt
-from memtrain.train.job import run
+from memtrain.train.job import Job, run
 from memtrain.train.model_io import load_model
 
 JOB = """
@@ -234,8 +237,7 @@ def test_auto_batch_counts_the_resident_data_set(tmp_path):
     limit = 400 * 1024
     cfg = config(tmp_path, training={"batch_size": "auto", "memory_limit": "400KiB", "epochs": 1})
     with open(os.devnull, "w") as devnull:
-        s = run(cfg, progress=False, stream=devnull, install_signals=False)
-    from memtrain.memory.autobatch import default_margin
+        s = Job(cfg, progress=False, stream=devnull, install_signals=False, batch_solver=auto_batch).run()
 
     budget = limit - default_margin("cpu", limit)
     assert s["batch_size"] < 420  # smaller than the training set: the limit decided it
@@ -250,6 +252,53 @@ def test_micro_batch_auto_fits_a_tight_limit(tmp_path):
     with open(os.devnull, "w") as devnull:
         s = run(cfg, progress=False, stream=devnull, install_signals=False)
     assert s["batch_size"] == 256 and s["micro_batch_size"] < 256
-    from memtrain.memory.autobatch import default_margin
-
     assert s["planned_bytes"] <= 600 * 1024 - default_margin("cpu", 600 * 1024)
+
+
+def test_phases_run_one_by_one_and_the_state_is_observable(tmp_path):
+    job = Job(config(tmp_path), progress=False, stream=io.StringIO(), install_signals=False)
+    assert job.state.state == "planning" and job.train_rows is None
+    job.open_device()
+    job.load_data()
+    job.choose_batch()
+    assert job.train_rows == 420 and job.batch_size == 16
+    job.build_trainer()
+    try:
+        assert job.state.planned_bytes == job.trainer.plan.by_category() and job.state.batch_size == 16
+        assert job.resume() is False  # a fresh checkpoint dir
+    finally:
+        job.peak.stop()
+
+
+def test_plan_job_is_the_plan_the_job_allocates(tmp_path):
+    from memtrain.profiler.jobplan import plan_job
+
+    cfg = config(tmp_path, training={"epochs": 1, "patience": 2})
+    jp = plan_job(cfg)
+    with open(os.devnull, "w") as devnull:
+        s = Job(cfg, progress=False, stream=devnull, install_signals=False).run()
+    assert jp.batch_size == s["batch_size"] and jp.rows.n_train == 420 and jp.resident
+    assert jp.by_category() == s["planned_by_category"] and jp.total == s["planned_bytes"]
+    auto = plan_job(cfg.with_overrides({"training.batch_size": "auto"}), budget=600 * 1024)
+    budget = 600 * 1024 - default_margin("cpu", 600 * 1024)  # the margin the job's auto batch keeps
+    assert auto.total <= budget < auto.setting.plan(auto.batch_size + 1).total  # the largest that fits
+
+
+def test_stop_from_another_thread_checkpoints_and_the_job_resumes(tmp_path):
+    """A service runs the Job on a thread (no signal handlers there) and stops it from another."""
+    import threading
+
+    cfg = config(tmp_path, training={"epochs": 3})
+    job = Job(cfg, progress=False, stream=io.StringIO())  # install_signals: ignored off the main thread
+    out = {}
+    t = threading.Thread(target=lambda: out.update(result=job.run()))
+    t.start()
+    while job.state.steps < 5 and t.is_alive():
+        time.sleep(0.001)
+    job.stop()
+    t.join(60)
+    result = out["result"]
+    assert result["stopped"] == "stop" and 5 <= result["steps"] < 3 * 27
+    assert job.state.state == "training" and ckpt.list_checkpoints(tmp_path / "out" / "checkpoints")
+    again = Job(cfg, progress=False, stream=io.StringIO(), install_signals=False).run()
+    assert again["steps"] == 3 * 27  # resumed where it stopped, then finished

@@ -322,7 +322,8 @@ def test_every_metric_is_documented(monkeypatch):
     docs = DOCS.read_text()
     missing = [n for n in sorted(names) if f"`{n}" not in docs]
     assert not missing, f"not in docs/metrics.md: {missing}"
-    documented = set(re.findall(r"^\| `(memtrain_\w+)", docs, re.M))
+    # memtrain_service_*: the service's own /metrics (tests/test_service_api.py checks those)
+    documented = {n for n in re.findall(r"^\| `(memtrain_\w+)", docs, re.M) if not n.startswith("memtrain_service_")}
     assert documented <= names, f"documented but not exposed: {documented - names}"
 
 
@@ -395,3 +396,37 @@ def test_memory_budget_is_exposed_when_known():
     r = _registry(_state())
     assert r.get_sample_value("memtrain_memory_budget_bytes") == 8 * 1024**2
     assert _registry(_state(memory_budget=float("nan"))).get_sample_value("memtrain_memory_budget_bytes") is None
+
+
+def test_describe_names_every_family_collect_yields():
+    from prometheus_client import CollectorRegistry
+
+    from memtrain.metrics import FAMILIES, PREFIX, JobCollector
+    from memtrain.train.state import JobState
+
+    s = JobState(job="d", model="m", optimizer="adam", dtype="float32", device="cpu", state="training",
+                 batch_size=8, micro_batch_size=4, train_loss=0.1, validation_loss=0.2, validation_accuracy=0.5,
+                 learning_rate=0.01, gradient_norm=1.0, last_checkpoint_time=1.0, memory_budget=1e6)
+    s.planned_bytes = {"parameters": 10}
+    s.measured = {"tracemalloc_peak": 20}
+    c = JobCollector(s, measure_gpu=False)
+    described = {f.name for f in c.describe()}
+    collected = {f.name for f in c.collect()}
+    assert collected <= described
+    assert described == {PREFIX + n for n, _ in FAMILIES if not n.startswith("gpu")}
+    assert collected == described  # a full state yields every family a CPU job has
+    CollectorRegistry(auto_describe=True).register(c)  # names checked through describe(), no scrape
+    assert {f.name for f in JobCollector(s).describe()} == {PREFIX + n for n, _ in FAMILIES}
+
+
+def test_the_exporter_layout_follows_the_job_state():
+    import dataclasses
+
+    from memtrain import exporter
+    from memtrain.train.state import EXPORT, JobState
+
+    fields = [f.name for f in dataclasses.fields(JobState)]
+    shipped = [name for name, _, _ in exporter.LAYOUT] + list(exporter.STATIC)
+    assert sorted(shipped) == sorted(fields)  # every field is shipped, none twice
+    assert all(f.metadata.get(EXPORT) for f in dataclasses.fields(JobState))
+    assert exporter._SIZE == sum(w for _, _, w in exporter.LAYOUT)

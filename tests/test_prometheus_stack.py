@@ -1,8 +1,10 @@
-"""A real Prometheus scraping a real `memtrain train` job answers every query on the dashboards.
+"""A real Prometheus, discovering a real job through a real `memtrain serve`, answers every
+query on the dashboards.
 
-Debian's `prometheus` (skipped, with the reason, where it is not on PATH) scrapes a CPU job
-once a second, configured by dashboards/prometheus/prometheus.yml with only the scrape
-interval and the job's address swapped in. Each panel target of dashboards/json/*.json is
+Debian's `prometheus` (skipped, with the reason, where it is not on PATH) scrapes the service
+and, through its /prometheus/targets (HTTP service discovery), a CPU job it runs, once a
+second, configured by dashboards/prometheus/prometheus.yml with only the intervals, the
+service's address and the token file swapped in. Each panel target of dashboards/json/*.json is
 then asked of it with Grafana's template variables filled in. docs/dashboards.md describes
 the compose stack this stands in for.
 """
@@ -30,10 +32,12 @@ DASHBOARDS = sorted((ROOT / "dashboards" / "json").glob("*.json"))
 PROMETHEUS, PROMTOOL = shutil.which("prometheus"), shutil.which("promtool")
 
 SCRAPE_JOB = "memtrain"  # job_name in dashboards/prometheus/prometheus.yml
+SERVICE_JOB = "memtrain-service"  # the service's own scrape job there
+TOKEN = "stack-test-token-0123456789"
 JOB_NAME = "stack-test"  # the training job's --name: exported_job on memtrain_job_info
 # Grafana's $__rate_interval is max($__interval + scrape interval, 4 x scrape interval) = 4 s at
 # a 1 s scrape; one scrape more keeps rate() off a window holding a single sample.
-VARIABLES = {"__rate_interval": "5s", "__interval": "1s", "__range": "60s", "job": SCRAPE_JOB}
+VARIABLES = {"__rate_interval": "5s", "__interval": "1s", "__range": "60s", "job": SCRAPE_JOB, "jobs": SCRAPE_JOB}
 SETUP_DEADLINE_S = 60  # the whole module takes about 10 s on 2 cores
 
 # Targets that may come back empty for this test's job, a CPU job, by (dashboard uid, panel title,
@@ -71,6 +75,8 @@ EXPECT = {
     ("memtrain-job", "Last checkpoint", "A"): lambda v: 0 <= v < 30,
     ("memtrain-job", "OOM recoveries", "A"): lambda v: v == 0,
     ("memtrain-fleet", "Jobs", "C"): lambda v: v > 0,
+    ("memtrain-service", "Running", "A"): lambda v: v == 1,
+    ("memtrain-service", "Jobs timeline", "A"): lambda v: v in TRAINING_STATES,
 }
 
 
@@ -106,8 +112,15 @@ def _substitute(expr: str, variables: dict) -> str:
 class Stack:
     url: str        # Prometheus
     instance: str   # the job's target address, its `instance` label
-    job: subprocess.Popen
+    job: subprocess.Popen  # the service that runs it
     logs: Path
+    service: str = ""  # the service's address, its `instance` label
+
+    def variables(self, uid: str) -> dict:
+        """Grafana's variables for a dashboard: the service dashboard's job/instance are the service's."""
+        if uid == "memtrain-service":
+            return {**VARIABLES, "job": SERVICE_JOB, "instance": self.service}
+        return {**VARIABLES, "instance": self.instance}
 
     def get(self, path: str, **params) -> dict:
         query = urllib.parse.urlencode(params, doseq=True)
@@ -130,13 +143,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _config(target: str) -> str:
-    """The committed config with a 1 s scrape interval and the test job as the memtrain target."""
+def _config(service: str, token_file: Path, *, fast: bool = True) -> str:
+    """The committed config with the test's service (address, token file) and, when fast, 1 s intervals."""
     text = CONFIG.read_text()
-    for old, new in (("scrape_interval: 15s", "scrape_interval: 1s"), ('"memtrain:9464"', json.dumps(target))):
-        assert text.count(old) == 1, f"{CONFIG}: expected one `{old}`"
+    swaps = [("memtrain:8470", service, 2), ("/run/secrets/memtrain-token", str(token_file), 2)]
+    if fast:
+        swaps += [("scrape_interval: 15s", "scrape_interval: 1s", 1), ("refresh_interval: 5s", "refresh_interval: 1s", 1)]
+    for old, new, n in swaps:
+        assert text.count(old) == n, f"{CONFIG}: expected {n} `{old}`"
         text = text.replace(old, new)
     return text
+
+
+def _http(url: str, body: dict | None = None, method: str | None = None):
+    req = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(), method=method,
+                                 headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
 
 
 def _until(what: str, deadline: float, check, stack: Stack | None = None):
@@ -169,32 +192,43 @@ def stack(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("stack")
     deadline = time.monotonic() + SETUP_DEADLINE_S
     procs = []
+    token_file = tmp / "token"
+    token_file.write_text(TOKEN + "\n")
+    service = f"127.0.0.1:{_free_port()}"
+    job_id = None
     try:
-        # Digits, 34 steps an epoch: the first epoch (validation metrics, a checkpoint) ends within a
-        # second of training; 1000 epochs outlast the test (about 45 s here), which stops it.
-        with open(tmp / "job.log", "w") as out:
+        with open(tmp / "serve.log", "w") as out:
             procs.append(subprocess.Popen(
-                [sys.executable, "-m", "memtrain.cli", "train", "--name", JOB_NAME, "--layers", "64,32,10",
-                 "--dataset", "digits", "--epochs", "1000", "--batch-size", "32", "--device", "cpu",
-                 "--output-dir", str(tmp / "run"), "--metrics-port", "0", "--log-format", "json"],
+                [sys.executable, "-m", "memtrain.cli", "serve", "--state-dir", str(tmp / "state"), "--port",
+                 service.split(":")[1], "--devices", "cpu", "--budget", "cpu=2GiB", "--overhead", "200MiB",
+                 "--token-file", str(token_file), "--log-level", "warning"],
                 stdout=out, stderr=subprocess.STDOUT, cwd=tmp))
         job = procs[0]
 
-        def metrics_url():
-            assert job.poll() is None, (tmp / "job.log").read_text()
-            for line in (tmp / "job.log").read_text().splitlines():
-                if line.startswith("{") and json.loads(line).get("event") == "metrics":
-                    return json.loads(line)["url"]
-            return None
+        def healthy():
+            assert job.poll() is None, (tmp / "serve.log").read_text()
+            with urllib.request.urlopen(f"http://{service}/healthz", timeout=2) as r:
+                return r.status == 200
 
-        instance = urllib.parse.urlsplit(_until("the job's metrics URL", deadline, metrics_url)).netloc
-        (tmp / "prometheus.yml").write_text(_config(instance))
+        _until("memtrain serve", deadline, healthy)
+        # Digits, 34 steps an epoch: the first epoch (validation metrics, a checkpoint) ends within a
+        # second of training; 1000 epochs outlast the test (about 45 s here), which cancels it.
+        job_id = _http(f"http://{service}/jobs", {
+            "name": JOB_NAME, "device": "cpu", "model": {"layers": [64, 32, 10]},
+            "training": {"epochs": 1000, "batch_size": 32}, "data": {"dataset": "digits"}})["id"]
+
+        def target():
+            found = [t for t in _http(f"http://{service}/prometheus/targets") if t["labels"]["job_id"] == job_id]
+            return found[0]["targets"][0] if found else None
+
+        instance = _until("the job's metrics target", deadline, target)
+        (tmp / "prometheus.yml").write_text(_config(service, token_file))
         port = _free_port()
         with open(tmp / "prometheus.log", "w") as out:
             procs.append(subprocess.Popen(
                 [PROMETHEUS, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'data'}",
                  f"--web.listen-address=127.0.0.1:{port}"], stdout=out, stderr=subprocess.STDOUT))
-        s = Stack(f"http://127.0.0.1:{port}", instance, job, tmp)
+        s = Stack(f"http://127.0.0.1:{port}", instance, job, tmp, service)
 
         def ready():
             with urllib.request.urlopen(f"{s.url}/-/ready", timeout=2) as r:
@@ -208,10 +242,18 @@ def stack(tmp_path_factory):
             f'count_over_time(memtrain_validation_loss{{job="{SCRAPE_JOB}"}}[{window}]) >= 3'
             f' and on (instance) memtrain_last_checkpoint_timestamp_seconds'
             f' and on (instance) up{{job="{SCRAPE_JOB}"}} == 1'), s)
-        assert job.poll() is None, "the job ended before the queries: they must see it training\n" + s.tails()
+        _until("the service scraped", deadline, lambda: s.query(f'memtrain_service_jobs{{job="{SERVICE_JOB}"}}'), s)
+        running = _http(f"http://{service}/jobs/{job_id}")["state"] == "running"
+        assert job.poll() is None and running, "the job ended before the queries: they must see it training\n" + \
+            s.tails()
         yield s
     finally:
-        for proc in reversed(procs):  # Prometheus first, then the job
+        if job_id is not None and procs and procs[0].poll() is None:
+            _http(f"http://{service}/jobs/{job_id}", method="DELETE")  # the job checkpoints and stops
+            stop_by = time.monotonic() + 20
+            while _http(f"http://{service}/jobs/{job_id}")["state"] == "running" and time.monotonic() < stop_by:
+                time.sleep(0.2)
+        for proc in reversed(procs):  # Prometheus first, then the service
             _stop(proc)
 
 
@@ -220,11 +262,10 @@ def stack(tmp_path_factory):
 
 @pytest.mark.slow
 def test_every_panel_query_answers(stack):
-    variables = {**VARIABLES, "instance": stack.instance}
     has_nvml = bool(stack.query(f'memtrain_gpu_info{{instance="{stack.instance}"}}'))
     empty, wrong = [], []
     for key, expr in _targets().items():
-        result = stack.query(_substitute(expr, variables))  # asserts status success
+        result = stack.query(_substitute(expr, stack.variables(key[0])))  # asserts status success
         reason = EMPTY_ON_CPU.get(key)
         if not result:
             if reason == "cuda" or (reason == "nvml" and not has_nvml):
@@ -250,14 +291,16 @@ def test_allow_list_names_real_gpu_targets():
 @pytest.mark.slow
 def test_template_variable_queries(stack):
     """label_values(...) of the job/instance variables, as Grafana asks them (the series API)."""
-    expected = {"job": SCRAPE_JOB, "instance": stack.instance}
     for path in DASHBOARDS:
-        for var in json.loads(path.read_text(encoding="utf-8"))["templating"]["list"]:
+        dash = json.loads(path.read_text(encoding="utf-8"))
+        variables = stack.variables(dash["uid"])
+        expected = {"job": variables["job"], "instance": variables["instance"], "jobs": SCRAPE_JOB}
+        for var in dash["templating"]["list"]:
             if var["type"] != "query":
                 continue
             m = re.fullmatch(r"label_values\((.+), (\w+)\)", var["query"])
             assert m, var["query"]
-            selector = _substitute(m.group(1), {**VARIABLES, "instance": stack.instance})
+            selector = _substitute(m.group(1), variables)
             body = stack.get(f"/api/v1/label/{m.group(2)}/values", **{"match[]": selector})
             assert expected[var["name"]] in body["data"], (path.name, var["name"], body)
 
@@ -272,8 +315,11 @@ def test_job_label_is_exported_job(stack):
 
 @pytest.mark.skipif(PROMTOOL is None, reason="promtool not on PATH (Debian: apt-get install prometheus)")
 def test_promtool_check_config(tmp_path):
-    for path in (CONFIG, tmp_path / "prometheus.yml"):
-        if path.parent == tmp_path:
-            path.write_text(_config("127.0.0.1:9464"))  # the test's variant too
+    token = tmp_path / "token"
+    token.write_text(TOKEN)
+    # the committed file with only the token file's path swapped (promtool wants it to exist), and the test's
+    (tmp_path / "committed.yml").write_text(_config("memtrain:8470", token, fast=False))
+    (tmp_path / "prometheus.yml").write_text(_config("127.0.0.1:8470", token))
+    for path in (tmp_path / "committed.yml", tmp_path / "prometheus.yml"):
         out = subprocess.run([PROMTOOL, "check", "config", str(path)], capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stdout + out.stderr

@@ -2,9 +2,9 @@
 
 import pytest
 
-from memtrain.memory.estimate import Setting, all_optimizer_names
-from memtrain.memory.verify import profile
 from memtrain.nn.spec import ModelSpec
+from memtrain.profiler.estimate import Setting, all_optimizer_names
+from memtrain.profiler.verify import profile
 
 MODELS = [
     (dict(layer_sizes=[64, 128, 10]), 16),

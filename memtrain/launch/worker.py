@@ -4,14 +4,155 @@ It runs one job from its JSON config (the same Job `memtrain train` runs), loggi
 JSON lines to stdout (the executor points stdout/stderr at the job's log file).
 Exit status: 0 finished or stopped on SIGTERM/SIGINT after a checkpoint, 1 the job
 failed, 2 a bad config (never retried).
+
+Besides the log, it keeps two small files in the launch's run dir, each replaced
+atomically (write to a temporary file, then rename), so a reader never sees half:
+- progress.json: the latest epoch record (epoch, step, losses), the plan's total and
+  the resident memory of the worker and its children (the metrics exporter), current
+  and peak; rewritten on each JSON log event and every second.
+- exit.json: {"code", "reason", "result"}: how it ended. An executor that cannot wait
+  on the process (it was started by an earlier service process) reads it; a process
+  gone without one was killed.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import sys
+import threading
+import time
+from pathlib import Path
 
-from memtrain.errors import ExitCode
+from memtrain.errors import ExitCode, JobFailed, MemtrainError
+
+PROGRESS = "progress.json"
+EXIT = "exit.json"
+_KEEP = ("epoch", "step", "train_loss", "val_loss", "val_accuracy", "lr", "batch_size", "total", "resident",
+         "stopped", "signal")
+
+
+def write_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_text(json.dumps(obj, default=str))
+    os.replace(tmp, path)
+
+
+def read_json(path) -> dict | None:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _rss_kib(pid: int, key: str) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _children(pid: int) -> list:
+    out = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out += [int(c) for c in f.read().split()]
+    except OSError:
+        pass
+    return out
+
+
+def group_rss() -> dict:
+    """{pid: (current, peak)} resident bytes of this process and its descendants (the exporter)."""
+    pids, todo = [], [os.getpid()]
+    while todo:
+        p = todo.pop()
+        pids.append(p)
+        todo += _children(p)
+    return {p: (_rss_kib(p, "VmRSS") * 1024, _rss_kib(p, "VmHWM") * 1024) for p in pids}
+
+
+class Progress:
+    """Collects the job's JSON log events into progress.json (the only parsing: JSON lines)."""
+
+    def __init__(self, run_dir: Path, out):
+        self.path, self.out = run_dir / PROGRESS, out
+        self.state = {"event": "starting", "pid": os.getpid()}
+        self.peaks = {}  # pid -> its peak: a child that has ended still counts (an upper bound)
+        self.lock = threading.Lock()
+        self._buf = ""
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._every_second, daemon=True)
+        self.thread.start()
+
+    # the job's log stream: pass every line through, and read the JSON events
+    def write(self, text: str) -> int:
+        self.out.write(text)
+        self._buf += text
+        while "\n" in self._buf:
+            line, self._buf = self._buf.split("\n", 1)
+            self._event(line)
+        return len(text)
+
+    def flush(self) -> None:
+        self.out.flush()
+
+    def _event(self, line: str) -> None:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            return
+        if not isinstance(rec, dict):
+            return
+        with self.lock:
+            self.state["event"] = rec.get("event")
+            self.state.update({k: rec[k] for k in _KEEP if k in rec})
+            if rec.get("event") == "plan":
+                self.state["planned_bytes"] = rec.get("total")
+            if rec.get("event") == "checkpoint":
+                self.state["checkpoint_step"] = rec.get("step")
+        self.save()
+
+    def save(self) -> None:
+        group = group_rss()
+        with self.lock:
+            for pid, (rss, hwm) in group.items():
+                self.peaks[pid] = max(self.peaks.get(pid, 0), rss, hwm)
+            self.state.update(time=time.time(), rss_bytes=sum(r for r, _ in group.values()),
+                              peak_rss_bytes=sum(self.peaks.values()))
+            write_json(self.path, self.state)  # under the lock: the timer thread writes too
+
+    def _every_second(self) -> None:
+        while not self._stop.wait(1.0):
+            self.save()
+
+    def close(self) -> None:
+        self._stop.set()
+        self.save()
+
+
+def _threads(launch: dict) -> None:
+    """The launch's env for this process's children (the exporter). BLAS reads its thread
+    count when NumPy loads, which `import memtrain` has done by now: an executor must put
+    Launch.env in the process's environment when it starts it (LocalExecutor does)."""
+    for key, value in (launch.get("env") or {}).items():
+        os.environ[str(key)] = str(value)
+
+
+def _lock(run_dir: Path):
+    """An exclusive lock on the run dir for the process's lifetime: should a caller ever start a
+    second worker for the same job (a service killed between starting one and recording it), the
+    second waits for the first to end and then resumes from its checkpoint, never beside it."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    f = open(run_dir / "worker.lock", "w")
+    fcntl.flock(f, fcntl.LOCK_EX)
+    return f
 
 
 def main(argv=None) -> int:
@@ -19,21 +160,46 @@ def main(argv=None) -> int:
     if len(argv) != 1:
         print("usage: python -m memtrain.launch.worker LAUNCH.json", file=sys.stderr)
         return ExitCode.USAGE
-    from memtrain import config
-    from memtrain.train.job import JobFailed, run
-
     try:
         with open(argv[0]) as f:
             launch = json.load(f)
-        cfg = config.from_dict(launch["config"], source=launch.get("job_id", argv[0]))
-        run(cfg, log_format="json", progress=False)
+    except (OSError, ValueError) as exc:
+        print(f"error: {argv[0]}: {exc}", file=sys.stderr, flush=True)
+        return ExitCode.USAGE
+    _threads(launch)
+    run_dir = Path(launch.get("run_dir") or Path(argv[0]).parent)
+    lock = _lock(run_dir)  # noqa: F841 - held until the process exits
+    progress = Progress(run_dir, sys.stdout)
+    try:
+        code, reason, result = _run(launch, progress, argv[0])
+    except Exception as exc:  # a bug: its traceback goes to the log, and the caller still learns it ended
+        progress.close()
+        write_json(run_dir / EXIT, {"code": int(ExitCode.FAILURE), "reason": f"{type(exc).__name__}: {exc}",
+                                    "result": None})
+        raise
+    progress.close()
+    write_json(run_dir / EXIT, {"code": int(code), "reason": reason, "result": result})
+    return code
+
+
+def _run(launch: dict, progress: Progress, where: str) -> tuple:
+    """(exit code, reason or None, the job's summary without its history or None)."""
+    from memtrain.config import JobConfig  # noqa: PLC0415 - a usage error answers before the trainer loads
+    from memtrain.profiler.autobatch import auto_batch  # noqa: PLC0415 - a usage error answers before the trainer loads
+    from memtrain.train.job import Job  # noqa: PLC0415 - a usage error answers before the trainer loads
+
+    try:
+        cfg = JobConfig.from_dict(launch["config"], source=launch.get("job_id", where))
+        result = Job(cfg, log_format="json", progress=False, stream=progress, batch_solver=auto_batch).run()
     except JobFailed as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
-        return ExitCode.FAILURE
-    except (ValueError, OSError, KeyError) as exc:
+        return ExitCode.FAILURE, f"error: {exc}", None
+    except (MemtrainError, OSError, KeyError) as exc:
+        # a MemtrainError may say it is a failure (exit 1, e.g. a full disk); other bad input is never retried
         print(f"error: {exc}", file=sys.stderr, flush=True)
-        return ExitCode.USAGE
-    return ExitCode.OK
+        return getattr(exc, "exit_code", ExitCode.USAGE), f"error: {exc}", None
+    result = {k: v for k, v in result.items() if k != "history"}
+    return ExitCode.OK, None, result
 
 
 if __name__ == "__main__":

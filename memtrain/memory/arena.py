@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from memtrain.errors import ConfigError
 from memtrain.memory.plan import MemoryPlan
 
 
@@ -20,7 +21,7 @@ def allocate(plan: MemoryPlan, xp, *, existing: dict | None = None, observer=Non
         if buf.name in existing:
             a = existing[buf.name]
             if tuple(a.shape) != tuple(buf.shape) or a.dtype.name != buf.dtype:
-                raise ValueError(
+                raise ConfigError(
                     f"buffer {buf.name}: expected {buf.shape} {buf.dtype}, got {tuple(a.shape)} {a.dtype.name}"
                 )
             arrays[buf.name] = a

@@ -10,6 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from memtrain.errors import ConfigError
+from memtrain.units import MAX_BATCH
+from memtrain.validate import check_scalar
+
 
 @dataclass(frozen=True)
 class BatchFit:
@@ -33,16 +37,22 @@ def round_batch(b: int, multiple_of: int | None = None, power_of_two: bool = Fal
 
 
 def largest_batch(total_at: Callable[[int], int], budget: int, *, multiple_of: int | None = None,
-                  power_of_two: bool = False, limit: int = 1 << 40) -> BatchFit:
-    """Largest B with total_at(B) <= budget, rounded down as asked."""
-    if multiple_of is not None and multiple_of < 1:
-        raise ValueError(f"multiple_of: expected a positive integer, got {multiple_of}")
+                  power_of_two: bool = False, max_batch: int | None = None) -> BatchFit:
+    """Largest B <= max_batch (default MAX_BATCH) with total_at(B) <= budget, rounded
+    down as asked. Only plans are evaluated: nothing is allocated."""
+    check_scalar(multiple_of, "multiple_of", int, min_val=1, allow_none=True)
+    cap = MAX_BATCH if max_batch is None else check_scalar(max_batch, "max_batch_size", int, min_val=1,
+                                                              max_val=MAX_BATCH)
     one = total_at(1)
     if one > budget:
         return BatchFit(0, 0, budget, one - budget)
-    lo, hi = 1, 2
-    while hi < limit and total_at(hi) <= budget:  # exponential bracket, then bisect
-        lo, hi = hi, hi * 2
+    if total_at(cap) <= budget:
+        lo = hi = cap
+    else:  # total_at(1) fits, total_at(cap) does not
+        lo, hi = 1, 2
+        while hi < cap and total_at(hi) <= budget:  # exponential bracket, then bisect
+            lo, hi = hi, hi * 2
+        hi = min(hi, cap)
     while hi - lo > 1:
         mid = (lo + hi) // 2
         if total_at(mid) <= budget:
@@ -56,20 +66,24 @@ def largest_batch(total_at: Callable[[int], int], budget: int, *, multiple_of: i
     return BatchFit(b, total_at(b), budget, 0)
 
 
+MAX_SIZES = 1000  # sizes one range may list (a table row each)
+
+
 def parse_batch_sizes(text) -> list:
     """ "256" | "32,64,128" | "32:512" (doubling) | "32:512:32" (arithmetic), all inclusive."""
     s = str(text).strip()
-    err = f"batch-size: expected N, a list like 32,64,128 or a range like 32:512 or 32:512:32, got {text!r}"
+    err = (f"batch-size: expected N, a list like 32,64,128 or a range like 32:512 or 32:512:32 "
+           f"(at most {MAX_SIZES} sizes, each up to {MAX_BATCH:,}), got {text!r}")
     try:
         if ":" in s:
             parts = [int(p) for p in s.split(":")]
             if len(parts) not in (2, 3):
                 raise ValueError
             start, stop = parts[0], parts[1]
-            if start < 1 or stop < start:
+            if start < 1 or stop < start or stop > MAX_BATCH:
                 raise ValueError
             if len(parts) == 3:
-                if parts[2] < 1:
+                if parts[2] < 1 or (stop - start) // parts[2] >= MAX_SIZES:
                     raise ValueError
                 sizes = list(range(start, stop + 1, parts[2]))
             else:
@@ -80,7 +94,7 @@ def parse_batch_sizes(text) -> list:
         else:
             sizes = [int(p) for p in s.split(",")]
     except ValueError:
-        raise ValueError(err) from None
-    if not sizes or any(b < 1 for b in sizes):
-        raise ValueError(f"batch-size: every size must be a positive integer, got {text!r}")
+        raise ConfigError(err) from None
+    if not sizes or any(not 1 <= b <= MAX_BATCH for b in sizes):
+        raise ConfigError(f"batch-size: every size must be an integer from 1 to {MAX_BATCH:,}, got {text!r}")
     return sizes

@@ -103,6 +103,15 @@ def handle_for_cuda_device(index: int):
     return nv.nvmlDeviceGetHandleByPciBusId(bus.encode() if isinstance(bus, str) else bus)
 
 
+def gpu_uuid(index: int) -> str:
+    """NVML's uuid of CUDA device `index` ("" without NVML: the label stays empty, the job goes on)."""
+    try:
+        uuid = _pynvml().nvmlDeviceGetUUID(handle_for_cuda_device(index))
+    except Exception:  # no driver library
+        return ""
+    return uuid.decode() if isinstance(uuid, bytes) else str(uuid)
+
+
 def gpu_free_bytes(index: int) -> int:
     return int(_pynvml().nvmlDeviceGetMemoryInfo(handle_for_cuda_device(index)).free)
 

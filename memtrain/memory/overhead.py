@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+from memtrain.memory.measure import process_gpu_bytes
+
 ASSUMED_CUDA_OVERHEAD = 512 * 1024**2
 
 
@@ -25,8 +27,6 @@ def measure_cuda_overhead(index: int) -> int:
     """NVML process usage after CUDA init + one GEMM, before any plan buffer."""
     import cupy  # noqa: PLC0415
 
-    from memtrain.memory.measure import process_gpu_bytes  # noqa: PLC0415
-
     with cupy.cuda.Device(index):
         a = cupy.ones((256, 256), dtype=cupy.float32)
         (a @ a).sum().item()  # creates the context, the cuBLAS handle and its workspace
@@ -34,6 +34,7 @@ def measure_cuda_overhead(index: int) -> int:
         cupy.get_default_memory_pool().free_all_blocks()
         cupy.cuda.runtime.deviceSynchronize()
         used = process_gpu_bytes(index)
+        held = cupy.get_default_memory_pool().total_bytes()  # buffers still alive are not overhead
     if used is None:
         raise RuntimeError("NVML does not list this process on the device (containerised PID namespace?)")
-    return used
+    return used - held

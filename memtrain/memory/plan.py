@@ -7,9 +7,15 @@ inside them. Buffer names here are the contract with nn/step.py.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
+
+from memtrain.errors import ConfigError
+from memtrain.memory.slots import CHUNK, slot_shape
+from memtrain.units import MAX_BATCH
+from memtrain.validate import check_scalar
 
 CATEGORIES = (
     "parameters",
@@ -20,10 +26,6 @@ CATEGORIES = (
     "data",
     "overhead",
 )
-# Flat-array updates (optimizer, regularisation) run over chunks of this many
-# elements with a bounded scratch, instead of P-sized temporaries. 64 Ki
-# elements keeps a float32 chunk (256 KiB) inside a core's L2 cache.
-CHUNK = 65536
 CUDA_ALIGNMENT = 512  # CuPy's memory pool rounds every allocation up to this
 INTP = np.dtype(np.intp).name
 
@@ -43,7 +45,8 @@ class Buffer:
 
     @property
     def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+        # Python ints: NumPy's int64 product wraps to negative bytes for huge shapes
+        return math.prod(int(d) for d in self.shape)
 
     @property
     def nbytes(self) -> int:
@@ -99,10 +102,6 @@ class MemoryPlan:
     def total(self) -> int:
         return self.buffer_bytes + self.overhead_bytes
 
-    @property
-    def parameter_bytes(self) -> int:
-        return self.by_category()["parameters"]
-
 
 # -- builders -----------------------------------------------------------------
 
@@ -114,8 +113,6 @@ def params_buffer(spec) -> Buffer:
 
 def _slot_buffers(spec, optimizer) -> list:
     """Optimizer state, counted from the optimizer's own slot declaration."""
-    from memtrain.optim.base import slot_shape  # noqa: PLC0415 - optim imports this module
-
     groups = len(spec.layout)
     out = []
     for slot in optimizer.all_slots():
@@ -161,7 +158,7 @@ def training_plan(spec, optimizer, batch_size: int, device: str = "cpu", *, micr
     B = _check_batch(batch_size)
     b = B if micro_batch_size is None else _check_batch(micro_batch_size, "micro_batch_size")
     if b > B:
-        raise ValueError(f"micro_batch_size: {b} is larger than the batch size {B}")
+        raise ConfigError(f"micro_batch_size: {b} is larger than the batch size {B}")
     dt = spec.dtype.name
     L, sizes = spec.n_layers, spec.sizes
     P = spec.n_params
@@ -173,16 +170,7 @@ def training_plan(spec, optimizer, batch_size: int, device: str = "cpu", *, micr
         # early stopping restores the best weights, so it keeps a copy of them
         bufs.append(Buffer("best_params", "parameters", (P,), dt))
     bufs += _slot_buffers(spec, optimizer)
-    bufs.append(Buffer("x", "data", (b, sizes[0]), dt, batched=True))
-    bufs.append(_label_buffer(spec, b))
-    if dataset_size:
-        bufs.append(Buffer("order", "data", (int(dataset_size),), INTP))
-    if resident_rows:
-        for prefix, n in zip(("data", "val"), resident_rows):
-            if n:
-                bufs.append(Buffer(f"{prefix}_x", "data", (int(n), sizes[0]), dt))
-                label = _label_buffer(spec, int(n))
-                bufs.append(Buffer(f"{prefix}_y", "data", label.shape, label.dtype))
+    bufs += _data_buffers(spec, b, dataset_size, resident_rows)
     keep_in, keep_hidden = spec.dropout or (1.0, 1.0)
     if keep_in < 1.0:
         bufs.append(Buffer("mask0", "activations", (b, sizes[0]), dt, layer=0, batched=True))
@@ -207,11 +195,46 @@ def training_plan(spec, optimizer, batch_size: int, device: str = "cpu", *, micr
         bufs.append(Buffer("dropout_uniform", "workspace", (b * max(drop_widths),), uniform_dtype(spec),
                            batched=True))
     bufs += _loss_buffers(spec, b)
-    n_scratch = max(optimizer.scratch_count, 1 if (spec.l1 or spec.l2) else 0)
-    if n_scratch:
-        bufs.append(Buffer("chunk", "workspace", (n_scratch, min(P, CHUNK)), dt))
+    bufs += step_workspace(spec, optimizer, _device_kind(device))
     return MemoryPlan("train", B, _device_kind(device), tuple(bufs), int(overhead_bytes), overhead_source,
                       micro_batch_size=b)
+
+
+def step_workspace(spec, optimizer, device: str) -> list:
+    """The workspace of the update, per device.
+
+    cpu:  the optimizer's chunk scratch (NumPy needs one buffer per
+          intermediate; chunks keep it at CHUNK elements, not P).
+    cuda: no optimizer workspace: each update is one fused kernel that reads
+          and writes every element once (memtrain/kernels). Instead the step's
+          scalars (lr, the step's loss and gradient norm, ...; 8 float64) live on the device, where
+          the kernels and a captured CUDA graph read them. l1/l2 still run
+          through the chunked NumPy-style path, so they keep one chunk."""
+    P = spec.n_params
+    regularised = 1 if (spec.l1 or spec.l2) else 0
+    if device == "cuda":
+        from memtrain.kernels.source import N_SCALARS  # noqa: PLC0415 - plain constants, no CuPy
+
+        bufs = [Buffer("step_scalars", "workspace", (N_SCALARS,), "float64")]
+        if regularised:
+            bufs.append(Buffer("chunk", "workspace", (1, min(P, CHUNK)), spec.dtype.name))
+        return bufs
+    n_scratch = max(optimizer.scratch_count, regularised)
+    return [Buffer("chunk", "workspace", (n_scratch, min(P, CHUNK)), spec.dtype.name)] if n_scratch else []
+
+
+def _data_buffers(spec, b, dataset_size, resident_rows) -> list:
+    """The batch, the epoch's permutation, and a resident data set (train and validation)."""
+    dt, width = spec.dtype.name, spec.sizes[0]
+    bufs = [Buffer("x", "data", (b, width), dt, batched=True), _label_buffer(spec, b)]
+    if dataset_size:
+        bufs.append(Buffer("order", "data", (int(dataset_size),), INTP))
+    for prefix, n in zip(("data", "val"), resident_rows or ()):
+        if n:
+            bufs.append(Buffer(f"{prefix}_x", "data", (int(n), width), dt))
+            label = _label_buffer(spec, int(n))
+            bufs.append(Buffer(f"{prefix}_y", "data", label.shape, label.dtype))
+    return bufs
 
 
 def inference_plan(spec, batch_size: int, device: str = "cpu", *, overhead_bytes: int = 0,
@@ -237,13 +260,8 @@ def inference_plan(spec, batch_size: int, device: str = "cpu", *, overhead_bytes
 
 
 def _check_batch(batch_size, field: str = "batch_size") -> int:
-    try:
-        b = int(batch_size)
-    except (TypeError, ValueError):
-        raise ValueError(f"{field}: expected a positive integer, got {batch_size!r}") from None
-    if b <= 0 or b != batch_size or isinstance(batch_size, bool):
-        raise ValueError(f"{field}: expected a positive integer, got {batch_size!r}")
-    return b
+    return check_scalar(batch_size, field, int, min_val=1, max_val=MAX_BATCH,
+                        expected=f"a positive integer at most {MAX_BATCH:,}")
 
 
 def _device_kind(device: str) -> str:

@@ -17,7 +17,9 @@ from __future__ import annotations
 import math
 
 from memtrain.backend import array_module
+from memtrain.errors import ConfigError
 from memtrain.nn.special import erf
+from memtrain.validate import check_scalar
 
 
 class Activation:
@@ -33,6 +35,16 @@ class Activation:
 
     def describe(self) -> str:
         return self.name
+
+    def params(self) -> dict:
+        """The constructor's arguments, exactly (a saved model rebuilds the activation from them)."""
+        return {}
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self.params() == other.params()
+
+    def __hash__(self):
+        return hash((type(self), tuple(sorted(self.params().items()))))
 
 
 def _sigmoid(x, out):
@@ -97,9 +109,7 @@ class GeneralizedReLU(Activation):
     """g(z, alpha) = max(0, z) + alpha * min(0, z): leaky (alpha small) or |z| (alpha = -1)."""
 
     def __init__(self, alpha: float, name: str):
-        if not math.isfinite(alpha):
-            raise ValueError(f"alpha: expected a finite number, got {alpha!r}")
-        self.alpha = float(alpha)
+        self.alpha = check_scalar(alpha, "alpha", float)
         self.name = name
 
     def forward(self, z, out, scratch=None, alpha=None):
@@ -120,6 +130,9 @@ class GeneralizedReLU(Activation):
     def describe(self) -> str:
         return f"{self.name}(alpha={self.alpha:g})"
 
+    def params(self) -> dict:
+        return {"alpha": self.alpha}
+
 
 class LeakyReLU(GeneralizedReLU):
     def __init__(self, alpha: float = 0.01):
@@ -135,6 +148,9 @@ class AbsReLU(GeneralizedReLU):
     def describe(self) -> str:
         return "abs"
 
+    def params(self) -> dict:
+        return {}  # alpha = -1 is what makes it |z|, not a choice
+
 
 class PReLU(Activation):
     """Parametric ReLU: alpha learned per unit (He et al. 2015), starting at `init`."""
@@ -144,9 +160,7 @@ class PReLU(Activation):
     needs_scratch = True  # max(0,z) + alpha*min(0,z) needs one buffer besides `out`
 
     def __init__(self, init: float = 0.25):
-        if not math.isfinite(init):
-            raise ValueError(f"prelu init: expected a finite number, got {init!r}")
-        self.init = float(init)
+        self.init = check_scalar(init, "prelu init", float)
 
     def forward(self, z, out, scratch=None, alpha=None):
         xp = array_module(z)
@@ -169,6 +183,9 @@ class PReLU(Activation):
     def describe(self) -> str:
         return f"prelu(init={self.init:g})"
 
+    def params(self) -> dict:
+        return {"init": self.init}
+
 
 class Softplus(Activation):
     name = "softplus"
@@ -188,9 +205,7 @@ class Swish(Activation):
     needs_scratch = True
 
     def __init__(self, beta: float = 1.0):
-        if not math.isfinite(beta):
-            raise ValueError(f"swish beta: expected a finite number, got {beta!r}")
-        self.beta = float(beta)
+        self.beta = check_scalar(beta, "swish beta", float)
 
     def forward(self, z, out, scratch=None, alpha=None):
         xp = array_module(z)
@@ -211,6 +226,9 @@ class Swish(Activation):
 
     def describe(self) -> str:
         return f"swish(beta={self.beta:g})"
+
+    def params(self) -> dict:
+        return {"beta": self.beta}
 
 
 class Mish(Activation):
@@ -295,14 +313,24 @@ def make_activation(spec) -> Activation:
     name, _, arg = str(spec).partition(":")
     name = name.strip().lower()
     if name not in ACTIVATIONS:
-        raise ValueError(f"activation: unknown {spec!r}; expected one of {', '.join(ACTIVATIONS)}")
+        raise ConfigError(f"activation: unknown {spec!r}; expected one of {', '.join(ACTIVATIONS)}")
     cls = ACTIVATIONS[name]
     if not arg:
         return cls()
     if cls not in (LeakyReLU, PReLU, Swish):
-        raise ValueError(f"activation: {name} takes no parameter, got {spec!r}")
+        raise ConfigError(f"activation: {name} takes no parameter, got {spec!r}")
     try:
         value = float(arg)
     except ValueError:
-        raise ValueError(f"activation: parameter of {name} must be a number, got {arg!r}") from None
+        raise ConfigError(f"activation: parameter of {name} must be a number, got {arg!r}") from None
     return cls(value)
+
+
+def activation_from_fields(name: str, params: dict) -> Activation:
+    """The activation a saved model names, with its exact parameters."""
+    if name not in ACTIVATIONS:
+        raise ConfigError(f"activation: unknown {name!r}; expected one of {', '.join(ACTIVATIONS)}")
+    try:
+        return ACTIVATIONS[name](**params)
+    except TypeError:
+        raise ConfigError(f"activation: {name} does not take {sorted(params)}") from None

@@ -15,6 +15,9 @@ import math
 
 import numpy as np
 
+from memtrain.backend import array_module
+from memtrain.errors import ConfigError
+
 INITS = ("auto", "glorot", "simple", "he")
 _RELU_LIKE = {"relu", "leaky_relu", "prelu", "abs", "gelu", "swish", "mish"}
 _CHUNK = 4096
@@ -22,7 +25,7 @@ _CHUNK = 4096
 
 def resolve_init(init: str, activation_name: str) -> str:
     if init not in INITS:
-        raise ValueError(f"init: unknown {init!r}; expected one of {', '.join(INITS)}")
+        raise ConfigError(f"init: unknown {init!r}; expected one of {', '.join(INITS)}")
     if init == "auto":
         return "he" if activation_name in _RELU_LIKE else "glorot"
     return init
@@ -46,6 +49,4 @@ def fill_weights(w, fan_in: int, fan_out: int, init: str, rng: np.random.Generat
 
 
 def _to_device(flat, chunk):
-    from memtrain.backend import array_module  # noqa: PLC0415
-
     return array_module(flat).asarray(chunk)

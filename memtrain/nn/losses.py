@@ -15,13 +15,31 @@ every gradient below it is already a batch mean.
 from __future__ import annotations
 
 from memtrain.backend import array_module
+from memtrain.errors import ConfigError
 from memtrain.nn.activations import _sigmoid
+
+
+def _take(xp, a, index, out):
+    """a[index] into `out`, no temporary. NumPy's take with out= and the default
+    mode='raise' buffers the whole output (b x itemsize per call); 'clip' writes in
+    place and is exact here, the indices being valid by construction. CuPy's take
+    has no mode argument and writes in place."""
+    if xp.__name__ == "numpy":
+        xp.take(a, index, out=out, mode="clip")
+    else:
+        xp.take(a, index, out=out)
 
 
 class OutputUnit:
     name = ""
     label_kind = ""  # "class" (int labels), "binary" (0/1 floats), "real" (float targets)
     needs_index = False
+
+    def __eq__(self, other):
+        return type(self) is type(other)
+
+    def __hash__(self):
+        return hash(type(self))
 
     def outputs(self, z, out, rows):  # pragma: no cover - interface
         """The output units' values (probabilities, or z itself) into `out`."""
@@ -68,7 +86,7 @@ class SoftmaxCrossEntropy(OutputUnit):
         xp.log(s, out=s)
         s += m  # log-sum-exp per sample
         xp.add(offsets[:b], y, out=index[:b])
-        xp.take(z.reshape(-1), index[:b], out=m)  # z_y
+        _take(xp, z.reshape(-1), index[:b], m)  # z_y
         s -= m
         return float(s.sum(dtype="float64"))
 
@@ -76,7 +94,7 @@ class SoftmaxCrossEntropy(OutputUnit):
         xp = array_module(out)
         b = out.shape[0]
         flat, p_y = out.reshape(-1), rows[0, :b]
-        xp.take(flat, index[:b], out=p_y)
+        _take(xp, flat, index[:b], p_y)
         p_y -= 1
         xp.put(flat, index[:b], p_y)  # p - onehot(y)
         out /= b
@@ -152,5 +170,5 @@ def make_output(name) -> OutputUnit:
         return name
     key = str(name).strip().lower()
     if key not in OUTPUTS:
-        raise ValueError(f"output: unknown {name!r}; expected one of {', '.join(OUTPUTS)}")
+        raise ConfigError(f"output: unknown {name!r}; expected one of {', '.join(OUTPUTS)}")
     return OUTPUTS[key]()

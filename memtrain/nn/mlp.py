@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from memtrain.backend import get_backend, small_ufunc_buffers
+from memtrain.errors import ConfigError
 from memtrain.memory.arena import allocate
 from memtrain.memory.plan import inference_plan, params_buffer
 from memtrain.nn import step
@@ -91,7 +92,7 @@ class MLP:
     def _inputs(self, X) -> np.ndarray:
         X = np.asarray(X)
         if X.ndim != 2 or X.shape[1] != self.spec.sizes[0]:
-            raise ValueError(f"X: expected shape (n, {self.spec.sizes[0]}), got {X.shape}")
+            raise ConfigError(f"X: expected shape (n, {self.spec.sizes[0]}), got {X.shape}")
         return X
 
     def prepare_labels(self, y) -> np.ndarray:
@@ -100,19 +101,16 @@ class MLP:
         kind, C = self.spec.output.label_kind, self.spec.sizes[-1]
         if kind == "class":
             if y.ndim != 1:
-                raise ValueError(f"y: expected class labels of shape (n,), got {y.shape}")
+                raise ConfigError(f"y: expected class labels of shape (n,), got {y.shape}")
             if y.size and (y.min() < 0 or y.max() >= C or not np.all(np.equal(np.mod(y, 1), 0))):
-                raise ValueError(f"y: class labels must be integers in [0, {C - 1}]")
+                raise ConfigError(f"y: class labels must be integers in [0, {C - 1}]")
             return y.astype(np.intp)
         y = y.reshape(len(y), -1) if y.ndim == 1 else y
         if y.shape[1] != C:
-            raise ValueError(f"y: expected targets of shape (n, {C}), got {y.shape}")
+            raise ConfigError(f"y: expected targets of shape (n, {C}), got {y.shape}")
         if kind == "binary" and y.size and not np.all((y == 0) | (y == 1)):
-            raise ValueError("y: a sigmoid output needs 0/1 labels")
+            raise ConfigError("y: a sigmoid output needs 0/1 labels")
         return y.astype(self.spec.dtype)
-
-    def state_dict(self) -> dict:
-        return {"params": self.backend.to_numpy(self.params).copy(), **self.spec.identity()}
 
 
 def _copy_in(dst, src) -> None:

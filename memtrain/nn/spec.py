@@ -8,27 +8,24 @@ optimizer slot share this layout.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from memtrain.nn.activations import Activation, make_activation
+from memtrain.errors import ConfigError
+from memtrain.nn.activations import Activation, activation_from_fields, make_activation
 from memtrain.nn.init import INITS, resolve_init
 from memtrain.nn.losses import OutputUnit, make_output
+from memtrain.units import MAX_WIDTH
+from memtrain.validate import DTYPES, check_dtype, check_scalar  # noqa: F401 - DTYPES re-exported
 
-DTYPES = ("float16", "float32", "float64")
 COURSE_DROPOUT = (0.8, 0.5)  # keep probabilities: input, hidden
 
 
 def parse_dtype(dtype) -> np.dtype:
     """float16, float32 or float64 (a name or a NumPy dtype); anything else names the field."""
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        dt = None
-    if dt is None or dt.name not in DTYPES:
-        raise ValueError(f"dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
-    return dt
+    return check_dtype(dtype)
 
 
 @dataclass(frozen=True)
@@ -57,13 +54,12 @@ def _parse_dropout(dropout):
     try:
         keep_in, keep_hidden = (float(v) for v in dropout)
     except (TypeError, ValueError):
-        raise ValueError(
+        raise ConfigError(
             f"dropout: expected True (course keep probabilities 0.8/0.5) or a pair "
             f"(input_keep, hidden_keep), got {dropout!r}"
         ) from None
     for name, p in (("input keep probability", keep_in), ("hidden keep probability", keep_hidden)):
-        if not 0.0 < p <= 1.0:
-            raise ValueError(f"dropout: {name} must be in (0, 1], got {p}")
+        check_scalar(p, f"dropout: {name}", float, min_val=0, max_val=1, include_boundaries="right")
     if keep_in == 1.0 and keep_hidden == 1.0:
         return None
     return (keep_in, keep_hidden)
@@ -95,25 +91,27 @@ class ModelSpec:
         l2=0.0,
     ) -> "ModelSpec":
         try:
-            sizes = tuple(int(s) for s in layer_sizes)
-        except (TypeError, ValueError):
-            raise ValueError(f"layers: expected a list of positive integers, got {layer_sizes!r}") from None
+            # check_scalar, not int(): a TOML `[true, 10]` or `[64.5, 10]` is a mistake, not [1, 10] or [64, 10]
+            sizes = tuple(check_scalar(s, "layers", int) for s in layer_sizes)
+        except (TypeError, ConfigError):
+            shown = list(layer_sizes) if isinstance(layer_sizes, tuple) else layer_sizes
+            raise ConfigError(f"layers: expected a list of positive integers, got {shown!r}") from None
         if len(sizes) < 2:
-            raise ValueError(f"layers: need at least 2 sizes (inputs and outputs), got {list(sizes)}")
-        if any(s <= 0 for s in sizes):
-            raise ValueError(f"layers: every size must be positive, got {list(sizes)}")
+            raise ConfigError(f"layers: need at least 2 sizes (inputs and outputs), got {list(sizes)}")
+        if any(s <= 0 or s > MAX_WIDTH for s in sizes):
+            raise ConfigError(f"layers: every size must be an integer from 1 to {MAX_WIDTH:,}, got {list(sizes)}")
         act = make_activation(activation)
         out = make_output(output)
         if out.name == "softmax" and sizes[-1] < 2:
-            raise ValueError("layers: a softmax output needs at least 2 units (classes)")
+            raise ConfigError("layers: a softmax output needs at least 2 units (classes)")
         if out.name == "sigmoid" and sizes[-1] != 1:
-            raise ValueError(f"layers: a sigmoid output has exactly 1 unit, got {sizes[-1]}")
+            raise ConfigError(f"layers: a sigmoid output has exactly 1 unit, got {sizes[-1]}")
         dt = parse_dtype(dtype)
         if init not in INITS:
-            raise ValueError(f"init: unknown {init!r}; expected one of {', '.join(INITS)}")
+            raise ConfigError(f"init: unknown {init!r}; expected one of {', '.join(INITS)}")
         for name, v in (("l1", l1), ("l2", l2)):
             if not (float(v) >= 0.0):
-                raise ValueError(f"{name}: expected a non-negative number, got {v!r}")
+                raise ConfigError(f"{name}: expected a non-negative number, got {v!r}")
         return cls(
             sizes=sizes,
             activation=act,
@@ -160,6 +158,29 @@ class ModelSpec:
             f"MLP {'-'.join(map(str, self.sizes))} {self.activation.describe()} -> {self.output.name}, "
             f"{self.dtype.name}, dropout {drop}"
         )
+
+    def fields(self) -> dict:
+        """Everything that defines the model, as JSON values (a saved model's identity):
+        the activation as its name and exact parameters, not its display text."""
+        return {
+            "sizes": list(self.sizes),
+            "activation": {"name": self.activation.name, "params": self.activation.params()},
+            "output": self.output.name,
+            "dropout": list(self.dropout) if self.dropout else None,
+            "init": self.init,
+            "bias_init": self.bias_init,
+            "dtype": self.dtype.name,
+            "l1": self.l1,
+            "l2": self.l2,
+        }
+
+    @classmethod
+    def from_fields(cls, f: dict) -> "ModelSpec":
+        act = f["activation"]
+        spec = cls.create(f["sizes"], activation_from_fields(act["name"], act.get("params", {})), f["output"],
+                          f.get("dropout"), dtype=f["dtype"], l1=f.get("l1", 0.0), l2=f.get("l2", 0.0),
+                          bias_init=f.get("bias_init", 0.0))
+        return dataclasses.replace(spec, init=f.get("init", spec.init))  # already resolved when saved
 
     def identity(self) -> dict:
         """What a checkpoint must match to be resumed into this model."""

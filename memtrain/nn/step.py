@@ -11,7 +11,7 @@ import math
 from types import SimpleNamespace
 
 from memtrain.backend import array_module
-from memtrain.memory.plan import CHUNK
+from memtrain.memory.slots import CHUNK
 from memtrain.optim.base import chunks
 
 
@@ -65,6 +65,9 @@ class StepBuffers:
             v.dA = None
         v.scratch = [None] + [flat("act_scratch", sizes[i]) for i in range(1, L)]
         v.uniform = A.get("dropout_uniform")
+        # GPU plans carry the step's scalars: training then runs memtrain's fused kernels
+        v.sc = A.get("step_scalars") if self.mode == "train" else None
+        v.fused = False
         self._cache = (b, v)
         return v
 
@@ -85,6 +88,7 @@ def forward(spec, layers, v, *, train: bool, rng=None, resample: bool = True) ->
     xp = array_module(v.x)
     act, L = spec.activation, spec.n_layers
     keep_in, keep_hidden = spec.dropout or (1.0, 1.0)
+    v.fused = fused = bool(train and getattr(v, "sc", None) is not None)
     h = v.x
     if train and v.mask[0] is not None:
         if resample:
@@ -94,9 +98,16 @@ def forward(spec, layers, v, *, train: bool, rng=None, resample: bool = True) ->
         W, bias, alpha = layers[i]
         z = v.z[i]
         xp.matmul(h, W, out=z)
-        z += bias
+        if fused:
+            # one launch for bias + g; the output layer's bias is added by the loss kernel
+            v.out_bias = bias
+            if i < L:
+                _kernels().bias_activation_forward(act, z, bias, v.a[i], alpha, _kernels().default_launcher())
+        else:
+            z += bias
         if i < L:
-            act.forward(z, v.a[i], v.scratch[i], alpha)
+            if not fused:
+                act.forward(z, v.a[i], v.scratch[i], alpha)
             h = v.a[i]
             if train and v.mask[i] is not None:
                 if resample:
@@ -104,9 +115,23 @@ def forward(spec, layers, v, *, train: bool, rng=None, resample: bool = True) ->
                 h *= v.mask[i]
 
 
-def loss_sum(spec, v) -> float:
-    """Sum of the per-sample losses of the batch; the outputs are left in v.out."""
+def loss_sum(spec, v, *, read: bool = True):
+    """Sum of the per-sample losses of the batch; the outputs are left in v.out.
+    After a fused (GPU training) forward, one kernel leaves dL/dz in v.out instead
+    and adds the loss to the device scalars; read=False then returns None
+    without synchronising (a captured CUDA graph)."""
+    if getattr(v, "fused", False):
+        k = _kernels()
+        k.step_begin(v.sc, k.default_launcher())
+        k.output_loss(spec.output, v.z[spec.n_layers], v.out_bias, v.y, v.out, v.sc, k.default_launcher())
+        return float(v.sc[1]) if read else None
     return spec.output.loss_sum(v.z[spec.n_layers], v.out, v.y, v.rows, v.index, v.offsets)
+
+
+def _kernels():
+    from memtrain.kernels import dispatch  # noqa: PLC0415 - GPU only; imports no CuPy itself
+
+    return dispatch
 
 
 def backward(spec, layers, glayers, v) -> None:
@@ -115,14 +140,19 @@ def backward(spec, layers, glayers, v) -> None:
     Needs loss_sum() to have run (it leaves the outputs in v.out)."""
     xp = array_module(v.x)
     act, L = spec.activation, spec.n_layers
-    spec.output.delta(v.out, v.y, v.rows, v.index)
+    fused = getattr(v, "fused", False)
+    if not fused:  # the fused loss kernel already left dL/dz in v.out
+        spec.output.delta(v.out, v.y, v.rows, v.index)
     delta = v.out
     for i in range(L, 0, -1):
         W, _, _ = layers[i]
         gW, gb, _ = glayers[i]
         h_prev = v.a[i - 1] if i > 1 else v.x
         xp.matmul(h_prev.T, delta, out=gW)
-        xp.sum(delta, axis=0, out=gb)
+        if fused:
+            _kernels().column_sum(delta, gb, _kernels().default_launcher())
+        else:
+            xp.sum(delta, axis=0, out=gb)
         if i > 1:
             dA = v.dA[i - 1]
             xp.matmul(delta, W.T, out=dA)
@@ -130,7 +160,11 @@ def backward(spec, layers, glayers, v) -> None:
                 dA *= v.mask[i - 1]
             _, _, alpha = layers[i - 1]
             _, _, galpha = glayers[i - 1]
-            act.backward(v.z[i - 1], v.a[i - 1], dA, v.scratch[i - 1], alpha, galpha)
+            if fused:
+                _kernels().activation_backward(act, v.z[i - 1], v.a[i - 1], dA, alpha, galpha,
+                                               _kernels().default_launcher())
+            else:
+                act.backward(v.z[i - 1], v.a[i - 1], dA, v.scratch[i - 1], alpha, galpha)
             delta = v.z[i - 1]
 
 

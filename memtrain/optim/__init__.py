@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 
+from memtrain.errors import ConfigError
 from memtrain.optim.adam import Adam, NAdam, RAdam
 from memtrain.optim.adaptive import AdaDelta, AdaGrad, RMSProp
 from memtrain.optim.base import Optimizer, Slot
@@ -40,19 +41,19 @@ def make_optimizer(name: str, **hyper) -> Optimizer:
     key = str(name).strip().lower()
     base, _, inner_name = key.partition(":")
     if base not in OPTIMIZERS:
-        raise ValueError(f"optimizer: unknown {name!r}; expected one of {', '.join(OPTIMIZERS)} "
+        raise ConfigError(f"optimizer: unknown {name!r}; expected one of {', '.join(OPTIMIZERS)} "
                          f"(or lookahead:<inner>)")
     if base == "lookahead":
         inner_name = inner_name or LOOKAHEAD_DEFAULT_INNER
         la = {k: hyper.pop(f"lookahead_{k}") for k in ("k", "alpha") if f"lookahead_{k}" in hyper}
         return Lookahead(make_optimizer(inner_name, **hyper), **la)
     if inner_name:
-        raise ValueError(f"optimizer: only lookahead takes an inner optimizer, got {name!r}")
+        raise ConfigError(f"optimizer: only lookahead takes an inner optimizer, got {name!r}")
     cls = OPTIMIZERS[base]
     accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
     unknown = sorted(set(hyper) - set(accepted))
     if unknown:
-        raise ValueError(f"{unknown[0]}: unknown hyper-parameter of {base}; expected one of {', '.join(accepted)}")
+        raise ConfigError(f"{unknown[0]}: unknown hyper-parameter of {base}; expected one of {', '.join(accepted)}")
     return cls(**hyper)
 
 

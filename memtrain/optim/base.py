@@ -12,46 +12,20 @@ initial values, eagerly, before the first step.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+import numpy as np
 
-from memtrain.memory.plan import CHUNK
-
-
-@dataclass(frozen=True)
-class Slot:
-    name: str
-    kind: str  # "param", "per_layer" or "scalar"
-    dtype: str | None = None  # None: the parameters' dtype
-    init: float = 0.0
-    doc: str = ""
-
-
-def slot_shape(slot: Slot, n_params: int, n_groups: int) -> tuple:
-    """The one place a slot's kind becomes a shape (the plan and `standalone_state` use it)."""
-    return {"param": (n_params,), "per_layer": (n_groups,), "scalar": ()}[slot.kind]
+from memtrain.backend import array_module
+from memtrain.memory.slots import CHUNK, Slot, slot_shape
+from memtrain.validate import check_scalar
 
 
 def check_positive(name: str, value, *, allow_zero: bool = False) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}: expected a number, got {value!r}") from None
-    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
-        raise ValueError(f"{name}: expected a {'non-negative' if allow_zero else 'positive'} number, got {value!r}")
-    return v
+    return check_scalar(value, name, float, min_val=0, include_boundaries="left" if allow_zero else "neither")
 
 
 def check_unit(name: str, value, *, closed: bool = False) -> float:
     """A decay rate in [0, 1) (or [0, 1] with closed=True)."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}: expected a number, got {value!r}") from None
-    ok = 0.0 <= v <= 1.0 if closed else 0.0 <= v < 1.0
-    if not ok:
-        raise ValueError(f"{name}: expected a number in [0, 1{']' if closed else ')'}, got {value!r}")
-    return v
+    return check_scalar(value, name, float, min_val=0, max_val=1, include_boundaries="both" if closed else "left")
 
 
 def chunks(n: int, size: int = CHUNK):
@@ -66,7 +40,6 @@ class Optimizer:
     name = ""
     slots: tuple = ()
     scratch_count = 1
-    uses_lr = True
 
     def __init__(self, lr: float):
         self.lr = check_positive("lr", lr)
@@ -87,8 +60,6 @@ class Optimizer:
         """float16 cannot hold an eps of 1e-8 (it rounds to 0 and Adam divides
         0/0 where a gradient is 0): raise eps-like fields to float16's smallest
         normal number. Returns notes saying what changed."""
-        import numpy as np  # noqa: PLC0415
-
         notes = []
         if np.dtype(dtype) != np.float16:
             return notes
@@ -136,8 +107,6 @@ COUNT = Slot("count", "scalar", "int64", 0, "steps taken, t")
 def standalone_state(optimizer: Optimizer, params, n_groups: int = 1):
     """State and scratch for using an optimizer outside a Trainer (tests, notebooks):
     returns (state, scratch) allocated from the slot declaration, initialised."""
-    from memtrain.backend import array_module  # noqa: PLC0415
-
     xp = array_module(params)
     state = {
         f"opt.{slot.name}": xp.zeros(slot_shape(slot, params.shape[0], n_groups), dtype=slot.dtype or params.dtype)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from memtrain.backend import array_module
+from memtrain.errors import ConfigError
 from memtrain.optim.base import Optimizer, Slot, check_unit, chunks
+from memtrain.validate import check_scalar
 
 
 def lookahead_sync(p, slow, s, *, alpha):
@@ -23,28 +25,17 @@ class Lookahead(Optimizer):
 
     def __init__(self, inner: Optimizer, k: int = 5, alpha: float = 0.5):
         if isinstance(inner, Lookahead):
-            raise ValueError("optimizer: lookahead cannot wrap lookahead")
+            raise ConfigError("optimizer: lookahead cannot wrap lookahead")
         self.inner = inner
-        try:
-            ok = int(k) == k and k >= 1
-        except (TypeError, ValueError):  # None, "two": still a ValueError naming k
-            ok = False
-        if not ok:
-            raise ValueError(f"k: expected a positive integer, got {k!r}")
-        self.k = int(k)
+        self.k = check_scalar(k, "k", int, min_val=1)
         self.alpha = check_unit("alpha", alpha, closed=True)
         self.lr = inner.lr
-        self.uses_lr = inner.uses_lr
         # Wrappers add slots (optax's lookahead): inner state + one copy of the parameters.
         self.slots = tuple(inner.all_slots()) + (
             Slot("slow", "param", doc="slow weights phi"),
             Slot("la_count", "scalar", "int64", doc="inner steps since the start"),
         )
         self.scratch_count = max(inner.scratch_count, 1)
-
-    @property
-    def name_full(self) -> str:
-        return f"lookahead:{self.inner.name}"
 
     @property
     def hyper(self):

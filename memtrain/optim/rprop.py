@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from memtrain.backend import array_module
+from memtrain.errors import ConfigError
 from memtrain.optim.base import Optimizer, Slot, check_positive
 
 
@@ -36,7 +37,6 @@ class Rprop(Optimizer):
 
     name = "rprop"
     scratch_count = 3
-    uses_lr = False  # the step sizes are the rates; meant for full batches
 
     def __init__(self, lr: float = 0.01, eta_plus: float = 1.2, eta_minus: float = 0.5,
                  step_min: float = 1e-6, step_max: float = 50.0):
@@ -45,11 +45,11 @@ class Rprop(Optimizer):
         self.eta_plus = check_positive("eta_plus", eta_plus)
         self.eta_minus = check_positive("eta_minus", eta_minus)
         if not self.eta_minus < 1.0 < self.eta_plus:
-            raise ValueError(f"eta_minus/eta_plus: expected eta_minus < 1 < eta_plus, got {eta_minus}, {eta_plus}")
+            raise ConfigError(f"eta_minus/eta_plus: expected eta_minus < 1 < eta_plus, got {eta_minus}, {eta_plus}")
         self.step_min = check_positive("step_min", step_min)
         self.step_max = check_positive("step_max", step_max)
         if not self.step_min <= self.lr <= self.step_max:
-            raise ValueError(f"lr: the initial step must lie in [step_min, step_max], got {lr}")
+            raise ConfigError(f"lr: the initial step must lie in [step_min, step_max], got {lr}")
         self.slots = (
             Slot("step", "param", init=self.lr, doc="per-weight step size U"),
             Slot("prev_sign", "param", "int8", doc="sign of the previous gradient"),

@@ -9,6 +9,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from memtrain.errors import ConfigError
+from memtrain.validate import check_scalar
+
 
 class Schedule:
     name = ""
@@ -124,25 +127,22 @@ def make_schedule(name: str = "constant", lr: float = 0.001, *, total_steps: int
                   period: int | None = None, mult: float = 1.0) -> Schedule:
     """Build a schedule by name; `warmup` > 0 puts a linear warm-up in front of it."""
     key = str(name).strip().lower()
-    lr = _number("lr", lr)
-    total_steps = None if total_steps is None else int(_number("total_steps", total_steps))
-    warmup = _number("warmup", warmup)
+    lr = check_scalar(lr, "lr", float, min_val=0, include_boundaries="neither")
+    total_steps = check_scalar(total_steps, "total_steps", int, allow_none=True)
     if key not in SCHEDULES:
-        raise ValueError(f"schedule: unknown {name!r}; expected one of {', '.join(SCHEDULES)}")
-    if not (lr > 0 and math.isfinite(lr)):
-        raise ValueError(f"lr: expected a positive number, got {lr!r}")
-    if int(warmup) != warmup or warmup < 0:
-        raise ValueError(f"warmup: expected a non-negative integer, got {warmup!r}")
+        raise ConfigError(f"schedule: unknown {name!r}; expected one of {', '.join(SCHEDULES)}")
+    warmup = check_scalar(warmup, "warmup", int, min_val=0)
     needs_total = key in ("cosine", "linear")
     if needs_total and (not total_steps or total_steps <= 0):
-        raise ValueError(f"total_steps: schedule {key} needs a positive number of steps, got {total_steps!r}")
-    if gamma is not None and not 0 < gamma <= 1:
-        raise ValueError(f"gamma: expected a number in (0, 1], got {gamma!r}")
+        raise ConfigError(f"total_steps: schedule {key} needs a positive number of steps, got {total_steps!r}")
+    gamma = check_scalar(gamma, "gamma", float, min_val=0, max_val=1, include_boundaries="right", allow_none=True)
+    mult = check_scalar(mult, "mult", float, min_val=1)
+    period = check_scalar(period, "period", int, min_val=1, allow_none=True)
     if key == "constant":
         s = Constant(lr)
     elif key == "step":
         if any(int(m) <= 0 for m in milestones) or list(milestones) != sorted(milestones):
-            raise ValueError(f"milestones: expected increasing positive steps, got {list(milestones)}")
+            raise ConfigError(f"milestones: expected increasing positive steps, got {list(milestones)}")
         s = StepDecay(lr, tuple(int(m) for m in milestones), 0.1 if gamma is None else gamma)
     elif key == "exponential":
         s = Exponential(lr, 0.99 if gamma is None else gamma)
@@ -155,18 +155,6 @@ def make_schedule(name: str = "constant", lr: float = 0.001, *, total_steps: int
     else:
         p = period or (total_steps or 0)
         if p <= 0:
-            raise ValueError("period: cosine_restarts needs a positive period (or total_steps)")
-        if mult < 1:
-            raise ValueError(f"mult: expected a number >= 1, got {mult!r}")
+            raise ConfigError("period: cosine_restarts needs a positive period (or total_steps)")
         s = CosineRestarts(lr, int(p), float(mult))
     return Warmup(s, int(warmup)) if warmup else s
-
-
-def _number(field: str, value) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{field}: expected a number, got {value!r}") from None
-    if not math.isfinite(v):
-        raise ValueError(f"{field}: expected a finite number, got {value!r}")
-    return v

@@ -5,4 +5,6 @@ validation set only ("Regularisation": choosing on the test set is not allowed).
 Modules, simple to complex: compare (one job per optimizer), space (sweep
 files and their trials), planner (which trials may run together in memory),
 sweep (running, results.jsonl, resume), plots (matplotlib, imported lazily).
+runs (`memtrain runs`: the runs under a directory and their loss curves) reads
+what every job writes (memtrain.train.history).
 """

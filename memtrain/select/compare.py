@@ -1,6 +1,6 @@
 """`memtrain compare`: the same model, data, seed and epoch budget with each optimizer.
 
-Each run is a normal job (memtrain.train.job.run) on a copy of the JobConfig
+Each run is a normal job (memtrain.train.job.Job) on a copy of the JobConfig
 with `optimizer = {"name": NAME}`: the file's hyper-parameters belong to its
 own optimizer, so only an explicit `lr` is carried over. Rows are ranked by
 the best validation loss; the test accuracy is reported, never used to rank
@@ -9,7 +9,6 @@ the best validation loss; the test accuracy is reported, never used to rank
 
 from __future__ import annotations
 
-import copy
 import csv
 import io
 import json
@@ -18,65 +17,60 @@ import os
 import tempfile
 from pathlib import Path
 
-from memtrain.render import plain
+from memtrain.errors import ConfigError
+from memtrain.jsonable import plain
+from memtrain.optim import make_optimizer
+from memtrain.profiler.autobatch import auto_batch
+from memtrain.render import _table
+from memtrain.train.job import Job, load_job_data
 from memtrain.units import format_bytes
 
-SCHEMA = "memtrain.compare/1"
+REPORT_SCHEMA = "memtrain.compare/1"
 
 
 def parse_optimizers(text: str) -> list:
     """"adam,sgd,lookahead:adam" -> names, validated against the registry."""
-    from memtrain.optim import make_optimizer  # noqa: PLC0415
-
     names = [n.strip() for n in str(text).split(",") if n.strip()]
     if not names:
-        raise ValueError("optimizers: expected a comma-separated list like adam,sgd,momentum, got nothing")
+        raise ConfigError("optimizers: expected a comma-separated list like adam,sgd,momentum, got nothing")
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
-        raise ValueError(f"optimizers: {', '.join(dup)} given more than once")
+        raise ConfigError(f"optimizers: {', '.join(dup)} given more than once")
     for n in names:
         try:
             make_optimizer(n)
         except ValueError as exc:
-            raise ValueError(f"optimizers: {str(exc).removeprefix('optimizer: ')}") from None
+            raise ConfigError(f"optimizers: {str(exc).removeprefix('optimizer: ')}") from None
     return names
 
 
 def run_config(cfg, name: str, *, lr=None, epochs=None, output_dir, checkpoint_dir):
     """The JobConfig of one optimizer's run: a copy, its own output dir, no metrics
     port, a fresh checkpoint dir and no resume."""
-    c = copy.deepcopy(cfg)
-    c.optimizer = {"name": name} if lr is None else {"name": name, "lr": float(lr)}
-    if epochs is not None:
-        c.training["epochs"] = epochs
-    c.output = {"dir": str(Path(output_dir) / "compare" / name.replace(":", "-"))}
-    # its checkpoints are thrown away: only the one per epoch the job always writes, no
-    # interval ones whose fsync would be counted in the epoch times being compared
-    c.checkpoint = {"dir": str(checkpoint_dir), "resume": False, "every_steps": 0, "every_minutes": 0, "keep": 1}
-    c.metrics = {}
-    return c
+    return cfg.with_overrides({
+        "optimizer": {"name": name} if lr is None else {"name": name, "lr": float(lr)},
+        "training.epochs": epochs,
+        "output": {"dir": str(Path(output_dir) / "compare" / name.replace(":", "-"))},
+        # its checkpoints are thrown away: only the one per epoch the job always writes, no
+        # interval ones whose fsync would be counted in the epoch times being compared
+        "checkpoint": {"dir": str(checkpoint_dir), "resume": False, "every_steps": 0, "every_minutes": 0, "keep": 1},
+        "metrics": {},
+    })
 
 
 def _job_runner(cfg) -> tuple:
-    """(summary, training rows): the job's JSON log says how many rows it trained on."""
-    from memtrain.train.job import run  # noqa: PLC0415
-
-    buf = io.StringIO()
-    summary = run(cfg, log_format="json", progress=False, stream=buf, install_signals=False)
-    rows = None
-    for line in buf.getvalue().splitlines():
-        event = json.loads(line)
-        if event.get("event") == "data":
-            rows = event.get("train")
-    return summary, rows
+    """(summary, training rows) of one run."""
+    job = Job(cfg, log_format="json", progress=False, stream=io.StringIO(), install_signals=False,
+              batch_solver=auto_batch)
+    return job.run(), job.train_rows
 
 
 def compare(cfg, optimizers: list, *, lr=None, epochs=None, output_dir="runs", target_accuracy=None,
             runner=_job_runner, log=None) -> dict:
     """Train `cfg` once per optimizer; the report with rows ranked by best validation loss."""
     if target_accuracy is not None and not 0 < target_accuracy <= 1:
-        raise ValueError(f"target-accuracy: expected a fraction in (0, 1], got {target_accuracy!r}")
-    load_data(cfg)  # the first run's wall time should not include importing the data loader
+        raise ConfigError(f"target-accuracy: expected a fraction in (0, 1], got {target_accuracy!r}")
+    load_job_data(cfg)  # the first run's wall time should not include importing the data loader
     rows = []
     for name in optimizers:
         with tempfile.TemporaryDirectory(prefix="memtrain-compare-", dir=_scratch()) as tmp:
@@ -90,21 +84,8 @@ def compare(cfg, optimizers: list, *, lr=None, epochs=None, output_dir="runs", t
             log(f"done      {name}: best validation loss {_f(r['best_val_loss'])} "
                 f"(epoch {r['best_loss_epoch']}), {r['seconds']:.1f} s")
     ranked = rank(rows)
-    return {"schema": SCHEMA, "job": cfg.name, "target_accuracy": target_accuracy,
+    return {"schema": REPORT_SCHEMA, "job": cfg.name, "target_accuracy": target_accuracy,
             "ranked_by": "best validation loss (the test set is reported, never used to choose)", "rows": ranked}
-
-
-def load_data(cfg):
-    """The job's data set, split as the job splits it (the first load imports scikit-learn: ~1 s)."""
-    from memtrain.data import load_dataset  # noqa: PLC0415
-    from memtrain.train.job import DEFAULTS  # noqa: PLC0415
-
-    spec = cfg.model_spec()
-    data = {**DEFAULTS["data"], **cfg.data}
-    return load_dataset(data["dataset"], dtype=spec.dtype.name, label_column=data["label_column"],
-                        validation=data["validation"], validation_source=data["validation_dataset"],
-                        test=data["test"], standardize=data["standardize"], seed=cfg.seed, output=spec.output.name,
-                        n_outputs=spec.sizes[-1])
 
 
 def summarize(name: str, s: dict, n_train, target_accuracy) -> dict:
@@ -146,8 +127,6 @@ _CATS = (("parameters", "params"), ("gradients", "grads"), ("optimizer_state", "
 
 
 def table_text(report: dict) -> str:
-    from memtrain.render import _table  # noqa: PLC0415
-
     rows = report["rows"]
     cats = [(k, short) for k, short in _CATS if any(r["planned_by_category"].get(k) for r in rows)]
     target = report.get("target_accuracy")

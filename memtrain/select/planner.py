@@ -15,25 +15,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from memtrain.errors import ConfigError
+
 
 @dataclass
-class Schedule:
+class WavePlan:
     waves: list = field(default_factory=list)  # [[key, ...], ...] in the order they run
     skipped: list = field(default_factory=list)  # keys whose plan alone exceeds the budget
     budget: int = 0
     workers: int = 1
 
 
-def plan_waves(items, budget: int, workers: int) -> Schedule:
+def plan_waves(items, budget: int, workers: int) -> WavePlan:
     """items: [(key, planned_bytes)]; waves of at most `workers` keys whose bytes sum to at most `budget`."""
     if budget < 0:
-        raise ValueError(f"budget: expected bytes >= 0, got {budget!r}")
+        raise ConfigError(f"budget: expected bytes >= 0, got {budget!r}")
     if workers < 1:
-        raise ValueError(f"workers: expected a positive integer, got {workers!r}")
+        raise ConfigError(f"workers: expected a positive integer, got {workers!r}")
     items = list(items)
     for key, nbytes in items:
         if nbytes < 0:
-            raise ValueError(f"planned bytes of {key!r}: expected >= 0, got {nbytes!r}")
+            raise ConfigError(f"planned bytes of {key!r}: expected >= 0, got {nbytes!r}")
     fits = [(k, b) for k, b in items if b <= budget]
     skipped = [k for k, b in items if b > budget]
     order = sorted(range(len(fits)), key=lambda i: (-fits[i][1], i))  # stable: ties keep input order
@@ -48,4 +50,4 @@ def plan_waves(items, budget: int, workers: int) -> Schedule:
         else:
             waves.append([key])
             used.append(nbytes)
-    return Schedule(waves=waves, skipped=skipped, budget=budget, workers=workers)
+    return WavePlan(waves=waves, skipped=skipped, budget=budget, workers=workers)

@@ -6,6 +6,7 @@ matplotlib is an optional extra (`pip install memtrain[plot]`); without it,
 
 from __future__ import annotations
 
+from memtrain.errors import ConfigError
 from memtrain.memory.plan import CATEGORIES
 
 
@@ -13,7 +14,7 @@ def _pyplot():
     try:
         import matplotlib  # noqa: PLC0415
     except ImportError:
-        raise ValueError("plot: matplotlib is not installed; pip install 'memtrain[plot]' "
+        raise ConfigError("plot: matplotlib is not installed; pip install 'memtrain[plot]' "
                          "(or matplotlib), or leave out --plot") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415

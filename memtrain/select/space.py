@@ -21,18 +21,19 @@ hash of its parameters, so the same parameters are the same trial on resume.
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import hashlib
 import itertools
 import json
 import math
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from memtrain.config import SCHEMA as JOB_SCHEMA
-from memtrain.config import SECTIONS
-from memtrain.config import JobConfig, from_dict, load
+import numpy as np
+
+from memtrain.config import SECTIONS, JobConfig, from_dict, load, merge, read_toml, section_keys
+from memtrain.errors import ConfigError
+from memtrain.validate import check_scalar
 
 # Short names -> job-config keys. `dropout` is special (see _dropout).
 PARAMS = {
@@ -93,12 +94,7 @@ def trial_id(params: dict) -> str:
 
 def load_sweep(path) -> Sweep:
     p = Path(path)
-    try:
-        data = tomllib.loads(p.read_text())
-    except OSError as exc:
-        raise ValueError(f"sweep: cannot read {path}: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"sweep {path}: invalid TOML: {exc}") from None
+    data = read_toml(p, "sweep")
     return from_sweep_dict(data, source=str(path), default_name=p.stem, root=p.parent)
 
 
@@ -106,44 +102,49 @@ def from_sweep_dict(data: dict, *, source="", default_name="sweep", root=Path(".
     where = f"sweep {source}: " if source else "sweep: "
     bad = set(data) - SWEEP_KEYS
     if bad:
-        raise ValueError(f"{where}unknown key(s) {', '.join(sorted(bad))}; expected {', '.join(sorted(SWEEP_KEYS))}")
+        raise ConfigError(f"{where}unknown key(s) {', '.join(sorted(bad))}; expected {', '.join(sorted(SWEEP_KEYS))}")
     base = data.get("base")
     if base is None:
-        raise ValueError(f"{where}base: missing; give base = \"job.toml\" or an inline [base] table")
+        raise ConfigError(f"{where}base: missing; give base = \"job.toml\" or an inline [base] table")
     if isinstance(base, str):
         bp = Path(base) if Path(base).is_absolute() else Path(root) / base
         cfg = load(bp)
-        base_data = tomllib.loads(bp.read_text())
+        base_data = read_toml(bp)  # load() has read it once: it is readable UTF-8 TOML
     elif isinstance(base, dict):
         cfg = from_dict(base, source=f"{source} [base]" if source else "[base]")
         base_data = base
     else:
-        raise ValueError(f"{where}base: expected a job file path or a [base] table, got {base!r}")
+        raise ConfigError(f"{where}base: expected a job file path or a [base] table, got {base!r}")
     search = data.get("search", {})
     if not isinstance(search, dict):
-        raise ValueError(f"{where}[search] must be a table")
+        raise ConfigError(f"{where}[search] must be a table")
     bad = set(search) - SEARCH_KEYS
     if bad:
-        raise ValueError(f"{where}unknown key(s) in [search]: {', '.join(sorted(bad))}; "
+        raise ConfigError(f"{where}unknown key(s) in [search]: {', '.join(sorted(bad))}; "
                          f"expected {', '.join(sorted(SEARCH_KEYS))}")
     method = search.get("method", "grid")
     if method not in ("grid", "random"):
-        raise ValueError(f"{where}search.method: expected grid or random, got {method!r}")
+        raise ConfigError(f"{where}search.method: expected grid or random, got {method!r}")
     metric = search.get("metric", "val_loss")
     if metric not in METRICS:
-        raise ValueError(f"{where}search.metric: expected {' or '.join(METRICS)}, got {metric!r}")
+        raise ConfigError(f"{where}search.metric: expected {' or '.join(METRICS)}, got {metric!r}")
     trials = search.get("trials")
     if method == "random":
-        if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
-            raise ValueError(f"{where}search.trials: random search needs a positive number of trials, got {trials!r}")
+        try:
+            check_scalar(trials, "search.trials", int, min_val=1)
+        except ConfigError:
+            raise ConfigError(f"{where}search.trials: random search needs a positive number of trials, "
+                              f"got {trials!r}") from None
     elif trials is not None:
-        raise ValueError(f"{where}search.trials: only for method = \"random\" (a grid runs every combination)")
+        raise ConfigError(f"{where}search.trials: only for method = \"random\" (a grid runs every combination)")
     seed = search.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"{where}search.seed: expected an integer, got {seed!r}")
+    try:
+        check_scalar(seed, "search.seed", int)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}{exc}") from None
     space = data.get("space")
     if not isinstance(space, dict) or not space:
-        raise ValueError(f"{where}space: empty; declare at least one hyper-parameter, e.g. lr = [1e-3, 3e-4]")
+        raise ConfigError(f"{where}space: empty; declare at least one hyper-parameter, e.g. lr = [1e-3, 3e-4]")
     for name, values in space.items():
         _check_dimension(where, name, values, method)
     return Sweep(name=str(data.get("name", default_name)), base=cfg, space=dict(space), method=method,
@@ -156,9 +157,9 @@ def config_key(name: str) -> str:
     if name in PARAMS:
         return PARAMS[name]
     section, _, key = name.partition(".")
-    if key and (section == "optimizer" or (section in SECTIONS and key in JOB_SCHEMA.get(section, ()))):
+    if key and (section == "optimizer" or (section in SECTIONS and key in section_keys(section))):
         return name
-    raise ValueError(f"space.{name}: unknown hyper-parameter; expected one of {', '.join(PARAMS)} "
+    raise ConfigError(f"space.{name}: unknown hyper-parameter; expected one of {', '.join(PARAMS)} "
                      f"or a job key like optimizer.beta1 or schedule.warmup")
 
 
@@ -166,37 +167,37 @@ def _check_dimension(where, name, values, method):
     config_key(name)
     if isinstance(values, list):
         if not values:
-            raise ValueError(f"{where}space.{name}: empty list; give at least one value")
+            raise ConfigError(f"{where}space.{name}: empty list; give at least one value")
         if name == "dropout":
             for v in values:
                 _drop_rate(name, v)
         return
     if not isinstance(values, dict) or len(values) != 1:
-        raise ValueError(f"{where}space.{name}: expected a list of values or one distribution "
+        raise ConfigError(f"{where}space.{name}: expected a list of values or one distribution "
                          f"{{{' | '.join(DISTRIBUTIONS)} = [...]}}, got {values!r}")
     (kind, args), = values.items()
     if kind not in DISTRIBUTIONS:
-        raise ValueError(f"{where}space.{name}: unknown distribution {kind!r}; expected one of {', '.join(DISTRIBUTIONS)}")
+        raise ConfigError(f"{where}space.{name}: unknown distribution {kind!r}; expected one of {', '.join(DISTRIBUTIONS)}")
     if method == "grid":
-        raise ValueError(f"{where}space.{name}: a distribution needs method = \"random\" in [search]; "
+        raise ConfigError(f"{where}space.{name}: a distribution needs method = \"random\" in [search]; "
                          "a grid takes lists")
     if kind == "choice":
         if not isinstance(args, list) or not args:
-            raise ValueError(f"{where}space.{name}: choice needs a non-empty list")
+            raise ConfigError(f"{where}space.{name}: choice needs a non-empty list")
         if name == "dropout":
             for v in args:
                 _drop_rate(name, v)
         return
     if (not isinstance(args, list) or len(args) != 2
             or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args)):
-        raise ValueError(f"{where}space.{name}: {kind} needs two numbers [low, high], got {args!r}")
+        raise ConfigError(f"{where}space.{name}: {kind} needs two numbers [low, high], got {args!r}")
     low, high = args
     if not (math.isfinite(low) and math.isfinite(high)) or low >= high:
-        raise ValueError(f"{where}space.{name}: {kind} needs low < high, got [{low}, {high}]")
+        raise ConfigError(f"{where}space.{name}: {kind} needs low < high, got [{low}, {high}]")
     if kind == "log_uniform" and low <= 0:
-        raise ValueError(f"{where}space.{name}: log_uniform needs positive bounds, got [{low}, {high}]")
+        raise ConfigError(f"{where}space.{name}: log_uniform needs positive bounds, got [{low}, {high}]")
     if kind == "int_uniform" and not (isinstance(low, int) and isinstance(high, int)):
-        raise ValueError(f"{where}space.{name}: int_uniform needs integer bounds, got [{low}, {high}]")
+        raise ConfigError(f"{where}space.{name}: int_uniform needs integer bounds, got [{low}, {high}]")
     if name == "dropout":
         _drop_rate(name, low)
         _drop_rate(name, high)
@@ -210,8 +211,6 @@ def expand(sweep: Sweep) -> list:
         combos = itertools.product(*(sweep.space[n] for n in names))
         params = [dict(zip(names, c)) for c in combos]
     else:
-        import numpy as np  # noqa: PLC0415
-
         rng = np.random.default_rng(sweep.seed)
         params = [{n: _draw(rng, sweep.space[n]) for n in names} for _ in range(sweep.trials)]
     seen, out = set(), []
@@ -241,7 +240,7 @@ def _draw(rng, dim):
 
 def _drop_rate(name, p) -> float:
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
-        raise ValueError(f"space.{name}: a drop rate in [0, 1) (the probability of dropping a hidden unit), got {p!r}")
+        raise ConfigError(f"space.{name}: a drop rate in [0, 1) (the probability of dropping a hidden unit), got {p!r}")
     return float(p)
 
 
@@ -249,23 +248,20 @@ def trial_config(sweep: Sweep, trial: Trial, *, output_dir, metrics_port=None) -
     """The trial's job: the base with its parameters applied, its own name, output and
     checkpoint dirs, early stopping (the base's patience or DEFAULT_PATIENCE) and
     metrics on metrics_port (the sweep's port + the trial's index) or off."""
-    c = copy.deepcopy(sweep.base)
-    params = dict(trial.params)
-    name = params.pop("optimizer", None)
-    if name is not None and name != c.optimizer_name():
-        c.optimizer = {"name": name}  # the base's hyper-parameters belong to the base's optimizer
-    for key, value in params.items():
-        section, _, k = config_key(key).partition(".")
+    base = sweep.base
+    overrides = {}
+    for key, value in trial.params.items():
         if key == "dropout":
             # a drop rate p of hidden units: keep probability 1 - p, inputs kept; 0 is no dropout
             p = _drop_rate(key, value)
             value = False if p == 0 else [1.0, 1.0 - p]
-        getattr(c, section)[k] = value
-    c.name = f"{sweep.name}-{trial.id}"
+        overrides[config_key(key)] = value
     d = Path(output_dir) / "trials" / trial.id
-    c.output = {"dir": str(d)}
-    c.checkpoint = {**c.checkpoint, "dir": str(d / "checkpoints"), "resume": True}
-    c.training.setdefault("patience", DEFAULT_PATIENCE)
-    c.metrics = {} if metrics_port is None else {**c.metrics, "port": metrics_port + trial.index}
-    c.source = f"{sweep.source or 'sweep'} trial {trial.id}"
-    return c
+    overrides.update({
+        "name": f"{sweep.name}-{trial.id}", "output": {"dir": str(d)},
+        "checkpoint.dir": str(d / "checkpoints"), "checkpoint.resume": True,
+        "training.patience": base.training.patience or DEFAULT_PATIENCE,
+        "metrics": {} if metrics_port is None else {**base.to_dict()["metrics"], "port": metrics_port + trial.index},
+    })
+    cfg = merge(base, overrides)
+    return dataclasses.replace(cfg, source=f"{sweep.source or 'sweep'} trial {trial.id}")

@@ -21,13 +21,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from memtrain.render import plain
+from memtrain.errors import ConfigError, JobFailed, MemtrainError
+from memtrain.jsonable import plain
+from memtrain.memory import overhead as ovh
+from memtrain.profiler.autobatch import auto_batch
+from memtrain.profiler.jobplan import data_rows, job_setting
+from memtrain.render import _table
 from memtrain.select import space as sp
-from memtrain.select.compare import load_data, summarize
+from memtrain.select.compare import summarize
 from memtrain.select.planner import plan_waves
+from memtrain.train.job import Job
 from memtrain.units import format_bytes
 
-SCHEMA = "memtrain.sweep-trial/1"
+RECORD_SCHEMA = "memtrain.sweep-trial/1"
 RESULTS = "results.jsonl"
 
 
@@ -44,68 +50,50 @@ class TrialPlan:
 
 
 def plan_trials(sweep, trials, *, output_dir, budget: int, device_kind: str, metrics_port=None) -> list:
-    """Each trial's job and the memory it needs. Raises ValueError (naming the trial)
+    """Each trial's job and the memory it needs. Raises ConfigError (naming the trial)
     for a value the job would refuse, before anything runs."""
-    from memtrain.memory import overhead as ovh  # noqa: PLC0415
-    from memtrain.memory.estimate import Setting  # noqa: PLC0415
-    from memtrain.train.job import DEFAULTS  # noqa: PLC0415
-
-    datasets = {}
+    rows = {}
     out = []
     for t in trials:
-        cfg = sp.trial_config(sweep, t, output_dir=output_dir, metrics_port=metrics_port)
         try:
-            spec = cfg.model_spec()
-            opt, hyper = cfg.optimizer_name(), tuple(sorted(cfg.optimizer_hyper().items()))
-            data = {**DEFAULTS["data"], **cfg.data}
-            key = (str(data["dataset"]), data["validation"], data["validation_dataset"], data["test"], cfg.seed,
-                   spec.dtype.name, spec.output.name, spec.sizes[-1], data["label_column"])
-            if key not in datasets:
-                datasets[key] = _rows(cfg)
-            n_features, n_train, n_val, data_bytes = datasets[key]
-            if n_features != spec.sizes[0]:
-                raise ValueError(f"model.layers: the first size must equal the data's {n_features} features, "
-                                 f"got {spec.sizes[0]}")
-            resident = device_kind == "cpu" or data_bytes <= float(data["resident_share"]) * budget
-            over = ovh.assumed(device_kind)[0]  # each worker process holds its own CUDA context
-            setting = Setting(spec, opt, hyper, device_kind, overhead_bytes=over,
-                              keep_best=bool(cfg.training.get("patience")),
-                              resident_rows=(n_train, n_val) if resident else None)
-            setting.make_optimizer()
-        except ValueError as exc:
-            raise ValueError(f"trial {t.id} {_params_text(t.params)}: {exc}") from None
-        batch = cfg.training.get("batch_size", DEFAULTS["training"]["batch_size"])
-        one = setting.plan(1).total
-        if batch == "auto":
-            limit = cfg.training.get("memory_limit")
-            if limit is not None:
-                from memtrain.units import parse_bytes  # noqa: PLC0415
-
-                limit = parse_bytes(limit, "training.memory_limit")
-            reserve = budget if limit is None else min(limit, budget)
-            cfg.training["memory_limit"] = reserve  # the job's auto batch must fit what was reserved for it
-            reason = "" if one <= reserve else (f"needs {format_bytes(one)} at batch 1; the budget is "
-                                               f"{format_bytes(budget)}")
-            out.append(TrialPlan(t, cfg, reserve if not reason else one, batch, reason))
-            continue
-        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-            raise ValueError(f"trial {t.id} {_params_text(t.params)}: training.batch_size: expected auto or a "
-                             f"positive integer, got {batch!r}")
-        total = setting.plan(batch).total
-        reason = ""
-        if one > budget:
-            reason = f"needs {format_bytes(one)} even at batch 1; the budget is {format_bytes(budget)}"
-        elif total > budget:
-            reason = (f"needs {format_bytes(total)} at batch {batch}; the budget is {format_bytes(budget)} "
-                      "(batch_size = \"auto\" would fit)")
-        out.append(TrialPlan(t, cfg, total, batch, reason))
+            cfg = sp.trial_config(sweep, t, output_dir=output_dir, metrics_port=metrics_port)
+            tp = _plan_trial(t, cfg, rows, budget, device_kind)
+        except MemtrainError as exc:
+            raise ConfigError(f"trial {t.id} {_params_text(t.params)}: {exc}") from None
+        out.append(tp)
     return out
 
 
-def _rows(cfg) -> tuple:
-    ds = load_data(cfg)
-    nbytes = sum(a.nbytes for a in (ds.X_train, ds.y_train, ds.X_val, ds.y_val) if a is not None)
-    return ds.n_features, len(ds.X_train), 0 if ds.X_val is None else len(ds.X_val), nbytes
+def _plan_trial(t, cfg, rows, budget, device_kind) -> "TrialPlan":
+    spec, d = cfg.model_spec(), cfg.data
+    key = (d.dataset, d.validation, d.validation_dataset, d.test, cfg.seed, spec.dtype.name, spec.output.name,
+           spec.sizes[-1], d.label_column)
+    if key not in rows:
+        rows[key] = data_rows(cfg)
+    r = rows[key]
+    if r.n_features != spec.sizes[0]:
+        raise ConfigError(f"model.layers: the first size must equal the data's {r.n_features} features, "
+                          f"got {spec.sizes[0]}")
+    over = ovh.assumed(device_kind)[0]  # each worker process holds its own CUDA context
+    resident = device_kind == "cpu" or r.nbytes <= d.resident_share * budget
+    setting = job_setting(cfg, device_kind, r if resident else None, over)
+    batch = cfg.training.batch_size
+    one = setting.plan(1).total
+    if batch == "auto":
+        limit = cfg.training.memory_limit
+        reserve = budget if limit is None else min(limit, budget)
+        cfg = cfg.with_overrides({"training.memory_limit": reserve})  # the job's auto batch fits what was reserved
+        reason = "" if one <= reserve else (f"needs {format_bytes(one)} at batch 1; the budget is "
+                                           f"{format_bytes(budget)}")
+        return TrialPlan(t, cfg, reserve if not reason else one, batch, reason)
+    total = setting.plan(batch).total
+    reason = ""
+    if one > budget:
+        reason = f"needs {format_bytes(one)} even at batch 1; the budget is {format_bytes(budget)}"
+    elif total > budget:
+        reason = (f"needs {format_bytes(total)} at batch {batch}; the budget is {format_bytes(budget)} "
+                  "(batch_size = \"auto\" would fit)")
+    return TrialPlan(t, cfg, total, batch, reason)
 
 
 # -- results.jsonl -----------------------------------------------------------------------------
@@ -138,8 +126,8 @@ def read_results(path) -> tuple:
             continue
         try:
             rec = json.loads(line)
-            if rec.get("schema") != SCHEMA or "trial" not in rec:
-                raise ValueError("not a trial record")
+            if rec.get("schema") != RECORD_SCHEMA or "trial" not in rec:
+                raise ConfigError("not a trial record")
         except ValueError:
             warnings.append(f"{p}:{n}: skipped a malformed line (a write cut short?)")
             continue
@@ -153,21 +141,18 @@ def read_results(path) -> tuple:
 def run_trial(cfg) -> dict:
     """One trial's job, its log (JSON lines) in its output dir; returns the job's summary
     and its training rows. Module level so worker processes can import it."""
-    from memtrain.train.job import JobFailed, run  # noqa: PLC0415
-
-    d = Path(cfg.output["dir"])
+    d = cfg.output_dir
     d.mkdir(parents=True, exist_ok=True)
     buf = io.StringIO()
+    job = Job(cfg, log_format="json", progress=False, stream=buf, install_signals=False, batch_solver=auto_batch)
     try:
-        summary = run(cfg, log_format="json", progress=False, stream=buf, install_signals=False)
+        summary = job.run()
         status, error = "finished", None
     except JobFailed as exc:
         summary, status, error = {}, "failed", str(exc)
     finally:
         (d / "log.jsonl").write_text(buf.getvalue())
-    rows = next((e.get("train") for e in map(json.loads, buf.getvalue().splitlines()) if e.get("event") == "data"),
-                None)
-    return {"status": status, "error": error, "summary": summary, "train_rows": rows}
+    return {"status": status, "error": error, "summary": summary, "train_rows": job.train_rows}
 
 
 def make_record(sweep, tp: TrialPlan, outcome: dict) -> dict:
@@ -179,7 +164,7 @@ def make_record(sweep, tp: TrialPlan, outcome: dict) -> dict:
         else:
             accs = [h["val_accuracy"] for h in s["history"] if h.get("val_accuracy") is not None]
             score = max(accs) if accs else None
-    rec = {"schema": SCHEMA, "sweep": sweep.name, "trial": tp.trial.id, "index": tp.trial.index,
+    rec = {"schema": RECORD_SCHEMA, "sweep": sweep.name, "trial": tp.trial.id, "index": tp.trial.index,
            "params": tp.trial.params, "status": outcome["status"], "error": outcome["error"],
            "metric": sweep.metric, "score": score, "base": sweep.base_hash(), "finished_at": round(time.time(), 3)}
     if s:
@@ -210,11 +195,11 @@ def run_sweep(sweep, *, output_dir, budget: int, budget_source: str = "given", w
     for w in warnings:
         log(f"warning   {w}")
     if records and not resume and not dry_run:
-        raise ValueError(f"output-dir: {results_path} already holds {len(records)} trial(s) of an earlier sweep; "
+        raise ConfigError(f"output-dir: {results_path} already holds {len(records)} trial(s) of an earlier sweep; "
                          "pass --resume to continue it, or choose another --output-dir (nothing was overwritten)")
     other = {r.get("base") for r in records} - {sweep.base_hash()}
     if records and other:
-        raise ValueError(f"output-dir: {results_path} holds trials of a different base job; "
+        raise ConfigError(f"output-dir: {results_path} holds trials of a different base job; "
                          "choose another --output-dir")
     done = {r["trial"] for r in records} if resume else set()
     by_id = {tp.trial.id: tp for tp in plans}
@@ -222,7 +207,8 @@ def run_sweep(sweep, *, output_dir, budget: int, budget_source: str = "given", w
     if executor is not None:
         from memtrain.select import sweep_launch as sl  # noqa: PLC0415
 
-        log(sl.schedule_text(sweep, plans, done, budget, budget_source, workers, executor.name))
+        log(sl.schedule_text(sweep, plans, done, budget, budget_source, workers, executor.name,
+                             _params_text))
         outcomes = sl.run_trials(runnable, executor, lambda tp: sl.trial_launch(tp, device_kind=device_kind,
                                                                                 capacity=budget),
                                  workers=workers, max_attempts=max_attempts, log=log)
@@ -303,8 +289,6 @@ def schedule_text(sweep, plans, schedule, done, budget, budget_source, workers) 
 
 
 def report_text(rep: dict) -> str:
-    from memtrain.render import _table  # noqa: PLC0415
-
     names = rep["params"]
     headers = ["", "trial"] + names + [rep["metric"] + " (best)", "val acc", "test acc", "epochs", "s", "plan",
                                        "status"]

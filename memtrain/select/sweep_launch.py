@@ -12,7 +12,6 @@ checkpoint (trial jobs always resume).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -47,12 +46,6 @@ def cluster_budget(executor, requested: str, limit: int | None) -> tuple:
     return kind, executor.largest_memory(), f"the largest {executor.name} node's memory resource"
 
 
-def _config_dict(cfg) -> dict:
-    if hasattr(cfg, "to_dict"):
-        return cfg.to_dict()
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k != "source"}
-
-
 def _absolute(config: dict) -> dict:
     """Paths as every node sees them on the shared storage (the worker's cwd is its run dir)."""
     config = json.loads(json.dumps(config))
@@ -69,7 +62,7 @@ def trial_launch(tp, *, device_kind: str = "cpu", capacity: int | None = None, t
     """One attempt of one trial. The trial's plan already counts the per-process
     overhead (plan_trials), so overhead_bytes is 0; `threads` is its BLAS threads and
     the CPUs it reserves."""
-    config = _absolute(_config_dict(tp.cfg))
+    config = _absolute(tp.cfg.to_dict())
     d = Path(config["output"]["dir"])
     return Launch(job_id=tp.cfg.name, config=config, run_dir=str(d), log_path=str(d / "log.jsonl"),
                   device="cuda:0" if device_kind == "cuda" else "cpu",
@@ -146,7 +139,7 @@ def _stop(executor, handles, grace_s: float = 30.0):
         time.sleep(0.1)
 
 
-def schedule_text(sweep, plans, done, budget, budget_source, workers, executor_name) -> str:
+def schedule_text(sweep, plans, done, budget, budget_source, workers, executor_name, params_text) -> str:
     """The plan as printed before a sweep through an executor: no waves, the cluster places."""
     ready = [tp for tp in plans if not tp.reason and tp.trial.id not in done]
     lines = [f"sweep     {sweep.name}: {sweep.method} search, {len(plans)} trial(s): "
@@ -154,11 +147,9 @@ def schedule_text(sweep, plans, done, budget, budget_source, workers, executor_n
              f"{sum(1 for tp in plans if tp.reason)} skipped",
              f"budget    {format_bytes(budget)} per node ({budget_source}); {executor_name} starts each trial when a "
              "node has its planned memory free" + ("" if workers is None else f", at most {workers} at a time")]
-    from memtrain.select.sweep import _params_text  # noqa: PLC0415
-
     for tp in ready:
-        lines.append(f"trial     {tp.trial.id} {_params_text(tp.trial.params)} {format_bytes(tp.planned_bytes)}")
+        lines.append(f"trial     {tp.trial.id} {params_text(tp.trial.params)} {format_bytes(tp.planned_bytes)}")
     for tp in plans:
         if tp.reason:
-            lines.append(f"skipped   {tp.trial.id} {_params_text(tp.trial.params)}: {tp.reason}")
+            lines.append(f"skipped   {tp.trial.id} {params_text(tp.trial.params)}: {tp.reason}")
     return "\n".join(lines)

@@ -1,15 +1,18 @@
-"""JobState: what a running job knows about itself, read by the metrics
-exporter at scrape time (metrics.py) and by the progress display.
+"""JobState: what a running job knows about itself.
 
-The job loop writes plain attributes; the exporter only reads them, so no
-lock is needed for single values (a scrape may see a step's values half
-updated, which a monitoring view tolerates).
+The Job writes plain attributes after each step and publishes them to the
+exporter process (memtrain/exporter.py), which serves them at scrape time
+through the JobCollector (metrics.py); a service reads the same object. Each
+field's metadata says how the exporter ships it, so the exporter's layout
+follows this dataclass instead of lists kept beside it.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+
+from memtrain.errors import ConfigError
 
 JOB_STATES = ("planning", "training", "evaluating", "checkpointing", "finished", "failed")
 # Step-duration histogram buckets (seconds): from launch-bound small models to big GEMMs.
@@ -44,38 +47,52 @@ class StepHistogram:
         return sum(self.counts)
 
 
+# How the exporter ships each field to its process (memtrain/exporter.py derives the
+# shared array's layout from these, in field order): "static" once at start as JSON;
+# "scalar" one float; "state" the index in JOB_STATES; "categories" one float per plan
+# category; "sources" one float per MEASURED source; "histogram" the bucket counts and sum.
+EXPORT = "export"
+MEASURED = ("cupy_pool_used", "cupy_pool_total", "cupy_pool_peak", "tracemalloc_peak")
+
+
+def _f(kind, default=None, **kw):
+    if "default_factory" in kw:
+        return field(metadata={EXPORT: kind}, **kw)
+    return field(default=default, metadata={EXPORT: kind})
+
+
 @dataclass
 class JobState:
-    job: str = "memtrain"
-    model: str = ""  # e.g. "784-1024-1024-10 relu softmax"
-    optimizer: str = ""
-    dtype: str = ""
-    device: str = "cpu"
-    state: str = "planning"  # one of JOB_STATES
-    planned_bytes: dict = field(default_factory=dict)  # category -> bytes (the plan's by_category())
-    memory_budget: float = float("nan")  # bytes the plan was sized to fit: the limit, or free memory at start
-    batch_size: int = 0
-    micro_batch_size: int = 0
-    oom_recoveries: int = 0
-    steps: int = 0
-    samples: int = 0
-    epoch: int = 0
-    train_loss: float = float("nan")
-    validation_loss: float = float("nan")
-    validation_accuracy: float = float("nan")
-    learning_rate: float = float("nan")
-    gradient_norm: float = float("nan")
-    nonfinite_steps: int = 0
-    checkpoints: int = 0
-    last_checkpoint_time: float = float("nan")  # unix seconds
-    step_durations: StepHistogram = field(default_factory=StepHistogram)
-    started: float = field(default_factory=time.time)
-    gpu_index: int | None = None  # the CUDA device the job runs on, for the NVML readings
-    gpu_pci_bus_id: str = ""  # the same device as NVML names it (the exporter process has no CuPy)
-    gpu_uuid: str = ""  # NVML's uuid of that device, so dashboards can join a job to its GPU
-    measured: dict = field(default_factory=dict)  # source -> bytes the job loop measured (e.g. cupy_pool_peak)
+    job: str = _f("static", "memtrain")
+    model: str = _f("static", "")  # e.g. "784-1024-1024-10 relu softmax"
+    optimizer: str = _f("static", "")
+    dtype: str = _f("static", "")
+    device: str = _f("static", "cpu")
+    state: str = _f("state", "planning")  # one of JOB_STATES
+    planned_bytes: dict = _f("categories", default_factory=dict)  # category -> bytes (the plan's by_category())
+    memory_budget: float = _f("scalar", float("nan"))  # bytes the plan was sized to fit: the limit, or free memory
+    batch_size: int = _f("scalar", 0)
+    micro_batch_size: int = _f("scalar", 0)
+    oom_recoveries: int = _f("scalar", 0)
+    steps: int = _f("scalar", 0)
+    samples: int = _f("scalar", 0)
+    epoch: int = _f("scalar", 0)
+    train_loss: float = _f("scalar", float("nan"))
+    validation_loss: float = _f("scalar", float("nan"))
+    validation_accuracy: float = _f("scalar", float("nan"))
+    learning_rate: float = _f("scalar", float("nan"))
+    gradient_norm: float = _f("scalar", float("nan"))
+    nonfinite_steps: int = _f("scalar", 0)
+    checkpoints: int = _f("scalar", 0)
+    last_checkpoint_time: float = _f("scalar", float("nan"))  # unix seconds
+    step_durations: StepHistogram = _f("histogram", default_factory=StepHistogram)
+    started: float = _f("static", default_factory=time.time)
+    gpu_index: int | None = _f("static", None)  # the CUDA device the job runs on, for the NVML readings
+    gpu_pci_bus_id: str = _f("static", "")  # the same device as NVML names it (the exporter process has no CuPy)
+    gpu_uuid: str = _f("static", "")  # NVML's uuid of that device, so dashboards can join a job to its GPU
+    measured: dict = _f("sources", default_factory=dict)  # source (MEASURED) -> bytes the job loop measured
 
     def set_state(self, state: str) -> None:
         if state not in JOB_STATES:
-            raise ValueError(f"state: expected one of {', '.join(JOB_STATES)}, got {state!r}")
+            raise ConfigError(f"state: expected one of {', '.join(JOB_STATES)}, got {state!r}")
         self.state = state

@@ -21,12 +21,17 @@ import time
 import numpy as np
 
 from memtrain.backend import small_ufunc_buffers
+from memtrain.errors import ConfigError
+from memtrain.kernels import dispatch
+from memtrain.kernels.source import SC_LR
 from memtrain.memory.arena import allocate
 from memtrain.memory.plan import MemoryPlan, training_plan
 from memtrain.nn import step
 from memtrain.nn.mlp import MLP, _copy_in, evaluate_in
 from memtrain.optim import Optimizer, make_optimizer
 from memtrain.optim.schedules import Constant, Schedule
+from memtrain.train import graph
+from memtrain.validate import check_scalar
 
 STOP = "stop"  # what an on_step/on_epoch callback returns to end fit() after this step
 
@@ -51,26 +56,26 @@ class Trainer:
     patience: early stopping after this many epochs without a better validation
         loss; the best weights are kept (a planned copy) and restored
     seed: data order and dropout masks (independent counter-based streams)
+    cuda_graph: capture the GPU step as a CUDA graph (None: where supported; never on the CPU)
+    loss_every: in graph mode, read the loss back every N steps (between reads step() returns the last mean)
     """
 
     def __init__(self, model: MLP, optimizer="adam", batch_size: int = 32, *, micro_batch_size: int | None = None,
                  schedule: Schedule | None = None, clip_norm: float | None = None, patience: int | None = None,
-                 seed: int = 0, dataset_size: int | None = None, allocation_observer=None, **optimizer_hyper):
+                 seed: int = 0, dataset_size: int | None = None, allocation_observer=None, cuda_graph=None,
+                 loss_every: int = 1, **optimizer_hyper):
         self.model = model
         self.spec = model.spec
         self.backend = model.backend
         if isinstance(optimizer, Optimizer) and optimizer_hyper:
-            raise ValueError("optimizer: pass hyper-parameters to the Optimizer, not to the Trainer")
+            raise ConfigError("optimizer: pass hyper-parameters to the Optimizer, not to the Trainer")
         self.optimizer = optimizer if isinstance(optimizer, Optimizer) else make_optimizer(optimizer, **optimizer_hyper)
         self.notes = self.optimizer.adapt_to_dtype(self.spec.dtype)
         self.schedule = schedule or Constant(self.optimizer.lr)
-        if clip_norm is not None and not (clip_norm > 0 and math.isfinite(clip_norm)):
-            raise ValueError(f"clip_norm: expected a positive number, got {clip_norm!r}")
-        self.clip_norm = clip_norm
-        if patience is not None and (int(patience) != patience or patience < 1):
-            raise ValueError(f"patience: expected a positive integer, got {patience!r}")
-        self.patience = patience
-        self.seed = int(seed)
+        self.clip_norm = check_scalar(clip_norm, "clip_norm", float, min_val=0, include_boundaries="neither",
+                                      allow_none=True)
+        self.patience = check_scalar(patience, "patience", int, min_val=1, allow_none=True)
+        self.seed = check_scalar(seed, "seed", int)
         self._data_rows = (None, None)  # (n_train, n_val) resident in the plan, else None
         self.plan: MemoryPlan = self._make_plan(batch_size, micro_batch_size, dataset_size)
         self.arrays = allocate(self.plan, self.backend.xp, existing={"params": model.params},
@@ -92,6 +97,8 @@ class Trainer:
         self.last_lr = float("nan")
         self.fault_hook = None  # tests: called (step, micro_index) before each pass; may raise MemoryError
         self._host_data = None
+        # CUDA graph step (train/graph.py): None = on where supported; loss read every `loss_every` steps
+        self._graph = graph.for_trainer(self, cuda_graph, loss_every=loss_every)
 
     def _make_plan(self, batch_size, micro_batch_size, dataset_size=None) -> MemoryPlan:
         resident = self._data_rows if self._data_rows[0] is not None else None
@@ -147,15 +154,15 @@ class Trainer:
         X = np.ascontiguousarray(self.model._inputs(X), dtype=self.spec.dtype)
         y = self.model.prepare_labels(y)
         if len(X) != len(y):
-            raise ValueError(f"y: {len(y)} labels for {len(X)} samples")
+            raise ConfigError(f"y: {len(y)} labels for {len(X)} samples")
         if len(X) == 0:
-            raise ValueError("X: the training set is empty")
+            raise ConfigError("X: the training set is empty")
         val = None
         if validation is not None:
             Xv = np.ascontiguousarray(self.model._inputs(validation[0]), dtype=self.spec.dtype)
             yv = self.model.prepare_labels(validation[1])
             if len(Xv) != len(yv):
-                raise ValueError(f"validation y: {len(yv)} labels for {len(Xv)} samples")
+                raise ConfigError(f"validation y: {len(yv)} labels for {len(Xv)} samples")
             val = (Xv, yv)
         n_val = len(val[0]) if val else 0
         self._data_rows = (len(X), n_val) if resident else (None, None)
@@ -193,7 +200,7 @@ class Trainer:
         """One optimizer step on a batch (rows <= batch_size); returns its mean data loss."""
         b = len(xb)
         if not 0 < b <= self.batch_size:
-            raise ValueError(f"batch: expected 1..{self.batch_size} rows, got {b}")
+            raise ConfigError(f"batch: expected 1..{self.batch_size} rows, got {b}")
 
         def fill(v, lo, hi):
             _copy_in(v.x, xb[lo:hi])
@@ -206,6 +213,8 @@ class Trainer:
         while True:
             try:
                 with small_ufunc_buffers():
+                    if self._graph is not None and self._graph_ok(b):
+                        return self._graph.step(b, fill)
                     return self._step_inside(b, fill)
             except oom_errors() as exc:
                 m = self.micro_batch_size
@@ -216,6 +225,12 @@ class Trainer:
                                     "micro_batch_to": new, "error": type(exc).__name__})
                 self.oom_recoveries += 1
                 self.replan(new)
+
+    def _graph_ok(self, b: int) -> bool:
+        reason = graph.unsupported(self, b)
+        if reason is not None:
+            self._graph.graph.disable(f"CUDA graph off: {reason}")
+        return reason is None and self._graph.graph.disabled is None
 
     def _dropout_rng(self, micro: int):
         return self.backend.rng((self.seed, 1, self.steps, micro)) if self.spec.dropout else None
@@ -253,7 +268,12 @@ class Trainer:
             return loss
         self.nonfinite_streak = 0
         self.last_lr = lr = self.schedule(self.steps)
-        self.optimizer.step(model.params, G, self.arrays, self.scratch, lr, spec.layout)
+        if "step_scalars" in self.arrays:  # a GPU plan: one fused kernel reads lr on the device
+            self.arrays["step_scalars"][SC_LR] = lr
+            dispatch.optimizer_step(self.optimizer, model.params, G, self.arrays, spec.layout,
+                                    dispatch.default_launcher())
+        else:
+            self.optimizer.step(model.params, G, self.arrays, self.scratch, lr, spec.layout)
         self.steps += 1
         return loss
 
@@ -275,12 +295,11 @@ class Trainer:
         per epoch; early stopping (with `patience`) restores the best weights.
         X, y may be omitted after attach_data(). `on_step(trainer, loss)` and
         `on_epoch(trainer, record)` may return STOP. Returns the history."""
-        if int(epochs) != epochs or epochs < 1:
-            raise ValueError(f"epochs: expected a positive integer, got {epochs!r}")
+        check_scalar(epochs, "epochs", int, min_val=1)
         if X is not None:
             self.attach_data(X, y, validation, resident=resident)
         elif "order" not in self.arrays:
-            raise ValueError("X: no data; pass X, y or call attach_data() first")
+            raise ConfigError("X: no data; pass X, y or call attach_data() first")
         Xd, yd = self._train_data()
         val = self._val_data()
         order = self.arrays["order"]
@@ -371,7 +390,7 @@ class Trainer:
                 continue
             dst = self.arrays[name]
             if tuple(dst.shape) != a.shape or dst.dtype != a.dtype:
-                raise ValueError(f"checkpoint: {name} is {a.shape} {a.dtype}, expected {tuple(dst.shape)} {dst.dtype}")
+                raise ConfigError(f"checkpoint: {name} is {a.shape} {a.dtype}, expected {tuple(dst.shape)} {dst.dtype}")
             if self.backend.is_cuda:
                 dst.set(a)
             else:
@@ -391,8 +410,10 @@ def _gather(X, y, idx):
     def fill(v, lo, hi):
         rows = idx[lo:hi]
         if isinstance(v.x, np.ndarray):
-            np.take(X, rows, axis=0, out=v.x)  # no temporary: straight into the buffer
-            np.take(y, rows, axis=0, out=v.y)
+            # mode="clip": with the default "raise", NumPy buffers the whole output (a
+            # second batch); the rows are a permutation's, always in range
+            np.take(X, rows, axis=0, out=v.x, mode="clip")
+            np.take(y, rows, axis=0, out=v.y, mode="clip")
         elif not isinstance(X, np.ndarray):  # resident on the device
             X.take(rows, axis=0, out=v.x)
             y.take(rows, axis=0, out=v.y)

@@ -24,22 +24,15 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from memtrain.errors import ConfigError
 from memtrain.memory.batch import largest_batch, round_batch
+from memtrain.memory.budget import auto_budget, with_margin
+from memtrain.nn.mlp import MLP
+from memtrain.profiler.verify import profile, random_batch
+from memtrain.train.trainer import Trainer, oom_errors
+from memtrain.units import format_bytes
 
-# Safety margin when none is given: a fixed part plus 0.1% of the budget.
-# CPU: tracemalloc's peak exceeded the plan by at most ~56 KiB over the whole
-# verification grid (Python objects, NumPy's bounded ufunc buffers), and under
-# a hard RLIMIT_AS cap the address space grew by ~0.03% more than the plan
-# (page rounding and mmap headers of each buffer; bench/autobatch_vs_doubling.py).
-# CUDA: an assumption, not yet measured in this project, for the pool's
-# fragmentation beyond the 512-byte rounding the plan already counts.
-DEFAULT_MARGIN = {"cpu": 256 * 1024, "cuda": 8 * 1024**2}
-MARGIN_FRACTION = 0.001
 OOM_SHRINK = 0.98
-
-
-def default_margin(kind: str, budget: int) -> int:
-    return DEFAULT_MARGIN[kind] + int(MARGIN_FRACTION * budget)
 
 
 @dataclass
@@ -63,6 +56,7 @@ class AutoBatch:
     eval_batch: int = 0
     throughput: list = field(default_factory=list)  # (batch, samples/s) with --objective throughput
     objective: str = "memory"
+    cap: int | None = None  # no batch above this was solved or probed (training rows, max_batch_size)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -71,24 +65,31 @@ class AutoBatch:
         return d
 
 
-def device_budget(backend) -> tuple:
-    """Free memory now: (bytes, where it came from)."""
-    from memtrain.memory import measure  # noqa: PLC0415
-
-    if backend.is_cuda:
-        return measure.gpu_free_bytes(backend.index), f"free on {backend.name} now (NVML)"
-    return measure.mem_available(), "MemAvailable now"
+def solve_budget(backend, memory_limit: int | None, already_allocated: int = 0) -> tuple:
+    """(raw budget, where it came from): the given limit, or the device's default."""
+    if memory_limit is not None:
+        return int(memory_limit), "given"
+    return auto_budget(backend, already_allocated)
 
 
-def _solve(setting, budget: int, multiple_of) -> int:
-    return largest_batch(lambda b: setting.plan(b).total, budget, multiple_of=multiple_of).batch_size
+def solve(setting, budget: int, *, multiple_of=None, power_of_two=False, max_batch=None):
+    """The one solve on the plan (estimate, autobatch, plan_job): a BatchFit."""
+    return largest_batch(lambda b: setting.plan(b).total, budget, multiple_of=multiple_of,
+                         power_of_two=power_of_two, max_batch=max_batch)
+
+
+def _cap(max_batch, dataset_size):
+    """No batch larger than the training set or max_batch_size is ever solved or probed."""
+    caps = [c for c in (max_batch, dataset_size) if c]
+    return min(caps) if caps else None
+
+
+def _solve(setting, budget: int, multiple_of, max_batch=None) -> int:
+    return solve(setting, budget, multiple_of=multiple_of, max_batch=max_batch).batch_size
 
 
 def probe(setting, batch_size: int, budget: int, backend) -> Probe:
     """One real step at `batch_size` (everything allocated, first update included)."""
-    from memtrain.memory.verify import profile  # noqa: PLC0415
-    from memtrain.train.trainer import oom_errors  # noqa: PLC0415
-
     planned = setting.plan(batch_size).total
     t0 = time.perf_counter()
     try:
@@ -109,25 +110,21 @@ def _release(backend):
 
 def auto_batch(setting, backend, *, memory_limit: int | None = None, margin: int | None = None,
                multiple_of: int | None = None, max_probes: int = 4, dataset_size: int | None = None,
-               already_allocated: int = 0, log=None) -> AutoBatch:
-    """Analytic B from the plan, confirmed by real probes (usually one).
+               already_allocated: int = 0, max_batch: int | None = None, log=None) -> AutoBatch:
+    """Analytic B from the plan, capped by `max_batch` and `dataset_size` BEFORE any
+    probe, confirmed by real probes (usually one) that never exceed the budget's plan.
 
     `already_allocated`: bytes of the plan that exist already (a job's data set,
     loaded before the free memory is read); they are counted by the plan, so
-    they are added back to a measured free-memory budget, not to a given limit."""
+    they are added back to a measured free-memory budget, not to a given limit.
+    Without `memory_limit` the CPU's budget is a stated default share of the free
+    memory (memory/budget.py), never all of it."""
     t0 = time.perf_counter()
-    if memory_limit is not None:
-        raw, source = memory_limit, "given"
-    else:
-        raw, source = device_budget(backend)
-        raw += already_allocated
-    margin = default_margin(backend.kind, raw) if margin is None else int(margin)
-    budget = raw - margin
-    fit = largest_batch(lambda b: setting.plan(b).total, budget, multiple_of=multiple_of)
+    raw, source = solve_budget(backend, memory_limit, already_allocated)
+    budget, margin = with_margin(backend.kind, raw, margin)
+    fit = solve(setting, budget, multiple_of=multiple_of, max_batch=_cap(max_batch, dataset_size))
     if not fit.batch_size:
-        from memtrain.units import format_bytes  # noqa: PLC0415
-
-        raise ValueError(f"memory-limit: {format_bytes(raw)} less a {format_bytes(margin)} margin is too small "
+        raise ConfigError(f"memory-limit: {format_bytes(raw)} less a {format_bytes(margin)} margin is too small "
                          f"for batch {multiple_of or 1}; {format_bytes(fit.shortfall)} ({fit.shortfall:,} B) more "
                          "is needed")
     analytic = b = fit.batch_size
@@ -145,27 +142,24 @@ def auto_batch(setting, backend, *, memory_limit: int | None = None, margin: int
                                f"(last: B={b}, {p.outcome}); pass a smaller --memory-limit")
         if p.outcome == "over budget":
             corrected = raw - (p.measured - p.planned)
-            nb = _solve(setting, corrected, multiple_of)
+            nb = _solve(setting, corrected, multiple_of, _cap(max_batch, dataset_size))
         else:
             nb = round_batch(int(b * OOM_SHRINK), multiple_of)
         step_down = multiple_of or 1
         b = min(nb, b - step_down)
         if b < 1:
-            raise ValueError("memory-limit: not even the smallest batch fits when measured")
+            raise ConfigError("memory-limit: not even the smallest batch fits when measured")
     eval_setting = dataclasses.replace(setting, inference=True, keep_best=False, resident_rows=None)
     eval_fit = largest_batch(lambda n: eval_setting.plan(n).total, budget)
     eval_batch = min(eval_fit.batch_size, dataset_size) if dataset_size else eval_fit.batch_size
-    return AutoBatch(analytic, b, budget, source, margin, probes, time.perf_counter() - t0, eval_batch)
+    return AutoBatch(analytic, b, budget, source, margin, probes, time.perf_counter() - t0, eval_batch,
+                     cap=_cap(max_batch, dataset_size))
 
 
 def fastest_batch(setting, backend, max_batch: int, *, steps: int = 3, min_gain: float = 0.05,
                   multiple_of: int | None = None, log=None) -> list:
     """samples/s at growing batch sizes <= max_batch (powers of two, then max_batch);
     stops once doubling gains less than `min_gain`. Returns [(batch, samples/s), ...]."""
-    from memtrain.memory.verify import random_batch  # noqa: PLC0415
-    from memtrain.nn.mlp import MLP  # noqa: PLC0415
-    from memtrain.train.trainer import Trainer  # noqa: PLC0415
-
     sizes, b = [], max(1, multiple_of or 1)
     while b < max_batch:
         sizes.append(b)

@@ -17,8 +17,14 @@ import tracemalloc
 
 import numpy as np
 
-from memtrain.backend import array_module
+from memtrain.backend import array_module, get_backend
+from memtrain.errors import ConfigError
+from memtrain.memory.measure import pool_peak_hook, process_gpu_bytes
+from memtrain.memory.overhead import measure_cuda_overhead
 from memtrain.memory.plan import CATEGORIES
+from memtrain.nn.mlp import MLP
+from memtrain.train.trainer import Trainer
+from memtrain.validate import check_scalar
 
 SCHEMA = "memtrain.profile/1"
 DEFAULT_TOLERANCE = 0.005
@@ -99,9 +105,6 @@ def _attach_zeros(trainer, spec, rows) -> None:
 
 def _warm_up(spec, backend):
     # lazy imports and first-call caches (NumPy, SciPy's erf) stay out of the measurement
-    from memtrain.nn.mlp import MLP  # noqa: PLC0415
-    from memtrain.train.trainer import Trainer  # noqa: PLC0415
-
     tiny = type(spec).create([3, 2, 2], activation=spec.activation, dropout=spec.dropout, dtype=spec.dtype.name)
     m = MLP.from_spec(tiny, device=backend)
     Trainer(m, "adam", batch_size=2).step(np.zeros((2, 3)), np.zeros(2, int))
@@ -110,14 +113,9 @@ def _warm_up(spec, backend):
 def profile(setting, batch_size: int, *, steps: int = 3, seed: int = 0, backend=None,
             tolerance: float = DEFAULT_TOLERANCE) -> dict:
     """Run `steps` real training steps of `setting` at `batch_size`; estimated vs measured."""
-    from memtrain.backend import get_backend  # noqa: PLC0415
-    from memtrain.nn.mlp import MLP  # noqa: PLC0415
-    from memtrain.train.trainer import Trainer  # noqa: PLC0415
-
     if setting.inference:
-        raise ValueError("profile: --inference is not profiled; profile the training plan")
-    if int(steps) != steps or steps < 1:
-        raise ValueError(f"steps: expected a positive integer, got {steps!r}")
+        raise ConfigError("profile: --inference is not profiled; profile the training plan")
+    check_scalar(steps, "steps", int, min_val=1)
     backend = backend or get_backend(setting.device)
     spec = setting.spec
     fill = random_fill(spec, seed)
@@ -151,11 +149,6 @@ def profile(setting, batch_size: int, *, steps: int = 3, seed: int = 0, backend=
 
 def _profile_cuda(setting, batch_size, steps, backend, fill, tolerance):  # pragma: no cover - needs a GPU
     import cupy  # noqa: PLC0415
-
-    from memtrain.memory.measure import pool_peak_hook, process_gpu_bytes  # noqa: PLC0415
-    from memtrain.memory.overhead import measure_cuda_overhead  # noqa: PLC0415
-    from memtrain.nn.mlp import MLP  # noqa: PLC0415
-    from memtrain.train.trainer import Trainer  # noqa: PLC0415
 
     t0 = time.perf_counter()
     overhead = measure_cuda_overhead(backend.index)

@@ -1,0 +1,181 @@
+"""`memtrain serve` and its clients `submit`, `jobs`, `job`, `cancel`, `logs`: parse, call, print.
+
+Registered on the main group in memtrain/cli.py, whose group turns a MemtrainError or
+ValueError into one line "memtrain: error: ..." and exit status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+
+
+def _budget(ctx, param, values):
+    from memtrain.units import parse_bytes  # noqa: PLC0415
+
+    out = {}
+    for v in values:
+        device, sep, size = v.partition("=")
+        if not sep or not device.strip():
+            raise click.BadParameter(f"expected DEVICE=SIZE like cpu=3GiB or cuda:0=20GiB, got {v!r}")
+        try:
+            out[device.strip().lower()] = parse_bytes(size, "budget")
+        except ValueError as exc:
+            raise click.BadParameter(str(exc).split(": ", 1)[-1]) from None
+    return out
+
+
+def _size(ctx, param, value):
+    if value is None:
+        return None
+    from memtrain.units import parse_bytes  # noqa: PLC0415
+
+    try:
+        return parse_bytes(value, "overhead", allow_zero=True)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc).split(": ", 1)[-1]) from None
+
+
+@click.command()
+@click.option("--state-dir", required=True, type=click.Path(file_okay=False),
+              help="Where the SQLite state, each job's log, checkpoints and models live.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind. Anything but loopback needs --token-file.")
+@click.option("--port", default=8470, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--devices", default="auto", show_default=True,
+              help="auto (every GPU NVML lists, else the CPU), cpu, or cuda:0,cuda:1.")
+@click.option("--budget", "budgets", multiple=True, callback=_budget, metavar="DEVICE=SIZE",
+              help="Memory plans may commit on DEVICE (repeatable).  [default: MemAvailable or NVML free "
+                   "memory now, less a reserve]")
+@click.option("--token-file", type=click.Path(dir_okay=False),
+              help="File holding the bearer token every request but /healthz must send.")
+@click.option("--data-root", "data_roots", multiple=True, type=click.Path(file_okay=False, exists=True),
+              help="Jobs may read data files only under these dirs (repeatable). Without one, only the "
+                   "built-in data sets (digits, synthetic:...).")
+@click.option("--max-jobs-per-device", type=click.IntRange(min=1),
+              help="Jobs running at once on one device.  [default: the CPU's cores; 8 per GPU]")
+@click.option("--head-wait", default=300.0, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds smaller jobs may pass a queued job that does not fit yet; then nothing passes it.")
+@click.option("--max-attempts", default=2, show_default=True, type=click.IntRange(min=1),
+              help="Runs of a job killed by a signal it did not ask for (each resumes from its checkpoint).")
+@click.option("--overhead", callback=_size, metavar="SIZE",
+              help="Per-process overhead of a CPU job.  [default: measured once, kept in the state dir]")
+@click.option("--job-metrics-host", default="127.0.0.1", show_default=True,
+              help="Address each job's metrics exporter listens on (0.0.0.0 in a container).")
+@click.option("--job-metrics-address", metavar="HOST",
+              help="Host name Prometheus reaches the jobs' exporters at, in /prometheus/targets.  "
+                   "[default: --job-metrics-host]")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+def serve(state_dir, host, port, devices, budgets, token_file, data_roots, max_jobs_per_device, head_wait,
+          max_attempts, overhead, job_metrics_host, job_metrics_address, log_level):
+    """Run the training service: an HTTP API (OpenAPI at /docs, status page at /) that
+    plans each submitted job and starts it when its plan fits a device's budget.
+
+    \b
+    Examples:
+      memtrain serve --state-dir runs/service --budget cpu=3GiB
+      memtrain serve --state-dir /srv/memtrain --host 0.0.0.0 --token-file token --data-root /data
+    """
+    from memtrain.service.server import run  # noqa: PLC0415
+
+    run(state_dir=state_dir, host=host, port=port, devices=devices, budgets=budgets, token_file=token_file,
+        data_roots=data_roots, max_jobs_per_device=max_jobs_per_device, head_wait=head_wait,
+        max_attempts=max_attempts, overhead=overhead, job_metrics_host=job_metrics_host,
+        job_metrics_address=job_metrics_address, log_level=log_level, echo=lambda t: click.echo(t, err=True))
+
+
+_server = click.option("--server", envvar="MEMTRAIN_SERVER", default="http://127.0.0.1:8470", show_default=True,
+                       help="The service's URL (or MEMTRAIN_SERVER). The token comes from MEMTRAIN_TOKEN.")
+
+
+def _client(server):
+    from memtrain.service.client import Client  # noqa: PLC0415
+
+    return Client(server)
+
+
+def _fmt(default="table"):
+    return click.option("--format", "fmt", type=click.Choice(["table", "json"]), default=default, show_default=True)
+
+
+@click.command()
+@click.argument("job_file", type=click.Path(dir_okay=False))
+@click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Override a key of the job file (repeatable), e.g. --set training.epochs=5.")
+@click.option("--format", "fmt", type=click.Choice(["id", "json"]), default="id", show_default=True)
+@_server
+def submit(job_file, sets, fmt, server):
+    """Submit a job file to the service; prints the job's id (--format json: the whole answer).
+
+    \b
+    Examples:
+      memtrain submit job.toml --set training.batch_size=auto
+    """
+    from memtrain.service.client import load_job  # noqa: PLC0415
+
+    out = _client(server).submit(load_job(job_file, sets))
+    click.echo(json.dumps(out) if fmt == "json" else out["id"])
+
+
+@click.command()
+@click.option("--state", type=click.Choice(STATES), help="Only jobs in this state.")
+@_fmt()
+@_server
+def jobs(state, fmt, server):
+    """List the service's jobs: state, device, planned bytes, batch, progress, age."""
+    from memtrain.service.client import jobs_table  # noqa: PLC0415
+
+    rows = _client(server).jobs(state)
+    click.echo(json.dumps(rows, indent=1) if fmt == "json" else jobs_table(rows))
+
+
+@click.command()
+@click.argument("job_id")
+@_fmt()
+@_server
+def job(job_id, fmt, server):
+    """Show one job: its plan, state, progress, and result or reason."""
+    from memtrain.service.client import job_text  # noqa: PLC0415
+
+    j = _client(server).job(job_id)
+    click.echo(json.dumps(j, indent=1) if fmt == "json" else job_text(j))
+
+
+@click.command()
+@click.argument("job_id")
+@_server
+def cancel(job_id, server):
+    """Cancel a job: a queued one at once; a running one checkpoints, then stops."""
+    j = _client(server).cancel(job_id)
+    if j["state"] == "running":
+        note = "running; stopping (it checkpoints first)"
+    elif j["state"] == "cancelled":
+        note = "cancelled"
+    else:
+        note = f"already {j['state']}; nothing to cancel"
+    click.echo(f"{j['id']}: {note}")
+
+
+@click.command()
+@click.argument("job_id")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing until the job ends.")
+@click.option("--lines", "-n", default=200, show_default=True, type=click.IntRange(min=0),
+              help="Lines from the end to start with.")
+@_server
+def logs(job_id, follow, lines, server):
+    """Print a job's log (its JSON lines); --follow streams it until the job ends."""
+    out = _client(server).log(job_id, lines, follow)
+    if not follow:
+        click.echo(out, nl=False)
+        return
+    for chunk in out:
+        sys.stdout.write(chunk)
+        sys.stdout.flush()
+
+
+COMMANDS = (serve, submit, jobs, job, cancel, logs)

@@ -1,0 +1,6 @@
+"""`memtrain serve`: a training service that packs jobs onto devices by their memory plans.
+
+store (SQLite), planning (the one module that speaks memtrain's config/plan API),
+scheduler (admission by plan, FIFO with bounded backfill), app (FastAPI), page
+(the status page), metrics (the service's own Prometheus collector).
+"""

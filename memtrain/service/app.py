@@ -1,0 +1,174 @@
+"""The HTTP API: FastAPI in front of a core.Service, built by a factory that takes its settings.
+
+Every error is {"detail": "<one line>"}: the same line the CLI prints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
+
+from memtrain import __version__
+from memtrain.service import models, planning, security
+from memtrain.service.core import Service, Settings, tail
+
+TOML_OR_JSON = {"requestBody": {"required": True, "content": {
+    "application/toml": {"schema": {"type": "string", "description": "a job file, as `memtrain train` reads"}},
+    "application/json": {"schema": models.JobSubmission.model_json_schema()},
+}}}
+ERRORS = {401: {"model": models.Error}, 404: {"model": models.Error}, 413: {"model": models.Error},
+          422: {"model": models.Error}}
+
+
+class BodyLimit:
+    """413 for a declared body over the limit, before any of it is read (ASGI middleware)."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            length = dict(scope["headers"]).get(b"content-length")
+            if length is not None and (not length.isdigit() or int(length) > self.limit):
+                response = JSONResponse({"detail": _too_large(self.limit)}, status_code=413)
+                return await response(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
+def _too_large(limit: int) -> str:
+    return f"body: larger than {limit // 1024} KiB; a job file is expected (a few KiB at most)"
+
+
+def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
+    service = service or Service(settings)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        service.start()
+        yield
+        service.stop()
+
+    app = FastAPI(title="memtrain serve", version=__version__, lifespan=lifespan,
+                  description="A memory-aware training service: jobs are planned at submission and start "
+                              "when their plans fit a device's budget (docs/service.md).")
+    app.state.service = service
+    app.add_middleware(BodyLimit, limit=security.MAX_BODY)
+
+    @app.exception_handler(RequestValidationError)
+    async def _one_line(request, exc):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("query", "path", "body"))
+        return JSONResponse({"detail": f"{where or 'request'}: {first.get('msg', 'invalid')}"}, status_code=422)
+
+    def auth(request: Request):
+        if not security.token_ok(settings.token, request.headers.get("authorization")):
+            raise HTTPException(401, "unauthorized: send the service's token as 'Authorization: Bearer TOKEN' "
+                                     "(MEMTRAIN_TOKEN for the CLI)", headers={"WWW-Authenticate": "Bearer"})
+
+    guarded = [Depends(auth)]
+
+    @app.get("/healthz", response_model=models.Health, tags=["service"])
+    def healthz():
+        return {"status": "ok", "version": __version__}
+
+    _job_routes(app, service, guarded)
+    _service_routes(app, service, guarded)
+    return app
+
+
+def _job_routes(app, service, guarded) -> None:
+    """POST/GET /jobs, GET/DELETE /jobs/{id}, GET /jobs/{id}/log."""
+
+    @app.post("/jobs", status_code=201, response_model=models.Submitted, dependencies=guarded, tags=["jobs"],
+              openapi_extra=TOML_OR_JSON, responses=ERRORS)
+    async def submit(request: Request):
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > security.MAX_BODY:
+                raise HTTPException(413, _too_large(security.MAX_BODY))
+        try:
+            # planning loads the data set (once per setting): off the event loop
+            return await asyncio.to_thread(service.submit, bytes(body), request.headers.get("content-type", ""))
+        except planning.SubmissionError as exc:
+            raise HTTPException(422, str(exc)) from None
+
+    @app.get("/jobs", response_model=list[models.Job], dependencies=guarded, tags=["jobs"], responses=ERRORS)
+    def jobs(state: str | None = Query(None, description="queued, running, succeeded, failed or cancelled")):
+        try:
+            return service.jobs(state)
+        except planning.SubmissionError as exc:
+            raise HTTPException(422, str(exc)) from None
+
+    @app.get("/jobs/{job_id}", response_model=models.Job, dependencies=guarded, tags=["jobs"], responses=ERRORS)
+    def job(job_id: str):
+        return _found(service.job(job_id), job_id)
+
+    @app.delete("/jobs/{job_id}", response_model=models.Job, dependencies=guarded, tags=["jobs"], responses=ERRORS)
+    def cancel(job_id: str):
+        return _found(service.cancel(job_id), job_id)
+
+    @app.get("/jobs/{job_id}/log", response_class=PlainTextResponse, dependencies=guarded, tags=["jobs"],
+             responses=ERRORS)
+    async def job_log(job_id: str, lines: int = Query(200, ge=0, le=100000), follow: bool = False):
+        path = _found(service.log_path(job_id), job_id)
+        if not follow:
+            return PlainTextResponse(tail(path, lines))
+        return StreamingResponse(_follow(service, job_id, path, lines), media_type="text/plain")
+
+
+def _service_routes(app, service, guarded) -> None:
+    """GET /devices, /prometheus/targets, /metrics and the status page at /."""
+
+    @app.get("/devices", response_model=list[models.Device], dependencies=guarded, tags=["service"])
+    def devices():
+        return service.device_views()
+
+    @app.get("/prometheus/targets", response_model=list[models.Target], dependencies=guarded, tags=["service"])
+    def targets():
+        return service.targets()
+
+    @app.get("/metrics", response_class=PlainTextResponse, dependencies=guarded, tags=["service"])
+    def metrics():
+        from memtrain.service.metrics import exposition  # noqa: PLC0415 - prometheus_client on first scrape
+
+        body, content_type = exposition(service)
+        return Response(body, media_type=content_type)
+
+    @app.get("/", response_class=HTMLResponse, dependencies=guarded, tags=["service"])
+    def page():
+        from memtrain.service.page import render  # noqa: PLC0415
+
+        return HTMLResponse(render(service))
+
+
+def _found(value, job_id):
+    if value is None:
+        raise HTTPException(404, f"job {job_id}: no such job")
+    return value
+
+
+async def _follow(service, job_id, path, lines):
+    yield tail(path, lines)
+    try:
+        pos = path.stat().st_size
+    except OSError:
+        pos = 0
+    while True:
+        active = service.is_active(job_id)
+        try:
+            with open(path, "rb") as f:
+                f.seek(pos)
+                chunk = f.read()
+        except OSError:
+            chunk = b""
+        if chunk:
+            pos += len(chunk)
+            yield chunk
+        elif not active:
+            return
+        await asyncio.sleep(0.25)

@@ -1,0 +1,184 @@
+"""The HTTP client behind `memtrain submit/jobs/job/cancel/logs` (standard library only).
+
+Errors reach the user as one line: the service's own message for a 4xx, or
+"no memtrain service is running at URL" when the connection is refused.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import tomllib
+import urllib.error
+import urllib.request
+
+from memtrain.config import read_toml
+from memtrain.errors import MemtrainError
+from memtrain.units import format_bytes
+
+DEFAULT_SERVER = "http://127.0.0.1:8470"
+
+
+class ClientError(MemtrainError):
+    """The service refused the request, or could not be reached."""
+
+
+class Client:
+    def __init__(self, server: str | None = None, token: str | None = None, timeout: float = 30.0):
+        self.server = _check_url((server or os.environ.get("MEMTRAIN_SERVER") or DEFAULT_SERVER).rstrip("/"))
+        self.token = token if token is not None else os.environ.get("MEMTRAIN_TOKEN")
+        self.timeout = timeout
+
+    def request(self, method: str, path: str, body: bytes | None = None, content_type: str = "application/json",
+                stream: bool = False):
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        req = urllib.request.Request(self.server + path, data=body, method=method, headers=headers)
+        try:
+            resp = urllib.request.urlopen(req, timeout=None if stream else self.timeout)
+        except urllib.error.HTTPError as exc:
+            raise ClientError(_detail(exc)) from None
+        except urllib.error.URLError as exc:
+            reason = getattr(exc, "reason", exc)
+            if isinstance(reason, ConnectionRefusedError):
+                raise ClientError(f"no memtrain service is running at {self.server} (start one with `memtrain serve`,"
+                                  " or pass --server / set MEMTRAIN_SERVER)") from None
+            raise ClientError(f"{self.server}: {reason}") from None
+        if stream:
+            return resp
+        with resp:
+            data = resp.read()
+        return json.loads(data) if resp.headers.get_content_type() == "application/json" else data.decode()
+
+    def submit(self, job: dict) -> dict:
+        return self.request("POST", "/jobs", json.dumps(job).encode())
+
+    def jobs(self, state: str | None = None) -> list:
+        return self.request("GET", "/jobs" + (f"?state={state}" if state else ""))
+
+    def job(self, job_id: str) -> dict:
+        return self.request("GET", f"/jobs/{_quote(job_id)}")
+
+    def cancel(self, job_id: str) -> dict:
+        return self.request("DELETE", f"/jobs/{_quote(job_id)}")
+
+    def log(self, job_id: str, lines: int = 200, follow: bool = False):
+        """The log's last lines (str), or with follow an iterator of chunks until the job ends."""
+        path = f"/jobs/{_quote(job_id)}/log?lines={int(lines)}"
+        if not follow:
+            return self.request("GET", path)
+        resp = self.request("GET", path + "&follow=1", stream=True)
+        return _chunks(resp)
+
+
+def _check_url(url: str) -> str:
+    """--server must be an http(s) URL: urllib raises a bare ValueError for anything else."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in ("http", "https") or not rest:
+        raise ClientError(f"--server: expected a URL like {DEFAULT_SERVER}, got {url!r}")
+    return url
+
+
+def _chunks(resp):
+    with resp:
+        while True:
+            chunk = resp.read1(65536) if hasattr(resp, "read1") else resp.read(65536)
+            if not chunk:
+                return
+            yield chunk.decode("utf-8", "replace")
+
+
+def _quote(text: str) -> str:
+    from urllib.parse import quote  # noqa: PLC0415
+
+    return quote(str(text), safe="")
+
+
+def _detail(exc: urllib.error.HTTPError) -> str:
+    try:
+        body = json.loads(exc.read() or b"{}")
+        detail = body.get("detail") if isinstance(body, dict) else None
+    except ValueError:
+        detail = None
+    return str(detail) if detail else f"HTTP {exc.code} {exc.reason}"
+
+
+# -- job files ------------------------------------------------------------------------------
+
+
+def load_job(path, sets=()) -> dict:
+    """A TOML job file as a dict, with `section.key=value` overrides (values read as TOML)."""
+    data = read_toml(path, "job file")  # one reader: unreadable, not UTF-8 and bad TOML are one line each
+    for item in sets:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise MemtrainError(f"--set: expected section.key=value, got {item!r}")
+        try:
+            value = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text  # a bare word is a string: --set data.dataset=digits
+        *sections, name = key.strip().split(".")
+        node = data
+        for s in sections:
+            node = node.setdefault(s, {})
+            if not isinstance(node, dict):
+                raise MemtrainError(f"--set: {key}: {s} is not a table in {path}")
+        node[name] = value
+    return data
+
+
+# -- text output ---------------------------------------------------------------------------------
+
+
+def jobs_table(jobs: list, now: float | None = None) -> str:
+    rows = [("ID", "NAME", "STATE", "DEVICE", "PLANNED", "BATCH", "PROGRESS", "AGE", "REASON")]
+    for j in jobs:
+        rows.append((j["id"], j["name"], j["state"], j["device"] or "-", format_bytes(j["planned_bytes"]),
+                     str(j["batch_size"] or j["batch_request"]), progress_text(j), age(j["submitted_at"], now),
+                     (j["reason"] or "")[:60]))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def progress_text(job: dict) -> str:
+    p = job.get("progress") or {}
+    if p.get("epoch") is None:
+        return "-" if job["state"] == "queued" else (p.get("event") or "-")
+    text = f"epoch {p['epoch']}"
+    if p.get("val_loss") is not None:
+        text += f" val {p['val_loss']:.4f}"
+    elif p.get("train_loss") is not None:
+        text += f" loss {p['train_loss']:.4f}"
+    return text
+
+
+def age(iso: str | None, now: float | None = None) -> str:
+    if not iso:
+        return "-"
+    t = dt.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+    s = max(0, int((now or dt.datetime.now(dt.timezone.utc).timestamp()) - t))
+    return f"{s}s" if s < 120 else (f"{s // 60}m" if s < 7200 else f"{s // 3600}h")
+
+
+def job_text(j: dict) -> str:
+    lines = [f"{'id':<12}{j['id']}", f"{'name':<12}{j['name']}", f"{'state':<12}{j['state']}",
+             f"{'device':<12}{j['device'] or '-'}",
+             f"{'planned':<12}{format_bytes(j['planned_bytes'])}: " + ", ".join(
+                 f"{k} {format_bytes(v)}" for k, v in j["planned"].items() if v),
+             f"{'batch':<12}{j['batch_size'] or j['batch_request']}",
+             f"{'attempts':<12}{j['attempts']} of {j['max_attempts']}",
+             f"{'submitted':<12}{j['submitted_at']}", f"{'started':<12}{j['started_at'] or '-'}",
+             f"{'ended':<12}{j['ended_at'] or '-'}", f"{'progress':<12}{progress_text(j)}"]
+    if j["reason"]:
+        lines.append(f"{'reason':<12}{j['reason']}")
+    r = j.get("result") or {}
+    if r.get("test_accuracy") is not None:
+        lines.append(f"{'result':<12}test loss {r['test_loss']:.4f}, accuracy {r['test_accuracy']:.4f}; "
+                     f"{r.get('steps')} steps in {r.get('seconds', 0):.1f} s")
+    if r.get("model"):
+        lines.append(f"{'model':<12}{r['model']}")
+    return "\n".join(lines)

@@ -1,0 +1,226 @@
+"""The service without HTTP: settings, submission, views of jobs and devices, logs.
+
+app.py puts FastAPI in front of a `Service`; tests and benchmarks may drive one directly.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from memtrain.service import admission, planning
+from memtrain.service import devices as devs
+from memtrain.service.scheduler import Scheduler
+from memtrain.service.store import STATES, Store, now
+
+
+@dataclass
+class Settings:
+    state_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 8470
+    devices: str = "auto"
+    budgets: dict = field(default_factory=dict)  # device name -> bytes
+    token: str | None = None
+    data_roots: tuple = ()
+    max_jobs_per_device: int | None = None
+    max_attempts: int = 2
+    head_wait: float = 300.0  # seconds a head job may be passed by smaller ones
+    cpu_overhead: int | None = None  # None: measured once and kept in the state dir
+    metrics_ports: bool = True  # each job serves /metrics on a port the service picks
+    job_metrics_host: str = "127.0.0.1"  # where each job's exporter listens
+    job_metrics_address: str | None = None  # the host Prometheus reaches them at (default: job_metrics_host)
+    tick: float = 0.25
+    executor: object = None  # None: LocalExecutor
+
+    def __post_init__(self):
+        self.state_dir = Path(self.state_dir)
+
+
+class Service:
+    def __init__(self, settings: Settings):
+        self.settings = s = settings
+        s.state_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = _lock_state_dir(s.state_dir)
+        self.store = Store(s.state_dir / "memtrain.sqlite")
+        self.devices = devs.discover(s.devices, s.budgets, max_jobs=s.max_jobs_per_device, state_dir=s.state_dir,
+                                     cpu_overhead=s.cpu_overhead)
+        if s.executor is None:
+            from memtrain.launch.local import LocalExecutor  # noqa: PLC0415
+
+            s.executor = LocalExecutor()
+        self.events = {"admitted": 0, "rejected": 0, "started": 0, "requeued": 0}
+        self.waits = []  # queue waits (seconds) since start, for the histogram
+        self.scheduler = Scheduler(self.store, s.executor, self.devices, s.state_dir, head_wait=s.head_wait,
+                                   tick=s.tick, metrics_ports=s.metrics_ports, on_event=self._event,
+                                   metrics_host=s.job_metrics_host, metrics_address=s.job_metrics_address)
+
+    def start(self) -> None:
+        self.scheduler.start()
+
+    def stop(self) -> None:
+        self.scheduler.stop()
+        self.store.close()
+        self._lock.close()
+
+    def _event(self, kind: str, job: dict) -> None:
+        self.events[kind] = self.events.get(kind, 0) + 1
+        if kind == "started":
+            self.waits.append(max(0.0, now() - job["queued_at"]))
+
+    # -- submission ---------------------------------------------------------------------------
+
+    def submit(self, body: bytes, content_type: str) -> dict:
+        """Validate and plan; raises planning.SubmissionError (422) before anything is written."""
+        try:
+            data = planning.parse_body(body, content_type)
+            checked = planning.validate(data, data_roots=self.settings.data_roots,
+                                        device_kinds=sorted({d.kind for d in self.devices}))
+            mine = [d for d in self.devices if d.kind == checked.device_kind]
+            plans = {d.name: planning.plan(checked, d.budget_bytes) for d in mine}
+            fits = [d for d in mine if plans[d.name].total + d.overhead_bytes <= d.budget_bytes]
+            if not fits:
+                best = max(mine, key=lambda d: d.budget_bytes)
+                raise planning.NeverFits(planning.never_fits_message(
+                    checked, plans[best.name], best.overhead_bytes, {d.name: d.budget_bytes for d in mine}))
+        except planning.SubmissionError:
+            self.events["rejected"] += 1
+            raise
+        p = plans[max(fits, key=lambda d: d.budget_bytes).name]
+        job_id = self._new_id()
+        t = now()
+        self.store.insert({
+            "id": job_id, "name": checked.name, "state": "queued", "config": checked.config,
+            "checked": planning.to_json(checked), "device_kind": checked.device_kind,
+            "batch_request": checked.batch, "batch_size": p.batch_size, "planned": p.by_category,
+            "planned_bytes": p.total, "min_bytes": p.min_total, "max_attempts": self.settings.max_attempts,
+            "submitted_at": t, "queued_at": t, "run_dir": str(self.settings.state_dir / "jobs" / job_id),
+        })
+        self.events["admitted"] += 1
+        with self.scheduler._lock:
+            self.scheduler._admit()  # so the answer names the device when it starts at once
+        job = self.store.get(job_id)
+        return {"id": job_id, "state": job["state"], "planned_bytes": job["planned_bytes"], "device": job["device"]}
+
+    def _new_id(self) -> str:
+        while True:
+            job_id = secrets.token_hex(4)
+            if self.store.get(job_id) is None:
+                return job_id
+
+    # -- views -------------------------------------------------------------------------------------
+
+    def job_view(self, job: dict, slots=None) -> dict:
+        reason = job["reason"]
+        if job["state"] == "queued":
+            slots = self.scheduler.slots() if slots is None else slots
+            why = admission.blocking(self.scheduler.waiting(job), slots)
+            reason = f"waiting: {why}" + (f" (earlier: {reason})" if reason else "")
+        prog = self.scheduler.progress(job) if job["state"] != "queued" else {}
+        return {
+            "id": job["id"], "name": job["name"], "state": job["state"], "device": job["device"],
+            "planned_bytes": job["planned_bytes"], "planned": job["planned"], "batch_size": job["batch_size"],
+            "batch_request": job["batch_request"], "attempts": job["attempts"], "max_attempts": job["max_attempts"],
+            "submitted_at": iso(job["submitted_at"]), "started_at": iso(job["started_at"]),
+            "ended_at": iso(job["ended_at"]), "progress": prog, "result": job["result"], "reason": reason,
+            "metrics_target": job["metrics_target"] if job["state"] == "running" else None,
+            "threads": job["threads"],
+        }
+
+    def jobs(self, state: str | None = None) -> list:
+        if state is not None and state not in STATES:
+            raise planning.SubmissionError(f"state: expected one of {', '.join(STATES)}, got {state!r}")
+        slots = self.scheduler.slots()
+        return [self.job_view(j, slots) for j in self.store.list(state)]
+
+    def job(self, job_id: str) -> dict | None:
+        job = self.store.get(job_id)
+        return None if job is None else self.job_view(job)
+
+    def cancel(self, job_id: str) -> dict | None:
+        job = self.scheduler.cancel(job_id)
+        return None if job is None else self.job_view(job)
+
+    def device_views(self) -> list:
+        out = []
+        running = self.store.list("running")
+        for d in self.devices:
+            mine = [j for j in running if j["device"] == d.name]
+            try:
+                free_now = devs.capacity(d.name)
+            except Exception:  # NVML gone: the field is left out, the page still renders
+                free_now = None
+            out.append({"device": d.name, "capacity_bytes": d.budget_bytes,
+                        "committed_bytes": sum(j["reserved_bytes"] for j in mine),
+                        "measured_bytes": self._measured(d, mine),
+                        "free_now_bytes": free_now, "overhead_bytes": d.overhead_bytes,
+                        "overhead_source": d.overhead_source, "budget_source": d.budget_source,
+                        "max_jobs": d.max_jobs, "threads_per_job": d.threads_per_job,
+                        "jobs": [j["id"] for j in mine]})
+        return out
+
+    def _measured(self, device, jobs) -> int:
+        """CPU: resident memory of the jobs' processes (their progress files). GPU: NVML's used
+        memory of the jobs' workers on that GPU."""
+        progress = [self.scheduler.progress(j) for j in jobs]
+        if device.kind == "cpu":
+            return sum(int(p.get("rss_bytes") or 0) for p in progress)
+        try:
+            return devs.gpu_process_bytes(device.name, [p["pid"] for p in progress if p.get("pid")])
+        except Exception:  # NVML gone: nothing measured this time
+            return 0
+
+    def targets(self) -> list:
+        return [{"targets": [j["metrics_target"]], "labels": {"job_id": j["id"], "name": j["name"]}}
+                for j in self.store.list("running") if j["metrics_target"]]
+
+    def log_path(self, job_id: str) -> Path | None:
+        job = self.store.get(job_id)
+        return None if job is None else Path(job["run_dir"]) / "job.log"
+
+    def is_active(self, job_id: str) -> bool:
+        job = self.store.get(job_id)
+        return job is not None and job["state"] in ("queued", "running")
+
+
+def _lock_state_dir(state_dir: Path):
+    """One service per state dir: two schedulers on one database would start jobs twice. The
+    lock goes with the process, so a service killed with SIGKILL leaves none behind."""
+    import fcntl  # noqa: PLC0415
+
+    from memtrain.errors import MemtrainError  # noqa: PLC0415
+
+    f = open(state_dir / "serve.lock", "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise MemtrainError(f"--state-dir {state_dir}: another memtrain serve uses it ({holder}); stop it or "
+                            "choose another state dir") from None
+    f.truncate(0)
+    f.write(f"pid {os.getpid()}\n")
+    f.flush()
+    return f
+
+
+def tail(path: Path, lines: int) -> bytes:
+    """The last `lines` lines of a file (read from the end: logs can be long)."""
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        return b""
+    with open(path, "rb") as f:
+        f.seek(max(0, size - 256 * 1024))
+        data = f.read()
+    return b"".join(data.splitlines(keepends=True)[-lines:]) if lines else b""
+
+
+def iso(t: float | None) -> str | None:
+    if t is None:
+        return None
+    return dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")

@@ -1,0 +1,202 @@
+"""The devices the service places jobs on, their budgets and the per-process overhead.
+
+Budget (what plans may commit on a device), unless --budget DEVICE=SIZE gives it:
+- CPU: MemAvailable at start, less a reserve of 10% of it (at least 256 MiB) for
+  the service itself and everything else on the machine.
+- GPU: NVML's free memory at start (its total less what other processes hold),
+  less a reserve of 256 MiB + 2% of it.
+
+Per-process overhead (memory a job's processes take besides its plan):
+- CPU: measured once per state dir by running the worker on a tiny job and taking
+  the peak resident memory of the worker and its metrics exporter less the job's
+  plan (interpreter, NumPy, SciPy, scikit-learn, memtrain, the exporter process);
+  kept in STATE_DIR/overhead.json with the Python and memtrain versions it holds for.
+- GPU: memtrain's measurement for the GPU's model when one is cached (memory/overhead_cache.py,
+  stated as measured), else its assumed CUDA context size (memory/overhead.py, stated as assumed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from memtrain import __version__
+from memtrain.errors import MemtrainError
+from memtrain.units import format_bytes
+
+CPU_RESERVE_FRACTION = 0.10
+CPU_RESERVE_MIN = 256 * 1024**2
+GPU_RESERVE = 256 * 1024**2
+GPU_RESERVE_FRACTION = 0.02
+OVERHEAD_FILE = "overhead.json"
+
+
+@dataclass(frozen=True)
+class Device:
+    name: str  # cpu | cuda:N
+    kind: str  # cpu | cuda
+    capacity_bytes: int  # measured at start (MemAvailable / NVML free)
+    budget_bytes: int  # what plans may commit here
+    budget_source: str
+    max_jobs: int
+    overhead_bytes: int  # per job process
+    overhead_source: str
+    threads_per_job: int  # BLAS threads each job on it gets
+    uuid: str = ""  # a GPU's NVML uuid: the jobs' CUDA_VISIBLE_DEVICES, whatever the CUDA ordinals
+
+    @property
+    def index(self) -> int | None:
+        return int(self.name.split(":")[1]) if self.kind == "cuda" else None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def parse_devices(text: str) -> list:
+    """"auto", "cpu" or "cuda:0,cuda:1" -> device names ("auto": every GPU NVML lists, else cpu)."""
+    text = (text or "auto").strip().lower()
+    if text == "auto":
+        return [f"cuda:{g['index']}" for g in _gpus()] or ["cpu"]
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    for n in names:
+        if n != "cpu" and not (n.startswith("cuda:") and n[5:].isdigit()):
+            raise MemtrainError(f"--devices: expected auto, cpu or cuda:N[,cuda:M...], got {n!r}")
+    if len(set(names)) != len(names):
+        raise MemtrainError(f"--devices: {text!r} names a device twice")
+    return names
+
+
+def _gpus() -> list:
+    try:
+        from memtrain.memory.measure import gpu_list  # noqa: PLC0415
+
+        return gpu_list(with_processes=False)
+    except Exception:  # no NVML library or driver: no GPUs to place jobs on
+        return []
+
+
+def gpu_info(name: str, with_processes: bool = False) -> dict:
+    """NVML's description of GPU `cuda:N`, N being NVML's index (as `memtrain devices` lists
+    them). NVML only: the service never creates a CUDA context, which would take memory
+    from the jobs."""
+    index = int(name.split(":")[1])
+    try:
+        from memtrain.memory.measure import gpu_list  # noqa: PLC0415
+
+        found = [g for g in gpu_list(with_processes=with_processes) if g["index"] == index]
+    except Exception as exc:
+        raise MemtrainError(f"--devices: {name}: cannot read it with NVML ({exc})") from None
+    if not found:
+        raise MemtrainError(f"--devices: {name}: NVML lists no GPU with index {index}")
+    return found[0]
+
+
+def capacity(name: str) -> int:
+    """Free memory now: MemAvailable, or NVML's free memory of the GPU."""
+    from memtrain.memory import measure  # noqa: PLC0415
+
+    if name == "cpu":
+        return measure.mem_available()
+    return int(gpu_info(name)["memory_free"])
+
+
+def gpu_process_bytes(name: str, pids) -> int:
+    """NVML's used memory of the processes `pids` on GPU `name` (the jobs' own measurement)."""
+    pids = set(pids)
+    return sum(int(p["used_bytes"] or 0) for p in gpu_info(name, True).get("processes", []) if p["pid"] in pids)
+
+
+def default_budget(name: str, cap: int) -> tuple:
+    if name == "cpu":
+        reserve = max(CPU_RESERVE_MIN, int(CPU_RESERVE_FRACTION * cap))
+        return max(0, cap - reserve), f"MemAvailable {format_bytes(cap)} less a {format_bytes(reserve)} reserve"
+    reserve = GPU_RESERVE + int(GPU_RESERVE_FRACTION * cap)
+    return max(0, cap - reserve), f"NVML free {format_bytes(cap)} less a {format_bytes(reserve)} reserve"
+
+
+def discover(devices: str, budgets: dict, *, max_jobs: int | None, state_dir, cpu_overhead: int | None = None,
+             cores: int | None = None) -> list:
+    """The Device list the scheduler uses; `budgets` maps a device name to bytes (--budget)."""
+    names = parse_devices(devices)
+    unknown = set(budgets) - set(names)
+    if unknown:
+        raise MemtrainError(f"--budget: {', '.join(sorted(unknown))} is not among the devices ({', '.join(names)})")
+    cores = cores or os.cpu_count() or 1
+    out = []
+    for name in names:
+        kind = "cpu" if name == "cpu" else "cuda"
+        cap = capacity(name)
+        budget, source = (budgets[name], "given") if name in budgets else default_budget(name, cap)
+        jobs = max_jobs or (cores if kind == "cpu" else 8)
+        if kind == "cpu":
+            over, over_source = cpu_overhead_bytes(state_dir, cpu_overhead)
+            threads = max(1, cores // jobs)
+        else:
+            over, over_source = gpu_overhead_bytes(gpu_info(name).get("name", ""))
+            threads = 1
+        uuid = gpu_info(name)["uuid"] if kind == "cuda" else ""
+        out.append(Device(name, kind, cap, budget, source, jobs, over, over_source, threads, uuid))
+    return out
+
+
+def gpu_overhead_bytes(model: str) -> tuple:
+    """(bytes, source) for a GPU: memtrain's measurement for this GPU model when one is cached
+    (memory/overhead_cache: any memtrain run on such a GPU records it), else the assumed CUDA
+    context. The service itself never measures: that would take a CUDA context of its own."""
+    from memtrain.memory import overhead, overhead_cache  # noqa: PLC0415 - only when a GPU is served
+
+    cached = overhead_cache.load().get(model)
+    if cached is not None:
+        return cached["bytes"], "measured"
+    return overhead.assumed("cuda")
+
+
+def cpu_overhead_bytes(state_dir, given: int | None = None) -> tuple:
+    """(bytes, how it was found): given, read from STATE_DIR/overhead.json, or measured now."""
+    if given is not None:
+        return int(given), "given"
+    path = Path(state_dir) / OVERHEAD_FILE
+    key = _overhead_key()
+    try:
+        saved = json.loads(path.read_text())
+        if saved.get("key") == key:
+            return int(saved["cpu_bytes"]), f"measured {saved['measured_at']}"
+    except (OSError, ValueError, KeyError):
+        pass
+    nbytes, detail = measure_cpu_overhead(state_dir)
+    import time  # noqa: PLC0415
+
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    path.write_text(json.dumps({"key": key, "cpu_bytes": nbytes, "measured_at": stamp, **detail}, indent=1))
+    return nbytes, f"measured {stamp}"
+
+
+def _overhead_key() -> dict:
+    return {"python": platform.python_version(), "executable": sys.executable, "memtrain": __version__}
+
+
+def measure_cpu_overhead(state_dir) -> tuple:
+    """Run the worker on a tiny job (metrics on, as the service runs jobs) and take its peak
+    resident memory less its plan. About 2-4 s, once per state dir and Python."""
+    from memtrain.launch.worker import PROGRESS, read_json  # noqa: PLC0415
+    from memtrain.service.planning import probe_config  # noqa: PLC0415
+
+    with tempfile.TemporaryDirectory(dir=state_dir, prefix="overhead-") as tmp:
+        launch = {"job_id": "overhead-probe", "run_dir": tmp, "config": probe_config(tmp),
+                  "env": {"OMP_NUM_THREADS": 1, "OPENBLAS_NUM_THREADS": 1, "MKL_NUM_THREADS": 1}}
+        spec = Path(tmp) / "launch.json"
+        spec.write_text(json.dumps(launch))
+        r = subprocess.run([sys.executable, "-m", "memtrain.launch.worker", str(spec)], capture_output=True,
+                           text=True, timeout=300, cwd=tmp)
+        prog = read_json(Path(tmp) / PROGRESS) or {}
+        if r.returncode != 0 or not prog.get("peak_rss_bytes") or prog.get("planned_bytes") is None:
+            raise RuntimeError(f"measuring the per-process overhead failed (exit {r.returncode}): "
+                               f"{(r.stdout + r.stderr).strip().splitlines()[-1:]}")
+        peak, planned = int(prog["peak_rss_bytes"]), int(prog["planned_bytes"])
+    return peak - planned, {"peak_rss_bytes": peak, "planned_bytes": planned}

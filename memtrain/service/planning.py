@@ -1,0 +1,321 @@
+"""The service's one bridge to memtrain's job API: validate, plan, place run paths.
+
+Everything the service knows about job configs, data sets and memory plans goes
+through this module (the typed JobConfig, profiler.jobplan's data rows and plan),
+so the rest of the service handles plain dicts (JobConfig.to_dict) and byte counts.
+
+- `parse_body`: a submission's bytes (TOML or JSON) -> dict.
+- `validate`: dict -> a checked job (name sanitised, data paths confined to the
+  data roots, service-owned keys refused), with the rows of its data set.
+- `plan`: bytes by category at its batch (or at batch 1 for `batch_size = "auto"`),
+  as plan_job plans it, and `largest_batch` under a byte budget (the "never fits" message and the auto
+  batch solved at start time).
+- `launch_config`: the config the worker runs: checkpoint/output dirs under the
+  job's run dir, the service's metrics port, the chosen batch.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from memtrain.config import JobConfig
+from memtrain.errors import MemtrainError
+from memtrain.memory.batch import largest_batch as solve_batch
+from memtrain.units import format_bytes
+
+SERVICE_KEYS = {("checkpoint", "dir"), ("output", "dir"), ("metrics", "port"), ("metrics", "host")}
+BUILTIN_PREFIXES = ("digits", "synthetic:")
+NAME_MAX = 64
+
+
+class SubmissionError(MemtrainError):
+    """A job the service refuses at submission (HTTP 422, exit 2 in the CLI)."""
+
+
+class NeverFits(SubmissionError):
+    """The job's plan exceeds every device's budget, even alone."""
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A validated submission: `config` is the JSON form the worker will run."""
+
+    name: str
+    config: dict
+    device_kind: str  # cpu | cuda
+    batch: object  # int or "auto"
+    max_batch: int  # the data set's training rows, or training.max_batch_size if smaller
+    rows: tuple  # (n_train, n_val) of the data set, as the job will split it
+    data_bytes: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    by_category: dict
+    total: int
+    batch_size: int | None  # None for auto (the plan is then the one at batch 1)
+    min_total: int  # the plan at batch 1
+
+
+# -- parsing and validation --------------------------------------------------------------
+
+
+def parse_body(body: bytes, content_type: str) -> dict:
+    kind = (content_type or "").split(";")[0].strip().lower()
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SubmissionError("body: expected UTF-8 text (a TOML job file or its JSON form)") from None
+    if kind in ("application/toml", "text/toml", "application/x-toml"):
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise SubmissionError(f"body: invalid TOML: {exc}") from None
+    elif kind in ("application/json", ""):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SubmissionError(f"body: invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    else:
+        raise SubmissionError(f"Content-Type: expected application/toml or application/json, got {kind!r}")
+    if not isinstance(data, dict):
+        raise SubmissionError(f"body: expected a table/object of job settings, got {type(data).__name__}")
+    return data
+
+
+def sanitize_name(name) -> str:
+    """Letters, digits, '.', '_' and '-' only (it becomes a label and part of file names)."""
+    text = re.sub(r"[^A-Za-z0-9._-]+", "-", str(name)).strip(".-")[:NAME_MAX]
+    return text or "job"
+
+
+def validate(data: dict, *, data_roots=(), device_kinds=("cpu",)) -> Checked:
+    """Check a submitted job as the worker would, before anything is written.
+    Raises SubmissionError naming the field and what was expected."""
+    data = _without_service_keys(data)
+    if isinstance(data.get("checkpoint"), dict) and data["checkpoint"].get("resume", True) is not True:
+        raise SubmissionError("checkpoint.resume: the service resumes retried jobs from their checkpoints; "
+                              "expected true or unset")
+    try:
+        cfg = JobConfig.from_dict(data)
+        cfg = cfg.with_overrides({"name": sanitize_name(cfg.name if "name" in data else "job")})
+        kind = _device_kind(cfg.device, device_kinds)
+        _check_job(cfg)
+        cfg = _confine_data(cfg, data_roots)
+        rows = _data_rows(cfg)
+    except SubmissionError:
+        raise
+    except (ValueError, TypeError, KeyError) as exc:  # MemtrainError is a ValueError
+        raise SubmissionError(str(exc).removeprefix("config: ")) from None
+    t = cfg.training
+    max_batch = rows.n_train if t.max_batch_size is None else min(t.max_batch_size, rows.n_train)
+    return Checked(cfg.name, cfg.to_dict(), kind, t.batch_size, max_batch, (rows.n_train, rows.n_val), rows.nbytes)
+
+
+def _without_service_keys(data: dict) -> dict:
+    """The job file less what the service sets for every job: a file written for `memtrain train`
+    (with its own checkpoint/output dirs and metrics port) is accepted as it is, and its paths are
+    replaced by ones under the state dir (launch_config)."""
+    out = dict(data)
+    for section, key in SERVICE_KEYS:
+        if isinstance(out.get(section), dict) and key in out[section]:
+            out[section] = {k: v for k, v in out[section].items() if k != key}
+    return out
+
+
+def to_json(checked: Checked) -> dict:
+    return {"name": checked.name, "config": checked.config, "device_kind": checked.device_kind,
+            "batch": checked.batch, "max_batch": checked.max_batch, "rows": list(checked.rows),
+            "data_bytes": checked.data_bytes}
+
+
+def restore(job: dict) -> Checked:
+    """The Checked of a stored job (its `checked` column)."""
+    d = dict(job["checked"])
+    d["rows"] = tuple(d["rows"])
+    return Checked(**d)
+
+
+def _device_kind(device: str, kinds) -> str:
+    text = str(device).strip().lower()
+    want = "cuda" if text.startswith("cuda") or text == "gpu" else ("cpu" if text == "cpu" else None)
+    if text not in ("auto", "cpu", "cuda", "gpu") and not re.fullmatch(r"cuda:\d+", text):
+        raise SubmissionError(f"device: expected auto, cpu, cuda or cuda:N, got {device!r}")
+    if want is None:
+        return "cuda" if "cuda" in kinds else "cpu"
+    if want not in kinds:
+        raise SubmissionError(f"device: {device!r} asked for, but this service runs jobs on {', '.join(kinds)}")
+    return want
+
+
+def _check_job(cfg) -> None:
+    """What the job checks before its first step and JobConfig cannot (the schedule at the
+    optimizer's own lr), here so a bad job is a 422, not a failed run."""
+    cfg.schedule.make(cfg.optimizer.make().lr, 1)
+    t = cfg.training
+    if isinstance(t.batch_size, int) and isinstance(t.micro_batch_size, int) and t.micro_batch_size > t.batch_size:
+        raise SubmissionError(f"training.micro_batch_size: {t.micro_batch_size} is larger than the batch size "
+                              f"{t.batch_size}")  # the Job's own check, before it is queued
+    if t.micro_batch_size == "auto":  # the job's own probe: it would not be in a shared budget
+        raise SubmissionError('training.micro_batch_size: expected a positive integer (the service does not '
+                              'probe "auto"), got \'auto\'')
+
+
+def _confine_data(cfg, roots):
+    """Data files must lie under a --data-root (after resolving symlinks); relative paths
+    are relative to the first root. Returns the config with them as absolute paths for the worker."""
+    overrides = {}
+    for key in ("dataset", "validation_dataset"):
+        source = getattr(cfg.data, key)
+        if source is None or (key == "dataset" and source == "digits"):
+            continue
+        if not isinstance(source, str):
+            raise SubmissionError(f"data.{key}: expected a source string, got {source!r}")
+        if source.strip().startswith(BUILTIN_PREFIXES):
+            continue
+        parts = [p.strip() for p in source.split(",")]
+        overrides[f"data.{key}"] = ",".join(str(_confined(f"data.{key}", p, roots)) for p in parts)
+    return cfg.with_overrides(overrides) if overrides else cfg
+
+
+def _confined(field: str, text: str, roots) -> Path:
+    if not roots:
+        raise SubmissionError(f"{field}: {text!r} is a file, and this service reads no files (start it with "
+                              "--data-root DIR); built-in sources: digits, synthetic:...")
+    resolved_roots = [Path(r).resolve() for r in roots]
+    p = Path(text)
+    path = (p if p.is_absolute() else resolved_roots[0] / p).resolve()
+    if not any(path == r or path.is_relative_to(r) for r in resolved_roots):
+        raise SubmissionError(f"{field}: {text!r} is outside the data roots ({', '.join(map(str, resolved_roots))})")
+    return path
+
+
+_ROWS_CACHE: dict = {}
+_ROWS_LOCK = threading.Lock()
+
+
+def _data_rows(cfg):
+    """The shape of the job's data set, split as the job splits it (profiler.jobplan.data_rows).
+    Loaded once per distinct data setting and model ends (50 submissions of one data set load
+    it once); a data set that does not fit the model raises the job's own DataError."""
+    from memtrain.profiler.jobplan import data_rows  # noqa: PLC0415 - the trainer and data loaders load with the first job
+
+    spec = cfg.model_spec()
+    key = json.dumps([cfg.to_dict()["data"], cfg.seed, spec.dtype.name, spec.output.name, spec.sizes[0],
+                      spec.sizes[-1]], sort_keys=True, default=str)
+    with _ROWS_LOCK:
+        if key not in _ROWS_CACHE:
+            _ROWS_CACHE[key] = data_rows(cfg)
+            if len(_ROWS_CACHE) > 256:
+                _ROWS_CACHE.pop(next(iter(_ROWS_CACHE)))
+        return _ROWS_CACHE[key]
+
+
+# -- plans ----------------------------------------------------------------------------------------
+
+
+def _job_plan(checked: Checked, budget: int, batch: int):
+    """profiler.jobplan.plan_job at `batch` with the memory limit the worker gets (the job's own
+    memory_limit, else the device's budget: launch_config), so residency is decided as the job
+    decides it; the data set is not loaded again (its shape is in `checked`)."""
+    from memtrain.profiler.jobplan import DataRows, plan_job  # noqa: PLC0415 - the trainer loads with the first job
+
+    cfg = JobConfig.from_dict(checked.config).with_overrides({"training.batch_size": int(batch)})
+    n_train, n_val = checked.rows
+    rows = DataRows(cfg.model_spec().sizes[0], n_train, n_val, checked.data_bytes)
+    limit = cfg.training.memory_limit if cfg.training.memory_limit is not None else budget
+    return cfg, plan_job(cfg, device_kind=checked.device_kind, budget=limit, rows=rows)
+
+
+def _plan_fn(checked: Checked, budget: int):
+    """batch -> the MemoryPlan the worker's trainer allocates. plan_job's Setting has no
+    micro-batch; a job with training.micro_batch_size plans with it, as its Trainer does."""
+    from memtrain.memory.plan import training_plan  # noqa: PLC0415 - with the trainer, at the first plan
+
+    cfg, jp = _job_plan(checked, budget, 1)
+    s, micro = jp.setting, cfg.training.micro_batch_size
+    if micro is None:
+        return s.plan
+
+    def plan(b):
+        return training_plan(s.spec, s.make_optimizer(), b, s.device, micro_batch_size=min(micro, b),
+                             keep_best=s.keep_best, resident_rows=s.resident_rows,
+                             dataset_size=s.resident_rows[0] if s.resident_rows else None)
+
+    return plan
+
+
+def plan(checked: Checked, budget: int) -> Plan:
+    """The plan at the job's batch (at batch 1 for "auto": its batch is solved at start)."""
+    fn = _plan_fn(checked, budget)
+    one = fn(1)
+    if checked.batch == "auto":
+        return Plan(one.by_category(), one.total, None, one.total)
+    p = fn(checked.batch)
+    return Plan(p.by_category(), p.total, checked.batch, one.total)
+
+
+def plan_at(checked: Checked, budget: int, batch: int) -> Plan:
+    fn = _plan_fn(checked, budget)
+    p = fn(batch)
+    return Plan(p.by_category(), p.total, batch, fn(1).total)
+
+
+def largest_batch(checked: Checked, budget: int, free: int) -> int:
+    """The largest batch (capped by the data set and max_batch_size; a multiple of 8 on a GPU
+    when that leaves one) whose plan fits `free` bytes; 0 when not even batch 1 does."""
+    fn = _plan_fn(checked, budget)
+    fit = solve_batch(lambda b: fn(b).total, free)
+    b = min(fit.batch_size, checked.max_batch)
+    if checked.device_kind == "cuda" and b >= 8:
+        b -= b % 8
+    return b
+
+
+def never_fits_message(checked: Checked, p: Plan, overhead: int, budgets: dict) -> str:
+    """Why the job cannot run on any device even alone, naming the largest batch that would."""
+    device, budget = max(budgets.items(), key=lambda kv: kv[1])
+    need = p.total + overhead
+    room = budget - overhead
+    best = largest_batch(checked, budget, room) if room > 0 else 0
+    at = f"batch {p.batch_size}" if p.batch_size else "batch 1"
+    hint = f"the largest batch that fits is {best}" if best else "not even batch 1 fits"
+    return (f"never fits: needs {format_bytes(need)} at {at} (plan {format_bytes(p.total)} + process overhead "
+            f"{format_bytes(overhead)}); the largest budget is {format_bytes(budget)} on {device}; {hint}")
+
+
+def launch_config(config: dict, run_dir, *, batch: int, memory_limit: int, metrics_port: int | None,
+                  metrics_host: str = "127.0.0.1", device: str | None = None) -> dict:
+    """The config the worker runs (JobConfig.to_dict): everything it writes goes under `run_dir`,
+    at the chosen batch, with the device's budget as its memory limit unless it set its own."""
+    run_dir = Path(run_dir)
+    cfg = JobConfig.from_dict(config)
+    overrides = {"training.batch_size": int(batch), "checkpoint.dir": str(run_dir / "checkpoints"),
+                 "checkpoint.resume": True, "output.dir": str(run_dir / "output"), "device": device}
+    if cfg.training.memory_limit is None:
+        overrides["training.memory_limit"] = int(memory_limit)
+    if metrics_port is not None:
+        overrides.update({"metrics.port": int(metrics_port), "metrics.host": metrics_host})
+    return cfg.with_overrides(overrides).to_dict()
+
+
+def device_of(kind: str, name: str) -> str:
+    """The device string a worker gets: CUDA_VISIBLE_DEVICES names the GPU, so it is cuda:0."""
+    return "cuda:0" if kind == "cuda" else "cpu"
+
+
+def probe_config(run_dir) -> dict:
+    """The tiny job the per-process overhead is measured with: metrics on, like every service job, and
+    the digits data set, so scikit-learn's loaders are in the process as in most jobs."""
+    run_dir = Path(run_dir)
+    return {"name": "overhead-probe", "seed": 0, "device": "cpu",
+            "model": {"layers": [64, 8, 10]}, "optimizer": {"name": "sgd", "lr": 0.1},
+            "training": {"batch_size": 16, "epochs": 2},
+            "data": {"dataset": "digits"},
+            "checkpoint": {"dir": str(run_dir / "checkpoints")}, "output": {"dir": str(run_dir / "output")},
+            "metrics": {"port": 0, "host": "127.0.0.1"}}

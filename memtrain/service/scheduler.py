@@ -1,0 +1,274 @@
+"""The scheduler: polls running jobs, admits queued ones, retries, cancels, recovers.
+
+It owns no state of its own: each tick reads the jobs from the store, asks the
+executor about the running ones, and writes every decision back before acting on
+it, so a service killed at any point finds the truth in SQLite (`recover`).
+
+Thread rule (CPU): a job on the CPU gets max(1, cores // max_jobs) BLAS threads
+(OMP/OPENBLAS/MKL_NUM_THREADS, set before NumPy loads). The count is fixed per
+device, so however many jobs start later, at most max_jobs * threads <= cores
+threads compute at once (when max_jobs <= cores, the default).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from pathlib import Path
+
+from memtrain.launch.executor import Exit, Handle, Launch, Resources
+from memtrain.launch.worker import EXIT, PROGRESS, read_json
+from memtrain.service import admission, planning
+from memtrain.service.store import Store, now
+
+log = logging.getLogger("memtrain.service")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class Scheduler:
+    def __init__(self, store: Store, executor, devices: list, state_dir, *, head_wait: float = 300.0,
+                 tick: float = 0.25, metrics_ports: bool = True, on_event=None, metrics_host: str = "127.0.0.1",
+                 metrics_address: str | None = None):
+        self.store, self.executor, self.devices = store, executor, {d.name: d for d in devices}
+        self.state_dir = Path(state_dir)
+        self.head_wait, self.tick_seconds, self.metrics_ports = head_wait, tick, metrics_ports
+        self.metrics_host, self.metrics_address = metrics_host, metrics_address
+        self.on_event = on_event or (lambda *a, **k: None)  # metrics: ("admitted"|"rejected"|..., job)
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._lock = threading.RLock()
+        self._thread = None
+        self._recent_ports: list = []  # handed out lately, before their job has stored its target
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.recover()
+        self._thread = threading.Thread(target=self._loop, name="memtrain-scheduler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self.executor.close()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except Exception:  # a bug must not stop scheduling silently: logged with its traceback
+                log.exception("scheduler tick failed")
+            self._wake.wait(self.tick_seconds)
+            self._wake.clear()
+
+    def recover(self) -> None:
+        """After a restart: re-adopt each running job's process, or requeue it to resume from
+        its checkpoint (not counted as an attempt: the job did nothing wrong)."""
+        for job in self.store.list("running"):
+            h = self._handle(job)
+            if h is not None and h.executor != self.executor.name:
+                h = None  # started by another executor: resumed from its checkpoint by this one
+            if h is not None and self.executor.adopt(h):
+                log.info("job %s: re-adopted", job["id"])
+                continue
+            ended = self.executor.poll(h) if h is not None else None
+            if ended is not None and not (ended.code is None and read_json(Path(job["run_dir"]) / EXIT) is None):
+                self._finish(job, ended)
+            else:
+                self._requeue(job, "the service restarted and its process was gone; resuming from its checkpoint",
+                              count=False)
+
+    # -- one tick -----------------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        with self._lock:
+            for job in self.store.list("running"):
+                h = self._handle(job)
+                if h is None:
+                    continue
+                ended = self.executor.poll(h)
+                if ended is not None:
+                    self._finish(job, ended)
+            self._admit()
+
+    def slots(self) -> list:
+        running = self.store.list("running")
+        out = []
+        for d in self.devices.values():
+            mine = [j for j in running if j["device"] == d.name]
+            out.append(admission.Slot(d.name, d.kind, d.budget_bytes, sum(j["reserved_bytes"] for j in mine),
+                                      len(mine), d.max_jobs))
+        return out
+
+    def waiting(self, job: dict) -> admission.Waiting:
+        over = min((d.overhead_bytes for d in self.devices.values() if d.kind == job["device_kind"]), default=0)
+        auto = job["batch_request"] == "auto"
+        need = (job["min_bytes"] if auto else job["planned_bytes"]) + over
+        return admission.Waiting(job["id"], job["device_kind"], need, job["queued_at"], auto)
+
+    def _admit(self) -> None:
+        queued = [j for j in self.store.list("queued") if self._can_ever_fit(j)]
+        if not queued:
+            return
+        by_id = {j["id"]: j for j in queued}
+        chosen = {}
+
+        def reserve(w, slot):
+            job = by_id[w.id]
+            chosen[w.id] = self._batch_for(job, self.devices[slot.name], slot.room())
+            return chosen[w.id][1] + self.devices[slot.name].overhead_bytes
+
+        starts = admission.admit([self.waiting(j) for j in queued], self.slots(), now(), self.head_wait, reserve)
+        for job_id, device in starts:
+            self._start(by_id[job_id], self.devices[device], *chosen[job_id])
+
+    def _can_ever_fit(self, job: dict) -> bool:
+        """A job planned by an earlier service run with larger budgets (or other devices) would
+        block the queue for ever as its head: it fails instead, saying why."""
+        w = self.waiting(job)
+        budgets = [d.budget_bytes for d in self.devices.values() if d.kind == w.kind]
+        if budgets and w.need <= max(budgets):
+            return True
+        from memtrain.units import format_bytes  # noqa: PLC0415
+
+        have = f"the largest {w.kind} budget is {format_bytes(max(budgets))}" if budgets else f"no {w.kind} device"
+        self._end(job, "failed", f"never fits this service's devices: needs {format_bytes(w.need)}; {have} "
+                                 "(it was planned by a service run with other --budget/--devices)", None)
+        return False
+
+    def _batch_for(self, job: dict, device, room: int) -> tuple:
+        """(batch, plan total, plan by category) the job starts with on `device` with `room` bytes free."""
+        if job["batch_request"] != "auto":
+            return job["batch_request"], job["planned_bytes"], job["planned"]
+        if job["batch_size"]:  # chosen by an earlier attempt: a resumed job keeps its batch (its checkpoint's)
+            p = planning.plan_at(self._checked(job), device.budget_bytes, job["batch_size"])
+            return job["batch_size"], p.total, p.by_category
+        checked = self._checked(job)
+        b = max(1, planning.largest_batch(checked, device.budget_bytes, room - device.overhead_bytes))
+        p = planning.plan_at(checked, device.budget_bytes, b)
+        return b, p.total, p.by_category
+
+    def _checked(self, job: dict):
+        return planning.restore(job)
+
+    # -- start / finish -------------------------------------------------------------------------
+
+    def _start(self, job: dict, device, batch: int, total: int, by_category: dict) -> None:
+        run_dir = Path(job["run_dir"])
+        run_dir.mkdir(parents=True, exist_ok=True)
+        port = self._metrics_port() if self.metrics_ports else None
+        cfg = planning.launch_config(job["config"], run_dir, batch=batch, memory_limit=device.budget_bytes,
+                                     metrics_port=port, metrics_host=self.metrics_host,
+                                     device=planning.device_of(device.kind, device.name))
+        threads = device.threads_per_job
+        env = {"OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+        if device.kind == "cuda":  # by uuid: NVML's index (cuda:N here) need not be CUDA's ordinal
+            env["CUDA_VISIBLE_DEVICES"] = device.uuid or device.index
+        reserved = total + device.overhead_bytes
+        launch = Launch(job["id"], cfg, str(run_dir), str(run_dir / "job.log"), device.name, port, self.metrics_host,
+                        env=env,
+                        resources=Resources(total, device.overhead_bytes, threads, device.budget_bytes))
+        # written before the process exists: a service killed in between finds a running job without a
+        # handle, which recover() requeues (it never starts a second process on the same checkpoints)
+        if not self.store.update(job["id"], expect_state="queued", state="running", device=device.name,
+                                 batch_size=batch, planned=by_category, planned_bytes=total,
+                                 reserved_bytes=reserved, threads=threads, attempts=job["attempts"] + 1,
+                                 started_at=now(), reason=None, executor=None, ref=None, metrics_target=None):
+            return  # cancelled meanwhile
+        try:
+            h = self.executor.start(launch)
+        except Exception as exc:
+            self.store.update(job["id"], state="failed", ended_at=now(), reason=f"could not start: {exc}",
+                              reserved_bytes=0)
+            self.on_event("failed", job)
+            return
+        target = h.metrics_target
+        if target and self.metrics_address:  # e.g. exporters on 0.0.0.0, scraped as memtrain:PORT
+            target = f"{self.metrics_address}:{target.rsplit(':', 1)[1]}"
+        self.store.update(job["id"], executor=h.executor, ref=h.ref, metrics_target=target)
+        self.on_event("started", {**job, "device": device.name})
+
+    def _metrics_port(self) -> int:
+        """A free port no running job was given: the kernel hands a just-released port out again,
+        and the job binds it only a second later, so two jobs started together could get one port."""
+        taken = {j["metrics_target"].rsplit(":", 1)[1] for j in self.store.list("running") if j["metrics_target"]}
+        taken |= {str(p) for p in self._recent_ports}
+        for _ in range(100):
+            port = free_port(self.metrics_host)
+            if str(port) not in taken:
+                break
+        self._recent_ports = (self._recent_ports + [port])[-64:]
+        return port
+
+    def _finish(self, job: dict, ended: Exit) -> None:
+        written = read_json(Path(job["run_dir"]) / EXIT) or {}
+        result = written.get("result")
+        stopped = bool(result and result.get("stopped"))
+        if ended.ok and not stopped:  # it finished (perhaps before a cancel reached it)
+            self._end(job, "succeeded", None, result)
+        elif job["cancel_requested"]:
+            self._end(job, "cancelled", "cancelled on request" + (" (checkpoint saved)" if stopped else ""), result)
+        elif ended.code == 2:
+            self._end(job, "failed", ended.reason or "bad config (exit status 2)", None)
+        elif ended.signal is not None or stopped:
+            why = ended.reason or "stopped by a signal it did not ask for"
+            if job["attempts"] < job["max_attempts"]:
+                self._requeue(job, f"{why}; retrying from its last checkpoint (attempt {job['attempts'] + 1} of "
+                                   f"{job['max_attempts']})")
+            else:
+                self._end(job, "failed", f"{why}; gave up after {job['attempts']} attempt(s)", None)
+        else:
+            self._end(job, "failed", ended.reason or f"exit status {ended.code}", None)
+
+    def _end(self, job, state, reason, result) -> None:
+        self.store.update(job["id"], state=state, reason=reason, result=result, ended_at=now(), reserved_bytes=0)
+        self.on_event(state, job)
+
+    def _requeue(self, job, reason, count: bool = True) -> None:
+        fields = dict(state="queued", device=None, reserved_bytes=0, queued_at=now(), reason=reason,
+                      executor=None, ref=None, metrics_target=None)
+        if not count:
+            fields["attempts"] = max(0, job["attempts"] - 1)
+        self.store.update(job["id"], **fields)
+        self.on_event("requeued", job)
+
+    # -- requests ------------------------------------------------------------------------------
+
+    def cancel(self, job_id: str) -> dict | None:
+        """Queued: cancelled at once. Running: SIGTERM (it checkpoints), `cancelled` once it exits."""
+        with self._lock:
+            job = self.store.get(job_id)
+            if job is None:
+                return None
+            if job["state"] == "queued":
+                self.store.update(job_id, expect_state="queued", state="cancelled", ended_at=now(),
+                                  reason="cancelled on request (it had not started)")
+            elif job["state"] == "running":
+                self.store.update(job_id, cancel_requested=1)
+                h = self._handle(job)
+                if h is not None:
+                    self.executor.cancel(h)
+            self.wake()
+            return self.store.get(job_id)
+
+    def progress(self, job: dict) -> dict:
+        p = read_json(Path(job["run_dir"]) / PROGRESS) or {}
+        return {k: p.get(k) for k in ("epoch", "step", "train_loss", "val_loss", "val_accuracy", "event",
+                                      "rss_bytes", "peak_rss_bytes", "time", "pid")}
+
+    @staticmethod
+    def _handle(job: dict) -> Handle | None:
+        if not job.get("ref"):
+            return None
+        return Handle(job["id"], job["executor"], job["ref"], job["metrics_target"])

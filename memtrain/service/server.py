@@ -1,0 +1,55 @@
+"""`memtrain serve`: settings from the command line, checks that refuse to start, uvicorn."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from memtrain.errors import MemtrainError
+from memtrain.service import security
+from memtrain.units import format_bytes
+
+
+def settings_from(*, state_dir, host, port, devices, budgets, token_file, data_roots, max_jobs_per_device,
+                  head_wait, max_attempts, overhead, job_metrics_host="127.0.0.1", job_metrics_address=None):
+    from memtrain.service.core import Settings  # noqa: PLC0415
+    from memtrain.service.devices import parse_devices  # noqa: PLC0415 - with Settings: loaded when serve runs
+
+    token = security.read_token(token_file)
+    security.check_bind(host, token)
+    parse_devices(devices)  # a bad --devices fails before Service creates the state dir
+    state = Path(state_dir)
+    if state.exists() and not state.is_dir():
+        raise MemtrainError(f"--state-dir: {state} is not a directory")
+    return Settings(state_dir=state, host=host, port=port, devices=devices, budgets=dict(budgets), token=token,
+                    data_roots=tuple(str(Path(r).resolve()) for r in data_roots),
+                    max_jobs_per_device=max_jobs_per_device, head_wait=head_wait, max_attempts=max_attempts,
+                    cpu_overhead=overhead, job_metrics_host=job_metrics_host,
+                    job_metrics_address=job_metrics_address)
+
+
+def check_port(host: str, port: int) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise MemtrainError(f"--port {port}: cannot listen on {host} ({exc.strerror or exc})") from None
+
+
+def run(*, log_level="info", echo=print, **options) -> None:
+    settings = settings_from(**options)
+    import uvicorn  # noqa: PLC0415
+
+    from memtrain.service.app import create_app  # noqa: PLC0415
+    from memtrain.service.core import Service  # noqa: PLC0415
+
+    service = Service(settings)  # first: it refuses a state dir another service uses
+    check_port(settings.host, settings.port)
+    for d in service.devices:
+        echo(f"device    {d.name}: budget {format_bytes(d.budget_bytes)} ({d.budget_source}); per-process "
+             f"overhead {format_bytes(d.overhead_bytes)} ({d.overhead_source}); {d.max_jobs} job(s) at once, "
+             f"{d.threads_per_job} BLAS thread(s) each")
+    echo(f"serving   http://{settings.host}:{settings.port}/ (API docs at /docs; state in {settings.state_dir})")
+    uvicorn.run(create_app(settings, service), host=settings.host, port=settings.port, log_level=log_level)

@@ -1,0 +1,91 @@
+"""What a job prints: human lines with a tqdm bar, or one JSON object per line."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from memtrain.errors import ConfigError
+from memtrain.jsonable import plain
+from memtrain.train.trainer import format_record
+from memtrain.units import format_bytes
+
+LOG_FORMATS = ("text", "json")
+
+
+class JobLog:
+    """Human lines, or one JSON object per line with --log-format json."""
+
+    def __init__(self, fmt: str, stream):
+        if fmt not in LOG_FORMATS:
+            raise ConfigError(f"log-format: expected text or json, got {fmt!r}")
+        self.fmt, self.stream = fmt, stream
+
+    def __call__(self, event: str, text: str = "", **fields):
+        if self.fmt == "json":
+            print(json.dumps({"time": round(time.time(), 3), "event": event, **fields}, default=plain),
+                  file=self.stream, flush=True)
+        elif text:
+            print(text, file=self.stream, flush=True)
+
+
+class Progress:
+    """tqdm bar per epoch: loss, samples/s, memory. Off for JSON logs or when not wanted."""
+
+    def __init__(self, enabled, total, stream):
+        self.enabled, self.total, self.stream, self.bar, self.epoch = enabled, total, stream, None, None
+        if enabled:
+            import tqdm  # noqa: F401, PLC0415 - imported before tracing starts: the measured peak is the plan's
+
+    def update(self, tr, loss, dt, peak):
+        if not self.enabled:
+            return
+        if self.bar is None or self.epoch != tr.epoch:
+            from tqdm import tqdm  # noqa: PLC0415 - tqdm only for a text log with a progress bar
+
+            self.close()
+            self.epoch = tr.epoch
+            self.bar = tqdm(total=self.total, initial=tr.position - 1, desc=f"epoch {tr.epoch + 1}", file=self.stream,
+                            leave=False, dynamic_ncols=True)
+        post = {"loss": f"{loss:.4f}", "samples/s": f"{tr.batch_size / dt:,.0f}" if dt > 0 else "-"}
+        if peak is not None:
+            post["mem"] = format_bytes(peak)
+        self.bar.set_postfix(post, refresh=False)
+        self.bar.update(1)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def epoch_line(r, epochs, peak, planned) -> str:
+    line = format_record(r).replace(f"epoch {r['epoch']}", f"epoch {r['epoch']}/{epochs}", 1)
+    line += f"  lr {r['lr']:.3g}"
+    if peak is not None:
+        line += f"  peak {format_bytes(peak)} (plan {format_bytes(planned)})"
+    return line
+
+
+def plan_line(plan, resident) -> str:
+    return (f"plan      {format_bytes(plan.total)}: "
+            + ", ".join(f"{k} {format_bytes(v)}" for k, v in plan.by_category().items() if v)
+            + f"; data {'resident' if resident else 'streamed from the host'}")
+
+
+def summary_text(s) -> str:
+    lines = [f"finished  {s['epochs']} epochs, {s['steps']} steps in {s['seconds']:.1f} s"]
+    if s["best_epoch"] is not None:
+        lines.append(f"best      epoch {s['best_epoch']} (validation loss; restored)")
+    if s["val_accuracy"] is not None:
+        lines.append(f"validation loss {s['val_loss']:.4f}, accuracy {s['val_accuracy']:.4f}")
+    if s["test_accuracy"] is not None:
+        lines.append(f"test      loss {s['test_loss']:.4f}, accuracy {s['test_accuracy']:.4f}")
+    mem = f"memory    planned {format_bytes(s['planned_bytes'])}"
+    if s["measured_peak_bytes"] is not None:
+        err = s["measured_peak_bytes"] / s["planned_bytes"] - 1
+        mem += (f", measured peak while training {format_bytes(s['measured_peak_bytes'])} "
+                f"(tracemalloc, {err:+.2%}: the plan plus the job loop's Python objects)")
+    lines.append(mem)
+    lines.append(f"model     {s['model']}" + (f" (best: {s['best_model']})" if s["best_model"] else ""))
+    return "\n".join(lines)

@@ -1,0 +1,124 @@
+"""Free memory is what the process can get (cgroup, RLIMIT_AS), and an auto batch
+without --memory-limit is bounded before it probes: never all the machine's memory."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+from memtrain.backend import get_backend
+from memtrain.memory import budget as bud
+from memtrain.nn.spec import ModelSpec
+from memtrain.profiler import autobatch as ab
+from memtrain.train.setting import Setting
+
+ROOM = 384 * 1024**2  # address space a child may still map under RLIMIT_AS
+ENV = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536"}
+
+
+def capped(code: str, room: int = ROOM, cwd=None):
+    """Runs `code` in a child whose RLIMIT_AS is `room` bytes above its address space after imports."""
+    prelude = textwrap.dedent(f"""
+        import resource, sys
+        import numpy
+        import memtrain.cli, memtrain.config, memtrain.render, memtrain.data, sklearn.datasets
+        import memtrain.profiler.autobatch, memtrain.profiler.estimate, memtrain.train.job  # before the cap
+        from memtrain.memory.measure import proc_kib
+        vm = proc_kib("/proc/self/status", "VmSize") * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (vm + {room}, resource.RLIM_INFINITY))
+    """)
+    return subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)], capture_output=True, text=True,
+                          env=ENV, timeout=120, cwd=cwd)
+
+
+def test_cgroup_v2_room_is_the_tightest_limit_less_usage(tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "memory.max").write_text("1000000\n")
+    (tmp_path / "a" / "memory.current").write_text("400000\n")
+    (tmp_path / "a" / "b" / "memory.max").write_text("max\n")  # no limit of its own
+    (tmp_path / "a" / "b" / "memory.current").write_text("300000\n")
+    proc = tmp_path / "cgroup"
+    proc.write_text("0::/a/b\n")
+    assert bud.cgroup_room(tmp_path, str(proc)) == 600_000
+    (tmp_path / "a" / "b" / "memory.max").write_text("500000\n")
+    assert bud.cgroup_room(tmp_path, str(proc)) == 200_000
+
+
+def test_cgroup_v1_room_and_no_limit(tmp_path):
+    d = tmp_path / "memory" / "job"
+    d.mkdir(parents=True)
+    (d / "memory.limit_in_bytes").write_text(str(2 * 1024**3))
+    (d / "memory.usage_in_bytes").write_text(str(1024**3))
+    (tmp_path / "memory" / "memory.limit_in_bytes").write_text(str(2**63 - 4096))  # v1's "unlimited"
+    (tmp_path / "memory" / "memory.usage_in_bytes").write_text("5")
+    proc = tmp_path / "cgroup"
+    proc.write_text("12:pids:/job\n4:cpu,memory:/job\n")
+    assert bud.cgroup_room(tmp_path, str(proc)) == 1024**3
+    proc.write_text("12:pids:/job\n")
+    assert bud.cgroup_room(tmp_path, str(proc)) is None
+
+
+def test_free_memory_respects_rlimit_as():
+    out = capped("""
+        from memtrain.memory.budget import cpu_free
+        print(*cpu_free(), sep="|")
+    """)
+    assert out.returncode == 0, out.stderr
+    free, source = out.stdout.strip().split("|")
+    assert int(free) <= ROOM and source == "RLIMIT_AS now"
+
+
+def test_estimate_max_batch_fits_the_process_limit_not_the_host():
+    out = capped("""
+        from memtrain.cli import main
+        main(["estimate", "--layers", "64,128,10", "--max-batch", "--format", "json"])
+    """)
+    assert out.returncode == 0, out.stderr
+    mb = json.loads(out.stdout)["max_batch"]
+    assert mb["memory_limit"] <= ROOM * bud.DEFAULT_CPU_SHARE  # MemAvailable would be the host's memory
+    assert "default: 25% of available memory" in mb["budget_source"] and "RLIMIT_AS" in mb["budget_source"]
+
+
+def test_autobatch_without_a_limit_uses_the_stated_default_and_fits_it():
+    out = capped("""
+        from memtrain.cli import main
+        main(["autobatch", "--layers", "64,128,10", "--format", "json"])
+    """)
+    assert out.returncode == 0, out.stderr  # no MemoryError: nothing beyond the budget was allocated
+    r = json.loads(out.stdout)
+    assert r["budget"] + r["margin"] <= ROOM * bud.DEFAULT_CPU_SHARE
+    assert r["budget_source"].startswith("default: 25% of available memory") and "--memory-limit" in r["budget_source"]
+    assert r["probes_used"] == 1 and r["probes"][0]["measured"] <= r["budget"] + r["margin"]
+
+
+def test_the_default_cpu_budget_is_capped():
+    free = 64 * 1024**3
+    b, source = bud.default_cpu_budget(free, "MemAvailable now")
+    assert b == bud.DEFAULT_CPU_CAP == 4 * 1024**3 and "at most 4.00 GiB" in source
+    assert bud.default_cpu_budget(1000, "x")[0] == 250
+
+
+def test_auto_batch_is_capped_before_it_probes(monkeypatch):
+    setting = Setting(ModelSpec.create([64, 128, 10]), "adam")
+    probed = []
+    real = ab.probe
+    monkeypatch.setattr(ab, "probe", lambda s, b, budget, backend: probed.append(b) or real(s, b, budget, backend))
+    r = ab.auto_batch(setting, get_backend("cpu"), memory_limit=1024**3, max_batch=100, dataset_size=500)
+    assert r.analytic == r.confirmed == 100 and probed == [100]  # the plan alone allows ~500,000
+    r = ab.auto_batch(setting, get_backend("cpu"), memory_limit=1024**3, dataset_size=300)
+    assert r.analytic == 300 and probed == [100, 300]
+
+
+def test_a_job_auto_batch_without_a_limit_never_probes_beyond_its_rows(tmp_path):
+    """The README's command: 1,079 training rows, so no batch above 1,079 is solved or probed
+    (it probed ~24.7 GB on a 24 GiB machine); a 1 GiB address-space cap would stop anything bigger."""
+    out = capped("""
+        from memtrain.cli import main
+        main(["train", "--layers", "64,32,10", "--dataset", "digits", "--batch-size", "auto", "--epochs", "1",
+              "--log-format", "json", "--name", "bounded"])
+    """, room=1024**3, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    events = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    auto = next(e for e in events if e.get("event") == "autobatch")
+    assert auto["analytic"] == auto["confirmed"] == auto["used"] == 1079 and auto["probes"] == 1

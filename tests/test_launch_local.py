@@ -1,0 +1,79 @@
+"""LocalExecutor: a real worker process per job, its own session, found again by pid + start time."""
+
+import dataclasses
+import json
+import signal
+import time
+
+from memtrain.launch.executor import Handle, Launch
+from memtrain.launch.local import LocalExecutor, process_start_time
+from memtrain.launch.worker import read_json
+
+
+def launch(tmp_path, epochs=2, job_id="j1", **training):
+    cfg = {"name": job_id, "model": {"layers": [64, 16, 10]}, "optimizer": {"name": "sgd", "lr": 0.1},
+           "training": {"epochs": epochs, "batch_size": 32, **training},
+           "checkpoint": {"dir": str(tmp_path / "ckpt")}, "output": {"dir": str(tmp_path / "out")}}
+    return Launch(job_id, cfg, str(tmp_path), str(tmp_path / "job.log"), env={"OMP_NUM_THREADS": 1})
+
+
+def wait(ex, h, timeout=60):
+    deadline = time.time() + timeout
+    while (e := ex.poll(h)) is None:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    return e
+
+
+def test_runs_a_job_and_reads_its_exit(tmp_path):
+    ex = LocalExecutor()
+    h = ex.start(launch(tmp_path))
+    ref = json.loads(h.ref)
+    assert ref["start"] == process_start_time(ref["pid"])
+    with open(f"/proc/{ref['pid']}/environ", "rb") as f:  # the thread rule is in place before NumPy loads
+        assert b"OMP_NUM_THREADS=1" in f.read().split(b"\0")
+    e = wait(ex, h)
+    assert e.ok and e.signal is None
+    assert read_json(tmp_path / "exit.json")["result"]["epochs"] == 2
+    assert read_json(tmp_path / "progress.json")["epoch"] == 2
+    assert (tmp_path / "out" / "model-final.npz").exists()
+    assert '"event": "summary"' in (tmp_path / "job.log").read_text()
+
+
+def test_cancel_checkpoints_and_kill_is_a_signal(tmp_path):
+    ex = LocalExecutor()
+    h = ex.start(launch(tmp_path / "a", epochs=500, batch_size=8))
+    while (read_json(tmp_path / "a" / "progress.json") or {}).get("epoch") is None:
+        time.sleep(0.05)
+    ex.cancel(h)
+    e = wait(ex, h)
+    assert e.ok and read_json(tmp_path / "a" / "exit.json")["result"]["stopped"] == "SIGTERM"
+    h2 = ex.start(launch(tmp_path / "b", epochs=500, batch_size=8, job_id="j2"))
+    time.sleep(0.3)
+    ex.kill(h2)
+    e = wait(ex, h2)
+    assert e.signal == signal.SIGKILL and not e.ok
+
+
+def test_adopt_checks_the_start_time_and_reads_the_exit_record(tmp_path):
+    ex = LocalExecutor()
+    h = ex.start(launch(tmp_path, epochs=1))
+    assert ex.adopt(h)
+    ref = json.loads(h.ref)
+    recycled = dataclasses.replace(h, ref=json.dumps({**ref, "start": ref["start"] + 1}))
+    assert not ex.adopt(recycled)  # same pid, another process: not ours
+    wait(ex, h)
+    other = LocalExecutor()  # a restarted service: not the process's parent
+    assert not other.adopt(h)
+    assert other.poll(h).ok  # read from exit.json
+    (tmp_path / "exit.json").unlink()
+    lost = other.poll(h)
+    assert lost.signal == signal.SIGKILL and "without an exit record" in lost.reason
+    assert not other.adopt(Handle("x", "local", "not json"))
+
+
+def test_bad_config_exits_2_with_its_error_line(tmp_path):
+    ex = LocalExecutor()
+    h = ex.start(launch(tmp_path, epochs=0))
+    e = wait(ex, h)
+    assert e.code == 2 and "training.epochs" in e.reason

@@ -1,0 +1,81 @@
+"""Admission rules (memtrain/service/admission.py) on a simulated clock, with hypothesis:
+committed <= budget at every instant, every job that fits alone runs, and the head's
+wait is bounded by max(became head, queued + head_wait) + the longest run."""
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from memtrain.service.admission import Slot, Waiting, admit, blocking, place
+
+BUDGETS = [1000, 600]
+
+
+@st.composite
+def traces(draw):
+    n = draw(st.integers(1, 25))
+    jobs = []
+    for i in range(n):
+        jobs.append({"id": f"j{i}", "need": draw(st.integers(1, max(BUDGETS))),
+                     "arrive": draw(st.integers(0, 50)), "run": draw(st.integers(1, 30))})
+    jobs.sort(key=lambda j: j["arrive"])  # submission order is FIFO order
+    return jobs, draw(st.sampled_from([0, 5, 20, 10**6])), draw(st.integers(1, 3))
+
+
+def simulate(jobs, head_wait, max_jobs):
+    slots = [Slot(f"d{i}", "cpu", b, max_jobs=max_jobs) for i, b in enumerate(BUDGETS)]
+    queue, running, started, ended, head_since = [], [], {}, {}, {}
+    pending = list(jobs)
+    t = 0
+    max_run = max(j["run"] for j in jobs)
+    while len(ended) < len(jobs):
+        for j in [j for j in running if started[j["id"]][0] + j["run"] <= t]:
+            running.remove(j)
+            ended[j["id"]] = t
+            s = next(s for s in slots if s.name == started[j["id"]][1])
+            s.committed -= j["need"]
+            s.running -= 1
+        while pending and pending[0]["arrive"] <= t:
+            queue.append(pending.pop(0))
+        waiting = [Waiting(j["id"], "cpu", j["need"], j["arrive"]) for j in queue]
+        for jid, dev in admit(waiting, slots, t, head_wait):
+            j = next(j for j in queue if j["id"] == jid)
+            queue.remove(j)
+            running.append(j)
+            started[jid] = (t, dev)
+        for s in slots:
+            assert 0 <= s.committed <= s.budget and s.running <= s.max_jobs
+        if queue:  # the head: the first queued job that did not start
+            head_since.setdefault(queue[0]["id"], t)
+        t += 1
+        assert t < 10_000, "a job never started"
+    return started, head_since, max_run
+
+
+@settings(max_examples=200, deadline=None)
+@given(traces())
+def test_budget_never_exceeded_every_job_runs_and_head_wait_is_bounded(trace):
+    jobs, head_wait, max_jobs = trace
+    started, head_since, max_run = simulate(jobs, head_wait, max_jobs)
+    assert set(started) == {j["id"] for j in jobs}
+    for j in jobs:
+        if j["id"] in head_since:
+            bound = max(head_since[j["id"]], j["arrive"] + head_wait) + max_run + 1
+            assert started[j["id"]][0] <= bound, (j, head_wait)
+
+
+def test_backfill_passes_a_waiting_head_only_within_head_wait():
+    slot = Slot("cpu", "cpu", 100, committed=60, running=1, max_jobs=4)
+    big, small = Waiting("big", "cpu", 50, 0.0), Waiting("small", "cpu", 30, 1.0)
+    assert admit([big, small], [slot], now=10.0, head_wait=60) == [("small", "cpu")]
+    slot = Slot("cpu", "cpu", 100, committed=60, running=1, max_jobs=4)
+    assert admit([big, small], [slot], now=61.0, head_wait=60) == []
+
+
+def test_best_fit_and_auto_jobs_take_the_emptiest_device():
+    slots = [Slot("a", "cuda", 100, committed=50), Slot("b", "cuda", 100, committed=10)]
+    for s in slots:
+        s.max_jobs = 4
+    assert place(Waiting("x", "cuda", 40, 0), slots).name == "a"
+    assert place(Waiting("y", "cuda", 40, 0, auto=True), slots).name == "b"
+    assert place(Waiting("z", "cpu", 1, 0), slots) is None
+    assert blocking(Waiting("w", "cuda", 95, 0), slots) == "needs 95 B, 90 B free on b"

@@ -1,0 +1,57 @@
+"""Who may use the service: the token, the bind rule."""
+
+import pytest
+from click.testing import CliRunner
+from service_helpers import ThreadServer, digits_job
+
+from memtrain.cli import main
+
+TOKEN = "s3cret-token-0123456789"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with ThreadServer(tmp_path_factory.mktemp("state"), token=TOKEN) as s:
+        yield s
+
+
+@pytest.mark.parametrize("path", ["/jobs", "/devices", "/metrics", "/prometheus/targets", "/", "/jobs/x/log"])
+def test_every_endpoint_but_healthz_needs_the_token(server, path):
+    assert server.request("GET", path)[0] == 401
+    assert server.request("GET", path, token="wrong-token-0123456789")[0] == 401
+    assert server.request("GET", path, token=TOKEN)[0] in (200, 404)
+    assert server.request("GET", "/healthz")[0] == 200
+
+
+def test_submit_needs_the_token_and_writes_nothing_without_it(server):
+    status, out = server.request("POST", "/jobs", digits_job(epochs=1))
+    assert status == 401 and "Bearer" in out["detail"]
+    assert server.service.store.list() == []
+    status, out = server.request("POST", "/jobs", digits_job(epochs=1), token=TOKEN)
+    assert status == 201
+
+
+def test_cli_sends_memtrain_token(server):
+    r = CliRunner().invoke(main, ["jobs", "--server", server.url])
+    assert r.exit_code == 2 and "unauthorized" in r.output
+    r = CliRunner().invoke(main, ["jobs", "--server", server.url], env={"MEMTRAIN_TOKEN": TOKEN})
+    assert r.exit_code == 0 and "ID" in r.output
+
+
+def test_non_loopback_bind_needs_a_token_file(tmp_path):
+    r = CliRunner().invoke(main, ["serve", "--state-dir", str(tmp_path / "s"), "--host", "0.0.0.0"])
+    assert r.exit_code == 2
+    assert r.output.strip().startswith("memtrain: error: --host 0.0.0.0: binding beyond this machine needs "
+                                       "--token-file")
+    assert not (tmp_path / "s").exists()  # refused before anything was written
+    short = tmp_path / "token"
+    short.write_text("abc\n")
+    r = CliRunner().invoke(main, ["serve", "--state-dir", str(tmp_path / "s"), "--host", "0.0.0.0",
+                                  "--token-file", str(short)])
+    assert r.exit_code == 2 and "at least 16" in r.output
+
+
+def test_one_service_per_state_dir(server):
+    r = CliRunner().invoke(main, ["serve", "--state-dir", str(server.settings.state_dir), "--port", "8470"])
+    assert r.exit_code == 2
+    assert "another memtrain serve uses it (pid " in r.output and r.output.count("\n") == 1
