@@ -69,10 +69,18 @@ def _size(ctx, param, value):
 @click.option("--job-metrics-address", metavar="HOST",
               help="Host name Prometheus reaches the jobs' exporters at, in /prometheus/targets.  "
                    "[default: --job-metrics-host]")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Where jobs run: processes on this machine, admitted by the service, or a Ray cluster that "
+                   "places each job by its plan (pip install 'memtrain[ray]'; docs/cluster.md).")
+@click.option("--ray-address", help="Ray cluster for --executor ray: host:port, auto or local.  [default: "
+                                    "RAY_ADDRESS, else a cluster `ray start` began here, else a new local instance]")
+@click.option("--storage", type=click.Path(file_okay=False),
+              help="Where each job's checkpoints, output and log go; with --executor ray every node must see it "
+                   "at this path.  [default: the state dir]")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 def serve(state_dir, host, port, devices, budgets, token_file, data_roots, max_jobs_per_device, head_wait,
-          max_attempts, overhead, job_metrics_host, job_metrics_address, log_level):
+          max_attempts, overhead, job_metrics_host, job_metrics_address, executor, ray_address, storage, log_level):
     """Run the training service: an HTTP API (OpenAPI at /docs, status page at /) that
     plans each submitted job and starts it when its plan fits a device's budget.
 
@@ -80,13 +88,17 @@ def serve(state_dir, host, port, devices, budgets, token_file, data_roots, max_j
     Examples:
       memtrain serve --state-dir runs/service --budget cpu=3GiB
       memtrain serve --state-dir /srv/memtrain --host 0.0.0.0 --token-file token --data-root /data
+      memtrain serve --state-dir runs/service --executor ray --ray-address auto --storage /shared/memtrain
     """
+    if ray_address is not None and executor != "ray":
+        raise click.UsageError("--ray-address: only with --executor ray")
     from memtrain.service.server import run  # noqa: PLC0415
 
     run(state_dir=state_dir, host=host, port=port, devices=devices, budgets=budgets, token_file=token_file,
         data_roots=data_roots, max_jobs_per_device=max_jobs_per_device, head_wait=head_wait,
         max_attempts=max_attempts, overhead=overhead, job_metrics_host=job_metrics_host,
-        job_metrics_address=job_metrics_address, log_level=log_level, echo=lambda t: click.echo(t, err=True))
+        job_metrics_address=job_metrics_address, executor=executor, ray_address=ray_address, storage=storage,
+        log_level=log_level, echo=lambda t: click.echo(t, err=True))
 
 
 _server = click.option("--server", envvar="MEMTRAIN_SERVER", default="http://127.0.0.1:8470", show_default=True,

@@ -149,6 +149,7 @@ class RayExecutor:
     it. accelerator_type pins GPU jobs to one GPU model (docs/cluster.md)."""
 
     name = "ray"
+    admits = True  # Ray starts a job when a node has its resources: callers hand over every job at once
 
     def __init__(self, address: str | None = None, *, detached: bool = False, accelerator_type: str | None = None,
                  init_kwargs: dict | None = None):

@@ -15,6 +15,7 @@ from memtrain.service import admission, planning
 from memtrain.service import devices as devs
 from memtrain.service.scheduler import Scheduler
 from memtrain.service.store import STATES, Store, now
+from memtrain.units import format_bytes
 
 
 @dataclass
@@ -35,9 +36,12 @@ class Settings:
     job_metrics_address: str | None = None  # the host Prometheus reaches them at (default: job_metrics_host)
     tick: float = 0.25
     executor: object = None  # None: LocalExecutor
+    storage: Path | None = None  # each job's checkpoints, output and log (default: STATE_DIR/jobs)
 
     def __post_init__(self):
         self.state_dir = Path(self.state_dir)
+        # absolute: a job may run on another node, or with another working directory
+        self.storage = Path(self.storage or self.state_dir).absolute()
 
 
 class Service:
@@ -46,12 +50,15 @@ class Service:
         s.state_dir.mkdir(parents=True, exist_ok=True)
         self._lock = _lock_state_dir(s.state_dir)
         self.store = Store(s.state_dir / "memtrain.sqlite")
-        self.devices = devs.discover(s.devices, s.budgets, max_jobs=s.max_jobs_per_device, state_dir=s.state_dir,
-                                     cpu_overhead=s.cpu_overhead)
         if s.executor is None:
             from memtrain.launch.local import LocalExecutor  # noqa: PLC0415
 
             s.executor = LocalExecutor()
+        if getattr(s.executor, "admits", False):  # Ray: one device, the cluster
+            self.devices = devs.cluster(s.executor, s.budgets, state_dir=s.state_dir, cpu_overhead=s.cpu_overhead)
+        else:
+            self.devices = devs.discover(s.devices, s.budgets, max_jobs=s.max_jobs_per_device,
+                                         state_dir=s.state_dir, cpu_overhead=s.cpu_overhead)
         self.events = {"admitted": 0, "rejected": 0, "started": 0, "requeued": 0}
         self.waits = []  # queue waits (seconds) since start, for the histogram
         self.scheduler = Scheduler(self.store, s.executor, self.devices, s.state_dir, head_wait=s.head_wait,
@@ -86,10 +93,12 @@ class Service:
                 best = max(mine, key=lambda d: d.budget_bytes)
                 raise planning.NeverFits(planning.never_fits_message(
                     checked, plans[best.name], best.overhead_bytes, {d.name: d.budget_bytes for d in mine}))
+            best = max(fits, key=lambda d: d.budget_bytes)
+            self._check_placeable(checked, plans[best.name], best)
         except planning.SubmissionError:
             self.events["rejected"] += 1
             raise
-        p = plans[max(fits, key=lambda d: d.budget_bytes).name]
+        p = plans[best.name]
         job_id = self._new_id()
         t = now()
         self.store.insert({
@@ -97,13 +106,33 @@ class Service:
             "checked": planning.to_json(checked), "device_kind": checked.device_kind,
             "batch_request": checked.batch, "batch_size": p.batch_size, "planned": p.by_category,
             "planned_bytes": p.total, "min_bytes": p.min_total, "max_attempts": self.settings.max_attempts,
-            "submitted_at": t, "queued_at": t, "run_dir": str(self.settings.state_dir / "jobs" / job_id),
+            "submitted_at": t, "queued_at": t, "run_dir": str(self.settings.storage / "jobs" / job_id),
         })
         self.events["admitted"] += 1
         with self.scheduler._lock:
             self.scheduler._admit()  # so the answer names the device when it starts at once
         job = self.store.get(job_id)
         return {"id": job_id, "state": job["state"], "planned_bytes": job["planned_bytes"], "device": job["device"]}
+
+    def _check_placeable(self, checked, p, device) -> None:
+        """With an executor that places jobs (Ray): 422 when no node could ever hold the job's
+        request (its memory and CPUs), naming the largest batch that fits the biggest node."""
+        ex = self.settings.executor
+        if not hasattr(ex, "options"):
+            return
+        from memtrain.launch.executor import Launch, Resources  # noqa: PLC0415
+        from memtrain.launch.resources import NeverFits, check_fits  # noqa: PLC0415
+
+        need = p.min_total if checked.batch == "auto" else p.total
+        launch = Launch(checked.name, {}, "", "", "cpu", resources=Resources(need, device.overhead_bytes,
+                                                                             device.threads_per_job))
+        try:
+            check_fits(ex.options(launch), ex.ray.nodes(), what=checked.name)
+        except NeverFits as exc:
+            room = (exc.largest_bytes or 0) - device.overhead_bytes
+            best = planning.largest_batch(checked, device.budget_bytes, room) if room > 0 else 0
+            hint = f"the largest batch that fits is {best}" if best else "not even batch 1 fits"
+            raise planning.NeverFits(f"never fits: {exc}; {hint}") from None
 
     def _new_id(self) -> str:
         while True:
@@ -115,7 +144,11 @@ class Service:
 
     def job_view(self, job: dict, slots=None) -> dict:
         reason = job["reason"]
-        if job["state"] == "queued":
+        if job["state"] == "queued" and job["ref"]:  # handed to an executor that admits by itself
+            why = (f"for {self.settings.executor.name.capitalize()} resources: {format_bytes(job['reserved_bytes'])} "
+                   f"of memory and {job['threads']} CPU(s) free on one node")
+            reason = f"waiting {why}" + (f" (earlier: {reason})" if reason else "")
+        elif job["state"] == "queued":
             slots = self.scheduler.slots() if slots is None else slots
             why = admission.blocking(self.scheduler.waiting(job), slots)
             reason = f"waiting: {why}" + (f" (earlier: {reason})" if reason else "")

@@ -145,6 +145,25 @@ def discover(devices: str, budgets: dict, *, max_jobs: int | None, state_dir, cp
     return out
 
 
+def cluster(executor, budgets: dict, *, state_dir, cpu_overhead: int | None = None) -> list:
+    """With an executor that places jobs itself (Ray): one device, `ray`, whose budget is what one
+    job may plan: the largest node's memory resource (a job runs on one node), or --budget ray=SIZE
+    when smaller. The executor, not the service, decides how many run at once, so the job slots are
+    unbounded here; each job gets one BLAS thread (and reserves one CPU on its node)."""
+    unknown = set(budgets) - {"ray"}
+    if unknown:
+        raise MemtrainError(f"--budget: with --executor ray the one device is `ray` (one node's memory), got "
+                            f"{', '.join(sorted(unknown))}")
+    largest = executor.largest_memory()
+    if largest <= 0:
+        raise MemtrainError(f"--executor {executor.name}: no alive node with a CPU and a memory resource")
+    budget, source = largest, f"the largest {executor.name} node's memory resource"
+    if "ray" in budgets and budgets["ray"] < largest:
+        budget, source = budgets["ray"], "given"
+    over, over_source = cpu_overhead_bytes(state_dir, cpu_overhead)
+    return [Device("ray", "cpu", largest, budget, source, 1_000_000, over, over_source, 1)]
+
+
 def gpu_overhead_bytes(model: str) -> tuple:
     """(bytes, source) for a GPU: memtrain's measurement for this GPU model when one is cached
     (memory/overhead_cache: any memtrain run on such a GPU records it), else the assumed CUDA

@@ -4,6 +4,11 @@ It owns no state of its own: each tick reads the jobs from the store, asks the
 executor about the running ones, and writes every decision back before acting on
 it, so a service killed at any point finds the truth in SQLite (`recover`).
 
+An executor that admits jobs itself (Ray: `admits = True`) is handed every queued job
+at once, with its plan as its resource request: the job stays `queued` (with a handle)
+until the executor says it started, and the cluster, not this scheduler, decides how
+many run together (the one branch: `_hand_over`).
+
 Thread rule (CPU): a job on the CPU gets max(1, cores // max_jobs) BLAS threads
 (OMP/OPENBLAS/MKL_NUM_THREADS, set before NumPy loads). The count is fixed per
 device, so however many jobs start later, at most max_jobs * threads <= cores
@@ -45,6 +50,7 @@ class Scheduler:
         self._lock = threading.RLock()
         self._thread = None
         self._recent_ports: list = []  # handed out lately, before their job has stored its target
+        self.executor_admits = bool(getattr(executor, "admits", False))
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -75,6 +81,10 @@ class Scheduler:
     def recover(self) -> None:
         """After a restart: re-adopt each running job's process, or requeue it to resume from
         its checkpoint (not counted as an attempt: the job did nothing wrong)."""
+        for job in self.store.list("queued"):
+            h = self._handle(job)
+            if h is not None and not (h.executor == self.executor.name and self.executor.adopt(h)):
+                self.store.update(job["id"], executor=None, ref=None, attempts=max(0, job["attempts"] - 1))
         for job in self.store.list("running"):
             h = self._handle(job)
             if h is not None and h.executor != self.executor.name:
@@ -82,12 +92,22 @@ class Scheduler:
             if h is not None and self.executor.adopt(h):
                 log.info("job %s: re-adopted", job["id"])
                 continue
-            ended = self.executor.poll(h) if h is not None else None
+            ended = self._ended_while_away(job, h)
             if ended is not None and not (ended.code is None and read_json(Path(job["run_dir"]) / EXIT) is None):
                 self._finish(job, ended)
             else:
                 self._requeue(job, "the service restarted and its process was gone; resuming from its checkpoint",
                               count=False)
+
+    def _ended_while_away(self, job: dict, h: Handle | None) -> Exit | None:
+        """How a job's process ended while no service watched it: a local child's exit is still
+        known to the executor; otherwise only the worker's exit record says (None: killed)."""
+        if h is None:
+            return None
+        if not self.executor_admits:
+            return self.executor.poll(h)
+        written = read_json(Path(job["run_dir"]) / EXIT)
+        return None if written is None else Exit(written["code"], None, written.get("reason"))
 
     # -- one tick -----------------------------------------------------------------------------------
 
@@ -100,6 +120,8 @@ class Scheduler:
                 ended = self.executor.poll(h)
                 if ended is not None:
                     self._finish(job, ended)
+            if self.executor_admits:
+                self._watch_handed_over()
             self._admit()
 
     def slots(self) -> list:
@@ -118,9 +140,11 @@ class Scheduler:
         return admission.Waiting(job["id"], job["device_kind"], need, job["queued_at"], auto)
 
     def _admit(self) -> None:
-        queued = [j for j in self.store.list("queued") if self._can_ever_fit(j)]
+        queued = [j for j in self.store.list("queued") if not j["ref"] and self._can_ever_fit(j)]
         if not queued:
             return
+        if self.executor_admits:
+            return self._hand_over(queued)
         by_id = {j["id"]: j for j in queued}
         chosen = {}
 
@@ -132,6 +156,31 @@ class Scheduler:
         starts = admission.admit([self.waiting(j) for j in queued], self.slots(), now(), self.head_wait, reserve)
         for job_id, device in starts:
             self._start(by_id[job_id], self.devices[device], *chosen[job_id])
+
+    def _hand_over(self, queued: list) -> None:
+        """Every queued job goes to the executor now, asking for its plan; a job with batch "auto"
+        gets the largest batch its device's whole budget (one node's memory) allows."""
+        for job in queued:
+            device = max((d for d in self.devices.values() if d.kind == job["device_kind"]),
+                         key=lambda d: d.budget_bytes)
+            self._start(job, device, *self._batch_for(job, device, device.budget_bytes), handed_over=True)
+
+    def _watch_handed_over(self) -> None:
+        """Jobs the executor holds: `running` once it started them (admission to start is the
+        executor's queue wait), or finished (e.g. cancelled while waiting)."""
+        for job in self.store.list("queued"):
+            h = self._handle(job)
+            if h is None:
+                continue
+            ended = self.executor.poll(h)
+            if ended is not None:
+                self.store.update(job["id"], state="running", started_at=now())
+                self._finish(job, ended)
+            elif self.executor.running(h):
+                port = h.metrics_target.rsplit(":", 1)[1] if h.metrics_target else None
+                self.store.update(job["id"], expect_state="queued", state="running", started_at=now(),
+                                  metrics_target=self.executor.metrics_target(h, port) if port else None)
+                self.on_event("started", job)
 
     def _can_ever_fit(self, job: dict) -> bool:
         """A job planned by an earlier service run with larger budgets (or other devices) would
@@ -164,7 +213,7 @@ class Scheduler:
 
     # -- start / finish -------------------------------------------------------------------------
 
-    def _start(self, job: dict, device, batch: int, total: int, by_category: dict) -> None:
+    def _start(self, job: dict, device, batch: int, total: int, by_category: dict, handed_over: bool = False) -> None:
         run_dir = Path(job["run_dir"])
         run_dir.mkdir(parents=True, exist_ok=True)
         port = self._metrics_port() if self.metrics_ports else None
@@ -181,10 +230,11 @@ class Scheduler:
                         resources=Resources(total, device.overhead_bytes, threads, device.budget_bytes))
         # written before the process exists: a service killed in between finds a running job without a
         # handle, which recover() requeues (it never starts a second process on the same checkpoints)
-        if not self.store.update(job["id"], expect_state="queued", state="running", device=device.name,
-                                 batch_size=batch, planned=by_category, planned_bytes=total,
+        if not self.store.update(job["id"], expect_state="queued", state="queued" if handed_over else "running",
+                                 device=device.name, batch_size=batch, planned=by_category, planned_bytes=total,
                                  reserved_bytes=reserved, threads=threads, attempts=job["attempts"] + 1,
-                                 started_at=now(), reason=None, executor=None, ref=None, metrics_target=None):
+                                 started_at=None if handed_over else now(), reason=None, executor=None, ref=None,
+                                 metrics_target=None):
             return  # cancelled meanwhile
         try:
             h = self.executor.start(launch)
@@ -197,7 +247,8 @@ class Scheduler:
         if target and self.metrics_address:  # e.g. exporters on 0.0.0.0, scraped as memtrain:PORT
             target = f"{self.metrics_address}:{target.rsplit(':', 1)[1]}"
         self.store.update(job["id"], executor=h.executor, ref=h.ref, metrics_target=target)
-        self.on_event("started", {**job, "device": device.name})
+        if not handed_over:
+            self.on_event("started", {**job, "device": device.name})
 
     def _metrics_port(self) -> int:
         """A free port no running job was given: the kernel hands a just-released port out again,
@@ -253,7 +304,10 @@ class Scheduler:
                 return None
             if job["state"] == "queued":
                 self.store.update(job_id, expect_state="queued", state="cancelled", ended_at=now(),
-                                  reason="cancelled on request (it had not started)")
+                                  reason="cancelled on request (it had not started)", reserved_bytes=0)
+                h = self._handle(job)
+                if h is not None:  # handed to an executor that had not started it yet
+                    self.executor.cancel(h)
             elif job["state"] == "running":
                 self.store.update(job_id, cancel_requested=1)
                 h = self._handle(job)

@@ -11,7 +11,8 @@ from memtrain.units import format_bytes
 
 
 def settings_from(*, state_dir, host, port, devices, budgets, token_file, data_roots, max_jobs_per_device,
-                  head_wait, max_attempts, overhead, job_metrics_host="127.0.0.1", job_metrics_address=None):
+                  head_wait, max_attempts, overhead, job_metrics_host="127.0.0.1", job_metrics_address=None,
+                  executor="local", ray_address=None, storage=None):
     from memtrain.service.core import Settings  # noqa: PLC0415
     from memtrain.service.devices import parse_devices  # noqa: PLC0415 - with Settings: loaded when serve runs
 
@@ -21,11 +22,27 @@ def settings_from(*, state_dir, host, port, devices, budgets, token_file, data_r
     state = Path(state_dir)
     if state.exists() and not state.is_dir():
         raise MemtrainError(f"--state-dir: {state} is not a directory")
+    if storage is not None and Path(storage).exists() and not Path(storage).is_dir():
+        raise MemtrainError(f"--storage: {storage} is not a directory")
+    if executor == "ray" and devices not in ("auto", "cpu"):
+        raise MemtrainError(f"--devices {devices}: with --executor ray the service places CPU jobs on the cluster "
+                            "(auto or cpu); GPU jobs on Ray: memtrain sweep --executor ray")
     return Settings(state_dir=state, host=host, port=port, devices=devices, budgets=dict(budgets), token=token,
                     data_roots=tuple(str(Path(r).resolve()) for r in data_roots),
                     max_jobs_per_device=max_jobs_per_device, head_wait=head_wait, max_attempts=max_attempts,
                     cpu_overhead=overhead, job_metrics_host=job_metrics_host,
-                    job_metrics_address=job_metrics_address)
+                    job_metrics_address=job_metrics_address, executor=_executor(executor, ray_address),
+                    storage=None if storage is None else Path(storage))
+
+
+def _executor(name: str, address: str | None):
+    """None: the service's default (LocalExecutor). Ray: detached actors, so a restarted service
+    re-adopts the jobs still running (on a cluster that outlived it)."""
+    if name != "ray":
+        return None
+    from memtrain.launch.ray import RayExecutor  # noqa: PLC0415 - Ray is an optional extra
+
+    return RayExecutor(address, detached=True)
 
 
 def check_port(host: str, port: int) -> None:
@@ -45,11 +62,19 @@ def run(*, log_level="info", echo=print, **options) -> None:
     from memtrain.service.app import create_app  # noqa: PLC0415
     from memtrain.service.core import Service  # noqa: PLC0415
 
-    service = Service(settings)  # first: it refuses a state dir another service uses
+    try:
+        service = Service(settings)  # first: it refuses a state dir another service uses
+    except BaseException:
+        if settings.executor is not None:
+            settings.executor.close()
+        raise
     check_port(settings.host, settings.port)
+    ex = settings.executor
     for d in service.devices:
+        at_once = (f"{ex.name} runs as many at once as its nodes' memory holds" if getattr(ex, "admits", False)
+                   else f"{d.max_jobs} job(s) at once")
         echo(f"device    {d.name}: budget {format_bytes(d.budget_bytes)} ({d.budget_source}); per-process "
-             f"overhead {format_bytes(d.overhead_bytes)} ({d.overhead_source}); {d.max_jobs} job(s) at once, "
+             f"overhead {format_bytes(d.overhead_bytes)} ({d.overhead_source}); {at_once}, "
              f"{d.threads_per_job} BLAS thread(s) each")
     echo(f"serving   http://{settings.host}:{settings.port}/ (API docs at /docs; state in {settings.state_dir})")
     uvicorn.run(create_app(settings, service), host=settings.host, port=settings.port, log_level=log_level)

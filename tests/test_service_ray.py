@@ -1,0 +1,110 @@
+"""`memtrain serve --executor ray`: a real service process (uvicorn on 127.0.0.1) on a real
+local Ray started here, whose memory resource holds two of the jobs' plans: every job is
+handed to Ray at once, Ray runs two at a time, the API says the others wait for Ray's
+resources, a cancel through the API reaches the Ray job (SIGTERM: checkpoint), and the
+results are bit-identical to the local executor's run of the same job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from service_helpers import OVERHEAD, ProcessServer, ThreadServer, digits_job, request, wait_for
+
+from memtrain.cli import main
+
+pytestmark = pytest.mark.ray
+
+
+def test_serve_executor_ray_without_ray_says_how_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
+    r = CliRunner().invoke(main, ["serve", "--state-dir", str(tmp_path / "s"), "--executor", "ray"])
+    assert r.exit_code == 2
+    assert r.output.strip().splitlines() == [
+        "memtrain: error: --executor ray needs Ray, which is not installed: pip install 'memtrain[ray]'"]
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.fixture(scope="module")
+def local_reference(tmp_path_factory):
+    """The job run by the service's local executor: its parameters and planned bytes."""
+    d = tmp_path_factory.mktemp("local")
+    with ThreadServer(d / "state", cpu_overhead=OVERHEAD) as srv:
+        status, body = srv.request("POST", "/jobs", digits_job("ref"))
+        assert status == 201, body
+        job = srv.wait(body["id"])
+        assert job["state"] == "succeeded", job
+    return final_params(d / "state", body["id"]), job["planned_bytes"]
+
+
+def final_params(storage, job_id):
+    with np.load(storage / "jobs" / job_id / "output" / "model-final.npz") as z:
+        return {k: z[k].tobytes() for k in z.files}
+
+
+def log_span(storage, job_id):
+    """First and last event times the job's worker wrote (within the time Ray held its resources)."""
+    times = [json.loads(x)["time"] for x in (storage / "jobs" / job_id / "job.log").read_text().splitlines()
+             if x.startswith("{") and '"time"' in x]
+    return min(times), max(times)
+
+
+def most_at_once(spans):
+    edges = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
+    running = most = 0
+    for _, step in edges:
+        running += step
+        most = max(most, running)
+    return most
+
+
+@pytest.fixture
+def ray_cluster(local_reference):
+    ray = pytest.importorskip("ray") if not os.environ.get("CI") else __import__("ray")
+    os.environ["RAY_memory_monitor_refresh_ms"] = "0"  # other work shares the machine (see test_launch_ray)
+    _, planned = local_reference
+    ray.shutdown()
+    ctx = ray.init(address="local", num_cpus=6, _memory=int(2.5 * (planned + OVERHEAD)),
+                   object_store_memory=100 << 20, include_dashboard=False, log_to_driver=False, logging_level="error")
+    yield ctx.address_info["gcs_address"]
+    ray.shutdown()
+    os.environ.pop("RAY_memory_monitor_refresh_ms", None)
+
+
+def test_serve_on_ray_runs_two_at_a_time_cancels_through_ray_and_matches_local(tmp_path, ray_cluster,
+                                                                               local_reference):
+    ref_params, _ = local_reference
+    srv = ProcessServer(tmp_path / "state", "--executor", "ray", "--ray-address", ray_cluster,
+                        "--storage", str(tmp_path / "storage")).start()
+    try:
+        long_job = digits_job("long", epochs=400)
+        ids = [request(srv.url, "POST", "/jobs", job)[1]["id"] for job in
+               (long_job, digits_job("a"), digits_job("b"), digits_job("c"))]
+        seen_waiting, most_running = False, 0
+        deadline = time.time() + 90
+        while (jobs := request(srv.url, "GET", "/jobs")[1]) and any(
+                j["state"] in ("queued", "running") for j in jobs if j["id"] != ids[0]):
+            assert time.time() < deadline, jobs
+            most_running = max(most_running, sum(j["state"] == "running" for j in jobs))
+            seen_waiting |= any(j["state"] == "queued" and "waiting for Ray resources" in j["reason"] for j in jobs)
+            long_now = [j for j in jobs if j["id"] == ids[0]][0]
+            if long_now["state"] == "running" and (long_now["progress"].get("step") or 0) > 0:
+                request(srv.url, "DELETE", f"/jobs/{ids[0]}")  # through the API to the Ray job, mid-training
+            time.sleep(0.1)
+        cancelled = wait_for(srv.url, ids[0], ("succeeded", "failed", "cancelled"), timeout=60)
+        assert cancelled["state"] == "cancelled" and "checkpoint saved" in cancelled["reason"], cancelled
+        assert seen_waiting and most_running == 2
+        for job_id in ids[1:]:
+            job = request(srv.url, "GET", f"/jobs/{job_id}")[1]
+            assert job["state"] == "succeeded", job
+            assert final_params(tmp_path / "storage", job_id) == ref_params
+        assert most_at_once([log_span(tmp_path / "storage", i) for i in ids]) == 2
+        assert not (tmp_path / "state" / "jobs").exists()  # job files on the storage; SQLite with the service
+    finally:
+        srv.stop()
