@@ -4,6 +4,7 @@
     python bench/service_trace.py --jobs 30 --budget 3GiB              # CPU
     python bench/service_trace.py --jobs 30 --budget 1GiB --max-jobs 6  # memory binds, not job slots
     python bench/service_trace.py --device cuda --budget 20GiB          # a GPU (cuda:0)
+    python bench/service_trace.py --jobs 10 --executor ray              # local vs Ray, both packed
 
 Runs the trace twice on fresh state dirs: packed (the service's default: as many jobs
 as the budget and the job slots allow) and exclusive (--max-jobs-per-device 1: FIFO,
@@ -11,14 +12,27 @@ one job at a time with all the cores). Reports both makespans, the highest sampl
 of the running jobs' measured memory (resident set of their processes, from their
 progress files) against the budget, the highest and mean committed bytes / budget while
 jobs ran, and OOMs (failed jobs whose reason names memory, and the trainer's OOM
-recoveries). Samples /devices every 0.25 s.
+recoveries). Samples /devices every 0.25 s. Also: for the first jobs (as many as there
+are job slots, so they start at once), seconds from their submission to the worker's
+`plan` event: the whole cost of getting a job going, Ray's placement included.
+
+With --executor ray the second run is not exclusive but the same packed trace through
+`memtrain serve --executor ray`, on a local Ray instance this script starts with the
+budget as its memory resource and one CPU per job slot (so Ray, like the local
+scheduler, runs at most that many jobs and never more than the budget's plans). Both
+runs then also report each job's start overhead: seconds from the executor starting it
+(the mtime of the launch file written just before the worker process is spawned: by
+the local executor, or by the Ray actor once Ray placed it) to the worker's `plan`
+event, the last line it writes before its first training step.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -50,13 +64,14 @@ def trace(n: int, seed: int, device: str) -> list:
     return jobs
 
 
-def run(jobs: list, state_dir: Path, serve_args: list) -> dict:
+def run(jobs: list, state_dir: Path, serve_args: list, slots: int = 2) -> dict:
     with Serve(state_dir, *serve_args) as s:
         (dev,) = call(s.url + "/devices")[1][:1]
         budget = dev["capacity_bytes"]
         t0 = time.time()
-        ids = []
+        ids, posted = [], []
         for j in jobs:
+            posted.append(time.time())
             status, out = call(s.url + "/jobs", "POST", j)
             if status != 201:
                 raise SystemExit(f"{j['name']}: {out}")
@@ -77,7 +92,12 @@ def run(jobs: list, state_dir: Path, serve_args: list) -> dict:
     states = [j["state"] for j in listed]
     memory_failures = [j["reason"] for j in listed if j["state"] == "failed" and "emory" in (j["reason"] or "")]
     recoveries = sum((j["result"] or {}).get("oom_recoveries", 0) for j in listed)
-    return {"makespan_s": round(makespan, 1), "budget_bytes": budget, "overhead_bytes": dev["overhead_bytes"],
+    starts = start_overheads(state_dir, ids)
+    first = [plan_time(state_dir, i) - t for i, t in zip(ids[:slots], posted[:slots])]
+    return {"makespan_s": round(makespan, 1),
+            "start_overhead_s": {"median": round(statistics.median(starts), 2), "max": round(max(starts), 2)}
+            if starts else None,
+            "submit_to_first_step_s": [round(x, 2) for x in first], "budget_bytes": budget, "overhead_bytes": dev["overhead_bytes"],
             "overhead_source": dev["overhead_source"], "max_jobs": dev["max_jobs"],
             "peak_measured_bytes": peak_measured, "peak_measured_over_budget": round(peak_measured / budget, 3),
             "peak_committed_over_budget": round(peak_committed / budget, 3),
@@ -86,6 +106,46 @@ def run(jobs: list, state_dir: Path, serve_args: list) -> dict:
             "ooms": len(memory_failures) + recoveries,
             "failures": [j["reason"] for j in listed if j["state"] == "failed"][:5],
             "auto_batches": sorted(j["batch_size"] for j in listed if j["batch_request"] == "auto")}
+
+
+def start_overheads(state_dir: Path, ids: list) -> list:
+    """Per job: the plan event's time less the newest launch file's mtime (see the docstring)."""
+    out = []
+    for job_id in ids:
+        d = state_dir / "jobs" / job_id
+        launches = sorted(d.glob("launch*.json"), key=lambda p: p.stat().st_mtime)
+        if not launches or not (d / "job.log").exists():
+            continue
+        t0 = launches[-1].stat().st_mtime
+        plans = [e["time"] for e in map(_event, (d / "job.log").read_text().splitlines())
+                 if e and e.get("event") == "plan" and e["time"] >= t0 - 1]
+        if plans:
+            out.append(plans[-1] - t0)
+    return out
+
+
+def plan_time(state_dir: Path, job_id: str) -> float:
+    log = state_dir / "jobs" / job_id / "job.log"
+    return next((e["time"] for e in map(_event, log.read_text().splitlines()) if e and e.get("event") == "plan"),
+                float("nan"))
+
+
+def _event(line: str):
+    try:
+        return json.loads(line) if line.startswith("{") else None
+    except ValueError:
+        return None
+
+
+def ray_args(budget: str, slots: int) -> tuple:
+    """A local Ray instance whose memory resource is the budget: (serve arguments, its shutdown)."""
+    import ray  # noqa: PLC0415
+
+    from memtrain.units import parse_bytes  # noqa: PLC0415
+
+    ctx = ray.init(address="local", num_cpus=slots, _memory=parse_bytes(budget, "budget"),
+                   object_store_memory=100 << 20, include_dashboard=False, log_to_driver=False, logging_level="error")
+    return ["--executor", "ray", "--ray-address", ctx.address_info["gcs_address"], "--budget", f"ray={budget}"], ray.shutdown
 
 
 def main(argv=None) -> int:
@@ -97,6 +157,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-jobs", type=int, help="--max-jobs-per-device of the packed run (default: the service's)")
     ap.add_argument("--state-dir", type=Path, help="keep the state dirs here (default: a temporary dir)")
     ap.add_argument("--json", type=Path, help="also write the report here")
+    ap.add_argument("--executor", default="local", choices=["local", "ray"],
+                    help="ray: the second run is the packed trace through Ray instead of the exclusive one")
     a = ap.parse_args(argv)
     jobs = trace(a.jobs, a.seed, a.device)
     dev = "cpu" if a.device == "cpu" else "cuda:0"
@@ -105,10 +167,19 @@ def main(argv=None) -> int:
     report = {"machine": machine(), "jobs": a.jobs, "max_jobs": a.max_jobs, "seed": a.seed, "device": dev, "budget": a.budget,
               "models": sorted({"-".join(map(str, j["model"]["layers"])) for j in jobs})}
     packed = common + (["--max-jobs-per-device", str(a.max_jobs)] if a.max_jobs else [])
-    report["packed"] = run(jobs, base / "packed", packed)
+    slots = a.max_jobs or os.cpu_count() or 1
+    report["packed"] = run(jobs, base / "packed", packed, slots)
     print(json.dumps({"packed": report["packed"]}), flush=True)
-    report["exclusive"] = run(jobs, base / "exclusive", [*common, "--max-jobs-per-device", "1"])
-    report["speedup"] = round(report["exclusive"]["makespan_s"] / report["packed"]["makespan_s"], 2)
+    if a.executor == "ray":
+        args, shutdown = ray_args(a.budget, slots)
+        try:
+            report["ray"] = run(jobs, base / "ray", ["--devices", "cpu", *args], slots)
+        finally:
+            shutdown()
+        report["ray_over_local"] = round(report["ray"]["makespan_s"] / report["packed"]["makespan_s"], 2)
+    else:
+        report["exclusive"] = run(jobs, base / "exclusive", [*common, "--max-jobs-per-device", "1"], 1)
+        report["speedup"] = round(report["exclusive"]["makespan_s"] / report["packed"]["makespan_s"], 2)
     text = json.dumps(report, indent=1)
     print(text)
     if a.json:

@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+import urllib.request
 
 import numpy as np
 import pytest
@@ -55,6 +56,19 @@ def log_span(storage, job_id):
     return min(times), max(times)
 
 
+def scrape_target(url, job_id):
+    """(target, its /metrics text): the running job's node_ip:port on /prometheus/targets, scraped."""
+    (group,) = [g for g in request(url, "GET", "/prometheus/targets")[1] if g["labels"]["job_id"] == job_id]
+    deadline = time.time() + 20
+    while True:  # the exporter process starts next to the worker
+        try:
+            with urllib.request.urlopen(f"http://{group['targets'][0]}/metrics", timeout=5) as r:
+                return group["targets"][0], r.read().decode()
+        except OSError:
+            assert time.time() < deadline, group
+            time.sleep(0.2)
+
+
 def most_at_once(spans):
     edges = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
     running = most = 0
@@ -81,12 +95,12 @@ def test_serve_on_ray_runs_two_at_a_time_cancels_through_ray_and_matches_local(t
                                                                                local_reference):
     ref_params, _ = local_reference
     srv = ProcessServer(tmp_path / "state", "--executor", "ray", "--ray-address", ray_cluster,
-                        "--storage", str(tmp_path / "storage")).start()
+                        "--storage", str(tmp_path / "storage"), "--job-metrics-host", "0.0.0.0").start()
     try:
         long_job = digits_job("long", epochs=400)
         ids = [request(srv.url, "POST", "/jobs", job)[1]["id"] for job in
                (long_job, digits_job("a"), digits_job("b"), digits_job("c"))]
-        seen_waiting, most_running = False, 0
+        seen_waiting, most_running, scraped = False, 0, None
         deadline = time.time() + 90
         while (jobs := request(srv.url, "GET", "/jobs")[1]) and any(
                 j["state"] in ("queued", "running") for j in jobs if j["id"] != ids[0]):
@@ -94,12 +108,15 @@ def test_serve_on_ray_runs_two_at_a_time_cancels_through_ray_and_matches_local(t
             most_running = max(most_running, sum(j["state"] == "running" for j in jobs))
             seen_waiting |= any(j["state"] == "queued" and "waiting for Ray resources" in j["reason"] for j in jobs)
             long_now = [j for j in jobs if j["id"] == ids[0]][0]
-            if long_now["state"] == "running" and (long_now["progress"].get("step") or 0) > 0:
+            if scraped is None and long_now["state"] == "running" and (long_now["progress"].get("step") or 0) > 0:
+                scraped = scrape_target(srv.url, ids[0])
                 request(srv.url, "DELETE", f"/jobs/{ids[0]}")  # through the API to the Ray job, mid-training
             time.sleep(0.1)
         cancelled = wait_for(srv.url, ids[0], ("succeeded", "failed", "cancelled"), timeout=60)
         assert cancelled["state"] == "cancelled" and "checkpoint saved" in cancelled["reason"], cancelled
         assert seen_waiting and most_running == 2
+        node_ip = __import__("ray").nodes()[0]["NodeManagerAddress"]
+        assert scraped[0].startswith(f"{node_ip}:") and "memtrain_" in scraped[1], scraped
         for job_id in ids[1:]:
             job = request(srv.url, "GET", f"/jobs/{job_id}")[1]
             assert job["state"] == "succeeded", job

@@ -177,10 +177,16 @@ class Scheduler:
                 self.store.update(job["id"], state="running", started_at=now())
                 self._finish(job, ended)
             elif self.executor.running(h):
-                port = h.metrics_target.rsplit(":", 1)[1] if h.metrics_target else None
                 self.store.update(job["id"], expect_state="queued", state="running", started_at=now(),
-                                  metrics_target=self.executor.metrics_target(h, port) if port else None)
+                                  metrics_target=self._node_target(h))
                 self.on_event("started", job)
+
+    def _node_target(self, h: Handle) -> str | None:
+        """node_ip:port of a job's exporter once the executor placed it; an exporter bound to
+        loopback (the default) is reachable only on its own machine, so it stays host:port."""
+        if not h.metrics_target or self.metrics_host in ("127.0.0.1", "localhost", "::1"):
+            return h.metrics_target
+        return self.executor.metrics_target(h, int(h.metrics_target.rsplit(":", 1)[1]))
 
     def _can_ever_fit(self, job: dict) -> bool:
         """A job planned by an earlier service run with larger budgets (or other devices) would
