@@ -78,7 +78,7 @@ def most_at_once(spans):
     return most
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def ray_cluster(local_reference):
     ray = pytest.importorskip("ray") if not os.environ.get("CI") else __import__("ray")
     os.environ["RAY_memory_monitor_refresh_ms"] = "0"  # other work shares the machine (see test_launch_ray)
@@ -123,5 +123,43 @@ def test_serve_on_ray_runs_two_at_a_time_cancels_through_ray_and_matches_local(t
             assert final_params(tmp_path / "storage", job_id) == ref_params
         assert most_at_once([log_span(tmp_path / "storage", i) for i in ids]) == 2
         assert not (tmp_path / "state" / "jobs").exists()  # job files on the storage; SQLite with the service
+    finally:
+        srv.stop()
+
+
+def until(check, timeout=60):
+    deadline = time.time() + timeout
+    while not (value := check()):
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.1)
+    return value
+
+
+def test_a_restarted_service_adopts_its_ray_job_and_a_killed_actor_resumes_from_its_checkpoint(tmp_path, ray_cluster):
+    """kill -9 of the service: the new one re-adopts the detached actor (same attempt); the actor
+    killed (as with a lost node): the job is retried from its checkpoint (attempt 2)."""
+    import ray  # noqa: PLC0415
+
+    args = ("--executor", "ray", "--ray-address", ray_cluster)
+    srv = ProcessServer(tmp_path / "state", *args).start()
+    try:
+        body = digits_job("r", epochs=400, checkpoint={"every_steps": 20})
+        job_id = request(srv.url, "POST", "/jobs", body)[1]["id"]
+
+        def job():
+            return request(srv.url, "GET", f"/jobs/{job_id}")[1]
+
+        until(lambda: job()["state"] == "running" and (job()["progress"].get("step") or 0) > 20)
+        srv.kill9()
+        srv = ProcessServer(tmp_path / "state", *args, port=srv.port).start()
+        adopted = job()
+        assert adopted["state"] == "running" and adopted["attempts"] == 1, adopted  # re-adopted, not resumed
+        (name,) = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(job_id)]
+        ray.kill(ray.get_actor(name, namespace="memtrain"), no_restart=True)
+        log = tmp_path / "state" / "jobs" / job_id / "job.log"
+        until(lambda: job()["attempts"] == 2 and '"event": "resume"' in log.read_text())
+        request(srv.url, "DELETE", f"/jobs/{job_id}")
+        end = wait_for(srv.url, job_id, ("succeeded", "failed", "cancelled"), timeout=60)
+        assert end["state"] == "cancelled" and end["attempts"] == 2, end
     finally:
         srv.stop()
