@@ -272,6 +272,14 @@ def devices(fmt):
 # -- train ---------------------------------------------------------------------------
 
 # each flag of `train` and the JobConfig key it overrides (config.merge: None is "not given")
+def _gpu_options(f):
+    """train's GPU switches (their own group: they mean nothing on the CPU)."""
+    f = click.option("--tf32/--no-tf32", default=None,
+                     help="TF32 Tensor Cores for float32 matmuls on a GPU.  [default: off]")(f)
+    return click.option("--cuda-graph/--no-cuda-graph", default=None,
+                        help="Replay the GPU step as a CUDA graph.  [default: on where supported, never on the CPU]")(f)
+
+
 _TRAIN_KEYS = {
     "name": "name", "seed": "seed", "device": "device", "layers": "model.layers", "activation": "model.activation",
     "output": "model.output", "dropout": "model.dropout", "dtype": "model.dtype", "optimizer": "optimizer.name",
@@ -324,9 +332,7 @@ _TRAIN_KEYS = {
 @click.option("--measure", type=click.Choice(["sampled", "exact", "off"]),
               help="CPU memory measurement: the first steps (sampled), every step (exact, slower) or off.  "
               "[default: sampled]")
-@click.option("--cuda-graph/--no-cuda-graph", default=None,
-              help="Replay the GPU step as a CUDA graph.  [default: on where supported, never on the CPU]")
-@click.option("--tf32/--no-tf32", default=None, help="TF32 Tensor Cores for float32 matmuls on a GPU.  [default: off]")
+@_gpu_options
 def train(job_file, log_format, progress, **flags):
     """Run a training job from JOB_FILE (TOML; see docs/job-file.md) and/or flags; flags
     override the file. Checkpoints every epoch (and on SIGTERM/SIGINT, then exits 0);

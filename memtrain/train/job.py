@@ -43,6 +43,11 @@ from memtrain.units import format_bytes
 __all__ = ["Job", "JobFailed", "data_bytes", "load_job_data", "run"]
 
 
+def cfg_named_by_hash(cfg) -> bool:
+    """No --name and no output dir: the run's directory is named by its config's hash."""
+    return cfg.name == "memtrain" and cfg.output.dir is None
+
+
 def run(cfg, *, log_format: str = "text", progress: bool = True, stream=None, install_signals: bool = True,
         batch_solver=None) -> dict:
     """Run the job described by `cfg` (a JobConfig); returns the summary. Job(cfg, ...).run()."""
@@ -119,14 +124,11 @@ class Job:
     # -- phases ----------------------------------------------------------------------------
 
     def open_device(self) -> None:
-        """Checks the output directories and opens the backend."""
-        ckpt.check_writable(self.ckpt_dir)
-        ckpt.check_writable(self.out_dir)
+        """Checks the output directories (created later, by build_trainer) and opens the backend."""
+        ckpt.check_creatable(self.ckpt_dir)
+        ckpt.check_creatable(self.out_dir)
         # stale temporaries removed, unusable checkpoints set aside before anything reads them
         self._recovered = ckpt.recover(self.ckpt_dir, warn=self._warn) if self.cfg.checkpoint.resume else None
-        if self.cfg.name == "memtrain" and self.cfg.output.dir is None:  # no --name: a directory of its own
-            self.log("run", f"run       {self.out_dir} (no name given: named by its config; --name N for "
-                     "runs/N)", output_dir=str(self.out_dir))
         backend = self.backend = get_backend(self.cfg.device, verbose=self.log.fmt == "text")
         s, spec = self.state, self.spec
         s.device, s.dtype = backend.name, spec.dtype.name
@@ -188,6 +190,11 @@ class Job:
 
     def build_trainer(self) -> None:
         """The model and trainer with every buffer of the plan; the data set attached."""
+        ckpt.check_writable(self.ckpt_dir)  # device, data and batch are good: now the run's folders
+        ckpt.check_writable(self.out_dir)
+        if cfg_named_by_hash(self.cfg):
+            self.log("run", f"run       {self.out_dir} (no name given: named by its config; --name N for "
+                     "runs/N)", output_dir=str(self.out_dir))
         cfg, ds = self.cfg, self.data
         steps_per_epoch = self.steps_per_epoch = -(-len(ds.X_train) // self.batch_size)
         self._bar = Progress(self.show_progress, steps_per_epoch, self.log.stream)
