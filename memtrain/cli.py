@@ -49,6 +49,15 @@ class _Group(click.Group):
             sys.exit(ExitCode.FAILURE)
         sys.exit(rv if isinstance(rv, int) else ExitCode.OK)
 
+    def format_commands(self, ctx, formatter):
+        """Each command's first sentence whole (click cuts it at the terminal width with "...");
+        the definition list wraps it instead."""
+        rows = [(name, cmd.get_short_help_str(limit=1000)) for name in self.list_commands(ctx)
+                if (cmd := self.get_command(ctx, name)) is not None and not cmd.hidden]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
@@ -262,20 +271,51 @@ def devices(fmt):
 
 # -- train ---------------------------------------------------------------------------
 
+# each flag of `train` and the JobConfig key it overrides (config.merge: None is "not given")
+def _gpu_options(f):
+    """train's GPU switches (their own group: they mean nothing on the CPU)."""
+    f = click.option("--tf32/--no-tf32", default=None,
+                     help="TF32 Tensor Cores for float32 matmuls on a GPU.  [default: off]")(f)
+    return click.option("--cuda-graph/--no-cuda-graph", default=None,
+                        help="Replay the GPU step as a CUDA graph.  [default: on where supported, never on the CPU]")(f)
+
+
+_TRAIN_KEYS = {
+    "name": "name", "seed": "seed", "device": "device", "layers": "model.layers", "activation": "model.activation",
+    "output": "model.output", "dropout": "model.dropout", "dtype": "model.dtype", "optimizer": "optimizer.name",
+    "lr": "optimizer.lr", "schedule": "schedule.name", "warmup": "schedule.warmup", "epochs": "training.epochs",
+    "patience": "training.patience", "clip_norm": "training.clip_norm", "batch_size": "training.batch_size",
+    "max_batch_size": "training.max_batch_size", "micro_batch_size": "training.micro_batch_size",
+    "memory_limit": "training.memory_limit", "measure": "training.measure", "dataset": "data.dataset",
+    "label_column": "data.label_column", "validation": "data.validation", "test": "data.test",
+    "checkpoint_dir": "checkpoint.dir", "checkpoint_every": "checkpoint.every_steps", "resume": "checkpoint.resume",
+    "output_dir": "output.dir", "metrics_port": "metrics.port", "metrics_host": "metrics.host",
+    "metrics_linger": "metrics.linger", "cuda_graph": "training.cuda_graph", "tf32": "training.tf32",
+}
+
 
 @main.command()
 @click.argument("job_file", required=False, type=click.Path(dir_okay=False))
-@click.option("--name", help="Job name (the `job` label of its metrics; default output dir runs/NAME).")
+@click.option("--name", help="Job name (the `job` label of its metrics; output dir runs/NAME).  "
+              "[default: runs/memtrain-<hash of the config>]")
 @model_options
 @click.option("--optimizer", help="Optimizer name or lookahead:<inner>.")
 @click.option("--lr", type=float, help="Learning rate.")
 @click.option("--schedule", help="constant, step, exponential, cosine, linear, inverse_sqrt, cosine_restarts.")
+@click.option("--warmup", type=click.IntRange(min=0), help="Steps of linear learning-rate warm-up.")
 @click.option("--epochs", type=click.IntRange(min=1))
+@click.option("--patience", type=click.IntRange(min=1), help="Early stopping after N epochs without a better "
+              "validation loss (the best weights are kept).")
+@click.option("--clip-norm", type=float, help="Clip the gradient's global norm to this value.")
 @click.option("--batch-size", type=BATCH, help="auto (largest that fits, probed) or N.")
+@click.option("--max-batch-size", type=click.IntRange(min=1), help="Upper bound for --batch-size auto.")
 @click.option("--micro-batch-size", type=BATCH, help="auto or N: gradient accumulation below the batch size.")
 @click.option("--memory-limit", type=SIZE, help="Memory the auto batch must fit, e.g. 2GiB (default: free GPU memory, or on "
               "the CPU 25% of the available memory, at most 4 GiB).")
 @click.option("--dataset", help="digits, a .npz/.csv/IDX file, or synthetic:classification(n,d,classes).")
+@click.option("--label-column", help="The label column of a CSV data set (default: the last).")
+@click.option("--validation", type=float, help="Share of the rows held out for validation, e.g. 0.2.")
+@click.option("--test", type=float, help="Share of the rows held out for the test.")
 @click.option("--device", help="cpu, cuda, cuda:N or auto.")
 @click.option("--seed", type=int)
 @click.option("--checkpoint-dir", help="Where checkpoints go (default OUTPUT_DIR/checkpoints).")
@@ -286,13 +326,14 @@ def devices(fmt):
 @click.option("--metrics-host", help="Address to bind the metrics server to.  [default: 127.0.0.1]")
 @click.option("--metrics-linger", type=click.FloatRange(min=0), help="Keep serving the final metrics this many seconds after the job ends.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
-              help="text: progress bar and lines; json: one JSON object per line.")
-@click.option("--cuda-graph/--no-cuda-graph", default=None,
-              help="Replay the GPU step as a CUDA graph.  [default: on where supported, never on the CPU]")
-@click.option("--tf32/--no-tf32", default=None, help="TF32 Tensor Cores for float32 matmuls on a GPU.  [default: off]")
-def train(job_file, name, layers, activation, output, dropout, dtype, optimizer, lr, schedule, epochs, batch_size,
-          micro_batch_size, memory_limit, dataset, device, seed, checkpoint_dir, checkpoint_every, resume, output_dir,
-          metrics_port, metrics_host, metrics_linger, log_format, cuda_graph, tf32):
+              help="text: progress bar (on a terminal) and lines; json: one JSON object per line.")
+@click.option("--progress/--no-progress", default=True, help="The progress bar (only ever on a terminal).  "
+              "[default: progress]")
+@click.option("--measure", type=click.Choice(["sampled", "exact", "off"]),
+              help="CPU memory measurement: the first steps (sampled), every step (exact, slower) or off.  "
+              "[default: sampled]")
+@_gpu_options
+def train(job_file, log_format, progress, **flags):
     """Run a training job from JOB_FILE (TOML; see docs/job-file.md) and/or flags; flags
     override the file. Checkpoints every epoch (and on SIGTERM/SIGINT, then exits 0);
     resumes from the newest checkpoint.
@@ -307,17 +348,9 @@ def train(job_file, name, layers, activation, output, dropout, dtype, optimizer,
     from memtrain.profiler.autobatch import auto_batch  # noqa: PLC0415 - the command loads the library when it runs: --help stays fast
     from memtrain.train.job import Job, JobFailed  # noqa: PLC0415 - the command loads the library when it runs: --help stays fast
 
-    cfg = merge(load(job_file) if job_file else JobConfig(), {
-        "name": name, "seed": seed, "device": device, "model.layers": layers, "model.activation": activation,
-        "model.output": output, "model.dropout": dropout, "model.dtype": dtype, "optimizer.name": optimizer,
-        "optimizer.lr": lr, "schedule.name": schedule, "training.epochs": epochs, "training.batch_size": batch_size,
-        "training.micro_batch_size": micro_batch_size, "training.memory_limit": memory_limit,
-        "data.dataset": dataset, "checkpoint.dir": checkpoint_dir, "checkpoint.every_steps": checkpoint_every,
-        "checkpoint.resume": resume, "output.dir": output_dir, "metrics.port": metrics_port,
-        "metrics.host": metrics_host, "metrics.linger": metrics_linger, "training.cuda_graph": cuda_graph,
-        "training.tf32": tf32})
+    cfg = merge(load(job_file) if job_file else JobConfig(), {key: flags[flag] for flag, key in _TRAIN_KEYS.items()})
     try:
-        Job(cfg, log_format=log_format, batch_solver=auto_batch).run()
+        Job(cfg, log_format=log_format, progress=progress, batch_solver=auto_batch).run()
     except JobFailed as exc:
         click.echo(f"memtrain: job failed: {exc}", err=True)
         sys.exit(ExitCode.FAILURE)

@@ -35,6 +35,8 @@ workers).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +47,8 @@ from memtrain.optim import make_optimizer
 from memtrain.optim.schedules import make_schedule
 from memtrain.units import parse_bytes
 from memtrain.validate import check_scalar
+
+DEFAULT_NAME = "memtrain"
 
 
 def _set(obj, name, value):
@@ -142,7 +146,7 @@ class TrainingConfig:
     patience: int | None = None  # early stopping (keeps the best weights)
     max_nonfinite: int = 10
     memory_limit: int | None = None  # bytes; a job file may say "2GiB"
-    measure: bool = True  # CPU: trace the real peak with tracemalloc
+    measure: str = "sampled"  # CPU: tracemalloc on the first steps ("sampled"), every step ("exact") or "off"
     cuda_graph: bool | None = None  # replay the GPU step as a CUDA graph; None: on where supported, never on the CPU
     tf32: bool = False  # TF32 Tensor Cores for float32 matmuls on a GPU
 
@@ -158,7 +162,7 @@ class TrainingConfig:
         _set(self, "max_nonfinite", check_scalar(self.max_nonfinite, "training.max_nonfinite", int, min_val=1))
         if self.memory_limit is not None:
             _set(self, "memory_limit", parse_bytes(self.memory_limit, "training.memory_limit"))
-        _set(self, "measure", _bool("training.measure", self.measure))
+        _set(self, "measure", _measure(self.measure))
         _set(self, "cuda_graph", _bool("training.cuda_graph", self.cuda_graph, allow_none=True))
         _set(self, "tf32", _bool("training.tf32", self.tf32))
 
@@ -216,6 +220,15 @@ class OutputConfig:
         _set(self, "dir", None if self.dir is None else str(self.dir))
 
 
+def _measure(value) -> str:
+    """training.measure: "sampled", "exact" or "off"; true means the default (sampled), false off."""
+    if value is True or value is False:
+        return "sampled" if value else "off"
+    if value not in ("sampled", "exact", "off"):
+        raise ConfigError(f"training.measure: expected sampled, exact, off, true or false, got {value!r}")
+    return value
+
+
 def _bool(name, value, *, allow_none=False) -> bool | None:
     if value is None and allow_none:
         return None
@@ -239,7 +252,7 @@ def section_keys(section: str) -> set | None:
 
 @dataclass(frozen=True)
 class JobConfig:
-    name: str = "memtrain"
+    name: str = "memtrain"  # DEFAULT_NAME
     seed: int = 0
     device: str = "auto"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -268,7 +281,20 @@ class JobConfig:
 
     @property
     def output_dir(self) -> Path:
-        return Path(self.output.dir or f"runs/{self.name}")
+        """output.dir, else runs/NAME; a job without a name gets runs/memtrain-<hash of what it trains>, so
+        two different flag-only jobs never share (and refuse) one checkpoint directory."""
+        if self.output.dir:
+            return Path(self.output.dir)
+        return Path(f"runs/{self.name}" if self.name != DEFAULT_NAME else f"runs/{DEFAULT_NAME}-{self.run_hash()}")
+
+    def run_hash(self) -> str:
+        """8 hex digits naming what the job trains: model, optimizer, schedule, data, seed and batch (not
+        the epochs, so `--epochs M` trains the same run on; not where it writes or what it serves)."""
+        d = self.to_dict()
+        t = d["training"]
+        what = {k: d[k] for k in ("model", "optimizer", "schedule", "data", "seed", "device")}
+        what["training"] = {k: t[k] for k in ("batch_size", "micro_batch_size", "max_batch_size", "memory_limit")}
+        return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
     @property
     def checkpoint_dir(self) -> Path:

@@ -422,6 +422,25 @@ def _load_csv(path: Path, label_column) -> _Raw:
     _exists(path)
     where = str(path)
     names = _label_column_names(label_column)
+
+    def check(header):
+        if names is None:
+            raise DataError(f"{where}: label_column: a .csv source needs the label column's name; "
+                            f"columns are {', '.join(header)}")
+        for c in names:
+            if c not in header:
+                raise DataError(f"{where}: label_column: {c!r} not found; columns are {', '.join(header)}")
+
+    header, table = _read_csv(path, where, check)
+    label_idx = [header.index(c) for c in names]
+    feature_idx = [i for i in range(len(header)) if i not in label_idx]
+    y = table[:, label_idx[0]] if len(names) == 1 else table[:, label_idx]
+    return _Raw(path.name, where, np.ascontiguousarray(table[:, feature_idx]), np.ascontiguousarray(y))
+
+
+def _read_csv(path: Path, where: str, check_header) -> tuple:
+    """(header, table) of a CSV file (gzip or not); `check_header(header)` raises for a
+    header that lacks what the caller needs, before any row is parsed."""
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     try:
         # utf-8-sig: spreadsheets often write a byte-order mark before the header
@@ -432,21 +451,13 @@ def _load_csv(path: Path, label_column) -> _Raw:
                 raise DataError(f"{where}: header row: file is empty; expected a header row naming the columns")
             header = [h.strip() for h in header]
             _check_header(where, header)
-            if names is None:
-                raise DataError(f"{where}: label_column: a .csv source needs the label column's name; "
-                                 f"columns are {', '.join(header)}")
-            for c in names:
-                if c not in header:
-                    raise DataError(f"{where}: label_column: {c!r} not found; columns are {', '.join(header)}")
+            check_header(header)
             table = _csv_fast(path, reader.line_num, len(header))
             if table is None:
                 table = _csv_table(where, reader, header)
     except (OSError, UnicodeDecodeError, csv.Error, EOFError, zlib.error) as exc:
         raise DataError(f"{where}: file cannot be read as CSV ({_reason(exc)})") from None
-    label_idx = [header.index(c) for c in names]
-    feature_idx = [i for i in range(len(header)) if i not in label_idx]
-    y = table[:, label_idx[0]] if len(names) == 1 else table[:, label_idx]
-    return _Raw(path.name, where, np.ascontiguousarray(table[:, feature_idx]), np.ascontiguousarray(y))
+    return header, table
 
 
 def _csv_fast(path: Path, header_lines: int, k: int) -> np.ndarray | None:
@@ -786,22 +797,12 @@ def _npz_features(path: Path, where: str) -> np.ndarray:
 def _csv_features(path: Path, where: str, label_column) -> np.ndarray:
     if not path.exists():
         raise DataError(f"{where}: file not found")
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
-    try:
-        with opener(path, "rt", newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
-            header = next(reader, None)
-            if header is None:
-                raise DataError(f"{where}: header row: file is empty; expected a header row naming the columns")
-            header = [h.strip() for h in header]
-            _check_header(where, header)
-            if label_column is not None and label_column not in header:
-                raise DataError(f"{where}: --label-column: {label_column!r} not found; columns are "
-                                f"{', '.join(header)}")
-            table = _csv_fast(path, reader.line_num, len(header))
-            if table is None:
-                table = _csv_table(where, reader, header)
-    except (OSError, UnicodeDecodeError, csv.Error, EOFError, zlib.error) as exc:
-        raise DataError(f"{where}: file cannot be read as CSV ({_reason(exc)})") from None
+
+    def check(header):
+        if label_column is not None and label_column not in header:
+            raise DataError(f"{where}: --label-column: {label_column!r} not found; columns are "
+                            f"{', '.join(header)}")
+
+    header, table = _read_csv(path, where, check)
     keep = [i for i, h in enumerate(header) if h != label_column]
     return np.ascontiguousarray(table[:, keep])

@@ -152,6 +152,8 @@ class JobCollector:
             nbytes = _quiet(_nvml_process, s.gpu_index, self.pid, bus)
             if nbytes is not None:
                 out["nvml_process"] = nbytes
+        if reported.get("python_objects") is not None:  # the job loop's, apart from the plan's peak
+            out["python_objects"] = reported["python_objects"]
         if reported.get("tracemalloc_peak") is not None:
             out["tracemalloc_peak"] = reported["tracemalloc_peak"]
         elif tracemalloc.is_tracing():

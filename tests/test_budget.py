@@ -112,11 +112,12 @@ def test_auto_batch_is_capped_before_it_probes(monkeypatch):
 
 def test_a_job_auto_batch_without_a_limit_never_probes_beyond_its_rows(tmp_path):
     """The README's command: 1,079 training rows, so no batch above 1,079 is solved or probed
-    (it probed ~24.7 GB on a 24 GiB machine); a 1 GiB address-space cap would stop anything bigger."""
+    (it probed ~24.7 GB on a 24 GiB machine); a 1 GiB address-space cap would stop anything bigger.
+    --device cpu: `auto` would try CuPy, whose CUDA libraries map most of that address space."""
     out = capped("""
         from memtrain.cli import main
         main(["train", "--layers", "64,32,10", "--dataset", "digits", "--batch-size", "auto", "--epochs", "1",
-              "--log-format", "json", "--name", "bounded"])
+              "--log-format", "json", "--name", "bounded", "--device", "cpu"])
     """, room=1024**3, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     events = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]

@@ -110,6 +110,7 @@ def test_formats_and_plot_with_a_fake_runner(job, tmp_path, monkeypatch):
     assert adam["samples_per_second"] == pytest.approx(300 / 0.3)
     text = cmp.table_text(rep)
     assert "ep to 0.85" in text and "never used to choose" in text
+    assert max(map(len, text.splitlines())) <= 120  # the categories are in --format json / csv
     assert cmp.table_csv(rep).splitlines()[1].startswith("1,adam,0.5,2,")
     assert json.loads(cmp.table_json(rep))["rows"][2]["best_val_loss"] is None
     pytest.importorskip("matplotlib")

@@ -92,7 +92,9 @@ def test_sections_own_their_defaults_and_parse_sizes():
     assert cfg.optimizer.hyper == (("lookahead_k", 7), ("lr", 0.01)) and cfg.model.dropout == (0.9, 0.6)
     d = JobConfig()
     assert d.training.epochs == 10 and d.checkpoint.keep == 3 and d.metrics.host == "127.0.0.1"
-    assert d.output_dir.as_posix() == "runs/memtrain" and d.checkpoint_dir.as_posix() == "runs/memtrain/checkpoints"
+    # no name: a run directory of its own, named by what it trains (issue 12)
+    run = f"runs/memtrain-{d.run_hash()}"
+    assert d.output_dir.as_posix() == run and d.checkpoint_dir.as_posix() == f"{run}/checkpoints"
 
 
 def test_overrides_go_through_one_merge():

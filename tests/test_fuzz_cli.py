@@ -81,9 +81,6 @@ def _listing(root) -> dict:
     return out
 
 
-# Job.open_device (train/job.py) creates runs/NAME/checkpoints before the device and the data are checked
-EARLY_DIRS = pytest.mark.xfail(strict=True, reason="train creates its run directories before checking the device "
-                               "and data (Job.open_device)")
 M = "m/model-final.npz"
 L = ["--layers", "64,16,10"]
 
@@ -186,10 +183,9 @@ CASES = [
     (["train", "--device", "cpu", *L, "--log-format", "xml"], "--log-format"),
     (["train", "--device", "cpu", *L, "--checkpoint-every", "-1"], "--checkpoint-every"),
     (["train", "--device", "cpu", *L, "--optimizer", "nope"], "optimizer"),
-    pytest.param(["train", "--device", "nope", *L], "device", marks=EARLY_DIRS),
-    pytest.param(["train", "--device", "cpu", "--layers", "64,10", "--dataset", "x7.npz"], "7 features",
-                 marks=EARLY_DIRS),
-    pytest.param(["train", "--device", "cpu", *L, "--dataset", "nothere.npz"], "nothere.npz", marks=EARLY_DIRS),
+    pytest.param(["train", "--device", "nope", *L], "device"),
+    pytest.param(["train", "--device", "cpu", "--layers", "64,10", "--dataset", "x7.npz"], "7 features"),
+    pytest.param(["train", "--device", "cpu", *L, "--dataset", "nothere.npz"], "nothere.npz"),
     # evaluate
     (["evaluate", "missing.npz", "--dataset", "digits"], "missing.npz"),
     (["evaluate", "afile", "--dataset", "digits"], "afile"),

@@ -31,12 +31,14 @@ def _make_run(d, name, losses, *, state="finished", test_accuracy=None, planned=
 
 @pytest.fixture(scope="module")
 def legacy(tmp_path_factory):
-    """A run written by today's job, which writes model-final.json but no run.json."""
+    """A run as an older memtrain wrote it: model-final.json but no run.json or history."""
     out = tmp_path_factory.mktemp("legacy") / "old-job"
     cfg = from_dict({"name": "old-job", "seed": 0, "device": "cpu", "model": {"layers": [64, 16, 10]},
                      "training": {"batch_size": 64, "epochs": 1}, "data": {"dataset": "digits"},
                      "output": {"dir": str(out)}})
     run_job(cfg, progress=False, stream=io.StringIO(), install_signals=False)
+    for name in ("run.json", "history.jsonl", "history.csv"):  # today's job writes them
+        (out / name).unlink()
     return out
 
 

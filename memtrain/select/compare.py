@@ -127,24 +127,25 @@ _CATS = (("parameters", "params"), ("gradients", "grads"), ("optimizer_state", "
 
 
 def table_text(report: dict) -> str:
+    """The ranking in at most 120 columns; the plan by category and every other number are in
+    --format json / csv."""
     rows = report["rows"]
-    cats = [(k, short) for k, short in _CATS if any(r["planned_by_category"].get(k) for r in rows)]
     target = report.get("target_accuracy")
-    headers = (["#", "optimizer", "best val loss (ep)", "final val loss", "val acc best/final", "test acc"]
+    headers = (["#", "optimizer", "best loss (ep)", "val acc best/final", "test acc"]
                + ([f"ep to {target:g}"] if target is not None else [])
-               + ["wall s", "samples/s"] + [short for _, short in cats] + ["plan", "peak"])
+               + ["wall s", "samples/s", "plan", "peak"])
     body = []
     for r in rows:
         body.append([r["rank"], r["optimizer"],
                      f"{_f(r['best_val_loss'])} ({r['best_loss_epoch'] if r['best_loss_epoch'] else '-'})",
-                     _f(r["final_val_loss"]), f"{_f(r['best_val_accuracy'])}/{_f(r['final_val_accuracy'])}",
+                     f"{_f(r['best_val_accuracy'])}/{_f(r['final_val_accuracy'])}",
                      _f(r["test_accuracy"])]
                     + ([r["epochs_to_target"]] if target is not None else [])
                     + [f"{r['seconds']:.1f}", "-" if r["samples_per_second"] is None else f"{r['samples_per_second']:,.0f}"]
-                    + [_b(r["planned_by_category"].get(k)) for k, _ in cats]
                     + [_b(r["planned_bytes"]), _b(r["measured_peak_bytes"])])
-    note = ("ranked by the best validation loss; test accuracy is reported, never used to choose; "
-            "memory: the plan by category and the measured peak (CPU: tracemalloc)")
+    note = ("ranked by the best validation loss (best loss); test accuracy is reported, never used to choose\n"
+            "memory: the plan and the measured peak of what it covers (CPU: tracemalloc);\n"
+            "the final validation loss, the plan by category and the history: --format json or csv")
     return _table(headers, body, ["<", "<"] + [">"] * (len(headers) - 2)) + "\n" + note
 
 

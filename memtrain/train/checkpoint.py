@@ -105,6 +105,20 @@ def atomic_write(path: Path, write) -> None:
     _fsync_dir(path.parent)
 
 
+def check_creatable(directory) -> Path:
+    """Whether `directory` exists writable or could be created, without creating anything
+    (a job checks this first, so a bad device or data set leaves no empty run folders)."""
+    d = Path(directory)
+    probe = d
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise CheckpointError(f"checkpoint-dir: {directory} cannot be created ({probe} is not a directory)")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise CheckpointError(f"checkpoint-dir: {directory} is not writable ({probe}: permission denied)")
+    return d
+
+
 def check_writable(directory) -> Path:
     d = Path(directory)
     try:

@@ -15,7 +15,6 @@ lives above the trainer (it probes real steps), so callers pass it in.
 from __future__ import annotations
 
 import contextlib
-import json
 import signal
 import sys
 import threading
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from memtrain.backend import get_backend, set_tf32
-from memtrain.errors import ConfigError, DataError, DeviceError, JobFailed
+from memtrain.errors import CheckpointError, ConfigError, DataError, DeviceError, JobFailed
 from memtrain.memory.batch import largest_batch
 from memtrain.memory.budget import check_fits, default_margin, device_budget
 from memtrain.memory.measure import gpu_uuid, pool_peak_hook
@@ -33,6 +32,7 @@ from memtrain.memory.peak import PeakMeter
 from memtrain.memory.plan import training_plan
 from memtrain.nn.mlp import MLP
 from memtrain.train import checkpoint as ckpt
+from memtrain.train.history import RunHistory, config_hash, trainer_history
 from memtrain.train.joblog import JobLog, Progress, epoch_line, plan_line, summary_text
 from memtrain.train.model_io import save_model
 from memtrain.train.setting import Setting
@@ -41,6 +41,11 @@ from memtrain.train.trainer import STOP, Trainer
 from memtrain.units import format_bytes
 
 __all__ = ["Job", "JobFailed", "data_bytes", "load_job_data", "run"]
+
+
+def cfg_named_by_hash(cfg) -> bool:
+    """No --name and no output dir: the run's directory is named by its config's hash."""
+    return cfg.name == "memtrain" and cfg.output.dir is None
 
 
 def run(cfg, *, log_format: str = "text", progress: bool = True, stream=None, install_signals: bool = True,
@@ -58,7 +63,8 @@ class Job:
                  batch_solver=None):
         self.cfg = cfg
         self.log = JobLog(log_format, stream or sys.stdout)
-        self.show_progress = progress and log_format == "text"
+        # the bar redraws one line: on a terminal only (a log file or a pipe gets the epoch lines)
+        self.show_progress = progress and log_format == "text" and _isatty(self.log.stream)
         self.install_signals = install_signals
         self.batch_solver = batch_solver  # (setting, backend, **kw) -> AutoBatch, for batch_size = "auto"
         self.state = JobState(job=cfg.name)
@@ -69,12 +75,18 @@ class Job:
         self.backend = self.data = self.setting = self.trainer = self.plan = self.exporter = None
         self.batch_size = self.micro_batch_size = None
         self.resident = True
-        self.peak = PeakMeter()
+        self.peak = PeakMeter(cfg.training.measure)
+        self.history = RunHistory(self.out_dir)  # run.json, history.jsonl/.csv in the run directory
+        self.cadence = ckpt.Cadence(cfg.checkpoint.every_steps, cfg.checkpoint.every_minutes * 60)
+        self._recovered = self._resumed_record = None  # the newest good checkpoint's record at start-up (ckpt.recover)
+        self._history_open = False  # start() was called: every ending must finish() it
+        self._epoch_samples = 0
+        self._rate = Progress(False, 0, None)  # its smoothed samples/s, for the epoch lines and the history
         self.summary = None
         self.stop_reason = None  # set by stop(): a signal name or "stop"
         self.failure = None
         self._identity = None
-        self._t_start = self._last_ckpt = self._step_t = 0.0
+        self._t_start = self._step_t = 0.0
 
     # -- control -------------------------------------------------------------------------
 
@@ -94,9 +106,17 @@ class Job:
                 resources.callback(self.exporter.stop)
             resources.callback(self.peak.stop)
             self.build_trainer()
-            self.resume()
-            stopped = self.train()
-            result = stopped if stopped is not None else self.finish()
+            resumed = self.resume()
+            done = self._already_finished() if resumed else None
+            if done is not None:
+                return done
+            self.start_history(resumed)
+            try:
+                stopped = self.train()
+                result = stopped if stopped is not None else self.finish()
+            except BaseException as exc:
+                self._end_history("failed", message=str(exc) or type(exc).__name__)
+                raise
             if self.exporter is not None and self.cfg.metrics.linger:
                 self._linger(self.cfg.metrics.linger)
             return result
@@ -104,9 +124,11 @@ class Job:
     # -- phases ----------------------------------------------------------------------------
 
     def open_device(self) -> None:
-        """Checks the output directories and opens the backend."""
-        ckpt.check_writable(self.ckpt_dir)
-        ckpt.check_writable(self.out_dir)
+        """Checks the output directories (created later, by build_trainer) and opens the backend."""
+        ckpt.check_creatable(self.ckpt_dir)
+        ckpt.check_creatable(self.out_dir)
+        # stale temporaries removed, unusable checkpoints set aside before anything reads them
+        self._recovered = ckpt.recover(self.ckpt_dir, warn=self._warn) if self.cfg.checkpoint.resume else None
         backend = self.backend = get_backend(self.cfg.device, verbose=self.log.fmt == "text")
         s, spec = self.state, self.spec
         s.device, s.dtype = backend.name, spec.dtype.name
@@ -168,11 +190,17 @@ class Job:
 
     def build_trainer(self) -> None:
         """The model and trainer with every buffer of the plan; the data set attached."""
+        ckpt.check_writable(self.ckpt_dir)  # device, data and batch are good: now the run's folders
+        ckpt.check_writable(self.out_dir)
+        if cfg_named_by_hash(self.cfg):
+            self.log("run", f"run       {self.out_dir} (no name given: named by its config; --name N for "
+                     "runs/N)", output_dir=str(self.out_dir))
         cfg, ds = self.cfg, self.data
-        self._bar = Progress(self.show_progress, -(-len(ds.X_train) // self.batch_size), self.log.stream)
-        if cfg.training.measure and not self.backend.is_cuda:
+        steps_per_epoch = self.steps_per_epoch = -(-len(ds.X_train) // self.batch_size)
+        self._bar = Progress(self.show_progress, steps_per_epoch, self.log.stream)
+        if not self.backend.is_cuda:
+            _warm_up(self.spec)  # imports a first step would make (scipy.special) are not the plan's memory
             self.peak.start()
-        steps_per_epoch = -(-len(ds.X_train) // self.batch_size)
         schedule = cfg.schedule.make(self.base_lr, cfg.training.epochs * steps_per_epoch)
         model = MLP.from_spec(self.spec, seed=cfg.seed, device=self.backend)
         tr = self.trainer = Trainer(model, cfg.optimizer.make(), self.batch_size,
@@ -207,16 +235,55 @@ class Job:
                 raise ConfigError(f"checkpoint.dir: {self.ckpt_dir} already holds checkpoints of an earlier run; "
                                   "resume it (--resume) or choose another --checkpoint-dir (nothing was overwritten)")
             return False
-        found = ckpt.load_latest(self.ckpt_dir, self.identity(), warn=lambda m: self.log("warning", m, message=m))
+        try:
+            found = ckpt.load_latest(self.ckpt_dir, self.identity(), warn=self._warn)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{exc}; give this job its own --name (or --output-dir), or start over in "
+                                  f"{self.ckpt_dir} with --no-resume after moving its checkpoints away") from None
         if not found:
             return False
         arrays, record = found
         tr = self.trainer
         tr.load_state(arrays, record["state"])
+        self._resumed_record = record
+        self.cadence.written(tr.steps, tr.epoch)  # a stop before the next step writes nothing new
         self.state.steps, self.state.epoch = tr.steps, tr.epoch
         self.log("resume", f"resumed   from {self.ckpt_dir / record['npz']}: step {tr.steps}, epoch "
                  f"{tr.epoch + 1}, batch {tr.position}", step=tr.steps, epoch=tr.epoch, position=tr.position)
         return True
+
+    def start_history(self, resumed: bool) -> None:
+        """run.json says running; on resume the history is cut back to the checkpoint's epoch
+        (epochs trained after it were lost with the crash and are trained again)."""
+        tr, s, cfg = self.trainer, self.state, self.cfg
+        info = {"device": s.device, "dataset": self.data.name, "optimizer": s.optimizer,
+                "model": {"sizes": list(self.spec.sizes), "activation": self.spec.activation.describe(),
+                          "dtype": s.dtype},
+                "batch_size": tr.batch_size, "micro_batch_size": tr.micro_batch_size,
+                "epochs_planned": cfg.training.epochs, "steps": tr.steps, "planned_bytes": self.plan.total,
+                "planned_by_category": self.plan.by_category(), "config_hash": config_hash(cfg.to_dict())}
+        if resumed:
+            old = self._resumed_record["state"].get("history")  # a checkpoint of an older memtrain holds it
+            kept = self.history.start(info, resume_from=tr.epoch, fallback=old)
+            tr.history = trainer_history(kept)[-1:]
+        else:
+            self.history.start(info)
+        self._history_open = True
+
+    def _end_history(self, state: str, summary: dict | None = None, message: str | None = None) -> None:
+        if self._history_open:
+            self._history_open = False
+            with contextlib.suppress(OSError):  # a full disk: the job's own error says so, not this
+                self.history.finish(state, summary, message=message)
+
+    def _append_history(self, record: dict, **fields) -> None:
+        try:
+            self.history.append(record, **fields)
+        except OSError as exc:  # a full disk: one line, like a checkpoint that cannot be written
+            good = ckpt.list_checkpoints(self.ckpt_dir)
+            last = f"the last good checkpoint is {good[0]}" if good else "no checkpoint was written yet"
+            raise JobFailed(f"history: could not write {self.history.jsonl} ({exc.strerror or exc}); {last}; "
+                            "free some space, then resume with the same command") from None
 
     def train(self) -> dict | None:
         """The loop (on_step/on_epoch after each step/epoch). Returns the stop record when
@@ -229,7 +296,8 @@ class Job:
                 previous[sig] = signal.signal(sig, lambda s, f: self.stop(signal.Signals(s).name))
         pool_hook = pool_peak_hook(self.backend.xp.get_default_memory_pool()) if self.backend.is_cuda else None
         self._pool_hook = pool_hook
-        self._last_ckpt, self._step_t = time.monotonic(), time.perf_counter()
+        self._step_t = time.perf_counter()
+        self.peak.reset()  # the start-up's own allocations (history files, logs) are not a training step's
         self.set_state("training")
         remaining = self.cfg.training.epochs - tr.epoch
         try:
@@ -251,12 +319,17 @@ class Job:
         s = self.state
         s.step_durations.observe(dt)
         s.steps = tr.steps
-        s.samples += min(tr.batch_size, len(self.data.X_train) - (tr.position - 1) * tr.batch_size)
+        samples = min(tr.batch_size, len(self.data.X_train) - (tr.position - 1) * tr.batch_size)
+        s.samples += samples
+        self._epoch_samples += samples
         if self._pool_hook is not None:
             s.measured["cupy_pool_peak"] = self._pool_hook.peak
+        self.peak.step_done()
         peak = self.peak.peak()
         if peak is not None:
-            s.measured["tracemalloc_peak"] = peak  # includes the data set allocated before tracing began
+            s.measured["tracemalloc_peak"] = peak  # the plan's part, the data set allocated before tracing included
+            if self.peak.overhead() is not None:
+                s.measured["python_objects"] = self.peak.overhead()
         s.train_loss, s.gradient_norm, s.learning_rate = loss, tr.last_grad_norm, tr.last_lr
         s.nonfinite_steps, s.oom_recoveries = tr.nonfinite_steps, tr.oom_recoveries
         if tr.micro_batch_size != s.micro_batch_size:  # an OOM re-planned the step
@@ -269,7 +342,7 @@ class Job:
             return STOP
         if self.stop_reason:
             return STOP
-        if self._checkpoint_due(tr.steps):
+        if self.cadence.interval_due(tr.steps, last_in_epoch=tr.position >= self.steps_per_epoch):
             self.save_checkpoint("interval")
         return None
 
@@ -281,18 +354,33 @@ class Job:
         acc = record.get("val_accuracy")
         s.validation_accuracy = float("nan") if acc is None else acc
         self.publish()
-        self.log("epoch", epoch_line(record, self.cfg.training.epochs, self.peak.peak(), self.plan.total), **record)
+        # smoothed across epochs: a checkpoint's fsync or a busy machine moves it a little, not 50x
+        seconds = record.get("seconds") or 0.0
+        raw = self._epoch_samples / seconds if seconds > 0 else None  # the epoch's own, for the history
+        rate = self._rate.rate(self._epoch_samples, seconds)
+        self._epoch_samples = 0
+        self.log("epoch", epoch_line(record, self.cfg.training.epochs, self.peak.peak(), self.plan.total, rate),
+                 **record, samples_per_second=rate)
+        # the epoch's history line first: a checkpoint never holds an epoch the history lacks
+        self._append_history(record, steps=tr.steps, samples_per_second=raw, planned_bytes=self.plan.total,
+                            measured_peak_bytes=self.peak.peak())
+        del tr.history[:-1]  # the history file holds every epoch: memory stays flat over long runs
         self.save_checkpoint("epoch")
 
-    def save_checkpoint(self, reason: str) -> Path:
+    def save_checkpoint(self, reason: str) -> Path | None:
+        """A checkpoint of the current state, unless the newest one already holds it (None)."""
+        tr = self.trainer
+        if not self.cadence.should_write(tr.steps, tr.epoch):
+            return None
         self.peak.hold()  # writing the .npz makes temporary copies: not the training step's memory
         self.set_state("checkpointing")
-        tr = self.trainer
-        path = ckpt.save(self.ckpt_dir, tr.state_arrays(), tr.state_meta(), self.identity(),
-                         keep=self.cfg.checkpoint.keep)
+        # the sidecar records how many history rows the state has (one per completed epoch), not the rows
+        meta = {**tr.state_meta(), "history": range(tr.epoch)}
+        path = ckpt.save(self.ckpt_dir, tr.state_arrays(), meta, self.identity(), keep=self.cfg.checkpoint.keep,
+                         history=False)
+        self.cadence.written(tr.steps, tr.epoch)
         self.state.checkpoints += 1
         self.state.last_checkpoint_time = time.time()
-        self._last_ckpt = time.monotonic()
         self.set_state("training")
         self.peak.reset()
         self.log("checkpoint", "", path=str(path), reason=reason, step=tr.steps)
@@ -303,6 +391,11 @@ class Job:
         self.set_state("evaluating")
         train_peak = self.peak.peak()  # before the test evaluation allocates its inference plan
         self.summary = self._write_models(train_peak, time.perf_counter() - self._t_start)
+        self.summary["python_objects_bytes"] = self.peak.overhead()
+        run = self.history.finish("finished", self.summary) if self._history_open else None
+        self._history_open = False
+        if run is not None:
+            self.summary["history"] = trainer_history(self.history.read())
         self.set_state("finished")
         self.log("summary", summary_text(self.summary), **self.summary)
         return self.summary
@@ -317,18 +410,29 @@ class Job:
         if self.exporter is not None:
             self.exporter.publish(self.state)
 
-    def _checkpoint_due(self, steps) -> bool:
-        every_steps = self.cfg.checkpoint.every_steps
-        every_s = self.cfg.checkpoint.every_minutes * 60
-        return bool((every_steps and steps % every_steps == 0)
-                    or (every_s and time.monotonic() - self._last_ckpt >= every_s))
+    def _warn(self, message: str) -> None:
+        self.log("warning", message, message=message)
+
+    def _already_finished(self) -> dict | None:
+        """A resumed job with nothing left to train says so (and trains nothing); None otherwise."""
+        tr, epochs = self.trainer, self.cfg.training.epochs
+        if (tr.epoch < epochs and not tr.stopped_early) or not (self.out_dir / "model-final.npz").exists():
+            return None
+        why = "stopped early, " if tr.stopped_early else ""
+        msg = (f"finished  already: {why}{tr.epoch} epochs trained in {self.out_dir}; nothing to train "
+               f"(use --no-resume to start over, or --epochs M with M > {tr.epoch} to train on)")
+        self.log("already_finished", msg, epochs=tr.epoch, steps=tr.steps, output_dir=str(self.out_dir))
+        self.set_state("finished")
+        return {"already_finished": True, "epochs": tr.epoch, "steps": tr.steps}
 
     def _after_loop(self) -> dict:
         self.save_checkpoint(self.stop_reason or "non-finite")
         if self.failure:
             self.set_state("failed")
+            self._end_history("failed", message=self.failure)
             raise JobFailed(self.failure)
         steps = self.trainer.steps
+        self._end_history("stopped", {"steps": steps}, message=f"stopped on {self.stop_reason}")
         self.log("stopped", f"stopped   on {self.stop_reason} at step {steps}; checkpoint saved, resume with the "
                  "same command", signal=self.stop_reason, step=steps)
         return {"stopped": self.stop_reason, "steps": steps}
@@ -336,9 +440,8 @@ class Job:
     def _auto_batch(self, loaded) -> tuple:
         """(batch, note): a resumed checkpoint's batch, else the solver's (capped)."""
         t, n_train = self.cfg.training, len(self.data.X_train)
-        probe = ckpt.list_checkpoints(self.ckpt_dir) if self.cfg.checkpoint.resume else []
-        if probe:
-            batch = json.loads(probe[0].read_text())["identity"]["batch_size"]
+        if self._recovered is not None:  # verified by ckpt.recover at start-up
+            batch = self._recovered["identity"]["batch_size"]
             return batch, f"batch     {batch} (from the checkpoint being resumed)"
         if self.batch_solver is None:
             raise ConfigError("training.batch_size: auto needs a batch solver "
@@ -429,6 +532,23 @@ def load_job_data(cfg):
         raise DataError(f"model.layers: the first size must equal the data's {ds.n_features} features "
                         f"({ds.name}), got {spec.sizes[0]}")
     return ds
+
+
+def _isatty(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or closed
+        return False
+
+
+def _warm_up(spec) -> None:
+    """Import what a training step imports on first use, before the peak is measured:
+    exact GELU's erf comes from scipy.special (~12 MB of Python objects)."""
+    if "gelu" in spec.activation.describe().lower():
+        from memtrain.nn.special import erf  # noqa: PLC0415
+
+        x = np.zeros(1)
+        erf(x, x)
 
 
 def data_bytes(ds) -> int:

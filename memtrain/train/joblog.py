@@ -30,10 +30,17 @@ class JobLog:
 
 
 class Progress:
-    """tqdm bar per epoch: loss, samples/s, memory. Off for JSON logs or when not wanted."""
+    """tqdm bar per epoch: loss, samples/s, memory. Off for JSON logs, when not wanted and when
+    the stream is not a terminal (a log file gets the epoch lines only).
+
+    samples/s is smoothed (an exponential moving average of samples and of seconds, so a
+    slow checkpoint step or a fast last batch moves it by a tenth, not by 50x)."""
+
+    SMOOTHING = 0.1
 
     def __init__(self, enabled, total, stream):
         self.enabled, self.total, self.stream, self.bar, self.epoch = enabled, total, stream, None, None
+        self._samples = self._seconds = None
         if enabled:
             import tqdm  # noqa: F401, PLC0415 - imported before tracing starts: the measured peak is the plan's
 
@@ -47,11 +54,22 @@ class Progress:
             self.epoch = tr.epoch
             self.bar = tqdm(total=self.total, initial=tr.position - 1, desc=f"epoch {tr.epoch + 1}", file=self.stream,
                             leave=False, dynamic_ncols=True)
-        post = {"loss": f"{loss:.4f}", "samples/s": f"{tr.batch_size / dt:,.0f}" if dt > 0 else "-"}
+        rate = self.rate(tr.batch_size, dt)
+        post = {"loss": f"{loss:.4f}", "samples/s": f"{rate:,.0f}" if rate else "-"}
         if peak is not None:
             post["mem"] = format_bytes(peak)
         self.bar.set_postfix(post, refresh=False)
         self.bar.update(1)
+
+    def rate(self, samples, seconds) -> float | None:
+        """The smoothed samples per second after one more step of `samples` in `seconds`."""
+        a = self.SMOOTHING
+        if self._samples is None:
+            self._samples, self._seconds = float(samples), float(seconds)
+        else:
+            self._samples += a * (samples - self._samples)
+            self._seconds += a * (seconds - self._seconds)
+        return self._samples / self._seconds if self._seconds > 0 else None
 
     def close(self):
         if self.bar is not None:
@@ -59,18 +77,40 @@ class Progress:
             self.bar = None
 
 
-def epoch_line(r, epochs, peak, planned) -> str:
+def epoch_line(r, epochs, peak, planned, rate=None) -> str:
     line = format_record(r).replace(f"epoch {r['epoch']}", f"epoch {r['epoch']}/{epochs}", 1)
     line += f"  lr {r['lr']:.3g}"
+    if rate:
+        line += f"  {rate:,.0f} samples/s"
     if peak is not None:
         line += f"  peak {format_bytes(peak)} (plan {format_bytes(planned)})"
     return line
 
 
 def plan_line(plan, resident) -> str:
-    return (f"plan      {format_bytes(plan.total)}: "
+    line = (f"plan      {format_bytes(plan.total)}: "
             + ", ".join(f"{k} {format_bytes(v)}" for k, v in plan.by_category().items() if v)
             + f"; data {'resident' if resident else 'streamed from the host'}")
+    if "best_params" in plan.names():  # why parameters are twice what `estimate` shows without patience
+        best = plan.allocated(plan.get("best_params"))
+        line += (f"\n          parameters include the early-stopping copy of the best weights "
+                 f"({format_bytes(best)}; training.patience)")
+    return line
+
+
+def memory_lines(s) -> list:
+    """What the plan covers, measured, and the process's own overhead, each for what it is."""
+    mem = f"memory    planned {format_bytes(s['planned_bytes'])}"
+    if s["measured_peak_bytes"] is None:
+        return [mem]
+    err = s["measured_peak_bytes"] / s["planned_bytes"] - 1
+    mem += (f", measured {format_bytes(s['measured_peak_bytes'])} ({err:+.2%}: the plan's buffers and step "
+            "temporaries, tracemalloc)")
+    lines = [mem]
+    if s.get("python_objects_bytes") is not None:
+        lines.append(f"          plus {format_bytes(s['python_objects_bytes'])} of the job loop's Python objects "
+                     "(history, logs, progress; not training memory, not in the plan)")
+    return lines
 
 
 def summary_text(s) -> str:
@@ -81,11 +121,6 @@ def summary_text(s) -> str:
         lines.append(f"validation loss {s['val_loss']:.4f}, accuracy {s['val_accuracy']:.4f}")
     if s["test_accuracy"] is not None:
         lines.append(f"test      loss {s['test_loss']:.4f}, accuracy {s['test_accuracy']:.4f}")
-    mem = f"memory    planned {format_bytes(s['planned_bytes'])}"
-    if s["measured_peak_bytes"] is not None:
-        err = s["measured_peak_bytes"] / s["planned_bytes"] - 1
-        mem += (f", measured peak while training {format_bytes(s['measured_peak_bytes'])} "
-                f"(tracemalloc, {err:+.2%}: the plan plus the job loop's Python objects)")
-    lines.append(mem)
+    lines.extend(memory_lines(s))
     lines.append(f"model     {s['model']}" + (f" (best: {s['best_model']})" if s["best_model"] else ""))
     return "\n".join(lines)

@@ -52,7 +52,8 @@ class StepHistogram:
 # "scalar" one float; "state" the index in JOB_STATES; "categories" one float per plan
 # category; "sources" one float per MEASURED source; "histogram" the bucket counts and sum.
 EXPORT = "export"
-MEASURED = ("cupy_pool_used", "cupy_pool_total", "cupy_pool_peak", "tracemalloc_peak")
+# tracemalloc_peak: the CPU peak of what the plan covers; python_objects: the job loop's own Python objects
+MEASURED = ("cupy_pool_used", "cupy_pool_total", "cupy_pool_peak", "tracemalloc_peak", "python_objects")
 
 
 def _f(kind, default=None, **kw):

@@ -367,14 +367,15 @@ class Trainer:
         return {n: self.backend.to_numpy(self.arrays[n]) for n in names}
 
     def state_meta(self) -> dict:
+        """Counters and early-stopping state: what a resume needs besides the arrays (not the history,
+        which grows every epoch: the run's history file keeps it)."""
         return {
             "steps": self.steps, "epoch": self.epoch, "position": self.position,
             "epoch_loss": getattr(self, "_epoch_loss", 0.0),
             "nonfinite_steps": self.nonfinite_steps, "oom_recoveries": self.oom_recoveries,
             "micro_batch_size": self.micro_batch_size,
             "best_loss": None if math.isinf(self.best_loss) else self.best_loss, "best_epoch": self.best_epoch,
-            "waited": self.waited, "stopped_early": self.stopped_early, "history": self.history,
-            "seed": self.seed,
+            "waited": self.waited, "stopped_early": self.stopped_early, "seed": self.seed,
         }
 
     def identity(self) -> dict:
@@ -401,7 +402,8 @@ class Trainer:
         self.best_loss = math.inf if meta["best_loss"] is None else meta["best_loss"]
         self.best_epoch, self.waited = meta["best_epoch"], meta["waited"]
         self.stopped_early = meta["stopped_early"]
-        self.history = list(meta["history"])
+        # the run's history file holds the epochs (the job restores them); older checkpoints carry them
+        self.history = list(meta.get("history", ()))
 
 
 def _gather(X, y, idx):
