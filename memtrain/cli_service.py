@@ -1,7 +1,7 @@
 """`memtrain serve` and its clients `submit`, `jobs`, `job`, `cancel`, `logs`: parse, call, print.
 
-Registered on the main group in memtrain/cli.py, whose group turns a MemtrainError or
-ValueError into one line "memtrain: error: ..." and exit status 2.
+Registered on the main group in memtrain/cli.py, whose group turns a MemtrainError into
+one line "memtrain: error: ..." and exit status 2.
 """
 
 from __future__ import annotations
@@ -11,33 +11,9 @@ import sys
 
 import click
 
+from memtrain.cli_types import DEVICE_SIZE, SIZE_OR_ZERO
+
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
-
-
-def _budget(ctx, param, values):
-    from memtrain.units import parse_bytes  # noqa: PLC0415
-
-    out = {}
-    for v in values:
-        device, sep, size = v.partition("=")
-        if not sep or not device.strip():
-            raise click.BadParameter(f"expected DEVICE=SIZE like cpu=3GiB or cuda:0=20GiB, got {v!r}")
-        try:
-            out[device.strip().lower()] = parse_bytes(size, "budget")
-        except ValueError as exc:
-            raise click.BadParameter(str(exc).split(": ", 1)[-1]) from None
-    return out
-
-
-def _size(ctx, param, value):
-    if value is None:
-        return None
-    from memtrain.units import parse_bytes  # noqa: PLC0415
-
-    try:
-        return parse_bytes(value, "overhead", allow_zero=True)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc).split(": ", 1)[-1]) from None
 
 
 @click.command()
@@ -48,7 +24,7 @@ def _size(ctx, param, value):
 @click.option("--port", default=8470, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--devices", default="auto", show_default=True,
               help="auto (every GPU NVML lists, else the CPU), cpu, or cuda:0,cuda:1.")
-@click.option("--budget", "budgets", multiple=True, callback=_budget, metavar="DEVICE=SIZE",
+@click.option("--budget", "budgets", multiple=True, type=DEVICE_SIZE, metavar="DEVICE=SIZE",
               help="Memory plans may commit on DEVICE (repeatable).  [default: MemAvailable or NVML free "
                    "memory now, less a reserve]")
 @click.option("--token-file", type=click.Path(dir_okay=False),
@@ -62,7 +38,7 @@ def _size(ctx, param, value):
               help="Seconds smaller jobs may pass a queued job that does not fit yet; then nothing passes it.")
 @click.option("--max-attempts", default=2, show_default=True, type=click.IntRange(min=1),
               help="Runs of a job killed by a signal it did not ask for (each resumes from its checkpoint).")
-@click.option("--overhead", callback=_size, metavar="SIZE",
+@click.option("--overhead", type=SIZE_OR_ZERO, metavar="SIZE",
               help="Per-process overhead of a CPU job.  [default: measured once, kept in the state dir]")
 @click.option("--job-metrics-host", default="127.0.0.1", show_default=True,
               help="Address each job's metrics exporter listens on (0.0.0.0 in a container).")
@@ -94,7 +70,7 @@ def serve(state_dir, host, port, devices, budgets, token_file, data_roots, max_j
         raise click.UsageError("--ray-address: only with --executor ray")
     from memtrain.service.server import run  # noqa: PLC0415
 
-    run(state_dir=state_dir, host=host, port=port, devices=devices, budgets=budgets, token_file=token_file,
+    run(state_dir=state_dir, host=host, port=port, devices=devices, budgets=dict(budgets), token_file=token_file,
         data_roots=data_roots, max_jobs_per_device=max_jobs_per_device, head_wait=head_wait,
         max_attempts=max_attempts, overhead=overhead, job_metrics_host=job_metrics_host,
         job_metrics_address=job_metrics_address, executor=executor, ray_address=ray_address, storage=storage,

@@ -28,6 +28,20 @@ class Size(click.ParamType):
             self.fail(str(exc).split(": ", 1)[1], param, ctx)
 
 
+class DeviceSize(click.ParamType):
+    """DEVICE=SIZE (serve's --budget): ("cpu", 3221225472) from cpu=3GiB."""
+
+    name = "device=size"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        device, sep, size = value.partition("=")
+        if not sep or not device.strip():
+            self.fail(f"expected DEVICE=SIZE like cpu=3GiB or cuda:0=20GiB, got {value!r}", param, ctx)
+        return device.strip().lower(), SIZE.convert(size, param, ctx)
+
+
 class LayerList(click.ParamType):
     """Comma-separated layer sizes, inputs to outputs: 784,128,10."""
 
@@ -100,6 +114,8 @@ class FiniteFloat(click.ParamType):
 
 
 SIZE = Size()
+SIZE_OR_ZERO = Size(allow_zero=True)
+DEVICE_SIZE = DeviceSize()
 LAYERS = LayerList()
 DROPOUT = Dropout()
 BATCH = BatchValue()
