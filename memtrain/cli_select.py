@@ -1,7 +1,7 @@
 """`memtrain compare` and `memtrain sweep`: parse, call memtrain.select, print.
 
 Registered on the main group in memtrain/cli.py (`main.add_command(compare)`),
-whose group turns a ValueError into one line "memtrain: error: ..." and exit 2.
+whose group turns a MemtrainError into one line "memtrain: error: ..." and exit 2.
 """
 
 from __future__ import annotations
