@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import time
 
@@ -33,14 +34,16 @@ class Progress:
     """tqdm bar per epoch: loss, samples/s, memory. Off for JSON logs, when not wanted and when
     the stream is not a terminal (a log file gets the epoch lines only).
 
-    samples/s is smoothed (an exponential moving average of samples and of seconds, so a
-    slow checkpoint step or a fast last batch moves it by a tenth, not by 50x)."""
+    samples/s is smoothed: samples over seconds of the last WINDOW observations (steps for the
+    bar, epochs for the epoch lines), so a slow checkpoint step or a fast last batch moves it a
+    little, not 50x, and a slow first epoch (imports, warm-up) drops out after WINDOW epochs
+    instead of weighing on a whole run as an average seeded by it would."""
 
-    SMOOTHING = 0.1
+    WINDOW = 5
 
     def __init__(self, enabled, total, stream):
         self.enabled, self.total, self.stream, self.bar, self.epoch = enabled, total, stream, None, None
-        self._samples = self._seconds = None
+        self._window = collections.deque(maxlen=self.WINDOW)
         if enabled:
             import tqdm  # noqa: F401, PLC0415 - imported before tracing starts: the measured peak is the plan's
 
@@ -63,13 +66,9 @@ class Progress:
 
     def rate(self, samples, seconds) -> float | None:
         """The smoothed samples per second after one more step of `samples` in `seconds`."""
-        a = self.SMOOTHING
-        if self._samples is None:
-            self._samples, self._seconds = float(samples), float(seconds)
-        else:
-            self._samples += a * (samples - self._samples)
-            self._seconds += a * (seconds - self._seconds)
-        return self._samples / self._seconds if self._seconds > 0 else None
+        self._window.append((float(samples), float(seconds)))
+        total = sum(t for _, t in self._window)
+        return sum(n for n, _ in self._window) / total if total > 0 else None
 
     def close(self):
         if self.bar is not None:
