@@ -252,7 +252,7 @@ def section_keys(section: str) -> set | None:
 
 @dataclass(frozen=True)
 class JobConfig:
-    name: str = "memtrain"  # DEFAULT_NAME
+    name: str = DEFAULT_NAME
     seed: int = 0
     device: str = "auto"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -285,7 +285,12 @@ class JobConfig:
         two different flag-only jobs never share (and refuse) one checkpoint directory."""
         if self.output.dir:
             return Path(self.output.dir)
-        return Path(f"runs/{self.name}" if self.name != DEFAULT_NAME else f"runs/{DEFAULT_NAME}-{self.run_hash()}")
+        return Path(f"runs/{DEFAULT_NAME}-{self.run_hash()}" if self.named_by_hash else f"runs/{self.name}")
+
+    @property
+    def named_by_hash(self) -> bool:
+        """No name and no output.dir: the run's directory is named by run_hash()."""
+        return self.name == DEFAULT_NAME and not self.output.dir
 
     def run_hash(self) -> str:
         """8 hex digits naming what the job trains: model, optimizer, schedule, data, seed and batch (not

@@ -393,29 +393,37 @@ def _check_synthetic_fits(text, field, n, d, k) -> None:
 def _load_npz(path: Path) -> _Raw:
     _exists(path)
     where = str(path)
-    try:
-        z = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise DataError(f"{where}: file cannot be read as .npz ({_reason(exc)})") from None
-    if not hasattr(z, "files"):  # np.load reads a .npy file given any name
-        raise DataError(f"{where}: file holds a single array, not an .npz archive; expected arrays X and y")
     arrays = {}
-    with z:
+    with _open_npz(path, where, "arrays X and y") as z:
         present = set(z.files)
         if not {"X", "y"} <= present:
             raise DataError(f"{where}: arrays: expected X and y, found {', '.join(sorted(present)) or 'none'}")
         for key in ("X", "y", "X_val", "y_val", "X_test", "y_test"):
             if key in present:
-                try:
-                    arrays[key] = z[key]
-                except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
-                    raise DataError(f"{where}: {key}: cannot be read ({_reason(exc)}); "
-                                     "expected a numeric array") from None
+                arrays[key] = _npz_array(z, where, key)
     for a, b in (("X_val", "y_val"), ("X_test", "y_test")):
         if (a in arrays) != (b in arrays):
             have, missing = (a, b) if a in arrays else (b, a)
             raise DataError(f"{where}: {missing}: {have} is present without it; expected both or neither")
     return _Raw(path.name, where, **arrays)
+
+
+def _open_npz(path: Path, where: str, expected: str):
+    """The .npz archive (a context manager), or one line naming why it is not one."""
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise DataError(f"{where}: file cannot be read as .npz ({_reason(exc)})") from None
+    if not hasattr(z, "files"):  # np.load reads a .npy file given any name
+        raise DataError(f"{where}: file holds a single array, not an .npz archive; expected {expected}")
+    return z
+
+
+def _npz_array(z, where: str, key: str) -> np.ndarray:
+    try:
+        return z[key]
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
+        raise DataError(f"{where}: {key}: cannot be read ({_reason(exc)}); expected a numeric array") from None
 
 
 def _load_csv(path: Path, label_column) -> _Raw:
@@ -779,19 +787,10 @@ def load_inputs(source, where: str, label_column=None) -> np.ndarray:
 def _npz_features(path: Path, where: str) -> np.ndarray:
     if not path.exists():
         raise DataError(f"{where}: file not found")
-    try:
-        z = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise DataError(f"{where}: file cannot be read as .npz ({_reason(exc)})") from None
-    if not hasattr(z, "files"):  # np.load reads a .npy file given any name
-        raise DataError(f"{where}: file holds a single array, not an .npz archive; expected an array X")
-    with z:
+    with _open_npz(path, where, "an array X") as z:
         if "X" not in z.files:
             raise DataError(f"{where}: arrays: expected X, found {', '.join(sorted(z.files)) or 'none'}")
-        try:
-            return z["X"]
-        except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
-            raise DataError(f"{where}: X: cannot be read ({_reason(exc)}); expected a numeric array") from None
+        return _npz_array(z, where, "X")
 
 
 def _csv_features(path: Path, where: str, label_column) -> np.ndarray:

@@ -43,11 +43,6 @@ from memtrain.units import format_bytes
 __all__ = ["Job", "JobFailed", "data_bytes", "load_job_data", "run"]
 
 
-def cfg_named_by_hash(cfg) -> bool:
-    """No --name and no output dir: the run's directory is named by its config's hash."""
-    return cfg.name == "memtrain" and cfg.output.dir is None
-
-
 def run(cfg, *, log_format: str = "text", progress: bool = True, stream=None, install_signals: bool = True,
         batch_solver=None) -> dict:
     """Run the job described by `cfg` (a JobConfig); returns the summary. Job(cfg, ...).run()."""
@@ -192,7 +187,7 @@ class Job:
         """The model and trainer with every buffer of the plan; the data set attached."""
         ckpt.check_writable(self.ckpt_dir)  # device, data and batch are good: now the run's folders
         ckpt.check_writable(self.out_dir)
-        if cfg_named_by_hash(self.cfg):
+        if self.cfg.named_by_hash:
             self.log("run", f"run       {self.out_dir} (no name given: named by its config; --name N for "
                      "runs/N)", output_dir=str(self.out_dir))
         cfg, ds = self.cfg, self.data
