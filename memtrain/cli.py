@@ -274,6 +274,9 @@ def devices(fmt):
 # each flag of `train` and the JobConfig key it overrides (config.merge: None is "not given")
 def _gpu_options(f):
     """train's GPU switches (their own group: they mean nothing on the CPU)."""
+    f = click.option("--fused/--no-fused", default=None,
+                     help="CPU: memtrain's fused kernels (one pass per optimizer update and per bias + "
+                          "activation); --no-fused runs the NumPy reference path.  [default: fused]")(f)
     f = click.option("--tf32/--no-tf32", default=None,
                      help="TF32 Tensor Cores for float32 matmuls on a GPU.  [default: off]")(f)
     return click.option("--cuda-graph/--no-cuda-graph", default=None,
@@ -291,6 +294,7 @@ _TRAIN_KEYS = {
     "checkpoint_dir": "checkpoint.dir", "checkpoint_every": "checkpoint.every_steps", "resume": "checkpoint.resume",
     "output_dir": "output.dir", "metrics_port": "metrics.port", "metrics_host": "metrics.host",
     "metrics_linger": "metrics.linger", "cuda_graph": "training.cuda_graph", "tf32": "training.tf32",
+    "fused": "training.fused",
 }
 
 

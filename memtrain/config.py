@@ -149,6 +149,7 @@ class TrainingConfig:
     measure: str = "sampled"  # CPU: tracemalloc on the first steps ("sampled"), every step ("exact") or "off"
     cuda_graph: bool | None = None  # replay the GPU step as a CUDA graph; None: on where supported, never on the CPU
     tf32: bool = False  # TF32 Tensor Cores for float32 matmuls on a GPU
+    fused: bool = True  # CPU: memtrain's fused kernels (numba); false: the NumPy reference path
 
     def __post_init__(self):
         _set(self, "batch_size", _batch("training.batch_size", self.batch_size))
@@ -165,6 +166,7 @@ class TrainingConfig:
         _set(self, "measure", _measure(self.measure))
         _set(self, "cuda_graph", _bool("training.cuda_graph", self.cuda_graph, allow_none=True))
         _set(self, "tf32", _bool("training.tf32", self.tf32))
+        _set(self, "fused", _bool("training.fused", self.fused))
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ def train(*args, tmp_path):
 
 @pytest.mark.parametrize("args,needs", [
     (["--layers", "64,128,10", "--dataset", "digits", "--batch-size", "1000000000000"],
-     "training.batch_size: batch 1,000,000,000,000 needs 1731.68 TiB (1,904,000,000,580,472 B) but "),
+     "training.batch_size: batch 1,000,000,000,000 needs 1731.68 TiB (1,904,000,000,542,032 B) but "),
     (["--layers", "64,100000000,10", "--dataset", "digits", "--batch-size", "32"],
      "training.batch_size: batch 32 needs 147.52 GiB"),
     (["--layers", "10,16,2", "--dataset", "synthetic:classification(1000000000,10,2)", "--batch-size", "32"],

@@ -100,12 +100,18 @@ def test_cuda_rounds_each_buffer_to_512_bytes():
 
 def test_plan_names_and_categories():
     spec = ModelSpec.create([10, 8, 6, 3], activation="gelu", dropout=(0.8, 0.5))
-    plan = training_plan(spec, make_optimizer("rprop"), 4, dataset_size=100)
+    plan = training_plan(spec, make_optimizer("rprop"), 4, dataset_size=100, fused=False)
     names = plan.names()
     for expected in ["params", "grads", "opt.step", "opt.prev_sign", "x", "y", "order", "mask0", "z1", "a1",
                      "mask1", "z2", "a2", "mask2", "z3", "out", "dA", "act_scratch", "dropout_uniform", "chunk"]:
         assert expected in names
     assert plan.get("opt.prev_sign").dtype == "int8"
+    # the fused CPU step (the default) keeps intermediates in registers: no chunk, no activation scratch
+    fused = training_plan(spec, make_optimizer("rprop"), 4, dataset_size=100)
+    assert fused.fused and not plan.fused
+    assert set(names) - set(fused.names()) == {"act_scratch", "chunk"}
+    saved = plan.get("act_scratch").nbytes + plan.get("chunk").nbytes
+    assert plan.total - fused.total == saved == 4 * 8 * 4 + 3 * spec.n_params * 4
     assert set(plan.by_category()) == set(CATEGORIES)
     with pytest.raises(ValueError, match="batch_size: expected a positive integer"):
         training_plan(spec, make_optimizer("sgd"), 0)

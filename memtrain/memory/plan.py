@@ -66,6 +66,7 @@ class MemoryPlan:
     overhead_bytes: int = 0
     overhead_source: str = "none"  # "measured", "assumed", "given" or "none"
     micro_batch_size: int | None = None  # rows per forward/backward pass; None: the whole batch
+    fused: bool = False  # CPU: the step runs memtrain's fused kernels (no optimizer or activation scratch)
 
     @property
     def rows(self) -> int:
@@ -145,7 +146,7 @@ def uniform_dtype(spec) -> str:
 
 def training_plan(spec, optimizer, batch_size: int, device: str = "cpu", *, micro_batch_size=None,
                   dataset_size=None, resident_rows=None, keep_best: bool = False, overhead_bytes: int = 0,
-                  overhead_source: str = "none") -> MemoryPlan:
+                  overhead_source: str = "none", fused: bool = True) -> MemoryPlan:
     """Every buffer of one training step at `batch_size` (see docs/memory-model.md).
 
     With `micro_batch_size` m < batch_size, the step runs in micro-batches of m
@@ -154,14 +155,18 @@ def training_plan(spec, optimizer, batch_size: int, device: str = "cpu", *, micr
 
     `dataset_size` adds the epoch's permutation (host). `resident_rows` =
     (n_train, n_val) adds the data set itself, kept in the plan's memory (on a
-    GPU: resident on the device) instead of streamed batch by batch."""
+    GPU: resident on the device) instead of streamed batch by batch.
+
+    `fused` (CPU): the step runs memtrain's fused CPU kernels (kernels/cpu), which
+    need neither the optimizer's chunk scratch nor an activation scratch; False
+    plans the NumPy reference path. A GPU step always runs its fused kernels."""
     B = _check_batch(batch_size)
+    device = _device_kind(device)
+    fused = bool(fused) and device == "cpu"  # (a GPU plan's workspace is its own, below)
     b = B if micro_batch_size is None else _check_batch(micro_batch_size, "micro_batch_size")
     if b > B:
         raise ConfigError(f"micro_batch_size: {b} is larger than the batch size {B}")
-    dt = spec.dtype.name
-    L, sizes = spec.n_layers, spec.sizes
-    P = spec.n_params
+    dt, P = spec.dtype.name, spec.n_params
     bufs = [params_buffer(spec), Buffer("grads", "gradients", (P,), dt)]
     if b < B:
         # the mean gradient over the micro-batches is summed here
@@ -171,11 +176,21 @@ def training_plan(spec, optimizer, batch_size: int, device: str = "cpu", *, micr
         bufs.append(Buffer("best_params", "parameters", (P,), dt))
     bufs += _slot_buffers(spec, optimizer)
     bufs += _data_buffers(spec, b, dataset_size, resident_rows)
+    bufs += _activation_buffers(spec, b, fused)
+    bufs += _loss_buffers(spec, b)
+    bufs += step_workspace(spec, optimizer, device, fused=fused)
+    return MemoryPlan("train", B, device, tuple(bufs), int(overhead_bytes), overhead_source,
+                      micro_batch_size=b, fused=fused)
+
+
+def _activation_buffers(spec, b: int, fused: bool) -> list:
+    """Per layer: z (for g'(z)), a = g(z) (the next layer's input, for its weight
+    gradient) and the dropout mask, which backprop keeps; the backward workspace."""
+    dt, L, sizes = spec.dtype.name, spec.n_layers, spec.sizes
     keep_in, keep_hidden = spec.dropout or (1.0, 1.0)
+    bufs = []
     if keep_in < 1.0:
         bufs.append(Buffer("mask0", "activations", (b, sizes[0]), dt, layer=0, batched=True))
-    # Backprop keeps, per hidden layer, z (for g'(z)) and a = g(z) (the next
-    # layer's input, for its weight gradient), plus the dropout mask.
     for i in range(1, L + 1):
         k = sizes[i]
         bufs.append(Buffer(f"z{i}", "activations", (b, k), dt, layer=i, batched=True))
@@ -188,30 +203,30 @@ def training_plan(spec, optimizer, batch_size: int, device: str = "cpu", *, micr
         widest = max(spec.hidden)
         # dL/da of a hidden layer; the delta itself is then written over z.
         bufs.append(Buffer("dA", "workspace", (b * widest,), dt, batched=True))
-        if spec.activation.needs_scratch:
+        if spec.activation.needs_scratch and not fused:  # the fused kernels keep intermediates in registers
             bufs.append(Buffer("act_scratch", "workspace", (b * widest,), dt, batched=True))
     drop_widths = ([sizes[0]] if keep_in < 1.0 else []) + (list(spec.hidden) if keep_hidden < 1.0 else [])
     if drop_widths:
         bufs.append(Buffer("dropout_uniform", "workspace", (b * max(drop_widths),), uniform_dtype(spec),
                            batched=True))
-    bufs += _loss_buffers(spec, b)
-    bufs += step_workspace(spec, optimizer, _device_kind(device))
-    return MemoryPlan("train", B, _device_kind(device), tuple(bufs), int(overhead_bytes), overhead_source,
-                      micro_batch_size=b)
+    return bufs
 
 
-def step_workspace(spec, optimizer, device: str) -> list:
+def step_workspace(spec, optimizer, device: str, *, fused: bool = True) -> list:
     """The workspace of the update, per device.
 
-    cpu:  the optimizer's chunk scratch (NumPy needs one buffer per
-          intermediate; chunks keep it at CHUNK elements, not P).
-    cuda: no optimizer workspace: each update is one fused kernel that reads
-          and writes every element once (memtrain/kernels). Instead the step's
+    cpu, fused: none: each update is one fused kernel that reads and writes
+          every element once (memtrain/kernels/cpu), and so is l1/l2's gradient.
+    cpu, NumPy reference: the optimizer's chunk scratch (NumPy needs one buffer
+          per intermediate; chunks keep it at CHUNK elements, not P).
+    cuda: no optimizer workspace either (memtrain/kernels). Instead the step's
           scalars (lr, the step's loss and gradient norm, ...; 8 float64) live on the device, where
           the kernels and a captured CUDA graph read them. l1/l2 still run
           through the chunked NumPy-style path, so they keep one chunk."""
     P = spec.n_params
     regularised = 1 if (spec.l1 or spec.l2) else 0
+    if device == "cpu" and fused:
+        return []
     if device == "cuda":
         from memtrain.kernels.source import N_SCALARS  # noqa: PLC0415 - plain constants, no CuPy
 

@@ -23,7 +23,7 @@ class _Probe:
     def __init__(self, model, X, y, masks):
         self.model = model
         spec = model.spec
-        plan = training_plan(spec, SGD(), len(X), model.backend.kind)
+        plan = training_plan(spec, SGD(), len(X), model.backend.kind, fused=False)  # the NumPy reference
         self.arrays = allocate(plan, model.backend.xp, existing={"params": model.params})
         self.bufs = step.StepBuffers(spec, self.arrays, "train")
         self.X, self.y = np.asarray(X, dtype=spec.dtype), model.prepare_labels(y)

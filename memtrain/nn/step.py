@@ -35,8 +35,10 @@ def fill_offsets(offsets, width: int) -> None:
 class StepBuffers:
     """Per-batch views (b <= B rows) of a plan's arrays, for training or inference."""
 
-    def __init__(self, spec, arrays: dict, mode: str):
-        self.spec, self.arrays, self.mode = spec, arrays, mode
+    def __init__(self, spec, arrays: dict, mode: str, cpu=None):
+        """cpu: memtrain.kernels.cpu.dispatch when the plan is a fused CPU plan (it has no
+        activation scratch: bias + activation and its backward run as fused kernels)."""
+        self.spec, self.arrays, self.mode, self.cpu = spec, arrays, mode, cpu
         self.B = arrays["x"].shape[0]
         if "row_offsets" in arrays:
             fill_offsets(arrays["row_offsets"], spec.sizes[-1])
@@ -68,6 +70,7 @@ class StepBuffers:
         # GPU plans carry the step's scalars: training then runs memtrain's fused kernels
         v.sc = A.get("step_scalars") if self.mode == "train" else None
         v.fused = False
+        v.cpu = self.cpu
         self._cache = (b, v)
         return v
 
@@ -89,6 +92,7 @@ def forward(spec, layers, v, *, train: bool, rng=None, resample: bool = True) ->
     act, L = spec.activation, spec.n_layers
     keep_in, keep_hidden = spec.dropout or (1.0, 1.0)
     v.fused = fused = bool(train and getattr(v, "sc", None) is not None)
+    cpu = getattr(v, "cpu", None)  # fused CPU kernels (kernels/cpu), in training and evaluation
     h = v.x
     if train and v.mask[0] is not None:
         if resample:
@@ -103,10 +107,12 @@ def forward(spec, layers, v, *, train: bool, rng=None, resample: bool = True) ->
             v.out_bias = bias
             if i < L:
                 _kernels().bias_activation_forward(act, z, bias, v.a[i], alpha, _kernels().default_launcher())
+        elif cpu is not None and i < L:
+            cpu.bias_activation_forward(act, z, bias, v.a[i], alpha)  # one pass, no scratch
         else:
             z += bias
         if i < L:
-            if not fused:
+            if not fused and cpu is None:
                 act.forward(z, v.a[i], v.scratch[i], alpha)
             h = v.a[i]
             if train and v.mask[i] is not None:
@@ -141,6 +147,7 @@ def backward(spec, layers, glayers, v) -> None:
     xp = array_module(v.x)
     act, L = spec.activation, spec.n_layers
     fused = getattr(v, "fused", False)
+    cpu = getattr(v, "cpu", None)
     if not fused:  # the fused loss kernel already left dL/dz in v.out
         spec.output.delta(v.out, v.y, v.rows, v.index)
     delta = v.out
@@ -163,6 +170,8 @@ def backward(spec, layers, glayers, v) -> None:
             if fused:
                 _kernels().activation_backward(act, v.z[i - 1], v.a[i - 1], dA, alpha, galpha,
                                                _kernels().default_launcher())
+            elif cpu is not None:
+                cpu.activation_backward(act, v.z[i - 1], v.a[i - 1], dA, alpha, galpha)
             else:
                 act.backward(v.z[i - 1], v.a[i - 1], dA, v.scratch[i - 1], alpha, galpha)
             delta = v.z[i - 1]

@@ -47,10 +47,11 @@ class NovoGrad(Optimizer):
         return {"lr": self.lr, "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps,
                 "weight_decay": self.weight_decay}
 
-    def step(self, params, grads, state, scratch, lr, layout):
-        xp = array_module(params)
-        t = self._tick(state)
-        m, v = state["opt.m"], state["opt.v"]
+    def layer_scales(self, grads, state, t: int, layout):
+        """Per parameter tensor: update v_l from ||g_l||^2 and yield (lo, hi, 1/sqrt(v_l + eps)).
+        Shared by this NumPy step and the fused CPU kernels (kernels/cpu/dispatch.py)."""
+        xp = array_module(grads)
+        v = state["opt.v"]
         for li, group in enumerate(layout):
             lo, hi = group.offset, group.offset + group.size
             g_l = grads[lo:hi]
@@ -58,7 +59,12 @@ class NovoGrad(Optimizer):
             # v_1 = ||g_1||^2, then v_t = beta2 v + (1 - beta2) ||g_t||^2
             v_l = norm2 if t == 1 else self.beta2 * float(v[li]) + (1.0 - self.beta2) * norm2
             v[li] = v_l
-            scale = 1.0 / math.sqrt(v_l + self.eps)
+            yield lo, hi, 1.0 / math.sqrt(v_l + self.eps)
+
+    def step(self, params, grads, state, scratch, lr, layout):
+        t = self._tick(state)
+        m = state["opt.m"]
+        for lo, hi, scale in self.layer_scales(grads, state, t, layout):
             for start, stop in chunks(hi - lo):
                 n = stop - start
                 a, b = lo + start, lo + stop

@@ -166,7 +166,9 @@ def _optimizer_info(setting: Setting) -> dict:
         "hyper": opt.hyper,
         "slots": [{"name": s.name, "kind": s.kind, "dtype": s.dtype or setting.spec.dtype.name}
                   for s in opt.all_slots()],
-        "scratch_arrays": opt.scratch_count,
+        # the NumPy reference path's chunk scratch rows; the fused kernels (CPU default, GPU) need none
+        "scratch_arrays": 0 if (setting.fused or setting.device == "cuda") else opt.scratch_count,
+        "kernels": "fused" if (setting.fused or setting.device == "cuda") else "numpy",
     }
 
 

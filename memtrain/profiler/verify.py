@@ -23,7 +23,7 @@ from memtrain.memory.measure import pool_peak_hook, process_gpu_bytes
 from memtrain.memory.overhead import measure_cuda_overhead
 from memtrain.memory.plan import CATEGORIES
 from memtrain.nn.mlp import MLP
-from memtrain.train.trainer import Trainer
+from memtrain.train.trainer import Trainer, cpu_kernels
 from memtrain.validate import check_scalar
 
 SCHEMA = "memtrain.profile/1"
@@ -103,11 +103,14 @@ def _attach_zeros(trainer, spec, rows) -> None:
     trainer.attach_data(*part(n_train), part(n_val) if n_val else None, resident=True)
 
 
-def _warm_up(spec, backend):
-    # lazy imports and first-call caches (NumPy, SciPy's erf) stay out of the measurement
+def _warm_up(setting, backend):
+    # lazy imports and first-call caches (NumPy, SciPy's erf, numba's kernels) stay out of the measurement
+    spec = setting.spec
     tiny = type(spec).create([3, 2, 2], activation=spec.activation, dropout=spec.dropout, dtype=spec.dtype.name)
     m = MLP.from_spec(tiny, device=backend)
     Trainer(m, "adam", batch_size=2).step(np.zeros((2, 3)), np.zeros(2, int))
+    if not backend.is_cuda and setting.fused:
+        cpu_kernels(spec, setting.make_optimizer())  # numba and this step's kernels, compiled or loaded
 
 
 def profile(setting, batch_size: int, *, steps: int = 3, seed: int = 0, backend=None,
@@ -119,7 +122,7 @@ def profile(setting, batch_size: int, *, steps: int = 3, seed: int = 0, backend=
     backend = backend or get_backend(setting.device)
     spec = setting.spec
     fill = random_fill(spec, seed)
-    _warm_up(spec, backend)
+    _warm_up(setting, backend)
     if backend.is_cuda:
         return _profile_cuda(setting, batch_size, steps, backend, fill, tolerance)
 
@@ -132,7 +135,7 @@ def profile(setting, batch_size: int, *, steps: int = 3, seed: int = 0, backend=
         model = MLP.from_spec(spec, seed=seed, device=backend)
         meter.take("parameters")
         trainer = Trainer(model, setting.make_optimizer(), batch_size, seed=seed, allocation_observer=meter,
-                          patience=1 if setting.keep_best else None)
+                          patience=1 if setting.keep_best else None, fused=setting.fused)
         if setting.resident_rows:  # a job's data set, resident in the plan
             _attach_zeros(trainer, spec, setting.resident_rows)
             meter.take("data")

@@ -244,7 +244,7 @@ def _plan_fn(checked: Checked, budget: int):
 
     def plan(b):
         return training_plan(s.spec, s.make_optimizer(), b, s.device, micro_batch_size=min(micro, b),
-                             keep_best=s.keep_best, resident_rows=s.resident_rows,
+                             keep_best=s.keep_best, resident_rows=s.resident_rows, fused=s.fused,
                              dataset_size=s.resident_rows[0] if s.resident_rows else None)
 
     return plan

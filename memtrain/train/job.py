@@ -37,7 +37,7 @@ from memtrain.train.joblog import JobLog, Progress, epoch_line, plan_line, summa
 from memtrain.train.model_io import save_model
 from memtrain.train.setting import Setting
 from memtrain.train.state import JobState
-from memtrain.train.trainer import STOP, Trainer
+from memtrain.train.trainer import STOP, Trainer, cpu_kernels
 from memtrain.units import format_bytes
 
 __all__ = ["Job", "JobFailed", "data_bytes", "load_job_data", "run"]
@@ -152,7 +152,7 @@ class Job:
         ds, backend = self.data, self.backend
         self.resident = _resident(ds, backend, t.memory_limit, self.cfg.data.resident_share)
         self.setting = Setting(self.spec, self.cfg.optimizer.name, self.cfg.optimizer.hyper, backend.kind,
-                               keep_best=bool(t.patience),
+                               keep_best=bool(t.patience), fused=t.fused,
                                resident_rows=(len(ds.X_train), _rows(ds.X_val)) if self.resident else None)
         # on the CPU the data set is in memory already when the free memory is read
         loaded = data_bytes(ds) if (self.resident and not backend.is_cuda) else 0
@@ -194,14 +194,15 @@ class Job:
         steps_per_epoch = self.steps_per_epoch = -(-len(ds.X_train) // self.batch_size)
         self._bar = Progress(self.show_progress, steps_per_epoch, self.log.stream)
         if not self.backend.is_cuda:
-            _warm_up(self.spec)  # imports a first step would make (scipy.special) are not the plan's memory
+            # imports a first step would make (scipy.special, numba and its compiled kernels) are not the plan's memory
+            _warm_up(self.spec, cfg.optimizer.make() if cfg.training.fused else None)
             self.peak.start()
         schedule = cfg.schedule.make(self.base_lr, cfg.training.epochs * steps_per_epoch)
         model = MLP.from_spec(self.spec, seed=cfg.seed, device=self.backend)
         tr = self.trainer = Trainer(model, cfg.optimizer.make(), self.batch_size,
                                     micro_batch_size=self.micro_batch_size, schedule=schedule,
                                     clip_norm=cfg.training.clip_norm, patience=cfg.training.patience, seed=cfg.seed,
-                                    cuda_graph=cfg.training.cuda_graph)
+                                    cuda_graph=cfg.training.cuda_graph, fused=cfg.training.fused)
         for note in tr.notes:
             self.log("note", f"note      {note}", note=note)
         validation = (ds.X_val, ds.y_val) if ds.X_val is not None else None
@@ -461,7 +462,7 @@ class Job:
 
         def total(m):
             return training_plan(s.spec, opt, batch, s.device, micro_batch_size=min(m, batch),
-                                 keep_best=s.keep_best, resident_rows=s.resident_rows,
+                                 keep_best=s.keep_best, resident_rows=s.resident_rows, fused=s.fused,
                                  dataset_size=s.resident_rows[0] if s.resident_rows else None).total
 
         fit = largest_batch(total, raw - default_margin(self.backend.kind, raw))
@@ -536,9 +537,12 @@ def _isatty(stream) -> bool:
         return False
 
 
-def _warm_up(spec) -> None:
+def _warm_up(spec, fused_optimizer=None) -> None:
     """Import what a training step imports on first use, before the peak is measured:
-    exact GELU's erf comes from scipy.special (~12 MB of Python objects)."""
+    exact GELU's erf comes from scipy.special (~12 MB of Python objects); numba and the
+    fused CPU kernels of this model and optimizer (~30 MB) when the step is fused."""
+    if fused_optimizer is not None:
+        cpu_kernels(spec, fused_optimizer)
     if "gelu" in spec.activation.describe().lower():
         from memtrain.nn.special import erf  # noqa: PLC0415
 

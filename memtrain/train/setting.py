@@ -26,6 +26,7 @@ class Setting:
     inference: bool = False
     keep_best: bool = False
     resident_rows: tuple | None = None  # (n_train, n_val) of a data set kept in the plan (a job's)
+    fused: bool = True  # CPU: the fused kernels' plan (no optimizer/activation scratch); False: NumPy's
 
     def make_optimizer(self):
         return make_optimizer(self.optimizer, **dict(self.hyper))
@@ -38,7 +39,7 @@ class Setting:
                              resident_rows=self.resident_rows,
                              dataset_size=self.resident_rows[0] if self.resident_rows else None,
                              overhead_bytes=self.overhead_bytes,
-                             overhead_source=self.overhead_source)
+                             overhead_source=self.overhead_source, fused=self.fused)
 
     def with_optimizer(self, name: str) -> "Setting":
         return dataclasses.replace(self, optimizer=name, hyper=self.hyper if name == self.optimizer else ())

@@ -58,12 +58,15 @@ class Trainer:
     seed: data order and dropout masks (independent counter-based streams)
     cuda_graph: capture the GPU step as a CUDA graph (None: where supported; never on the CPU)
     loss_every: in graph mode, read the loss back every N steps (between reads step() returns the last mean)
+    fused: on the CPU, run memtrain's fused kernels (numba; compiled once per machine and cached):
+        one pass per optimizer update and per bias + activation, no scratch in the plan.
+        False runs the NumPy reference path (the GPU always runs its fused CUDA kernels)
     """
 
     def __init__(self, model: MLP, optimizer="adam", batch_size: int = 32, *, micro_batch_size: int | None = None,
                  schedule: Schedule | None = None, clip_norm: float | None = None, patience: int | None = None,
                  seed: int = 0, dataset_size: int | None = None, allocation_observer=None, cuda_graph=None,
-                 loss_every: int = 1, **optimizer_hyper):
+                 loss_every: int = 1, fused: bool = True, **optimizer_hyper):
         self.model = model
         self.spec = model.spec
         self.backend = model.backend
@@ -77,6 +80,7 @@ class Trainer:
         self.patience = check_scalar(patience, "patience", int, min_val=1, allow_none=True)
         self.seed = check_scalar(seed, "seed", int)
         self._data_rows = (None, None)  # (n_train, n_val) resident in the plan, else None
+        self.cpu = cpu_kernels(self.spec, self.optimizer) if fused and not self.backend.is_cuda else None
         self.plan: MemoryPlan = self._make_plan(batch_size, micro_batch_size, dataset_size)
         self.arrays = allocate(self.plan, self.backend.xp, existing={"params": model.params},
                                observer=allocation_observer)
@@ -104,13 +108,13 @@ class Trainer:
         resident = self._data_rows if self._data_rows[0] is not None else None
         return training_plan(self.spec, self.optimizer, batch_size, self.backend.kind,
                              micro_batch_size=micro_batch_size, dataset_size=dataset_size, resident_rows=resident,
-                             keep_best=self.patience is not None)
+                             keep_best=self.patience is not None, fused=self.cpu is not None)
 
     def _bind(self):
         """(Re)derive views after (re)allocation."""
         self.grads = self.arrays["grads"]
         self.glayers = step.layer_views(self.spec, self.grads)
-        self.buffers = step.StepBuffers(self.spec, self.arrays, "train")
+        self.buffers = step.StepBuffers(self.spec, self.arrays, "train", cpu=self.cpu)
         self.chunk = self.arrays.get("chunk")
         self.scratch = list(self.chunk) if self.chunk is not None else []
 
@@ -259,7 +263,10 @@ class Trainer:
                     self.grads *= n / b
                     G += self.grads
         loss = total / b
-        step.add_penalty_grad(spec, model.params, G, self.chunk)
+        if self.cpu is not None:
+            self.cpu.add_penalty_grad(spec, model.params, G)
+        else:
+            step.add_penalty_grad(spec, model.params, G, self.chunk)
         norm = step.clip_by_norm(G, self.clip_norm)
         self.last_grad_norm = norm
         if not (math.isfinite(loss) and math.isfinite(norm)):
@@ -272,6 +279,8 @@ class Trainer:
             self.arrays["step_scalars"][SC_LR] = lr
             dispatch.optimizer_step(self.optimizer, model.params, G, self.arrays, spec.layout,
                                     dispatch.default_launcher())
+        elif self.cpu is not None:
+            self.cpu.optimizer_step(self.optimizer, model.params, G, self.arrays, lr, spec.layout)
         else:
             self.optimizer.step(model.params, G, self.arrays, self.scratch, lr, spec.layout)
         self.steps += 1
@@ -404,6 +413,16 @@ class Trainer:
         self.stopped_early = meta["stopped_early"]
         # the run's history file holds the epochs (the job restores them); older checkpoints carry them
         self.history = list(meta.get("history", ()))
+
+
+def cpu_kernels(spec, optimizer):
+    """memtrain.kernels.cpu.dispatch with every kernel this step calls compiled (or loaded from
+    numba's on-disk cache): numba is imported here, when a fused CPU step is built, and its
+    compile time and allocations fall before the first (measured) step."""
+    from memtrain.kernels.cpu import dispatch  # noqa: PLC0415 - numba only for a fused CPU step
+
+    dispatch.warm(spec, optimizer)
+    return dispatch
 
 
 def _gather(X, y, idx):
