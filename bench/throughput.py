@@ -27,7 +27,9 @@ How
       one untimed round (its rate is kept in --json as warmup_samples_per_s, to show whether
       the worker was steady). The GEMM set gets one untimed round.
     * Then --repeats cycles (default 7), each: one GEMM round, one round of each memtrain
-      variant, one torch round. The rounds alternate, so all see the same background load.
+      variant, one torch round, each after --settle seconds of idle (default 0.1 s: the
+      previous worker's BLAS and OpenMP threads spin for a while after their last call and
+      would otherwise take CPU from the next round). The rounds alternate, so all see the same background load.
       Per framework the median and the best (maximum) samples/s are reported, and memtrain's
       ratio to torch of the medians and of the bests. The median is the headline figure; the
       best is the least disturbed by other processes on a shared machine.
@@ -76,6 +78,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from throughput_worker import OPTIMIZER_HYPER, THREAD_ENV_VARS, flop_per_step, gemm_shapes  # noqa: E402
@@ -145,6 +148,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="seconds of untimed steps per worker before its untimed first round (default 1)")
     p.add_argument("--repeats", type=_number(int, 1, False), default=7,
                    help="timed rounds per framework, alternating (default 7)")
+    p.add_argument("--settle", type=_number(float, 0, False), default=0.1,
+                   help="seconds of idle before each round, so the previous worker's BLAS/OpenMP threads, "
+                        "which spin a while after their last call, are asleep (default 0.1)")
     p.add_argument("--threads", type=_number(int, 1, False), default=None,
                    help="threads for every worker: thread environment variables, torch.set_num_threads, "
                         "threadpoolctl (default: each framework's own choice)")
@@ -247,6 +253,7 @@ def run_rounds(workers, args) -> list[dict]:
     rounds = []
     for repeat in range(args.repeats):
         for who, w, op in [("gemm", workers[0], "gemm"), *((w.label, w, "round") for w in workers)]:
+            time.sleep(args.settle)
             r = w.call(op, seconds=args.round_seconds)
             r["samples_per_s"] = r["steps"] * args.batch_size / r["elapsed_s"]
             if who == "gemm":
@@ -397,6 +404,11 @@ def run(args, argv: list[str]) -> dict:
     print(f"date      {machine['date']}\ncommand   {command_line(argv)}")
     print(f"method    rounds of >= {args.round_seconds:g} s, {args.repeats} per framework, alternating, each "
           f"framework in its own process; {args.warmup:g} s warm-up + 1 untimed round; {args.dtype}\n")
+    load = machine["load_before"]
+    if load and load[0] > 0.5:
+        print(f"note      load average {load[0]:.2f} on {machine['logical_cpus']} logical CPUs before the run: other "
+              "processes compete for the cores (OpenMP pools such as torch's suffer most when a core is taken); "
+              "the rounds alternate, so all frameworks see it, but a quiet machine's figures differ\n")
     workers = start_workers(args)
     try:
         results = []
