@@ -40,7 +40,9 @@ How
       until --round-seconds have passed: GEMM-limit samples/s = B / (seconds per set), and
       the rate in GFLOP/s (sgemm for float32, dgemm for float64). Each framework's share of
       the limit = its median samples/s / the limit's median samples/s (the best's share uses
-      the bests). This is an upper bound: the products alone, with warm caches.
+      the bests). This is an upper bound for memtrain: the products alone, with warm caches.
+      It is NumPy's BLAS; PyTorch calls its own (MKL/oneDNN), so torch's share is against
+      memtrain's limit and can exceed 100%.
     * Same data, architecture, loss and hyper-parameters in every worker: a fixed batch
       (standard-normal inputs, labels uniform in [0, C), seed 0) held on the host; SGD
       lr=0.01; Adam lr=1e-3, betas (0.9, 0.999), eps=1e-8. PyTorch otherwise keeps its
