@@ -27,7 +27,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q 'torch==2.13.0' || echo "torch not installable: running without the peer"
-	$(BIN)/python bench/throughput.py --peer torch
+	$(BIN)/python bench/throughput.py  # PyTorch runs as the peer whenever it is importable (--peer auto)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

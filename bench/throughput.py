@@ -1,73 +1,101 @@
-"""Training-step throughput of an MLP: memtrain against PyTorch eager, in one process.
+"""Training-step throughput of an MLP on the CPU: memtrain against PyTorch eager, each in its own process.
 
 What is measured
-    Samples per second of one full training step, i.e. forward pass, softmax
-    cross-entropy loss (batch mean), backward pass and the optimizer update,
-    for an MLP with ReLU hidden layers (default 784-1024-1024-10, batch 256,
-    float32), for each optimizer asked for (default: adam and sgd).
+    Samples per second of one full training step (forward pass, softmax cross-entropy loss
+    as the batch mean, backward pass and the optimizer update) for an MLP with ReLU hidden
+    layers (default 784-1024-1024-10, batch 256, float32), per optimizer (default adam and
+    sgd), for memtrain (one row per variant: its fused numba CPU path and/or its NumPy
+    reference path) and PyTorch eager; and, in the same run, the GEMM limit: the samples/s
+    the step's matrix products alone would allow at the BLAS rate measured on this machine.
+
+Why this method
+    The previous version timed rounds of a fixed 50 steps with both frameworks in one
+    process. On small models such a round lasts ~50 ms, too short for PyTorch to reach its
+    steady state, and the frameworks shared one process's thread pools. It flattered memtrain:
+    784-256-10, batch 128, Adam gave 2.15x with 50-step rounds, 1.22x with 500-step rounds, and
+    1.18x with each framework in its own process and 1,500-step rounds (issue 17). Hence:
 
 How
-    * Both frameworks train on the same fixed batch (standard-normal inputs,
-      labels uniform in [0, C)), held on the host as a NumPy array, for every
-      step. memtrain's ``Trainer.step(xb, yb)`` copies it into the plan's
-      batch buffer; PyTorch wraps it with ``torch.from_numpy`` (no copy on the
-      CPU; one host-to-device copy per step on CUDA, like memtrain's).
-    * Same architecture, loss and hyper-parameters: SGD lr=0.01; Adam lr=1e-3,
-      betas (0.9, 0.999), eps=1e-8. PyTorch otherwise runs with its defaults
-      (``zero_grad(set_to_none=True)``, and the foreach/for-loop optimizer
-      implementation that torch picks for the device; the one it picked is
-      reported). Initial weights differ (each framework's own initialiser),
-      which does not change the work done per step.
-    * Each framework first runs ``--warmup`` untimed steps. Then ``--repeats``
-      rounds of ``--steps`` timed steps follow, alternating memtrain and
-      PyTorch round by round so that both see the same background load.
-      Each round is timed with ``time.perf_counter`` around the whole loop
-      (after a device synchronisation on CUDA, before and after).
-      The reported figure is the best (maximum) samples/s over the rounds,
-      which is the least disturbed by other processes on a small, shared
-      machine; the median and every round's figure go to ``--json``.
-    * memtrain's ``step`` returns the loss as a Python float, which on CUDA
-      synchronises the host with the device every step; the PyTorch loop does
-      not call ``loss.item()`` (the idiomatic fast eager loop).
-    * ``--threads N`` sets torch.set_num_threads(N) and limits NumPy's BLAS to
-      N threads through threadpoolctl; by default both keep their own choice,
-      which is printed along with the BLAS libraries, versions and CPU model.
-    * ``--profile`` then runs ``--steps`` more memtrain steps under cProfile and
-      prints the self time per memtrain function (forward, backward, optimizer...).
+    * Every framework runs in its own persistent worker process (bench/throughput_worker.py,
+      one per memtrain variant and one for torch), which imports only its framework and is
+      driven over JSON lines on a pipe. The GEMM rounds run in the (first) memtrain worker,
+      with NumPy's matmul, i.e. memtrain's BLAS.
+    * Rounds are timed, not counted: a round runs whole steps until at least --round-seconds
+      (default 0.5 s) have passed, timed with time.perf_counter around the loop;
+      samples/s = steps x batch / elapsed.
+    * Warm-up by time too: each worker steps for --warmup seconds (default 1 s) and then runs
+      one untimed round (its rate is kept in --json as warmup_samples_per_s, to show whether
+      the worker was steady). The GEMM set gets one untimed round.
+    * Then --repeats cycles (default 7), each: one GEMM round, one round of each memtrain
+      variant, one torch round, each after --settle seconds of idle (default 0.1 s: the
+      previous worker's BLAS and OpenMP threads spin for a while after their last call and
+      would otherwise take CPU from the next round). The rounds alternate, so all see the same background load.
+      Per framework the median and the best (maximum) samples/s are reported, and memtrain's
+      ratio to torch of the medians and of the bests. The median is the headline figure; the
+      best is the least disturbed by other processes on a shared machine.
+    * The GEMM limit: the step's products are, per layer i (sizes n_{i-1} -> n_i, batch B),
+      forward h W (B x n_{i-1} x n_i), backward h^T delta and, above the first layer,
+      delta W^T (memtrain/nn/step.py: the input needs no gradient), each 2 m n k FLOP.
+      A GEMM round runs that set, on preallocated operands with memtrain's transposed views,
+      until --round-seconds have passed: GEMM-limit samples/s = B / (seconds per set), and
+      the rate in GFLOP/s (sgemm for float32, dgemm for float64). Each framework's share of
+      the limit = its median samples/s / the limit's median samples/s (the best's share uses
+      the bests). This is an upper bound for memtrain: the products alone, with warm caches.
+      It is NumPy's BLAS; PyTorch calls its own (MKL/oneDNN), so torch's share is against
+      memtrain's limit and can exceed 100%.
+    * Same data, architecture, loss and hyper-parameters in every worker: a fixed batch
+      (standard-normal inputs, labels uniform in [0, C), seed 0) held on the host; SGD
+      lr=0.01; Adam lr=1e-3, betas (0.9, 0.999), eps=1e-8. PyTorch otherwise keeps its
+      defaults (zero_grad(set_to_none=True), the optimizer implementation torch picks, which
+      is reported); its loop does not call loss.item(), while memtrain's step returns the loss.
+      Initial weights differ (each framework's own initialiser); the work per step does not.
+    * --threads N sets OMP/OPENBLAS/MKL/NUMBA_NUM_THREADS in every worker's environment before
+      start-up, and torch.set_num_threads(N) and threadpoolctl's limit in every worker. By
+      default each framework keeps its own choice; the thread counts are reported.
+    * --profile then runs one more round of memtrain steps under cProfile in each memtrain
+      worker and prints the self time per memtrain function.
+    * The output ends with markdown table rows for docs/benchmarks.md and the exact command.
+      --json PATH keeps every round (in the order run, with start times), the machine (CPU,
+      cores, BLAS libraries and versions, torch version and threads, numba version, date in
+      UTC, load average before and after) and the configuration.
+
+    The GPU benchmark is bench/gpu_throughput.py; this script is CPU only (its former
+    --device cuda was dropped with the move to worker processes).
 
 Examples
-    python bench/throughput.py --peer torch
-    python bench/throughput.py --peer torch --layers 784,256,10 --batch-size 128 --json out.json
-    python bench/throughput.py --profile --optimizer adam
+    .venv/bin/python bench/throughput.py
+    .venv/bin/python bench/throughput.py --layers 784,256,10 --batch-size 128 --optimizer adam --json out.json
+    .venv/bin/python bench/throughput.py --memtrain-variants fused,numpy --peer none --profile
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import json
 import os
 import platform
+import shlex
 import statistics
+import subprocess
 import sys
 import time
 
-import numpy as np
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from throughput_worker import OPTIMIZER_HYPER, THREAD_ENV_VARS, flop_per_step, gemm_shapes  # noqa: E402
 
-import memtrain
-from memtrain import MLP, Trainer, get_backend
-from memtrain.errors import DeviceError
-from memtrain.memory.measure import cpu_model
-
-# Hyper-parameters shared by both frameworks (memtrain's defaults, passed explicitly).
-OPTIMIZER_HYPER = {
-    "sgd": {"lr": 0.01},
-    "adam": {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8},
-}
-THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "throughput_worker.py")
+VARIANTS = ("fused", "numpy")
 
 
-# -- arguments ---------------------------------------------------------------
+# -- arguments -------------------------------------------------------------------
+class Parser(argparse.ArgumentParser):
+    def error(self, message):
+        """One line, exit status 2 (argparse's usage block would come first otherwise)."""
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def _int_list(text: str) -> list[int]:
     try:
         sizes = [int(s) for s in text.split(",") if s.strip()]
@@ -78,365 +106,350 @@ def _int_list(text: str) -> list[int]:
     return sizes
 
 
-def _optimizer_list(text: str) -> list[str]:
-    names = [s.strip().lower() for s in text.split(",") if s.strip()]
-    unknown = [n for n in names if n not in OPTIMIZER_HYPER]
-    if not names or unknown:
-        raise argparse.ArgumentTypeError(f"expected a comma list of {', '.join(OPTIMIZER_HYPER)}, got {text!r}")
-    return names
+def _name_list(choices):
+    def parse(text: str) -> list[str]:
+        names = [s.strip().lower() for s in text.split(",") if s.strip()]
+        if not names or any(n not in choices for n in names) or len(set(names)) < len(names):
+            raise argparse.ArgumentTypeError(f"expected a comma list of distinct names from "
+                                             f"{', '.join(choices)}, got {text!r}")
+        return names
+    return parse
 
 
-def _positive(text: str) -> int:
-    return _at_least(text, 1)
-
-
-def _non_negative(text: str) -> int:
-    return _at_least(text, 0)
-
-
-def _at_least(text: str, low: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = low - 1
-    if value < low:
-        raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}")
-    return value
+def _number(kind, low: float, strict: bool):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or value < low or (strict and value == low) or value != value:
+            bound = f"> {low}" if strict else f">= {low}"
+            raise argparse.ArgumentTypeError(f"expected a number {bound}, got {text!r}")
+        return value
+    return parse
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__.split("\n\n")[0], epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--layers", type=_int_list, default=[784, 1024, 1024, 10],
                    help="layer sizes, input to output (default 784,1024,1024,10)")
-    p.add_argument("--batch-size", type=_positive, default=256, help="rows per step (default 256)")
-    p.add_argument("--optimizer", type=_optimizer_list, default=["adam", "sgd"],
+    p.add_argument("--batch-size", type=_number(int, 1, False), default=256, help="rows per step (default 256)")
+    p.add_argument("--optimizer", type=_name_list(tuple(OPTIMIZER_HYPER)), default=["adam", "sgd"],
                    help="comma list of adam, sgd (default adam,sgd)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="default float32")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
-                   help="cpu (NumPy, torch CPU) or cuda (memtrain's CuPy backend, torch.cuda); default cpu")
-    p.add_argument("--peer", choices=["torch"], default=None, help="also run this framework (PyTorch eager)")
-    p.add_argument("--steps", type=_positive, default=50, help="timed steps per round (default 50)")
-    p.add_argument("--warmup", type=_non_negative, default=5, help="untimed steps before the first round (default 5)")
-    p.add_argument("--repeats", type=_positive, default=5, help="timed rounds; the best is reported (default 5)")
-    p.add_argument("--threads", type=_positive, default=None,
-                   help="CPU threads for NumPy's BLAS (threadpoolctl) and torch.set_num_threads "
-                        "(default: leave as is)")
+    p.add_argument("--peer", choices=["auto", "torch", "none"], default="auto",
+                   help="PyTorch eager as the peer: auto (default) runs it when torch is importable, "
+                        "torch requires it, none leaves it out")
+    p.add_argument("--memtrain-variants", type=_name_list(VARIANTS), default=None,
+                   help="comma list of fused (the numba CPU path) and numpy (the NumPy reference path), one "
+                        "worker each (default: fused where this memtrain has it, else numpy)")
+    p.add_argument("--round-seconds", type=_number(float, 0, True), default=0.5,
+                   help="a round runs whole steps until at least this long (default 0.5)")
+    p.add_argument("--warmup", type=_number(float, 0, False), default=1.0,
+                   help="seconds of untimed steps per worker before its untimed first round (default 1)")
+    p.add_argument("--repeats", type=_number(int, 1, False), default=7,
+                   help="timed rounds per framework, alternating (default 7)")
+    p.add_argument("--settle", type=_number(float, 0, False), default=0.1,
+                   help="seconds of idle before each round, so the previous worker's BLAS/OpenMP threads, "
+                        "which spin a while after their last call, are asleep (default 0.1)")
+    p.add_argument("--threads", type=_number(int, 1, False), default=None,
+                   help="threads for every worker: thread environment variables, torch.set_num_threads, "
+                        "threadpoolctl (default: each framework's own choice)")
     p.add_argument("--profile", action="store_true",
-                   help="after timing, cProfile --steps memtrain steps per optimizer and print where the time goes")
-    p.add_argument("--json", metavar="PATH", default=None, help="write the results and the machine's details here")
-    return p.parse_args(argv)
+                   help="after timing, cProfile one round of memtrain steps per variant and optimizer")
+    p.add_argument("--json", metavar="PATH", default=None,
+                   help="write every round, the machine's details and the configuration here")
+    args = p.parse_args(argv)
+    if args.peer == "torch" and importlib.util.find_spec("torch") is None:
+        p.error("--peer torch: PyTorch is not importable here (pip install torch==2.13.0, or --peer auto)")
+    args.with_torch = args.peer == "torch" or (args.peer == "auto" and importlib.util.find_spec("torch") is not None)
+    return args
 
 
-# -- the machine (cpu_model comes from memtrain.memory.measure) ----------------
+# -- the worker processes --------------------------------------------------------
+class WorkerError(RuntimeError):
+    """A worker process exited; its own traceback went to stderr."""
 
 
-def native_libraries() -> list[dict]:
-    """BLAS and OpenMP libraries loaded in this process, with their thread counts (threadpoolctl)."""
+class WorkerProcess:
+    def __init__(self, label: str, kind: str, variant: str | None, threads: int | None):
+        self.label, self.kind, self.variant = label, kind, variant
+        env = dict(os.environ)
+        if threads is not None:  # before start-up: OpenBLAS, OpenMP and numba read them when they load
+            env.update({k: str(threads) for k in THREAD_ENV_VARS})
+        self.proc = subprocess.Popen([sys.executable, WORKER, kind], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, env=env)
+
+    def call(self, op: str, **request) -> dict:
+        try:
+            self.proc.stdin.write(json.dumps({"op": op, **request}) + "\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            pass  # it exited: readline says so below
+        line = self.proc.stdout.readline()
+        if not line:
+            raise WorkerError(f"the {self.label} worker exited with status {self.proc.wait()} "
+                              f"during {op!r} (its stderr is above)")
+        return json.loads(line)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write(json.dumps({"op": "quit"}) + "\n")
+                self.proc.stdin.close()
+            except OSError:
+                pass
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_workers(args) -> list[WorkerProcess]:
+    """memtrain workers first (one per variant), then torch; all start at once, then say hello."""
+    variants = args.memtrain_variants or [None]  # None: decided once the worker says what it supports
+    workers = [WorkerProcess(f"memtrain-{v}", "memtrain", v, args.threads) for v in variants]
+    if args.with_torch:
+        workers.append(WorkerProcess("torch", "torch", None, args.threads))
     try:
-        import threadpoolctl  # noqa: PLC0415 - optional
-    except ImportError:
-        return []
-    keep = ("user_api", "internal_api", "version", "num_threads", "architecture", "threading_layer", "filepath")
-    return [{k: lib.get(k) for k in keep} for lib in threadpoolctl.threadpool_info()]
+        for w in workers:
+            w.hello = w.call("hello", threads=args.threads)
+        fused = workers[0].hello["fused_supported"]
+        if args.memtrain_variants is None:
+            workers[0].variant = "fused" if fused else "numpy"
+            workers[0].label = f"memtrain-{workers[0].variant}"
+        elif "fused" in args.memtrain_variants and not fused:
+            raise VariantError("--memtrain-variants: fused needs a memtrain whose Trainer takes fused= "
+                               "(this one has the NumPy reference path only); use numpy")
+    except BaseException:
+        for w in workers:
+            w.close()
+        raise
+    return workers
 
 
-def numpy_blas() -> str:
-    """NumPy's build-time BLAS, from numpy.show_config (used when threadpoolctl is missing)."""
+class VariantError(ValueError):
+    """A memtrain variant this memtrain does not have (a usage error: exit status 2)."""
+
+
+# -- the schedule ----------------------------------------------------------------
+def warm_up(workers, args, opt: str) -> dict:
+    """Build every worker's model for `opt` and warm it up; returns label -> implementation and warm-up rate."""
+    out = {}
+    for w in workers:
+        built = w.call("build", layers=args.layers, batch=args.batch_size, optimizer=opt, dtype=args.dtype,
+                       variant=w.variant)
+        warm = w.call("warmup", seconds=args.warmup, round_seconds=args.round_seconds)
+        out[w.label] = {"implementation": built["implementation"],
+                        "warmup_samples_per_s": warm["steps"] * args.batch_size / warm["elapsed_s"]}
+    warm = workers[0].call("gemm", seconds=args.round_seconds)
+    out["gemm"] = {"warmup_samples_per_s": warm["steps"] * args.batch_size / warm["elapsed_s"]}
+    return out
+
+
+def run_rounds(workers, args) -> list[dict]:
+    """--repeats cycles of: a GEMM round (in the first memtrain worker), then one round per worker.
+    Returns the rounds in the order they ran."""
+    rounds = []
+    for repeat in range(args.repeats):
+        for who, w, op in [("gemm", workers[0], "gemm"), *((w.label, w, "round") for w in workers)]:
+            time.sleep(args.settle)
+            r = w.call(op, seconds=args.round_seconds)
+            r["samples_per_s"] = r["steps"] * args.batch_size / r["elapsed_s"]
+            if who == "gemm":
+                r["gflops"] = r["steps"] * r.pop("flop_per_step") / r["elapsed_s"] / 1e9
+            rounds.append({"index": len(rounds), "repeat": repeat, "who": who, **r})
+    return rounds
+
+
+def summarise(rounds: list[dict], warm: dict, with_torch: bool) -> tuple[dict, dict]:
+    """Per framework: median, best, every round's rate, ratio to torch, share of the GEMM limit."""
+    def stats(who):
+        rates = [r["samples_per_s"] for r in rounds if r["who"] == who]
+        return {"median": statistics.median(rates), "best": max(rates), "rates": rates}
+
+    gemm = {**warm.pop("gemm"), **stats("gemm")}
+    gflops = [r["gflops"] for r in rounds if r["who"] == "gemm"]
+    gemm.update(gflops_median=statistics.median(gflops), gflops_best=max(gflops))
+    frameworks = {}
+    for label, info in warm.items():
+        f = frameworks[label] = {**info, **stats(label)}
+        f["last_loss"] = [r["loss"] for r in rounds if r["who"] == label][-1]
+        f["share_of_gemm_limit"] = f["median"] / gemm["median"]
+        f["share_of_gemm_limit_best"] = f["best"] / gemm["best"]
+    if with_torch:
+        t = frameworks["torch"]
+        for label, f in frameworks.items():
+            if label != "torch":
+                f["vs_torch_median"] = f["median"] / t["median"]
+                f["vs_torch_best"] = f["best"] / t["best"]
+    return frameworks, gemm
+
+
+def measure(workers, args, opt: str) -> dict:
+    warm = warm_up(workers, args, opt)
+    rounds = run_rounds(workers, args)
+    frameworks, gemm = summarise(rounds, warm, args.with_torch)
+    result = {"model": "-".join(map(str, args.layers)), "batch": args.batch_size, "optimizer": opt,
+              "dtype": args.dtype, "flop_per_step": flop_per_step(args.layers, args.batch_size),
+              "gemm_shapes": gemm_shapes(args.layers, args.batch_size),
+              "frameworks": frameworks, "gemm_limit": gemm, "rounds": rounds}
+    result["flop_per_sample"] = result["flop_per_step"] / args.batch_size
+    if args.profile:
+        result["profile"] = {w.label: w.call("profile", seconds=args.round_seconds)["rows"]
+                             for w in workers if w.kind == "memtrain"}
+    return result
+
+
+# -- the machine -------------------------------------------------------------------
+def cpu_model() -> str:
     try:
-        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
-        return f"{blas.get('name')} {blas.get('version', '')}".strip()
-    except Exception:  # older NumPy: no mode="dicts"
-        return "unknown (see numpy.show_config())"
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
 
 
-def machine_info(torch) -> dict:
-    info = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "cpu": cpu_model(),
-        "logical_cpus": os.cpu_count(),
-        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "numpy_blas": numpy_blas(),
-        "memtrain": memtrain.__version__,
-        "native_libraries": native_libraries(),
-        "thread_env": {k: os.environ.get(k) for k in THREAD_ENV_VARS},
-    }
-    if torch is not None:
-        info["torch"] = torch.__version__
-        info["torch_threads"] = torch.get_num_threads()
-        info["torch_mkl"] = torch.backends.mkl.is_available()
-        info["torch_mkldnn"] = torch.backends.mkldnn.is_available()
-    return info
+def load_average() -> list[float] | None:
+    return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
 
 
-# -- the two frameworks --------------------------------------------------------
-class MemtrainRunner:
-    name = "memtrain"
-
-    def __init__(self, layers, batch, optimizer, dtype, device, x, y):
-        self.model = MLP(layers, activation="relu", output="softmax", dtype=dtype, seed=0, device=device)
-        hyper = OPTIMIZER_HYPER[optimizer]
-        kwargs = {"lr": hyper["lr"]}
-        if optimizer == "adam":
-            kwargs.update(beta1=hyper["betas"][0], beta2=hyper["betas"][1], eps=hyper["eps"])
-        self.trainer = Trainer(self.model, optimizer, batch_size=batch, seed=0, **kwargs)
-        self.x, self.y = x, y
-        self.xp = self.model.backend.xp
-        self.is_cuda = self.model.backend.is_cuda
-        self.impl = self.trainer.optimizer.describe()
-        self.loss = float("nan")
-
-    def step(self) -> None:
-        self.loss = self.trainer.step(self.x, self.y)
-
-    def sync(self) -> None:
-        if self.is_cuda:
-            self.xp.cuda.get_current_stream().synchronize()
-
-    def last_loss(self) -> float:
-        return float(self.loss)
+def command_line(argv: list[str]) -> str:
+    """The command as run, with the interpreter as a path relative to here when it is inside."""
+    python = os.path.relpath(sys.executable)
+    return shlex.join([sys.executable if python.startswith("..") else python, sys.argv[0], *argv])
 
 
-class TorchRunner:
-    name = "torch"
-
-    def __init__(self, torch, layers, batch, optimizer, dtype, device, x, y):
-        self.torch = torch
-        nn = torch.nn
-        self.device = torch.device(device)
-        modules = []
-        for i in range(1, len(layers)):
-            modules.append(nn.Linear(layers[i - 1], layers[i]))
-            if i < len(layers) - 1:
-                modules.append(nn.ReLU())
-        self.model = nn.Sequential(*modules).to(device=self.device, dtype=getattr(torch, dtype))
-        self.model.train()
-        params = list(self.model.parameters())
-        hyper = OPTIMIZER_HYPER[optimizer]
-        if optimizer == "adam":
-            self.opt = torch.optim.Adam(params, **hyper)
-        else:
-            self.opt = torch.optim.SGD(params, **hyper)
-        self.impl = f"{type(self.opt).__name__}({_hyper_text(hyper)}), {_torch_impl(torch, params)}"
-        # The host batch as tensors: shared memory on the CPU, copied to the device every step on CUDA.
-        self.x_host, self.y_host = torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
-        self.is_cuda = self.device.type == "cuda"
-        self.loss = None
-
-    def step(self) -> None:
-        x, y = self.x_host, self.y_host
-        if self.is_cuda:
-            x, y = x.to(self.device), y.to(self.device)
-        self.opt.zero_grad()
-        loss = self.torch.nn.functional.cross_entropy(self.model(x), y)
-        loss.backward()
-        self.opt.step()
-        self.loss = loss
-
-    def sync(self) -> None:
-        if self.is_cuda:
-            self.torch.cuda.synchronize(self.device)
-
-    def last_loss(self) -> float:
-        return float(self.loss.item()) if self.loss is not None else float("nan")
+# -- output ------------------------------------------------------------------------
+def display(label: str) -> str:
+    return label.replace("memtrain-", "memtrain ") if label.startswith("memtrain-") else label
 
 
-def _hyper_text(hyper: dict) -> str:
-    return ", ".join(f"{k}={v}" for k, v in hyper.items())
+def _n(x: float) -> str:
+    return f"{x:,.0f}"
 
 
-def _torch_impl(torch, params) -> str:
-    """Which optimizer implementation torch picks by default for these parameters."""
-    try:
-        from torch.optim.optimizer import _default_to_fused_or_foreach  # noqa: PLC0415 - private helper
-        fused, foreach = _default_to_fused_or_foreach(params, differentiable=False, use_fused=False)
-    except Exception:  # the private helper moved: say only that torch chose
-        return "implementation: torch default"
-    return "fused" if fused else "foreach" if foreach else "for-loop (single-tensor)"
+def print_result(r: dict, blas: str) -> None:
+    for label, f in r["frameworks"].items():
+        print(f"{r['optimizer']:5s} {display(label):16s} {f['implementation']}")
+        print(f"      rounds {' '.join(_n(v) for v in f['rates'])} samples/s: median {_n(f['median'])}, "
+              f"best {_n(f['best'])} (warm-up round {_n(f['warmup_samples_per_s'])}); last loss {f['last_loss']:.4f}")
+    g = r["gemm_limit"]
+    print(f"{r['optimizer']:5s} {'GEMM limit':16s} NumPy {blas}, {len(r['gemm_shapes'])} products, "
+          f"{r['flop_per_sample'] / 1e6:.3g} MFLOP per sample")
+    print(f"      rounds {' '.join(_n(v) for v in g['rates'])} samples/s: median {_n(g['median'])} "
+          f"({g['gflops_median']:.1f} GFLOP/s), best {_n(g['best'])} ({g['gflops_best']:.1f} GFLOP/s)")
 
 
-def import_torch():
-    try:
-        import torch  # noqa: PLC0415 - optional peer
-    except ImportError as exc:
-        return None, f"{type(exc).__name__}: {exc}"
-    return torch, None
-
-
-# -- timing --------------------------------------------------------------------
-def time_round(runner, steps: int) -> float:
-    """Seconds for `steps` training steps, the device idle before and after."""
-    runner.sync()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        runner.step()
-    runner.sync()
-    return time.perf_counter() - t0
-
-
-def measure(runners, *, batch: int, steps: int, warmup: int, repeats: int) -> dict:
-    """name -> samples/s of every round; rounds alternate between the runners."""
-    for r in runners:
-        for _ in range(warmup):
-            r.step()
-        r.sync()
-    rates = {r.name: [] for r in runners}
-    for _ in range(repeats):
-        for r in runners:
-            rates[r.name].append(steps * batch / time_round(r, steps))
-    return rates
-
-
-def profile_steps(runner, steps: int, top: int = 12) -> list[dict]:
-    """Self time per Python function over `steps` steps, largest first (cProfile).
-
-    NumPy ufunc calls (matmul, multiply, ...) are not separate entries: their
-    time counts toward the memtrain function that made them, so the rows read
-    as forward / backward / activation / optimizer / loss phases.
-    """
-    import cProfile  # noqa: PLC0415 - only with --profile
-    import pstats  # noqa: PLC0415
-
-    prof = cProfile.Profile()
-    prof.enable()
-    for _ in range(steps):
-        runner.step()
-    runner.sync()
-    prof.disable()
-    stats = pstats.Stats(prof)
-    rows = sorted(stats.stats.items(), key=lambda kv: -kv[1][2])[:top]
-    root = os.path.dirname(os.path.dirname(os.path.abspath(memtrain.__file__)))
-    return [{"function": f"{os.path.relpath(file, root) if file.startswith(root) else file}:{line}({name})",
-             "ms_per_step": tottime / steps * 1e3, "share": tottime / stats.total_tt}
-            for (file, line, name), (_, _, tottime, _, _) in rows]
-
-
-def summarise(rates: list[float]) -> dict:
-    return {"best": max(rates), "median": statistics.median(rates), "rounds": rates}
-
-
-# -- output ----------------------------------------------------------------------
-def print_machine(info: dict, device: str) -> None:
-    print(f"date      {info['date']}")
-    print(f"cpu       {info['cpu']} ({info['logical_cpus']} logical CPUs), "
-          f"load average {', '.join(f'{x:.2f}' for x in info['load_average'] or [])}")
-    print(f"python    {info['python']}   numpy {info['numpy']} (BLAS {info['numpy_blas']})   "
-          f"memtrain {info['memtrain']}" + (f"   torch {info['torch']}" if "torch" in info else ""))
-    for lib in info["native_libraries"]:
-        where = os.path.basename(lib["filepath"] or "")
-        extra = f", {lib['architecture']}" if lib.get("architecture") else ""
-        print(f"native    {lib['internal_api']} {lib['version'] or ''} ({where}{extra}): "
-              f"{lib['num_threads']} threads")
-    if "torch" in info:
-        print(f"torch     {info['torch_threads']} intra-op threads, MKL {info['torch_mkl']}, "
-              f"oneDNN {info['torch_mkldnn']}")
-    env = ", ".join(f"{k}={v}" for k, v in info["thread_env"].items() if v is not None) or "none set"
-    print(f"env       thread variables: {env}")
-    if info.get("threads_requested") is not None:
-        print(f"threads   --threads {info['threads_requested']}: torch.set_num_threads and threadpoolctl's BLAS "
-              f"limit (the variables above, set before start-up, would do the same)")
-    print(f"device    {device}")
-
-
-def print_table(results: list[dict], has_peer: bool) -> None:
-    headers = ["model", "batch", "optimizer", "memtrain samples/s"]
-    if has_peer:
-        headers += ["torch samples/s", "memtrain/torch"]
-    rows = []
-    for r in results:
-        row = [r["model"], str(r["batch"]), r["optimizer"], f"{r['memtrain']['best']:,.0f}"]
-        if has_peer:
-            row += [f"{r['torch']['best']:,.0f}", f"{r['ratio']:.2f}x"]
-        rows.append(row)
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
-    print("| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths)) + " |")
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for row in rows:
-        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |")
-
-
-def print_profiles(results: list[dict]) -> None:
-    for r in results:
-        rows = r["memtrain"]["profile"]
-        print(f"\nmemtrain {r['optimizer']} step, cProfile self time per function "
+def print_profile(r: dict) -> None:
+    for label, rows in r.get("profile", {}).items():
+        print(f"\n{display(label)} {r['optimizer']} step, cProfile self time per function "
               f"(ufunc calls such as matmul count toward their caller; the profiler adds overhead):")
         for row in rows:
             print(f"  {row['ms_per_step']:7.3f} ms/step  {100 * row['share']:5.1f}%  {row['function']}")
 
 
+def table_rows(results: list[dict], blas: str) -> list[list[str]]:
+    rows = [["model", "batch", "optimizer", "framework", "median samples/s", "best samples/s",
+             "vs torch (median)", "vs torch (best)", "share of GEMM limit (median)"]]
+    for r in results:
+        head = [r["model"], str(r["batch"]), r["optimizer"]]
+        for label, f in r["frameworks"].items():
+            ratio = [f"{f[k]:.2f}x" if k in f else "" for k in ("vs_torch_median", "vs_torch_best")]
+            rows.append(head + [display(label), _n(f["median"]), _n(f["best"]), *ratio,
+                                f"{100 * f['share_of_gemm_limit']:.0f}%"])
+        g = r["gemm_limit"]
+        rows.append(head + [f"GEMM limit ({blas}, {g['gflops_median']:.0f} GFLOP/s)", _n(g["median"]),
+                            _n(g["best"]), "", "", "100%"])
+    return rows
+
+
+def print_table(rows: list[list[str]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for n, row in enumerate(rows):
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |")
+        if n == 0:
+            print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+
+
+def print_machine(machine: dict) -> None:
+    loads = {k: ", ".join(f"{x:.2f}" for x in machine[k] or []) for k in ("load_before", "load_after")}
+    print(f"machine   {machine['cpu']} ({machine['logical_cpus']} logical CPUs), python {machine['python']}; "
+          f"load average {loads['load_before']} before, {loads['load_after']} after")
+    for label, w in machine["workers"].items():
+        if w["kind"] == "memtrain":
+            what = (f"memtrain {w['memtrain']}, numpy {w['numpy']} (BLAS {w['numpy_blas']}), "
+                    f"numba {w['numba'] or 'not installed'}")
+        else:
+            what = (f"torch {w['torch']}, {w['torch_threads']} intra-op threads, MKL {w['torch_mkl']}, "
+                    f"oneDNN {w['torch_mkldnn']}")
+        env = ", ".join(f"{k}={v}" for k, v in w["thread_env"].items() if v is not None) or "no thread variables"
+        print(f"{display(label):16s} pid {w['pid']}: {what}; {env}")
+        for lib in w.get("native_libraries", []):
+            arch = f", {lib['architecture']}" if lib.get("architecture") else ""
+            print(f"{'':16s} {lib['internal_api']} {lib['version'] or ''} "
+                  f"({os.path.basename(lib['filepath'] or '')}{arch}): {lib['num_threads']} threads")
+
+
+# -- main ----------------------------------------------------------------------------
+def run(args, argv: list[str]) -> dict:
+    """Start the workers, measure every optimizer, stop the workers; returns the --json report."""
+    machine = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+               "cpu": cpu_model(), "logical_cpus": os.cpu_count(), "python": platform.python_version(),
+               "load_before": load_average()}
+    blas = "sgemm" if args.dtype == "float32" else "dgemm"
+    print(f"date      {machine['date']}\ncommand   {command_line(argv)}")
+    print(f"method    rounds of >= {args.round_seconds:g} s, {args.repeats} per framework, alternating, each "
+          f"framework in its own process; {args.warmup:g} s warm-up + 1 untimed round; {args.dtype}\n")
+    load = machine["load_before"]
+    if load and load[0] > 0.5:
+        print(f"note      load average {load[0]:.2f} on {machine['logical_cpus']} logical CPUs before the run: other "
+              "processes compete for the cores (OpenMP pools such as torch's suffer most when a core is taken); "
+              "the rounds alternate, so all frameworks see it, but a quiet machine's figures differ\n")
+    workers = start_workers(args)
+    try:
+        results = []
+        for opt in args.optimizer:
+            results.append(measure(workers, args, opt))
+            print_result(results[-1], blas)
+        machine["workers"] = {w.label: {**w.hello, **w.call("info")} for w in workers}
+    finally:
+        for w in workers:
+            w.close()
+    machine["load_after"] = load_average()
+    config = {k: v for k, v in vars(args).items() if k != "json"}
+    config["memtrain_variants"] = [w.variant for w in workers if w.kind == "memtrain"]
+    return {"command": command_line(argv), "machine": machine, "config": config, "results": results,
+            "blas_routine": blas}
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     try:
-        get_backend(args.device)  # fail early, and plainly, when CuPy or the GPU is missing
-    except DeviceError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        report = run(args, argv)
+    except VariantError as exc:
+        print(f"{os.path.basename(sys.argv[0])}: error: {exc}", file=sys.stderr)
         return 2
-
-    torch = None
-    if args.peer == "torch":
-        torch, why = import_torch()
-        if torch is None:
-            print(f"note: --peer torch asked for, but PyTorch cannot be imported ({why}); "
-                  "running memtrain alone. Install it with: pip install torch==2.13.0", file=sys.stderr)
-        elif args.device == "cuda" and not torch.cuda.is_available():
-            print("note: PyTorch has no CUDA device here; running memtrain alone", file=sys.stderr)
-            torch = None
-
-    limits = None
-    if args.threads is not None:
-        if torch is not None:
-            torch.set_num_threads(args.threads)
-        try:
-            import threadpoolctl  # noqa: PLC0415 - optional
-            limits = threadpoolctl.threadpool_limits(args.threads)
-        except ImportError:
-            print(f"note: threadpoolctl is missing, so NumPy's BLAS keeps its thread count; set "
-                  f"{', '.join(THREAD_ENV_VARS)}={args.threads} in the environment instead", file=sys.stderr)
-
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((args.batch_size, args.layers[0])).astype(args.dtype)
-    y = rng.integers(0, args.layers[-1], size=args.batch_size).astype(np.intp)
-    model_name = "-".join(map(str, args.layers))
-
-    info = machine_info(torch)
-    info["threads_requested"] = args.threads
-    print_machine(info, args.device)
-    print(f"run       {args.steps} timed steps x {args.repeats} rounds (best reported), "
-          f"{args.warmup} warm-up steps, {args.dtype}\n")
-
-    results = []
-    for opt in args.optimizer:
-        runners = [MemtrainRunner(args.layers, args.batch_size, opt, args.dtype, args.device, x, y)]
-        if torch is not None:
-            runners.append(TorchRunner(torch, args.layers, args.batch_size, opt, args.dtype, args.device, x, y))
-        rates = measure(runners, batch=args.batch_size, steps=args.steps, warmup=args.warmup, repeats=args.repeats)
-        result = {"model": model_name, "batch": args.batch_size, "optimizer": opt, "dtype": args.dtype,
-                  "device": args.device}
-        for r in runners:
-            result[r.name] = {**summarise(rates[r.name]), "implementation": r.impl, "last_loss": r.last_loss()}
-            print(f"{opt:5s} {r.name:9s} {r.impl}; rounds: "
-                  f"{', '.join(f'{v:,.0f}' for v in rates[r.name])} samples/s; last loss {r.last_loss():.4f}")
-        if args.profile:
-            result["memtrain"]["profile"] = profile_steps(runners[0], args.steps)
-        if torch is not None:
-            result["ratio"] = result["memtrain"]["best"] / result["torch"]["best"]
-            result["ratio_median"] = result["memtrain"]["median"] / result["torch"]["median"]
-        results.append(result)
-
+    except WorkerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     print()
-    print_table(results, torch is not None)
-    if args.profile:
-        print_profiles(results)
-    if limits is not None:
-        limits.restore_original_limits()
-
+    print_machine(report["machine"])
+    for r in report["results"]:
+        print_profile(r)
+    print("\nFor docs/benchmarks.md (samples/s; shares are of the GEMM limit measured in the same run):\n")
+    print_table(table_rows(report["results"], report["blas_routine"]))
+    print(f"\ncommand: {report['command']}")
     if args.json:
-        config = {k: v for k, v in vars(args).items() if k != "json"}
         with open(args.json, "w") as f:
-            json.dump({"machine": info, "config": config, "results": results}, f, indent=2)
-        print(f"\nwrote {args.json}")
+            json.dump(report, f, indent=2)
+        print(f"wrote {args.json}")
     return 0
 
 
