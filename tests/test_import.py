@@ -6,7 +6,7 @@ import sys
 def test_import_memtrain_stays_light():
     code = (
         "import sys, json, memtrain; "
-        "print(json.dumps([m for m in ('cupy', 'click', 'prometheus_client', 'pynvml', 'sklearn', 'ray') if m in sys.modules]))"
+        "print(json.dumps([m for m in ('cupy', 'click', 'prometheus_client', 'pynvml', 'sklearn', 'ray', 'numba', 'llvmlite') if m in sys.modules]))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == []
