@@ -24,8 +24,8 @@ from memtrain.units import format_bytes
 
 # Ray stores fractional resources as fixed point with four decimal places.
 GPU_RESOLUTION = 10_000
-# a job reserving num_cpus CPUs runs its BLAS with that many threads
-THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+# a job reserving num_cpus CPUs runs its BLAS and its fused CPU kernels (numba) with that many threads
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 
 
 class NeverFits(MemtrainError):

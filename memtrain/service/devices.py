@@ -28,6 +28,7 @@ from pathlib import Path
 
 from memtrain import __version__
 from memtrain.errors import MemtrainError
+from memtrain.launch.resources import THREAD_VARS
 from memtrain.units import format_bytes
 
 CPU_RESERVE_FRACTION = 0.10
@@ -208,7 +209,7 @@ def measure_cpu_overhead(state_dir) -> tuple:
 
     with tempfile.TemporaryDirectory(dir=state_dir, prefix="overhead-") as tmp:
         launch = {"job_id": "overhead-probe", "run_dir": tmp, "config": probe_config(tmp),
-                  "env": {"OMP_NUM_THREADS": 1, "OPENBLAS_NUM_THREADS": 1, "MKL_NUM_THREADS": 1}}
+                  "env": dict.fromkeys(THREAD_VARS, 1)}
         spec = Path(tmp) / "launch.json"
         spec.write_text(json.dumps(launch))
         r = subprocess.run([sys.executable, "-m", "memtrain.launch.worker", str(spec)], capture_output=True,

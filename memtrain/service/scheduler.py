@@ -10,7 +10,7 @@ until the executor says it started, and the cluster, not this scheduler, decides
 many run together (the one branch: `_hand_over`).
 
 Thread rule (CPU): a job on the CPU gets max(1, cores // max_jobs) BLAS threads
-(OMP/OPENBLAS/MKL_NUM_THREADS, set before NumPy loads). The count is fixed per
+(OMP/OPENBLAS/MKL/NUMBA_NUM_THREADS, set before NumPy and numba load). The count is fixed per
 device, so however many jobs start later, at most max_jobs * threads <= cores
 threads compute at once (when max_jobs <= cores, the default).
 """
@@ -23,6 +23,7 @@ import threading
 from pathlib import Path
 
 from memtrain.launch.executor import Exit, Handle, Launch, Resources
+from memtrain.launch.resources import THREAD_VARS
 from memtrain.launch.worker import EXIT, PROGRESS, read_json
 from memtrain.service import admission, planning
 from memtrain.service.store import Store, now
@@ -227,7 +228,7 @@ class Scheduler:
                                      metrics_port=port, metrics_host=self.metrics_host,
                                      device=planning.device_of(device.kind, device.name))
         threads = device.threads_per_job
-        env = {"OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+        env = dict.fromkeys(THREAD_VARS, threads)  # BLAS and the fused CPU kernels alike
         if device.kind == "cuda":  # by uuid: NVML's index (cuda:N here) need not be CUDA's ordinal
             env["CUDA_VISIBLE_DEVICES"] = device.uuid or device.index
         reserved = total + device.overhead_bytes

@@ -246,6 +246,8 @@ class Trainer:
         G = self.arrays["grad_accum"] if accumulate else self.grads
         xp = self.backend.xp
         total = 0.0
+        if self.cpu is not None:
+            self.cpu.use_threads()
         for k, lo in enumerate(range(0, b, m)):
             n = min(m, b - lo)
             if self.fault_hook is not None:

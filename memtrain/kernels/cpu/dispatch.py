@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import numba
 import numpy as np
 
 from memtrain.kernels.cpu import activation as A
 from memtrain.kernels.cpu import optim as K
-from memtrain.kernels.cpu.scalar import compute_type, storage
+from memtrain.kernels.cpu.scalar import compute_type, storage, threads
 from memtrain.kernels.dispatch import OPTIMIZER_ARGS
 
 # activation name -> the prefix of its kernels in activation.py (<prefix>_forward, <prefix>_backward)
@@ -114,10 +115,21 @@ def activation_backward(act, z, a, grad, alpha, galpha) -> None:
     bwd(storage(z), storage(a), storage(grad), *_act_params(act, T, True))
 
 
+_THREADS = []
+
+
+def use_threads() -> None:
+    """At the start of a step: numba's thread count for this thread (it is per thread), as
+    scalar.threads() said when the step was built."""
+    numba.set_num_threads(_THREADS[0] if _THREADS else 1)
+
+
 def warm(spec, optimizer) -> None:
     """Compile (or load from numba's on-disk cache) every kernel a step of this model and
     optimizer calls, on one-element arrays of its dtype: before the first step, so that
     neither its time nor numba's allocations land inside a measured step."""
+    _THREADS[:] = [threads()]
+    use_threads()
     dt = spec.dtype
     one = np.ones((1, 1), dtype=dt)
     hidden = spec.n_layers >= 2

@@ -15,20 +15,40 @@ from __future__ import annotations
 
 import os
 
+import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
-# Element-wise loops only are parallel (prange over rows/elements): no parallel
-# reduction, so every result is the same whatever the thread count and resume
-# stays bit-exact. MEMTRAIN_CPU_PARALLEL=0 compiles them serial.
-PARALLEL = os.environ.get("MEMTRAIN_CPU_PARALLEL", "1") != "0"
+from memtrain.errors import ConfigError
+
+THREADS_VAR = "MEMTRAIN_CPU_THREADS"
 
 
 def kernel(fn):
-    """A fused CPU kernel: nopython, cached on disk (compiled once per machine), parallel loops."""
-    return njit(cache=True, parallel=PARALLEL, nogil=True, error_model="numpy")(fn)
+    """A fused CPU kernel: nopython, cached on disk (compiled once per machine). Its loops
+    are element-wise prange loops (never a parallel reduction), so a result is the same
+    whatever the thread count and resume stays bit-exact; threads() sets how many run."""
+    return njit(cache=True, parallel=True, nogil=True, error_model="numpy")(fn)
+
+
+def threads() -> int:
+    """Threads for the fused kernels: MEMTRAIN_CPU_THREADS, default 1.
+
+    One, because the step's GEMMs already use every core through BLAS: on the
+    2-core development machine two kernel threads made the 784-1024-1024-10 Adam
+    step 3.2x slower with numba's OpenMP layer (its threads spin after a region
+    while OpenBLAS's want the cores) and no faster with its workqueue layer
+    (docs/benchmarks.md). A many-core machine with a large model may gain from more."""
+    raw = os.environ.get(THREADS_VAR, "1")
+    try:
+        n = int(raw)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ConfigError(f"{THREADS_VAR}: expected a positive integer, got {raw!r}")
+    return min(n, numba.config.NUMBA_NUM_THREADS)
 
 
 def device(fn):
