@@ -86,7 +86,7 @@ def test_a_float16_fused_step_is_within_two_ulp_of_the_exact_step(name):
 
 def _activation_pass(act, z0, bias, alpha, grad, fused: bool):
     z, out = z0.copy(), np.empty_like(z0)
-    galpha = np.zeros(z0.shape[1], z0.dtype)
+    galpha, gbias = np.zeros(z0.shape[1], z0.dtype), np.zeros(z0.shape[1], z0.dtype)
     if fused:
         cpu.bias_activation_forward(act, z, bias, out, alpha)
     else:
@@ -95,11 +95,12 @@ def _activation_pass(act, z0, bias, alpha, grad, fused: bool):
             act.forward(z, out, np.empty_like(z), alpha)
     a = out.copy()
     if fused:
-        cpu.activation_backward(act, z, a, grad, alpha, galpha)
+        cpu.activation_backward(act, z, a, grad, alpha, galpha, gbias)
     else:
         with np.errstate(all="ignore"):
             act.backward(z, a, grad, np.empty_like(z), alpha, galpha)
-    return out, z, galpha
+            np.sum(z, axis=0, out=gbias)
+    return out, z, galpha, gbias
 
 
 def _act_ulps(a, b):
@@ -127,6 +128,10 @@ def test_fused_bias_activation_and_backward_match_the_reference(name, dtype):
         if part == "dL/dalpha" and name != "prelu":
             continue
         assert _act_ulps(r, f) <= bound, (part, _act_ulps(r, f))
+    # the bias gradient summed in the backward pass is NumPy's sum over rows of that delta, bit for bit
+    assert np.array_equal(fused[3], np.sum(fused[1], axis=0), equal_nan=True)
+    if name in EXACT_ACTS and dt != np.float16:
+        assert np.array_equal(fused[3], ref[3], equal_nan=True)
 
 
 def _train(fused, **kw):

@@ -158,7 +158,7 @@ def backward(spec, layers, glayers, v) -> None:
         xp.matmul(h_prev.T, delta, out=gW)
         if fused:
             _kernels().column_sum(delta, gb, _kernels().default_launcher())
-        else:
+        elif cpu is None or i == L:  # the fused CPU backward below sums the hidden layers' bias gradients
             xp.sum(delta, axis=0, out=gb)
         if i > 1:
             dA = v.dA[i - 1]
@@ -166,12 +166,12 @@ def backward(spec, layers, glayers, v) -> None:
             if v.mask[i - 1] is not None:
                 dA *= v.mask[i - 1]
             _, _, alpha = layers[i - 1]
-            _, _, galpha = glayers[i - 1]
+            _, gb_below, galpha = glayers[i - 1]
             if fused:
                 _kernels().activation_backward(act, v.z[i - 1], v.a[i - 1], dA, alpha, galpha,
                                                _kernels().default_launcher())
             elif cpu is not None:
-                cpu.activation_backward(act, v.z[i - 1], v.a[i - 1], dA, alpha, galpha)
+                cpu.activation_backward(act, v.z[i - 1], v.a[i - 1], dA, alpha, galpha, gb_below)
             else:
                 act.backward(v.z[i - 1], v.a[i - 1], dA, v.scratch[i - 1], alpha, galpha)
             delta = v.z[i - 1]

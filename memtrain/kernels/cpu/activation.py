@@ -1,7 +1,8 @@
 """Fused bias + activation forward and activation backward (CPU twin of kernels/activation.py).
 
 forward:  z += bias (broadcast over rows); out = g(z)       -- one pass
-backward: z = grad * g'(z), with a = g(z) from the forward   -- one pass
+backward: z = grad * g'(z), with a = g(z) from the forward,
+          and the column sums of z (the layer's bias gradient)  -- one pass
 Same contract as memtrain/nn/activations.py (z may be overwritten in backward,
 grad is only read), and the same operations in the same order, so that
 activations built from +, -, *, /, max and min are bit-identical to the NumPy
@@ -17,7 +18,7 @@ import math
 import numpy as np
 from numba import prange
 
-from memtrain.kernels.cpu.scalar import device, kernel, ld, like, st
+from memtrain.kernels.cpu.scalar import device, kernel, ld, like, serial_kernel, st
 
 
 @device
@@ -115,11 +116,15 @@ def _bias_forward(kind, z, bias, out, p0, p1):
 
 
 @device
-def _backward(kind, z, a, grad, p0, p1):
+def _backward(kind, z, a, grad, gbias, p0, p1):
+    """z = grad * g'(z), and gbias = the column sums of that delta: the layer's bias
+    gradient, summed row after row in the storage type as NumPy's sum(axis=0) does
+    (so it is bit-identical to it). The row loop is serial: it is a reduction."""
     rows, k = z.shape
-    for r in prange(rows):
+    for r in range(rows):
         for c in range(k):
             z[r, c] = st(z, _delta(kind, ld(z[r, c]), ld(a[r, c]), ld(grad[r, c]), p0, p1))
+            gbias[c] = z[r, c] if r == 0 else st(gbias, ld(gbias[c]) + ld(z[r, c]))
 
 
 # One kernel pair per activation: `kind` is a constant in each, so after inlining the
@@ -129,9 +134,9 @@ def identity_forward(z, bias, out, p0, p1):
     _bias_forward(0, z, bias, out, p0, p1)
 
 
-@kernel
-def identity_backward(z, a, grad, p0, p1):
-    _backward(0, z, a, grad, p0, p1)
+@serial_kernel
+def identity_backward(z, a, grad, gbias, p0, p1):
+    _backward(0, z, a, grad, gbias, p0, p1)
 
 
 @kernel
@@ -139,9 +144,9 @@ def sigmoid_forward(z, bias, out, p0, p1):
     _bias_forward(1, z, bias, out, p0, p1)
 
 
-@kernel
-def sigmoid_backward(z, a, grad, p0, p1):
-    _backward(1, z, a, grad, p0, p1)
+@serial_kernel
+def sigmoid_backward(z, a, grad, gbias, p0, p1):
+    _backward(1, z, a, grad, gbias, p0, p1)
 
 
 @kernel
@@ -149,9 +154,9 @@ def tanh_forward(z, bias, out, p0, p1):
     _bias_forward(2, z, bias, out, p0, p1)
 
 
-@kernel
-def tanh_backward(z, a, grad, p0, p1):
-    _backward(2, z, a, grad, p0, p1)
+@serial_kernel
+def tanh_backward(z, a, grad, gbias, p0, p1):
+    _backward(2, z, a, grad, gbias, p0, p1)
 
 
 @kernel
@@ -159,9 +164,9 @@ def relu_forward(z, bias, out, p0, p1):
     _bias_forward(3, z, bias, out, p0, p1)
 
 
-@kernel
-def relu_backward(z, a, grad, p0, p1):
-    _backward(3, z, a, grad, p0, p1)
+@serial_kernel
+def relu_backward(z, a, grad, gbias, p0, p1):
+    _backward(3, z, a, grad, gbias, p0, p1)
 
 
 @kernel
@@ -169,9 +174,9 @@ def generalized_relu_forward(z, bias, out, p0, p1):
     _bias_forward(4, z, bias, out, p0, p1)
 
 
-@kernel
-def generalized_relu_backward(z, a, grad, p0, p1):
-    _backward(4, z, a, grad, p0, p1)
+@serial_kernel
+def generalized_relu_backward(z, a, grad, gbias, p0, p1):
+    _backward(4, z, a, grad, gbias, p0, p1)
 
 
 @kernel
@@ -179,9 +184,9 @@ def softplus_forward(z, bias, out, p0, p1):
     _bias_forward(6, z, bias, out, p0, p1)
 
 
-@kernel
-def softplus_backward(z, a, grad, p0, p1):
-    _backward(6, z, a, grad, p0, p1)
+@serial_kernel
+def softplus_backward(z, a, grad, gbias, p0, p1):
+    _backward(6, z, a, grad, gbias, p0, p1)
 
 
 @kernel
@@ -189,9 +194,9 @@ def swish_forward(z, bias, out, p0, p1):
     _bias_forward(7, z, bias, out, p0, p1)
 
 
-@kernel
-def swish_backward(z, a, grad, p0, p1):
-    _backward(7, z, a, grad, p0, p1)
+@serial_kernel
+def swish_backward(z, a, grad, gbias, p0, p1):
+    _backward(7, z, a, grad, gbias, p0, p1)
 
 
 @kernel
@@ -199,9 +204,9 @@ def mish_forward(z, bias, out, p0, p1):
     _bias_forward(8, z, bias, out, p0, p1)
 
 
-@kernel
-def mish_backward(z, a, grad, p0, p1):
-    _backward(8, z, a, grad, p0, p1)
+@serial_kernel
+def mish_backward(z, a, grad, gbias, p0, p1):
+    _backward(8, z, a, grad, gbias, p0, p1)
 
 
 @kernel
@@ -209,9 +214,9 @@ def gelu_forward(z, bias, out, p0, p1):
     _bias_forward(9, z, bias, out, p0, p1)
 
 
-@kernel
-def gelu_backward(z, a, grad, p0, p1):
-    _backward(9, z, a, grad, p0, p1)
+@serial_kernel
+def gelu_backward(z, a, grad, gbias, p0, p1):
+    _backward(9, z, a, grad, gbias, p0, p1)
 
 
 @kernel
@@ -227,14 +232,16 @@ def prelu_forward(z, bias, alpha, out):
             out[r, c] = st(out, _max(x, zero) + _min(x, zero) * ld(alpha[c]))
 
 
-@kernel
-def prelu_backward(z, a, grad, alpha):
-    """a = grad min(0, z) (summed over rows into dL/dalpha by the host); z = grad (1 or alpha_c)."""
+@serial_kernel
+def prelu_backward(z, a, grad, alpha, gbias):
+    """a = grad min(0, z) (summed over rows into dL/dalpha by the host); z = grad (1 or alpha_c);
+    gbias = the column sums of z (as _backward)."""
     rows, k = z.shape
-    for r in prange(rows):
+    for r in range(rows):
         for c in range(k):
             x, gi = ld(z[r, c]), ld(grad[r, c])
             zero, one = like(x, 0.0), like(x, 1.0)
             a[r, c] = st(a, _min(x, zero) * gi)
             ind = one if x > zero else zero
             z[r, c] = st(z, ((one - ind) * ld(alpha[c]) + ind) * gi)
+            gbias[c] = z[r, c] if r == 0 else st(gbias, ld(gbias[c]) + ld(z[r, c]))

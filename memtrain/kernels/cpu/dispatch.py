@@ -104,15 +104,16 @@ def bias_activation_forward(act, z, bias, out, alpha) -> None:
     fwd(storage(z), storage(bias), storage(out), *_act_params(act, T, False))
 
 
-def activation_backward(act, z, a, grad, alpha, galpha) -> None:
-    """z = grad * g'(z); PReLU also sums dL/dalpha into galpha (over rows, on the host)."""
+def activation_backward(act, z, a, grad, alpha, galpha, gbias) -> None:
+    """z = grad * g'(z) and gbias = z summed over rows (the layer's bias gradient), one pass;
+    PReLU also sums dL/dalpha into galpha (over rows, on the host)."""
     if act.name == "prelu":
-        A.prelu_backward(storage(z), storage(a), storage(grad), storage(alpha))
+        A.prelu_backward(storage(z), storage(a), storage(grad), storage(alpha), storage(gbias))
         np.sum(a, axis=0, out=galpha)
         return
     T = compute_type(z.dtype)
     bwd = getattr(A, KERNEL[act.name] + "_backward")
-    bwd(storage(z), storage(a), storage(grad), *_act_params(act, T, True))
+    bwd(storage(z), storage(a), storage(grad), storage(gbias), *_act_params(act, T, True))
 
 
 _THREADS = []
@@ -136,7 +137,8 @@ def warm(spec, optimizer) -> None:
     if hidden:
         alpha = np.ones(1, dtype=dt)
         bias_activation_forward(spec.activation, one.copy(), alpha.copy(), one.copy(), alpha.copy())
-        activation_backward(spec.activation, one.copy(), one.copy(), one.copy(), alpha.copy(), alpha.copy())
+        activation_backward(spec.activation, one.copy(), one.copy(), one.copy(), alpha.copy(), alpha.copy(),
+                            alpha.copy())
     p = np.ones(2, dtype=dt)
     state = {f"opt.{s.name}": np.zeros({"param": 2, "per_layer": 1, "scalar": ()}[s.kind], dtype=s.dtype or dt)
              for s in optimizer.all_slots()}

@@ -33,6 +33,12 @@ def kernel(fn):
     return njit(cache=True, parallel=True, nogil=True, error_model="numpy")(fn)
 
 
+def serial_kernel(fn):
+    """A fused CPU kernel with a reduction in its loop (a bias gradient's column sums):
+    serial, so its order, and so its result, is NumPy's."""
+    return njit(cache=True, nogil=True, error_model="numpy")(fn)
+
+
 def threads() -> int:
     """Threads for the fused kernels: MEMTRAIN_CPU_THREADS, default 1.
 
