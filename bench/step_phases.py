@@ -7,7 +7,8 @@ and its share. To show the mirror is the real step, a second Trainer from the
 same initial weights runs the same number of ordinary `Trainer.step` calls,
 and the two parameter vectors must be bit-identical at the end (the script
 exits 1 otherwise). The GEMM phases are also timed alone, on the same shapes
-and transposed views, which gives the step's GEMM limit here.
+and transposed views, which gives the step's GEMM limit here, and so is the
+optimizer update (back to back, its data in this core's cache).
 
 Examples
     python bench/step_phases.py                                   # 784-1024-1024-10, B=256, adam and sgd
@@ -165,7 +166,21 @@ def run(args, optimizer: str) -> bool:
     real_ms = (time.perf_counter() - t0) / args.steps * 1e3
     same = bool(np.array_equal(mirror.model.params, real.model.params))
     _print(args, optimizer, fused, T, total, real_ms, gemm_alone(args.layers, args.batch_size, args.steps), same)
+    print(f"| the optimizer update alone, {args.steps} in a row | {update_alone(mirror, args.steps):.3f} | "
+          "(its data stay in this core's cache) |")
     return same
+
+
+def update_alone(tr, steps: int) -> float:
+    """ms of one optimizer update repeated back to back (after the comparison above)."""
+    spec, cpu = tr.spec, tr.cpu
+    t = time.perf_counter()
+    for _ in range(steps):
+        if cpu is not None:
+            cpu.optimizer_step(tr.optimizer, tr.model.params, tr.grads, tr.arrays, 1e-6, spec.layout)
+        else:
+            tr.optimizer.step(tr.model.params, tr.grads, tr.arrays, tr.scratch, 1e-6, spec.layout)
+    return (time.perf_counter() - t) / steps * 1e3
 
 
 def _print(args, optimizer, fused, T, total, real_ms, gemm_ms, same) -> None:
