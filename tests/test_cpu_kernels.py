@@ -180,3 +180,26 @@ def test_kernels_compile_once_per_machine_and_numba_loads_only_for_a_fused_step(
                                                check=True, env=env, timeout=300).stdout) for _ in range(2))
     assert first["light"] and first["reference_light"]  # import memtrain / the NumPy path load no numba
     assert second["misses"] == 0 and second["hits"] >= 3  # the second process compiles nothing
+
+
+def test_a_bad_thread_count_is_one_line_naming_the_variable(tmp_path):
+    from click.testing import CliRunner
+
+    from memtrain.cli import main
+
+    r = CliRunner().invoke(main, ["train", "--layers", "64,16,10", "--epochs", "1", "--output-dir", str(tmp_path / "o"),
+                                  "--no-progress"], env={"MEMTRAIN_CPU_THREADS": "two"})
+    assert r.exit_code == 2, r.output
+    assert r.output.strip().splitlines()[-1] == \
+        "memtrain: error: MEMTRAIN_CPU_THREADS: expected a positive integer, got 'two'"
+    assert not (tmp_path / "o").exists()
+
+
+def test_without_numba_the_trainer_falls_back_to_the_reference_and_says_so():
+    code = ("import sys; sys.modules['numba'] = None\n"
+            "from memtrain import MLP, Trainer\n"
+            "tr = Trainer(MLP([4, 3, 2]), 'adam', 2)\n"
+            "print(tr.plan.fused, tr.cpu, tr.notes)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == ("False None ['fused CPU kernels unavailable (numba is not importable): "
+                                  "the NumPy reference path runs']")

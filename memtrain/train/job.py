@@ -25,6 +25,7 @@ import numpy as np
 
 from memtrain.backend import get_backend, set_tf32
 from memtrain.errors import CheckpointError, ConfigError, DataError, DeviceError, JobFailed
+from memtrain.kernels.cpu import threads_from_env
 from memtrain.memory.batch import largest_batch
 from memtrain.memory.budget import check_fits, default_margin, device_budget
 from memtrain.memory.measure import gpu_uuid, pool_peak_hook
@@ -135,6 +136,8 @@ class Job:
         set_tf32(backend, self.cfg.training.tf32)  # raises for tf32 on the CPU; resets it otherwise
         if self.cfg.training.cuda_graph and not backend.is_cuda:
             raise DeviceError(f"training.cuda_graph: CUDA graphs need a CUDA device (the device is {backend.name})")
+        if self.cfg.training.fused and not backend.is_cuda:
+            threads_from_env()  # a bad MEMTRAIN_CPU_THREADS is refused before anything is created
 
     def load_data(self) -> None:
         ds = self.data = load_job_data(self.cfg)
@@ -542,7 +545,7 @@ def _warm_up(spec, fused_optimizer=None) -> None:
     exact GELU's erf comes from scipy.special (~12 MB of Python objects); numba and the
     fused CPU kernels of this model and optimizer (~30 MB) when the step is fused."""
     if fused_optimizer is not None:
-        cpu_kernels(spec, fused_optimizer)
+        cpu_kernels(spec, fused_optimizer)  # (a machine without them falls back in the Trainer)
     if "gelu" in spec.activation.describe().lower():
         from memtrain.nn.special import erf  # noqa: PLC0415
 

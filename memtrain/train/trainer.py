@@ -80,7 +80,11 @@ class Trainer:
         self.patience = check_scalar(patience, "patience", int, min_val=1, allow_none=True)
         self.seed = check_scalar(seed, "seed", int)
         self._data_rows = (None, None)  # (n_train, n_val) resident in the plan, else None
-        self.cpu = cpu_kernels(self.spec, self.optimizer) if fused and not self.backend.is_cuda else None
+        self.cpu = None
+        if fused and not self.backend.is_cuda:
+            self.cpu, why = cpu_kernels(self.spec, self.optimizer)
+            if why:
+                self.notes.append(f"fused CPU kernels unavailable ({why}): the NumPy reference path runs")
         self.plan: MemoryPlan = self._make_plan(batch_size, micro_batch_size, dataset_size)
         self.arrays = allocate(self.plan, self.backend.xp, existing={"params": model.params},
                                observer=allocation_observer)
@@ -417,14 +421,22 @@ class Trainer:
         self.history = list(meta.get("history", ()))
 
 
-def cpu_kernels(spec, optimizer):
-    """memtrain.kernels.cpu.dispatch with every kernel this step calls compiled (or loaded from
-    numba's on-disk cache): numba is imported here, when a fused CPU step is built, and its
-    compile time and allocations fall before the first (measured) step."""
-    from memtrain.kernels.cpu import dispatch  # noqa: PLC0415 - numba only for a fused CPU step
+def cpu_kernels(spec, optimizer) -> tuple:
+    """(memtrain.kernels.cpu.dispatch, None) with every kernel this step calls compiled (or loaded
+    from numba's on-disk cache): numba is imported here, when a fused CPU step is built, and its
+    compile time and allocations fall before the first (measured) step. (None, why) where numba
+    is missing or cannot compile a kernel on this machine (float16 needs LLVM's half conversions)."""
+    try:
+        from memtrain.kernels.cpu import dispatch  # noqa: PLC0415 - numba only for a fused CPU step
+    except ImportError as exc:
+        return None, f"{exc.name or 'numba'} is not importable"
+    from numba.core.errors import NumbaError  # noqa: PLC0415 - numba is importable here
 
-    dispatch.warm(spec, optimizer)
-    return dispatch
+    try:
+        dispatch.warm(spec, optimizer)
+    except NumbaError as exc:
+        return None, f"numba: {str(exc).strip().splitlines()[0]}"
+    return dispatch, None
 
 
 def _gather(X, y, idx):

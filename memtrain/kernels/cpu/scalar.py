@@ -13,17 +13,13 @@ float64 in numba and would silently promote float32 arithmetic.
 
 from __future__ import annotations
 
-import os
-
 import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
-from memtrain.errors import ConfigError
-
-THREADS_VAR = "MEMTRAIN_CPU_THREADS"
+from memtrain.kernels.cpu import threads_from_env
 
 
 def kernel(fn):
@@ -40,21 +36,8 @@ def serial_kernel(fn):
 
 
 def threads() -> int:
-    """Threads for the fused kernels: MEMTRAIN_CPU_THREADS, default 1.
-
-    One, because the step's GEMMs already use every core through BLAS: on the
-    2-core development machine two kernel threads made the 784-1024-1024-10 Adam
-    step 3.2x slower with numba's OpenMP layer (its threads spin after a region
-    while OpenBLAS's want the cores) and no faster with its workqueue layer
-    (docs/benchmarks.md). A many-core machine with a large model may gain from more."""
-    raw = os.environ.get(THREADS_VAR, "1")
-    try:
-        n = int(raw)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise ConfigError(f"{THREADS_VAR}: expected a positive integer, got {raw!r}")
-    return min(n, numba.config.NUMBA_NUM_THREADS)
+    """MEMTRAIN_CPU_THREADS (package __init__), at most numba's pool size."""
+    return min(threads_from_env(), numba.config.NUMBA_NUM_THREADS)
 
 
 def device(fn):
