@@ -1,7 +1,6 @@
 """bench/throughput.py on a tiny model: worker processes, time-based alternating rounds, the GEMM limit."""
 
 import importlib.util
-import inspect
 import json
 import statistics
 import subprocess
@@ -91,13 +90,11 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path, args):
     assert not out.exists()
 
 
-def test_fused_variant_needs_a_memtrain_that_has_it(tmp_path):
-    from memtrain import Trainer
-
-    if "fused" in inspect.signature(Trainer.__init__).parameters:
-        pytest.skip("this memtrain has the fused CPU path")
-    proc = subprocess.run([sys.executable, str(SCRIPT), *TINY, "--memtrain-variants", "fused,numpy"],
-                          capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2
-    (line,) = proc.stderr.splitlines()
-    assert line.startswith("throughput.py: error: --memtrain-variants: fused needs")
+def test_the_fused_and_numpy_variants_each_get_their_worker(tmp_path):
+    report, stdout = run_bench(tmp_path, "--peer", "none", "--optimizer", "adam", "--memtrain-variants", "fused,numpy")
+    (r,) = report["results"]
+    labels = list(r["frameworks"])
+    assert len(labels) == 2 and all(label.startswith("memtrain-") for label in labels)
+    check_result(r, labels)
+    assert len({w["pid"] for w in report["machine"]["workers"].values()}) == 2
+    assert "memtrain fused" in stdout and "memtrain numpy" in stdout

@@ -1,8 +1,10 @@
 """One fused kernel per optimizer update over the whole flat parameter vector.
 
-The CPU runs the same updates (memtrain/optim/*.py, the NumPy reference) in
-64Ki-element chunks with a scratch; here each element is read and written
-once, so the GPU plan has no optimizer workspace (memory/plan.py).
+Each element is read and written once, so the GPU plan has no optimizer
+workspace (memory/plan.py). The CPU runs the same updates as numba kernels
+(kernels/cpu/optim.py, one function per optimizer, the same slot order); the
+NumPy reference (memtrain/optim/*.py) runs them in 64Ki-element chunks with a
+scratch.
 
 Every update reads the step's scalars from the device (`sc`, see
 source.SC_*): the learning rate the host wrote for this step, and the step's
