@@ -305,6 +305,8 @@ def measure(workers, args, opt: str) -> dict:
 
 # -- the machine -------------------------------------------------------------------
 def cpu_model() -> str:
+    # memtrain.memory.measure.cpu_model's twin: this parent process imports neither NumPy nor
+    # memtrain, so that no BLAS thread pool of its own competes with the workers it times
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
