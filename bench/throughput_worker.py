@@ -238,7 +238,7 @@ class Worker:
     def hello(self, threads=None) -> dict:
         info = {"kind": self.kind, "pid": os.getpid(), "python": platform.python_version(),
                 "numpy": _version("numpy"), "threadpoolctl": _version("threadpoolctl"),
-                "thread_env": {k: os.environ.get(k) for k in THREAD_ENV_VARS}}
+                "thread_env": {k: os.environ.get(k) for k in THREAD_ENV_VARS + REPORTED_ONLY}}
         if self.kind == "memtrain":
             import memtrain  # noqa: PLC0415 - the memtrain worker only
 
@@ -286,6 +286,8 @@ class Worker:
 
 
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+# shown with the machine, never set by --threads: memtrain's kernel threads stay 1 unless asked
+REPORTED_ONLY = ("MEMTRAIN_CPU_THREADS", "NUMBA_THREADING_LAYER")
 
 
 def _numpy_blas() -> str:
