@@ -168,7 +168,21 @@ def run(args, optimizer: str) -> bool:
     _print(args, optimizer, fused, T, total, real_ms, gemm_alone(args.layers, args.batch_size, args.steps), same)
     print(f"| the optimizer update alone, {args.steps} in a row | {update_alone(mirror, args.steps):.3f} | "
           "(its data stay in this core's cache) |")
+    print(f"Python-level calls per Trainer.step (cProfile): {calls_per_step(real, X, y):.0f}")
     return same
+
+
+def calls_per_step(tr, X, y, steps: int = 50) -> float:
+    """Function calls cProfile counts per Trainer.step (NumPy's C functions included)."""
+    import cProfile  # noqa: PLC0415
+    import pstats  # noqa: PLC0415
+
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(steps):
+        tr.step(X, y)
+    prof.disable()
+    return pstats.Stats(prof).total_calls / steps
 
 
 def update_alone(tr, steps: int) -> float:

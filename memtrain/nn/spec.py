@@ -9,6 +9,8 @@ optimizer slot share this layout.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,7 +42,7 @@ class ParamGroup:
 
     @property
     def size(self) -> int:
-        return int(np.prod(self.shape))
+        return math.prod(int(d) for d in self.shape)
 
     def view(self, flat):
         return flat[self.offset : self.offset + self.size].reshape(self.shape)
@@ -133,8 +135,10 @@ class ModelSpec:
     def hidden(self) -> tuple:
         return self.sizes[1:-1]
 
-    @property
+    @functools.cached_property
     def layout(self) -> tuple:
+        # cached (in the instance's __dict__; the frozen fields, eq and hash are untouched):
+        # every training step reads it
         groups, offset = [], 0
         for i in range(1, len(self.sizes)):
             n, k = self.sizes[i - 1], self.sizes[i]
