@@ -125,7 +125,7 @@ def _echo(text):
 @click.option("--gpus", type=click.IntRange(min=1), help="Data-parallel view: per-GPU memory with optimizer state replicated vs sharded N ways.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
 @click.option("--verify", is_flag=True, help="Also allocate the plan and run 3 real steps: estimated vs measured (see `memtrain profile`).")
-def estimate(config, layers, activation, output, dropout, dtype, device, overhead, optimizer, batch_size,
+def estimate(config, layers, activation, output, dropout, dtype, device, overhead, fused, optimizer, batch_size,
              memory_limit, memory_alias, margin, max_batch, multiple_of, power_of_two, inference, per_layer, gpus,
              fmt, verify):
     """Memory of a model + optimizer + batch + dtype, from the plan the trainer allocates.
@@ -150,7 +150,7 @@ def estimate(config, layers, activation, output, dropout, dtype, device, overhea
     backend = _backend_for(device)
     req = est.build_setting(config=config, layers=layers, activation=activation, output=output, dropout=dropout,
                             dtype=dtype, optimizer=optimizer, device=device, overhead=overhead, inference=inference,
-                            backend=backend, budget=memory)
+                            backend=backend, budget=memory, fused=fused)
     r = est.estimate(req, optimizer, batch_size, memory=memory, max_batch=max_batch, backend=backend, margin=margin,
                      multiple_of=multiple_of, power_of_two=power_of_two, per_layer=per_layer, gpus=gpus)
     if r["schema"] == est.TABLE_SCHEMA:
@@ -187,7 +187,7 @@ def _run_profile(setting, batch, steps, tolerance, fmt, backend):
 @click.option("--tolerance", type=FiniteFloat(min_val=0), default=0.005, show_default=True,
               help="Allowed |measured - planned| / planned (at least 64 KiB is always allowed); exit 1 beyond it.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-def profile(config, layers, activation, output, dropout, dtype, device, overhead, optimizer, batch_size, steps,
+def profile(config, layers, activation, output, dropout, dtype, device, overhead, fused, optimizer, batch_size, steps,
             tolerance, fmt):
     """Allocate the plan, run real training steps, and print estimated vs measured
     memory per category (CPU: tracemalloc; CUDA: CuPy pool peak and NVML).
@@ -198,7 +198,8 @@ def profile(config, layers, activation, output, dropout, dtype, device, overhead
 
     backend = _backend_for(device)
     req = est.build_setting(config=config, layers=layers, activation=activation, output=output, dropout=dropout,
-                            dtype=dtype, optimizer=optimizer, device=device, overhead=overhead, backend=backend)
+                            dtype=dtype, optimizer=optimizer, device=device, overhead=overhead, backend=backend,
+                            fused=fused)
     _run_profile(req.setting, batch_size or (req.batches or [32])[0], steps, tolerance, fmt, backend)
 
 
@@ -218,7 +219,7 @@ def profile(config, layers, activation, output, dropout, dtype, device, overhead
 @click.option("--objective", type=click.Choice(["memory", "throughput"]), default="memory", show_default=True,
               help="memory: the largest batch that fits; throughput: the fastest batch up to that size.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-def autobatch(config, layers, activation, output, dropout, dtype, device, overhead, optimizer, memory_limit,
+def autobatch(config, layers, activation, output, dropout, dtype, device, overhead, fused, optimizer, memory_limit,
               max_batch_size, margin, multiple_of, objective, fmt):
     """The largest batch that fits, solved on the plan and confirmed by one real
     training step (a second probe only if the first one does not fit).
@@ -236,7 +237,7 @@ def autobatch(config, layers, activation, output, dropout, dtype, device, overhe
     backend = get_backend(device, verbose=True)
     req = est.build_setting(config=config, layers=layers, activation=activation, output=output, dropout=dropout,
                             dtype=dtype, optimizer=optimizer, device=backend.name, overhead=overhead,
-                            backend=backend if backend.is_cuda else None, budget=memory_limit)
+                            backend=backend if backend.is_cuda else None, budget=memory_limit, fused=fused)
     setting, t = req.setting, (req.cfg.training if req.cfg is not None else None)
     if multiple_of is None and backend.is_cuda:
         multiple_of = 8

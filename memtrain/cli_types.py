@@ -151,6 +151,8 @@ def plan_options(f):
                      "is for)."),
         click.option("--overhead", type=Size(allow_zero=True), help="Device overhead to assume, e.g. 600MiB (CUDA "
                      "default: measured on a GPU, else assumed 512 MiB)."),
+        click.option("--fused/--no-fused", default=None, help="CPU: the plan of memtrain's fused kernels, or of the "
+                     "NumPy reference path (as `train --no-fused`).  [default: fused, or the job file's]"),
     ]
     for o in reversed(opts):
         f = o(f)

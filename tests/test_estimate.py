@@ -209,3 +209,21 @@ def test_memory_limit_is_the_one_spelling_and_memory_a_deprecated_alias():
     assert json.loads(old.stdout) == json.loads(new.stdout)
     for cmd in ("estimate", "autobatch", "train", "sweep"):
         assert "--memory-limit" in CliRunner().invoke(main, [cmd, "--help"]).output
+
+
+def test_no_fused_plans_the_numpy_reference_path_in_estimate_and_autobatch(tmp_path):
+    args = ["--layers", "784,256,10", "--optimizer", "nadam", "--batch-size", "64", "--format", "json"]
+    fused, ref = (json.loads(run(*args, *extra)[1]) for extra in ([], ["--no-fused"]))
+    assert (fused["optimizer"]["kernels"], ref["optimizer"]["kernels"]) == ("fused", "numpy")
+    # NAdam's two chunk rows of min(P, 65,536) float32 elements are the whole difference
+    assert ref["total"] - fused["total"] == 2 * 65536 * 4
+    job = tmp_path / "job.toml"
+    job.write_text('[model]\nlayers = [64, 256, 10]\n[optimizer]\nname = "nadam"\n[training]\nbatch_size = 64\n'
+                   'fused = false\n')  # digits: 64 features
+    from_file, flipped = (json.loads(run("--config", str(job), *extra, "--format", "json")[1])
+                          for extra in ([], ["--fused"]))
+    assert from_file["optimizer"]["kernels"] == "numpy" and flipped["optimizer"]["kernels"] == "fused"
+    assert from_file["total"] - flipped["total"] == 2 * 19210 * 4  # P = 64*256 + 256 + 256*10 + 10 < 65,536
+    r = CliRunner().invoke(main, ["autobatch", "--layers", "64,128,10", "--memory-limit", "8MiB", "--no-fused",
+                                  "--format", "json"])
+    assert r.exit_code == 0 and json.loads(r.output)["confirmed"] == 4162  # 4,182 with the fused plan

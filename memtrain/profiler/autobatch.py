@@ -169,7 +169,7 @@ def fastest_batch(setting, backend, max_batch: int, *, steps: int = 3, min_gain:
     results, best = [], 0.0
     for b in sizes:
         model = MLP.from_spec(setting.spec, device=backend)
-        trainer = Trainer(model, setting.make_optimizer(), b)
+        trainer = Trainer(model, setting.make_optimizer(), b, fused=setting.fused)
         X, y = random_batch(setting.spec, b, rng)
         trainer.step(X, y)  # warm-up
         _sync(backend)

@@ -194,7 +194,7 @@ class Request:
 
 def build_setting(*, config=None, layers=None, activation=None, output=None, dropout=None, dtype=None,
                   optimizer=None, device="cpu", overhead=None, inference=False, backend=None,
-                  budget=None) -> Request:
+                  budget=None, fused=None) -> Request:
     """The Setting from a job file and/or flags; flags win. With a job file it is the
     Setting the Job builds (its data set resident in the plan, as `train` holds it).
 
@@ -212,14 +212,16 @@ def build_setting(*, config=None, layers=None, activation=None, output=None, dro
     single = optimizer if optimizer and optimizer != "all" and "," not in optimizer else None
     if config:
         cfg = merge(load(config), {"model.layers": layers, "model.activation": activation, "model.output": output,
-                                   "model.dropout": dropout, "model.dtype": dtype, "optimizer.name": single})
+                                   "model.dropout": dropout, "model.dtype": dtype, "optimizer.name": single,
+                                   "training.fused": fused})
         return _job_request(cfg, kind, int(over), source, inference, budget)
     model = {k: v for k, v in (("activation", activation), ("output", output), ("dropout", dropout),
                                ("dtype", dtype)) if v is not None}
     if layers is None:
         raise ConfigError("layers: missing; pass --layers 784,128,10 or --config job.toml")
     spec = ModelSpec.create(layers, **model)
-    setting = Setting(spec, single or "adam", (), kind, int(over), source, bool(inference))
+    setting = Setting(spec, single or "adam", (), kind, int(over), source, bool(inference),
+                      fused=True if fused is None else bool(fused))
     setting.make_optimizer()  # validate the name now
     return Request(setting, None)
 
