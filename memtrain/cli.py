@@ -273,8 +273,9 @@ def devices(fmt):
 # -- train ---------------------------------------------------------------------------
 
 # each flag of `train` and the JobConfig key it overrides (config.merge: None is "not given")
-def _gpu_options(f):
-    """train's GPU switches (their own group: they mean nothing on the CPU)."""
+def _device_options(f):
+    """train's device switches (their own group): --fused means nothing on a GPU (its step is always
+    fused), --tf32 and --cuda-graph nothing on the CPU."""
     f = click.option("--fused/--no-fused", default=None,
                      help="CPU: memtrain's fused kernels (one pass per optimizer update and per bias + "
                           "activation); --no-fused runs the NumPy reference path.  [default: fused]")(f)
@@ -337,7 +338,7 @@ _TRAIN_KEYS = {
 @click.option("--measure", type=click.Choice(["sampled", "exact", "off"]),
               help="CPU memory measurement: the first steps (sampled), every step (exact, slower) or off.  "
               "[default: sampled]")
-@_gpu_options
+@_device_options
 def train(job_file, log_format, progress, **flags):
     """Run a training job from JOB_FILE (TOML; see docs/job-file.md) and/or flags; flags
     override the file. Checkpoints every epoch (and on SIGTERM/SIGINT, then exits 0);
