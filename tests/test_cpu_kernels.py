@@ -4,7 +4,7 @@ Stated bounds (docs/architecture.md, "Fused CPU kernels"):
 - optimizers, float32/float64: bit-identical to the reference, state included;
 - optimizers, float16: one step is within F16_ULPS ulp (of the step's scale) of the exact
   (float64) step from the same float16 inputs; the reference, which rounds every
-  intermediate to float16, within twice that (measured: fused <= 1.8, reference <= 2.9);
+  intermediate to float16, within twice that;
 - activations built from +, -, *, max, min (identity, ReLU, leaky/abs, PReLU): bit-identical
   in float32/float64, within 1 ulp in float16; those using tanh/exp/log1p/erf within
   ACT_ULPS ulp of max(|value|, 1) (numba's libm against NumPy's own SIMD functions);
