@@ -66,6 +66,15 @@ class Serve:
         self.log.close()
 
 
+def report_out(report: dict, path) -> int:
+    """Print the report as indented JSON and, with --json PATH, write the same text there."""
+    text = json.dumps(report, indent=1)
+    print(text)
+    if path:
+        Path(path).write_text(text + "\n")
+    return 0
+
+
 def machine() -> dict:
     cpu = "unknown"
     try:

@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from service_common import Serve, call, machine  # noqa: E402
+from service_common import Serve, call, machine, report_out  # noqa: E402
 
 PROBE = {"device": "cpu", "model": {"layers": [784, 512, 10]}, "optimizer": {"name": "adam"},
          "training": {"epochs": 10000, "batch_size": 64},
@@ -156,11 +156,7 @@ def main(argv=None) -> int:
                              "epochs_measured": [len(quiet), len(loaded)]}
     if quiet and loaded:
         report["steps_per_s"]["ratio"] = round(statistics.mean(loaded) / statistics.mean(quiet), 3)
-    text = json.dumps(report, indent=1)
-    print(text)
-    if a.json:
-        a.json.write_text(text + "\n")
-    return 0
+    return report_out(report, a.json)
 
 
 if __name__ == "__main__":

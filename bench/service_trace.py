@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from service_common import Serve, call, machine  # noqa: E402
+from service_common import Serve, call, machine, report_out  # noqa: E402
 
 MODELS = [  # (layers, data set): 64-feature models on digits, 784-feature ones on synthetic data
     ([64, 32, 10], "digits"), ([64, 128, 10], "digits"), ([64, 256, 256, 10], "digits"),
@@ -180,11 +180,7 @@ def main(argv=None) -> int:
     else:
         report["exclusive"] = run(jobs, base / "exclusive", [*common, "--max-jobs-per-device", "1"], 1)
         report["speedup"] = round(report["exclusive"]["makespan_s"] / report["packed"]["makespan_s"], 2)
-    text = json.dumps(report, indent=1)
-    print(text)
-    if a.json:
-        a.json.write_text(text + "\n")
-    return 0
+    return report_out(report, a.json)
 
 
 if __name__ == "__main__":

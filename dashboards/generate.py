@@ -177,6 +177,12 @@ def layout(sections: list) -> list:
     return out
 
 
+# the data-source picker every dashboard starts its variables with
+DATASOURCE_VARIABLE = {"name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus",
+                       "regex": "", "current": {}, "options": [], "refresh": 1, "hide": 0, "multi": False,
+                       "includeAll": False}
+
+
 def query_variable(name: str, label: str, query: str, *, multi: bool) -> dict:
     return {"name": name, "label": label, "type": "query", "datasource": DS, "definition": query, "query": query,
             "refresh": 2, "sort": 1, "regex": "", "multi": multi, "includeAll": multi,
@@ -185,8 +191,7 @@ def query_variable(name: str, label: str, query: str, *, multi: bool) -> dict:
 
 def variables(*, multi_instance: bool) -> list:
     return [
-        {"name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus", "regex": "",
-         "current": {}, "options": [], "refresh": 1, "hide": 0, "multi": False, "includeAll": False},
+        DATASOURCE_VARIABLE,
         query_variable("job", "Prometheus job", "label_values(memtrain_job_info, job)", multi=True),
         query_variable("instance", "Instance", 'label_values(memtrain_job_info{job=~"$job"}, instance)',
                        multi=multi_instance),
@@ -197,8 +202,7 @@ def service_variables() -> list:
     """The service's own scrape job and instance, and the scrape job of the training jobs it
     runs (discovered through its /prometheus/targets)."""
     return [
-        {"name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus", "regex": "",
-         "current": {}, "options": [], "refresh": 1, "hide": 0, "multi": False, "includeAll": False},
+        DATASOURCE_VARIABLE,
         query_variable("job", "Service job", "label_values(memtrain_service_jobs, job)", multi=False),
         query_variable("instance", "Service", 'label_values(memtrain_service_jobs{job=~"$job"}, instance)',
                        multi=False),
