@@ -161,14 +161,15 @@ def table(setting: Setting, optimizers: list, batch_sizes: list, *, budget: int 
 
 def _optimizer_info(setting: Setting) -> dict:
     opt = setting.make_optimizer()
+    fused = setting.fused or setting.device == "cuda"  # a GPU step always runs its fused kernels
     return {
         "name": setting.optimizer,
         "hyper": opt.hyper,
         "slots": [{"name": s.name, "kind": s.kind, "dtype": s.dtype or setting.spec.dtype.name}
                   for s in opt.all_slots()],
-        # the NumPy reference path's chunk scratch rows; the fused kernels (CPU default, GPU) need none
-        "scratch_arrays": 0 if (setting.fused or setting.device == "cuda") else opt.scratch_count,
-        "kernels": "fused" if (setting.fused or setting.device == "cuda") else "numpy",
+        # the NumPy reference path's chunk scratch rows; the fused kernels need none
+        "scratch_arrays": 0 if fused else opt.scratch_count,
+        "kernels": "fused" if fused else "numpy",
     }
 
 
