@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from memtrain.cli_types import DEVICE_SIZE, SIZE_OR_ZERO
+from memtrain.cli_types import DEVICE_SIZE, SIZE, SIZE_OR_ZERO
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 
@@ -28,7 +28,11 @@ STATES = ("queued", "running", "succeeded", "failed", "cancelled")
               help="Memory plans may commit on DEVICE (repeatable).  [default: MemAvailable or NVML free "
                    "memory now, less a reserve]")
 @click.option("--token-file", type=click.Path(dir_okay=False),
-              help="File holding the bearer token every request but /healthz must send.")
+              help="File holding the bearer token every request but /healthz must send: one token, or a line "
+                   "'NAME TOKEN [QUOTA]' per user (docs/service.md).")
+@click.option("--user-quota", type=SIZE, metavar="SIZE",
+              help="Memory the running jobs of one user (one token) may commit at once; a QUOTA in the token "
+                   "file overrides it for that user.  [default: no limit]")
 @click.option("--data-root", "data_roots", multiple=True, type=click.Path(file_okay=False, exists=True),
               help="Jobs may read data files only under these dirs (repeatable). Without one, only the "
                    "built-in data sets (digits, synthetic:...).")
@@ -55,8 +59,9 @@ STATES = ("queued", "running", "succeeded", "failed", "cancelled")
                    "at this path.  [default: the state dir]")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
-def serve(state_dir, host, port, devices, budgets, token_file, data_roots, max_jobs_per_device, head_wait,
-          max_attempts, overhead, job_metrics_host, job_metrics_address, executor, ray_address, storage, log_level):
+def serve(state_dir, host, port, devices, budgets, token_file, user_quota, data_roots, max_jobs_per_device,
+          head_wait, max_attempts, overhead, job_metrics_host, job_metrics_address, executor, ray_address, storage,
+          log_level):
     """Run the training service: an HTTP API (OpenAPI at /docs, status page at /) that
     plans each submitted job and starts it when its plan fits a device's budget.
 
@@ -64,6 +69,7 @@ def serve(state_dir, host, port, devices, budgets, token_file, data_roots, max_j
     Examples:
       memtrain serve --state-dir runs/service --budget cpu=3GiB
       memtrain serve --state-dir /srv/memtrain --host 0.0.0.0 --token-file token --data-root /data
+      memtrain serve --state-dir /srv/memtrain --token-file users --user-quota 8GiB
       memtrain serve --state-dir runs/service --executor ray --ray-address auto --storage /shared/memtrain
     """
     if ray_address is not None and executor != "ray":
@@ -74,7 +80,7 @@ def serve(state_dir, host, port, devices, budgets, token_file, data_roots, max_j
         data_roots=data_roots, max_jobs_per_device=max_jobs_per_device, head_wait=head_wait,
         max_attempts=max_attempts, overhead=overhead, job_metrics_host=job_metrics_host,
         job_metrics_address=job_metrics_address, executor=executor, ray_address=ray_address, storage=storage,
-        log_level=log_level, echo=lambda t: click.echo(t, err=True))
+        user_quota=user_quota, log_level=log_level, echo=lambda t: click.echo(t, err=True))
 
 
 _server = click.option("--server", envvar="MEMTRAIN_SERVER", default="http://127.0.0.1:8470", show_default=True,
@@ -95,18 +101,25 @@ def _fmt(default="table"):
 @click.argument("job_file", type=click.Path(dir_okay=False))
 @click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
               help="Override a key of the job file (repeatable), e.g. --set training.epochs=5.")
+@click.option("--priority", type=int, metavar="N",
+              help="Higher starts first; jobs of one priority in submission order.  [default: the job file's "
+                   "priority, else 0]")
 @click.option("--format", "fmt", type=click.Choice(["id", "json"]), default="id", show_default=True)
 @_server
-def submit(job_file, sets, fmt, server):
+def submit(job_file, sets, priority, fmt, server):
     """Submit a job file to the service; prints the job's id (--format json: the whole answer).
 
     \b
     Examples:
       memtrain submit job.toml --set training.batch_size=auto
+      memtrain submit job.toml --priority 10
     """
     from memtrain.service.client import load_job  # noqa: PLC0415
 
-    out = _client(server).submit(load_job(job_file, sets))
+    job = load_job(job_file, sets)
+    if priority is not None:
+        job["priority"] = priority
+    out = _client(server).submit(job)
     click.echo(json.dumps(out) if fmt == "json" else out["id"])
 
 

@@ -64,10 +64,13 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
         where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("query", "path", "body"))
         return JSONResponse({"detail": f"{where or 'request'}: {first.get('msg', 'invalid')}"}, status_code=422)
 
-    def auth(request: Request):
-        if not security.token_ok(settings.token, request.headers.get("authorization")):
+    def auth(request: Request) -> str:
+        """The user whose token the request carries (the default user without a token file)."""
+        user = security.user_of(settings.token, request.headers.get("authorization"))
+        if user is None:
             raise HTTPException(401, "unauthorized: send the service's token as 'Authorization: Bearer TOKEN' "
                                      "(MEMTRAIN_TOKEN for the CLI)", headers={"WWW-Authenticate": "Bearer"})
+        return user
 
     guarded = [Depends(auth)]
 
@@ -75,17 +78,17 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
     def healthz():
         return {"status": "ok", "version": __version__}
 
-    _job_routes(app, service, guarded)
+    _job_routes(app, service, guarded, auth)
     _service_routes(app, service, guarded)
     return app
 
 
-def _job_routes(app, service, guarded) -> None:
+def _job_routes(app, service, guarded, auth) -> None:
     """POST/GET /jobs, GET/DELETE /jobs/{id}, GET /jobs/{id}/log."""
 
-    @app.post("/jobs", status_code=201, response_model=models.Submitted, dependencies=guarded, tags=["jobs"],
+    @app.post("/jobs", status_code=201, response_model=models.Submitted, tags=["jobs"],
               openapi_extra=TOML_OR_JSON, responses=ERRORS)
-    async def submit(request: Request):
+    async def submit(request: Request, user: str = Depends(auth)):
         body = bytearray()
         async for chunk in request.stream():
             body += chunk
@@ -93,7 +96,8 @@ def _job_routes(app, service, guarded) -> None:
                 raise HTTPException(413, _too_large(security.MAX_BODY))
         try:
             # planning loads the data set (once per setting): off the event loop
-            return await asyncio.to_thread(service.submit, bytes(body), request.headers.get("content-type", ""))
+            return await asyncio.to_thread(service.submit, bytes(body), request.headers.get("content-type", ""),
+                                           user)
         except planning.SubmissionError as exc:
             raise HTTPException(422, str(exc)) from None
 

@@ -11,7 +11,7 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from memtrain.service import admission, planning
+from memtrain.service import admission, planning, security
 from memtrain.service import devices as devs
 from memtrain.service.scheduler import Scheduler
 from memtrain.service.store import STATES, Store, now
@@ -25,7 +25,8 @@ class Settings:
     port: int = 8470
     devices: str = "auto"
     budgets: dict = field(default_factory=dict)  # device name -> bytes
-    token: str | None = None
+    token: object = None  # security.Tokens, or one token (str) that every client shares
+    user_quota: int | None = None  # bytes each user's running jobs may commit (the token file may override)
     data_roots: tuple = ()
     max_jobs_per_device: int | None = None
     max_attempts: int = 2
@@ -42,6 +43,8 @@ class Settings:
         self.state_dir = Path(self.state_dir)
         # absolute: a job may run on another node, or with another working directory
         self.storage = Path(self.storage or self.state_dir).absolute()
+        if isinstance(self.token, str):
+            self.token = security.Tokens.single(self.token)
 
 
 class Service:
@@ -63,7 +66,8 @@ class Service:
         self.waits = []  # queue waits (seconds) since start, for the histogram
         self.scheduler = Scheduler(self.store, s.executor, self.devices, s.state_dir, head_wait=s.head_wait,
                                    tick=s.tick, metrics_ports=s.metrics_ports, on_event=self._event,
-                                   metrics_host=s.job_metrics_host, metrics_address=s.job_metrics_address)
+                                   metrics_host=s.job_metrics_host, metrics_address=s.job_metrics_address,
+                                   quota=admission.Quota(s.user_quota, dict(s.token.quotas) if s.token else {}))
 
     def start(self) -> None:
         self.scheduler.start()
@@ -80,8 +84,9 @@ class Service:
 
     # -- submission ---------------------------------------------------------------------------
 
-    def submit(self, body: bytes, content_type: str) -> dict:
-        """Validate and plan; raises planning.SubmissionError (422) before anything is written."""
+    def submit(self, body: bytes, content_type: str, user: str = security.DEFAULT_USER) -> dict:
+        """Validate and plan; raises planning.SubmissionError (422) before anything is written.
+        `user`: whose token sent it (the quota it counts against)."""
         try:
             data = planning.parse_body(body, content_type)
             checked = planning.validate(data, data_roots=self.settings.data_roots,
@@ -95,6 +100,7 @@ class Service:
                     checked, plans[best.name], best.overhead_bytes, {d.name: d.budget_bytes for d in mine}))
             best = max(fits, key=lambda d: d.budget_bytes)
             self._check_placeable(checked, plans[best.name], best)
+            self._check_quota(checked, plans[best.name], best, user)
         except planning.SubmissionError:
             self.events["rejected"] += 1
             raise
@@ -107,6 +113,7 @@ class Service:
             "batch_request": checked.batch, "batch_size": p.batch_size, "planned": p.by_category,
             "planned_bytes": p.total, "min_bytes": p.min_total, "max_attempts": self.settings.max_attempts,
             "submitted_at": t, "queued_at": t, "run_dir": str(self.settings.storage / "jobs" / job_id),
+            "priority": checked.config["priority"], "user": user,
         })
         self.events["admitted"] += 1
         with self.scheduler._lock:
@@ -134,6 +141,14 @@ class Service:
             hint = f"the largest batch that fits is {best}" if best else "not even batch 1 fits"
             raise planning.NeverFits(f"never fits: {exc}; {hint}") from None
 
+    def _check_quota(self, checked, p, device, user: str) -> None:
+        """422 for a job its user's quota could never hold, even with none of their jobs running."""
+        limit = self.scheduler.limits.limit(user)
+        need = (p.min_total if checked.batch == "auto" else p.total) + device.overhead_bytes
+        if limit is not None and need > limit:
+            raise planning.NeverFits(f"never fits user {user}'s quota: needs {format_bytes(need)} (plan and process "
+                                     f"overhead), the quota is {format_bytes(limit)}")
+
     def _new_id(self) -> str:
         while True:
             job_id = secrets.token_hex(4)
@@ -150,7 +165,8 @@ class Service:
             reason = f"waiting {why}" + (f" (earlier: {reason})" if reason else "")
         elif job["state"] == "queued":
             slots = self.scheduler.slots() if slots is None else slots
-            why = admission.blocking(self.scheduler.waiting(job), slots)
+            w = self.scheduler.waiting(job)
+            why = admission.over_quota(w, self.scheduler.quota()) or admission.blocking(w, slots)
             reason = f"waiting: {why}" + (f" (earlier: {reason})" if reason else "")
         prog = self.scheduler.progress(job) if job["state"] != "queued" else {}
         return {
@@ -160,7 +176,7 @@ class Service:
             "submitted_at": iso(job["submitted_at"]), "started_at": iso(job["started_at"]),
             "ended_at": iso(job["ended_at"]), "progress": prog, "result": job["result"], "reason": reason,
             "metrics_target": job["metrics_target"] if job["state"] == "running" else None,
-            "threads": job["threads"],
+            "threads": job["threads"], "priority": job["priority"], "user": job["user"],
         }
 
     def jobs(self, state: str | None = None) -> list:

@@ -12,12 +12,12 @@ from memtrain.units import format_bytes
 
 def settings_from(*, state_dir, host, port, devices, budgets, token_file, data_roots, max_jobs_per_device,
                   head_wait, max_attempts, overhead, job_metrics_host="127.0.0.1", job_metrics_address=None,
-                  executor="local", ray_address=None, storage=None):
+                  executor="local", ray_address=None, storage=None, user_quota=None):
     from memtrain.service.core import Settings  # noqa: PLC0415
     from memtrain.service.devices import parse_devices  # noqa: PLC0415 - with Settings: loaded when serve runs
 
-    token = security.read_token(token_file)
-    security.check_bind(host, token)
+    tokens = security.read_tokens(token_file)
+    security.check_bind(host, tokens)
     parse_devices(devices)  # a bad --devices fails before Service creates the state dir
     state = Path(state_dir)
     if state.exists() and not state.is_dir():
@@ -27,12 +27,12 @@ def settings_from(*, state_dir, host, port, devices, budgets, token_file, data_r
     if executor == "ray" and devices not in ("auto", "cpu"):
         raise MemtrainError(f"--devices {devices}: with --executor ray the service places CPU jobs on the cluster "
                             "(auto or cpu); GPU jobs on Ray: memtrain sweep --executor ray")
-    return Settings(state_dir=state, host=host, port=port, devices=devices, budgets=dict(budgets), token=token,
+    return Settings(state_dir=state, host=host, port=port, devices=devices, budgets=dict(budgets), token=tokens,
                     data_roots=tuple(str(Path(r).resolve()) for r in data_roots),
                     max_jobs_per_device=max_jobs_per_device, head_wait=head_wait, max_attempts=max_attempts,
                     cpu_overhead=overhead, job_metrics_host=job_metrics_host,
                     job_metrics_address=job_metrics_address, executor=_executor(executor, ray_address),
-                    storage=None if storage is None else Path(storage))
+                    storage=None if storage is None else Path(storage), user_quota=user_quota)
 
 
 def _executor(name: str, address: str | None):
