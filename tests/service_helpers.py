@@ -72,8 +72,8 @@ class ThreadServer:
     def request(self, method, path, body=None, content_type="application/json", token=None, raw=False):
         return request(self.url, method, path, body, content_type, token, raw)
 
-    def wait(self, job_id, states=("succeeded", "failed", "cancelled"), timeout=60):
-        return wait_for(self.url, job_id, states, timeout)
+    def wait(self, job_id, states=("succeeded", "failed", "cancelled"), timeout=60, token=None):
+        return wait_for(self.url, job_id, states, timeout, token)
 
 
 def request(url, method, path, body=None, content_type="application/json", token=None, raw=False):

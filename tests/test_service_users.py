@@ -1,0 +1,109 @@
+"""Users, quotas and priorities against a real uvicorn server: a token per user in the token
+file, `--user-quota`, a per-user override, and the priority of a job file, a CLI flag and the API."""
+
+import pytest
+from click.testing import CliRunner
+from service_helpers import OVERHEAD, ThreadServer, digits_job
+
+from memtrain.cli import main
+from memtrain.service.security import read_tokens
+
+ALICE, BOB = "alice-token-0123456789", "bob-token-0123456789ab"
+QUOTA = OVERHEAD + 100 * 1024**2  # one digits job (its plan is well under 100 MiB) per user at a time
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tokens = tmp_path_factory.mktemp("etc") / "tokens"
+    tokens.write_text(f"# users of this service\nalice  {ALICE}\n\nbob    {BOB}   1GiB\n")
+    with ThreadServer(tmp_path_factory.mktemp("state"), token=read_tokens(tokens), user_quota=QUOTA,
+                      max_jobs_per_device=2, head_wait=0) as s:
+        yield s
+
+
+def submit(server, token, job):
+    status, out = server.request("POST", "/jobs", job, token=token)
+    assert status == 201, out
+    return out["id"]
+
+
+def started(server, job_id, token):
+    job = server.wait(job_id, ("running", "succeeded", "failed", "cancelled"), token=token)
+    assert job["state"] == "running", job
+    return job
+
+
+def test_quota_holds_a_users_jobs_back_and_priority_orders_the_rest(server, tmp_path):
+    long = dict(epochs=200, batch=8)
+    a1 = submit(server, ALICE, digits_job("a1", **long))
+    started(server, a1, ALICE)
+    a2 = submit(server, ALICE, digits_job("a2", **long))
+    # head_wait 0: a head would stop every later job; alice's job waits for her quota and is no head
+    b1 = submit(server, BOB, digits_job("b1", **long))
+    started(server, b1, BOB)
+    a2_view = server.request("GET", f"/jobs/{a2}", token=ALICE)[1]
+    assert a2_view["state"] == "queued" and a2_view["user"] == "alice"
+    assert a2_view["reason"].startswith("waiting: user alice's quota: needs ") and "of 300.00 MiB committed" in \
+        a2_view["reason"]
+    # both slots taken: bob's next jobs queue; the one of higher priority (a job file's key) goes first
+    b3 = submit(server, BOB, digits_job("b3", **long))
+    job_file = tmp_path / "b4.toml"
+    job_file.write_text('name = "b4"\npriority = 5\n[model]\nlayers = [64, 16, 10]\n'
+                        "[training]\nepochs = 200\nbatch_size = 8\n")
+    r = CliRunner().invoke(main, ["submit", str(job_file), "--server", server.url], env={"MEMTRAIN_TOKEN": BOB})
+    assert r.exit_code == 0, r.output
+    b4 = r.output.strip()
+    r = CliRunner().invoke(main, ["submit", str(job_file), "--priority", "-3", "--server", server.url],
+                           env={"MEMTRAIN_TOKEN": BOB})
+    b5 = r.output.strip()
+    server.request("DELETE", f"/jobs/{b1}", token=BOB)
+    assert started(server, b4, BOB)["priority"] == 5
+    assert server.request("GET", f"/jobs/{b3}", token=BOB)[1]["state"] == "queued"
+    server.request("DELETE", f"/jobs/{a1}", token=ALICE)  # alice's quota frees: a2 was queued before b3
+    started(server, a2, ALICE)
+    assert server.request("GET", f"/jobs/{b3}", token=BOB)[1]["state"] == "queued"
+    r = CliRunner().invoke(main, ["jobs", "--server", server.url], env={"MEMTRAIN_TOKEN": ALICE})
+    rows = {line.split()[0]: line.split() for line in r.output.splitlines()[1:]}
+    assert r.output.split()[:5] == ["ID", "NAME", "USER", "PRI", "STATE"]
+    assert rows[b4][1:5] == ["b4", "bob", "5", "running"] and rows[b5][1:5] == ["b4", "bob", "-3", "queued"]
+    assert rows[a2][1:5] == ["a2", "alice", "0", "running"]
+    for job_id in (a2, b3, b4, b5):
+        server.request("DELETE", f"/jobs/{job_id}", token=BOB)
+    for job_id in (a1, a2, b1, b3, b4, b5):
+        assert server.wait(job_id, token=BOB)["state"] == "cancelled"
+
+
+def test_a_job_beyond_its_users_quota_is_refused_and_tokens_are_checked(server):
+    big = digits_job("big", model={"layers": [64, 4096, 4096, 10]})  # adam: ~270 MB of parameters and state
+    status, out = server.request("POST", "/jobs", big, token=ALICE)
+    assert status == 422 and out["detail"].startswith("never fits user alice's quota: needs ")
+    assert out["detail"].endswith("the quota is 300.00 MiB")
+    status, out = server.request("POST", "/jobs", {**digits_job("x"), "priority": "high"}, token=ALICE)
+    assert status == 422 and out["detail"] == "priority: expected an integer from -1000000 to 1000000, got 'high'"
+    assert server.request("POST", "/jobs", digits_job("x"), token="carol-token-0123456789")[0] == 401
+    assert [j for j in server.service.store.list() if j["name"] in ("big", "x")] == []
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("", "is empty; expected a token, or lines 'NAME TOKEN [QUOTA]'"),
+    ("alice short\n", "line 1 holds a token of 5 characters; expected at least 16"),
+    (f"alice {ALICE}\nbob {ALICE}\n", "line 2: token given twice"),
+    (f"alice {ALICE}\nalice {BOB}\n", "line 2: user alice given twice"),
+    (f"al/ice {ALICE}\n", "line 1: expected 'NAME TOKEN [QUOTA]'"),
+    (f"alice {ALICE} lots\n", "line 1: quota: expected a size like 16GiB"),
+])
+def test_bad_token_files_are_refused_in_one_line(tmp_path, text, expected):
+    path = tmp_path / "tokens"
+    path.write_text(text)
+    r = CliRunner().invoke(main, ["serve", "--state-dir", str(tmp_path / "s"), "--token-file", str(path)])
+    assert r.exit_code == 2 and r.output.count("\n") == 1 and expected in r.output, r.output
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_single_token_file_still_works_as_the_default_user(tmp_path):
+    path = tmp_path / "token"
+    path.write_text(f"{ALICE}\n")
+    tokens = read_tokens(path)
+    assert tokens.users == {ALICE: "default"} and tokens.quotas == {}
+    path.write_text(f"alice {ALICE} 2GiB\nbob {BOB}\n")
+    assert read_tokens(path).quotas == {"alice": 2 * 1024**3}
