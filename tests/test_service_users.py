@@ -107,3 +107,22 @@ def test_a_single_token_file_still_works_as_the_default_user(tmp_path):
     assert tokens.users == {ALICE: "default"} and tokens.quotas == {}
     path.write_text(f"alice {ALICE} 2GiB\nbob {BOB}\n")
     assert read_tokens(path).quotas == {"alice": 2 * 1024**3}
+
+
+def test_a_state_dir_of_an_earlier_memtrain_gains_priority_and_user(tmp_path):
+    import sqlite3
+
+    from memtrain.service import store
+
+    db = sqlite3.connect(tmp_path / "memtrain.sqlite")
+    db.executescript(store._SCHEMA)  # the table as schema version 1 first made it
+    db.execute("INSERT INTO schema_version VALUES (1)")
+    db.execute("INSERT INTO jobs (id, name, state, config, checked, device_kind, batch_request, planned, "
+               "planned_bytes, min_bytes, max_attempts, submitted_at, queued_at, run_dir) VALUES "
+               "('old', 'o', 'queued', '{}', '{}', 'cpu', '8', '{}', 1, 1, 2, 0, 0, 'r')")
+    db.commit()
+    db.close()
+    s = store.Store(tmp_path / "memtrain.sqlite")
+    assert {k: s.get("old")[k] for k in ("priority", "user")} == {"priority": 0, "user": "default"}
+    s.close()
+    store.Store(tmp_path / "memtrain.sqlite").close()  # opened again: nothing left to add
