@@ -231,14 +231,13 @@ class Job:
         """Loads the newest good checkpoint (when checkpoint.resume); True if one was loaded."""
         if not self.cfg.checkpoint.resume:
             if ckpt.list_checkpoints(self.ckpt_dir):
-                raise ConfigError(f"checkpoint.dir: {self.ckpt_dir} already holds checkpoints of an earlier run; "
-                                  "resume it (--resume) or choose another --checkpoint-dir (nothing was overwritten)")
+                self._start_over()
             return False
         try:
             found = ckpt.load_latest(self.ckpt_dir, self.identity(), warn=self._warn)
         except CheckpointError as exc:
             raise CheckpointError(f"{exc}; give this job its own --name (or --output-dir), or start over in "
-                                  f"{self.ckpt_dir} with --no-resume after moving its checkpoints away") from None
+                                  f"{self.ckpt_dir} with --no-resume (it moves the earlier run aside)") from None
         if not found:
             return False
         arrays, record = found
@@ -250,6 +249,21 @@ class Job:
         self.log("resume", f"resumed   from {self.ckpt_dir / record['npz']}: step {tr.steps}, epoch "
                  f"{tr.epoch + 1}, batch {tr.position}", step=tr.steps, epoch=tr.epoch, position=tr.position)
         return True
+
+    def _start_over(self) -> None:
+        """--no-resume over an earlier run: its run directory (or, when that is not a run of its
+        own, its checkpoint directory) is renamed to NAME.earlier-<UTC time>; nothing is deleted."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        moved = ckpt.set_aside_run(self.out_dir, self.ckpt_dir, f".earlier-{stamp}")
+        if not moved:
+            raise ConfigError(f"checkpoint.dir: {self.ckpt_dir} already holds checkpoints of an earlier run and is "
+                              "the working directory or above it; resume it (--resume) or choose another "
+                              "--checkpoint-dir (nothing was overwritten)")
+        ckpt.check_writable(self.ckpt_dir)
+        ckpt.check_writable(self.out_dir)
+        where = ", ".join(str(p) for p in moved)
+        self.log("aside", f"aside     the earlier run moved to {where} (--no-resume: starting over)",
+                 moved=[str(p) for p in moved])
 
     def start_history(self, resumed: bool) -> None:
         """run.json says running; on resume the history is cut back to the checkpoint's epoch
@@ -419,7 +433,7 @@ class Job:
             return None
         why = "stopped early, " if tr.stopped_early else ""
         msg = (f"finished  already: {why}{tr.epoch} epochs trained in {self.out_dir}; nothing to train "
-               f"(use --no-resume to start over, or --epochs M with M > {tr.epoch} to train on)")
+               f"(--no-resume starts over, moving this run aside; --epochs M with M > {tr.epoch} trains on)")
         self.log("already_finished", msg, epochs=tr.epoch, steps=tr.steps, output_dir=str(self.out_dir))
         self.set_state("finished")
         return {"already_finished": True, "epochs": tr.epoch, "steps": tr.steps}
