@@ -26,7 +26,7 @@ import numpy as np
 from memtrain.backend import get_backend, set_tf32
 from memtrain.errors import CheckpointError, ConfigError, DataError, DeviceError, JobFailed
 from memtrain.kernels.cpu import threads_from_env
-from memtrain.memory.batch import largest_batch
+from memtrain.memory.batch import check_batch_rows, largest_batch
 from memtrain.memory.budget import check_fits, default_margin, device_budget
 from memtrain.memory.measure import gpu_uuid, pool_peak_hook
 from memtrain.memory.peak import PeakMeter
@@ -168,8 +168,10 @@ class Job:
             micro = self._auto_micro(batch)
         if micro is not None and micro > batch:
             raise ConfigError(f"training.micro_batch_size: {micro} is larger than the batch size {batch}")
+        if t.batch_size != "auto":
+            check_batch_rows(batch, self.train_rows)
         if micro is None and t.batch_size != "auto":  # a given batch that cannot fit: one clear error, first
-            check_fits(lambda b: self.setting.plan(b).total, batch, backend, loaded)
+            check_fits(lambda b: self.setting.plan(b).total, batch, backend, loaded, limit=t.memory_limit)
         self.batch_size, self.micro_batch_size = batch, micro
         if note:
             self.log("batch", note, batch_size=batch)
