@@ -249,6 +249,32 @@ def test_no_resume_never_moves_the_working_directory(tmp_path):
     assert r.stderr.count("\n") == 1 and (tmp_path / "run.json").exists()
 
 
+def test_a_batch_beyond_the_rows_or_a_memory_limit_is_refused_in_one_line(tmp_path):
+    """train, estimate --config and the service's planning (plan_job) refuse alike, before writing."""
+    from click.testing import CliRunner
+
+    from memtrain.cli import main
+    from memtrain.errors import ConfigError, DeviceError
+    from memtrain.profiler.jobplan import plan_job
+
+    rows = "training.batch_size: 100,000 is larger than the 420 training rows; expected at most 420"
+    big = config(tmp_path, training={"batch_size": 100000})
+    with pytest.raises(ConfigError, match=rows):
+        Job(big, progress=False, stream=io.StringIO(), install_signals=False).run()
+    with pytest.raises(ConfigError, match=rows):
+        plan_job(big)
+    job = job_file(tmp_path, **{"batch_size = 16": "batch_size = 100000"})
+    r = CliRunner().invoke(main, ["estimate", "--config", str(job)])
+    assert r.exit_code == 2 and rows in r.output
+    r = CliRunner().invoke(main, ["estimate", "--config", str(job), "--batch-size", "420"])
+    assert r.exit_code == 0, r.output
+    tiny = config(tmp_path, training={"batch_size": 32, "memory_limit": "1KiB"})
+    with pytest.raises(DeviceError, match=r"training.batch_size: batch 32 needs [\d.]+ KiB \([\d,]+ B\) but "
+                                          r"1.00 KiB \(1,024 B\) is available \(training.memory_limit\)"):
+        Job(tiny, progress=False, stream=io.StringIO(), install_signals=False).run()
+    assert not (tmp_path / "out").exists()
+
+
 def test_auto_batch_counts_the_resident_data_set(tmp_path):
     """The data set is part of the plan, so the auto batch leaves room for it."""
     limit = 400 * 1024
