@@ -6,6 +6,7 @@ get_array_module) for the namespace, so one code path runs on both.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from dataclasses import dataclass
@@ -80,7 +81,8 @@ def get_backend(device: str = "auto", *, verbose: bool = False) -> Backend:
     """Resolve "cpu", "cuda", "cuda:N" or "auto" to a Backend.
 
     "auto" picks CUDA when CuPy can see a device, else the CPU, and with
-    verbose=True says which on stderr and why.
+    verbose=True says which on stderr in one short line (why there is no GPU, e.g. CuPy's
+    driver error, only with MEMTRAIN_DEBUG=1: on a CPU machine it is no news).
     """
     kind, index = parse_device(device)
     if kind == "cpu":
@@ -89,7 +91,9 @@ def get_backend(device: str = "auto", *, verbose: bool = False) -> Backend:
     if kind == "auto":
         if cupy is None:
             if verbose:
-                print(f"memtrain: device auto -> cpu ({why})", file=sys.stderr)
+                print("memtrain: no GPU found, using the CPU", file=sys.stderr)
+                if os.environ.get("MEMTRAIN_DEBUG"):
+                    print(f"memtrain: debug: device auto -> cpu: {why}", file=sys.stderr)
             return Backend("cpu", 0, np)
         if verbose:
             print("memtrain: device auto -> cuda:0", file=sys.stderr)

@@ -17,11 +17,18 @@ def test_bad_device_strings(bad):
         parse_device(bad)
 
 
-def test_auto_falls_back_to_cpu_and_says_why(monkeypatch, capsys):
-    monkeypatch.setattr(backend, "_import_cupy", lambda: (None, "CuPy is not installed"))
+def test_auto_falls_back_to_cpu_in_one_short_line_and_says_why_when_debugging(monkeypatch, capsys):
+    why = "CuPy sees no CUDA device (CUDARuntimeError: cudaErrorInsufficientDriver: CUDA driver version is ...)"
+    monkeypatch.setattr(backend, "_import_cupy", lambda: (None, why))
+    monkeypatch.delenv("MEMTRAIN_DEBUG", raising=False)
     b = get_backend("auto", verbose=True)
     assert b.kind == "cpu"
-    assert "auto -> cpu (CuPy is not installed)" in capsys.readouterr().err
+    assert capsys.readouterr().err == "memtrain: no GPU found, using the CPU\n"
+    monkeypatch.setenv("MEMTRAIN_DEBUG", "1")
+    get_backend("auto", verbose=True)
+    assert capsys.readouterr().err == f"memtrain: no GPU found, using the CPU\nmemtrain: debug: device auto -> cpu: {why}\n"
+    get_backend("auto")
+    assert capsys.readouterr().err == ""
 
 
 def test_cuda_without_device_is_a_clear_error(monkeypatch):
