@@ -126,3 +126,18 @@ def test_a_state_dir_of_an_earlier_memtrain_gains_priority_and_user(tmp_path):
     assert {k: s.get("old")[k] for k in ("priority", "user")} == {"priority": 0, "user": "default"}
     s.close()
     store.Store(tmp_path / "memtrain.sqlite").close()  # opened again: nothing left to add
+
+
+def test_a_file_sent_to_a_service_without_data_root_is_refused_saying_how(server, tmp_path):
+    """docs/service.md's first example: your own data needs --data-root; without one, a clear 422."""
+    status, out = server.request("POST", "/jobs", digits_job("mine", data={"dataset": "mine.csv"}), token=ALICE)
+    assert status == 422 and out["detail"] == (
+        "data.dataset: 'mine.csv' is a file, and this service reads no files (start it with --data-root DIR); "
+        "built-in sources: digits, synthetic:...")
+    job = tmp_path / "mine.toml"
+    job.write_text('name = "mine"\n[model]\nlayers = [4, 2]\n[data]\ndataset = "/etc/mine.csv"\n')
+    r = CliRunner().invoke(main, ["submit", str(job), "--server", server.url], env={"MEMTRAIN_TOKEN": ALICE})
+    assert r.exit_code == 2 and r.output == ("memtrain: error: data.dataset: '/etc/mine.csv' is a file, and this "
+                                             "service reads no files (start it with --data-root DIR); built-in "
+                                             "sources: digits, synthetic:...\n")
+    assert [j for j in server.service.store.list() if j["name"] == "mine"] == []
