@@ -16,6 +16,23 @@ from memtrain.cli_types import DEVICE_SIZE, SIZE, SIZE_OR_ZERO
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 
 
+def _access_options(command):
+    """Who may submit, what each user may commit at once, and which files jobs may read."""
+    for option in reversed([  # applied bottom-up, as stacked decorators are: --help lists them in this order
+        click.option("--token-file", type=click.Path(dir_okay=False),
+                     help="File holding the bearer token every request but /healthz must send: one token, or a "
+                          "line 'NAME TOKEN [QUOTA]' per user (docs/service.md)."),
+        click.option("--user-quota", type=SIZE, metavar="SIZE",
+                     help="Memory the running jobs of one user (one token) may commit at once; a QUOTA in the "
+                          "token file overrides it for that user.  [default: no limit]"),
+        click.option("--data-root", "data_roots", multiple=True, type=click.Path(file_okay=False, exists=True),
+                     help="Jobs may read data files only under these dirs (repeatable). Without one, only the "
+                          "built-in data sets (digits, synthetic:...)."),
+    ]):
+        command = option(command)
+    return command
+
+
 @click.command()
 @click.option("--state-dir", required=True, type=click.Path(file_okay=False),
               help="Where the SQLite state, each job's log, checkpoints and models live.")
@@ -27,15 +44,7 @@ STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 @click.option("--budget", "budgets", multiple=True, type=DEVICE_SIZE, metavar="DEVICE=SIZE",
               help="Memory plans may commit on DEVICE (repeatable).  [default: MemAvailable or NVML free "
                    "memory now, less a reserve]")
-@click.option("--token-file", type=click.Path(dir_okay=False),
-              help="File holding the bearer token every request but /healthz must send: one token, or a line "
-                   "'NAME TOKEN [QUOTA]' per user (docs/service.md).")
-@click.option("--user-quota", type=SIZE, metavar="SIZE",
-              help="Memory the running jobs of one user (one token) may commit at once; a QUOTA in the token "
-                   "file overrides it for that user.  [default: no limit]")
-@click.option("--data-root", "data_roots", multiple=True, type=click.Path(file_okay=False, exists=True),
-              help="Jobs may read data files only under these dirs (repeatable). Without one, only the "
-                   "built-in data sets (digits, synthetic:...).")
+@_access_options
 @click.option("--max-jobs-per-device", type=click.IntRange(min=1),
               help="Jobs running at once on one device.  [default: the CPU's cores; 8 per GPU]")
 @click.option("--head-wait", default=300.0, show_default=True, type=click.FloatRange(min=0),
