@@ -157,7 +157,7 @@ class Service:
 
     # -- views -------------------------------------------------------------------------------------
 
-    def job_view(self, job: dict, slots=None) -> dict:
+    def job_view(self, job: dict, slots=None, quota=None) -> dict:
         reason = job["reason"]
         if job["state"] == "queued" and job["ref"]:  # handed to an executor that admits by itself
             why = (f"for {self.settings.executor.name.capitalize()} resources: {format_bytes(job['reserved_bytes'])} "
@@ -166,7 +166,8 @@ class Service:
         elif job["state"] == "queued":
             slots = self.scheduler.slots() if slots is None else slots
             w = self.scheduler.waiting(job)
-            why = admission.over_quota(w, self.scheduler.quota()) or admission.blocking(w, slots)
+            quota = self.scheduler.quota() if quota is None else quota
+            why = admission.over_quota(w, quota) or admission.blocking(w, slots)
             reason = f"waiting: {why}" + (f" (earlier: {reason})" if reason else "")
         prog = self.scheduler.progress(job) if job["state"] != "queued" else {}
         return {
@@ -182,8 +183,8 @@ class Service:
     def jobs(self, state: str | None = None) -> list:
         if state is not None and state not in STATES:
             raise planning.SubmissionError(f"state: expected one of {', '.join(STATES)}, got {state!r}")
-        slots = self.scheduler.slots()
-        return [self.job_view(j, slots) for j in self.store.list(state)]
+        slots, quota = self.scheduler.slots(), self.scheduler.quota()
+        return [self.job_view(j, slots, quota) for j in self.store.list(state)]
 
     def job(self, job_id: str) -> dict | None:
         job = self.store.get(job_id)
