@@ -14,6 +14,8 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install -q -e .
+	# where the NVIDIA driver lists a GPU the demo trains on it: CuPy too
+	if nvidia-smi -L >/dev/null 2>&1; then $(BIN)/python -m pip install -q -e '.[cuda12]'; fi
 	touch $(STAMP)
 
 $(TEST_STAMP): $(STAMP)
