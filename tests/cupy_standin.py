@@ -55,6 +55,7 @@ class _State:
     allocator = None
     pools = weakref.WeakSet()
     hooks: list = []
+    syncs = 0  # reads back to the host (each a device synchronisation): tests count them
 
 
 _S = _State()
@@ -171,6 +172,7 @@ def _run(op) -> None:
 
 
 def _sync(what: str) -> None:
+    _S.syncs += 1
     if _S.capture is not None:
         raise CaptureError(f"cudaErrorStreamCaptureUnsupported: {what} synchronises during stream capture")
 
@@ -192,7 +194,7 @@ def _dev(x, what="argument"):
 def _new(a: np.ndarray) -> "ndarray":
     """A fresh device array holding `a` (its memory from the current allocator)."""
     block = _alloc(a.nbytes)
-    return ndarray(np.ascontiguousarray(a), block)
+    return ndarray(a if a.flags.c_contiguous else a.copy(), block)
 
 
 def _wrap_result(r):
@@ -640,3 +642,50 @@ def install(monkeypatch, host_launcher):
     set_allocator(None)
     _DEFAULT_POOL.set_limit(size=0)
     return _MODULE
+
+
+# -- NVML ------------------------------------------------------------------------------------------
+
+
+class NVMLError(Exception):
+    pass
+
+
+def nvml(*, pid=None, used_none=False, mig=False) -> types.ModuleType:
+    """A pynvml for the stand-in device. It lists one process, `pid` (this one by default; a
+    container's NVML lists host PIDs), using the context plus every pool; `used_none`: the driver
+    gives no per-process figure (pynvml then sets usedGpuMemory to None). `mig`: the device is a
+    MIG instance of a GPU whose own UUID and handle differ (CUDA's UUID is the instance's)."""
+    import os
+
+    h = bytes(range(16)).hex()
+    own = f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    handles = {"GPU-11111111-2222-3333-4444-555555555555": "parent", f"MIG-{own}": "mig"} if mig else {
+        f"GPU-{own}": "gpu"}
+    nv = types.ModuleType("pynvml")
+    nv.NVMLError = NVMLError
+    nv.NVML_TEMPERATURE_GPU = 0
+    nv.nvmlInit = lambda: None
+    nv.nvmlSystemGetDriverVersion = lambda: "550.54"
+    nv.nvmlDeviceGetCount = lambda: 1
+    nv.nvmlDeviceGetHandleByIndex = lambda i: "parent" if mig else "gpu"
+    nv.nvmlDeviceGetHandleByPciBusId = lambda bus: "parent" if mig else "gpu"
+
+    def by_uuid(uuid):
+        text = uuid.decode() if isinstance(uuid, bytes) else uuid
+        if text not in handles:
+            raise NVMLError("Not Found")
+        return handles[text]
+
+    nv.nvmlDeviceGetHandleByUUID = by_uuid
+    nv.nvmlDeviceGetUUID = lambda handle: next(u for u, v in handles.items() if v == handle)
+    nv.nvmlDeviceGetName = lambda handle: "Stand-in GPU (CPU)"
+
+    def processes(handle):
+        used = None if used_none else DEVICE_TOTAL - _mem_get_info()[0]
+        return [types.SimpleNamespace(pid=os.getpid() if pid is None else pid, usedGpuMemory=used)]
+
+    nv.nvmlDeviceGetComputeRunningProcesses = processes
+    nv.nvmlDeviceGetMemoryInfo = lambda handle: types.SimpleNamespace(
+        total=DEVICE_TOTAL, free=_mem_get_info()[0], used=DEVICE_TOTAL - _mem_get_info()[0])
+    return nv

@@ -22,7 +22,9 @@ reason is logged once in the trainer's events.
 
 from __future__ import annotations
 
+import functools
 import math
+import weakref
 
 from memtrain.errors import DeviceError
 from memtrain.kernels.source import SC_ACCUM, SC_CLIP, SC_GRAD_SQ, SC_LOSS, SC_LR
@@ -82,10 +84,11 @@ class StepGraph:
             self.graphs.clear()
             self.log(reason)
 
-    def run(self, key, fn) -> str:
+    def run(self, key, fn, *, capturable: bool = True) -> str:
         """Run the step `fn` (device work only) for shape `key`; returns what happened:
-        "eager", "warmup", "captured" or "replay"."""
-        if self.disabled is not None:
+        "eager", "warmup", "captured" or "replay". `capturable=False`: this shape runs
+        eagerly (it would allocate inside a capture), the others are still captured."""
+        if self.disabled is not None or not capturable:
             fn()
             return "eager"
         graph = self.graphs.get(key)
@@ -106,6 +109,14 @@ class StepGraph:
         self.graphs[key] = graph
         self.capture.launch(graph)  # capturing executed nothing: this launch is the step
         return "captured"
+
+
+def allocates_in_capture(spec, rows: int) -> bool:
+    """A one-row batch through a one-unit layer is a (1,k)@(k,1) product: CuPy's tensordot then
+    takes its m == n == 1 path, `(a.ravel() * b.ravel()).sum(out=c)`, whose product array comes
+    from the pool. Inside a capture that block is freed after capture and the replays write to
+    it, so that shape (the last batch of an epoch, typically) runs eagerly."""
+    return rows == 1 and min(spec.sizes[1:]) == 1
 
 
 def unsupported(trainer, rows: int) -> str | None:
@@ -130,17 +141,20 @@ class GraphStepper:
     """The trainer's graph-mode step: gather, write lr, replay, read the loss every N steps."""
 
     def __init__(self, trainer, capture, *, loss_every: int = 1):
-        self.trainer = trainer
+        # weak: the trainer holds its stepper, and a cycle would keep a dropped trainer's device
+        # buffers allocated until the next full garbage collection
+        self._trainer = weakref.ref(trainer)
         self.loss_every = check_scalar(loss_every, "loss_every", int, min_val=1)
-        self.graph = StepGraph(capture, self._log)
+        self.graph = StepGraph(capture, functools.partial(_log_event, self._trainer))
         self.stream = getattr(capture, "stream", None)
         self._window_rows = 0
         self._last_mean = float("nan")
         self._buffers_id = None
         self._written: dict = {}  # (array id, index) -> the value last written to the step scalars
 
-    def _log(self, reason: str) -> None:
-        self.trainer.events.append({"event": "cuda_graph_off", "step": self.trainer.steps, "reason": reason})
+    @property
+    def trainer(self):
+        return self._trainer()
 
     def step(self, rows: int, fill) -> float:
         t = self.trainer
@@ -160,7 +174,7 @@ class GraphStepper:
             # each write is a launch and a small model's step is a few dozen microseconds
             self._write(sc, SC_LR, lr)
             self._write(sc, SC_CLIP, t.clip_norm or 0.0)  # updates scale g by max_norm/||g|| when longer
-            self.graph.run(rows, lambda: device_step(t, v))
+            self.graph.run(rows, lambda: device_step(t, v), capturable=not allocates_in_capture(t.spec, rows))
             getattr(capture, "join_out", _nothing)()
             self._window_rows += rows
             return self._account(sc, rows)
@@ -196,6 +210,12 @@ class GraphStepper:
             if not math.isfinite(total):
                 t.nonfinite_steps += 1  # at least one step of the window was skipped on the device
         return self._last_mean
+
+
+def _log_event(trainer_ref, reason: str) -> None:
+    t = trainer_ref()
+    if t is not None:
+        t.events.append({"event": "cuda_graph_off", "step": t.steps, "reason": reason})
 
 
 def device_step(trainer, v) -> None:
