@@ -680,6 +680,9 @@ def nvml(*, pid=None, used_none=False, mig=False) -> types.ModuleType:
     nv.nvmlDeviceGetHandleByUUID = by_uuid
     nv.nvmlDeviceGetUUID = lambda handle: next(u for u, v in handles.items() if v == handle)
     nv.nvmlDeviceGetName = lambda handle: "Stand-in GPU (CPU)"
+    nv.NVML_DEVICE_MIG_ENABLE = 1
+    nv.nvmlDeviceGetMigMode = lambda handle: (1, 1) if handle == "parent" else (0, 0)
+    nv.nvmlDeviceGetMigDeviceHandleByIndex = lambda handle, i: "mig"
 
     def processes(handle):
         used = None if used_none else DEVICE_TOTAL - _mem_get_info()[0]

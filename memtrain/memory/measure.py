@@ -121,6 +121,22 @@ def cuda_uuids(cupy, index: int) -> list:
     return [f"GPU-{text}", f"MIG-{text}"]
 
 
+def cuda_visible_id(uuid: str) -> str:
+    """What CUDA_VISIBLE_DEVICES must hold to show a job the GPU NVML calls `uuid`: that uuid,
+    or for a GPU in MIG mode its first MIG instance's ("MIG-..."), since the parent's UUID hides
+    the instances from CUDA. NVML only (the service creates no CUDA context)."""
+    try:
+        nv = _pynvml()
+        nv.nvmlInit()
+        handle = nv.nvmlDeviceGetHandleByUUID(uuid.encode())
+        current, _pending = nv.nvmlDeviceGetMigMode(handle)
+        if current != nv.NVML_DEVICE_MIG_ENABLE:
+            return uuid
+        return _text(nv.nvmlDeviceGetUUID(nv.nvmlDeviceGetMigDeviceHandleByIndex(handle, 0)))
+    except Exception:  # no NVML, or a GPU without MIG (NVMLError_NotSupported): the GPU's own uuid
+        return uuid
+
+
 def active_pool(cupy):
     """The CuPy memory pool allocating now: the one installed with
     `cupy.cuda.set_allocator(pool.malloc)` (a capped pool, say), else the default pool.
