@@ -7,10 +7,10 @@ alone cannot; what stays for a GPU: CuPy's own GEMMs and a real capture (tests/t
 
 import gc
 
+import cupy_standin
 import numpy as np
 import pytest
 
-import cupy_standin
 from memtrain import MLP, Trainer
 
 

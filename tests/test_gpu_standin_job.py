@@ -6,10 +6,10 @@ import io
 import json
 import sys
 
+import cupy_standin
 import numpy as np
 import pytest
 
-import cupy_standin
 from memtrain.config import from_dict
 from memtrain.profiler.autobatch import auto_batch
 from memtrain.train import checkpoint as ckpt
