@@ -551,6 +551,7 @@ def _module() -> types.ModuleType:
     m = types.ModuleType("cupy", __doc__)
     m.__getattr__ = _module_getattr
     m.ndarray = ndarray
+    m.__version__ = "stand-in"
     for name in ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "intp", "uint8", "bool_",
                  "dtype", "newaxis", "inf", "nan", "pi"):
         setattr(m, name, getattr(np, name))
@@ -563,7 +564,7 @@ def _module() -> types.ModuleType:
     m.RawKernel = _no_raw_kernel
     runtime = types.SimpleNamespace(
         getDeviceCount=lambda: 1, getDevice=lambda: 0, deviceSynchronize=lambda: _sync("deviceSynchronize()"),
-        memGetInfo=_mem_get_info,
+        memGetInfo=_mem_get_info, runtimeGetVersion=lambda: 12040, driverGetVersion=lambda: 12040,
         getDeviceProperties=lambda i: {"name": b"Stand-in GPU (CPU)", "totalGlobalMem": DEVICE_TOTAL,
                                        "uuid": bytes(range(16)), "multiProcessorCount": 4})
     memory = types.SimpleNamespace(OutOfMemoryError=OutOfMemoryError, MemoryPool=MemoryPool,

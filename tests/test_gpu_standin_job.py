@@ -143,3 +143,30 @@ def test_on_a_mig_instance_nvml_reads_the_instance_and_jobs_are_shown_it(cp, mon
     monkeypatch.setitem(sys.modules, "pynvml", cupy_standin.nvml())
     assert measure.gpu_uuid(0) == "GPU-00010203-0405-0607-0809-0a0b0c0d0e0f"
     assert measure.cuda_visible_id(measure.gpu_uuid(0)) == measure.gpu_uuid(0)
+
+
+@pytest.mark.parametrize("part", ["gpu_profile", "gpu_autobatch", "gpu_throughput"])
+def test_the_gpu_suite_parts_run_their_cuda_branches_on_the_stand_in(cp, monkeypatch, tmp_path, part):
+    """bench/gpu_suite.sh's parts at their dry-run sizes, but on the (stand-in) CUDA backend: the
+    branches a dry run on the CPU never takes (capped pool, pool peaks, graph on/off, NVML)."""
+    import importlib
+    from pathlib import Path
+
+    from memtrain.backend import get_backend
+
+    bench = Path(__file__).resolve().parents[1] / "bench"
+    monkeypatch.syspath_prepend(str(bench))
+    mod = importlib.import_module(part)
+    monkeypatch.setattr(mod, "backend_for", lambda dry_run: get_backend("cuda"))
+    out = tmp_path / f"{part}.json"
+    assert mod.main(["--out", str(out), "--time-limit", "120", "--dry-run"]) == 0
+    data = json.loads(out.read_text())
+    assert data["versions"]["device"] == "cuda:0" and data["rows"] and not data["skipped"]
+    if part == "gpu_profile":
+        assert all(r["ok"] and r["nvml_process"] for r in data["rows"]), data["rows"]
+    elif part == "gpu_autobatch":
+        row = data["rows"][0]  # under the cap: confirmed in one probe, never above what brute force finds
+        assert row["probes"] == 1 and row["brute_force_complete"] and 0 < row["confirmed"] <= row["brute_force"]
+    else:
+        rows = data["rows"]
+        assert {r["graph"] for r in rows} == {False, True} and all(r["peak_bytes"] > 0 for r in rows)
