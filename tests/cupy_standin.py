@@ -98,7 +98,7 @@ class MemoryPool:
         self.mallocs += 1
         block = _Block(self, rounded)
         for hook in list(_S.hooks):
-            hook.malloc_postprocess(0, size, rounded, block.ptr, 0)
+            hook.malloc_postprocess(device_id=0, size=size, mem_size=rounded, mem_ptr=block.ptr, pmem_id=id(block))
         return block
 
     def _release(self, rounded):
@@ -137,7 +137,7 @@ class MemoryHook:
         _S.hooks.remove(self)
         return False
 
-    def malloc_postprocess(self, device_id, size, mem_size, mem_ptr, pmem_id):
+    def malloc_postprocess(self, **kwargs):
         pass
 
 
