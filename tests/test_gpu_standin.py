@@ -117,6 +117,17 @@ def test_dropping_a_trainer_frees_its_device_buffers(cp):
         gc.enable()
 
 
+def test_a_one_unit_layer_fed_by_one_input_runs_every_step_eagerly(cp):
+    """(n,b)@(b,k) for dW is (1,b)@(b,1) at every batch size when a one-unit layer has one input."""
+    rng = np.random.default_rng(1)
+    X, y = rng.standard_normal((40, 1)), rng.integers(0, 3, 40)
+    cpu, gpu = _pair([1, 1, 3])
+    cpu.fit(X, y, epochs=2)
+    gpu.fit(X, y, epochs=2)
+    assert gpu.events == [] and gpu._graph.graph.graphs == {} and gpu._graph.graph.replays == 0
+    np.testing.assert_allclose(gpu.model.params.get(), cpu.model.params, rtol=1e-9)
+
+
 def test_a_one_row_batch_through_a_one_unit_layer_runs_eagerly_and_the_graph_stays_on(cp):
     """Defect 6: (1,k)@(k,1) allocates in CuPy (tensordot's m == n == 1 path); inside a capture the
     replays would write to a freed block. That shape runs eagerly; the others are still replayed."""

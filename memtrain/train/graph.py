@@ -112,11 +112,16 @@ class StepGraph:
 
 
 def allocates_in_capture(spec, rows: int) -> bool:
-    """A one-row batch through a one-unit layer is a (1,k)@(k,1) product: CuPy's tensordot then
-    takes its m == n == 1 path, `(a.ravel() * b.ravel()).sum(out=c)`, whose product array comes
-    from the pool. Inside a capture that block is freed after capture and the replays write to
-    it, so that shape (the last batch of an epoch, typically) runs eagerly."""
-    return rows == 1 and min(spec.sizes[1:]) == 1
+    """Whether a step of `rows` rows has a (1,k)@(k,1) product: CuPy's tensordot then takes its
+    m == n == 1 path, `(a.ravel() * b.ravel()).sum(out=c)`, whose product array comes from the
+    pool. Inside a capture that block is freed after capture and the replays write to it, so
+    such a step runs eagerly. The step's products are (b,n)@(n,k) forward, (n,b)@(b,k) for dW
+    and (b,k)@(k,n) for dA: a one-row batch (an epoch's last, typically) through a layer of one
+    unit, or at any batch size a one-unit layer fed by one input or one unit."""
+    sizes = spec.sizes
+    one_unit = any(k == 1 for k in sizes[1:])
+    one_to_one = any(n == 1 and k == 1 for n, k in zip(sizes, sizes[1:]))
+    return one_to_one or (rows == 1 and one_unit)
 
 
 def unsupported(trainer, rows: int) -> str | None:
