@@ -314,7 +314,7 @@ class ndarray:  # noqa: N801 - CuPy's name
         r = self._a[k]
         if isinstance(r, np.generic):  # a single element: CuPy gives a 0-d view
             r = self._a[(k if isinstance(k, tuple) else (k,)) + (Ellipsis,)]
-        if np.shares_memory(r, self._a):
+        if np.may_share_memory(r, self._a):
             return ndarray(r, self._block)
         if _S.capture is not None:
             raise CaptureError("cudaErrorStreamCaptureUnsupported: advanced indexing allocates during capture")
@@ -333,7 +333,7 @@ class ndarray:  # noqa: N801 - CuPy's name
 
     def reshape(self, *shape, order="C"):
         r = self._a.reshape(*shape)
-        return ndarray(r, self._block) if np.shares_memory(r, self._a) else _new(r)
+        return ndarray(r, self._block) if np.may_share_memory(r, self._a) else _new(r)
 
     def ravel(self):
         return self.reshape(-1)
