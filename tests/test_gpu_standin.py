@@ -85,6 +85,17 @@ def test_validation_data_on_the_device_trains_and_evaluates_as_on_the_cpu(cp):
     assert gpu.model.evaluate(Xd, yd)["accuracy"] == cpu.model.evaluate(X[50:], y[50:])["accuracy"]
 
 
+def test_streaming_needs_host_arrays(cp):
+    from memtrain.errors import ConfigError
+
+    X, y = _data()
+    _, gpu = _pair([12, 16, 3])
+    with pytest.raises(ConfigError, match=r"X: streamed data \(resident=False\) must be host arrays"):
+        gpu.fit(cp.asarray(X), cp.asarray(y), epochs=1, resident=False)
+    gpu.fit(X, y, epochs=1, resident=False)  # host arrays stream batch by batch
+    assert isinstance(gpu._host_data[0], np.ndarray) and gpu.history[-1]["train_loss"] > 0
+
+
 def test_host_labels_are_copied_with_numpy_assignment_rules(cp):
     """CuPy's set() needs exactly the buffer's shape: a one-row batch's label given as (1,) for a
     (1, 1) sigmoid output broadcasts on the CPU and must on the GPU too."""
