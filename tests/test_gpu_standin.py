@@ -189,6 +189,24 @@ def test_out_of_memory_on_the_device_halves_the_micro_batch_and_goes_on(cp):
     np.testing.assert_allclose(gpu.model.params.get(), cpu.model.params, rtol=1e-9, atol=1e-12)
 
 
+def test_a_pool_cap_reached_mid_step_halves_the_micro_batch(cp):
+    """No fault hook: a capped pool holding exactly the plan, and an eager step (l2 runs eagerly)
+    whose gradient norm needs one more block. The trainer re-plans smaller on the device and goes on."""
+    X, y = _data(n=64)
+    cpu = Trainer(MLP([12, 16, 3], dtype="float64", seed=3, l2=1e-3), "adam", 32, fused=False)
+    pool = cp.cuda.MemoryPool()
+    cp.cuda.set_allocator(pool.malloc)
+    gpu = Trainer(MLP([12, 16, 3], dtype="float64", seed=3, l2=1e-3, device="cuda"), "adam", 32)
+    pool.set_limit(size=pool.used_bytes())  # the plan fits exactly; nothing more does
+    for t in (cpu, gpu):
+        for i in range(2):
+            t.step(X[32 * i:32 * i + 32], y[32 * i:32 * i + 32])
+    assert gpu.oom_recoveries >= 1 and gpu.micro_batch_size <= 16 and pool.used_bytes() <= pool.get_limit()
+    oom = [e for e in gpu.events if e["event"] == "oom_recovery"]
+    assert oom[0]["error"] == "OutOfMemoryError" and oom[0]["micro_batch_from"] == 32
+    np.testing.assert_allclose(gpu.model.params.get(), cpu.model.params, rtol=1e-9, atol=1e-12)
+
+
 def test_micro_batches_and_a_last_partial_batch_on_the_device(cp):
     X, y = _data(n=45)
     cpu, gpu = _pair([12, 16, 3], micro_batch_size=4)

@@ -231,11 +231,14 @@ class Trainer:
                 m = self.micro_batch_size
                 if m <= 1:
                     raise
-                new = max(1, m // 2)
-                self.events.append({"event": "oom_recovery", "step": self.steps, "micro_batch_from": m,
-                                    "micro_batch_to": new, "error": type(exc).__name__})
-                self.oom_recoveries += 1
-                self.replan(new)
+                error = type(exc).__name__
+            # re-planned outside the except block: until it ends, the traceback keeps the failed
+            # step's frames, whose buffer views would hold the old plan while the new one allocates
+            new = max(1, m // 2)
+            self.events.append({"event": "oom_recovery", "step": self.steps, "micro_batch_from": m,
+                                "micro_batch_to": new, "error": error})
+            self.oom_recoveries += 1
+            self.replan(new)
 
     def _graph_ok(self, b: int) -> bool:
         reason = graph.unsupported(self, b)
