@@ -97,14 +97,15 @@ def probe(setting, batch_size: int, budget: int, backend) -> Probe:
     try:
         r = profile(setting, batch_size, steps=1, backend=backend)
     except oom_errors():
-        _release(backend)
+        r = None
+    _release(backend)  # after the except block, whose traceback held the failed probe's buffers
+    if r is None:
         return Probe(batch_size, planned, None, "out of memory", time.perf_counter() - t0)
     # like with like: a CUDA profile adds the device overhead it measured (the context, outside the
     # pool); the plan being solved charges its own (none in a job, whose budget is free memory with
     # the context already taken, or a pool cap). The measured context is swapped for the plan's.
     measured = r["measured_total"] - r.get("overhead", {}).get("bytes", 0) + plan.overhead_bytes
     outcome = "fits" if measured <= budget else "over budget"
-    _release(backend)
     return Probe(batch_size, planned, measured, outcome, time.perf_counter() - t0)
 
 
