@@ -542,7 +542,7 @@ class Device:
         return False
 
 
-def _mem_get_info():
+def mem_get_info():
     used = CONTEXT_BYTES + sum(p.total_bytes() for p in _S.pools)
     return DEVICE_TOTAL - used, DEVICE_TOTAL
 
@@ -564,7 +564,7 @@ def _module() -> types.ModuleType:
     m.RawKernel = _no_raw_kernel
     runtime = types.SimpleNamespace(
         getDeviceCount=lambda: 1, getDevice=lambda: 0, deviceSynchronize=lambda: _sync("deviceSynchronize()"),
-        memGetInfo=_mem_get_info, runtimeGetVersion=lambda: 12040, driverGetVersion=lambda: 12040,
+        memGetInfo=mem_get_info, runtimeGetVersion=lambda: 12040, driverGetVersion=lambda: 12040,
         getDeviceProperties=lambda i: {"name": b"Stand-in GPU (CPU)", "totalGlobalMem": DEVICE_TOTAL,
                                        "uuid": bytes(range(16)), "multiProcessorCount": 4})
     memory = types.SimpleNamespace(OutOfMemoryError=OutOfMemoryError, MemoryPool=MemoryPool,
@@ -644,52 +644,3 @@ def install(monkeypatch, host_launcher):
     _DEFAULT_POOL.set_limit(size=0)
     return _MODULE
 
-
-# -- NVML ------------------------------------------------------------------------------------------
-
-
-class NVMLError(Exception):
-    pass
-
-
-def nvml(*, pid=None, used_none=False, mig=False) -> types.ModuleType:
-    """A pynvml for the stand-in device. It lists one process, `pid` (this one by default; a
-    container's NVML lists host PIDs), using the context plus every pool; `used_none`: the driver
-    gives no per-process figure (pynvml then sets usedGpuMemory to None). `mig`: the device is a
-    MIG instance of a GPU whose own UUID and handle differ (CUDA's UUID is the instance's)."""
-    import os
-
-    h = bytes(range(16)).hex()
-    own = f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-    handles = {"GPU-11111111-2222-3333-4444-555555555555": "parent", f"MIG-{own}": "mig"} if mig else {
-        f"GPU-{own}": "gpu"}
-    nv = types.ModuleType("pynvml")
-    nv.NVMLError = NVMLError
-    nv.NVML_TEMPERATURE_GPU = 0
-    nv.nvmlInit = lambda: None
-    nv.nvmlSystemGetDriverVersion = lambda: "550.54"
-    nv.nvmlDeviceGetCount = lambda: 1
-    nv.nvmlDeviceGetHandleByIndex = lambda i: "parent" if mig else "gpu"
-    nv.nvmlDeviceGetHandleByPciBusId = lambda bus: "parent" if mig else "gpu"
-
-    def by_uuid(uuid):
-        text = uuid.decode() if isinstance(uuid, bytes) else uuid
-        if text not in handles:
-            raise NVMLError("Not Found")
-        return handles[text]
-
-    nv.nvmlDeviceGetHandleByUUID = by_uuid
-    nv.nvmlDeviceGetUUID = lambda handle: next(u for u, v in handles.items() if v == handle)
-    nv.nvmlDeviceGetName = lambda handle: "Stand-in GPU (CPU)"
-    nv.NVML_DEVICE_MIG_ENABLE = 1
-    nv.nvmlDeviceGetMigMode = lambda handle: (1, 1) if handle == "parent" else (0, 0)
-    nv.nvmlDeviceGetMigDeviceHandleByIndex = lambda handle, i: "mig"
-
-    def processes(handle):
-        used = None if used_none else DEVICE_TOTAL - _mem_get_info()[0]
-        return [types.SimpleNamespace(pid=os.getpid() if pid is None else pid, usedGpuMemory=used)]
-
-    nv.nvmlDeviceGetComputeRunningProcesses = processes
-    nv.nvmlDeviceGetMemoryInfo = lambda handle: types.SimpleNamespace(
-        total=DEVICE_TOTAL, free=_mem_get_info()[0], used=DEVICE_TOTAL - _mem_get_info()[0])
-    return nv

@@ -9,6 +9,7 @@ import sys
 
 import cupy_standin
 import numpy as np
+import nvml_standin
 import pytest
 
 from memtrain.config import from_dict
@@ -20,7 +21,7 @@ from memtrain.train.job import Job
 @pytest.fixture
 def cp(monkeypatch, host_launcher):
     cp = cupy_standin.install(monkeypatch, host_launcher)
-    monkeypatch.setitem(sys.modules, "pynvml", cupy_standin.nvml())
+    monkeypatch.setitem(sys.modules, "pynvml", nvml_standin.nvml())
     return cp
 
 
@@ -105,7 +106,7 @@ def test_profile_and_auto_batch_go_on_where_nvml_cannot_see_this_process(cp, mon
     from memtrain.profiler.estimate import Setting
     from memtrain.profiler.verify import profile
 
-    monkeypatch.setitem(sys.modules, "pynvml", cupy_standin.nvml(**blind))
+    monkeypatch.setitem(sys.modules, "pynvml", nvml_standin.nvml(**blind))
     backend = get_backend("cuda")
     assert measure.process_gpu_bytes(0) is None
     setting = Setting(ModelSpec.create([16, 32, 4]), "adam", device="cuda")
@@ -138,12 +139,12 @@ def test_on_a_mig_instance_nvml_reads_the_instance_and_jobs_are_shown_it(cp, mon
     the parent's UUID hides the instances."""
     from memtrain.memory import measure
 
-    monkeypatch.setitem(sys.modules, "pynvml", cupy_standin.nvml(mig=True))
+    monkeypatch.setitem(sys.modules, "pynvml", nvml_standin.nvml(mig=True))
     assert measure.handle_for_cuda_device(0) == "mig"
     assert measure.gpu_uuid(0) == "MIG-00010203-0405-0607-0809-0a0b0c0d0e0f"
     parent = "GPU-11111111-2222-3333-4444-555555555555"
     assert measure.cuda_visible_id(parent) == "MIG-00010203-0405-0607-0809-0a0b0c0d0e0f"
-    monkeypatch.setitem(sys.modules, "pynvml", cupy_standin.nvml())
+    monkeypatch.setitem(sys.modules, "pynvml", nvml_standin.nvml())
     assert measure.gpu_uuid(0) == "GPU-00010203-0405-0607-0809-0a0b0c0d0e0f"
     assert measure.cuda_visible_id(measure.gpu_uuid(0)) == measure.gpu_uuid(0)
 
