@@ -141,3 +141,18 @@ def test_a_file_sent_to_a_service_without_data_root_is_refused_saying_how(server
                                              "service reads no files (start it with --data-root DIR); built-in "
                                              "sources: digits, synthetic:...\n")
     assert [j for j in server.service.store.list() if j["name"] == "mine"] == []
+
+
+def test_serve_says_who_the_users_are_and_their_quotas(tmp_path):
+    from memtrain.service.server import _say_users, settings_from
+
+    path = tmp_path / "tokens"
+    path.write_text(f"alice {ALICE}\nbob {BOB} 1GiB\n")
+    said = []
+    common = dict(state_dir=tmp_path / "s", host="127.0.0.1", port=8470, devices="cpu", budgets={}, data_roots=(),
+                  max_jobs_per_device=None, head_wait=300.0, max_attempts=2, overhead=None)
+    _say_users(settings_from(token_file=path, user_quota=4 * 1024**3, **common), said.append)
+    assert said == ["users     alice, bob (by token); quota of committed memory: 4.00 GiB each (bob: 1.00 GiB)"]
+    path.write_text(ALICE)
+    _say_users(settings_from(token_file=path, **common), said.append)
+    assert len(said) == 1  # one shared token and no quota: nothing new to say

@@ -76,5 +76,20 @@ def run(*, log_level="info", echo=print, **options) -> None:
         echo(f"device    {d.name}: budget {format_bytes(d.budget_bytes)} ({d.budget_source}); per-process "
              f"overhead {format_bytes(d.overhead_bytes)} ({d.overhead_source}); {at_once}, "
              f"{d.threads_per_job} BLAS thread(s) each")
+    _say_users(settings, echo)
     echo(f"serving   http://{settings.host}:{settings.port}/ (API docs at /docs; state in {settings.state_dir})")
     uvicorn.run(create_app(settings, service), host=settings.host, port=settings.port, log_level=log_level)
+
+
+def _say_users(settings, echo) -> None:
+    """Who the users are and what each may commit: said at start when there is more than the one
+    default user, or a quota."""
+    tokens = settings.token
+    users = sorted(tokens.users.values()) if tokens else [security.DEFAULT_USER]
+    overrides = tokens.quotas if tokens else {}
+    if len(users) == 1 and settings.user_quota is None and not overrides:
+        return
+    each = format_bytes(settings.user_quota) if settings.user_quota is not None else "no limit"
+    extra = ", ".join(f"{u}: {format_bytes(b)}" for u, b in sorted(overrides.items()))
+    echo(f"users     {', '.join(users)} (by token); quota of committed memory: {each} each"
+         + (f" ({extra})" if extra else ""))
