@@ -66,6 +66,10 @@ class ThreadServer:
 
     def __exit__(self, *exc):
         ex = self.settings.executor
+        sched = self.service.scheduler
+        sched._stop.set()  # no job starts any more: one admitted while these are killed would outlive the test
+        sched._wake.set()
+        sched._thread.join(10)
         for job in self.service.store.list("running"):
             if job["ref"]:
                 ex.kill(self.service.scheduler._handle(job))

@@ -156,3 +156,21 @@ def test_serve_says_who_the_users_are_and_their_quotas(tmp_path):
     path.write_text(ALICE)
     _say_users(settings_from(token_file=path, **common), said.append)
     assert len(said) == 1  # one shared token and no quota: nothing new to say
+
+
+def test_a_queued_job_beyond_a_smaller_quota_after_a_restart_fails_saying_why(tmp_path):
+    """A job planned under a larger quota would wait for ever (it is never the head): it fails instead."""
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"alice {ALICE}\n")
+    state = tmp_path / "state"
+    with ThreadServer(state, token=read_tokens(tokens), max_jobs_per_device=1) as s:
+        running = submit(s, ALICE, digits_job("first", epochs=200, batch=8))
+        started(s, running, ALICE)
+        queued = submit(s, ALICE, digits_job("second", epochs=1))
+        assert s.request("GET", f"/jobs/{queued}", token=ALICE)[1]["state"] == "queued"
+    with ThreadServer(state, token=read_tokens(tokens), max_jobs_per_device=1, user_quota=OVERHEAD) as s:
+        for job_id in (running, queued):  # the first was requeued by the restart, then failed alike
+            job = s.wait(job_id, token=ALICE)
+            assert job["state"] == "failed" and job["reason"].startswith("never fits this service's devices: needs ")
+            assert job["reason"].endswith("; user alice's quota is 200.00 MiB (it was planned by a service run "
+                                          "with other --user-quota or token file)")
