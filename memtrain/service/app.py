@@ -6,15 +6,32 @@ Every error is {"detail": "<one line>"}: the same line the CLI prints.
 from __future__ import annotations
 
 import asyncio
+import logging
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
+from pydantic import TypeAdapter
+from starlette.requests import ClientDisconnect
 
 from memtrain import __version__
+from memtrain.errors import MemtrainError
 from memtrain.service import models, planning, security
 from memtrain.service.core import Service, Settings, tail
+from memtrain.service.view_cache import ViewCache, not_modified
+
+log = logging.getLogger("memtrain.service")
+OPEN_PATHS = ("/healthz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")  # no token: see docs/service.md
+PAGE_LIMIT = 100  # GET /jobs without ?limit=
+MAX_PAGE_LIMIT = 1000
+JOB_LIST = TypeAdapter(list[models.Job])
+DEVICE_LIST = TypeAdapter(list[models.Device])
+PAGED = {200: {"headers": {
+    "ETag": {"description": "the answer's tag: send it as If-None-Match to get 304 while nothing changed",
+             "schema": {"type": "string"}},
+    "Link": {"description": 'the next page, `</jobs?...&cursor=C>; rel="next"`; absent on the last page',
+             "schema": {"type": "string"}}}}}
 
 TOML_OR_JSON = {"requestBody": {"required": True, "content": {
     "application/toml": {"schema": {"type": "string", "description": "a job file, as `memtrain train` reads"}},
@@ -56,13 +73,10 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
                   description="A memory-aware training service: jobs are planned at submission and start "
                               "when their plans fit a device's budget (docs/service.md).")
     app.state.service = service
+    app.state.views = ViewCache(service.store)
     app.add_middleware(BodyLimit, limit=security.MAX_BODY)
 
-    @app.exception_handler(RequestValidationError)
-    async def _one_line(request, exc):
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("query", "path", "body"))
-        return JSONResponse({"detail": f"{where or 'request'}: {first.get('msg', 'invalid')}"}, status_code=422)
+    _error_handlers(app)
 
     def auth(request: Request):
         if not security.token_ok(settings.token, request.headers.get("authorization")):
@@ -78,6 +92,31 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
     _job_routes(app, service, guarded)
     _service_routes(app, service, guarded)
     return app
+
+
+def _error_handlers(app) -> None:
+    """Every answer is JSON {"detail": "<one line>"}: a user's error is a 4xx without a traceback
+    anywhere; anything else is a bug: 500 here, its traceback in the service's log (Starlette's
+    ServerErrorMiddleware calls the Exception handler, then re-raises for uvicorn to log)."""
+
+    @app.exception_handler(RequestValidationError)
+    async def _one_line(request, exc):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("query", "path", "body"))
+        return JSONResponse({"detail": f"{where or 'request'}: {first.get('msg', 'invalid')}"}, status_code=422)
+
+    @app.exception_handler(MemtrainError)
+    async def _user_error(request, exc):  # memtrain.errors: bad input, whichever layer found it
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request, exc):  # the client left (or slow_clients answered 408 and closed): no one to tell
+        return Response(status_code=408)
+
+    @app.exception_handler(Exception)
+    async def _bug(request, exc):
+        return JSONResponse({"detail": f"internal error ({type(exc).__name__}); this is a bug in memtrain serve: "
+                                       "its traceback is in the service's log"}, status_code=500)
 
 
 def _job_routes(app, service, guarded) -> None:
@@ -97,12 +136,18 @@ def _job_routes(app, service, guarded) -> None:
         except planning.SubmissionError as exc:
             raise HTTPException(422, str(exc)) from None
 
-    @app.get("/jobs", response_model=list[models.Job], dependencies=guarded, tags=["jobs"], responses=ERRORS)
-    def jobs(state: str | None = Query(None, description="queued, running, succeeded, failed or cancelled")):
-        try:
-            return service.jobs(state)
-        except planning.SubmissionError as exc:
-            raise HTTPException(422, str(exc)) from None
+    @app.get("/jobs", response_model=list[models.Job], dependencies=guarded, tags=["jobs"],
+             responses={**ERRORS, **PAGED})
+    def jobs(request: Request,
+             state: str | None = Query(None, description="queued, running, succeeded, failed or cancelled"),
+             limit: int = Query(PAGE_LIMIT, ge=1, le=MAX_PAGE_LIMIT, description="jobs per page, newest first"),
+             cursor: int | None = Query(None, ge=0, description="from the previous page's Link header")):
+        def build():
+            views, nxt, watched = service.jobs_page(state, limit, cursor)
+            query = f"limit={limit}&cursor={nxt}" + (f"&state={state}" if state else "")
+            return JOB_LIST.dump_json(views), watched, {} if nxt is None else {"Link": f'</jobs?{query}>; rel="next"'}
+
+        return _cached(request, app.state.views.get(("jobs", state, limit, cursor), build))
 
     @app.get("/jobs/{job_id}", response_model=models.Job, dependencies=guarded, tags=["jobs"], responses=ERRORS)
     def job(job_id: str):
@@ -124,9 +169,13 @@ def _job_routes(app, service, guarded) -> None:
 def _service_routes(app, service, guarded) -> None:
     """GET /devices, /prometheus/targets, /metrics and the status page at /."""
 
-    @app.get("/devices", response_model=list[models.Device], dependencies=guarded, tags=["service"])
-    def devices():
-        return service.device_views()
+    @app.get("/devices", response_model=list[models.Device], dependencies=guarded, tags=["service"],
+             responses={200: {"headers": {"ETag": PAGED[200]["headers"]["ETag"]}}})
+    def devices(request: Request):
+        def build():  # free memory now is read live: an answer is kept at most a second
+            return DEVICE_LIST.dump_json(service.device_views()), service.running_progress_files(), {}
+
+        return _cached(request, app.state.views.get(("devices",), build, max_age=1.0))
 
     @app.get("/prometheus/targets", response_model=list[models.Target], dependencies=guarded, tags=["service"])
     def targets():
@@ -140,10 +189,21 @@ def _service_routes(app, service, guarded) -> None:
         return Response(body, media_type=content_type)
 
     @app.get("/", response_class=HTMLResponse, dependencies=guarded, tags=["service"])
-    def page():
+    def page(request: Request):
         from memtrain.service.page import render  # noqa: PLC0415
 
-        return HTMLResponse(render(service))
+        def build():  # ages and free memory move with the clock: an answer is kept at most a second
+            return render(service).encode(), service.running_progress_files(), {}
+
+        return _cached(request, app.state.views.get(("page",), build, max_age=1.0), "text/html; charset=utf-8")
+
+
+def _cached(request, entry, media_type="application/json"):
+    """The entry's answer, or 304 when the client holds it (If-None-Match)."""
+    headers = {**entry.headers, "ETag": entry.etag, "Cache-Control": "no-cache"}  # no-cache: revalidate each time
+    if not_modified(request.headers.get("if-none-match"), entry.etag):
+        return Response(status_code=304, headers=headers)
+    return Response(entry.body, media_type=media_type, headers=headers)
 
 
 def _found(value, job_id):

@@ -11,7 +11,8 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from memtrain.service import admission, planning
+from memtrain.launch.worker import PROGRESS
+from memtrain.service import admission, planning, security
 from memtrain.service import devices as devs
 from memtrain.service.scheduler import Scheduler
 from memtrain.service.store import STATES, Store, now
@@ -37,6 +38,8 @@ class Settings:
     tick: float = 0.25
     executor: object = None  # None: LocalExecutor
     storage: Path | None = None  # each job's checkpoints, output and log (default: STATE_DIR/jobs)
+    max_runtime: float | None = security.MAX_RUNTIME  # a job's training.max_runtime when it sets none, and its cap
+    request_timeout: float = security.REQUEST_TIMEOUT  # seconds to receive a whole request (slow_clients.py)
 
     def __post_init__(self):
         self.state_dir = Path(self.state_dir)
@@ -85,7 +88,8 @@ class Service:
         try:
             data = planning.parse_body(body, content_type)
             checked = planning.validate(data, data_roots=self.settings.data_roots,
-                                        device_kinds=sorted({d.kind for d in self.devices}))
+                                        device_kinds=sorted({d.kind for d in self.devices}),
+                                        max_runtime=self.settings.max_runtime)
             mine = [d for d in self.devices if d.kind == checked.device_kind]
             plans = {d.name: planning.plan(checked, d.budget_bytes) for d in mine}
             fits = [d for d in mine if plans[d.name].total + d.overhead_bytes <= d.budget_bytes]
@@ -164,10 +168,19 @@ class Service:
         }
 
     def jobs(self, state: str | None = None) -> list:
-        if state is not None and state not in STATES:
-            raise planning.SubmissionError(f"state: expected one of {', '.join(STATES)}, got {state!r}")
+        _check_state(state)
         slots = self.scheduler.slots()
         return [self.job_view(j, slots) for j in self.store.list(state)]
+
+    def jobs_page(self, state: str | None = None, limit: int = 100, before: int | None = None) -> tuple:
+        """(views, next, watched): up to `limit` jobs newest first below seq `before`, the `before` of
+        the next page (None on the last), and the progress files these views read that can change
+        without a store write (the running jobs')."""
+        _check_state(state)
+        rows, nxt = self.store.page(state, limit, before)
+        slots = self.scheduler.slots() if any(j["state"] == "queued" for j in rows) else None
+        watched = [str(Path(j["run_dir"]) / PROGRESS) for j in rows if j["state"] == "running"]
+        return [self.job_view(j, slots) for j in rows], nxt, watched
 
     def job(self, job_id: str) -> dict | None:
         job = self.store.get(job_id)
@@ -206,6 +219,10 @@ class Service:
         except Exception:  # NVML gone: nothing measured this time
             return 0
 
+    def running_progress_files(self) -> list:
+        """The files the device views read beside the store (measured memory of running jobs)."""
+        return [str(Path(j["run_dir"]) / PROGRESS) for j in self.store.list("running")]
+
     def targets(self) -> list:
         return [{"targets": [j["metrics_target"]], "labels": {"job_id": j["id"], "name": j["name"]}}
                 for j in self.store.list("running") if j["metrics_target"]]
@@ -217,6 +234,11 @@ class Service:
     def is_active(self, job_id: str) -> bool:
         job = self.store.get(job_id)
         return job is not None and job["state"] in ("queued", "running")
+
+
+def _check_state(state: str | None) -> None:
+    if state is not None and state not in STATES:
+        raise planning.SubmissionError(f"state: expected one of {', '.join(STATES)}, got {state!r}")
 
 
 def _lock_state_dir(state_dir: Path):

@@ -18,6 +18,7 @@ threads compute at once (when max_jobs <= cores, the default).
 from __future__ import annotations
 
 import logging
+import math
 import socket
 import threading
 from pathlib import Path
@@ -27,8 +28,38 @@ from memtrain.launch.resources import THREAD_VARS
 from memtrain.launch.worker import EXIT, PROGRESS, read_json
 from memtrain.service import admission, planning
 from memtrain.service.store import Store, now
+from memtrain.units import format_duration
 
 log = logging.getLogger("memtrain.service")
+PROGRESS_FIELDS = {"epoch": int, "step": int, "train_loss": float, "val_loss": float, "val_accuracy": float,
+                   "event": str, "rss_bytes": int, "peak_rss_bytes": int, "time": float, "pid": int}
+
+
+def _dict(value) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _typed(value, kind):
+    """`value` as `kind` (an int where a float is expected is one), else None; bool is no number,
+    and NaN or Inf (a diverged loss) is None: JSON answers cannot carry them."""
+    if isinstance(value, bool):
+        return None
+    if kind is float and isinstance(value, int):
+        value = float(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value if isinstance(value, kind) else None
+
+
+def _finite(value):
+    """A result record as JSON can answer it: NaN and Inf (a diverged job's losses) become None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -270,13 +301,17 @@ class Scheduler:
         return port
 
     def _finish(self, job: dict, ended: Exit) -> None:
-        written = read_json(Path(job["run_dir"]) / EXIT) or {}
-        result = written.get("result")
+        written = _dict(read_json(Path(job["run_dir"]) / EXIT))
+        result = _finite(_dict(written.get("result"))) or None  # a file of another shape is no result (never a 500)
         stopped = bool(result and result.get("stopped"))
         if ended.ok and not stopped:  # it finished (perhaps before a cancel reached it)
             self._end(job, "succeeded", None, result)
         elif job["cancel_requested"]:
             self._end(job, "cancelled", "cancelled on request" + (" (checkpoint saved)" if stopped else ""), result)
+        elif stopped and result["stopped"] == "max_runtime":  # not retried: a retry would run past it again
+            limit = format_duration(job["config"]["training"]["max_runtime"])
+            self._end(job, "failed", f"ran past its max_runtime of {limit}: stopped at step {result.get('steps')} "
+                                     "(checkpoint saved)", result)
         elif ended.code == 2:
             self._end(job, "failed", ended.reason or "bad config (exit status 2)", None)
         elif ended.signal is not None or stopped:
@@ -290,6 +325,7 @@ class Scheduler:
             self._end(job, "failed", ended.reason or f"exit status {ended.code}", None)
 
     def _end(self, job, state, reason, result) -> None:
+        reason = None if reason is None else str(reason)  # an exit record's "reason" is the worker's word
         self.store.update(job["id"], state=state, reason=reason, result=result, ended_at=now(), reserved_bytes=0)
         self.on_event(state, job)
 
@@ -324,9 +360,10 @@ class Scheduler:
             return self.store.get(job_id)
 
     def progress(self, job: dict) -> dict:
-        p = read_json(Path(job["run_dir"]) / PROGRESS) or {}
-        return {k: p.get(k) for k in ("epoch", "step", "train_loss", "val_loss", "val_accuracy", "event",
-                                      "rss_bytes", "peak_rss_bytes", "time", "pid")}
+        """The job's progress.json, each field of its expected type or None: the file is the
+        worker's (or anyone's who can write the run dir), and a wrong type must not fail a view."""
+        p = _dict(read_json(Path(job["run_dir"]) / PROGRESS))
+        return {k: _typed(p.get(k), kind) for k, kind in PROGRESS_FIELDS.items()}
 
     @staticmethod
     def _handle(job: dict) -> Handle | None:
