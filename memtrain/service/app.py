@@ -145,7 +145,7 @@ def _job_routes(app, service, guarded) -> None:
         def build():
             views, nxt, watched = service.jobs_page(state, limit, cursor)
             query = f"limit={limit}&cursor={nxt}" + (f"&state={state}" if state else "")
-            return JOB_LIST.dump_json(views), watched, {} if nxt is None else {"Link": f'</jobs?{query}>; rel="next"'}
+            return _json(JOB_LIST, views), watched, {} if nxt is None else {"Link": f'</jobs?{query}>; rel="next"'}
 
         return _cached(request, app.state.views.get(("jobs", state, limit, cursor), build))
 
@@ -173,7 +173,7 @@ def _service_routes(app, service, guarded) -> None:
              responses={200: {"headers": {"ETag": PAGED[200]["headers"]["ETag"]}}})
     def devices(request: Request):
         def build():  # free memory now is read live: an answer is kept at most a second
-            return DEVICE_LIST.dump_json(service.device_views()), service.running_progress_files(), {}
+            return _json(DEVICE_LIST, service.device_views()), service.running_progress_files(), {}
 
         return _cached(request, app.state.views.get(("devices",), build, max_age=1.0))
 
@@ -196,6 +196,11 @@ def _service_routes(app, service, guarded) -> None:
             return render(service).encode(), service.running_progress_files(), {}
 
         return _cached(request, app.state.views.get(("page",), build, max_age=1.0), "text/html; charset=utf-8")
+
+
+def _json(adapter, value) -> bytes:
+    """`value` checked against the response model and serialised, as FastAPI does for a returned value."""
+    return adapter.dump_json(adapter.validate_python(value))
 
 
 def _cached(request, entry, media_type="application/json"):
