@@ -78,7 +78,7 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
 
     _error_handlers(app)
 
-    def auth(request: Request):
+    async def auth(request: Request):  # async: no thread hop for a string comparison
         if not security.token_ok(settings.token, request.headers.get("authorization")):
             raise HTTPException(401, "unauthorized: send the service's token as 'Authorization: Bearer TOKEN' "
                                      "(MEMTRAIN_TOKEN for the CLI)", headers={"WWW-Authenticate": "Bearer"})
@@ -138,7 +138,7 @@ def _job_routes(app, service, guarded) -> None:
 
     @app.get("/jobs", response_model=list[models.Job], dependencies=guarded, tags=["jobs"],
              responses={**ERRORS, **PAGED})
-    def jobs(request: Request,
+    async def jobs(request: Request,
              state: str | None = Query(None, description="queued, running, succeeded, failed or cancelled"),
              limit: int = Query(PAGE_LIMIT, ge=1, le=MAX_PAGE_LIMIT, description="jobs per page, newest first"),
              cursor: int | None = Query(None, ge=0, description="from the previous page's Link header")):
@@ -147,7 +147,7 @@ def _job_routes(app, service, guarded) -> None:
             query = f"limit={limit}&cursor={nxt}" + (f"&state={state}" if state else "")
             return _json(JOB_LIST, views), watched, {} if nxt is None else {"Link": f'</jobs?{query}>; rel="next"'}
 
-        return _cached(request, app.state.views.get(("jobs", state, limit, cursor), build))
+        return _cached(request, await _view(app.state.views, ("jobs", state, limit, cursor), build))
 
     @app.get("/jobs/{job_id}", response_model=models.Job, dependencies=guarded, tags=["jobs"], responses=ERRORS)
     def job(job_id: str):
@@ -171,11 +171,11 @@ def _service_routes(app, service, guarded) -> None:
 
     @app.get("/devices", response_model=list[models.Device], dependencies=guarded, tags=["service"],
              responses={200: {"headers": {"ETag": PAGED[200]["headers"]["ETag"]}}})
-    def devices(request: Request):
+    async def devices(request: Request):
         def build():  # free memory now is read live: an answer is kept at most a second
             return _json(DEVICE_LIST, service.device_views()), service.running_progress_files(), {}
 
-        return _cached(request, app.state.views.get(("devices",), build, max_age=1.0))
+        return _cached(request, await _view(app.state.views, ("devices",), build, max_age=1.0))
 
     @app.get("/prometheus/targets", response_model=list[models.Target], dependencies=guarded, tags=["service"])
     def targets():
@@ -189,13 +189,20 @@ def _service_routes(app, service, guarded) -> None:
         return Response(body, media_type=content_type)
 
     @app.get("/", response_class=HTMLResponse, dependencies=guarded, tags=["service"])
-    def page(request: Request):
+    async def page(request: Request):
         from memtrain.service.page import render  # noqa: PLC0415
 
         def build():  # ages and free memory move with the clock: an answer is kept at most a second
             return render(service).encode(), service.running_progress_files(), {}
 
-        return _cached(request, app.state.views.get(("page",), build, max_age=1.0), "text/html; charset=utf-8")
+        return _cached(request, await _view(app.state.views, ("page",), build, max_age=1.0), "text/html; charset=utf-8")
+
+
+async def _view(views, key, build, max_age=None):
+    """A cached answer on the event loop; a new one built on a worker thread (it queries the
+    store, which a commit may hold, and reads files)."""
+    entry = views.fresh(key, max_age)
+    return entry if entry is not None else await asyncio.to_thread(views.get, key, build, max_age)
 
 
 def _json(adapter, value) -> bytes:

@@ -5,9 +5,9 @@ app.py puts FastAPI in front of a `Service`; tests and benchmarks may drive one 
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import secrets
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -278,4 +278,4 @@ def tail(path: Path, lines: int) -> bytes:
 def iso(t: float | None) -> str | None:
     if t is None:
         return None
-    return dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))  # UTC, whole seconds (a third of datetime's cost)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import socket
 import threading
 from pathlib import Path
@@ -81,6 +82,7 @@ class Scheduler:
         self._wake = threading.Event()
         self._lock = threading.RLock()
         self._thread = None
+        self._progress: dict = {}  # progress.json path -> ((mtime_ns, size, inode), parsed)
         self._recent_ports: list = []  # handed out lately, before their job has stored its target
         self.executor_admits = bool(getattr(executor, "admits", False))
 
@@ -361,9 +363,24 @@ class Scheduler:
 
     def progress(self, job: dict) -> dict:
         """The job's progress.json, each field of its expected type or None: the file is the
-        worker's (or anyone's who can write the run dir), and a wrong type must not fail a view."""
-        p = _dict(read_json(Path(job["run_dir"]) / PROGRESS))
-        return {k: _typed(p.get(k), kind) for k, kind in PROGRESS_FIELDS.items()}
+        worker's (or anyone's who can write the run dir), and a wrong type must not fail a view.
+        Parsed again only when the file changed (a stat, not a read, for a finished job's)."""
+        path = os.path.join(job["run_dir"], PROGRESS)
+        try:
+            st = os.stat(path)
+            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except OSError:
+            stamp = None
+        cached = self._progress.get(path)
+        if cached is not None and stamp is not None and cached[0] == stamp:
+            return dict(cached[1])
+        p = _dict(read_json(path))
+        out = {k: _typed(p.get(k), kind) for k, kind in PROGRESS_FIELDS.items()}
+        if stamp is not None:
+            if len(self._progress) >= 4096:  # bounded: a page shows 100; the oldest go first
+                self._progress.pop(next(iter(self._progress)))
+            self._progress[path] = (stamp, out)
+        return dict(out)
 
     @staticmethod
     def _handle(job: dict) -> Handle | None:

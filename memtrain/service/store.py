@@ -64,6 +64,7 @@ class Store:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         self.version = 0  # +1 per committed write: cached views are valid while it stands (one writer: this process)
+        self._rows: dict = {}  # a page's rows, decoded (_decoded)
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=30)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -149,8 +150,19 @@ class Store:
         with self._lock:
             rows = self._db.execute(sql + " ORDER BY seq DESC LIMIT ?", [*args, int(limit) + 1]).fetchall()
         more = len(rows) > limit
-        rows = [_decode(r, skip=NOT_VIEWED) for r in rows[:limit]]
+        rows = [self._decoded(r) for r in rows[:limit]]
         return rows, (rows[-1]["seq"] if more and rows else None)
+
+    def _decoded(self, row) -> dict:
+        """_decode of a page's row, kept while the row's values stay the same (a finished job's
+        never change): a poll of an unchanged page decodes no JSON. The dict is shared: read only."""
+        key = tuple(row)
+        d = self._rows.get(key)
+        if d is None:
+            d = self._rows[key] = _decode(row, skip=NOT_VIEWED)
+            if len(self._rows) > 4096:  # bounded; the oldest entries go first
+                self._rows.pop(next(iter(self._rows)))
+        return d
 
     def counts(self) -> dict:
         with self._lock:

@@ -44,16 +44,25 @@ class ViewCache:
         self._entries: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
 
+    def fresh(self, key, max_age: float | None = None) -> Entry | None:
+        """The cached answer for `key` while nothing it depends on changed, else None (a few stat()s:
+        cheap enough for the event loop)."""
+        with self._lock:
+            e = self._entries.get(key)
+        if (e is not None and e.version == self.store.version
+                and (max_age is None or time.monotonic() - e.made < max_age)
+                and stamps(p for p, _ in e.stamps) == e.stamps):
+            return e
+        return None
+
     def get(self, key, build, max_age: float | None = None) -> Entry:
         """The cached answer for `key`, or build() -> (body bytes, watched file paths, headers) made now.
         A progress file written while build() runs can leave an entry one write behind; the
         next write of that file (each epoch) replaces it."""
-        version = self.store.version
-        with self._lock:
-            e = self._entries.get(key)
-        if (e is not None and e.version == version and (max_age is None or time.monotonic() - e.made < max_age)
-                and stamps(p for p, _ in e.stamps) == e.stamps):
+        e = self.fresh(key, max_age)
+        if e is not None:
             return e
+        version = self.store.version  # before build(): a write during it makes the entry stale at once
         body, watched, headers = build()
         e = Entry(body, headers, '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"', version, stamps(watched),
                   time.monotonic())
