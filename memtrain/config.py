@@ -131,9 +131,17 @@ def _batch(name, value, *, allow_none=False):
     if value == "auto" or (value is None and allow_none):
         return value
     try:
-        return check_scalar(value, name, int, min_val=1, max_val=MAX_BATCH)
+        value = check_scalar(value, name, int, min_val=1)
     except ConfigError:
-        raise ConfigError(f"{name}: expected auto or a positive integer at most {MAX_BATCH:,}, got {value!r}") from None
+        raise ConfigError(f"{name}: expected auto or a positive integer, got {value!r}") from None
+    return _at_most(name, value, MAX_BATCH)
+
+
+def _at_most(name, value, limit):
+    """The upper bound apart from the type check, so that check's message stays the plain one."""
+    if value is not None and value > limit:
+        raise ConfigError(f"{name}: expected at most {limit:,}, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -157,8 +165,8 @@ class TrainingConfig:
         _set(self, "micro_batch_size", _batch("training.micro_batch_size", self.micro_batch_size, allow_none=True))
         _set(self, "max_batch_size", check_scalar(self.max_batch_size, "training.max_batch_size", int, min_val=1,
                                                   max_val=MAX_BATCH, allow_none=True))
-        _set(self, "epochs", check_scalar(self.epochs, "training.epochs", int, min_val=1, max_val=MAX_EPOCHS,
-                                           expected=f"a positive integer at most {MAX_EPOCHS:,}"))
+        _set(self, "epochs", _at_most("training.epochs", check_scalar(self.epochs, "training.epochs", int, min_val=1),
+                                      MAX_EPOCHS))
         _set(self, "clip_norm", check_scalar(self.clip_norm, "training.clip_norm", float, min_val=0,
                                              include_boundaries="neither", allow_none=True))
         _set(self, "patience", check_scalar(self.patience, "training.patience", int, min_val=1, allow_none=True))
