@@ -49,6 +49,7 @@ from memtrain.units import MAX_BATCH, MAX_EPOCHS, parse_bytes, parse_duration
 from memtrain.validate import check_scalar
 
 DEFAULT_NAME = "memtrain"
+MAX_LINGER = 3600.0  # seconds
 
 
 def _set(obj, name, value):
@@ -223,7 +224,9 @@ class MetricsConfig:
     def __post_init__(self):
         _set(self, "port", check_scalar(self.port, "metrics.port", int, min_val=0, max_val=65535, allow_none=True))
         _set(self, "host", str(self.host))
-        _set(self, "linger", check_scalar(self.linger, "metrics.linger", float, min_val=0))
+        # a final scrape needs a scrape interval or two; an endless linger would hold the job's memory for ever
+        _set(self, "linger", _at_most("metrics.linger", check_scalar(self.linger, "metrics.linger", float, min_val=0),
+                                      MAX_LINGER))
 
 
 @dataclass(frozen=True)

@@ -133,6 +133,7 @@ BAD = [
     ("epochs 10**30", digits_job(epochs=10**30), "training.epochs: expected at most 1,000,000, got 10"),
     ("max_runtime over the service's", digits_job(training={"max_runtime": "2h"}),
      "training.max_runtime: 2h is longer than this service allows (memtrain serve --max-runtime 1h)"),
+    ("metrics.linger 1e300 s", digits_job(metrics={"linger": 1e300}), "metrics.linger: expected at most 3,600"),
     ("max_runtime nonsense", digits_job(training={"max_runtime": "soon"}), "training.max_runtime: expected a dur"),
     ("JSON arrays 100,000 deep", "[" * 100_000 + "]" * 100_000, "body: nested"),
     ("JSON objects 60,000 deep", '{"a":' * 60_000 + "1" + "}" * 60_000, "body: nested"),
