@@ -3,7 +3,7 @@
 then two training jobs' step throughput while GET /jobs is polled at a fixed rate, against
 the same jobs without load.
 
-    python bench/service_load.py                               # 300 GET /jobs per second for 30 s
+    python bench/service_load.py                               # 300 GET /jobs per second, 3 x 15 s
     python bench/service_load.py --rate 300 --seconds 20 --stored 50,300,1000 --requests 2000
 
 CPU per request: utime + stime of the `memtrain serve` process (/proc/PID/stat; its jobs
@@ -205,30 +205,33 @@ def poll(port: int, path: str, rate: float, seconds: float, threads: int = 4) ->
             "max_ms": round(1000 * max(lat), 2)}
 
 
-def slowdown(s, rate: float, seconds: float) -> dict:
-    """The probes' steps/s alone, then under `rate` GET /jobs per second."""
-    out = {"load_average_before": load_average()}
+def slowdown(s, rate: float, seconds: float, rounds: int) -> dict:
+    """The probes' steps/s alone, then under `rate` GET /jobs per second, `rounds` times in turn
+    (the machine's other load drifts: each round compares neighbouring windows); the median ratio."""
+    out = {"rounds": []}
     probes = start_probes(s)
-    t0 = time.time()
-    time.sleep(seconds)
-    quiet = [v for i in probes for v in epochs_in(s.state_dir, i, t0, time.time())]
-    t0 = time.time()
-    out["gets"] = poll(s.port, "/jobs", rate, seconds)
-    loaded = [v for i in probes for v in epochs_in(s.state_dir, i, t0, time.time())]
+    for _ in range(rounds):
+        r = {"load_average": load_average()}
+        t0 = time.time()
+        time.sleep(seconds)
+        quiet = [v for i in probes for v in epochs_in(s.state_dir, i, t0, time.time())]
+        t0 = time.time()
+        r["gets"] = poll(s.port, "/jobs", rate, seconds)
+        loaded = [v for i in probes for v in epochs_in(s.state_dir, i, t0, time.time())]
+        r["steps_per_s"] = [round(statistics.mean(quiet), 1), round(statistics.mean(loaded), 1)]
+        r["ratio"] = round(statistics.mean(loaded) / statistics.mean(quiet), 3)
+        out["rounds"].append(r)
     stop(s, probes)
     out["load_average_after"] = load_average()
-    out["steps_per_s"] = {"no_load": round(statistics.mean(quiet), 1) if quiet else None,
-                          "under_load": round(statistics.mean(loaded), 1) if loaded else None,
-                          "epochs_measured": [len(quiet), len(loaded)]}
-    if quiet and loaded:
-        out["steps_per_s"]["ratio"] = round(statistics.mean(loaded) / statistics.mean(quiet), 3)
+    out["median_ratio"] = statistics.median(r["ratio"] for r in out["rounds"])
     return out
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rate", type=float, default=300, help="GET /jobs per second while the probes train")
-    ap.add_argument("--seconds", type=float, default=30, help="each of the two throughput windows")
+    ap.add_argument("--seconds", type=float, default=15, help="each throughput window (quiet, loaded)")
+    ap.add_argument("--rounds", type=int, default=3, help="quiet/loaded window pairs")
     ap.add_argument("--stored", default="50,300,1000", help="stored job counts to measure GET /jobs at")
     ap.add_argument("--requests", type=int, default=2000, help="GETs of each kind per stored count")
     ap.add_argument("--slowdown-at", type=int, default=300, help="stored jobs during the throughput test")
@@ -236,6 +239,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     state = Path(tempfile.mkdtemp(prefix="service-load-")) / "s"
     args = ("--devices", "cpu", "--budget", "cpu=3GiB", "--overhead", "200MiB")
+    import numpy  # noqa: F401, PLC0415 - loads the BLAS the jobs load (they run with the service's thread count)
     from threadpoolctl import threadpool_info  # noqa: PLC0415
 
     report = {"machine": machine(), "blas": [{k: i.get(k) for k in ("internal_api", "num_threads", "architecture")}
@@ -256,7 +260,7 @@ def main(argv=None) -> int:
             report["get_jobs"][n] = per_request_cpu(s, a.requests)
             if n == a.slowdown_at:
                 report["slowdown"] = {"stored_jobs": n, "rate": a.rate, "seconds": a.seconds,
-                                      **slowdown(s, a.rate, a.seconds)}
+                                      **slowdown(s, a.rate, a.seconds, a.rounds)}
     return report_out(report, a.json)
 
 
