@@ -47,6 +47,14 @@ def test_every_route_needs_the_token_but_the_documented_open_ones(server):
     assert "Open without the token: " + ", ".join(f"`{p}`" for p in OPEN_PATHS) in documented
 
 
+def test_a_cached_answer_still_needs_the_token(server):
+    for _ in range(3):  # the later ones are answered from the view cache, before routing (app.Edge)
+        assert server.request("GET", "/jobs?limit=3", token=TOKEN)[0] == 200
+    for token in (None, "wrong-token-0123456789"):
+        status, out = server.request("GET", "/jobs?limit=3", token=token)
+        assert status == 401 and out["detail"].startswith("unauthorized")
+
+
 def test_submit_needs_the_token_and_writes_nothing_without_it(server):
     before = len(server.service.store.list())
     status, out = server.request("POST", "/jobs", digits_job(epochs=1))

@@ -22,10 +22,12 @@ from dataclasses import dataclass
 class Entry:
     body: bytes
     headers: dict  # besides the ETag (a page's Link)
+    media_type: str
     etag: str
     version: int
     stamps: tuple  # (path, mtime_ns) of each watched file, None for a missing one
     made: float
+    max_age: float | None  # seconds; None: until the store or a watched file changes
 
 
 def stamps(paths) -> tuple:
@@ -41,36 +43,47 @@ def stamps(paths) -> tuple:
 class ViewCache:
     def __init__(self, store, size: int = 128):
         self.store, self.size = store, size
-        self._entries: OrderedDict = OrderedDict()
+        self._entries: OrderedDict = OrderedDict()  # key -> Entry
+        self._requests: dict = {}  # (path, raw query string) -> key: how the edge (Edge) finds an entry
         self._lock = threading.Lock()
 
-    def fresh(self, key, max_age: float | None = None) -> Entry | None:
+    def fresh(self, key) -> Entry | None:
         """The cached answer for `key` while nothing it depends on changed, else None (a few stat()s:
         cheap enough for the event loop)."""
         with self._lock:
             e = self._entries.get(key)
         if (e is not None and e.version == self.store.version
-                and (max_age is None or time.monotonic() - e.made < max_age)
+                and (e.max_age is None or time.monotonic() - e.made < e.max_age)
                 and stamps(p for p, _ in e.stamps) == e.stamps):
             return e
         return None
 
-    def get(self, key, build, max_age: float | None = None) -> Entry:
-        """The cached answer for `key`, or build() -> (body bytes, watched file paths, headers) made now.
-        A progress file written while build() runs can leave an entry one write behind; the
-        next write of that file (each epoch) replaces it."""
-        e = self.fresh(key, max_age)
-        if e is not None:
-            return e
-        version = self.store.version  # before build(): a write during it makes the entry stale at once
-        body, watched, headers = build()
-        e = Entry(body, headers, '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"', version, stamps(watched),
-                  time.monotonic())
+    def for_request(self, path: str, query: bytes) -> Entry | None:
+        """The fresh entry an earlier request with this exact path and query string was answered from."""
+        key = self._requests.get((path, query))
+        return None if key is None else self.fresh(key)
+
+    def knows(self, request: tuple) -> bool:
+        return request in self._requests
+
+    def get(self, key, build, *, max_age=None, media_type="application/json", request=None) -> Entry:
+        """The cached answer for `key`, or build() -> (body bytes, watched file paths, headers) made now;
+        `request` (path, raw query string) is remembered as one that `key` answers. A progress file
+        written while build() runs can leave an entry one write behind; its next write (each epoch)
+        replaces it."""
+        e = self.fresh(key)
+        if e is None:
+            version = self.store.version  # before build(): a write during it makes the entry stale at once
+            body, watched, headers = build()
+            e = Entry(body, headers, media_type, '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"',
+                      version, stamps(watched), time.monotonic(), max_age)
         with self._lock:
             self._entries[key] = e
             self._entries.move_to_end(key)
             while len(self._entries) > self.size:
                 self._entries.popitem(last=False)
+            if request is not None and len(self._requests) < 16 * self.size:  # bounded: odd queries stay out
+                self._requests[request] = key
         return e
 
 
