@@ -23,7 +23,7 @@ from memtrain.service.view_cache import ViewCache, not_modified
 OPEN_PATHS = ("/healthz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")  # no token: see docs/service.md
 PAGE_LIMIT = 100  # GET /jobs without ?limit=
 MAX_PAGE_LIMIT = 1000
-JOB_LIST = TypeAdapter(list[models.Job])
+JOB = TypeAdapter(models.Job)
 DEVICE_LIST = TypeAdapter(list[models.Device])
 PAGED = {200: {"headers": {
     "ETag": {"description": "the answer's tag: send it as If-None-Match to get 304 while nothing changed",
@@ -162,9 +162,9 @@ def _job_routes(app, service, guarded) -> None:
              limit: int = Query(PAGE_LIMIT, ge=1, le=MAX_PAGE_LIMIT, description="jobs per page, newest first"),
              cursor: int | None = Query(None, ge=0, description="from the previous page's Link header")):
         def build():
-            views, nxt, watched = service.jobs_page(state, limit, cursor)
+            parts, nxt, watched = service.jobs_page(state, limit, cursor, serialize=_one_job)
             query = f"limit={limit}&cursor={nxt}" + (f"&state={state}" if state else "")
-            return _json(JOB_LIST, views), watched, {} if nxt is None else {"Link": f'</jobs?{query}>; rel="next"'}
+            return b"[" + b",".join(parts) + b"]", watched, {} if nxt is None else {"Link": f'</jobs?{query}>; rel="next"'}
 
         return await _view(request, ("jobs", state, limit, cursor), build)
 
@@ -226,6 +226,10 @@ async def _view(request, key, build, **options):
     if entry is None or not views.knows(asked):
         entry = await asyncio.to_thread(views.get, key, build, request=asked, **options)
     return _answer(request.headers.get("if-none-match"), entry)
+
+
+def _one_job(view) -> bytes:
+    return _json(JOB, view)
 
 
 def _json(adapter, value) -> bytes:

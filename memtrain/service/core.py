@@ -64,6 +64,7 @@ class Service:
                                          state_dir=s.state_dir, cpu_overhead=s.cpu_overhead)
         self.events = {"admitted": 0, "rejected": 0, "started": 0, "requeued": 0}
         self.waits = []  # queue waits (seconds) since start, for the histogram
+        self._serialised: dict = {}  # job id -> (row, progress, bytes): jobs_page(serialize=...)
         self.scheduler = Scheduler(self.store, s.executor, self.devices, s.state_dir, head_wait=s.head_wait,
                                    tick=s.tick, metrics_ports=s.metrics_ports, on_event=self._event,
                                    metrics_host=s.job_metrics_host, metrics_address=s.job_metrics_address)
@@ -146,7 +147,7 @@ class Service:
 
     # -- views -------------------------------------------------------------------------------------
 
-    def job_view(self, job: dict, slots=None) -> dict:
+    def job_view(self, job: dict, slots=None, progress=None) -> dict:
         reason = job["reason"]
         if job["state"] == "queued" and job["ref"]:  # handed to an executor that admits by itself
             why = (f"for {self.settings.executor.name.capitalize()} resources: {format_bytes(job['reserved_bytes'])} "
@@ -156,7 +157,7 @@ class Service:
             slots = self.scheduler.slots() if slots is None else slots
             why = admission.blocking(self.scheduler.waiting(job), slots)
             reason = f"waiting: {why}" + (f" (earlier: {reason})" if reason else "")
-        prog = self.scheduler.progress(job) if job["state"] != "queued" else {}
+        prog = progress if progress is not None else (self.scheduler.progress(job) if job["state"] != "queued" else {})
         return {
             "id": job["id"], "name": job["name"], "state": job["state"], "device": job["device"],
             "planned_bytes": job["planned_bytes"], "planned": job["planned"], "batch_size": job["batch_size"],
@@ -172,15 +173,33 @@ class Service:
         slots = self.scheduler.slots()
         return [self.job_view(j, slots) for j in self.store.list(state)]
 
-    def jobs_page(self, state: str | None = None, limit: int = 100, before: int | None = None) -> tuple:
+    def jobs_page(self, state: str | None = None, limit: int = 100, before: int | None = None,
+                  serialize=None) -> tuple:
         """(views, next, watched): up to `limit` jobs newest first below seq `before`, the `before` of
         the next page (None on the last), and the progress files these views read that can change
-        without a store write (the running jobs')."""
+        without a store write (the running jobs'). With `serialize` (view -> bytes) each view comes
+        serialised, kept per job while its row and progress are the same objects (Store.page and
+        Scheduler.progress hand out one object per unchanged row and file)."""
         _check_state(state)
         rows, nxt = self.store.page(state, limit, before)
         slots = self.scheduler.slots() if any(j["state"] == "queued" for j in rows) else None
         watched = [str(Path(j["run_dir"]) / PROGRESS) for j in rows if j["state"] == "running"]
-        return [self.job_view(j, slots) for j in rows], nxt, watched
+        if serialize is None:
+            return [self.job_view(j, slots) for j in rows], nxt, watched
+        return [self._view_bytes(j, slots, serialize) for j in rows], nxt, watched
+
+    def _view_bytes(self, job: dict, slots, serialize) -> bytes:
+        if job["state"] == "queued":  # its reason depends on the other jobs: made afresh
+            return serialize(self.job_view(job, slots))
+        prog = self.scheduler.progress(job)
+        kept = self._serialised.get(job["id"])
+        if kept is not None and kept[0] is job and kept[1] is prog:
+            return kept[2]
+        out = serialize(self.job_view(job, slots, prog))
+        if len(self._serialised) >= 4096:  # bounded: the oldest go first
+            self._serialised.pop(next(iter(self._serialised)))
+        self._serialised[job["id"]] = (job, prog, out)  # holding job and prog: identities stay unique
+        return out
 
     def job(self, job_id: str) -> dict | None:
         job = self.store.get(job_id)

@@ -364,7 +364,8 @@ class Scheduler:
     def progress(self, job: dict) -> dict:
         """The job's progress.json, each field of its expected type or None: the file is the
         worker's (or anyone's who can write the run dir), and a wrong type must not fail a view.
-        Parsed again only when the file changed (a stat, not a read, for a finished job's)."""
+        Parsed again only when the file changed (a stat, not a read, for a finished job's); the
+        same dict is returned while it did not (read only: views tell "unchanged" by identity)."""
         path = os.path.join(job["run_dir"], PROGRESS)
         try:
             st = os.stat(path)
@@ -373,14 +374,14 @@ class Scheduler:
             stamp = None
         cached = self._progress.get(path)
         if cached is not None and stamp is not None and cached[0] == stamp:
-            return dict(cached[1])
+            return cached[1]
         p = _dict(read_json(path))
         out = {k: _typed(p.get(k), kind) for k, kind in PROGRESS_FIELDS.items()}
         if stamp is not None:
             if len(self._progress) >= 4096:  # bounded: a page shows 100; the oldest go first
                 self._progress.pop(next(iter(self._progress)))
             self._progress[path] = (stamp, out)
-        return dict(out)
+        return out
 
     @staticmethod
     def _handle(job: dict) -> Handle | None:
