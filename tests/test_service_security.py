@@ -111,6 +111,28 @@ def test_without_a_data_root_no_file_is_read(tmp_path, layout, monkeypatch):
             assert status == 422 and "this service reads no files" in detail, detail
 
 
+def idx(path, array) -> None:
+    """An IDX file of unsigned bytes (MNIST's format)."""
+    a = np.asarray(array, np.uint8)
+    path.write_bytes(bytes([0, 0, 8, a.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in a.shape) + a.tobytes())
+
+
+def test_an_idx_labels_file_found_beside_the_images_is_confined_too(server, layout):
+    root, outside = layout / "data", layout / "outside"
+    (root / "a").mkdir()
+    idx(root / "a" / "train-images-idx3-ubyte", np.zeros((10, 8, 8)))
+    idx(outside / "train-labels-idx1-ubyte", np.arange(10) % 2)
+    (root / "a" / "train-labels-idx1-ubyte").symlink_to(outside / "train-labels-idx1-ubyte")
+    job = {"model": {"layers": [64, 2]}, "training": {"epochs": 1}, "data": {"dataset": "a/train-images-idx3-ubyte"}}
+    _, detail = submit_nothing_written(server, job)
+    assert "train-labels-idx1-ubyte' is outside the data roots" in detail, detail
+    (root / "a" / "train-labels-idx1-ubyte").unlink()
+    idx(root / "a" / "train-labels-idx1-ubyte", np.arange(10) % 2)
+    status, out = server.request("POST", "/jobs", {**job, "training": {"epochs": 1, "batch_size": 4}})
+    assert status == 201, out
+    assert server.wait(out["id"])["state"] == "succeeded"
+
+
 @pytest.mark.parametrize("name, extra, expected", [
     ("bad-cell.csv", {"label_column": "b"}, "line 3: a value is not a number"),
     ("bad-header.csv", {"label_column": "b"}, "a column name appears twice"),
