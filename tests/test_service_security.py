@@ -215,6 +215,27 @@ def test_max_runtime_stops_the_job_with_its_checkpoint_and_says_why(server):
     assert ckpts, "no checkpoint written"
 
 
+def test_a_job_that_does_not_stop_itself_is_stopped_by_the_service(tmp_path):
+    import os
+    import signal
+
+    with ThreadServer(tmp_path / "state", runtime_grace=1.0) as s:
+        job_id = s.request("POST", "/jobs", digits_job("frozen", epochs=100000, batch=8,
+                                                         training={"max_runtime": "2s"}))[1]["id"]
+        s.wait(job_id, ("running",))
+        pid = json.loads(s.service.store.get(job_id)["ref"])["pid"]
+        os.kill(pid, signal.SIGSTOP)  # takes no step: it cannot notice its own max_runtime
+        try:
+            deadline = time.time() + 30
+            while s.service.store.get(job_id)["cancel_requested"] != 2:
+                assert time.time() < deadline, "the scheduler did not stop the job"
+                time.sleep(0.1)
+        finally:
+            os.kill(pid, signal.SIGCONT)  # the SIGTERM it was sent meanwhile now arrives
+        done = s.wait(job_id, timeout=60)
+    assert done["state"] == "failed" and done["reason"].startswith("ran past its max_runtime of 2s: stopped "), done
+
+
 def test_the_service_default_max_runtime_is_the_jobs(server):
     status, out = server.request("POST", "/jobs", digits_job("default-bound", epochs=1))
     assert status == 201

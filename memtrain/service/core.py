@@ -40,6 +40,7 @@ class Settings:
     storage: Path | None = None  # each job's checkpoints, output and log (default: STATE_DIR/jobs)
     max_runtime: float | None = security.MAX_RUNTIME  # a job's training.max_runtime when it sets none, and its cap
     request_timeout: float = security.REQUEST_TIMEOUT  # seconds to receive a whole request (slow_clients.py)
+    runtime_grace: float = 60.0  # seconds past max_runtime before the scheduler stops a job that did not stop
 
     def __post_init__(self):
         self.state_dir = Path(self.state_dir)
@@ -67,7 +68,8 @@ class Service:
         self._serialised: dict = {}  # job id -> (row, progress, bytes): jobs_page(serialize=...)
         self.scheduler = Scheduler(self.store, s.executor, self.devices, s.state_dir, head_wait=s.head_wait,
                                    tick=s.tick, metrics_ports=s.metrics_ports, on_event=self._event,
-                                   metrics_host=s.job_metrics_host, metrics_address=s.job_metrics_address)
+                                   metrics_host=s.job_metrics_host, metrics_address=s.job_metrics_address,
+                                   runtime_grace=s.runtime_grace)
 
     def start(self) -> None:
         self.scheduler.start()

@@ -32,6 +32,7 @@ from memtrain.service.store import Store, now
 from memtrain.units import format_duration
 
 log = logging.getLogger("memtrain.service")
+STOPPED_FOR_RUNTIME = 2  # cancel_requested: 1 a DELETE, 2 this scheduler, for training.max_runtime
 PROGRESS_FIELDS = {"epoch": int, "step": int, "train_loss": float, "val_loss": float, "val_accuracy": float,
                    "event": str, "rss_bytes": int, "peak_rss_bytes": int, "time": float, "pid": int}
 
@@ -72,11 +73,12 @@ def free_port(host: str = "127.0.0.1") -> int:
 class Scheduler:
     def __init__(self, store: Store, executor, devices: list, state_dir, *, head_wait: float = 300.0,
                  tick: float = 0.25, metrics_ports: bool = True, on_event=None, metrics_host: str = "127.0.0.1",
-                 metrics_address: str | None = None):
+                 metrics_address: str | None = None, runtime_grace: float = 60.0):
         self.store, self.executor, self.devices = store, executor, {d.name: d for d in devices}
         self.state_dir = Path(state_dir)
         self.head_wait, self.tick_seconds, self.metrics_ports = head_wait, tick, metrics_ports
         self.metrics_host, self.metrics_address = metrics_host, metrics_address
+        self.runtime_grace = runtime_grace  # seconds past max_runtime before the scheduler stops a job itself
         self.on_event = on_event or (lambda *a, **k: None)  # metrics: ("admitted"|"rejected"|..., job)
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -154,9 +156,24 @@ class Scheduler:
                 ended = self.executor.poll(h)
                 if ended is not None:
                     self._finish(job, ended)
+                else:
+                    self._enforce_max_runtime(job, h)
             if self.executor_admits:
                 self._watch_handed_over()
             self._admit()
+
+    def _enforce_max_runtime(self, job: dict, h: Handle) -> None:
+        """The job stops itself after the step that passes training.max_runtime; one that does not
+        (stuck loading its data, or in a step that never ends) gets SIGTERM from here once it is
+        `runtime_grace` seconds past it, as a cancel does, and ends failed for its run time."""
+        limit = (job["config"].get("training") or {}).get("max_runtime")
+        if not limit or job["cancel_requested"] or job["started_at"] is None:
+            return
+        if now() - job["started_at"] > limit + self.runtime_grace:
+            log.warning("job %s: %.0f s past its max_runtime and still running; stopping it", job["id"],
+                        now() - job["started_at"] - limit)
+            self.store.update(job["id"], cancel_requested=STOPPED_FOR_RUNTIME)
+            self.executor.cancel(h)
 
     def slots(self) -> list:
         running = self.store.list("running")
@@ -308,12 +325,12 @@ class Scheduler:
         stopped = bool(result and result.get("stopped"))
         if ended.ok and not stopped:  # it finished (perhaps before a cancel reached it)
             self._end(job, "succeeded", None, result)
+        elif job["cancel_requested"] == STOPPED_FOR_RUNTIME or (stopped and result["stopped"] == "max_runtime"):
+            limit = format_duration(job["config"]["training"]["max_runtime"])  # not retried: it would run past again
+            how = f"stopped at step {result.get('steps')} (checkpoint saved)" if stopped else "stopped by the service"
+            self._end(job, "failed", f"ran past its max_runtime of {limit}: {how}", result)
         elif job["cancel_requested"]:
             self._end(job, "cancelled", "cancelled on request" + (" (checkpoint saved)" if stopped else ""), result)
-        elif stopped and result["stopped"] == "max_runtime":  # not retried: a retry would run past it again
-            limit = format_duration(job["config"]["training"]["max_runtime"])
-            self._end(job, "failed", f"ran past its max_runtime of {limit}: stopped at step {result.get('steps')} "
-                                     "(checkpoint saved)", result)
         elif ended.code == 2:
             self._end(job, "failed", ended.reason or "bad config (exit status 2)", None)
         elif ended.signal is not None or stopped:
