@@ -17,6 +17,8 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
+PROGRESS_SLACK = 1.0  # seconds an answer stands without checking the running jobs' progress files
+
 
 @dataclass(frozen=True)
 class Entry:
@@ -46,22 +48,32 @@ class ViewCache:
         self._entries: OrderedDict = OrderedDict()  # key -> Entry
         self._requests: dict = {}  # (path, raw query string) -> key: how the edge (Edge) finds an entry
         self._lock = threading.Lock()
+        self._builds: dict = {}  # key -> the lock its build holds
 
     def fresh(self, key) -> Entry | None:
         """The cached answer for `key` while nothing it depends on changed, else None (a few stat()s:
-        cheap enough for the event loop)."""
+        cheap enough for the event loop). A running job's progress file changes every second or
+        so; an answer younger than PROGRESS_SLACK stands without looking (a store write, which
+        every change of state is, still ends it at once)."""
         with self._lock:
             e = self._entries.get(key)
-        if (e is not None and e.version == self.store.version
-                and (e.max_age is None or time.monotonic() - e.made < e.max_age)
-                and stamps(p for p, _ in e.stamps) == e.stamps):
-            return e
-        return None
+        if e is None or e.version != self.store.version:
+            return None
+        age = time.monotonic() - e.made
+        if e.max_age is not None and age >= e.max_age:
+            return None
+        return e if age < PROGRESS_SLACK or stamps(p for p, _ in e.stamps) == e.stamps else None
 
     def for_request(self, path: str, query: bytes) -> Entry | None:
         """The fresh entry an earlier request with this exact path and query string was answered from."""
         key = self._requests.get((path, query))
         return None if key is None else self.fresh(key)
+
+    def _building(self, key) -> threading.Lock:
+        with self._lock:
+            if len(self._builds) > 4 * self.size:  # bounded: locks of keys long gone are dropped
+                self._builds = {k: v for k, v in self._builds.items() if v.locked()}
+            return self._builds.setdefault(key, threading.Lock())
 
     def knows(self, request: tuple) -> bool:
         return request in self._requests
@@ -71,12 +83,13 @@ class ViewCache:
         `request` (path, raw query string) is remembered as one that `key` answers. A progress file
         written while build() runs can leave an entry one write behind; its next write (each epoch)
         replaces it."""
-        e = self.fresh(key)
-        if e is None:
-            version = self.store.version  # before build(): a write during it makes the entry stale at once
-            body, watched, headers = build()
-            e = Entry(body, headers, media_type, '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"',
-                      version, stamps(watched), time.monotonic(), max_age)
+        with self._building(key):  # one build per key at a time: pollers arriving meanwhile take its answer
+            e = self.fresh(key)
+            if e is None:
+                version = self.store.version  # before build(): a write during it makes the entry stale at once
+                body, watched, headers = build()
+                e = Entry(body, headers, media_type, '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"',
+                          version, stamps(watched), time.monotonic(), max_age)
         with self._lock:
             self._entries[key] = e
             self._entries.move_to_end(key)
