@@ -1,4 +1,5 @@
-"""Who may talk to the service: the bind rule, the bearer tokens (one per user), the body size limit.
+"""Who may talk to the service and how much they may ask of it: the bind rule, the bearer
+tokens (one per user), the body size limit, the time to send a request, a job's run-time bound.
 
 The token file (--token-file) is either one token (the whole file: every request is user
 "default"), or one line per user, `NAME TOKEN [QUOTA]` (blank lines and `#` comments
@@ -17,6 +18,8 @@ from memtrain.errors import MemtrainError
 from memtrain.units import parse_bytes
 
 MAX_BODY = 1024 * 1024  # 1 MiB: a job file is a few hundred bytes
+REQUEST_TIMEOUT = 10.0  # seconds to send a whole request, headers and body (slow_clients.py)
+MAX_RUNTIME = 86400.0  # seconds: a job's training.max_runtime when it sets none, and the most it may set
 DEFAULT_USER = "default"  # the user of every job without per-user tokens
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
@@ -97,3 +100,8 @@ def user_of(tokens: Tokens | None, header: str | None) -> str | None:
         if hmac.compare_digest(sent, token.encode()):
             found = user
     return found
+
+
+def token_ok(tokens: Tokens | None, header: str | None) -> bool:
+    """Whether the Authorization header carries a token of this service (any user's)."""
+    return user_of(tokens, header) is not None
