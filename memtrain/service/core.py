@@ -187,11 +187,6 @@ class Service:
             "threads": job["threads"], "priority": job["priority"], "user": job["user"],
         }
 
-    def jobs(self, state: str | None = None) -> list:
-        _check_state(state)
-        slots, quota = self.scheduler.slots(), self.scheduler.quota()
-        return [self.job_view(j, slots, quota=quota) for j in self.store.list(state)]
-
     def jobs_page(self, state: str | None = None, limit: int = 100, before: int | None = None,
                   serialize=None) -> tuple:
         """(views, next, watched): up to `limit` jobs newest first below seq `before`, the `before` of
