@@ -32,6 +32,7 @@ from memtrain.memory.measure import gpu_uuid, pool_peak_hook
 from memtrain.memory.peak import PeakMeter
 from memtrain.memory.plan import training_plan
 from memtrain.nn.mlp import MLP
+from memtrain.nn.scores import ALL as SCORES
 from memtrain.train import checkpoint as ckpt
 from memtrain.train.history import RunHistory, config_hash, trainer_history
 from memtrain.train.joblog import JobLog, Progress, epoch_line, plan_line, summary_text
@@ -350,8 +351,9 @@ class Job:
         s = self.state
         s.epoch = tr.epoch
         s.validation_loss = record.get("val_loss", float("nan"))
-        acc = record.get("val_accuracy")
-        s.validation_accuracy = float("nan") if acc is None else acc
+        for k in SCORES:  # NaN: no such score for this kind of output
+            v = record.get(f"val_{k}")
+            setattr(s, f"validation_{k}", float("nan") if v is None else v)
         self.publish()
         # smoothed across epochs: a checkpoint's fsync or a busy machine moves it a little, not 50x
         seconds = record.get("seconds") or 0.0
@@ -508,8 +510,9 @@ def _summary(cfg, tr, plan, peak, seconds, test, final_path, best_path) -> dict:
         "job": cfg.name, "steps": tr.steps, "epochs": tr.epoch,
         "best_epoch": tr.best_epoch if best_path else None,
         "train_loss": last.get("train_loss"), "val_loss": last.get("val_loss"),
-        "val_accuracy": last.get("val_accuracy"),
-        "test_loss": None if test is None else test["loss"], "test_accuracy": None if test is None else test["accuracy"],
+        **{f"val_{k}": last.get(f"val_{k}") for k in SCORES},
+        "test_loss": None if test is None else test["loss"],
+        **{f"test_{k}": None if test is None else test[k] for k in SCORES},
         "seconds": seconds, "batch_size": tr.batch_size, "micro_batch_size": tr.micro_batch_size,
         "oom_recoveries": tr.oom_recoveries, "nonfinite_steps": tr.nonfinite_steps,
         "planned_bytes": plan.total, "planned_by_category": plan.by_category(), "measured_peak_bytes": peak,

@@ -8,6 +8,8 @@ import time
 
 from memtrain.errors import ConfigError
 from memtrain.jsonable import plain
+from memtrain.nn.scores import ALL as SCORES
+from memtrain.nn.scores import LABELS
 from memtrain.train.trainer import format_record
 from memtrain.units import format_bytes
 
@@ -116,10 +118,16 @@ def summary_text(s) -> str:
     lines = [f"finished  {s['epochs']} epochs, {s['steps']} steps in {s['seconds']:.1f} s"]
     if s["best_epoch"] is not None:
         lines.append(f"best      epoch {s['best_epoch']} (validation loss; restored)")
-    if s["val_accuracy"] is not None:
-        lines.append(f"validation loss {s['val_loss']:.4f}, accuracy {s['val_accuracy']:.4f}")
-    if s["test_accuracy"] is not None:
-        lines.append(f"test      loss {s['test_loss']:.4f}, accuracy {s['test_accuracy']:.4f}")
+    if s["val_loss"] is not None:
+        lines.append(f"validation loss {s['val_loss']:.4f}{score_text(s, 'val_')}")
+    if s["test_loss"] is not None:
+        lines.append(f"test      loss {s['test_loss']:.4f}{score_text(s, 'test_')}")
     lines.extend(memory_lines(s))
     lines.append(f"model     {s['model']}" + (f" (best: {s['best_model']})" if s["best_model"] else ""))
     return "\n".join(lines)
+
+
+def score_text(s: dict, prefix: str) -> str:
+    """", accuracy 0.9722" or ", RMSE 1.23, MAE 0.98, R^2 0.9512" for the scores `s` has under `prefix`."""
+    return "".join(f", {LABELS[k]} {s[prefix + k]:.4{'f' if k in ('accuracy', 'r2') else 'g'}}"
+                   for k in SCORES if s.get(prefix + k) is not None)
