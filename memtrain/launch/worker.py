@@ -190,7 +190,9 @@ def _run(launch: dict, progress: Progress, where: str) -> tuple:
 
     try:
         cfg = JobConfig.from_dict(launch["config"], source=launch.get("job_id", where))
-        result = Job(cfg, log_format="json", progress=False, stream=progress, batch_solver=auto_batch).run()
+        run_info = {"name": cfg.name, "job_id": launch.get("job_id")}  # run.json names the job, not "output"
+        result = Job(cfg, log_format="json", progress=False, stream=progress, batch_solver=auto_batch,
+                     run_info=run_info).run()
     except JobFailed as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return ExitCode.FAILURE, f"error: {exc}", None

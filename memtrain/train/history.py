@@ -76,6 +76,7 @@ class RunInfo:
     """run.json: what a run is, where it stands and how it ended."""
 
     name: str
+    job_id: str | None = None  # a service job's id (its run dir is STATE_DIR/jobs/ID/output)
     state: str = "running"  # running | finished | stopped | failed
     device: str | None = None
     dataset: str | None = None

@@ -57,8 +57,9 @@ class Job:
     any work), then run(); read `state` while it runs and `summary` after it."""
 
     def __init__(self, cfg, *, log_format="text", progress=True, stream=None, install_signals=True,
-                 batch_solver=None):
+                 batch_solver=None, run_info=None):
         self.cfg = cfg
+        self.run_info = dict(run_info or {})  # RunInfo fields a caller adds to run.json (the service: name, job_id)
         self.log = JobLog(log_format, stream or sys.stdout)
         # the bar redraws one line: on a terminal only (a log file or a pipe gets the epoch lines)
         self.show_progress = progress and log_format == "text" and _isatty(self.log.stream)
@@ -261,7 +262,8 @@ class Job:
                           "dtype": s.dtype},
                 "batch_size": tr.batch_size, "micro_batch_size": tr.micro_batch_size,
                 "epochs_planned": cfg.training.epochs, "steps": tr.steps, "planned_bytes": self.plan.total,
-                "planned_by_category": self.plan.by_category(), "config_hash": config_hash(cfg.to_dict())}
+                "planned_by_category": self.plan.by_category(), "config_hash": config_hash(cfg.to_dict()),
+                **self.run_info}
         if resumed:
             old = self._resumed_record["state"].get("history")  # a checkpoint of an older memtrain holds it
             kept = self.history.start(info, resume_from=tr.epoch, fallback=old)
