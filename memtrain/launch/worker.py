@@ -29,8 +29,8 @@ from memtrain.errors import ExitCode, JobFailed, MemtrainError
 
 PROGRESS = "progress.json"
 EXIT = "exit.json"
-_KEEP = ("epoch", "step", "train_loss", "val_loss", "val_accuracy", "lr", "batch_size", "total", "resident",
-         "stopped", "signal")
+_KEEP = ("epoch", "step", "train_loss", "val_loss", "val_accuracy", "val_rmse", "val_mae", "val_r2", "lr",
+         "batch_size", "total", "resident", "stopped", "signal")
 
 
 def write_json(path: Path, obj) -> None:

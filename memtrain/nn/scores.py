@@ -10,13 +10,13 @@ evaluation still allocates nothing that grows with the batch:
 - R^2  = 1 - sum r^2 / sum (y - mean y)^2, the mean per output column; with several outputs
   this is scikit-learn's multioutput="variance_weighted". The spread is summed about the first
   batch's column means (a shift), so targets far from zero keep their precision.
+
+The names and `score_text` need no NumPy: the service's client prints them too.
 """
 
 from __future__ import annotations
 
 import math
-
-from memtrain.backend import array_module
 
 # the names an evaluation reports, per kind of output; the epoch records, runs, compare/sweep and
 # the metrics read them as val_<name> and test_<name>
@@ -32,6 +32,13 @@ def names_for(output_name: str) -> tuple:
     return REGRESSION if output_name == "linear" else CLASSIFIER
 
 
+def score_text(s: dict, prefix: str) -> str:
+    """", accuracy 0.9722" or ", RMSE 1.23, MAE 0.98, R^2 0.9512": the scores `s` has under `prefix`
+    (e.g. "test_"), for the line after a loss."""
+    return "".join(f", {LABELS[k]} {s[prefix + k]:.4{'f' if k in ('accuracy', 'r2') else 'g'}}"
+                   for k in ALL if s.get(prefix + k) is not None)
+
+
 class RegressionSums:
     """Running sums for RMSE, MAE and R^2 over the batches of one evaluation."""
 
@@ -40,6 +47,8 @@ class RegressionSums:
 
     def add(self, out, y) -> None:
         """One batch: `out` holds the outputs z (it is used as scratch), `y` the targets."""
+        from memtrain.backend import array_module  # noqa: PLC0415 - the names above stay free of NumPy
+
         xp = array_module(out)
         b = out.shape[0]
         if self.shift is None:

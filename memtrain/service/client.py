@@ -15,6 +15,7 @@ import urllib.request
 
 from memtrain.config import read_toml
 from memtrain.errors import MemtrainError
+from memtrain.nn.scores import score_text
 from memtrain.units import format_bytes
 
 DEFAULT_SERVER = "http://127.0.0.1:8470"
@@ -149,10 +150,14 @@ def progress_text(job: dict) -> str:
     if p.get("epoch") is None:
         return "-" if job["state"] == "queued" else (p.get("event") or "-")
     text = f"epoch {p['epoch']}"
+    if p.get("val_accuracy") is not None:  # the metric named: "val 0.0000" read like 0% accuracy
+        return text + f" val_acc {p['val_accuracy']:.4f}"
+    if p.get("val_rmse") is not None:
+        return text + f" val_rmse {p['val_rmse']:.4g}"
     if p.get("val_loss") is not None:
-        text += f" val {p['val_loss']:.4f}"
-    elif p.get("train_loss") is not None:
-        text += f" loss {p['train_loss']:.4f}"
+        return text + f" val_loss {p['val_loss']:.4f}"
+    if p.get("train_loss") is not None:
+        return text + f" loss {p['train_loss']:.4f}"
     return text
 
 
@@ -176,9 +181,17 @@ def job_text(j: dict) -> str:
     if j["reason"]:
         lines.append(f"{'reason':<12}{j['reason']}")
     r = j.get("result") or {}
-    if r.get("test_accuracy") is not None:
-        lines.append(f"{'result':<12}test loss {r['test_loss']:.4f}, accuracy {r['test_accuracy']:.4f}; "
-                     f"{r.get('steps')} steps in {r.get('seconds', 0):.1f} s")
+    if r.get("steps") is not None:
+        lines.append(f"{'result':<12}{result_text(r)}")
     if r.get("model"):
         lines.append(f"{'model':<12}{r['model']}")
     return "\n".join(lines)
+
+
+def result_text(r: dict) -> str:
+    """A finished job's outcome in one line: its test scores (else validation's), steps and time."""
+    which = "test" if r.get("test_loss") is not None else ("validation" if r.get("val_loss") is not None else None)
+    prefix = "test_" if which == "test" else "val_"
+    scores = f"{which} loss {r[prefix + 'loss']:.4f}{score_text(r, prefix)}; " if which else ""
+    took = f" in {r['seconds']:.1f} s" if r.get("seconds") is not None else ""
+    return f"{scores}{r.get('steps')} steps{took}"

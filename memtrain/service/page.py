@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import html
 
-from memtrain.service.client import age, progress_text
+from memtrain.service.client import age, progress_text, result_text
 from memtrain.units import format_bytes
 
 REFRESH_SECONDS = 5
@@ -71,6 +71,6 @@ def _jobs(jobs) -> str:
 
 def _outcome(j) -> str:
     r = j.get("result") or {}
-    if j["state"] == "succeeded" and r.get("test_accuracy") is not None:
-        return f"test accuracy {r['test_accuracy']:.3f}"
+    if j["state"] == "succeeded" and r.get("steps") is not None:
+        return result_text(r)
     return j["reason"] or ""

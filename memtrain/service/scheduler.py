@@ -325,8 +325,8 @@ class Scheduler:
 
     def progress(self, job: dict) -> dict:
         p = read_json(Path(job["run_dir"]) / PROGRESS) or {}
-        return {k: p.get(k) for k in ("epoch", "step", "train_loss", "val_loss", "val_accuracy", "event",
-                                      "rss_bytes", "peak_rss_bytes", "time", "pid")}
+        return {k: p.get(k) for k in ("epoch", "step", "train_loss", "val_loss", "val_accuracy", "val_rmse",
+                                      "val_mae", "val_r2", "event", "rss_bytes", "peak_rss_bytes", "time", "pid")}
 
     @staticmethod
     def _handle(job: dict) -> Handle | None:

@@ -8,8 +8,7 @@ import time
 
 from memtrain.errors import ConfigError
 from memtrain.jsonable import plain
-from memtrain.nn.scores import ALL as SCORES
-from memtrain.nn.scores import LABELS
+from memtrain.nn.scores import score_text
 from memtrain.train.trainer import format_record
 from memtrain.units import format_bytes
 
@@ -126,8 +125,3 @@ def summary_text(s) -> str:
     lines.append(f"model     {s['model']}" + (f" (best: {s['best_model']})" if s["best_model"] else ""))
     return "\n".join(lines)
 
-
-def score_text(s: dict, prefix: str) -> str:
-    """", accuracy 0.9722" or ", RMSE 1.23, MAE 0.98, R^2 0.9512" for the scores `s` has under `prefix`."""
-    return "".join(f", {LABELS[k]} {s[prefix + k]:.4{'f' if k in ('accuracy', 'r2') else 'g'}}"
-                   for k in SCORES if s.get(prefix + k) is not None)

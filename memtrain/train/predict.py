@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from memtrain.errors import ConfigError, DataError, ExitCode, MemtrainError
-from memtrain.train.joblog import score_text
+from memtrain.nn.scores import score_text
 from memtrain.train.model_io import load_model
 
 
