@@ -79,6 +79,7 @@ class Job:
         self._recovered = self._resumed_record = None  # the newest good checkpoint's record at start-up (ckpt.recover)
         self._history_open = False  # start() was called: every ending must finish() it
         self._epoch_samples = 0
+        self._events_logged = 0  # trainer.events already in the log
         self._rate = Progress(False, 0, None)  # its smoothed samples/s, for the epoch lines and the history
         self.summary = None
         self.stop_reason = None  # set by stop(): a signal name or "stop"
@@ -336,6 +337,9 @@ class Job:
         s.nonfinite_steps, s.oom_recoveries = tr.nonfinite_steps, tr.oom_recoveries
         if tr.micro_batch_size != s.micro_batch_size:  # an OOM re-planned the step
             s.micro_batch_size, s.planned_bytes = tr.micro_batch_size, tr.plan.by_category()
+        if len(tr.events) > self._events_logged:  # OOM recoveries, a CUDA graph turned off: into the log
+            self._log_trainer_events(tr.events[self._events_logged:])
+            self._events_logged = len(tr.events)
         self._bar.update(tr, loss, dt, peak if peak is not None else s.measured.get("cupy_pool_peak"))
         self.publish()
         if tr.nonfinite_streak >= self.cfg.training.max_nonfinite:
@@ -369,6 +373,17 @@ class Job:
                             measured_peak_bytes=self.peak.peak())
         del tr.history[:-1]  # the history file holds every epoch: memory stays flat over long runs
         self.save_checkpoint("epoch")
+
+    def _log_trainer_events(self, events) -> None:
+        for e in events:
+            fields = {k: v for k, v in e.items() if k != "event"}
+            if e["event"] == "oom_recovery":
+                text = (f"oom       out of memory ({e.get('error')}) at step {e.get('step')}: micro-batch "
+                        f"{e.get('micro_batch_from')} -> {e.get('micro_batch_to')}, gradients accumulated (the batch "
+                        "stays the same)")
+            else:
+                text = f"note      {e['event']}: " + ", ".join(f"{k} {v}" for k, v in fields.items())
+            self.log(e["event"], text, **fields)
 
     def save_checkpoint(self, reason: str) -> Path | None:
         """A checkpoint of the current state, unless the newest one already holds it (None)."""

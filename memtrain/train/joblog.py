@@ -25,7 +25,10 @@ class JobLog:
 
     def __call__(self, event: str, text: str = "", **fields):
         if self.fmt == "json":
-            print(json.dumps({"time": round(time.time(), 3), "event": event, **fields}, default=plain),
+            # "text": the line the text log prints (none for an event it does not print, e.g. a
+            # checkpoint), so `memtrain logs` shows a service job as `memtrain train` shows it
+            extra = {"text": text} if text else {}
+            print(json.dumps({"time": round(time.time(), 3), "event": event, **fields, **extra}, default=plain),
                   file=self.stream, flush=True)
         elif text:
             print(text, file=self.stream, flush=True)
