@@ -145,6 +145,13 @@ def _service_routes(app, service, guarded) -> None:
 
         return HTMLResponse(render(service))
 
+    @app.get("/jobs/{job_id}/page", response_class=HTMLResponse, dependencies=guarded, tags=["jobs"],
+             responses=ERRORS, summary="The job's page: state, plan against measured memory, curves, events")
+    def job_page(job_id: str):
+        from memtrain.service.jobpage import render_job  # noqa: PLC0415
+
+        return HTMLResponse(_found(render_job(service, job_id), job_id))
+
 
 def _found(value, job_id):
     if value is None:

@@ -60,7 +60,8 @@ def _jobs(jobs) -> str:
     for j in reversed(jobs):  # newest first
         e = html.escape
         rows.append(
-            f"<tr><td>{e(j['id'])}</td><td>{e(j['name'])}</td><td class='{e(j['state'])}'>{e(j['state'])}</td>"
+            f"<tr><td><a href='/jobs/{e(j['id'])}/page'>{e(j['id'])}</a></td><td><a href='/jobs/{e(j['id'])}/page'>"
+            f"{e(j['name'])}</a></td><td class='{e(j['state'])}'>{e(j['state'])}</td>"
             f"<td>{e(j['device'] or '-')}</td><td class='n'>{format_bytes(j['planned_bytes'])}</td>"
             f"<td class='n'>{e(str(j['batch_size'] or j['batch_request']))}</td><td>{e(progress_text(j))}</td>"
             f"<td class='n'>{age(j['submitted_at'])}</td><td>{e(_outcome(j))}</td>"
