@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from memtrain import __version__
-from memtrain.service import models, planning, security
+from memtrain.service import apidocs, models, planning, security
 from memtrain.service.core import Service, Settings, tail
 
 TOML_OR_JSON = {"requestBody": {"required": True, "content": {
@@ -52,9 +52,10 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
         yield
         service.stop()
 
-    app = FastAPI(title="memtrain serve", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="memtrain serve", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="A memory-aware training service: jobs are planned at submission and start "
                               "when their plans fit a device's budget (docs/service.md).")
+    apidocs.add_docs(app, "memtrain serve")  # /docs with Swagger UI served from the package: no CDN
     app.state.service = service
     app.add_middleware(BodyLimit, limit=security.MAX_BODY)
 
