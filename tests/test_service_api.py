@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -53,7 +54,11 @@ def test_submit_list_show_log_through_the_cli(server, tmp_path):
     assert r.exit_code == 0, r.output
     job_id = r.output.strip()
     followed = cli(server, "logs", job_id, "--follow", "--lines", "0")  # streams from now until the job ends
-    assert followed.exit_code == 0 and '"event": "summary"' in followed.output
+    assert followed.exit_code == 0, followed.output
+    # the lines `memtrain train` prints: no JSON, no checkpoint line after every epoch
+    assert "epoch 2/2  loss " in followed.output and "val_acc " in followed.output
+    assert "finished  2 epochs" in followed.output and "test      loss " in followed.output
+    assert "{" not in followed.output and "checkpoint" not in followed.output
     done = server.wait(job_id)
     assert done["state"] == "succeeded", done["reason"]
     assert done["batch_size"] == 64 and done["result"]["epochs"] == 2  # the --set values reached the job
@@ -62,10 +67,16 @@ def test_submit_list_show_log_through_the_cli(server, tmp_path):
     assert r.exit_code == 0 and job_id in r.output and "cli-job" in r.output
     r = cli(server, "job", job_id, "--format", "json")
     assert json.loads(r.output)["id"] == job_id
-    r = cli(server, "logs", job_id, "--lines", "1")
+    r = cli(server, "logs", job_id, "--lines", "1", "--format", "json")
     assert json.loads(r.output)["event"] == "summary"
-    r = cli(server, "logs", job_id, "--follow")  # a finished job: the tail, then the stream ends
+    r = cli(server, "logs", job_id, "--lines", "1")
+    assert r.output.startswith("finished  2 epochs") and "model     " in r.output
+    r = cli(server, "logs", job_id, "--follow", "--format", "json")  # a finished job: the tail, then the stream ends
     assert r.output.endswith("}\n") and '"event": "summary"' in r.output
+    r = cli(server, "jobs", "--state", "succeeded")
+    assert re.search(rf"{job_id} .* epoch 2 val_acc 0\.\d{{4}}", r.output), r.output  # the metric named
+    r = cli(server, "job", job_id)
+    assert re.search(r"result +test loss \d\.\d{4}, accuracy 0\.\d{4}; \d+ steps in [\d.]+ s", r.output), r.output
 
 
 def test_submit_toml_body_and_format_json(server, tmp_path):
