@@ -75,6 +75,9 @@ def test_submit_list_show_log_through_the_cli(server, tmp_path):
     assert r.output.endswith("}\n") and '"event": "summary"' in r.output
     r = cli(server, "jobs", "--state", "succeeded")
     assert re.search(rf"{job_id} .* epoch 2 val_acc 0\.\d{{4}}", r.output), r.output  # the metric named
+    # `memtrain runs STATE_DIR`: the job's run under its name and id, and no false notes
+    r = CliRunner().invoke(main, ["runs", str(server.settings.state_dir)], catch_exceptions=False)
+    assert r.exit_code == 0 and f"cli-job ({job_id})" in r.output and "note:" not in r.output, r.output
     r = cli(server, "job", job_id)
     assert re.search(r"result +test loss \d\.\d{4}, accuracy 0\.\d{4}; \d+ steps in [\d.]+ s", r.output), r.output
 
