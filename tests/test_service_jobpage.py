@@ -56,6 +56,7 @@ def test_job_pages_in_headless_chromium(tmp_path):
     reg_dom, run_dom, wait_dom = (doms[k].stdout for k in ("reg", "run", "wait"))
     assert missing[0] == 404 and missing[1]["detail"] == "job nope: no such job"
     assert f"href=\"/jobs/{run}/page\"" in status  # the status page links each job to its page
+    assert re.search(r"test loss \d\.\d{4}, RMSE [\d.]+, MAE [\d.]+, R\^2", status)  # a regression's outcome
 
     # the finished regression job: its scores and their curves, the loss named, no reload
     assert "succeeded" in reg_dom and "http-equiv=\"refresh\"" not in reg_dom
