@@ -24,8 +24,9 @@ from memtrain.train.checkpoint import list_checkpoints
 from memtrain.train.history import HistoryError, RunHistory
 from memtrain.units import format_bytes
 
-# log events the page lists (a checkpoint is counted in the checkpoints table instead)
-EVENTS = ("resume", "oom_recovery", "cuda_graph_off", "warning", "stopped", "autobatch", "note", "already_finished",
+# log events the page lists (a checkpoint is counted in the checkpoints table instead); "plan" is
+# logged once per attempt, so a retried job shows each of its starts
+EVENTS = ("plan", "resume", "oom_recovery", "cuda_graph_off", "warning", "stopped", "autobatch", "note", "already_finished",
           "summary")
 _e = html.escape
 _PAGE_STYLE = STYLE + """
