@@ -376,8 +376,9 @@ def train(job_file, log_format, progress, **flags):
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def evaluate(model_file, dataset, label_column, split, device, fmt):
-    """Loss and accuracy of a saved model (model-final.npz / model-best.npz), and which
-    rows they are over: by default the job's held-out test rows.
+    """Loss and accuracy (a linear output: RMSE, MAE and R^2) of a saved model
+    (model-final.npz / model-best.npz), and which rows they are over: by default the
+    job's held-out test rows.
 
     \b
     Examples:
