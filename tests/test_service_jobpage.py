@@ -111,3 +111,16 @@ def test_svg_chart_scales_points_into_the_plot():
 
 def test_duration_reads_as_a_person_would():
     assert [duration(s) for s in (0, 59.6, 125, 7300)] == ["0 s", "60 s", "2 min 5 s", "2 h 1 min"]
+
+
+def test_a_gpu_jobs_memory_chart_compares_the_pool_peak_with_the_plan_not_host_memory():
+    from memtrain.service.jobpage import _memory_chart
+
+    class NoDevices:
+        devices = []
+
+    row = {"planned_bytes": 1 << 20, "device_kind": "cuda", "device": "cuda:0"}
+    c = _memory_chart(row, [{"epoch": 1, "time": 10.0, "measured_peak_bytes": 1 << 20}], [(5.0, 300 << 20)],
+                      NoDevices())
+    assert c.title.startswith("GPU memory") and [s.label for s in c.series] == ["plan, measured peak"]
+    assert c.series[0].points == [(5.0, 1 << 20)] and [lv[0] for lv in c.levels] == ["plan"]

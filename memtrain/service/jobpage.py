@@ -165,12 +165,15 @@ def _memory_chart(row, history, samples, service) -> svg.Chart:
     rss = [(t - t0, b) for t, b in samples] if t0 else []
     peaks = [(r["time"] - t0, r.get("measured_peak_bytes")) for r in history if t0 and r.get("time")]
     planned = row["planned_bytes"]
-    device = next((d for d in service.devices if d.name == row["device"]), None)
     levels = [("plan", planned, "#8ab4f8")]
+    peak = svg.Series("plan, measured peak", peaks, svg.COLORS[2])
+    if row["device_kind"] == "cuda":  # the plan is on the GPU: the host's resident memory is no measure of it
+        return svg.Chart("GPU memory over time (CuPy pool peak per epoch)", [peak], x_label="seconds since the first sample",
+                         levels=levels, y_zero=True, y_binary=True, y_format=_bytes_tick)
+    device = next((d for d in service.devices if d.name == row["device"]), None)
     if device is not None:
         levels.append(("plan + overhead", planned + device.overhead_bytes, "#a56400"))
-    return svg.Chart("Memory over time", [svg.Series("resident", rss, svg.COLORS[0]),
-                                          svg.Series("plan, measured peak", peaks, svg.COLORS[2])],
+    return svg.Chart("Memory over time", [svg.Series("resident", rss, svg.COLORS[0]), peak],
                      x_label="seconds since the first sample", levels=levels, y_zero=True, y_binary=True,
                      y_format=_bytes_tick)
 
