@@ -126,6 +126,9 @@ def test_killed_job_is_retried_from_its_checkpoint_and_bad_runtime_config_is_not
     assert done["state"] == "succeeded" and done["attempts"] == 2
     log = (Path(server.settings.state_dir) / "jobs" / job_id / "job.log").read_text()
     assert '"event": "resume"' in log  # the second attempt resumed, not restarted
+    status, page = server.request("GET", f"/jobs/{job_id}/page")  # its page lists both starts and the resume
+    assert status == 200 and page.count("<td>plan</td>") == 2 and "<td>resume</td>" in page
+    assert "<dt>attempts</dt><dd>2 of 2</dd>" in page
     # bad only once its batch is known: the auto batch (at most 8) is smaller than the micro-batch
     bad = server.request("POST", "/jobs", digits_job("bad", epochs=1, batch="auto",
                                                      training={"max_batch_size": 8, "micro_batch_size": 16}))
