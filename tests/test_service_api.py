@@ -305,3 +305,15 @@ def test_service_metrics_are_the_documented_ones(server):
     text = server.request("GET", "/metrics", raw=True)[1]
     exposed = {re.sub(r"_(bucket|sum|count|created)$", "", m) for m in re.findall(r"^(memtrain_service_\w+)", text, re.M)}
     assert exposed == documented
+
+
+def test_the_jobs_table_cuts_a_long_reason_after_a_whole_reason():
+    from memtrain.service.client import jobs_table
+
+    job = {"id": "0417f201", "name": "big2", "state": "queued", "device": None, "planned_bytes": 1 << 20,
+           "batch_size": 256, "batch_request": 256, "progress": {}, "submitted_at": None,
+           "reason": "waiting: all cpu job slots are taken (1 per device); needs 382.96 MiB, 121.42 MiB free on cpu"}
+    row = jobs_table([job]).splitlines()[1]
+    assert row.endswith("waiting: all cpu job slots are taken (1 per device)...")
+    job["reason"] = "waiting: needs 382.96 MiB, 121.42 MiB free on cpu"
+    assert jobs_table([job]).splitlines()[1].endswith(job["reason"])

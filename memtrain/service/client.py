@@ -140,9 +140,20 @@ def jobs_table(jobs: list, now: float | None = None) -> str:
     for j in jobs:
         rows.append((j["id"], j["name"], j["state"], j["device"] or "-", format_bytes(j["planned_bytes"]),
                      str(j["batch_size"] or j["batch_request"]), progress_text(j), age(j["submitted_at"], now),
-                     (j["reason"] or "")[:60]))
+                     _short(j["reason"] or "", 60)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def _short(text: str, n: int) -> str:
+    """At most n characters, cut after a whole reason ("; ") or word, marked with "...": a table cell
+    must not end mid-number (`memtrain job ID` gives the whole reason)."""
+    if len(text) <= n:
+        return text
+    head = text[: n - 3]
+    cut = head.rfind("; ")
+    cut = cut if cut >= n // 3 else head.rfind(" ")
+    return (head[:cut] if cut > 0 else head).rstrip(";, ") + "..."
 
 
 def progress_text(job: dict) -> str:
