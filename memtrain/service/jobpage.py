@@ -36,6 +36,7 @@ _PAGE_STYLE = STYLE + """
 .chart .empty{fill:#999}
 dl{display:grid;grid-template-columns:max-content auto;gap:2px 14px}dt{color:#555}dd{margin:0}
 pre{background:#f6f6f6;padding:8px;max-width:1150px;overflow:auto}
+td.t{white-space:nowrap}
 """
 
 
@@ -267,5 +268,6 @@ def _events(row, log: Path) -> str:
         items.append((row["ended_at"], row["state"], row["reason"] or ""))
     items.sort(key=lambda i: i[0] if i[0] is not None else float("inf"))
     rows = ["<table><tr><th>time (UTC)</th><th>event</th><th>what</th></tr>"]
-    rows += [f"<tr><td>{iso(t) if t else '-'}</td><td>{_e(k)}</td><td>{_e(v)}</td></tr>" for t, k, v in items]
+    rows += [f"<tr><td class='t'>{iso(t) if t else '-'}</td><td>{_e(k)}</td><td>{_e(v)}</td></tr>"
+             for t, k, v in items]
     return "".join(rows) + "</table>"
