@@ -332,8 +332,7 @@ _TRAIN_KEYS = {
 @click.option("--metrics-host", help="Address to bind the metrics server to.  [default: 127.0.0.1]")
 @click.option("--metrics-linger", type=click.FloatRange(min=0), help="Keep serving the final metrics this many seconds after the job ends.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
-              help="text: progress bar (on a terminal) and lines; json: one JSON object per line (an event "
-                   "the text log prints carries that line as \"text\").")
+              help="text: progress bar (on a terminal) and lines; json: one JSON object per line, its line in text.")
 @click.option("--progress/--no-progress", default=True, help="The progress bar (only ever on a terminal).  "
               "[default: progress]")
 @click.option("--measure", type=click.Choice(["sampled", "exact", "off"]),

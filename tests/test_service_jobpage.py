@@ -67,6 +67,8 @@ def test_job_pages_in_headless_chromium(tmp_path):
         chart = _chart(reg_dom, title)
         assert chart.count("<circle") >= 12, title  # a point per epoch (12 epochs)
     assert "ckpt-" in reg_dom and "finished  12 epochs" in reg_dom  # a checkpoint and the summary event
+    log = re.search(r"<h2>Log .*?<pre>(.*?)</pre>", reg_dom, re.S).group(1)  # the log's last lines, as text
+    assert "epoch 12/12  loss " in log and "validation loss " in log and "{" not in log
 
     # the running classifier: live curves, memory over time against the plan, durations, reloads
     assert "http-equiv=\"refresh\"" in run_dom and "running" in run_dom

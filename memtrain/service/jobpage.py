@@ -19,6 +19,7 @@ from memtrain.launch.worker import MEMORY
 from memtrain.service import svg
 from memtrain.service.client import progress_text, result_text
 from memtrain.service.core import iso, tail
+from memtrain.service.logtext import human_lines
 from memtrain.service.page import REFRESH_SECONDS, STYLE
 from memtrain.train.checkpoint import list_checkpoints
 from memtrain.train.history import HistoryError, RunHistory
@@ -65,6 +66,8 @@ def render_job(service, job_id: str) -> str | None:
              "<h2>Memory: the plan by category against what was measured</h2>", _memory(service, row, view, history),
              "<h2>Checkpoints</h2>", _checkpoints(run / "checkpoints"),
              "<h2>Events</h2>", _events(row, run / "job.log"),
+             f"<h2>Log <small>the last lines, as <code>memtrain logs {_e(row['id'])}</code> prints them; "
+             f"<a href='/jobs/{_e(row['id'])}/log'>the JSON events</a></small></h2>", _log(run / "job.log"),
              "<h2>Config</h2>", f"<pre>{_e(json.dumps(row['config'], indent=1))}</pre>",
              f"<p><small>{'Reloads every %d s while the job is active.' % REFRESH_SECONDS if active else ''}"
              "</small></p></body></html>"]
@@ -271,3 +274,8 @@ def _events(row, log: Path) -> str:
     rows += [f"<tr><td class='t'>{iso(t) if t else '-'}</td><td>{_e(k)}</td><td>{_e(v)}</td></tr>"
              for t, k, v in items]
     return "".join(rows) + "</table>"
+
+
+def _log(log: Path, lines: int = 40) -> str:
+    text = "\n".join(list(human_lines(tail(log, 400).decode("utf-8", "replace").splitlines()))[-lines:])
+    return f"<pre>{_e(text)}</pre>" if text else "<p>nothing logged yet</p>"
