@@ -111,6 +111,14 @@ def test_svg_chart_scales_points_into_the_plot():
     assert "&lt;b&gt;" in svg.render(svg.Chart("<b>"))
 
 
+def test_a_long_series_is_thinned_to_what_a_chart_can_show():
+    pts = [(i, float(i)) for i in range(100_000)]
+    kept = svg.thin(pts)
+    assert len(kept) == svg.MAX_POINTS and kept[0] == (0, 0.0) and kept[-1] == (99_999, 99_999.0)
+    assert all(a[0] < b[0] for a, b in zip(kept, kept[1:]))
+    assert len(svg.render(svg.Chart("t", [svg.Series("a", pts)]))) < 40_000
+
+
 def test_duration_reads_as_a_person_would():
     assert [duration(s) for s in (0, 59.6, 125, 7300)] == ["0 s", "60 s", "2 min 5 s", "2 h 1 min"]
 

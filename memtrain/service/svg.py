@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 COLORS = ("#1a73e8", "#e8710a", "#188038", "#c5221f", "#9334e6", "#12b5cb")
 _PAD_L, _PAD_R, _PAD_T, _PAD_B = 76, 12, 44, 34
+MAX_POINTS = 600  # per series
 
 
 @dataclass
@@ -36,7 +37,7 @@ class Chart:
 def render(chart: Chart) -> str:
     """The chart as one <svg> element (with a <title> per series for screen readers and tooltips)."""
     e = html.escape
-    series = [Series(s.label, [(x, y) for x, y in s.points if _finite(x) and _finite(y)], s.color, s.dashed)
+    series = [Series(s.label, thin([(x, y) for x, y in s.points if _finite(x) and _finite(y)]), s.color, s.dashed)
               for s in chart.series]
     xs = [x for s in series for x, _ in s.points]
     ys = [y for s in series for _, y in s.points] + [y for _, y, _ in chart.levels if _finite(y)]
@@ -108,6 +109,15 @@ def _legend(series, levels, w) -> str:
                    f"<text x='{x + 20}' y='{y}' class='lg'>{html.escape(label)}</text>")
         x += width
     return "".join(out)
+
+
+def thin(points: list, most: int = MAX_POINTS) -> list:
+    """At most `most` points, evenly spaced, the last kept: a days-long job's memory samples or a
+    long run's epochs stay a page of a few hundred KiB (a chart is ~500 px wide anyway)."""
+    if len(points) <= most:
+        return points
+    step = len(points) / (most - 1)
+    return [points[int(i * step)] for i in range(most - 1)] + [points[-1]]
 
 
 def ticks(lo: float, hi: float, n: int = 5) -> list:
