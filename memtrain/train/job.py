@@ -28,7 +28,7 @@ from memtrain.errors import CheckpointError, ConfigError, DataError, DeviceError
 from memtrain.kernels.cpu import threads_from_env
 from memtrain.memory.batch import largest_batch
 from memtrain.memory.budget import check_fits, default_margin, device_budget
-from memtrain.memory.measure import gpu_uuid, pool_peak_hook
+from memtrain.memory.measure import active_pool, gpu_uuid, pool_peak_hook
 from memtrain.memory.peak import PeakMeter
 from memtrain.memory.plan import training_plan
 from memtrain.nn.mlp import MLP
@@ -297,7 +297,7 @@ class Job:
         if self.install_signals and threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 previous[sig] = signal.signal(sig, lambda s, f: self.stop(signal.Signals(s).name))
-        pool_hook = pool_peak_hook(self.backend.xp.get_default_memory_pool()) if self.backend.is_cuda else None
+        pool_hook = pool_peak_hook(active_pool(self.backend.xp)) if self.backend.is_cuda else None
         self._pool_hook = pool_hook
         self._step_t = time.perf_counter()
         self.peak.reset()  # the start-up's own allocations (history files, logs) are not a training step's
