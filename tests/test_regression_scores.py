@@ -134,3 +134,27 @@ def _toml(d: dict, prefix="") -> str:
     flat = [f"{k} = {json.dumps(v)}" for k, v in d.items() if not isinstance(v, dict)]
     tables = [f"\n[{prefix}{k}]\n" + _toml(v, f"{prefix}{k}.") for k, v in d.items() if isinstance(v, dict)]
     return "\n".join(flat) + "".join(tables) + "\n"
+
+
+def test_regression_scores_on_the_cupy_stand_in_match_the_cpu(monkeypatch, host_launcher):
+    """RegressionSums on device arrays (tests/cupy_standin.py: no implicit conversion to NumPy,
+    counted pool): the same RMSE, MAE and R^2 as the NumPy path, validation and evaluate."""
+    import cupy_standin
+
+    from memtrain import Trainer
+
+    cp = cupy_standin.install(monkeypatch, host_launcher)
+    rng = np.random.default_rng(0)
+    X, Y = rng.standard_normal((70, 6)), rng.standard_normal((70, 2)) + 5.0
+    runs = []
+    for device in ("cpu", "cuda"):
+        tr = Trainer(MLP([6, 8, 2], output="linear", dtype="float64", seed=3, device=device), "adam", 16,
+                     fused=False)
+        runs.append((tr, tr.fit(X[:50], Y[:50], epochs=2, validation=(X[50:], Y[50:]))))
+    (cpu, h_cpu), (gpu, h_gpu) = runs
+    for k in ("val_rmse", "val_mae", "val_r2"):
+        assert [r[k] for r in h_gpu] == pytest.approx([r[k] for r in h_cpu], rel=1e-9), k
+    on_device = gpu.model.evaluate(cp.asarray(X[50:]), cp.asarray(Y[50:]))
+    on_host = cpu.model.evaluate(X[50:], Y[50:])
+    for k in ("rmse", "mae", "r2"):
+        assert isinstance(on_device[k], float) and on_device[k] == pytest.approx(on_host[k], rel=1e-9), k
