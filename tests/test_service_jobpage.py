@@ -39,11 +39,15 @@ def test_job_pages_in_headless_chromium(tmp_path):
         run = s.request("POST", "/jobs", digits_job("page-classifier", epochs=400, batch=8))[1]["id"]
         s.wait(run, ("running",))
         _epochs_done(s, run, 4)
-        time.sleep(2.2)  # two memory samples (one a second)
+        samples = tmp_path / "state" / "jobs" / run / "memory.jsonl"  # the worker's, one a second
+        deadline = time.time() + 30
+        while len(samples.read_text().splitlines() if samples.exists() else []) < 2:
+            assert time.time() < deadline
+            time.sleep(0.1)
         wait = s.request("POST", "/jobs", digits_job("page-waiting", epochs=1))[1]["id"]
         doms = {k: chromium("--virtual-time-budget=2000", "--dump-dom", f"{s.url}/jobs/{i}/page")
                 for k, i in (("reg", reg), ("run", run), ("wait", wait))}
-        status = chromium("--virtual-time-budget=2000", "--dump-dom", s.url + "/").stdout
+        status = s.request("GET", "/")[1]  # tests/test_service_page.py renders it in Chromium
         missing = s.request("GET", "/jobs/nope/page")
         if shots:
             for k, i in (("regression", reg), ("running", run)):
@@ -55,7 +59,7 @@ def test_job_pages_in_headless_chromium(tmp_path):
         assert r.returncode == 0, r.stderr[-2000:]
     reg_dom, run_dom, wait_dom = (doms[k].stdout for k in ("reg", "run", "wait"))
     assert missing[0] == 404 and missing[1]["detail"] == "job nope: no such job"
-    assert f"href=\"/jobs/{run}/page\"" in status  # the status page links each job to its page
+    assert f"href='/jobs/{run}/page'" in status  # the status page links each job to its page
     assert re.search(r"test loss \d\.\d{4}, RMSE [\d.]+, MAE [\d.]+, R\^2", status)  # a regression's outcome
 
     # the finished regression job: its scores and their curves, the loss named, no reload
