@@ -48,3 +48,13 @@ def test_docs_render_in_chromium_with_the_network_closed(server, tmp_path):
     assert 'class="swagger-ui' in dom and "memtrain serve" in dom
     for path in ("/jobs/{job_id}/page", "/jobs/{job_id}/log", "/healthz"):
         assert path in dom, path
+
+
+def test_without_the_swagger_package_docs_says_what_to_install(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "swagger_ui_bundle", None)  # import fails as if not installed
+    with ThreadServer(tmp_path / "state") as s:
+        status, text = s.request("GET", "/docs")
+        assert status == 503 and "pip install 'memtrain[service]'" in text
+        assert s.request("GET", "/healthz")[0] == 200  # the service runs

@@ -23,13 +23,7 @@ import math
 CLASSIFIER = ("accuracy",)
 REGRESSION = ("rmse", "mae", "r2")
 ALL = CLASSIFIER + REGRESSION
-# which way is better, for choosing on a score (compare, sweep)
-HIGHER_IS_BETTER = {"accuracy": True, "rmse": False, "mae": False, "r2": True}
 LABELS = {"accuracy": "accuracy", "rmse": "RMSE", "mae": "MAE", "r2": "R^2"}
-
-
-def names_for(output_name: str) -> tuple:
-    return REGRESSION if output_name == "linear" else CLASSIFIER
 
 
 def score_text(s: dict, prefix: str) -> str:
