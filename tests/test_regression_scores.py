@@ -10,9 +10,7 @@ import pytest
 from click.testing import CliRunner
 from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
-from memtrain.cli import _Group, main
-from memtrain.cli_select import compare as compare_cmd
-from memtrain.cli_select import sweep as sweep_cmd
+from memtrain.cli import main
 from memtrain.config import from_dict
 from memtrain.nn.mlp import MLP
 from memtrain.train.job import run
@@ -20,7 +18,6 @@ from memtrain.train.job import run
 JOB = {"name": "reg", "seed": 0, "device": "cpu", "model": {"layers": [8, 16, 1], "output": "linear"},
        "optimizer": {"name": "adam", "lr": 0.01}, "training": {"batch_size": 32, "epochs": 4},
        "data": {"dataset": "synthetic:regression(400, 8, 1)", "validation": 0.2, "test": 0.2}}
-select = _Group(name="memtrain", commands={c.name: c for c in (compare_cmd, sweep_cmd)})
 
 
 @pytest.mark.parametrize("dtype,shift", [("float64", 0.0), ("float64", 1e6), ("float32", 0.0)])
@@ -87,7 +84,7 @@ def test_runs_shows_rmse_and_carries_every_score(trained):
 def test_compare_ranks_regressions_and_shows_rmse(tmp_path):
     job = tmp_path / "job.toml"
     job.write_text(_toml(JOB))
-    r = CliRunner().invoke(select, ["compare", "--config", str(job), "--optimizers", "adam,sgd", "--output-dir",
+    r = CliRunner().invoke(main, ["compare", "--config", str(job), "--optimizers", "adam,sgd", "--output-dir",
                                     str(tmp_path / "out"), "--format", "json"])
     assert r.exit_code == 0, r.output
     rows = json.loads(r.output[r.output.index("{"):])["rows"]
@@ -106,7 +103,7 @@ def test_a_sweep_ranks_on_a_regression_score(tmp_path, metric, best):
     text = _toml({"base": {"name": "s", **base}, "search": {"method": "grid", "metric": metric},
                   "space": {"lr": [0.001, 0.03]}})
     out = tmp_path / "out"
-    r = CliRunner().invoke(select, ["sweep", str(_write(tmp_path, text)), "--output-dir", str(out),
+    r = CliRunner().invoke(main, ["sweep", str(_write(tmp_path, text)), "--output-dir", str(out),
                                     "--memory-limit", "64MiB", "--format", "json"])
     assert r.exit_code == 0, r.output
     rep = json.loads(r.output[r.output.index("{"):])
@@ -119,7 +116,7 @@ def test_a_sweep_ranks_on_a_regression_score(tmp_path, metric, best):
 def test_a_sweep_metric_outside_the_choices_names_them(tmp_path):
     text = _toml({"base": {"name": "s", **JOB}, "search": {"method": "grid", "metric": "val_rsme"},
                   "space": {"lr": [0.01]}})
-    r = CliRunner().invoke(select, ["sweep", str(_write(tmp_path, text)), "--dry-run"])
+    r = CliRunner().invoke(main, ["sweep", str(_write(tmp_path, text)), "--dry-run"])
     assert r.exit_code == 2 and "val_loss, val_accuracy, val_rmse, val_mae, val_r2" in r.output, r.output
 
 
