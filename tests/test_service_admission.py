@@ -5,7 +5,7 @@ wait is bounded by max(became head, queued + head_wait) + the longest run."""
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from memtrain.service.admission import Quota, Slot, Waiting, admit, blocking, over_quota, place
+from memtrain.service.admission import Quota, Slot, Waiting, admit, blocking, over_quota, place, reasons
 
 BUDGETS = [1000, 600]
 
@@ -141,6 +141,11 @@ def test_a_user_over_quota_waits_without_holding_up_others():
     assert over_quota(queue[0], quota) == ("user alice's quota: needs 200 B, 500 B of 500 B committed by their "
                                            "running jobs")
     assert over_quota(queue[1], quota) is None and over_quota(queue[0], None) is None
+    # every reason: the quota's first, and no "it fits" beside it
+    assert reasons(queue[0], [slot], quota) == [over_quota(queue[0], quota)]
+    full = Slot("cpu", "cpu", 1000, running=4, max_jobs=4)
+    assert reasons(queue[0], [full], quota) == [over_quota(queue[0], quota), "all cpu job slots are taken (4 per "
+                                                                             "device)"]
 
 
 def test_priority_goes_first_and_an_auto_job_grows_only_into_its_quota():
@@ -157,3 +162,16 @@ def test_priority_goes_first_and_an_auto_job_grows_only_into_its_quota():
     assert admit([low, high, auto], [slot], 10.0, 0, reserve, quota) == [("high", "cpu"), ("low", "cpu"),
                                                                           ("auto", "cpu")]
     assert rooms == {"high": 1000, "low": 900, "auto": 300} and slot.committed == 500
+
+
+def test_a_waiting_job_hears_every_reason_it_waits():
+    """mid-2 of issue 24 waited for a slot and for memory, and heard only of the slot."""
+    full = Slot("cpu", "cpu", 100, committed=90, running=2, max_jobs=2)
+    assert reasons(Waiting("w", "cpu", 50, 0), [full]) == [
+        "all cpu job slots are taken (2 per device)", "needs 50 B, 10 B free on cpu"]
+    assert blocking(Waiting("w", "cpu", 50, 0), [full]) == (
+        "all cpu job slots are taken (2 per device); needs 50 B, 10 B free on cpu")
+    assert reasons(Waiting("w", "cpu", 5, 0), [full]) == ["all cpu job slots are taken (2 per device)"]
+    room = Slot("cpu", "cpu", 100, committed=10, running=1, max_jobs=2)
+    assert reasons(Waiting("w", "cpu", 50, 0), [room])[0].startswith("it fits: it starts at the scheduler's next")
+    assert reasons(Waiting("w", "cuda", 5, 0), [room]) == ["no cuda device"]

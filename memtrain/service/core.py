@@ -174,7 +174,7 @@ class Service:
             slots = self.scheduler.slots() if slots is None else slots
             w = self.scheduler.waiting(job)
             quota = self.scheduler.quota() if quota is None else quota
-            why = admission.over_quota(w, quota) or admission.blocking(w, slots)
+            why = admission.blocking(w, slots, quota)
             reason = f"waiting: {why}" + (f" (earlier: {reason})" if reason else "")
         prog = progress if progress is not None else (self.scheduler.progress(job) if job["state"] != "queued" else {})
         return {
