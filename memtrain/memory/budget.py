@@ -86,7 +86,7 @@ def rlimit_as_room() -> int | None:
     soft, _ = resource.getrlimit(resource.RLIMIT_AS)
     if soft == resource.RLIM_INFINITY:
         return None
-    return soft - measure.proc_kib("/proc/self/status", "VmSize") * 1024
+    return soft - measure.proc_kib("/proc/self/status", "VmSize")  # proc_kib is in bytes already
 
 
 def cgroup_room(root: Path = CGROUP_ROOT, proc_cgroup: str = "/proc/self/cgroup") -> int | None:
