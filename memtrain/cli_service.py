@@ -1,4 +1,4 @@
-"""`memtrain serve` and its clients `submit`, `jobs`, `job`, `cancel`, `logs`: parse, call, print.
+"""`memtrain serve` and its clients `submit`, `jobs`, `job`, `cancel`, `requeue`, `logs`: parse, call, print.
 
 Registered on the main group in memtrain/cli.py, whose group turns a MemtrainError into
 one line "memtrain: error: ..." and exit status 2.
@@ -151,6 +151,21 @@ def cancel(job_id, server):
 
 @click.command()
 @click.argument("job_id")
+@_server
+def requeue(job_id, server):
+    """Put a cancelled or failed job back in the queue under the same id: it resumes from its
+    newest good checkpoint and ends as if it had never been interrupted.
+
+    \b
+    Examples:
+      memtrain cancel 1a2b3c4d && memtrain requeue 1a2b3c4d
+    """
+    j = _client(server).requeue(job_id)
+    click.echo(f"{j['id']}: {j['state']}; resumes from its checkpoint")
+
+
+@click.command()
+@click.argument("job_id")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing until the job ends.")
 @click.option("--lines", "-n", default=200, show_default=True, type=click.IntRange(min=0),
               help="Lines from the end to start with.")
@@ -166,4 +181,4 @@ def logs(job_id, follow, lines, server):
         sys.stdout.flush()
 
 
-COMMANDS = (serve, submit, jobs, job, cancel, logs)
+COMMANDS = (serve, submit, jobs, job, cancel, requeue, logs)

@@ -179,6 +179,37 @@ def test_sigterm_checkpoints_and_exits_0_then_resumes(tmp_path):
     assert newest["state"]["steps"] == stopped["step"]
 
 
+def test_sigterms_until_it_has_stopped_give_one_clean_stop(tmp_path):
+    """SIGTERMs every millisecond until the job logs `stopped`: the stop checkpoint and the history
+    are written whole (the default handler, put back when the loop ended, used to kill it mid-write)."""
+    import threading
+
+    job = job_file(tmp_path, **{"epochs = 3": "epochs = 300"})
+    out = tmp_path / "o"
+    proc = subprocess.Popen([sys.executable, "-m", "memtrain.cli", "train", str(job), "--output-dir", str(out),
+                             "--log-format", "json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    events = []
+    for line in proc.stdout:
+        events.append(json.loads(line))
+        if events[-1]["event"] == "epoch":
+            break
+    reader = threading.Thread(target=lambda: events.extend(json.loads(line) for line in proc.stdout))
+    reader.start()
+    sent = 0
+    while proc.poll() is None and not any(e["event"] == "stopped" for e in events):
+        proc.send_signal(signal.SIGTERM)
+        sent += 1
+        time.sleep(0.001)
+    err = proc.communicate(timeout=60)[1]
+    reader.join(10)
+    assert proc.returncode == 0 and sent >= 2, (proc.returncode, sent, err[-2000:])
+    stopped = next(e for e in events if e["event"] == "stopped")
+    assert [e["reason"] for e in events if e["event"] == "checkpoint"][-1] == "SIGTERM"
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
+    newest = json.loads(ckpt.list_checkpoints(out / "checkpoints")[0].read_text())
+    assert newest["state"]["steps"] == stopped["step"]
+
+
 def test_nonfinite_losses_stop_with_a_checkpoint(tmp_path):
     job = job_file(tmp_path, **{"lr = 0.003": "lr = 1e30", "[training]": "[training]\nmax_nonfinite = 3"})
     r = cli("train", job, "--output-dir", tmp_path / "o")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -167,11 +168,12 @@ def main(argv=None) -> int:
         print(f"error: {argv[0]}: {exc}", file=sys.stderr, flush=True)
         return ExitCode.USAGE
     _threads(launch)
+    stopper = Stopper()
     run_dir = Path(launch.get("run_dir") or Path(argv[0]).parent)
     lock = _lock(run_dir)  # noqa: F841 - held until the process exits
     progress = Progress(run_dir, sys.stdout)
     try:
-        code, reason, result = _run(launch, progress, argv[0])
+        code, reason, result = _run(launch, progress, argv[0], stopper)
     except Exception as exc:  # a bug: its traceback goes to the log, and the caller still learns it ended
         progress.close()
         write_json(run_dir / EXIT, {"code": int(ExitCode.FAILURE), "reason": f"{type(exc).__name__}: {exc}",
@@ -182,7 +184,31 @@ def main(argv=None) -> int:
     return code
 
 
-def _run(launch: dict, progress: Progress, where: str) -> tuple:
+class Stopper:
+    """SIGTERM/SIGINT for the worker's whole life, not only the Job's training loop: before the
+    Job exists (or while it loads data) the signal is remembered and handed to it; after it has
+    ended, ignored, so exit.json is still written. The default action, death, would leave a job
+    stopped without its exit record or, mid-write, with half a checkpoint (any number of cancels
+    must give one clean stop)."""
+
+    def __init__(self):
+        self.signal, self.job = None, None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, sig, frame) -> None:
+        self.signal = self.signal or signal.Signals(sig).name
+        if self.job is not None:
+            self.job.stop(self.signal)
+
+    def attach(self, job):
+        self.job = job
+        if self.signal is not None:
+            job.stop(self.signal)
+        return job
+
+
+def _run(launch: dict, progress: Progress, where: str, stopper: Stopper | None = None) -> tuple:
     """(exit code, reason or None, the job's summary without its history or None)."""
     from memtrain.config import JobConfig  # noqa: PLC0415 - a usage error answers before the trainer loads
     from memtrain.profiler.autobatch import auto_batch  # noqa: PLC0415 - a usage error answers before the trainer loads
@@ -190,7 +216,8 @@ def _run(launch: dict, progress: Progress, where: str) -> tuple:
 
     try:
         cfg = JobConfig.from_dict(launch["config"], source=launch.get("job_id", where))
-        result = Job(cfg, log_format="json", progress=False, stream=progress, batch_solver=auto_batch).run()
+        job = Job(cfg, log_format="json", progress=False, stream=progress, batch_solver=auto_batch)
+        result = (stopper.attach(job) if stopper is not None else job).run()
     except JobFailed as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return ExitCode.FAILURE, f"error: {exc}", None

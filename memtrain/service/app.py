@@ -108,9 +108,18 @@ def _job_routes(app, service, guarded) -> None:
     def job(job_id: str):
         return _found(service.job(job_id), job_id)
 
-    @app.delete("/jobs/{job_id}", response_model=models.Job, dependencies=guarded, tags=["jobs"], responses=ERRORS)
+    @app.delete("/jobs/{job_id}", response_model=models.Job, dependencies=guarded, tags=["jobs"],
+                responses={**ERRORS, 409: {"model": models.Error}})
     def cancel(job_id: str):
-        return _found(service.cancel(job_id), job_id)
+        """Cancel a job: a queued one at once; a running one gets one SIGTERM, writes its stop checkpoint
+        and ends `cancelled`. Repeated cancels change nothing. An ended job: 409, its files untouched."""
+        return _found(_conflict(service.cancel, job_id), job_id)
+
+    @app.post("/jobs/{job_id}/requeue", response_model=models.Job, dependencies=guarded, tags=["jobs"],
+              responses={**ERRORS, 409: {"model": models.Error}})
+    def requeue(job_id: str):
+        """Put a cancelled or failed job back in the queue under its id; it resumes from its checkpoint."""
+        return _found(_conflict(service.requeue, job_id), job_id)
 
     @app.get("/jobs/{job_id}/log", response_class=PlainTextResponse, dependencies=guarded, tags=["jobs"],
              responses=ERRORS)
@@ -144,6 +153,15 @@ def _service_routes(app, service, guarded) -> None:
         from memtrain.service.page import render  # noqa: PLC0415
 
         return HTMLResponse(render(service))
+
+
+def _conflict(action, job_id):
+    from memtrain.service.scheduler import JobConflict  # noqa: PLC0415
+
+    try:
+        return action(job_id)
+    except JobConflict as exc:
+        raise HTTPException(409, str(exc)) from None
 
 
 def _found(value, job_id):

@@ -177,6 +177,10 @@ class Service:
         job = self.scheduler.cancel(job_id)
         return None if job is None else self.job_view(job)
 
+    def requeue(self, job_id: str) -> dict | None:
+        job = self.scheduler.requeue(job_id)
+        return None if job is None else self.job_view(job)
+
     def device_views(self) -> list:
         out = []
         running = self.store.list("running")

@@ -81,6 +81,7 @@ class Job:
         self.summary = None
         self.stop_reason = None  # set by stop(): a signal name or "stop"
         self.failure = None
+        self._previous_handlers = {}  # what train() replaced with stop(), put back when run() ends
         self._identity = None
         self._t_start = self._step_t = 0.0
 
@@ -94,6 +95,9 @@ class Job:
         """Every phase in order; the metrics server and tracing stop however the job ends."""
         self._t_start = time.perf_counter()
         with contextlib.ExitStack() as resources:
+            # the signal handlers set by train() stay until the job has ended: a second SIGTERM while the
+            # stop checkpoint or the models are written must not kill the process half-way through a file
+            resources.callback(self._restore_signals)
             self.open_device()
             self.load_data()
             self.choose_batch()
@@ -287,12 +291,8 @@ class Job:
     def train(self) -> dict | None:
         """The loop (on_step/on_epoch after each step/epoch). Returns the stop record when
         stopped, None when the epochs ran out; raises JobFailed on too many non-finite steps."""
-        tr, previous = self.trainer, {}
-        # signal handlers can only be set on the main thread; a Job run on another thread
-        # (a service) is stopped through stop() instead
-        if self.install_signals and threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                previous[sig] = signal.signal(sig, lambda s, f: self.stop(signal.Signals(s).name))
+        tr = self.trainer
+        self._install_signals()
         pool_hook = pool_peak_hook(self.backend.xp.get_default_memory_pool()) if self.backend.is_cuda else None
         self._pool_hook = pool_hook
         self._step_t = time.perf_counter()
@@ -301,16 +301,28 @@ class Job:
         remaining = self.cfg.training.epochs - tr.epoch
         try:
             with pool_hook if pool_hook is not None else contextlib.nullcontext():
-                if remaining > 0 and not tr.stopped_early:
+                # a stop asked for before the loop (a cancel during start-up) trains nothing more
+                if remaining > 0 and not tr.stopped_early and not self.stop_reason:
                     tr.fit(epochs=remaining, on_step=self.on_step, on_epoch=self.on_epoch)
         except BaseException:
             self.set_state("failed")
             raise
         finally:
             self._bar.close()
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
         return self._after_loop() if (self.stop_reason or self.failure) else None
+
+    def _install_signals(self) -> None:
+        """SIGTERM/SIGINT -> stop() until run() ends. Signal handlers can only be set on the main
+        thread; a Job run on another thread (compare, sweep) is stopped through stop() instead."""
+        self._previous_handlers = {}
+        if self.install_signals and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous_handlers[sig] = signal.signal(sig, lambda s, f: self.stop(signal.Signals(s).name))
+
+    def _restore_signals(self) -> None:
+        for sig, handler in self._previous_handlers.items():
+            signal.signal(sig, handler)
+        self._previous_handlers = {}
 
     def on_step(self, tr, loss):
         now = time.perf_counter()
