@@ -39,5 +39,12 @@ class ModelFileError(MemtrainError):
     """A saved model that is missing, corrupt, or written by an older memtrain."""
 
 
+class DiskFull(MemtrainError):
+    """No room left where memtrain must write (the service's store, its state dir): the service
+    answers 507 and keeps serving reads; nothing already written is lost."""
+
+    exit_code = ExitCode.FAILURE
+
+
 class JobFailed(RuntimeError):
     """The job ran and could not go on (e.g. too many non-finite steps in a row): exit status 1."""

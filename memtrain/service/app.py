@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from memtrain import __version__
+from memtrain.errors import DiskFull
 from memtrain.service import models, planning, security
 from memtrain.service.core import Service, Settings, tail
 
@@ -21,7 +22,7 @@ TOML_OR_JSON = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": models.JobSubmission.model_json_schema()},
 }}}
 ERRORS = {401: {"model": models.Error}, 404: {"model": models.Error}, 413: {"model": models.Error},
-          422: {"model": models.Error}}
+          422: {"model": models.Error}, 507: {"model": models.Error}}
 
 
 class BodyLimit:
@@ -96,6 +97,8 @@ def _job_routes(app, service, guarded) -> None:
             return await asyncio.to_thread(service.submit, bytes(body), request.headers.get("content-type", ""))
         except planning.SubmissionError as exc:
             raise HTTPException(422, str(exc)) from None
+        except DiskFull as exc:  # reads go on; nothing stored was touched
+            raise HTTPException(507, str(exc)) from None
 
     @app.get("/jobs", response_model=list[models.Job], dependencies=guarded, tags=["jobs"], responses=ERRORS)
     def jobs(state: str | None = Query(None, description="queued, running, succeeded, failed or cancelled")):
@@ -162,6 +165,8 @@ def _conflict(action, job_id):
         return action(job_id)
     except JobConflict as exc:
         raise HTTPException(409, str(exc)) from None
+    except DiskFull as exc:
+        raise HTTPException(507, str(exc)) from None
 
 
 def _found(value, job_id):

@@ -8,14 +8,19 @@ from __future__ import annotations
 import datetime as dt
 import os
 import secrets
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from memtrain.errors import DiskFull
 from memtrain.service import admission, planning
 from memtrain.service import devices as devs
 from memtrain.service.scheduler import Scheduler
 from memtrain.service.store import STATES, Store, now
 from memtrain.units import format_bytes
+
+
+MIN_FREE_BYTES = 16 * 1024**2  # below this a submission is refused (507): see check_room
 
 
 @dataclass
@@ -81,8 +86,10 @@ class Service:
     # -- submission ---------------------------------------------------------------------------
 
     def submit(self, body: bytes, content_type: str) -> dict:
-        """Validate and plan; raises planning.SubmissionError (422) before anything is written."""
+        """Validate and plan; raises planning.SubmissionError (422) before anything is written,
+        DiskFull (507) when the state dir or the storage has no room for the job."""
         try:
+            self.check_room()
             data = planning.parse_body(body, content_type)
             checked = planning.validate(data, data_roots=self.settings.data_roots,
                                         device_kinds=sorted({d.kind for d in self.devices}))
@@ -95,13 +102,13 @@ class Service:
                     checked, plans[best.name], best.overhead_bytes, {d.name: d.budget_bytes for d in mine}))
             best = max(fits, key=lambda d: d.budget_bytes)
             self._check_placeable(checked, plans[best.name], best)
-        except planning.SubmissionError:
+        except (planning.SubmissionError, DiskFull):
             self.events["rejected"] += 1
             raise
         p = plans[best.name]
         job_id = self._new_id()
         t = now()
-        self.store.insert({
+        self._insert({
             "id": job_id, "name": checked.name, "state": "queued", "config": checked.config,
             "checked": planning.to_json(checked), "device_kind": checked.device_kind,
             "batch_request": checked.batch, "batch_size": p.batch_size, "planned": p.by_category,
@@ -113,6 +120,26 @@ class Service:
             self.scheduler._admit()  # so the answer names the device when it starts at once
         job = self.store.get(job_id)
         return {"id": job_id, "state": job["state"], "planned_bytes": job["planned_bytes"], "device": job["device"]}
+
+    def _insert(self, row: dict) -> None:
+        try:
+            self.store.insert(row)
+        except DiskFull:  # SQLite's own "database or disk is full"
+            self.events["rejected"] += 1
+            raise
+
+    def check_room(self) -> None:
+        """A job needs room for its row, log, checkpoints and models: refused while the state dir or
+        the storage has less than MIN_FREE_BYTES free (a job accepted then would only fail later)."""
+        for where in dict.fromkeys((self.settings.state_dir, self.settings.storage)):
+            try:
+                free = shutil.disk_usage(where).free
+            except OSError:
+                continue  # not there yet: created at the first start
+            if free < MIN_FREE_BYTES:
+                raise DiskFull(f"{where}: {format_bytes(free)} free, a job needs at least "
+                               f"{format_bytes(MIN_FREE_BYTES)} for its log, checkpoints and models; free some "
+                               "space and submit again (the jobs already stored are intact)")
 
     def _check_placeable(self, checked, p, device) -> None:
         """With an executor that places jobs (Ray): 422 when no node could ever hold the job's

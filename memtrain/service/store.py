@@ -8,12 +8,15 @@ every write is one explicit transaction.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
+
+from memtrain.errors import DiskFull
 
 SCHEMA_VERSION = 1
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -77,13 +80,21 @@ class Store:
     @contextmanager
     def transaction(self):
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
             try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                if "full" not in str(exc):  # SQLITE_FULL: "database or disk is full"
+                    raise
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")  # the failed COMMIT may leave the transaction open
+                raise DiskFull(f"state dir: {self.path.parent} is full ({exc}); nothing was written: free some "
+                               "space and submit again (the jobs already stored are intact)") from None
 
     def close(self) -> None:
         with self._lock:

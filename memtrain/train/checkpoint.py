@@ -88,8 +88,10 @@ def _write_temp(path: Path, write) -> Path:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = str(path)  # a failed write names no file: the caller's message should
         raise
     return Path(tmp)
 

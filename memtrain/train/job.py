@@ -15,6 +15,7 @@ lives above the trainer (it probes real steps), so callers pass it in.
 from __future__ import annotations
 
 import contextlib
+import errno
 import signal
 import sys
 import threading
@@ -92,8 +93,26 @@ class Job:
         self.stop_reason = self.stop_reason or reason
 
     def run(self) -> dict:
-        """Every phase in order; the metrics server and tracing stop however the job ends."""
+        """Every phase in order; the metrics server and tracing stop however the job ends. A full
+        disk, wherever it strikes, is one line (JobFailed, exit 1): every write is atomic, so the
+        files already there (checkpoints, history, models) are as they were."""
         self._t_start = time.perf_counter()
+        try:
+            return self._phases()
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise JobFailed(self._write_failed(exc)) from None
+
+    def _write_failed(self, exc: OSError) -> str:
+        good = ckpt.list_checkpoints(self.ckpt_dir) if self.ckpt_dir.is_dir() else []
+        last = f"the last good checkpoint is {good[0]}" if good else "no checkpoint was written yet"
+        where = exc.filename or self.out_dir
+        full = "disk full: " if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+        return (f"{full}could not write {where} ({exc.strerror or exc}); {last}; nothing was overwritten: "
+                "free some space, then resume with the same command")
+
+    def _phases(self) -> dict:
         with contextlib.ExitStack() as resources:
             # the signal handlers set by train() stay until the job has ended: a second SIGTERM while the
             # stop checkpoint or the models are written must not kill the process half-way through a file
@@ -283,10 +302,8 @@ class Job:
         try:
             self.history.append(record, **fields)
         except OSError as exc:  # a full disk: one line, like a checkpoint that cannot be written
-            good = ckpt.list_checkpoints(self.ckpt_dir)
-            last = f"the last good checkpoint is {good[0]}" if good else "no checkpoint was written yet"
-            raise JobFailed(f"history: could not write {self.history.jsonl} ({exc.strerror or exc}); {last}; "
-                            "free some space, then resume with the same command") from None
+            exc.filename = exc.filename or str(self.history.jsonl)
+            raise JobFailed(f"history: {self._write_failed(exc)}") from None
 
     def train(self) -> dict | None:
         """The loop (on_step/on_epoch after each step/epoch). Returns the stop record when
