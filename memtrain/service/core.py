@@ -19,7 +19,6 @@ from memtrain.service.scheduler import Scheduler
 from memtrain.service.store import STATES, Store, now
 from memtrain.units import format_bytes
 
-
 MIN_FREE_BYTES = 16 * 1024**2  # below this a submission is refused (507): see check_room
 
 
