@@ -333,3 +333,19 @@ def test_stop_from_another_thread_checkpoints_and_the_job_resumes(tmp_path):
     assert job.state.state == "training" and ckpt.list_checkpoints(tmp_path / "out" / "checkpoints")
     again = Job(cfg, progress=False, stream=io.StringIO(), install_signals=False).run()
     assert again["steps"] == 3 * 27  # resumed where it stopped, then finished
+
+
+def test_a_garbled_history_is_skipped_with_a_warning_and_the_job_trains_on(tmp_path):
+    job = job_file(tmp_path, **{"epochs = 3": "epochs = 2"})
+    out = tmp_path / "o"
+    r = cli("train", job, "--output-dir", out, "--log-format", "json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = (out / "history.jsonl").read_bytes().split(b"\n")
+    lines[0] = b'{"epoch": 1, "train_lo\x00\xff garbled'
+    (out / "history.jsonl").write_bytes(b"\n".join(lines))
+    r = cli("train", job, "--output-dir", out, "--log-format", "json", "--epochs", "3")
+    assert r.returncode == 0, r.stderr[-2000:]
+    events = [json.loads(line) for line in r.stdout.splitlines()]
+    warned = [e["message"] for e in events if e["event"] == "warning"]
+    assert any("history.jsonl: skipped 1 line(s)" in w and "line 1" in w for w in warned), warned
+    assert [json.loads(line)["epoch"] for line in (out / "history.jsonl").read_text().splitlines()] == [2, 3]

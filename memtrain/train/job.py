@@ -73,7 +73,7 @@ class Job:
         self.batch_size = self.micro_batch_size = None
         self.resident = True
         self.peak = PeakMeter(cfg.training.measure)
-        self.history = RunHistory(self.out_dir)  # run.json, history.jsonl/.csv in the run directory
+        self.history = RunHistory(self.out_dir, warn=self._warn)  # run.json, history.jsonl/.csv in the run directory
         self.cadence = ckpt.Cadence(cfg.checkpoint.every_steps, cfg.checkpoint.every_minutes * 60)
         self._recovered = self._resumed_record = None  # the newest good checkpoint's record at start-up (ckpt.recover)
         self._history_open = False  # start() was called: every ending must finish() it
