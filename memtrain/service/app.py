@@ -109,7 +109,7 @@ def _job_routes(app, service, guarded) -> None:
 
     @app.get("/jobs/{job_id}", response_model=models.Job, dependencies=guarded, tags=["jobs"], responses=ERRORS)
     def job(job_id: str):
-        return _found(service.job(job_id), job_id)
+        return _found(_conflict(service.job, job_id), job_id)
 
     @app.delete("/jobs/{job_id}", response_model=models.Job, dependencies=guarded, tags=["jobs"],
                 responses={**ERRORS, 409: {"model": models.Error}})
@@ -159,7 +159,10 @@ def _service_routes(app, service, guarded) -> None:
 
 
 def _conflict(action, job_id):
+    """`action(job_id)` with the job-state errors as their statuses: 409 (the state does not allow
+    it), 507 (no room to record it), 500 with one line (the job's stored row is damaged)."""
     from memtrain.service.scheduler import JobConflict  # noqa: PLC0415
+    from memtrain.service.store import StoreDamaged  # noqa: PLC0415
 
     try:
         return action(job_id)
@@ -167,6 +170,8 @@ def _conflict(action, job_id):
         raise HTTPException(409, str(exc)) from None
     except DiskFull as exc:
         raise HTTPException(507, str(exc)) from None
+    except StoreDamaged as exc:
+        raise HTTPException(500, str(exc)) from None
 
 
 def _found(value, job_id):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from memtrain.errors import DiskFull
-from memtrain.service import admission, planning
+from memtrain.service import admission, planning, recovery
 from memtrain.service import devices as devs
 from memtrain.service.scheduler import Scheduler
 from memtrain.service.store import STATES, Store, now
@@ -41,6 +41,7 @@ class Settings:
     tick: float = 0.25
     executor: object = None  # None: LocalExecutor
     storage: Path | None = None  # each job's checkpoints, output and log (default: STATE_DIR/jobs)
+    recover: bool = False  # rebuild the store from its backup and the job dirs first (serve --recover)
 
     def __post_init__(self):
         self.state_dir = Path(self.state_dir)
@@ -53,7 +54,14 @@ class Service:
         self.settings = s = settings
         s.state_dir.mkdir(parents=True, exist_ok=True)
         self._lock = _lock_state_dir(s.state_dir)
-        self.store = Store(s.state_dir / "memtrain.sqlite")
+        try:
+            self.recovered = recovery.recover(s.state_dir, s.storage) if s.recover else []
+            recovery.check_not_lost(s.state_dir, s.storage)
+            self.store = Store(s.state_dir / recovery.STORE)
+        except BaseException:
+            self._lock.close()
+            raise
+        self.backups = recovery.Backups(self.store, s.state_dir / recovery.BACKUP)
         if s.executor is None:
             from memtrain.launch.local import LocalExecutor  # noqa: PLC0415
 
@@ -70,10 +78,12 @@ class Service:
                                    metrics_host=s.job_metrics_host, metrics_address=s.job_metrics_address)
 
     def start(self) -> None:
+        self.backups.start()
         self.scheduler.start()
 
     def stop(self) -> None:
         self.scheduler.stop()
+        self.backups.stop()
         self.store.close()
         self._lock.close()
 
@@ -121,9 +131,15 @@ class Service:
         return {"id": job_id, "state": job["state"], "planned_bytes": job["planned_bytes"], "device": job["device"]}
 
     def _insert(self, row: dict) -> None:
+        """The job's own record in its dir first (what --recover rebuilds from), then its row."""
         try:
+            try:
+                recovery.write_job_file(row)
+            except OSError as exc:
+                raise DiskFull(f"{row['run_dir']}: cannot write the job's record ({exc.strerror or exc}); free some "
+                               "space and submit again (the jobs already stored are intact)") from None
             self.store.insert(row)
-        except DiskFull:  # SQLite's own "database or disk is full"
+        except DiskFull:  # SQLite's own "database or disk is full" too
             self.events["rejected"] += 1
             raise
 
