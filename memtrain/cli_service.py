@@ -53,14 +53,19 @@ STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 @click.option("--storage", type=click.Path(file_okay=False),
               help="Where each job's checkpoints, output and log go; with --executor ray every node must see it "
                    "at this path.  [default: the state dir]")
+@click.option("--keep-checkpoints", default=10, show_default=True, type=click.IntRange(min=0), metavar="N",
+              help="Succeeded jobs whose checkpoints are kept (the newest N); older ones keep their model, history "
+                   "and log only. Cancelled and failed jobs keep theirs (requeue resumes from them).")
+@click.option("--keep-checkpoints-hours", default=24.0, show_default=True, type=click.FloatRange(min=0),
+              metavar="H", help="...and for at most H hours after the job ended.")
 @click.option("--recover", is_flag=True,
               help="Rebuild a damaged or missing job store first: the damaged file is set aside, the rolling backup "
                    "(memtrain.sqlite.backup) restored, and every job found only in its job dir added back; then serve.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 def serve(state_dir, host, port, devices, budgets, token_file, data_roots, max_jobs_per_device, head_wait,
-          max_attempts, overhead, job_metrics_host, job_metrics_address, executor, ray_address, storage, recover,
-          log_level):
+          max_attempts, overhead, job_metrics_host, job_metrics_address, executor, ray_address, storage,
+          keep_checkpoints, keep_checkpoints_hours, recover, log_level):
     """Run the training service: an HTTP API (OpenAPI at /docs, status page at /) that
     plans each submitted job and starts it when its plan fits a device's budget.
 
@@ -78,7 +83,8 @@ def serve(state_dir, host, port, devices, budgets, token_file, data_roots, max_j
         data_roots=data_roots, max_jobs_per_device=max_jobs_per_device, head_wait=head_wait,
         max_attempts=max_attempts, overhead=overhead, job_metrics_host=job_metrics_host,
         job_metrics_address=job_metrics_address, executor=executor, ray_address=ray_address, storage=storage,
-        recover=recover, log_level=log_level, echo=lambda t: click.echo(t, err=True))
+        keep_checkpoints=keep_checkpoints, keep_checkpoints_hours=keep_checkpoints_hours, recover=recover,
+        log_level=log_level, echo=lambda t: click.echo(t, err=True))
 
 
 _server = click.option("--server", envvar="MEMTRAIN_SERVER", default="http://127.0.0.1:8470", show_default=True,

@@ -15,6 +15,7 @@ from pathlib import Path
 from memtrain.errors import DiskFull
 from memtrain.service import admission, planning, recovery
 from memtrain.service import devices as devs
+from memtrain.service.housekeeping import Housekeeper
 from memtrain.service.scheduler import Scheduler
 from memtrain.service.store import STATES, Store, now
 from memtrain.units import format_bytes
@@ -42,6 +43,9 @@ class Settings:
     executor: object = None  # None: LocalExecutor
     storage: Path | None = None  # each job's checkpoints, output and log (default: STATE_DIR/jobs)
     recover: bool = False  # rebuild the store from its backup and the job dirs first (serve --recover)
+    keep_checkpoints: int = 10  # succeeded jobs whose checkpoints are kept (the newest ones)
+    keep_checkpoints_hours: float = 24.0  # and for at most this long after they ended
+    housekeeping_seconds: float = 60.0  # backup, retention and the state dir's size, once a round
 
     def __post_init__(self):
         self.state_dir = Path(self.state_dir)
@@ -61,7 +65,7 @@ class Service:
         except BaseException:
             self._lock.close()
             raise
-        self.backups = recovery.Backups(self.store, s.state_dir / recovery.BACKUP)
+        self.housekeeper = Housekeeper(self.store, s)
         if s.executor is None:
             from memtrain.launch.local import LocalExecutor  # noqa: PLC0415
 
@@ -78,12 +82,12 @@ class Service:
                                    metrics_host=s.job_metrics_host, metrics_address=s.job_metrics_address)
 
     def start(self) -> None:
-        self.backups.start()
+        self.housekeeper.start()
         self.scheduler.start()
 
     def stop(self) -> None:
         self.scheduler.stop()
-        self.backups.stop()
+        self.housekeeper.stop()
         self.store.close()
         self._lock.close()
 

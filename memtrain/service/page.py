@@ -30,6 +30,9 @@ def render(service) -> str:
     for j in jobs:
         counts[j["state"]] = counts.get(j["state"], 0) + 1
     summary = ", ".join(f"{n} {s}" for s, n in counts.items()) or "no jobs yet"
+    size = service.housekeeper.state_dir_bytes
+    if size is not None:
+        summary += f" · state dir {format_bytes(size)} on disk"
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><meta http-equiv='refresh' "
              f"content='{REFRESH_SECONDS}'><title>memtrain serve</title><style>{STYLE}</style></head><body>",
              f"<h1>memtrain serve</h1><p>{html.escape(summary)} &middot; <a href='/docs'>API</a> &middot; "

@@ -4,8 +4,9 @@ store, a start-up check that a missing store is not taken for a fresh start, and
 
 - `write_job_file`: at submission, before its row, the job's row as submitted goes to
   `<run dir>/job.json`, so every job the store ever held can be found from the disk alone.
-- `Backups`: the store copied with SQLite's online backup API to `memtrain.sqlite.backup`
-  at start, every BACKUP_SECONDS while it changes, and at stop (replaced atomically).
+- `backup`: the store copied with SQLite's online backup API to `memtrain.sqlite.backup`
+  (replaced atomically); the housekeeper calls it at start, every round while the store
+  changes, and at stop.
 - `check_not_lost`: a store that is missing or empty while job dirs or a backup exist is
   refused in one line naming the recovery, instead of starting empty (silent loss).
 - `recover`: sets the damaged store aside (`memtrain.sqlite.damaged-<time>`), restores the
@@ -20,7 +21,6 @@ import json
 import logging
 import os
 import shutil
-import threading
 import time
 from pathlib import Path
 
@@ -29,7 +29,6 @@ from memtrain.service.store import Store, StoreDamaged, now
 from memtrain.train.checkpoint import atomic_write
 
 STORE, BACKUP, JOB_FILE = "memtrain.sqlite", "memtrain.sqlite.backup", "job.json"
-BACKUP_SECONDS = 60.0
 
 log = logging.getLogger("memtrain.service")
 
@@ -61,38 +60,19 @@ def check_not_lost(state_dir, storage) -> None:
                        f"empty would lose them: `memtrain serve --state-dir {state_dir} --recover` rebuilds it")
 
 
-class Backups:
-    """The rolling backup: a thread that copies the store when it has changed."""
-
-    def __init__(self, store: Store, dest, every: float = BACKUP_SECONDS):
-        self.store, self.dest, self.every = store, Path(dest), every
-        self._done_at = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="memtrain-backup", daemon=True)
-
-    def start(self) -> None:
-        self.now()
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(10)
-        self.now()
-
-    def now(self) -> None:
-        changes = self.store.changes()
-        if changes == self._done_at and self.dest.exists():
-            return
-        try:
-            self.store.backup(self.dest)
-            self._done_at = changes
-        except Exception as exc:  # a full disk: the store itself goes on, the next round tries again
-            log.warning("store backup to %s failed: %s", self.dest, exc)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.every):
-            self.now()
+def backup(store: Store, dest, done_at: int | None) -> int | None:
+    """Copy the store to `dest` unless nothing changed since the copy at `done_at` (a change count);
+    returns the new count (the old one when the copy failed: a full disk, tried again next round)."""
+    changes = store.changes()
+    dest = Path(dest)
+    if changes == done_at and dest.exists():
+        return done_at
+    try:
+        store.backup(dest)
+    except Exception as exc:  # the store itself goes on
+        log.warning("store backup to %s failed: %s", dest, exc)
+        return done_at
+    return changes
 
 
 def recover(state_dir, storage) -> list:

@@ -12,7 +12,8 @@ from memtrain.units import format_bytes
 
 def settings_from(*, state_dir, host, port, devices, budgets, token_file, data_roots, max_jobs_per_device,
                   head_wait, max_attempts, overhead, job_metrics_host="127.0.0.1", job_metrics_address=None,
-                  executor="local", ray_address=None, storage=None, recover=False):
+                  executor="local", ray_address=None, storage=None, recover=False, keep_checkpoints=10,
+                  keep_checkpoints_hours=24.0):
     from memtrain.service.core import Settings  # noqa: PLC0415
     from memtrain.service.devices import parse_devices  # noqa: PLC0415 - with Settings: loaded when serve runs
 
@@ -32,7 +33,8 @@ def settings_from(*, state_dir, host, port, devices, budgets, token_file, data_r
                     max_jobs_per_device=max_jobs_per_device, head_wait=head_wait, max_attempts=max_attempts,
                     cpu_overhead=overhead, job_metrics_host=job_metrics_host,
                     job_metrics_address=job_metrics_address, executor=_executor(executor, ray_address),
-                    storage=None if storage is None else Path(storage), recover=recover)
+                    storage=None if storage is None else Path(storage), recover=recover,
+                    keep_checkpoints=keep_checkpoints, keep_checkpoints_hours=keep_checkpoints_hours)
 
 
 def _executor(name: str, address: str | None):
