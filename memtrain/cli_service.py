@@ -16,6 +16,26 @@ from memtrain.cli_types import DEVICE_SIZE, SIZE_OR_ZERO
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 
 
+_STATE_OPTIONS = (
+    click.option("--keep-checkpoints", default=10, show_default=True, type=click.IntRange(min=0), metavar="N",
+                 help="Succeeded jobs whose checkpoints are kept (the newest N); older ones keep their model, "
+                      "history and log only. Cancelled and failed jobs keep theirs (requeue resumes from them)."),
+    click.option("--keep-checkpoints-hours", default=24.0, show_default=True, type=click.FloatRange(min=0),
+                 metavar="H", help="...and for at most H hours after the job ended."),
+    click.option("--recover", is_flag=True,
+                 help="Rebuild a damaged or missing job store first: the damaged file is set aside, the rolling "
+                      "backup (memtrain.sqlite.backup) restored, and every job found only in its job dir added "
+                      "back; then serve."),
+)
+
+
+def _state_options(f):
+    """--keep-checkpoints, --keep-checkpoints-hours and --recover: what becomes of the state dir."""
+    for option in reversed(_STATE_OPTIONS):
+        f = option(f)
+    return f
+
+
 @click.command()
 @click.option("--state-dir", required=True, type=click.Path(file_okay=False),
               help="Where the SQLite state, each job's log, checkpoints and models live.")
@@ -53,19 +73,10 @@ STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 @click.option("--storage", type=click.Path(file_okay=False),
               help="Where each job's checkpoints, output and log go; with --executor ray every node must see it "
                    "at this path.  [default: the state dir]")
-@click.option("--keep-checkpoints", default=10, show_default=True, type=click.IntRange(min=0), metavar="N",
-              help="Succeeded jobs whose checkpoints are kept (the newest N); older ones keep their model, history "
-                   "and log only. Cancelled and failed jobs keep theirs (requeue resumes from them).")
-@click.option("--keep-checkpoints-hours", default=24.0, show_default=True, type=click.FloatRange(min=0),
-              metavar="H", help="...and for at most H hours after the job ended.")
-@click.option("--recover", is_flag=True,
-              help="Rebuild a damaged or missing job store first: the damaged file is set aside, the rolling backup "
-                   "(memtrain.sqlite.backup) restored, and every job found only in its job dir added back; then serve.")
+@_state_options
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
-def serve(state_dir, host, port, devices, budgets, token_file, data_roots, max_jobs_per_device, head_wait,
-          max_attempts, overhead, job_metrics_host, job_metrics_address, executor, ray_address, storage,
-          keep_checkpoints, keep_checkpoints_hours, recover, log_level):
+def serve(executor, ray_address, budgets, **options):
     """Run the training service: an HTTP API (OpenAPI at /docs, status page at /) that
     plans each submitted job and starts it when its plan fits a device's budget.
 
@@ -74,17 +85,14 @@ def serve(state_dir, host, port, devices, budgets, token_file, data_roots, max_j
       memtrain serve --state-dir runs/service --budget cpu=3GiB
       memtrain serve --state-dir /srv/memtrain --host 0.0.0.0 --token-file token --data-root /data
       memtrain serve --state-dir runs/service --executor ray --ray-address auto --storage /shared/memtrain
+      memtrain serve --state-dir runs/service --recover
     """
     if ray_address is not None and executor != "ray":
         raise click.UsageError("--ray-address: only with --executor ray")
     from memtrain.service.server import run  # noqa: PLC0415
 
-    run(state_dir=state_dir, host=host, port=port, devices=devices, budgets=dict(budgets), token_file=token_file,
-        data_roots=data_roots, max_jobs_per_device=max_jobs_per_device, head_wait=head_wait,
-        max_attempts=max_attempts, overhead=overhead, job_metrics_host=job_metrics_host,
-        job_metrics_address=job_metrics_address, executor=executor, ray_address=ray_address, storage=storage,
-        keep_checkpoints=keep_checkpoints, keep_checkpoints_hours=keep_checkpoints_hours, recover=recover,
-        log_level=log_level, echo=lambda t: click.echo(t, err=True))
+    run(executor=executor, ray_address=ray_address, budgets=dict(budgets), echo=lambda t: click.echo(t, err=True),
+        **options)
 
 
 _server = click.option("--server", envvar="MEMTRAIN_SERVER", default="http://127.0.0.1:8470", show_default=True,
