@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from memtrain.config import from_dict
-from memtrain.data import header_rows, load_dataset
+from memtrain.data import header_rows
 from memtrain.profiler.jobplan import DataRows, data_rows
 from memtrain.train.job import data_bytes
 
