@@ -4,6 +4,7 @@ a cancelled job requeued under its id resumes and ends bit-identical to an unint
 
 import json
 import os
+import resource
 import signal
 import threading
 import time
@@ -136,3 +137,21 @@ def test_cancel_then_requeue_resumes_under_its_id_bit_identical(server):
     keys = [k for k in a.files if not k.startswith("meta")]
     assert keys and all(np.array_equal(a[k], b[k]) for k in keys)
     assert done["result"]["epochs"] == alone["result"]["epochs"] == 6
+
+
+def test_a_worker_whose_address_space_is_capped_mid_run_still_finishes(server):
+    """RLIMIT_AS lowered on the running worker (prlimit) to 16 MiB above what it has mapped: the
+    training buffers are all there, and the final evaluation runs in them (it used to allocate a
+    1,024-row inference plan of this 4,096-wide layer, 32 MiB, and die with a MemoryError)."""
+    job = digits_job("capped", epochs=3, batch=32, model={"layers": [64, 4096, 10]},
+                     data={"dataset": "synthetic:classification(12000, 64, 10)", "test": 0.5})
+    job_id = server.request("POST", "/jobs", job)[1]["id"]
+    _training(server, job_id)
+    pid = json.loads(server.service.store.get(job_id)["ref"])["pid"]
+    from memtrain.memory.measure import proc_kib
+
+    vm = proc_kib(f"/proc/{pid}/status", "VmSize")
+    resource.prlimit(pid, resource.RLIMIT_AS, (vm + 16 * 1024**2, resource.RLIM_INFINITY))
+    done = server.wait(job_id, timeout=120)
+    assert done["state"] == "succeeded" and done["attempts"] == 1, done["reason"]
+    assert done["result"]["test_accuracy"] is not None and Path(done["result"]["model"]).exists()

@@ -3,7 +3,8 @@
 It runs one job from its JSON config (the same Job `memtrain train` runs), logging
 JSON lines to stdout (the executor points stdout/stderr at the job's log file).
 Exit status: 0 finished or stopped on SIGTERM/SIGINT after a checkpoint, 1 the job
-failed, 2 a bad config (never retried).
+failed, 2 a bad config (never retried), 3 it failed where another attempt may succeed
+(out of memory in the final evaluation: its last checkpoint is kept, a service retries it).
 
 Besides the log, it keeps two small files in the launch's run dir, each replaced
 atomically (write to a temporary file, then rename), so a reader never sees half:
@@ -218,9 +219,9 @@ def _run(launch: dict, progress: Progress, where: str, stopper: Stopper | None =
         cfg = JobConfig.from_dict(launch["config"], source=launch.get("job_id", where))
         job = Job(cfg, log_format="json", progress=False, stream=progress, batch_solver=auto_batch)
         result = (stopper.attach(job) if stopper is not None else job).run()
-    except JobFailed as exc:
+    except JobFailed as exc:  # FinishFailed: exit 3, retried from its checkpoint
         print(f"error: {exc}", file=sys.stderr, flush=True)
-        return ExitCode.FAILURE, f"error: {exc}", None
+        return exc.exit_code, f"error: {exc}", None
     except (MemtrainError, OSError, KeyError) as exc:
         # a MemtrainError may say it is a failure (exit 1, e.g. a full disk); other bad input is never retried
         print(f"error: {exc}", file=sys.stderr, flush=True)

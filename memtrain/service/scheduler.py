@@ -22,7 +22,7 @@ import socket
 import threading
 from pathlib import Path
 
-from memtrain.errors import MemtrainError
+from memtrain.errors import ExitCode, MemtrainError
 from memtrain.launch.executor import Exit, Handle, Launch, Resources
 from memtrain.launch.resources import THREAD_VARS
 from memtrain.launch.worker import EXIT, PROGRESS, read_json
@@ -284,7 +284,7 @@ class Scheduler:
             self._end(job, "cancelled", "cancelled on request" + (" (checkpoint saved)" if stopped else ""), result)
         elif ended.code == 2:
             self._end(job, "failed", ended.reason or "bad config (exit status 2)", None)
-        elif ended.signal is not None or stopped:
+        elif ended.signal is not None or stopped or ended.code == ExitCode.RETRY:
             why = ended.reason or "stopped by a signal it did not ask for"
             if job["attempts"] < job["max_attempts"]:
                 self._requeue(job, f"{why}; retrying from its last checkpoint (attempt {job['attempts'] + 1} of "

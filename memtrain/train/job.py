@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from memtrain.backend import get_backend, set_tf32
-from memtrain.errors import CheckpointError, ConfigError, DataError, DeviceError, JobFailed
+from memtrain.errors import CheckpointError, ConfigError, DataError, DeviceError, FinishFailed, JobFailed
 from memtrain.kernels.cpu import threads_from_env
 from memtrain.memory.batch import largest_batch
 from memtrain.memory.budget import check_fits, default_margin, device_budget
@@ -104,6 +104,20 @@ class Job:
                 raise
             raise JobFailed(self._write_failed(exc)) from None
 
+    def _finish_or_retry(self) -> dict:
+        """finish(); out of memory there is FinishFailed: the epoch-end checkpoint holds the trained
+        state, so a new attempt (a service retries exit status 3) resumes it and only finishes."""
+        tr = self.trainer
+        if tr.stopped_early or (tr.epoch >= self.cfg.training.epochs and tr.patience is not None):
+            tr.restore_best()  # as fit() does at its end: a resumed attempt that only finishes did not run fit()
+        try:
+            return self.finish()
+        except MemoryError as exc:
+            good = ckpt.list_checkpoints(self.ckpt_dir)
+            raise FinishFailed(f"finish: out of memory in the final evaluation or model write ({exc or 'MemoryError'}); "
+                               f"training is done and its last checkpoint {good[0] if good else '(none)'} is kept: "
+                               "run again (the same command) to resume it and finish") from None
+
     def _write_failed(self, exc: OSError) -> str:
         good = ckpt.list_checkpoints(self.ckpt_dir) if self.ckpt_dir.is_dir() else []
         last = f"the last good checkpoint is {good[0]}" if good else "no checkpoint was written yet"
@@ -132,7 +146,7 @@ class Job:
             self.start_history(resumed)
             try:
                 stopped = self.train()
-                result = stopped if stopped is not None else self.finish()
+                result = stopped if stopped is not None else self._finish_or_retry()
             except BaseException as exc:
                 self._end_history("failed", message=str(exc) or type(exc).__name__)
                 raise
@@ -522,7 +536,8 @@ class Job:
                   "epochs": tr.epoch}
         best_path, final_path = self.out_dir / "model-best", self.out_dir / "model-final"
         had_best = tr.best_epoch is not None
-        test = tr.model.evaluate(ds.X_test, ds.y_test) if ds.X_test is not None else None
+        # the training buffers in eval mode: the final evaluation allocates nothing beyond the plan
+        test = tr.evaluate(ds.X_test, ds.y_test) if ds.X_test is not None else None
         if had_best:
             # fit() restored the best weights; the final ones are the best ones for early stopping jobs
             save_model(best_path, tr.model, {**common, "epoch": tr.best_epoch, "val_loss": tr.best_loss,
