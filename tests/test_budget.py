@@ -126,3 +126,19 @@ def test_a_job_auto_batch_without_a_limit_never_probes_beyond_its_rows(tmp_path)
     events = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     auto = next(e for e in events if e.get("event") == "autobatch")
     assert auto["analytic"] == auto["confirmed"] == auto["used"] == 1079 and auto["probes"] == 1
+
+
+def test_train_under_a_256_mib_address_space_fails_in_one_line_not_a_spin(tmp_path):
+    """SciPy's OpenBLAS spun at 100% CPU inside its import under RLIMIT_AS 256 MiB until killed."""
+    import resource
+    import time
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    t = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "memtrain.cli", "train", os.path.join(repo, "docs", "example-job.toml"),
+                        "--device", "cpu", "--output-dir", str(tmp_path / "out")], capture_output=True, text=True,
+                       env=ENV, timeout=60, cwd=tmp_path,
+                       preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (256 * 1024**2, resource.RLIM_INFINITY)))
+    assert r.returncode == 2 and time.monotonic() - t < 30
+    assert r.stderr.startswith("memtrain: error: RLIMIT_AS: this process may map 256.00 MiB of address space")
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()

@@ -28,7 +28,7 @@ from memtrain.backend import get_backend, set_tf32
 from memtrain.errors import CheckpointError, ConfigError, DataError, DeviceError, FinishFailed, JobFailed
 from memtrain.kernels.cpu import threads_from_env
 from memtrain.memory.batch import largest_batch
-from memtrain.memory.budget import check_fits, default_margin, device_budget
+from memtrain.memory.budget import check_address_space_limit, check_fits, default_margin, device_budget
 from memtrain.memory.measure import gpu_uuid, pool_peak_hook
 from memtrain.memory.peak import PeakMeter
 from memtrain.memory.plan import training_plan
@@ -158,6 +158,7 @@ class Job:
 
     def open_device(self) -> None:
         """Checks the output directories (created later, by build_trainer) and opens the backend."""
+        check_address_space_limit()  # before SciPy/numba load: under a low RLIMIT_AS their import spins
         ckpt.check_creatable(self.ckpt_dir)
         ckpt.check_creatable(self.out_dir)
         # stale temporaries removed, unusable checkpoints set aside before anything reads them
