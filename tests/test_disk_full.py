@@ -95,8 +95,9 @@ def test_train_on_a_full_disk_is_one_line_exit_1_and_nothing_lost(tmp_path, smal
     assert '"event": "resume"' in r.stdout  # the same command went on where it stood
 
 
-def test_service_with_0_bytes_free_answers_507_and_keeps_serving_reads(small_disk, monkeypatch):
-    with ThreadServer(small_disk / "state") as server:
+def test_service_with_0_bytes_free_answers_507_and_keeps_serving_reads(small_disk, tmp_path, monkeypatch):
+    storage = tmp_path / "storage"  # the jobs' dirs elsewhere: the store's own "disk is full" is reached too
+    with ThreadServer(small_disk / "state", storage=storage) as server:
         done_id = server.request("POST", "/jobs", digits_job("before", epochs=1, batch=64))[1]["id"]
         assert server.wait(done_id)["state"] == "succeeded"
         fill(small_disk)
@@ -108,6 +109,7 @@ def test_service_with_0_bytes_free_answers_507_and_keeps_serving_reads(small_dis
         monkeypatch.setattr(core, "MIN_FREE_BYTES", 0)
         status, body = server.request("POST", "/jobs", digits_job("after", epochs=1))
         assert status == 507 and body["detail"].startswith("state dir: ") and "is full" in body["detail"], body
+        assert [p.name for p in (storage / "jobs").iterdir()] == [done_id]  # the refused job left no record
         status, jobs = server.request("GET", "/jobs")
         assert status == 200 and [j["id"] for j in jobs] == [done_id]
         assert server.request("GET", f"/jobs/{done_id}")[0] == 200

@@ -202,7 +202,10 @@ def test_sigterms_until_it_has_stopped_give_one_clean_stop(tmp_path):
         time.sleep(0.001)
     err = proc.communicate(timeout=60)[1]
     reader.join(10)
-    assert proc.returncode == 0 and sent >= 2, (proc.returncode, sent, err[-2000:])
+    # the job's stop is whole (it used to die mid-checkpoint); a SIGTERM still in flight once the job has
+    # ended and given back the handler is the process's own default end, after everything was written
+    assert any(e["event"] == "stopped" for e in events) and sent >= 2, (proc.returncode, sent, err[-2000:])
+    assert proc.returncode in (0, -signal.SIGTERM) and "Traceback" not in err, err[-2000:]
     stopped = next(e for e in events if e["event"] == "stopped")
     assert [e["reason"] for e in events if e["event"] == "checkpoint"][-1] == "SIGTERM"
     assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]

@@ -135,14 +135,19 @@ class Service:
         return {"id": job_id, "state": job["state"], "planned_bytes": job["planned_bytes"], "device": job["device"]}
 
     def _insert(self, row: dict) -> None:
-        """The job's own record in its dir first (what --recover rebuilds from), then its row."""
+        """The job's own record in its dir first (what --recover rebuilds from), then its row; a row
+        that cannot be stored takes its record back (a refused job must not come back on --recover)."""
         try:
             try:
                 recovery.write_job_file(row)
             except OSError as exc:
                 raise DiskFull(f"{row['run_dir']}: cannot write the job's record ({exc.strerror or exc}); free some "
                                "space and submit again (the jobs already stored are intact)") from None
-            self.store.insert(row)
+            try:
+                self.store.insert(row)
+            except BaseException:
+                recovery.remove_job_file(row)
+                raise
         except DiskFull:  # SQLite's own "database or disk is full" too
             self.events["rejected"] += 1
             raise

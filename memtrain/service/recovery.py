@@ -17,6 +17,7 @@ store, a start-up check that a missing store is not taken for a fresh start, and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -38,6 +39,13 @@ def write_job_file(row: dict) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     data = json.dumps(row, default=str).encode()
     atomic_write(run_dir / JOB_FILE, lambda f: f.write(data))  # a full disk leaves no temporary behind
+
+
+def remove_job_file(row: dict) -> None:
+    run_dir = Path(row["run_dir"])
+    (run_dir / JOB_FILE).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        run_dir.rmdir()  # only when empty
 
 
 def job_dirs(storage) -> list:

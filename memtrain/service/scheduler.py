@@ -317,8 +317,9 @@ class Scheduler:
             if job is None:
                 return None
             if job["state"] not in ("queued", "running"):
-                raise JobConflict(f"job {job_id}: already {job['state']}; nothing to cancel (its files are kept; "
-                                  f"`memtrain requeue {job_id}` resumes a cancelled or failed job)")
+                again = f"; `memtrain requeue {job_id}` resumes it" if job["state"] in ("cancelled", "failed") else ""
+                raise JobConflict(f"job {job_id}: already {job['state']}; nothing to cancel (its files are kept"
+                                  f"{again})")
             if job["state"] == "running" and job["cancel_requested"]:
                 return job  # asked already: the one SIGTERM is on its way
             if job["state"] == "queued":
