@@ -15,9 +15,14 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import uvicorn
+import pytest
 
-from memtrain.service.app import create_app
+# without the service extra every test module that imports these helpers is skipped, with the
+# reason, instead of stopping the whole collection (a GPU machine's `pytest -m gpu` has no extra)
+uvicorn = pytest.importorskip("uvicorn", reason="the service tests need the service extra (memtrain[service])")
+pytest.importorskip("fastapi", reason="the service tests need the service extra (memtrain[service])")
+
+from memtrain.service.app import create_app  # noqa: E402 - after the extra is known to be there
 from memtrain.service.core import Service, Settings
 
 OVERHEAD = 200 * 1024**2  # given (about what overhead.json measures here), so fresh state dirs skip measuring

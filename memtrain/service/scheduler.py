@@ -26,6 +26,7 @@ from memtrain.errors import ExitCode, MemtrainError
 from memtrain.launch.executor import Exit, Handle, Launch, Resources
 from memtrain.launch.resources import THREAD_VARS
 from memtrain.launch.worker import EXIT, PROGRESS, read_json
+from memtrain.memory import measure
 from memtrain.service import admission, planning
 from memtrain.service.store import Store, now
 
@@ -235,7 +236,7 @@ class Scheduler:
         threads = device.threads_per_job
         env = dict.fromkeys(THREAD_VARS, threads)  # BLAS and the fused CPU kernels alike
         if device.kind == "cuda":  # by uuid: NVML's index (cuda:N here) need not be CUDA's ordinal
-            env["CUDA_VISIBLE_DEVICES"] = device.uuid or device.index
+            env["CUDA_VISIBLE_DEVICES"] = measure.cuda_visible_id(device.uuid) if device.uuid else device.index
         reserved = total + device.overhead_bytes
         launch = Launch(job["id"], cfg, str(run_dir), str(run_dir / "job.log"), device.name, port, self.metrics_host,
                         env=env,

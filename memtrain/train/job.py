@@ -29,7 +29,7 @@ from memtrain.errors import CheckpointError, ConfigError, DataError, DeviceError
 from memtrain.kernels.cpu import threads_from_env
 from memtrain.memory.batch import largest_batch
 from memtrain.memory.budget import check_address_space_limit, check_fits, default_margin, device_budget
-from memtrain.memory.measure import gpu_uuid, pool_peak_hook
+from memtrain.memory.measure import active_pool, gpu_uuid, pool_peak_hook
 from memtrain.memory.peak import PeakMeter
 from memtrain.memory.plan import training_plan
 from memtrain.nn.mlp import MLP
@@ -325,7 +325,7 @@ class Job:
         stopped, None when the epochs ran out; raises JobFailed on too many non-finite steps."""
         tr = self.trainer
         self._install_signals()
-        pool_hook = pool_peak_hook(self.backend.xp.get_default_memory_pool()) if self.backend.is_cuda else None
+        pool_hook = pool_peak_hook(active_pool(self.backend.xp)) if self.backend.is_cuda else None
         self._pool_hook = pool_hook
         self._step_t = time.perf_counter()
         self.peak.reset()  # the start-up's own allocations (history files, logs) are not a training step's
