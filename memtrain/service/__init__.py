@@ -2,5 +2,7 @@
 
 store (SQLite), planning (the one module that speaks memtrain's config/plan API),
 scheduler (admission by plan, FIFO with bounded backfill), app (FastAPI), page
-(the status page), metrics (the service's own Prometheus collector).
+(the status page), metrics (the service's own Prometheus collector), recovery (each job's
+record in its dir, the store's backup, `serve --recover`), housekeeping (backup, checkpoint
+retention and the state dir's size, once a round).
 """
