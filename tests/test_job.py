@@ -352,3 +352,26 @@ def test_a_garbled_history_is_skipped_with_a_warning_and_the_job_trains_on(tmp_p
     warned = [e["message"] for e in events if e["event"] == "warning"]
     assert any("history.jsonl: skipped 1 line(s)" in w and "line 1" in w for w in warned), warned
     assert [json.loads(line)["epoch"] for line in (out / "history.jsonl").read_text().splitlines()] == [2, 3]
+
+
+def test_a_tampered_sidecar_falls_back_with_a_warning_and_ends_as_an_uninterrupted_run(tmp_path):
+    """The sidecar's `position` changed (valid JSON, the .npz untouched) used to resume silently into
+    a different model; its own checksum sets it aside, and the previous checkpoint resumes exactly."""
+    job = job_file(tmp_path)
+    r = cli("train", job, "--output-dir", tmp_path / "whole", "--log-format", "json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = cli("train", job, "--output-dir", tmp_path / "b", "--log-format", "json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    for p in (tmp_path / "b").glob("model-*"):  # as if it had been killed before writing its models
+        p.unlink()
+    newest = ckpt.list_checkpoints(tmp_path / "b" / "checkpoints")[0]
+    record = json.loads(newest.read_text())
+    record["state"]["position"] += 1
+    newest.write_text(json.dumps(record, indent=1))
+    r = cli("train", job, "--output-dir", tmp_path / "b", "--log-format", "json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    warned = [json.loads(line)["message"] for line in r.stdout.splitlines() if '"event": "warning"' in line]
+    assert any(newest.stem in w and "SHA-256 mismatch of its .json" in w and "falling back" in w for w in warned)
+    assert (newest.parent / f"{newest.name}.corrupt").exists()
+    a, b = np.load(tmp_path / "whole" / "model-final.npz"), np.load(tmp_path / "b" / "model-final.npz")
+    assert np.array_equal(a["params"], b["params"])
