@@ -217,26 +217,40 @@ def _split(where, X, y, extra, val_frac, test_frac, seed) -> dict:
 
 
 def _split_rows(X, y, parts: dict) -> dict:
-    """{split: (X rows, y rows)}, rows in file order. X is split in its own buffer: the validation
-    and test rows are copied out, the training rows moved to the front in place, the copies put
-    back behind them, so each split is a view of the one buffer. Loading then peaks at X plus its
-    validation and test rows, not at two copies of X (a 1 GB data set is 1 GB, not 2)."""
+    """{split: (X rows, y rows)}, rows in file order, each split a view of X's own buffer (not new
+    arrays: loading then peaks at X plus its larger held-out split, not at two copies of X).
+
+    Layout [train | small | large] of the held-out splits: the large one is copied out, the train
+    and small rows moved to the front in place, the small rows parked in the freed tail while the
+    train rows close up, then moved behind them, and the large one put back at the end."""
     if not (X.flags.c_contiguous and X.flags.writeable):  # a read-only view: the plain copies
         return {k: (X[idx], y[idx]) for k, idx in parts.items()}
-    held = {k: X[idx] for k, idx in parts.items() if k != "train"}
-    train = parts["train"]
-    for start in range(0, len(train), _SPLIT_ROWS):
-        # a destination row is never above its source row (sorted indices): no row is read after it is written
-        src = train[start:start + _SPLIT_ROWS]
-        X[start:start + len(src)] = X[src]
-    out, at = {"train": (X[:len(train)], y[train])}, len(train)
-    for k, rows in held.items():
-        X[at:at + len(rows)] = rows
-        out[k] = (X[at:at + len(rows)], y[parts[k]])
-        at += len(rows)
-        del rows
-    held.clear()
+    held_out = sorted((k for k in parts if k != "train"), key=lambda k: len(parts[k]))
+    small, large = (held_out if len(held_out) == 2 else [None, held_out[0]])
+    n_train, n_small = len(parts["train"]), len(parts[small]) if small else 0
+    copied = X[parts[large]]
+    keep = np.sort(np.concatenate([parts["train"]] + ([parts[small]] if small else [])))
+    _move_rows(X, keep, 0)  # train and small rows, in file order, to the front
+    tail = n_train + n_small
+    if small:
+        _move_rows(X, np.searchsorted(keep, parts[small]), tail)  # parked in the freed tail
+    _move_rows(X, np.searchsorted(keep, parts["train"]), 0)
+    if small:
+        X[n_train:tail] = X[tail:tail + n_small]
+    X[tail:] = copied
+    del copied
+    out = {"train": (X[:n_train], y[parts["train"]]), large: (X[tail:], y[parts[large]])}
+    if small:
+        out[small] = (X[n_train:tail], y[parts[small]])
     return out
+
+
+def _move_rows(X, rows, to: int) -> None:
+    """X[to + i] = X[rows[i]] for sorted `rows`, in blocks (no copy of them all at once): safe when
+    each row moves down (to + i <= rows[i]) or into a region none of `rows` lies in."""
+    for start in range(0, len(rows), _SPLIT_ROWS):
+        src = rows[start:start + _SPLIT_ROWS]
+        X[to + start:to + start + len(src)] = X[src]
 
 
 def _final_arrays(splits, wheres, dt, output, standardize) -> dict:

@@ -124,8 +124,8 @@ def test_a_decompressed_size_beyond_the_memory_left_is_refused_before_decompress
 
 def test_loading_splits_in_place_peak_rss(tmp_path):
     """Measured: the process' peak RSS over its RSS before the load, against the arrays it ends with.
-    Splitting by fancy indexing held two copies of X (2.26x on the 1M x 64 case); in place, X plus
-    its validation and test rows."""
+    Splitting by fancy indexing held two copies of X (2.23x here); in place, X plus its larger
+    held-out split."""
     path = tmp_path / "zeros.npz"
     np.savez_compressed(path, X=np.zeros((200_000, 64), np.float32), y=np.zeros(200_000, np.int64))
     r = _child(f"""
@@ -136,4 +136,4 @@ def test_loading_splits_in_place_peak_rss(tmp_path):
         print((proc_kib("/proc/self/status", "VmHWM") - before) / held)
     """)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert float(r.stdout) < 1.7, r.stdout
+    assert float(r.stdout) < 1.4, r.stdout  # 1.20 measured (the larger held-out split and index arrays)
