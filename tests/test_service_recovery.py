@@ -129,3 +129,17 @@ def test_a_bad_row_is_skipped_and_reported_not_a_500_for_the_list(state):
         assert "memtrain_service_store_damaged_rows 1.0" in metrics
     found, server = states(state_dir, recover=True)
     assert found == jobs  # rebuilt from its job dir
+
+
+def test_recover_on_a_healthy_store_keeps_it(state):
+    """The backup may be older than the store: --recover never trades a good store for it."""
+    state_dir, jobs = state
+    job_id = next(iter(jobs))
+    db = sqlite3.connect(state_dir / "memtrain.sqlite")
+    db.execute("UPDATE jobs SET name = 'renamed-after-the-backup' WHERE id = ?", (job_id,))
+    db.commit()
+    db.close()
+    with ThreadServer(state_dir, recover=True) as s:
+        assert s.service.recovered[0] == "the store passes its integrity check: kept"
+        assert s.request("GET", f"/jobs/{job_id}")[1]["name"] == "renamed-after-the-backup"
+    assert not list(state_dir.glob("memtrain.sqlite.damaged-*"))

@@ -9,8 +9,9 @@ store, a start-up check that a missing store is not taken for a fresh start, and
   changes, and at stop.
 - `check_not_lost`: a store that is missing or empty while job dirs or a backup exist is
   refused in one line naming the recovery, instead of starting empty (silent loss).
-- `recover`: sets the damaged store aside (`memtrain.sqlite.damaged-<time>`), restores the
-  backup when it passes its integrity check, and adds every job found only in the job
+- `recover`: keeps a store that passes its integrity check; else sets it aside
+  (`memtrain.sqlite.damaged-<time>`) and restores the backup when that passes the check;
+  then adds every job found only in the job
   dirs, its state read from its exit record (no record: queued, to resume from its
   checkpoint).
 """
@@ -88,7 +89,30 @@ def recover(state_dir, storage) -> list:
     opened); returns what was done, one line each."""
     state_dir = Path(state_dir)
     store, backup = state_dir / STORE, state_dir / BACKUP
-    said = _set_aside(store)
+    if _healthy(store):  # --recover on a good store: kept (the backup may be older), only missing jobs added
+        said = ["the store passes its integrity check: kept"]
+    else:
+        said = _set_aside(store) + _restore(store, backup)
+    db = Store(store)
+    try:
+        said += _rebuild(db, storage)
+    finally:
+        db.close()
+    return said
+
+
+def _healthy(store: Path) -> bool:
+    if not store.exists() or store.stat().st_size == 0:
+        return False
+    try:
+        Store(store).close()
+    except StoreDamaged:
+        return False
+    return True
+
+
+def _restore(store: Path, backup: Path) -> list:
+    said = []
     if backup.exists():
         shutil.copyfile(backup, store)
         try:
@@ -96,11 +120,6 @@ def recover(state_dir, storage) -> list:
             said.append(f"restored the backup of {_when(backup)}")
         except StoreDamaged as exc:
             said += _set_aside(store) + [f"the backup is damaged too ({exc}); rebuilding from the job dirs alone"]
-    db = Store(store)
-    try:
-        said += _rebuild(db, storage)
-    finally:
-        db.close()
     return said
 
 
