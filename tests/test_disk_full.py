@@ -4,6 +4,7 @@ submissions in one line and keeps serving reads."""
 
 import subprocess
 import sys
+import time
 import uuid
 
 import pytest
@@ -116,3 +117,34 @@ def test_service_with_0_bytes_free_answers_507_and_keeps_serving_reads(small_dis
         assert server.request("GET", "/", raw=True)[0] == 200
         status, text = server.request("GET", "/metrics", raw=True)
         assert status == 200 and 'memtrain_service_submissions_total{outcome="rejected"} 4.0' in text
+
+
+def test_a_job_failed_on_a_full_disk_is_requeued_and_resumes_bit_identical(small_disk, tmp_path):
+    """The job's dirs on a tmpfs that fills while it trains: it fails in one line, keeping its last
+    good checkpoint; with room again, `requeue` resumes it under its id, not from step 0."""
+    import numpy as np
+
+    job = digits_job("filled", epochs=6, batch=8)
+    with ThreadServer(tmp_path / "state", storage=small_disk / "storage") as server:
+        alone = server.request("POST", "/jobs", {**job, "name": "alone"})[1]["id"]
+        assert server.wait(alone)["state"] == "succeeded"
+        job_id = server.request("POST", "/jobs", job)[1]["id"]
+        ckpts = small_disk / "storage" / "jobs" / job_id / "checkpoints"
+        deadline = time.time() + 60
+        while not list(ckpts.glob("ckpt-*.json")):
+            assert time.time() < deadline
+            time.sleep(0.01)
+        fill(small_disk)
+        failed = server.wait(job_id)
+        assert failed["state"] == "failed" and "No space left on device" in failed["reason"], failed["reason"]
+        assert "the last good checkpoint is" in failed["reason"] and "\n" not in failed["reason"]
+        for p in small_disk.glob("filler-*"):
+            p.unlink()
+        status, body = server.request("POST", f"/jobs/{job_id}/requeue")
+        assert status == 200 and body["state"] in ("queued", "running"), body
+        done = server.wait(job_id)
+        assert done["state"] == "succeeded", done["reason"]
+        log = (small_disk / "storage" / "jobs" / job_id / "job.log").read_text()
+        assert '"event": "resume"' in log
+        a, b = np.load(done["result"]["model"]), np.load(server.wait(alone)["result"]["model"])
+        assert np.array_equal(a["params"], b["params"])

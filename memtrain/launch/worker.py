@@ -18,6 +18,7 @@ atomically (write to a temporary file, then rename), so a reader never sees half
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -37,8 +38,36 @@ _KEEP = ("epoch", "step", "train_loss", "val_loss", "val_accuracy", "lr", "batch
 
 def write_json(path: Path, obj) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps(obj, default=str))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(obj, default=str))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+EXIT_ROOM = 16 * 1024  # bytes of exit.json reserved at start: the record fits even on a disk filled since
+
+
+def reserve_exit(path: Path) -> None:
+    """Blanks (not JSON: no exit record yet) in the blocks exit.json will need."""
+    with contextlib.suppress(OSError):
+        path.write_bytes(b" " * EXIT_ROOM)
+
+
+def write_exit(path: Path, record: dict) -> None:
+    """exit.json, atomically when the disk has room; else written over its reserved blocks (the
+    process is ending: no one reads it before it has). Never raises: without it the exit status
+    still says how the job ended."""
+    try:
+        write_json(path, record)
+        return
+    except OSError:
+        pass
+    data = json.dumps(record, default=str).encode()[:EXIT_ROOM]
+    with contextlib.suppress(OSError), open(path, "r+b") as f:
+        f.write(data)
+        f.truncate(len(data))
 
 
 def read_json(path) -> dict | None:
@@ -95,7 +124,8 @@ class Progress:
 
     # the job's log stream: pass every line through, and read the JSON events
     def write(self, text: str) -> int:
-        self.out.write(text)
+        with contextlib.suppress(OSError):  # a full disk under the log: the job's own writes say so
+            self.out.write(text)
         self._buf += text
         while "\n" in self._buf:
             line, self._buf = self._buf.split("\n", 1)
@@ -103,7 +133,8 @@ class Progress:
         return len(text)
 
     def flush(self) -> None:
-        self.out.flush()
+        with contextlib.suppress(OSError):
+            self.out.flush()
 
     def _event(self, line: str) -> None:
         try:
@@ -128,7 +159,8 @@ class Progress:
                 self.peaks[pid] = max(self.peaks.get(pid, 0), rss, hwm)
             self.state.update(time=time.time(), rss_bytes=sum(r for r, _ in group.values()),
                               peak_rss_bytes=sum(self.peaks.values()))
-            write_json(self.path, self.state)  # under the lock: the timer thread writes too
+            with contextlib.suppress(OSError):  # best effort: the next second tries again
+                write_json(self.path, self.state)  # under the lock: the timer thread writes too
 
     def _every_second(self) -> None:
         while not self._stop.wait(1.0):
@@ -172,16 +204,17 @@ def main(argv=None) -> int:
     stopper = Stopper()
     run_dir = Path(launch.get("run_dir") or Path(argv[0]).parent)
     lock = _lock(run_dir)  # noqa: F841 - held until the process exits
+    reserve_exit(run_dir / EXIT)
     progress = Progress(run_dir, sys.stdout)
     try:
         code, reason, result = _run(launch, progress, argv[0], stopper)
     except Exception as exc:  # a bug: its traceback goes to the log, and the caller still learns it ended
         progress.close()
-        write_json(run_dir / EXIT, {"code": int(ExitCode.FAILURE), "reason": f"{type(exc).__name__}: {exc}",
+        write_exit(run_dir / EXIT, {"code": int(ExitCode.FAILURE), "reason": f"{type(exc).__name__}: {exc}",
                                     "result": None})
         raise
     progress.close()
-    write_json(run_dir / EXIT, {"code": int(code), "reason": reason, "result": result})
+    write_exit(run_dir / EXIT, {"code": int(code), "reason": reason, "result": result})
     return code
 
 
@@ -220,14 +253,19 @@ def _run(launch: dict, progress: Progress, where: str, stopper: Stopper | None =
         job = Job(cfg, log_format="json", progress=False, stream=progress, batch_solver=auto_batch)
         result = (stopper.attach(job) if stopper is not None else job).run()
     except JobFailed as exc:  # FinishFailed: exit 3, retried from its checkpoint
-        print(f"error: {exc}", file=sys.stderr, flush=True)
+        _say(f"error: {exc}")
         return exc.exit_code, f"error: {exc}", None
     except (MemtrainError, OSError, KeyError) as exc:
         # a MemtrainError may say it is a failure (exit 1, e.g. a full disk); other bad input is never retried
-        print(f"error: {exc}", file=sys.stderr, flush=True)
+        _say(f"error: {exc}")
         return getattr(exc, "exit_code", ExitCode.USAGE), f"error: {exc}", None
     result = {k: v for k, v in result.items() if k != "history"}
     return ExitCode.OK, None, result
+
+
+def _say(line: str) -> None:
+    with contextlib.suppress(OSError):  # the log on a full disk: the line goes to exit.json anyway
+        print(line, file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":
