@@ -13,7 +13,8 @@ atomically (write to a temporary file, then rename), so a reader never sees half
   and peak; rewritten on each JSON log event and every second.
 - exit.json: {"code", "reason", "result"}: how it ended. An executor that cannot wait
   on the process (it was started by an earlier service process) reads it; a process
-  gone without one was killed.
+  gone without one was killed. It is reserved as blanks (not JSON) when the worker starts,
+  so the record can still be written on a disk that has filled since.
 """
 
 from __future__ import annotations
