@@ -11,7 +11,9 @@ import sys
 
 import click
 
-from memtrain.cli_types import DEVICE_SIZE, SIZE_OR_ZERO
+from memtrain.cli_types import DEVICE_SIZE, DURATION, SIZE_OR_ZERO
+from memtrain.service import security
+from memtrain.units import format_duration
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 
@@ -36,6 +38,18 @@ def _state_options(f):
     return f
 
 
+def _limits(command):
+    """serve's bounds on what a job and a client may take."""
+    command = click.option(
+        "--request-timeout", type=click.FloatRange(min=0.1, max=3600), metavar="SECONDS",
+        default=security.REQUEST_TIMEOUT, show_default=True,
+        help="Seconds a client may take to send a whole request (headers and body); then 408 and close.")(command)
+    return click.option(
+        "--max-runtime", type=DURATION, default=format_duration(security.MAX_RUNTIME), show_default=True,
+        help="Each job's run-time bound (per attempt) when it sets no training.max_runtime, and the most it "
+             "may set: past it the job stops with a checkpoint and fails, saying why (90s, 30m, 2h, 1d).")(command)
+
+
 @click.command()
 @click.option("--state-dir", required=True, type=click.Path(file_okay=False),
               help="Where the SQLite state, each job's log, checkpoints and models live.")
@@ -48,7 +62,8 @@ def _state_options(f):
               help="Memory plans may commit on DEVICE (repeatable).  [default: MemAvailable or NVML free "
                    "memory now, less a reserve]")
 @click.option("--token-file", type=click.Path(dir_okay=False),
-              help="File holding the bearer token every request but /healthz must send.")
+              help="File holding the bearer token every request must send but /healthz and the API's schema and "
+                   "docs (/openapi.json, /docs, /redoc).")
 @click.option("--data-root", "data_roots", multiple=True, type=click.Path(file_okay=False, exists=True),
               help="Jobs may read data files only under these dirs (repeatable). Without one, only the "
                    "built-in data sets (digits, synthetic:...).")
@@ -73,6 +88,7 @@ def _state_options(f):
 @click.option("--storage", type=click.Path(file_okay=False),
               help="Where each job's checkpoints, output and log go; with --executor ray every node must see it "
                    "at this path.  [default: the state dir]")
+@_limits
 @_state_options
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
@@ -92,7 +108,7 @@ def serve(executor, ray_address, budgets, **options):
     from memtrain.service.server import run  # noqa: PLC0415
 
     run(executor=executor, ray_address=ray_address, budgets=dict(budgets), echo=lambda t: click.echo(t, err=True),
-        **options)
+        **options)  # every other option by its name: settings_from's keywords
 
 
 _server = click.option("--server", envvar="MEMTRAIN_SERVER", default="http://127.0.0.1:8470", show_default=True,
@@ -130,14 +146,18 @@ def submit(job_file, sets, fmt, server):
 
 @click.command()
 @click.option("--state", type=click.Choice(STATES), help="Only jobs in this state.")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(min=0),
+              help="The newest N jobs (0: all of them).")
 @_fmt()
 @_server
-def jobs(state, fmt, server):
-    """List the service's jobs: state, device, planned bytes, batch, progress, age."""
+def jobs(state, limit, fmt, server):
+    """List the service's jobs, newest first: state, device, planned bytes, batch, progress, age."""
     from memtrain.service.client import jobs_table  # noqa: PLC0415
 
-    rows = _client(server).jobs(state)
+    rows, more = _client(server).jobs(state, limit or None)
     click.echo(json.dumps(rows, indent=1) if fmt == "json" else jobs_table(rows))
+    if more:
+        click.echo(f"(the newest {limit} shown; --limit 0 lists all)", err=True)
 
 
 @click.command()

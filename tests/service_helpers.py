@@ -24,6 +24,7 @@ pytest.importorskip("fastapi", reason="the service tests need the service extra 
 
 from memtrain.service.app import create_app  # noqa: E402 - after the extra is known to be there
 from memtrain.service.core import Service, Settings
+from memtrain.service.server import uvicorn_config
 
 OVERHEAD = 200 * 1024**2  # given (about what overhead.json measures here), so fresh state dirs skip measuring
 
@@ -53,7 +54,8 @@ class ThreadServer:
         self.service = Service(self.settings)
         self.app = create_app(self.settings, self.service)
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="error"))
+        # the service's own uvicorn settings (its request timeout), as `memtrain serve` runs it
+        self.server = uvicorn.Server(uvicorn_config(self.app, self.settings, log_level="error"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self):

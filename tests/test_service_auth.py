@@ -1,5 +1,8 @@
 """Who may use the service: the token, the bind rule."""
 
+import json
+from pathlib import Path
+
 import pytest
 from click.testing import CliRunner
 from service_helpers import ThreadServer, digits_job
@@ -23,10 +26,40 @@ def test_every_endpoint_but_healthz_needs_the_token(server, path):
     assert server.request("GET", "/healthz")[0] == 200
 
 
+def test_every_route_needs_the_token_but_the_documented_open_ones(server):
+    """Lists the app's routes, so a route added later is checked too; docs/service.md names the open ones."""
+    from memtrain.service.app import OPEN_PATHS
+
+    job_id = server.request("POST", "/jobs", digits_job("listed", epochs=1), token=TOKEN)[1]["id"]
+    seen = set()
+    for route in server.app.routes:
+        path = route.path.replace("{job_id}", job_id)
+        for method in sorted((getattr(route, "methods", None) or {"GET"}) - {"HEAD"}):
+            seen.add(route.path)
+            status, out = server.request(method, path)
+            if route.path in OPEN_PATHS:  # the API's schema and its pages: no job data
+                assert status == 200 and job_id not in json.dumps(out), (method, route.path, status)
+            else:
+                assert status == 401 and out["detail"].startswith("unauthorized"), (method, route.path, status)
+    assert set(OPEN_PATHS) <= seen and {"/jobs", "/jobs/{job_id}", "/metrics", "/"} <= seen
+    assert server.request("GET", f"/jobs/{job_id}", token=TOKEN)[1]["state"] != "cancelled"  # the DELETE was refused
+    documented = Path(__file__).resolve().parents[1].joinpath("docs", "service.md").read_text()
+    assert "Open without the token: " + ", ".join(f"`{p}`" for p in OPEN_PATHS) in documented
+
+
+def test_a_cached_answer_still_needs_the_token(server):
+    for _ in range(3):  # the later ones are answered from the view cache, before routing (app.Edge)
+        assert server.request("GET", "/jobs?limit=3", token=TOKEN)[0] == 200
+    for token in (None, "wrong-token-0123456789"):
+        status, out = server.request("GET", "/jobs?limit=3", token=token)
+        assert status == 401 and out["detail"].startswith("unauthorized")
+
+
 def test_submit_needs_the_token_and_writes_nothing_without_it(server):
+    before = len(server.service.store.list())
     status, out = server.request("POST", "/jobs", digits_job(epochs=1))
     assert status == 401 and "Bearer" in out["detail"]
-    assert server.service.store.list() == []
+    assert len(server.service.store.list()) == before
     status, out = server.request("POST", "/jobs", digits_job(epochs=1), token=TOKEN)
     assert status == 201
 

@@ -62,6 +62,7 @@ CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, seq);
 """
 
 JSON_FIELDS = ("config", "checked", "planned", "result", "batch_request")
+NOT_VIEWED = ("config", "checked")  # the largest JSON, which a job's view never reads: a page leaves it undecoded
 
 
 class StoreDamaged(MemtrainError):
@@ -75,6 +76,8 @@ class Store:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         self.bad_rows: dict = {}  # seq -> (job id, why): rows whose JSON does not decode, skipped by every read
+        self.version = 0  # +1 per committed write: cached views are valid while it stands (one writer: this process)
+        self._rows: dict = {}  # a page's rows, decoded (_decoded)
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=30)
         self._db.row_factory = sqlite3.Row
         try:
@@ -129,6 +132,7 @@ class Store:
                     self._db.execute("ROLLBACK")
                     raise
                 self._db.execute("COMMIT")
+                self.version += 1
             except sqlite3.OperationalError as exc:
                 if "full" not in str(exc):  # SQLITE_FULL: "database or disk is full"
                     raise
@@ -206,6 +210,43 @@ class Store:
                 log.warning("store: skipped the damaged row of job %s (invalid JSON: %s)", row["id"], exc)
             return None
 
+    def page(self, state: str | None, limit: int, before: int | None = None) -> tuple:
+        """(rows, next): up to `limit` jobs, newest first, with seq below `before` (an index range:
+        a page costs the same however many jobs are stored), their config and checked columns
+        left as JSON text; `next` is the `before` of the following page, None on the last."""
+        where, args = [], []
+        if state is not None:
+            where.append("state = ?")
+            args.append(state)
+        if before is not None:
+            where.append("seq < ?")
+            args.append(int(before))
+        sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
+        with self._lock:
+            rows = self._db.execute(sql + " ORDER BY seq DESC LIMIT ?", [*args, int(limit) + 1]).fetchall()
+        more = len(rows) > limit
+        raw = rows[:limit]
+        decoded = [d for d in map(self._decoded, raw) if d is not None]  # damaged rows skipped
+        return decoded, (raw[-1]["seq"] if more and raw else None)
+
+    def _decoded(self, row) -> dict | None:
+        """_decode of a page's row, kept while the row's values stay the same (a finished job's
+        never change): a poll of an unchanged page decodes no JSON. The dict is shared: read only.
+        None for a damaged row (found at open, or by this decode)."""
+        if row["seq"] in self.bad_rows:
+            return None
+        key = tuple(row)
+        d = self._rows.get(key)
+        if d is None:
+            try:
+                d = _decode(row, skip=NOT_VIEWED)
+            except ValueError:
+                return self._decode(row)  # records it as damaged; None
+            self._rows[key] = d
+            if len(self._rows) > 4096:  # bounded; the oldest entries go first
+                self._rows.pop(next(iter(self._rows)))
+        return d
+
     def counts(self) -> dict:
         with self._lock:
             rows = self._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
@@ -221,10 +262,10 @@ def damaged_message(path: Path, detail: str) -> str:
             "beside it)")
 
 
-def _decode(row) -> dict:
+def _decode(row, skip=()) -> dict:
     d = dict(row)
     for k in JSON_FIELDS:
-        if d.get(k) is not None:
+        if d.get(k) is not None and k not in skip:
             d[k] = json.loads(d[k])
     return d
 

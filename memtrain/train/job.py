@@ -383,11 +383,18 @@ class Job:
             self.failure = (f"training: {tr.nonfinite_streak} non-finite steps in a row (loss {loss}); stopped "
                             "with a checkpoint of the last good state (try a lower lr or clip_norm)")
             return STOP
+        if self._past_max_runtime():
+            self.stop("max_runtime")
         if self.stop_reason:
             return STOP
         if self.cadence.interval_due(tr.steps, last_in_epoch=tr.position >= self.steps_per_epoch):
             self.save_checkpoint("interval")
         return None
+
+    def _past_max_runtime(self) -> bool:
+        """training.max_runtime: this run's wall time since run() began (start-up included)."""
+        limit = self.cfg.training.max_runtime
+        return limit is not None and time.perf_counter() - self._t_start >= limit
 
     def on_epoch(self, tr, record):
         self._bar.close()
