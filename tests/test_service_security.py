@@ -273,6 +273,11 @@ def test_headers_sent_slowly_get_408_within_the_timeout(server):
     assert reply.startswith(b"HTTP/1.1 408 ") and 0.9 < took < 4, (reply, took)
 
 
+def test_a_connection_that_sends_nothing_is_closed_within_the_timeout(server):
+    reply, took = _raw(server, b"")
+    assert reply.startswith(b"HTTP/1.1 408 ") and 0.9 < took < 4, (reply, took)
+
+
 def test_a_prompt_client_keeps_its_connection(server):
     import http.client
 

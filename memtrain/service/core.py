@@ -221,11 +221,6 @@ class Service:
             "threads": job["threads"],
         }
 
-    def jobs(self, state: str | None = None) -> list:
-        _check_state(state)
-        slots = self.scheduler.slots()
-        return [self.job_view(j, slots) for j in self.store.list(state)]
-
     def jobs_page(self, state: str | None = None, limit: int = 100, before: int | None = None,
                   serialize=None) -> tuple:
         """(views, next, watched): up to `limit` jobs newest first below seq `before`, the `before` of

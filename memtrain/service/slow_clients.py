@@ -3,8 +3,9 @@
 uvicorn closes an idle keep-alive connection, but once a request has begun it waits
 for the rest for ever: a client that declares Content-Length: 100 and sends 10 bytes
 holds a connection (and, for POST /jobs, a handler) until it gives up. This protocol
-starts a clock at a request's first byte and stops it when h11 has read the whole
-request; past `timeout` seconds it answers 408 (when no response has begun) and closes.
+starts a clock when a connection opens and at each later request's first byte, and stops it
+when h11 has read the whole request; past `timeout` seconds it answers 408 (when no response
+has begun) and closes.
 """
 
 from __future__ import annotations
@@ -30,6 +31,11 @@ def protocol(timeout: float) -> type:
     class TimedH11Protocol(H11Protocol):
         request_timeout = timeout
         _clock = None
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            # a connection that sends nothing at all is held by nothing else (keep-alive starts after a response)
+            self._clock = self.loop.call_later(self.request_timeout, self._too_slow)
 
         def data_received(self, data: bytes) -> None:
             if self._clock is None and self.conn.their_state not in _RECEIVED:
