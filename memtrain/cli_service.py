@@ -206,17 +206,30 @@ def requeue(job_id, server):
 @click.argument("job_id")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing until the job ends.")
 @click.option("--lines", "-n", default=200, show_default=True, type=click.IntRange(min=0),
-              help="Lines from the end to start with.")
+              help="Lines of the log file from the end to start with.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="text: the lines `memtrain train` prints; json: the job's raw JSON events.")
 @_server
-def logs(job_id, follow, lines, server):
-    """Print a job's log (its JSON lines); --follow streams it until the job ends."""
+def logs(job_id, follow, lines, fmt, server):
+    """Print a job's log as `memtrain train` prints it (--format json: its JSON events);
+    --follow streams it until the job ends.
+
+    \b
+    Examples:
+      memtrain logs 4dda1a3d --follow
+      memtrain logs 4dda1a3d --format json -n 20
+    """
+    from memtrain.service.logtext import human_lines, lines_of  # noqa: PLC0415
+
     out = _client(server).log(job_id, lines, follow)
-    if not follow:
-        click.echo(out, nl=False)
+    chunks = out if follow else [out]
+    if fmt == "json":
+        for chunk in chunks:
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
         return
-    for chunk in out:
-        sys.stdout.write(chunk)
-        sys.stdout.flush()
+    for line in human_lines(lines_of(chunks)):
+        click.echo(line)
 
 
 COMMANDS = (serve, submit, jobs, job, cancel, requeue, logs)

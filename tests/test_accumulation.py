@@ -93,3 +93,29 @@ def test_replan_keeps_parameters_and_state():
     t.replan(8)
     assert t.arrays["opt.m"] is m_state and t.arrays["params"] is t.model.params
     assert t.arrays["z1"].shape == (8, 20)
+
+
+def test_a_jobs_oom_recovery_is_in_its_log(tmp_path, monkeypatch):
+    """The job log says when an OOM shrank the micro-batch (the service's job page lists it)."""
+    import io
+    import json
+
+    from memtrain.config import from_dict
+    from memtrain.train.job import Job
+
+    original = Job.build_trainer
+
+    def with_fault(self):
+        original(self)
+        self.trainer.fault_hook = InjectOOM(3, 0)
+
+    monkeypatch.setattr(Job, "build_trainer", with_fault)
+    cfg = from_dict({"name": "oom", "seed": 0, "device": "cpu", "model": {"layers": [64, 16, 10]},
+                     "training": {"batch_size": 32, "epochs": 1}, "data": {"dataset": "digits"},
+                     "output": {"dir": str(tmp_path / "out")}, "checkpoint": {"dir": str(tmp_path / "ck")}})
+    log = io.StringIO()
+    Job(cfg, log_format="json", progress=False, stream=log, install_signals=False).run()
+    events = [json.loads(line) for line in log.getvalue().splitlines()]
+    oom = [e for e in events if e["event"] == "oom_recovery"]
+    assert len(oom) == 1 and oom[0]["micro_batch_from"] == 32 and oom[0]["micro_batch_to"] == 16
+    assert oom[0]["text"].startswith("oom       out of memory (MemoryError) at step 3: micro-batch 32 -> 16")

@@ -166,7 +166,13 @@ def test_trainer_records_fit_the_layout():
     X, y = rng.standard_normal((40, 4)).astype(np.float32), rng.integers(0, 3, 40)
     tr = Trainer(MLP([4, 8, 3], seed=0), "sgd", batch_size=8, patience=3)
     records = tr.fit(X, y, epochs=2, validation=(X[:10], y[:10]))
-    assert set(records[0]) == set(hist.TRAINER_FIELDS)
+    regression = {"val_rmse", "val_mae", "val_r2"}  # a linear output's scores, in its records only
+    assert set(records[0]) == set(hist.TRAINER_FIELDS) - regression
+    assert hist.trainer_history(records) == records
+    t = rng.standard_normal((40, 2)).astype(np.float32)
+    reg = Trainer(MLP([4, 8, 2], output="linear", seed=0), "sgd", batch_size=8)
+    records = reg.fit(X, t, epochs=1, validation=(X[:10], t[:10]))
+    assert set(records[0]) == set(hist.TRAINER_FIELDS) and records[0]["val_accuracy"] is None
     assert hist.trainer_history(records) == records
 
 

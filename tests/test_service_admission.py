@@ -5,7 +5,7 @@ wait is bounded by max(became head, queued + head_wait) + the longest run."""
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from memtrain.service.admission import Slot, Waiting, admit, blocking, place
+from memtrain.service.admission import Slot, Waiting, admit, blocking, place, reasons
 
 BUDGETS = [1000, 600]
 
@@ -79,3 +79,16 @@ def test_best_fit_and_auto_jobs_take_the_emptiest_device():
     assert place(Waiting("y", "cuda", 40, 0, auto=True), slots).name == "b"
     assert place(Waiting("z", "cpu", 1, 0), slots) is None
     assert blocking(Waiting("w", "cuda", 95, 0), slots) == "needs 95 B, 90 B free on b"
+
+
+def test_a_waiting_job_hears_every_reason_it_waits():
+    """mid-2 of issue 24 waited for a slot and for memory, and heard only of the slot."""
+    full = Slot("cpu", "cpu", 100, committed=90, running=2, max_jobs=2)
+    assert reasons(Waiting("w", "cpu", 50, 0), [full]) == [
+        "all cpu job slots are taken (2 per device)", "needs 50 B, 10 B free on cpu"]
+    assert blocking(Waiting("w", "cpu", 50, 0), [full]) == (
+        "all cpu job slots are taken (2 per device); needs 50 B, 10 B free on cpu")
+    assert reasons(Waiting("w", "cpu", 5, 0), [full]) == ["all cpu job slots are taken (2 per device)"]
+    room = Slot("cpu", "cpu", 100, committed=10, running=1, max_jobs=2)
+    assert reasons(Waiting("w", "cpu", 50, 0), [room])[0].startswith("it fits: it starts at the scheduler's next")
+    assert reasons(Waiting("w", "cuda", 5, 0), [room]) == ["no cuda device"]

@@ -11,6 +11,8 @@ atomically (write to a temporary file, then rename), so a reader never sees half
 - progress.json: the latest epoch record (epoch, step, losses), the plan's total and
   the resident memory of the worker and its children (the metrics exporter), current
   and peak; rewritten on each JSON log event and every second.
+- memory.jsonl: {"t", "rss"} appended every second for the first two minutes, then every
+  five seconds: the resident memory over time the service's job page draws against the plan.
 - exit.json: {"code", "reason", "result"}: how it ended. An executor that cannot wait
   on the process (it was started by an earlier service process) reads it; a process
   gone without one was killed. It is reserved as blanks (not JSON) when the worker starts,
@@ -32,9 +34,10 @@ from pathlib import Path
 from memtrain.errors import ExitCode, JobFailed, MemtrainError
 
 PROGRESS = "progress.json"
+MEMORY = "memory.jsonl"
 EXIT = "exit.json"
-_KEEP = ("epoch", "step", "train_loss", "val_loss", "val_accuracy", "lr", "batch_size", "total", "resident",
-         "stopped", "signal")
+_KEEP = ("epoch", "step", "train_loss", "val_loss", "val_accuracy", "val_rmse", "val_mae", "val_r2", "lr",
+         "batch_size", "total", "resident", "stopped", "signal")
 
 
 def write_json(path: Path, obj) -> None:
@@ -164,8 +167,22 @@ class Progress:
                 write_json(self.path, self.state)  # under the lock: the timer thread writes too
 
     def _every_second(self) -> None:
+        started, last = time.time(), 0.0
         while not self._stop.wait(1.0):
             self.save()
+            now = time.time()
+            if now - last >= (1.0 if now - started < 120 else 5.0):  # a sample a second, then one per 5 s
+                last = now
+                self._sample(now)
+
+    def _sample(self, now: float) -> None:
+        with self.lock:
+            line = json.dumps({"t": round(now, 2), "rss": self.state.get("rss_bytes")}) + "\n"
+        try:
+            with open(self.path.with_name(MEMORY), "a") as f:
+                f.write(line)
+        except OSError:  # a full disk: the samples are a view, the job goes on
+            pass
 
     def close(self) -> None:
         self._stop.set()
@@ -251,7 +268,9 @@ def _run(launch: dict, progress: Progress, where: str, stopper: Stopper | None =
 
     try:
         cfg = JobConfig.from_dict(launch["config"], source=launch.get("job_id", where))
-        job = Job(cfg, log_format="json", progress=False, stream=progress, batch_solver=auto_batch)
+        run_info = {"name": cfg.name, "job_id": launch.get("job_id")}  # run.json names the job, not "output"
+        job = Job(cfg, log_format="json", progress=False, stream=progress, batch_solver=auto_batch,
+                  run_info=run_info)
         result = (stopper.attach(job) if stopper is not None else job).run()
     except JobFailed as exc:  # FinishFailed: exit 3, retried from its checkpoint
         _say(f"error: {exc}")

@@ -16,11 +16,12 @@ from starlette.requests import ClientDisconnect
 
 from memtrain import __version__
 from memtrain.errors import DiskFull, MemtrainError
-from memtrain.service import models, planning, security
+from memtrain.service import apidocs, models, planning, security
 from memtrain.service.core import Service, Settings, tail
 from memtrain.service.view_cache import ViewCache, not_modified
 
-OPEN_PATHS = ("/healthz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")  # no token: see docs/service.md
+# no token: see docs/service.md; /docs-assets/{name}: Swagger UI's own files (apidocs.py)
+OPEN_PATHS = ("/healthz", "/docs", "/docs-assets/{name}", "/openapi.json")
 PAGE_LIMIT = 100  # GET /jobs without ?limit=
 MAX_PAGE_LIMIT = 1000
 JOB = TypeAdapter(models.Job)
@@ -87,9 +88,10 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
         yield
         service.stop()
 
-    app = FastAPI(title="memtrain serve", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="memtrain serve", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="A memory-aware training service: jobs are planned at submission and start "
                               "when their plans fit a device's budget (docs/service.md).")
+    apidocs.add_docs(app, "memtrain serve")  # /docs with Swagger UI served from the package: no CDN
     app.state.service = service
     app.state.views = ViewCache(service.store)
     app.add_middleware(BodyLimit, limit=security.MAX_BODY)
@@ -226,6 +228,13 @@ def _service_routes(app, service, guarded) -> None:
             return render(service).encode(), service.running_progress_files(), {}
 
         return await _view(request, ("page",), build, max_age=1.0, media_type="text/html; charset=utf-8")
+
+    @app.get("/jobs/{job_id}/page", response_class=HTMLResponse, dependencies=guarded, tags=["jobs"],
+             responses=ERRORS, summary="The job's page: state, plan against measured memory, curves, events")
+    def job_page(job_id: str):
+        from memtrain.service.jobpage import render_job  # noqa: PLC0415
+
+        return HTMLResponse(_found(render_job(service, job_id), job_id))
 
 
 async def _view(request, key, build, **options):

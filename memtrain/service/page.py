@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import html
 
-from memtrain.service.client import age, progress_text
+from memtrain.service.client import age, progress_text, result_text
 from memtrain.units import format_bytes
 
 REFRESH_SECONDS = 5
@@ -71,7 +71,8 @@ def _jobs(jobs) -> str:
     for j in jobs:  # newest first
         e = html.escape
         rows.append(
-            f"<tr><td>{e(j['id'])}</td><td>{e(j['name'])}</td><td class='{e(j['state'])}'>{e(j['state'])}</td>"
+            f"<tr><td><a href='/jobs/{e(j['id'])}/page'>{e(j['id'])}</a></td><td><a href='/jobs/{e(j['id'])}/page'>"
+            f"{e(j['name'])}</a></td><td class='{e(j['state'])}'>{e(j['state'])}</td>"
             f"<td>{e(j['device'] or '-')}</td><td class='n'>{format_bytes(j['planned_bytes'])}</td>"
             f"<td class='n'>{e(str(j['batch_size'] or j['batch_request']))}</td><td>{e(progress_text(j))}</td>"
             f"<td class='n'>{age(j['submitted_at'])}</td><td>{e(_outcome(j))}</td>"
@@ -82,6 +83,6 @@ def _jobs(jobs) -> str:
 
 def _outcome(j) -> str:
     r = j.get("result") or {}
-    if j["state"] == "succeeded" and r.get("test_accuracy") is not None:
-        return f"test accuracy {r['test_accuracy']:.3f}"
+    if j["state"] == "succeeded" and r.get("steps") is not None:
+        return result_text(r)
     return j["reason"] or ""

@@ -36,6 +36,7 @@ from memtrain.units import format_duration
 log = logging.getLogger("memtrain.service")
 STOPPED_FOR_RUNTIME = 2  # cancel_requested: 1 a DELETE, 2 this scheduler, for training.max_runtime
 PROGRESS_FIELDS = {"epoch": int, "step": int, "train_loss": float, "val_loss": float, "val_accuracy": float,
+                   "val_rmse": float, "val_mae": float, "val_r2": float,  # a regression's (linear output)
                    "event": str, "rss_bytes": int, "peak_rss_bytes": int, "time": float, "pid": int}
 
 

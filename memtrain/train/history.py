@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from memtrain.errors import MemtrainError
+from memtrain.nn.scores import ALL as SCORES
 from memtrain.train.checkpoint import atomic_write
 
 HISTORY = "history.jsonl"
@@ -61,6 +62,9 @@ class EpochRecord:
     seconds: float | None = field(default=None, metadata=_TRAINER)  # wall time of the epoch's steps
     val_loss: float | None = field(default=None, metadata=_TRAINER)
     val_accuracy: float | None = field(default=None, metadata=_TRAINER)
+    val_rmse: float | None = field(default=None, metadata=_TRAINER)  # regression (linear output) only
+    val_mae: float | None = field(default=None, metadata=_TRAINER)
+    val_r2: float | None = field(default=None, metadata=_TRAINER)
     steps: int | None = None  # optimizer steps done by the end of the epoch
     samples_per_second: float | None = None
     planned_bytes: int | None = None  # the MemoryPlan's total
@@ -73,6 +77,7 @@ class RunInfo:
     """run.json: what a run is, where it stands and how it ended."""
 
     name: str
+    job_id: str | None = None  # a service job's id (its run dir is STATE_DIR/jobs/ID/output)
     state: str = "running"  # running | finished | stopped | failed
     device: str | None = None
     dataset: str | None = None
@@ -89,8 +94,14 @@ class RunInfo:
     best_epoch: int | None = None  # the epoch with the lowest validation loss
     best_val_loss: float | None = None
     best_val_accuracy: float | None = None  # the accuracy at best_epoch
+    best_val_rmse: float | None = None  # regression: the scores at best_epoch
+    best_val_mae: float | None = None
+    best_val_r2: float | None = None
     test_loss: float | None = None
     test_accuracy: float | None = None
+    test_rmse: float | None = None
+    test_mae: float | None = None
+    test_r2: float | None = None
     message: str | None = None  # why it stopped or failed
     config_hash: str | None = None
     started: str | None = None  # UTC, ISO 8601; kept across resumes
@@ -230,7 +241,8 @@ class RunHistory:
         if records and records[-1].get("steps") is not None and run.get("steps") is None:
             run["steps"] = records[-1]["steps"]
         if b is not None:
-            run.update(best_epoch=b["epoch"], best_val_loss=b["val_loss"], best_val_accuracy=b.get("val_accuracy"))
+            run.update(best_epoch=b["epoch"], best_val_loss=b["val_loss"],
+                       **{f"best_val_{k}": b.get(f"val_{k}") for k in SCORES})
         self._write_run(run)
         self.write_csv(records)
         return run

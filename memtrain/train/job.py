@@ -33,6 +33,7 @@ from memtrain.memory.measure import active_pool, gpu_uuid, pool_peak_hook
 from memtrain.memory.peak import PeakMeter
 from memtrain.memory.plan import training_plan
 from memtrain.nn.mlp import MLP
+from memtrain.nn.scores import ALL as SCORES
 from memtrain.train import checkpoint as ckpt
 from memtrain.train.history import RunHistory, config_hash, trainer_history
 from memtrain.train.joblog import JobLog, Progress, epoch_line, plan_line, summary_text
@@ -57,8 +58,9 @@ class Job:
     any work), then run(); read `state` while it runs and `summary` after it."""
 
     def __init__(self, cfg, *, log_format="text", progress=True, stream=None, install_signals=True,
-                 batch_solver=None):
+                 batch_solver=None, run_info=None):
         self.cfg = cfg
+        self.run_info = dict(run_info or {})  # RunInfo fields a caller adds to run.json (the service: name, job_id)
         self.log = JobLog(log_format, stream or sys.stdout)
         # the bar redraws one line: on a terminal only (a log file or a pipe gets the epoch lines)
         self.show_progress = progress and log_format == "text" and _isatty(self.log.stream)
@@ -78,6 +80,7 @@ class Job:
         self._recovered = self._resumed_record = None  # the newest good checkpoint's record at start-up (ckpt.recover)
         self._history_open = False  # start() was called: every ending must finish() it
         self._epoch_samples = 0
+        self._events_logged = 0  # trainer.events already in the log
         self._rate = Progress(False, 0, None)  # its smoothed samples/s, for the epoch lines and the history
         self.summary = None
         self.stop_reason = None  # set by stop(): a signal name or "stop"
@@ -298,7 +301,8 @@ class Job:
                           "dtype": s.dtype},
                 "batch_size": tr.batch_size, "micro_batch_size": tr.micro_batch_size,
                 "epochs_planned": cfg.training.epochs, "steps": tr.steps, "planned_bytes": self.plan.total,
-                "planned_by_category": self.plan.by_category(), "config_hash": config_hash(cfg.to_dict())}
+                "planned_by_category": self.plan.by_category(), "config_hash": config_hash(cfg.to_dict()),
+                **self.run_info}
         if resumed:
             old = self._resumed_record["state"].get("history")  # a checkpoint of an older memtrain holds it
             kept = self.history.start(info, resume_from=tr.epoch, fallback=old)
@@ -377,6 +381,9 @@ class Job:
         s.nonfinite_steps, s.oom_recoveries = tr.nonfinite_steps, tr.oom_recoveries
         if tr.micro_batch_size != s.micro_batch_size:  # an OOM re-planned the step
             s.micro_batch_size, s.planned_bytes = tr.micro_batch_size, tr.plan.by_category()
+        if len(tr.events) > self._events_logged:  # OOM recoveries, a CUDA graph turned off: into the log
+            self._log_trainer_events(tr.events[self._events_logged:])
+            self._events_logged = len(tr.events)
         self._bar.update(tr, loss, dt, peak if peak is not None else s.measured.get("cupy_pool_peak"))
         self.publish()
         if tr.nonfinite_streak >= self.cfg.training.max_nonfinite:
@@ -401,8 +408,9 @@ class Job:
         s = self.state
         s.epoch = tr.epoch
         s.validation_loss = record.get("val_loss", float("nan"))
-        acc = record.get("val_accuracy")
-        s.validation_accuracy = float("nan") if acc is None else acc
+        for k in SCORES:  # NaN: no such score for this kind of output
+            v = record.get(f"val_{k}")
+            setattr(s, f"validation_{k}", float("nan") if v is None else v)
         self.publish()
         # smoothed across epochs: a checkpoint's fsync or a busy machine moves it a little, not 50x
         seconds = record.get("seconds") or 0.0
@@ -416,6 +424,17 @@ class Job:
                             measured_peak_bytes=self.peak.peak())
         del tr.history[:-1]  # the history file holds every epoch: memory stays flat over long runs
         self.save_checkpoint("epoch")
+
+    def _log_trainer_events(self, events) -> None:
+        for e in events:
+            fields = {k: v for k, v in e.items() if k != "event"}
+            if e["event"] == "oom_recovery":
+                text = (f"oom       out of memory ({e.get('error')}) at step {e.get('step')}: micro-batch "
+                        f"{e.get('micro_batch_from')} -> {e.get('micro_batch_to')}, gradients accumulated (the batch "
+                        "stays the same)")
+            else:
+                text = f"note      {e['event']}: " + ", ".join(f"{k} {v}" for k, v in fields.items())
+            self.log(e["event"], text, **fields)
 
     def save_checkpoint(self, reason: str) -> Path | None:
         """A checkpoint of the current state, unless the newest one already holds it (None)."""
@@ -560,8 +579,9 @@ def _summary(cfg, tr, plan, peak, seconds, test, final_path, best_path) -> dict:
         "job": cfg.name, "steps": tr.steps, "epochs": tr.epoch,
         "best_epoch": tr.best_epoch if best_path else None,
         "train_loss": last.get("train_loss"), "val_loss": last.get("val_loss"),
-        "val_accuracy": last.get("val_accuracy"),
-        "test_loss": None if test is None else test["loss"], "test_accuracy": None if test is None else test["accuracy"],
+        **{f"val_{k}": last.get(f"val_{k}") for k in SCORES},
+        "test_loss": None if test is None else test["loss"],
+        **{f"test_{k}": None if test is None else test[k] for k in SCORES},
         "seconds": seconds, "batch_size": tr.batch_size, "micro_batch_size": tr.micro_batch_size,
         "oom_recoveries": tr.oom_recoveries, "nonfinite_steps": tr.nonfinite_steps,
         "planned_bytes": plan.total, "planned_by_category": plan.by_category(), "measured_peak_bytes": peak,
