@@ -21,7 +21,7 @@ def settings_from(*, state_dir, host, port, devices, budgets, token_file, data_r
     token = security.read_token(token_file)
     security.check_bind(host, token)
     parse_devices(devices)  # a bad --devices fails before Service creates the state dir
-    state = Path(state_dir)
+    state = Path(state_dir).absolute()  # workers run in their own directories: a relative path would not reach them
     if state.exists() and not state.is_dir():
         raise MemtrainError(f"--state-dir: {state} is not a directory")
     if storage is not None and Path(storage).exists() and not Path(storage).is_dir():
