@@ -359,7 +359,7 @@ def train(job_file, log_format, progress, **flags):
         Job(cfg, log_format=log_format, progress=progress, batch_solver=auto_batch).run()
     except JobFailed as exc:
         click.echo(f"memtrain: job failed: {exc}", err=True)
-        sys.exit(ExitCode.FAILURE)
+        sys.exit(exc.exit_code)
 
 
 # -- evaluate / predict ---------------------------------------------------------------

@@ -25,7 +25,7 @@ def capped(code: str, room: int = ROOM, cwd=None):
         import memtrain.cli, memtrain.config, memtrain.render, memtrain.data, sklearn.datasets
         import memtrain.profiler.autobatch, memtrain.profiler.estimate, memtrain.train.job  # before the cap
         from memtrain.memory.measure import proc_kib
-        vm = proc_kib("/proc/self/status", "VmSize") * 1024
+        vm = proc_kib("/proc/self/status", "VmSize")  # bytes
         resource.setrlimit(resource.RLIMIT_AS, (vm + {room}, resource.RLIM_INFINITY))
     """)
     return subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)], capture_output=True, text=True,
@@ -60,13 +60,16 @@ def test_cgroup_v1_room_and_no_limit(tmp_path):
 
 
 def test_free_memory_respects_rlimit_as():
+    """The limit is set ROOM bytes above the address space: the reported room is ROOM, less
+    what the few lines after setrlimit mapped (a unit slip, KiB for bytes, is off by ~1000x)."""
     out = capped("""
-        from memtrain.memory.budget import cpu_free
-        print(*cpu_free(), sep="|")
+        from memtrain.memory.budget import cpu_free, rlimit_as_room
+        print(rlimit_as_room(), *cpu_free(), sep="|")
     """)
     assert out.returncode == 0, out.stderr
-    free, source = out.stdout.strip().split("|")
-    assert int(free) <= ROOM and source == "RLIMIT_AS now"
+    room, free, source = out.stdout.strip().split("|")
+    assert ROOM - 8 * 1024**2 <= int(room) <= ROOM
+    assert int(free) == int(room) and source == "RLIMIT_AS now"
 
 
 def test_estimate_max_batch_fits_the_process_limit_not_the_host():
@@ -123,3 +126,19 @@ def test_a_job_auto_batch_without_a_limit_never_probes_beyond_its_rows(tmp_path)
     events = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     auto = next(e for e in events if e.get("event") == "autobatch")
     assert auto["analytic"] == auto["confirmed"] == auto["used"] == 1079 and auto["probes"] == 1
+
+
+def test_train_under_a_256_mib_address_space_fails_in_one_line_not_a_spin(tmp_path):
+    """SciPy's OpenBLAS spun at 100% CPU inside its import under RLIMIT_AS 256 MiB until killed."""
+    import resource
+    import time
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    t = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "memtrain.cli", "train", os.path.join(repo, "docs", "example-job.toml"),
+                        "--device", "cpu", "--output-dir", str(tmp_path / "out")], capture_output=True, text=True,
+                       env=ENV, timeout=60, cwd=tmp_path,
+                       preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (256 * 1024**2, resource.RLIM_INFINITY)))
+    assert r.returncode == 2 and time.monotonic() - t < 30
+    assert r.stderr.startswith("memtrain: error: RLIMIT_AS: this process may map 256.00 MiB of address space")
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()

@@ -68,15 +68,16 @@ def test_torn_last_line_is_ignored(tmp_path):
     assert [r["epoch"] for r in h.read()] == [1, 2]
 
 
-def test_corrupt_middle_line_is_an_error(tmp_path):
-    h = RunHistory(tmp_path)
+def test_garbled_lines_are_skipped_with_one_warning(tmp_path):
+    warnings = []
+    h = RunHistory(tmp_path, warn=warnings.append)
     h.start({"name": "t"})
     h.append(_rec(1))
     with open(tmp_path / "history.jsonl", "ab") as f:
-        f.write(b"garbage\n")
+        f.write(b"garbage\n\xff\xfe{\n[1, 2]\n{\"epoch\": true}\n")
     h.append(_rec(2))
-    with pytest.raises(HistoryError, match=r"history.jsonl: line 2 is not an epoch record"):
-        h.read()
+    assert [r["epoch"] for r in h.read()] == [1, 2]
+    assert len(warnings) == 1 and "history.jsonl: skipped 4 line(s)" in warnings[0] and "line 2, 3, 4, 5" in warnings[0]
 
 
 def test_resume_drops_epochs_after_the_checkpoint_and_the_torn_line(tmp_path):

@@ -280,7 +280,7 @@ def test_client_says_when_no_service_is_running():
 
 
 def test_help_of_every_service_command():
-    for cmd in ("serve", "submit", "jobs", "job", "cancel", "logs"):
+    for cmd in ("serve", "submit", "jobs", "job", "cancel", "requeue", "logs"):
         r = CliRunner().invoke(main, [cmd, "--help"])
         assert r.exit_code == 0 and "Usage:" in r.output, cmd
 

@@ -77,7 +77,7 @@ def list_runs(directory) -> dict:
     rows, notes = [], []
     for d in _run_dirs(root, notes):
         try:
-            rows.append(_row(d, root))
+            rows.append(_row(d, root, notes))
         except HistoryError as exc:
             notes.append(f"skipped {d}: {exc}")
     rows.sort(key=lambda r: (r.started or r.ended or "", r.run))
@@ -118,9 +118,9 @@ def _service_job(d: Path) -> dict:
         return {}
 
 
-def _row(d: Path, root: Path) -> RunRow:
+def _row(d: Path, root: Path, notes: list) -> RunRow:
     rel = str(d.relative_to(root)) if d != root else d.name
-    h = RunHistory(d)
+    h = RunHistory(d, warn=notes.append)  # garbled history lines: skipped, the run listed, a note says so
     info = h.info()
     if info is None and (d / _LEGACY).exists():
         return _legacy_row(d, rel)
@@ -248,7 +248,7 @@ def runs_plot(report: dict, path) -> int:
     colours = plt.get_cmap("tab20" if len(report["runs"]) > 10 else "tab10")
     drawn = 0
     for r in report["runs"]:
-        recs = RunHistory(r["path"]).read() if r["source"] == RUN else []
+        recs = RunHistory(r["path"], warn=lambda m: None).read() if r["source"] == RUN else []  # noted in the list
         if not recs:
             continue
         c = colours(drawn % colours.N)

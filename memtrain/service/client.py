@@ -79,6 +79,9 @@ class Client:
     def cancel(self, job_id: str) -> dict:
         return self.request("DELETE", f"/jobs/{_quote(job_id)}")
 
+    def requeue(self, job_id: str) -> dict:
+        return self.request("POST", f"/jobs/{_quote(job_id)}/requeue")
+
     def log(self, job_id: str, lines: int = 200, follow: bool = False):
         """The log's last lines (str), or with follow an iterator of chunks until the job ends."""
         path = f"/jobs/{_quote(job_id)}/log?lines={int(lines)}"

@@ -28,13 +28,25 @@ def render(service) -> str:
     devices = service.device_views()
     jobs, more, _ = service.jobs_page(None, PAGE_JOBS)
     summary = ", ".join(f"{n} {s}" for s, n in service.store.counts().items() if n) or "no jobs yet"
+    size = service.housekeeper.state_dir_bytes
+    if size is not None:
+        summary += f" · state dir {format_bytes(size)} on disk"
     shown = f"<p><small>The newest {PAGE_JOBS}; older ones: GET /jobs?cursor=...</small></p>" if more else ""
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><meta http-equiv='refresh' "
              f"content='{REFRESH_SECONDS}'><title>memtrain serve</title><style>{STYLE}</style></head><body>",
              f"<h1>memtrain serve</h1><p>{html.escape(summary)} &middot; <a href='/docs'>API</a> &middot; "
-             f"<a href='/metrics'>metrics</a></p>", "<h2>Devices</h2>", _devices(devices), "<h2>Jobs</h2>",
-             _jobs(jobs), shown, f"<p><small>Reloads every {REFRESH_SECONDS} s.</small></p></body></html>"]
+             f"<a href='/metrics'>metrics</a></p>", _damaged(service.store.bad_rows), "<h2>Devices</h2>",
+             _devices(devices), "<h2>Jobs</h2>", _jobs(jobs), shown,
+             f"<p><small>Reloads every {REFRESH_SECONDS} s.</small></p></body></html>"]
     return "".join(parts)
+
+
+def _damaged(bad_rows: dict) -> str:
+    if not bad_rows:
+        return ""
+    n, ids = len(bad_rows), ", ".join(sorted(job_id for job_id, _ in bad_rows.values()))
+    return (f"<p class='failed'>{n} damaged job row{'s' if n > 1 else ''} skipped ({html.escape(ids)}): "
+            "<code>memtrain serve --recover</code> rebuilds them from their job dirs.</p>")
 
 
 def _devices(devices) -> str:

@@ -29,6 +29,7 @@ import json
 import math
 import os
 import socket
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,8 +151,10 @@ class RunHistory:
     and `finish` when it ends in any way. `read` works on any run, live or not.
     """
 
-    def __init__(self, directory):
+    def __init__(self, directory, warn=None):
         self.dir = Path(directory)
+        # bad lines are skipped and reported through `warn` (the job's log; default: stderr)
+        self.warn = warn or (lambda message: print(message, file=sys.stderr))
         self.jsonl = self.dir / HISTORY
         self.csv = self.dir / HISTORY_CSV
         self.run_json = self.dir / RUN
@@ -270,33 +273,30 @@ class RunHistory:
 
     def read(self, upto_epoch: int | None = None) -> list[dict]:
         """The epoch records in order (missing fields left out), at most up to
-        `upto_epoch`. A torn last line (a kill mid-write) is ignored; a later
-        record for an epoch already seen replaces the earlier one."""
+        `upto_epoch`. A torn last line (a kill mid-write) is ignored; any other line that
+        is not an epoch record (a garbled file) is skipped with one warning naming them;
+        a later record for an epoch already seen replaces the earlier one."""
         try:
             data = self.jsonl.read_bytes()
         except FileNotFoundError:
             return []
         except OSError as exc:
             raise HistoryError(f"{self.jsonl}: cannot be read ({exc.strerror})") from None
-        lines = data.split(b"\n")
+        lines = data.split(b"\n")[:-1]  # after the last newline: a torn line, or nothing
         by_epoch: dict[int, dict] = {}
+        bad = []
         for n, line in enumerate(lines, 1):
             if not line.strip():
                 continue
-            last = n == len(lines)  # no newline after it: the write never finished
-            try:
-                r = json.loads(line)
-                ok = isinstance(r, dict) and isinstance(r.get("epoch"), int)
-            except ValueError:
-                ok = False
-            if not ok:
-                if last:
-                    break
-                raise HistoryError(f"{self.jsonl}: line {n} is not an epoch record (corrupt file)")
-            if last:
-                break
-            if upto_epoch is None or r["epoch"] <= upto_epoch:
+            r = _epoch_record(line)
+            if r is None:
+                bad.append(n)
+            elif upto_epoch is None or r["epoch"] <= upto_epoch:
                 by_epoch[r["epoch"]] = {k: v for k, v in r.items() if v is not None}
+        if bad:
+            shown = ", ".join(map(str, bad[:5])) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+            self.warn(f"memtrain: {self.jsonl}: skipped {len(bad)} line(s) that are not epoch records "
+                      f"(garbled file): line {shown}")
         return [by_epoch[e] for e in sorted(by_epoch)]
 
     def info(self) -> dict | None:
@@ -326,6 +326,15 @@ class RunHistory:
     def _write_run(self, run: dict) -> None:
         data = json.dumps(_clean(run), indent=1, allow_nan=False).encode() + b"\n"
         atomic_write(self.run_json, lambda f: f.write(data))
+
+
+def _epoch_record(line: bytes) -> dict | None:
+    try:
+        r = json.loads(line)
+    except ValueError:  # UnicodeDecodeError included
+        return None
+    ok = isinstance(r, dict) and isinstance(r.get("epoch"), int) and not isinstance(r["epoch"], bool)
+    return r if ok else None
 
 
 def _finite(v) -> bool:

@@ -15,6 +15,7 @@ lives above the trainer (it probes real steps), so callers pass it in.
 from __future__ import annotations
 
 import contextlib
+import errno
 import signal
 import sys
 import threading
@@ -24,10 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from memtrain.backend import get_backend, set_tf32
-from memtrain.errors import CheckpointError, ConfigError, DataError, DeviceError, JobFailed
+from memtrain.errors import CheckpointError, ConfigError, DataError, DeviceError, FinishFailed, JobFailed
 from memtrain.kernels.cpu import threads_from_env
 from memtrain.memory.batch import check_batch_rows, largest_batch
-from memtrain.memory.budget import check_fits, default_margin, device_budget
+from memtrain.memory.budget import check_address_space_limit, check_fits, default_margin, device_budget
 from memtrain.memory.measure import active_pool, gpu_uuid, pool_peak_hook
 from memtrain.memory.peak import PeakMeter
 from memtrain.memory.plan import training_plan
@@ -74,7 +75,7 @@ class Job:
         self.batch_size = self.micro_batch_size = None
         self.resident = True
         self.peak = PeakMeter(cfg.training.measure)
-        self.history = RunHistory(self.out_dir)  # run.json, history.jsonl/.csv in the run directory
+        self.history = RunHistory(self.out_dir, warn=self._warn)  # run.json, history.jsonl/.csv in the run directory
         self.cadence = ckpt.Cadence(cfg.checkpoint.every_steps, cfg.checkpoint.every_minutes * 60)
         self._recovered = self._resumed_record = None  # the newest good checkpoint's record at start-up (ckpt.recover)
         self._history_open = False  # start() was called: every ending must finish() it
@@ -84,6 +85,7 @@ class Job:
         self.summary = None
         self.stop_reason = None  # set by stop(): a signal name or "stop"
         self.failure = None
+        self._previous_handlers = {}  # what train() replaced with stop(), put back when run() ends
         self._identity = None
         self._t_start = self._step_t = 0.0
 
@@ -94,9 +96,44 @@ class Job:
         self.stop_reason = self.stop_reason or reason
 
     def run(self) -> dict:
-        """Every phase in order; the metrics server and tracing stop however the job ends."""
+        """Every phase in order; the metrics server and tracing stop however the job ends. A full
+        disk, wherever it strikes, is one line (JobFailed, exit 1): every write is atomic, so the
+        files already there (checkpoints, history, models) are as they were."""
         self._t_start = time.perf_counter()
+        try:
+            return self._phases()
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise JobFailed(self._write_failed(exc)) from None
+
+    def _finish_or_retry(self) -> dict:
+        """finish(); out of memory there is FinishFailed: the epoch-end checkpoint holds the trained
+        state, so a new attempt (a service retries exit status 3) resumes it and only finishes."""
+        tr = self.trainer
+        if tr.stopped_early or (tr.epoch >= self.cfg.training.epochs and tr.patience is not None):
+            tr.restore_best()  # as fit() does at its end: a resumed attempt that only finishes did not run fit()
+        try:
+            return self.finish()
+        except MemoryError as exc:
+            good = ckpt.list_checkpoints(self.ckpt_dir)
+            raise FinishFailed(f"finish: out of memory in the final evaluation or model write ({exc or 'MemoryError'}); "
+                               f"training is done and its last checkpoint {good[0] if good else '(none)'} is kept: "
+                               "run again (the same command) to resume it and finish") from None
+
+    def _write_failed(self, exc: OSError) -> str:
+        good = ckpt.list_checkpoints(self.ckpt_dir) if self.ckpt_dir.is_dir() else []
+        last = f"the last good checkpoint is {good[0]}" if good else "no checkpoint was written yet"
+        where = exc.filename or self.out_dir
+        full = "disk full: " if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+        return (f"{full}could not write {where} ({exc.strerror or exc}); {last}; nothing was overwritten: "
+                "free some space, then resume with the same command")
+
+    def _phases(self) -> dict:
         with contextlib.ExitStack() as resources:
+            # the signal handlers set by train() stay until the job has ended: a second SIGTERM while the
+            # stop checkpoint or the models are written must not kill the process half-way through a file
+            resources.callback(self._restore_signals)
             self.open_device()
             self.load_data()
             self.choose_batch()
@@ -112,7 +149,7 @@ class Job:
             self.start_history(resumed)
             try:
                 stopped = self.train()
-                result = stopped if stopped is not None else self.finish()
+                result = stopped if stopped is not None else self._finish_or_retry()
             except BaseException as exc:
                 self._end_history("failed", message=str(exc) or type(exc).__name__)
                 raise
@@ -124,6 +161,7 @@ class Job:
 
     def open_device(self) -> None:
         """Checks the output directories (created later, by build_trainer) and opens the backend."""
+        check_address_space_limit()  # before SciPy/numba load: under a low RLIMIT_AS their import spins
         ckpt.check_creatable(self.ckpt_dir)
         ckpt.check_creatable(self.out_dir)
         # stale temporaries removed, unusable checkpoints set aside before anything reads them
@@ -299,20 +337,14 @@ class Job:
         try:
             self.history.append(record, **fields)
         except OSError as exc:  # a full disk: one line, like a checkpoint that cannot be written
-            good = ckpt.list_checkpoints(self.ckpt_dir)
-            last = f"the last good checkpoint is {good[0]}" if good else "no checkpoint was written yet"
-            raise JobFailed(f"history: could not write {self.history.jsonl} ({exc.strerror or exc}); {last}; "
-                            "free some space, then resume with the same command") from None
+            exc.filename = exc.filename or str(self.history.jsonl)
+            raise JobFailed(f"history: {self._write_failed(exc)}") from None
 
     def train(self) -> dict | None:
         """The loop (on_step/on_epoch after each step/epoch). Returns the stop record when
         stopped, None when the epochs ran out; raises JobFailed on too many non-finite steps."""
-        tr, previous = self.trainer, {}
-        # signal handlers can only be set on the main thread; a Job run on another thread
-        # (a service) is stopped through stop() instead
-        if self.install_signals and threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                previous[sig] = signal.signal(sig, lambda s, f: self.stop(signal.Signals(s).name))
+        tr = self.trainer
+        self._install_signals()
         pool_hook = pool_peak_hook(active_pool(self.backend.xp)) if self.backend.is_cuda else None
         self._pool_hook = pool_hook
         self._step_t = time.perf_counter()
@@ -321,16 +353,28 @@ class Job:
         remaining = self.cfg.training.epochs - tr.epoch
         try:
             with pool_hook if pool_hook is not None else contextlib.nullcontext():
-                if remaining > 0 and not tr.stopped_early:
+                # a stop asked for before the loop (a cancel during start-up) trains nothing more
+                if remaining > 0 and not tr.stopped_early and not self.stop_reason:
                     tr.fit(epochs=remaining, on_step=self.on_step, on_epoch=self.on_epoch)
         except BaseException:
             self.set_state("failed")
             raise
         finally:
             self._bar.close()
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
         return self._after_loop() if (self.stop_reason or self.failure) else None
+
+    def _install_signals(self) -> None:
+        """SIGTERM/SIGINT -> stop() until run() ends. Signal handlers can only be set on the main
+        thread; a Job run on another thread (compare, sweep) is stopped through stop() instead."""
+        self._previous_handlers = {}
+        if self.install_signals and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous_handlers[sig] = signal.signal(sig, lambda s, f: self.stop(signal.Signals(s).name))
+
+    def _restore_signals(self) -> None:
+        for sig, handler in self._previous_handlers.items():
+            signal.signal(sig, handler)
+        self._previous_handlers = {}
 
     def on_step(self, tr, loss):
         now = time.perf_counter()
@@ -535,7 +579,8 @@ class Job:
                   "epochs": tr.epoch}
         best_path, final_path = self.out_dir / "model-best", self.out_dir / "model-final"
         had_best = tr.best_epoch is not None
-        test = tr.model.evaluate(ds.X_test, ds.y_test) if ds.X_test is not None else None
+        # the training buffers in eval mode: the final evaluation allocates nothing beyond the plan
+        test = tr.evaluate(ds.X_test, ds.y_test) if ds.X_test is not None else None
         if had_best:
             # fit() restored the best weights; the final ones are the best ones for early stopping jobs
             save_model(best_path, tr.model, {**common, "epoch": tr.best_epoch, "val_loss": tr.best_loss,
