@@ -66,9 +66,8 @@ def _limits(command):
               help="Memory plans may commit on DEVICE (repeatable).  [default: MemAvailable or NVML free "
                    "memory now, less a reserve]")
 @click.option("--token-file", type=click.Path(dir_okay=False),
-              help="File holding the bearer token every request must send but /healthz and the API's schema and "
-                   "docs (/openapi.json, /docs, /redoc): one token, or a line 'NAME TOKEN [QUOTA]' per user "
-                   "(docs/service.md).")
+              help="The bearer token every request but /healthz and the API's docs must send: one token, or a line "
+                   "'NAME TOKEN [QUOTA]' per user (docs/service.md).")
 @click.option("--data-root", "data_roots", multiple=True, type=click.Path(file_okay=False, exists=True),
               help="Jobs may read data files only under these dirs (repeatable). Without one, only the "
                    "built-in data sets (digits, synthetic:...).")
