@@ -1,8 +1,10 @@
 # Each target installs what it needs into .venv, so a fresh clone needs only `make demo` / `make test`.
+# The demo needs memtrain alone; the test extra (CuPy, NVRTC, Ray, ruff, ...) only `make test` and `make bench`.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: demo test bench clean
 
@@ -11,8 +13,14 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 $(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e .
+	# where the NVIDIA driver lists a GPU the demo trains on it: CuPy too
+	if nvidia-smi -L >/dev/null 2>&1; then $(BIN)/python -m pip install -q -e '.[cuda12]'; fi
 	touch $(STAMP)
+
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(TEST_STAMP)
 
 demo: $(STAMP)
 	rm -rf runs/digits-demo  # a fresh demo each time
@@ -21,11 +29,11 @@ demo: $(STAMP)
 	@echo "memtrain is installed in $(VENV): run it as $(BIN)/memtrain (e.g. $(BIN)/memtrain runs),"
 	@echo "or put it on PATH for this shell with: source $(BIN)/activate"
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(BIN)/ruff check memtrain tests bench  # the rules kept: [tool.ruff] in pyproject.toml
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP)
+bench: $(TEST_STAMP)
 	$(BIN)/python -m pip install -q 'torch==2.13.0' || echo "torch not installable: running without the peer"
 	$(BIN)/python bench/throughput.py  # PyTorch runs as the peer whenever it is importable (--peer auto)
 

@@ -6,6 +6,7 @@ get_array_module) for the namespace, so one code path runs on both.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from dataclasses import dataclass
@@ -66,6 +67,33 @@ def _import_cupy():
     return cupy, None
 
 
+def _nvml_gpus() -> int:
+    """GPUs the NVIDIA driver lists (0 without a driver): tells "no GPU" from "a GPU CuPy cannot use"."""
+    try:
+        import pynvml  # noqa: PLC0415 - only when auto falls back to the CPU
+
+        pynvml.nvmlInit()
+        try:
+            return int(pynvml.nvmlDeviceGetCount())
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # no driver, no NVML library: no GPU to speak of
+        return 0
+
+
+def _say_cpu(why: str) -> None:
+    """Device auto fell back to the CPU. Where the driver lists no GPU that is no news: one short
+    line, CuPy's reason only with MEMTRAIN_DEBUG=1. A GPU CuPy cannot use is news: why, and the fix."""
+    gpus = _nvml_gpus()
+    if gpus:
+        print(f"memtrain: {gpus} GPU(s) here, but {why}; using the CPU (for the GPU: pip install "
+              "'memtrain[cuda12]', docs/gpu.md)", file=sys.stderr)
+        return
+    print("memtrain: no GPU found, using the CPU", file=sys.stderr)
+    if os.environ.get("MEMTRAIN_DEBUG"):
+        print(f"memtrain: debug: device auto -> cpu: {why}", file=sys.stderr)
+
+
 def parse_device(device: str) -> tuple[str, int | None]:
     m = _DEVICE_RE.match(str(device).strip().lower())
     if not m:
@@ -80,7 +108,8 @@ def get_backend(device: str = "auto", *, verbose: bool = False) -> Backend:
     """Resolve "cpu", "cuda", "cuda:N" or "auto" to a Backend.
 
     "auto" picks CUDA when CuPy can see a device, else the CPU, and with
-    verbose=True says which on stderr and why.
+    verbose=True says which on stderr in one short line (why there is no GPU, e.g. CuPy's
+    driver error, only with MEMTRAIN_DEBUG=1: on a CPU machine it is no news).
     """
     kind, index = parse_device(device)
     if kind == "cpu":
@@ -89,7 +118,7 @@ def get_backend(device: str = "auto", *, verbose: bool = False) -> Backend:
     if kind == "auto":
         if cupy is None:
             if verbose:
-                print(f"memtrain: device auto -> cpu ({why})", file=sys.stderr)
+                _say_cpu(why)
             return Backend("cpu", 0, np)
         if verbose:
             print("memtrain: device auto -> cuda:0", file=sys.stderr)

@@ -316,8 +316,8 @@ _TRAIN_KEYS = {
 @click.option("--batch-size", type=BATCH, help="auto (largest that fits, probed) or N.")
 @click.option("--max-batch-size", type=click.IntRange(min=1), help="Upper bound for --batch-size auto.")
 @click.option("--micro-batch-size", type=BATCH, help="auto or N: gradient accumulation below the batch size.")
-@click.option("--memory-limit", type=SIZE, help="Memory the auto batch must fit, e.g. 2GiB (default: free GPU memory, or on "
-              "the CPU 25% of the available memory, at most 4 GiB).")
+@click.option("--memory-limit", type=SIZE, help="Memory the job must fit, e.g. 2GiB (default: free GPU memory, or on "
+              "the CPU 25% of the available memory, at most 4 GiB); a fixed batch beyond it is refused.")
 @click.option("--dataset", help="digits, a .npz/.csv/IDX file, or synthetic:classification(n,d,classes).")
 @click.option("--label-column", help="The label column of a CSV data set (default: the last).")
 @click.option("--validation", type=float, help="Share of the rows held out for validation, e.g. 0.2.")

@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from memtrain.cli_types import DEVICE_SIZE, DURATION, SIZE_OR_ZERO
+from memtrain.cli_types import DEVICE_SIZE, DURATION, SIZE, SIZE_OR_ZERO
 from memtrain.service import security
 from memtrain.units import format_duration
 
@@ -39,7 +39,11 @@ def _state_options(f):
 
 
 def _limits(command):
-    """serve's bounds on what a job and a client may take."""
+    """serve's bounds on what a job, a user and a client may take."""
+    command = click.option(
+        "--user-quota", type=SIZE, metavar="SIZE",
+        help="Memory the running jobs of one user (one token) may commit at once; a QUOTA in the token file "
+             "overrides it for that user.  [default: no limit]")(command)
     command = click.option(
         "--request-timeout", type=click.FloatRange(min=0.1, max=3600), metavar="SECONDS",
         default=security.REQUEST_TIMEOUT, show_default=True,
@@ -62,8 +66,8 @@ def _limits(command):
               help="Memory plans may commit on DEVICE (repeatable).  [default: MemAvailable or NVML free "
                    "memory now, less a reserve]")
 @click.option("--token-file", type=click.Path(dir_okay=False),
-              help="File holding the bearer token every request must send but /healthz and the API's schema and "
-                   "docs (/openapi.json, /docs, /redoc).")
+              help="The bearer token every request but /healthz and the API's docs must send: one token, or a line "
+                   "'NAME TOKEN [QUOTA]' per user (docs/service.md).")
 @click.option("--data-root", "data_roots", multiple=True, type=click.Path(file_okay=False, exists=True),
               help="Jobs may read data files only under these dirs (repeatable). Without one, only the "
                    "built-in data sets (digits, synthetic:...).")
@@ -100,6 +104,7 @@ def serve(executor, ray_address, budgets, **options):
     Examples:
       memtrain serve --state-dir runs/service --budget cpu=3GiB
       memtrain serve --state-dir /srv/memtrain --host 0.0.0.0 --token-file token --data-root /data
+      memtrain serve --state-dir /srv/memtrain --token-file users --user-quota 8GiB
       memtrain serve --state-dir runs/service --executor ray --ray-address auto --storage /shared/memtrain
       memtrain serve --state-dir runs/service --recover
     """
@@ -129,18 +134,25 @@ def _fmt(default="table"):
 @click.argument("job_file", type=click.Path(dir_okay=False))
 @click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
               help="Override a key of the job file (repeatable), e.g. --set training.epochs=5.")
+@click.option("--priority", type=int, metavar="N",
+              help="Higher starts first; jobs of one priority in submission order.  [default: the job file's "
+                   "priority, else 0]")
 @click.option("--format", "fmt", type=click.Choice(["id", "json"]), default="id", show_default=True)
 @_server
-def submit(job_file, sets, fmt, server):
+def submit(job_file, sets, priority, fmt, server):
     """Submit a job file to the service; prints the job's id (--format json: the whole answer).
 
     \b
     Examples:
       memtrain submit job.toml --set training.batch_size=auto
+      memtrain submit job.toml --priority 10
     """
     from memtrain.service.client import load_job  # noqa: PLC0415
 
-    out = _client(server).submit(load_job(job_file, sets))
+    job = load_job(job_file, sets)
+    if priority is not None:
+        job["priority"] = priority
+    out = _client(server).submit(job)
     click.echo(json.dumps(out) if fmt == "json" else out["id"])
 
 

@@ -10,6 +10,7 @@ workers).
     name = "digits"
     seed = 0
     device = "auto"
+    priority = 0                 # memtrain serve: higher starts first
 
     [model]
     layers = [64, 128, 10]
@@ -257,7 +258,8 @@ def _bool(name, value, *, allow_none=False) -> bool | None:
 SECTIONS = {"model": ModelConfig, "optimizer": OptimizerConfig, "schedule": ScheduleConfig,
             "training": TrainingConfig, "data": DataConfig, "checkpoint": CheckpointConfig,
             "metrics": MetricsConfig, "output": OutputConfig}
-TOP_LEVEL = ("name", "seed", "device")
+TOP_LEVEL = ("name", "seed", "device", "priority")
+PRIORITY_RANGE = 10**6
 
 
 def section_keys(section: str) -> set | None:
@@ -272,6 +274,7 @@ class JobConfig:
     name: str = DEFAULT_NAME
     seed: int = 0
     device: str = "auto"
+    priority: int = 0  # memtrain serve only: higher starts first (memtrain train ignores it)
     model: ModelConfig = field(default_factory=ModelConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -286,6 +289,9 @@ class JobConfig:
         _set(self, "name", str(self.name))
         _set(self, "seed", check_scalar(self.seed, "seed", int, min_val=0, expected="a non-negative integer"))
         _set(self, "device", str(self.device))
+        _set(self, "priority", check_scalar(self.priority, "priority", int, min_val=-PRIORITY_RANGE,
+                                            max_val=PRIORITY_RANGE,
+                                            expected=f"an integer from {-PRIORITY_RANGE} to {PRIORITY_RANGE}"))
 
     def model_spec(self):
         return self.model.spec()

@@ -553,16 +553,17 @@ def _load_csv(path: Path, label_column) -> _Raw:
     names = _label_column_names(label_column)
 
     def check(header):
-        if names is None:
-            raise DataError(f"{where}: label_column: a .csv source needs the label column's name; "
-                            f"columns are {', '.join(header)}",
-                            public=f"{where}: label_column: a .csv source needs the label column's name")
-        for c in names:
+        if names is None and len(header) < 2:  # the default label is the last column: features need another
+            why = "expected feature columns and a label column (the last, unless label_column names it)"
+            raise DataError(f"{where}: header row: one column ({header[0]}); {why}",
+                            public=f"{where}: header row: one column; {why}")
+        for c in names or ():
             if c not in header:
                 raise DataError(f"{where}: label_column: {c!r} not found; columns are {', '.join(header)}",
                                 public=f"{where}: label_column: {c!r} not found among its {len(header)} columns")
 
     header, table = _read_csv(path, where, check)
+    names = names or [header[-1]]  # without label_column: the last column, as the help says
     label_idx = [header.index(c) for c in names]
     feature_idx = [i for i in range(len(header)) if i not in label_idx]
     y = table[:, label_idx[0]] if len(names) == 1 else table[:, label_idx]

@@ -68,6 +68,10 @@ class ThreadServer:
 
     def __exit__(self, *exc):
         ex = self.settings.executor
+        sched = self.service.scheduler
+        sched._stop.set()  # no job starts any more: one admitted while these are killed would outlive the test
+        sched._wake.set()
+        sched._thread.join(10)
         for job in self.service.store.list("running"):
             if job["ref"]:
                 ex.kill(self.service.scheduler._handle(job))
@@ -79,8 +83,8 @@ class ThreadServer:
     def request(self, method, path, body=None, content_type="application/json", token=None, raw=False):
         return request(self.url, method, path, body, content_type, token, raw)
 
-    def wait(self, job_id, states=("succeeded", "failed", "cancelled"), timeout=60):
-        return wait_for(self.url, job_id, states, timeout)
+    def wait(self, job_id, states=("succeeded", "failed", "cancelled"), timeout=60, token=None):
+        return wait_for(self.url, job_id, states, timeout, token)
 
 
 def request(url, method, path, body=None, content_type="application/json", token=None, raw=False):

@@ -17,11 +17,29 @@ def test_bad_device_strings(bad):
         parse_device(bad)
 
 
-def test_auto_falls_back_to_cpu_and_says_why(monkeypatch, capsys):
-    monkeypatch.setattr(backend, "_import_cupy", lambda: (None, "CuPy is not installed"))
+def test_auto_falls_back_to_cpu_in_one_short_line_and_says_why_when_debugging(monkeypatch, capsys):
+    why = "CuPy sees no CUDA device (CUDARuntimeError: cudaErrorInsufficientDriver: CUDA driver version is ...)"
+    monkeypatch.setattr(backend, "_import_cupy", lambda: (None, why))
+    monkeypatch.setattr(backend, "_nvml_gpus", lambda: 0)  # the driver lists no GPU
+    monkeypatch.delenv("MEMTRAIN_DEBUG", raising=False)
     b = get_backend("auto", verbose=True)
     assert b.kind == "cpu"
-    assert "auto -> cpu (CuPy is not installed)" in capsys.readouterr().err
+    assert capsys.readouterr().err == "memtrain: no GPU found, using the CPU\n"
+    monkeypatch.setenv("MEMTRAIN_DEBUG", "1")
+    get_backend("auto", verbose=True)
+    assert capsys.readouterr().err == f"memtrain: no GPU found, using the CPU\nmemtrain: debug: device auto -> cpu: {why}\n"
+    get_backend("auto")
+    assert capsys.readouterr().err == ""
+
+
+def test_auto_on_a_gpu_cupy_cannot_use_says_why_and_the_fix(monkeypatch, capsys):
+    monkeypatch.setattr(backend, "_import_cupy", lambda: (None, "CuPy is not installed or failed to import "
+                                                                "(ModuleNotFoundError: No module named 'cupy')"))
+    monkeypatch.setattr(backend, "_nvml_gpus", lambda: 2)
+    assert get_backend("auto", verbose=True).kind == "cpu"
+    assert capsys.readouterr().err == ("memtrain: 2 GPU(s) here, but CuPy is not installed or failed to import "
+                                       "(ModuleNotFoundError: No module named 'cupy'); using the CPU (for the GPU: "
+                                       "pip install 'memtrain[cuda12]', docs/gpu.md)\n")
 
 
 def test_cuda_without_device_is_a_clear_error(monkeypatch):

@@ -215,6 +215,19 @@ def test_csv(tmp_path):
     assert ds.y_train.tolist() == [[2, 3], [5, 6]] and ds.X_train.tolist() == [[1], [4]]
 
 
+def test_csv_without_label_column_takes_the_last_column_as_train_help_says(tmp_path):
+    from click.testing import CliRunner
+
+    from memtrain.cli import main
+
+    assert "CSV data set (default: the last)" in " ".join(CliRunner().invoke(main, ["train", "--help"]).output.split())
+    p = tmp_path / "d.csv"
+    p.write_text("a,b,label\n" + "".join(f"{i},{i * 2},{i % 2}\n" for i in range(10)))
+    ds = load_dataset(str(p), validation=0, dtype="float64")
+    assert ds.n_features == 2 and sorted(ds.y_train.tolist()) == [0] * 5 + [1] * 5
+    np.testing.assert_array_equal(ds.X_train[:, 1], 2 * ds.X_train[:, 0])
+
+
 def test_csv_slow_reader_agrees_with_fast_path(tmp_path, monkeypatch):
     import memtrain.data as data
 
@@ -239,7 +252,9 @@ def test_csv_errors(tmp_path):
     p.write_text("a,label\n1,0\n")
     with pytest.raises(ValueError, match=r"d\.csv: label_column: 'y' not found; columns are a, label"):
         load_dataset(str(p), label_column="y")
-    with pytest.raises(ValueError, match=r"label_column: a \.csv source needs .*; columns are a, label"):
+    p.write_text("only\n1\n2\n")
+    with pytest.raises(ValueError, match=r"d\.csv: header row: one column \(only\); expected feature columns and a "
+                                         r"label column \(the last, unless label_column names it\)"):
         load_dataset(str(p))
     p.write_text("1,0\n2,1\n")
     with pytest.raises(ValueError, match=r"header row: the first line is all numbers"):

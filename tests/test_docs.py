@@ -38,3 +38,17 @@ def test_make_demo_says_how_to_run_memtrain():
     out = subprocess.run(["make", "-n", "demo"], cwd=DOCS.parent, capture_output=True, text=True, check=True).stdout
     tail = out[out.index("memtrain train docs/example-job.toml"):]
     assert ".venv/bin/memtrain" in tail and "source .venv/bin/activate" in tail
+
+
+def test_make_demo_installs_memtrain_alone_and_make_test_the_test_extra():
+    """The demo needs no CuPy, NVRTC, Ray or ruff (the test extra made .venv 1.5 GB)."""
+    import subprocess
+
+    def recipe(target):
+        return subprocess.run(["make", "-n", "-B", target], cwd=DOCS.parent, capture_output=True, text=True,
+                              check=True).stdout
+
+    demo = [line for line in recipe("demo").splitlines() if "pip install" in line]
+    assert demo and all("[test]" not in line for line in demo), demo
+    assert any(line.endswith("pip install -q -e .") for line in demo), demo
+    assert "pip install -q -e '.[test]'" in recipe("test")

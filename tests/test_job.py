@@ -267,14 +267,57 @@ def test_metrics_port_in_use_is_a_clear_error(tmp_path):
     assert r.returncode == 2 and f"metrics.port: cannot listen on 127.0.0.1:{port}" in r.stderr
 
 
-def test_existing_checkpoints_are_not_overwritten_without_resume(tmp_path):
+def test_the_advice_of_a_finished_run_works_and_moves_the_earlier_run_aside(tmp_path):
+    """`memtrain train` of a finished job advises --no-resume; that starts over, keeping the earlier
+    run (its checkpoints, models and run.json) whole in a dated folder beside it."""
     job = job_file(tmp_path, **{"epochs = 3": "epochs = 1"})
     out = tmp_path / "o"
     assert cli("train", job, "--output-dir", out).returncode == 0
-    before = sorted(p.name for p in (out / "checkpoints").iterdir())
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    again = cli("train", job, "--output-dir", out)
+    assert again.returncode == 0 and "nothing to train (--no-resume starts over" in again.stdout
     r = cli("train", job, "--output-dir", out, "--no-resume")
-    assert r.returncode == 2 and "already holds checkpoints" in r.stderr
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == before
+    assert r.returncode == 0, r.stderr
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("o.earlier-")]
+    assert len(aside) == 1 and f"aside     the earlier run moved to {aside[0]} (--no-resume" in r.stdout
+    assert {p.relative_to(aside[0]): p.read_bytes() for p in aside[0].rglob("*") if p.is_file()} == before
+    assert "finished  1 epochs" in r.stdout and "resumed" not in r.stdout
+    assert json.loads((out / "run.json").read_text())["state"] == "finished"
+    assert list((out / "checkpoints").glob("*.npz")) and (out / "model-final.npz").exists()
+
+
+def test_no_resume_never_moves_the_working_directory(tmp_path):
+    job = job_file(tmp_path, **{"epochs = 3": "epochs = 1"})
+    assert cli("train", job, "--output-dir", ".", "--checkpoint-dir", ".", cwd=tmp_path).returncode == 0
+    r = cli("train", job, "--output-dir", ".", "--checkpoint-dir", ".", "--no-resume", cwd=tmp_path)
+    assert r.returncode == 2 and "is the working directory or above it" in r.stderr
+    assert r.stderr.count("\n") == 1 and (tmp_path / "run.json").exists()
+
+
+def test_a_batch_beyond_the_rows_or_a_memory_limit_is_refused_in_one_line(tmp_path):
+    """train, estimate --config and the service's planning (plan_job) refuse alike, before writing."""
+    from click.testing import CliRunner
+
+    from memtrain.cli import main
+    from memtrain.errors import ConfigError, DeviceError
+    from memtrain.profiler.jobplan import plan_job
+
+    rows = "training.batch_size: 100,000 is larger than the 420 training rows; expected at most 420"
+    big = config(tmp_path, training={"batch_size": 100000})
+    with pytest.raises(ConfigError, match=rows):
+        Job(big, progress=False, stream=io.StringIO(), install_signals=False).run()
+    with pytest.raises(ConfigError, match=rows):
+        plan_job(big)
+    job = job_file(tmp_path, **{"batch_size = 16": "batch_size = 100000"})
+    r = CliRunner().invoke(main, ["estimate", "--config", str(job)])
+    assert r.exit_code == 2 and rows in r.output
+    r = CliRunner().invoke(main, ["estimate", "--config", str(job), "--batch-size", "420"])
+    assert r.exit_code == 0, r.output
+    tiny = config(tmp_path, training={"batch_size": 32, "memory_limit": "1KiB"})
+    with pytest.raises(DeviceError, match=r"training.batch_size: batch 32 needs [\d.]+ KiB \([\d,]+ B\) but "
+                                          r"1.00 KiB \(1,024 B\) is available \(training.memory_limit\)"):
+        Job(tiny, progress=False, stream=io.StringIO(), install_signals=False).run()
+    assert not (tmp_path / "out").exists()
 
 
 def test_auto_batch_counts_the_resident_data_set(tmp_path):

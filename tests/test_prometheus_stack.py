@@ -3,8 +3,9 @@ query on the dashboards.
 
 Debian's `prometheus` (skipped, with the reason, where it is not on PATH) scrapes the service
 and, through its /prometheus/targets (HTTP service discovery), a CPU job it runs, once a
-second, configured by dashboards/prometheus/prometheus.yml with only the intervals, the
-service's address and the token file swapped in. Each panel target of dashboards/json/*.json is
+second, configured by dashboards/prometheus/prometheus-local.yml (docs/dashboards.md's recipe
+for a Prometheus on the service's machine, whose scrape jobs are prometheus.yml's, the compose
+stack's: checked here) with only the intervals, the service's port and the token file swapped in. Each panel target of dashboards/json/*.json is
 then asked of it with Grafana's template variables filled in. docs/dashboards.md describes
 the compose stack this stands in for.
 """
@@ -27,7 +28,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIG = ROOT / "dashboards" / "prometheus" / "prometheus.yml"
+CONFIG = ROOT / "dashboards" / "prometheus" / "prometheus.yml"  # the compose stack's
+LOCAL = ROOT / "dashboards" / "prometheus" / "prometheus-local.yml"  # the same jobs, on the service's machine
+# where each file finds the service and its token
+SERVICE_AT = {CONFIG: ("memtrain:8470", "/run/secrets/memtrain-token"), LOCAL: ("127.0.0.1:8470", "../../memtrain-token")}
 DASHBOARDS = sorted((ROOT / "dashboards" / "json").glob("*.json"))
 PROMETHEUS, PROMTOOL = shutil.which("prometheus"), shutil.which("promtool")
 
@@ -148,14 +152,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _config(service: str, token_file: Path, *, fast: bool = True) -> str:
-    """The committed config with the test's service (address, token file) and, when fast, 1 s intervals."""
-    text = CONFIG.read_text()
-    swaps = [("memtrain:8470", service, 2), ("/run/secrets/memtrain-token", str(token_file), 2)]
+def _config(service: str, token_file: Path, *, fast: bool = True, path: Path = LOCAL) -> str:
+    """A committed config with the test's service (address, token file) and, when fast, 1 s intervals."""
+    text = path.read_text()
+    address, secret = SERVICE_AT[path]
+    swaps = [(address, service, 2), (secret, str(token_file), 2)]
     if fast:
         swaps += [("scrape_interval: 15s", "scrape_interval: 1s", 1), ("refresh_interval: 5s", "refresh_interval: 1s", 1)]
     for old, new, n in swaps:
-        assert text.count(old) == n, f"{CONFIG}: expected {n} `{old}`"
+        assert text.count(old) == n, f"{path}: expected {n} `{old}`"
         text = text.replace(old, new)
     return text
 
@@ -322,9 +327,22 @@ def test_job_label_is_exported_job(stack):
 def test_promtool_check_config(tmp_path):
     token = tmp_path / "token"
     token.write_text(TOKEN)
-    # the committed file with only the token file's path swapped (promtool wants it to exist), and the test's
-    (tmp_path / "committed.yml").write_text(_config("memtrain:8470", token, fast=False))
+    # the committed files with only the token file's path swapped (promtool wants it to exist), and the test's
+    (tmp_path / "committed.yml").write_text(_config("memtrain:8470", token, fast=False, path=CONFIG))
+    (tmp_path / "local.yml").write_text(_config("127.0.0.1:8470", token, fast=False))
     (tmp_path / "prometheus.yml").write_text(_config("127.0.0.1:8470", token))
-    for path in (tmp_path / "committed.yml", tmp_path / "prometheus.yml"):
+    for path in (tmp_path / "committed.yml", tmp_path / "local.yml", tmp_path / "prometheus.yml"):
         out = subprocess.run([PROMTOOL, "check", "config", str(path)], capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_the_same_machine_recipe_scrapes_what_the_compose_stack_scrapes(tmp_path):
+    """prometheus-local.yml (what the stack above runs) is prometheus.yml less dcgm, with the
+    service's address and token file of a Prometheus on the service's own machine."""
+    import yaml
+
+    token = tmp_path / "token"
+    compose = yaml.safe_load(_config("SERVICE", token, fast=False, path=CONFIG))
+    local = yaml.safe_load(_config("SERVICE", token, fast=False))
+    assert local["global"] == compose["global"]
+    assert local["scrape_configs"] == [c for c in compose["scrape_configs"] if c["job_name"] != "dcgm"]

@@ -5,7 +5,7 @@ wait is bounded by max(became head, queued + head_wait) + the longest run."""
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from memtrain.service.admission import Slot, Waiting, admit, blocking, place, reasons
+from memtrain.service.admission import Quota, Slot, Waiting, admit, blocking, over_quota, place, reasons
 
 BUDGETS = [1000, 600]
 
@@ -21,8 +21,9 @@ def traces(draw):
     return jobs, draw(st.sampled_from([0, 5, 20, 10**6])), draw(st.integers(1, 3))
 
 
-def simulate(jobs, head_wait, max_jobs):
+def simulate(jobs, head_wait, max_jobs, quota=None):
     slots = [Slot(f"d{i}", "cpu", b, max_jobs=max_jobs) for i, b in enumerate(BUDGETS)]
+    limits = quota or Quota()
     queue, running, started, ended, head_since = [], [], {}, {}, {}
     pending = list(jobs)
     t = 0
@@ -36,19 +37,66 @@ def simulate(jobs, head_wait, max_jobs):
             s.running -= 1
         while pending and pending[0]["arrive"] <= t:
             queue.append(pending.pop(0))
-        waiting = [Waiting(j["id"], "cpu", j["need"], j["arrive"]) for j in queue]
-        for jid, dev in admit(waiting, slots, t, head_wait):
+        waiting = [Waiting(j["id"], "cpu", j["need"], j["arrive"], priority=j.get("priority", 0),
+                           user=j.get("user", "default")) for j in queue]
+        used = {}
+        for j in running:
+            used[j.get("user", "default")] = used.get(j.get("user", "default"), 0) + j["need"]
+        quota = Quota(limits.default, limits.per_user, dict(used))
+        for jid, dev in admit(waiting, slots, t, head_wait, quota=quota):
             j = next(j for j in queue if j["id"] == jid)
             queue.remove(j)
             running.append(j)
             started[jid] = (t, dev)
         for s in slots:
             assert 0 <= s.committed <= s.budget and s.running <= s.max_jobs
+        for user, used in quota.used.items():  # what admit counted: the running jobs' own needs
+            assert used == sum(j["need"] for j in running if j.get("user", "default") == user)
+            assert limits.limit(user) is None or used <= limits.limit(user)
         if queue:  # the head: the first queued job that did not start
             head_since.setdefault(queue[0]["id"], t)
         t += 1
         assert t < 10_000, "a job never started"
     return started, head_since, max_run
+
+
+USERS = ["alice", "bob", "carol"]
+
+
+@st.composite
+def shared_traces(draw):
+    """Jobs with priorities and users, and quotas that hold each job alone (so every job can run)."""
+    jobs, head_wait, max_jobs = draw(traces())
+    for j in jobs:
+        j["priority"] = draw(st.integers(-2, 2))
+        j["user"] = draw(st.sampled_from(USERS))
+    biggest = max(j["need"] for j in jobs)
+    default = draw(st.one_of(st.none(), st.integers(biggest, 2 * max(BUDGETS))))
+    per_user = {u: draw(st.integers(biggest, 2 * max(BUDGETS))) for u in USERS[:draw(st.integers(0, 2))]}
+    return jobs, head_wait, max_jobs, Quota(default, per_user)
+
+
+@settings(max_examples=200, deadline=None)
+@given(shared_traces())
+def test_quotas_and_budgets_hold_at_every_instant_and_every_job_runs(trace):
+    jobs, head_wait, max_jobs, quota = trace
+    started, _, _ = simulate(jobs, head_wait, max_jobs, quota)
+    assert set(started) == {j["id"] for j in jobs}
+
+
+@settings(max_examples=200, deadline=None)
+@given(shared_traces())
+def test_without_backfill_jobs_start_by_priority_then_submission(trace):
+    """head_wait 0 and no quota: nothing passes the head, so of two jobs queued together the one
+    of higher priority (or, within a priority, the earlier) never starts later."""
+    jobs, _, max_jobs, _ = trace
+    started, _, _ = simulate(jobs, 0, max_jobs)
+    rank = {j["id"]: (-j["priority"], i) for i, j in enumerate(jobs)}
+    for a in jobs:
+        for b in jobs:
+            together = max(a["arrive"], b["arrive"]) < min(started[a["id"]][0], started[b["id"]][0]) + 1
+            if rank[a["id"]] < rank[b["id"]] and together:
+                assert started[a["id"]][0] <= started[b["id"]][0], (a, b)
 
 
 @settings(max_examples=200, deadline=None)
@@ -79,6 +127,41 @@ def test_best_fit_and_auto_jobs_take_the_emptiest_device():
     assert place(Waiting("y", "cuda", 40, 0, auto=True), slots).name == "b"
     assert place(Waiting("z", "cpu", 1, 0), slots) is None
     assert blocking(Waiting("w", "cuda", 95, 0), slots) == "needs 95 B, 90 B free on b"
+
+
+def test_a_user_over_quota_waits_without_holding_up_others():
+    slot = Slot("cpu", "cpu", 1000, max_jobs=4)
+    quota = Quota(default=500, per_user={"bob": 900}, used={"alice": 400})
+    queue = [Waiting("a2", "cpu", 200, 0.0, user="alice"), Waiting("b1", "cpu", 300, 1.0, user="bob"),
+             Waiting("b2", "cpu", 300, 2.0, user="bob"), Waiting("a3", "cpu", 100, 3.0, user="alice")]
+    # head_wait 0: a head would stop everything behind it; alice's a2 is over her quota, so it is no head
+    assert admit(queue, [slot], now=100.0, head_wait=0, quota=quota) == [("b1", "cpu"), ("b2", "cpu"),
+                                                                           ("a3", "cpu")]
+    assert quota.used == {"alice": 500, "bob": 600}
+    assert over_quota(queue[0], quota) == ("user alice's quota: needs 200 B, 500 B of 500 B committed by their "
+                                           "running jobs")
+    assert over_quota(queue[1], quota) is None and over_quota(queue[0], None) is None
+    # every reason: the quota's first, and no "it fits" beside it
+    assert reasons(queue[0], [slot], quota) == [over_quota(queue[0], quota)]
+    full = Slot("cpu", "cpu", 1000, running=4, max_jobs=4)
+    assert reasons(queue[0], [full], quota) == [over_quota(queue[0], quota), "all cpu job slots are taken (4 per "
+                                                                             "device)"]
+
+
+def test_priority_goes_first_and_an_auto_job_grows_only_into_its_quota():
+    slot = Slot("cpu", "cpu", 1000, max_jobs=4)
+    low, high = Waiting("low", "cpu", 100, 0.0), Waiting("high", "cpu", 100, 5.0, priority=3)
+    auto = Waiting("auto", "cpu", 50, 6.0, auto=True, user="bob")
+    rooms = {}
+
+    def reserve(job, s, room):
+        rooms[job.id] = room
+        return room if job.auto else job.need
+
+    quota = Quota(per_user={"bob": 300})
+    assert admit([low, high, auto], [slot], 10.0, 0, reserve, quota) == [("high", "cpu"), ("low", "cpu"),
+                                                                          ("auto", "cpu")]
+    assert rooms == {"high": 1000, "low": 900, "auto": 300} and slot.committed == 500
 
 
 def test_a_waiting_job_hears_every_reason_it_waits():

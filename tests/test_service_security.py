@@ -53,6 +53,7 @@ def layout(tmp_path_factory):
     (root / "bad-cell.csv").write_text(f"a,b\n1,0\n{SECRET},1\n")
     (root / "bad-header.csv").write_text(f"{SECRET},{SECRET},b\n1,2,0\n")
     (root / "labels.csv").write_text(f"{SECRET}-col,b\n1,0\n2,1\n")
+    (root / "one-column.csv").write_text(f"{SECRET}-col\n1\n2\n")  # no label column to default to
     return tmp
 
 
@@ -137,7 +138,7 @@ def test_an_idx_labels_file_found_beside_the_images_is_confined_too(server, layo
     ("bad-cell.csv", {"label_column": "b"}, "line 3: a value is not a number"),
     ("bad-header.csv", {"label_column": "b"}, "a column name appears twice"),
     ("labels.csv", {"label_column": "c"}, "'c' not found among its 2 columns"),
-    ("labels.csv", {}, "needs the label column's name"),
+    ("one-column.csv", {}, "header row: one column; expected feature columns and a label column"),
 ])
 def test_errors_about_a_files_contents_do_not_quote_them(server, name, extra, expected):
     job = {"model": {"layers": [1, 2]}, "data": {"dataset": name, **extra}}

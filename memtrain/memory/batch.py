@@ -27,6 +27,14 @@ class BatchFit:
         return self.total / self.budget if self.budget else 0.0
 
 
+def check_batch_rows(batch: int, n_train: int | None, field: str = "training.batch_size") -> None:
+    """A fixed batch larger than the training rows would plan (and allocate) buffers no step
+    ever fills: refused, as the auto batch is capped at the training rows."""
+    if n_train and batch > n_train:
+        raise ConfigError(f"{field}: {batch:,} is larger than the {n_train:,} training rows; expected at most "
+                          f"{n_train:,} (every row in one batch), or auto")
+
+
 def round_batch(b: int, multiple_of: int | None = None, power_of_two: bool = False) -> int:
     """Round down to a multiple (GPUs favour multiples of 8) or a power of two; 0 if none fits."""
     if power_of_two:

@@ -144,13 +144,17 @@ def _read_int(p: Path) -> int | None:
     return int(text) if text.isdigit() else None  # "max" (v2: no limit) -> None
 
 
-def check_fits(total_at, batch: int, backend, already_allocated: int = 0, field: str = "training.batch_size"):
+def check_fits(total_at, batch: int, backend, already_allocated: int = 0, field: str = "training.batch_size",
+               limit: int | None = None):
     """Before anything is allocated: a fixed batch whose plan cannot fit the device's
-    free memory is one clear error (bytes needed and available, the largest batch
-    that fits), not a MemoryError half-way through building the trainer."""
+    free memory, or `limit` (training.memory_limit) when that is less, is one clear error
+    (bytes needed and available, the largest batch that fits), not a MemoryError
+    half-way through building the trainer."""
     need = total_at(batch)
     free, source = device_budget(backend)
     free += already_allocated
+    if limit is not None and limit < free:
+        free, source = limit, "training.memory_limit"
     if need <= free:
         return
     fit = largest_batch(total_at, free)

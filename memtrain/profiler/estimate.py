@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from memtrain.config import load, merge
 from memtrain.errors import ConfigError
 from memtrain.memory import overhead as ovh
-from memtrain.memory.batch import BatchFit, parse_batch_sizes
+from memtrain.memory.batch import BatchFit, check_batch_rows, parse_batch_sizes
 from memtrain.memory.budget import cpu_free, default_cpu_budget, with_margin
 from memtrain.memory.measure import gpu_free_bytes
 from memtrain.memory.plan import CATEGORIES, MemoryPlan
@@ -277,7 +277,10 @@ def batch_sizes(req: Request, text, budget, auto: bool, multiple_of=None, power_
     solves it (same solver, margin and cap); else the job file's; else the largest that
     fits a given --memory-limit; else 32."""
     if text:
-        return parse_batch_sizes(text)
+        batches = parse_batch_sizes(text)
+        if req.cfg is not None and len(batches) == 1:  # the job's own run: refused as train refuses it
+            check_batch_rows(batches[0], req.n_train, "batch-size")
+        return batches
     if auto:
         t = req.cfg.training
         b = solve_auto(req.setting, budget, req.setting.device, req.n_train, t.max_batch_size)
@@ -286,6 +289,7 @@ def batch_sizes(req: Request, text, budget, auto: bool, multiple_of=None, power_
                               "batch 1 of this job's plan")
         return [b]
     if req.batches:
+        check_batch_rows(req.batches[0], req.n_train)
         return req.batches
     if budget is not None:
         f = fit(req.setting, budget, multiple_of, power_of_two, margin=margin)

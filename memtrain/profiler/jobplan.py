@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from memtrain.errors import ConfigError, DataError
+from memtrain.memory.batch import check_batch_rows
 from memtrain.memory.budget import with_margin
 from memtrain.memory.plan import MemoryPlan
 from memtrain.profiler.autobatch import solve
@@ -104,6 +105,8 @@ def plan_job(cfg, *, device_kind: str = "cpu", budget: int | None = None, overhe
         if budget is None:
             raise ConfigError("budget: a job with batch_size = \"auto\" is planned against a memory budget")
         batch = solve_auto(setting, budget, device_kind, rows.n_train, cfg.training.max_batch_size) or None
+    else:
+        check_batch_rows(batch, rows.n_train)
     plan = setting.plan(batch or 1)
     reason = ""
     if budget is not None and (batch is None or plan.total > budget):

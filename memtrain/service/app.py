@@ -61,7 +61,7 @@ class Edge:
     page or a dashboard costs a dict lookup and a few stat()s. Only with the token, checked by the
     same security.token_ok as every route; anything else goes on to the app (ASGI middleware)."""
 
-    def __init__(self, app, views: ViewCache, token: str | None):
+    def __init__(self, app, views: ViewCache, token):
         self.app, self.views, self.token = app, views, token
 
     async def __call__(self, scope, receive, send):
@@ -99,10 +99,13 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
 
     _error_handlers(app)
 
-    async def auth(request: Request):  # async: no thread hop for a string comparison
-        if not security.token_ok(settings.token, request.headers.get("authorization")):
+    async def auth(request: Request) -> str:  # async: no thread hop for a string comparison
+        """The user whose token the request carries (the default user without a token file)."""
+        user = security.user_of(settings.token, request.headers.get("authorization"))
+        if user is None:
             raise HTTPException(401, "unauthorized: send the service's token as 'Authorization: Bearer TOKEN' "
                                      "(MEMTRAIN_TOKEN for the CLI)", headers={"WWW-Authenticate": "Bearer"})
+        return user
 
     guarded = [Depends(auth)]
 
@@ -110,7 +113,7 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
     def healthz():
         return {"status": "ok", "version": __version__}
 
-    _job_routes(app, service, guarded)
+    _job_routes(app, service, guarded, auth)
     _service_routes(app, service, guarded)
     return app
 
@@ -140,12 +143,12 @@ def _error_handlers(app) -> None:
                                        "its traceback is in the service's log"}, status_code=500)
 
 
-def _job_routes(app, service, guarded) -> None:
+def _job_routes(app, service, guarded, auth) -> None:
     """POST/GET /jobs, GET/DELETE /jobs/{id}, GET /jobs/{id}/log."""
 
-    @app.post("/jobs", status_code=201, response_model=models.Submitted, dependencies=guarded, tags=["jobs"],
+    @app.post("/jobs", status_code=201, response_model=models.Submitted, tags=["jobs"],
               openapi_extra=TOML_OR_JSON, responses=ERRORS)
-    async def submit(request: Request):
+    async def submit(request: Request, user: str = Depends(auth)):
         body = bytearray()
         async for chunk in request.stream():
             body += chunk
@@ -153,7 +156,8 @@ def _job_routes(app, service, guarded) -> None:
                 raise HTTPException(413, _too_large(security.MAX_BODY))
         try:
             # planning loads the data set (once per setting): off the event loop
-            return await asyncio.to_thread(service.submit, bytes(body), request.headers.get("content-type", ""))
+            return await asyncio.to_thread(service.submit, bytes(body), request.headers.get("content-type", ""),
+                                           user)
         except planning.SubmissionError as exc:
             raise HTTPException(422, str(exc)) from None
         except DiskFull as exc:  # reads go on; nothing stored was touched

@@ -160,9 +160,10 @@ def load_job(path, sets=()) -> dict:
 
 
 def jobs_table(jobs: list, now: float | None = None) -> str:
-    rows = [("ID", "NAME", "STATE", "DEVICE", "PLANNED", "BATCH", "PROGRESS", "AGE", "REASON")]
+    rows = [("ID", "NAME", "USER", "PRI", "STATE", "DEVICE", "PLANNED", "BATCH", "PROGRESS", "AGE", "REASON")]
     for j in jobs:
-        rows.append((j["id"], j["name"], j["state"], j["device"] or "-", format_bytes(j["planned_bytes"]),
+        rows.append((j["id"], j["name"], j.get("user", "default"), str(j.get("priority", 0)), j["state"],
+                     j["device"] or "-", format_bytes(j["planned_bytes"]),
                      str(j["batch_size"] or j["batch_request"]), progress_text(j), age(j["submitted_at"], now),
                      _short(j["reason"] or "", 60)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -206,6 +207,7 @@ def age(iso: str | None, now: float | None = None) -> str:
 
 def job_text(j: dict) -> str:
     lines = [f"{'id':<12}{j['id']}", f"{'name':<12}{j['name']}", f"{'state':<12}{j['state']}",
+             f"{'user':<12}{j.get('user', 'default')}", f"{'priority':<12}{j.get('priority', 0)}",
              f"{'device':<12}{j['device'] or '-'}",
              f"{'planned':<12}{format_bytes(j['planned_bytes'])}: " + ", ".join(
                  f"{k} {format_bytes(v)}" for k, v in j["planned"].items() if v),

@@ -31,7 +31,8 @@ class Settings:
     port: int = 8470
     devices: str = "auto"
     budgets: dict = field(default_factory=dict)  # device name -> bytes
-    token: str | None = None
+    token: object = None  # security.Tokens, or one token (str) that every client shares
+    user_quota: int | None = None  # bytes each user's running jobs may commit (the token file may override)
     data_roots: tuple = ()
     max_jobs_per_device: int | None = None
     max_attempts: int = 2
@@ -55,6 +56,8 @@ class Settings:
         self.state_dir = Path(self.state_dir)
         # absolute: a job may run on another node, or with another working directory
         self.storage = Path(self.storage or self.state_dir).absolute()
+        if isinstance(self.token, str):
+            self.token = security.Tokens.single(self.token)
 
 
 class Service:
@@ -85,7 +88,8 @@ class Service:
         self.scheduler = Scheduler(self.store, s.executor, self.devices, s.state_dir, head_wait=s.head_wait,
                                    tick=s.tick, metrics_ports=s.metrics_ports, on_event=self._event,
                                    metrics_host=s.job_metrics_host, metrics_address=s.job_metrics_address,
-                                   runtime_grace=s.runtime_grace)
+                                   runtime_grace=s.runtime_grace,
+                                   quota=admission.Quota(s.user_quota, dict(s.token.quotas) if s.token else {}))
 
     def start(self) -> None:
         self.housekeeper.start()
@@ -104,9 +108,10 @@ class Service:
 
     # -- submission ---------------------------------------------------------------------------
 
-    def submit(self, body: bytes, content_type: str) -> dict:
+    def submit(self, body: bytes, content_type: str, user: str = security.DEFAULT_USER) -> dict:
         """Validate and plan; raises planning.SubmissionError (422) before anything is written,
-        DiskFull (507) when the state dir or the storage has no room for the job."""
+        DiskFull (507) when the state dir or the storage has no room for the job. `user`: whose
+        token sent it (the quota it counts against)."""
         try:
             self.check_room()
             data = planning.parse_body(body, content_type)
@@ -122,6 +127,7 @@ class Service:
                     checked, plans[best.name], best.overhead_bytes, {d.name: d.budget_bytes for d in mine}))
             best = max(fits, key=lambda d: d.budget_bytes)
             self._check_placeable(checked, plans[best.name], best)
+            self._check_quota(checked, plans[best.name], best, user)
         except (planning.SubmissionError, DiskFull):
             self.events["rejected"] += 1
             raise
@@ -134,6 +140,7 @@ class Service:
             "batch_request": checked.batch, "batch_size": p.batch_size, "planned": p.by_category,
             "planned_bytes": p.total, "min_bytes": p.min_total, "max_attempts": self.settings.max_attempts,
             "submitted_at": t, "queued_at": t, "run_dir": str(self.settings.storage / "jobs" / job_id),
+            "priority": checked.config["priority"], "user": user,
         })
         self.events["admitted"] += 1
         with self.scheduler._lock:
@@ -192,6 +199,14 @@ class Service:
             hint = f"the largest batch that fits is {best}" if best else "not even batch 1 fits"
             raise planning.NeverFits(f"never fits: {exc}; {hint}") from None
 
+    def _check_quota(self, checked, p, device, user: str) -> None:
+        """422 for a job its user's quota could never hold, even with none of their jobs running."""
+        limit = self.scheduler.limits.limit(user)
+        need = (p.min_total if checked.batch == "auto" else p.total) + device.overhead_bytes
+        if limit is not None and need > limit:
+            raise planning.NeverFits(f"never fits user {user}'s quota: needs {format_bytes(need)} (plan and process "
+                                     f"overhead), the quota is {format_bytes(limit)}")
+
     def _new_id(self) -> str:
         while True:
             job_id = secrets.token_hex(4)
@@ -200,7 +215,7 @@ class Service:
 
     # -- views -------------------------------------------------------------------------------------
 
-    def job_view(self, job: dict, slots=None, progress=None) -> dict:
+    def job_view(self, job: dict, slots=None, progress=None, quota=None) -> dict:
         reason = job["reason"]
         if job["state"] == "queued" and job["ref"]:  # handed to an executor that admits by itself
             why = (f"for {self.settings.executor.name.capitalize()} resources: {format_bytes(job['reserved_bytes'])} "
@@ -208,7 +223,9 @@ class Service:
             reason = f"waiting {why}" + (f" (earlier: {reason})" if reason else "")
         elif job["state"] == "queued":
             slots = self.scheduler.slots() if slots is None else slots
-            why = admission.blocking(self.scheduler.waiting(job), slots)
+            w = self.scheduler.waiting(job)
+            quota = self.scheduler.quota() if quota is None else quota
+            why = admission.blocking(w, slots, quota)
             reason = f"waiting: {why}" + (f" (earlier: {reason})" if reason else "")
         prog = progress if progress is not None else (self.scheduler.progress(job) if job["state"] != "queued" else {})
         return {
@@ -218,7 +235,7 @@ class Service:
             "submitted_at": iso(job["submitted_at"]), "started_at": iso(job["started_at"]),
             "ended_at": iso(job["ended_at"]), "progress": prog, "result": job["result"], "reason": reason,
             "metrics_target": job["metrics_target"] if job["state"] == "running" else None,
-            "threads": job["threads"],
+            "threads": job["threads"], "priority": job["priority"], "user": job["user"],
         }
 
     def jobs_page(self, state: str | None = None, limit: int = 100, before: int | None = None,
@@ -230,15 +247,16 @@ class Service:
         Scheduler.progress hand out one object per unchanged row and file)."""
         _check_state(state)
         rows, nxt = self.store.page(state, limit, before)
-        slots = self.scheduler.slots() if any(j["state"] == "queued" for j in rows) else None
+        queued = any(j["state"] == "queued" for j in rows)
+        slots, quota = (self.scheduler.slots(), self.scheduler.quota()) if queued else (None, None)
         watched = [str(Path(j["run_dir"]) / PROGRESS) for j in rows if j["state"] == "running"]
         if serialize is None:
-            return [self.job_view(j, slots) for j in rows], nxt, watched
-        return [self._view_bytes(j, slots, serialize) for j in rows], nxt, watched
+            return [self.job_view(j, slots, quota=quota) for j in rows], nxt, watched
+        return [self._view_bytes(j, slots, serialize, quota) for j in rows], nxt, watched
 
-    def _view_bytes(self, job: dict, slots, serialize) -> bytes:
+    def _view_bytes(self, job: dict, slots, serialize, quota=None) -> bytes:
         if job["state"] == "queued":  # its reason depends on the other jobs: made afresh
-            return serialize(self.job_view(job, slots))
+            return serialize(self.job_view(job, slots, quota=quota))
         prog = self.scheduler.progress(job)
         kept = self._serialised.get(job["id"])
         if kept is not None and kept[0] is job and kept[1] is prog:

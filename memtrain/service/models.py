@@ -21,6 +21,7 @@ class JobSubmission(BaseModel):
     training: dict[str, Any] | None = Field(None, description='batch_size: an integer or "auto"')
     data: dict[str, Any] | None = Field(None, description="dataset: digits, synthetic:..., or a file under --data-root")
     checkpoint: dict[str, Any] | None = None
+    priority: int = Field(0, description="higher starts first; submission order within a priority")
 
 
 class Submitted(BaseModel):
@@ -63,6 +64,8 @@ class Job(BaseModel):
     reason: str | None = Field(..., description="why it waits, failed or was cancelled")
     metrics_target: str | None = None
     threads: int | None = None
+    priority: int = Field(0, description="higher starts first; submission order within a priority")
+    user: str = Field("default", description="whose token submitted it: the quota it counts against")
 
 
 class Device(BaseModel):

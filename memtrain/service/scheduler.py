@@ -80,7 +80,8 @@ class JobConflict(MemtrainError):
 class Scheduler:
     def __init__(self, store: Store, executor, devices: list, state_dir, *, head_wait: float = 300.0,
                  tick: float = 0.25, metrics_ports: bool = True, on_event=None, metrics_host: str = "127.0.0.1",
-                 metrics_address: str | None = None, runtime_grace: float = 60.0):
+                 metrics_address: str | None = None, runtime_grace: float = 60.0,
+                 quota: admission.Quota | None = None):
         self.store, self.executor, self.devices = store, executor, {d.name: d for d in devices}
         self.state_dir = Path(state_dir)
         self.head_wait, self.tick_seconds, self.metrics_ports = head_wait, tick, metrics_ports
@@ -94,6 +95,7 @@ class Scheduler:
         self._progress: dict = {}  # progress.json path -> ((mtime_ns, size, inode), parsed)
         self._recent_ports: list = []  # handed out lately, before their job has stored its target
         self.executor_admits = bool(getattr(executor, "admits", False))
+        self.limits = quota or admission.Quota()  # its `used` stays empty: quota() counts it afresh
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -191,11 +193,21 @@ class Scheduler:
                                       len(mine), d.max_jobs))
         return out
 
+    def quota(self) -> admission.Quota:
+        """The users' limits with the bytes each user's jobs commit now (running, or handed to an
+        executor that admits by itself)."""
+        used = {}
+        for job in self.store.list("running") + self.store.list("queued"):
+            if job["state"] == "running" or job["ref"]:
+                used[job["user"]] = used.get(job["user"], 0) + job["reserved_bytes"]
+        return admission.Quota(self.limits.default, self.limits.per_user, used)
+
     def waiting(self, job: dict) -> admission.Waiting:
         over = min((d.overhead_bytes for d in self.devices.values() if d.kind == job["device_kind"]), default=0)
         auto = job["batch_request"] == "auto"
         need = (job["min_bytes"] if auto else job["planned_bytes"]) + over
-        return admission.Waiting(job["id"], job["device_kind"], need, job["queued_at"], auto)
+        return admission.Waiting(job["id"], job["device_kind"], need, job["queued_at"], auto, job["priority"],
+                                 job["user"])
 
     def _admit(self) -> None:
         queued = [j for j in self.store.list("queued") if not j["ref"] and self._can_ever_fit(j)]
@@ -206,22 +218,33 @@ class Scheduler:
         by_id = {j["id"]: j for j in queued}
         chosen = {}
 
-        def reserve(w, slot):
+        def reserve(w, slot, room):
             job = by_id[w.id]
-            chosen[w.id] = self._batch_for(job, self.devices[slot.name], slot.room())
+            chosen[w.id] = self._batch_for(job, self.devices[slot.name], room)
             return chosen[w.id][1] + self.devices[slot.name].overhead_bytes
 
-        starts = admission.admit([self.waiting(j) for j in queued], self.slots(), now(), self.head_wait, reserve)
+        starts = admission.admit([self.waiting(j) for j in queued], self.slots(), now(), self.head_wait, reserve,
+                                 self.quota())
         for job_id, device in starts:
             self._start(by_id[job_id], self.devices[device], *chosen[job_id])
 
     def _hand_over(self, queued: list) -> None:
         """Every queued job goes to the executor now, asking for its plan; a job with batch "auto"
-        gets the largest batch its device's whole budget (one node's memory) allows."""
-        for job in queued:
+        gets the largest batch its device's whole budget (one node's memory) allows. A job over its
+        user's quota stays here until that user's jobs end."""
+        quota = self.quota()
+        by_id = {j["id"]: j for j in queued}
+        for w in admission.order([self.waiting(j) for j in queued]):
+            job = by_id[w.id]
             device = max((d for d in self.devices.values() if d.kind == job["device_kind"]),
                          key=lambda d: d.budget_bytes)
-            self._start(job, device, *self._batch_for(job, device, device.budget_bytes), handed_over=True)
+            left = quota.left(w.user)
+            if left is not None and w.need > left:
+                continue
+            room = device.budget_bytes if left is None else min(device.budget_bytes, left)
+            batch, total, by_category = self._batch_for(job, device, room)
+            quota.used[w.user] = quota.used.get(w.user, 0) + total + device.overhead_bytes
+            self._start(job, device, batch, total, by_category, handed_over=True)
 
     def _watch_handed_over(self) -> None:
         """Jobs the executor holds: `running` once it started them (admission to start is the
@@ -251,13 +274,18 @@ class Scheduler:
         block the queue for ever as its head: it fails instead, saying why."""
         w = self.waiting(job)
         budgets = [d.budget_bytes for d in self.devices.values() if d.kind == w.kind]
-        if budgets and w.need <= max(budgets):
+        limit = self.limits.limit(w.user)
+        if budgets and w.need <= max(budgets) and (limit is None or w.need <= limit):
             return True
         from memtrain.units import format_bytes  # noqa: PLC0415
 
-        have = f"the largest {w.kind} budget is {format_bytes(max(budgets))}" if budgets else f"no {w.kind} device"
+        if budgets and w.need <= max(budgets):
+            have, other = f"user {w.user}'s quota is {format_bytes(limit)}", "--user-quota or token file"
+        else:
+            have = f"the largest {w.kind} budget is {format_bytes(max(budgets))}" if budgets else f"no {w.kind} device"
+            other = "--budget/--devices"
         self._end(job, "failed", f"never fits this service's devices: needs {format_bytes(w.need)}; {have} "
-                                 "(it was planned by a service run with other --budget/--devices)", None)
+                                 f"(it was planned by a service run with other {other})", None)
         return False
 
     def _batch_for(self, job: dict, device, room: int) -> tuple:

@@ -60,6 +60,12 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, seq);
 """
+# columns added since schema version 1, added in place to a state dir that lacks them (an older
+# memtrain ignores them)
+ADDED_COLUMNS = {
+    "priority": "INTEGER NOT NULL DEFAULT 0",  # higher starts first; FIFO within a priority
+    "user": "TEXT NOT NULL DEFAULT 'default'",  # whose token submitted it (its quota)
+}
 
 JSON_FIELDS = ("config", "checked", "planned", "result", "batch_request")
 NOT_VIEWED = ("config", "checked")  # the largest JSON, which a job's view never reads: a page leaves it undecoded
@@ -101,6 +107,10 @@ class Store:
                 db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
             elif row[0] != SCHEMA_VERSION:
                 raise MemtrainError(f"{self.path}: schema version {row[0]}, this memtrain reads {SCHEMA_VERSION}")
+            have = {r[1] for r in db.execute("PRAGMA table_info(jobs)")}
+            for name, decl in ADDED_COLUMNS.items():
+                if name not in have:
+                    db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {decl}")
 
     def backup(self, dest) -> None:
         """A consistent copy of the whole store at `dest` (SQLite's online backup API: writers wait

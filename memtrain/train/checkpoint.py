@@ -288,6 +288,26 @@ def _set_aside(path: Path, suffix: str) -> str | None:
     return target.name
 
 
+def set_aside_run(out_dir, ckpt_dir, suffix: str) -> list:
+    """Rename an earlier run's directories to NAME<suffix> (a fresh run then starts in their
+    place): the run directory when it is one (it has run.json), and the checkpoint directory
+    unless it lies inside it. The working directory and its parents are never moved ([] when
+    nothing could be). Returns the new paths."""
+    out, ck = Path(out_dir), Path(ckpt_dir)
+    cwd = Path.cwd().resolve()
+
+    def movable(d: Path) -> bool:
+        r = d.resolve()
+        return r != cwd and r not in cwd.parents
+
+    dirs = [out] if (out / "run.json").exists() and movable(out) else []
+    if not dirs or not ck.resolve().is_relative_to(out.resolve()):
+        if not movable(ck):
+            return []
+        dirs.append(ck)
+    return [d.with_name(_set_aside(d, suffix)) for d in dirs]
+
+
 def _quarantine(js: Path, reason: str, warn) -> None:
     names = []
     try:

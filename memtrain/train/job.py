@@ -27,7 +27,7 @@ import numpy as np
 from memtrain.backend import get_backend, set_tf32
 from memtrain.errors import CheckpointError, ConfigError, DataError, DeviceError, FinishFailed, JobFailed
 from memtrain.kernels.cpu import threads_from_env
-from memtrain.memory.batch import largest_batch
+from memtrain.memory.batch import check_batch_rows, largest_batch
 from memtrain.memory.budget import check_address_space_limit, check_fits, default_margin, device_budget
 from memtrain.memory.measure import active_pool, gpu_uuid, pool_peak_hook
 from memtrain.memory.peak import PeakMeter
@@ -209,8 +209,10 @@ class Job:
             micro = self._auto_micro(batch)
         if micro is not None and micro > batch:
             raise ConfigError(f"training.micro_batch_size: {micro} is larger than the batch size {batch}")
+        if t.batch_size != "auto":
+            check_batch_rows(batch, self.train_rows)
         if micro is None and t.batch_size != "auto":  # a given batch that cannot fit: one clear error, first
-            check_fits(lambda b: self.setting.plan(b).total, batch, backend, loaded)
+            check_fits(lambda b: self.setting.plan(b).total, batch, backend, loaded, limit=t.memory_limit)
         self.batch_size, self.micro_batch_size = batch, micro
         if note:
             self.log("batch", note, batch_size=batch)
@@ -272,14 +274,13 @@ class Job:
         """Loads the newest good checkpoint (when checkpoint.resume); True if one was loaded."""
         if not self.cfg.checkpoint.resume:
             if ckpt.list_checkpoints(self.ckpt_dir):
-                raise ConfigError(f"checkpoint.dir: {self.ckpt_dir} already holds checkpoints of an earlier run; "
-                                  "resume it (--resume) or choose another --checkpoint-dir (nothing was overwritten)")
+                self._start_over()
             return False
         try:
             found = ckpt.load_latest(self.ckpt_dir, self.identity(), warn=self._warn)
         except CheckpointError as exc:
             raise CheckpointError(f"{exc}; give this job its own --name (or --output-dir), or start over in "
-                                  f"{self.ckpt_dir} with --no-resume after moving its checkpoints away") from None
+                                  f"{self.ckpt_dir} with --no-resume (it moves the earlier run aside)") from None
         if not found:
             return False
         arrays, record = found
@@ -291,6 +292,21 @@ class Job:
         self.log("resume", f"resumed   from {self.ckpt_dir / record['npz']}: step {tr.steps}, epoch "
                  f"{tr.epoch + 1}, batch {tr.position}", step=tr.steps, epoch=tr.epoch, position=tr.position)
         return True
+
+    def _start_over(self) -> None:
+        """--no-resume over an earlier run: its run directory (or, when that is not a run of its
+        own, its checkpoint directory) is renamed to NAME.earlier-<UTC time>; nothing is deleted."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        moved = ckpt.set_aside_run(self.out_dir, self.ckpt_dir, f".earlier-{stamp}")
+        if not moved:
+            raise ConfigError(f"checkpoint.dir: {self.ckpt_dir} already holds checkpoints of an earlier run and is "
+                              "the working directory or above it; resume it (--resume) or choose another "
+                              "--checkpoint-dir (nothing was overwritten)")
+        ckpt.check_writable(self.ckpt_dir)
+        ckpt.check_writable(self.out_dir)
+        where = ", ".join(str(p) for p in moved)
+        self.log("aside", f"aside     the earlier run moved to {where} (--no-resume: starting over)",
+                 moved=[str(p) for p in moved])
 
     def start_history(self, resumed: bool) -> None:
         """run.json says running; on resume the history is cut back to the checkpoint's epoch
@@ -489,7 +505,7 @@ class Job:
             return None
         why = "stopped early, " if tr.stopped_early else ""
         msg = (f"finished  already: {why}{tr.epoch} epochs trained in {self.out_dir}; nothing to train "
-               f"(use --no-resume to start over, or --epochs M with M > {tr.epoch} to train on)")
+               f"(--no-resume starts over, moving this run aside; --epochs M with M > {tr.epoch} trains on)")
         self.log("already_finished", msg, epochs=tr.epoch, steps=tr.steps, output_dir=str(self.out_dir))
         self.set_state("finished")
         return {"already_finished": True, "epochs": tr.epoch, "steps": tr.steps}
