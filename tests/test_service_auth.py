@@ -1,8 +1,10 @@
 """Who may use the service: the token, the bind rule."""
 
+import time
+
 import pytest
 from click.testing import CliRunner
-from service_helpers import ThreadServer, digits_job
+from service_helpers import ThreadServer, digits_job, wait_for
 
 from memtrain.cli import main
 
@@ -23,10 +25,48 @@ def test_every_endpoint_but_healthz_needs_the_token(server, path):
     assert server.request("GET", "/healthz")[0] == 200
 
 
+PUBLIC = {"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+
+
+def test_every_route_of_the_app_but_the_public_ones_refuses_a_request_without_the_token(server):
+    """Read from the app itself, so a route added later (a DELETE, a POST) is checked too."""
+    routes = [(method, route.path) for route in server.app.routes if route.path not in PUBLIC
+              for method in sorted(getattr(route, "methods", None) or ()) if method != "HEAD"]
+    assert ("DELETE", "/jobs/{job_id}") in routes and ("POST", "/jobs") in routes
+    for method, path in routes:
+        url = path.replace("{job_id}", "x")
+        for token in (None, "wrong-token-0123456789"):
+            status, out = server.request(method, url, body=b"{}" if method in ("POST", "PUT", "PATCH") else None,
+                                         token=token)
+            assert status == 401, (method, path, token, status, out)
+
+
+def test_cancel_without_the_token_is_401_and_the_running_job_is_untouched(server):
+    status, out = server.request("POST", "/jobs", digits_job("long", epochs=400), token=TOKEN)
+    assert status == 201
+    job_id = out["id"]
+    try:
+        wait_for(server.url, job_id, ("running",), token=TOKEN)
+        while not server.service.store.get(job_id)["ref"]:  # its process handle, stored just after the start
+            time.sleep(0.05)
+        before = server.service.store.get(job_id)
+        for token in (None, "wrong-token-0123456789"):
+            status, out = server.request("DELETE", f"/jobs/{job_id}", token=token)
+            assert status == 401 and "Bearer" in out["detail"]
+        stored = server.service.store.get(job_id)
+        assert stored["state"] == "running" and not stored["cancel_requested"] and stored["ref"] == before["ref"]
+        time.sleep(0.5)  # a cancel that got through would have SIGTERMed the worker by now
+        assert server.service.store.get(job_id)["state"] == "running"
+    finally:
+        assert server.request("DELETE", f"/jobs/{job_id}", token=TOKEN)[0] == 200
+        assert wait_for(server.url, job_id, ("cancelled", "succeeded"), token=TOKEN)["state"] == "cancelled"
+
+
 def test_submit_needs_the_token_and_writes_nothing_without_it(server):
+    jobs = server.service.store.list()
     status, out = server.request("POST", "/jobs", digits_job(epochs=1))
     assert status == 401 and "Bearer" in out["detail"]
-    assert server.service.store.list() == []
+    assert server.service.store.list() == jobs
     status, out = server.request("POST", "/jobs", digits_job(epochs=1), token=TOKEN)
     assert status == 201
 
