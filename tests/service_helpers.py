@@ -17,6 +17,7 @@ from pathlib import Path
 
 import uvicorn
 
+from memtrain.launch.executor import Handle
 from memtrain.service.app import create_app
 from memtrain.service.core import Service, Settings
 
@@ -149,4 +150,33 @@ def kill_group(ref: str) -> None:
     try:
         os.killpg(pid, signal.SIGKILL)
     except ProcessLookupError:
+        pass
+
+
+class Scripted:
+    """An executor that records launches and cancels; poll answers from `exits`, adopt from `alive`."""
+
+    name = "scripted"
+
+    def __init__(self):
+        self.launches, self.cancelled, self.exits, self.alive = [], [], {}, set()
+        self.on_start = None  # called with the Launch before start returns (the launch-before-commit window)
+
+    def start(self, launch):
+        if self.on_start is not None:
+            self.on_start(launch)
+        self.launches.append(launch)
+        target = f"127.0.0.1:{launch.metrics_port}" if launch.metrics_port else None
+        return Handle(launch.job_id, self.name, json.dumps({"n": len(self.launches)}), target)
+
+    def poll(self, handle):
+        return self.exits.get(handle.job_id)
+
+    def cancel(self, handle):
+        self.cancelled.append(handle.job_id)
+
+    def adopt(self, handle):
+        return handle.job_id in self.alive
+
+    def close(self):
         pass

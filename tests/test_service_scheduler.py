@@ -9,41 +9,12 @@ import json
 import signal
 
 import pytest
+from service_helpers import Scripted
 
-from memtrain.launch.executor import Exit, Handle
-from memtrain.launch.worker import EXIT
+from memtrain.launch.executor import Exit
 from memtrain.service.core import Service, Settings
 
 GIB = 1024**3
-
-
-class Scripted:
-    """An executor that records launches and cancels; poll answers from `exits`, adopt from `alive`."""
-
-    name = "scripted"
-
-    def __init__(self):
-        self.launches, self.cancelled, self.exits, self.alive = [], [], {}, set()
-        self.on_start = None  # called with the Launch before start returns (the launch-before-commit window)
-
-    def start(self, launch):
-        if self.on_start is not None:
-            self.on_start(launch)
-        self.launches.append(launch)
-        target = f"127.0.0.1:{launch.metrics_port}" if launch.metrics_port else None
-        return Handle(launch.job_id, self.name, json.dumps({"n": len(self.launches)}), target)
-
-    def poll(self, handle):
-        return self.exits.get(handle.job_id)
-
-    def cancel(self, handle):
-        self.cancelled.append(handle.job_id)
-
-    def adopt(self, handle):
-        return handle.job_id in self.alive
-
-    def close(self):
-        pass
 
 
 def job(name="j", epochs=1, **training) -> bytes:
