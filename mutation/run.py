@@ -54,9 +54,10 @@ def scratch_copy(name: str, module: dict) -> Path:
 
 def run(name: str, module: dict, children: int) -> int:
     work = scratch_copy(name, module)
-    # subprocesses a test starts (a worker, `memtrain serve`) import the same mutated copy
-    env = {**os.environ, "PYTHONPATH": str(work / "mutants")}
-    cmd = ["nice", "mutmut", "run", "--max-children", str(children), *module["mutants"]]
+    # mutmut puts its mutants/ first on sys.path; a PYTHONPATH naming this checkout would hide them
+    # (the tests of modules.toml start no subprocess, which would import the unmutated package)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    cmd = ["nice", sys.executable, "-m", "mutmut", "run", "--max-children", str(children), *module["mutants"]]
     print(f"mutation: {name}: {' '.join(cmd)} (in {work})", flush=True)
     with open(work / "mutmut.log", "w") as log:
         return subprocess.run(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
@@ -64,8 +65,8 @@ def run(name: str, module: dict, children: int) -> int:
 
 def equivalents() -> dict:
     """Mutant name -> reason, from docs/testing.md's table of equivalent mutants."""
-    out = {}
-    for line in (ROOT / "docs" / "testing.md").read_text().splitlines():
+    out, doc = {}, ROOT / "docs" / "testing.md"
+    for line in (doc.read_text() if doc.exists() else "").splitlines():
         m = EQUIVALENT_ROW.match(line)
         if m:
             out[m.group(1)] = line.rstrip("|").rsplit("|", 1)[-1].strip()
