@@ -74,11 +74,15 @@ def equivalents() -> dict:
 
 
 def results(name: str, module: dict) -> dict:
-    """Mutant name -> exit code, for this module's mutants of the last run."""
+    """Mutant name -> exit code, for this module's mutants of the last run (less `exclude`: code whose
+    tests cannot run per mutant, named with the reason in modules.toml and docs/testing.md)."""
     codes = {}
     for meta in (ROOT / "build" / "mutation" / name / "mutants").rglob("*.py.meta"):
         codes.update(json.loads(meta.read_text())["exit_code_by_key"])
-    return {k: v for k, v in codes.items() if any(fnmatch.fnmatchcase(k, p) for p in module["mutants"])}
+    def matches(name, patterns):
+        return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+    return {k: v for k, v in codes.items() if matches(k, module["mutants"]) and not matches(k, module.get("exclude", []))}
 
 
 def report(name: str, module: dict) -> bool:

@@ -5,6 +5,7 @@ for every mutant of memtrain/service/scheduler.py).
 The store is the truth: what it says before a process exists, after it ends, after a
 cancel and after a restart is what a service killed at that point would act on."""
 
+import dataclasses
 import json
 import signal
 
@@ -12,6 +13,7 @@ import pytest
 from service_helpers import Scripted
 
 from memtrain.launch.executor import Exit
+from memtrain.launch.worker import EXIT
 from memtrain.service.core import Service, Settings
 
 GIB = 1024**3
@@ -30,6 +32,11 @@ def service(tmp_path):
     s.ex = ex
     yield s
     s.stop()
+
+
+def max_jobs(service, n: int) -> None:
+    devices = service.scheduler.devices
+    devices["cpu"] = dataclasses.replace(devices["cpu"], max_jobs=n)
 
 
 def submit(service, body=None) -> str:
@@ -64,3 +71,256 @@ def test_a_cancel_landing_between_commit_and_launch_reaches_the_process(service)
     service.ex.exits[job_id] = Exit(None, signal.SIGTERM)
     service.scheduler.tick()
     assert service.store.get(job_id)["state"] == "cancelled"
+
+
+def test_an_executor_that_cannot_start_fails_the_job_with_its_reason(service):
+    def refuse(launch):
+        raise OSError("no such interpreter")
+
+    service.ex.on_start = refuse
+    job_id = submit(service)
+    stored = service.store.get(job_id)
+    assert stored["state"] == "failed" and stored["reason"] == "could not start: no such interpreter"
+    assert stored["reserved_bytes"] == 0 and stored["ended_at"] is not None
+
+
+# -- admission glue: what is committed, where, how many ------------------------------------------
+
+
+def test_jobs_start_while_slots_and_bytes_last_and_the_launch_is_the_plan(service):
+    ids = [submit(service) for _ in range(3)]
+    first, second, third = (service.store.get(i) for i in ids)
+    assert [first["state"], second["state"], third["state"]] == ["running", "running", "queued"]  # 2 per device
+    (slot,) = service.scheduler.slots()
+    assert (slot.running, slot.committed) == (2, first["reserved_bytes"] + second["reserved_bytes"])
+    assert slot.budget == service.devices[0].budget_bytes and slot.max_jobs == 2
+    launch = service.ex.launches[0]
+    cpu = service.devices[0]
+    assert launch.job_id == ids[0] and launch.device == "cpu" and launch.metrics_port is None
+    assert launch.resources.planned_bytes == first["planned_bytes"] and launch.resources.overhead_bytes == 1000
+    assert launch.resources.num_cpus == cpu.threads_per_job == first["threads"]
+    assert launch.resources.device_capacity_bytes == cpu.budget_bytes
+    assert set(launch.env.values()) == {cpu.threads_per_job} and "OMP_NUM_THREADS" in launch.env
+    assert launch.run_dir == first["run_dir"] and launch.log_path == f"{first['run_dir']}/job.log"
+    assert launch.config["checkpoint"]["dir"] == f"{first['run_dir']}/checkpoints"
+    assert launch.config["training"]["memory_limit"] == cpu.budget_bytes and launch.config["device"] == "cpu"
+    w = service.scheduler.waiting(third)
+    assert (w.id, w.kind, w.need, w.queued_at, w.auto) == (ids[2], "cpu", third["planned_bytes"] + 1000,
+                                                           third["queued_at"], False)
+    service.ex.exits[ids[0]] = Exit(0)
+    service.scheduler.tick()
+    assert service.store.get(ids[0])["state"] == "succeeded" and service.store.get(ids[2])["state"] == "running"
+
+
+def test_a_job_waits_for_bytes_and_an_auto_job_takes_what_is_left(tmp_path):
+    ex = Scripted()
+    probe = Service(Settings(state_dir=tmp_path / "probe", devices="cpu", budgets={"cpu": GIB}, cpu_overhead=0,
+                             executor=Scripted(), metrics_ports=False))
+    planned = probe.submit(job(), "application/json")["planned_bytes"]
+    probe.stop()
+    budget = 2 * planned + 500  # two jobs fit (with 100 B overhead each), a third does not
+    s = Service(Settings(state_dir=tmp_path / "s", devices="cpu", budgets={"cpu": budget}, cpu_overhead=100,
+                         max_jobs_per_device=8, executor=ex, metrics_ports=False))
+    try:
+        ids = [submit(s) for _ in range(3)]
+        assert [s.store.get(i)["state"] for i in ids] == ["running", "running", "queued"]
+        (slot,) = s.scheduler.slots()
+        assert slot.committed == 2 * (planned + 100) <= budget
+        assert s.job(ids[2])["reason"] == "waiting: needs 415.68 KiB, 300 B free on cpu"
+        ex.exits[ids[0]] = Exit(0)
+        ex.exits[ids[1]] = Exit(0)
+        s.scheduler.tick()  # both end and the third starts within the same tick
+        assert s.store.get(ids[2])["state"] == "running"
+        ex.exits[ids[2]] = Exit(0)
+        s.scheduler.tick()
+        auto = s.submit(job(batch_size="auto"), "application/json")
+        stored = s.store.get(auto["id"])
+        room = budget - 100
+        assert stored["state"] == "running" and stored["planned_bytes"] <= room
+        batch = stored["batch_size"]
+        assert batch > 32 and ex.launches[-1].config["training"]["batch_size"] == batch
+        bigger = planning_plan_at(stored, budget, batch + 1)
+        assert batch == stored["checked"]["max_batch"] or bigger > room  # the largest that fits what is left
+    finally:
+        s.stop()
+
+
+def planning_plan_at(stored, budget, batch) -> int:
+    from memtrain.service import planning
+
+    return planning.plan_at(planning.restore(stored), budget, batch).total
+
+
+# -- how a job ends ------------------------------------------------------------------------------
+
+
+def ended(service, exit_, *, result=None, cancel=False, attempts_left=True):
+    """Submit a job, let its process end with `exit_` (and an exit record with `result`), tick."""
+    job_id = submit(service)
+    stored = service.store.get(job_id)
+    if not attempts_left:
+        service.store.update(job_id, attempts=stored["max_attempts"])
+    if result is not None:
+        with open(f"{stored['run_dir']}/{EXIT}", "w") as f:
+            json.dump({"code": exit_.code, "result": result}, f)
+    if cancel:
+        service.cancel(job_id)
+        assert service.ex.cancelled[-1] == job_id
+    service.ex.exits[job_id] = exit_
+    service.scheduler.tick()
+    return service.store.get(job_id)
+
+
+def test_a_clean_exit_succeeds_with_its_result_and_frees_its_bytes(service):
+    out = ended(service, Exit(0), result={"steps": 27})
+    assert (out["state"], out["reason"], out["result"], out["reserved_bytes"]) == ("succeeded", None, {"steps": 27}, 0)
+    assert out["ended_at"] is not None and service.events["started"] == 1
+    assert service.scheduler.slots()[0].committed == 0
+
+
+def test_a_job_that_finished_before_the_cancel_reached_it_succeeded(service):
+    assert ended(service, Exit(0), result={"steps": 27}, cancel=True)["state"] == "succeeded"
+
+
+def test_a_cancelled_job_says_whether_it_saved_a_checkpoint(service):
+    out = ended(service, Exit(0), result={"stopped": "SIGTERM"}, cancel=True)
+    assert (out["state"], out["reason"]) == ("cancelled", "cancelled on request (checkpoint saved)")
+    out = ended(service, Exit(None, signal.SIGTERM), cancel=True)
+    assert (out["state"], out["reason"]) == ("cancelled", "cancelled on request")
+
+
+def test_a_bad_config_fails_without_a_retry(service):
+    out = ended(service, Exit(2, None, "training.epochs: expected >= 1"))
+    assert (out["state"], out["reason"], out["attempts"]) == ("failed", "training.epochs: expected >= 1", 1)
+    assert ended(service, Exit(2))["reason"] == "bad config (exit status 2)"
+
+
+def test_an_error_exit_fails_with_its_last_log_line(service):
+    assert ended(service, Exit(1, None, "ValueError: boom"))["reason"] == "ValueError: boom"
+    assert ended(service, Exit(3))["reason"] == "exit status 3"
+
+
+def test_a_killed_job_is_retried_from_its_checkpoint_until_its_attempts_are_spent(service):
+    out = ended(service, Exit(None, signal.SIGKILL, "killed by SIGKILL"))
+    job_id = out["id"]
+    # requeued, then started again by the same tick's admission: the second of its 2 attempts
+    assert out["state"] == "running" and out["attempts"] == 2 and service.events["requeued"] == 1
+    assert out["reason"] is None and len(service.ex.launches) == 2
+    service.ex.exits[job_id] = Exit(None, signal.SIGKILL, "killed by SIGKILL")
+    service.scheduler.tick()
+    out = service.store.get(job_id)
+    assert (out["state"], out["reason"]) == ("failed", "killed by SIGKILL; gave up after 2 attempt(s)")
+    out = ended(service, Exit(0), result={"stopped": "SIGTERM"}, attempts_left=False)  # a stop nobody asked for
+    assert out["reason"] == "stopped by a signal it did not ask for; gave up after 2 attempt(s)"
+
+
+def test_a_requeued_job_says_why_and_keeps_its_attempt_count(service):
+    max_jobs(service, 1)
+    blocker, job_id = submit(service), submit(service)
+    service.store.update(job_id, state="running", device="cpu", attempts=1, ref=json.dumps({"n": 9}),
+                         executor="scripted", reserved_bytes=5)
+    service.ex.exits[job_id] = Exit(None, signal.SIGKILL)
+    service.scheduler.tick()
+    out = service.store.get(job_id)
+    assert out["state"] == "queued" and out["attempts"] == 1 and out["reserved_bytes"] == 0
+    assert out["reason"] == ("stopped by a signal it did not ask for; retrying from its last checkpoint "
+                             "(attempt 2 of 2)")
+    assert out["device"] is None and out["ref"] is None and out["queued_at"] >= out["submitted_at"]
+    assert service.store.get(blocker)["state"] == "running"
+
+
+# -- cancel --------------------------------------------------------------------------------------
+
+
+def test_cancel_a_queued_job_at_once_and_a_running_one_through_its_process(service):
+    max_jobs(service, 1)
+    running, queued = submit(service), submit(service)
+    out = service.cancel(queued)
+    assert (out["state"], out["reason"]) == ("cancelled", "cancelled on request (it had not started)")
+    stored = service.store.get(queued)
+    assert stored["reserved_bytes"] == 0 and stored["ended_at"] is not None and service.ex.cancelled == []
+    assert service.cancel(running)["state"] == "running" and service.ex.cancelled == [running]
+    assert service.store.get(running)["cancel_requested"]
+    assert service.cancel("nope") is None
+    assert service.cancel(queued)["state"] == "cancelled"  # a second cancel changes nothing
+
+
+# -- restart -------------------------------------------------------------------------------------
+
+
+def restarted(tmp_path, ex):
+    return Service(Settings(state_dir=tmp_path / "state", devices="cpu", budgets={"cpu": GIB}, cpu_overhead=1000,
+                            max_jobs_per_device=2, executor=ex, metrics_ports=False))
+
+
+def test_after_a_restart_live_processes_are_readopted_and_gone_ones_resume(tmp_path):
+    first = restarted(tmp_path, Scripted())
+    alive, gone, finished = (submit(first) for _ in range(2)), None, None
+    alive, gone = list(alive)
+    max_jobs(first, 4)
+    finished = submit(first)
+    queued = submit(first)
+    first.store.update(queued, state="queued", ref=json.dumps({"n": 7}), executor="scripted", attempts=1)
+    first.stop()
+    ex = Scripted()
+    ex.alive = {alive}
+    ex.exits[finished] = Exit(0)
+    second = restarted(tmp_path, ex)
+    try:
+        second.scheduler.recover()
+        a, g, f, q = (second.store.get(i) for i in (alive, gone, finished, queued))
+        assert a["state"] == "running" and a["attempts"] == 1
+        assert g["state"] == "queued" and g["attempts"] == 0 and g["ref"] is None
+        assert g["reason"] == "the service restarted and its process was gone; resuming from its checkpoint"
+        assert f["state"] == "succeeded"
+        assert q["ref"] is None and q["attempts"] == 0  # handed over once, but its executor does not know it
+    finally:
+        second.stop()
+
+
+def test_a_process_of_another_executor_is_not_adopted(tmp_path):
+    first = restarted(tmp_path, Scripted())
+    job_id = submit(first)
+    first.store.update(job_id, executor="ray")
+    first.stop()
+    ex = Scripted()
+    ex.alive = {job_id}
+    second = restarted(tmp_path, ex)
+    try:
+        second.scheduler.recover()
+        assert second.store.get(job_id)["state"] == "queued"
+    finally:
+        second.stop()
+
+
+def test_a_queued_job_that_no_longer_fits_fails_naming_the_budget(tmp_path):
+    first = restarted(tmp_path, Scripted())
+    max_jobs(first, 0)  # nothing starts
+    job_id = submit(first)
+    first.stop()
+    second = Service(Settings(state_dir=tmp_path / "state", devices="cpu", budgets={"cpu": 2048}, cpu_overhead=0,
+                              executor=Scripted(), metrics_ports=False))
+    try:
+        second.scheduler.tick()
+        out = second.store.get(job_id)
+        assert out["state"] == "failed" and out["reason"].startswith("never fits this service's devices: needs ")
+        assert "; the largest cpu budget is 2.00 KiB (it was planned by a service run with other" in out["reason"]
+    finally:
+        second.stop()
+
+
+# -- metrics ports ---------------------------------------------------------------------------------
+
+
+def test_each_running_job_gets_its_own_metrics_port_and_the_scrape_address(tmp_path):
+    ex = Scripted()
+    s = Service(Settings(state_dir=tmp_path / "state", devices="cpu", budgets={"cpu": GIB}, cpu_overhead=0,
+                         max_jobs_per_device=4, executor=ex, job_metrics_address="memtrain"))
+    try:
+        ids = [submit(s) for _ in range(3)]
+        ports = [launch.metrics_port for launch in ex.launches]
+        assert len(set(ports)) == 3 and all(ports)
+        assert [launch.config["metrics"]["port"] for launch in ex.launches] == ports
+        assert [s.store.get(i)["metrics_target"] for i in ids] == [f"memtrain:{p}" for p in ports]
+    finally:
+        s.stop()
