@@ -45,7 +45,8 @@ def scratch_copy(name: str, module: dict) -> Path:
             shutil.copy2(src, work / rel)
     settings = {"source_paths": ["memtrain"], "only_mutate": module["files"],
                 "pytest_add_cli_args_test_selection": module["tests"],
-                "pytest_add_cli_args": ["-p", "no:cacheprovider", "-q"]}
+                # a mutant that raises half-way through a constructor leaks its open files: noise, not a kill
+                "pytest_add_cli_args": ["-p", "no:cacheprovider", "-q", "-W", "ignore::ResourceWarning"]}
     lines = ["", "[tool.mutmut]"] + [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
     with open(work / "pyproject.toml", "a") as f:
         f.write("\n".join(lines) + "\n")
