@@ -154,12 +154,14 @@ def kill_group(ref: str) -> None:
 
 
 class Scripted:
-    """An executor that records launches and cancels; poll answers from `exits`, adopt from `alive`."""
+    """An executor that records launches and cancels; poll answers from `exits`, adopt from `alive`.
+    A handle it gave out must come back whole (what the scheduler stored and read back)."""
 
     name = "scripted"
 
     def __init__(self):
         self.launches, self.cancelled, self.exits, self.alive = [], [], {}, set()
+        self.handles, self.cancelled_handles = {}, []
         self.on_start = None  # called with the Launch before start returns (the launch-before-commit window)
 
     def start(self, launch):
@@ -167,15 +169,26 @@ class Scripted:
             self.on_start(launch)
         self.launches.append(launch)
         target = f"127.0.0.1:{launch.metrics_port}" if launch.metrics_port else None
-        return Handle(launch.job_id, self.name, json.dumps({"n": len(self.launches)}), target)
+        h = self.handles[launch.job_id] = Handle(launch.job_id, self.name, json.dumps({"n": len(self.launches)}),
+                                                 target)
+        return h
+
+    def _check(self, handle):
+        given = self.handles.get(handle.job_id)
+        # the metrics target may be stored as the address Prometheus scrapes (--job-metrics-address)
+        assert given is None or (handle.executor, handle.ref) == (given.executor, given.ref), handle
 
     def poll(self, handle):
+        self._check(handle)
         return self.exits.get(handle.job_id)
 
     def cancel(self, handle):
+        self._check(handle)
         self.cancelled.append(handle.job_id)
+        self.cancelled_handles.append(handle)
 
     def adopt(self, handle):
+        self._check(handle)
         return handle.job_id in self.alive
 
     def close(self):

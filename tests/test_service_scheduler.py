@@ -324,3 +324,135 @@ def test_each_running_job_gets_its_own_metrics_port_and_the_scrape_address(tmp_p
         assert [s.store.get(i)["metrics_target"] for i in ids] == [f"memtrain:{p}" for p in ports]
     finally:
         s.stop()
+
+
+# -- what the survivors of a mutation run showed untested (docs/testing.md) ------------------------
+
+
+def test_recover_keeps_a_handed_over_job_its_executor_still_holds_and_frees_one_it_lost(tmp_path):
+    first = restarted(tmp_path, Scripted())
+    max_jobs(first, 0)
+    held, lost, other = submit(first), submit(first), submit(first)
+    for job_id, executor in ((held, "scripted"), (lost, "scripted"), (other, "ray")):
+        first.store.update(job_id, ref=json.dumps({"n": job_id}), executor=executor, attempts=2)
+    first.stop()
+    ex = Scripted()
+    ex.alive = {held, other}  # `other` was started by another executor: this one cannot hold it
+    second = restarted(tmp_path, ex)
+    try:
+        second.scheduler.recover()
+        h, lo, o = (second.store.get(i) for i in (held, lost, other))
+        assert (h["ref"], h["executor"], h["attempts"]) == (json.dumps({"n": held}), "scripted", 2)
+        assert (lo["ref"], lo["executor"], lo["attempts"], lo["state"]) == (None, None, 1, "queued")
+        assert (o["ref"], o["executor"], o["attempts"]) == (None, None, 1)
+    finally:
+        second.stop()
+
+
+def test_recover_finishes_what_ended_while_away_and_says_what_it_readopted(tmp_path, caplog):
+    first = restarted(tmp_path, Scripted())
+    max_jobs(first, 8)
+    alive, crashed, killed, recorded = (submit(first) for _ in range(4))
+    done = submit(first)
+    first.store.update(done, state="succeeded", ref=json.dumps({"n": 99}), executor="scripted")
+    first.store.update(killed, attempts=2)
+    run_dir = first.store.get(recorded)["run_dir"]
+    with open(f"{run_dir}/{EXIT}", "w") as f:
+        json.dump({"code": 1, "reason": "ValueError: boom"}, f)
+    first.stop()
+    ex = Scripted()
+    ex.alive = {alive}
+    ex.exits = {crashed: Exit(1, None, "RuntimeError: bad"), killed: Exit(None), recorded: Exit(None),
+                done: Exit(1)}
+    second = restarted(tmp_path, ex)
+    try:
+        with caplog.at_level("INFO", logger="memtrain.service"):
+            second.scheduler.recover()
+        assert [r.getMessage() for r in caplog.records] == [f"job {alive}: re-adopted"]
+        a, c, k, r, d = (second.store.get(i) for i in (alive, crashed, killed, recorded, done))
+        assert a["state"] == "running"
+        assert (c["state"], c["reason"]) == ("failed", "RuntimeError: bad")
+        # killed with no exit record: the process was gone, resumed from its checkpoint, not counted as an attempt
+        assert (k["state"], k["attempts"], k["executor"], k["ref"]) == ("queued", 1, None, None)
+        # it wrote its exit record before the service saw it end: it ended, it is not resumed
+        assert r["state"] == "failed"
+        assert d["state"] == "succeeded"  # an ended job is not looked at again
+    finally:
+        second.stop()
+
+
+def test_an_executor_that_admits_reads_how_a_job_ended_from_its_exit_record(tmp_path):
+    from memtrain.service.scheduler import Scheduler
+
+    first = restarted(tmp_path, Scripted())
+    max_jobs(first, 8)
+    ok, failed, gone = (submit(first) for _ in range(3))
+    for job_id, record in ((ok, {"code": 0, "result": {"steps": 3}}), (failed, {"code": 1, "reason": "boom"})):
+        with open(f"{first.store.get(job_id)['run_dir']}/{EXIT}", "w") as f:
+            json.dump(record, f)
+    store, devices = first.store, first.devices
+    ex = Scripted()
+    ex.admits = True
+    ex.exits = {ok: Exit(5), failed: Exit(5), gone: Exit(5)}  # not asked: the record is the truth
+    try:
+        Scheduler(store, ex, devices, tmp_path / "state").recover()
+        states = {i: (store.get(i)["state"], store.get(i)["reason"]) for i in (ok, failed, gone)}
+        assert states[ok] == ("succeeded", None) and store.get(ok)["result"] == {"steps": 3}
+        assert states[failed] == ("failed", "boom")
+        assert states[gone][0] == "queued"
+    finally:
+        first.stop()
+
+
+def test_a_tick_polls_every_running_job_with_a_handle_and_nothing_else(service):
+    max_jobs(service, 8)
+    starting, running, finished = submit(service), submit(service), submit(service)
+    service.store.update(starting, ref=None, executor=None)  # killed between commit and launch
+    service.ex.exits[finished] = Exit(0)
+    service.scheduler.tick()
+    service.ex.exits = {running: Exit(1, None, "boom"), finished: Exit(1)}
+    service.scheduler.tick()
+    assert [service.store.get(i)["state"] for i in (starting, running, finished)] == ["running", "failed",
+                                                                                       "succeeded"]
+    assert service.events["failed"] == 1 and service.events["succeeded"] == 1
+
+
+def test_a_retried_auto_job_keeps_the_batch_its_checkpoint_has(tmp_path):
+    from memtrain.service import planning
+
+    ex = Scripted()
+    s = Service(Settings(state_dir=tmp_path / "state", devices="cpu", budgets={"cpu": 64 * 1024**2},
+                         cpu_overhead=1000, max_jobs_per_device=8, executor=ex, metrics_ports=False))
+    try:
+        other = submit(s)  # takes some of the room, so an auto job started now gets a smaller batch
+        job_id = s.submit(job(batch_size="auto", max_batch_size=1024), "application/json")["id"]
+        first = s.store.get(job_id)
+        batch, room = first["batch_size"], s.devices[0].budget_bytes - s.store.get(other)["reserved_bytes"] - 1000
+        fn = planning.plan_at(planning.restore(first), s.devices[0].budget_bytes, batch)
+        assert first["planned_bytes"] == fn.total and first["planned"] == fn.by_category
+        assert fn.total <= room < planning.plan_at(planning.restore(first), s.devices[0].budget_bytes,
+                                                   batch + 1).total or batch == 1024
+        ex.exits = {other: Exit(0), job_id: Exit(None, signal.SIGKILL)}
+        s.scheduler.tick()  # the room is larger now; the retried job keeps its batch all the same
+        again = s.store.get(job_id)
+        assert again["attempts"] == 2 and again["batch_size"] == batch and ex.launches[-1].job_id == job_id
+        assert ex.launches[-1].config["training"]["batch_size"] == batch
+        assert (again["planned_bytes"], again["planned"]) == (first["planned_bytes"], first["planned"])
+    finally:
+        s.stop()
+
+
+def test_cancel_records_exactly_what_it_did(service):
+    max_jobs(service, 8)
+    running = submit(service)
+    service.cancel(running)
+    assert service.store.get(running)["cancel_requested"] == 1
+    assert service.ex.cancelled_handles == [service.ex.handles[running]]
+    done = submit(service)
+    service.store.update(done, state="succeeded")
+    assert service.cancel(done)["state"] == "succeeded"  # nothing to cancel
+    handed = submit(service)
+    service.store.update(handed, state="queued", reserved_bytes=7)  # handed to an executor that admits
+    out = service.cancel(handed)
+    assert out["state"] == "cancelled" and service.store.get(handed)["reserved_bytes"] == 0
+    assert service.ex.cancelled[-1] == handed
