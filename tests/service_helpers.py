@@ -192,4 +192,4 @@ class Scripted:
         return handle.job_id in self.alive
 
     def close(self):
-        pass
+        self.closed = True

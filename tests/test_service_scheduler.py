@@ -8,6 +8,8 @@ cancel and after a restart is what a service killed at that point would act on."
 import dataclasses
 import json
 import signal
+import socket
+import time
 
 import pytest
 from service_helpers import Scripted
@@ -456,3 +458,61 @@ def test_cancel_records_exactly_what_it_did(service):
     out = service.cancel(handed)
     assert out["state"] == "cancelled" and service.store.get(handed)["reserved_bytes"] == 0
     assert service.ex.cancelled[-1] == handed
+
+
+def test_progress_is_the_workers_progress_record_with_every_field_named(service):
+    from memtrain.launch.worker import PROGRESS
+
+    job_id = submit(service)
+    stored = service.store.get(job_id)
+    assert set(service.scheduler.progress(stored).values()) == {None}  # nothing written yet
+    fields = ("epoch", "step", "train_loss", "val_loss", "val_accuracy", "event", "rss_bytes", "peak_rss_bytes",
+              "time", "pid")
+    record = {k: i for i, k in enumerate(fields)} | {"secret": "x"}
+    with open(f"{stored['run_dir']}/{PROGRESS}", "w") as f:
+        json.dump(record, f)
+    assert service.scheduler.progress(stored) == {k: i for i, k in enumerate(fields)}
+
+
+def test_metrics_ports_are_never_handed_out_twice(tmp_path, monkeypatch):
+    from memtrain.service import scheduler as sched
+
+    offered = iter([5001, 5001, 5002, 5001, 5002, 5003, 5001, 5002, 5003, 5004])
+    hosts = []
+    monkeypatch.setattr(sched, "free_port", lambda host: hosts.append(host) or next(offered))
+    ex = Scripted()
+    s = Service(Settings(state_dir=tmp_path / "state", devices="cpu", budgets={"cpu": GIB}, cpu_overhead=0,
+                         max_jobs_per_device=8, executor=ex, job_metrics_host="127.0.0.2"))
+    try:
+        ids = [submit(s) for _ in range(3)]
+        assert [launch.metrics_port for launch in ex.launches] == [5001, 5002, 5003]
+        assert set(hosts) == {"127.0.0.2"} and ex.launches[0].metrics_host == "127.0.0.2"
+        assert [s.store.get(i)["metrics_target"] for i in ids] == [f"127.0.0.1:{p}" for p in (5001, 5002, 5003)]
+        s.scheduler._recent_ports = []  # as after a restart: the running jobs' targets still hold their ports
+        submit(s)
+        assert ex.launches[-1].metrics_port == 5004
+    finally:
+        s.stop()
+
+
+def test_the_scheduler_thread_runs_ticks_until_stopped(tmp_path):
+    from memtrain.service.scheduler import free_port
+
+    ex = Scripted()
+    s = Service(Settings(state_dir=tmp_path / "state", devices="cpu", budgets={"cpu": GIB}, cpu_overhead=0,
+                         executor=ex, metrics_ports=False, tick=60))
+    s.start()
+    try:
+        job_id = submit(s)
+        ex.exits[job_id] = Exit(0)
+        s.scheduler.wake()  # the tick is a minute: only the wake makes it look now
+        deadline = time.time() + 20
+        while s.store.get(job_id)["state"] != "succeeded":
+            assert time.time() < deadline, "the scheduler thread did not tick after wake()"
+            time.sleep(0.02)
+    finally:
+        s.stop()
+    assert ex.closed and not s.scheduler._thread.is_alive()
+    port = free_port()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))  # free, as promised
