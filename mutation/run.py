@@ -8,6 +8,7 @@ status 1 when the score is under 90%, 2 for an unknown module.
 
     python mutation/run.py admission            # run, then report
     python mutation/run.py admission --report   # report the last run again
+    python mutation/run.py admission --resume   # re-run what the last run did not kill, with today's tests
 """
 
 from __future__ import annotations
@@ -53,14 +54,22 @@ def scratch_copy(name: str, module: dict) -> Path:
     return work
 
 
-def run(name: str, module: dict, children: int) -> int:
-    work = scratch_copy(name, module)
+def run(name: str, module: dict, children: int, resume: bool = False) -> int:
+    work = ROOT / "build" / "mutation" / name
+    names = module["mutants"]
+    if resume and (work / "mutants").is_dir():
+        # only what the last run did not kill, against the tests as they are now (new tests added)
+        names = sorted(k for k, v in results(name, module).items() if v not in KILLED)
+        shutil.copytree(ROOT / "tests", work / "tests", dirs_exist_ok=True)
+    else:
+        work = scratch_copy(name, module)
     # mutmut puts its mutants/ first on sys.path; a PYTHONPATH naming this checkout would hide them
     # (the tests of modules.toml start no subprocess, which would import the unmutated package)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    cmd = ["nice", sys.executable, "-m", "mutmut", "run", "--max-children", str(children), *module["mutants"]]
-    print(f"mutation: {name}: {' '.join(cmd)} (in {work})", flush=True)
-    with open(work / "mutmut.log", "w") as log:
+    cmd = ["nice", sys.executable, "-m", "mutmut", "run", "--max-children", str(children), *names]
+    shown = " ".join(cmd[:6] + (names if len(names) <= 3 else [f"<{len(names)} mutants>"]))
+    print(f"mutation: {name}: {shown} (in {work})", flush=True)
+    with open(work / "mutmut.log", "a" if resume else "w") as log:
         return subprocess.run(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
 
 
@@ -107,6 +116,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("module", help=f"one of: {', '.join(MODULES)}")
     ap.add_argument("--report", action="store_true", help="report the last run without running again")
+    ap.add_argument("--resume", action="store_true",
+                    help="re-run only the mutants the last run did not kill (or did not reach), with today's tests")
     ap.add_argument("--children", type=int, default=1, help="mutants tested at once (default 1: a shared machine)")
     args = ap.parse_args()
     if args.module not in MODULES:
@@ -114,7 +125,7 @@ def main() -> int:
         return 2
     module = MODULES[args.module]
     if not args.report:
-        run(args.module, module, args.children)
+        run(args.module, module, args.children, args.resume)
     return 0 if report(args.module, module) else 1
 
 
