@@ -487,6 +487,8 @@ def test_metrics_ports_are_never_handed_out_twice(tmp_path, monkeypatch):
         ids = [submit(s) for _ in range(3)]
         assert [launch.metrics_port for launch in ex.launches] == [5001, 5002, 5003]
         assert set(hosts) == {"127.0.0.2"} and ex.launches[0].metrics_host == "127.0.0.2"
+        assert ex.launches[0].config["metrics"] == {**ex.launches[0].config["metrics"], "host": "127.0.0.2",
+                                                    "port": 5001}
         assert [s.store.get(i)["metrics_target"] for i in ids] == [f"127.0.0.1:{p}" for p in (5001, 5002, 5003)]
         s.scheduler._recent_ports = []  # as after a restart: the running jobs' targets still hold their ports
         submit(s)
@@ -516,3 +518,38 @@ def test_the_scheduler_thread_runs_ticks_until_stopped(tmp_path):
     port = free_port()
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", port))  # free, as promised
+
+
+def test_a_job_cancelled_while_the_job_before_it_starts_is_never_launched(service):
+    max_jobs(service, 0)
+    first, second = submit(service), submit(service)
+    max_jobs(service, 8)
+    service.ex.on_start = lambda launch: service.cancel(second) if launch.job_id == first else None
+    service.scheduler.tick()  # both are admitted together; the second is cancelled before its turn
+    assert [launch.job_id for launch in service.ex.launches] == [first]
+    assert service.store.get(second)["state"] == "cancelled" and service.store.get(first)["state"] == "running"
+
+
+def test_a_gpu_job_is_launched_on_its_gpu_by_uuid(tmp_path, monkeypatch):
+    from memtrain.memory import measure
+
+    gpus = [{"index": 0, "uuid": "GPU-aaaa", "name": "Fake A", "memory_free": 20 * GIB, "processes": []},
+            {"index": 1, "uuid": "", "name": "Fake B", "memory_free": 20 * GIB, "processes": []}]
+    monkeypatch.setattr(measure, "gpu_list", lambda with_processes=True: gpus)
+    ex = Scripted()
+    s = Service(Settings(state_dir=tmp_path / "state", devices="cuda:0,cuda:1", executor=ex, metrics_ports=False,
+                         max_jobs_per_device=1,
+                         budgets={"cuda:0": 2 * GIB, "cuda:1": 3 * GIB}))
+    try:
+        body = json.loads(job())
+        body["device"] = "cuda"
+        for _ in range(2):
+            s.submit(json.dumps(body).encode(), "application/json")
+        # best fit puts the first on the GPU left with less room (cuda:0), the second on the other
+        by_device = {launch.device: launch for launch in ex.launches}
+        assert by_device["cuda:0"].env["CUDA_VISIBLE_DEVICES"] == "GPU-aaaa"
+        assert by_device["cuda:1"].env["CUDA_VISIBLE_DEVICES"] == 1  # no uuid from NVML: its index (str()ed at launch)
+        assert {launch.config["device"] for launch in ex.launches} == {"cuda:0"}  # the one GPU it can see
+        assert by_device["cuda:1"].config["training"]["memory_limit"] == 3 * GIB
+    finally:
+        s.stop()

@@ -33,7 +33,8 @@ def test_binding_beyond_this_machine_needs_a_token():
     security.check_bind("0.0.0.0", TOKEN)
     with pytest.raises(MemtrainError) as exc:
         security.check_bind("0.0.0.0", None)
-    assert str(exc.value).startswith("--host 0.0.0.0: binding beyond this machine needs --token-file")
+    assert str(exc.value) == ("--host 0.0.0.0: binding beyond this machine needs --token-file (anyone who can reach "
+                              "the port could run jobs)")
 
 
 def test_read_token(tmp_path):
@@ -115,3 +116,14 @@ def test_the_validation_set_is_confined_too_and_no_root_means_no_files(roots):
     with pytest.raises(planning.SubmissionError, match=r"^data.validation_dataset: '.*' is a file, and this service"):
         check("synthetic:classification(40, 8, 3)", [], validation=str(a / "small.npz"))
     assert planning._confined("data.dataset", str(a), [a]) == a.resolve()  # the root itself is inside it
+    with pytest.raises(planning.SubmissionError, match=r"^data.validation_dataset: .* is outside the data roots"):
+        planning._confine_data(JobConfig.from_dict({"data": {"dataset": "digits",
+                                                             "validation_dataset": str(outside / "secret.npz")}}), [a])
+
+
+def test_a_source_that_is_not_a_string_is_refused_naming_it():
+    cfg = JobConfig.from_dict({"data": {"dataset": "digits"}})
+    cfg = cfg.with_overrides({"data.validation_dataset": 5})
+    with pytest.raises(planning.SubmissionError) as exc:
+        planning._confine_data(cfg, [])
+    assert str(exc.value) == "data.validation_dataset: expected a source string, got 5"
