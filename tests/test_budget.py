@@ -200,3 +200,30 @@ def test_check_fits_names_the_batch_the_bytes_and_the_largest_that_fits(monkeypa
         assert str(exc).endswith("(RLIMIT_AS now); not even batch 1 fits (600 B short): use smaller layers or a "
                                  "smaller data set")
         assert str(exc).startswith("training.batch_size: batch 1 needs 1.07 KiB (1,100 B)")
+
+
+def _limits(d, limit, usage, v1=False):
+    d.mkdir(parents=True, exist_ok=True)
+    names = ("memory.limit_in_bytes", "memory.usage_in_bytes") if v1 else ("memory.max", "memory.current")
+    (d / names[0]).write_text(f"{limit}\n")
+    (d / names[1]).write_text(f"{usage}\n")
+
+
+def test_cgroup_room_reads_odd_names_both_hierarchies_and_the_unlimited_bound(tmp_path):
+    proc = tmp_path / "cgroup"
+    _limits(tmp_path / "a:b" / "boxX", 5000, 1000)  # a cgroup name may hold ':' and end in any letter
+    proc.write_text("0::/a:b/boxX\n")
+    assert bud.cgroup_room(tmp_path, str(proc)) == 4000
+    _limits(tmp_path / "memory" / "job", 9000, 1000, v1=True)  # a hybrid host: v1 memory controller and v2
+    proc.write_text("0::/a:b/boxX\n4:memory:/job\n")
+    assert bud.cgroup_room(tmp_path, str(proc)) == 4000
+    proc.write_text("4:memory:/job\n0::/a:b/boxX\n")
+    assert bud.cgroup_room(tmp_path, str(proc)) == 4000
+    proc.write_text("3::/a:b/boxX\n")  # no controller on a v1 line: not the unified hierarchy either
+    assert bud.cgroup_room(tmp_path, str(proc)) is None
+    _limits(tmp_path / "memory" / "job", 1 << 60, 0, v1=True)  # at and past 2**60: v1's way of saying unlimited
+    proc.write_text("4:memory:/job\n")
+    assert bud.cgroup_room(tmp_path, str(proc)) is None
+    _limits(tmp_path / "memory" / "job", (1 << 60) - 1, 1, v1=True)
+    assert bud.cgroup_room(tmp_path, str(proc)) == (1 << 60) - 2
+    assert bud.cgroup_room(tmp_path, str(tmp_path / "missing")) is None

@@ -148,3 +148,47 @@ def test_plan_lookups_and_bad_values():
         with pytest.raises(ValueError, match="batch_size"):
             training_plan(spec(), make_optimizer("sgd"), bad)
     assert MemoryPlan("train", 8, "cpu", ()).rows == 8
+
+
+def test_dropout_of_the_input_or_of_the_hidden_layers_alone():
+    sgd = make_optimizer("sgd")
+    plain = rows(training_plan(spec(dropout=None), sgd, 4))
+    assert not {"mask0", "mask1", "mask2", "dropout_uniform"} & set(plain)
+    hidden = rows(training_plan(spec(dropout=(1.0, 0.5)), sgd, 4))
+    assert {"mask1", "mask2"} <= set(hidden) and "mask0" not in hidden
+    assert hidden["dropout_uniform"] == ("workspace", (4 * 7,), "float32", True)  # the widest hidden layer
+    inputs = rows(training_plan(spec(dropout=(0.8, 1.0)), sgd, 4))
+    assert "mask0" in inputs and not {"mask1", "mask2"} & set(inputs)
+    assert inputs["dropout_uniform"] == ("workspace", (4 * 5,), "float32", True)  # the input's width
+    wide64 = ModelSpec.create(SIZES, dropout=True, dtype="float64")
+    assert training_plan(wide64, sgd, 4).get("dropout_uniform").dtype == "float64"  # drawn in the model's float64
+    layers = {b.name: b.layer for b in training_plan(spec(), sgd, 4).buffers if b.layer is not None}
+    assert layers == {"mask0": 0, "z1": 1, "a1": 1, "mask1": 1, "z2": 2, "a2": 2, "mask2": 2, "z3": 3, "out": 3}
+
+
+def test_one_hidden_layer_has_a_delta_buffer_and_per_layer_slots_count_layers():
+    two = ModelSpec.create([5, 7, 3], activation="prelu")
+    assert training_plan(two, make_optimizer("sgd"), 4).get("dA").shape == (4 * 7,)
+    assert inference_plan(two, 4).get("act_scratch").shape == (4 * 7,)
+    novograd = make_optimizer("novograd")
+    per_layer = [s for s in novograd.all_slots() if s.kind == "per_layer"]
+    plan = training_plan(spec(), novograd, 4)
+    assert per_layer and all(plan.get(f"opt.{s.name}").shape == (6,) for s in per_layer)  # weights and biases of 3
+
+
+def test_defaults_and_limits():
+    from memtrain.memory.plan import step_workspace
+    from memtrain.units import MAX_BATCH
+
+    plan = training_plan(spec(), make_optimizer("sgd"), 4)
+    assert (plan.device, plan.overhead_bytes, plan.overhead_source) == ("cpu", 0, "none")
+    infer = inference_plan(spec(), 4)
+    assert (infer.batch_size, infer.device, infer.overhead_bytes, infer.overhead_source) == (4, "cpu", 0, "none")
+    assert infer.total == sum(b.nbytes for b in infer.buffers)
+    assert step_workspace(spec(), make_optimizer("adam"), "cpu") == []  # the fused step by default
+    with pytest.raises(ValueError, match=r"micro_batch_size: expected a positive integer at most"):
+        training_plan(spec(), make_optimizer("sgd"), 4, micro_batch_size=0)
+    with pytest.raises(ValueError, match=r"batch_size: expected a positive integer at most"):
+        training_plan(spec(), make_optimizer("sgd"), MAX_BATCH + 1)
+    with pytest.raises(KeyError, match="nope"):
+        plan.get("nope")
