@@ -1,0 +1,123 @@
+"""What a checkpoint failure says, word for word: the line a user acts on (resume after freeing
+space, which checkpoint was set aside and why, what differs from the running job). Each one is
+the whole message, so a change to any part of it is a failure (tests/test_checkpoint.py checks
+the behaviour; these run in milliseconds, for mutation testing of memtrain/train/checkpoint.py)."""
+
+import errno
+import json
+import os
+
+import numpy as np
+import pytest
+
+from memtrain.train import checkpoint as ckpt
+
+IDENTITY = {"model": "20-8-4", "optimizer": "adam(lr=0.01)", "batch_size": 16, "dtype": "float32"}
+
+
+def save(d, step, **kw):
+    arrays = {"params": np.arange(6, dtype=np.float32) + step, "opt.m": np.zeros(6, np.float32)}
+    state = {"steps": step, "epoch": 0, "position": step, "history": []}
+    return ckpt.save(d, arrays, state, IDENTITY, **kw)
+
+
+def failing_savez(err):
+    def savez(f, **arrays):
+        raise OSError(err, os.strerror(err))
+
+    return savez
+
+
+@pytest.mark.parametrize("err,todo", [(errno.ENOSPC, "free some space, then"), (errno.EDQUOT, "free some space, then"),
+                                      (errno.EIO, "then")])
+def test_a_failed_write_says_what_failed_what_is_kept_and_what_to_do(tmp_path, monkeypatch, err, todo):
+    kept = save(tmp_path, 10)
+    monkeypatch.setattr(ckpt.np, "savez", failing_savez(err))
+    with pytest.raises(ckpt.CheckpointWriteError) as exc:
+        save(tmp_path, 20)
+    assert str(exc.value) == (f"checkpoint: could not write ckpt-000000020 in {tmp_path} ({os.strerror(err)}); "
+                              f"the last good checkpoint is {kept}; {todo} resume with the same command")
+    monkeypatch.setattr(ckpt.np, "savez", lambda f, **a: (_ for _ in ()).throw(OSError("no errno")))
+    with pytest.raises(ckpt.CheckpointWriteError) as exc:
+        save(tmp_path / "new", 1)
+    assert str(exc.value) == (f"checkpoint: could not write ckpt-000000001 in {tmp_path / 'new'} (no errno); "
+                              "no checkpoint was written before this one; then resume with the same command")
+
+
+def test_a_corrupt_checkpoint_warning_names_both_files_set_aside(tmp_path):
+    save(tmp_path, 10)
+    js = save(tmp_path, 20)
+    js.with_suffix(".npz").write_bytes(b"PK")
+    warnings = []
+    assert ckpt.recover(tmp_path, warn=warnings.append)["state"]["steps"] == 10
+    assert warnings == ["memtrain: checkpoint ckpt-000000020 is unusable (SHA-256 mismatch of its .npz: corrupt or "
+                        "truncated); set aside as ckpt-000000020.json.corrupt and ckpt-000000020.npz.corrupt; falling "
+                        "back to the previous checkpoint"]
+
+
+def test_a_checkpoint_that_cannot_be_set_aside_is_left_in_place_and_says_why(tmp_path, monkeypatch):
+    save(tmp_path, 10)
+    js = save(tmp_path, 20)
+    js.with_suffix(".npz").write_bytes(b"PK")
+    monkeypatch.setattr(ckpt.os, "replace", lambda a, b: (_ for _ in ()).throw(OSError(errno.EROFS, "Read-only")))
+    warnings = []
+    ckpt.recover(tmp_path, warn=warnings.append)
+    assert warnings[0].endswith("; could not be set aside (Read-only); left in place, not counted by rotation; "
+                                "falling back to the previous checkpoint")
+
+
+def test_set_aside_numbers_names_already_taken(tmp_path):
+    p = tmp_path / "x.npz"
+    for expected in ("x.npz.orphan", "x.npz.orphan.1", "x.npz.orphan.2", "x.npz.orphan.3"):
+        p.write_bytes(b"1")
+        assert ckpt._set_aside(p, ".orphan") == expected
+    assert ckpt._set_aside(tmp_path / "missing", ".orphan") is None
+    link = tmp_path / "dangling"
+    link.symlink_to(tmp_path / "nowhere")
+    assert ckpt._set_aside(link, ".orphan") == "dangling.orphan"  # a dangling link is moved too
+
+
+def test_the_arrays_must_be_the_ones_the_sidecar_lists(tmp_path):
+    js = save(tmp_path, 10)
+    np.savez(js.with_suffix(".npz"), params=np.zeros(6, np.float32))
+    record = json.loads(js.read_text())
+    record["sha256"] = ckpt.sha256_file(js.with_suffix(".npz"))
+    js.write_text(json.dumps(record))
+    with pytest.raises(ckpt._Invalid) as exc:
+        ckpt._load_arrays(js, record)
+    assert str(exc.value) == "its .npz holds ['params'], the metadata lists ['opt.m', 'params']"
+    del record["arrays"]  # an older sidecar without the list: whatever the .npz holds
+    assert list(ckpt._load_arrays(js, record)) == ["params"]
+
+
+def test_a_pickle_in_the_npz_is_refused_not_loaded(tmp_path):
+    js = save(tmp_path, 10)
+    np.savez(js.with_suffix(".npz"), params=np.array([{"evil": 1}], dtype=object), **{"opt.m": np.zeros(6)})
+    with pytest.raises(ckpt._Invalid, match="its .npz is unreadable: Object arrays cannot be loaded when "
+                                            "allow_pickle=False"):
+        ckpt._load_arrays(js, json.loads(js.read_text()))
+
+
+def test_another_jobs_checkpoint_names_what_differs(tmp_path):
+    js = save(tmp_path, 10)
+    ours = {**IDENTITY, "batch_size": 32, "dtype": "float64"}
+    assert ckpt._mismatch(js, IDENTITY, ours) == (
+        "resume: ckpt-000000010.json is from a different job (batch_size, dtype differ: checkpoint batch_size=16; "
+        "dtype=float32 vs now batch_size=32; dtype=float64)")
+    theirs = {**IDENTITY, "seed": 3}  # a key the running job does not have
+    assert ckpt._mismatch(js, theirs, IDENTITY) == (
+        "resume: ckpt-000000010.json is from a different job (seed differ: checkpoint seed=3 vs now seed=None)")
+    with pytest.raises(ckpt.CheckpointError) as exc:
+        ckpt.load_latest(tmp_path, ours, warn=pytest.fail)
+    assert str(exc.value) == ckpt._mismatch(js, IDENTITY, ours)
+
+
+def test_stale_temporaries_are_named_in_one_warning(tmp_path):
+    save(tmp_path, 10)
+    names = [".ckpt-000000020.npz.a1b2.tmp", ".ckpt-000000020.json.c3d4.tmp"]  # as _write_temp names them
+    for n in names:
+        (tmp_path / n).write_bytes(b"x")
+    warnings = []
+    ckpt.recover(tmp_path, warn=warnings.append)
+    assert warnings == [f"memtrain: removed 2 unfinished checkpoint temporaries left by an interrupted write in "
+                        f"{tmp_path}: {', '.join(sorted(names))}"]
