@@ -121,3 +121,51 @@ def test_stale_temporaries_are_named_in_one_warning(tmp_path):
     ckpt.recover(tmp_path, warn=warnings.append)
     assert warnings == [f"memtrain: removed 2 unfinished checkpoint temporaries left by an interrupted write in "
                         f"{tmp_path}: {', '.join(sorted(names))}"]
+
+
+def test_one_stale_temporary_is_a_temporary_and_an_orphan_is_named_by_recover(tmp_path):
+    save(tmp_path, 10)
+    (tmp_path / ".ckpt-000000020.npz.a1b2.tmp").write_bytes(b"x")
+    save(tmp_path, 30).unlink()  # its sidecar deleted: an orphan .npz
+    warnings = []
+    assert ckpt.recover(tmp_path, warn=warnings.append)["state"]["steps"] == 10
+    assert warnings[0] == (f"memtrain: removed 1 unfinished checkpoint temporary left by an interrupted write in "
+                           f"{tmp_path}: .ckpt-000000020.npz.a1b2.tmp")
+    assert warnings[1].startswith("memtrain: checkpoint ckpt-000000030.npz has no ckpt-000000030.json")
+
+
+def test_atomic_write_replaces_the_file_whole_or_not_at_all(tmp_path, monkeypatch):
+    target = tmp_path / "run.json"
+    seen = []
+
+    def write(f):
+        seen.append(sorted(p.name for p in tmp_path.iterdir()))
+        f.write(b"new")
+
+    ckpt.atomic_write(target, write)
+    assert target.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == ["run.json"]
+    (temp,) = seen[0]
+    assert temp.startswith(".run.json.") and temp.endswith(".tmp")  # beside the file: one rename, same disk
+    monkeypatch.setattr(ckpt.os, "replace", lambda a, b: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error")))
+    with pytest.raises(OSError):
+        ckpt.atomic_write(target, lambda f: f.write(b"newer"))
+    assert target.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == ["run.json"]
+
+
+def test_a_checkpoint_keeps_three_by_default_and_its_sidecar_lists_its_arrays(tmp_path):
+    for step in (1, 2, 3, 4, 5):
+        js = save(tmp_path, step)
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == [f"ckpt-00000000{s}.json" for s in (5, 4, 3)]
+    record = json.loads(js.read_text())
+    assert record["arrays"] == ["opt.m", "params"] and record["npz"] == "ckpt-000000005.npz"
+    assert js.read_text().startswith('{\n "format": ')  # one space per level: small, and readable with less
+    assert abs(record["created"] - __import__("time").time()) < 600
+
+
+def test_a_failure_after_both_renames_leaves_a_whole_checkpoint_or_none(tmp_path, monkeypatch):
+    save(tmp_path, 10)
+    monkeypatch.setattr(ckpt, "_fsync_dir", lambda d: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error")))
+    with pytest.raises(ckpt.CheckpointWriteError):
+        save(tmp_path, 20)
+    monkeypatch.undo()
+    assert (tmp_path / "ckpt-000000020.npz").exists() == (tmp_path / "ckpt-000000020.json").exists()
