@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 from memtrain.backend import get_backend
 from memtrain.memory import budget as bud
@@ -178,7 +179,9 @@ def test_device_and_auto_budgets(monkeypatch):
     assert bud.device_budget(_Backend(False)) == (8 * 1024**3, "MemAvailable now")
     assert bud.auto_budget(_Backend(True), already_allocated=5) == (2005, "free on cuda:1 now (NVML)")
     share, source = bud.auto_budget(_Backend(False), already_allocated=4 * 1024**3)
-    assert share == 3 * 1024**3 and source.startswith("default: 25% of available memory (12.00 GiB,")
+    assert share == 3 * 1024**3 and source == ("default: 25% of available memory (12.00 GiB, MemAvailable now), at "
+                                               "most 4.00 GiB; set --memory-limit")
+    assert bud.auto_budget(_Backend(True)) == (2000, "free on cuda:1 now (NVML)")  # nothing allocated by default
 
 
 def test_check_fits_names_the_batch_the_bytes_and_the_largest_that_fits(monkeypatch):
@@ -221,9 +224,23 @@ def test_cgroup_room_reads_odd_names_both_hierarchies_and_the_unlimited_bound(tm
     assert bud.cgroup_room(tmp_path, str(proc)) == 4000
     proc.write_text("3::/a:b/boxX\n")  # no controller on a v1 line: not the unified hierarchy either
     assert bud.cgroup_room(tmp_path, str(proc)) is None
+    _limits(tmp_path / "memory" / "job", 3000, 1000, v1=True)  # the tighter one counts, whichever line comes first
+    proc.write_text("4:memory:/job\n0::/a:b/boxX\n")
+    assert bud.cgroup_room(tmp_path, str(proc)) == 2000
+    _limits(tmp_path, 700, 200)  # a line with its fields missing reads as the root of the unified hierarchy
+    proc.write_text("0\n")
+    assert bud.cgroup_room(tmp_path, str(proc)) == 500
     _limits(tmp_path / "memory" / "job", 1 << 60, 0, v1=True)  # at and past 2**60: v1's way of saying unlimited
     proc.write_text("4:memory:/job\n")
     assert bud.cgroup_room(tmp_path, str(proc)) is None
     _limits(tmp_path / "memory" / "job", (1 << 60) - 1, 1, v1=True)
     assert bud.cgroup_room(tmp_path, str(proc)) == (1 << 60) - 2
     assert bud.cgroup_room(tmp_path, str(tmp_path / "missing")) is None
+
+
+def test_cgroup_room_reads_this_process_cgroup_by_default(tmp_path):
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        path = line.split(":", 2)[2].strip("/")
+        _limits(tmp_path / path, 10_000, 4_000)
+        _limits(tmp_path / "memory" / path, 10_000, 4_000, v1=True)
+    assert bud.cgroup_room(tmp_path) == 6_000

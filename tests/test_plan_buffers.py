@@ -130,6 +130,7 @@ def test_inference_keeps_two_ping_pong_buffers():
                           "loss_rows": ("workspace", (2, 4), "float32", True),
                           "label_index": ("workspace", (4,), INTP, True), "row_offsets": ("workspace", (4,), INTP, True)}
     assert (plan.mode, plan.device, plan.total) == ("inference", "cpu", sum(b.nbytes for b in plan.buffers) + 10)
+    assert plan.overhead_source == "measured"
     assert "act_scratch" not in inference_plan(spec(), 4).names()  # GELU needs it only in backward
     assert inference_plan(spec(), 4, "cuda").device == "cuda"
 
