@@ -85,9 +85,9 @@ class _pool_peak:
 
     def __enter__(self):
         if self.backend.is_cuda:
-            from memtrain.memory.measure import pool_peak_hook  # noqa: PLC0415
+            from memtrain.memory.measure import active_pool, pool_peak_hook  # noqa: PLC0415
 
-            pool = self.backend.xp.get_default_memory_pool()
+            pool = active_pool(self.backend.xp)
             pool.free_all_blocks()
             self.hook = pool_peak_hook(pool)
             self.hook.__enter__()

@@ -1,29 +1,39 @@
 #!/usr/bin/env python3
-"""API load on 127.0.0.1: 50 concurrent submissions, then GET /jobs/{id} at a fixed rate,
-while two training jobs run; their step throughput against the same jobs without load.
+"""API load on 127.0.0.1: the service's CPU per GET /jobs page at 50, 300 and 1,000 stored jobs,
+then two training jobs' step throughput while GET /jobs is polled at a fixed rate, against
+the same jobs without load.
 
-    python bench/service_load.py                     # 500 requests/s for 30 s
-    python bench/service_load.py --rate 200 --seconds 10
+    python bench/service_load.py                               # 300 GET /jobs per second, 3 x 15 s
+    python bench/service_load.py --rate 300 --seconds 20 --stored 50,300,1000 --requests 2000
 
-The requests come from this process (threads with keep-alive connections, paced per
+CPU per request: utime + stime of the `memtrain serve` process (/proc/PID/stat; its jobs
+are other processes) over a run of sequential requests on one keep-alive connection, less
+the same process's idle rate (its scheduler ticks) over the same time, divided by the
+requests. Three kinds: the default page (100 newest jobs, answered from the view cache
+while nothing changes), the same with If-None-Match (304), and pages the cache cannot
+hold (each request a new cursor above every job: a query, 100 job views and a
+serialisation each). The stored jobs are copies of one real finished job's row, written
+into the store before the service starts (finished jobs are what accumulates).
+
+The load requests come from this process (threads on raw keep-alive sockets, paced per
 thread), on the same cores as the service and the jobs: on a small machine the load
-generator's own CPU time is part of what the jobs lose. Step throughput = steps per
-epoch / the epoch's seconds, from the jobs' JSON log, over the epochs that ended inside
-the measuring window.
+generator's own CPU time is part of what the jobs lose. Step throughput = steps per epoch
+/ the epoch's seconds, from the jobs' JSON log, over the epochs that ended inside the
+measuring window.
 """
 
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
-import random
+import os
+import re
+import socket
 import statistics
 import sys
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -73,15 +83,96 @@ def stop(s, ids):
         time.sleep(0.2)
 
 
-def load(port: int, ids: list, rate: float, seconds: float, threads: int = 10) -> dict:
+class Raw:
+    """One keep-alive connection sending prepared GETs: a client that costs little CPU, so the
+    machine's cores go to the service and the jobs (http.client costs several times more)."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.sock, self.buf = socket.create_connection(("127.0.0.1", port), timeout=30), b""
+
+    def get(self, path: str, headers: str = "") -> tuple:
+        """(status, body bytes, ETag or None)."""
+        self.sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}\r\n".encode())
+        while b"\r\n\r\n" not in self.buf:
+            chunk = self.sock.recv(1 << 16)
+            if not chunk:
+                raise OSError("connection closed")
+            self.buf += chunk
+        head, _, rest = self.buf.partition(b"\r\n\r\n")
+        m = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+        length = int(m.group(1)) if m else 0
+        while len(rest) < length:
+            rest += self.sock.recv(1 << 16)
+        self.buf = rest[length:]
+        etag = re.search(rb"(?i)\r\netag: *(\S+)", head)
+        return int(head[9:12]), rest[:length], etag.group(1).decode() if etag else None
+
+    def close(self):
+        self.sock.close()
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), from /proc/PID/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load_average() -> list:
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+def store_copies(state_dir: Path, template: dict, n: int) -> None:
+    """n copies of a finished job's row in the service's store (the service is stopped)."""
+    from memtrain.service.store import Store  # noqa: PLC0415
+
+    store = Store(state_dir / "memtrain.sqlite")
+    have = len(store.list())
+    row = {k: v for k, v in template.items() if k != "seq"}
+    for i in range(have, n):
+        store.insert({**row, "id": f"c{i:07d}", "name": f"copy{i}"})
+    store.close()
+
+
+def per_request_cpu(s, requests: int) -> dict:
+    """Service CPU per GET /jobs of each kind (ms, its idle rate taken off), bytes, wall p50."""
+    pid = s.proc.pid
+    c = Raw(s.port)
+    _, _, etag = c.get("/jobs")
+    for _ in range(50):  # warm: the first answers build the cache, import the page's code
+        c.get("/jobs")
+    t0, c0 = time.perf_counter(), cpu_seconds(pid)
+    time.sleep(3)
+    idle = (cpu_seconds(pid) - c0) / (time.perf_counter() - t0)
+    kinds = {"page": ("/jobs", ""), "not_modified": ("/jobs", f"If-None-Match: {etag}\r\n"),
+             "uncached": (None, "")}
+    out = {"idle_cpu_share": round(idle, 4), "load_average_before": load_average()}
+    for k, (path, headers) in kinds.items():
+        lat, size = [], 0
+        t0, c0 = time.perf_counter(), cpu_seconds(pid)
+        for i in range(requests):
+            t = time.perf_counter()
+            status, body, _ = c.get(path or f"/jobs?cursor={10**9 + i}", headers)
+            lat.append(time.perf_counter() - t)
+            assert status == (304 if headers else 200), (status, body[:200])
+            size = len(body)
+        took = time.perf_counter() - t0
+        busy = cpu_seconds(pid) - c0 - idle * took
+        out[k] = {"cpu_ms_per_request": round(1000 * busy / requests, 3), "bytes": size,
+                  "p50_ms": round(1000 * pct(lat, 0.5), 2), "requests": requests}
+    out["load_average_after"] = load_average()
+    c.close()
+    return out
+
+
+def poll(port: int, path: str, rate: float, seconds: float, threads: int = 4) -> dict:
     lat, errors, lock = [], [], threading.Lock()
     per_thread = rate / threads
     t_end = time.time() + seconds
 
     def worker(k):
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        rng = random.Random(k)
-        nxt = time.time()
+        conn = Raw(port)
+        nxt = time.time() + k / rate
         while True:
             nxt += 1 / per_thread
             if nxt > t_end:
@@ -89,13 +180,10 @@ def load(port: int, ids: list, rate: float, seconds: float, threads: int = 10) -
             time.sleep(max(0.0, nxt - time.time()))
             t = time.perf_counter()
             try:
-                conn.request("GET", f"/jobs/{rng.choice(ids)}")
-                r = conn.getresponse()
-                r.read()
-                ok = r.status == 200
+                ok = conn.get(path)[0] == 200
             except OSError as exc:
                 ok = False
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                conn = Raw(port)
                 with lock:
                     errors.append(repr(exc))
             dt = time.perf_counter() - t
@@ -103,6 +191,7 @@ def load(port: int, ids: list, rate: float, seconds: float, threads: int = 10) -
                 lat.append(dt)
                 if not ok and len(errors) < 1000:
                     errors.append("status")
+        conn.close()
 
     t0 = time.time()
     ts = [threading.Thread(target=worker, args=(k,)) for k in range(threads)]
@@ -111,51 +200,72 @@ def load(port: int, ids: list, rate: float, seconds: float, threads: int = 10) -
     for t in ts:
         t.join()
     took = time.time() - t0
-    return {"requests": len(lat), "achieved_rate": round(len(lat) / took, 1), "errors": len(errors),
+    return {"path": path, "requests": len(lat), "achieved_rate": round(len(lat) / took, 1), "errors": len(errors),
             "p50_ms": round(1000 * pct(lat, 0.5), 2), "p99_ms": round(1000 * pct(lat, 0.99), 2),
             "max_ms": round(1000 * max(lat), 2)}
 
 
+def slowdown(s, rate: float, seconds: float, rounds: int) -> dict:
+    """The probes' steps/s alone, then under `rate` GET /jobs per second, `rounds` times in turn
+    (the machine's other load drifts: each round compares neighbouring windows); the median ratio."""
+    out = {"rounds": []}
+    probes = start_probes(s)
+    for _ in range(rounds):
+        r = {"load_average": load_average()}
+        t0, c0 = time.time(), cpu_seconds(s.proc.pid)
+        time.sleep(seconds)
+        quiet_service = (cpu_seconds(s.proc.pid) - c0) / (time.time() - t0)  # its scheduler, watching two jobs
+        quiet = [v for i in probes for v in epochs_in(s.state_dir, i, t0, time.time())]
+        t0, c0, b0 = time.time(), cpu_seconds(s.proc.pid), cpu_seconds(os.getpid())
+        r["gets"] = poll(s.port, "/jobs", rate, seconds)
+        took = time.time() - t0
+        # what serving and asking took, in cores: on an otherwise idle machine the jobs could lose no more
+        r["cores"] = {"service_quiet": round(quiet_service, 3), "service": round((cpu_seconds(s.proc.pid) - c0) / took, 3),
+                      "load_generator": round((cpu_seconds(os.getpid()) - b0) / took, 3)}
+        loaded = [v for i in probes for v in epochs_in(s.state_dir, i, t0, time.time())]
+        r["steps_per_s"] = [round(statistics.mean(quiet), 1), round(statistics.mean(loaded), 1)]
+        r["ratio"] = round(statistics.mean(loaded) / statistics.mean(quiet), 3)
+        out["rounds"].append(r)
+    stop(s, probes)
+    out["load_average_after"] = load_average()
+    out["median_ratio"] = statistics.median(r["ratio"] for r in out["rounds"])
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rate", type=float, default=500)
-    ap.add_argument("--seconds", type=float, default=30)
-    ap.add_argument("--submissions", type=int, default=50)
+    ap.add_argument("--rate", type=float, default=300, help="GET /jobs per second while the probes train")
+    ap.add_argument("--seconds", type=float, default=15, help="each throughput window (quiet, loaded)")
+    ap.add_argument("--rounds", type=int, default=3, help="quiet/loaded window pairs")
+    ap.add_argument("--stored", default="50,300,1000", help="stored job counts to measure GET /jobs at")
+    ap.add_argument("--requests", type=int, default=2000, help="GETs of each kind per stored count")
+    ap.add_argument("--slowdown-at", type=int, default=300, help="stored jobs during the throughput test")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args(argv)
-    state = Path(tempfile.mkdtemp(prefix="service-load-"))
-    report = {"machine": machine(), "rate": a.rate, "seconds": a.seconds, "submissions": a.submissions}
-    with Serve(state / "s", "--devices", "cpu", "--budget", "cpu=3GiB") as s:
-        # no load: the probes alone, measured over the same length of time
-        probes = start_probes(s)
-        t0 = time.time()
-        time.sleep(a.seconds)
-        quiet = [v for i in probes for v in epochs_in(s.state_dir, i, t0, time.time())]
-        stop(s, probes)
-        # load: the probes again, 50 concurrent submissions (they queue: both job slots are taken), GETs
-        probes = start_probes(s)
-        sub_lat = []
+    state = Path(tempfile.mkdtemp(prefix="service-load-")) / "s"
+    args = ("--devices", "cpu", "--budget", "cpu=3GiB", "--overhead", "200MiB")
+    import numpy  # noqa: F401, PLC0415 - loads the BLAS the jobs load (they run with the service's thread count)
+    from threadpoolctl import threadpool_info  # noqa: PLC0415
 
-        def submit(k):
-            t = time.perf_counter()
-            status, out = call(s.url + "/jobs", "POST", {**SMALL, "name": f"load{k}"})
-            sub_lat.append(time.perf_counter() - t)
-            return status, out.get("id")
+    report = {"machine": machine(), "blas": [{k: i.get(k) for k in ("internal_api", "num_threads", "architecture")}
+                                             for i in threadpool_info()], "requests": a.requests}
+    with Serve(state, *args) as s:  # one real finished job: the row the stored copies are made of
+        job_id = call(s.url + "/jobs", "POST", {**SMALL, "name": "template"})[1]["id"]
+        while call(f"{s.url}/jobs/{job_id}")[1]["state"] in ("queued", "running"):
+            time.sleep(0.2)
+    from memtrain.service.store import Store  # noqa: PLC0415
 
-        with ThreadPoolExecutor(a.submissions) as ex:
-            results = list(ex.map(submit, range(a.submissions)))
-        ids = probes + [i for st, i in results if st == 201]
-        t0 = time.time()
-        report["gets"] = load(s.port, ids, a.rate, a.seconds)
-        loaded = [v for i in probes for v in epochs_in(s.state_dir, i, t0, time.time())]
-        report["submit"] = {"ok": sum(st == 201 for st, _ in results), "errors": sum(st != 201 for st, _ in results),
-                            "p50_ms": round(1000 * pct(sub_lat, 0.5), 1), "p99_ms": round(1000 * pct(sub_lat, 0.99), 1)}
-        stop(s, probes)
-    report["steps_per_s"] = {"no_load": round(statistics.mean(quiet), 1) if quiet else None,
-                             "under_load": round(statistics.mean(loaded), 1) if loaded else None,
-                             "epochs_measured": [len(quiet), len(loaded)]}
-    if quiet and loaded:
-        report["steps_per_s"]["ratio"] = round(statistics.mean(loaded) / statistics.mean(quiet), 3)
+    store = Store(state / "memtrain.sqlite")
+    template = store.get(job_id)
+    store.close()
+    report["get_jobs"] = {}
+    for n in sorted(int(x) for x in a.stored.split(",")):
+        store_copies(state, template, n)
+        with Serve(state, *args) as s:
+            report["get_jobs"][n] = per_request_cpu(s, a.requests)
+            if n == a.slowdown_at:
+                report["slowdown"] = {"stored_jobs": n, "rate": a.rate, "seconds": a.seconds,
+                                      **slowdown(s, a.rate, a.seconds, a.rounds)}
     return report_out(report, a.json)
 
 

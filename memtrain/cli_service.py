@@ -11,9 +11,23 @@ import sys
 
 import click
 
-from memtrain.cli_types import DEVICE_SIZE, SIZE_OR_ZERO
+from memtrain.cli_types import DEVICE_SIZE, DURATION, SIZE_OR_ZERO
+from memtrain.service import security
+from memtrain.units import format_duration
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+
+
+def _limits(command):
+    """serve's bounds on what a job and a client may take."""
+    command = click.option(
+        "--request-timeout", type=click.FloatRange(min=0.1, max=3600), metavar="SECONDS",
+        default=security.REQUEST_TIMEOUT, show_default=True,
+        help="Seconds a client may take to send a whole request (headers and body); then 408 and close.")(command)
+    return click.option(
+        "--max-runtime", type=DURATION, default=format_duration(security.MAX_RUNTIME), show_default=True,
+        help="Each job's run-time bound (per attempt) when it sets no training.max_runtime, and the most it "
+             "may set: past it the job stops with a checkpoint and fails, saying why (90s, 30m, 2h, 1d).")(command)
 
 
 @click.command()
@@ -28,7 +42,8 @@ STATES = ("queued", "running", "succeeded", "failed", "cancelled")
               help="Memory plans may commit on DEVICE (repeatable).  [default: MemAvailable or NVML free "
                    "memory now, less a reserve]")
 @click.option("--token-file", type=click.Path(dir_okay=False),
-              help="File holding the bearer token every request but /healthz must send.")
+              help="File holding the bearer token every request must send but /healthz and the API's schema and "
+                   "docs (/openapi.json, /docs, /redoc).")
 @click.option("--data-root", "data_roots", multiple=True, type=click.Path(file_okay=False, exists=True),
               help="Jobs may read data files only under these dirs (repeatable). Without one, only the "
                    "built-in data sets (digits, synthetic:...).")
@@ -53,10 +68,10 @@ STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 @click.option("--storage", type=click.Path(file_okay=False),
               help="Where each job's checkpoints, output and log go; with --executor ray every node must see it "
                    "at this path.  [default: the state dir]")
+@_limits
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
-def serve(state_dir, host, port, devices, budgets, token_file, data_roots, max_jobs_per_device, head_wait,
-          max_attempts, overhead, job_metrics_host, job_metrics_address, executor, ray_address, storage, log_level):
+def serve(executor, ray_address, budgets, **options):
     """Run the training service: an HTTP API (OpenAPI at /docs, status page at /) that
     plans each submitted job and starts it when its plan fits a device's budget.
 
@@ -70,11 +85,8 @@ def serve(state_dir, host, port, devices, budgets, token_file, data_roots, max_j
         raise click.UsageError("--ray-address: only with --executor ray")
     from memtrain.service.server import run  # noqa: PLC0415
 
-    run(state_dir=state_dir, host=host, port=port, devices=devices, budgets=dict(budgets), token_file=token_file,
-        data_roots=data_roots, max_jobs_per_device=max_jobs_per_device, head_wait=head_wait,
-        max_attempts=max_attempts, overhead=overhead, job_metrics_host=job_metrics_host,
-        job_metrics_address=job_metrics_address, executor=executor, ray_address=ray_address, storage=storage,
-        log_level=log_level, echo=lambda t: click.echo(t, err=True))
+    run(executor=executor, ray_address=ray_address, budgets=dict(budgets), echo=lambda t: click.echo(t, err=True),
+        **options)  # every other option by its name: settings_from's keywords
 
 
 _server = click.option("--server", envvar="MEMTRAIN_SERVER", default="http://127.0.0.1:8470", show_default=True,
@@ -112,14 +124,18 @@ def submit(job_file, sets, fmt, server):
 
 @click.command()
 @click.option("--state", type=click.Choice(STATES), help="Only jobs in this state.")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(min=0),
+              help="The newest N jobs (0: all of them).")
 @_fmt()
 @_server
-def jobs(state, fmt, server):
-    """List the service's jobs: state, device, planned bytes, batch, progress, age."""
+def jobs(state, limit, fmt, server):
+    """List the service's jobs, newest first: state, device, planned bytes, batch, progress, age."""
     from memtrain.service.client import jobs_table  # noqa: PLC0415
 
-    rows = _client(server).jobs(state)
+    rows, more = _client(server).jobs(state, limit or None)
     click.echo(json.dumps(rows, indent=1) if fmt == "json" else jobs_table(rows))
+    if more:
+        click.echo(f"(the newest {limit} shown; --limit 0 lists all)", err=True)
 
 
 @click.command()

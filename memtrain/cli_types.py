@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from memtrain.units import MAX_BATCH, MAX_WIDTH, parse_bytes
+from memtrain.units import MAX_BATCH, MAX_WIDTH, parse_bytes, parse_duration
 
 
 class Size(click.ParamType):
@@ -24,6 +24,20 @@ class Size(click.ParamType):
             return value
         try:
             return parse_bytes(value, "size", allow_zero=self.allow_zero)
+        except ValueError as exc:
+            self.fail(str(exc).split(": ", 1)[1], param, ctx)
+
+
+class Duration(click.ParamType):
+    """A duration: 90s, 30m, 2h, 1d or a number of seconds (at most 366d)."""
+
+    name = "duration"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float):
+            return value
+        try:
+            return parse_duration(value, "duration")
         except ValueError as exc:
             self.fail(str(exc).split(": ", 1)[1], param, ctx)
 
@@ -116,6 +130,7 @@ class FiniteFloat(click.ParamType):
 SIZE = Size()
 SIZE_OR_ZERO = Size(allow_zero=True)
 DEVICE_SIZE = DeviceSize()
+DURATION = Duration()
 LAYERS = LayerList()
 DROPOUT = Dropout()
 BATCH = BatchValue()

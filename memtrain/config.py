@@ -45,10 +45,11 @@ from memtrain.errors import ConfigError
 from memtrain.nn.spec import ModelSpec
 from memtrain.optim import make_optimizer
 from memtrain.optim.schedules import make_schedule
-from memtrain.units import parse_bytes
+from memtrain.units import MAX_BATCH, MAX_EPOCHS, parse_bytes, parse_duration
 from memtrain.validate import check_scalar
 
 DEFAULT_NAME = "memtrain"
+MAX_LINGER = 3600.0  # seconds
 
 
 def _set(obj, name, value):
@@ -131,9 +132,17 @@ def _batch(name, value, *, allow_none=False):
     if value == "auto" or (value is None and allow_none):
         return value
     try:
-        return check_scalar(value, name, int, min_val=1)
+        value = check_scalar(value, name, int, min_val=1)
     except ConfigError:
         raise ConfigError(f"{name}: expected auto or a positive integer, got {value!r}") from None
+    return _at_most(name, value, MAX_BATCH)
+
+
+def _at_most(name, value, limit):
+    """The upper bound apart from the type check, so that check's message stays the plain one."""
+    if value is not None and value > limit:
+        raise ConfigError(f"{name}: expected at most {limit:,}, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -150,13 +159,15 @@ class TrainingConfig:
     cuda_graph: bool | None = None  # replay the GPU step as a CUDA graph; None: on where supported, never on the CPU
     tf32: bool = False  # TF32 Tensor Cores for float32 matmuls on a GPU
     fused: bool = True  # CPU: memtrain's fused kernels (numba); false: the NumPy reference path
+    max_runtime: float | None = None  # seconds (a job file may say "2h"): stop with a checkpoint after this long
 
     def __post_init__(self):
         _set(self, "batch_size", _batch("training.batch_size", self.batch_size))
         _set(self, "micro_batch_size", _batch("training.micro_batch_size", self.micro_batch_size, allow_none=True))
         _set(self, "max_batch_size", check_scalar(self.max_batch_size, "training.max_batch_size", int, min_val=1,
-                                                  allow_none=True))
-        _set(self, "epochs", check_scalar(self.epochs, "training.epochs", int, min_val=1))
+                                                  max_val=MAX_BATCH, allow_none=True))
+        _set(self, "epochs", _at_most("training.epochs", check_scalar(self.epochs, "training.epochs", int, min_val=1),
+                                      MAX_EPOCHS))
         _set(self, "clip_norm", check_scalar(self.clip_norm, "training.clip_norm", float, min_val=0,
                                              include_boundaries="neither", allow_none=True))
         _set(self, "patience", check_scalar(self.patience, "training.patience", int, min_val=1, allow_none=True))
@@ -167,6 +178,8 @@ class TrainingConfig:
         _set(self, "cuda_graph", _bool("training.cuda_graph", self.cuda_graph, allow_none=True))
         _set(self, "tf32", _bool("training.tf32", self.tf32))
         _set(self, "fused", _bool("training.fused", self.fused))
+        if self.max_runtime is not None:
+            _set(self, "max_runtime", parse_duration(self.max_runtime, "training.max_runtime"))
 
 
 @dataclass(frozen=True)
@@ -211,7 +224,9 @@ class MetricsConfig:
     def __post_init__(self):
         _set(self, "port", check_scalar(self.port, "metrics.port", int, min_val=0, max_val=65535, allow_none=True))
         _set(self, "host", str(self.host))
-        _set(self, "linger", check_scalar(self.linger, "metrics.linger", float, min_val=0))
+        # a final scrape needs a scrape interval or two; an endless linger would hold the job's memory for ever
+        _set(self, "linger", _at_most("metrics.linger", check_scalar(self.linger, "metrics.linger", float, min_val=0),
+                                      MAX_LINGER))
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,7 @@ SOURCE_FORMS = (
 # and Fashion-MNIST ship them, and only they have a known [0, 255] range to scale.
 _IDX_TYPES = {0x08: "unsigned byte", 0x09: "signed byte", 0x0B: "int16", 0x0C: "int32", 0x0D: "float32",
               0x0E: "float64"}
-_IDX_NAME = re.compile(r"(?:[.-]idx\d+(?:-ubyte)?|\.idx)$", re.IGNORECASE)
+IDX_NAME = re.compile(r"(?:[.-]idx\d+(?:-ubyte)?|\.idx)$", re.IGNORECASE)
 _SYNTHETIC = re.compile(r"synthetic:(\w+)\((.*)\)", re.DOTALL)
 _STATS_ROWS = 4096  # rows per block when computing standardization statistics
 _CSV_CHUNK = 8192  # rows per np.array call on the slow path: C parsing without every cell as a str
@@ -288,15 +288,21 @@ def _rows(fraction: float, n: int) -> int:
 # -- sources ---------------------------------------------------------------------------
 
 
+def builtin_source(source) -> bool:
+    """A source that names no file: exactly "digits", or the synthetic: grammar. `_load` reads
+    these without opening any path (a bad synthetic: source is an error, never a file name), so
+    the service may pass them unconfined; everything else is a path."""
+    text = str(source).strip()
+    return text == "digits" or text.startswith("synthetic:")
+
+
 def _load(source, field: str, label_column, seed: int) -> _Raw:
     if not isinstance(source, (str, Path)):
         raise DataError(f"{field}: expected a source string, got {source!r}")
     text = str(source).strip()
     forms = "; ".join(SOURCE_FORMS)
-    if text == "digits":
-        return _load_digits()
-    if text.startswith("synthetic:"):
-        return _load_synthetic(text, field, seed)
+    if builtin_source(text):
+        return _load_digits() if text == "digits" else _load_synthetic(text, field, seed)
     if "," in text:
         parts = [p.strip() for p in text.split(",")]
         if len(parts) != 2 or not all(parts):
@@ -309,7 +315,7 @@ def _load(source, field: str, label_column, seed: int) -> _Raw:
         return _load_npz(path)
     if lower.endswith((".csv", ".csv.gz")):
         return _load_csv(path, label_column)
-    if _IDX_NAME.search(lower.removesuffix(".gz")):
+    if IDX_NAME.search(lower.removesuffix(".gz")):
         return _load_idx(path, None)
     raise DataError(f"{field}: unknown source {text!r}; expected one of: {forms}")
 
@@ -397,7 +403,8 @@ def _load_npz(path: Path) -> _Raw:
     with _open_npz(path, where, "arrays X and y") as z:
         present = set(z.files)
         if not {"X", "y"} <= present:
-            raise DataError(f"{where}: arrays: expected X and y, found {', '.join(sorted(present)) or 'none'}")
+            raise DataError(f"{where}: arrays: expected X and y, found {', '.join(sorted(present)) or 'none'}",
+                            public=f"{where}: arrays: expected X and y, found {len(present)} other array(s)")
         for key in ("X", "y", "X_val", "y_val", "X_test", "y_test"):
             if key in present:
                 arrays[key] = _npz_array(z, where, key)
@@ -434,10 +441,12 @@ def _load_csv(path: Path, label_column) -> _Raw:
     def check(header):
         if names is None:
             raise DataError(f"{where}: label_column: a .csv source needs the label column's name; "
-                            f"columns are {', '.join(header)}")
+                            f"columns are {', '.join(header)}",
+                            public=f"{where}: label_column: a .csv source needs the label column's name")
         for c in names:
             if c not in header:
-                raise DataError(f"{where}: label_column: {c!r} not found; columns are {', '.join(header)}")
+                raise DataError(f"{where}: label_column: {c!r} not found; columns are {', '.join(header)}",
+                                public=f"{where}: label_column: {c!r} not found among its {len(header)} columns")
 
     header, table = _read_csv(path, where, check)
     label_idx = [header.index(c) for c in names]
@@ -505,7 +514,8 @@ def _check_header(where: str, header: list) -> None:
         if not h:
             raise DataError(f"{where}: header row: a column has no name; expected a name for every column")
         if h in seen:
-            raise DataError(f"{where}: header row: column {h!r} appears twice; expected unique names")
+            raise DataError(f"{where}: header row: column {h!r} appears twice; expected unique names",
+                            public=f"{where}: header row: a column name appears twice; expected unique names")
         seen.add(h)
     # The commonest CSV mistake: no header, so the first data row would be eaten as names.
     if all(_is_number(h) for h in header):
@@ -530,14 +540,15 @@ def _csv_numbers(where: str, header: list, rows: list, lines: list) -> np.ndarra
         for name, cell in zip(header, row):
             if not _is_number(cell):
                 raise DataError(f"{where}: line {line}, column {name!r}: {cell!r} is not a number; "
-                                 "expected numeric values")
+                                "expected numeric values",
+                                public=f"{where}: line {line}: a value is not a number; expected numeric values")
     return np.array([[float(c) for c in row] for row in rows], dtype=np.float64)
 
 
 def _load_idx(images: Path, labels: Path | None) -> _Raw:
     _exists(images)
     if labels is None:
-        labels = _labels_path(images)
+        labels = idx_labels_path(images)
     _exists(labels)
     X = _read_idx(images)
     y = _read_idx(labels)
@@ -552,7 +563,8 @@ def _load_idx(images: Path, labels: Path | None) -> _Raw:
     return _Raw(images.name, str(images), X.reshape(len(X), -1), y, divisor=255.0)
 
 
-def _labels_path(images: Path) -> Path:
+def idx_labels_path(images: Path) -> Path:
+    """The labels file an IDX images file is read with when given alone (found beside it)."""
     m = re.search(r"images([.-])idx3", images.name)
     if not m:
         raise DataError(f"{images}: labels: cannot find the labels file from this name (expected "
@@ -582,7 +594,8 @@ def _read_idx(path: Path) -> np.ndarray:
                          "(4-byte magic 0x00 0x00 type ndims)")
     magic = " ".join(f"0x{b:02X}" for b in data[:4])
     if data[0] or data[1] or data[3] == 0:
-        raise DataError(f"{where}: magic: got {magic}; expected 0x00 0x00 0x08 0x0N (an IDX file of N >= 1 dims)")
+        raise DataError(f"{where}: magic: got {magic}; expected 0x00 0x00 0x08 0x0N (an IDX file of N >= 1 dims)",
+                        public=f"{where}: magic: expected 0x00 0x00 0x08 0x0N (an IDX file of N >= 1 dims)")
     code, ndim = data[2], data[3]
     if code != 0x08:
         kind = _IDX_TYPES.get(code, "unknown")
@@ -666,17 +679,23 @@ def _labels(where: str, field: str, y: np.ndarray, output: str) -> np.ndarray:
         huge = np.flatnonzero(np.abs(y) >= 2**31)
         if len(huge):
             raise DataError(f"{where}: {field}: class label {y[huge[0]].item()!r} in row {huge[0]} is out of range; "
-                             "expected class indices below 2**31")
+                            "expected class indices below 2**31",
+                            public=f"{where}: {field}: the class label in row {huge[0]} is out of range; "
+                            "expected class indices below 2**31")
         if y.dtype.kind == "f":
             frac = np.flatnonzero(y != np.round(y))
             if len(frac):
                 raise DataError(f"{where}: {field}: {len(frac)} non-integer class labels (first {y[frac[0]].item()!r} "
-                                 f"in row {frac[0]}); expected whole numbers for a {output} output")
+                                f"in row {frac[0]}); expected whole numbers for a {output} output",
+                                public=f"{where}: {field}: {len(frac)} non-integer class labels (first in row "
+                                f"{frac[0]}); expected whole numbers for a {output} output")
         if output == "sigmoid":
             bad = np.flatnonzero((y != 0) & (y != 1))
             if len(bad):
                 raise DataError(f"{where}: {field}: label {y[bad[0]].item()!r} in row {bad[0]}; a sigmoid output "
-                                 "expects labels 0 or 1")
+                                "expects labels 0 or 1",
+                                public=f"{where}: {field}: the label in row {bad[0]} is not 0 or 1; a sigmoid output "
+                                "expects labels 0 or 1")
             return y.reshape(-1, 1)
         return y.astype(np.int64)
     if y.ndim > 2:
@@ -705,7 +724,9 @@ def _label_width(all_y: list, output: str, n_outputs: int | None) -> int:
             # With n_outputs unknown only a negative label can land here.
             limit = f"the model's {n_outputs} output units" if n_outputs is not None else "class indices"
             raise DataError(f"{where}: {field}: {len(bad)} labels out of range (first {int(y[bad[0]])} in row "
-                             f"{bad[0]}); expected integers in [0, {classes - 1}] for {limit}")
+                            f"{bad[0]}); expected integers in [0, {classes - 1}] for {limit}",
+                            public=f"{where}: {field}: {len(bad)} labels out of range (first in row {bad[0]}); "
+                            f"expected integers in [0, {classes - 1}] for {limit}")
     return classes
 
 

@@ -28,7 +28,15 @@ class DeviceError(MemtrainError):
 
 
 class DataError(MemtrainError):
-    """A data set that cannot be read or does not fit the model."""
+    """A data set that cannot be read or does not fit the model.
+
+    `public`: the same line without anything read from the file (a cell, a column name, a
+    label, magic bytes): what the service tells an API client, who may not read the file
+    itself. Messages that quote no contents leave it unset (then it is the message)."""
+
+    def __init__(self, message: str, *, public: str | None = None):
+        super().__init__(message)
+        self.public = message if public is None else public
 
 
 class CheckpointError(MemtrainError):

@@ -15,11 +15,17 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import uvicorn
+import pytest
 
-from memtrain.launch.executor import Handle
-from memtrain.service.app import create_app
+# without the service extra every test module that imports these helpers is skipped, with the
+# reason, instead of stopping the whole collection (a GPU machine's `pytest -m gpu` has no extra)
+uvicorn = pytest.importorskip("uvicorn", reason="the service tests need the service extra (memtrain[service])")
+pytest.importorskip("fastapi", reason="the service tests need the service extra (memtrain[service])")
+
+from memtrain.launch.executor import Handle  # noqa: E402
+from memtrain.service.app import create_app  # noqa: E402 - after the extra is known to be there
 from memtrain.service.core import Service, Settings
+from memtrain.service.server import uvicorn_config
 
 OVERHEAD = 200 * 1024**2  # given (about what overhead.json measures here), so fresh state dirs skip measuring
 
@@ -49,7 +55,8 @@ class ThreadServer:
         self.service = Service(self.settings)
         self.app = create_app(self.settings, self.service)
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="error"))
+        # the service's own uvicorn settings (its request timeout), as `memtrain serve` runs it
+        self.server = uvicorn.Server(uvicorn_config(self.app, self.settings, log_level="error"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self):

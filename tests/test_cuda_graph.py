@@ -6,6 +6,7 @@ capture, so warm-up, capture, replay and the eager fallback with its logged
 reason are all exercised.
 """
 
+import weakref
 from types import SimpleNamespace
 
 import numpy as np
@@ -94,10 +95,14 @@ def test_what_keeps_a_step_out_of_a_graph(change, reason):
     assert (got is None) if reason is None else (reason in got)
 
 
+class FakeTrainer(SimpleNamespace):
+    """A trainer's attributes; weakly referable, as the GraphStepper holds its trainer weakly."""
+
+
 def _stepper(loss_every):
-    t = SimpleNamespace(steps=0, nonfinite_steps=0, nonfinite_streak=0, events=[], last_grad_norm=0.0)
+    t = FakeTrainer(steps=0, nonfinite_steps=0, nonfinite_streak=0, events=[], last_grad_norm=0.0)
     s = graph.GraphStepper.__new__(graph.GraphStepper)
-    s.trainer, s.loss_every, s._window_rows, s._last_mean, s._written = t, loss_every, 0, float("nan"), {}
+    s._trainer, s.loss_every, s._window_rows, s._last_mean, s._written = weakref.ref(t), loss_every, 0, float("nan"), {}
     return s, t
 
 
@@ -136,9 +141,9 @@ def test_a_graph_step_gathers_writes_lr_replays_and_reads(monkeypatch):
 
     sc = np.zeros(N_SCALARS).view(Scalars)
     buffers = SimpleNamespace(at=lambda b: SimpleNamespace(b=b))
-    t = SimpleNamespace(steps=0, nonfinite_steps=0, nonfinite_streak=0, events=[], last_grad_norm=0.0,
-                        buffers=buffers, arrays={"step_scalars": sc}, schedule=lambda step: 0.1 / (step + 1),
-                        clip_norm=None)
+    t = FakeTrainer(steps=0, nonfinite_steps=0, nonfinite_streak=0, events=[], last_grad_norm=0.0,
+                    buffers=buffers, arrays={"step_scalars": sc}, schedule=lambda step: 0.1 / (step + 1),
+                    clip_norm=None, spec=SimpleNamespace(sizes=(4, 8, 3)))
     cap = FakeCapture()
     s = graph.GraphStepper(t, cap)
 

@@ -45,7 +45,8 @@ def test_autobatch_under_a_hard_pool_limit():
     try:
         from memtrain.profiler.autobatch import probe
 
-        r = auto_batch(setting, backend, memory_limit=limit, multiple_of=8)
+        # margin 0: the cap is the pool's own and the pool holds only the plan (the context is outside it)
+        r = auto_batch(setting, backend, memory_limit=limit, multiple_of=8, margin=0)
         assert len(r.probes) <= 2 and r.probes[-1].outcome == "fits"
         # brute force: bisection with real steps for the largest multiple of 8 that runs under the cap
         lo, hi = 1, 2 * r.analytic // 8 + 2  # in units of 8 rows

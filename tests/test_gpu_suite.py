@@ -2,23 +2,54 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SUITE = ROOT / "bench" / "gpu_suite.sh"
 
 
-def _run(*args, timeout=240):
+# A venv without the service extra, as a GPU machine's is: imports of its packages fail.
+HIDE_SERVICE_EXTRA = """
+import sys
+
+class HideServiceExtra:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("uvicorn", "fastapi", "starlette"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, HideServiceExtra())
+"""
+
+
+def _run(*args, timeout=240, pythonpath=None):
     env = {**os.environ, "PYTHON": sys.executable}
+    if pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join([str(pythonpath)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     return subprocess.run(["bash", str(SUITE), *map(str, args)], capture_output=True, text=True, env=env,
                           timeout=timeout, cwd=ROOT)
 
 
+def _gpu_tests_collected() -> int:
+    """The gpu-marked tests, collected with every extra installed, from the files that mark any."""
+    files = [str(p) for p in sorted((ROOT / "tests").glob("test_*.py")) if "mark.gpu" in p.read_text()]
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "--collect-only",
+                        *files], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    return int(re.search(r"(\d+)/\d+ tests collected", r.stdout).group(1))
+
+
 def test_dry_run_runs_every_part_and_writes_json_and_markdown(tmp_path):
+    """On a venv without the service extra (hidden here), as on the GPU machine; its pytest part
+    collects exactly the gpu tests the real run collects, and nothing stops the collection."""
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text(HIDE_SERVICE_EXTRA)
     out = tmp_path / "suite"
-    r = _run("--dry-run", out)
+    r = _run("--dry-run", out, pythonpath=hide)
     assert r.returncode == 0, r.stdout + r.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert [p["part"] for p in summary["parts"]] == ["env", "pytest_gpu", "profile", "autobatch", "throughput",
@@ -33,7 +64,12 @@ def test_dry_run_runs_every_part_and_writes_json_and_markdown(tmp_path):
     md = (out / "summary.md").read_text()
     assert "**Dry run**" in md and "| throughput | 0 |" in md
     assert "GPU suite" in r.stdout  # the summary is printed too
-    assert "skipped" in (out / "pytest_gpu.log").read_text()  # the gpu tests were collected and skipped
+    log = (out / "pytest_gpu.log").read_text()
+    assert "the service tests need the service extra" in log and "Interrupted" not in log
+    suite = ET.parse(out / "pytest_gpu.xml").getroot().find("testsuite")
+    assert int(suite.get("errors")) == 0 and int(suite.get("failures")) == 0
+    skipped_for_cuda = [c for c in suite.iter("testcase") if "no CUDA device" in str(c.find("skipped").get("message"))]
+    assert len(skipped_for_cuda) == _gpu_tests_collected() >= 100  # all of them; each skipped: no CUDA here
 
 
 def test_a_part_past_its_time_limit_stops_and_says_what_it_skipped(tmp_path):

@@ -179,6 +179,17 @@ def test_sigterm_checkpoints_and_exits_0_then_resumes(tmp_path):
     assert newest["state"]["steps"] == stopped["step"]
 
 
+def test_max_runtime_stops_after_the_step_with_a_checkpoint(tmp_path):
+    cfg = config(tmp_path, training={"epochs": 100000, "max_runtime": "0.5s"})
+    t0 = time.perf_counter()
+    with open(os.devnull, "w") as devnull:
+        result = run(cfg, progress=False, stream=devnull, install_signals=False)
+    assert result["stopped"] == "max_runtime" and result["steps"] > 0
+    assert time.perf_counter() - t0 < 30
+    newest = json.loads(ckpt.list_checkpoints(tmp_path / "out" / "checkpoints")[0].read_text())
+    assert newest["state"]["steps"] == result["steps"]
+
+
 def test_nonfinite_losses_stop_with_a_checkpoint(tmp_path):
     job = job_file(tmp_path, **{"lr = 0.003": "lr = 1e30", "[training]": "[training]\nmax_nonfinite = 3"})
     r = cli("train", job, "--output-dir", tmp_path / "o")

@@ -466,12 +466,15 @@ def test_progress_is_the_workers_progress_record_with_every_field_named(service)
     job_id = submit(service)
     stored = service.store.get(job_id)
     assert set(service.scheduler.progress(stored).values()) == {None}  # nothing written yet
-    fields = ("epoch", "step", "train_loss", "val_loss", "val_accuracy", "event", "rss_bytes", "peak_rss_bytes",
-              "time", "pid")
-    record = {k: i for i, k in enumerate(fields)} | {"secret": "x"}
+    from memtrain.service.scheduler import PROGRESS_FIELDS
+
+    typed = {k: {int: i, float: i + 0.5, str: f"e{i}"}[kind] for i, (k, kind) in enumerate(PROGRESS_FIELDS.items())}
     with open(f"{stored['run_dir']}/{PROGRESS}", "w") as f:
-        json.dump(record, f)
-    assert service.scheduler.progress(stored) == {k: i for i, k in enumerate(fields)}
+        json.dump(typed | {"secret": "x"}, f)
+    assert service.scheduler.progress(stored) == typed
+    with open(f"{stored['run_dir']}/{PROGRESS}", "w") as f:
+        json.dump({k: [1] for k in PROGRESS_FIELDS} | {"step": 7}, f)  # a wrong type is None, never an error
+    assert service.scheduler.progress(stored) == dict.fromkeys(PROGRESS_FIELDS) | {"step": 7}
 
 
 def test_metrics_ports_are_never_handed_out_twice(tmp_path, monkeypatch):

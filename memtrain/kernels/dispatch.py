@@ -183,9 +183,15 @@ def output_loss(output, z, bias, y, out, sc, launcher) -> None:
     launcher.rows(loss_kernel(output.name, z.dtype.name), b, [z, bias, y, out, C, 1.0 / b, sc])
 
 
-def grad_sq_norm(grads, sc, launcher) -> None:
-    """sc[SC_GRAD_SQ] += ||grads||^2 on the device (graph mode: read back with the loss)."""
-    launcher.reduce(optimizer_kernels(grads.dtype.name)["grad_sq_norm"], grads.shape[0], [grads, sc])
+def grad_sq_norm(grads, sc, launcher, slot: int = SC_GRAD_SQ) -> None:
+    """sc[slot] += ||grads||^2 on the device (graph mode: SC_GRAD_SQ, read back with the loss).
+    The kernel adds to its sc[SC_GRAD_SQ]; another slot is reached through a view of `sc` that
+    starts slot - SC_GRAD_SQ elements later."""
+    shift = slot - SC_GRAD_SQ
+    if not 0 <= shift <= sc.shape[0] - SC_GRAD_SQ - 1:
+        raise ValueError(f"grad_sq_norm: slot {slot} is not in the step scalars after SC_GRAD_SQ")
+    launcher.reduce(optimizer_kernels(grads.dtype.name)["grad_sq_norm"], grads.shape[0],
+                    [grads, sc[shift:] if shift else sc])
 
 
 def step_begin(sc, launcher) -> None:

@@ -30,7 +30,8 @@ SC_LOSS = 1  # this step's summed loss (the loss kernel adds to it; 0 at the ste
 SC_LOSS_SCALE = 2  # loss scale (1: reserved for mixed precision)
 SC_ACCUM = 3  # losses summed since the host last read them (read every N steps)
 SC_GRAD_SQ = 4  # ||g||^2 of this step in graph mode (0 at the step's start)
-SC_CLIP = 5  # clip_norm in graph mode (0: no clipping); 6, 7 spare
+SC_CLIP = 5  # clip_norm in graph mode (0: no clipping)
+SC_EAGER_NORM = 6  # ||g||^2 of a float16 gradient for the eager step's host-side clipping; 7 spare
 N_SCALARS = 8
 # The update kernels skip a step whose loss or gradient is not finite (as the CPU path does on the host).
 STEP_FINITE = f"isfinite(sc[{SC_LOSS}]) && isfinite(sc[{SC_GRAD_SQ}])"

@@ -93,14 +93,56 @@ def _describe(nv, h, index, driver, with_processes) -> dict:
 
 
 def handle_for_cuda_device(index: int):
-    """The NVML handle of CUDA device `index`, matched by PCI bus id: the CUDA
-    ordinal need not equal the NVML index (CUDA_VISIBLE_DEVICES, FASTEST_FIRST)."""
+    """The NVML handle of CUDA device `index`: the CUDA ordinal need not equal the NVML
+    index (CUDA_VISIBLE_DEVICES, FASTEST_FIRST). Matched by the device's UUID first, which
+    on a MIG instance is the instance's own ("MIG-..."; its PCI bus id is the parent GPU's),
+    then by PCI bus id (a CuPy or driver that reports no UUID)."""
     import cupy  # noqa: PLC0415
 
     nv = _pynvml()
     nv.nvmlInit()
+    for uuid in cuda_uuids(cupy, index):
+        try:
+            return nv.nvmlDeviceGetHandleByUUID(uuid.encode())
+        except Exception:  # NVMLError_NotFound: not this prefix (or an older driver)
+            continue
     bus = normalize_pci_bus_id(cupy.cuda.Device(index).pci_bus_id)
     return nv.nvmlDeviceGetHandleByPciBusId(bus.encode() if isinstance(bus, str) else bus)
+
+
+def cuda_uuids(cupy, index: int) -> list:
+    """NVML's spellings of CUDA device `index`'s UUID: "GPU-..." for a whole GPU, "MIG-..." for a
+    MIG instance (CUDA reports the same 16 bytes for both); [] where CuPy does not report it."""
+    raw = cupy.cuda.runtime.getDeviceProperties(index).get("uuid")
+    if not isinstance(raw, (bytes, bytearray)) or len(raw) != 16:
+        return []
+    h = raw.hex()
+    text = f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    return [f"GPU-{text}", f"MIG-{text}"]
+
+
+def cuda_visible_id(uuid: str) -> str:
+    """What CUDA_VISIBLE_DEVICES must hold to show a job the GPU NVML calls `uuid`: that uuid,
+    or for a GPU in MIG mode its first MIG instance's ("MIG-..."), since the parent's UUID hides
+    the instances from CUDA. NVML only (the service creates no CUDA context)."""
+    try:
+        nv = _pynvml()
+        nv.nvmlInit()
+        handle = nv.nvmlDeviceGetHandleByUUID(uuid.encode())
+        current, _pending = nv.nvmlDeviceGetMigMode(handle)
+        if current != nv.NVML_DEVICE_MIG_ENABLE:
+            return uuid
+        return _text(nv.nvmlDeviceGetUUID(nv.nvmlDeviceGetMigDeviceHandleByIndex(handle, 0)))
+    except Exception:  # no NVML, or a GPU without MIG (NVMLError_NotSupported): the GPU's own uuid
+        return uuid
+
+
+def active_pool(cupy):
+    """The CuPy memory pool allocating now: the one installed with
+    `cupy.cuda.set_allocator(pool.malloc)` (a capped pool, say), else the default pool.
+    Reading the default pool while another allocates sees none of the plan."""
+    pool = getattr(cupy.cuda.get_allocator(), "__self__", None)
+    return pool if hasattr(pool, "used_bytes") else cupy.get_default_memory_pool()
 
 
 def gpu_uuid(index: int) -> str:
@@ -128,9 +170,10 @@ def process_gpu_bytes(index: int, pid: int | None = None, pci_bus_id: str | None
     else:
         handle = handle_for_cuda_device(index)
     for p in nv.nvmlDeviceGetComputeRunningProcesses(handle):
-        if p.pid == pid:
+        # None: the driver has no figure (pynvml's NVML_VALUE_NOT_AVAILABLE), e.g. under some vGPUs
+        if p.pid == pid and p.usedGpuMemory is not None:
             return int(p.usedGpuMemory)
-    return None
+    return None  # not listed: in a container NVML reports the host's PIDs
 
 
 # -- CPU -----------------------------------------------------------------------

@@ -12,9 +12,14 @@
 
 from __future__ import annotations
 
-from memtrain.memory.measure import process_gpu_bytes
+from memtrain.memory.measure import active_pool, process_gpu_bytes
 
 ASSUMED_CUDA_OVERHEAD = 512 * 1024**2
+
+
+class OverheadUnmeasured(RuntimeError):
+    """NVML gives no figure for this process (it lists host PIDs in a container, or the
+    driver reports none): the overhead cannot be measured here."""
 
 
 def assumed(device_kind: str) -> tuple:
@@ -24,17 +29,33 @@ def assumed(device_kind: str) -> tuple:
 
 
 def measure_cuda_overhead(index: int) -> int:
-    """NVML process usage after CUDA init + one GEMM, before any plan buffer."""
+    """NVML process usage after CUDA init + one GEMM, less what the allocating pool still holds.
+    Raises OverheadUnmeasured where NVML cannot see this process."""
     import cupy  # noqa: PLC0415
 
     with cupy.cuda.Device(index):
+        pool = active_pool(cupy)  # the pool that allocates: a capped one when installed
         a = cupy.ones((256, 256), dtype=cupy.float32)
         (a @ a).sum().item()  # creates the context, the cuBLAS handle and its workspace
         del a
-        cupy.get_default_memory_pool().free_all_blocks()
+        pool.free_all_blocks()
         cupy.cuda.runtime.deviceSynchronize()
-        used = process_gpu_bytes(index)
-        held = cupy.get_default_memory_pool().total_bytes()  # buffers still alive are not overhead
+        try:
+            used = process_gpu_bytes(index)
+        except Exception as exc:  # NVMLError: no driver library, or the device vanished
+            raise OverheadUnmeasured(f"NVML failed ({type(exc).__name__}: {exc})") from None
+        held = pool.total_bytes()  # buffers still alive are not overhead
     if used is None:
-        raise RuntimeError("NVML does not list this process on the device (containerised PID namespace?)")
+        raise OverheadUnmeasured("NVML does not list this process on the device (a container's PID namespace, "
+                                 "or no per-process figure from the driver)")
     return used - held
+
+
+def cuda_overhead_now(index: int) -> tuple:
+    """(bytes, source, note): measured now, or where NVML cannot see this process the assumed
+    figure, labelled "assumed" and with the reason in `note` (profiling and auto batch go on)."""
+    try:
+        return measure_cuda_overhead(index), "measured", ""
+    except OverheadUnmeasured as exc:
+        nbytes, source = assumed("cuda")
+        return nbytes, source, str(exc)

@@ -64,13 +64,17 @@ def cuda_overhead(backend=None, *, measure=ovh.measure_cuda_overhead, model_of=g
 
     With a GPU (`backend`): the cached figure of its model, else measured now and
     cached ("measured"). Without one: the cached figure when exactly one model is
-    cached ("measured", it is that model's), else the assumed default ("assumed")."""
+    cached ("measured", it is that model's), else the assumed default ("assumed"), which is also
+    the answer where NVML does not list this process (nothing is cached then)."""
     data = load()
     if backend is not None:
         model = model_of(backend.index)
         if model in data:
             return data[model]["bytes"], "measured"
-        nbytes = measure(backend.index)
+        try:
+            nbytes = measure(backend.index)
+        except ovh.OverheadUnmeasured:  # NVML cannot see this process: assumed, and nothing cached
+            return ovh.assumed("cuda")
         record(model, nbytes)
         return nbytes, "measured"
     if len(data) == 1:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from memtrain.backend import get_backend, small_ufunc_buffers
+from memtrain.backend import array_module, get_backend, small_ufunc_buffers
 from memtrain.errors import ConfigError
 from memtrain.memory.arena import allocate
 from memtrain.memory.plan import inference_plan, params_buffer
@@ -89,36 +89,44 @@ class MLP:
             self.spec, self.params, self.backend.xp.zeros((1, 4096), self.spec.dtype))
 
     # -- data --------------------------------------------------------------
-    def _inputs(self, X) -> np.ndarray:
-        X = np.asarray(X)
+    def _inputs(self, X):
+        X = np.asarray(X) if array_module(X) is np else X  # a device array stays on the device
         if X.ndim != 2 or X.shape[1] != self.spec.sizes[0]:
             raise ConfigError(f"X: expected shape (n, {self.spec.sizes[0]}), got {X.shape}")
         return X
 
-    def prepare_labels(self, y) -> np.ndarray:
-        """Labels in the layout and dtype of the plan's `y` buffer."""
-        y = np.asarray(y)
+    def prepare_labels(self, y):
+        """Labels in the layout and dtype of the plan's `y` buffer (host labels on the host,
+        device labels on the device: CuPy refuses to convert them implicitly)."""
+        xp = array_module(y)
+        y = xp.asarray(y)
         kind, C = self.spec.output.label_kind, self.spec.sizes[-1]
         if kind == "class":
             if y.ndim != 1:
                 raise ConfigError(f"y: expected class labels of shape (n,), got {y.shape}")
-            if y.size and (y.min() < 0 or y.max() >= C or not np.all(np.equal(np.mod(y, 1), 0))):
+            if y.size and (y.min() < 0 or y.max() >= C or not xp.all(xp.equal(xp.mod(y, 1), 0))):
                 raise ConfigError(f"y: class labels must be integers in [0, {C - 1}]")
             return y.astype(np.intp)
         y = y.reshape(len(y), -1) if y.ndim == 1 else y
         if y.shape[1] != C:
             raise ConfigError(f"y: expected targets of shape (n, {C}), got {y.shape}")
-        if kind == "binary" and y.size and not np.all((y == 0) | (y == 1)):
+        if kind == "binary" and y.size and not xp.all((y == 0) | (y == 1)):
             raise ConfigError("y: a sigmoid output needs 0/1 labels")
         return y.astype(self.spec.dtype)
 
 
 def _copy_in(dst, src) -> None:
-    """Host batch -> plan buffer (cast on the way, no temporary on the CPU)."""
-    if isinstance(dst, np.ndarray):
-        dst[...] = src
-    else:
-        dst.set(np.ascontiguousarray(src, dtype=dst.dtype))
+    """A batch (host or device) -> plan buffer, cast and broadcast as NumPy's `dst[...] = src`
+    does, on either device (no temporary on the CPU)."""
+    if isinstance(dst, np.ndarray) or array_module(src) is not np:
+        dst[...] = src  # host to host, or device to device (CuPy refuses to convert a device array to NumPy)
+    elif isinstance(src, np.ndarray) and src.shape == dst.shape and src.dtype == dst.dtype \
+            and src.flags.c_contiguous:
+        dst.set(src)
+    else:  # CuPy's set() takes exactly dst's shape and dtype: NumPy's assignment rules on the host first
+        host = np.empty(dst.shape, dst.dtype)
+        host[...] = src
+        dst.set(host)
 
 
 def evaluate_in(spec, layers, bufs, X, y) -> dict:

@@ -11,6 +11,7 @@ import math
 from types import SimpleNamespace
 
 from memtrain.backend import array_module
+from memtrain.kernels.source import SC_EAGER_NORM
 from memtrain.memory.slots import CHUNK
 from memtrain.optim.base import chunks
 
@@ -216,20 +217,27 @@ def add_penalty_grad(spec, params, grads, scratch) -> None:
                 gw[a:b] += s
 
 
-def clip_by_norm(grads, max_norm) -> float:
+def clip_by_norm(grads, max_norm, sc=None) -> float:
     """Scale the whole gradient down to `max_norm` if it is longer (course: cliffs,
-    exploding gradients). Returns the norm before clipping."""
-    norm = math.sqrt(squared_norm(grads))
+    exploding gradients). Returns the norm before clipping. `sc`: a GPU plan's step scalars."""
+    norm = math.sqrt(squared_norm(grads, sc))
     if max_norm is not None and norm > max_norm:
         grads *= max_norm / norm
     return norm
 
 
-def squared_norm(x) -> float:
-    """sum x^2. float16 is summed in float32 pieces: its dot overflows past 65504."""
+def squared_norm(x, sc=None) -> float:
+    """sum x^2. float16 is summed in float32 pieces on the CPU (its dot overflows past 65504);
+    on a GPU (`sc`, the plan's step scalars) by the fused reduction, which reads float16 and sums
+    in double: one launch and one read back, not one per piece."""
     xp = array_module(x)
     if x.dtype.itemsize >= 4:
         return float(xp.dot(x, x))
+    if sc is not None and xp.__name__ != "numpy":
+        k = _kernels()
+        sc[SC_EAGER_NORM] = 0.0
+        k.grad_sq_norm(x, sc, k.default_launcher(), slot=SC_EAGER_NORM)
+        return float(sc[SC_EAGER_NORM])
     total = 0.0
     for a, b in chunks(x.shape[0], 1024):
         piece = x[a:b].astype("float32")  # bounded: 4 KiB

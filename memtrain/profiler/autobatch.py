@@ -27,6 +27,7 @@ import numpy as np
 from memtrain.errors import ConfigError
 from memtrain.memory.batch import largest_batch, round_batch
 from memtrain.memory.budget import auto_budget, with_margin
+from memtrain.memory.measure import active_pool
 from memtrain.nn.mlp import MLP
 from memtrain.profiler.verify import profile, random_batch
 from memtrain.train.trainer import Trainer, oom_errors
@@ -90,22 +91,27 @@ def _solve(setting, budget: int, multiple_of, max_batch=None) -> int:
 
 def probe(setting, batch_size: int, budget: int, backend) -> Probe:
     """One real step at `batch_size` (everything allocated, first update included)."""
-    planned = setting.plan(batch_size).total
+    plan = setting.plan(batch_size)
+    planned = plan.total
     t0 = time.perf_counter()
     try:
         r = profile(setting, batch_size, steps=1, backend=backend)
     except oom_errors():
-        _release(backend)
+        r = None
+    _release(backend)  # after the except block, whose traceback held the failed probe's buffers
+    if r is None:
         return Probe(batch_size, planned, None, "out of memory", time.perf_counter() - t0)
-    measured = r["measured_total"]
+    # like with like: a CUDA profile adds the device overhead it measured (the context, outside the
+    # pool); the plan being solved charges its own (none in a job, whose budget is free memory with
+    # the context already taken, or a pool cap). The measured context is swapped for the plan's.
+    measured = r["measured_total"] - r.get("overhead", {}).get("bytes", 0) + plan.overhead_bytes
     outcome = "fits" if measured <= budget else "over budget"
-    _release(backend)
     return Probe(batch_size, planned, measured, outcome, time.perf_counter() - t0)
 
 
 def _release(backend):
     if backend.is_cuda:
-        backend.xp.get_default_memory_pool().free_all_blocks()
+        active_pool(backend.xp).free_all_blocks()
 
 
 def auto_batch(setting, backend, *, memory_limit: int | None = None, margin: int | None = None,

@@ -19,8 +19,8 @@ import numpy as np
 
 from memtrain.backend import array_module, get_backend
 from memtrain.errors import ConfigError
-from memtrain.memory.measure import pool_peak_hook, process_gpu_bytes
-from memtrain.memory.overhead import measure_cuda_overhead
+from memtrain.memory.measure import active_pool, pool_peak_hook, process_gpu_bytes
+from memtrain.memory.overhead import cuda_overhead_now
 from memtrain.memory.plan import CATEGORIES
 from memtrain.nn.mlp import MLP
 from memtrain.train.trainer import Trainer, cpu_kernels
@@ -150,13 +150,13 @@ def profile(setting, batch_size: int, *, steps: int = 3, seed: int = 0, backend=
                    tolerance, time.perf_counter() - t0, losses)
 
 
-def _profile_cuda(setting, batch_size, steps, backend, fill, tolerance):  # pragma: no cover - needs a GPU
+def _profile_cuda(setting, batch_size, steps, backend, fill, tolerance):
     import cupy  # noqa: PLC0415
 
     t0 = time.perf_counter()
-    overhead = measure_cuda_overhead(backend.index)
-    setting = dataclasses.replace(setting, overhead_bytes=overhead, overhead_source="measured")
-    pool = cupy.get_default_memory_pool()
+    overhead, source, note = cuda_overhead_now(backend.index)  # assumed, labelled, where NVML is blind
+    setting = dataclasses.replace(setting, overhead_bytes=overhead, overhead_source=source)
+    pool = active_pool(cupy)  # the pool that allocates (a capped one, when installed)
     pool.free_all_blocks()
     with cupy.cuda.Device(backend.index):
         meter = _Meter(pool.used_bytes)
@@ -165,19 +165,31 @@ def _profile_cuda(setting, batch_size, steps, backend, fill, tolerance):  # prag
         meter.take("parameters")
         trainer = Trainer(model, setting.make_optimizer(), batch_size, allocation_observer=meter,
                           patience=1 if setting.keep_best else None)
-        trainer.plan = setting.plan(batch_size) if not setting.keep_best else trainer.plan
+        if setting.resident_rows:  # a job's data set, resident on the device as the plan has it
+            _attach_zeros(trainer, setting.spec, setting.resident_rows)
+            meter.take("data")
         allocated = pool.used_bytes()
         hook = pool_peak_hook(pool)
         with hook:
             losses = [trainer._step(batch_size, fill) for _ in range(steps)]
             cupy.cuda.runtime.deviceSynchronize()
-        nvml = process_gpu_bytes(backend.index)
+        nvml = _nvml_process(backend.index)
+    plan = setting.plan(batch_size)  # the trainer's plan with the overhead just measured
     meter.by_category["overhead"] = overhead
-    out = _result(trainer.plan, meter.by_category, hook.peak - base + overhead, hook.peak - allocated,
+    out = _result(plan, meter.by_category, hook.peak - base + overhead, hook.peak - allocated,
                   "cupy_pool", steps, tolerance, time.perf_counter() - t0, losses)
+    out["overhead"] = {"bytes": overhead, "source": source, "note": note}
     out["nvml_process"] = nvml
-    out["nvml_error_ratio"] = None if nvml is None else nvml / trainer.plan.total - 1
+    out["nvml_error_ratio"] = None if nvml is None else nvml / plan.total - 1
     return out
+
+
+def _nvml_process(index):
+    """NVML's figure for this process, None where it has none (not listed, no driver)."""
+    try:
+        return process_gpu_bytes(index)
+    except Exception:  # NVMLError: a reading the report can do without
+        return None
 
 
 def _result(plan, measured: dict, measured_total: int, transient: int, source: str, steps: int,

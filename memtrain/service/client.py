@@ -18,6 +18,7 @@ from memtrain.errors import MemtrainError
 from memtrain.units import format_bytes
 
 DEFAULT_SERVER = "http://127.0.0.1:8470"
+PAGE = 1000  # jobs per request when listing (GET /jobs's largest page)
 
 
 class ClientError(MemtrainError):
@@ -31,7 +32,8 @@ class Client:
         self.timeout = timeout
 
     def request(self, method: str, path: str, body: bytes | None = None, content_type: str = "application/json",
-                stream: bool = False):
+                stream: bool = False, with_headers: bool = False):
+        """The answer's JSON (or text); with_headers: (that, the response's headers)."""
         headers = {"Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = content_type
@@ -52,13 +54,23 @@ class Client:
             return resp
         with resp:
             data = resp.read()
-        return json.loads(data) if resp.headers.get_content_type() == "application/json" else data.decode()
+        out = json.loads(data) if resp.headers.get_content_type() == "application/json" else data.decode()
+        return (out, resp.headers) if with_headers else out
 
     def submit(self, job: dict) -> dict:
         return self.request("POST", "/jobs", json.dumps(job).encode())
 
-    def jobs(self, state: str | None = None) -> list:
-        return self.request("GET", "/jobs" + (f"?state={state}" if state else ""))
+    def jobs(self, state: str | None = None, limit: int | None = None) -> tuple:
+        """(jobs newest first, more): up to `limit` (None: all), following the pages' Link headers;
+        `more` says whether the service holds more than were fetched."""
+        path = f"/jobs?limit={min(limit or PAGE, PAGE)}" + (f"&state={_quote(state)}" if state else "")
+        out = []
+        while path and (limit is None or len(out) < limit):
+            page, headers = self.request("GET", path, with_headers=True)
+            out += page
+            path = _next_link(headers.get("Link"))
+        more = path is not None or (limit is not None and len(out) > limit)
+        return (out if limit is None else out[:limit]), more
 
     def job(self, job_id: str) -> dict:
         return self.request("GET", f"/jobs/{_quote(job_id)}")
@@ -73,6 +85,15 @@ class Client:
             return self.request("GET", path)
         resp = self.request("GET", path + "&follow=1", stream=True)
         return _chunks(resp)
+
+
+def _next_link(header: str | None) -> str | None:
+    """The path of a Link header's rel="next" (RFC 8288), as GET /jobs sends it."""
+    for part in (header or "").split(","):
+        target, _, params = part.partition(";")
+        if 'rel="next"' in params.replace(" ", "") and target.strip().startswith("<"):
+            return target.strip()[1:-1]
+    return None
 
 
 def _check_url(url: str) -> str:

@@ -9,6 +9,7 @@ from memtrain.service.client import age, progress_text
 from memtrain.units import format_bytes
 
 REFRESH_SECONDS = 5
+PAGE_JOBS = 100  # the newest; the counts cover every stored job (GET /jobs pages through the rest)
 
 STYLE = """
 body{font:14px system-ui,sans-serif;margin:1.5em;color:#222}
@@ -25,16 +26,14 @@ small{color:#555}
 
 def render(service) -> str:
     devices = service.device_views()
-    jobs = service.jobs()
-    counts = {}
-    for j in jobs:
-        counts[j["state"]] = counts.get(j["state"], 0) + 1
-    summary = ", ".join(f"{n} {s}" for s, n in counts.items()) or "no jobs yet"
+    jobs, more, _ = service.jobs_page(None, PAGE_JOBS)
+    summary = ", ".join(f"{n} {s}" for s, n in service.store.counts().items() if n) or "no jobs yet"
+    shown = f"<p><small>The newest {PAGE_JOBS}; older ones: GET /jobs?cursor=...</small></p>" if more else ""
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><meta http-equiv='refresh' "
              f"content='{REFRESH_SECONDS}'><title>memtrain serve</title><style>{STYLE}</style></head><body>",
              f"<h1>memtrain serve</h1><p>{html.escape(summary)} &middot; <a href='/docs'>API</a> &middot; "
              f"<a href='/metrics'>metrics</a></p>", "<h2>Devices</h2>", _devices(devices), "<h2>Jobs</h2>",
-             _jobs(jobs), f"<p><small>Reloads every {REFRESH_SECONDS} s.</small></p></body></html>"]
+             _jobs(jobs), shown, f"<p><small>Reloads every {REFRESH_SECONDS} s.</small></p></body></html>"]
     return "".join(parts)
 
 
@@ -57,7 +56,7 @@ def _devices(devices) -> str:
 def _jobs(jobs) -> str:
     rows = ["<table><tr><th>id</th><th>name</th><th>state</th><th>device</th><th>planned</th><th>batch</th>"
             "<th>progress</th><th>age</th><th>why / outcome</th><th>log</th></tr>"]
-    for j in reversed(jobs):  # newest first
+    for j in jobs:  # newest first
         e = html.escape
         rows.append(
             f"<tr><td>{e(j['id'])}</td><td>{e(j['name'])}</td><td class='{e(j['state'])}'>{e(j['state'])}</td>"

@@ -24,12 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from memtrain.config import JobConfig
-from memtrain.errors import MemtrainError
+from memtrain.errors import DataError, MemtrainError
 from memtrain.memory.batch import largest_batch as solve_batch
-from memtrain.units import format_bytes
+from memtrain.units import format_bytes, format_duration
 
 SERVICE_KEYS = {("checkpoint", "dir"), ("output", "dir"), ("metrics", "port"), ("metrics", "host")}
-BUILTIN_PREFIXES = ("digits", "synthetic:")
 NAME_MAX = 64
 
 
@@ -64,6 +63,9 @@ class Plan:
 
 # -- parsing and validation --------------------------------------------------------------
 
+MAX_DEPTH = 16  # a job file nests 3 deep ([optimizer] hyper-parameters holding a list)
+_TOO_DEEP = f"body: nested more than {MAX_DEPTH} levels deep; a job file is a few tables of plain values"
+
 
 def parse_body(body: bytes, content_type: str) -> dict:
     kind = (content_type or "").split(";")[0].strip().lower()
@@ -76,16 +78,34 @@ def parse_body(body: bytes, content_type: str) -> dict:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise SubmissionError(f"body: invalid TOML: {exc}") from None
+        except RecursionError:  # tomllib parses nested arrays and tables recursively
+            raise SubmissionError(_TOO_DEEP) from None
     elif kind in ("application/json", ""):
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise SubmissionError(f"body: invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        except RecursionError:  # json's C decoder stops at the interpreter's recursion limit
+            raise SubmissionError(_TOO_DEEP) from None
     else:
         raise SubmissionError(f"Content-Type: expected application/toml or application/json, got {kind!r}")
     if not isinstance(data, dict):
         raise SubmissionError(f"body: expected a table/object of job settings, got {type(data).__name__}")
+    if _depth(data) > MAX_DEPTH:  # what parses may still be too deep for the recursive checks after it
+        raise SubmissionError(_TOO_DEEP)
     return data
+
+
+def _depth(value) -> int:
+    """How deeply lists and dicts nest in `value` (iterative: the value may nest thousands deep)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, (dict, list)):
+            deepest = max(deepest, d)
+            if d <= MAX_DEPTH:
+                stack.extend((c, d + 1) for c in (v.values() if isinstance(v, dict) else v))
+    return deepest
 
 
 def sanitize_name(name) -> str:
@@ -94,7 +114,7 @@ def sanitize_name(name) -> str:
     return text or "job"
 
 
-def validate(data: dict, *, data_roots=(), device_kinds=("cpu",)) -> Checked:
+def validate(data: dict, *, data_roots=(), device_kinds=("cpu",), max_runtime: float | None = None) -> Checked:
     """Check a submitted job as the worker would, before anything is written.
     Raises SubmissionError naming the field and what was expected."""
     data = _without_service_keys(data)
@@ -106,10 +126,13 @@ def validate(data: dict, *, data_roots=(), device_kinds=("cpu",)) -> Checked:
         cfg = cfg.with_overrides({"name": sanitize_name(cfg.name if "name" in data else "job")})
         kind = _device_kind(cfg.device, device_kinds)
         _check_job(cfg)
+        cfg = _bound_runtime(cfg, max_runtime)
         cfg = _confine_data(cfg, data_roots)
         rows = _data_rows(cfg)
     except SubmissionError:
         raise
+    except DataError as exc:  # the line without the file's contents: the client may not read the file
+        raise SubmissionError(exc.public) from None
     except (ValueError, TypeError, KeyError) as exc:  # MemtrainError is a ValueError
         raise SubmissionError(str(exc).removeprefix("config: ")) from None
     t = cfg.training
@@ -166,24 +189,48 @@ def _check_job(cfg) -> None:
                               'probe "auto"), got \'auto\'')
 
 
+def _bound_runtime(cfg, limit):
+    """training.max_runtime: the service's --max-runtime for a job that sets none; a longer one is refused
+    (the service's bound is the operator's, as a batch scheduler's partition time limit is)."""
+    own = cfg.training.max_runtime
+    if limit is None:
+        return cfg
+    if own is None:
+        return cfg.with_overrides({"training.max_runtime": limit})
+    if own > limit:
+        raise SubmissionError(f"training.max_runtime: {format_duration(own)} is longer than this service allows "
+                              f"(memtrain serve --max-runtime {format_duration(limit)}); expected at most that")
+    return cfg
+
+
 def _confine_data(cfg, roots):
-    """Data files must lie under a --data-root (after resolving symlinks); relative paths
-    are relative to the first root. Returns the config with them as absolute paths for the worker."""
+    """Every data source that is not built in (data.builtin_source: "digits" exactly, or the
+    synthetic: grammar, which read no file) is a path, and every path goes through `confined`.
+    Returns the config with them as resolved absolute paths, so the worker opens exactly the
+    files checked here (an IDX images file alone becomes the explicit pair, so its labels file,
+    found beside it, is checked too)."""
+    from memtrain.data import IDX_NAME, builtin_source, idx_labels_path  # noqa: PLC0415 - NumPy with the first job
+
     overrides = {}
     for key in ("dataset", "validation_dataset"):
         source = getattr(cfg.data, key)
-        if source is None or (key == "dataset" and source == "digits"):
+        if source is None:
             continue
         if not isinstance(source, str):
             raise SubmissionError(f"data.{key}: expected a source string, got {source!r}")
-        if source.strip().startswith(BUILTIN_PREFIXES):
+        if builtin_source(source):
             continue
-        parts = [p.strip() for p in source.split(",")]
-        overrides[f"data.{key}"] = ",".join(str(_confined(f"data.{key}", p, roots)) for p in parts)
+        field = f"data.{key}"
+        paths = [confined(field, p.strip(), roots) for p in source.split(",")]
+        if len(paths) == 1 and IDX_NAME.search(paths[0].name.lower().removesuffix(".gz")):
+            paths.append(confined(field, str(idx_labels_path(paths[0])), roots))
+        overrides[field] = ",".join(map(str, paths))
     return cfg.with_overrides(overrides) if overrides else cfg
 
 
-def _confined(field: str, text: str, roots) -> Path:
+def confined(field: str, text: str, roots) -> Path:
+    """The one confinement rule: `text` (relative paths are relative to the first root) resolved,
+    symlinks and '..' included, must be a root or inside one. Raises SubmissionError otherwise."""
     if not roots:
         raise SubmissionError(f"{field}: {text!r} is a file, and this service reads no files (start it with "
                               "--data-root DIR); built-in sources: digits, synthetic:...")

@@ -18,6 +18,8 @@ threads compute at once (when max_jobs <= cores, the default).
 from __future__ import annotations
 
 import logging
+import math
+import os
 import socket
 import threading
 from pathlib import Path
@@ -25,10 +27,42 @@ from pathlib import Path
 from memtrain.launch.executor import Exit, Handle, Launch, Resources
 from memtrain.launch.resources import THREAD_VARS
 from memtrain.launch.worker import EXIT, PROGRESS, read_json
+from memtrain.memory import measure
 from memtrain.service import admission, planning
 from memtrain.service.store import Store, now
+from memtrain.units import format_duration
 
 log = logging.getLogger("memtrain.service")
+STOPPED_FOR_RUNTIME = 2  # cancel_requested: 1 a DELETE, 2 this scheduler, for training.max_runtime
+PROGRESS_FIELDS = {"epoch": int, "step": int, "train_loss": float, "val_loss": float, "val_accuracy": float,
+                   "event": str, "rss_bytes": int, "peak_rss_bytes": int, "time": float, "pid": int}
+
+
+def _dict(value) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _typed(value, kind):
+    """`value` as `kind` (an int where a float is expected is one), else None; bool is no number,
+    and NaN or Inf (a diverged loss) is None: JSON answers cannot carry them."""
+    if isinstance(value, bool):
+        return None
+    if kind is float and isinstance(value, int):
+        value = float(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value if isinstance(value, kind) else None
+
+
+def _finite(value):
+    """A result record as JSON can answer it: NaN and Inf (a diverged job's losses) become None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -40,16 +74,18 @@ def free_port(host: str = "127.0.0.1") -> int:
 class Scheduler:
     def __init__(self, store: Store, executor, devices: list, state_dir, *, head_wait: float = 300.0,
                  tick: float = 0.25, metrics_ports: bool = True, on_event=None, metrics_host: str = "127.0.0.1",
-                 metrics_address: str | None = None):
+                 metrics_address: str | None = None, runtime_grace: float = 60.0):
         self.store, self.executor, self.devices = store, executor, {d.name: d for d in devices}
         self.state_dir = Path(state_dir)
         self.head_wait, self.tick_seconds, self.metrics_ports = head_wait, tick, metrics_ports
         self.metrics_host, self.metrics_address = metrics_host, metrics_address
+        self.runtime_grace = runtime_grace  # seconds past max_runtime before the scheduler stops a job itself
         self.on_event = on_event or (lambda *a, **k: None)  # metrics: ("admitted"|"rejected"|..., job)
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._lock = threading.RLock()
         self._thread = None
+        self._progress: dict = {}  # progress.json path -> ((mtime_ns, size, inode), parsed)
         self._recent_ports: list = []  # handed out lately, before their job has stored its target
         self.executor_admits = bool(getattr(executor, "admits", False))
 
@@ -121,9 +157,24 @@ class Scheduler:
                 ended = self.executor.poll(h)
                 if ended is not None:
                     self._finish(job, ended)
+                else:
+                    self._enforce_max_runtime(job, h)
             if self.executor_admits:
                 self._watch_handed_over()
             self._admit()
+
+    def _enforce_max_runtime(self, job: dict, h: Handle) -> None:
+        """The job stops itself after the step that passes training.max_runtime; one that does not
+        (stuck loading its data, or in a step that never ends) gets SIGTERM from here once it is
+        `runtime_grace` seconds past it, as a cancel does, and ends failed for its run time."""
+        limit = (job["config"].get("training") or {}).get("max_runtime")
+        if not limit or job["cancel_requested"] or job["started_at"] is None:
+            return
+        if now() - job["started_at"] > limit + self.runtime_grace:
+            log.warning("job %s: %.0f s past its max_runtime and still running; stopping it", job["id"],
+                        now() - job["started_at"] - limit)
+            self.store.update(job["id"], cancel_requested=STOPPED_FOR_RUNTIME)
+            self.executor.cancel(h)
 
     def slots(self) -> list:
         running = self.store.list("running")
@@ -230,7 +281,7 @@ class Scheduler:
         threads = device.threads_per_job
         env = dict.fromkeys(THREAD_VARS, threads)  # BLAS and the fused CPU kernels alike
         if device.kind == "cuda":  # by uuid: NVML's index (cuda:N here) need not be CUDA's ordinal
-            env["CUDA_VISIBLE_DEVICES"] = device.uuid or device.index
+            env["CUDA_VISIBLE_DEVICES"] = measure.cuda_visible_id(device.uuid) if device.uuid else device.index
         reserved = total + device.overhead_bytes
         launch = Launch(job["id"], cfg, str(run_dir), str(run_dir / "job.log"), device.name, port, self.metrics_host,
                         env=env,
@@ -272,11 +323,15 @@ class Scheduler:
         return port
 
     def _finish(self, job: dict, ended: Exit) -> None:
-        written = read_json(Path(job["run_dir"]) / EXIT) or {}
-        result = written.get("result")
+        written = _dict(read_json(Path(job["run_dir"]) / EXIT))
+        result = _finite(_dict(written.get("result"))) or None  # a file of another shape is no result (never a 500)
         stopped = bool(result and result.get("stopped"))
         if ended.ok and not stopped:  # it finished (perhaps before a cancel reached it)
             self._end(job, "succeeded", None, result)
+        elif job["cancel_requested"] == STOPPED_FOR_RUNTIME or (stopped and result["stopped"] == "max_runtime"):
+            limit = format_duration(job["config"]["training"]["max_runtime"])  # not retried: it would run past again
+            how = f"stopped at step {result.get('steps')} (checkpoint saved)" if stopped else "stopped by the service"
+            self._end(job, "failed", f"ran past its max_runtime of {limit}: {how}", result)
         elif job["cancel_requested"]:
             self._end(job, "cancelled", "cancelled on request" + (" (checkpoint saved)" if stopped else ""), result)
         elif ended.code == 2:
@@ -292,6 +347,7 @@ class Scheduler:
             self._end(job, "failed", ended.reason or f"exit status {ended.code}", None)
 
     def _end(self, job, state, reason, result) -> None:
+        reason = None if reason is None else str(reason)  # an exit record's "reason" is the worker's word
         self.store.update(job["id"], state=state, reason=reason, result=result, ended_at=now(), reserved_bytes=0)
         self.on_event(state, job)
 
@@ -326,9 +382,26 @@ class Scheduler:
             return self.store.get(job_id)
 
     def progress(self, job: dict) -> dict:
-        p = read_json(Path(job["run_dir"]) / PROGRESS) or {}
-        return {k: p.get(k) for k in ("epoch", "step", "train_loss", "val_loss", "val_accuracy", "event",
-                                      "rss_bytes", "peak_rss_bytes", "time", "pid")}
+        """The job's progress.json, each field of its expected type or None: the file is the
+        worker's (or anyone's who can write the run dir), and a wrong type must not fail a view.
+        Parsed again only when the file changed (a stat, not a read, for a finished job's); the
+        same dict is returned while it did not (read only: views tell "unchanged" by identity)."""
+        path = os.path.join(job["run_dir"], PROGRESS)
+        try:
+            st = os.stat(path)
+            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except OSError:
+            stamp = None
+        cached = self._progress.get(path)
+        if cached is not None and stamp is not None and cached[0] == stamp:
+            return cached[1]
+        p = _dict(read_json(path))
+        out = {k: _typed(p.get(k), kind) for k, kind in PROGRESS_FIELDS.items()}
+        if stamp is not None:
+            if len(self._progress) >= 4096:  # bounded: a page shows 100; the oldest go first
+                self._progress.pop(next(iter(self._progress)))
+            self._progress[path] = (stamp, out)
+        return out
 
     @staticmethod
     def _handle(job: dict) -> Handle | None:

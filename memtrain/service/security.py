@@ -1,4 +1,5 @@
-"""Who may talk to the service: the bind rule, the bearer token, the body size limit."""
+"""Who may talk to the service and how much they may ask of it: the bind rule, the bearer
+token, the body size limit, the time to send a request, a job's run-time bound."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from pathlib import Path
 from memtrain.errors import MemtrainError
 
 MAX_BODY = 1024 * 1024  # 1 MiB: a job file is a few hundred bytes
+REQUEST_TIMEOUT = 10.0  # seconds to send a whole request, headers and body (slow_clients.py)
+MAX_RUNTIME = 86400.0  # seconds: a job's training.max_runtime when it sets none, and the most it may set
 
 
 def is_loopback(host: str) -> bool:

@@ -12,7 +12,8 @@ from memtrain.units import format_bytes
 
 def settings_from(*, state_dir, host, port, devices, budgets, token_file, data_roots, max_jobs_per_device,
                   head_wait, max_attempts, overhead, job_metrics_host="127.0.0.1", job_metrics_address=None,
-                  executor="local", ray_address=None, storage=None):
+                  executor="local", ray_address=None, storage=None, max_runtime=security.MAX_RUNTIME,
+                  request_timeout=security.REQUEST_TIMEOUT):
     from memtrain.service.core import Settings  # noqa: PLC0415
     from memtrain.service.devices import parse_devices  # noqa: PLC0415 - with Settings: loaded when serve runs
 
@@ -32,7 +33,8 @@ def settings_from(*, state_dir, host, port, devices, budgets, token_file, data_r
                     max_jobs_per_device=max_jobs_per_device, head_wait=head_wait, max_attempts=max_attempts,
                     cpu_overhead=overhead, job_metrics_host=job_metrics_host,
                     job_metrics_address=job_metrics_address, executor=_executor(executor, ray_address),
-                    storage=None if storage is None else Path(storage))
+                    storage=None if storage is None else Path(storage), max_runtime=max_runtime,
+                    request_timeout=request_timeout)
 
 
 def _executor(name: str, address: str | None):
@@ -77,4 +79,15 @@ def run(*, log_level="info", echo=print, **options) -> None:
              f"overhead {format_bytes(d.overhead_bytes)} ({d.overhead_source}); {at_once}, "
              f"{d.threads_per_job} BLAS thread(s) each")
     echo(f"serving   http://{settings.host}:{settings.port}/ (API docs at /docs; state in {settings.state_dir})")
-    uvicorn.run(create_app(settings, service), host=settings.host, port=settings.port, log_level=log_level)
+    uvicorn.Server(uvicorn_config(create_app(settings, service), settings, log_level=log_level)).run()
+
+
+def uvicorn_config(app, settings, **options):
+    """uvicorn's settings for the service (its tests start it with the same): each request must
+    arrive in full within settings.request_timeout seconds."""
+    import uvicorn  # noqa: PLC0415
+
+    from memtrain.service.slow_clients import protocol  # noqa: PLC0415 - uvicorn's h11 protocol
+
+    return uvicorn.Config(app, host=settings.host, port=settings.port, http=protocol(settings.request_timeout),
+                          **options)

@@ -55,6 +55,7 @@ CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, seq);
 """
 
 JSON_FIELDS = ("config", "checked", "planned", "result", "batch_request")
+NOT_VIEWED = ("config", "checked")  # the largest JSON, which a job's view never reads: a page leaves it undecoded
 
 
 class Store:
@@ -62,6 +63,8 @@ class Store:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
+        self.version = 0  # +1 per committed write: cached views are valid while it stands (one writer: this process)
+        self._rows: dict = {}  # a page's rows, decoded (_decoded)
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=30)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -84,6 +87,7 @@ class Store:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+            self.version += 1
 
     def close(self) -> None:
         with self._lock:
@@ -131,6 +135,35 @@ class Store:
             rows = self._db.execute(sql, args).fetchall()
         return [_decode(r) for r in rows]
 
+    def page(self, state: str | None, limit: int, before: int | None = None) -> tuple:
+        """(rows, next): up to `limit` jobs, newest first, with seq below `before` (an index range:
+        a page costs the same however many jobs are stored), their config and checked columns
+        left as JSON text; `next` is the `before` of the following page, None on the last."""
+        where, args = [], []
+        if state is not None:
+            where.append("state = ?")
+            args.append(state)
+        if before is not None:
+            where.append("seq < ?")
+            args.append(int(before))
+        sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
+        with self._lock:
+            rows = self._db.execute(sql + " ORDER BY seq DESC LIMIT ?", [*args, int(limit) + 1]).fetchall()
+        more = len(rows) > limit
+        rows = [self._decoded(r) for r in rows[:limit]]
+        return rows, (rows[-1]["seq"] if more and rows else None)
+
+    def _decoded(self, row) -> dict:
+        """_decode of a page's row, kept while the row's values stay the same (a finished job's
+        never change): a poll of an unchanged page decodes no JSON. The dict is shared: read only."""
+        key = tuple(row)
+        d = self._rows.get(key)
+        if d is None:
+            d = self._rows[key] = _decode(row, skip=NOT_VIEWED)
+            if len(self._rows) > 4096:  # bounded; the oldest entries go first
+                self._rows.pop(next(iter(self._rows)))
+        return d
+
     def counts(self) -> dict:
         with self._lock:
             rows = self._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
@@ -139,10 +172,10 @@ class Store:
         return out
 
 
-def _decode(row) -> dict:
+def _decode(row, skip=()) -> dict:
     d = dict(row)
     for k in JSON_FIELDS:
-        if d.get(k) is not None:
+        if d.get(k) is not None and k not in skip:
             d[k] = json.loads(d[k])
     return d
 

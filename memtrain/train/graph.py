@@ -22,7 +22,9 @@ reason is logged once in the trainer's events.
 
 from __future__ import annotations
 
+import functools
 import math
+import weakref
 
 from memtrain.errors import DeviceError
 from memtrain.kernels.source import SC_ACCUM, SC_CLIP, SC_GRAD_SQ, SC_LOSS, SC_LR
@@ -82,10 +84,11 @@ class StepGraph:
             self.graphs.clear()
             self.log(reason)
 
-    def run(self, key, fn) -> str:
+    def run(self, key, fn, *, capturable: bool = True) -> str:
         """Run the step `fn` (device work only) for shape `key`; returns what happened:
-        "eager", "warmup", "captured" or "replay"."""
-        if self.disabled is not None:
+        "eager", "warmup", "captured" or "replay". `capturable=False`: this shape runs
+        eagerly (it would allocate inside a capture), the others are still captured."""
+        if self.disabled is not None or not capturable:
             fn()
             return "eager"
         graph = self.graphs.get(key)
@@ -106,6 +109,19 @@ class StepGraph:
         self.graphs[key] = graph
         self.capture.launch(graph)  # capturing executed nothing: this launch is the step
         return "captured"
+
+
+def allocates_in_capture(spec, rows: int) -> bool:
+    """Whether a step of `rows` rows has a (1,k)@(k,1) product: CuPy's tensordot then takes its
+    m == n == 1 path, `(a.ravel() * b.ravel()).sum(out=c)`, whose product array comes from the
+    pool. Inside a capture that block is freed after capture and the replays write to it, so
+    such a step runs eagerly. The step's products are (b,n)@(n,k) forward, (n,b)@(b,k) for dW
+    and (b,k)@(k,n) for dA: a one-row batch (an epoch's last, typically) through a layer of one
+    unit, or at any batch size a one-unit layer fed by one input or one unit."""
+    sizes = spec.sizes
+    one_unit = any(k == 1 for k in sizes[1:])
+    one_to_one = any(n == 1 and k == 1 for n, k in zip(sizes, sizes[1:]))
+    return one_to_one or (rows == 1 and one_unit)
 
 
 def unsupported(trainer, rows: int) -> str | None:
@@ -130,17 +146,20 @@ class GraphStepper:
     """The trainer's graph-mode step: gather, write lr, replay, read the loss every N steps."""
 
     def __init__(self, trainer, capture, *, loss_every: int = 1):
-        self.trainer = trainer
+        # weak: the trainer holds its stepper, and a cycle would keep a dropped trainer's device
+        # buffers allocated until the next full garbage collection
+        self._trainer = weakref.ref(trainer)
         self.loss_every = check_scalar(loss_every, "loss_every", int, min_val=1)
-        self.graph = StepGraph(capture, self._log)
+        self.graph = StepGraph(capture, functools.partial(_log_event, self._trainer))
         self.stream = getattr(capture, "stream", None)
         self._window_rows = 0
         self._last_mean = float("nan")
         self._buffers_id = None
         self._written: dict = {}  # (array id, index) -> the value last written to the step scalars
 
-    def _log(self, reason: str) -> None:
-        self.trainer.events.append({"event": "cuda_graph_off", "step": self.trainer.steps, "reason": reason})
+    @property
+    def trainer(self):
+        return self._trainer()
 
     def step(self, rows: int, fill) -> float:
         t = self.trainer
@@ -160,7 +179,7 @@ class GraphStepper:
             # each write is a launch and a small model's step is a few dozen microseconds
             self._write(sc, SC_LR, lr)
             self._write(sc, SC_CLIP, t.clip_norm or 0.0)  # updates scale g by max_norm/||g|| when longer
-            self.graph.run(rows, lambda: device_step(t, v))
+            self.graph.run(rows, lambda: device_step(t, v), capturable=not allocates_in_capture(t.spec, rows))
             getattr(capture, "join_out", _nothing)()
             self._window_rows += rows
             return self._account(sc, rows)
@@ -196,6 +215,12 @@ class GraphStepper:
             if not math.isfinite(total):
                 t.nonfinite_steps += 1  # at least one step of the window was skipped on the device
         return self._last_mean
+
+
+def _log_event(trainer_ref, reason: str) -> None:
+    t = trainer_ref()
+    if t is not None:
+        t.events.append({"event": "cuda_graph_off", "step": t.steps, "reason": reason})
 
 
 def device_step(trainer, v) -> None:

@@ -28,7 +28,7 @@ from memtrain.errors import CheckpointError, ConfigError, DataError, DeviceError
 from memtrain.kernels.cpu import threads_from_env
 from memtrain.memory.batch import largest_batch
 from memtrain.memory.budget import check_fits, default_margin, device_budget
-from memtrain.memory.measure import gpu_uuid, pool_peak_hook
+from memtrain.memory.measure import active_pool, gpu_uuid, pool_peak_hook
 from memtrain.memory.peak import PeakMeter
 from memtrain.memory.plan import training_plan
 from memtrain.nn.mlp import MLP
@@ -293,7 +293,7 @@ class Job:
         if self.install_signals and threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 previous[sig] = signal.signal(sig, lambda s, f: self.stop(signal.Signals(s).name))
-        pool_hook = pool_peak_hook(self.backend.xp.get_default_memory_pool()) if self.backend.is_cuda else None
+        pool_hook = pool_peak_hook(active_pool(self.backend.xp)) if self.backend.is_cuda else None
         self._pool_hook = pool_hook
         self._step_t = time.perf_counter()
         self.peak.reset()  # the start-up's own allocations (history files, logs) are not a training step's
@@ -339,11 +339,18 @@ class Job:
             self.failure = (f"training: {tr.nonfinite_streak} non-finite steps in a row (loss {loss}); stopped "
                             "with a checkpoint of the last good state (try a lower lr or clip_norm)")
             return STOP
+        if self._past_max_runtime():
+            self.stop("max_runtime")
         if self.stop_reason:
             return STOP
         if self.cadence.interval_due(tr.steps, last_in_epoch=tr.position >= self.steps_per_epoch):
             self.save_checkpoint("interval")
         return None
+
+    def _past_max_runtime(self) -> bool:
+        """training.max_runtime: this run's wall time since run() began (start-up included)."""
+        limit = self.cfg.training.max_runtime
+        return limit is not None and time.perf_counter() - self._t_start >= limit
 
     def on_epoch(self, tr, record):
         self._bar.close()

@@ -20,11 +20,12 @@ import time
 
 import numpy as np
 
-from memtrain.backend import small_ufunc_buffers
+from memtrain.backend import array_module, small_ufunc_buffers
 from memtrain.errors import ConfigError
 from memtrain.kernels import dispatch
 from memtrain.kernels.source import SC_LR
 from memtrain.memory.arena import allocate
+from memtrain.memory.measure import active_pool
 from memtrain.memory.plan import MemoryPlan, training_plan
 from memtrain.nn import step
 from memtrain.nn.mlp import MLP, _copy_in, evaluate_in
@@ -159,15 +160,17 @@ class Trainer:
         on the device) and copies it in once; resident=False streams each batch from
         the host arrays. Arrays already in the model dtype are used without a copy on
         the CPU. Also plans the epoch permutation."""
-        X = np.ascontiguousarray(self.model._inputs(X), dtype=self.spec.dtype)
+        X = _rows(self.model._inputs(X), self.spec.dtype)
         y = self.model.prepare_labels(y)
+        if not resident and array_module(X) is not np:
+            raise ConfigError("X: streamed data (resident=False) must be host arrays; these are on the device")
         if len(X) != len(y):
             raise ConfigError(f"y: {len(y)} labels for {len(X)} samples")
         if len(X) == 0:
             raise ConfigError("X: the training set is empty")
         val = None
         if validation is not None:
-            Xv = np.ascontiguousarray(self.model._inputs(validation[0]), dtype=self.spec.dtype)
+            Xv = _rows(self.model._inputs(validation[0]), self.spec.dtype)
             yv = self.model.prepare_labels(validation[1])
             if len(Xv) != len(yv):
                 raise ConfigError(f"validation y: {len(yv)} labels for {len(Xv)} samples")
@@ -188,7 +191,7 @@ class Trainer:
             self.arrays[buf.name] = xp.zeros(buf.shape, dtype=buf.dtype)
         if resident and self.backend.is_cuda:
             for name, a in (("data_x", X), ("data_y", y)) + ((("val_x", val[0]), ("val_y", val[1])) if val else ()):
-                self.arrays[name].set(a)
+                _copy_in(self.arrays[name], a)  # host or device arrays alike
         self._host_data = None if resident else (X, y, val)
 
     def _train_data(self):
@@ -228,11 +231,14 @@ class Trainer:
                 m = self.micro_batch_size
                 if m <= 1:
                     raise
-                new = max(1, m // 2)
-                self.events.append({"event": "oom_recovery", "step": self.steps, "micro_batch_from": m,
-                                    "micro_batch_to": new, "error": type(exc).__name__})
-                self.oom_recoveries += 1
-                self.replan(new)
+                error = type(exc).__name__
+            # re-planned outside the except block: until it ends, the traceback keeps the failed
+            # step's frames, whose buffer views would hold the old plan while the new one allocates
+            new = max(1, m // 2)
+            self.events.append({"event": "oom_recovery", "step": self.steps, "micro_batch_from": m,
+                                "micro_batch_to": new, "error": error})
+            self.oom_recoveries += 1
+            self.replan(new)
 
     def _graph_ok(self, b: int) -> bool:
         reason = graph.unsupported(self, b)
@@ -273,7 +279,7 @@ class Trainer:
             self.cpu.add_penalty_grad(spec, model.params, G)
         else:
             step.add_penalty_grad(spec, model.params, G, self.chunk)
-        norm = step.clip_by_norm(G, self.clip_norm)
+        norm = step.clip_by_norm(G, self.clip_norm, self.arrays.get("step_scalars"))
         self.last_grad_norm = norm
         if not (math.isfinite(loss) and math.isfinite(norm)):
             self.nonfinite_steps += 1  # skip: a non-finite update would poison every weight
@@ -371,7 +377,7 @@ class Trainer:
 
     def evaluate(self, X, y) -> dict:
         """Loss and accuracy using the training buffers (no extra memory)."""
-        X = np.ascontiguousarray(self.model._inputs(X), dtype=self.spec.dtype)
+        X = _rows(self.model._inputs(X), self.spec.dtype)
         return evaluate_in(self.spec, self.model.layers, self.buffers, X, self.model.prepare_labels(y))
 
     # -- checkpoint contents -------------------------------------------------
@@ -439,6 +445,12 @@ def cpu_kernels(spec, optimizer) -> tuple:
     return dispatch, None
 
 
+def _rows(X, dtype):
+    """Host data as a contiguous array of the model dtype; device data as it is (it is copied into
+    the plan's buffers on the device, where the cast happens)."""
+    return np.ascontiguousarray(X, dtype=dtype) if array_module(X) is np else X
+
+
 def _gather(X, y, idx):
     """fill(v, lo, hi): rows idx[lo:hi] of the data set into the plan's batch buffers."""
 
@@ -461,7 +473,7 @@ def _gather(X, y, idx):
 
 def _free_device_pool(backend) -> None:
     if backend.is_cuda:
-        backend.xp.get_default_memory_pool().free_all_blocks()
+        active_pool(backend.xp).free_all_blocks()
 
 
 def format_record(r: dict) -> str:
