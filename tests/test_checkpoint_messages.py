@@ -169,3 +169,76 @@ def test_a_failure_after_both_renames_leaves_a_whole_checkpoint_or_none(tmp_path
         save(tmp_path, 20)
     monkeypatch.undo()
     assert (tmp_path / "ckpt-000000020.npz").exists() == (tmp_path / "ckpt-000000020.json").exists()
+
+
+def _edit(js, change):
+    record = json.loads(js.read_text())
+    change(record)
+    js.write_text(json.dumps(record))
+
+
+def _state(key, value):
+    return lambda r: r["state"].__setitem__(key, value)
+
+
+REASONS = {
+    "not json": (lambda js: js.write_bytes(b"{"), "its .json is unreadable: Expecting property name enclosed in "
+                                                   "double quotes: line 1 column 2 (char 1)"),
+    "a list": (lambda js: js.write_text("[]"), "metadata is a JSON list, expected an object"),
+    "format": (lambda js: _edit(js, lambda r: r.__setitem__("format", 99)), f"format 99, expected {ckpt.FORMAT}"),
+    "sha256": (lambda js: _edit(js, lambda r: r.__setitem__("sha256", "abc")), "metadata has no valid sha256"),
+    "npz field": (lambda js: _edit(js, lambda r: r.__setitem__("npz", "../x.npz")),
+                  "npz field '../x.npz' is not ckpt-000000020.npz in the checkpoint folder"),
+    "identity": (lambda js: _edit(js, lambda r: r.__setitem__("identity", [])),
+                 "metadata field 'identity' is missing or not an object"),
+    "steps a bool": (lambda js: _edit(js, _state("epoch", True)), "state.epoch is missing or not a non-negative integer"),
+    "steps negative": (lambda js: _edit(js, _state("position", -1)),
+                       "state.position is missing or not a non-negative integer"),
+    "steps a float": (lambda js: _edit(js, _state("epoch", 1.0)), "state.epoch is missing or not a non-negative integer"),
+    "steps of another file": (lambda js: _edit(js, _state("steps", 30)), "state.steps 30 does not match the file name"),
+    "history": (lambda js: _edit(js, _state("history", {})), "state.history is not a list"),
+    "npz missing": (lambda js: js.with_suffix(".npz").unlink(), "its .npz is missing"),
+    "npz a link": (lambda js: (js.with_suffix(".npz").unlink(), js.with_suffix(".npz").symlink_to(js)),
+                   "its .npz is a symbolic link"),
+}
+
+
+@pytest.mark.parametrize("attack", REASONS, ids=list(REASONS))
+def test_each_unusable_checkpoint_says_exactly_why(tmp_path, attack):
+    save(tmp_path, 10)
+    js = save(tmp_path, 20)
+    spoil, reason = REASONS[attack]
+    spoil(js)
+    warnings = []
+    assert ckpt.recover(tmp_path, warn=warnings.append)["state"]["steps"] == 10
+    assert len(warnings) == 1 and f"checkpoint ckpt-000000020 is unusable ({reason}); set aside as" in warnings[0]
+
+
+def test_rotation_deletes_a_sidecar_whose_npz_is_already_gone(tmp_path):
+    for step in (1, 2):
+        save(tmp_path, step)
+    (tmp_path / "ckpt-000000001.npz").unlink()  # a crash between the two deletes of an earlier rotation
+    save(tmp_path, 3, keep=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-000000003.json", "ckpt-000000003.npz"]
+
+
+def test_orphans_newest_first_and_only_a_newer_one_is_a_fallback(tmp_path, monkeypatch):
+    for step in (1, 5, 9):
+        save(tmp_path, step)
+    (tmp_path / "ckpt-000000001.json").unlink()
+    (tmp_path / "ckpt-000000009.json").unlink()
+    warnings = []
+    assert ckpt.recover(tmp_path, warn=warnings.append)["state"]["steps"] == 5
+    assert warnings == [
+        "memtrain: checkpoint ckpt-000000009.npz has no ckpt-000000009.json (deleted, or its write was interrupted) "
+        "and cannot be verified; set aside as ckpt-000000009.npz.orphan; falling back to the previous checkpoint",
+        "memtrain: checkpoint ckpt-000000001.npz has no ckpt-000000001.json (deleted, or its write was interrupted) "
+        "and cannot be verified; set aside as ckpt-000000001.npz.orphan"]
+    only = tmp_path / "only"
+    save(only, 0).unlink()  # the only checkpoint there is, without its sidecar: newer than none
+    monkeypatch.setattr(ckpt.os, "replace", lambda a, b: (_ for _ in ()).throw(OSError(errno.EROFS, "Read-only")))
+    warnings.clear()
+    assert ckpt.recover(only, warn=warnings.append) is None
+    assert warnings == ["memtrain: checkpoint ckpt-000000000.npz has no ckpt-000000000.json (deleted, or its write "
+                        "was interrupted) and cannot be verified; left in place (Read-only); falling back to the "
+                        "previous checkpoint"]
