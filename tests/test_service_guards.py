@@ -127,3 +127,26 @@ def test_a_source_that_is_not_a_string_is_refused_naming_it():
     with pytest.raises(planning.SubmissionError) as exc:
         planning._confine_data(cfg, [])
     assert str(exc.value) == "data.validation_dataset: expected a source string, got 5"
+
+
+def test_an_idx_images_file_alone_brings_its_labels_file_under_the_same_rule(tmp_path):
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    for name in ("a-images-idx3-ubyte", "a-labels-idx1-ubyte", "b-images-idx3-ubyte.gz", "b-labels-idx1-ubyte.gz",
+                 "c-images-idx3-ubyte"):
+        (root / name).write_bytes(b"")
+    (outside / "c-labels-idx1-ubyte").write_bytes(b"")
+    (root / "c-labels-idx1-ubyte").symlink_to(outside / "c-labels-idx1-ubyte")
+    r = root.resolve()
+
+    def confine(source):
+        return planning._confine_data(JobConfig.from_dict({"data": {"dataset": source}}), [root]).data.dataset
+
+    assert confine("a-images-idx3-ubyte") == f"{r / 'a-images-idx3-ubyte'},{r / 'a-labels-idx1-ubyte'}"
+    assert confine("b-images-idx3-ubyte.gz") == f"{r / 'b-images-idx3-ubyte.gz'},{r / 'b-labels-idx1-ubyte.gz'}"
+    pair = "a-images-idx3-ubyte,a-labels-idx1-ubyte"  # given as a pair: nothing added
+    assert confine(pair) == f"{r / 'a-images-idx3-ubyte'},{r / 'a-labels-idx1-ubyte'}"
+    with pytest.raises(planning.SubmissionError) as exc:  # the labels file found beside it is a link out
+        confine("c-images-idx3-ubyte")
+    assert str(exc.value).startswith(f"data.dataset: '{r / 'c-labels-idx1-ubyte'}' is outside the data roots")
