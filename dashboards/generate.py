@@ -291,16 +291,22 @@ def job_dashboard() -> dict:
                    "completed epoch).", "none",
                    [target(sel("memtrain_train_loss"), "train"),
                     target(sel("memtrain_validation_loss"), "validation")], w=12),
-        timeseries("Validation accuracy", "memtrain_validation_accuracy after the last completed epoch.",
+        timeseries("Validation accuracy", "memtrain_validation_accuracy after the last completed epoch "
+                   "(a classifier; a regression has the panel beside it).",
                    "percentunit", [target(sel("memtrain_validation_accuracy"), "validation")], w=6),
+        timeseries("Validation RMSE, MAE, R² (regression)", "A linear-output job's memtrain_validation_rmse, "
+                   "memtrain_validation_mae and memtrain_validation_r2 after the last completed epoch (its loss is "
+                   "half the squared error). Empty for a classifier.", "none",
+                   [target(sel("memtrain_validation_rmse"), "RMSE"), target(sel("memtrain_validation_mae"), "MAE"),
+                    target(sel("memtrain_validation_r2"), "R²")], w=6),
+        timeseries("Learning rate", "memtrain_learning_rate of the last applied update.", "sci",
+                   [target(sel("memtrain_learning_rate"), "lr")], w=9),
+        timeseries("Gradient norm", "memtrain_gradient_norm: L2 norm of the last step's gradient, before "
+                   "clipping.", "none", [target(sel("memtrain_gradient_norm"), "‖g‖")], w=9),
         stat("Non-finite steps", "memtrain_nonfinite_steps_total: steps skipped because the loss or the "
              "gradient norm was not finite (the trainer's count).", "short",
              [target(sel("memtrain_nonfinite_steps_total"), "{{instance}}")], w=6, h=8,
              steps=[{"color": "green", "value": None}, {"color": "red", "value": 1}]),
-        timeseries("Learning rate", "memtrain_learning_rate of the last applied update.", "sci",
-                   [target(sel("memtrain_learning_rate"), "lr")], w=12),
-        timeseries("Gradient norm", "memtrain_gradient_norm: L2 norm of the last step's gradient, before "
-                   "clipping.", "none", [target(sel("memtrain_gradient_norm"), "‖g‖")], w=12),
     ]
     throughput = [
         timeseries("Samples / s", "rate(memtrain_samples_total): training samples per second.",

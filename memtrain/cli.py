@@ -332,7 +332,7 @@ _TRAIN_KEYS = {
 @click.option("--metrics-host", help="Address to bind the metrics server to.  [default: 127.0.0.1]")
 @click.option("--metrics-linger", type=click.FloatRange(min=0), help="Keep serving the final metrics this many seconds after the job ends.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
-              help="text: progress bar (on a terminal) and lines; json: one JSON object per line.")
+              help="text: progress bar (on a terminal) and lines; json: one JSON object per line, its line in text.")
 @click.option("--progress/--no-progress", default=True, help="The progress bar (only ever on a terminal).  "
               "[default: progress]")
 @click.option("--measure", type=click.Choice(["sampled", "exact", "off"]),
@@ -359,7 +359,7 @@ def train(job_file, log_format, progress, **flags):
         Job(cfg, log_format=log_format, progress=progress, batch_solver=auto_batch).run()
     except JobFailed as exc:
         click.echo(f"memtrain: job failed: {exc}", err=True)
-        sys.exit(ExitCode.FAILURE)
+        sys.exit(exc.exit_code)
 
 
 # -- evaluate / predict ---------------------------------------------------------------
@@ -376,8 +376,9 @@ def train(job_file, log_format, progress, **flags):
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def evaluate(model_file, dataset, label_column, split, device, fmt):
-    """Loss and accuracy of a saved model (model-final.npz / model-best.npz), and which
-    rows they are over: by default the job's held-out test rows.
+    """Loss and accuracy (a linear output: RMSE, MAE and R^2) of a saved model
+    (model-final.npz / model-best.npz), and which rows they are over: by default the
+    job's held-out test rows.
 
     \b
     Examples:

@@ -18,9 +18,10 @@ def runs(directory, fmt, plot):
     """List the runs under DIR, oldest first.
 
     One row per run under DIR (default: runs; or DIR is one run's directory):
-    state, epochs, best validation loss and accuracy, test accuracy, planned and
-    measured memory, device and start time, read from each run's run.json and
-    history.jsonl (docs/runs.md).
+    state, epochs, best validation loss and score, test score (accuracy, or RMSE
+    for a regression: MAE and R^2 in json/csv), planned and measured memory,
+    device and start time, read from each run's run.json and history.jsonl
+    (docs/runs.md). On a service's state dir each job's run is named NAME (ID).
 
     \b
     Examples:

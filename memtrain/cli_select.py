@@ -34,8 +34,8 @@ def _log(text):
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
 def compare(config, optimizers, lr, epochs, target_accuracy, output_dir, plot, fmt):
     """Train the job in --config once per optimizer (same model, data, seed and epochs)
-    and print one table ranked by the best validation loss. The test accuracy is
-    reported, never used to rank.
+    and print one table ranked by the best validation loss. The test score is
+    reported, never used to rank (accuracy; RMSE, MAE and R^2 for a linear output).
 
     \b
     Examples:

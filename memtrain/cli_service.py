@@ -1,4 +1,4 @@
-"""`memtrain serve` and its clients `submit`, `jobs`, `job`, `cancel`, `logs`: parse, call, print.
+"""`memtrain serve` and its clients `submit`, `jobs`, `job`, `cancel`, `requeue`, `logs`: parse, call, print.
 
 Registered on the main group in memtrain/cli.py, whose group turns a MemtrainError into
 one line "memtrain: error: ..." and exit status 2.
@@ -16,6 +16,26 @@ from memtrain.service import security
 from memtrain.units import format_duration
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+
+
+_STATE_OPTIONS = (
+    click.option("--keep-checkpoints", default=10, show_default=True, type=click.IntRange(min=0), metavar="N",
+                 help="Succeeded jobs whose checkpoints are kept (the newest N); older ones keep their model, "
+                      "history and log only. Cancelled and failed jobs keep theirs (requeue resumes from them)."),
+    click.option("--keep-checkpoints-hours", default=24.0, show_default=True, type=click.FloatRange(min=0),
+                 metavar="H", help="...and for at most H hours after the job ended."),
+    click.option("--recover", is_flag=True,
+                 help="Rebuild a damaged or missing job store first: the damaged file is set aside, the rolling "
+                      "backup (memtrain.sqlite.backup) restored, and every job found only in its job dir added "
+                      "back; then serve."),
+)
+
+
+def _state_options(f):
+    """--keep-checkpoints, --keep-checkpoints-hours and --recover: what becomes of the state dir."""
+    for option in reversed(_STATE_OPTIONS):
+        f = option(f)
+    return f
 
 
 def _limits(command):
@@ -69,6 +89,7 @@ def _limits(command):
               help="Where each job's checkpoints, output and log go; with --executor ray every node must see it "
                    "at this path.  [default: the state dir]")
 @_limits
+@_state_options
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 def serve(executor, ray_address, budgets, **options):
@@ -80,6 +101,7 @@ def serve(executor, ray_address, budgets, **options):
       memtrain serve --state-dir runs/service --budget cpu=3GiB
       memtrain serve --state-dir /srv/memtrain --host 0.0.0.0 --token-file token --data-root /data
       memtrain serve --state-dir runs/service --executor ray --ray-address auto --storage /shared/memtrain
+      memtrain serve --state-dir runs/service --recover
     """
     if ray_address is not None and executor != "ray":
         raise click.UsageError("--ray-address: only with --executor ray")
@@ -167,19 +189,47 @@ def cancel(job_id, server):
 
 @click.command()
 @click.argument("job_id")
+@_server
+def requeue(job_id, server):
+    """Put a cancelled or failed job back in the queue under the same id: it resumes from its
+    newest good checkpoint and ends as if it had never been interrupted.
+
+    \b
+    Examples:
+      memtrain cancel 1a2b3c4d && memtrain requeue 1a2b3c4d
+    """
+    j = _client(server).requeue(job_id)
+    click.echo(f"{j['id']}: {j['state']}; resumes from its checkpoint")
+
+
+@click.command()
+@click.argument("job_id")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing until the job ends.")
 @click.option("--lines", "-n", default=200, show_default=True, type=click.IntRange(min=0),
-              help="Lines from the end to start with.")
+              help="Lines of the log file from the end to start with.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="text: the lines `memtrain train` prints; json: the job's raw JSON events.")
 @_server
-def logs(job_id, follow, lines, server):
-    """Print a job's log (its JSON lines); --follow streams it until the job ends."""
+def logs(job_id, follow, lines, fmt, server):
+    """Print a job's log as `memtrain train` prints it (--format json: its JSON events);
+    --follow streams it until the job ends.
+
+    \b
+    Examples:
+      memtrain logs 4dda1a3d --follow
+      memtrain logs 4dda1a3d --format json -n 20
+    """
+    from memtrain.service.logtext import human_lines, lines_of  # noqa: PLC0415
+
     out = _client(server).log(job_id, lines, follow)
-    if not follow:
-        click.echo(out, nl=False)
+    chunks = out if follow else [out]
+    if fmt == "json":
+        for chunk in chunks:
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
         return
-    for chunk in out:
-        sys.stdout.write(chunk)
-        sys.stdout.flush()
+    for line in human_lines(lines_of(chunks)):
+        click.echo(line)
 
 
-COMMANDS = (serve, submit, jobs, job, cancel, logs)
+COMMANDS = (serve, submit, jobs, job, cancel, requeue, logs)

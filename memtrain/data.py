@@ -50,6 +50,7 @@ _IDX_TYPES = {0x08: "unsigned byte", 0x09: "signed byte", 0x0B: "int16", 0x0C: "
 IDX_NAME = re.compile(r"(?:[.-]idx\d+(?:-ubyte)?|\.idx)$", re.IGNORECASE)
 _SYNTHETIC = re.compile(r"synthetic:(\w+)\((.*)\)", re.DOTALL)
 _STATS_ROWS = 4096  # rows per block when computing standardization statistics
+_SPLIT_ROWS = 8192  # rows moved at once when a data set is split in place
 _CSV_CHUNK = 8192  # rows per np.array call on the slow path: C parsing without every cell as a str
 
 
@@ -208,13 +209,48 @@ def _split(where, X, y, extra, val_frac, test_frac, seed) -> dict:
         perm = np.random.default_rng(seed).permutation(n)
         # Sorted indices keep each split in file order: rows are easy to find in the source.
         parts = {"test": perm[:n_test], "val": perm[n_test:n_test + n_val], "train": perm[n_test + n_val:]}
-        for k, idx in parts.items():
-            if len(idx):
-                idx = np.sort(idx)
-                splits[k] = (X[idx], y[idx])
+        parts = {k: np.sort(idx) for k, idx in parts.items() if len(idx)}
+        splits.update(_split_rows(X, y, parts))
     for k, (_, _, Xe, ye) in extra.items():
         splits[k] = (Xe, ye)
     return splits
+
+
+def _split_rows(X, y, parts: dict) -> dict:
+    """{split: (X rows, y rows)}, rows in file order, each split a view of X's own buffer (not new
+    arrays: loading then peaks at X plus its larger held-out split, not at two copies of X).
+
+    Layout [train | small | large] of the held-out splits: the large one is copied out, the train
+    and small rows moved to the front in place, the small rows parked in the freed tail while the
+    train rows close up, then moved behind them, and the large one put back at the end."""
+    if not (X.flags.c_contiguous and X.flags.writeable):  # a read-only view: the plain copies
+        return {k: (X[idx], y[idx]) for k, idx in parts.items()}
+    held_out = sorted((k for k in parts if k != "train"), key=lambda k: len(parts[k]))
+    small, large = (held_out if len(held_out) == 2 else [None, held_out[0]])
+    n_train, n_small = len(parts["train"]), len(parts[small]) if small else 0
+    copied = X[parts[large]]
+    keep = np.sort(np.concatenate([parts["train"]] + ([parts[small]] if small else [])))
+    _move_rows(X, keep, 0)  # train and small rows, in file order, to the front
+    tail = n_train + n_small
+    if small:
+        _move_rows(X, np.searchsorted(keep, parts[small]), tail)  # parked in the freed tail
+    _move_rows(X, np.searchsorted(keep, parts["train"]), 0)
+    if small:
+        X[n_train:tail] = X[tail:tail + n_small]
+    X[tail:] = copied
+    del copied
+    out = {"train": (X[:n_train], y[parts["train"]]), large: (X[tail:], y[parts[large]])}
+    if small:
+        out[small] = (X[n_train:tail], y[parts[small]])
+    return out
+
+
+def _move_rows(X, rows, to: int) -> None:
+    """X[to + i] = X[rows[i]] for sorted `rows`, in blocks (no copy of them all at once): safe when
+    each row moves down (to + i <= rows[i]) or into a region none of `rows` lies in."""
+    for start in range(0, len(rows), _SPLIT_ROWS):
+        src = rows[start:start + _SPLIT_ROWS]
+        X[to + start:to + start + len(src)] = X[src]
 
 
 def _final_arrays(splits, wheres, dt, output, standardize) -> dict:
@@ -396,9 +432,87 @@ def _check_synthetic_fits(text, field, n, d, k) -> None:
                         f"{free // (d * 8 + max(8, 4 * k)):,}")
 
 
+# A .npz whose arrays declare more than this is counted from its headers at planning time
+# (memtrain serve's submission) instead of being loaded just to count its rows.
+HEADER_ROWS_ABOVE = 64 * 1024**2
+
+
+def npz_headers(path, where: str | None = None) -> dict:
+    """{array name: (shape, dtype)} from each member's .npy header, nothing decompressed beyond
+    the headers. A header whose shape does not match the bytes its member holds (a damaged file,
+    or one declaring 10**9 rows it does not have) is one DataError, before np.load would allocate
+    the declared shape."""
+    where = where or str(path)
+    out = {}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                with zf.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                        np.lib.format.read_array_header_2_0
+                    shape, _, dtype = read(f)
+                    held = info.file_size - f.tell()
+                key = info.filename[:-4]
+                if dtype.hasobject:
+                    continue  # pickled: np.load refuses it (allow_pickle=False), with its own message
+                declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+                if declared != held:
+                    raise DataError(f"{where}: {key}: its header declares shape {shape} {dtype} ({declared:,} B) but "
+                                    f"the archive holds {held:,} B of it; expected a complete numeric array")
+                out[key] = (tuple(int(n) for n in shape), dtype)
+    except DataError:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
+        raise DataError(f"{where}: file cannot be read as .npz ({_reason(exc)})") from None
+    return out
+
+
+def header_rows(source, *, dtype="float32", output="softmax", validation=0.2, test=0.0, validation_source=None,
+                above: int = HEADER_ROWS_ABOVE) -> tuple | None:
+    """(features, training rows, validation rows, bytes of the training and validation arrays as
+    load_dataset lays them out) of a .npz source holding more than `above` bytes, from its
+    headers alone; None for any other source (the caller loads it, which checks its values too)."""
+    text = str(source).strip() if isinstance(source, (str, Path)) else ""
+    if not text.lower().endswith(".npz") or validation_source is not None or not Path(text).is_file():
+        return None
+    heads = npz_headers(text)
+    if "X" not in heads or "y" not in heads:
+        return None  # load_dataset says what is missing
+    declared = sum(int(np.prod(shape, dtype=object)) * dt.itemsize for shape, dt in heads.values())
+    (x_shape, _), (y_shape, _) = heads["X"], heads["y"]
+    if declared <= above or len(x_shape) < 2 or len(y_shape) not in (1, 2) or x_shape[0] != y_shape[0]:
+        return None
+    n, features = x_shape[0], int(np.prod(x_shape[1:]))
+    n_test = 0 if "X_test" in heads else _rows(_fraction("test", test), n)
+    n_val = heads["X_val"][0][0] if "X_val" in heads else _rows(_fraction("validation", validation), n)
+    n_train = n - n_test - (0 if "X_val" in heads else n_val)
+    if n_train < 1:
+        return None  # load_dataset says why
+    item = _dtype(dtype).itemsize
+    label = {"softmax": 8, "sigmoid": item}.get(_output(output), item * (y_shape[1] if len(y_shape) == 2 else 1))
+    return features, n_train, n_val, (n_train + n_val) * (features * item + label)
+
+
+def _check_npz_fits(where: str, headers: dict) -> None:
+    """Before decompressing anything: the arrays as declared must fit the memory this process can get
+    (a 1 MB file may hold 1 GB of zeros)."""
+    from memtrain.memory.budget import cpu_free  # noqa: PLC0415
+    from memtrain.units import format_bytes  # noqa: PLC0415
+
+    need = sum(int(np.prod(shape, dtype=object)) * dt.itemsize for shape, dt in headers.values())
+    free, source = cpu_free()
+    if need > free:
+        raise DataError(f"{where}: its arrays hold {format_bytes(need)} ({need:,} B) decompressed but "
+                        f"{format_bytes(free)} ({free:,} B) is available ({source}); expected a smaller data set")
+
+
 def _load_npz(path: Path) -> _Raw:
     _exists(path)
     where = str(path)
+    _check_npz_fits(where, npz_headers(path, where))
     arrays = {}
     with _open_npz(path, where, "arrays X and y") as z:
         present = set(z.files)
@@ -645,11 +759,20 @@ def _check_pair(where: str, suffix: str, X, y):
 
 
 def _nonfinite(a: np.ndarray):
-    """(count, first row) of NaN/Inf values in `a`, or None when all are finite."""
-    if a.dtype.kind != "f" or np.isfinite(a).all():
+    """(count, first row) of NaN/Inf values in `a`, or None when all are finite. In row blocks of
+    about 4 MiB of flags: a mask of the whole set was a quarter of a float32 set's size at once."""
+    if a.dtype.kind != "f" or len(a) == 0:
         return None
-    bad = ~np.isfinite(a)
-    return int(bad.sum()), int(np.flatnonzero(bad.reshape(len(a), -1).any(axis=1))[0])
+    rows = a.reshape(len(a), -1)
+    step = max(1, (4 << 20) // max(1, rows.shape[1]))
+    count, first = 0, None
+    for start in range(0, len(rows), step):
+        bad = ~np.isfinite(rows[start:start + step])
+        n = int(bad.sum())
+        if n:
+            count += n
+            first = start + int(np.flatnonzero(bad.any(axis=1))[0]) if first is None else first
+    return (count, first) if count else None
 
 
 def _check_finite(where: str, field: str, a: np.ndarray) -> None:

@@ -13,6 +13,7 @@ class ExitCode(enum.IntEnum):
     OK = 0
     FAILURE = 1  # the job ran and failed (e.g. a verification over tolerance)
     USAGE = 2  # bad input: the one-line error names the field
+    RETRY = 3  # the job failed where a new attempt may succeed (its last checkpoint is kept): a service retries it
 
 
 class MemtrainError(ValueError):
@@ -47,5 +48,21 @@ class ModelFileError(MemtrainError):
     """A saved model that is missing, corrupt, or written by an older memtrain."""
 
 
+class DiskFull(MemtrainError):
+    """No room left where memtrain must write (the service's store, its state dir): the service
+    answers 507 and keeps serving reads; nothing already written is lost."""
+
+    exit_code = ExitCode.FAILURE
+
+
 class JobFailed(RuntimeError):
     """The job ran and could not go on (e.g. too many non-finite steps in a row): exit status 1."""
+
+    exit_code = ExitCode.FAILURE
+
+
+class FinishFailed(JobFailed):
+    """Training is done but the final evaluation or model write failed (out of memory): the last
+    checkpoint holds the trained state, so another attempt resumes it and only finishes."""
+
+    exit_code = ExitCode.RETRY

@@ -36,7 +36,8 @@ FAMILIES = (
     ("gpu", "info"),
     ("batch_size", "gauge"), ("micro_batch_size", "gauge"), ("oom_recoveries", "counter"), ("steps", "counter"),
     ("samples", "counter"), ("epoch", "gauge"), ("step_duration_seconds", "histogram"), ("train_loss", "gauge"),
-    ("validation_loss", "gauge"), ("validation_accuracy", "gauge"), ("learning_rate", "gauge"),
+    ("validation_loss", "gauge"), ("validation_accuracy", "gauge"), ("validation_rmse", "gauge"),
+    ("validation_mae", "gauge"), ("validation_r2", "gauge"), ("learning_rate", "gauge"),
     ("gradient_norm", "gauge"), ("nonfinite_steps", "counter"), ("checkpoints", "counter"),
     ("last_checkpoint_timestamp_seconds", "gauge"), ("job_start_timestamp_seconds", "gauge"),
     ("job_state", "stateset"), ("job", "info"),
@@ -88,6 +89,12 @@ class JobCollector:
             _gauge("validation_loss", "Validation loss after the last completed epoch.", s.validation_loss),
             _gauge("validation_accuracy", "Validation accuracy (0..1) after the last completed epoch.",
                    s.validation_accuracy),
+            _gauge("validation_rmse", "Validation root mean squared error (regression: a linear output) after "
+                   "the last completed epoch.", s.validation_rmse),
+            _gauge("validation_mae", "Validation mean absolute error (regression) after the last completed epoch.",
+                   s.validation_mae),
+            _gauge("validation_r2", "Validation coefficient of determination R^2 (regression) after the last "
+                   "completed epoch.", s.validation_r2),
             _gauge("learning_rate", "Learning rate of the last applied update.", s.learning_rate),
             _gauge("gradient_norm", "L2 norm of the last step's gradient, before clipping.", s.gradient_norm),
             _counter("nonfinite_steps", "Steps skipped because the loss or the gradient was not finite.",

@@ -134,3 +134,29 @@ def test_a_dropout_run_in_micro_batches_ends_at_the_recorded_parameters(fused):
     assert t.steps == 6 and p.size == 664
     np.testing.assert_allclose([p.sum(), (p * p).sum()], [ref["sum"], ref["sumsq"]], rtol=1e-9)
     np.testing.assert_allclose([p[i] for i in ref["at"]], list(ref["at"].values()), rtol=1e-9, atol=1e-12)
+
+
+def test_a_jobs_oom_recovery_is_in_its_log(tmp_path, monkeypatch):
+    """The job log says when an OOM shrank the micro-batch (the service's job page lists it)."""
+    import io
+    import json
+
+    from memtrain.config import from_dict
+    from memtrain.train.job import Job
+
+    original = Job.build_trainer
+
+    def with_fault(self):
+        original(self)
+        self.trainer.fault_hook = InjectOOM(3, 0)
+
+    monkeypatch.setattr(Job, "build_trainer", with_fault)
+    cfg = from_dict({"name": "oom", "seed": 0, "device": "cpu", "model": {"layers": [64, 16, 10]},
+                     "training": {"batch_size": 32, "epochs": 1}, "data": {"dataset": "digits"},
+                     "output": {"dir": str(tmp_path / "out")}, "checkpoint": {"dir": str(tmp_path / "ck")}})
+    log = io.StringIO()
+    Job(cfg, log_format="json", progress=False, stream=log, install_signals=False).run()
+    events = [json.loads(line) for line in log.getvalue().splitlines()]
+    oom = [e for e in events if e["event"] == "oom_recovery"]
+    assert len(oom) == 1 and oom[0]["micro_batch_from"] == 32 and oom[0]["micro_batch_to"] == 16
+    assert oom[0]["text"].startswith("oom       out of memory (MemoryError) at step 3: micro-batch 32 -> 16")

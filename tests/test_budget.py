@@ -26,7 +26,7 @@ def capped(code: str, room: int = ROOM, cwd=None):
         import memtrain.cli, memtrain.config, memtrain.render, memtrain.data, sklearn.datasets
         import memtrain.profiler.autobatch, memtrain.profiler.estimate, memtrain.train.job  # before the cap
         from memtrain.memory.measure import proc_kib
-        vm = proc_kib("/proc/self/status", "VmSize") * 1024
+        vm = proc_kib("/proc/self/status", "VmSize")  # bytes
         resource.setrlimit(resource.RLIMIT_AS, (vm + {room}, resource.RLIM_INFINITY))
     """)
     return subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)], capture_output=True, text=True,
@@ -61,13 +61,16 @@ def test_cgroup_v1_room_and_no_limit(tmp_path):
 
 
 def test_free_memory_respects_rlimit_as():
+    """The limit is set ROOM bytes above the address space: the reported room is ROOM, less
+    what the few lines after setrlimit mapped (a unit slip, KiB for bytes, is off by ~1000x)."""
     out = capped("""
-        from memtrain.memory.budget import cpu_free
-        print(*cpu_free(), sep="|")
+        from memtrain.memory.budget import cpu_free, rlimit_as_room
+        print(rlimit_as_room(), *cpu_free(), sep="|")
     """)
     assert out.returncode == 0, out.stderr
-    free, source = out.stdout.strip().split("|")
-    assert int(free) <= ROOM and source == "RLIMIT_AS now"
+    room, free, source = out.stdout.strip().split("|")
+    assert ROOM - 8 * 1024**2 <= int(room) <= ROOM
+    assert int(free) == int(room) and source == "RLIMIT_AS now"
 
 
 def test_estimate_max_batch_fits_the_process_limit_not_the_host():
@@ -162,7 +165,7 @@ def test_rlimit_as_room_is_the_soft_limit_less_the_address_space(monkeypatch):
     assert bud.rlimit_as_room() is None
     seen = []
     monkeypatch.setattr(bud.resource, "getrlimit", lambda which: seen.append(which) or (10 * 1024**2, 5))
-    monkeypatch.setattr(bud.measure, "proc_kib", lambda path, key: seen.append((path, key)) or 4096)
+    monkeypatch.setattr(bud.measure, "proc_kib", lambda path, key: seen.append((path, key)) or 4 * 1024**2)  # bytes
     assert bud.rlimit_as_room() == 6 * 1024**2
     assert seen == [bud.resource.RLIMIT_AS, ("/proc/self/status", "VmSize")]
 
@@ -244,3 +247,19 @@ def test_cgroup_room_reads_this_process_cgroup_by_default(tmp_path):
         _limits(tmp_path / path, 10_000, 4_000)
         _limits(tmp_path / "memory" / path, 10_000, 4_000, v1=True)
     assert bud.cgroup_room(tmp_path) == 6_000
+
+
+def test_train_under_a_256_mib_address_space_fails_in_one_line_not_a_spin(tmp_path):
+    """SciPy's OpenBLAS spun at 100% CPU inside its import under RLIMIT_AS 256 MiB until killed."""
+    import resource
+    import time
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    t = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "memtrain.cli", "train", os.path.join(repo, "docs", "example-job.toml"),
+                        "--device", "cpu", "--output-dir", str(tmp_path / "out")], capture_output=True, text=True,
+                       env=ENV, timeout=60, cwd=tmp_path,
+                       preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (256 * 1024**2, resource.RLIM_INFINITY)))
+    assert r.returncode == 2 and time.monotonic() - t < 30
+    assert r.stderr.startswith("memtrain: error: RLIMIT_AS: this process may map 256.00 MiB of address space")
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()

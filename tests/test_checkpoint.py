@@ -51,9 +51,21 @@ def corrupt_npz(js):
     npz.write_bytes(npz.read_bytes()[:100])  # truncated, as a kill of an old writer or a bad disk leaves it
 
 
-def edit_sidecar(js, change):
-    record = json.loads(js.read_text())
-    js.write_text(json.dumps(change(record)))
+def edit_sidecar(js, change, rechecksum=True):
+    """`change` the sidecar; rechecksum: as a forger would (so the other checks are what stops it)."""
+    record = change(json.loads(js.read_text()))
+    if rechecksum and isinstance(record, dict):
+        record["checksum"] = ckpt.record_checksum(record)
+    js.write_text(json.dumps(record))
+
+
+def _set(**fields):
+    return lambda js: edit_sidecar(js, lambda r: {**r, "state": {**r["state"], **fields}}, rechecksum=False)
+
+
+def _torn(js):
+    text = js.read_text()
+    js.write_text(text[: len(text) // 2] + "\n}" * 3)  # a torn write, then whatever was on disk
 
 
 # -- 1. set aside what fails verification; rotation never counts it --------------------------------
@@ -125,6 +137,12 @@ INVALID = {
     "state not an object": lambda js: edit_sidecar(js, _state_not_object),
     "npz missing": lambda js: js.with_suffix(".npz").unlink(),
     "empty sidecar": lambda js: js.write_bytes(b""),
+    "position changed": _set(position=3),
+    "epoch changed": _set(epoch=1),
+    "best_loss changed": _set(best_loss=0.5),
+    "torn sidecar": _torn,
+    "checksum removed": lambda js: edit_sidecar(js, lambda r: {k: v for k, v in r.items() if k != "checksum"},
+                                                rechecksum=False),
 }
 
 
@@ -476,3 +494,11 @@ def test_a_checkpoint_folder_removed_while_training_is_created_again(tmp_path):
     d.rmdir()
     write(d, 20)
     assert steps_of(d) == [20]
+
+
+def test_a_checkpoint_of_the_format_before_the_sidecar_checksum_still_loads(tmp_path):
+    js = write(tmp_path, 10)[0]
+    edit_sidecar(js, lambda r: {**{k: v for k, v in r.items() if k != "checksum"},
+                                "format": "memtrain.checkpoint/1"}, rechecksum=False)
+    _, record = ckpt.load_latest(tmp_path, IDENTITY, warn=pytest.fail)
+    assert record["state"]["steps"] == 10

@@ -109,6 +109,7 @@ CASES = [
     (["job"], "JOB_ID"),
     (["job", "abc", *NO_SERVICE], "no memtrain service"),
     (["cancel", "abc", *NO_SERVICE], "no memtrain service"),
+    (["requeue", "abc", *NO_SERVICE], "no memtrain service"),
     (["logs", "abc", "--lines", "-1"], "--lines"),
     (["logs", "abc", *NO_SERVICE], "no memtrain service"),
     # estimate

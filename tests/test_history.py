@@ -68,15 +68,16 @@ def test_torn_last_line_is_ignored(tmp_path):
     assert [r["epoch"] for r in h.read()] == [1, 2]
 
 
-def test_corrupt_middle_line_is_an_error(tmp_path):
-    h = RunHistory(tmp_path)
+def test_garbled_lines_are_skipped_with_one_warning(tmp_path):
+    warnings = []
+    h = RunHistory(tmp_path, warn=warnings.append)
     h.start({"name": "t"})
     h.append(_rec(1))
     with open(tmp_path / "history.jsonl", "ab") as f:
-        f.write(b"garbage\n")
+        f.write(b"garbage\n\xff\xfe{\n[1, 2]\n{\"epoch\": true}\n")
     h.append(_rec(2))
-    with pytest.raises(HistoryError, match=r"history.jsonl: line 2 is not an epoch record"):
-        h.read()
+    assert [r["epoch"] for r in h.read()] == [1, 2]
+    assert len(warnings) == 1 and "history.jsonl: skipped 4 line(s)" in warnings[0] and "line 2, 3, 4, 5" in warnings[0]
 
 
 def test_resume_drops_epochs_after_the_checkpoint_and_the_torn_line(tmp_path):
@@ -165,7 +166,13 @@ def test_trainer_records_fit_the_layout():
     X, y = rng.standard_normal((40, 4)).astype(np.float32), rng.integers(0, 3, 40)
     tr = Trainer(MLP([4, 8, 3], seed=0), "sgd", batch_size=8, patience=3)
     records = tr.fit(X, y, epochs=2, validation=(X[:10], y[:10]))
-    assert set(records[0]) == set(hist.TRAINER_FIELDS)
+    regression = {"val_rmse", "val_mae", "val_r2"}  # a linear output's scores, in its records only
+    assert set(records[0]) == set(hist.TRAINER_FIELDS) - regression
+    assert hist.trainer_history(records) == records
+    t = rng.standard_normal((40, 2)).astype(np.float32)
+    reg = Trainer(MLP([4, 8, 2], output="linear", seed=0), "sgd", batch_size=8)
+    records = reg.fit(X, t, epochs=1, validation=(X[:10], t[:10]))
+    assert set(records[0]) == set(hist.TRAINER_FIELDS) and records[0]["val_accuracy"] is None
     assert hist.trainer_history(records) == records
 
 

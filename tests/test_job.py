@@ -179,6 +179,40 @@ def test_sigterm_checkpoints_and_exits_0_then_resumes(tmp_path):
     assert newest["state"]["steps"] == stopped["step"]
 
 
+def test_sigterms_until_it_has_stopped_give_one_clean_stop(tmp_path):
+    """SIGTERMs every millisecond until the job logs `stopped`: the stop checkpoint and the history
+    are written whole (the default handler, put back when the loop ended, used to kill it mid-write)."""
+    import threading
+
+    job = job_file(tmp_path, **{"epochs = 3": "epochs = 300"})
+    out = tmp_path / "o"
+    proc = subprocess.Popen([sys.executable, "-m", "memtrain.cli", "train", str(job), "--output-dir", str(out),
+                             "--log-format", "json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    events = []
+    for line in proc.stdout:
+        events.append(json.loads(line))
+        if events[-1]["event"] == "epoch":
+            break
+    reader = threading.Thread(target=lambda: events.extend(json.loads(line) for line in proc.stdout))
+    reader.start()
+    sent = 0
+    while proc.poll() is None and not any(e["event"] == "stopped" for e in events):
+        proc.send_signal(signal.SIGTERM)
+        sent += 1
+        time.sleep(0.001)
+    err = proc.communicate(timeout=60)[1]
+    reader.join(10)
+    # the job's stop is whole (it used to die mid-checkpoint); a SIGTERM still in flight once the job has
+    # ended and given back the handler is the process's own default end, after everything was written
+    assert any(e["event"] == "stopped" for e in events) and sent >= 2, (proc.returncode, sent, err[-2000:])
+    assert proc.returncode in (0, -signal.SIGTERM) and "Traceback" not in err, err[-2000:]
+    stopped = next(e for e in events if e["event"] == "stopped")
+    assert [e["reason"] for e in events if e["event"] == "checkpoint"][-1] == "SIGTERM"
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
+    newest = json.loads(ckpt.list_checkpoints(out / "checkpoints")[0].read_text())
+    assert newest["state"]["steps"] == stopped["step"]
+
+
 def test_max_runtime_stops_after_the_step_with_a_checkpoint(tmp_path):
     cfg = config(tmp_path, training={"epochs": 100000, "max_runtime": "0.5s"})
     t0 = time.perf_counter()
@@ -313,3 +347,42 @@ def test_stop_from_another_thread_checkpoints_and_the_job_resumes(tmp_path):
     assert job.state.state == "training" and ckpt.list_checkpoints(tmp_path / "out" / "checkpoints")
     again = Job(cfg, progress=False, stream=io.StringIO(), install_signals=False).run()
     assert again["steps"] == 3 * 27  # resumed where it stopped, then finished
+
+
+def test_a_garbled_history_is_skipped_with_a_warning_and_the_job_trains_on(tmp_path):
+    job = job_file(tmp_path, **{"epochs = 3": "epochs = 2"})
+    out = tmp_path / "o"
+    r = cli("train", job, "--output-dir", out, "--log-format", "json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = (out / "history.jsonl").read_bytes().split(b"\n")
+    lines[0] = b'{"epoch": 1, "train_lo\x00\xff garbled'
+    (out / "history.jsonl").write_bytes(b"\n".join(lines))
+    r = cli("train", job, "--output-dir", out, "--log-format", "json", "--epochs", "3")
+    assert r.returncode == 0, r.stderr[-2000:]
+    events = [json.loads(line) for line in r.stdout.splitlines()]
+    warned = [e["message"] for e in events if e["event"] == "warning"]
+    assert any("history.jsonl: skipped 1 line(s)" in w and "line 1" in w for w in warned), warned
+    assert [json.loads(line)["epoch"] for line in (out / "history.jsonl").read_text().splitlines()] == [2, 3]
+
+
+def test_a_tampered_sidecar_falls_back_with_a_warning_and_ends_as_an_uninterrupted_run(tmp_path):
+    """The sidecar's `position` changed (valid JSON, the .npz untouched) used to resume silently into
+    a different model; its own checksum sets it aside, and the previous checkpoint resumes exactly."""
+    job = job_file(tmp_path)
+    r = cli("train", job, "--output-dir", tmp_path / "whole", "--log-format", "json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = cli("train", job, "--output-dir", tmp_path / "b", "--log-format", "json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    for p in (tmp_path / "b").glob("model-*"):  # as if it had been killed before writing its models
+        p.unlink()
+    newest = ckpt.list_checkpoints(tmp_path / "b" / "checkpoints")[0]
+    record = json.loads(newest.read_text())
+    record["state"]["position"] += 1
+    newest.write_text(json.dumps(record, indent=1))
+    r = cli("train", job, "--output-dir", tmp_path / "b", "--log-format", "json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    warned = [json.loads(line)["message"] for line in r.stdout.splitlines() if '"event": "warning"' in line]
+    assert any(newest.stem in w and "SHA-256 mismatch of its .json" in w and "falling back" in w for w in warned)
+    assert (newest.parent / f"{newest.name}.corrupt").exists()
+    a, b = np.load(tmp_path / "whole" / "model-final.npz"), np.load(tmp_path / "b" / "model-final.npz")
+    assert np.array_equal(a["params"], b["params"])

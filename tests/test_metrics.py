@@ -305,7 +305,20 @@ def _everything(monkeypatch) -> CollectorRegistry:
     monkeypatch.setattr(measure, "gpu_list", lambda with_processes=True: FAKE_GPUS)
     monkeypatch.setattr(measure, "nvml_state", lambda: measure.NvmlState(True, driver_version="550.54.15"))
     monkeypatch.setattr(measure, "process_gpu_bytes", lambda index, pid=None, bus=None: 400_000)
-    return _registry(_state(device="cuda:1", gpu_index=1, measured={"cupy_pool_peak": 18_000}), measure_gpu=True)
+    return _registry(_state(device="cuda:1", gpu_index=1, measured={"cupy_pool_peak": 18_000}, validation_rmse=0.5,
+                            validation_mae=0.25, validation_r2=0.75), measure_gpu=True)
+
+
+def test_a_regression_job_exposes_rmse_mae_r2_and_a_classifier_accuracy():
+    reg = _registry(_state(validation_accuracy=float("nan"), validation_rmse=0.5, validation_mae=0.25,
+                           validation_r2=0.75))
+    assert reg.get_sample_value("memtrain_validation_rmse") == 0.5
+    assert reg.get_sample_value("memtrain_validation_mae") == 0.25
+    assert reg.get_sample_value("memtrain_validation_r2") == 0.75
+    assert reg.get_sample_value("memtrain_validation_accuracy") is None
+    cls = _registry(_state())
+    assert cls.get_sample_value("memtrain_validation_accuracy") == 0.875
+    assert cls.get_sample_value("memtrain_validation_rmse") is None
 
 
 def test_labels_cover_the_lists():
@@ -406,7 +419,8 @@ def test_describe_names_every_family_collect_yields():
 
     s = JobState(job="d", model="m", optimizer="adam", dtype="float32", device="cpu", state="training",
                  batch_size=8, micro_batch_size=4, train_loss=0.1, validation_loss=0.2, validation_accuracy=0.5,
-                 learning_rate=0.01, gradient_norm=1.0, last_checkpoint_time=1.0, memory_budget=1e6)
+                 learning_rate=0.01, gradient_norm=1.0, last_checkpoint_time=1.0, memory_budget=1e6,
+                 validation_rmse=0.3, validation_mae=0.2, validation_r2=0.9)  # both kinds: every family
     s.planned_bytes = {"parameters": 10}
     s.measured = {"tracemalloc_peak": 20}
     c = JobCollector(s, measure_gpu=False)

@@ -45,6 +45,8 @@ SETUP_DEADLINE_S = 60  # the whole module takes about 10 s on 2 cores
 #   "nvml": reads memtrain_gpu_* families, which are absent where NVML is unavailable (no NVIDIA
 #           driver): excused only when the job's scrape has no memtrain_gpu_info.
 #   "cuda": reads a GPU job's own measurement (source="nvml_process"), which a CPU job never has.
+#   "regression": reads a linear-output job's scores (RMSE, MAE, R^2), which this classifier never has
+#           (tests/test_metrics.py checks that a regression job exposes them).
 # Every other target must return data; the OOM and non-finite counters are 0 here, and 0 is data.
 EMPTY_ON_CPU = {
     ("memtrain-job", "GPU memory", "A"): "nvml",
@@ -61,8 +63,11 @@ EMPTY_ON_CPU = {
     ("memtrain-fleet", "Memory per job against its GPU", "C"): "cuda",
     ("memtrain-fleet", "Memory per job against its GPU", "D"): "nvml",
     ("memtrain-fleet", "GPU memory in use, per GPU", "A"): "nvml",
+    ("memtrain-job", "Validation RMSE, MAE, R² (regression)", "A"): "regression",
+    ("memtrain-job", "Validation RMSE, MAE, R² (regression)", "B"): "regression",
+    ("memtrain-job", "Validation RMSE, MAE, R² (regression)", "C"): "regression",
 }
-NEEDS = {"nvml": "memtrain_gpu_", "cuda": 'source="nvml_process"'}
+NEEDS = {"nvml": "memtrain_gpu_", "cuda": 'source="nvml_process"', "regression": "memtrain_validation_"}
 
 # Values, not just presence, for the panels a live job must move.
 TRAINING_STATES = {2.0, 3.0, 4.0}  # training, evaluating, checkpointing (positions in JOB_STATES, 1-based)
@@ -268,7 +273,7 @@ def test_every_panel_query_answers(stack):
         result = stack.query(_substitute(expr, stack.variables(key[0])))  # asserts status success
         reason = EMPTY_ON_CPU.get(key)
         if not result:
-            if reason == "cuda" or (reason == "nvml" and not has_nvml):
+            if reason in ("cuda", "regression") or (reason == "nvml" and not has_nvml):
                 continue
             empty.append(f"{key}: {expr}")
         elif key in EXPECT:

@@ -5,7 +5,7 @@ wait is bounded by max(became head, queued + head_wait) + the longest run."""
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from memtrain.service.admission import Slot, Waiting, admit, blocking, place
+from memtrain.service.admission import Slot, Waiting, admit, blocking, place, reasons
 
 BUDGETS = [1000, 600]
 
@@ -136,3 +136,16 @@ def test_blocking_says_why_a_job_waits():
     assert blocking(Waiting("w", "cpu", 5, 0), over) == "needs 5 B, 0 B free on a"
     assert blocking(Waiting("w", "cuda", 5, 0), over) == "no cuda device"
     assert place(Waiting("w", "cpu", 40, 0), [Slot("a", "cpu", 100, committed=60, max_jobs=2)]).name == "a"
+
+
+def test_a_waiting_job_hears_every_reason_it_waits():
+    """mid-2 of issue 24 waited for a slot and for memory, and heard only of the slot."""
+    full = Slot("cpu", "cpu", 100, committed=90, running=2, max_jobs=2)
+    assert reasons(Waiting("w", "cpu", 50, 0), [full]) == [
+        "all cpu job slots are taken (2 per device)", "needs 50 B, 10 B free on cpu"]
+    assert blocking(Waiting("w", "cpu", 50, 0), [full]) == (
+        "all cpu job slots are taken (2 per device); needs 50 B, 10 B free on cpu")
+    assert reasons(Waiting("w", "cpu", 5, 0), [full]) == ["all cpu job slots are taken (2 per device)"]
+    room = Slot("cpu", "cpu", 100, committed=10, running=1, max_jobs=2)
+    assert reasons(Waiting("w", "cpu", 50, 0), [room])[0].startswith("it fits: it starts at the scheduler's next")
+    assert reasons(Waiting("w", "cuda", 5, 0), [room]) == ["no cuda device"]

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -53,7 +54,11 @@ def test_submit_list_show_log_through_the_cli(server, tmp_path):
     assert r.exit_code == 0, r.output
     job_id = r.output.strip()
     followed = cli(server, "logs", job_id, "--follow", "--lines", "0")  # streams from now until the job ends
-    assert followed.exit_code == 0 and '"event": "summary"' in followed.output
+    assert followed.exit_code == 0, followed.output
+    # the lines `memtrain train` prints: no JSON, no checkpoint line after every epoch
+    assert "epoch 2/2  loss " in followed.output and "val_acc " in followed.output
+    assert "finished  2 epochs" in followed.output and "test      loss " in followed.output
+    assert "{" not in followed.output and "checkpoint" not in followed.output
     done = server.wait(job_id)
     assert done["state"] == "succeeded", done["reason"]
     assert done["batch_size"] == 64 and done["result"]["epochs"] == 2  # the --set values reached the job
@@ -62,10 +67,19 @@ def test_submit_list_show_log_through_the_cli(server, tmp_path):
     assert r.exit_code == 0 and job_id in r.output and "cli-job" in r.output
     r = cli(server, "job", job_id, "--format", "json")
     assert json.loads(r.output)["id"] == job_id
-    r = cli(server, "logs", job_id, "--lines", "1")
+    r = cli(server, "logs", job_id, "--lines", "1", "--format", "json")
     assert json.loads(r.output)["event"] == "summary"
-    r = cli(server, "logs", job_id, "--follow")  # a finished job: the tail, then the stream ends
+    r = cli(server, "logs", job_id, "--lines", "1")
+    assert r.output.startswith("finished  2 epochs") and "model     " in r.output
+    r = cli(server, "logs", job_id, "--follow", "--format", "json")  # a finished job: the tail, then the stream ends
     assert r.output.endswith("}\n") and '"event": "summary"' in r.output
+    r = cli(server, "jobs", "--state", "succeeded")
+    assert re.search(rf"{job_id} .* epoch 2 val_acc 0\.\d{{4}}", r.output), r.output  # the metric named
+    # `memtrain runs STATE_DIR`: the job's run under its name and id, and no false notes
+    r = CliRunner().invoke(main, ["runs", str(server.settings.state_dir)], catch_exceptions=False)
+    assert r.exit_code == 0 and f"cli-job ({job_id})" in r.output and "note:" not in r.output, r.output
+    r = cli(server, "job", job_id)
+    assert re.search(r"result +test loss \d\.\d{4}, accuracy 0\.\d{4}; \d+ steps in [\d.]+ s", r.output), r.output
 
 
 def test_submit_toml_body_and_format_json(server, tmp_path):
@@ -112,6 +126,9 @@ def test_killed_job_is_retried_from_its_checkpoint_and_bad_runtime_config_is_not
     assert done["state"] == "succeeded" and done["attempts"] == 2
     log = (Path(server.settings.state_dir) / "jobs" / job_id / "job.log").read_text()
     assert '"event": "resume"' in log  # the second attempt resumed, not restarted
+    status, page = server.request("GET", f"/jobs/{job_id}/page")  # its page lists both starts and the resume
+    assert status == 200 and page.count("<td>plan</td>") == 2 and "<td>resume</td>" in page
+    assert "<dt>attempts</dt><dd>2 of 2</dd>" in page
     # bad only once its batch is known: the auto batch (at most 8) is smaller than the micro-batch
     bad = server.request("POST", "/jobs", digits_job("bad", epochs=1, batch="auto",
                                                      training={"max_batch_size": 8, "micro_batch_size": 16}))
@@ -263,7 +280,7 @@ def test_client_says_when_no_service_is_running():
 
 
 def test_help_of_every_service_command():
-    for cmd in ("serve", "submit", "jobs", "job", "cancel", "logs"):
+    for cmd in ("serve", "submit", "jobs", "job", "cancel", "requeue", "logs"):
         r = CliRunner().invoke(main, [cmd, "--help"])
         assert r.exit_code == 0 and "Usage:" in r.output, cmd
 
@@ -288,3 +305,15 @@ def test_service_metrics_are_the_documented_ones(server):
     text = server.request("GET", "/metrics", raw=True)[1]
     exposed = {re.sub(r"_(bucket|sum|count|created)$", "", m) for m in re.findall(r"^(memtrain_service_\w+)", text, re.M)}
     assert exposed == documented
+
+
+def test_the_jobs_table_cuts_a_long_reason_after_a_whole_reason():
+    from memtrain.service.client import jobs_table
+
+    job = {"id": "0417f201", "name": "big2", "state": "queued", "device": None, "planned_bytes": 1 << 20,
+           "batch_size": 256, "batch_request": 256, "progress": {}, "submitted_at": None,
+           "reason": "waiting: all cpu job slots are taken (1 per device); needs 382.96 MiB, 121.42 MiB free on cpu"}
+    row = jobs_table([job]).splitlines()[1]
+    assert row.endswith("waiting: all cpu job slots are taken (1 per device)...")
+    job["reason"] = "waiting: needs 382.96 MiB, 121.42 MiB free on cpu"
+    assert jobs_table([job]).splitlines()[1].endswith(job["reason"])

@@ -111,3 +111,13 @@ def test_a_queued_job_that_no_longer_fits_after_a_restart_fails_instead_of_block
         assert job["state"] == "failed" and job["reason"].startswith("never fits this service's devices: needs")
     finally:
         second.stop()
+
+
+def test_a_relative_state_dir_is_made_absolute_before_workers_use_it(tmp_path, monkeypatch):
+    """The overhead probe's worker runs in its own directory: `--state-dir state` once crashed it."""
+    from memtrain.service.server import settings_from
+
+    monkeypatch.chdir(tmp_path)
+    s = settings_from(state_dir="state", host="127.0.0.1", port=0, devices="cpu", budgets={}, token_file=None,
+                      data_roots=(), max_jobs_per_device=1, head_wait=60, max_attempts=1, overhead=None)
+    assert s.state_dir == tmp_path / "state" and s.state_dir.is_absolute()

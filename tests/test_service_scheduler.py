@@ -17,6 +17,7 @@ from service_helpers import Scripted
 from memtrain.launch.executor import Exit
 from memtrain.launch.worker import EXIT
 from memtrain.service.core import Service, Settings
+from memtrain.service.scheduler import JobConflict
 
 GIB = 1024**3
 
@@ -199,7 +200,7 @@ def test_a_bad_config_fails_without_a_retry(service):
 
 def test_an_error_exit_fails_with_its_last_log_line(service):
     assert ended(service, Exit(1, None, "ValueError: boom"))["reason"] == "ValueError: boom"
-    assert ended(service, Exit(3))["reason"] == "exit status 3"
+    assert ended(service, Exit(4))["reason"] == "exit status 4"  # (3 is ExitCode.RETRY: retried)
 
 
 def test_a_killed_job_is_retried_from_its_checkpoint_until_its_attempts_are_spent(service):
@@ -244,7 +245,9 @@ def test_cancel_a_queued_job_at_once_and_a_running_one_through_its_process(servi
     assert service.cancel(running)["state"] == "running" and service.ex.cancelled == [running]
     assert service.store.get(running)["cancel_requested"]
     assert service.cancel("nope") is None
-    assert service.cancel(queued)["state"] == "cancelled"  # a second cancel changes nothing
+    with pytest.raises(JobConflict, match=f"job {queued}: already cancelled; nothing to cancel"):
+        service.cancel(queued)  # a second cancel changes nothing
+    assert service.store.get(queued)["state"] == "cancelled"
 
 
 # -- restart -------------------------------------------------------------------------------------
@@ -452,7 +455,9 @@ def test_cancel_records_exactly_what_it_did(service):
     assert service.ex.cancelled_handles == [service.ex.handles[running]]
     done = submit(service)
     service.store.update(done, state="succeeded")
-    assert service.cancel(done)["state"] == "succeeded"  # nothing to cancel
+    with pytest.raises(JobConflict, match="already succeeded; nothing to cancel"):
+        service.cancel(done)
+    assert service.store.get(done)["state"] == "succeeded"
     handed = submit(service)
     service.store.update(handed, state="queued", reserved_bytes=7)  # handed to an executor that admits
     out = service.cancel(handed)

@@ -3,23 +3,29 @@
 It runs one job from its JSON config (the same Job `memtrain train` runs), logging
 JSON lines to stdout (the executor points stdout/stderr at the job's log file).
 Exit status: 0 finished or stopped on SIGTERM/SIGINT after a checkpoint, 1 the job
-failed, 2 a bad config (never retried).
+failed, 2 a bad config (never retried), 3 it failed where another attempt may succeed
+(out of memory in the final evaluation: its last checkpoint is kept, a service retries it).
 
 Besides the log, it keeps two small files in the launch's run dir, each replaced
 atomically (write to a temporary file, then rename), so a reader never sees half:
 - progress.json: the latest epoch record (epoch, step, losses), the plan's total and
   the resident memory of the worker and its children (the metrics exporter), current
   and peak; rewritten on each JSON log event and every second.
+- memory.jsonl: {"t", "rss"} appended every second for the first two minutes, then every
+  five seconds: the resident memory over time the service's job page draws against the plan.
 - exit.json: {"code", "reason", "result"}: how it ended. An executor that cannot wait
   on the process (it was started by an earlier service process) reads it; a process
-  gone without one was killed.
+  gone without one was killed. It is reserved as blanks (not JSON) when the worker starts,
+  so the record can still be written on a disk that has filled since.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -28,15 +34,44 @@ from pathlib import Path
 from memtrain.errors import ExitCode, JobFailed, MemtrainError
 
 PROGRESS = "progress.json"
+MEMORY = "memory.jsonl"
 EXIT = "exit.json"
-_KEEP = ("epoch", "step", "train_loss", "val_loss", "val_accuracy", "lr", "batch_size", "total", "resident",
-         "stopped", "signal")
+_KEEP = ("epoch", "step", "train_loss", "val_loss", "val_accuracy", "val_rmse", "val_mae", "val_r2", "lr",
+         "batch_size", "total", "resident", "stopped", "signal")
 
 
 def write_json(path: Path, obj) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps(obj, default=str))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(obj, default=str))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+EXIT_ROOM = 16 * 1024  # bytes of exit.json reserved at start: the record fits even on a disk filled since
+
+
+def reserve_exit(path: Path) -> None:
+    """Blanks (not JSON: no exit record yet) in the blocks exit.json will need."""
+    with contextlib.suppress(OSError):
+        path.write_bytes(b" " * EXIT_ROOM)
+
+
+def write_exit(path: Path, record: dict) -> None:
+    """exit.json, atomically when the disk has room; else written over its reserved blocks (the
+    process is ending: no one reads it before it has). Never raises: without it the exit status
+    still says how the job ended."""
+    try:
+        write_json(path, record)
+        return
+    except OSError:
+        pass
+    data = json.dumps(record, default=str).encode()[:EXIT_ROOM]
+    with contextlib.suppress(OSError), open(path, "r+b") as f:
+        f.write(data)
+        f.truncate(len(data))
 
 
 def read_json(path) -> dict | None:
@@ -93,7 +128,8 @@ class Progress:
 
     # the job's log stream: pass every line through, and read the JSON events
     def write(self, text: str) -> int:
-        self.out.write(text)
+        with contextlib.suppress(OSError):  # a full disk under the log: the job's own writes say so
+            self.out.write(text)
         self._buf += text
         while "\n" in self._buf:
             line, self._buf = self._buf.split("\n", 1)
@@ -101,7 +137,8 @@ class Progress:
         return len(text)
 
     def flush(self) -> None:
-        self.out.flush()
+        with contextlib.suppress(OSError):
+            self.out.flush()
 
     def _event(self, line: str) -> None:
         try:
@@ -126,11 +163,26 @@ class Progress:
                 self.peaks[pid] = max(self.peaks.get(pid, 0), rss, hwm)
             self.state.update(time=time.time(), rss_bytes=sum(r for r, _ in group.values()),
                               peak_rss_bytes=sum(self.peaks.values()))
-            write_json(self.path, self.state)  # under the lock: the timer thread writes too
+            with contextlib.suppress(OSError):  # best effort: the next second tries again
+                write_json(self.path, self.state)  # under the lock: the timer thread writes too
 
     def _every_second(self) -> None:
+        started, last = time.time(), 0.0
         while not self._stop.wait(1.0):
             self.save()
+            now = time.time()
+            if now - last >= (1.0 if now - started < 120 else 5.0):  # a sample a second, then one per 5 s
+                last = now
+                self._sample(now)
+
+    def _sample(self, now: float) -> None:
+        with self.lock:
+            line = json.dumps({"t": round(now, 2), "rss": self.state.get("rss_bytes")}) + "\n"
+        try:
+            with open(self.path.with_name(MEMORY), "a") as f:
+                f.write(line)
+        except OSError:  # a full disk: the samples are a view, the job goes on
+            pass
 
     def close(self) -> None:
         self._stop.set()
@@ -167,22 +219,48 @@ def main(argv=None) -> int:
         print(f"error: {argv[0]}: {exc}", file=sys.stderr, flush=True)
         return ExitCode.USAGE
     _threads(launch)
+    stopper = Stopper()
     run_dir = Path(launch.get("run_dir") or Path(argv[0]).parent)
     lock = _lock(run_dir)  # noqa: F841 - held until the process exits
+    reserve_exit(run_dir / EXIT)
     progress = Progress(run_dir, sys.stdout)
     try:
-        code, reason, result = _run(launch, progress, argv[0])
+        code, reason, result = _run(launch, progress, argv[0], stopper)
     except Exception as exc:  # a bug: its traceback goes to the log, and the caller still learns it ended
         progress.close()
-        write_json(run_dir / EXIT, {"code": int(ExitCode.FAILURE), "reason": f"{type(exc).__name__}: {exc}",
+        write_exit(run_dir / EXIT, {"code": int(ExitCode.FAILURE), "reason": f"{type(exc).__name__}: {exc}",
                                     "result": None})
         raise
     progress.close()
-    write_json(run_dir / EXIT, {"code": int(code), "reason": reason, "result": result})
+    write_exit(run_dir / EXIT, {"code": int(code), "reason": reason, "result": result})
     return code
 
 
-def _run(launch: dict, progress: Progress, where: str) -> tuple:
+class Stopper:
+    """SIGTERM/SIGINT for the worker's whole life, not only the Job's training loop: before the
+    Job exists (or while it loads data) the signal is remembered and handed to it; after it has
+    ended, ignored, so exit.json is still written. The default action, death, would leave a job
+    stopped without its exit record or, mid-write, with half a checkpoint (any number of cancels
+    must give one clean stop)."""
+
+    def __init__(self):
+        self.signal, self.job = None, None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, sig, frame) -> None:
+        self.signal = self.signal or signal.Signals(sig).name
+        if self.job is not None:
+            self.job.stop(self.signal)
+
+    def attach(self, job):
+        self.job = job
+        if self.signal is not None:
+            job.stop(self.signal)
+        return job
+
+
+def _run(launch: dict, progress: Progress, where: str, stopper: Stopper | None = None) -> tuple:
     """(exit code, reason or None, the job's summary without its history or None)."""
     from memtrain.config import JobConfig  # noqa: PLC0415 - a usage error answers before the trainer loads
     from memtrain.profiler.autobatch import auto_batch  # noqa: PLC0415 - a usage error answers before the trainer loads
@@ -190,16 +268,24 @@ def _run(launch: dict, progress: Progress, where: str) -> tuple:
 
     try:
         cfg = JobConfig.from_dict(launch["config"], source=launch.get("job_id", where))
-        result = Job(cfg, log_format="json", progress=False, stream=progress, batch_solver=auto_batch).run()
-    except JobFailed as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        return ExitCode.FAILURE, f"error: {exc}", None
+        run_info = {"name": cfg.name, "job_id": launch.get("job_id")}  # run.json names the job, not "output"
+        job = Job(cfg, log_format="json", progress=False, stream=progress, batch_solver=auto_batch,
+                  run_info=run_info)
+        result = (stopper.attach(job) if stopper is not None else job).run()
+    except JobFailed as exc:  # FinishFailed: exit 3, retried from its checkpoint
+        _say(f"error: {exc}")
+        return exc.exit_code, f"error: {exc}", None
     except (MemtrainError, OSError, KeyError) as exc:
         # a MemtrainError may say it is a failure (exit 1, e.g. a full disk); other bad input is never retried
-        print(f"error: {exc}", file=sys.stderr, flush=True)
+        _say(f"error: {exc}")
         return getattr(exc, "exit_code", ExitCode.USAGE), f"error: {exc}", None
     result = {k: v for k, v in result.items() if k != "history"}
     return ExitCode.OK, None, result
+
+
+def _say(line: str) -> None:
+    with contextlib.suppress(OSError):  # the log on a full disk: the line goes to exit.json anyway
+        print(line, file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -86,7 +86,24 @@ def rlimit_as_room() -> int | None:
     soft, _ = resource.getrlimit(resource.RLIMIT_AS)
     if soft == resource.RLIM_INFINITY:
         return None
-    return soft - measure.proc_kib("/proc/self/status", "VmSize") * 1024
+    return soft - measure.proc_kib("/proc/self/status", "VmSize")  # proc_kib is in bytes already
+
+
+# Address space the libraries a job loads map (NumPy's and SciPy's OpenBLAS with their thread
+# buffers, scikit-learn, numba/llvmlite): VmPeak of the demo job was 584 MiB on the 2-core dev VM
+# (docs/example-job.toml, --device cpu). Under a lower RLIMIT_AS, SciPy's OpenBLAS spun at 100% CPU
+# inside `import scipy.special` (256 MiB) and llvmlite failed to load (384, 512 MiB).
+LIBRARY_ADDRESS_SPACE = 640 * 1024**2
+
+
+def check_address_space_limit() -> None:
+    """One line instead of a spinning import or a traceback: a job needs its libraries mapped."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft != resource.RLIM_INFINITY and soft < LIBRARY_ADDRESS_SPACE:
+        raise DeviceError(f"RLIMIT_AS: this process may map {format_bytes(soft)} of address space (ulimit -v, "
+                          f"prlimit --as); a job's libraries (OpenBLAS with its thread buffers, SciPy, scikit-learn, "
+                          f"numba) map about {format_bytes(LIBRARY_ADDRESS_SPACE)} before any training memory: "
+                          "raise the limit")
 
 
 def cgroup_room(root: Path = CGROUP_ROOT, proc_cgroup: str = "/proc/self/cgroup") -> int | None:

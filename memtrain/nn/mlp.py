@@ -10,6 +10,7 @@ from memtrain.memory.arena import allocate
 from memtrain.memory.plan import inference_plan, params_buffer
 from memtrain.nn import step
 from memtrain.nn.init import fill_weights
+from memtrain.nn.scores import REGRESSION, RegressionSums
 from memtrain.nn.spec import ModelSpec
 
 
@@ -78,7 +79,7 @@ class MLP:
         return result
 
     def evaluate(self, X, y, batch_size: int = 1024) -> dict:
-        """Mean data loss (no penalty) and accuracy (None for regression)."""
+        """Mean data loss (no penalty) and scores: accuracy, or RMSE, MAE and R^2 for regression."""
         X, y = self._inputs(X), self.prepare_labels(y)
         bufs = self._inference(min(batch_size, max(X.shape[0], 1)))
         return evaluate_in(self.spec, self.layers, bufs, X, y)
@@ -130,9 +131,11 @@ def _copy_in(dst, src) -> None:
 
 
 def evaluate_in(spec, layers, bufs, X, y) -> dict:
-    """Loss and accuracy over (X, y) using `bufs` (training buffers in eval mode, or an inference plan's)."""
+    """Loss and scores over (X, y) using `bufs` (training buffers in eval mode, or an inference plan's):
+    {"loss", "accuracy", "rmse", "mae", "r2"}, each score None where it has no meaning (scores.py)."""
     n = X.shape[0]
     total, correct = 0.0, 0
+    sums = RegressionSums() if spec.output.name == "linear" else None
     with small_ufunc_buffers():
         for s in range(0, n, bufs.B):
             v = bufs.at(min(bufs.B, n - s))
@@ -142,4 +145,8 @@ def evaluate_in(spec, layers, bufs, X, y) -> dict:
             total += step.loss_sum(spec, v)
             c = spec.output.correct(v.out, v.y, v.rows, v.index)
             correct = None if c is None else correct + c
-    return {"loss": total / max(n, 1), "accuracy": None if correct is None else correct / max(n, 1)}
+            if sums is not None:
+                sums.add(v.out, v.y)  # after correct(): it uses v.out as scratch
+    out = {"loss": total / max(n, 1), "accuracy": None if correct is None else correct / max(n, 1)}
+    out.update(sums.scores(total, spec.sizes[-1]) if sums is not None else dict.fromkeys(REGRESSION))
+    return out

@@ -12,8 +12,9 @@ max_batch_size (the analytic solve; the Job then confirms it with a real probe).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
-from memtrain.errors import ConfigError
+from memtrain.errors import ConfigError, DataError
 from memtrain.memory.budget import with_margin
 from memtrain.memory.plan import MemoryPlan
 from memtrain.profiler.autobatch import solve
@@ -50,7 +51,19 @@ class JobPlan:
 
 
 def data_rows(cfg) -> DataRows:
-    """Loads the job's data set (as the job splits it) and keeps only its shape."""
+    """The shape of the job's data set as the job splits it: a large .npz from its array headers
+    (nothing decompressed: the service's process never holds a job's data), anything else loaded."""
+    from memtrain.data import header_rows  # noqa: PLC0415 - the data loaders only when a job's data is counted
+
+    d, spec = cfg.data, cfg.model_spec()
+    got = header_rows(d.dataset, dtype=spec.dtype.name, output=spec.output.name, validation=d.validation,
+                      test=d.test, validation_source=d.validation_dataset)
+    if got is not None:
+        features, n_train, n_val, nbytes = got
+        if features != spec.sizes[0]:
+            raise DataError(f"model.layers: the first size must equal the data's {features} features "
+                            f"({Path(d.dataset).name}), got {spec.sizes[0]}")
+        return DataRows(features, n_train, n_val, nbytes)
     ds = load_job_data(cfg)
     return DataRows(ds.n_features, len(ds.X_train), 0 if ds.X_val is None else len(ds.X_val), data_bytes(ds))
 

@@ -19,9 +19,11 @@ from pathlib import Path
 
 from memtrain.errors import ConfigError
 from memtrain.jsonable import plain
+from memtrain.nn.scores import ALL as SCORES
+from memtrain.nn.scores import REGRESSION
 from memtrain.optim import make_optimizer
 from memtrain.profiler.autobatch import auto_batch
-from memtrain.render import _table
+from memtrain.render import _table, score_cell
 from memtrain.train.job import Job, load_job_data
 from memtrain.units import format_bytes
 
@@ -92,25 +94,32 @@ def summarize(name: str, s: dict, n_train, target_accuracy) -> dict:
     hist = s.get("history") or []
     losses = [(h["val_loss"], h["epoch"]) for h in hist if _finite(h.get("val_loss"))]
     best_loss, best_epoch = min(losses) if losses else (None, None)
-    best_acc = next((h.get("val_accuracy") for h in hist if h["epoch"] == best_epoch), None)
+    at_best = next((h for h in hist if h["epoch"] == best_epoch), {})
     reached = "-"
     if target_accuracy is not None:
         reached = next((h["epoch"] for h in hist if (h.get("val_accuracy") or 0) >= target_accuracy), "-")
     train_s = sum(h.get("seconds", 0.0) for h in hist)
     samples = (n_train or 0) * len(hist)
     return {
-        "optimizer": name, "best_val_loss": best_loss, "best_loss_epoch": best_epoch, "best_val_accuracy": best_acc,
-        "final_val_loss": s.get("val_loss"), "final_val_accuracy": s.get("val_accuracy"),
-        "test_loss": s.get("test_loss"), "test_accuracy": s.get("test_accuracy"),
+        "optimizer": name, "best_val_loss": best_loss, "best_loss_epoch": best_epoch,
+        **{f"best_val_{k}": at_best.get(f"val_{k}") for k in SCORES},
+        "final_val_loss": s.get("val_loss"), **{f"final_val_{k}": s.get(f"val_{k}") for k in SCORES},
+        "test_loss": s.get("test_loss"), **{f"test_{k}": s.get(f"test_{k}") for k in SCORES},
         "epochs": s.get("epochs"), "epochs_to_target": reached,
         "seconds": s.get("seconds"), "train_seconds": train_s,
         "samples_per_second": samples / train_s if samples and train_s > 0 else None,
         "batch_size": s.get("batch_size"), "planned_bytes": s.get("planned_bytes"),
         "planned_by_category": dict(s.get("planned_by_category") or {}),
         "measured_peak_bytes": s.get("measured_peak_bytes"),
-        "history": [{k: h.get(k) for k in ("epoch", "train_loss", "val_loss", "val_accuracy", "lr", "seconds")}
-                    for h in hist],
+        "history": [history_row(h) for h in hist],
     }
+
+
+def history_row(h: dict) -> dict:
+    """An epoch of a report's history: the loss curve, and the regression scores where there are some."""
+    row = {k: h.get(k) for k in ("epoch", "train_loss", "val_loss", "val_accuracy", "lr", "seconds")}
+    row.update({f"val_{k}": h[f"val_{k}"] for k in REGRESSION if h.get(f"val_{k}") is not None})
+    return row
 
 
 def rank(rows: list) -> list:
@@ -131,22 +140,30 @@ def table_text(report: dict) -> str:
     --format json / csv."""
     rows = report["rows"]
     target = report.get("target_accuracy")
-    headers = (["#", "optimizer", "best loss (ep)", "val acc best/final", "test acc"]
+    headers = (["#", "optimizer", "best loss (ep)", "val best/final", "test"]
                + ([f"ep to {target:g}"] if target is not None else [])
                + ["wall s", "samples/s", "plan", "peak"])
     body = []
     for r in rows:
         body.append([r["rank"], r["optimizer"],
                      f"{_f(r['best_val_loss'])} ({r['best_loss_epoch'] if r['best_loss_epoch'] else '-'})",
-                     f"{_f(r['best_val_accuracy'])}/{_f(r['final_val_accuracy'])}",
-                     _f(r["test_accuracy"])]
+                     _best_final(r), score_cell(r, "test_")]
                     + ([r["epochs_to_target"]] if target is not None else [])
                     + [f"{r['seconds']:.1f}", "-" if r["samples_per_second"] is None else f"{r['samples_per_second']:,.0f}"]
                     + [_b(r["planned_bytes"]), _b(r["measured_peak_bytes"])])
-    note = ("ranked by the best validation loss (best loss); test accuracy is reported, never used to choose\n"
+    note = ("ranked by the best validation loss (best loss); the test score is reported, never used to choose\n"
             "memory: the plan and the measured peak of what it covers (CPU: tracemalloc);\n"
             "the final validation loss, the plan by category and the history: --format json or csv")
     return _table(headers, body, ["<", "<"] + [">"] * (len(headers) - 2)) + "\n" + note
+
+
+def _best_final(r: dict) -> str:
+    """"acc 0.9722/0.9694" (classifier) or "RMSE 0.4232/0.4301" (regression): best and final epoch."""
+    kind = next((k for k in ("accuracy", "rmse") if r.get(f"best_val_{k}") is not None
+                 or r.get(f"final_val_{k}") is not None), None)
+    if kind is None:
+        return "-"
+    return f"{'acc' if kind == 'accuracy' else 'RMSE'} {_f(r.get(f'best_val_{kind}'))}/{_f(r.get(f'final_val_{kind}'))}"
 
 
 def table_json(report: dict) -> str:
@@ -157,9 +174,9 @@ def table_csv(report: dict) -> str:
     out = io.StringIO()
     w = csv.writer(out, lineterminator="\n")
     cats = [k for k, _ in _CATS]
-    keys = ["rank", "optimizer", "best_val_loss", "best_loss_epoch", "best_val_accuracy", "final_val_loss",
-            "final_val_accuracy", "test_loss", "test_accuracy", "epochs", "epochs_to_target", "seconds",
-            "train_seconds", "samples_per_second", "batch_size"]
+    keys = ["rank", "optimizer", "best_val_loss", "best_loss_epoch", *(f"best_val_{k}" for k in SCORES),
+            "final_val_loss", *(f"final_val_{k}" for k in SCORES), "test_loss", *(f"test_{k}" for k in SCORES),
+            "epochs", "epochs_to_target", "seconds", "train_seconds", "samples_per_second", "batch_size"]
     w.writerow(keys + [f"planned_{k}" for k in cats] + ["planned_bytes", "measured_peak_bytes"])
     for r in report["rows"]:
         w.writerow([r[k] for k in keys] + [r["planned_by_category"].get(k, 0) for k in cats]

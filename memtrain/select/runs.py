@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from memtrain.errors import MemtrainError
+from memtrain.nn.scores import ALL as SCORES
 from memtrain.train.history import RUN, HistoryError, RunHistory, best
 from memtrain.units import format_bytes
 
@@ -33,13 +34,21 @@ class RunRow:
 
     run: str  # the run directory, relative to DIR
     name: str | None = None
+    job_id: str | None = None  # a service job's id (memtrain runs STATE_DIR)
     state: str | None = None  # running | finished | stopped | failed | interrupted
     epochs: int | None = None
     epochs_planned: int | None = None
     best_epoch: int | None = None
     best_val_loss: float | None = None
     best_val_accuracy: float | None = None
+    best_val_rmse: float | None = None  # regression (a linear output): the scores at best_epoch
+    best_val_mae: float | None = None
+    best_val_r2: float | None = None
+    test_loss: float | None = None
     test_accuracy: float | None = None
+    test_rmse: float | None = None
+    test_mae: float | None = None
+    test_r2: float | None = None
     planned_bytes: int | None = None
     measured_peak_bytes: int | None = None
     device: str | None = None
@@ -68,7 +77,7 @@ def list_runs(directory) -> dict:
     rows, notes = [], []
     for d in _run_dirs(root, notes):
         try:
-            rows.append(_row(d, root))
+            rows.append(_row(d, root, notes))
         except HistoryError as exc:
             notes.append(f"skipped {d}: {exc}")
     rows.sort(key=lambda r: (r.started or r.ended or "", r.run))
@@ -82,7 +91,7 @@ def _run_dirs(root: Path, notes: list) -> list[Path]:
         subdirs[:] = sorted(s for s in subdirs if not s.startswith(".") and s != "checkpoints" and depth < _MAX_DEPTH)
         if RUN in files or _LEGACY in files:
             found.append(Path(here))
-        elif "checkpoints" in os.listdir(here) and "history.jsonl" not in files:
+        elif "checkpoints" in os.listdir(here) and "history.jsonl" not in files and not _holds_run(here, subdirs):
             notes.append(f"skipped {here}: checkpoints but no run.json or {_LEGACY} "
                          "(an unfinished run from an older memtrain)")
         elif "history.jsonl" in files:
@@ -90,20 +99,43 @@ def _run_dirs(root: Path, notes: list) -> list[Path]:
     return found
 
 
-def _row(d: Path, root: Path) -> RunRow:
+def _holds_run(here, subdirs) -> bool:
+    """A directory whose run is one level down (a service job: jobs/ID/{checkpoints,output}) is no
+    unfinished run of its own."""
+    return any((Path(here) / s / RUN).exists() or (Path(here) / s / "history.jsonl").exists() for s in subdirs)
+
+
+def _service_job(d: Path) -> dict:
+    """{"name", "job_id"} of a service job's run (STATE_DIR/jobs/ID/output) that an older memtrain
+    wrote without them, from the launch.json beside it; {} for any other run."""
+    spec = d.parent / "launch.json"
+    if d.name != "output" or not spec.is_file():
+        return {}
+    try:
+        launch = json.loads(spec.read_text())
+        return {"name": launch["config"]["name"], "job_id": launch["job_id"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def _row(d: Path, root: Path, notes: list) -> RunRow:
     rel = str(d.relative_to(root)) if d != root else d.name
-    h = RunHistory(d)
+    h = RunHistory(d, warn=notes.append)  # garbled history lines: skipped, the run listed, a note says so
     info = h.info()
     if info is None and (d / _LEGACY).exists():
         return _legacy_row(d, rel)
     info = info or {"name": d.name, "state": "running"}  # a history without run.json: written mid-start
+    if not info.get("job_id"):
+        info = {**info, **_service_job(d)}
     records = h.read()
     b = best(records)
     row = RunRow(run=rel, path=str(d.resolve()), **{k: info.get(k) for k in FIELDS if k in info and k not in
                                                     ("run", "path", "source")})
     row.epochs = len(records) if records or row.epochs is None else row.epochs
     if b is not None:
-        row.best_epoch, row.best_val_loss, row.best_val_accuracy = b["epoch"], b["val_loss"], b.get("val_accuracy")
+        row.best_epoch, row.best_val_loss = b["epoch"], b["val_loss"]
+        for k in SCORES:
+            setattr(row, f"best_val_{k}", b.get(f"val_{k}"))
     if row.measured_peak_bytes is None:
         peaks = [r["measured_peak_bytes"] for r in records if r.get("measured_peak_bytes") is not None]
         row.measured_peak_bytes = max(peaks) if peaks else None
@@ -136,7 +168,7 @@ def _legacy_row(d: Path, rel: str) -> RunRow:
     ended = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime((d / _LEGACY).stat().st_mtime))
     return RunRow(run=rel, name=meta.get("job"), state="finished", epochs=meta.get("epochs"),
                   best_epoch=best_meta.get("epoch"), best_val_loss=best_meta.get("val_loss"),
-                  test_accuracy=test.get("accuracy") if isinstance(test, dict) else None,
+                  **{f"test_{k}": test.get(k) for k in ("loss", *SCORES)} if isinstance(test, dict) else {},
                   dataset=meta.get("dataset"), optimizer=opt if isinstance(opt, str) else None,
                   batch_size=meta.get("batch_size"), ended=ended, source=_LEGACY, path=str(d.resolve()))
 
@@ -155,12 +187,12 @@ def _json(path: Path) -> dict:
 
 
 def table_text(report: dict) -> str:
-    from memtrain.render import _table  # noqa: PLC0415
+    from memtrain.render import _table, score_cell  # noqa: PLC0415
 
     rows = report["runs"]
     if not rows:
         return f"no runs under {report['dir']}"
-    headers = ["run", "state", "epochs", "best val loss (ep)", "val acc", "test acc", "planned", "peak", "device",
+    headers = ["run", "state", "epochs", "best loss (ep)", "val", "test", "planned", "peak", "device",
                "date (UTC)"]
     body = []
     for r in rows:
@@ -168,8 +200,8 @@ def table_text(report: dict) -> str:
                                                   else str(r["epochs"]))
         loss = "-" if r["best_val_loss"] is None else f"{r['best_val_loss']:.4f} ({r['best_epoch']})"
         when = (r["started"] or r["ended"] or "-").replace("T", " ")[:16]
-        body.append([_cut(r["run"], 32), r["state"] + ("*" if r["source"] != RUN else ""), epochs, loss,
-                     _f(r["best_val_accuracy"]), _f(r["test_accuracy"]), _b(r["planned_bytes"]),
+        body.append([_cut(_label(r), 28), r["state"] + ("*" if r["source"] != RUN else ""), epochs, loss,
+                     score_cell(r, "best_val_", r2=False), score_cell(r, "test_", r2=False), _b(r["planned_bytes"]),
                      _b(r["measured_peak_bytes"]), r["device"] or "-", when])
     out = _table(headers, body, ["<", "<"] + [">"] * 6 + ["<", "<"])
     if any(r["source"] != RUN for r in rows):
@@ -190,8 +222,9 @@ def table_csv(report: dict) -> str:
     return out.getvalue().rstrip("\n")
 
 
-def _f(v) -> str:
-    return "-" if v is None else f"{v:.4f}"
+def _label(r: dict) -> str:
+    """The run's directory, or for a service job its name and id (its directory is jobs/ID/output)."""
+    return f"{r['name']} ({r['job_id']})" if r.get("job_id") else r["run"]
 
 
 def _b(v) -> str:
@@ -215,7 +248,7 @@ def runs_plot(report: dict, path) -> int:
     colours = plt.get_cmap("tab20" if len(report["runs"]) > 10 else "tab10")
     drawn = 0
     for r in report["runs"]:
-        recs = RunHistory(r["path"]).read() if r["source"] == RUN else []
+        recs = RunHistory(r["path"], warn=lambda m: None).read() if r["source"] == RUN else []  # noted in the list
         if not recs:
             continue
         c = colours(drawn % colours.N)

@@ -7,7 +7,7 @@
     method = "random"              # "grid" (lists only) or "random"
     trials = 20                    # random only
     seed = 0                       # random only
-    metric = "val_loss"            # val_loss (lowest wins) or val_accuracy (highest wins)
+    metric = "val_loss"            # val_loss, val_rmse, val_mae (lowest wins), val_accuracy, val_r2 (highest)
 
     [space]
     lr = {log_uniform = [1e-4, 1e-1]}
@@ -54,7 +54,8 @@ PARAMS = {
     "warmup": "schedule.warmup",
 }
 DISTRIBUTIONS = ("uniform", "log_uniform", "int_uniform", "choice")
-METRICS = {"val_loss": min, "val_accuracy": max}
+# what a sweep may rank on, and which way is better (val_rmse, val_mae, val_r2: a linear output's scores)
+METRICS = {"val_loss": min, "val_accuracy": max, "val_rmse": min, "val_mae": min, "val_r2": max}
 DEFAULT_PATIENCE = 5
 SWEEP_KEYS = {"name", "base", "search", "space"}
 SEARCH_KEYS = {"method", "trials", "seed", "metric"}
@@ -127,7 +128,7 @@ def from_sweep_dict(data: dict, *, source="", default_name="sweep", root=Path(".
         raise ConfigError(f"{where}search.method: expected grid or random, got {method!r}")
     metric = search.get("metric", "val_loss")
     if metric not in METRICS:
-        raise ConfigError(f"{where}search.metric: expected {' or '.join(METRICS)}, got {metric!r}")
+        raise ConfigError(f"{where}search.metric: expected one of {', '.join(METRICS)}, got {metric!r}")
     trials = search.get("trials")
     if method == "random":
         try:

@@ -24,9 +24,10 @@ from pathlib import Path
 from memtrain.errors import ConfigError, JobFailed, MemtrainError
 from memtrain.jsonable import plain
 from memtrain.memory import overhead as ovh
+from memtrain.nn.scores import ALL as SCORES
 from memtrain.profiler.autobatch import auto_batch
 from memtrain.profiler.jobplan import data_rows, job_setting
-from memtrain.render import _table
+from memtrain.render import _table, score_cell
 from memtrain.select import space as sp
 from memtrain.select.compare import summarize
 from memtrain.select.planner import plan_waves
@@ -161,18 +162,19 @@ def make_record(sweep, tp: TrialPlan, outcome: dict) -> dict:
     if s:
         if sweep.metric == "val_loss":
             score = s["best_val_loss"]
-        else:
-            accs = [h["val_accuracy"] for h in s["history"] if h.get("val_accuracy") is not None]
-            score = max(accs) if accs else None
+        else:  # the best the metric reached in any epoch (lowest RMSE/MAE, highest accuracy/R^2)
+            seen = [h[sweep.metric] for h in s["history"] if h.get(sweep.metric) is not None]
+            score = sp.METRICS[sweep.metric](seen) if seen else None
     rec = {"schema": RECORD_SCHEMA, "sweep": sweep.name, "trial": tp.trial.id, "index": tp.trial.index,
            "params": tp.trial.params, "status": outcome["status"], "error": outcome["error"],
            "metric": sweep.metric, "score": score, "base": sweep.base_hash(), "finished_at": round(time.time(), 3)}
     if s:
-        rec.update({k: s[k] for k in ("best_val_loss", "best_loss_epoch", "best_val_accuracy", "final_val_loss",
-                                      "final_val_accuracy", "test_loss", "test_accuracy", "epochs", "seconds",
-                                      "samples_per_second", "batch_size", "planned_bytes", "planned_by_category",
-                                      "measured_peak_bytes")})
-        rec["history"] = [{k: h[k] for k in ("epoch", "train_loss", "val_loss", "val_accuracy")} for h in s["history"]]
+        rec.update({k: s[k] for k in ("best_val_loss", "best_loss_epoch", "final_val_loss", "test_loss", "epochs",
+                                      "seconds", "samples_per_second", "batch_size", "planned_bytes",
+                                      "planned_by_category", "measured_peak_bytes")})
+        rec.update({f"{p}{k}": s[f"{p}{k}"] for p in ("best_val_", "final_val_", "test_") for k in SCORES})
+        rec["history"] = [{k: v for k, v in h.items() if k in ("epoch", "train_loss", "val_loss", "val_accuracy")
+                           or k.startswith("val_") and v is not None} for h in s["history"]]
     return rec
 
 
@@ -261,7 +263,7 @@ def report(sweep, records, plans) -> dict:
     for r in records:
         latest[r["trial"]] = r  # a trial re-run after a cut-short line: the last record counts
     rows = list(latest.values())
-    sign = 1 if sweep.metric == "val_loss" else -1
+    sign = 1 if sp.METRICS[sweep.metric] is min else -1
     rows.sort(key=lambda r: (r["score"] is None, sign * (r["score"] or 0.0), r["index"]))
     skipped = [{"trial": tp.trial.id, "index": tp.trial.index, "params": tp.trial.params, "reason": tp.reason,
                 "planned_bytes": tp.planned_bytes} for tp in plans if tp.reason]
@@ -290,20 +292,20 @@ def schedule_text(sweep, plans, schedule, done, budget, budget_source, workers) 
 
 def report_text(rep: dict) -> str:
     names = rep["params"]
-    headers = ["", "trial"] + names + [rep["metric"] + " (best)", "val acc", "test acc", "epochs", "s", "plan",
+    headers = ["", "trial"] + names + [rep["metric"] + " (best)", "val score", "test score", "epochs", "s", "plan",
                                        "status"]
     body = []
     for r in rep["rows"]:
         mark = "*" if r["trial"] == rep["best"] else ""
         body.append([mark, r["trial"]] + [_value(r["params"].get(n)) for n in names]
-                    + [_f(r["score"]), _f(r.get("best_val_accuracy")), _f(r.get("test_accuracy")),
+                    + [_f(r["score"]), score_cell(r, "best_val_"), score_cell(r, "test_"),
                        r.get("epochs", "-"), _f(r.get("seconds"), 1),
                        "-" if r.get("planned_bytes") is None else format_bytes(r["planned_bytes"]), r["status"]])
     lines = [_table(headers, body, ["<", "<"] + ["<"] * len(names) + [">"] * 6 + ["<"])]
     if rep["best"]:
         b = rep["rows"][0]
         lines.append(f"best      * {b['trial']} {_params_text(b['params'])}: {rep['metric']} {b['score']:.4f} "
-                     f"(chosen on validation; its test accuracy {_f(b.get('test_accuracy'))} is reported only)")
+                     f"(chosen on validation; its test score {score_cell(b, 'test_')} is reported only)")
     for s in rep["skipped"]:
         lines.append(f"skipped   {s['trial']} {_params_text(s['params'])}: {s['reason']}")
     return "\n".join(lines)

@@ -81,13 +81,26 @@ def admit(queue, slots, now: float, head_wait: float, reserve=None) -> list:
 
 
 def blocking(job: Waiting, slots) -> str:
-    """Why a queued job waits, in words (the status page and GET /jobs/{id} show it)."""
+    """Why a queued job waits, in words: every reason, not only the first (the status page,
+    GET /jobs/{id} and the job page show it)."""
+    return "; ".join(reasons(job, slots))
+
+
+def reasons(job: Waiting, slots) -> list:
+    """Each thing that keeps a queued job from starting now: no device of its kind, every job slot
+    taken, too little free memory on every device; a job that fits waits its turn (FIFO)."""
     from memtrain.units import format_bytes  # noqa: PLC0415
 
     mine = [s for s in slots if s.kind == job.kind]
     if not mine:
-        return f"no {job.kind} device"
+        return [f"no {job.kind} device"]
+    out = []
     best = max(mine, key=lambda s: s.room())
     if all(s.running >= s.max_jobs for s in mine):
-        return f"all {job.kind} job slots are taken ({best.max_jobs} per device)"
-    return f"needs {format_bytes(job.need)}, {format_bytes(max(0, best.room()))} free on {best.name}"
+        out.append(f"all {job.kind} job slots are taken ({best.max_jobs} per device)")
+    if all(s.committed + job.need > s.budget for s in mine):
+        out.append(f"needs {format_bytes(job.need)}, {format_bytes(max(0, best.room()))} free on {best.name}")
+    if not out:  # it fits: an earlier job that does not is the head, and it has waited its head-wait
+        out.append("it fits: it starts at the scheduler's next pass, unless an earlier job that does not fit "
+                   "has waited past --head-wait (nothing passes that job then)")
+    return out

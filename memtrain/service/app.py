@@ -15,12 +15,13 @@ from pydantic import TypeAdapter
 from starlette.requests import ClientDisconnect
 
 from memtrain import __version__
-from memtrain.errors import MemtrainError
-from memtrain.service import models, planning, security
+from memtrain.errors import DiskFull, MemtrainError
+from memtrain.service import apidocs, models, planning, security
 from memtrain.service.core import Service, Settings, tail
 from memtrain.service.view_cache import ViewCache, not_modified
 
-OPEN_PATHS = ("/healthz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")  # no token: see docs/service.md
+# no token: see docs/service.md; /docs-assets/{name}: Swagger UI's own files (apidocs.py)
+OPEN_PATHS = ("/healthz", "/docs", "/docs-assets/{name}", "/openapi.json")
 PAGE_LIMIT = 100  # GET /jobs without ?limit=
 MAX_PAGE_LIMIT = 1000
 JOB = TypeAdapter(models.Job)
@@ -36,7 +37,7 @@ TOML_OR_JSON = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": models.JobSubmission.model_json_schema()},
 }}}
 ERRORS = {401: {"model": models.Error}, 404: {"model": models.Error}, 413: {"model": models.Error},
-          422: {"model": models.Error}}
+          422: {"model": models.Error}, 507: {"model": models.Error}}
 
 
 class BodyLimit:
@@ -87,9 +88,10 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
         yield
         service.stop()
 
-    app = FastAPI(title="memtrain serve", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="memtrain serve", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="A memory-aware training service: jobs are planned at submission and start "
                               "when their plans fit a device's budget (docs/service.md).")
+    apidocs.add_docs(app, "memtrain serve")  # /docs with Swagger UI served from the package: no CDN
     app.state.service = service
     app.state.views = ViewCache(service.store)
     app.add_middleware(BodyLimit, limit=security.MAX_BODY)
@@ -154,6 +156,8 @@ def _job_routes(app, service, guarded) -> None:
             return await asyncio.to_thread(service.submit, bytes(body), request.headers.get("content-type", ""))
         except planning.SubmissionError as exc:
             raise HTTPException(422, str(exc)) from None
+        except DiskFull as exc:  # reads go on; nothing stored was touched
+            raise HTTPException(507, str(exc)) from None
 
     @app.get("/jobs", response_model=list[models.Job], dependencies=guarded, tags=["jobs"],
              responses={**ERRORS, **PAGED})
@@ -170,11 +174,20 @@ def _job_routes(app, service, guarded) -> None:
 
     @app.get("/jobs/{job_id}", response_model=models.Job, dependencies=guarded, tags=["jobs"], responses=ERRORS)
     def job(job_id: str):
-        return _found(service.job(job_id), job_id)
+        return _found(_conflict(service.job, job_id), job_id)
 
-    @app.delete("/jobs/{job_id}", response_model=models.Job, dependencies=guarded, tags=["jobs"], responses=ERRORS)
+    @app.delete("/jobs/{job_id}", response_model=models.Job, dependencies=guarded, tags=["jobs"],
+                responses={**ERRORS, 409: {"model": models.Error}})
     def cancel(job_id: str):
-        return _found(service.cancel(job_id), job_id)
+        """Cancel a job: a queued one at once; a running one gets one SIGTERM, writes its stop checkpoint
+        and ends `cancelled`. Repeated cancels change nothing. An ended job: 409, its files untouched."""
+        return _found(_conflict(service.cancel, job_id), job_id)
+
+    @app.post("/jobs/{job_id}/requeue", response_model=models.Job, dependencies=guarded, tags=["jobs"],
+              responses={**ERRORS, 409: {"model": models.Error}})
+    def requeue(job_id: str):
+        """Put a cancelled or failed job back in the queue under its id; it resumes from its checkpoint."""
+        return _found(_conflict(service.requeue, job_id), job_id)
 
     @app.get("/jobs/{job_id}/log", response_class=PlainTextResponse, dependencies=guarded, tags=["jobs"],
              responses=ERRORS)
@@ -216,6 +229,13 @@ def _service_routes(app, service, guarded) -> None:
 
         return await _view(request, ("page",), build, max_age=1.0, media_type="text/html; charset=utf-8")
 
+    @app.get("/jobs/{job_id}/page", response_class=HTMLResponse, dependencies=guarded, tags=["jobs"],
+             responses=ERRORS, summary="The job's page: state, plan against measured memory, curves, events")
+    def job_page(job_id: str):
+        from memtrain.service.jobpage import render_job  # noqa: PLC0415
+
+        return HTMLResponse(_found(render_job(service, job_id), job_id))
+
 
 async def _view(request, key, build, **options):
     """The answer from the view cache: a fresh one on the event loop, a new one built on a worker
@@ -243,6 +263,22 @@ def _answer(if_none_match, entry) -> Response:
     if not_modified(if_none_match, entry.etag):
         return Response(status_code=304, headers=headers)
     return Response(entry.body, media_type=entry.media_type, headers=headers)
+
+
+def _conflict(action, job_id):
+    """`action(job_id)` with the job-state errors as their statuses: 409 (the state does not allow
+    it), 507 (no room to record it), 500 with one line (the job's stored row is damaged)."""
+    from memtrain.service.scheduler import JobConflict  # noqa: PLC0415
+    from memtrain.service.store import StoreDamaged  # noqa: PLC0415
+
+    try:
+        return action(job_id)
+    except JobConflict as exc:
+        raise HTTPException(409, str(exc)) from None
+    except DiskFull as exc:
+        raise HTTPException(507, str(exc)) from None
+    except StoreDamaged as exc:
+        raise HTTPException(500, str(exc)) from None
 
 
 def _found(value, job_id):

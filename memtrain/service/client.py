@@ -15,6 +15,7 @@ import urllib.request
 
 from memtrain.config import read_toml
 from memtrain.errors import MemtrainError
+from memtrain.nn.scores import score_text
 from memtrain.units import format_bytes
 
 DEFAULT_SERVER = "http://127.0.0.1:8470"
@@ -77,6 +78,9 @@ class Client:
 
     def cancel(self, job_id: str) -> dict:
         return self.request("DELETE", f"/jobs/{_quote(job_id)}")
+
+    def requeue(self, job_id: str) -> dict:
+        return self.request("POST", f"/jobs/{_quote(job_id)}/requeue")
 
     def log(self, job_id: str, lines: int = 200, follow: bool = False):
         """The log's last lines (str), or with follow an iterator of chunks until the job ends."""
@@ -160,9 +164,20 @@ def jobs_table(jobs: list, now: float | None = None) -> str:
     for j in jobs:
         rows.append((j["id"], j["name"], j["state"], j["device"] or "-", format_bytes(j["planned_bytes"]),
                      str(j["batch_size"] or j["batch_request"]), progress_text(j), age(j["submitted_at"], now),
-                     (j["reason"] or "")[:60]))
+                     _short(j["reason"] or "", 60)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def _short(text: str, n: int) -> str:
+    """At most n characters, cut after a whole reason ("; ") or word, marked with "...": a table cell
+    must not end mid-number (`memtrain job ID` gives the whole reason)."""
+    if len(text) <= n:
+        return text
+    head = text[: n - 3]
+    cut = head.rfind("; ")
+    cut = cut if cut >= n // 3 else head.rfind(" ")
+    return (head[:cut] if cut > 0 else head).rstrip(";, ") + "..."
 
 
 def progress_text(job: dict) -> str:
@@ -170,10 +185,14 @@ def progress_text(job: dict) -> str:
     if p.get("epoch") is None:
         return "-" if job["state"] == "queued" else (p.get("event") or "-")
     text = f"epoch {p['epoch']}"
+    if p.get("val_accuracy") is not None:  # the metric named: "val 0.0000" read like 0% accuracy
+        return text + f" val_acc {p['val_accuracy']:.4f}"
+    if p.get("val_rmse") is not None:
+        return text + f" val_rmse {p['val_rmse']:.4g}"
     if p.get("val_loss") is not None:
-        text += f" val {p['val_loss']:.4f}"
-    elif p.get("train_loss") is not None:
-        text += f" loss {p['train_loss']:.4f}"
+        return text + f" val_loss {p['val_loss']:.4f}"
+    if p.get("train_loss") is not None:
+        return text + f" loss {p['train_loss']:.4f}"
     return text
 
 
@@ -197,9 +216,17 @@ def job_text(j: dict) -> str:
     if j["reason"]:
         lines.append(f"{'reason':<12}{j['reason']}")
     r = j.get("result") or {}
-    if r.get("test_accuracy") is not None:
-        lines.append(f"{'result':<12}test loss {r['test_loss']:.4f}, accuracy {r['test_accuracy']:.4f}; "
-                     f"{r.get('steps')} steps in {r.get('seconds', 0):.1f} s")
+    if r.get("steps") is not None:
+        lines.append(f"{'result':<12}{result_text(r)}")
     if r.get("model"):
         lines.append(f"{'model':<12}{r['model']}")
     return "\n".join(lines)
+
+
+def result_text(r: dict) -> str:
+    """A finished job's outcome in one line: its test scores (else validation's), steps and time."""
+    which = "test" if r.get("test_loss") is not None else ("validation" if r.get("val_loss") is not None else None)
+    prefix = "test_" if which == "test" else "val_"
+    scores = f"{which} loss {r[prefix + 'loss']:.4f}{score_text(r, prefix)}; " if which else ""
+    took = f" in {r['seconds']:.1f} s" if r.get("seconds") is not None else ""
+    return f"{scores}{r.get('steps')} steps{took}"

@@ -7,16 +7,21 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from memtrain.errors import DiskFull
 from memtrain.launch.worker import PROGRESS
-from memtrain.service import admission, planning, security
+from memtrain.service import admission, planning, recovery, security
 from memtrain.service import devices as devs
+from memtrain.service.housekeeping import Housekeeper
 from memtrain.service.scheduler import Scheduler
 from memtrain.service.store import STATES, Store, now
 from memtrain.units import format_bytes
+
+MIN_FREE_BYTES = 16 * 1024**2  # below this a submission is refused (507): see check_room
 
 
 @dataclass
@@ -41,6 +46,10 @@ class Settings:
     max_runtime: float | None = security.MAX_RUNTIME  # a job's training.max_runtime when it sets none, and its cap
     request_timeout: float = security.REQUEST_TIMEOUT  # seconds to receive a whole request (slow_clients.py)
     runtime_grace: float = 60.0  # seconds past max_runtime before the scheduler stops a job that did not stop
+    recover: bool = False  # rebuild the store from its backup and the job dirs first (serve --recover)
+    keep_checkpoints: int = 10  # succeeded jobs whose checkpoints are kept (the newest ones)
+    keep_checkpoints_hours: float = 24.0  # and for at most this long after they ended
+    housekeeping_seconds: float = 60.0  # backup, retention and the state dir's size, once a round
 
     def __post_init__(self):
         self.state_dir = Path(self.state_dir)
@@ -53,7 +62,14 @@ class Service:
         self.settings = s = settings
         s.state_dir.mkdir(parents=True, exist_ok=True)
         self._lock = _lock_state_dir(s.state_dir)
-        self.store = Store(s.state_dir / "memtrain.sqlite")
+        try:
+            self.recovered = recovery.recover(s.state_dir, s.storage) if s.recover else []
+            recovery.check_not_lost(s.state_dir, s.storage)
+            self.store = Store(s.state_dir / recovery.STORE)
+        except BaseException:
+            self._lock.close()
+            raise
+        self.housekeeper = Housekeeper(self.store, s)
         if s.executor is None:
             from memtrain.launch.local import LocalExecutor  # noqa: PLC0415
 
@@ -72,10 +88,12 @@ class Service:
                                    runtime_grace=s.runtime_grace)
 
     def start(self) -> None:
+        self.housekeeper.start()
         self.scheduler.start()
 
     def stop(self) -> None:
         self.scheduler.stop()
+        self.housekeeper.stop()
         self.store.close()
         self._lock.close()
 
@@ -87,8 +105,10 @@ class Service:
     # -- submission ---------------------------------------------------------------------------
 
     def submit(self, body: bytes, content_type: str) -> dict:
-        """Validate and plan; raises planning.SubmissionError (422) before anything is written."""
+        """Validate and plan; raises planning.SubmissionError (422) before anything is written,
+        DiskFull (507) when the state dir or the storage has no room for the job."""
         try:
+            self.check_room()
             data = planning.parse_body(body, content_type)
             checked = planning.validate(data, data_roots=self.settings.data_roots,
                                         device_kinds=sorted({d.kind for d in self.devices}),
@@ -102,13 +122,13 @@ class Service:
                     checked, plans[best.name], best.overhead_bytes, {d.name: d.budget_bytes for d in mine}))
             best = max(fits, key=lambda d: d.budget_bytes)
             self._check_placeable(checked, plans[best.name], best)
-        except planning.SubmissionError:
+        except (planning.SubmissionError, DiskFull):
             self.events["rejected"] += 1
             raise
         p = plans[best.name]
         job_id = self._new_id()
         t = now()
-        self.store.insert({
+        self._insert({
             "id": job_id, "name": checked.name, "state": "queued", "config": checked.config,
             "checked": planning.to_json(checked), "device_kind": checked.device_kind,
             "batch_request": checked.batch, "batch_size": p.batch_size, "planned": p.by_category,
@@ -120,6 +140,37 @@ class Service:
             self.scheduler._admit()  # so the answer names the device when it starts at once
         job = self.store.get(job_id)
         return {"id": job_id, "state": job["state"], "planned_bytes": job["planned_bytes"], "device": job["device"]}
+
+    def _insert(self, row: dict) -> None:
+        """The job's own record in its dir first (what --recover rebuilds from), then its row; a row
+        that cannot be stored takes its record back (a refused job must not come back on --recover)."""
+        try:
+            try:
+                recovery.write_job_file(row)
+            except OSError as exc:
+                raise DiskFull(f"{row['run_dir']}: cannot write the job's record ({exc.strerror or exc}); free some "
+                               "space and submit again (the jobs already stored are intact)") from None
+            try:
+                self.store.insert(row)
+            except BaseException:
+                recovery.remove_job_file(row)
+                raise
+        except DiskFull:  # SQLite's own "database or disk is full" too
+            self.events["rejected"] += 1
+            raise
+
+    def check_room(self) -> None:
+        """A job needs room for its row, log, checkpoints and models: refused while the state dir or
+        the storage has less than MIN_FREE_BYTES free (a job accepted then would only fail later)."""
+        for where in dict.fromkeys((self.settings.state_dir, self.settings.storage)):
+            try:
+                free = shutil.disk_usage(where).free
+            except OSError:
+                continue  # not there yet: created at the first start
+            if free < MIN_FREE_BYTES:
+                raise DiskFull(f"{where}: {format_bytes(free)} free, a job needs at least "
+                               f"{format_bytes(MIN_FREE_BYTES)} for its log, checkpoints and models; free some "
+                               "space and submit again (the jobs already stored are intact)")
 
     def _check_placeable(self, checked, p, device) -> None:
         """With an executor that places jobs (Ray): 422 when no node could ever hold the job's
@@ -204,6 +255,10 @@ class Service:
 
     def cancel(self, job_id: str) -> dict | None:
         job = self.scheduler.cancel(job_id)
+        return None if job is None else self.job_view(job)
+
+    def requeue(self, job_id: str) -> dict | None:
+        job = self.scheduler.requeue(job_id)
         return None if job is None else self.job_view(job)
 
     def device_views(self) -> list:

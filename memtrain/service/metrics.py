@@ -3,8 +3,9 @@
 memtrain_service_jobs{state}, memtrain_service_queue_wait_seconds (histogram of the
 waits of jobs started since the service started), memtrain_service_device_{capacity,
 committed,measured}_bytes{device}, memtrain_service_submissions_total{outcome}
-(admitted / rejected at submission), memtrain_service_job_starts_total and
-memtrain_service_job_retries_total.
+(admitted / rejected at submission), memtrain_service_job_starts_total,
+memtrain_service_job_retries_total, memtrain_service_state_dir_bytes and
+memtrain_service_store_damaged_rows.
 """
 
 from __future__ import annotations
@@ -50,6 +51,13 @@ class ServiceCollector:
                                   value=s.events.get("started", 0))
         yield CounterMetricFamily("memtrain_service_job_retries", "Jobs requeued to resume from a checkpoint.",
                                   value=s.events.get("requeued", 0))
+        size = s.housekeeper.state_dir_bytes
+        if size is not None:
+            yield GaugeMetricFamily("memtrain_service_state_dir_bytes", "Bytes on disk under the state dir (and "
+                                    "--storage): the store, its backup, each job's log, checkpoints and models.",
+                                    value=size)
+        yield GaugeMetricFamily("memtrain_service_store_damaged_rows", "Job rows of the store that do not decode "
+                                "(skipped; memtrain serve --recover rebuilds them).", value=len(s.store.bad_rows))
 
 
 def _histogram(waits: list):

@@ -36,6 +36,9 @@ class Progress(BaseModel):
     train_loss: float | None = None
     val_loss: float | None = None
     val_accuracy: float | None = None
+    val_rmse: float | None = Field(None, description="regression (a linear output): validation RMSE")
+    val_mae: float | None = None
+    val_r2: float | None = None
     event: str | None = Field(None, description="the job's latest log event")
     rss_bytes: int | None = Field(None, description="resident memory of the job's processes now")
     peak_rss_bytes: int | None = None

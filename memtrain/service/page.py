@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import html
 
-from memtrain.service.client import age, progress_text
+from memtrain.service.client import age, progress_text, result_text
 from memtrain.units import format_bytes
 
 REFRESH_SECONDS = 5
@@ -28,13 +28,25 @@ def render(service) -> str:
     devices = service.device_views()
     jobs, more, _ = service.jobs_page(None, PAGE_JOBS)
     summary = ", ".join(f"{n} {s}" for s, n in service.store.counts().items() if n) or "no jobs yet"
+    size = service.housekeeper.state_dir_bytes
+    if size is not None:
+        summary += f" · state dir {format_bytes(size)} on disk"
     shown = f"<p><small>The newest {PAGE_JOBS}; older ones: GET /jobs?cursor=...</small></p>" if more else ""
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><meta http-equiv='refresh' "
              f"content='{REFRESH_SECONDS}'><title>memtrain serve</title><style>{STYLE}</style></head><body>",
              f"<h1>memtrain serve</h1><p>{html.escape(summary)} &middot; <a href='/docs'>API</a> &middot; "
-             f"<a href='/metrics'>metrics</a></p>", "<h2>Devices</h2>", _devices(devices), "<h2>Jobs</h2>",
-             _jobs(jobs), shown, f"<p><small>Reloads every {REFRESH_SECONDS} s.</small></p></body></html>"]
+             f"<a href='/metrics'>metrics</a></p>", _damaged(service.store.bad_rows), "<h2>Devices</h2>",
+             _devices(devices), "<h2>Jobs</h2>", _jobs(jobs), shown,
+             f"<p><small>Reloads every {REFRESH_SECONDS} s.</small></p></body></html>"]
     return "".join(parts)
+
+
+def _damaged(bad_rows: dict) -> str:
+    if not bad_rows:
+        return ""
+    n, ids = len(bad_rows), ", ".join(sorted(job_id for job_id, _ in bad_rows.values()))
+    return (f"<p class='failed'>{n} damaged job row{'s' if n > 1 else ''} skipped ({html.escape(ids)}): "
+            "<code>memtrain serve --recover</code> rebuilds them from their job dirs.</p>")
 
 
 def _devices(devices) -> str:
@@ -59,7 +71,8 @@ def _jobs(jobs) -> str:
     for j in jobs:  # newest first
         e = html.escape
         rows.append(
-            f"<tr><td>{e(j['id'])}</td><td>{e(j['name'])}</td><td class='{e(j['state'])}'>{e(j['state'])}</td>"
+            f"<tr><td><a href='/jobs/{e(j['id'])}/page'>{e(j['id'])}</a></td><td><a href='/jobs/{e(j['id'])}/page'>"
+            f"{e(j['name'])}</a></td><td class='{e(j['state'])}'>{e(j['state'])}</td>"
             f"<td>{e(j['device'] or '-')}</td><td class='n'>{format_bytes(j['planned_bytes'])}</td>"
             f"<td class='n'>{e(str(j['batch_size'] or j['batch_request']))}</td><td>{e(progress_text(j))}</td>"
             f"<td class='n'>{age(j['submitted_at'])}</td><td>{e(_outcome(j))}</td>"
@@ -70,6 +83,6 @@ def _jobs(jobs) -> str:
 
 def _outcome(j) -> str:
     r = j.get("result") or {}
-    if j["state"] == "succeeded" and r.get("test_accuracy") is not None:
-        return f"test accuracy {r['test_accuracy']:.3f}"
+    if j["state"] == "succeeded" and r.get("steps") is not None:
+        return result_text(r)
     return j["reason"] or ""

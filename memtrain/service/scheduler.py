@@ -24,6 +24,7 @@ import socket
 import threading
 from pathlib import Path
 
+from memtrain.errors import ExitCode, MemtrainError
 from memtrain.launch.executor import Exit, Handle, Launch, Resources
 from memtrain.launch.resources import THREAD_VARS
 from memtrain.launch.worker import EXIT, PROGRESS, read_json
@@ -35,6 +36,7 @@ from memtrain.units import format_duration
 log = logging.getLogger("memtrain.service")
 STOPPED_FOR_RUNTIME = 2  # cancel_requested: 1 a DELETE, 2 this scheduler, for training.max_runtime
 PROGRESS_FIELDS = {"epoch": int, "step": int, "train_loss": float, "val_loss": float, "val_accuracy": float,
+                   "val_rmse": float, "val_mae": float, "val_r2": float,  # a regression's (linear output)
                    "event": str, "rss_bytes": int, "peak_rss_bytes": int, "time": float, "pid": int}
 
 
@@ -69,6 +71,10 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+class JobConflict(MemtrainError):
+    """A request the job's state does not allow (cancel an ended job, requeue a running one): HTTP 409."""
 
 
 class Scheduler:
@@ -336,7 +342,7 @@ class Scheduler:
             self._end(job, "cancelled", "cancelled on request" + (" (checkpoint saved)" if stopped else ""), result)
         elif ended.code == 2:
             self._end(job, "failed", ended.reason or "bad config (exit status 2)", None)
-        elif ended.signal is not None or stopped:
+        elif ended.signal is not None or stopped or ended.code == ExitCode.RETRY:
             why = ended.reason or "stopped by a signal it did not ask for"
             if job["attempts"] < job["max_attempts"]:
                 self._requeue(job, f"{why}; retrying from its last checkpoint (attempt {job['attempts'] + 1} of "
@@ -362,11 +368,19 @@ class Scheduler:
     # -- requests ------------------------------------------------------------------------------
 
     def cancel(self, job_id: str) -> dict | None:
-        """Queued: cancelled at once. Running: SIGTERM (it checkpoints), `cancelled` once it exits."""
+        """Queued: cancelled at once. Running: SIGTERM (it checkpoints), `cancelled` once it exits.
+        Idempotent: the process gets one SIGTERM however many cancels arrive (a second one while it
+        writes its stop checkpoint is ignored by the worker anyway). An ended job: JobConflict."""
         with self._lock:
             job = self.store.get(job_id)
             if job is None:
                 return None
+            if job["state"] not in ("queued", "running"):
+                again = f"; `memtrain requeue {job_id}` resumes it" if job["state"] in ("cancelled", "failed") else ""
+                raise JobConflict(f"job {job_id}: already {job['state']}; nothing to cancel (its files are kept"
+                                  f"{again})")
+            if job["state"] == "running" and job["cancel_requested"]:
+                return job  # asked already: the one SIGTERM is on its way
             if job["state"] == "queued":
                 self.store.update(job_id, expect_state="queued", state="cancelled", ended_at=now(),
                                   reason="cancelled on request (it had not started)", reserved_bytes=0)
@@ -378,6 +392,24 @@ class Scheduler:
                 h = self._handle(job)
                 if h is not None:
                     self.executor.cancel(h)
+            self.wake()
+            return self.store.get(job_id)
+
+    def requeue(self, job_id: str) -> dict | None:
+        """A cancelled or failed job back in the queue under its own id, with its attempts counted
+        afresh: it resumes from its newest good checkpoint (the worker always resumes), so it ends
+        as it would have without the interruption. Anything else: JobConflict."""
+        with self._lock:
+            job = self.store.get(job_id)
+            if job is None:
+                return None
+            if job["state"] not in ("cancelled", "failed"):
+                raise JobConflict(f"job {job_id}: {job['state']}; only a cancelled or failed job can be requeued")
+            self.store.update(job_id, expect_state=job["state"], state="queued", attempts=0, cancel_requested=0,
+                              queued_at=now(), ended_at=None, result=None, device=None, reserved_bytes=0,
+                              executor=None, ref=None, metrics_target=None,
+                              reason=f"requeued on request after it was {job['state']}; resumes from its checkpoint")
+            self.on_event("requeued", job)
             self.wake()
             return self.store.get(job_id)
 

@@ -13,14 +13,15 @@ from memtrain.units import format_bytes
 def settings_from(*, state_dir, host, port, devices, budgets, token_file, data_roots, max_jobs_per_device,
                   head_wait, max_attempts, overhead, job_metrics_host="127.0.0.1", job_metrics_address=None,
                   executor="local", ray_address=None, storage=None, max_runtime=security.MAX_RUNTIME,
-                  request_timeout=security.REQUEST_TIMEOUT):
+                  request_timeout=security.REQUEST_TIMEOUT, recover=False, keep_checkpoints=10,
+                  keep_checkpoints_hours=24.0):
     from memtrain.service.core import Settings  # noqa: PLC0415
     from memtrain.service.devices import parse_devices  # noqa: PLC0415 - with Settings: loaded when serve runs
 
     token = security.read_token(token_file)
     security.check_bind(host, token)
     parse_devices(devices)  # a bad --devices fails before Service creates the state dir
-    state = Path(state_dir)
+    state = Path(state_dir).absolute()  # workers run in their own directories: a relative path would not reach them
     if state.exists() and not state.is_dir():
         raise MemtrainError(f"--state-dir: {state} is not a directory")
     if storage is not None and Path(storage).exists() and not Path(storage).is_dir():
@@ -34,7 +35,8 @@ def settings_from(*, state_dir, host, port, devices, budgets, token_file, data_r
                     cpu_overhead=overhead, job_metrics_host=job_metrics_host,
                     job_metrics_address=job_metrics_address, executor=_executor(executor, ray_address),
                     storage=None if storage is None else Path(storage), max_runtime=max_runtime,
-                    request_timeout=request_timeout)
+                    request_timeout=request_timeout, recover=recover, keep_checkpoints=keep_checkpoints,
+                    keep_checkpoints_hours=keep_checkpoints_hours)
 
 
 def _executor(name: str, address: str | None):
@@ -70,6 +72,8 @@ def run(*, log_level="info", echo=print, **options) -> None:
         if settings.executor is not None:
             settings.executor.close()
         raise
+    for line in service.recovered:
+        echo(f"recover   {line}")
     check_port(settings.host, settings.port)
     ex = settings.executor
     for d in service.devices:

@@ -8,12 +8,19 @@ every write is one explicit transaction.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import os
 import sqlite3
 import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
+
+from memtrain.errors import DiskFull, MemtrainError
+
+log = logging.getLogger("memtrain.service")
 
 SCHEMA_VERSION = 1
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -58,15 +65,33 @@ JSON_FIELDS = ("config", "checked", "planned", "result", "batch_request")
 NOT_VIEWED = ("config", "checked")  # the largest JSON, which a job's view never reads: a page leaves it undecoded
 
 
+class StoreDamaged(MemtrainError):
+    """The SQLite file fails its integrity check: the service refuses to start (one line naming
+    `memtrain serve --recover`) rather than run on, or over, a damaged history."""
+
+
 class Store:
     def __init__(self, path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
+        self.bad_rows: dict = {}  # seq -> (job id, why): rows whose JSON does not decode, skipped by every read
         self.version = 0  # +1 per committed write: cached views are valid while it stands (one writer: this process)
         self._rows: dict = {}  # a page's rows, decoded (_decoded)
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=30)
         self._db.row_factory = sqlite3.Row
+        try:
+            self._open()
+        except sqlite3.DatabaseError as exc:  # "file is not a database", "database disk image is malformed"
+            self._db.close()
+            raise StoreDamaged(damaged_message(self.path, str(exc))) from None
+        self.list()  # every row read once: damaged ones are logged and counted now, not at their first read
+
+    def _open(self) -> None:
+        check = self._db.execute("PRAGMA quick_check").fetchall()
+        if [tuple(r) for r in check] != [("ok",)]:
+            self._db.close()
+            raise StoreDamaged(damaged_message(self.path, "quick_check: " + "; ".join(str(r[0]) for r in check[:3])))
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)  # IF NOT EXISTS: a no-op on an existing state dir
@@ -75,19 +100,46 @@ class Store:
             if row is None:
                 db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
             elif row[0] != SCHEMA_VERSION:
-                raise RuntimeError(f"{self.path}: schema version {row[0]}, this memtrain reads {SCHEMA_VERSION}")
+                raise MemtrainError(f"{self.path}: schema version {row[0]}, this memtrain reads {SCHEMA_VERSION}")
+
+    def backup(self, dest) -> None:
+        """A consistent copy of the whole store at `dest` (SQLite's online backup API: writers wait
+        only for the copy), replaced atomically: a crash leaves the previous backup whole."""
+        dest = Path(dest)
+        tmp = dest.with_name(f".{dest.name}.tmp")
+        tmp.unlink(missing_ok=True)
+        out = sqlite3.connect(str(tmp))
+        try:
+            with self._lock:
+                self._db.backup(out)
+        finally:
+            out.close()
+        os.replace(tmp, dest)
+
+    def changes(self) -> int:
+        """Rows changed through this connection so far (a backup is due when it moved)."""
+        with self._lock:
+            return self._db.total_changes
 
     @contextmanager
     def transaction(self):
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
             try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-            self.version += 1
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+                self.version += 1
+            except sqlite3.OperationalError as exc:
+                if "full" not in str(exc):  # SQLITE_FULL: "database or disk is full"
+                    raise
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")  # the failed COMMIT may leave the transaction open
+                raise DiskFull(f"state dir: {self.path.parent} is full ({exc}); nothing was written: free some "
+                               "space and submit again (the jobs already stored are intact)") from None
 
     def close(self) -> None:
         with self._lock:
@@ -115,12 +167,24 @@ class Store:
         with self.transaction() as db:
             return db.execute(sql, args).rowcount == 1
 
+    def delete(self, job_id: str) -> None:
+        """Only `memtrain serve --recover` deletes: a damaged row it rebuilds from the job's dir."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+        self.bad_rows = {seq: v for seq, v in self.bad_rows.items() if v[0] != job_id}
+
     # -- reads ----------------------------------------------------------------------------
 
     def get(self, job_id: str) -> dict | None:
         with self._lock:
             row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return _decode(row) if row else None
+        if row is None:
+            return None
+        job = self._decode(row)
+        if job is None:
+            raise StoreDamaged(f"job {job_id}: its stored row is damaged ({self.bad_rows[row['seq']][1]}); "
+                               "`memtrain serve --recover` rebuilds it from its job dir")
+        return job
 
     def list(self, state: str | None = None, limit: int | None = None) -> list:
         sql, args = "SELECT * FROM jobs", []
@@ -133,7 +197,18 @@ class Store:
             args.append(int(limit))
         with self._lock:
             rows = self._db.execute(sql, args).fetchall()
-        return [_decode(r) for r in rows]
+        return [job for job in map(self._decode, rows) if job is not None]
+
+    def _decode(self, row) -> dict | None:
+        """The row with its JSON columns decoded; None for a damaged one (skipped by lists, logged
+        once, counted in bad_rows): one bad row must not take the whole job list down."""
+        try:
+            return _decode(row)
+        except ValueError as exc:
+            if row["seq"] not in self.bad_rows:
+                self.bad_rows[row["seq"]] = (row["id"], f"invalid JSON: {exc}")
+                log.warning("store: skipped the damaged row of job %s (invalid JSON: %s)", row["id"], exc)
+            return None
 
     def page(self, state: str | None, limit: int, before: int | None = None) -> tuple:
         """(rows, next): up to `limit` jobs, newest first, with seq below `before` (an index range:
@@ -150,16 +225,24 @@ class Store:
         with self._lock:
             rows = self._db.execute(sql + " ORDER BY seq DESC LIMIT ?", [*args, int(limit) + 1]).fetchall()
         more = len(rows) > limit
-        rows = [self._decoded(r) for r in rows[:limit]]
-        return rows, (rows[-1]["seq"] if more and rows else None)
+        raw = rows[:limit]
+        decoded = [d for d in map(self._decoded, raw) if d is not None]  # damaged rows skipped
+        return decoded, (raw[-1]["seq"] if more and raw else None)
 
-    def _decoded(self, row) -> dict:
+    def _decoded(self, row) -> dict | None:
         """_decode of a page's row, kept while the row's values stay the same (a finished job's
-        never change): a poll of an unchanged page decodes no JSON. The dict is shared: read only."""
+        never change): a poll of an unchanged page decodes no JSON. The dict is shared: read only.
+        None for a damaged row (found at open, or by this decode)."""
+        if row["seq"] in self.bad_rows:
+            return None
         key = tuple(row)
         d = self._rows.get(key)
         if d is None:
-            d = self._rows[key] = _decode(row, skip=NOT_VIEWED)
+            try:
+                d = _decode(row, skip=NOT_VIEWED)
+            except ValueError:
+                return self._decode(row)  # records it as damaged; None
+            self._rows[key] = d
             if len(self._rows) > 4096:  # bounded; the oldest entries go first
                 self._rows.pop(next(iter(self._rows)))
         return d
@@ -170,6 +253,13 @@ class Store:
         out = dict.fromkeys(STATES, 0)
         out.update({r[0]: r[1] for r in rows})
         return out
+
+
+def damaged_message(path: Path, detail: str) -> str:
+    detail = " ".join(detail.split())  # quick_check's report spans lines: the message is one
+    return (f"{path}: the job store is damaged ({detail}); nothing was changed. `memtrain serve --state-dir "
+            f"{path.parent} --recover` rebuilds it from its backup and the job dirs (the damaged file is kept "
+            "beside it)")
 
 
 def _decode(row, skip=()) -> dict:

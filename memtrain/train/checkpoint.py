@@ -3,7 +3,8 @@
 A checkpoint is two files: `ckpt-<step>.npz` (parameters, every optimizer
 slot, best weights; NumPy's format, loaded with allow_pickle=False) and
 `ckpt-<step>.json` (counters, early-stopping state, the plan's identity, the
-SHA-256 of the .npz and, in the old layout, the whole training history).
+SHA-256 of the .npz, the SHA-256 of the sidecar's own other fields and, in the old
+layout, the whole training history).
 
 Writing: both files go to temporaries (`.ckpt-*.tmp`), are fsync'ed, and only
 then renamed into place, the .json last: a checkpoint without its .json was
@@ -12,7 +13,7 @@ every earlier checkpoint as it was and raises CheckpointWriteError naming the
 last good checkpoint.
 
 Reading: a checkpoint that fails verification (unreadable or invalid .json,
-checksum mismatch, missing or unreadable .npz, an `npz` field that is not its
+checksum mismatch of the .npz or of the sidecar itself, missing or unreadable .npz, an `npz` field that is not its
 own sibling file) is set aside (renamed to `*.corrupt`, with a warning) and the
 previous one is tried. An .npz whose .json is missing is set aside as
 `*.orphan`, also with a warning. Set-aside files are never counted or deleted
@@ -42,7 +43,8 @@ import numpy as np
 
 from memtrain.errors import CheckpointError, ExitCode
 
-FORMAT = "memtrain.checkpoint/1"
+FORMAT = "memtrain.checkpoint/2"  # /2: the sidecar carries `checksum`, the SHA-256 of the rest of itself
+LEGACY_FORMATS = ("memtrain.checkpoint/1",)  # read as before: the .npz checksummed, the sidecar not
 _NAME = re.compile(r"^ckpt-(\d{9})\.json$")
 _NPZ = re.compile(r"^ckpt-(\d{9})\.npz$")
 # every temporary this module creates: `.ckpt-<step>.{npz,json}.<random>.tmp` and the
@@ -88,8 +90,10 @@ def _write_temp(path: Path, write) -> Path:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = str(path)  # a failed write names no file: the caller's message should
         raise
     return Path(tmp)
 
@@ -155,6 +159,7 @@ def save(directory, arrays: dict, meta: dict, identity: dict, *, keep: int = 3, 
         # fails here, before anything in place has changed
         temps.append(_write_temp(npz, lambda f: np.savez(f, **arrays)))
         record.update(sha256=sha256_file(temps[0]), identity=identity, state=state, arrays=sorted(arrays))
+        record["checksum"] = record_checksum(record)
         temps.append(_write_temp(js, lambda f: f.write(json.dumps(record, indent=1).encode())))
         for tmp, final in zip(temps, (npz, js)):
             os.replace(tmp, final)
@@ -168,6 +173,14 @@ def save(directory, arrays: dict, meta: dict, identity: dict, *, keep: int = 3, 
         raise CheckpointWriteError(_write_failure(d, js.stem, exc)) from None
     _rotate(d, step, keep)
     return js
+
+
+def record_checksum(record: dict) -> str:
+    """SHA-256 of the sidecar without its `checksum` field, in a canonical JSON form: with the
+    .npz's own SHA-256 inside it, it covers the whole checkpoint (a changed `position` or
+    `epoch` would resume a different run, silently)."""
+    body = {k: v for k, v in record.items() if k != "checksum"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def _write_failure(d: Path, name: str, exc: OSError) -> str:
@@ -311,8 +324,10 @@ def _record(js: Path) -> dict:
         raise _Invalid(f"its .json is unreadable: {exc}") from None
     if not isinstance(record, dict):
         raise _Invalid(f"metadata is a JSON {type(record).__name__}, expected an object")
-    if record.get("format") != FORMAT:
+    if record.get("format") not in (FORMAT, *LEGACY_FORMATS):
         raise _Invalid(f"format {record.get('format')!r}, expected {FORMAT}")
+    if record["format"] == FORMAT and record.get("checksum") != record_checksum(record):
+        raise _Invalid("SHA-256 mismatch of its .json: edited or torn")
     if not isinstance(record.get("sha256"), str) or not _SHA256.match(record["sha256"]):
         raise _Invalid("metadata has no valid sha256")
     if record.get("npz") != f"{js.stem}.npz":  # its own sibling: never a path elsewhere

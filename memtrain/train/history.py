@@ -29,11 +29,13 @@ import json
 import math
 import os
 import socket
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from memtrain.errors import MemtrainError
+from memtrain.nn.scores import ALL as SCORES
 from memtrain.train.checkpoint import atomic_write
 
 HISTORY = "history.jsonl"
@@ -60,6 +62,9 @@ class EpochRecord:
     seconds: float | None = field(default=None, metadata=_TRAINER)  # wall time of the epoch's steps
     val_loss: float | None = field(default=None, metadata=_TRAINER)
     val_accuracy: float | None = field(default=None, metadata=_TRAINER)
+    val_rmse: float | None = field(default=None, metadata=_TRAINER)  # regression (linear output) only
+    val_mae: float | None = field(default=None, metadata=_TRAINER)
+    val_r2: float | None = field(default=None, metadata=_TRAINER)
     steps: int | None = None  # optimizer steps done by the end of the epoch
     samples_per_second: float | None = None
     planned_bytes: int | None = None  # the MemoryPlan's total
@@ -72,6 +77,7 @@ class RunInfo:
     """run.json: what a run is, where it stands and how it ended."""
 
     name: str
+    job_id: str | None = None  # a service job's id (its run dir is STATE_DIR/jobs/ID/output)
     state: str = "running"  # running | finished | stopped | failed
     device: str | None = None
     dataset: str | None = None
@@ -88,8 +94,14 @@ class RunInfo:
     best_epoch: int | None = None  # the epoch with the lowest validation loss
     best_val_loss: float | None = None
     best_val_accuracy: float | None = None  # the accuracy at best_epoch
+    best_val_rmse: float | None = None  # regression: the scores at best_epoch
+    best_val_mae: float | None = None
+    best_val_r2: float | None = None
     test_loss: float | None = None
     test_accuracy: float | None = None
+    test_rmse: float | None = None
+    test_mae: float | None = None
+    test_r2: float | None = None
     message: str | None = None  # why it stopped or failed
     config_hash: str | None = None
     started: str | None = None  # UTC, ISO 8601; kept across resumes
@@ -139,8 +151,10 @@ class RunHistory:
     and `finish` when it ends in any way. `read` works on any run, live or not.
     """
 
-    def __init__(self, directory):
+    def __init__(self, directory, warn=None):
         self.dir = Path(directory)
+        # bad lines are skipped and reported through `warn` (the job's log; default: stderr)
+        self.warn = warn or (lambda message: print(message, file=sys.stderr))
         self.jsonl = self.dir / HISTORY
         self.csv = self.dir / HISTORY_CSV
         self.run_json = self.dir / RUN
@@ -227,7 +241,8 @@ class RunHistory:
         if records and records[-1].get("steps") is not None and run.get("steps") is None:
             run["steps"] = records[-1]["steps"]
         if b is not None:
-            run.update(best_epoch=b["epoch"], best_val_loss=b["val_loss"], best_val_accuracy=b.get("val_accuracy"))
+            run.update(best_epoch=b["epoch"], best_val_loss=b["val_loss"],
+                       **{f"best_val_{k}": b.get(f"val_{k}") for k in SCORES})
         self._write_run(run)
         self.write_csv(records)
         return run
@@ -258,33 +273,30 @@ class RunHistory:
 
     def read(self, upto_epoch: int | None = None) -> list[dict]:
         """The epoch records in order (missing fields left out), at most up to
-        `upto_epoch`. A torn last line (a kill mid-write) is ignored; a later
-        record for an epoch already seen replaces the earlier one."""
+        `upto_epoch`. A torn last line (a kill mid-write) is ignored; any other line that
+        is not an epoch record (a garbled file) is skipped with one warning naming them;
+        a later record for an epoch already seen replaces the earlier one."""
         try:
             data = self.jsonl.read_bytes()
         except FileNotFoundError:
             return []
         except OSError as exc:
             raise HistoryError(f"{self.jsonl}: cannot be read ({exc.strerror})") from None
-        lines = data.split(b"\n")
+        lines = data.split(b"\n")[:-1]  # after the last newline: a torn line, or nothing
         by_epoch: dict[int, dict] = {}
+        bad = []
         for n, line in enumerate(lines, 1):
             if not line.strip():
                 continue
-            last = n == len(lines)  # no newline after it: the write never finished
-            try:
-                r = json.loads(line)
-                ok = isinstance(r, dict) and isinstance(r.get("epoch"), int)
-            except ValueError:
-                ok = False
-            if not ok:
-                if last:
-                    break
-                raise HistoryError(f"{self.jsonl}: line {n} is not an epoch record (corrupt file)")
-            if last:
-                break
-            if upto_epoch is None or r["epoch"] <= upto_epoch:
+            r = _epoch_record(line)
+            if r is None:
+                bad.append(n)
+            elif upto_epoch is None or r["epoch"] <= upto_epoch:
                 by_epoch[r["epoch"]] = {k: v for k, v in r.items() if v is not None}
+        if bad:
+            shown = ", ".join(map(str, bad[:5])) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+            self.warn(f"memtrain: {self.jsonl}: skipped {len(bad)} line(s) that are not epoch records "
+                      f"(garbled file): line {shown}")
         return [by_epoch[e] for e in sorted(by_epoch)]
 
     def info(self) -> dict | None:
@@ -314,6 +326,15 @@ class RunHistory:
     def _write_run(self, run: dict) -> None:
         data = json.dumps(_clean(run), indent=1, allow_nan=False).encode() + b"\n"
         atomic_write(self.run_json, lambda f: f.write(data))
+
+
+def _epoch_record(line: bytes) -> dict | None:
+    try:
+        r = json.loads(line)
+    except ValueError:  # UnicodeDecodeError included
+        return None
+    ok = isinstance(r, dict) and isinstance(r.get("epoch"), int) and not isinstance(r["epoch"], bool)
+    return r if ok else None
 
 
 def _finite(v) -> bool:

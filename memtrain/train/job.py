@@ -15,6 +15,7 @@ lives above the trainer (it probes real steps), so callers pass it in.
 from __future__ import annotations
 
 import contextlib
+import errno
 import signal
 import sys
 import threading
@@ -24,14 +25,15 @@ from pathlib import Path
 import numpy as np
 
 from memtrain.backend import get_backend, set_tf32
-from memtrain.errors import CheckpointError, ConfigError, DataError, DeviceError, JobFailed
+from memtrain.errors import CheckpointError, ConfigError, DataError, DeviceError, FinishFailed, JobFailed
 from memtrain.kernels.cpu import threads_from_env
 from memtrain.memory.batch import largest_batch
-from memtrain.memory.budget import check_fits, default_margin, device_budget
+from memtrain.memory.budget import check_address_space_limit, check_fits, default_margin, device_budget
 from memtrain.memory.measure import active_pool, gpu_uuid, pool_peak_hook
 from memtrain.memory.peak import PeakMeter
 from memtrain.memory.plan import training_plan
 from memtrain.nn.mlp import MLP
+from memtrain.nn.scores import ALL as SCORES
 from memtrain.train import checkpoint as ckpt
 from memtrain.train.history import RunHistory, config_hash, trainer_history
 from memtrain.train.joblog import JobLog, Progress, epoch_line, plan_line, summary_text
@@ -56,8 +58,9 @@ class Job:
     any work), then run(); read `state` while it runs and `summary` after it."""
 
     def __init__(self, cfg, *, log_format="text", progress=True, stream=None, install_signals=True,
-                 batch_solver=None):
+                 batch_solver=None, run_info=None):
         self.cfg = cfg
+        self.run_info = dict(run_info or {})  # RunInfo fields a caller adds to run.json (the service: name, job_id)
         self.log = JobLog(log_format, stream or sys.stdout)
         # the bar redraws one line: on a terminal only (a log file or a pipe gets the epoch lines)
         self.show_progress = progress and log_format == "text" and _isatty(self.log.stream)
@@ -72,15 +75,17 @@ class Job:
         self.batch_size = self.micro_batch_size = None
         self.resident = True
         self.peak = PeakMeter(cfg.training.measure)
-        self.history = RunHistory(self.out_dir)  # run.json, history.jsonl/.csv in the run directory
+        self.history = RunHistory(self.out_dir, warn=self._warn)  # run.json, history.jsonl/.csv in the run directory
         self.cadence = ckpt.Cadence(cfg.checkpoint.every_steps, cfg.checkpoint.every_minutes * 60)
         self._recovered = self._resumed_record = None  # the newest good checkpoint's record at start-up (ckpt.recover)
         self._history_open = False  # start() was called: every ending must finish() it
         self._epoch_samples = 0
+        self._events_logged = 0  # trainer.events already in the log
         self._rate = Progress(False, 0, None)  # its smoothed samples/s, for the epoch lines and the history
         self.summary = None
         self.stop_reason = None  # set by stop(): a signal name or "stop"
         self.failure = None
+        self._previous_handlers = {}  # what train() replaced with stop(), put back when run() ends
         self._identity = None
         self._t_start = self._step_t = 0.0
 
@@ -91,9 +96,44 @@ class Job:
         self.stop_reason = self.stop_reason or reason
 
     def run(self) -> dict:
-        """Every phase in order; the metrics server and tracing stop however the job ends."""
+        """Every phase in order; the metrics server and tracing stop however the job ends. A full
+        disk, wherever it strikes, is one line (JobFailed, exit 1): every write is atomic, so the
+        files already there (checkpoints, history, models) are as they were."""
         self._t_start = time.perf_counter()
+        try:
+            return self._phases()
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise JobFailed(self._write_failed(exc)) from None
+
+    def _finish_or_retry(self) -> dict:
+        """finish(); out of memory there is FinishFailed: the epoch-end checkpoint holds the trained
+        state, so a new attempt (a service retries exit status 3) resumes it and only finishes."""
+        tr = self.trainer
+        if tr.stopped_early or (tr.epoch >= self.cfg.training.epochs and tr.patience is not None):
+            tr.restore_best()  # as fit() does at its end: a resumed attempt that only finishes did not run fit()
+        try:
+            return self.finish()
+        except MemoryError as exc:
+            good = ckpt.list_checkpoints(self.ckpt_dir)
+            raise FinishFailed(f"finish: out of memory in the final evaluation or model write ({exc or 'MemoryError'}); "
+                               f"training is done and its last checkpoint {good[0] if good else '(none)'} is kept: "
+                               "run again (the same command) to resume it and finish") from None
+
+    def _write_failed(self, exc: OSError) -> str:
+        good = ckpt.list_checkpoints(self.ckpt_dir) if self.ckpt_dir.is_dir() else []
+        last = f"the last good checkpoint is {good[0]}" if good else "no checkpoint was written yet"
+        where = exc.filename or self.out_dir
+        full = "disk full: " if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+        return (f"{full}could not write {where} ({exc.strerror or exc}); {last}; nothing was overwritten: "
+                "free some space, then resume with the same command")
+
+    def _phases(self) -> dict:
         with contextlib.ExitStack() as resources:
+            # the signal handlers set by train() stay until the job has ended: a second SIGTERM while the
+            # stop checkpoint or the models are written must not kill the process half-way through a file
+            resources.callback(self._restore_signals)
             self.open_device()
             self.load_data()
             self.choose_batch()
@@ -109,7 +149,7 @@ class Job:
             self.start_history(resumed)
             try:
                 stopped = self.train()
-                result = stopped if stopped is not None else self.finish()
+                result = stopped if stopped is not None else self._finish_or_retry()
             except BaseException as exc:
                 self._end_history("failed", message=str(exc) or type(exc).__name__)
                 raise
@@ -121,6 +161,7 @@ class Job:
 
     def open_device(self) -> None:
         """Checks the output directories (created later, by build_trainer) and opens the backend."""
+        check_address_space_limit()  # before SciPy/numba load: under a low RLIMIT_AS their import spins
         ckpt.check_creatable(self.ckpt_dir)
         ckpt.check_creatable(self.out_dir)
         # stale temporaries removed, unusable checkpoints set aside before anything reads them
@@ -260,7 +301,8 @@ class Job:
                           "dtype": s.dtype},
                 "batch_size": tr.batch_size, "micro_batch_size": tr.micro_batch_size,
                 "epochs_planned": cfg.training.epochs, "steps": tr.steps, "planned_bytes": self.plan.total,
-                "planned_by_category": self.plan.by_category(), "config_hash": config_hash(cfg.to_dict())}
+                "planned_by_category": self.plan.by_category(), "config_hash": config_hash(cfg.to_dict()),
+                **self.run_info}
         if resumed:
             old = self._resumed_record["state"].get("history")  # a checkpoint of an older memtrain holds it
             kept = self.history.start(info, resume_from=tr.epoch, fallback=old)
@@ -279,20 +321,14 @@ class Job:
         try:
             self.history.append(record, **fields)
         except OSError as exc:  # a full disk: one line, like a checkpoint that cannot be written
-            good = ckpt.list_checkpoints(self.ckpt_dir)
-            last = f"the last good checkpoint is {good[0]}" if good else "no checkpoint was written yet"
-            raise JobFailed(f"history: could not write {self.history.jsonl} ({exc.strerror or exc}); {last}; "
-                            "free some space, then resume with the same command") from None
+            exc.filename = exc.filename or str(self.history.jsonl)
+            raise JobFailed(f"history: {self._write_failed(exc)}") from None
 
     def train(self) -> dict | None:
         """The loop (on_step/on_epoch after each step/epoch). Returns the stop record when
         stopped, None when the epochs ran out; raises JobFailed on too many non-finite steps."""
-        tr, previous = self.trainer, {}
-        # signal handlers can only be set on the main thread; a Job run on another thread
-        # (a service) is stopped through stop() instead
-        if self.install_signals and threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                previous[sig] = signal.signal(sig, lambda s, f: self.stop(signal.Signals(s).name))
+        tr = self.trainer
+        self._install_signals()
         pool_hook = pool_peak_hook(active_pool(self.backend.xp)) if self.backend.is_cuda else None
         self._pool_hook = pool_hook
         self._step_t = time.perf_counter()
@@ -301,16 +337,28 @@ class Job:
         remaining = self.cfg.training.epochs - tr.epoch
         try:
             with pool_hook if pool_hook is not None else contextlib.nullcontext():
-                if remaining > 0 and not tr.stopped_early:
+                # a stop asked for before the loop (a cancel during start-up) trains nothing more
+                if remaining > 0 and not tr.stopped_early and not self.stop_reason:
                     tr.fit(epochs=remaining, on_step=self.on_step, on_epoch=self.on_epoch)
         except BaseException:
             self.set_state("failed")
             raise
         finally:
             self._bar.close()
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
         return self._after_loop() if (self.stop_reason or self.failure) else None
+
+    def _install_signals(self) -> None:
+        """SIGTERM/SIGINT -> stop() until run() ends. Signal handlers can only be set on the main
+        thread; a Job run on another thread (compare, sweep) is stopped through stop() instead."""
+        self._previous_handlers = {}
+        if self.install_signals and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous_handlers[sig] = signal.signal(sig, lambda s, f: self.stop(signal.Signals(s).name))
+
+    def _restore_signals(self) -> None:
+        for sig, handler in self._previous_handlers.items():
+            signal.signal(sig, handler)
+        self._previous_handlers = {}
 
     def on_step(self, tr, loss):
         now = time.perf_counter()
@@ -333,6 +381,9 @@ class Job:
         s.nonfinite_steps, s.oom_recoveries = tr.nonfinite_steps, tr.oom_recoveries
         if tr.micro_batch_size != s.micro_batch_size:  # an OOM re-planned the step
             s.micro_batch_size, s.planned_bytes = tr.micro_batch_size, tr.plan.by_category()
+        if len(tr.events) > self._events_logged:  # OOM recoveries, a CUDA graph turned off: into the log
+            self._log_trainer_events(tr.events[self._events_logged:])
+            self._events_logged = len(tr.events)
         self._bar.update(tr, loss, dt, peak if peak is not None else s.measured.get("cupy_pool_peak"))
         self.publish()
         if tr.nonfinite_streak >= self.cfg.training.max_nonfinite:
@@ -357,8 +408,9 @@ class Job:
         s = self.state
         s.epoch = tr.epoch
         s.validation_loss = record.get("val_loss", float("nan"))
-        acc = record.get("val_accuracy")
-        s.validation_accuracy = float("nan") if acc is None else acc
+        for k in SCORES:  # NaN: no such score for this kind of output
+            v = record.get(f"val_{k}")
+            setattr(s, f"validation_{k}", float("nan") if v is None else v)
         self.publish()
         # smoothed across epochs: a checkpoint's fsync or a busy machine moves it a little, not 50x
         seconds = record.get("seconds") or 0.0
@@ -372,6 +424,17 @@ class Job:
                             measured_peak_bytes=self.peak.peak())
         del tr.history[:-1]  # the history file holds every epoch: memory stays flat over long runs
         self.save_checkpoint("epoch")
+
+    def _log_trainer_events(self, events) -> None:
+        for e in events:
+            fields = {k: v for k, v in e.items() if k != "event"}
+            if e["event"] == "oom_recovery":
+                text = (f"oom       out of memory ({e.get('error')}) at step {e.get('step')}: micro-batch "
+                        f"{e.get('micro_batch_from')} -> {e.get('micro_batch_to')}, gradients accumulated (the batch "
+                        "stays the same)")
+            else:
+                text = f"note      {e['event']}: " + ", ".join(f"{k} {v}" for k, v in fields.items())
+            self.log(e["event"], text, **fields)
 
     def save_checkpoint(self, reason: str) -> Path | None:
         """A checkpoint of the current state, unless the newest one already holds it (None)."""
@@ -500,7 +563,8 @@ class Job:
                   "epochs": tr.epoch}
         best_path, final_path = self.out_dir / "model-best", self.out_dir / "model-final"
         had_best = tr.best_epoch is not None
-        test = tr.model.evaluate(ds.X_test, ds.y_test) if ds.X_test is not None else None
+        # the training buffers in eval mode: the final evaluation allocates nothing beyond the plan
+        test = tr.evaluate(ds.X_test, ds.y_test) if ds.X_test is not None else None
         if had_best:
             # fit() restored the best weights; the final ones are the best ones for early stopping jobs
             save_model(best_path, tr.model, {**common, "epoch": tr.best_epoch, "val_loss": tr.best_loss,
@@ -515,8 +579,9 @@ def _summary(cfg, tr, plan, peak, seconds, test, final_path, best_path) -> dict:
         "job": cfg.name, "steps": tr.steps, "epochs": tr.epoch,
         "best_epoch": tr.best_epoch if best_path else None,
         "train_loss": last.get("train_loss"), "val_loss": last.get("val_loss"),
-        "val_accuracy": last.get("val_accuracy"),
-        "test_loss": None if test is None else test["loss"], "test_accuracy": None if test is None else test["accuracy"],
+        **{f"val_{k}": last.get(f"val_{k}") for k in SCORES},
+        "test_loss": None if test is None else test["loss"],
+        **{f"test_{k}": None if test is None else test[k] for k in SCORES},
         "seconds": seconds, "batch_size": tr.batch_size, "micro_batch_size": tr.micro_batch_size,
         "oom_recoveries": tr.oom_recoveries, "nonfinite_steps": tr.nonfinite_steps,
         "planned_bytes": plan.total, "planned_by_category": plan.by_category(), "measured_peak_bytes": peak,

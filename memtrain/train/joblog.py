@@ -8,6 +8,7 @@ import time
 
 from memtrain.errors import ConfigError
 from memtrain.jsonable import plain
+from memtrain.nn.scores import score_text
 from memtrain.train.trainer import format_record
 from memtrain.units import format_bytes
 
@@ -24,7 +25,10 @@ class JobLog:
 
     def __call__(self, event: str, text: str = "", **fields):
         if self.fmt == "json":
-            print(json.dumps({"time": round(time.time(), 3), "event": event, **fields}, default=plain),
+            # "text": the line the text log prints (none for an event it does not print, e.g. a
+            # checkpoint), so `memtrain logs` shows a service job as `memtrain train` shows it
+            extra = {"text": text} if text else {}
+            print(json.dumps({"time": round(time.time(), 3), "event": event, **fields, **extra}, default=plain),
                   file=self.stream, flush=True)
         elif text:
             print(text, file=self.stream, flush=True)
@@ -116,10 +120,11 @@ def summary_text(s) -> str:
     lines = [f"finished  {s['epochs']} epochs, {s['steps']} steps in {s['seconds']:.1f} s"]
     if s["best_epoch"] is not None:
         lines.append(f"best      epoch {s['best_epoch']} (validation loss; restored)")
-    if s["val_accuracy"] is not None:
-        lines.append(f"validation loss {s['val_loss']:.4f}, accuracy {s['val_accuracy']:.4f}")
-    if s["test_accuracy"] is not None:
-        lines.append(f"test      loss {s['test_loss']:.4f}, accuracy {s['test_accuracy']:.4f}")
+    if s["val_loss"] is not None:
+        lines.append(f"validation loss {s['val_loss']:.4f}{score_text(s, 'val_')}")
+    if s["test_loss"] is not None:
+        lines.append(f"test      loss {s['test_loss']:.4f}{score_text(s, 'test_')}")
     lines.extend(memory_lines(s))
     lines.append(f"model     {s['model']}" + (f" (best: {s['best_model']})" if s["best_model"] else ""))
     return "\n".join(lines)
+

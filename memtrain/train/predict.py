@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from memtrain.errors import ConfigError, DataError, ExitCode, MemtrainError
+from memtrain.nn.scores import score_text
 from memtrain.train.model_io import load_model
 
 
@@ -42,7 +43,7 @@ def _prepare(X, meta) -> np.ndarray:
 
 def evaluate_model(model_file, dataset: str | None = None, *, label_column=None, split: str | None = None,
                    device="cpu") -> dict:
-    """Loss and accuracy of a saved model, and which rows they are over.
+    """Loss and scores (accuracy, or RMSE, MAE and R^2) of a saved model, and which rows they are over.
 
     dataset: default the job's own (the model records it). split: "test" (the job's
     held-out rows, the same ones the job scored), "all" (every row), or None: "test"
@@ -116,7 +117,6 @@ def _other_rows(model, meta, dataset, label_column):
 
 def describe(r: dict) -> str:
     """One line: what was scored, whether it is held out, and the scores."""
-    acc = "" if r["accuracy"] is None else f", accuracy {r['accuracy']:.4f}"
     if r["split"] == "test":
         what = f"{r['rows']:,} test rows of {r['dataset']} (held out: the job never trained on them)"
     elif r["seen_rows"]:
@@ -126,7 +126,7 @@ def describe(r: dict) -> str:
         what = f"{r['rows']:,} rows of {r['dataset']}, every row"
     else:
         what = f"{r['rows']:,} rows of {r['dataset']}, every row (not the data set the job trained on)"
-    return f"scored {what}: loss {r['loss']:.4f}{acc}"
+    return f"scored {what}: loss {r['loss']:.4f}{score_text(r, '')}"
 
 
 # -- predict -----------------------------------------------------------------------------------

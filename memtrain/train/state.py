@@ -81,6 +81,9 @@ class JobState:
     train_loss: float = _f("scalar", float("nan"))
     validation_loss: float = _f("scalar", float("nan"))
     validation_accuracy: float = _f("scalar", float("nan"))
+    validation_rmse: float = _f("scalar", float("nan"))  # regression (a linear output) only
+    validation_mae: float = _f("scalar", float("nan"))
+    validation_r2: float = _f("scalar", float("nan"))
     learning_rate: float = _f("scalar", float("nan"))
     gradient_norm: float = _f("scalar", float("nan"))
     nonfinite_steps: int = _f("scalar", 0)

@@ -29,6 +29,7 @@ from memtrain.memory.measure import active_pool
 from memtrain.memory.plan import MemoryPlan, training_plan
 from memtrain.nn import step
 from memtrain.nn.mlp import MLP, _copy_in, evaluate_in
+from memtrain.nn.scores import REGRESSION
 from memtrain.optim import Optimizer, make_optimizer
 from memtrain.optim.schedules import Constant, Schedule
 from memtrain.train import graph
@@ -360,6 +361,7 @@ class Trainer:
         if val is not None:
             ev = evaluate_in(self.spec, self.model.layers, self.buffers, val[0], val[1])
             record.update(val_loss=ev["loss"], val_accuracy=ev["accuracy"])
+            record.update({f"val_{k}": ev[k] for k in REGRESSION if ev[k] is not None})
             if self.patience is not None:
                 if ev["loss"] < self.best_loss:
                     self.best_loss, self.best_epoch, self.waited = ev["loss"], self.epoch, 0
@@ -482,5 +484,6 @@ def format_record(r: dict) -> str:
         parts.append(f"val_loss {r['val_loss']:.4f}")
         if r.get("val_accuracy") is not None:
             parts.append(f"val_acc {r['val_accuracy']:.4f}")
+        parts += [f"val_{k} {r[f'val_{k}']:.4g}" for k in REGRESSION if r.get(f"val_{k}") is not None]
     parts.append(f"{r['seconds']:.2f}s")
     return "  ".join(parts)
