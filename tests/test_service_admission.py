@@ -149,3 +149,10 @@ def test_a_waiting_job_hears_every_reason_it_waits():
     room = Slot("cpu", "cpu", 100, committed=10, running=1, max_jobs=2)
     assert reasons(Waiting("w", "cpu", 50, 0), [room])[0].startswith("it fits: it starts at the scheduler's next")
     assert reasons(Waiting("w", "cuda", 5, 0), [room]) == ["no cuda device"]
+
+
+def test_a_job_that_fits_exactly_is_told_it_starts_soon():
+    exact = Slot("cpu", "cpu", 100, committed=60, running=1, max_jobs=2)
+    assert reasons(Waiting("w", "cpu", 40, 0), [exact]) == [
+        "it fits: it starts at the scheduler's next pass, unless an earlier job that does not fit has waited past "
+        "--head-wait (nothing passes that job then)"]
