@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench mutation clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -36,6 +36,14 @@ test: $(TEST_STAMP)
 bench: $(TEST_STAMP)
 	$(BIN)/python -m pip install -q 'torch==2.13.0' || echo "torch not installable: running without the peer"
 	$(BIN)/python bench/throughput.py  # PyTorch runs as the peer whenever it is importable (--peer auto)
+
+# mutation testing of the safety-critical modules (docs/testing.md), one module at a time under nice:
+# `make mutation MODULE=admission`; without MODULE, every module of mutation/modules.toml in turn
+MUTATION_MODULES := admission scheduler security confinement checkpoint plan cpu-dispatch
+mutation: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[mutation]'
+	@status=0; for m in $(or $(MODULE),$(MUTATION_MODULES)); do $(BIN)/python mutation/run.py $$m || status=1; done; \
+	exit $$status
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

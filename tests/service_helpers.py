@@ -22,6 +22,7 @@ import pytest
 uvicorn = pytest.importorskip("uvicorn", reason="the service tests need the service extra (memtrain[service])")
 pytest.importorskip("fastapi", reason="the service tests need the service extra (memtrain[service])")
 
+from memtrain.launch.executor import Handle  # noqa: E402
 from memtrain.service.app import create_app  # noqa: E402 - after the extra is known to be there
 from memtrain.service.core import Service, Settings
 from memtrain.service.server import uvicorn_config
@@ -161,3 +162,45 @@ def kill_group(ref: str) -> None:
         os.killpg(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+class Scripted:
+    """An executor that records launches and cancels; poll answers from `exits`, adopt from `alive`.
+    A handle it gave out must come back whole (what the scheduler stored and read back)."""
+
+    name = "scripted"
+
+    def __init__(self):
+        self.launches, self.cancelled, self.exits, self.alive = [], [], {}, set()
+        self.handles, self.cancelled_handles = {}, []
+        self.on_start = None  # called with the Launch before start returns (the launch-before-commit window)
+
+    def start(self, launch):
+        if self.on_start is not None:
+            self.on_start(launch)
+        self.launches.append(launch)
+        target = f"127.0.0.1:{launch.metrics_port}" if launch.metrics_port else None
+        h = self.handles[launch.job_id] = Handle(launch.job_id, self.name, json.dumps({"n": len(self.launches)}),
+                                                 target)
+        return h
+
+    def _check(self, handle):
+        given = self.handles.get(handle.job_id)
+        # the metrics target may be stored as the address Prometheus scrapes (--job-metrics-address)
+        assert given is None or (handle.executor, handle.ref) == (given.executor, given.ref), handle
+
+    def poll(self, handle):
+        self._check(handle)
+        return self.exits.get(handle.job_id)
+
+    def cancel(self, handle):
+        self._check(handle)
+        self.cancelled.append(handle.job_id)
+        self.cancelled_handles.append(handle)
+
+    def adopt(self, handle):
+        self._check(handle)
+        return handle.job_id in self.alive
+
+    def close(self):
+        self.closed = True

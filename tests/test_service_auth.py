@@ -1,11 +1,12 @@
 """Who may use the service: the token, the bind rule."""
 
 import json
+import time
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from service_helpers import ThreadServer, digits_job
+from service_helpers import ThreadServer, digits_job, wait_for
 
 from memtrain.cli import main
 
@@ -60,6 +61,27 @@ def test_submit_needs_the_token_and_writes_nothing_without_it(server):
     status, out = server.request("POST", "/jobs", digits_job(epochs=1))
     assert status == 401 and "Bearer" in out["detail"]
     assert len(server.service.store.list()) == before
+
+
+def test_cancel_without_the_token_is_401_and_the_running_job_is_untouched(server):
+    status, out = server.request("POST", "/jobs", digits_job("long", epochs=400), token=TOKEN)
+    assert status == 201
+    job_id = out["id"]
+    try:
+        wait_for(server.url, job_id, ("running",), token=TOKEN)
+        while not server.service.store.get(job_id)["ref"]:  # its process handle, stored just after the start
+            time.sleep(0.05)
+        before = server.service.store.get(job_id)
+        for token in (None, "wrong-token-0123456789"):
+            status, out = server.request("DELETE", f"/jobs/{job_id}", token=token)
+            assert status == 401 and "Bearer" in out["detail"]
+        stored = server.service.store.get(job_id)
+        assert stored["state"] == "running" and not stored["cancel_requested"] and stored["ref"] == before["ref"]
+        time.sleep(0.5)  # a cancel that got through would have SIGTERMed the worker by now
+        assert server.service.store.get(job_id)["state"] == "running"
+    finally:
+        assert server.request("DELETE", f"/jobs/{job_id}", token=TOKEN)[0] == 200
+        assert wait_for(server.url, job_id, ("cancelled", "succeeded"), token=TOKEN)["state"] == "cancelled"
     status, out = server.request("POST", "/jobs", digits_job(epochs=1), token=TOKEN)
     assert status == 201
 

@@ -339,6 +339,8 @@ class Scheduler:
         if target and self.metrics_address:  # e.g. exporters on 0.0.0.0, scraped as memtrain:PORT
             target = f"{self.metrics_address}:{target.rsplit(':', 1)[1]}"
         self.store.update(job["id"], executor=h.executor, ref=h.ref, metrics_target=target)
+        if self.store.get(job["id"])["cancel_requested"]:  # a cancel came while it started, before it had a handle
+            self.executor.cancel(h)
         if not handed_over:
             self.on_event("started", {**job, "device": device.name})
 
