@@ -444,6 +444,13 @@ def service_dashboard() -> dict:
                    [device("memtrain_service_device_capacity_bytes", "capacity"),
                     device("memtrain_service_device_committed_bytes", "committed"),
                     device("memtrain_service_device_measured_bytes", "measured")], w=24, minimum=0),
+        timeseries("State dir on disk", "memtrain_service_state_dir_bytes: the store, its backup and every job's "
+                   "log, checkpoints and models, as du counts them; checkpoint retention keeps it bounded.", "bytes",
+                   [target(sel("memtrain_service_state_dir_bytes"), "state dir")], w=18, minimum=0),
+        stat("Damaged store rows", "memtrain_service_store_damaged_rows: job rows that do not decode, skipped by "
+             "every list; memtrain serve --recover rebuilds them from their job dirs.", "short",
+             [target(sel("memtrain_service_store_damaged_rows"), "damaged")], w=6,
+             steps=[{"color": "green", "value": None}, {"color": "red", "value": 1}]),
     ]
     flow = [
         timeseries("Submissions", "rate(memtrain_service_submissions_total) by outcome: admitted to the queue or "

@@ -565,11 +565,11 @@ def test_a_gpu_job_is_launched_on_its_gpu_by_uuid(tmp_path, monkeypatch):
 
 def test_what_a_queued_job_needs_and_whether_it_can_ever_fit(service):
     w = service.scheduler.waiting({"id": "x", "device_kind": "cuda", "batch_request": "auto", "min_bytes": 10,
-                                   "planned_bytes": 99, "queued_at": 1.5})
+                                   "planned_bytes": 99, "queued_at": 1.5, "priority": 0, "user": "default"})
     assert (w.id, w.kind, w.need, w.queued_at, w.auto) == ("x", "cuda", 10, 1.5, True)  # no cuda device: no overhead
     w = service.scheduler.waiting({"id": "y", "device_kind": "cpu", "batch_request": 32, "min_bytes": 10,
-                                   "planned_bytes": 99, "queued_at": 2.5})
-    assert (w.need, w.auto) == (99 + 1000, False)
+                                   "planned_bytes": 99, "queued_at": 2.5, "priority": 2, "user": "ann"})
+    assert (w.need, w.auto, w.priority, w.user) == (99 + 1000, False, 2, "ann")
     max_jobs(service, 0)
     job_id = submit(service)
     budget = service.devices[0].budget_bytes
