@@ -25,17 +25,23 @@ def test_kill_9_with_3_running_and_2_queued_then_restart(tmp_path):
     state.mkdir()
     args = ["--max-jobs-per-device", "3", "--budget", "cpu=4GiB"]
     server = ProcessServer(state, *args).start()
-    jobs = [digits_job(f"r{i}", epochs=8, batch=8, seed=i % 2) for i in range(5)]
-    ids = [request(server.url, "POST", "/jobs", j)[1]["id"] for j in jobs]
-    deadline = time.time() + 60
-    while True:
-        listed = request(server.url, "GET", "/jobs")[1]
-        running = [j for j in listed if j["state"] == "running" and (j["progress"].get("epoch") or 0) >= 1]
-        if len(running) == 3:
-            break
-        assert time.time() < deadline, [(j["state"], j["progress"]) for j in listed]
-        time.sleep(0.1)
-    assert [j["state"] for j in listed].count("queued") == 2
+    # 24 epochs (~3 s of training here): long enough that the three running jobs overlap past
+    # their staggered starts and the list's one-second progress slack (8 epochs missed it 1 in 3)
+    jobs = [digits_job(f"r{i}", epochs=24, batch=8, seed=i % 2) for i in range(5)]
+    try:
+        ids = [request(server.url, "POST", "/jobs", j)[1]["id"] for j in jobs]
+        deadline = time.time() + 60
+        while True:
+            listed = request(server.url, "GET", "/jobs")[1]
+            running = [j for j in listed if j["state"] == "running" and (j["progress"].get("epoch") or 0) >= 1]
+            if len(running) == 3:
+                break
+            assert time.time() < deadline, [(j["state"], j["progress"]) for j in listed]
+            time.sleep(0.1)
+        assert [j["state"] for j in listed].count("queued") == 2
+    except BaseException:  # a failed wait must not leave the service running into later tests
+        server.stop()
+        raise
     server.kill9()
     time.sleep(0.5)  # the jobs run on without their service
     server = ProcessServer(state, *args, port=server.port).start()
