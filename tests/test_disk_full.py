@@ -146,5 +146,5 @@ def test_a_job_failed_on_a_full_disk_is_requeued_and_resumes_bit_identical(small
         assert done["state"] == "succeeded", done["reason"]
         log = (small_disk / "storage" / "jobs" / job_id / "job.log").read_text()
         assert '"event": "resume"' in log
-        a, b = np.load(done["result"]["model"]), np.load(server.wait(alone)["result"]["model"])
-        assert np.array_equal(a["params"], b["params"])
+        with np.load(done["result"]["model"]) as a, np.load(server.wait(alone)["result"]["model"]) as b:
+            assert np.array_equal(a["params"], b["params"])

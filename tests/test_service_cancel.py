@@ -133,9 +133,9 @@ def test_cancel_then_requeue_resumes_under_its_id_bit_identical(server):
     log = (Path(server.settings.state_dir) / "jobs" / job_id / "job.log").read_text()
     resumed = [json.loads(line) for line in log.splitlines() if '"event": "resume"' in line]
     assert resumed and resumed[-1]["step"] >= stopped["progress"]["step"] > 0  # it went on, not from step 0
-    a, b = np.load(done["result"]["model"]), np.load(alone["result"]["model"])
-    keys = [k for k in a.files if not k.startswith("meta")]
-    assert keys and all(np.array_equal(a[k], b[k]) for k in keys)
+    with np.load(done["result"]["model"]) as a, np.load(alone["result"]["model"]) as b:  # closed: no stray warning
+        keys = [k for k in a.files if not k.startswith("meta")]
+        assert keys and all(np.array_equal(a[k], b[k]) for k in keys)
     assert done["result"]["epochs"] == alone["result"]["epochs"] == 6
 
 

@@ -61,12 +61,12 @@ def test_kill_9_with_3_running_and_2_queued_then_restart(tmp_path):
         r = subprocess.run([sys.executable, "-m", "memtrain.cli", "train", str(ref / "job.toml"), "--log-format",
                             "json"], capture_output=True, text=True, env=env, timeout=120)
         assert r.returncode == 0, r.stderr[-2000:]
-        alone = np.load(ref / "out" / "model-final.npz")
-        for d, job in zip(done, jobs):
-            if job["seed"] != seed:
-                continue
-            served = np.load(d["result"]["model"])
-            keys = [k for k in alone.files if not k.startswith("meta")]
-            assert keys and set(keys) <= set(served.files)
-            for k in keys:
-                assert np.array_equal(alone[k], served[k]), (d["id"], k)
+        with np.load(ref / "out" / "model-final.npz") as alone:
+            for d, job in zip(done, jobs):
+                if job["seed"] != seed:
+                    continue
+                with np.load(d["result"]["model"]) as served:
+                    keys = [k for k in alone.files if not k.startswith("meta")]
+                    assert keys and set(keys) <= set(served.files)
+                    for k in keys:
+                        assert np.array_equal(alone[k], served[k]), (d["id"], k)
