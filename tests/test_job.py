@@ -427,5 +427,5 @@ def test_a_tampered_sidecar_falls_back_with_a_warning_and_ends_as_an_uninterrupt
     warned = [json.loads(line)["message"] for line in r.stdout.splitlines() if '"event": "warning"' in line]
     assert any(newest.stem in w and "SHA-256 mismatch of its .json" in w and "falling back" in w for w in warned)
     assert (newest.parent / f"{newest.name}.corrupt").exists()
-    a, b = np.load(tmp_path / "whole" / "model-final.npz"), np.load(tmp_path / "b" / "model-final.npz")
-    assert np.array_equal(a["params"], b["params"])
+    with np.load(tmp_path / "whole" / "model-final.npz") as a, np.load(tmp_path / "b" / "model-final.npz") as b:
+        assert np.array_equal(a["params"], b["params"])
