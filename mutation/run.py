@@ -65,9 +65,10 @@ def run(name: str, module: dict, children: int, resume: bool = False) -> int:
         work = scratch_copy(name, module)
     # mutmut puts its mutants/ first on sys.path; a PYTHONPATH naming this checkout would hide them
     # (the tests of modules.toml start no subprocess, which would import the unmutated package)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    cmd = ["nice", sys.executable, "-m", "mutmut", "run", "--max-children", str(children), *names]
-    shown = " ".join(cmd[:6] + (names if len(names) <= 3 else [f"<{len(names)} mutants>"]))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | module.get("env", {})
+    cmd = ["nice", "-n", "19", sys.executable, "-m", "mutmut", "run", "--max-children", str(children), *names]
+    shown = " ".join([f"{k}={v}" for k, v in module.get("env", {}).items()] + cmd[:8]
+                     + (names if len(names) <= 3 else [f"<{len(names)} mutants>"]))
     print(f"mutation: {name}: {shown} (in {work})", flush=True)
     with open(work / "mutmut.log", "a" if resume else "w") as log:
         return subprocess.run(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
