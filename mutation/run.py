@@ -67,7 +67,7 @@ def run(name: str, module: dict, children: int, resume: bool = False) -> int:
     # (the tests of modules.toml start no subprocess, which would import the unmutated package)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | module.get("env", {})
     cmd = ["nice", "-n", "19", sys.executable, "-m", "mutmut", "run", "--max-children", str(children), *names]
-    shown = " ".join([f"{k}={v}" for k, v in module.get("env", {}).items()] + cmd[:8]
+    shown = " ".join([f"{k}={v}" for k, v in module.get("env", {}).items()] + cmd[:9]
                      + (names if len(names) <= 3 else [f"<{len(names)} mutants>"]))
     print(f"mutation: {name}: {shown} (in {work})", flush=True)
     with open(work / "mutmut.log", "a" if resume else "w") as log:
