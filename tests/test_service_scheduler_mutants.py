@@ -1,0 +1,169 @@
+"""The scheduler's decisions that a mutation run (docs/testing.md, `make mutation MODULE=scheduler`)
+found untested: requeue on request, the run-time limit the scheduler enforces itself, recovery
+after a restart, cancels, metrics ports, progress records. Like tests/test_service_scheduler.py,
+a tick at a time with an executor that starts nothing and answers as told (milliseconds each)."""
+
+import json
+import signal
+import time
+
+import pytest
+from service_helpers import Scripted
+
+from memtrain.launch.executor import Exit
+from memtrain.launch.worker import EXIT
+from memtrain.service.core import Service, Settings
+from memtrain.service.scheduler import JobConflict
+
+GIB = 1024**3
+
+
+def job(**training) -> bytes:
+    return json.dumps({"name": "j", "model": {"layers": [64, 16, 10]},
+                       "training": {"epochs": 1, "batch_size": 32, **training}}).encode()
+
+
+def make(tmp_path, **settings) -> Service:
+    s = Service(Settings(**{"state_dir": tmp_path / "state", "devices": "cpu", "budgets": {"cpu": GIB},
+                            "cpu_overhead": 1000, "max_jobs_per_device": 8, "executor": Scripted(),
+                            "metrics_ports": False, **settings}))
+    s.ex = s.settings.executor
+    return s
+
+
+@pytest.fixture
+def service(tmp_path):
+    s = make(tmp_path)
+    yield s
+    s.stop()
+
+
+def submit(service, body=None) -> str:
+    return service.submit(body or job(), "application/json")["id"]
+
+
+def no_room(service) -> None:
+    """Nothing more starts (a device of 0 jobs): what is queued stays queued."""
+    import dataclasses
+
+    service.scheduler.devices["cpu"] = dataclasses.replace(service.scheduler.devices["cpu"], max_jobs=0)
+
+
+# -- requeue on request ---------------------------------------------------------------------------
+
+
+def test_requeue_puts_a_cancelled_job_back_as_new_and_keeps_nothing_of_its_last_run(service):
+    job_id = submit(service)
+    service.cancel(job_id)
+    service.store.update(job_id, attempts=2, metrics_target="127.0.0.1:9")
+    with open(f"{service.store.get(job_id)['run_dir']}/{EXIT}", "w") as f:
+        json.dump({"code": 0, "result": {"stopped": "SIGTERM", "steps": 4}}, f)
+    service.ex.exits[job_id] = Exit(0)
+    service.scheduler.tick()
+    before = service.store.get(job_id)
+    assert before["state"] == "cancelled" and before["result"] == {"stopped": "SIGTERM", "steps": 4}
+    no_room(service)
+    out = service.scheduler.requeue(job_id)
+    assert out == service.store.get(job_id)
+    assert (out["state"], out["attempts"], out["cancel_requested"]) == ("queued", 0, 0)
+    assert (out["ended_at"], out["result"], out["device"], out["reserved_bytes"]) == (None, None, None, 0)
+    assert (out["executor"], out["ref"], out["metrics_target"]) == (None, None, None)
+    assert out["queued_at"] >= before["ended_at"]
+    assert out["reason"] == "requeued on request after it was cancelled; resumes from its checkpoint"
+    assert service.events["requeued"] == 1
+
+
+def test_requeue_of_a_failed_job_starts_it_again_and_a_live_or_finished_one_is_a_conflict(service):
+    failed = submit(service)
+    service.ex.exits[failed] = Exit(1, None, "ValueError: boom")
+    service.scheduler.tick()
+    assert service.store.get(failed)["state"] == "failed"
+    del service.ex.exits[failed]
+    service.scheduler.requeue(failed)
+    service.scheduler.tick()
+    again = service.store.get(failed)
+    assert (again["state"], again["attempts"], again["reason"]) == ("running", 1, None)
+    assert [launch.job_id for launch in service.ex.launches] == [failed, failed]
+    done = submit(service)
+    service.store.update(done, state="succeeded")
+    for job_id, state in ((failed, "running"), (done, "succeeded")):
+        with pytest.raises(JobConflict, match=f"^job {job_id}: {state}; only a cancelled or failed job can be "
+                                              "requeued$"):
+            service.scheduler.requeue(job_id)
+        assert service.store.get(job_id)["state"] == state
+    no_room(service)
+    queued = submit(service)
+    with pytest.raises(JobConflict, match="queued; only a cancelled or failed"):
+        service.scheduler.requeue(queued)
+    assert service.scheduler.requeue("nope") is None
+
+
+def test_a_requeued_job_starts_at_once_under_the_scheduler_thread(tmp_path):
+    s = make(tmp_path, tick=60)
+    s.start()
+    try:
+        job_id = submit(s)
+        s.ex.exits[job_id] = Exit(1)
+        s.scheduler.wake()
+        deadline = time.time() + 20
+        while s.store.get(job_id)["state"] != "failed":
+            assert time.time() < deadline, "the failed job was not seen"
+            time.sleep(0.02)
+        del s.ex.exits[job_id]
+        s.scheduler.requeue(job_id)  # the tick is a minute: only requeue's own wake starts it now
+        while len(s.ex.launches) < 2:
+            assert time.time() < deadline, "the requeued job did not start before the next tick"
+            time.sleep(0.02)
+    finally:
+        s.stop()
+
+
+# -- the run-time limit ---------------------------------------------------------------------------
+
+
+def test_a_job_past_its_max_runtime_and_grace_is_stopped_once_and_fails_naming_the_limit(service):
+    assert service.scheduler.runtime_grace == 60.0
+    job_id = submit(service, job(max_runtime="10m"))
+    started = time.time()
+    service.store.update(job_id, started_at=started - 600 - 60 + 30)  # in its grace: the job stops itself
+    service.scheduler.tick()
+    assert service.store.get(job_id)["cancel_requested"] == 0 and service.ex.cancelled == []
+    service.store.update(job_id, started_at=started - 600 - 60 - 1)
+    service.scheduler.tick()
+    assert service.store.get(job_id)["cancel_requested"] == 2 and service.ex.cancelled == [job_id]
+    assert service.ex.cancelled_handles == [service.ex.handles[job_id]]
+    service.scheduler.tick()
+    assert service.ex.cancelled == [job_id]  # one SIGTERM
+    service.ex.exits[job_id] = Exit(None, signal.SIGTERM)
+    service.scheduler.tick()
+    out = service.store.get(job_id)
+    assert (out["state"], out["reason"], out["attempts"]) == ("failed", "ran past its max_runtime of 10m: stopped "
+                                                              "by the service", 1)
+    assert len(service.ex.launches) == 1  # not retried: it would run past again
+
+
+def test_a_cancelled_job_is_not_stopped_again_for_its_runtime(service):
+    job_id = submit(service, job(max_runtime="10s"))
+    service.cancel(job_id)
+    service.store.update(job_id, started_at=time.time() - 3600)
+    service.scheduler.tick()
+    assert service.store.get(job_id)["cancel_requested"] == 1 and service.ex.cancelled == [job_id]
+
+
+def test_a_running_job_not_yet_started_is_not_timed(service):
+    job_id = submit(service, job(max_runtime="10s"))
+    service.store.update(job_id, started_at=None)
+    service.scheduler.tick()
+    assert service.store.get(job_id)["cancel_requested"] == 0 and service.ex.cancelled == []
+
+
+def test_a_job_that_stopped_itself_at_its_max_runtime_fails_with_its_step_and_is_not_retried(service):
+    job_id = submit(service, job(max_runtime=90))
+    with open(f"{service.store.get(job_id)['run_dir']}/{EXIT}", "w") as f:
+        json.dump({"code": 0, "result": {"stopped": "max_runtime", "steps": 12}}, f)
+    service.ex.exits[job_id] = Exit(0)
+    service.scheduler.tick()
+    out = service.store.get(job_id)
+    assert (out["state"], out["reason"]) == ("failed", "ran past its max_runtime of 90s: stopped at step 12 "
+                                                       "(checkpoint saved)")
+    assert out["result"] == {"stopped": "max_runtime", "steps": 12} and len(service.ex.launches) == 1
