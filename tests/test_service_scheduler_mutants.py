@@ -3,15 +3,18 @@ found untested: requeue on request, the run-time limit the scheduler enforces it
 after a restart, cancels, metrics ports, progress records. Like tests/test_service_scheduler.py,
 a tick at a time with an executor that starts nothing and answers as told (milliseconds each)."""
 
+import dataclasses
 import json
+import os
 import signal
+import threading
 import time
 
 import pytest
 from service_helpers import Scripted
 
 from memtrain.launch.executor import Exit
-from memtrain.launch.worker import EXIT
+from memtrain.launch.worker import EXIT, PROGRESS
 from memtrain.service.core import Service, Settings
 from memtrain.service.scheduler import JobConflict
 
@@ -44,8 +47,6 @@ def submit(service, body=None) -> str:
 
 def no_room(service) -> None:
     """Nothing more starts (a device of 0 jobs): what is queued stays queued."""
-    import dataclasses
-
     service.scheduler.devices["cpu"] = dataclasses.replace(service.scheduler.devices["cpu"], max_jobs=0)
 
 
@@ -167,3 +168,117 @@ def test_a_job_that_stopped_itself_at_its_max_runtime_fails_with_its_step_and_is
     assert (out["state"], out["reason"]) == ("failed", "ran past its max_runtime of 90s: stopped at step 12 "
                                                        "(checkpoint saved)")
     assert out["result"] == {"stopped": "max_runtime", "steps": 12} and len(service.ex.launches) == 1
+
+
+# -- how a job ended, as JSON can carry it --------------------------------------------------------
+
+
+def test_a_diverged_jobs_result_keeps_its_shape_with_none_for_nan_and_inf(service):
+    job_id = submit(service)
+    with open(f"{service.store.get(job_id)['run_dir']}/{EXIT}", "w") as f:
+        f.write('{"code": 0, "result": {"steps": 3, "val_loss": NaN, "best": {"loss": Infinity, "epoch": 2},'
+                ' "losses": [0.5, -Infinity, 0.25]}}')
+    service.ex.exits[job_id] = Exit(0)
+    service.scheduler.tick()
+    out = service.store.get(job_id)
+    assert out["state"] == "succeeded"
+    assert out["result"] == {"steps": 3, "val_loss": None, "best": {"loss": None, "epoch": 2},
+                             "losses": [0.5, None, 0.25]}
+
+
+def test_progress_reads_an_integer_loss_as_a_float_and_is_parsed_again_only_when_the_file_changes(service):
+    stored = service.store.get(submit(service))
+    path = f"{stored['run_dir']}/{PROGRESS}"
+    with open(path, "w") as f:
+        json.dump({"epoch": 1, "train_loss": 2, "val_loss": float("nan"), "time": 3}, f)
+    first = service.scheduler.progress(stored)
+    assert (first["epoch"], first["train_loss"], first["val_loss"], first["time"]) == (1, 2.0, None, 3.0)
+    assert isinstance(first["train_loss"], float) and isinstance(first["time"], float)
+    assert service.scheduler.progress(stored) is first  # unchanged: the same record, not parsed again
+    with open(path, "w") as f:
+        json.dump({"epoch": 22, "train_loss": 0.5}, f)  # another size: a new record
+    second = service.scheduler.progress(stored)
+    assert second is not first and (second["epoch"], second["train_loss"]) == (22, 0.5)
+    assert service.scheduler.progress(stored) is second
+    os.remove(path)  # gone (the run dir cleaned): nothing, and nothing kept for it
+    assert set(service.scheduler.progress(stored).values()) == {None}
+    assert service.scheduler.progress(stored) is not service.scheduler.progress(stored)
+
+
+# -- the scheduler thread -------------------------------------------------------------------------
+
+
+class FailsOnce(Scripted):
+    """An executor whose first poll once armed raises, as a bug in an executor would."""
+
+    def __init__(self):
+        super().__init__()
+        self.armed = self.failed = False
+
+    def poll(self, handle):
+        if self.armed and not self.failed:
+            self.failed = True
+            raise RuntimeError("executor bug")
+        return super().poll(handle)
+
+
+def test_a_failing_tick_is_logged_with_its_traceback_and_scheduling_goes_on(tmp_path, caplog):
+    s = make(tmp_path, executor=FailsOnce(), tick=0.05)
+    job_id = submit(s)
+    with caplog.at_level("ERROR", logger="memtrain.service"):
+        s.start()
+        try:
+            s.ex.armed = True
+            s.ex.exits[job_id] = Exit(0)
+            (thread,) = [t for t in threading.enumerate() if t.name == "memtrain-scheduler"]
+            assert thread.daemon  # a service that exits without stop() is not held up by it
+            deadline = time.time() + 20
+            while s.store.get(job_id)["state"] != "succeeded":
+                assert time.time() < deadline, "scheduling stopped after a failed tick"
+                time.sleep(0.02)
+        finally:
+            s.stop()
+    failed = [r for r in caplog.records if r.name == "memtrain.service" and r.levelname == "ERROR"]
+    assert [r.getMessage() for r in failed] == ["scheduler tick failed"]
+    assert failed[0].exc_info[1].args == ("executor bug",)
+
+
+# -- cancel ---------------------------------------------------------------------------------------
+
+
+def test_a_second_cancel_of_a_running_job_sends_no_second_signal(service):
+    job_id = submit(service)
+    first = service.scheduler.cancel(job_id)
+    again = service.scheduler.cancel(job_id)
+    assert service.ex.cancelled == [job_id]
+    assert first["cancel_requested"] == again["cancel_requested"] == 1 and again["state"] == "running"
+
+
+def test_cancel_of_an_ended_job_says_whether_requeue_resumes_it(service):
+    no_room(service)
+    ids = {state: submit(service) for state in ("cancelled", "failed", "succeeded")}
+    for state, job_id in ids.items():
+        service.store.update(job_id, state=state)
+    for state in ("cancelled", "failed"):
+        with pytest.raises(JobConflict) as err:
+            service.scheduler.cancel(ids[state])
+        assert str(err.value) == (f"job {ids[state]}: already {state}; nothing to cancel (its files are kept; "
+                                  f"`memtrain requeue {ids[state]}` resumes it)")
+    with pytest.raises(JobConflict) as err:
+        service.scheduler.cancel(ids["succeeded"])
+    assert str(err.value) == f"job {ids['succeeded']}: already succeeded; nothing to cancel (its files are kept)"
+
+
+# -- a retry ---------------------------------------------------------------------------------------
+
+
+def test_a_retried_job_waits_from_its_requeue_and_keeps_no_scrape_target(service):
+    no_room(service)
+    job_id = submit(service)
+    service.store.update(job_id, state="running", device="cpu", attempts=1, ref=json.dumps({"n": 9}),
+                         executor="scripted", started_at=time.time() - 5, metrics_target="127.0.0.1:9100")
+    service.ex.exits[job_id] = Exit(None, signal.SIGKILL)
+    service.scheduler.tick()
+    out = service.store.get(job_id)
+    assert out["state"] == "queued" and out["metrics_target"] is None
+    assert out["queued_at"] > out["submitted_at"] and out["queued_at"] >= out["started_at"] + 5
