@@ -282,3 +282,89 @@ def test_a_retried_job_waits_from_its_requeue_and_keeps_no_scrape_target(service
     out = service.store.get(job_id)
     assert out["state"] == "queued" and out["metrics_target"] is None
     assert out["queued_at"] > out["submitted_at"] and out["queued_at"] >= out["started_at"] + 5
+
+
+# -- metrics ports ---------------------------------------------------------------------------------
+
+
+class NoTarget(Scripted):
+    """An executor whose handles carry no scrape target (it learns where a job runs later)."""
+
+    def start(self, launch):
+        h = super().start(launch)
+        h = self.handles[launch.job_id] = dataclasses.replace(h, metrics_target=None)
+        return h
+
+
+def offer(monkeypatch, ports) -> None:
+    from memtrain.service import scheduler as sched
+
+    offered = iter(ports)
+    monkeypatch.setattr(sched, "free_port", lambda host: next(offered))
+
+
+def test_ports_handed_out_lately_are_not_handed_out_again_before_their_jobs_report_them(tmp_path, monkeypatch):
+    offer(monkeypatch, [5001, 5001, 5002, 5001, 5002, 5003])
+    s = make(tmp_path, executor=NoTarget(), metrics_ports=True)
+    try:
+        ids = [submit(s) for _ in range(3)]
+        assert [launch.metrics_port for launch in s.ex.launches] == [5001, 5002, 5003]
+        assert [s.store.get(i)["metrics_target"] for i in ids] == [None, None, None]
+    finally:
+        s.stop()
+
+
+def test_after_a_restart_the_running_jobs_ports_are_taken_and_an_ended_jobs_port_is_free(tmp_path, monkeypatch):
+    first = make(tmp_path)
+    no_room(first)
+    ipv6, ipv4, ended = submit(first), submit(first), submit(first)
+    first.store.update(ipv6, state="running", device="cpu", metrics_target="[::1]:5001")
+    first.store.update(ipv4, state="running", device="cpu", metrics_target="memtrain:5002")
+    first.store.update(ended, state="succeeded", metrics_target="127.0.0.1:5003")
+    first.stop()
+    offer(monkeypatch, [5001, 5002, 5003])
+    second = make(tmp_path, metrics_ports=True)
+    try:
+        submit(second)
+        assert second.ex.launches[-1].metrics_port == 5003
+    finally:
+        second.stop()
+
+
+# -- an auto batch ---------------------------------------------------------------------------------
+
+
+def test_an_auto_batch_leaves_room_for_the_process_overhead(tmp_path):
+    from memtrain.service import planning
+
+    probe = make(tmp_path / "probe")
+    stored = probe.store.get(submit(probe, job(batch_size="auto")))
+    probe.stop()
+    overhead = 64 * 1024  # far more than a sample's bytes: an auto batch that forgot it would show
+    checked = planning.restore(stored)
+    for target in (64, 1):
+        budget = planning.plan_at(checked, GIB, target).total + overhead + 100
+        s = make(tmp_path / f"b{target}", budgets={"cpu": budget}, cpu_overhead=overhead)
+        try:
+            out = s.store.get(submit(s, job(batch_size="auto")))
+            batch = out["batch_size"]
+            assert out["state"] == "running" and out["reserved_bytes"] == out["planned_bytes"] + overhead <= budget
+            assert planning.plan_at(planning.restore(out), budget, batch + 1).total + overhead > budget
+            assert batch == target or target > 1, batch  # only batch 1 fits: batch 1
+            plan = planning.plan_at(planning.restore(out), budget, batch)
+            assert (out["planned_bytes"], out["planned"]) == (plan.total, plan.by_category)
+        finally:
+            s.stop()
+
+
+def test_a_queued_job_whose_run_dir_was_removed_starts_in_a_new_one(service):
+    import shutil
+
+    no_room(service)
+    job_id = submit(service)
+    run_dir = service.store.get(job_id)["run_dir"]
+    shutil.rmtree(os.path.dirname(run_dir))  # the whole jobs folder, as a clean-up by hand would
+    service.scheduler.devices["cpu"] = dataclasses.replace(service.scheduler.devices["cpu"], max_jobs=8)
+    service.scheduler.tick()
+    assert service.store.get(job_id)["state"] == "running" and os.path.isdir(run_dir)
+    assert service.ex.launches[-1].log_path == f"{run_dir}/job.log"
