@@ -368,3 +368,101 @@ def test_a_queued_job_whose_run_dir_was_removed_starts_in_a_new_one(service):
     service.scheduler.tick()
     assert service.store.get(job_id)["state"] == "running" and os.path.isdir(run_dir)
     assert service.ex.launches[-1].log_path == f"{run_dir}/job.log"
+
+
+# -- an executor that admits jobs itself (Ray's way, without Ray) ------------------------------------
+
+
+class Cluster(Scripted):
+    """Admits by itself: a job handed over runs once `started` names it; one node of 1 GiB."""
+
+    admits = True
+
+    def __init__(self):
+        super().__init__()
+        self.started = set()
+
+    def largest_memory(self):
+        return GIB
+
+    def running(self, handle):
+        self._check(handle)
+        return handle.job_id in self.started
+
+    def metrics_target(self, handle, port):
+        self._check(handle)
+        return f"10.0.0.7:{port}"
+
+
+def cluster(tmp_path, **settings) -> Service:
+    return make(tmp_path, executor=Cluster(), budgets={}, **settings)
+
+
+def test_every_queued_job_is_handed_over_at_once_and_runs_when_the_executor_starts_it(tmp_path):
+    s = cluster(tmp_path)
+    try:
+        ids = [submit(s) for _ in range(3)]
+        assert [launch.job_id for launch in s.ex.launches] == ids  # no slots here: the cluster decides
+        for job_id in ids:
+            out = s.store.get(job_id)
+            assert (out["state"], out["started_at"], out["attempts"], out["device"]) == ("queued", None, 1, "ray")
+            assert out["ref"] and out["reserved_bytes"] == out["planned_bytes"] + 1000
+        assert s.events["started"] == 0
+        first, second, third = ids
+        s.ex.started.add(first)
+        s.ex.exits[second] = Exit(0)
+        s.scheduler.tick()
+        a, b, c = (s.store.get(i) for i in ids)
+        assert a["state"] == "running" and a["started_at"] is not None and s.events["started"] == 1
+        assert b["state"] == "succeeded" and b["started_at"] is not None
+        assert c["state"] == "queued" and len(s.ex.launches) == 3  # still the executor's: not handed twice
+        s.cancel(third)
+        assert s.store.get(third)["state"] == "cancelled" and s.ex.cancelled == [third]
+    finally:
+        s.stop()
+
+
+def test_a_handed_over_job_is_scraped_at_its_nodes_address_unless_its_exporter_is_on_loopback(tmp_path,
+                                                                                              monkeypatch):
+    offer(monkeypatch, [5001, 5002])
+    s = cluster(tmp_path / "any", metrics_ports=True, job_metrics_host="0.0.0.0")
+    try:
+        job_id = submit(s)
+        s.ex.started.add(job_id)
+        s.scheduler.tick()
+        assert s.store.get(job_id)["metrics_target"] == "10.0.0.7:5001"
+    finally:
+        s.stop()
+    s = cluster(tmp_path / "loopback", metrics_ports=True)
+    try:
+        job_id = submit(s)
+        s.ex.started.add(job_id)
+        s.scheduler.tick()
+        assert s.store.get(job_id)["metrics_target"] == "127.0.0.1:5002"
+    finally:
+        s.stop()
+
+
+def test_a_handed_over_auto_job_plans_for_the_whole_node_and_a_user_waits_at_their_quota(tmp_path):
+    from memtrain.service import planning
+
+    s = cluster(tmp_path)
+    try:
+        out = s.store.get(submit(s, job(batch_size="auto", max_batch_size=256)))
+        assert out["batch_size"] == 256 and out["reserved_bytes"] == out["planned_bytes"] + 1000
+        plan = planning.plan_at(planning.restore(out), GIB, 256)
+        assert (out["planned_bytes"], out["planned"]) == (plan.total, plan.by_category)
+    finally:
+        s.stop()
+    probe = make(tmp_path / "probe")
+    need = probe.store.get(submit(probe))["planned_bytes"] + 1000
+    probe.stop()
+    s = cluster(tmp_path / "quota", user_quota=2 * need)
+    try:
+        ids = [submit(s) for _ in range(3)]
+        assert [launch.job_id for launch in s.ex.launches] == ids[:2]  # the third would pass the quota
+        s.ex.exits[ids[0]] = Exit(0)
+        s.scheduler.tick()
+        assert [launch.job_id for launch in s.ex.launches] == ids
+    finally:
+        s.stop()
