@@ -17,6 +17,7 @@ from memtrain.launch.executor import Exit
 from memtrain.launch.worker import EXIT, PROGRESS
 from memtrain.service.core import Service, Settings
 from memtrain.service.scheduler import JobConflict
+from memtrain.units import format_bytes
 
 GIB = 1024**3
 
@@ -464,5 +465,118 @@ def test_a_handed_over_auto_job_plans_for_the_whole_node_and_a_user_waits_at_the
         s.ex.exits[ids[0]] = Exit(0)
         s.scheduler.tick()
         assert [launch.job_id for launch in s.ex.launches] == ids
+    finally:
+        s.stop()
+
+
+# -- users' quotas and what one admission pass commits ----------------------------------------------
+
+
+def one_job_bytes(tmp_path, overhead=1000) -> int:
+    """What one job() commits: its plan and the process overhead."""
+    probe = make(tmp_path / "probe")
+    planned = probe.store.get(submit(probe))["planned_bytes"]
+    probe.stop()
+    return planned + overhead
+
+
+def test_a_users_running_jobs_count_against_their_quota_and_others_do_not(tmp_path):
+    need = one_job_bytes(tmp_path)
+    s = make(tmp_path, user_quota=2 * need)
+    try:
+        ann = [s.submit(job(), "application/json", user="ann")["id"] for _ in range(3)]
+        bob = s.submit(job(), "application/json", user="bob")["id"]
+        assert [s.store.get(i)["state"] for i in ann + [bob]] == ["running", "running", "queued", "running"]
+        assert s.scheduler.quota().used == {"ann": 2 * need, "bob": need}
+        s.store.update(ann[0], state="succeeded", reserved_bytes=0)  # ended: commits nothing
+        s.scheduler.tick()
+        assert s.store.get(ann[2])["state"] == "running"
+    finally:
+        s.stop()
+
+
+def test_a_queued_job_over_a_smaller_quota_after_a_restart_fails_naming_the_quota(tmp_path):
+    need = one_job_bytes(tmp_path)
+    first = make(tmp_path)
+    no_room(first)
+    job_id = first.submit(job(), "application/json", user="ann")["id"]
+    first.stop()
+    second = make(tmp_path, user_quota=need - 1)
+    try:
+        second.scheduler.tick()
+        out = second.store.get(job_id)
+        assert (out["state"], out["reason"]) == ("failed", f"never fits this service's devices: needs "
+                                                 f"{format_bytes(need)}; user ann's quota is {format_bytes(need - 1)} "
+                                                 "(it was planned by a service run with other --user-quota or token "
+                                                 "file)")
+    finally:
+        second.stop()
+    third = make(tmp_path, user_quota=need)  # exactly its need: it fits
+    try:
+        out = third.store.get(third.submit(job(), "application/json", user="ann")["id"])
+        assert out["state"] == "running"
+    finally:
+        third.stop()
+
+
+def test_a_job_that_fills_the_budget_exactly_and_passes_the_quota_is_refused_for_the_quota(service):
+    from memtrain.service import admission
+
+    no_room(service)
+    job_id = submit(service)
+    budget = service.devices[0].budget_bytes
+    service.store.update(job_id, planned_bytes=budget - 1000)
+    service.scheduler.limits = admission.Quota(budget - 1)
+    assert not service.scheduler._can_ever_fit(service.store.get(job_id))
+    assert "; user default's quota is " in service.store.get(job_id)["reason"]
+
+
+def test_one_admission_pass_commits_each_jobs_overhead_too(tmp_path):
+    overhead = 1024**2  # more than a plan: a pass that forgot it would start a third job
+    need = one_job_bytes(tmp_path, overhead)
+    s = make(tmp_path, budgets={"cpu": 2 * need + 100}, cpu_overhead=overhead)
+    try:
+        no_room(s)
+        ids = [submit(s) for _ in range(3)]
+        s.scheduler.devices["cpu"] = dataclasses.replace(s.scheduler.devices["cpu"], max_jobs=8)
+        s.scheduler.tick()  # all three in one pass
+        assert [s.store.get(i)["state"] for i in ids] == ["running", "running", "queued"]
+    finally:
+        s.stop()
+
+
+def test_a_job_cancelled_before_it_started_never_starts(service):
+    no_room(service)
+    job_id = submit(service)
+    service.cancel(job_id)
+    service.scheduler.devices["cpu"] = dataclasses.replace(service.scheduler.devices["cpu"], max_jobs=8)
+    service.scheduler.tick()
+    assert service.ex.launches == [] and service.store.get(job_id)["state"] == "cancelled"
+
+
+# -- the start's last steps -------------------------------------------------------------------------
+
+
+def test_a_job_that_could_not_start_counts_as_failed(service):
+    def refuse(launch):
+        raise OSError("no such interpreter")
+
+    service.ex.on_start = refuse
+    submit(service)
+    assert service.events.get("failed") == 1 and service.events["started"] == 0
+
+
+class IPv6(Scripted):
+    def start(self, launch):
+        h = super().start(launch)
+        h = self.handles[launch.job_id] = dataclasses.replace(h, metrics_target=f"[::1]:{launch.metrics_port}")
+        return h
+
+
+def test_the_scrape_address_replaces_the_host_of_an_ipv6_target(tmp_path, monkeypatch):
+    offer(monkeypatch, [5001])
+    s = make(tmp_path, executor=IPv6(), metrics_ports=True, job_metrics_address="memtrain")
+    try:
+        assert s.store.get(submit(s))["metrics_target"] == "memtrain:5001"
     finally:
         s.stop()
