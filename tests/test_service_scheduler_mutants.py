@@ -580,3 +580,39 @@ def test_the_scrape_address_replaces_the_host_of_an_ipv6_target(tmp_path, monkey
         assert s.store.get(submit(s))["metrics_target"] == "memtrain:5001"
     finally:
         s.stop()
+
+
+# -- a GPU job's plan depends on its device's budget (its data set stays on the GPU when it fits) -------
+
+
+def test_a_gpu_auto_job_is_planned_against_its_devices_budget_and_keeps_that_plan_when_retried(tmp_path,
+                                                                                              monkeypatch):
+    from memtrain.memory import measure
+    from memtrain.service import planning
+
+    gpus = [{"index": 0, "uuid": "GPU-aaaa", "name": "Fake A", "memory_free": 20 * GIB, "processes": []}]
+    monkeypatch.setattr(measure, "gpu_list", lambda with_processes=True: gpus)
+    probe = make(tmp_path / "probe", devices="cuda:0", budgets={"cuda:0": GIB})
+    overhead = probe.devices[0].overhead_bytes
+    probe.stop()
+    budget = overhead + 600_000  # room for the data set and a batch of a few hundred, not the whole set
+    s = make(tmp_path, devices="cuda:0", budgets={"cuda:0": budget})
+    try:
+        body = json.loads(job(batch_size="auto"))
+        body["device"] = "cuda"
+        job_id = s.submit(json.dumps(body).encode(), "application/json")["id"]
+        out = s.store.get(job_id)
+        batch, checked = out["batch_size"], planning.restore(out)
+        assert out["state"] == "running" and 8 <= batch < checked.max_batch
+        assert out["reserved_bytes"] == out["planned_bytes"] + overhead <= budget
+        plan = planning.plan_at(checked, budget, batch)
+        assert (out["planned_bytes"], out["planned"]) == (plan.total, plan.by_category)
+        assert plan.by_category["data"] > 0  # resident: the budget holds the data set
+        assert planning.plan_at(checked, budget, batch + 8).total + overhead > budget  # the largest that fits
+        s.ex.exits[job_id] = Exit(None, signal.SIGKILL)
+        s.scheduler.tick()
+        again = s.store.get(job_id)
+        assert (again["state"], again["attempts"], again["batch_size"]) == ("running", 2, batch)
+        assert (again["planned_bytes"], again["planned"]) == (plan.total, plan.by_category)
+    finally:
+        s.stop()
