@@ -199,7 +199,7 @@ def test_without_numba_the_trainer_falls_back_to_the_reference_and_says_so():
     code = ("import sys; sys.modules['numba'] = None\n"
             "from memtrain import MLP, Trainer\n"
             "tr = Trainer(MLP([4, 3, 2]), 'adam', 2)\n"
-            "print(tr.plan.fused, tr.cpu, tr.notes)")
+            "print(tr.plan.fused, tr.kernels.name, tr.notes)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
-    assert out.stdout.strip() == ("False None ['fused CPU kernels unavailable (numba is not importable): "
+    assert out.stdout.strip() == ("False numpy ['fused CPU kernels unavailable (numba is not importable): "
                                   "the NumPy reference path runs']")
