@@ -167,6 +167,20 @@ def test_the_gradient_norm_is_one_reduction_into_the_step_scalars():
     assert "sc[4] = 0" in dispatch.begin_kernel().source  # reset at every step's start, with the loss
 
 
+def test_no_dispatcher_keeps_a_table_of_optimizers():
+    """Each optimizer owns its kernel's arguments (Optimizer.kernel_args, fused_step): the GPU and
+    CPU dispatchers name no optimizer, so a new one needs its kernel and its class, nothing else."""
+    from pathlib import Path
+
+    import memtrain.kernels
+
+    root = Path(memtrain.kernels.__file__).parent
+    for path in (root / "dispatch.py", root / "cpu" / "dispatch.py"):
+        text = path.read_text()
+        named = [n for n in OPTIMIZERS if re.search(rf"\b{n}\b", text)]
+        assert named == [], (path.name, named)
+
+
 def test_kernel_scalars_are_typed():
     assert [type(x) for x in dispatch._scalars([3, 0.5])] == [np.int64, np.float64]
     with pytest.raises(TypeError, match="bool"):

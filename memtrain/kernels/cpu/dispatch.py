@@ -131,9 +131,9 @@ def warm(spec, optimizer) -> None:
              for s in optimizer.all_slots()}
     optimizer.init_state(state, p)
     layout = [SimpleNamespace(offset=0, size=2, kind="weight")]
-    for _ in range(2):  # Lookahead's sync runs on its k-th step; RAdam's branch is a bool argument
+    # enough steps for every kernel of the update to run once: a wrapper that syncs every k
+    # steps (Lookahead) syncs on the k-th; RAdam's two branches are one kernel (a bool argument)
+    for _ in range(max(2, int(getattr(optimizer, "k", 0)))):
         optimizer_step(optimizer, p, np.ones(2, dtype=dt), state, 1e-3, layout)
-    if optimizer.name == "lookahead":
-        K.lookahead_sync(storage(p), storage(p.copy()), compute_type(dt)(0.5))
     if spec.l1 or spec.l2:
         add_penalty_grad(SimpleNamespace(l1=spec.l1, l2=spec.l2, layout=layout), p, p.copy())
