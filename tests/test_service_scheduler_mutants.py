@@ -616,3 +616,102 @@ def test_a_gpu_auto_job_is_planned_against_its_devices_budget_and_keeps_that_pla
         assert (again["planned_bytes"], again["planned"]) == (plan.total, plan.by_category)
     finally:
         s.stop()
+
+
+def test_the_scheduler_says_how_far_past_its_max_runtime_a_job_was_stopped(service, caplog):
+    job_id = submit(service, job(max_runtime="10m"))
+    service.store.update(job_id, started_at=time.time() - 600 - 61.4)
+    with caplog.at_level("WARNING", logger="memtrain.service"):
+        service.scheduler.tick()
+    assert [r.getMessage() for r in caplog.records if r.name == "memtrain.service"] == [
+        f"job {job_id}: 61 s past its max_runtime and still running; stopping it"]
+
+
+def test_the_progress_cache_keeps_the_newest_4096_records(tmp_path, service):
+    jobs = []
+    for i in range(4097):
+        run_dir = tmp_path / "runs" / str(i)
+        run_dir.mkdir(parents=True)
+        (run_dir / PROGRESS).write_text('{"epoch": 1}')
+        jobs.append({"run_dir": str(run_dir)})
+    seen = [service.scheduler.progress(j) for j in jobs]
+    assert service.scheduler.progress(jobs[1]) is seen[1]  # still kept
+    assert service.scheduler.progress(jobs[0]) is not seen[0]  # the oldest went first
+    assert service.scheduler.progress(jobs[0]) == seen[0]
+
+
+# -- a cluster's quota, one hand-over pass at a time ------------------------------------------------
+
+
+def queued_for(tmp_path, users) -> list:
+    """Jobs queued by a service that started none (its restart hands them over in one pass)."""
+    first = make(tmp_path)
+    no_room(first)
+    ids = [first.submit(job(), "application/json", user=u)["id"] for u in users]
+    first.stop()
+    return ids
+
+
+def test_one_hand_over_pass_counts_each_users_jobs_against_their_quota(tmp_path):
+    need = one_job_bytes(tmp_path)
+    ann1, ann2, ann3, bob = queued_for(tmp_path, ["ann", "ann", "ann", "bob"])
+    s = make(tmp_path, executor=Cluster(), budgets={}, user_quota=2 * need)
+    try:
+        s.scheduler.tick()
+        assert [launch.job_id for launch in s.ex.launches] == [ann1, ann2, bob]  # ann's third waits, bob's not
+        assert s.scheduler.quota().used == {"ann": 2 * need, "bob": need}
+        s.ex.started.add(bob)
+        s.ex.exits[ann1] = Exit(0)
+        s.scheduler.tick()
+        assert s.store.get(bob)["state"] == "running" and s.store.get(ann1)["state"] == "succeeded"
+        assert [launch.job_id for launch in s.ex.launches] == [ann1, ann2, bob, ann3]
+        ended = s.store.get(ann1)
+        s.scheduler.tick()  # an ended job is not looked at again
+        assert s.store.get(ann1) == ended and s.events.get("succeeded") == 1
+    finally:
+        s.stop()
+
+
+def test_a_handed_over_auto_job_plans_within_what_its_users_quota_leaves(tmp_path):
+    from memtrain.service import planning
+
+    need = one_job_bytes(tmp_path)
+    s = make(tmp_path, executor=Cluster(), budgets={}, user_quota=need)
+    try:
+        out = s.store.get(s.submit(job(batch_size="auto"), "application/json", user="ann")["id"])
+        assert out["reserved_bytes"] == out["planned_bytes"] + 1000 <= need
+        bigger = planning.plan_at(planning.restore(out), GIB, out["batch_size"] + 1).total
+        assert bigger + 1000 > need  # the largest batch the quota holds
+    finally:
+        s.stop()
+
+
+class Cluster6(Cluster):
+    """Its jobs' exporters listen on IPv6 (all addresses); it names each job's node."""
+
+    def start(self, launch):
+        h = super().start(launch)
+        h = self.handles[launch.job_id] = dataclasses.replace(h, metrics_target=f"[::]:{launch.metrics_port}")
+        return h
+
+
+def test_a_handed_over_jobs_scrape_address_over_ipv6_and_on_every_loopback_name(tmp_path, monkeypatch):
+    offer(monkeypatch, [5001, 5002, 5003])
+    s = make(tmp_path / "v6", executor=Cluster6(), budgets={}, metrics_ports=True, job_metrics_host="::")
+    try:
+        job_id = submit(s)
+        s.ex.started.add(job_id)
+        s.scheduler.tick()
+        assert s.store.get(job_id)["metrics_target"] == "10.0.0.7:5001"
+    finally:
+        s.stop()
+    for host, port in (("localhost", 5002), ("::1", 5003)):
+        s = make(tmp_path / str(port), executor=Cluster6(), budgets={}, metrics_ports=True,
+                 job_metrics_host=host)
+        try:
+            job_id = submit(s)
+            s.ex.started.add(job_id)
+            s.scheduler.tick()
+            assert s.store.get(job_id)["metrics_target"] == f"[::]:{port}"  # reachable on its own machine only
+        finally:
+            s.stop()
