@@ -28,8 +28,9 @@ ROOT = Path(__file__).resolve().parent.parent
 MODULES = tomllib.loads((ROOT / "mutation" / "modules.toml").read_text())
 THRESHOLD = 0.90
 # mutmut's exit codes per mutant (mutmut.stats.status_by_exit_code): a timeout is a kill (the
-# mutant made its tests hang), "no tests" is a survivor (nothing would notice it)
-KILLED = {1, 3, 24, -24, 36}
+# mutant made its tests hang), and so is a crash of the test process (SIGABRT, SIGSEGV: e.g. a
+# numba kernel given a slice shorter than its loop); "no tests" is a survivor (nothing would notice it)
+KILLED = {1, 3, 24, -24, 36, -6, -11}
 EQUIVALENT_ROW = re.compile(r"^\|\s*`?(memtrain\.[\w.ǁ]+__mutmut_\d+)`?\s*\|")
 
 
