@@ -94,7 +94,7 @@ def test_jobs_start_while_slots_and_bytes_last_and_the_launch_is_the_plan(servic
     ids = [submit(service) for _ in range(3)]
     first, second, third = (service.store.get(i) for i in ids)
     assert [first["state"], second["state"], third["state"]] == ["running", "running", "queued"]  # 2 per device
-    (slot,) = service.scheduler.slots()
+    (slot,) = service.scheduler.device_loads()
     assert (slot.running, slot.committed) == (2, first["reserved_bytes"] + second["reserved_bytes"])
     assert slot.budget == service.devices[0].budget_bytes and slot.max_jobs == 2
     launch = service.ex.launches[0]
@@ -127,7 +127,7 @@ def test_a_job_waits_for_bytes_and_an_auto_job_takes_what_is_left(tmp_path):
     try:
         ids = [submit(s) for _ in range(3)]
         assert [s.store.get(i)["state"] for i in ids] == ["running", "running", "queued"]
-        (slot,) = s.scheduler.slots()
+        (slot,) = s.scheduler.device_loads()
         assert slot.committed == 2 * (planned + 100) <= budget
         assert s.job(ids[2])["reason"] == "waiting: needs 415.68 KiB, 300 B free on cpu"
         ex.exits[ids[0]] = Exit(0)
@@ -178,7 +178,7 @@ def test_a_clean_exit_succeeds_with_its_result_and_frees_its_bytes(service):
     out = ended(service, Exit(0), result={"steps": 27})
     assert (out["state"], out["reason"], out["result"], out["reserved_bytes"]) == ("succeeded", None, {"steps": 27}, 0)
     assert out["ended_at"] is not None and service.events["started"] == 1
-    assert service.scheduler.slots()[0].committed == 0
+    assert service.scheduler.device_loads()[0].committed == 0
 
 
 def test_a_job_that_finished_before_the_cancel_reached_it_succeeded(service):

@@ -113,7 +113,7 @@ def group_rss() -> dict:
     return {p: (_rss_kib(p, "VmRSS") * 1024, _rss_kib(p, "VmHWM") * 1024) for p in pids}
 
 
-class Progress:
+class ProgressFile:
     """Collects the job's JSON log events into progress.json (the only parsing: JSON lines)."""
 
     def __init__(self, run_dir: Path, out):
@@ -223,7 +223,7 @@ def main(argv=None) -> int:
     run_dir = Path(launch.get("run_dir") or Path(argv[0]).parent)
     lock = _lock(run_dir)  # noqa: F841 - held until the process exits
     reserve_exit(run_dir / EXIT)
-    progress = Progress(run_dir, sys.stdout)
+    progress = ProgressFile(run_dir, sys.stdout)
     try:
         code, reason, result = _run(launch, progress, argv[0], stopper)
     except Exception as exc:  # a bug: its traceback goes to the log, and the caller still learns it ended
@@ -260,7 +260,7 @@ class Stopper:
         return job
 
 
-def _run(launch: dict, progress: Progress, where: str, stopper: Stopper | None = None) -> tuple:
+def _run(launch: dict, progress: ProgressFile, where: str, stopper: Stopper | None = None) -> tuple:
     """(exit code, reason or None, the job's summary without its history or None)."""
     from memtrain.config import JobConfig  # noqa: PLC0415 - a usage error answers before the trainer loads
     from memtrain.profiler.autobatch import auto_batch  # noqa: PLC0415 - a usage error answers before the trainer loads

@@ -222,7 +222,7 @@ class Service:
                    f"of memory and {job['threads']} CPU(s) free on one node")
             reason = f"waiting {why}" + (f" (earlier: {reason})" if reason else "")
         elif job["state"] == "queued":
-            slots = self.scheduler.slots() if slots is None else slots
+            slots = self.scheduler.device_loads() if slots is None else slots
             w = self.scheduler.waiting(job)
             quota = self.scheduler.quota() if quota is None else quota
             why = admission.blocking(w, slots, quota)
@@ -248,7 +248,7 @@ class Service:
         _check_state(state)
         rows, nxt = self.store.page(state, limit, before)
         queued = any(j["state"] == "queued" for j in rows)
-        slots, quota = (self.scheduler.slots(), self.scheduler.quota()) if queued else (None, None)
+        slots, quota = (self.scheduler.device_loads(), self.scheduler.quota()) if queued else (None, None)
         watched = [str(Path(j["run_dir"]) / PROGRESS) for j in rows if j["state"] == "running"]
         if serialize is None:
             return [self.job_view(j, slots, quota=quota) for j in rows], nxt, watched

@@ -184,12 +184,12 @@ class Scheduler:
             self.store.update(job["id"], cancel_requested=STOPPED_FOR_RUNTIME)
             self.executor.cancel(h)
 
-    def slots(self) -> list:
+    def device_loads(self) -> list:
         running = self.store.list("running")
         out = []
         for d in self.devices.values():
             mine = [j for j in running if j["device"] == d.name]
-            out.append(admission.Slot(d.name, d.kind, d.budget_bytes, sum(j["reserved_bytes"] for j in mine),
+            out.append(admission.DeviceLoad(d.name, d.kind, d.budget_bytes, sum(j["reserved_bytes"] for j in mine),
                                       len(mine), d.max_jobs))
         return out
 
@@ -223,7 +223,7 @@ class Scheduler:
             chosen[w.id] = self._batch_for(job, self.devices[slot.name], room)
             return chosen[w.id][1] + self.devices[slot.name].overhead_bytes
 
-        starts = admission.admit([self.waiting(j) for j in queued], self.slots(), now(), self.head_wait, reserve,
+        starts = admission.admit([self.waiting(j) for j in queued], self.device_loads(), now(), self.head_wait, reserve,
                                  self.quota())
         for job_id, device in starts:
             self._start(by_id[job_id], self.devices[device], *chosen[job_id])

@@ -34,7 +34,7 @@ class JobLog:
             print(text, file=self.stream, flush=True)
 
 
-class Progress:
+class ProgressBar:
     """tqdm bar per epoch: loss, samples/s, memory. Off for JSON logs, when not wanted and when
     the stream is not a terminal (a log file gets the epoch lines only).
 
