@@ -143,8 +143,7 @@ class Service:
             "priority": checked.config["priority"], "user": user,
         })
         self.events["admitted"] += 1
-        with self.scheduler._lock:
-            self.scheduler._admit()  # so the answer names the device when it starts at once
+        self.scheduler.admit_now()  # so the answer names the device when it starts at once
         job = self.store.get(job_id)
         return {"id": job_id, "state": job["state"], "planned_bytes": job["planned_bytes"], "device": job["device"]}
 

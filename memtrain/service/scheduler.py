@@ -4,10 +4,16 @@ It owns no state of its own: each tick reads the jobs from the store, asks the
 executor about the running ones, and writes every decision back before acting on
 it, so a service killed at any point finds the truth in SQLite (`recover`).
 
-An executor that admits jobs itself (Ray: `admits = True`) is handed every queued job
-at once, with its plan as its resource request: the job stays `queued` (with a handle)
-until the executor says it started, and the cluster, not this scheduler, decides how
-many run together (the one branch: `_hand_over`).
+Two strategies behind one interface (`Packing`, `HandOver`), chosen once from the executor:
+- Packing (local processes, in-process calls): this scheduler admits, by plan (admission.py).
+- HandOver (an executor that admits jobs itself, Ray: `admits = True`): every queued job is
+  handed over at once, with its plan as its resource request; the job stays `queued` (with a
+  handle) until the executor says it started, and the cluster, not this scheduler, decides
+  how many run together.
+
+What a job's launch looks like (its batch on a device, the config its worker runs) is the
+caller's: the service plans stored job files (`PlannedJobs`), a sweep keeps each trial's
+own output dir (select/runner.py).
 
 Thread rule (CPU): a job on the CPU gets max(1, cores // max_jobs) BLAS threads
 (OMP/OPENBLAS/MKL/NUMBA_NUM_THREADS, set before NumPy and numba load). The count is fixed per
@@ -77,11 +83,72 @@ class JobConflict(MemtrainError):
     """A request the job's state does not allow (cancel an ended job, requeue a running one): HTTP 409."""
 
 
+class PlannedJobs:
+    """The service's jobs: stored job files, planned by service/planning.py; everything a
+    job writes goes under its run dir."""
+
+    def batch_for(self, job: dict, device, room: int) -> tuple:
+        """(batch, plan total, plan by category) the job starts with on `device` with `room` bytes free."""
+        if job["batch_request"] != "auto":
+            return job["batch_request"], job["planned_bytes"], job["planned"]
+        checked = planning.restore(job)
+        if job["batch_size"]:  # chosen by an earlier attempt: a resumed job keeps its batch (its checkpoint's)
+            p = planning.plan_at(checked, device.budget_bytes, job["batch_size"])
+            return job["batch_size"], p.total, p.by_category
+        b = max(1, planning.largest_batch(checked, device.budget_bytes, room - device.overhead_bytes))
+        p = planning.plan_at(checked, device.budget_bytes, b)
+        return b, p.total, p.by_category
+
+    @staticmethod
+    def config(job: dict, run_dir: Path, batch: int, device, port: int | None, metrics_host: str) -> dict:
+        """The config the worker runs: the stored one, at `batch`, writing under `run_dir`."""
+        return planning.launch_config(job["config"], run_dir, batch=batch, memory_limit=device.budget_bytes,
+                                      metrics_port=port, metrics_host=metrics_host,
+                                      device=planning.device_of(device.kind, device.name))
+
+
+class Packing:
+    """This scheduler admits (local processes, in-process calls): a job starts on a device when
+    its plan fits the device's budget beside the running ones (admission.py)."""
+
+    def __init__(self, scheduler):
+        self.scheduler = scheduler
+
+    def admit(self, queued: list) -> None:
+        self.scheduler._pack(queued)
+
+    def watch(self) -> None:
+        """Nothing to watch: a job is `running` from the moment this scheduler started it."""
+
+    def ended_while_away(self, job: dict, h: Handle) -> Exit | None:
+        """A local child's exit is still known to the executor (None: it runs on)."""
+        return self.scheduler.executor.poll(h)
+
+
+class HandOver:
+    """The executor admits (Ray): every queued job goes to it with its plan as its resource
+    request, and stays `queued` until the executor says it started."""
+
+    def __init__(self, scheduler):
+        self.scheduler = scheduler
+
+    def admit(self, queued: list) -> None:
+        self.scheduler._hand_over(queued)
+
+    def watch(self) -> None:
+        self.scheduler._watch_handed_over()
+
+    def ended_while_away(self, job: dict, h: Handle) -> Exit | None:
+        """Only the worker's exit record says (None: killed, or still running)."""
+        written = read_json(Path(job["run_dir"]) / EXIT)
+        return None if written is None else Exit(written["code"], None, written.get("reason"))
+
+
 class Scheduler:
     def __init__(self, store: Store, executor, devices: list, state_dir, *, head_wait: float = 300.0,
                  tick: float = 0.25, metrics_ports: bool = True, on_event=None, metrics_host: str = "127.0.0.1",
                  metrics_address: str | None = None, runtime_grace: float = 60.0,
-                 quota: admission.Quota | None = None):
+                 quota: admission.Quota | None = None, jobs=None):
         self.store, self.executor, self.devices = store, executor, {d.name: d for d in devices}
         self.state_dir = Path(state_dir)
         self.head_wait, self.tick_seconds, self.metrics_ports = head_wait, tick, metrics_ports
@@ -94,7 +161,8 @@ class Scheduler:
         self._thread = None
         self._progress: dict = {}  # progress.json path -> ((mtime_ns, size, inode), parsed)
         self._recent_ports: list = []  # handed out lately, before their job has stored its target
-        self.executor_admits = bool(getattr(executor, "admits", False))
+        self.strategy = (HandOver if getattr(executor, "admits", False) else Packing)(self)
+        self.jobs = jobs or PlannedJobs()
         self.limits = quota or admission.Quota()  # its `used` stays empty: quota() counts it afresh
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -147,12 +215,7 @@ class Scheduler:
     def _ended_while_away(self, job: dict, h: Handle | None) -> Exit | None:
         """How a job's process ended while no service watched it: a local child's exit is still
         known to the executor; otherwise only the worker's exit record says (None: killed)."""
-        if h is None:
-            return None
-        if not self.executor_admits:
-            return self.executor.poll(h)
-        written = read_json(Path(job["run_dir"]) / EXIT)
-        return None if written is None else Exit(written["code"], None, written.get("reason"))
+        return None if h is None else self.strategy.ended_while_away(job, h)
 
     # -- one tick -----------------------------------------------------------------------------------
 
@@ -167,8 +230,12 @@ class Scheduler:
                     self._finish(job, ended)
                 else:
                     self._enforce_max_runtime(job, h)
-            if self.executor_admits:
-                self._watch_handed_over()
+            self.strategy.watch()
+            self._admit()
+
+    def admit_now(self) -> None:
+        """One admission pass now (a submission: its answer names the device when it starts at once)."""
+        with self._lock:
             self._admit()
 
     def _enforce_max_runtime(self, job: dict, h: Handle) -> None:
@@ -211,10 +278,11 @@ class Scheduler:
 
     def _admit(self) -> None:
         queued = [j for j in self.store.list("queued") if not j["ref"] and self._can_ever_fit(j)]
-        if not queued:
-            return
-        if self.executor_admits:
-            return self._hand_over(queued)
+        if queued:
+            self.strategy.admit(queued)
+
+    def _pack(self, queued: list) -> None:
+        """This scheduler admits: the jobs whose plans fit a device's budget start there."""
         by_id = {j["id"]: j for j in queued}
         chosen = {}
 
@@ -289,19 +357,7 @@ class Scheduler:
         return False
 
     def _batch_for(self, job: dict, device, room: int) -> tuple:
-        """(batch, plan total, plan by category) the job starts with on `device` with `room` bytes free."""
-        if job["batch_request"] != "auto":
-            return job["batch_request"], job["planned_bytes"], job["planned"]
-        if job["batch_size"]:  # chosen by an earlier attempt: a resumed job keeps its batch (its checkpoint's)
-            p = planning.plan_at(self._checked(job), device.budget_bytes, job["batch_size"])
-            return job["batch_size"], p.total, p.by_category
-        checked = self._checked(job)
-        b = max(1, planning.largest_batch(checked, device.budget_bytes, room - device.overhead_bytes))
-        p = planning.plan_at(checked, device.budget_bytes, b)
-        return b, p.total, p.by_category
-
-    def _checked(self, job: dict):
-        return planning.restore(job)
+        return self.jobs.batch_for(job, device, room)
 
     # -- start / finish -------------------------------------------------------------------------
 
@@ -309,9 +365,7 @@ class Scheduler:
         run_dir = Path(job["run_dir"])
         run_dir.mkdir(parents=True, exist_ok=True)
         port = self._metrics_port() if self.metrics_ports else None
-        cfg = planning.launch_config(job["config"], run_dir, batch=batch, memory_limit=device.budget_bytes,
-                                     metrics_port=port, metrics_host=self.metrics_host,
-                                     device=planning.device_of(device.kind, device.name))
+        cfg = self.jobs.config(job, run_dir, batch, device, port, self.metrics_host)
         threads = device.threads_per_job
         env = dict.fromkeys(THREAD_VARS, threads)  # BLAS and the fused CPU kernels alike
         if device.kind == "cuda":  # by uuid: NVML's index (cuda:N here) need not be CUDA's ordinal

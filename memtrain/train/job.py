@@ -58,10 +58,10 @@ class Job:
     any work), then run(); read `state` while it runs and `summary` after it."""
 
     def __init__(self, cfg, *, log_format="text", progress=True, stream=None, install_signals=True,
-                 batch_solver=None, run_info=None):
+                 batch_solver=None, run_info=None, on_event=None):
         self.cfg = cfg
         self.run_info = dict(run_info or {})  # RunInfo fields a caller adds to run.json (the service: name, job_id)
-        self.log = JobLog(log_format, stream or sys.stdout)
+        self.log = JobLog(log_format, stream or sys.stdout, on_event)  # on_event(event, fields): every log event
         # the bar redraws one line: on a terminal only (a log file or a pipe gets the epoch lines)
         self.show_progress = progress and log_format == "text" and _isatty(self.log.stream)
         self.install_signals = install_signals
