@@ -65,7 +65,7 @@ def compare(config, optimizers, lr, epochs, target_accuracy, output_dir, plot, f
 def _sweep_budget(ex, device: str, memory_limit):
     """(device kind, budget, where it came from): one node of the cluster, or this machine."""
     if ex is not None:
-        from memtrain.select.sweep_launch import cluster_budget  # noqa: PLC0415
+        from memtrain.select.runner import cluster_budget  # noqa: PLC0415
 
         return cluster_budget(ex, device, memory_limit)
     from memtrain.backend import get_backend  # noqa: PLC0415

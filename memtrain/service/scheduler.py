@@ -87,6 +87,8 @@ class PlannedJobs:
     """The service's jobs: stored job files, planned by service/planning.py; everything a
     job writes goes under its run dir."""
 
+    log_name = "job.log"  # the worker's stdout and stderr, in the run dir
+
     def batch_for(self, job: dict, device, room: int) -> tuple:
         """(batch, plan total, plan by category) the job starts with on `device` with `room` bytes free."""
         if job["batch_request"] != "auto":
@@ -195,11 +197,11 @@ class Scheduler:
         """After a restart: re-adopt each running job's process, or requeue it to resume from
         its checkpoint (not counted as an attempt: the job did nothing wrong)."""
         for job in self.store.list("queued"):
-            h = self._handle(job)
+            h = self.handle(job)
             if h is not None and not (h.executor == self.executor.name and self.executor.adopt(h)):
                 self.store.update(job["id"], executor=None, ref=None, attempts=max(0, job["attempts"] - 1))
         for job in self.store.list("running"):
-            h = self._handle(job)
+            h = self.handle(job)
             if h is not None and h.executor != self.executor.name:
                 h = None  # started by another executor: resumed from its checkpoint by this one
             if h is not None and self.executor.adopt(h):
@@ -222,7 +224,7 @@ class Scheduler:
     def tick(self) -> None:
         with self._lock:
             for job in self.store.list("running"):
-                h = self._handle(job)
+                h = self.handle(job)
                 if h is None:
                     continue
                 ended = self.executor.poll(h)
@@ -318,7 +320,7 @@ class Scheduler:
         """Jobs the executor holds: `running` once it started them (admission to start is the
         executor's queue wait), or finished (e.g. cancelled while waiting)."""
         for job in self.store.list("queued"):
-            h = self._handle(job)
+            h = self.handle(job)
             if h is None:
                 continue
             ended = self.executor.poll(h)
@@ -371,7 +373,7 @@ class Scheduler:
         if device.kind == "cuda":  # by uuid: NVML's index (cuda:N here) need not be CUDA's ordinal
             env["CUDA_VISIBLE_DEVICES"] = measure.cuda_visible_id(device.uuid) if device.uuid else device.index
         reserved = total + device.overhead_bytes
-        launch = Launch(job["id"], cfg, str(run_dir), str(run_dir / "job.log"), device.name, port, self.metrics_host,
+        launch = Launch(job["id"], cfg, str(run_dir), str(run_dir / self.jobs.log_name), device.name, port, self.metrics_host,
                         env=env,
                         resources=Resources(total, device.overhead_bytes, threads, device.budget_bytes))
         # written before the process exists: a service killed in between finds a running job without a
@@ -466,12 +468,12 @@ class Scheduler:
             if job["state"] == "queued":
                 self.store.update(job_id, expect_state="queued", state="cancelled", ended_at=now(),
                                   reason="cancelled on request (it had not started)", reserved_bytes=0)
-                h = self._handle(job)
+                h = self.handle(job)
                 if h is not None:  # handed to an executor that had not started it yet
                     self.executor.cancel(h)
             elif job["state"] == "running":
                 self.store.update(job_id, cancel_requested=1)
-                h = self._handle(job)
+                h = self.handle(job)
                 if h is not None:
                     self.executor.cancel(h)
             self.wake()
@@ -518,7 +520,8 @@ class Scheduler:
         return out
 
     @staticmethod
-    def _handle(job: dict) -> Handle | None:
+    def handle(job: dict) -> Handle | None:
+        """The executor's handle of a stored job (None before it started)."""
         if not job.get("ref"):
             return None
         return Handle(job["id"], job["executor"], job["ref"], job["metrics_target"])
