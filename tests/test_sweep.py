@@ -10,11 +10,11 @@ from hypothesis import strategies as st
 
 from memtrain.cli import _Group
 from memtrain.cli_select import sweep as sweep_cmd
-from memtrain.select import space as sp
-from memtrain.select import sweep as sw
 from memtrain.config import from_dict
 from memtrain.launch.executor import Exit, Handle
 from memtrain.select import runner as rn
+from memtrain.select import space as sp
+from memtrain.select import sweep as sw
 
 # a private group with the main group's error handling: registering on memtrain.cli.main
 # here would change the CLI other tests (docs/cli.md) see
