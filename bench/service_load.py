@@ -122,13 +122,13 @@ def load_average() -> list:
     return [round(v, 2) for v in os.getloadavg()]
 
 
-def store_copies(state_dir: Path, template: dict, n: int) -> None:
+def store_copies(state_dir: Path, template, n: int) -> None:
     """n copies of a finished job's row in the service's store (the service is stopped)."""
     from memtrain.service.store import Store  # noqa: PLC0415
 
     store = Store(state_dir / "memtrain.sqlite")
     have = len(store.list())
-    row = {k: v for k, v in template.items() if k != "seq"}
+    row = template.columns()
     for i in range(have, n):
         store.insert({**row, "id": f"c{i:07d}", "name": f"copy{i}"})
     store.close()

@@ -74,7 +74,7 @@ class ThreadServer:
         sched._wake.set()
         sched._thread.join(10)
         for job in self.service.store.list("running"):
-            if job["ref"]:
+            if job.ref:
                 ex.kill(self.service.scheduler.handle(job))
         self.server.should_exit = True
         self.thread.join(20)

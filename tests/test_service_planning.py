@@ -66,9 +66,9 @@ def allocated(launch, backend=None):
 
 def committed(service, job_id, launch):
     stored = service.store.get(job_id)
-    assert launch.config["training"]["batch_size"] == stored["batch_size"]
-    assert stored["reserved_bytes"] == stored["planned_bytes"] + launch.resources.overhead_bytes
-    return stored["planned"], stored["planned_bytes"]
+    assert launch.config["training"]["batch_size"] == stored.batch_size
+    assert stored.reserved_bytes == stored.planned_bytes + launch.resources.overhead_bytes
+    return stored.planned, stored.planned_bytes
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def test_planned_equals_allocated_on_the_cpu(cpu_service, case):
 def test_the_best_weights_copy_is_planned_with_a_micro_batch(cpu_service):
     """The figure of the issue that found it: without the copy the service planned 827,512 B."""
     job_id = cpu_service.submit(body(3, 16, None, 64), "application/json")["id"]
-    assert cpu_service.store.get(job_id)["planned_bytes"] == 904_352
+    assert cpu_service.store.get(job_id).planned_bytes == 904_352
     assert cpu_service.submit(body(None, 16, None, 64), "application/json")["planned_bytes"] == 827_512
 
 

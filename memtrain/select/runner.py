@@ -21,7 +21,7 @@ from memtrain.errors import MemtrainError
 from memtrain.launch.worker import EXIT, read_json
 from memtrain.service.devices import Device
 from memtrain.service.scheduler import Scheduler
-from memtrain.service.store import ACTIVE, Store, now
+from memtrain.service.store import ACTIVE, JobRow, Store, now
 
 ENDED = ("succeeded", "failed", "cancelled")
 
@@ -44,13 +44,13 @@ class TaskJobs:
     log_name = "log.jsonl"
 
     @staticmethod
-    def batch_for(job: dict, device, room: int) -> tuple:
-        batch = job["batch_request"]
-        return (batch if isinstance(batch, int) else None), job["planned_bytes"], job["planned"]
+    def batch_for(job: JobRow, device, room: int) -> tuple:
+        batch = job.batch_request
+        return (batch if isinstance(batch, int) else None), job.planned_bytes, job.planned
 
     @staticmethod
-    def config(job: dict, run_dir: Path, batch, device, port, metrics_host: str) -> dict:
-        return job["config"]
+    def config(job: JobRow, run_dir: Path, batch, device, port, metrics_host: str) -> dict:
+        return job.config
 
 
 def device(kind: str, budget: int, source: str, max_jobs: int | None, threads: int = 1,
@@ -104,10 +104,10 @@ def run_tasks(tasks, dev, executor, *, max_attempts: int = 2, log=None, on_start
             done = set()
             while len(done) < len(tasks):
                 sched.tick()
-                ended = [j for j in store.list() if j["state"] in ENDED and j["id"] not in done]
+                ended = [j for j in store.list() if j.state in ENDED and j.id not in done]
                 for job in ended:
-                    done.add(job["id"])
-                    yield by_id[job["id"]], job, _outcome(executor, job)
+                    done.add(job.id)
+                    yield by_id[job.id], job, _outcome(executor, job)
                 if not ended:
                     time.sleep(poll_s)
         finally:
@@ -121,43 +121,43 @@ class _Events:
     def __init__(self, store, by_id, log, on_start):
         self.store, self.by_id, self.log, self.on_start = store, by_id, log, on_start
 
-    def __call__(self, kind: str, job: dict) -> None:
+    def __call__(self, kind: str, job: JobRow) -> None:
         if kind == "started" and self.on_start is not None:
-            self.on_start(self.by_id[job["id"]])
+            self.on_start(self.by_id[job.id])
         elif kind == "requeued" and self.log is not None:
-            self.log(f"retry     {job['id']}: {self.store.get(job['id'])['reason']}")
+            self.log(f"retry     {job.id}: {self.store.get(job.id).reason}")
 
 
-def _outcome(executor, job: dict):
+def _outcome(executor, job: JobRow):
     outcome = getattr(executor, "outcome", None)
-    if outcome is None or not job["ref"]:
+    if outcome is None or not job.ref:
         return None
     return outcome(Scheduler.handle(job))
 
 
 def _stop(sched, store, grace_s: float) -> None:
     """Cancel what still runs and wait (up to `grace_s`) for it to end with its checkpoint."""
-    active = [j["id"] for j in store.list() if j["state"] in ACTIVE]
+    active = [j.id for j in store.list() if j.state in ACTIVE]
     for job_id in active:
         sched.cancel(job_id)
-    active = [i for i in active if store.get(i)["ref"]]  # one without a handle has no process to wait for
+    active = [i for i in active if store.get(i).ref]  # one without a handle has no process to wait for
     deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and any(store.get(i)["state"] in ACTIVE for i in active):
+    while time.monotonic() < deadline and any(store.get(i).state in ACTIVE for i in active):
         sched.tick()
         time.sleep(0.1)
     sched.executor.close()
 
 
-def written_outcome(job: dict) -> dict:
+def written_outcome(job: JobRow) -> dict:
     """What a worker process's exit record says of a task: the summary with its history, the
     training rows, and why it failed (the scheduler's reason)."""
-    written = read_json(Path(job["run_dir"]) / EXIT) or {}
+    written = read_json(Path(job.run_dir) / EXIT) or {}
     result = written.get("result") if isinstance(written.get("result"), dict) else None
     rows = written.get("train_rows")
-    if job["state"] == "succeeded" and result is not None and not result.get("stopped"):
+    if job.state == "succeeded" and result is not None and not result.get("stopped"):
         return {"status": "finished", "error": None, "summary": {**result, "history": written.get("history") or []},
                 "train_rows": rows}
-    return {"status": "failed", "error": job["reason"] or job["state"], "summary": {}, "train_rows": rows}
+    return {"status": "failed", "error": job.reason or job.state, "summary": {}, "train_rows": rows}
 
 
 def device_kind(executor, requested: str) -> str:

@@ -135,7 +135,7 @@ def _set_aside(store: Path) -> list:
 
 
 def _rebuild(db: Store, storage) -> list:
-    known = {j["id"] for j in db.list()}
+    known = {j.id for j in db.list()}
     damaged = {job_id for job_id, _ in db.bad_rows.values()}
     added, skipped = [], []
     for d in job_dirs(storage):
