@@ -123,7 +123,8 @@ def test_a_state_dir_of_an_earlier_memtrain_gains_priority_and_user(tmp_path):
     db.commit()
     db.close()
     s = store.Store(tmp_path / "memtrain.sqlite")
-    assert {k: s.get("old")[k] for k in ("priority", "user")} == {"priority": 0, "user": "default"}
+    old = s.get("old")
+    assert (old.priority, old.user) == (0, "default")
     s.close()
     store.Store(tmp_path / "memtrain.sqlite").close()  # opened again: nothing left to add
 

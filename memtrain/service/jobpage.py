@@ -87,7 +87,7 @@ def _overview(service, row, view, history) -> str:
         items.insert(1, ("position", _position(service, row)))
     if row.ended_at:
         items.append(("ended", iso(row.ended_at)))
-    r = row.get("result") or {}
+    r = row.result or {}
     if r.get("steps") is not None:
         items.append(("result", result_text(r)))
     out = ["<dl>"] + [f"<dt>{_e(k)}</dt><dd>{_e(str(v))}</dd>" for k, v in items]
@@ -217,7 +217,7 @@ def _memory(service, row, view, history) -> str:
                         f"</div></td></tr>")
     rows.append(f"<tr><th>plan</th><th class='n'>{format_bytes(row.planned_bytes)}</th><th></th></tr></table>")
     peak = next((r["measured_peak_bytes"] for r in reversed(history) if r.get("measured_peak_bytes")), None)
-    peak = (row.get("result") or {}).get("measured_peak_bytes") or peak
+    peak = (row.result or {}).get("measured_peak_bytes") or peak
     device = next((d for d in service.devices if d.name == row.device), None)
     p = view["progress"] or {}
     items = []
