@@ -1,11 +1,11 @@
-"""Admission rules (memtrain/service/admission.py) on a simulated clock, with hypothesis:
+"""Admission rules (memtrain/scheduling/admission.py) on a simulated clock, with hypothesis:
 committed <= budget at every instant, every job that fits alone runs, and the head's
 wait is bounded by max(became head, queued + head_wait) + the longest run."""
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from memtrain.service.admission import DeviceLoad, Quota, Waiting, admit, blocking, over_quota, place, reasons
+from memtrain.scheduling.admission import DeviceLoad, Quota, Waiting, admit, blocking, over_quota, place, reasons
 
 BUDGETS = [1000, 600]
 

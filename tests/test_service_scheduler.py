@@ -1,6 +1,6 @@
 """The scheduler's decisions, one tick at a time, with an executor that starts nothing and
 answers as told (no process: these run in milliseconds, so mutation testing can run them
-for every mutant of memtrain/service/scheduler.py).
+for every mutant of memtrain/scheduling/scheduler.py).
 
 The store is the truth: what it says before a process exists, after it ends, after a
 cancel and after a restart is what a service killed at that point would act on."""
@@ -16,8 +16,8 @@ from service_helpers import Scripted
 
 from memtrain.launch.executor import Exit
 from memtrain.launch.worker import EXIT
+from memtrain.scheduling.scheduler import JobConflict
 from memtrain.service.core import Service, Settings
-from memtrain.service.scheduler import JobConflict
 
 GIB = 1024**3
 
@@ -387,7 +387,8 @@ def test_recover_finishes_what_ended_while_away_and_says_what_it_readopted(tmp_p
 
 
 def test_an_executor_that_admits_reads_how_a_job_ended_from_its_exit_record(tmp_path):
-    from memtrain.service.scheduler import Scheduler
+    from memtrain.scheduling.scheduler import Scheduler
+    from memtrain.service.planned_jobs import PlannedJobs
 
     first = restarted(tmp_path, Scripted())
     max_jobs(first, 8)
@@ -400,7 +401,7 @@ def test_an_executor_that_admits_reads_how_a_job_ended_from_its_exit_record(tmp_
     ex.admits = True
     ex.exits = {ok: Exit(5), failed: Exit(5), gone: Exit(5)}  # not asked: the record is the truth
     try:
-        Scheduler(store, ex, devices, tmp_path / "state").recover()
+        Scheduler(store, ex, devices, tmp_path / "state", jobs=PlannedJobs()).recover()
         states = {i: (store.get(i).state, store.get(i).reason) for i in (ok, failed, gone)}
         assert states[ok] == ("succeeded", None) and store.get(ok).result == {"steps": 3}
         assert states[failed] == ("failed", "boom")
@@ -471,7 +472,7 @@ def test_progress_is_the_workers_progress_record_with_every_field_named(service)
     job_id = submit(service)
     stored = service.store.get(job_id)
     assert set(service.scheduler.progress(stored).values()) == {None}  # nothing written yet
-    from memtrain.service.scheduler import PROGRESS_FIELDS
+    from memtrain.scheduling.scheduler import PROGRESS_FIELDS
 
     typed = {k: {int: i, float: i + 0.5, str: f"e{i}"}[kind] for i, (k, kind) in enumerate(PROGRESS_FIELDS.items())}
     with open(f"{stored.run_dir}/{PROGRESS}", "w") as f:
@@ -483,7 +484,7 @@ def test_progress_is_the_workers_progress_record_with_every_field_named(service)
 
 
 def test_metrics_ports_are_never_handed_out_twice(tmp_path, monkeypatch):
-    from memtrain.service import scheduler as sched
+    from memtrain.scheduling import scheduler as sched
 
     offered = iter([5001, 5001, 5002, 5001, 5002, 5003, 5001, 5002, 5003, 5004])
     hosts = []
@@ -506,7 +507,7 @@ def test_metrics_ports_are_never_handed_out_twice(tmp_path, monkeypatch):
 
 
 def test_the_scheduler_thread_runs_ticks_until_stopped(tmp_path):
-    from memtrain.service.scheduler import free_port
+    from memtrain.scheduling.scheduler import free_port
 
     ex = Scripted()
     s = Service(Settings(state_dir=tmp_path / "state", devices="cpu", budgets={"cpu": GIB}, cpu_overhead=0,

@@ -112,7 +112,7 @@ def test_a_single_token_file_still_works_as_the_default_user(tmp_path):
 def test_a_state_dir_of_an_earlier_memtrain_gains_priority_and_user(tmp_path):
     import sqlite3
 
-    from memtrain.service import store
+    from memtrain.scheduling import store
 
     db = sqlite3.connect(tmp_path / "memtrain.sqlite")
     db.executescript(store._SCHEMA)  # the table as schema version 1 first made it

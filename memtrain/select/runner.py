@@ -19,9 +19,9 @@ from pathlib import Path
 
 from memtrain.errors import MemtrainError
 from memtrain.launch.worker import EXIT, read_json
+from memtrain.scheduling.scheduler import Scheduler
+from memtrain.scheduling.store import ACTIVE, JobRow, Store, now
 from memtrain.service.devices import Device
-from memtrain.service.scheduler import Scheduler
-from memtrain.service.store import ACTIVE, JobRow, Store, now
 
 ENDED = ("succeeded", "failed", "cancelled")
 

@@ -14,11 +14,13 @@ from pathlib import Path
 
 from memtrain.errors import DiskFull
 from memtrain.launch.worker import PROGRESS
-from memtrain.service import admission, planning, recovery, security
+from memtrain.scheduling import admission
+from memtrain.scheduling.scheduler import Scheduler
+from memtrain.scheduling.store import STATES, JobRow, Store, now
 from memtrain.service import devices as devs
+from memtrain.service import planning, recovery, security
 from memtrain.service.housekeeping import Housekeeper
-from memtrain.service.scheduler import Scheduler
-from memtrain.service.store import STATES, JobRow, Store, now
+from memtrain.service.planned_jobs import PlannedJobs
 from memtrain.units import format_bytes
 
 MIN_FREE_BYTES = 16 * 1024**2  # below this a submission is refused (507): see check_room
@@ -89,7 +91,8 @@ class Service:
                                    tick=s.tick, metrics_ports=s.metrics_ports, on_event=self._event,
                                    metrics_host=s.job_metrics_host, metrics_address=s.job_metrics_address,
                                    runtime_grace=s.runtime_grace,
-                                   quota=admission.Quota(s.user_quota, dict(s.token.quotas) if s.token else {}))
+                                   quota=admission.Quota(s.user_quota, dict(s.token.quotas) if s.token else {}),
+                                   jobs=PlannedJobs())
 
     def start(self) -> None:
         self.housekeeper.start()

@@ -16,8 +16,8 @@ import shutil
 import threading
 from pathlib import Path
 
+from memtrain.scheduling.store import now
 from memtrain.service import recovery
-from memtrain.service.store import now
 
 log = logging.getLogger("memtrain.service")
 

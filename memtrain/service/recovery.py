@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from memtrain.launch.worker import EXIT, read_json
-from memtrain.service.store import Store, StoreDamaged, now
+from memtrain.scheduling.store import Store, StoreDamaged, now
 from memtrain.train.checkpoint import atomic_write
 
 STORE, BACKUP, JOB_FILE = "memtrain.sqlite", "memtrain.sqlite.backup", "job.json"

@@ -103,8 +103,8 @@ def job_page(job_id: str, svc: Service = Depends(service)):
 def _conflict(action, job_id):
     """`action(job_id)` with the job-state errors as their statuses: 409 (the state does not allow
     it), 507 (no room to record it), 500 with one line (the job's stored row is damaged)."""
-    from memtrain.service.scheduler import JobConflict  # noqa: PLC0415
-    from memtrain.service.store import StoreDamaged  # noqa: PLC0415
+    from memtrain.scheduling.scheduler import JobConflict  # noqa: PLC0415
+    from memtrain.scheduling.store import StoreDamaged  # noqa: PLC0415
 
     try:
         return action(job_id)

@@ -12,8 +12,8 @@ Two strategies behind one interface (`Packing`, `HandOver`), chosen once from th
   how many run together.
 
 What a job's launch looks like (its batch on a device, the config its worker runs) is the
-caller's: the service plans stored job files (`PlannedJobs`), a sweep keeps each trial's
-own output dir (select/runner.py).
+caller's (`jobs`): the service plans stored job files (service/planned_jobs.py), a sweep
+keeps each trial's own output dir (select/runner.py).
 
 Thread rule (CPU): a job on the CPU gets max(1, cores // max_jobs) BLAS threads
 (OMP/OPENBLAS/MKL/NUMBA_NUM_THREADS, set before NumPy and numba load). The count is fixed per
@@ -35,8 +35,8 @@ from memtrain.launch.executor import Exit, Handle, Launch, Resources
 from memtrain.launch.resources import THREAD_VARS
 from memtrain.launch.worker import EXIT, PROGRESS, read_json
 from memtrain.memory import measure
-from memtrain.service import admission, planning
-from memtrain.service.store import JobRow, Store, now
+from memtrain.scheduling import admission
+from memtrain.scheduling.store import JobRow, Store, now
 from memtrain.units import format_duration
 
 log = logging.getLogger("memtrain.service")
@@ -83,32 +83,6 @@ class JobConflict(MemtrainError):
     """A request the job's state does not allow (cancel an ended job, requeue a running one): HTTP 409."""
 
 
-class PlannedJobs:
-    """The service's jobs: stored job files, planned by service/planning.py; everything a
-    job writes goes under its run dir."""
-
-    log_name = "job.log"  # the worker's stdout and stderr, in the run dir
-
-    def batch_for(self, job: JobRow, device, room: int) -> tuple:
-        """(batch, plan total, plan by category) the job starts with on `device` with `room` bytes free."""
-        if job.batch_request != "auto":
-            return job.batch_request, job.planned_bytes, job.planned
-        checked = planning.restore(job)
-        if job.batch_size:  # chosen by an earlier attempt: a resumed job keeps its batch (its checkpoint's)
-            p = planning.plan_at(checked, device.budget_bytes, job.batch_size)
-            return job.batch_size, p.total, p.by_category
-        b = max(1, planning.largest_batch(checked, device.budget_bytes, room - device.overhead_bytes))
-        p = planning.plan_at(checked, device.budget_bytes, b)
-        return b, p.total, p.by_category
-
-    @staticmethod
-    def config(job: JobRow, run_dir: Path, batch: int, device, port: int | None, metrics_host: str) -> dict:
-        """The config the worker runs: the stored one, at `batch`, writing under `run_dir`."""
-        return planning.launch_config(job.config, run_dir, batch=batch, memory_limit=device.budget_bytes,
-                                      metrics_port=port, metrics_host=metrics_host,
-                                      device=planning.device_of(device.kind, device.name))
-
-
 class Packing:
     """This scheduler admits (local processes, in-process calls): a job starts on a device when
     its plan fits the device's budget beside the running ones (admission.py)."""
@@ -150,7 +124,7 @@ class Scheduler:
     def __init__(self, store: Store, executor, devices: list, state_dir, *, head_wait: float = 300.0,
                  tick: float = 0.25, metrics_ports: bool = True, on_event=None, metrics_host: str = "127.0.0.1",
                  metrics_address: str | None = None, runtime_grace: float = 60.0,
-                 quota: admission.Quota | None = None, jobs=None):
+                 quota: admission.Quota | None = None, jobs):
         self.store, self.executor, self.devices = store, executor, {d.name: d for d in devices}
         self.state_dir = Path(state_dir)
         self.head_wait, self.tick_seconds, self.metrics_ports = head_wait, tick, metrics_ports
@@ -164,7 +138,7 @@ class Scheduler:
         self._progress: dict = {}  # progress.json path -> ((mtime_ns, size, inode), parsed)
         self._recent_ports: list = []  # handed out lately, before their job has stored its target
         self.strategy = (HandOver if getattr(executor, "admits", False) else Packing)(self)
-        self.jobs = jobs or PlannedJobs()
+        self.jobs = jobs  # the caller's: a job's batch on a device and the config its worker runs
         self.limits = quota or admission.Quota()  # its `used` stays empty: quota() counts it afresh
 
     # -- lifecycle ------------------------------------------------------------------------------
