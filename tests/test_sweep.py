@@ -2,6 +2,7 @@
 results.jsonl, resume after a kill, and bad input."""
 
 import json
+import os
 
 import pytest
 from click.testing import CliRunner
@@ -88,6 +89,9 @@ def test_grid_of_4_runs_concurrently_and_writes_results_jsonl(tmp_path):
         assert x["test_accuracy"] is not None  # reported, not used
         assert x["trial"] == sp.trial_id(x["params"])
         assert (out / "trials" / x["trial"] / "model-final.npz").exists()
+        # run by the service's scheduler in a worker process, with the service's thread rule: cores // workers
+        launch = json.loads((out / "trials" / x["trial"] / "launch.json").read_text())
+        assert launch["env"]["OMP_NUM_THREADS"] == max(1, (os.cpu_count() or 1) // 2)
     # the schedule is printed before starting: each trial's plan, the scheduler's limits
     assert "at most 2 at a time" in r.output and r.output.count("trial     ") >= 4
 
