@@ -232,7 +232,7 @@ def test_the_shared_scheduler_never_runs_more_than_the_budget(tmp_path_factory, 
     assert sorted(ended) == sorted(size)  # every trial ends once
     assert sorted(ex.started) == sorted(k for k, b in size.items() if b <= budget)
     for k, job in ended.items():
-        assert job["state"] == ("succeeded" if size[k] <= budget else "failed"), job["reason"]
+        assert job.state == ("succeeded" if size[k] <= budget else "failed"), job.reason
 
 
 def test_the_scheduler_packs_what_fits_together_and_runs_alone_what_must(tmp_path):
@@ -251,7 +251,7 @@ def test_the_scheduler_packs_what_fits_together_and_runs_alone_what_must(tmp_pat
     ended = {t.id: j for t, j, _ in rn.run_tasks([rn.Task(k, cfg, b) for k, b in size.items()], rn.device(
         "cpu", 10, "given", 2), ex, poll_s=0)}
     assert seen[:2] == [["a"], ["a", "c"]]  # FIFO with backfill: b (5) waits for a (6); c (4) fits beside a
-    assert ended["d"]["state"] == "failed" and "never fits" in ended["d"]["reason"]
+    assert ended["d"].state == "failed" and "never fits" in ended["d"].reason
     assert max(len(s) for s in seen) == 2
 
 
