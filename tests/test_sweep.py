@@ -120,6 +120,8 @@ def test_a_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     ran = []
 
     def dies_after_two(cfg):
+        # each finished trial is in results.jsonl before the next one starts (a kill loses none)
+        assert (len(lines(out / "results.jsonl")) if (out / "results.jsonl").exists() else 0) == len(ran)
         if len(ran) == 2:
             raise Killed("simulated kill")
         ran.append(cfg.name)

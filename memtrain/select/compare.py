@@ -83,11 +83,15 @@ def compare(cfg, optimizers: list, *, lr=None, epochs=None, output_dir="runs", t
     with tempfile.TemporaryDirectory(prefix="memtrain-compare-", dir=_scratch()) as tmp:
         configs = {name: run_config(cfg, name, lr=lr, epochs=epochs, output_dir=output_dir,
                                     checkpoint_dir=Path(tmp) / name.replace(":", "-")) for name in optimizers}
-        executor = InProcessExecutor(lambda launch: runner(configs[launch.job_id]))
+        def run(launch):
+            if log:
+                log(f"training  {launch.job_id} ...")
+            return runner(configs[launch.job_id])
+
+        executor = InProcessExecutor(run)
         # the Job checks its own memory as `memtrain train` does: the one slot is the only limit here
         dev = rn.device(cfg.device if cfg.device.startswith("cuda") else "cpu", 1 << 62, "one run at a time", 1)
-        for task, _, (summary, n_train) in rn.run_tasks([rn.Task(n, c) for n, c in configs.items()], dev, executor,
-                                                         on_start=log and (lambda t: log(f"training  {t.id} ..."))):
+        for task, _, (summary, n_train) in rn.run_tasks([rn.Task(n, c) for n, c in configs.items()], dev, executor):
             rows.append(summarize(task.id, summary, n_train, target_accuracy))
             if log:
                 r = rows[-1]
