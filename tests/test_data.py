@@ -229,7 +229,7 @@ def test_csv_without_label_column_takes_the_last_column_as_train_help_says(tmp_p
 
 
 def test_csv_slow_reader_agrees_with_fast_path(tmp_path, monkeypatch):
-    import memtrain.data as data
+    import memtrain.data.csvfile as data
 
     p = tmp_path / "d.csv"
     p.write_text("a,label,b\n" + "".join(f"{i},{i % 3},{i / 7}\n" for i in range(50)) + "\n")
