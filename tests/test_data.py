@@ -63,6 +63,28 @@ def test_digits_shapes_classes_and_layout(digits):
     assert not ds.standardized and ds.preprocessing()["input_divisor"] == 16.0
 
 
+def test_digits_read_from_the_file_scikit_learn_ships_equal_its_loader(monkeypatch):
+    """The file is read without importing scikit-learn (~2 s of a small job's start-up) and
+    gives exactly what sklearn.datasets.load_digits gives, through the whole load."""
+    import memtrain.data.digits as digits_module
+    from sklearn.datasets import load_digits
+
+    raw = digits_module.load_digits()
+    X, y = load_digits(return_X_y=True)
+    assert raw.X.dtype == X.dtype and raw.y.dtype == y.dtype
+    np.testing.assert_array_equal(raw.X, X)
+    np.testing.assert_array_equal(raw.y, y)
+    ours = load_dataset("digits", validation=0.2, test=0.2, standardize=True, seed=3)
+    monkeypatch.setattr(digits_module, "digits_file", lambda: None)  # scikit-learn's own loader
+    theirs = load_dataset("digits", validation=0.2, test=0.2, standardize=True, seed=3)
+    for name in ("X_train", "y_train", "X_val", "y_val", "X_test", "y_test", "mean", "std"):
+        np.testing.assert_array_equal(getattr(ours, name), getattr(theirs, name), err_msg=name)
+    code = ("import sys; from memtrain.data import load_dataset; ds = load_dataset('digits'); "
+            "print(len(ds.X_train), 'sklearn' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["1438", "False"]
+
+
 def test_digits_split_is_deterministic_and_test_set_stable(digits):
     again = load_dataset("digits", validation=0.2, test=0.2, seed=0)
     assert np.array_equal(again.X_val, digits.X_val) and np.array_equal(again.y_train, digits.y_train)
