@@ -66,8 +66,9 @@ def test_digits_shapes_classes_and_layout(digits):
 def test_digits_read_from_the_file_scikit_learn_ships_equal_its_loader(monkeypatch):
     """The file is read without importing scikit-learn (~2 s of a small job's start-up) and
     gives exactly what sklearn.datasets.load_digits gives, through the whole load."""
-    import memtrain.data.digits as digits_module
     from sklearn.datasets import load_digits
+
+    import memtrain.data.digits as digits_module
 
     raw = digits_module.load_digits()
     X, y = load_digits(return_X_y=True)
