@@ -80,7 +80,7 @@ def test_rows_from_the_header_are_the_rows_the_job_loads(tmp_path, case):
     from memtrain.train.job import load_job_data
 
     ds = load_job_data(cfg)
-    assert got == (64, len(ds.X_train), len(ds.X_val), data_bytes(ds))
+    assert got == (64, len(ds.X_train), len(ds.X_val), data_bytes(ds), len(ds.X_test))
 
 
 def test_a_large_npz_is_counted_without_decompressing_it(tmp_path):
@@ -91,7 +91,7 @@ def test_a_large_npz_is_counted_without_decompressing_it(tmp_path):
     rows = data_rows(_config(path))
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    assert rows == DataRows(64, 180_000, 60_000, 240_000 * (64 * 4 + 8))  # the default 0.2 test and validation
+    assert rows == DataRows(64, 180_000, 60_000, 240_000 * (64 * 4 + 8), 60_000)  # the default 0.2 test and validation
     assert peak < 4 * 1024**2, peak  # the headers, not the 79 MB
 
 

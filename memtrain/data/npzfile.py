@@ -56,7 +56,7 @@ def npz_headers(path, where: str | None = None) -> dict:
 def header_rows(source, *, dtype="float32", output="softmax", validation=0.2, test=0.0, validation_source=None,
                 above: int = HEADER_ROWS_ABOVE) -> tuple | None:
     """(features, training rows, validation rows, bytes of the training and validation arrays as
-    load_dataset lays them out) of a .npz source holding more than `above` bytes, from its
+    load_dataset lays them out, test rows) of a .npz source holding more than `above` bytes, from its
     headers alone; None for any other source (the caller loads it, which checks its values too)."""
     text = str(source).strip() if isinstance(source, (str, Path)) else ""
     if not text.lower().endswith(".npz") or validation_source is not None or not Path(text).is_file():
@@ -69,14 +69,14 @@ def header_rows(source, *, dtype="float32", output="softmax", validation=0.2, te
     if declared <= above or len(x_shape) < 2 or len(y_shape) not in (1, 2) or x_shape[0] != y_shape[0]:
         return None
     n, features = x_shape[0], int(np.prod(x_shape[1:]))
-    n_test = 0 if "X_test" in heads else split_count(check_fraction("test", test), n)
+    n_test = heads["X_test"][0][0] if "X_test" in heads else split_count(check_fraction("test", test), n)
     n_val = heads["X_val"][0][0] if "X_val" in heads else split_count(check_fraction("validation", validation), n)
-    n_train = n - n_test - (0 if "X_val" in heads else n_val)
+    n_train = n - (0 if "X_test" in heads else n_test) - (0 if "X_val" in heads else n_val)
     if n_train < 1:
         return None  # load_dataset says why
     item = check_dtype(dtype).itemsize
     label = {"softmax": 8, "sigmoid": item}.get(check_output(output), item * (y_shape[1] if len(y_shape) == 2 else 1))
-    return features, n_train, n_val, (n_train + n_val) * (features * item + label)
+    return features, n_train, n_val, (n_train + n_val) * (features * item + label), n_test
 
 
 def _check_npz_fits(where: str, headers: dict) -> None:
