@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from memtrain.data.checks import as_float, check_overflow, check_pair
+from memtrain.data.checks import as_float, check_finite, check_overflow, check_pair, check_pair_shape
 from memtrain.data.dataset import Dataset
 from memtrain.data.labels import label_width, labels
+from memtrain.data.npzrows import NpzRows
 from memtrain.data.params import check_fraction, check_n_outputs, check_output, check_seed, label_columns
 from memtrain.data.sources import load_source
-from memtrain.data.split import split
+from memtrain.data.split import split, split_parts
 from memtrain.data.standardize import standardized, statistics
 from memtrain.errors import DataError
 from memtrain.validate import check_dtype
@@ -43,7 +44,12 @@ def load_dataset(source: str, *, dtype="float32", label_column=None, validation=
         raise DataError(f"standardize: expected true or false, got {standardize!r}")
 
     raw = load_source(source, "dataset", label_column, seed)
-    X, y = check_pair(raw.where, "", raw.X, raw.y)
+    if isinstance(raw.X, NpzRows):  # its values are checked as it is read, after the labels
+        check_pair_shape(raw.where, "", raw.X.file_shape, raw.X.dtype, raw.y)
+        check_finite(raw.where, "y", raw.y)
+        X, y = raw.X, raw.y
+    else:
+        X, y = check_pair(raw.where, "", raw.X, raw.y)
     extra = _extra_splits(raw, validation_source, label_column, seed, X)
 
     # Labels: checked on whole arrays (file row numbers in messages), class count over every split.
@@ -54,10 +60,15 @@ def load_dataset(source: str, *, dtype="float32", label_column=None, validation=
 
     # Features: cast to a working float type now, so an overflow is reported by file row.
     work = np.dtype(np.float64) if dt == np.float64 else np.dtype(np.float32)
-    X = as_float(raw.where, "X", X, work, raw.divisor)
     extra = {k: (w, s, as_float(w, f"X{s}", Xe, work, raw.divisor), ye) for k, (w, s, Xe, ye) in extra.items()}
-
-    splits = split(raw.where, X, y, extra, val_frac, test_frac, seed)
+    if isinstance(X, NpzRows):
+        labels_box = [y]  # the whole labels go once split: not held while the features are read
+        del y, all_y
+        raw.y = None
+        splits = _read_splits(raw.where, X, labels_box, extra, val_frac, test_frac, seed, work)
+    else:
+        X = as_float(raw.where, "X", X, work, raw.divisor)
+        splits = split(raw.where, X, y, extra, val_frac, test_frac, seed)
     mean = std = None
     if standardize:
         mean, std = statistics(splits["train"][0])
@@ -74,6 +85,28 @@ def load_dataset(source: str, *, dtype="float32", label_column=None, validation=
     )
 
 
+def _read_splits(where, X: NpzRows, labels_box: list, extra, val_frac, test_frac, seed, work) -> dict:
+    """split(...)'s result for an X not read yet: the same rows in each split (one seeded permutation,
+    file order), X read block by block straight into the split arrays."""
+    y = labels_box.pop()
+    n = len(X)
+    parts = split_parts(where, n, extra, val_frac, test_frac, seed) or {"train": np.arange(n)}
+    which = np.zeros(n, np.int8)
+    names = list(parts)
+    ys = {}
+    for code, k in enumerate(names):
+        which[parts[k]] = code
+        ys[k] = y if len(parts) == 1 else y[parts[k]]
+    counts = [len(parts[k]) for k in names]
+    del parts, y
+    xs = X.read_split(which, counts, work)
+    splits = {"train": (None, None), "val": (None, None), "test": (None, None)}
+    splits.update({k: (xs[i], ys[k]) for i, k in enumerate(names)})
+    for k, (_, _, Xe, ye) in extra.items():
+        splits[k] = (Xe, ye)
+    return splits
+
+
 def _extra_splits(raw, validation_source, label_column, seed, X) -> dict:
     """split name -> (where, field suffix, X, y) from the file itself or validation_source."""
     extra = {}
@@ -82,6 +115,8 @@ def _extra_splits(raw, validation_source, label_column, seed, X) -> dict:
             raise DataError(f"validation_dataset: {raw.where} already carries X_val/y_val; give one validation "
                             f"set, not both (got {validation_source!r} as well)")
         vraw = load_source(validation_source, "validation_dataset", label_column, seed)
+        if isinstance(vraw.X, NpzRows):  # not split: read whole, checked as any other array
+            vraw.X = vraw.X.read_all()
         if not vraw.is_file:
             raise DataError(f"validation_dataset: {vraw.name} is split from the training data with `validation`; "
                             "a separate validation set must be a file")

@@ -10,6 +10,7 @@ import numpy as np
 
 from memtrain.data.dataset import Raw
 from memtrain.data.files import exists, reason
+from memtrain.data.npzrows import NpzRows, streamable
 from memtrain.data.params import check_fraction, check_output, split_count
 from memtrain.errors import DataError
 from memtrain.validate import check_dtype
@@ -25,6 +26,11 @@ def npz_headers(path, where: str | None = None) -> dict:
     the headers. A header whose shape does not match the bytes its member holds (a damaged file,
     or one declaring 10**9 rows it does not have) is one DataError, before np.load would allocate
     the declared shape."""
+    return {k: (shape, dtype) for k, (shape, _, dtype) in _member_headers(path, where).items()}
+
+
+def _member_headers(path, where: str | None = None) -> dict:
+    """{array name: (shape, fortran order, dtype)}: npz_headers with the members' memory order."""
     where = where or str(path)
     out = {}
     try:
@@ -36,7 +42,7 @@ def npz_headers(path, where: str | None = None) -> dict:
                     version = np.lib.format.read_magic(f)
                     read = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
                         np.lib.format.read_array_header_2_0
-                    shape, _, dtype = read(f)
+                    shape, fortran, dtype = read(f)
                     held = info.file_size - f.tell()
                 key = info.filename[:-4]
                 if dtype.hasobject:
@@ -45,7 +51,7 @@ def npz_headers(path, where: str | None = None) -> dict:
                 if declared != held:
                     raise DataError(f"{where}: {key}: its header declares shape {shape} {dtype} ({declared:,} B) but "
                                     f"the archive holds {held:,} B of it; expected a complete numeric array")
-                out[key] = (tuple(int(n) for n in shape), dtype)
+                out[key] = (tuple(int(n) for n in shape), bool(fortran), dtype)
     except DataError:
         raise
     except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
@@ -95,7 +101,8 @@ def _check_npz_fits(where: str, headers: dict) -> None:
 def load_npz(path: Path) -> Raw:
     exists(path)
     where = str(path)
-    _check_npz_fits(where, npz_headers(path, where))
+    heads = _member_headers(path, where)
+    _check_npz_fits(where, {k: (shape, dtype) for k, (shape, _, dtype) in heads.items()})
     arrays = {}
     with open_npz(path, where, "arrays X and y") as z:
         present = set(z.files)
@@ -103,7 +110,9 @@ def load_npz(path: Path) -> Raw:
             raise DataError(f"{where}: arrays: expected X and y, found {', '.join(sorted(present)) or 'none'}",
                             public=f"{where}: arrays: expected X and y, found {len(present)} other array(s)")
         for key in ("X", "y", "X_val", "y_val", "X_test", "y_test"):
-            if key in present:
+            if key == "X" and "X" in heads and streamable(*heads["X"]):
+                arrays[key] = NpzRows(path, where, key, heads[key][0], heads[key][2])  # read into its splits
+            elif key in present:
                 arrays[key] = npz_array(z, where, key)
     for a, b in (("X_val", "y_val"), ("X_test", "y_test")):
         if (a in arrays) != (b in arrays):

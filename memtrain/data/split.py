@@ -12,7 +12,18 @@ _SPLIT_ROWS = 8192  # rows moved at once when a data set is split in place
 
 def split(where, X, y, extra, val_frac, test_frac, seed) -> dict:
     """train/val/test (X, y): fractions of one seeded permutation, or the given splits."""
-    n = len(X)
+    parts = split_parts(where, len(X), extra, val_frac, test_frac, seed)
+    splits = {"train": (X, y), "val": (None, None), "test": (None, None)}
+    if parts is not None:
+        splits.update(_split_rows(X, y, parts))
+    for k, (_, _, Xe, ye) in extra.items():
+        splits[k] = (Xe, ye)
+    return splits
+
+
+def split_parts(where, n: int, extra, val_frac, test_frac, seed) -> dict | None:
+    """{split: sorted row indices} of the splits drawn from the source's n rows (test first, so
+    `validation` never changes the test set); None when nothing is held out of them."""
     n_test = 0 if "test" in extra else split_count(test_frac, n)
     n_val = 0 if "val" in extra else split_count(val_frac, n)
     if n_test and n_val and val_frac + test_frac >= 1.0:
@@ -21,16 +32,12 @@ def split(where, X, y, extra, val_frac, test_frac, seed) -> dict:
     if n - n_test - n_val < 1:
         raise DataError(f"validation, test: {where} has {n} rows; {n_val} for validation and {n_test} for "
                         "test leave none to train on; expected smaller fractions")
-    splits = {"train": (X, y), "val": (None, None), "test": (None, None)}
-    if n_test or n_val:
-        perm = np.random.default_rng(seed).permutation(n)
-        # Sorted indices keep each split in file order: rows are easy to find in the source.
-        parts = {"test": perm[:n_test], "val": perm[n_test:n_test + n_val], "train": perm[n_test + n_val:]}
-        parts = {k: np.sort(idx) for k, idx in parts.items() if len(idx)}
-        splits.update(_split_rows(X, y, parts))
-    for k, (_, _, Xe, ye) in extra.items():
-        splits[k] = (Xe, ye)
-    return splits
+    if not (n_test or n_val):
+        return None
+    perm = np.random.default_rng(seed).permutation(n)
+    # Sorted indices keep each split in file order: rows are easy to find in the source.
+    parts = {"test": perm[:n_test], "val": perm[n_test:n_test + n_val], "train": perm[n_test + n_val:]}
+    return {k: np.sort(idx) for k, idx in parts.items() if len(idx)}
 
 
 def _split_rows(X, y, parts: dict) -> dict:

@@ -1,0 +1,100 @@
+"""X of an .npz read block by block straight into the arrays of its splits.
+
+np.load gives X whole in the file's dtype; the split then copied its larger held-out part out
+and the cast to the model's dtype copied it all again (a float64 file for a float32 model
+peaked at 3x its features; issue 23: a worker at 483 MiB against a 406 MiB reservation). Read
+here, loading holds the split arrays (what the job's plan counts) plus one block of
+BLOCK_BYTES, whatever the data set's size. NaN/Inf and an overflow on the cast are found as the
+blocks pass and reported with the file's row numbers, as for an array read whole.
+"""
+
+from __future__ import annotations
+
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from memtrain.data.checks import RowTally
+from memtrain.data.files import reason
+from memtrain.errors import DataError
+
+BLOCK_BYTES = 256 * 1024  # of the file's rows read at once: the loader's working set beyond the split arrays
+
+
+@dataclass(frozen=True)
+class NpzRows:
+    """An .npz member not read yet (C order, 2 or more dims): `shape` is as rows of features."""
+
+    path: Path
+    where: str
+    key: str
+    file_shape: tuple
+    dtype: np.dtype
+
+    @property
+    def shape(self) -> tuple:
+        return (self.file_shape[0], int(np.prod(self.file_shape[1:], dtype=np.int64)))
+
+    def __len__(self) -> int:
+        return self.file_shape[0]
+
+    def read_split(self, which: np.ndarray, counts: list, work: np.dtype) -> list:
+        """[array k of counts[k] rows] holding, in file order, the rows i with which[i] == k, cast to
+        `work`. Raises DataError for a NaN/Inf (before the cast) or a value the cast overflows."""
+        out = [np.empty((c, self.shape[1]), work) for c in counts]
+        filled = [0] * len(out)
+        finite, overflow = RowTally(), RowTally(count_nan=False)
+        narrows = self.dtype.kind == "f" and self.dtype.itemsize > work.itemsize  # float64 above 3.4e38
+        for start, block in self._blocks():
+            finite.add(block, start)
+            with np.errstate(over="ignore"):  # reported below, with the field and row
+                cast = block if block.dtype == work else block.astype(work)
+            if narrows:
+                overflow.add(cast, start)
+            w = which[start:start + len(block)]
+            for k, dest in enumerate(out):
+                rows = cast[w == k]
+                dest[filled[k]:filled[k] + len(rows)] = rows
+                filled[k] += len(rows)
+        finite.check_finite(self.where, self.key)
+        overflow.check_overflow(self.where, self.key, work, "converted")
+        return out
+
+    def read_all(self) -> np.ndarray:
+        """The whole member in its own dtype (a validation set read as np.load would read it)."""
+        return self.read_split(np.zeros(len(self), np.int8), [len(self)], np.dtype(self.dtype))[0]
+
+    def _blocks(self):
+        """(first row, rows as an array in the file's dtype) per block; the buffer is reused."""
+        n, features = self.shape
+        row_bytes = max(1, features * self.dtype.itemsize)
+        rows = max(1, BLOCK_BYTES // row_bytes)
+        buf = np.empty(rows * row_bytes, np.uint8)
+        try:
+            with zipfile.ZipFile(self.path) as zf, zf.open(self.key + ".npy") as f:
+                version = np.lib.format.read_magic(f)
+                (np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0)(f)
+                for start in range(0, n, rows):
+                    k = min(rows, n - start)
+                    _fill(f, memoryview(buf)[:k * row_bytes])
+                    yield start, buf[:k * row_bytes].view(self.dtype).reshape(k, features)
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
+            raise DataError(f"{self.where}: {self.key}: cannot be read ({reason(exc)}); expected a numeric array") \
+                from None
+
+
+def _fill(f, view: memoryview) -> None:
+    got = 0
+    while got < len(view):
+        n = f.readinto(view[got:])
+        if not n:
+            raise EOFError("the array ends before its header's shape")
+        got += n
+
+
+def streamable(shape: tuple, fortran: bool, dtype: np.dtype) -> bool:
+    """Rows of this member can be read block by block (else np.load reads it whole)."""
+    return len(shape) >= 2 and not fortran and dtype.kind in "biuf" and shape[0] > 0
