@@ -33,16 +33,8 @@ def load_dataset(source: str, *, dtype="float32", label_column=None, validation=
         own X_val / X_test).
     n_outputs: the model's last layer size, checked against the labels.
     """
-    dt = check_dtype(dtype)
-    output = check_output(output)
-    val_frac = check_fraction("validation", validation)
-    test_frac = check_fraction("test", test)
-    n_outputs = check_n_outputs(n_outputs, output)
-    seed = check_seed(seed)
-    label_columns(label_column)
-    if standardize not in (True, False):  # also admits numpy bools, 0 and 1
-        raise DataError(f"standardize: expected true or false, got {standardize!r}")
-
+    dt, output, val_frac, test_frac, n_outputs, seed = _parameters(dtype, output, validation, test, n_outputs, seed,
+                                                                  label_column, standardize)
     raw = load_source(source, "dataset", label_column, seed)
     if isinstance(raw.X, NpzRows):  # its values are checked as it is read, after the labels
         check_pair_shape(raw.where, "", raw.X.file_shape, raw.X.dtype, raw.y)
@@ -83,6 +75,20 @@ def load_dataset(source: str, *, dtype="float32", label_column=None, validation=
         n_outputs=width, task="regression" if output == "linear" else "classification",
         standardized=bool(standardize), mean=mean, std=std, input_divisor=raw.divisor,
     )
+
+
+def _parameters(dtype, output, validation, test, n_outputs, seed, label_column, standardize) -> tuple:
+    """Each parameter checked (in this order), before any file is opened."""
+    dt = check_dtype(dtype)
+    output = check_output(output)
+    val_frac = check_fraction("validation", validation)
+    test_frac = check_fraction("test", test)
+    n_outputs = check_n_outputs(n_outputs, output)
+    seed = check_seed(seed)
+    label_columns(label_column)
+    if standardize not in (True, False):  # also admits numpy bools, 0 and 1
+        raise DataError(f"standardize: expected true or false, got {standardize!r}")
+    return dt, output, val_frac, test_frac, n_outputs, seed
 
 
 def _read_splits(where, X: NpzRows, labels_box: list, extra, val_frac, test_frac, seed, work) -> dict:
