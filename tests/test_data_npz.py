@@ -167,3 +167,34 @@ def test_loading_a_large_npz_peaks_within_what_its_plan_counts(tmp_path):
     # each at 64 features); before, 30 and 115 MiB: the test split, the copied held-out split, the float64 X
     assert max(excess) < 6 * 1024**2, excess
     assert abs(excess[1] - excess[0]) < 1024**2, excess  # it does not grow with the rows
+
+
+def test_read_block_by_block_equals_the_whole_array_path(tmp_path, monkeypatch):
+    """The same rows in each split, bit for bit, as np.load's whole-array path (a Fortran-order X is
+    read that way), over many blocks; a NaN/Inf or an overflow in a later block names the file's row."""
+    import memtrain.data.npzrows as npzrows
+    from memtrain.data import load_dataset
+
+    monkeypatch.setattr(npzrows, "BLOCK_BYTES", 3000)  # 5 rows of 75 float64 features per block
+    rng = np.random.default_rng(1)
+    X, y = rng.normal(size=(1003, 5, 15)) * 100, rng.integers(0, 7, 1003)
+    np.savez(tmp_path / "c.npz", X=X, y=y)
+    np.savez(tmp_path / "f.npz", X=np.asfortranarray(X), y=y)
+    for kw in ({"validation": 0.2, "test": 0.1, "standardize": True}, {"validation": 0.0, "test": 0.0},
+               {"validation": 0.3, "dtype": "float64"}):
+        a, b = load_dataset(str(tmp_path / "c.npz"), **kw), load_dataset(str(tmp_path / "f.npz"), **kw)
+        for name in ("X_train", "y_train", "X_val", "y_val", "X_test", "y_test", "mean", "std"):
+            got, want = getattr(a, name), getattr(b, name)
+            assert (got is None) == (want is None), name
+            if got is not None:
+                assert got.dtype == want.dtype and np.array_equal(got, want), (kw, name)
+    bad = X.reshape(1003, 75).copy()
+    bad[977, 3], bad[990, 1], bad[1002, 0] = np.inf, np.nan, -np.inf
+    np.savez(tmp_path / "bad.npz", X=bad, y=y)
+    with pytest.raises(ValueError, match=r"bad\.npz: X: 1 NaN and 2 Inf values \(first in row 977\)"):
+        load_dataset(str(tmp_path / "bad.npz"))
+    big = X.reshape(1003, 75).copy()
+    big[801, 2] = big[802, 0] = 1e300
+    np.savez(tmp_path / "big.npz", X=big, y=y)
+    with pytest.raises(ValueError, match=r"big\.npz: X: 2 values overflow float32 when converted \(first in row 801\)"):
+        load_dataset(str(tmp_path / "big.npz"))
