@@ -611,7 +611,7 @@ def _summary(cfg, tr, plan, peak, seconds, test, final_path, best_path) -> dict:
 
 def load_job_data(cfg):
     """The job's data set, split as the job splits it; its features must match the model's inputs."""
-    from memtrain.data import load_dataset  # noqa: PLC0415 - scikit-learn and friends only when a job loads data
+    from memtrain.data import load_dataset  # noqa: PLC0415 - the data loaders only when a job loads data
 
     d, spec = cfg.data, cfg.model_spec()
     ds = load_dataset(d.dataset, dtype=spec.dtype.name, label_column=d.label_column, validation=d.validation,
