@@ -52,14 +52,15 @@ def load_dataset(source: str, *, dtype="float32", label_column=None, validation=
 
     # Features: cast to a working float type now, so an overflow is reported by file row.
     work = np.dtype(np.float64) if dt == np.float64 else np.dtype(np.float32)
+    streamed = isinstance(X, NpzRows)  # cast as it is read, into its splits
+    X = X if streamed else as_float(raw.where, "X", X, work, raw.divisor)
     extra = {k: (w, s, as_float(w, f"X{s}", Xe, work, raw.divisor), ye) for k, (w, s, Xe, ye) in extra.items()}
-    if isinstance(X, NpzRows):
+    if streamed:
         labels_box = [y]  # the whole labels go once split: not held while the features are read
         del y, all_y
         raw.y = None
         splits = _read_splits(raw.where, X, labels_box, extra, val_frac, test_frac, seed, work)
     else:
-        X = as_float(raw.where, "X", X, work, raw.divisor)
         splits = split(raw.where, X, y, extra, val_frac, test_frac, seed)
     mean = std = None
     if standardize:
