@@ -46,6 +46,7 @@ def load_dataset(source: str, *, dtype="float32", label_column=None, validation=
 
     # Labels: checked on whole arrays (file row numbers in messages), class count over every split.
     y = labels(raw.where, "y", y, output)
+    raw.y = None  # a softmax's labels are a new int64 array: the one read goes now
     extra = {k: (w, s, Xe, labels(w, f"y{s}", ye, output)) for k, (w, s, Xe, ye) in extra.items()}
     all_y = [(raw.where, "y", y)] + [(w, f"y{s}", ye) for w, s, _, ye in extra.values()]
     width = label_width(all_y, output, n_outputs)
@@ -54,11 +55,11 @@ def load_dataset(source: str, *, dtype="float32", label_column=None, validation=
     work = np.dtype(np.float64) if dt == np.float64 else np.dtype(np.float32)
     streamed = isinstance(X, NpzRows)  # cast as it is read, into its splits
     X = X if streamed else as_float(raw.where, "X", X, work, raw.divisor)
+    raw.X = None  # as read (an IDX file's bytes, a CSV's float64 table): not held while the rows are split
     extra = {k: (w, s, as_float(w, f"X{s}", Xe, work, raw.divisor), ye) for k, (w, s, Xe, ye) in extra.items()}
     if streamed:
         labels_box = [y]  # the whole labels go once split: not held while the features are read
         del y, all_y
-        raw.y = None
         splits = _read_splits(raw.where, X, labels_box, extra, val_frac, test_frac, seed, work)
     else:
         splits = split(raw.where, X, y, extra, val_frac, test_frac, seed)
