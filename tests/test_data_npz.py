@@ -172,10 +172,10 @@ def test_loading_a_large_npz_peaks_within_what_its_plan_counts(tmp_path):
 def test_read_block_by_block_equals_the_whole_array_path(tmp_path, monkeypatch):
     """The same rows in each split, bit for bit, as np.load's whole-array path (a Fortran-order X is
     read that way), over many blocks; a NaN/Inf or an overflow in a later block names the file's row."""
-    import memtrain.data.npzrows as npzrows
+    import memtrain.data.filerows as filerows
     from memtrain.data import load_dataset
 
-    monkeypatch.setattr(npzrows, "BLOCK_BYTES", 3000)  # 5 rows of 75 float64 features per block
+    monkeypatch.setattr(filerows, "BLOCK_BYTES", 3000)  # 5 rows of 75 float64 features per block
     rng = np.random.default_rng(1)
     X, y = rng.normal(size=(1003, 5, 15)) * 100, rng.integers(0, 7, 1003)
     np.savez(tmp_path / "c.npz", X=X, y=y)

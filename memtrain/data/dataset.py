@@ -54,7 +54,7 @@ class Raw:
 
     name: str
     where: str
-    X: np.ndarray  # an .npz's X: npzrows.NpzRows, read block by block into its splits (load.py)
+    X: np.ndarray  # an .npz's or IDX file's X: a filerows.FileRows, read block by block into its splits
     y: np.ndarray
     X_val: np.ndarray | None = None
     y_val: np.ndarray | None = None

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import re
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from memtrain.data.dataset import Raw
+from memtrain.data.filerows import FileRows
 from memtrain.data.files import exists, reason
 from memtrain.errors import DataError
 
@@ -20,6 +23,8 @@ _IDX_TYPES = {0x08: "unsigned byte", 0x09: "signed byte", 0x0B: "int16", 0x0C: "
               0x0E: "float64"}
 
 
+GZIP_MAGIC = b"\x1f\x8b"
+_HEAD_MAX = 4 + 4 * 255  # the longest IDX header (255 dims)
 IDX_NAME = re.compile(r"(?:[.-]idx\d+(?:-ubyte)?|\.idx)$", re.IGNORECASE)
 
 
@@ -28,17 +33,17 @@ def load_idx(images: Path, labels: Path | None) -> Raw:
     if labels is None:
         labels = idx_labels_path(images)
     exists(labels)
-    X = _read_idx(images)
+    X = idx_rows(images)
     y = _read_idx(labels)
-    if X.ndim < 2:
-        raise DataError(f"{images}: dims: {X.ndim}-D; expected an images file (idx3: count, rows, cols)")
+    if len(X.file_shape) < 2:
+        raise DataError(f"{images}: dims: {len(X.file_shape)}-D; expected an images file (idx3: count, rows, cols)")
     if y.ndim != 1:
         raise DataError(f"{labels}: dims: {y.ndim}-D {y.shape}; expected a labels file (idx1: count)")
     if len(X) != len(y):
         raise DataError(f"{labels}: y: {len(y)} labels, but {images.name} has {len(X)} images; "
                          "expected one label per image")
-    # Pixels are 0..255; the caller's checks see them flattened, as model inputs.
-    return Raw(images.name, str(images), X.reshape(len(X), -1), y, divisor=255.0)
+    # Pixels are 0..255, divided by 255 as they are read; the caller's checks see rows of pixels.
+    return Raw(images.name, str(images), X, y, divisor=255.0)
 
 
 def idx_labels_path(images: Path) -> Path:
@@ -57,16 +62,41 @@ def idx_labels_path(images: Path) -> Path:
 
 
 def _read_idx(path: Path) -> np.ndarray:
+    """A whole IDX file (a labels file) as an array."""
     where = str(path)
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise DataError(f"{where}: file cannot be read ({reason(exc)})") from None
-    if data[:2] == b"\x1f\x8b":  # gzip, whatever the name says
+    if data[:2] == GZIP_MAGIC:  # gzip, whatever the name says
         try:
             data = gzip.decompress(data)
         except (OSError, EOFError, zlib.error) as exc:
             raise DataError(f"{where}: gzip: truncated or corrupt ({reason(exc)})") from None
+    dims, header = _header(where, data, len(data))
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def idx_rows(path: Path) -> IdxRows:
+    """An images file's rows, its header checked now, its pixels read into the splits later."""
+    where, gz = str(path), False
+    try:
+        with open(path, "rb") as f:
+            gz = f.read(2) == GZIP_MAGIC
+        with (gzip.open(path, "rb") if gz else open(path, "rb")) as f:
+            head = f.read(_HEAD_MAX)
+        # a gzip stream's length is known at its end, unless the header read reached it
+        total = len(head) if (gz and len(head) < _HEAD_MAX) else (None if gz else path.stat().st_size)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"{where}: gzip: truncated or corrupt ({reason(exc)})" if gz else
+                        f"{where}: file cannot be read ({reason(exc)})") from None
+    dims, header = _header(where, head, total)
+    return IdxRows(path, where, "X", dims, np.dtype(np.uint8), 255.0, header=header, gz=gz)
+
+
+def _header(where: str, data: bytes, total: int | None) -> tuple:
+    """(dims, header bytes) from a file's first bytes `data`; `total`: its length, None while unknown
+    (a gzip file read as a stream: IdxRows checks its length at its end)."""
     if len(data) < 4:
         raise DataError(f"{where}: magic: file is {len(data)} bytes; expected an IDX file "
                          "(4-byte magic 0x00 0x00 type ndims)")
@@ -84,9 +114,44 @@ def _read_idx(path: Path) -> np.ndarray:
         raise DataError(f"{where}: size: {len(data)} bytes, shorter than the {header}-byte header "
                          f"for {ndim} dims; expected a complete IDX file")
     dims = tuple(int(v) for v in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
+    if total is not None:
+        _check_size(where, dims, header, total)
+    return dims, header
+
+
+def _check_size(where: str, dims: tuple, header: int, total: int) -> None:
     expected = header + int(np.prod(dims, dtype=np.int64))
-    if len(data) != expected:
-        what = "truncated" if len(data) < expected else "trailing bytes"
-        raise DataError(f"{where}: size: {len(data):,} bytes, the header's {'x'.join(map(str, dims))} needs "
+    if total != expected:
+        what = "truncated" if total < expected else "trailing bytes"
+        raise DataError(f"{where}: size: {total:,} bytes, the header's {'x'.join(map(str, dims))} needs "
                          f"{expected:,} ({what}); expected a complete IDX file")
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+
+
+@dataclass(frozen=True)
+class IdxRows(FileRows):
+    """An IDX images file read block by block (filerows.py), gzip or not."""
+
+    header: int = 0  # bytes before the first pixel
+    gz: bool = False
+
+    @contextlib.contextmanager
+    def _open(self):
+        try:
+            with (gzip.open(self.path, "rb") if self.gz else open(self.path, "rb")) as f:
+                f.read(self.header)
+                yield f
+        except DataError:
+            raise
+        except (OSError, EOFError, zlib.error) as exc:
+            raise DataError(f"{self.where}: gzip: truncated or corrupt ({reason(exc)})" if self.gz else
+                            f"{self.where}: file cannot be read ({reason(exc)})") from None
+
+    def _ended(self, body_bytes: int) -> None:
+        _check_size(self.where, self.file_shape, self.header, self.header + body_bytes)
+
+    def _after(self, f) -> None:
+        extra = 0
+        while chunk := f.read(1 << 20):  # only a gzip file's length is unknown until here
+            extra += len(chunk)
+        if extra:
+            _check_size(self.where, self.file_shape, self.header, self.header + self.shape[0] * self.shape[1] + extra)

@@ -12,8 +12,8 @@ import numpy as np
 
 from memtrain.data.checks import as_float, check_finite, check_overflow, check_pair, check_pair_shape
 from memtrain.data.dataset import Dataset
+from memtrain.data.filerows import FileRows
 from memtrain.data.labels import label_width, labels
-from memtrain.data.npzrows import NpzRows
 from memtrain.data.params import check_fraction, check_n_outputs, check_output, check_seed, label_columns
 from memtrain.data.sources import load_source
 from memtrain.data.split import split, split_parts
@@ -36,7 +36,7 @@ def load_dataset(source: str, *, dtype="float32", label_column=None, validation=
     dt, output, val_frac, test_frac, n_outputs, seed = _parameters(dtype, output, validation, test, n_outputs, seed,
                                                                   label_column, standardize)
     raw = load_source(source, "dataset", label_column, seed)
-    if isinstance(raw.X, NpzRows):  # its values are checked as it is read, after the labels
+    if isinstance(raw.X, FileRows):  # its values are checked as it is read, after the labels
         check_pair_shape(raw.where, "", raw.X.file_shape, raw.X.dtype, raw.y)
         check_finite(raw.where, "y", raw.y)
         X, y = raw.X, raw.y
@@ -53,7 +53,7 @@ def load_dataset(source: str, *, dtype="float32", label_column=None, validation=
 
     # Features: cast to a working float type now, so an overflow is reported by file row.
     work = np.dtype(np.float64) if dt == np.float64 else np.dtype(np.float32)
-    streamed = isinstance(X, NpzRows)  # cast as it is read, into its splits
+    streamed = isinstance(X, FileRows)  # cast as it is read, into its splits
     X = X if streamed else as_float(raw.where, "X", X, work, raw.divisor)
     raw.X = None  # as read (an IDX file's bytes, a CSV's float64 table): not held while the rows are split
     extra = {k: (w, s, as_float(w, f"X{s}", Xe, work, raw.divisor), ye) for k, (w, s, Xe, ye) in extra.items()}
@@ -93,7 +93,7 @@ def _parameters(dtype, output, validation, test, n_outputs, seed, label_column, 
     return dt, output, val_frac, test_frac, n_outputs, seed
 
 
-def _read_splits(where, X: NpzRows, labels_box: list, extra, val_frac, test_frac, seed, work) -> dict:
+def _read_splits(where, X: FileRows, labels_box: list, extra, val_frac, test_frac, seed, work) -> dict:
     """split(...)'s result for an X not read yet: the same rows in each split (one seeded permutation,
     file order), X read block by block straight into the split arrays."""
     y = labels_box.pop()
@@ -123,7 +123,7 @@ def _extra_splits(raw, validation_source, label_column, seed, X) -> dict:
             raise DataError(f"validation_dataset: {raw.where} already carries X_val/y_val; give one validation "
                             f"set, not both (got {validation_source!r} as well)")
         vraw = load_source(validation_source, "validation_dataset", label_column, seed)
-        if isinstance(vraw.X, NpzRows):  # not split: read whole, checked as any other array
+        if isinstance(vraw.X, FileRows):  # not split: read whole, checked as any other array
             vraw.X = vraw.X.read_all()
         if not vraw.is_file:
             raise DataError(f"validation_dataset: {vraw.name} is split from the training data with `validation`; "

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import zipfile
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from memtrain.data.dataset import Raw
+from memtrain.data.filerows import FileRows
 from memtrain.data.files import exists, reason
-from memtrain.data.npzrows import NpzRows, streamable
 from memtrain.data.params import check_fraction, check_output, split_count
 from memtrain.errors import DataError
 from memtrain.validate import check_dtype
@@ -137,3 +139,24 @@ def npz_array(z, where: str, key: str) -> np.ndarray:
         return z[key]
     except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
         raise DataError(f"{where}: {key}: cannot be read ({reason(exc)}); expected a numeric array") from None
+
+
+@dataclass(frozen=True)
+class NpzRows(FileRows):
+    """An .npz member read block by block (filerows.py)."""
+
+    @contextlib.contextmanager
+    def _open(self):
+        try:
+            with zipfile.ZipFile(self.path) as zf, zf.open(self.key + ".npy") as f:
+                version = np.lib.format.read_magic(f)
+                (np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0)(f)
+                yield f
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
+            raise DataError(f"{self.where}: {self.key}: cannot be read ({reason(exc)}); expected a numeric array") \
+                from None
+
+
+def streamable(shape: tuple, fortran: bool, dtype: np.dtype) -> bool:
+    """Rows of this member can be read block by block (else np.load reads it whole)."""
+    return len(shape) >= 2 and not fortran and dtype.kind in "biuf" and shape[0] > 0
