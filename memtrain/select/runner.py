@@ -59,8 +59,9 @@ def device(kind: str, budget: int, source: str, max_jobs: int | None, threads: i
     no count limit, an executor that places by itself), each worker process with `threads` BLAS
     threads (the thread rule: cores // max_jobs)."""
     jobs = max_jobs or 1_000_000
-    return Device("cuda:0" if kind == "cuda" else "cpu", kind, budget, budget, source, jobs, overhead[0],
-                  overhead[1] or "counted in each plan", threads)
+    return Device(name="cuda:0" if kind == "cuda" else "cpu", kind=kind, capacity_bytes=budget, budget_bytes=budget,
+                  budget_source=source, max_jobs=jobs, overhead_bytes=overhead[0],
+                  overhead_source=overhead[1] or "counted in each plan", threads_per_job=threads)
 
 
 def absolute(config: dict) -> dict:
