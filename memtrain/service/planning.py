@@ -1,7 +1,7 @@
 """The service's one bridge to memtrain's job API: validate, plan, place run paths.
 
 Everything the service knows about job configs, data sets and memory plans goes
-through this module (the typed JobConfig, profiler.jobplan's data rows and plan),
+through this module (the typed JobConfig, train/jobplan.py's data rows, cap and plan),
 so the rest of the service handles plain dicts (JobConfig.to_dict) and byte counts.
 
 - `parse_body`: a submission's bytes (TOML or JSON) -> dict.
@@ -135,8 +135,10 @@ def validate(data: dict, *, data_roots=(), device_kinds=("cpu",), max_runtime: f
         raise SubmissionError(exc.public) from None
     except (ValueError, TypeError, KeyError) as exc:  # MemtrainError is a ValueError
         raise SubmissionError(str(exc).removeprefix("config: ")) from None
+    from memtrain.train.jobplan import batch_cap  # noqa: PLC0415 - the trainer loads with the first job
+
     t = cfg.training
-    max_batch = rows.n_train if t.max_batch_size is None else min(t.max_batch_size, rows.n_train)
+    max_batch = batch_cap(rows.n_train, t.max_batch_size)
     return Checked(cfg.name, cfg.to_dict(), kind, t.batch_size, max_batch, (rows.n_train, rows.n_val), rows.nbytes)
 
 
@@ -247,10 +249,10 @@ _ROWS_LOCK = threading.Lock()
 
 
 def _data_rows(cfg):
-    """The shape of the job's data set, split as the job splits it (profiler.jobplan.data_rows).
+    """The shape of the job's data set, split as the job splits it (train/jobplan.py data_rows).
     Loaded once per distinct data setting and model ends (50 submissions of one data set load
     it once); a data set that does not fit the model raises the job's own DataError."""
-    from memtrain.profiler.jobplan import data_rows  # noqa: PLC0415 - the trainer and data loaders load with the first job
+    from memtrain.train.jobplan import data_rows  # noqa: PLC0415 - the trainer and data loaders load with the first job
 
     spec = cfg.model_spec()
     key = json.dumps([cfg.to_dict()["data"], cfg.seed, spec.dtype.name, spec.output.name, spec.sizes[0],
@@ -267,16 +269,18 @@ def _data_rows(cfg):
 
 
 def _job_plan(checked: Checked, budget: int, batch: int):
-    """profiler.jobplan.plan_job at `batch` with the memory limit the worker gets (the job's own
+    """train/jobplan.py plan_job at `batch` with the memory limit the worker gets (the job's own
     memory_limit, else the device's budget: launch_config), so residency is decided as the job
     decides it; the data set is not loaded again (its shape is in `checked`)."""
-    from memtrain.profiler.jobplan import DataRows, plan_job  # noqa: PLC0415 - the trainer loads with the first job
+    from memtrain.train.jobplan import DataRows, plan_job  # noqa: PLC0415 - the trainer loads with the first job
 
     cfg = JobConfig.from_dict(checked.config).with_overrides({"training.batch_size": int(batch)})
     n_train, n_val = checked.rows
     rows = DataRows(cfg.model_spec().sizes[0], n_train, n_val, checked.data_bytes)
     limit = cfg.training.memory_limit if cfg.training.memory_limit is not None else budget
-    return cfg, plan_job(cfg, device_kind=checked.device_kind, budget=limit, rows=rows)
+    # the overhead is the device's, added by Device.footprint where the service admits
+    return cfg, plan_job(cfg, device_kind=checked.device_kind, budget=limit, rows=rows,
+                         overhead=(0, "counted by the service per device"))
 
 
 def _plan_fn(checked: Checked, budget: int):
@@ -314,14 +318,13 @@ def plan_at(checked: Checked, budget: int, batch: int) -> Plan:
 
 
 def largest_batch(checked: Checked, budget: int, free: int) -> int:
-    """The largest batch (capped by the data set and max_batch_size; a multiple of 8 on a GPU
-    when that leaves one) whose plan fits `free` bytes; 0 when not even batch 1 does."""
+    """The largest batch (capped by the data set and max_batch_size, rounded as the Job rounds:
+    train/jobplan.py batch_multiple) whose plan fits `free` bytes; 0 when none does."""
+    from memtrain.train.jobplan import batch_multiple  # noqa: PLC0415 - the trainer loads with the first job
+
     fn = _plan_fn(checked, budget)
-    fit = solve_batch(lambda b: fn(b).total, free)
-    b = min(fit.batch_size, checked.max_batch)
-    if checked.device_kind == "cuda" and b >= 8:
-        b -= b % 8
-    return b
+    return solve_batch(lambda b: fn(b).total, free, multiple_of=batch_multiple(checked.device_kind),
+                       max_batch=checked.max_batch).batch_size
 
 
 def never_fits_message(checked: Checked, p: Plan, overhead: int, budgets: dict) -> str:
@@ -351,18 +354,16 @@ def launch_config(config: dict, run_dir, *, batch: int, memory_limit: int, metri
     return cfg.with_overrides(overrides).to_dict()
 
 
-def device_of(kind: str, name: str) -> str:
-    """The device string a worker gets: CUDA_VISIBLE_DEVICES names the GPU, so it is cuda:0."""
+def worker_device(kind: str) -> str:
+    """The device string a worker of a `kind` device gets: CUDA_VISIBLE_DEVICES (set by the scheduler)
+    names its one GPU, so it is cuda:0 whichever GPU that is; the CPU is cpu."""
     return "cuda:0" if kind == "cuda" else "cpu"
 
 
-def probe_config(run_dir) -> dict:
-    """The tiny job the per-process overhead is measured with: metrics on, like every service job, and
-    the digits data set, so scikit-learn's loaders are in the process as in most jobs."""
-    run_dir = Path(run_dir)
-    return {"name": "overhead-probe", "seed": 0, "device": "cpu",
-            "model": {"layers": [64, 8, 10]}, "optimizer": {"name": "sgd", "lr": 0.1},
-            "training": {"batch_size": 16, "epochs": 2},
-            "data": {"dataset": "digits"},
-            "checkpoint": {"dir": str(run_dir / "checkpoints")}, "output": {"dir": str(run_dir / "output")},
-            "metrics": {"port": 0, "host": "127.0.0.1"}}
+def worker_env(device) -> dict:
+    """What a job's worker is told besides its config: the CPU process overhead the service admitted
+    it with (MEMTRAIN_PROCESS_OVERHEAD), so that the job takes it from its memory_limit as the service
+    counted it, whatever figure this machine's cache holds."""
+    from memtrain.memory.overhead import PROCESS_OVERHEAD_VAR  # noqa: PLC0415
+
+    return {PROCESS_OVERHEAD_VAR: str(device.overhead_bytes)} if device.kind == "cpu" else {}

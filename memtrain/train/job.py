@@ -549,7 +549,8 @@ class Job:
                               "(Job(cfg, batch_solver=memtrain.profiler.autobatch.auto_batch))")
         self.set_state("planning")
         room = None if self.budget is None else self.budget.room
-        r = self.batch_solver(self.setting, self.backend, memory_limit=room,
+        margin = None if self.budget is None else self.budget.margin
+        r = self.batch_solver(self.setting, self.backend, memory_limit=room, margin=margin,
                               multiple_of=batch_multiple(self.backend.kind), dataset_size=n_train,
                               already_allocated=loaded, max_batch=t.max_batch_size)
         cap = batch_cap(n_train, t.max_batch_size)
@@ -571,7 +572,8 @@ class Job:
                                  keep_best=s.keep_best, resident_rows=s.resident_rows, fused=s.fused,
                                  dataset_size=s.resident_rows[0] if s.resident_rows else None).total
 
-        fit = largest_batch(total, raw - default_margin(self.backend.kind, raw))
+        margin = self.budget.margin if self.budget is not None else default_margin(self.backend.kind, raw)
+        fit = largest_batch(total, raw - margin)
         if not fit.batch_size:
             raise ConfigError(f"training.micro_batch_size: even a micro-batch of 1 needs "
                               f"{format_bytes(fit.shortfall)} more")

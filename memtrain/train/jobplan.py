@@ -151,6 +151,12 @@ def device_overhead(device_kind: str, backend=None) -> tuple:
     return overhead_cache.cuda_overhead(backend)
 
 
+def counted_overhead(device_kind: str, backend=None) -> tuple:
+    """(bytes, source) of the overhead a device's budget holds per job besides its plan: the process
+    overhead on the CPU, the device overhead (CUDA context) on a GPU."""
+    return device_overhead(device_kind, backend) if device_kind == "cuda" else process_overhead()
+
+
 def footprint(plan_total: int, overhead: int) -> int:
     """What a job takes of its device's budget: its plan plus the overhead counted there."""
     return int(plan_total) + int(overhead)
@@ -190,8 +196,7 @@ def job_budget(device: str, limit: int, source: str, *, margin: int | None = Non
     overhead on the CPU and none on a GPU (a job's memory_limit there bounds its pool's buffers)."""
     over, over_source = overhead if overhead is not None else (process_overhead() if device == "cpu"
                                                               else (0, "none"))
-    room = int(limit) - int(over)
-    margin = default_margin(device, max(room, 0)) if margin is None else int(margin)
+    margin = default_margin(device, int(limit)) if margin is None else int(margin)  # estimate's: of the whole limit
     return Budget(device, int(limit), source, margin, int(over), over_source)
 
 
