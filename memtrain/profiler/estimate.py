@@ -211,19 +211,16 @@ def build_setting(*, config=None, layers=None, activation=None, output=None, dro
     The plan's overhead is what the device's memory holds besides the buffers: on a GPU the
     device overhead (`backend` is the resolved CUDA Backend when a GPU is present, then it is
     measured, else None: cached or assumed), on the CPU the process overhead (measured once per
-    machine); --overhead gives it."""
+    machine) when a memory limit is given; --overhead gives it."""
     kind = "cuda" if str(device).startswith("cuda") else "cpu"
-    if overhead is not None:
-        over, source = overhead, "given"
-    elif kind == "cuda":
-        over, source = device_overhead(kind, backend)
-    else:
-        over, source = process_overhead()
+    cfg = load(config) if config else None
+    limited = budget is not None or (cfg is not None and cfg.training.memory_limit is not None)
+    over, source = _overhead(kind, overhead, backend, limited)
     single = optimizer if optimizer and optimizer != "all" and "," not in optimizer else None
     if config:
-        cfg = merge(load(config), {"model.layers": layers, "model.activation": activation, "model.output": output,
-                                   "model.dropout": dropout, "model.dtype": dtype, "optimizer.name": single,
-                                   "training.fused": fused})
+        cfg = merge(cfg, {"model.layers": layers, "model.activation": activation, "model.output": output,
+                          "model.dropout": dropout, "model.dtype": dtype, "optimizer.name": single,
+                          "training.fused": fused})
         return _job_request(cfg, kind, int(over), source, inference, budget)
     model = {k: v for k, v in (("activation", activation), ("output", output), ("dropout", dropout),
                                ("dtype", dtype)) if v is not None}
@@ -234,6 +231,18 @@ def build_setting(*, config=None, layers=None, activation=None, output=None, dro
                       fused=True if fused is None else bool(fused))
     setting.make_optimizer()  # validate the name now
     return Request(setting, None)
+
+
+def _overhead(kind: str, given, backend, limited: bool) -> tuple:
+    """(bytes, source) the plan holds besides its buffers: --overhead; on a GPU its device overhead;
+    on the CPU the process overhead when a memory limit is given (the job's whole memory: the
+    process is in it), else none (a budget read from the free memory now is read by a process
+    that is loaded already)."""
+    if given is not None:
+        return given, "given"
+    if kind == "cuda":
+        return device_overhead(kind, backend)
+    return process_overhead() if limited else (0, "none")
 
 
 def _job_request(cfg, kind, over, source, inference, budget) -> Request:
