@@ -25,8 +25,9 @@ from memtrain.errors import ConfigError
 from memtrain.memory.measure import active_pool, process_gpu_bytes
 
 ASSUMED_CUDA_OVERHEAD = 512 * 1024**2
-# The demo-sized job's processes measured 240-280 MiB (private + shared once) on the 2-core dev VM
-# (train/process_probe.py); a round figure above that is the default where nothing can be measured.
+# The probe job's processes measured 251-279 MiB (private + shared once) on the 2-core dev VM while
+# other test runs loaded it (train/process_probe.py, bench/process_overhead_views.py, 2026-12-03);
+# a round figure above that is the default where nothing can be measured.
 ASSUMED_CPU_PROCESS_OVERHEAD = 320 * 1024**2
 PROCESS_OVERHEAD_VAR = "MEMTRAIN_PROCESS_OVERHEAD"
 

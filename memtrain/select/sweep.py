@@ -76,12 +76,12 @@ def _plan_trial(t, cfg, rows, budget, device_kind, over) -> "TrialPlan":
     if r.n_features != spec.sizes[0]:
         raise ConfigError(f"model.layers: the first size must equal the data's {r.n_features} features, "
                           f"got {spec.sizes[0]}")
-    resident = is_resident(device_kind, r.nbytes, budget, d.resident_share)
+    limit = cfg.training.memory_limit  # the trial's job decides with its own limit when it has one
+    resident = is_resident(device_kind, r.nbytes, budget if limit is None else min(limit, budget), d.resident_share)
     setting = job_setting(cfg, device_kind, r if resident else None)
     batch = cfg.training.batch_size
     one = footprint(setting.plan(1).total, over[0])
     if batch == "auto":
-        limit = cfg.training.memory_limit
         reserve = budget if limit is None else min(limit, budget)
         cfg = cfg.with_overrides({"training.memory_limit": reserve})  # the job's auto batch fits what was reserved
         reason = "" if one <= reserve else (f"needs {format_bytes(one)} at batch 1; the budget is "
