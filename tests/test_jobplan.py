@@ -91,8 +91,8 @@ def test_the_batch_cap_is_one_rule(tmp_path):
 def test_the_process_overhead_is_one_figure_and_the_batch_leaves_room_for_it(tmp_path, monkeypatch):
     over = 3 * MIB
     monkeypatch.setenv("MEMTRAIN_PROCESS_OVERHEAD", str(over))
-    limit = 8 * MIB
-    path = job_file(tmp_path, memory_limit=limit)
+    limit = 4 * MIB
+    path = job_file(tmp_path, rows=4000, memory_limit=limit)
     source = "given (MEMTRAIN_PROCESS_OVERHEAD)"
     r = estimate(path)
     assert r["overhead"] == {"bytes": over, "source": source, "kind": "process"}
@@ -102,15 +102,15 @@ def test_the_process_overhead_is_one_figure_and_the_batch_leaves_room_for_it(tmp
     assert job.batch_size == b  # the Job solves what estimate solved: the plan plus the process in the limit
     plan = job.setting.plan
     room = limit - default_margin("cpu", limit)
-    assert plan(b).total + over <= room < plan(b + 1).total + over
+    assert b < job.train_rows and plan(b).total + over <= room < plan(b + 1).total + over
     assert r["total"] == plan(b).total + over
     fixed = job_file(tmp_path, batch=32)
     tp = sweep_trial(fixed, tmp_path, 64 * MIB, "cpu")
     assert tp.overhead == (over, source)
-    assert tp.planned_bytes == jobplan.plan_job(load(fixed)).total + over
+    assert tp.planned_bytes == jobplan.plan_job(tp.cfg).total + over
     (cpu,) = devices.discover("cpu", {"cpu": 64 * MIB}, max_jobs=1, state_dir=tmp_path)
     assert (cpu.overhead_bytes, cpu.overhead_source) == (over, source)
-    p = planning.plan(service_checked(fixed), cpu.budget_bytes)
+    p = planning.plan(planning.validate(tp.cfg.to_dict()), cpu.budget_bytes)  # the trial's job, submitted
     assert cpu.footprint(p.total) == tp.planned_bytes  # what the service admits is what the sweep reserves
     assert planning.worker_env(cpu) == {"MEMTRAIN_PROCESS_OVERHEAD": str(over)}  # and what its worker takes off
 
@@ -186,18 +186,23 @@ def test_residency_on_a_gpu_is_one_rule(cp, tmp_path):
         assert job.resident is resident
         assert (build_setting(config=str(path), device="cuda").setting.resident_rows is not None) is resident
         assert jobplan.plan_job(load(path), device_kind="cuda").resident is resident  # the sweep's and service's
-        data = planning.plan(service_checked(path, "cuda"), 64 * MIB).by_category["data"]
-        assert (data > 0) is resident
+        served = planning.plan(service_checked(path, "cuda"), 64 * MIB)
+        assert served.by_category == jobplan.plan_job(load(path), device_kind="cuda").by_category()
         tp = sweep_trial(path, tmp_path / f"s{limit}", limit, "cuda")
-        assert tp.planned_bytes == jobplan.plan_job(load(path), device_kind="cuda").total + tp.overhead[0]
+        assert tp.planned_bytes == jobplan.plan_job(tp.cfg, device_kind="cuda").total + tp.overhead[0]
 
 
 def test_a_gpu_batch_is_rounded_by_one_rule(cp, tmp_path):
-    limit = 3 * MIB
-    path = job_file(tmp_path, device="cuda", rows=4000, memory_limit=limit)
+    setting = jobplan.plan_job(load(job_file(tmp_path, device="cuda", rows=40000, memory_limit=24 * MIB)),
+                               device_kind="cuda").setting
+
+    def unrounded(limit):
+        return jobplan.solve(setting, limit - default_margin("cuda", limit)).batch_size
+
+    limit = next(n for n in range(24 * MIB, 25 * MIB, 1024) if unrounded(n) % 8)  # rounding has work to do
+    path = job_file(tmp_path, device="cuda", rows=40000, memory_limit=limit)
     job = job_phases(path, tmp_path)
-    b = job.batch_size
-    unrounded = jobplan.solve(job.setting, limit - default_margin("cuda", limit)).batch_size
+    b, unrounded = job.batch_size, unrounded(limit)
     assert b % 8 == 0 and b < unrounded and b > unrounded - 8  # rounded down to a multiple of 8
     assert jobplan.plan_job(load(path), device_kind="cuda").batch_size == b
     # the estimate with the device overhead the Job's own memory_limit leaves out (the CUDA context)

@@ -103,7 +103,9 @@ def test_jobs_start_while_slots_and_bytes_last_and_the_launch_is_the_plan(servic
     assert launch.resources.planned_bytes == first["planned_bytes"] and launch.resources.overhead_bytes == 1000
     assert launch.resources.num_cpus == cpu.threads_per_job == first["threads"]
     assert launch.resources.device_capacity_bytes == cpu.budget_bytes
-    assert set(launch.env.values()) == {cpu.threads_per_job} and "OMP_NUM_THREADS" in launch.env
+    env = dict(launch.env)
+    assert env.pop("MEMTRAIN_PROCESS_OVERHEAD") == "1000"  # the worker takes off what the service counted
+    assert set(env.values()) == {cpu.threads_per_job} and "OMP_NUM_THREADS" in env
     assert launch.run_dir == first["run_dir"] and launch.log_path == f"{first['run_dir']}/job.log"
     assert launch.config["checkpoint"]["dir"] == f"{first['run_dir']}/checkpoints"
     assert launch.config["training"]["memory_limit"] == cpu.budget_bytes and launch.config["device"] == "cpu"
