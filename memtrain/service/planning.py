@@ -286,19 +286,9 @@ def _job_plan(checked: Checked, budget: int, batch: int):
 def _plan_fn(checked: Checked, budget: int):
     """batch -> the MemoryPlan the worker's trainer allocates. plan_job's Setting has no
     micro-batch; a job with training.micro_batch_size plans with it, as its Trainer does."""
-    from memtrain.memory.plan import training_plan  # noqa: PLC0415 - with the trainer, at the first plan
-
     cfg, jp = _job_plan(checked, budget, 1)
     s, micro = jp.setting, cfg.training.micro_batch_size
-    if micro is None:
-        return s.plan
-
-    def plan(b):
-        return training_plan(s.spec, s.make_optimizer(), b, s.device, micro_batch_size=min(micro, b),
-                             keep_best=s.keep_best, resident_rows=s.resident_rows, fused=s.fused,
-                             dataset_size=s.resident_rows[0] if s.resident_rows else None)
-
-    return plan
+    return lambda b: s.plan(b, micro_batch_size=micro)
 
 
 def plan(checked: Checked, budget: int) -> Plan:

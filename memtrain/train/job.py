@@ -31,7 +31,6 @@ from memtrain.memory.batch import check_batch_rows, largest_batch
 from memtrain.memory.budget import check_address_space_limit, check_fits, default_margin, device_budget
 from memtrain.memory.measure import active_pool, gpu_uuid, pool_peak_hook
 from memtrain.memory.peak import PeakMeter
-from memtrain.memory.plan import training_plan
 from memtrain.nn.mlp import MLP
 from memtrain.nn.scores import ALL as SCORES
 from memtrain.train import checkpoint as ckpt
@@ -565,12 +564,9 @@ class Job:
         """The largest micro-batch whose plan fits; None when the whole batch fits."""
         s = self.setting
         raw = self.budget.room if self.budget is not None else device_budget(self.backend)[0]
-        opt = s.make_optimizer()
 
         def total(m):
-            return training_plan(s.spec, opt, batch, s.device, micro_batch_size=min(m, batch),
-                                 keep_best=s.keep_best, resident_rows=s.resident_rows, fused=s.fused,
-                                 dataset_size=s.resident_rows[0] if s.resident_rows else None).total
+            return s.plan(batch, micro_batch_size=m).total
 
         margin = self.budget.margin if self.budget is not None else default_margin(self.backend.kind, raw)
         fit = largest_batch(total, raw - margin)
