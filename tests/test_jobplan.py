@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from memtrain.cli import main
 from memtrain.config import load
+from memtrain.errors import ConfigError
 from memtrain.memory.budget import default_margin
 from memtrain.memory.process import group_memory
 from memtrain.profiler.autobatch import auto_batch
@@ -113,6 +114,14 @@ def test_the_process_overhead_is_one_figure_and_the_batch_leaves_room_for_it(tmp
     p = planning.plan(planning.validate(tp.cfg.to_dict()), cpu.budget_bytes)  # the trial's job, submitted
     assert cpu.footprint(p.total) == tp.planned_bytes  # what the service admits is what the sweep reserves
     assert planning.worker_env(cpu) == {"MEMTRAIN_PROCESS_OVERHEAD": str(over)}  # and what its worker takes off
+
+
+def test_a_limit_below_the_process_overhead_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEMTRAIN_PROCESS_OVERHEAD", str(300 * MIB))
+    path = job_file(tmp_path, memory_limit="256MiB")
+    with pytest.raises(ConfigError, match=r"training.memory_limit: 256.00 MiB is the job's whole memory, and its "
+                                          r"process overhead alone is 300.00 MiB \(given \(MEMTRAIN_PROCESS_OVERHEAD"):
+        job_phases(path, tmp_path)
 
 
 def test_estimate_cpu_measures_the_process_overhead_once_and_every_planner_uses_it(tmp_path, monkeypatch):

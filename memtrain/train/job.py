@@ -211,6 +211,8 @@ class Job:
         # a memory_limit is the job's whole memory: on the CPU the process overhead is taken from it
         self.budget = None if t.memory_limit is None else job_budget(backend.kind, t.memory_limit,
                                                                      "training.memory_limit")
+        if self.budget is not None:
+            self.budget.check("training.memory_limit")
         # on the CPU the data set is in memory already when the free memory is read
         loaded = rows.nbytes if (self.resident and not backend.is_cuda) else 0
         self.state.memory_budget = _budget(backend, t.memory_limit, loaded)

@@ -185,6 +185,14 @@ class Budget:
     def footprint(self, plan_total: int) -> int:
         return footprint(plan_total, self.overhead)
 
+    def check(self, field: str) -> None:
+        """One line when the overhead alone takes the whole limit (no plan could fit)."""
+        if self.room <= 0:
+            raise ConfigError(f"{field}: {format_bytes(self.limit)} is the job's whole memory, and its process "
+                              f"overhead alone is {format_bytes(self.overhead)} ({self.overhead_source}: the "
+                              "interpreter, NumPy, the kernels); expected more than that, e.g. "
+                              f"{format_bytes(self.overhead + 64 * 1024**2)}")
+
     def to_dict(self) -> dict:
         return {"limit": self.limit, "source": self.source, "margin": self.margin, "overhead": self.overhead,
                 "overhead_kind": "process" if self.device == "cpu" else "device",
