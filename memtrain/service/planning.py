@@ -319,13 +319,16 @@ def largest_batch(checked: Checked, budget: int, free: int) -> int:
 
 def never_fits_message(checked: Checked, p: Plan, overhead: int, budgets: dict) -> str:
     """Why the job cannot run on any device even alone, naming the largest batch that would."""
+    from memtrain.train.jobplan import footprint  # noqa: PLC0415 - the trainer loads with the first job
+
     device, budget = max(budgets.items(), key=lambda kv: kv[1])
-    need = p.total + overhead
-    room = budget - overhead
+    need = footprint(p.total, overhead)
+    room = budget - overhead  # what a plan may take beside it
     best = largest_batch(checked, budget, room) if room > 0 else 0
     at = f"batch {p.batch_size}" if p.batch_size else "batch 1"
+    kind = "device" if checked.device_kind == "cuda" else "process"
     hint = f"the largest batch that fits is {best}" if best else "not even batch 1 fits"
-    return (f"never fits: needs {format_bytes(need)} at {at} (plan {format_bytes(p.total)} + process overhead "
+    return (f"never fits: needs {format_bytes(need)} at {at} (plan {format_bytes(p.total)} + {kind} overhead "
             f"{format_bytes(overhead)}); the largest budget is {format_bytes(budget)} on {device}; {hint}")
 
 
