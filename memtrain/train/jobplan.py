@@ -193,10 +193,6 @@ class Budget:
                               "interpreter, NumPy, the kernels); expected more than that, e.g. "
                               f"{format_bytes(self.overhead + 64 * 1024**2)}")
 
-    def to_dict(self) -> dict:
-        return {"limit": self.limit, "source": self.source, "margin": self.margin, "overhead": self.overhead,
-                "overhead_kind": "process" if self.device == "cpu" else "device",
-                "overhead_source": self.overhead_source, "for_plan": self.for_plan}
 
 
 def job_budget(device: str, limit: int, source: str, *, margin: int | None = None, overhead=None) -> Budget:
