@@ -194,7 +194,6 @@ class Budget:
                               f"{format_bytes(self.overhead + 64 * 1024**2)}")
 
 
-
 def job_budget(device: str, limit: int, source: str, *, margin: int | None = None, overhead=None) -> Budget:
     """The Budget of a limit on `device`; `overhead` (bytes, source) defaults to the process
     overhead on the CPU and none on a GPU (a job's memory_limit there bounds its pool's buffers)."""
