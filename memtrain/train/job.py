@@ -44,14 +44,16 @@ from memtrain.train.jobplan import (
     job_budget,
     job_setting,
     load_job_data,
+    resident_rows_of,
     rows_of,
+    test_bytes,
 )
 from memtrain.train.model_io import save_model
 from memtrain.train.state import JobState
 from memtrain.train.trainer import STOP, Trainer, cpu_kernels
 from memtrain.units import format_bytes
 
-__all__ = ["Job", "JobFailed", "data_bytes", "load_job_data", "run"]
+__all__ = ["Job", "JobFailed", "data_bytes", "load_job_data", "resident_rows_of", "run", "test_bytes"]
 
 
 def run(cfg, *, log_format: str = "text", progress: bool = True, stream=None, install_signals: bool = True,
@@ -213,8 +215,8 @@ class Job:
                                                                      "training.memory_limit")
         if self.budget is not None:
             self.budget.check("training.memory_limit")
-        # on the CPU the data set is in memory already when the free memory is read
-        loaded = rows.nbytes if (self.resident and not backend.is_cuda) else 0
+        # on the CPU the data set (its test split too) is in memory already when the free memory is read
+        loaded = rows.nbytes + test_bytes(ds) if (self.resident and not backend.is_cuda) else 0
         self.state.memory_budget = _budget(backend, t.memory_limit, loaded)
         batch, note = t.batch_size, None
         if batch == "auto":
@@ -270,8 +272,9 @@ class Job:
             self.log("note", f"note      {note}", note=note)
         validation = (ds.X_val, ds.y_val) if ds.X_val is not None else None
         before = set(tr.arrays)
-        tr.attach_data(ds.X_train, ds.y_train, validation, resident=self.resident)
-        given = (ds.X_train, ds.y_train, ds.X_val, ds.y_val)
+        test = (ds.X_test, ds.y_test) if ds.X_test is not None else None
+        tr.attach_data(ds.X_train, ds.y_train, validation, resident=self.resident, test=test)
+        given = (ds.X_train, ds.y_train, ds.X_val, ds.y_val, ds.X_test, ds.y_test)
         adopted = [a for k, a in tr.arrays.items() if k not in before and k != "order" and isinstance(a, np.ndarray)
                    and any(a is d for d in given)]
         self.peak.untraced = sum(a.nbytes for a in adopted)  # allocated before tracing began

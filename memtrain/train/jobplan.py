@@ -44,12 +44,13 @@ class DataRows:
     n_features: int
     n_train: int
     n_val: int
-    nbytes: int
+    nbytes: int  # the training and validation arrays (what a GPU keeps resident)
+    n_test: int = 0  # held in host memory until the final evaluation: in a CPU job's plan
 
 
 def load_job_data(cfg):
     """The job's data set, split as the job splits it; its features must match the model's inputs."""
-    from memtrain.data import load_dataset  # noqa: PLC0415 - scikit-learn and friends only when a job loads data
+    from memtrain.data import load_dataset  # noqa: PLC0415 - the data loaders only when a job loads data
 
     d, spec = cfg.data, cfg.model_spec()
     ds = load_dataset(d.dataset, dtype=spec.dtype.name, label_column=d.label_column, validation=d.validation,
@@ -66,8 +67,21 @@ def data_bytes(ds) -> int:
     return sum(a.nbytes for a in (ds.X_train, ds.y_train, ds.X_val, ds.y_val) if a is not None)
 
 
+def test_bytes(ds) -> int:
+    """The test split's bytes: a CPU job holds them from loading until its final evaluation."""
+    return sum(a.nbytes for a in (ds.X_test, ds.y_test) if a is not None)
+
+
 def rows_of(ds) -> DataRows:
-    return DataRows(ds.n_features, len(ds.X_train), 0 if ds.X_val is None else len(ds.X_val), data_bytes(ds))
+    return DataRows(ds.n_features, len(ds.X_train), 0 if ds.X_val is None else len(ds.X_val), data_bytes(ds),
+                    0 if ds.X_test is None else len(ds.X_test))
+
+
+def resident_rows_of(device_kind: str, n_train: int, n_val: int, n_test: int) -> tuple:
+    """The data rows a job's plan holds: training and validation; on the CPU also the test split,
+    which the process holds from loading until the final evaluation (a GPU plan is device memory,
+    and the test split stays on the host)."""
+    return (n_train, n_val) + ((n_test,) if device_kind == "cpu" and n_test else ())
 
 
 def data_rows(cfg) -> DataRows:
@@ -79,11 +93,11 @@ def data_rows(cfg) -> DataRows:
     got = header_rows(d.dataset, dtype=spec.dtype.name, output=spec.output.name, validation=d.validation,
                       test=d.test, validation_source=d.validation_dataset)
     if got is not None:
-        features, n_train, n_val, nbytes = got
+        features, n_train, n_val, nbytes, n_test = got
         if features != spec.sizes[0]:
             raise DataError(f"model.layers: the first size must equal the data's {features} features "
                             f"({Path(d.dataset).name}), got {spec.sizes[0]}")
-        return DataRows(features, n_train, n_val, nbytes)
+        return DataRows(features, n_train, n_val, nbytes, n_test)
     return rows_of(load_job_data(cfg))
 
 
@@ -212,7 +226,8 @@ def job_setting(cfg, device_kind: str, resident_rows: DataRows | None, overhead_
     return Setting(cfg.model_spec(), cfg.optimizer.name, cfg.optimizer.hyper, device_kind,
                    overhead_bytes=overhead_bytes, overhead_source=overhead_source,
                    keep_best=bool(cfg.training.patience), fused=cfg.training.fused,
-                   resident_rows=None if resident_rows is None else (resident_rows.n_train, resident_rows.n_val))
+                   resident_rows=None if resident_rows is None else resident_rows_of(
+                       device_kind, resident_rows.n_train, resident_rows.n_val, resident_rows.n_test))
 
 
 @dataclass(frozen=True)
