@@ -18,6 +18,7 @@ from memtrain.launch.executor import Exit
 from memtrain.launch.worker import EXIT
 from memtrain.service.core import Service, Settings
 from memtrain.service.scheduler import JobConflict
+from memtrain.units import format_bytes
 
 GIB = 1024**3
 
@@ -131,7 +132,7 @@ def test_a_job_waits_for_bytes_and_an_auto_job_takes_what_is_left(tmp_path):
         assert [s.store.get(i)["state"] for i in ids] == ["running", "running", "queued"]
         (slot,) = s.scheduler.slots()
         assert slot.committed == 2 * (planned + 100) <= budget
-        assert s.job(ids[2])["reason"] == "waiting: needs 415.68 KiB, 300 B free on cpu"
+        assert s.job(ids[2])["reason"] == f"waiting: needs {format_bytes(planned + 100)}, 300 B free on cpu"
         ex.exits[ids[0]] = Exit(0)
         ex.exits[ids[1]] = Exit(0)
         s.scheduler.tick()  # both end and the third starts within the same tick
