@@ -21,6 +21,7 @@ from memtrain.errors import MemtrainError
 from memtrain.launch.worker import EXIT, read_json
 from memtrain.scheduling.scheduler import Scheduler
 from memtrain.scheduling.store import ACTIVE, JobRow, Store, now
+from memtrain.service import planning
 from memtrain.service.devices import Device
 
 ENDED = ("succeeded", "failed", "cancelled")
@@ -52,6 +53,11 @@ class TaskJobs:
     def config(job: JobRow, run_dir: Path, batch, device, port, metrics_host: str) -> dict:
         return job.config
 
+    @staticmethod
+    def env(device) -> dict:
+        """The process overhead the task was admitted with, as a service job is told it."""
+        return planning.worker_env(device)
+
 
 def device(kind: str, budget: int, source: str, max_jobs: int | None, threads: int = 1,
            overhead: tuple = (0, "")) -> Device:
@@ -59,9 +65,9 @@ def device(kind: str, budget: int, source: str, max_jobs: int | None, threads: i
     no count limit, an executor that places by itself), each worker process with `threads` BLAS
     threads (the thread rule: cores // max_jobs)."""
     jobs = max_jobs or 1_000_000
-    return Device(name="cuda:0" if kind == "cuda" else "cpu", kind=kind, capacity_bytes=budget, budget_bytes=budget,
+    return Device(name="cuda:0" if kind == "cuda" else "cpu", kind=kind, free_at_start_bytes=budget, budget_bytes=budget,
                   budget_source=source, max_jobs=jobs, overhead_bytes=overhead[0],
-                  overhead_source=overhead[1] or "counted in each plan", threads_per_job=threads)
+                  overhead_source=overhead[1] or "none", threads_per_job=threads)
 
 
 def absolute(config: dict) -> dict:

@@ -25,14 +25,13 @@ from pathlib import Path
 
 from memtrain.errors import ConfigError, JobFailed, MemtrainError
 from memtrain.jsonable import plain
-from memtrain.memory import overhead as ovh
 from memtrain.nn.scores import ALL as SCORES
 from memtrain.profiler.autobatch import auto_batch
-from memtrain.profiler.jobplan import data_rows, job_setting
 from memtrain.render import _table, score_cell
 from memtrain.select import space as sp
 from memtrain.select.compare import summarize
 from memtrain.train.job import Job
+from memtrain.train.jobplan import counted_overhead, data_rows, footprint, is_resident, job_setting
 from memtrain.units import format_bytes
 
 RECORD_SCHEMA = "memtrain.sweep-trial/1"
@@ -43,9 +42,10 @@ RESULTS = "results.jsonl"
 class TrialPlan:
     trial: sp.Trial
     cfg: object  # JobConfig
-    planned_bytes: int  # what the trial reserves: its plan at its batch, or its whole limit for "auto"
+    planned_bytes: int  # what the trial reserves: its plan at its batch plus the overhead, or its whole limit for "auto"
     batch: object  # int or "auto"
     reason: str = ""  # why it cannot run (empty when it can)
+    overhead: tuple = (0, "none")  # (bytes, source) in planned_bytes: each trial's process (CPU) or CUDA context
 
 
 # -- planning -------------------------------------------------------------------------------
@@ -56,17 +56,18 @@ def plan_trials(sweep, trials, *, output_dir, budget: int, device_kind: str, met
     for a value the job would refuse, before anything runs."""
     rows = {}
     out = []
+    over = counted_overhead(device_kind)  # one figure for every trial: each runs in its own process
     for t in trials:
         try:
             cfg = sp.trial_config(sweep, t, output_dir=output_dir, metrics_port=metrics_port)
-            tp = _plan_trial(t, cfg, rows, budget, device_kind)
+            tp = _plan_trial(t, cfg, rows, budget, device_kind, over)
         except MemtrainError as exc:
             raise ConfigError(f"trial {t.id} {_params_text(t.params)}: {exc}") from None
         out.append(tp)
     return out
 
 
-def _plan_trial(t, cfg, rows, budget, device_kind) -> "TrialPlan":
+def _plan_trial(t, cfg, rows, budget, device_kind, over) -> "TrialPlan":
     spec, d = cfg.model_spec(), cfg.data
     key = (d.dataset, d.validation, d.validation_dataset, d.test, cfg.seed, spec.dtype.name, spec.output.name,
            spec.sizes[-1], d.label_column)
@@ -76,26 +77,25 @@ def _plan_trial(t, cfg, rows, budget, device_kind) -> "TrialPlan":
     if r.n_features != spec.sizes[0]:
         raise ConfigError(f"model.layers: the first size must equal the data's {r.n_features} features, "
                           f"got {spec.sizes[0]}")
-    over = ovh.assumed(device_kind)[0]  # each worker process holds its own CUDA context
-    resident = device_kind == "cpu" or r.nbytes <= d.resident_share * budget
-    setting = job_setting(cfg, device_kind, r if resident else None, over)
+    limit = cfg.training.memory_limit  # the trial's job decides with its own limit when it has one
+    resident = is_resident(device_kind, r.nbytes, budget if limit is None else min(limit, budget), d.resident_share)
+    setting = job_setting(cfg, device_kind, r if resident else None)
     batch = cfg.training.batch_size
-    one = setting.plan(1).total
+    one = footprint(setting.plan(1).total, over[0])
     if batch == "auto":
-        limit = cfg.training.memory_limit
         reserve = budget if limit is None else min(limit, budget)
         cfg = cfg.with_overrides({"training.memory_limit": reserve})  # the job's auto batch fits what was reserved
         reason = "" if one <= reserve else (f"needs {format_bytes(one)} at batch 1; the budget is "
                                            f"{format_bytes(budget)}")
-        return TrialPlan(t, cfg, reserve if not reason else one, batch, reason)
-    total = setting.plan(batch).total
+        return TrialPlan(t, cfg, reserve if not reason else one, batch, reason, over)
+    total = footprint(setting.plan(batch).total, over[0])
     reason = ""
     if one > budget:
         reason = f"needs {format_bytes(one)} even at batch 1; the budget is {format_bytes(budget)}"
     elif total > budget:
         reason = (f"needs {format_bytes(total)} at batch {batch}; the budget is {format_bytes(budget)} "
                   "(batch_size = \"auto\" would fit)")
-    return TrialPlan(t, cfg, total, batch, reason)
+    return TrialPlan(t, cfg, total, batch, reason, over)
 
 
 # -- results.jsonl -----------------------------------------------------------------------------
@@ -243,8 +243,11 @@ def _run(plans, device_kind, budget, budget_source, workers, runner, executor, m
 
         executor = LocalExecutor()
     threads = 1 if hasattr(executor, "admits") or not workers else max(1, (os.cpu_count() or 1) // workers)
-    dev = rn.device(device_kind, budget, budget_source, workers, threads)
-    tasks = [rn.Task(tp.trial.id, tp.cfg, tp.planned_bytes) for tp in plans]
+    # each trial's bytes hold its process overhead (plan_trials); the scheduler adds it back as it
+    # does for a service job, and tells the worker the figure it was admitted with
+    over = plans[0].overhead if plans else (0, "none")
+    dev = rn.device(device_kind, budget, budget_source, workers, threads, over)
+    tasks = [rn.Task(tp.trial.id, tp.cfg, tp.planned_bytes - tp.overhead[0]) for tp in plans]
     for task, job, value in rn.run_tasks(tasks, dev, executor, max_attempts=max_attempts, log=log):
         yield by_id[task.id], value if value is not None else rn.written_outcome(job)
 
@@ -279,6 +282,9 @@ def schedule_text(sweep, plans, done, budget, budget_source, workers, where: str
              f"{sum(1 for tp in plans if tp.reason)} skipped",
              f"budget    {format_bytes(budget)} ({budget_source}); a trial starts in {where} when its plan fits "
              f"beside the running ones{at_once}"]
+    if plans:
+        nbytes, source = plans[0].overhead
+        lines.append(f"overhead  {format_bytes(nbytes)} per trial ({source}), in each trial's bytes")
     for tp in ready:
         lines.append(f"trial     {tp.trial.id} {_params_text(tp.trial.params)} {format_bytes(tp.planned_bytes)}")
     for tp in plans:

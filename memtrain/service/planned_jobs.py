@@ -32,4 +32,9 @@ class PlannedJobs:
         """The config the worker runs: the stored one, at `batch`, writing under `run_dir`."""
         return planning.launch_config(job.config, run_dir, batch=batch, memory_limit=device.budget_bytes,
                                       metrics_port=port, metrics_host=metrics_host,
-                                      device=planning.device_of(device.kind, device.name))
+                                      device=planning.worker_device(device.kind))
+
+    @staticmethod
+    def env(device) -> dict:
+        """What the worker is told besides its config (the process overhead it was admitted with)."""
+        return planning.worker_env(device)
