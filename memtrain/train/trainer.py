@@ -151,11 +151,12 @@ class Trainer:
         self._bind()
 
     # -- data ----------------------------------------------------------------
-    def attach_data(self, X, y, validation=None, *, resident: bool = True) -> None:
+    def attach_data(self, X, y, validation=None, *, resident: bool = True, test=None) -> None:
         """Give the trainer its data set. resident=True puts it in the plan (on a GPU:
         on the device) and copies it in once; resident=False streams each batch from
         the host arrays. Arrays already in the model dtype are used without a copy on
-        the CPU. Also plans the epoch permutation."""
+        the CPU. Also plans the epoch permutation. `test` (X, y): the test split a CPU
+        job holds in memory until its final evaluation, counted in the plan (adopted)."""
         X = _rows(self.model._inputs(X), self.spec.dtype)
         y = self.model.prepare_labels(y)
         if not resident and array_module(X) is not np:
@@ -172,10 +173,13 @@ class Trainer:
                 raise ConfigError(f"validation y: {len(yv)} labels for {len(Xv)} samples")
             val = (Xv, yv)
         n_val = len(val[0]) if val else 0
-        self._data_rows = (len(X), n_val) if resident else (None, None)
+        held = resident and not self.backend.is_cuda and test is not None
+        tst = (_rows(self.model._inputs(test[0]), self.spec.dtype), self.model.prepare_labels(test[1])) if held else None
+        self._data_rows = ((len(X), n_val) + ((len(tst[0]),) if tst else ())) if resident else (None, None)
         if resident and not self.backend.is_cuda:
             # the caller's arrays are already what the plan lists: adopt them, no copy
-            for name, a in (("data_x", X), ("data_y", y)) + ((("val_x", val[0]), ("val_y", val[1])) if val else ()):
+            for name, a in (("data_x", X), ("data_y", y)) + ((("val_x", val[0]), ("val_y", val[1])) if val else ()) \
+                    + ((("test_x", tst[0]), ("test_y", tst[1])) if tst else ()):
                 self.arrays[name] = a
         plan = self._make_plan(self.batch_size, self.plan.micro_batch_size, len(X))
         self.arrays = {k: v for k, v in self.arrays.items() if k in plan.names()}
