@@ -109,7 +109,7 @@ def test_the_process_overhead_is_one_figure_and_the_batch_leaves_room_for_it(tmp
     tp = sweep_trial(fixed, tmp_path, 64 * MIB, "cpu")
     assert tp.overhead == (over, source)
     assert tp.planned_bytes == jobplan.plan_job(tp.cfg).total + over
-    (cpu,) = devices.discover("cpu", {"cpu": 64 * MIB}, max_jobs=1, state_dir=tmp_path)
+    (cpu,) = devices.discover("cpu", {"cpu": 64 * MIB}, max_jobs=1)
     assert (cpu.overhead_bytes, cpu.overhead_source) == (over, source)
     p = planning.plan(planning.validate(tp.cfg.to_dict()), cpu.budget_bytes)  # the trial's job, submitted
     assert cpu.footprint(p.total) == tp.planned_bytes  # what the service admits is what the sweep reserves
@@ -168,7 +168,7 @@ def test_free_memory_is_one_definition(monkeypatch):
     monkeypatch.setattr(bud, "cgroup_room", lambda *a: 1024 * MIB)
     monkeypatch.setattr(measure, "mem_available", lambda: 8 * 1024 * MIB)
     assert devices.free_now("cpu") == bud.cpu_free()[0] == 1024 * MIB
-    (cpu,) = devices.discover("cpu", {}, max_jobs=1, state_dir=".", cpu_overhead=0)
+    (cpu,) = devices.discover("cpu", {}, max_jobs=1, cpu_overhead=0)
     assert cpu.free_at_start_bytes == 1024 * MIB and cpu.budget_bytes == 1024 * MIB - devices.CPU_RESERVE_MIN
 
 

@@ -80,14 +80,14 @@ class Service:
 
             s.executor = LocalExecutor()
         if getattr(s.executor, "admits", False):  # Ray: one device, the cluster
-            self.devices = devs.cluster(s.executor, s.budgets, state_dir=s.state_dir, cpu_overhead=s.cpu_overhead)
+            self.devices = devs.cluster(s.executor, s.budgets, cpu_overhead=s.cpu_overhead)
         else:
             self.devices = devs.discover(s.devices, s.budgets, max_jobs=s.max_jobs_per_device,
-                                         state_dir=s.state_dir, cpu_overhead=s.cpu_overhead)
+                                         cpu_overhead=s.cpu_overhead)
         self.events = {"admitted": 0, "rejected": 0, "started": 0, "requeued": 0}
         self.waits = []  # queue waits (seconds) since start, for the histogram
         self._serialised: dict = {}  # job id -> (row, progress, bytes): jobs_page(serialize=...)
-        self.scheduler = Scheduler(self.store, s.executor, self.devices, s.state_dir, head_wait=s.head_wait,
+        self.scheduler = Scheduler(self.store, s.executor, self.devices, head_wait=s.head_wait,
                                    tick=s.tick, metrics_ports=s.metrics_ports, on_event=self._event,
                                    metrics_host=s.job_metrics_host, metrics_address=s.job_metrics_address,
                                    runtime_grace=s.runtime_grace,
