@@ -175,13 +175,19 @@ def test_free_memory_is_one_definition(monkeypatch):
 # -- on a GPU (the stand-in) ------------------------------------------------------------------------
 
 
+GPU_OVERHEAD = 96 * 1024  # the stand-in GPU's device overhead, as if measured and cached (small: small limits)
+
+
 @pytest.fixture
 def cp(monkeypatch, host_launcher):
     import cupy_standin
     import nvml_standin
 
+    from memtrain.memory import overhead_cache
+
     cp = cupy_standin.install(monkeypatch, host_launcher)
     monkeypatch.setitem(sys.modules, "pynvml", nvml_standin.nvml())
+    overhead_cache.record(overhead_cache.gpu_model(0), GPU_OVERHEAD)  # the cache is the test's own (conftest)
     return cp
 
 
@@ -206,7 +212,7 @@ def test_a_gpu_batch_is_rounded_by_one_rule(cp, tmp_path):
                                device_kind="cuda").setting
 
     def unrounded(limit):
-        return jobplan.solve(setting, limit - default_margin("cuda", limit)).batch_size
+        return jobplan.solve(setting, limit - GPU_OVERHEAD - default_margin("cuda", limit)).batch_size
 
     limit = next(n for n in range(24 * MIB, 25 * MIB, 1024) if unrounded(n) % 8)  # rounding has work to do
     path = job_file(tmp_path, device="cuda", rows=40000, memory_limit=limit)
@@ -214,8 +220,27 @@ def test_a_gpu_batch_is_rounded_by_one_rule(cp, tmp_path):
     b, unrounded = job.batch_size, unrounded(limit)
     assert b % 8 == 0 and b < unrounded and b > unrounded - 8  # rounded down to a multiple of 8
     assert jobplan.plan_job(load(path), device_kind="cuda").batch_size == b
-    # the estimate with the device overhead the Job's own memory_limit leaves out (the CUDA context)
-    assert estimate(path, "--device", "cuda", "--overhead", "0")["batch_size"] == b
+    assert estimate(path, "--device", "cuda")["batch_size"] == b
     checked = service_checked(path, "cuda")
-    room = limit - default_margin("cuda", limit)
+    room = limit - GPU_OVERHEAD - default_margin("cuda", limit)
     assert planning.largest_batch(checked, limit, room) == b
+
+
+def test_a_gpu_memory_limit_is_the_jobs_whole_memory_as_on_the_cpu(cp, tmp_path):
+    """One rule on both devices: the CUDA context (device overhead) is taken from memory_limit before
+    the plan, by the Job as by `memtrain estimate --config` (no --overhead 0 needed) and the sweep."""
+    limit = 24 * MIB
+    path = job_file(tmp_path, device="cuda", rows=40000, memory_limit=limit)
+    job = job_phases(path, tmp_path)
+    assert (job.budget.overhead, job.budget.overhead_source) == (GPU_OVERHEAD, "measured")
+    r = estimate(path, "--device", "cuda")
+    assert r["overhead"]["bytes"] == GPU_OVERHEAD and r["overhead"]["kind"] == "device"
+    b, plan = job.batch_size, job.setting.plan
+    assert r["batch_size"] == b and r["total"] == plan(b).total + GPU_OVERHEAD
+    assert plan(b).total + GPU_OVERHEAD <= limit - default_margin("cuda", limit) < plan(b + 8).total + GPU_OVERHEAD
+    tp = sweep_trial(path, tmp_path / "sweep", limit, "cuda")
+    assert tp.planned_bytes == limit and tp.overhead == (GPU_OVERHEAD, "measured")  # the trial's job fits it
+    small = job_file(tmp_path, device="cuda", memory_limit=GPU_OVERHEAD)
+    with pytest.raises(ConfigError, match=r"training.memory_limit: 96.00 KiB is the job's whole memory, and its "
+                                          r"device overhead alone is 96.00 KiB \(measured: the CUDA context"):
+        job_phases(small, tmp_path / "small")
