@@ -117,8 +117,8 @@ class Service:
         token sent it (the quota it counts against)."""
         try:
             self.check_room()
-            data = planning.parse_body(body, content_type)
-            checked = planning.validate(data, data_roots=self.settings.data_roots,
+            job = planning.parse_body(body, content_type)  # a models.JobSubmission
+            checked = planning.validate(job.job_dict(), data_roots=self.settings.data_roots,
                                         device_kinds=sorted({d.kind for d in self.devices}),
                                         max_runtime=self.settings.max_runtime)
             mine = [d for d in self.devices if d.kind == checked.device_kind]
