@@ -18,6 +18,7 @@ from memtrain.memory.budget import default_margin
 from memtrain.memory.process import group_memory
 from memtrain.profiler.autobatch import auto_batch
 from memtrain.profiler.estimate import build_setting
+from memtrain.select import runner
 from memtrain.select import space as sp
 from memtrain.select import sweep as sw
 from memtrain.service import devices, planning
@@ -226,7 +227,7 @@ def test_a_gpu_batch_is_rounded_by_one_rule(cp, tmp_path):
     assert planning.largest_batch(checked, limit, room) == b
 
 
-def test_a_gpu_memory_limit_is_the_jobs_whole_memory_as_on_the_cpu(cp, tmp_path):
+def test_a_gpu_memory_limit_is_the_jobs_whole_memory_as_on_the_cpu(cp, tmp_path, monkeypatch):
     """One rule on both devices: the CUDA context (device overhead) is taken from memory_limit before
     the plan, by the Job as by `memtrain estimate --config` (no --overhead 0 needed) and the sweep."""
     limit = 24 * MIB
@@ -240,7 +241,12 @@ def test_a_gpu_memory_limit_is_the_jobs_whole_memory_as_on_the_cpu(cp, tmp_path)
     assert plan(b).total + GPU_OVERHEAD <= limit - default_margin("cuda", limit) < plan(b + 8).total + GPU_OVERHEAD
     tp = sweep_trial(path, tmp_path / "sweep", limit, "cuda")
     assert tp.planned_bytes == limit and tp.overhead == (GPU_OVERHEAD, "measured")  # the trial's job fits it
+    gpu = runner.device("cuda", limit, "given", 1, overhead=tp.overhead)  # a sweep's or service's GPU
+    told = planning.worker_env(gpu)
+    assert told == {"MEMTRAIN_DEVICE_OVERHEAD": str(GPU_OVERHEAD)}  # its worker takes off what it was admitted with
     small = job_file(tmp_path, device="cuda", memory_limit=GPU_OVERHEAD)
     with pytest.raises(ConfigError, match=r"training.memory_limit: 96.00 KiB is the job's whole memory, and its "
                                           r"device overhead alone is 96.00 KiB \(measured: the CUDA context"):
         job_phases(small, tmp_path / "small")
+    monkeypatch.setenv("MEMTRAIN_DEVICE_OVERHEAD", str(2 * GPU_OVERHEAD))
+    assert job_phases(path, tmp_path / "told").budget.overhead == 2 * GPU_OVERHEAD

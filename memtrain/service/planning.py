@@ -395,9 +395,10 @@ def worker_device(kind: str) -> str:
 
 
 def worker_env(device) -> dict:
-    """What a job's worker is told besides its config: the CPU process overhead the service admitted
-    it with (MEMTRAIN_PROCESS_OVERHEAD), so that the job takes it from its memory_limit as the service
-    counted it, whatever figure this machine's cache holds."""
-    from memtrain.memory.overhead import PROCESS_OVERHEAD_VAR  # noqa: PLC0415
+    """What a job's worker is told besides its config: the overhead the service admitted it with (the
+    process overhead on the CPU: MEMTRAIN_PROCESS_OVERHEAD; the CUDA context: MEMTRAIN_DEVICE_OVERHEAD),
+    so that the job takes it from its memory_limit as the service counted it, whatever figure this
+    machine's cache holds."""
+    from memtrain.memory.overhead import DEVICE_OVERHEAD_VAR, PROCESS_OVERHEAD_VAR  # noqa: PLC0415
 
-    return {PROCESS_OVERHEAD_VAR: str(device.overhead_bytes)} if device.kind == "cpu" else {}
+    return {PROCESS_OVERHEAD_VAR if device.kind == "cpu" else DEVICE_OVERHEAD_VAR: str(device.overhead_bytes)}

@@ -159,10 +159,11 @@ def _measure_process() -> dict:
 
 def device_overhead(device_kind: str, backend=None) -> tuple:
     """(bytes, source) a device takes before the first plan buffer: none on the CPU; on a GPU the
-    CUDA context and cuBLAS workspace, measured once per GPU model and cached, else assumed."""
+    CUDA context and cuBLAS workspace: MEMTRAIN_DEVICE_OVERHEAD when set (the service's figure for
+    its worker), else measured once per GPU model and cached, else assumed."""
     if device_kind != "cuda":
         return ovh.assumed("cpu")
-    return overhead_cache.cuda_overhead(backend)
+    return ovh.given_process(ovh.DEVICE_OVERHEAD_VAR) or overhead_cache.cuda_overhead(backend)
 
 
 def counted_overhead(device_kind: str, backend=None) -> tuple:
