@@ -140,3 +140,65 @@ def test_trials_of_another_shape_are_refused(data):
 def test_runs_of():
     assert runs_of([4, 0, 1, 2, 7]) == [(0, 3), (4, 5), (7, 8)]
     assert runs_of([]) == []
+
+
+def test_a_trial_ends_with_the_model_its_job_writes(tmp_path):
+    """The end-to-end reference: `memtrain train`'s Job (seeded split, cosine schedule with warm-up,
+    dropout, early stopping) writes model-final.npz; the same config as a trial of an array (beside
+    a trial of another rate) ends with exactly those parameters."""
+    import os
+
+    from memtrain.config import from_dict
+    from memtrain.train.job import load_job_data, run
+    from memtrain.train.trials import setting_from_config
+
+    job = {"name": "t", "seed": 3, "device": "cpu",
+           "model": {"layers": [10, 12, 3], "activation": "tanh", "dropout": [0.9, 0.8]},
+           "optimizer": {"name": "adam", "lr": 0.01}, "schedule": {"name": "cosine", "warmup": 3},
+           "training": {"batch_size": 16, "epochs": 4, "patience": 1},
+           "data": {"dataset": "synthetic:classification(120, 10, 3)", "validation": 0.25, "standardize": False},
+           "output": {"dir": str(tmp_path / "out")}}
+    cfg = from_dict(job)
+    with open(os.devnull, "w") as devnull:
+        run(cfg, progress=False, stream=devnull, install_signals=False)
+    with np.load(tmp_path / "out" / "model-final.npz", allow_pickle=False) as z:
+        final = z["params"]
+    ds = load_job_data(cfg)
+    other = from_dict({**job, "optimizer": {"name": "sgd", "lr": 0.1}})
+    settings = [setting_from_config(c, len(ds.X_train), 16) for c in (other, cfg)]
+    results = TrialArray(settings, ds.X_train, ds.y_train, (ds.X_val, ds.y_val), batch_size=16).train()
+    np.testing.assert_array_equal(results[1].model.params, final)
+
+
+def test_the_array_plan_is_what_it_allocates():
+    """tracemalloc over building and training an array: its peak is the array's plan (the data set,
+    allocated before, counted once; each trial's Python objects, TRIAL_OBJECT_BYTES) within
+    test_plan's tolerance; the plan is K trials' buffers plus one data set and one process overhead."""
+    import tracemalloc
+
+    from memtrain.memory.trials import TRIAL_OBJECT_BYTES, array_plan
+
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((256, 100)).astype(np.float32), rng.integers(0, 10, 256).astype(np.intp)
+    spec = ModelSpec.create([100, 300, 10], "gelu", dropout=True)
+    settings = [TrialSetting(spec, opt, {"lr": 0.01}, seed=k, epochs=1, patience=1 if k == 1 else None)
+                for k, opt in enumerate(["adam", "sgd", "rprop", "adam", "lookahead:momentum"])]
+    TrialArray(settings, X[:40], y[:40], (X[:8], y[:8]), batch_size=32).train()  # warm NumPy, numba, imports
+    tracemalloc.start()
+    try:
+        array = TrialArray(settings, X, y, (X[:64], y[:64]), batch_size=32)
+        array.train()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    plan = array.plan
+    outside = X.nbytes + y.nbytes + X[:64].nbytes + y[:64].nbytes  # the caller's data: allocated before
+    planned = plan.total - outside
+    assert plan.buffer_bytes - outside <= peak <= planned + max(0.005 * planned, 64 * 1024), (planned, peak)
+    # data and process once
+    plans = array.plans
+    data = sum(b.nbytes for b in plans[0].buffers if b.name in ("data_x", "data_y", "val_x", "val_y"))
+    assert data == outside and plan.by_category()["data"] == sum(
+        b.nbytes for p in plans for b in p.buffers if b.category == "data") - 4 * data
+    again = array_plan(plans, overhead_bytes=10 << 20)
+    assert again.total == sum(p.total for p in plans) - 4 * data + (10 << 20) + 5 * TRIAL_OBJECT_BYTES

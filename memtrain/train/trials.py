@@ -114,7 +114,8 @@ class TrialArray:
         for s in self.settings:
             check_scalar(s.epochs, "epochs", int, min_val=1)
         spec0 = self.settings[0].spec
-        probe = MLP.from_spec(spec0, device=self.backend, initialise=False)
+        probe = MLP.__new__(MLP)  # the data checks read only the spec: no parameters allocated for them
+        probe.spec = spec0
         self.X = _rows(probe._inputs(X), spec0.dtype)
         self.y = probe.prepare_labels(y)
         self.validation = None if validation is None else (
@@ -254,3 +255,15 @@ def _shares(a, view, array: TrialArray, name: str) -> bool:
         shared.update(val_x=array.validation[0], val_y=array.validation[1])
     return a is shared.get(name, np.empty(0))
 
+
+
+def setting_from_config(cfg, n_train: int, batch_size: int, name: str = "") -> TrialSetting:
+    """The trial a Job of `cfg` trains (train/job.py build_trainer): its spec, optimizer, schedule
+    over epochs x steps per epoch, clipping, patience, seed (weights, data order, dropout) and
+    non-finite limit; the batch size is the array's."""
+    t = cfg.training
+    steps_per_epoch = -(-int(n_train) // int(batch_size))
+    schedule = cfg.schedule.make(cfg.optimizer.make().lr, t.epochs * steps_per_epoch)
+    return TrialSetting(cfg.model_spec(), cfg.optimizer.name, dict(cfg.optimizer.hyper), schedule=schedule,
+                        clip_norm=t.clip_norm, patience=t.patience, seed=cfg.seed, epochs=t.epochs,
+                        max_nonfinite=t.max_nonfinite, name=name)
