@@ -30,16 +30,32 @@ def weight_stack(spec, flat_stack, i: int):
 
 
 def stack_views(spec, arrays: dict, b: int) -> SimpleNamespace:
-    """The stacked buffers at b rows: x, z_i, a_i, out, dA_i (K, b, width) and W_i, dW_i (K, n, k)."""
+    """The stacked buffers at b rows: x, z_i, a_i, out, dA_i (K, b, width), W_i, dW_i (K, n, k),
+    the biases and their gradients (K, k), and the softmax loss's rows, labels and indices."""
     L, sizes = spec.n_layers, spec.sizes
-    K = arrays["x"].shape[0]
-    s = SimpleNamespace(b=b, x=arrays["x"][:, :b], out=arrays["out"][:, :b])
+    K, B = arrays["x"].shape[:2]
+    s = SimpleNamespace(b=b, x=arrays["x"][:, :b], out=arrays["out"][:, :b], y=arrays["y"][:, :b])
     s.z = [None] + [arrays[f"z{i}"][:, :b] for i in range(1, L + 1)]
     s.a = [None] + [arrays[f"a{i}"][:, :b] for i in range(1, L)]
     s.dA = [None] + [arrays["dA"][:, : b * sizes[i]].reshape(K, b, sizes[i]) for i in range(1, L)]
     s.W = [None] + [weight_stack(spec, arrays["params"], i) for i in range(1, L + 1)]
     s.dW = [None] + [weight_stack(spec, arrays["grads"], i) for i in range(1, L + 1)]
+    s.bias = [None] + [bias_stack(spec, arrays["params"], i) for i in range(1, L + 1)]
+    s.gb = [None] + [bias_stack(spec, arrays["grads"], i) for i in range(1, L + 1)]
+    s.rows = arrays["loss_rows"][:, :, :b]
+    s.index, s.offsets = arrays.get("label_index"), arrays.get("row_offsets")
+    if s.index is not None:
+        s.index, s.offsets = s.index[:, :b], s.offsets[:, :b]
+        # where trial k's rows start in the flat (K, B, C) logits: offsets index within a trial
+        s.base = array_module(s.index).arange(K, dtype=s.index.dtype)[:, None] * (B * sizes[-1])
+    s.zflat, s.outflat = arrays[f"z{L}"].reshape(-1), arrays["out"].reshape(-1)
     return s
+
+
+def bias_stack(spec, flat_stack, i: int):
+    """b_i of every trial as a (K, k) view of the stacked flat vectors."""
+    g = next(g for g in spec.layout if g.layer == i and g.kind == "bias")
+    return flat_stack[:, g.offset : g.offset + g.size]
 
 
 def batched_matmul(a, b, out, runs) -> None:
@@ -60,32 +76,103 @@ def runs_of(indices) -> list:
     return [tuple(r) for r in out]
 
 
-def forward(s, trials, runs) -> None:
-    """trials: per training trial (spec, layers, v, rng), v its step.StepBuffers view at s.b rows."""
+def forward(s, trials, runs, *, relu: bool = False) -> None:
+    """trials: per training trial (spec, layers, v, rng), v its step.StepBuffers view at s.b rows.
+    relu (CPU): bias + ReLU over the stack, as the NumPy reference computes them (the fused
+    kernels give the same bits for ReLU, docs/architecture.md); else each trial's own pieces."""
     h = s.x
     for spec, _, v, rng in trials:
         step.forward_input(v, train=True, rng=rng, keep=(spec.dropout or (1.0, 1.0))[0])
     L = trials[0][0].n_layers
     for i in range(1, L + 1):
         batched_matmul(h, s.W[i], s.z[i], runs)
-        for spec, layers, v, rng in trials:
-            step.forward_layer(spec, layers, v, i, train=True, rng=rng)
+        if relu:
+            for lo, hi in runs:
+                z = s.z[i][lo:hi]
+                z += s.bias[i][lo:hi, None, :]
+                if i < L:
+                    array_module(z).maximum(z, 0, out=s.a[i][lo:hi])
+            if i < L:
+                for spec, _, v, rng in trials:
+                    step.hidden_dropout(spec, v, i, train=True, rng=rng)
+        else:
+            for spec, layers, v, rng in trials:
+                step.forward_layer(spec, layers, v, i, train=True, rng=rng)
         h = s.a[i] if i < L else None
 
 
-def backward(s, trials, runs) -> None:
-    """trials: per training trial (spec, layers, glayers, v) after its loss_sum()."""
-    for spec, _, _, v in trials:
-        step.backward_output(spec, v)
+def softmax_loss(s, runs) -> dict:
+    """Softmax cross-entropy over the stack (nn/losses.py's operations, row by row the same):
+    {trial: sum of its batch's losses}; the probabilities are left in s.out."""
+    xp = array_module(s.out)
+    sums = {}
+    for lo, hi in runs:
+        z, out, m, lse = s.z[-1][lo:hi], s.out[lo:hi], s.rows[lo:hi, 0], s.rows[lo:hi, 1]
+        xp.max(z, axis=2, out=m)
+        xp.subtract(z, m[..., None], out=out)
+        xp.exp(out, out=out)
+        xp.sum(out, axis=2, out=lse)
+        out /= lse[..., None]
+        xp.log(lse, out=lse)
+        lse += m
+        index = s.index[lo:hi]
+        xp.add(s.offsets[lo:hi], s.y[lo:hi], out=index)
+        index += s.base[lo:hi]
+        xp.take(s.zflat, index, out=m, mode="clip")  # z_y
+        lse -= m
+        for k in range(lo, hi):
+            sums[k] = float(s.rows[k, 1].sum(dtype="float64"))
+    return sums
+
+
+def softmax_delta(s, runs) -> None:
+    """p - onehot(y), over the batch size, in s.out (after softmax_loss, whose indices it reuses)."""
+    xp = array_module(s.out)
+    for lo, hi in runs:
+        p_y, index = s.rows[lo:hi, 0], s.index[lo:hi]
+        xp.take(s.outflat, index, out=p_y, mode="clip")
+        p_y -= 1
+        xp.put(s.outflat, index, p_y)
+        s.out[lo:hi] /= s.b
+
+
+def backward(s, trials, runs, *, relu: bool = False, delta_done: bool = False) -> None:
+    """trials: per training trial (spec, layers, glayers, v) after its loss. relu: the CPU's
+    stacked ReLU backward and bias gradients (the reference's operations); delta_done: the
+    output delta is in s.out already (softmax_delta)."""
+    xp = array_module(s.out)
+    if not delta_done:
+        for spec, _, _, v in trials:
+            step.backward_output(spec, v)
     delta = s.out
     L = trials[0][0].n_layers
     for i in range(L, 0, -1):
         h_prev = s.a[i - 1] if i > 1 else s.x
         batched_matmul(h_prev.swapaxes(-1, -2), delta, s.dW[i], runs)
-        for spec, _, glayers, v in trials:
-            step.bias_grad(spec, glayers, v, i, v.out if i == L else v.z[i])
+        if relu and i == L:
+            for lo, hi in runs:
+                xp.sum(delta[lo:hi], axis=1, out=s.gb[i][lo:hi])
+        elif not relu:
+            for spec, _, glayers, v in trials:
+                step.bias_grad(spec, glayers, v, i, v.out if i == L else v.z[i])
         if i > 1:
             batched_matmul(delta, s.W[i].swapaxes(-1, -2), s.dA[i - 1], runs)
-            for spec, layers, glayers, v in trials:
-                step.backward_hidden(spec, layers, glayers, v, i - 1)
+            if relu:
+                _relu_backward(s, trials, runs, i - 1)
+            else:
+                for spec, layers, glayers, v in trials:
+                    step.backward_hidden(spec, layers, glayers, v, i - 1)
             delta = s.z[i - 1]
+
+
+def _relu_backward(s, trials, runs, j: int) -> None:
+    """delta_j = dA_j (times the mask) times 1(z_j > 0), and its column sums, over the stack."""
+    xp = array_module(s.out)
+    for _, _, _, v in trials:
+        if v.mask[j] is not None:
+            v.dA[j] *= v.mask[j]
+    for lo, hi in runs:
+        z = s.z[j][lo:hi]
+        xp.greater(z, 0, out=z)  # bool written as 0/1 into the float buffer, as ReLU.backward does
+        z *= s.dA[j][lo:hi]
+        xp.sum(z, axis=1, out=s.gb[j][lo:hi])

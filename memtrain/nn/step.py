@@ -112,7 +112,6 @@ def forward_layer(spec, layers, v, i: int, *, train: bool, rng=None, resample: b
     """After z_i = h W_i: the bias, g and the dropout mask; returns the next layer's input
     (None after the output layer, whose bias the loss adds on a GPU)."""
     act, L = spec.activation, spec.n_layers
-    _, keep_hidden = spec.dropout or (1.0, 1.0)
     fused, cpu = v.fused, getattr(v, "cpu", None)  # cpu: fused CPU kernels, in training and evaluation
     _, bias, alpha = layers[i]
     z = v.z[i]
@@ -129,10 +128,15 @@ def forward_layer(spec, layers, v, i: int, *, train: bool, rng=None, resample: b
         return None
     if not fused and cpu is None:
         act.forward(z, v.a[i], v.scratch[i], alpha)
+    return hidden_dropout(spec, v, i, train=train, rng=rng, resample=resample)
+
+
+def hidden_dropout(spec, v, i: int, *, train: bool, rng=None, resample: bool = True):
+    """a_i times its dropout mask when training; returns a_i, the next layer's input."""
     h = v.a[i]
     if train and v.mask[i] is not None:
         if resample:
-            sample_mask(rng, v.mask[i], keep_hidden, v.uniform)
+            sample_mask(rng, v.mask[i], spec.dropout[1], v.uniform)
         h *= v.mask[i]
     return h
 

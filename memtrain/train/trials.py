@@ -227,13 +227,28 @@ class TrialArray:
             rngs.append(tr._dropout_rng(0))
         if trials[0].trainer.cpu is not None:
             trials[0].trainer.cpu.use_threads()
+        relu, softmax = self._stacked_ops
         stacked.forward(s, [(r.trainer.spec, r.trainer.model.layers, v, g)
-                            for r, v, g in zip(trials, views, rngs, strict=True)], runs)
-        losses = [step.loss_sum(r.trainer.spec, v) for r, v in zip(trials, views, strict=True)]
+                            for r, v, g in zip(trials, views, rngs, strict=True)], runs, relu=relu)
+        if softmax:
+            sums = stacked.softmax_loss(s, runs)
+            losses = [sums[r.index] for r in trials]
+            stacked.softmax_delta(s, runs)
+        else:
+            losses = [step.loss_sum(r.trainer.spec, v) for r, v in zip(trials, views, strict=True)]
         stacked.backward(s, [(r.trainer.spec, r.trainer.model.layers, r.trainer.glayers, v)
-                             for r, v in zip(trials, views, strict=True)], runs)
+                             for r, v in zip(trials, views, strict=True)], runs, relu=relu, delta_done=softmax)
         for r, loss_sum in zip(trials, losses, strict=True):
             self._update(r, loss_sum / b, b)
+
+    @property
+    def _stacked_ops(self) -> tuple:
+        """(relu, softmax): which element-wise work runs over the whole stack (on the CPU, where
+        NumPy's operations on the stack are the reference's, bit for bit); the rest runs per trial."""
+        if self.backend.is_cuda:
+            return False, False
+        spec = self.settings[0].spec
+        return spec.activation.name == "relu", spec.output.name == "softmax"
 
     def _update(self, r, loss: float, b: int) -> None:
         tr = r.trainer
