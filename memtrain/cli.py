@@ -125,8 +125,7 @@ def _echo(text):
 @click.option("--gpus", type=click.IntRange(min=1), help="Data-parallel view: per-GPU memory with optimizer state replicated vs sharded N ways.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
 @click.option("--verify", is_flag=True, help="Also allocate the plan and run 3 real steps: estimated vs measured (see `memtrain profile`).")
-@click.option("--trials", type=click.IntRange(min=1), help="K trials of this plan trained as one trial array: "
-              "K x a trial's buffers + the data set and process once (and the largest K in --memory-limit).")
+@click.option("--trials", type=click.IntRange(min=1), help="K trials of this plan trained as one trial array: K x a trial's buffers + the data set and process once (and the largest K in --memory-limit).")
 def estimate(config, layers, activation, output, dropout, dtype, device, overhead, fused, optimizer, batch_size,
              memory_limit, memory_alias, margin, max_batch, multiple_of, power_of_two, inference, per_layer, gpus,
              fmt, verify, trials):
@@ -140,12 +139,10 @@ def estimate(config, layers, activation, output, dropout, dtype, device, overhea
       memtrain estimate --layers 784,1024,1024,10 --optimizer adam --batch-size 256
       memtrain estimate --layers 784,1024,1024,10 --optimizer sgd,adam --batch-size 256
       memtrain estimate --layers 784,4096,4096,10 --optimizer adam --memory-limit 16GiB
-      memtrain estimate --config job.toml --per-layer --format json
       memtrain estimate --layers 64,128,10 --batch-size 32 --trials 32 --memory-limit 1GiB
     """
     from memtrain import render  # noqa: PLC0415
     from memtrain.profiler import estimate as est  # noqa: PLC0415
-    from memtrain.profiler import trials as est_trials  # noqa: PLC0415
 
     if memory_alias is not None:
         click.echo("memtrain: warning: --memory is deprecated and will be removed in the next release; "
@@ -157,21 +154,23 @@ def estimate(config, layers, activation, output, dropout, dtype, device, overhea
                             backend=backend, budget=memory, fused=fused)
     r = est.estimate(req, optimizer, batch_size, memory=memory, max_batch=max_batch, backend=backend, margin=margin,
                      multiple_of=multiple_of, power_of_two=power_of_two, per_layer=per_layer, gpus=gpus)
+    if trials:
+        r["trial_array"] = _trial_array(req.setting, r, trials, memory, margin)
     if r["schema"] == est.TABLE_SCHEMA:
-        if trials:
-            raise ConfigError("trials: an array's estimate is of one plan; give one --optimizer and one --batch-size")
         _echo({"table": render.table_text, "json": render.to_json, "csv": render.table_csv}[fmt](r))
         return
-    if trials:
-        r["trial_array"] = est_trials.array_report(req.setting.with_optimizer(r["optimizer"]["name"]) if r["optimizer"]
-                                                   else req.setting, r["batch_size"], trials,
-                                                   budget=memory, margin=margin)
     _echo({"table": render.estimate_text, "json": render.to_json, "csv": render.estimate_csv}[fmt](r))
-    if trials and fmt != "json":
+    if trials and fmt != "json":  # the JSON holds it as "trial_array"
         _echo({"table": render.trials_text, "csv": render.trials_csv}[fmt](r["trial_array"]))
     if verify:
         name = (r["optimizer"] or {}).get("name", req.setting.optimizer)
         _run_profile(req.setting.with_optimizer(name), r["batch_size"], 3, None, fmt, backend)
+
+
+def _trial_array(setting, r, trials, memory, margin) -> dict:
+    from memtrain.profiler import trials as est_trials  # noqa: PLC0415
+
+    return est_trials.array_report(setting, r, trials, budget=memory, margin=margin)
 
 
 # -- profile ------------------------------------------------------------------------

@@ -10,20 +10,24 @@ from __future__ import annotations
 
 from memtrain.errors import ConfigError
 from memtrain.memory.budget import with_margin
+from memtrain.profiler.estimate import SCHEMA
 from memtrain.memory.trials import TRIAL_OBJECT_BYTES, array_plan
 from memtrain.validate import check_scalar
 
 MAX_TRIALS = 1_000_000
 
 
-def array_report(setting, batch_size: int, trials: int, *, budget: int | None = None, margin=None) -> dict:
+def array_report(setting, report: dict, trials: int, *, budget: int | None = None, margin=None) -> dict:
     """{"trials", "total", "categories", "fixed", "per_trial", "separate", "saved"} (and
-    "max_trials" with a budget): the array of `trials` copies of `setting` at `batch_size`
-    beside the same trials as separate jobs (each with its own data set, process and objects)."""
+    "max_trials" with a budget): the array of `trials` trials of `report`'s plan (estimate.report:
+    its optimizer and batch size, over `setting`) beside the same trials as separate jobs (each
+    with its own data set, process and objects)."""
     k = check_scalar(trials, "trials", int, min_val=1, max_val=MAX_TRIALS)
-    if setting.inference:
+    if report.get("schema") != SCHEMA:  # a table of several optimizers or batch sizes
+        raise ConfigError("trials: an array's estimate is of one plan; give one --optimizer and one --batch-size")
+    if setting.inference or not report.get("optimizer"):
         raise ConfigError("trials: an array trains; --inference has no trial array")
-    one = setting.plan(batch_size)
+    one = setting.with_optimizer(report["optimizer"]["name"]).plan(report["batch_size"])
     plan_at = lambda n: array_plan([one] * n, overhead_bytes=one.overhead_bytes,  # noqa: E731
                                    overhead_source=one.overhead_source)
     arr = plan_at(k)
