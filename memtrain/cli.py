@@ -139,7 +139,6 @@ def estimate(config, layers, activation, output, dropout, dtype, device, overhea
       memtrain estimate --layers 784,1024,1024,10 --optimizer adam --batch-size 256
       memtrain estimate --layers 784,1024,1024,10 --optimizer sgd,adam --batch-size 256
       memtrain estimate --layers 784,4096,4096,10 --optimizer adam --memory-limit 16GiB
-      memtrain estimate --layers 64,128,10 --batch-size 32 --trials 32 --memory-limit 1GiB
     """
     from memtrain import render  # noqa: PLC0415
     from memtrain.profiler import estimate as est  # noqa: PLC0415

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from memtrain.errors import ConfigError
 from memtrain.memory.budget import with_margin
-from memtrain.profiler.estimate import SCHEMA
 from memtrain.memory.trials import TRIAL_OBJECT_BYTES, array_plan
+from memtrain.profiler.estimate import SCHEMA
 from memtrain.validate import check_scalar
 
 MAX_TRIALS = 1_000_000
