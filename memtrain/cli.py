@@ -139,6 +139,7 @@ def estimate(config, layers, activation, output, dropout, dtype, device, overhea
       memtrain estimate --layers 784,1024,1024,10 --optimizer adam --batch-size 256
       memtrain estimate --layers 784,1024,1024,10 --optimizer sgd,adam --batch-size 256
       memtrain estimate --layers 784,4096,4096,10 --optimizer adam --memory-limit 16GiB
+      memtrain estimate --config job.toml --per-layer --format json
     """
     from memtrain import render  # noqa: PLC0415
     from memtrain.profiler import estimate as est  # noqa: PLC0415
@@ -153,8 +154,7 @@ def estimate(config, layers, activation, output, dropout, dtype, device, overhea
                             backend=backend, budget=memory, fused=fused)
     r = est.estimate(req, optimizer, batch_size, memory=memory, max_batch=max_batch, backend=backend, margin=margin,
                      multiple_of=multiple_of, power_of_two=power_of_two, per_layer=per_layer, gpus=gpus)
-    if trials:
-        r["trial_array"] = _trial_array(req.setting, r, trials, memory, margin)
+    _add_trial_array(r, req.setting, trials, memory, margin)
     if r["schema"] == est.TABLE_SCHEMA:
         _echo({"table": render.table_text, "json": render.to_json, "csv": render.table_csv}[fmt](r))
         return
@@ -166,10 +166,12 @@ def estimate(config, layers, activation, output, dropout, dtype, device, overhea
         _run_profile(req.setting.with_optimizer(name), r["batch_size"], 3, None, fmt, backend)
 
 
-def _trial_array(setting, r, trials, memory, margin) -> dict:
-    from memtrain.profiler import trials as est_trials  # noqa: PLC0415
+def _add_trial_array(r, setting, trials, memory, margin) -> None:
+    """--trials K: the report's "trial_array" (profiler/trials.py)."""
+    if trials:
+        from memtrain.profiler import trials as est_trials  # noqa: PLC0415
 
-    return est_trials.array_report(setting, r, trials, budget=memory, margin=margin)
+        r["trial_array"] = est_trials.array_report(setting, r, trials, budget=memory, margin=margin)
 
 
 # -- profile ------------------------------------------------------------------------
