@@ -71,11 +71,19 @@ def toml(job: dict) -> str:
     return "\n".join(top + tables) + "\n"
 
 
-def blas() -> list:
+def blas(way: str) -> list:
+    """The BLAS libraries loaded (threadpoolctl) and, for the torch ways, torch's own (its MKL is
+    linked in, where threadpoolctl does not see it)."""
     from threadpoolctl import threadpool_info  # noqa: PLC0415
 
-    return [f"{i.get('internal_api')} {i.get('version')} kernel {i.get('architecture')} threads {i.get('num_threads')}"
-            for i in threadpool_info() if i.get("user_api") == "blas"]
+    out = [f"{i.get('internal_api')} {i.get('version')} kernel {i.get('architecture')} threads {i.get('num_threads')}"
+           for i in threadpool_info() if i.get("user_api") == "blas"]
+    if way.startswith("torch"):
+        import torch  # noqa: PLC0415
+
+        out.insert(0, f"torch {torch.__version__} mkl {torch.backends.mkl.is_available()} "
+                      f"threads {torch.get_num_threads()}")
+    return out
 
 
 # -- the ways (each runs in its own child process) ----------------------------------------------
@@ -262,7 +270,7 @@ def child_main(way: str, scenario: str, k: int) -> None:
     train = globals()[f"way_{way}"](scenario, k)
     done.set()
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"train_seconds": train, "peak_rss": max(peak[0], own), "blas": blas()}))
+    print(json.dumps({"train_seconds": train, "peak_rss": max(peak[0], own), "blas": blas(way)}))
 
 
 def measure(way: str, scenario: str, k: int, env: dict) -> dict:
@@ -296,6 +304,7 @@ def main(argv=None) -> None:
     ap.add_argument("--scenarios", default="sweep,course,wide")
     ap.add_argument("--ks", default="1,8,32,128")
     ap.add_argument("--max-processes", type=int, default=32, help="run the processes way only up to this K")
+    ap.add_argument("--slow-runs", type=int, help="runs of the loop, processes and torch_loop ways (default --runs)")
     ap.add_argument("--torch-path", help="a directory holding torch, added to the torch ways' PYTHONPATH")
     args = ap.parse_args(argv)
     if args.child:
@@ -308,14 +317,15 @@ def main(argv=None) -> None:
     print(f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')} "
           f"OPENBLAS_L2_SIZE={os.environ.get('OPENBLAS_L2_SIZE', '(unset)')}; torch: "
           f"{'yes' if tenv else 'not importable, its ways are skipped'}; {os.cpu_count()} CPUs; medians of {args.runs}")
-    print(f"{'scenario':8s} {'K':>4s} {'way':11s} {'wall s':>8s} {'train s':>8s} {'peak RSS MiB':>13s}  BLAS")
+    print(f"{'scenario':8s} {'K':>4s} {'way':11s} {'n':>2s} {'wall s':>8s} {'train s':>8s} {'peak RSS MiB':>13s}  BLAS")
     for scenario, k in plan_runs(args):
         for way in args.ways.split(","):
             if (way.startswith("torch") and tenv is None) or (way == "processes" and k > args.max_processes):
                 continue
-            rs = [measure(way, scenario, k, tenv if way.startswith("torch") else env) for _ in range(args.runs)]
+            n = args.slow_runs if (args.slow_runs and way in ("loop", "processes", "torch_loop")) else args.runs
+            rs = [measure(way, scenario, k, tenv if way.startswith("torch") else env) for _ in range(n)]
             med = {f: statistics.median(r[f] for r in rs) for f in ("wall", "train_seconds", "peak_rss")}
-            print(f"{scenario:8s} {k:4d} {way:11s} {med['wall']:8.2f} {med['train_seconds']:8.2f} "
+            print(f"{scenario:8s} {k:4d} {way:11s} {len(rs):2d} {med['wall']:8.2f} {med['train_seconds']:8.2f} "
                   f"{med['peak_rss'] / 2**20:13.0f}  {'; '.join(rs[0]['blas'])}", flush=True)
 
 
