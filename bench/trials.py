@@ -305,6 +305,8 @@ def main(argv=None) -> None:
     ap.add_argument("--ks", default="1,8,32,128")
     ap.add_argument("--max-processes", type=int, default=32, help="run the processes way only up to this K")
     ap.add_argument("--slow-runs", type=int, help="runs of the loop, processes and torch_loop ways (default --runs)")
+    ap.add_argument("--threads", type=int, help="threads for every way's BLAS, OpenMP, numba and torch "
+                    "(default: each framework's own choice)")
     ap.add_argument("--torch-path", help="a directory holding torch, added to the torch ways' PYTHONPATH")
     args = ap.parse_args(argv)
     if args.child:
@@ -313,10 +315,16 @@ def main(argv=None) -> None:
     args.ks = [int(k) for k in args.ks.split(",")]
     args.scenarios = args.scenarios.split(",")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    if args.threads:
+        names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS",
+                 "MEMTRAIN_CPU_THREADS")
+        env.update(dict.fromkeys(names, str(args.threads)))
+        os.environ.update(dict.fromkeys(names, str(args.threads)))
     tenv = torch_env(args.torch_path)
     print(f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')} "
           f"OPENBLAS_L2_SIZE={os.environ.get('OPENBLAS_L2_SIZE', '(unset)')}; torch: "
-          f"{'yes' if tenv else 'not importable, its ways are skipped'}; {os.cpu_count()} CPUs; medians of {args.runs}")
+          f"{'yes' if tenv else 'not importable, its ways are skipped'}; {os.cpu_count()} CPUs; threads "
+          f"{args.threads or 'default'}; medians of n runs")
     print(f"{'scenario':8s} {'K':>4s} {'way':11s} {'n':>2s} {'wall s':>8s} {'train s':>8s} {'peak RSS MiB':>13s}  BLAS")
     for scenario, k in plan_runs(args):
         for way in args.ways.split(","):
