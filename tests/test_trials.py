@@ -53,7 +53,7 @@ def _sizes(output):
     return [6, 8, 5, 1 if output == "sigmoid" else 3]
 
 
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("dtype", ["float64", "float32", "float16"])
 def test_every_optimizer_is_exact(data, dtype):
     """All 12 optimizers in one array (their own slots, scalars and rates), with dropout on
     every other trial, l1/l2, clipping, a schedule and different epoch budgets."""
