@@ -25,7 +25,8 @@ def weight_stack(spec, flat_stack, i: int):
     g = next(g for g in spec.layout if g.layer == i and g.kind == "weight")
     view = flat_stack[:, g.offset : g.offset + g.size]
     out = view.reshape((view.shape[0], *g.shape))
-    assert out.base is not None  # a view, never a copy: the GEMM writes into the trials' own rows
+    # a view, never a copy (which would be contiguous: its row stride n k, not P, as b_i follows W_i)
+    assert out.strides[0] == flat_stack.strides[0]
     return out
 
 

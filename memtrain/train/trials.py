@@ -121,6 +121,7 @@ class TrialArray:
         self.validation = None if validation is None else (
             _rows(probe._inputs(validation[0]), spec0.dtype), probe.prepare_labels(validation[1]))
         del probe
+        self._device_data = {}
         self.plans, optimizers, fused_ok = self._trial_plans(fused)
         self.plan = array_plan(self.plans)
         self.arrays = {s.buffer.name: self.backend.xp.zeros(s.buffer.shape, dtype=s.buffer.dtype)
@@ -161,12 +162,30 @@ class TrialArray:
             tr = Trainer(model, optimizers[k], self.batch_size, schedule=s.schedule, clip_norm=s.clip_norm,
                          patience=s.patience, seed=s.seed, dataset_size=len(self.X), fused=fused_ok[k],
                          existing=views[k], cuda_graph=False)
+            self._share_data(tr)
             tr.attach_data(self.X, self.y, self.validation)
             own = [name for name, a in tr.arrays.items() if not _shares(a, views[k].get(name), self, name)]
             if own:  # the array's plan would not be what runs: a bug, not a user error
                 raise RuntimeError(f"trial {k}: buffers {own} are not the array's")
             results.append(TrialResult(k, s, tr))
         return results
+
+    def _share_data(self, tr) -> None:
+        """On a GPU the data set is copied to the device once, for every trial: the trainer finds
+        it among its arrays (attach_data keeps buffers it already has). On the CPU the trainers
+        adopt the array's host arrays themselves."""
+        if not self.backend.is_cuda:
+            return
+        if not self._device_data:
+            xp = self.backend.xp
+            data = {"data_x": self.X, "data_y": self.y}
+            if self.validation is not None:
+                data.update(val_x=self.validation[0], val_y=self.validation[1])
+            self._device_data = {name: xp.asarray(a) for name, a in data.items()}
+            self.X, self.y = self._device_data["data_x"], self._device_data["data_y"]
+            if self.validation is not None:
+                self.validation = self._device_data["val_x"], self._device_data["val_y"]
+        tr.arrays.update(self._device_data)
 
     def active(self) -> list:
         return [r for r in self.results if r.state == "training"]
