@@ -237,11 +237,20 @@ class TrialArray:
         B = self.batch_size
         b = min(B, len(self.X) - pos * B)
         s, runs = self._stack(b), self._runs(trials)
+        # a full batch on the CPU: one take per run of trials (its output, whole rows of the stacked
+        # batch buffers, is contiguous, so NumPy writes it in place); else each trial's own gather
+        stacked_gather = b == B and not self.backend.is_cuda
+        if stacked_gather:
+            for lo, hi in runs:
+                rows = self.arrays["order"][lo:hi, pos * B : pos * B + b]
+                np.take(self.X, rows, axis=0, out=s.x[lo:hi], mode="clip")
+                np.take(self.y, rows, axis=0, out=s.y[lo:hi], mode="clip")
         views, rngs = [], []
         for r in trials:
             tr = r.trainer
             v = tr.buffers.at(b)
-            _gather(self.X, self.y, tr.arrays["order"][pos * B : pos * B + b])(v, 0, b)
+            if not stacked_gather:
+                _gather(self.X, self.y, tr.arrays["order"][pos * B : pos * B + b])(v, 0, b)
             views.append(v)
             rngs.append(tr._dropout_rng(0))
         if trials[0].trainer.cpu is not None:
