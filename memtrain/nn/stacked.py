@@ -16,8 +16,9 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from memtrain.backend import array_module
+from memtrain.backend import array_module, small_ufunc_buffers
 from memtrain.nn import step
+from memtrain.nn.scores import REGRESSION, RegressionSums
 
 
 def weight_stack(spec, flat_stack, i: int):
@@ -177,3 +178,55 @@ def _relu_backward(s, trials, runs, j: int) -> None:
         xp.greater(z, 0, out=z)  # bool written as 0/1 into the float buffer, as ReLU.backward does
         z *= s.dA[j][lo:hi]
         xp.sum(z, axis=1, out=s.gb[j][lo:hi])
+
+
+def evaluate(stack_at, trials, X, y, *, relu: bool = False, softmax: bool = False) -> dict:
+    """nn/mlp.py evaluate_in for every trial at once: {trial: {"loss", "accuracy", "rmse", ...}}.
+    trials: (index, spec, layers, bufs) per trial, bufs its training StepBuffers; stack_at(b):
+    the stacked views at b rows. The batches are the ones evaluate_in takes, in its order, and
+    each trial's sums add up as there, so each result is the one the trial gets alone."""
+    spec = trials[0][1]
+    runs = runs_of(k for k, _, _, _ in trials)
+    n, B = X.shape[0], trials[0][3].B
+    total, correct = dict.fromkeys((t[0] for t in trials), 0.0), dict.fromkeys((t[0] for t in trials), 0)
+    sums = {t[0]: RegressionSums() for t in trials} if spec.output.name == "linear" else None
+    with small_ufunc_buffers():
+        for s0 in range(0, n, B):
+            b = min(B, n - s0)
+            s = stack_at(b)
+            for lo, hi in runs:
+                s.x[lo:hi] = X[s0 : s0 + b]  # the same rows for every trial
+                s.y[lo:hi] = y[s0 : s0 + b]
+            vs = [(k, sp, layers, bufs.at(b)) for k, sp, layers, bufs in trials]
+            _evaluate_forward(s, vs, runs, relu)
+            parts = softmax_loss(s, runs) if softmax else {k: step.loss_sum(sp, v) for k, sp, _, v in vs}
+            for k, sp, _, v in vs:
+                total[k] += parts[k]
+                c = sp.output.correct(v.out, v.y, v.rows, v.index)
+                correct[k] = None if c is None or correct[k] is None else correct[k] + c
+                if sums is not None:
+                    sums[k].add(v.out, v.y)
+    out = {}
+    for k in total:
+        out[k] = {"loss": total[k] / max(n, 1), "accuracy": None if correct[k] is None else correct[k] / max(n, 1)}
+        out[k].update(sums[k].scores(total[k], spec.sizes[-1]) if sums is not None else dict.fromkeys(REGRESSION))
+    return out
+
+
+def _evaluate_forward(s, vs, runs, relu: bool) -> None:
+    for _, _, _, v in vs:
+        step.forward_input(v, train=False)
+    L = vs[0][1].n_layers
+    h = s.x
+    for i in range(1, L + 1):
+        batched_matmul(h, s.W[i], s.z[i], runs)
+        if relu:
+            for lo, hi in runs:
+                z = s.z[i][lo:hi]
+                z += s.bias[i][lo:hi, None, :]
+                if i < L:
+                    array_module(z).maximum(z, 0, out=s.a[i][lo:hi])
+        else:
+            for _, sp, layers, v in vs:
+                step.forward_layer(sp, layers, v, i, train=False)
+        h = s.a[i] if i < L else None

@@ -360,13 +360,16 @@ class Trainer:
             self.restore_best()
         return self.history
 
-    def _end_epoch(self, n, seconds, val) -> dict:
+    def _end_epoch(self, n, seconds, val, ev=None) -> dict:
+        """ev: the validation's evaluate_in() result when the caller has it (a trial array evaluates
+        its trials together)."""
         self.epoch += 1
         self.position = 0
         record = {"epoch": self.epoch, "train_loss": self._epoch_loss / n, "lr": self.last_lr,
                   "grad_norm": self.last_grad_norm, "seconds": seconds}
         if val is not None:
-            ev = evaluate_in(self.spec, self.model.layers, self.buffers, val[0], val[1])
+            if ev is None:
+                ev = evaluate_in(self.spec, self.model.layers, self.buffers, val[0], val[1])
             record.update(val_loss=ev["loss"], val_accuracy=ev["accuracy"])
             record.update({f"val_{k}": ev[k] for k in REGRESSION if ev[k] is not None})
             if self.patience is not None:

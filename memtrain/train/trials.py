@@ -207,13 +207,23 @@ class TrialArray:
                 if trials:
                     self._step(trials)
             seconds = time.perf_counter() - t0
+            trials = [r for r in trials if r.state == "training"]
+            evs = self._evaluate(trials)
             for r in trials:
-                self._end_epoch(r, n, seconds, on_epoch)
+                self._end_epoch(r, n, seconds, on_epoch, evs.get(r.index))
         return self.results
 
-    def _end_epoch(self, r, n, seconds, on_epoch) -> None:
+    def _evaluate(self, trials) -> dict:
+        """The validation of every trial ending an epoch, together (CPU); {} = each on its own."""
+        if self.validation is None or self.backend.is_cuda or not trials:
+            return {}
+        relu, softmax = self._stacked_ops
+        return stacked.evaluate(self._stack, [(r.index, r.trainer.spec, r.trainer.model.layers, r.trainer.buffers)
+                                              for r in trials], *self.validation, relu=relu, softmax=softmax)
+
+    def _end_epoch(self, r, n, seconds, on_epoch, ev=None) -> None:
         tr = r.trainer
-        record = tr._end_epoch(n, seconds, self.validation)
+        record = tr._end_epoch(n, seconds, self.validation, ev)
         if on_epoch is not None:
             on_epoch(r, record)
         if tr.stopped_early or tr.epoch >= r.setting.epochs:
