@@ -18,6 +18,7 @@ from memtrain.launch.executor import Exit
 from memtrain.launch.worker import EXIT
 from memtrain.service.core import Service, Settings
 from memtrain.service.scheduler import JobConflict
+from memtrain.units import format_bytes
 
 GIB = 1024**3
 
@@ -103,7 +104,9 @@ def test_jobs_start_while_slots_and_bytes_last_and_the_launch_is_the_plan(servic
     assert launch.resources.planned_bytes == first["planned_bytes"] and launch.resources.overhead_bytes == 1000
     assert launch.resources.num_cpus == cpu.threads_per_job == first["threads"]
     assert launch.resources.device_capacity_bytes == cpu.budget_bytes
-    assert set(launch.env.values()) == {cpu.threads_per_job} and "OMP_NUM_THREADS" in launch.env
+    env = dict(launch.env)
+    assert env.pop("MEMTRAIN_PROCESS_OVERHEAD") == "1000"  # the worker takes off what the service counted
+    assert set(env.values()) == {cpu.threads_per_job} and "OMP_NUM_THREADS" in env
     assert launch.run_dir == first["run_dir"] and launch.log_path == f"{first['run_dir']}/job.log"
     assert launch.config["checkpoint"]["dir"] == f"{first['run_dir']}/checkpoints"
     assert launch.config["training"]["memory_limit"] == cpu.budget_bytes and launch.config["device"] == "cpu"
@@ -129,7 +132,7 @@ def test_a_job_waits_for_bytes_and_an_auto_job_takes_what_is_left(tmp_path):
         assert [s.store.get(i)["state"] for i in ids] == ["running", "running", "queued"]
         (slot,) = s.scheduler.slots()
         assert slot.committed == 2 * (planned + 100) <= budget
-        assert s.job(ids[2])["reason"] == "waiting: needs 415.68 KiB, 300 B free on cpu"
+        assert s.job(ids[2])["reason"] == f"waiting: needs {format_bytes(planned + 100)}, 300 B free on cpu"
         ex.exits[ids[0]] = Exit(0)
         ex.exits[ids[1]] = Exit(0)
         s.scheduler.tick()  # both end and the third starts within the same tick

@@ -66,7 +66,9 @@ class MemoryPlan:
     overhead_bytes: int = 0
     overhead_source: str = "none"  # "measured", "assumed", "given" or "none"
     micro_batch_size: int | None = None  # rows per forward/backward pass; None: the whole batch
-    fused: bool = False  # CPU: the step runs memtrain's fused kernels (no optimizer or activation scratch)
+    # the CPU step runs memtrain's numba kernels (no optimizer or activation scratch); False on a GPU,
+    # whose step is fused too but counts its own workspace, and for the NumPy reference path
+    numba_kernels: bool = False
 
     @property
     def rows(self) -> int:
@@ -155,7 +157,8 @@ def training_plan(spec, optimizer, batch_size: int, device: str = "cpu", *, micr
 
     `dataset_size` adds the epoch's permutation (host). `resident_rows` =
     (n_train, n_val) adds the data set itself, kept in the plan's memory (on a
-    GPU: resident on the device) instead of streamed batch by batch.
+    GPU: resident on the device) instead of streamed batch by batch; a third
+    count, n_test, adds the test split a CPU job holds until its final evaluation.
 
     `fused` (CPU): the step runs memtrain's fused CPU kernels (kernels/cpu), which
     need neither the optimizer's chunk scratch nor an activation scratch; False
@@ -180,7 +183,7 @@ def training_plan(spec, optimizer, batch_size: int, device: str = "cpu", *, micr
     bufs += _loss_buffers(spec, b)
     bufs += step_workspace(spec, optimizer, device, fused=fused)
     return MemoryPlan("train", B, device, tuple(bufs), int(overhead_bytes), overhead_source,
-                      micro_batch_size=b, fused=fused)
+                      micro_batch_size=b, numba_kernels=fused)
 
 
 def _activation_buffers(spec, b: int, fused: bool) -> list:
@@ -239,12 +242,12 @@ def step_workspace(spec, optimizer, device: str, *, fused: bool = True) -> list:
 
 
 def _data_buffers(spec, b, dataset_size, resident_rows) -> list:
-    """The batch, the epoch's permutation, and a resident data set (train and validation)."""
+    """The batch, the epoch's permutation, and a resident data set (train, validation[, test])."""
     dt, width = spec.dtype.name, spec.sizes[0]
     bufs = [Buffer("x", "data", (b, width), dt, batched=True), _label_buffer(spec, b)]
     if dataset_size:
         bufs.append(Buffer("order", "data", (int(dataset_size),), INTP))
-    for prefix, n in zip(("data", "val"), resident_rows or ()):
+    for prefix, n in zip(("data", "val", "test"), resident_rows or ()):
         if n:
             bufs.append(Buffer(f"{prefix}_x", "data", (int(n), width), dt))
             label = _label_buffer(spec, int(n))

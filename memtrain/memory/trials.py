@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from memtrain.errors import ConfigError
 from memtrain.memory.plan import Buffer, MemoryPlan
 
-SHARED = ("data_x", "data_y", "val_x", "val_y")  # one copy for the whole array
+SHARED = ("data_x", "data_y", "val_x", "val_y", "test_x", "test_y")  # one copy for the whole array
 # A trial's Python objects (its Trainer, plan, views, history records): about 23 KiB per trial,
 # measured with tracemalloc for K = 20 and 40 (tests/test_trials.py holds the plan to it)
 TRIAL_OBJECT_BYTES = 24 * 1024
@@ -72,4 +72,4 @@ def array_plan(plans: list, *, overhead_bytes: int = 0, overhead_source: str = "
     bufs = tuple(s.buffer for s in stacks(plans)) + tuple(data.values())
     overhead = int(overhead_bytes) + len(plans) * TRIAL_OBJECT_BYTES
     return MemoryPlan("train", first.batch_size, first.device, bufs, overhead, overhead_source,
-                      micro_batch_size=first.micro_batch_size, fused=first.fused)
+                      micro_batch_size=first.micro_batch_size, numba_kernels=first.numba_kernels)

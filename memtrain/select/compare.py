@@ -24,7 +24,8 @@ from memtrain.nn.scores import REGRESSION
 from memtrain.optim import make_optimizer
 from memtrain.profiler.autobatch import auto_batch
 from memtrain.render import _table, score_cell
-from memtrain.train.job import Job, load_job_data
+from memtrain.train.job import Job
+from memtrain.train.jobplan import load_job_data
 from memtrain.units import format_bytes
 
 REPORT_SCHEMA = "memtrain.compare/1"

@@ -23,15 +23,14 @@ from pathlib import Path
 
 from memtrain.errors import ConfigError, JobFailed, MemtrainError
 from memtrain.jsonable import plain
-from memtrain.memory import overhead as ovh
 from memtrain.nn.scores import ALL as SCORES
 from memtrain.profiler.autobatch import auto_batch
-from memtrain.profiler.jobplan import data_rows, job_setting
 from memtrain.render import _table, score_cell
 from memtrain.select import space as sp
 from memtrain.select.compare import summarize
 from memtrain.select.planner import plan_waves
 from memtrain.train.job import Job
+from memtrain.train.jobplan import counted_overhead, data_rows, footprint, is_resident, job_setting
 from memtrain.units import format_bytes
 
 RECORD_SCHEMA = "memtrain.sweep-trial/1"
@@ -42,9 +41,10 @@ RESULTS = "results.jsonl"
 class TrialPlan:
     trial: sp.Trial
     cfg: object  # JobConfig
-    planned_bytes: int  # what the trial reserves: its plan at its batch, or its whole limit for "auto"
+    planned_bytes: int  # what the trial reserves: its plan at its batch plus the overhead, or its whole limit for "auto"
     batch: object  # int or "auto"
     reason: str = ""  # why it cannot run (empty when it can)
+    overhead: tuple = (0, "none")  # (bytes, source) in planned_bytes: each trial's process (CPU) or CUDA context
 
 
 # -- planning -------------------------------------------------------------------------------
@@ -55,17 +55,18 @@ def plan_trials(sweep, trials, *, output_dir, budget: int, device_kind: str, met
     for a value the job would refuse, before anything runs."""
     rows = {}
     out = []
+    over = counted_overhead(device_kind)  # one figure for every trial: each runs in its own process
     for t in trials:
         try:
             cfg = sp.trial_config(sweep, t, output_dir=output_dir, metrics_port=metrics_port)
-            tp = _plan_trial(t, cfg, rows, budget, device_kind)
+            tp = _plan_trial(t, cfg, rows, budget, device_kind, over)
         except MemtrainError as exc:
             raise ConfigError(f"trial {t.id} {_params_text(t.params)}: {exc}") from None
         out.append(tp)
     return out
 
 
-def _plan_trial(t, cfg, rows, budget, device_kind) -> "TrialPlan":
+def _plan_trial(t, cfg, rows, budget, device_kind, over) -> "TrialPlan":
     spec, d = cfg.model_spec(), cfg.data
     key = (d.dataset, d.validation, d.validation_dataset, d.test, cfg.seed, spec.dtype.name, spec.output.name,
            spec.sizes[-1], d.label_column)
@@ -75,26 +76,25 @@ def _plan_trial(t, cfg, rows, budget, device_kind) -> "TrialPlan":
     if r.n_features != spec.sizes[0]:
         raise ConfigError(f"model.layers: the first size must equal the data's {r.n_features} features, "
                           f"got {spec.sizes[0]}")
-    over = ovh.assumed(device_kind)[0]  # each worker process holds its own CUDA context
-    resident = device_kind == "cpu" or r.nbytes <= d.resident_share * budget
-    setting = job_setting(cfg, device_kind, r if resident else None, over)
+    limit = cfg.training.memory_limit  # the trial's job decides with its own limit when it has one
+    resident = is_resident(device_kind, r.nbytes, budget if limit is None else min(limit, budget), d.resident_share)
+    setting = job_setting(cfg, device_kind, r if resident else None)
     batch = cfg.training.batch_size
-    one = setting.plan(1).total
+    one = footprint(setting.plan(1).total, over[0])
     if batch == "auto":
-        limit = cfg.training.memory_limit
         reserve = budget if limit is None else min(limit, budget)
         cfg = cfg.with_overrides({"training.memory_limit": reserve})  # the job's auto batch fits what was reserved
         reason = "" if one <= reserve else (f"needs {format_bytes(one)} at batch 1; the budget is "
                                            f"{format_bytes(budget)}")
-        return TrialPlan(t, cfg, reserve if not reason else one, batch, reason)
-    total = setting.plan(batch).total
+        return TrialPlan(t, cfg, reserve if not reason else one, batch, reason, over)
+    total = footprint(setting.plan(batch).total, over[0])
     reason = ""
     if one > budget:
         reason = f"needs {format_bytes(one)} even at batch 1; the budget is {format_bytes(budget)}"
     elif total > budget:
         reason = (f"needs {format_bytes(total)} at batch {batch}; the budget is {format_bytes(budget)} "
                   "(batch_size = \"auto\" would fit)")
-    return TrialPlan(t, cfg, total, batch, reason)
+    return TrialPlan(t, cfg, total, batch, reason, over)
 
 
 # -- results.jsonl -----------------------------------------------------------------------------
@@ -279,6 +279,9 @@ def schedule_text(sweep, plans, schedule, done, budget, budget_source, workers) 
     lines = [f"sweep     {sweep.name}: {sweep.method} search, {len(plans)} trial(s): {len(done & {tp.trial.id for tp in plans})} "
              f"finished, {ready} to run, {sum(1 for tp in plans if tp.reason)} skipped",
              f"budget    {format_bytes(budget)} ({budget_source}), at most {workers} at a time"]
+    if plans:
+        nbytes, source = plans[0].overhead
+        lines.append(f"overhead  {format_bytes(nbytes)} per trial ({source}), in each trial's bytes")
     by_id = {tp.trial.id: tp for tp in plans}
     for n, wave in enumerate(schedule.waves, 1):
         total = sum(by_id[k].planned_bytes for k in wave)

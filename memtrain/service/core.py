@@ -120,7 +120,7 @@ class Service:
                                         max_runtime=self.settings.max_runtime)
             mine = [d for d in self.devices if d.kind == checked.device_kind]
             plans = {d.name: planning.plan(checked, d.budget_bytes) for d in mine}
-            fits = [d for d in mine if plans[d.name].total + d.overhead_bytes <= d.budget_bytes]
+            fits = [d for d in mine if d.footprint(plans[d.name].total) <= d.budget_bytes]
             if not fits:
                 best = max(mine, key=lambda d: d.budget_bytes)
                 raise planning.NeverFits(planning.never_fits_message(
@@ -202,7 +202,7 @@ class Service:
     def _check_quota(self, checked, p, device, user: str) -> None:
         """422 for a job its user's quota could never hold, even with none of their jobs running."""
         limit = self.scheduler.limits.limit(user)
-        need = (p.min_total if checked.batch == "auto" else p.total) + device.overhead_bytes
+        need = device.footprint(p.min_total if checked.batch == "auto" else p.total)
         if limit is not None and need > limit:
             raise planning.NeverFits(f"never fits user {user}'s quota: needs {format_bytes(need)} (plan and process "
                                      f"overhead), the quota is {format_bytes(limit)}")
@@ -285,7 +285,7 @@ class Service:
         for d in self.devices:
             mine = [j for j in running if j["device"] == d.name]
             try:
-                free_now = devs.capacity(d.name)
+                free_now = devs.free_now(d.name)
             except Exception:  # NVML gone: the field is left out, the page still renders
                 free_now = None
             out.append({"device": d.name, "capacity_bytes": d.budget_bytes,

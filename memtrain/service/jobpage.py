@@ -176,7 +176,7 @@ def _memory_chart(row, history, samples, service) -> svg.Chart:
                          levels=levels, y_zero=True, y_binary=True, y_format=_bytes_tick)
     device = next((d for d in service.devices if d.name == row["device"]), None)
     if device is not None:
-        levels.append(("plan + overhead", planned + device.overhead_bytes, "#a56400"))
+        levels.append(("plan + overhead", device.footprint(planned), "#a56400"))
     return svg.Chart("Memory over time", [svg.Series("resident", rss, svg.COLORS[0]), peak],
                      x_label="seconds since the first sample", levels=levels, y_zero=True, y_binary=True,
                      y_format=_bytes_tick)

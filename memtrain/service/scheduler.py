@@ -203,9 +203,9 @@ class Scheduler:
         return admission.Quota(self.limits.default, self.limits.per_user, used)
 
     def waiting(self, job: dict) -> admission.Waiting:
-        over = min((d.overhead_bytes for d in self.devices.values() if d.kind == job["device_kind"]), default=0)
         auto = job["batch_request"] == "auto"
-        need = (job["min_bytes"] if auto else job["planned_bytes"]) + over
+        plan = job["min_bytes"] if auto else job["planned_bytes"]
+        need = min((d.footprint(plan) for d in self.devices.values() if d.kind == job["device_kind"]), default=plan)
         return admission.Waiting(job["id"], job["device_kind"], need, job["queued_at"], auto, job["priority"],
                                  job["user"])
 
@@ -221,7 +221,7 @@ class Scheduler:
         def reserve(w, slot, room):
             job = by_id[w.id]
             chosen[w.id] = self._batch_for(job, self.devices[slot.name], room)
-            return chosen[w.id][1] + self.devices[slot.name].overhead_bytes
+            return self.devices[slot.name].footprint(chosen[w.id][1])
 
         starts = admission.admit([self.waiting(j) for j in queued], self.slots(), now(), self.head_wait, reserve,
                                  self.quota())
@@ -243,7 +243,7 @@ class Scheduler:
                 continue
             room = device.budget_bytes if left is None else min(device.budget_bytes, left)
             batch, total, by_category = self._batch_for(job, device, room)
-            quota.used[w.user] = quota.used.get(w.user, 0) + total + device.overhead_bytes
+            quota.used[w.user] = quota.used.get(w.user, 0) + device.footprint(total)
             self._start(job, device, batch, total, by_category, handed_over=True)
 
     def _watch_handed_over(self) -> None:
@@ -311,12 +311,12 @@ class Scheduler:
         port = self._metrics_port() if self.metrics_ports else None
         cfg = planning.launch_config(job["config"], run_dir, batch=batch, memory_limit=device.budget_bytes,
                                      metrics_port=port, metrics_host=self.metrics_host,
-                                     device=planning.device_of(device.kind, device.name))
+                                     device=planning.worker_device(device.kind))
         threads = device.threads_per_job
-        env = dict.fromkeys(THREAD_VARS, threads)  # BLAS and the fused CPU kernels alike
+        env = dict.fromkeys(THREAD_VARS, threads) | planning.worker_env(device)  # BLAS and the CPU kernels; the overhead
         if device.kind == "cuda":  # by uuid: NVML's index (cuda:N here) need not be CUDA's ordinal
             env["CUDA_VISIBLE_DEVICES"] = measure.cuda_visible_id(device.uuid) if device.uuid else device.index
-        reserved = total + device.overhead_bytes
+        reserved = device.footprint(total)
         launch = Launch(job["id"], cfg, str(run_dir), str(run_dir / "job.log"), device.name, port, self.metrics_host,
                         env=env,
                         resources=Resources(total, device.overhead_bytes, threads, device.budget_bytes))

@@ -263,8 +263,7 @@ class TrialArray:
                 _gather(self.X, self.y, tr.arrays["order"][pos * B : pos * B + b])(v, 0, b)
             views.append(v)
             rngs.append(tr._dropout_rng(0))
-        if trials[0].trainer.cpu is not None:
-            trials[0].trainer.cpu.use_threads()
+        trials[0].trainer.kernels.begin()  # numba's thread count for this thread (the trials share it)
         relu, softmax = self._stacked_ops
         stacked.forward(s, [(r.trainer.spec, r.trainer.model.layers, v, g)
                             for r, v, g in zip(trials, views, rngs, strict=True)], runs, relu=relu)
