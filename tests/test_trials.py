@@ -202,3 +202,21 @@ def test_the_array_plan_is_what_it_allocates():
         b.nbytes for p in plans for b in p.buffers if b.category == "data") - 4 * data
     again = array_plan(plans, overhead_bytes=10 << 20)
     assert again.total == sum(p.total for p in plans) - 4 * data + (10 << 20) + 5 * TRIAL_OBJECT_BYTES
+
+
+def test_stop_one_trial_then_the_rest(data):
+    """stop(k) takes one trial out after the current step (the others go on exactly as alone);
+    stop() ends the array."""
+    X, Xv, labels = data
+    y, yv = labels["softmax"]
+    spec = ModelSpec.create(_sizes("softmax"), "relu", "softmax", dtype="float64")
+    settings = [TrialSetting(spec, "adam", {"lr": 0.01}, seed=k, epochs=3) for k in range(3)]
+    array = TrialArray(settings, X, y, (Xv, yv), batch_size=B)
+    array.train(on_epoch=lambda r, rec: array.stop(1, "cancel") if r.index == 0 and rec["epoch"] == 1 else None)
+    states = [r.state for r in array.results]
+    assert states == ["finished", "stopped", "finished"] and array.results[1].message == "stopped on cancel"
+    assert array.results[1].trainer.epoch == 1
+    check_alone([array.results[0], array.results[2]], X, y, (Xv, yv))
+    again = TrialArray(settings, X, y, (Xv, yv), batch_size=B)
+    again.train(on_epoch=lambda r, rec: again.stop())
+    assert [r.trainer.epoch for r in again.results] == [1, 1, 1] and not again.active()

@@ -76,7 +76,7 @@ class TrialResult:
     index: int
     setting: TrialSetting
     trainer: Trainer
-    state: str = "training"  # then "finished", "stopped_early" or "failed"
+    state: str = "training"  # then "finished", "stopped_early", "failed" or "stopped" (stop())
     message: str = ""
 
     @property
@@ -189,6 +189,14 @@ class TrialArray:
 
     def active(self) -> list:
         return [r for r in self.results if r.state == "training"]
+
+    def stop(self, index: int | None = None, reason: str = "stop") -> None:
+        """Stop one trial (index) or all, after the step running now: a cancel, from any thread.
+        A stopped trial keeps its parameters and counters as they are (its Trainer's state_arrays
+        and state_meta say where it stopped); the others train on."""
+        for r in self.results if index is None else [self.results[index]]:
+            if r.state == "training":
+                r.state, r.message = "stopped", f"stopped on {reason}"
 
     def train(self, on_epoch=None) -> list:
         """Train every trial to its end (its epochs, early stopping, or failure); returns the results.
