@@ -3,8 +3,10 @@
 1. Expand the space into trials (space.py) and build each trial's job.
 2. Plan each trial's memory with the trainer's own plan (Setting(...).plan(batch));
    a trial that does not fit the budget is reported and skipped, never run.
-3. Pack the rest into waves (planner.py): the trials of a wave run at the same
-   time in worker processes, their plans together within the budget.
+3. Hand the rest to the service's scheduler (select/runner.py): a trial starts when its
+   plan fits the budget beside the running ones, at most `workers` at once, in worker
+   processes (in this process with one worker); one killed by a signal resumes from its
+   checkpoint.
 4. Append one JSON line per finished trial to OUTPUT_DIR/results.jsonl with a
    single os.write on an O_APPEND descriptor and an fsync, so a killed sweep
    loses no finished trial; `--resume` skips the trials already there.
@@ -28,7 +30,6 @@ from memtrain.profiler.autobatch import auto_batch
 from memtrain.render import _table, score_cell
 from memtrain.select import space as sp
 from memtrain.select.compare import summarize
-from memtrain.select.planner import plan_waves
 from memtrain.train.job import Job
 from memtrain.train.jobplan import counted_overhead, data_rows, footprint, is_resident, job_setting
 from memtrain.units import format_bytes
@@ -178,52 +179,34 @@ def make_record(sweep, tp: TrialPlan, outcome: dict) -> dict:
     return rec
 
 
-def run_sweep(sweep, *, output_dir, budget: int, budget_source: str = "given", workers: int = 1,
+def run_sweep(sweep, *, output_dir, budget: int, budget_source: str = "given", workers: int | None = 1,
               device_kind: str = "cpu", resume: bool = False, dry_run: bool = False, metrics_port=None,
               runner=None, log=print, executor=None, max_attempts: int = 2) -> dict:
     """Plan, print the schedule, run it (unless dry_run), and return the report.
 
-    `runner(cfg) -> outcome` runs one trial (default run_trial; a trial runs in a
-    worker process when its wave has more than one trial, so the runner must then be
-    importable by name). With an `executor` (memtrain.launch: Ray) the trials run
-    through it instead of local waves (select/sweep_launch.py); `workers` then caps
-    the trials handed to it at once (None: no cap)."""
+    The trials go to the service's scheduler (select/runner.py) with one device: `budget`
+    bytes, at most `workers` trials at once (None: no count limit, with an executor that
+    places by itself). They run in worker processes (memtrain.launch.local), through
+    `executor` when one is given (Ray), or in this process one at a time with one worker
+    or a `runner(cfg) -> outcome` given from code (default run_trial)."""
     out = Path(output_dir)
-    trials = sp.expand(sweep)
-    plans = plan_trials(sweep, trials, output_dir=out, budget=budget, device_kind=device_kind,
+    plans = plan_trials(sweep, sp.expand(sweep), output_dir=out, budget=budget, device_kind=device_kind,
                         metrics_port=metrics_port)
     results_path = out / RESULTS
     records, warnings = read_results(results_path)
     for w in warnings:
         log(f"warning   {w}")
-    if records and not resume and not dry_run:
-        raise ConfigError(f"output-dir: {results_path} already holds {len(records)} trial(s) of an earlier sweep; "
-                         "pass --resume to continue it, or choose another --output-dir (nothing was overwritten)")
-    other = {r.get("base") for r in records} - {sweep.base_hash()}
-    if records and other:
-        raise ConfigError(f"output-dir: {results_path} holds trials of a different base job; "
-                         "choose another --output-dir")
+    _check_earlier(sweep, records, results_path, resume, dry_run)
     done = {r["trial"] for r in records} if resume else set()
-    by_id = {tp.trial.id: tp for tp in plans}
     runnable = [tp for tp in plans if not tp.reason and tp.trial.id not in done]
-    if executor is not None:
-        from memtrain.select import sweep_launch as sl  # noqa: PLC0415
-
-        log(sl.schedule_text(sweep, plans, done, budget, budget_source, workers, executor.name,
-                             _params_text))
-        outcomes = sl.run_trials(runnable, executor, lambda tp: sl.trial_launch(tp, device_kind=device_kind,
-                                                                                capacity=budget),
-                                 workers=workers, max_attempts=max_attempts, log=log)
-    else:
-        schedule = plan_waves([(tp.trial.id, tp.planned_bytes) for tp in runnable], budget, workers)
-        assert not schedule.skipped  # every runnable plan fits on its own (checked in plan_trials)
-        log(schedule_text(sweep, plans, schedule, done, budget, budget_source, workers))
-        outcomes = _run_waves(schedule, by_id, runner or run_trial, log)
+    in_process = executor is None and (runner is not None or workers == 1)
+    log(schedule_text(sweep, plans, done, budget, budget_source, 1 if in_process else workers,
+                      "this process" if in_process else (executor.name if executor else "worker processes")))
     if dry_run:
         return report(sweep, records, plans)
-
     out.mkdir(parents=True, exist_ok=True)
-    for tp, outcome in outcomes:
+    for tp, outcome in _run(runnable, device_kind, budget, budget_source, workers, runner, executor, max_attempts,
+                            log):
         rec = make_record(sweep, tp, outcome)
         append_result(results_path, rec)
         records.append(rec)
@@ -233,25 +216,40 @@ def run_sweep(sweep, *, output_dir, budget: int, budget_source: str = "given", w
     return report(sweep, records, plans)
 
 
-def _run_waves(schedule, by_id, runner, log):
-    for n, wave in enumerate(schedule.waves, 1):
-        log(f"wave {n}/{len(schedule.waves)}  " + ", ".join(wave))
-        yield from _run_wave([by_id[k] for k in wave], runner)
+def _check_earlier(sweep, records, results_path, resume, dry_run) -> None:
+    if records and not resume and not dry_run:
+        raise ConfigError(f"output-dir: {results_path} already holds {len(records)} trial(s) of an earlier sweep; "
+                         "pass --resume to continue it, or choose another --output-dir (nothing was overwritten)")
+    other = {r.get("base") for r in records} - {sweep.base_hash()}
+    if records and other:
+        raise ConfigError(f"output-dir: {results_path} holds trials of a different base job; "
+                         "choose another --output-dir")
 
 
-def _run_wave(wave, runner):
-    """Yields (TrialPlan, outcome) as trials finish: in this process for a wave of one,
-    else one worker process per trial (spawned: a forked NumPy can deadlock)."""
-    if len(wave) == 1:
-        yield wave[0], runner(wave[0].cfg)
-        return
-    import multiprocessing  # noqa: PLC0415
-    from concurrent.futures import ProcessPoolExecutor, as_completed  # noqa: PLC0415
+def _run(plans, device_kind, budget, budget_source, workers, runner, executor, max_attempts, log):
+    """Yields (TrialPlan, outcome) as trials end, through the scheduler."""
+    import os  # noqa: PLC0415
 
-    with ProcessPoolExecutor(max_workers=len(wave), mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(runner, tp.cfg): tp for tp in wave}
-        for f in as_completed(futures):
-            yield futures[f], f.result()
+    from memtrain.select import runner as rn  # noqa: PLC0415
+
+    by_id = {tp.trial.id: tp for tp in plans}
+    if executor is None and (runner is not None or workers == 1):
+        from memtrain.launch.inprocess import InProcessExecutor  # noqa: PLC0415
+
+        call = runner or run_trial
+        executor, workers = InProcessExecutor(lambda launch: call(by_id[launch.job_id].cfg)), 1
+    elif executor is None:
+        from memtrain.launch.local import LocalExecutor  # noqa: PLC0415
+
+        executor = LocalExecutor()
+    threads = 1 if hasattr(executor, "admits") or not workers else max(1, (os.cpu_count() or 1) // workers)
+    # each trial's bytes hold its process overhead (plan_trials); the scheduler adds it back as it
+    # does for a service job, and tells the worker the figure it was admitted with
+    over = plans[0].overhead if plans else (0, "none")
+    dev = rn.device(device_kind, budget, budget_source, workers, threads, over)
+    tasks = [rn.Task(tp.trial.id, tp.cfg, tp.planned_bytes - tp.overhead[0]) for tp in plans]
+    for task, job, value in rn.run_tasks(tasks, dev, executor, max_attempts=max_attempts, log=log):
+        yield by_id[task.id], value if value is not None else rn.written_outcome(job)
 
 
 # -- report --------------------------------------------------------------------------------
@@ -274,19 +272,21 @@ def report(sweep, records, plans) -> dict:
             "note": "ranked by the validation metric; test metrics are reported, never used to choose"}
 
 
-def schedule_text(sweep, plans, schedule, done, budget, budget_source, workers) -> str:
-    ready = sum(1 for tp in plans if not tp.reason and tp.trial.id not in done)
-    lines = [f"sweep     {sweep.name}: {sweep.method} search, {len(plans)} trial(s): {len(done & {tp.trial.id for tp in plans})} "
-             f"finished, {ready} to run, {sum(1 for tp in plans if tp.reason)} skipped",
-             f"budget    {format_bytes(budget)} ({budget_source}), at most {workers} at a time"]
+def schedule_text(sweep, plans, done, budget, budget_source, workers, where: str) -> str:
+    """The plan as printed before a sweep starts: each trial's memory; the scheduler starts a trial
+    when its plan fits the budget beside the running ones."""
+    ready = [tp for tp in plans if not tp.reason and tp.trial.id not in done]
+    at_once = "" if workers is None else f", at most {workers} at a time"
+    lines = [f"sweep     {sweep.name}: {sweep.method} search, {len(plans)} trial(s): "
+             f"{len(done & {tp.trial.id for tp in plans})} finished, {len(ready)} to run, "
+             f"{sum(1 for tp in plans if tp.reason)} skipped",
+             f"budget    {format_bytes(budget)} ({budget_source}); a trial starts in {where} when its plan fits "
+             f"beside the running ones{at_once}"]
     if plans:
         nbytes, source = plans[0].overhead
         lines.append(f"overhead  {format_bytes(nbytes)} per trial ({source}), in each trial's bytes")
-    by_id = {tp.trial.id: tp for tp in plans}
-    for n, wave in enumerate(schedule.waves, 1):
-        total = sum(by_id[k].planned_bytes for k in wave)
-        lines.append(f"wave {n:<4} {format_bytes(total)}: " + "; ".join(
-            f"{k} {_params_text(by_id[k].trial.params)} {format_bytes(by_id[k].planned_bytes)}" for k in wave))
+    for tp in ready:
+        lines.append(f"trial     {tp.trial.id} {_params_text(tp.trial.params)} {format_bytes(tp.planned_bytes)}")
     for tp in plans:
         if tp.reason:
             lines.append(f"skipped   {tp.trial.id} {_params_text(tp.trial.params)}: {tp.reason}")

@@ -160,9 +160,9 @@ def to_json(checked: Checked) -> dict:
             "data_bytes": checked.data_bytes}
 
 
-def restore(job: dict) -> Checked:
+def restore(job) -> Checked:
     """The Checked of a stored job (its `checked` column)."""
-    d = dict(job["checked"])
+    d = dict(job.checked)
     d["rows"] = tuple(d["rows"])
     return Checked(**d)
 

@@ -35,7 +35,7 @@ from memtrain.nn.mlp import MLP
 from memtrain.nn.scores import ALL as SCORES
 from memtrain.train import checkpoint as ckpt
 from memtrain.train.history import RunHistory, config_hash, trainer_history
-from memtrain.train.joblog import JobLog, Progress, epoch_line, plan_line, summary_text
+from memtrain.train.joblog import JobLog, ProgressBar, epoch_line, plan_line, summary_text
 from memtrain.train.jobplan import (
     batch_cap,
     batch_multiple,
@@ -68,10 +68,10 @@ class Job:
     any work), then run(); read `state` while it runs and `summary` after it."""
 
     def __init__(self, cfg, *, log_format="text", progress=True, stream=None, install_signals=True,
-                 batch_solver=None, run_info=None):
+                 batch_solver=None, run_info=None, on_event=None):
         self.cfg = cfg
         self.run_info = dict(run_info or {})  # RunInfo fields a caller adds to run.json (the service: name, job_id)
-        self.log = JobLog(log_format, stream or sys.stdout)
+        self.log = JobLog(log_format, stream or sys.stdout, on_event)  # on_event(event, fields): every log event
         # the bar redraws one line: on a terminal only (a log file or a pipe gets the epoch lines)
         self.show_progress = progress and log_format == "text" and _isatty(self.log.stream)
         self.install_signals = install_signals
@@ -92,7 +92,7 @@ class Job:
         self._history_open = False  # start() was called: every ending must finish() it
         self._epoch_samples = 0
         self._events_logged = 0  # trainer.events already in the log
-        self._rate = Progress(False, 0, None)  # its smoothed samples/s, for the epoch lines and the history
+        self._rate = ProgressBar(False, 0, None)  # its smoothed samples/s, for the epoch lines and the history
         self.summary = None
         self.stop_reason = None  # set by stop(): a signal name or "stop"
         self.failure = None
@@ -257,7 +257,7 @@ class Job:
                      "runs/N)", output_dir=str(self.out_dir))
         cfg, ds = self.cfg, self.data
         steps_per_epoch = self.steps_per_epoch = -(-len(ds.X_train) // self.batch_size)
-        self._bar = Progress(self.show_progress, steps_per_epoch, self.log.stream)
+        self._bar = ProgressBar(self.show_progress, steps_per_epoch, self.log.stream)
         if not self.backend.is_cuda:
             # imports a first step would make (scipy.special, numba and its compiled kernels) are not the plan's memory
             _warm_up(self.spec, cfg.optimizer.make() if cfg.training.fused else None)
