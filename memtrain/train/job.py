@@ -213,9 +213,9 @@ class Job:
         share_of = t.memory_limit if (t.memory_limit is not None or not backend.is_cuda) else device_budget(backend)[0]
         self.resident = is_resident(backend.kind, rows.nbytes, share_of, self.cfg.data.resident_share)
         self.setting = job_setting(self.cfg, backend.kind, rows if self.resident else None)
-        # a memory_limit is the job's whole memory: on the CPU the process overhead is taken from it
-        self.budget = None if t.memory_limit is None else job_budget(backend.kind, t.memory_limit,
-                                                                     "training.memory_limit")
+        # a memory_limit is the job's whole memory: the process overhead (CPU) or the CUDA context is taken from it
+        self.budget = None if t.memory_limit is None else job_budget(
+            backend.kind, t.memory_limit, "training.memory_limit", backend=backend if backend.is_cuda else None)
         if self.budget is not None:
             self.budget.check("training.memory_limit")
         # on the CPU the data set (its test split too) is in memory already when the free memory is read
@@ -682,5 +682,5 @@ def _limit_text(budget) -> str:
     """Where the room a fixed batch is checked against came from."""
     if budget is None or not budget.overhead:
         return "training.memory_limit"
-    return (f"training.memory_limit {format_bytes(budget.limit)} less the process overhead "
+    return (f"training.memory_limit {format_bytes(budget.limit)} less the {budget.overhead_kind} overhead "
             f"{format_bytes(budget.overhead)}, {budget.overhead_source}")
