@@ -286,6 +286,28 @@ def test_a_retried_job_waits_from_its_requeue_and_keeps_no_scrape_target(service
     assert out.queued_at > out.submitted_at and out.queued_at >= out.started_at + 5
 
 
+def test_a_job_another_executor_held_is_not_scraped_at_its_old_address_while_it_starts(tmp_path):
+    """Handed to a cluster that had not started it, then a restart with another executor: recover()
+    takes the job back (its handle is of no use here) and it starts here; Prometheus's target list
+    never names the cluster's address for it, not even while its process starts."""
+    first = make(tmp_path)
+    no_room(first)
+    job_id = submit(first)
+    first.store.update(job_id, executor="ray", ref=json.dumps("actor-1"), metrics_target="10.0.0.7:9100")
+    first.stop()
+    second = make(tmp_path)
+    try:
+        second.scheduler.recover()
+        assert second.store.get(job_id).ref is None
+        seen = []
+        second.ex.on_start = lambda launch: seen.append((second.store.get(launch.job_id).state, second.targets()))
+        second.scheduler.tick()
+        assert seen == [("running", [])] and second.targets() == []
+        assert second.store.get(job_id).executor == "scripted"
+    finally:
+        second.stop()
+
+
 # -- metrics ports ---------------------------------------------------------------------------------
 
 
