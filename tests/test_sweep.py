@@ -74,8 +74,9 @@ def lines(path):
 
 def test_grid_of_4_runs_concurrently_and_writes_results_jsonl(tmp_path):
     out = tmp_path / "out"
+    # --no-fuse: one worker process per trial (a fused sweep: tests/test_sweep_fuse.py)
     r = invoke("sweep", write(tmp_path, GRID), "--output-dir", out, "--memory-limit", "64MiB", "--workers", "2",
-               "--format", "json")
+               "--format", "json", "--no-fuse")
     assert r.exit_code == 0, r.output
     recs = lines(out / "results.jsonl")
     assert len(recs) == 4 and {x["status"] for x in recs} == {"finished"}

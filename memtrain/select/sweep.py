@@ -207,13 +207,15 @@ def run_sweep(sweep, *, output_dir, budget: int, budget_source: str = "given", w
     done = {r["trial"] for r in records} if resume else set()
     runnable = [tp for tp in plans if not tp.reason and tp.trial.id not in done]
     in_process = executor is None and (runner is not None or workers == 1)
+    fuse = fuse and runner is None
+    arrays = [g for g in fuse_mod.groups(runnable, device_kind) if len(g) > 1] if fuse else []
     log(schedule_text(sweep, plans, done, budget, budget_source, 1 if in_process else workers,
-                      "this process" if in_process else (executor.name if executor else "worker processes")))
+                      "this process" if in_process else (executor.name if executor else "worker processes"), arrays))
     if dry_run:
         return report(sweep, records, plans)
     out.mkdir(parents=True, exist_ok=True)
     for tp, outcome in _run(runnable, device_kind, budget, budget_source, workers, runner, executor, max_attempts,
-                            log, fuse and runner is None):
+                            log, fuse):
         rec = make_record(sweep, tp, outcome)
         append_result(results_path, rec)
         records.append(rec)
@@ -325,7 +327,7 @@ def report(sweep, records, plans) -> dict:
             "note": "ranked by the validation metric; test metrics are reported, never used to choose"}
 
 
-def schedule_text(sweep, plans, done, budget, budget_source, workers, where: str) -> str:
+def schedule_text(sweep, plans, done, budget, budget_source, workers, where: str, arrays=()) -> str:
     """The plan as printed before a sweep starts: each trial's memory; the scheduler starts a trial
     when its plan fits the budget beside the running ones."""
     ready = [tp for tp in plans if not tp.reason and tp.trial.id not in done]
@@ -340,6 +342,10 @@ def schedule_text(sweep, plans, done, budget, budget_source, workers, where: str
         lines.append(f"overhead  {format_bytes(nbytes)} per trial ({source}), in each trial's bytes")
     for tp in ready:
         lines.append(f"trial     {tp.trial.id} {_params_text(tp.trial.params)} {format_bytes(tp.planned_bytes)}")
+    for g in arrays:
+        lines.append(f"array     {fuse_mod.array_task_id(g)}: {len(g)} trials of one shape trained as one "
+                     f"(--no-fuse: one job each), {format_bytes(fuse_mod.array_bytes(g) + g[0].overhead[0])}: "
+                     + " ".join(tp.trial.id for tp in g))
     for tp in plans:
         if tp.reason:
             lines.append(f"skipped   {tp.trial.id} {_params_text(tp.trial.params)}: {tp.reason}")
