@@ -162,3 +162,23 @@ def test_a_trial_runs_alone_where_an_array_would_not_train_it_as_its_job(tmp_pat
     assert fuse.group_key(cfg, False, "cpu") is None  # data streamed from disk
     for change in ({"metrics.port": 9400}, {"training.max_runtime": 60}, {"training.micro_batch_size": 32}):
         assert fuse.group_key(cfg.with_overrides(change), True, "cpu") is None, change
+
+
+def test_a_diverging_trial_of_an_array_fails_as_its_lone_job_does(tmp_path):
+    text = SWEEP[:SWEEP.index("[space]")] + '[space]\nlr = [0.001, 1e12]\noptimizer = ["sgd"]\n'
+    p = tmp_path / "s.toml"
+    p.write_text(text)
+    s = sp.load_sweep(p)
+    outs = {}
+    for fused in (True, False):
+        out = tmp_path / str(fused)
+        sw.run_sweep(s, output_dir=out, budget=2**30, log=lambda line: None, fuse=fused)
+        outs[fused] = out
+    got, want = _records(outs[True]), _records(outs[False])
+    assert sorted(r["status"] for r in got.values()) == ["failed", "finished"]
+    for t, rec in want.items():
+        assert (got[t]["status"], got[t]["error"], got[t]["score"]) == (rec["status"], rec["error"], rec["score"])
+        ckpts = [sorted(x.name for x in (o / "trials" / t / "checkpoints").iterdir()) for o in outs.values()]
+        assert ckpts[0] == ckpts[1]  # the failed one too: its last good state, as alone
+        runs = [json.loads((o / "trials" / t / "run.json").read_text()) for o in outs.values()]
+        assert runs[0]["state"] == runs[1]["state"] and runs[0]["message"] == runs[1]["message"]

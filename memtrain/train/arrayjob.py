@@ -73,13 +73,16 @@ class ArrayRun:
         job.on_epoch(r.trainer, record)
 
     def _outcome(self, job, r) -> dict:
+        """The trial's end as its lone Job ends it (Job._after_loop: a checkpoint, run.json, the log)."""
         if r.state == STOPPED:
-            job._end_history("stopped", {"steps": r.trainer.steps}, message=r.message)
+            job.stop(self.stop_reason or "stop")
+            job._after_loop()
             return {"status": STOPPED, "error": r.message, "summary": {}, "train_rows": job.train_rows}
         try:
-            if r.state == "failed":
-                job._end_history("failed", message=r.message)
-                raise JobFailed(r.message)
+            if r.state == "failed":  # the lone job's words (Job.on_step) for the same end
+                job.failure = (f"{r.message}; stopped with a checkpoint of the last good state (try a lower lr or "
+                               "clip_norm)")
+                job._after_loop()
             summary, status, error = job._finish_or_retry(), "finished", None
         except JobFailed as exc:
             summary, status, error = {}, "failed", str(exc)
