@@ -164,8 +164,12 @@ def test_a_trial_runs_alone_where_an_array_would_not_train_it_as_its_job(tmp_pat
         assert fuse.group_key(cfg.with_overrides(change), True, "cpu") is None, change
 
 
+# the lone job's 2-D matmul warns on overflow (a CLI run prints the warning; the trainer's guard handles it)
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning",
+                            "ignore:invalid value encountered:RuntimeWarning")
 def test_a_diverging_trial_of_an_array_fails_as_its_lone_job_does(tmp_path):
-    text = SWEEP[:SWEEP.index("[space]")] + '[space]\nlr = [0.001, 1e12]\noptimizer = ["sgd"]\n'
+    # patience 5 (the sweep's default): the diverging trial fails on its non-finite steps, not stopping early
+    text = SWEEP[:SWEEP.index("[space]")].replace("patience = 1\n", "") + '[space]\nlr = [0.001, 1e12]\noptimizer = ["sgd"]\n'
     p = tmp_path / "s.toml"
     p.write_text(text)
     s = sp.load_sweep(p)

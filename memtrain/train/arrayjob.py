@@ -16,6 +16,8 @@ from __future__ import annotations
 import io
 import time
 
+import numpy as np
+
 from memtrain.errors import JobFailed
 from memtrain.train import checkpoint as ckpt
 from memtrain.train.job import Job
@@ -64,7 +66,10 @@ class ArrayRun:
             self.array.stop(reason=self.stop_reason)
         for job, r in zip(self.jobs, self.array.results, strict=True):
             _adopt(job, r.trainer)
-        self.array.train(on_epoch=self._on_epoch)
+        # overflow in the batched (3-D) matmul warns where a lone job's 2-D BLAS call does not: the
+        # trainer's non-finite guard handles such a step, in an array as alone
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            self.array.train(on_epoch=self._on_epoch)
         return [self._outcome(job, r) for job, r in zip(self.jobs, self.array.results, strict=True)]
 
     def _on_epoch(self, r, record) -> None:
