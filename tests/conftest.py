@@ -1,3 +1,7 @@
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from memtrain.backend import _import_cupy
@@ -18,6 +22,27 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("gpu") is not None:
             item.add_marker(skip)
+
+
+_WARMUP = []
+
+
+def pytest_collection_finish(session):
+    """A run that compiles every fused CPU kernel (tests/test_cpu_kernels.py) fills numba's cache
+    on the idle core meanwhile (tests/numba_warmup.py): ~90 s less of a fresh clone's serial run."""
+    if any(item.path.name == "test_cpu_kernels.py" for item in session.items):
+        from numba_warmup import lock_numba_cache_writes  # noqa: PLC0415 - numba only for such a run
+
+        lock_numba_cache_writes()
+        warmup = Path(__file__).with_name("numba_warmup.py")
+        _WARMUP.append(subprocess.Popen([sys.executable, str(warmup)], stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    for proc in _WARMUP:  # done long before a whole run ends; a short run stops it
+        proc.kill()
+        proc.wait()
 
 
 @pytest.fixture(autouse=True)
