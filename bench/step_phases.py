@@ -53,10 +53,9 @@ def parse_args(argv=None):
 
 def timed_step(tr, X, y, T) -> None:
     """One step of Trainer._step_inside (no accumulation, dropout or penalty), phase by phase."""
-    pc, spec, model, cpu = time.perf_counter, tr.spec, tr.model, tr.cpu
+    pc, spec, model, cpu = time.perf_counter, tr.spec, tr.model, tr.kernels.activations
     act, L, B = spec.activation, spec.n_layers, len(X)
-    if cpu is not None:
-        cpu.use_threads()
+    tr.kernels.begin()
     t = pc()
     v = tr.buffers.at(B)
     _copy_in(v.x, X)
@@ -87,17 +86,14 @@ def timed_step(tr, X, y, T) -> None:
     T["gradient norm"] += pc() - t
     t = pc()
     lr = tr.schedule(tr.steps)
-    if cpu is not None:
-        cpu.optimizer_step(tr.optimizer, model.params, tr.grads, tr.arrays, lr, spec.layout)
-    else:
-        tr.optimizer.step(model.params, tr.grads, tr.arrays, tr.scratch, lr, spec.layout)
+    tr.kernels.optimizer_step(tr.optimizer, model.params, tr.grads, tr.arrays, lr, spec.layout)
     tr.steps += 1
     T["optimizer update"] += pc() - t
     return loss
 
 
 def _timed_backward(tr, v, T) -> None:
-    pc, spec, model, cpu = time.perf_counter, tr.spec, tr.model, tr.cpu
+    pc, spec, model, cpu = time.perf_counter, tr.spec, tr.model, tr.kernels.activations
     act, L, delta = spec.activation, spec.n_layers, v.out
     for i in range(L, 0, -1):
         W, _, _ = model.layers[i]
@@ -187,13 +183,10 @@ def calls_per_step(tr, X, y, steps: int = 50) -> float:
 
 def update_alone(tr, steps: int) -> float:
     """ms of one optimizer update repeated back to back (after the comparison above)."""
-    spec, cpu = tr.spec, tr.cpu
+    spec = tr.spec
     t = time.perf_counter()
     for _ in range(steps):
-        if cpu is not None:
-            cpu.optimizer_step(tr.optimizer, tr.model.params, tr.grads, tr.arrays, 1e-6, spec.layout)
-        else:
-            tr.optimizer.step(tr.model.params, tr.grads, tr.arrays, tr.scratch, 1e-6, spec.layout)
+        tr.kernels.optimizer_step(tr.optimizer, tr.model.params, tr.grads, tr.arrays, 1e-6, spec.layout)
     return (time.perf_counter() - t) / steps * 1e3
 
 

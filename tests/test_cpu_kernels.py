@@ -12,6 +12,7 @@ Stated bounds (docs/architecture.md, "Fused CPU kernels"):
 """
 
 import copy
+import inspect
 import json
 import os
 import subprocess
@@ -23,6 +24,7 @@ import pytest
 
 from memtrain import MLP, Trainer
 from memtrain.kernels.cpu import dispatch as cpu
+from memtrain.kernels.cpu import optim as cpu_optim
 from memtrain.nn.activations import make_activation
 from memtrain.optim import OPTIMIZERS, make_optimizer
 from memtrain.optim.base import standalone_state
@@ -58,6 +60,45 @@ def test_every_fused_update_is_bit_identical_to_the_numpy_reference(name, dtype)
     assert np.array_equal(p, p2)
     for key in state:
         assert np.array_equal(state[key], state2[key]), key
+
+
+@pytest.mark.parametrize("name", [n for n in OPTIMIZERS if n not in ("novograd", "lookahead")])
+def test_each_cpu_kernel_takes_the_arrays_and_scalars_its_optimizer_names(name):
+    opt = make_optimizer(name)
+    args = opt.kernel_args("cpu", opt.prepare(2, 1e-2))
+    kernel_params = list(inspect.signature(getattr(cpu_optim, name).py_func).parameters)
+    assert kernel_params[:2 + len(args.slots)] == ["p", "g", *args.slots]
+    assert len(kernel_params) == 2 + len(args.slots) + len(args.scalars), (kernel_params, args)
+
+
+@pytest.mark.parametrize("name", ["adam", "rprop", "radam", "momentum"])
+def test_one_update_run_slice_by_slice_is_the_update_of_the_whole(name):
+    """cpu.run, one optimizer's kernel on a flat slice with its scalars (what a trial array calls
+    per trial), gives the same bits as one update over the whole vector."""
+    opt, p, state, _, g = _start(name, np.dtype("float32"), seed=3)
+    whole_p, whole_state = p.copy(), copy.deepcopy(state)
+    cpu.optimizer_step(opt, whole_p, g, whole_state, 1e-2, LAYOUT)
+    t = opt._tick(state)
+    args = opt.kernel_args("cpu", opt.prepare(t, 1e-2))
+    for lo, hi in ((0, 300), (300, N)):
+        cpu.run(opt.name, [p[lo:hi], g[lo:hi]] + opt.slot_arrays(state, args.slots, lo, hi), args.scalars)
+    assert np.array_equal(p, whole_p)
+    for key in state:
+        assert np.array_equal(state[key], whole_state[key]), key
+
+
+@pytest.mark.parametrize("name, kernels", [("lookahead:sgd", ("sgd", "lookahead_sync")),
+                                           ("lookahead:novograd", ("novograd", "lookahead_sync"))])
+def test_building_the_step_compiles_every_kernel_its_update_calls(name, kernels, monkeypatch):
+    """Lookahead syncs on its k-th step only: the warm-up still runs its sync before step one."""
+    from memtrain.nn.spec import ModelSpec
+    from memtrain.train.step_kernels import numba_step
+
+    ran, real = [], cpu.run
+    monkeypatch.setattr(cpu, "run", lambda kernel, arrays, scalars: (ran.append(kernel), real(kernel, arrays, scalars)))
+    step, why = numba_step(ModelSpec.create([3, 2], dtype="float64"), make_optimizer(name))
+    assert why is None and step.name == "numba"
+    assert set(kernels) <= set(ran), ran
 
 
 def _ulps_from_exact(x, exact, before, dt):
@@ -199,7 +240,7 @@ def test_without_numba_the_trainer_falls_back_to_the_reference_and_says_so():
     code = ("import sys; sys.modules['numba'] = None\n"
             "from memtrain import MLP, Trainer\n"
             "tr = Trainer(MLP([4, 3, 2]), 'adam', 2)\n"
-            "print(tr.plan.fused, tr.cpu, tr.notes)")
+            "print(tr.plan.fused, tr.kernels.name, tr.notes)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
-    assert out.stdout.strip() == ("False None ['fused CPU kernels unavailable (numba is not importable): "
+    assert out.stdout.strip() == ("False numpy ['fused CPU kernels unavailable (numba is not importable): "
                                   "the NumPy reference path runs']")

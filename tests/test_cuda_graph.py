@@ -86,10 +86,11 @@ def test_graphs_are_off_on_the_cpu_and_refused_when_forced():
 
 @pytest.mark.parametrize("change, reason", [
     ({"clip_norm": 1.0}, None), ({"dropout": (0.8, 0.5)}, "dropout"), ({"l2": 1e-4}, "l1/l2"),
-    ({"rows": 16}, "gradient accumulation"), ({}, None)])
+    ({"rows": 16}, "gradient accumulation"), ({"kernels": "numpy"}, "CUDA kernels"), ({}, None)])
 def test_what_keeps_a_step_out_of_a_graph(change, reason):
     spec = SimpleNamespace(dropout=change.get("dropout"), l1=0, l2=change.get("l2", 0))
-    t = SimpleNamespace(spec=spec, backend=SimpleNamespace(is_cuda=True), arrays={"step_scalars": None},
+    t = SimpleNamespace(spec=spec, backend=SimpleNamespace(is_cuda=True),
+                        kernels=SimpleNamespace(name=change.get("kernels", "cuda")),
                         clip_norm=change.get("clip_norm"), micro_batch_size=8, fault_hook=None)
     got = graph.unsupported(t, change.get("rows", 8))
     assert (got is None) if reason is None else (reason in got)

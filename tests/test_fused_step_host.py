@@ -15,10 +15,12 @@ from memtrain.train import graph
 @pytest.fixture
 def gpu_step_on_cpu(monkeypatch, host_launcher):
     import memtrain.train.trainer as trainer_mod
+    from memtrain.train import step_kernels
 
-    real = trainer_mod.training_plan
+    real, choose = trainer_mod.training_plan, step_kernels.choose
     monkeypatch.setattr(trainer_mod, "training_plan",
                         lambda spec, opt, batch, device="cpu", **kw: real(spec, opt, batch, "cuda", **kw))
+    monkeypatch.setattr(step_kernels, "choose", lambda device, *a: choose("cuda", *a))
     monkeypatch.setattr(dispatch, "_DEFAULT", [host_launcher])
 
 
@@ -57,6 +59,7 @@ def test_the_fused_gpu_step_trains_as_the_cpu_step(act, output, opt, micro, requ
     request.getfixturevalue("gpu_step_on_cpu")
     fused, fused_losses = _train(act, output, opt, micro)
     assert "step_scalars" in fused.arrays and "chunk" not in fused.arrays  # the GPU plan
+    assert fused.kernels.name == "cuda" and cpu.kernels.name == "numba"
     np.testing.assert_allclose(fused_losses, cpu_losses, rtol=1e-10)
     np.testing.assert_allclose(fused.model.params, cpu.model.params, rtol=1e-9, atol=1e-12)
     for name in cpu.arrays:

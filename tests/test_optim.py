@@ -11,6 +11,7 @@ and says so.
 
 from __future__ import annotations
 
+import inspect
 import math
 import re
 from types import SimpleNamespace
@@ -24,6 +25,7 @@ from memtrain.nn.spec import ModelSpec
 from memtrain.optim import OPTIMIZERS, make_optimizer
 from memtrain.optim.adam import Adam
 from memtrain.optim.base import standalone_state
+from memtrain.optim.lookahead import Lookahead
 
 # The quadratic: 6 parameters in 2 groups (4 + 2) so NovoGrad's per-layer
 # second moment sees two different norms. The small entries cross zero within
@@ -559,6 +561,42 @@ def test_lookahead_wraps_inner_slots():
         assert la.all_slots()[: len(inner_slots)] == inner_slots
         assert [(s.name, s.kind, s.dtype) for s in la.all_slots()[len(inner_slots):]] == [
             ("slow", "param", None), ("la_count", "scalar", "int64")]
+
+
+@pytest.mark.parametrize("name", [*OPTIMIZERS, "lookahead:rprop"])
+def test_hyper_parameters_are_the_init_signature(name):
+    """scikit-learn's get_params: `hyper` reads the __init__ arguments (a wrapped optimizer's in
+    its place), so a new argument is in describe() and the checkpoint identity without a list."""
+    opt = make_optimizer(name, lr=0.02)
+    own = list(inspect.signature(type(opt).__init__).parameters)[1:]
+    if isinstance(opt, Lookahead):  # inner, k, alpha: the inner optimizer's hyper-parameters in its place
+        assert list(opt.hyper) == list(opt.inner.hyper) + own[1:]
+        own = own[1:]
+    else:
+        assert list(opt.hyper) == own
+    assert opt.hyper["lr"] == 0.02 and all(opt.hyper[k] == getattr(opt, k) for k in own)
+    last = own[-1]  # a changed argument shows in describe(), which a checkpoint must match
+    key = f"lookahead_{last}" if isinstance(opt, Lookahead) else last
+    assert make_optimizer(name, **{"lr": 0.02, key: opt.hyper[last] / 2 or 0.1}).describe() != opt.describe()
+
+
+def test_describe_is_unchanged_by_deriving_hyper():
+    """describe() is in every checkpoint's identity: the derived order is the old hand-written one."""
+    assert make_optimizer("adam").describe() == "adam(lr=0.001, beta1=0.9, beta2=0.999, eps=1e-08)"
+    assert make_optimizer("rprop").describe() == "rprop(lr=0.01, eta_plus=1.2, eta_minus=0.5, step_min=1e-06, step_max=50)"
+    assert make_optimizer("lookahead:novograd").describe() == (
+        "lookahead(k=5, alpha=0.5, novograd(lr=0.01, beta1=0.95, beta2=0.98, eps=1e-08, weight_decay=0))")
+    assert make_optimizer("lookahead:sgd").hyper == {"lr": 0.01, "k": 5, "alpha": 0.5}
+
+
+@pytest.mark.parametrize("name", [n for n in OPTIMIZERS if n not in ("novograd", "lookahead")])
+def test_kernel_args_name_declared_slots_and_the_gpu_takes_the_hyper_parameters(name):
+    opt = make_optimizer(name)
+    declared = {s.name for s in opt.all_slots()}
+    gpu, cpu = opt.kernel_args("cuda"), opt.kernel_args("cpu", opt.prepare(3, 0.01))
+    assert set(gpu.slots) <= declared and set(cpu.slots) <= declared
+    assert gpu.scalars == tuple(v for k, v in opt.hyper.items() if k != "lr")
+    assert all(type(x) in (float, bool) for x in cpu.scalars)
 
 
 @pytest.mark.parametrize("name", list(EXPECTED_MULTIPLIER))

@@ -139,6 +139,65 @@ def test_cancel_then_requeue_resumes_under_its_id_bit_identical(server):
     assert done["result"]["epochs"] == alone["result"]["epochs"] == 6
 
 
+FINISH_CAP = """
+import resource
+from pathlib import Path
+
+from memtrain.memory.measure import proc_kib
+from memtrain.train import job as job_module
+
+_finish = job_module.Job.finish
+
+
+def finish(self):
+    # the first attempt of the job named {name}: after its last checkpoint, RLIMIT_AS is lowered to 1 MiB above
+    # what the worker has mapped, for good (its 8192-wide layer's 2 MiB of weights cannot be copied to disk)
+    mark = Path({mark!r})
+    if self.cfg.name == {name!r} and not mark.exists():
+        mark.write_text("capped")
+        vm = proc_kib("/proc/self/status", "VmSize")
+        resource.setrlimit(resource.RLIMIT_AS, (vm + 1024**2, resource.RLIM_INFINITY))
+    return _finish(self)
+
+
+job_module.Job.finish = finish
+"""
+
+
+def test_out_of_memory_in_the_final_evaluation_keeps_the_checkpoint_exits_3_and_is_retried(server, tmp_path,
+                                                                                         monkeypatch):
+    """A real allocation failure in the finish phase (RLIMIT_AS lowered inside the worker once its last epoch's
+    checkpoint is written, by a sitecustomize on the workers' PYTHONPATH): the worker exits 3 (ExitCode.RETRY)
+    with one line, its checkpoint kept; the service retries it, and the second attempt resumes that
+    checkpoint and only finishes: the final model is written and no epoch is trained twice."""
+
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    mark = tmp_path / "capped"
+    (hook / "sitecustomize.py").write_text(FINISH_CAP.format(name="oom-finish", mark=str(mark)))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")  # a large block is a fresh mapping, never reused heap
+    job = digits_job("oom-finish", epochs=1, batch=64, model={"layers": [64, 8192, 10]}, training={"fused": False})
+    job_id = server.request("POST", "/jobs", job)[1]["id"]
+    done = server.wait(job_id, timeout=120)
+    assert mark.exists(), "the first attempt never reached its final evaluation"
+    # exit status 3 is the one failure the service retries that is neither a signal nor a stop
+    assert done["state"] == "succeeded" and done["attempts"] == 2, (done["state"], done["reason"])
+    log = server.request("GET", f"/jobs/{job_id}/log", raw=True)[1]
+    errors = [line for line in log.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: finish: out of memory in the final evaluation or "
+                                                     "model write"), log[-3000:]
+    assert "Traceback" not in log, log[-3000:]
+    events = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    kept = [e["path"] for e in events if e["event"] == "checkpoint"][-1]
+    assert kept in errors[0]  # the failed attempt names the checkpoint it kept ...
+    resumed = [e for e in events if e["event"] == "resume"]
+    assert len(resumed) == 1 and Path(kept).stem in resumed[0]["text"]  # ... and the retry resumes exactly it
+    assert [e["epoch"] for e in events if e["event"] == "epoch"] == [1]  # no epoch trained twice
+    result = done["result"]
+    assert result["epochs"] == 1 and Path(result["model"]).exists() and result["test_accuracy"] is not None
+
+
 def test_a_worker_whose_address_space_is_capped_mid_run_still_finishes(server):
     """RLIMIT_AS lowered on the running worker (prlimit) to 16 MiB above what it has mapped: the
     training buffers are all there, and the final evaluation runs in them (it used to allocate a

@@ -12,21 +12,7 @@ import functools
 import numpy as np
 
 from memtrain.kernels import activation, loss, optim
-from memtrain.kernels.source import BLOCK, ROW_BLOCK, SC_GRAD_SQ, single
-
-# optimizer name -> (param slots passed after p, g; hyper-parameter attributes)
-OPTIMIZER_ARGS = {
-    "sgd": ((), ()),
-    "momentum": (("v",), ("alpha",)),
-    "nesterov": (("v",), ("alpha",)),
-    "adagrad": (("r",), ("delta",)),
-    "rmsprop": (("r",), ("rho", "delta")),
-    "adadelta": (("eg2", "edx2"), ("gamma", "eps")),
-    "adam": (("m", "v"), ("beta1", "beta2", "eps")),
-    "nadam": (("m", "v"), ("beta1", "beta2", "eps")),
-    "radam": (("m", "v"), ("beta1", "beta2", "eps")),
-    "rprop": (("step", "prev_sign"), ("eta_plus", "eta_minus", "step_min", "step_max")),
-}
+from memtrain.kernels.source import BLOCK, ROW_BLOCK, SC_GRAD_SQ
 
 
 @functools.lru_cache(maxsize=None)
@@ -46,9 +32,7 @@ def loss_kernel(name: str, dtype: str):
 
 @functools.lru_cache(maxsize=None)
 def begin_kernel():
-    # a new step: its loss starts at 0 (the updates read it to skip a non-finite step)
-    return single("step_begin", "float64", [("double*", "sc")],
-                  f"sc[{loss.SC_LOSS}] = 0; sc[{SC_GRAD_SQ}] = 0;")
+    return loss.step_begin()
 
 
 class Launcher:
@@ -114,37 +98,31 @@ def _scalars(args):
             yield a
 
 
+class DeviceKernels:
+    """The GPU side of Optimizer.fused_step: step counters stay on the device (tick launches
+    the tick kernel and returns None: t is not known on the host), and a kernel takes the step
+    scalars `sc` after its arrays, before its own scalars (kernels/optim.py)."""
+
+    device = "cuda"
+
+    def __init__(self, launcher, sc, dtype: str):
+        self.launcher, self.sc, self.kernels = launcher, sc, optimizer_kernels(dtype)
+
+    def tick(self, state: dict, slot: str) -> None:
+        self.launcher.single(self.kernels["tick"], [state[f"opt.{slot}"], self.sc])
+
+    def elementwise(self, name: str, arrays, scalars) -> None:
+        self.launcher.elementwise(self.kernels[name], arrays[0].shape[0], [*arrays, self.sc, *scalars])
+
+    def block(self, name: str, arrays, scalars) -> None:
+        """One block of ROW_BLOCK threads (a reduction whose total one thread stores)."""
+        self.launcher.rows(self.kernels[name], 1, [*arrays, self.sc, *scalars])
+
+
 def optimizer_step(opt, params, grads, state: dict, layout, launcher) -> None:
     """One update of the flat `params`, all on the device (lr in state['step_scalars'])."""
-    sc = state["step_scalars"]
-    K = optimizer_kernels(params.dtype.name)
-    n = params.shape[0]
-    if opt.name == "lookahead":
-        optimizer_step(opt.inner, params, grads, state, layout, launcher)
-        launcher.single(K["tick"], [state["opt.la_count"], sc])
-        launcher.elementwise(K["lookahead_sync"], n, [params, state["opt.slow"], state["opt.la_count"], sc,
-                                                      int(opt.k), float(opt.alpha)])
-        return
-    if "opt.count" in state and any(s.name == "count" for s in opt.all_slots()):
-        launcher.single(K["tick"], [state["opt.count"], sc])
-    if opt.name == "novograd":
-        _novograd(opt, params, grads, state, layout, launcher, K)
-        return
-    slots, hyper = OPTIMIZER_ARGS[opt.name]
-    args = [params, grads] + [state[f"opt.{s}"] for s in slots] + [sc]
-    if "opt.count" in state and opt.name in ("adam", "nadam", "radam"):
-        args.append(state["opt.count"])
-    args += [float(getattr(opt, h)) for h in hyper]
-    launcher.elementwise(K[opt.name], n, args)
-
-
-def _novograd(opt, params, grads, state, layout, launcher, K) -> None:
-    sc, v, m, count = state["step_scalars"], state["opt.v"], state["opt.m"], state["opt.count"]
-    for li, group in enumerate(layout):
-        lo, hi = group.offset, group.offset + group.size
-        launcher.rows(K["novograd_norm"], 1, [grads[lo:hi], hi - lo, v, li, count, sc, float(opt.beta2)])
-        launcher.elementwise(K["novograd"], hi - lo, [params[lo:hi], grads[lo:hi], m[lo:hi], v, li, sc,
-                                                      float(opt.beta1), float(opt.eps), float(opt.weight_decay)])
+    opt.fused_step(DeviceKernels(launcher, state["step_scalars"], params.dtype.name), params, grads, state, None,
+                   layout)
 
 
 def bias_activation_forward(act, z, bias, out, alpha, launcher) -> None:

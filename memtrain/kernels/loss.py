@@ -9,7 +9,7 @@ NumPy reference is memtrain/nn/losses.py (loss_sum, then delta).
 
 from __future__ import annotations
 
-from memtrain.kernels.source import SC_ACCUM, SC_LOSS, Kernel, rowwise
+from memtrain.kernels.source import SC_ACCUM, SC_GRAD_SQ, SC_LOSS, Kernel, rowwise, single
 
 _BIAS = """
 S* zr = z + r * C;
@@ -67,6 +67,12 @@ def kernel(name: str, dtype: str) -> Kernel:
     params = [("S* __restrict__", "z"), ("const S* __restrict__", "bias"), (label, "y"), ("S* __restrict__", "out"),
               ("const long long", "C"), ("const double", "inv_b"), ("double*", "sc")]
     return rowwise(f"loss_{name}", dtype, params, BODIES[name])
+
+
+def step_begin() -> Kernel:
+    """A new step: its loss starts at 0, and so does its squared gradient norm (the updates read
+    both to skip a non-finite step). One kernel, on the float64 step scalars, for every dtype."""
+    return single("step_begin", "float64", [("double*", "sc")], f"sc[{SC_LOSS}] = 0; sc[{SC_GRAD_SQ}] = 0;")
 
 
 def all_kernels(dtype: str) -> list[Kernel]:

@@ -6,9 +6,10 @@ workspace (memory/plan.py). The CPU runs the same updates as numba kernels
 NumPy reference (memtrain/optim/*.py) runs them in 64Ki-element chunks with a
 scratch.
 
-Every update reads the step's scalars from the device (`sc`, see
-source.SC_*): the learning rate the host wrote for this step, and the step's
-loss, so that an update whose loss is not finite is skipped on the device
+Every update takes its arrays (p, g, then the state slots Optimizer.kernel_args
+names, in that order), the step's scalars on the device (`sc`, see source.SC_*)
+and then its own scalars. From `sc` it reads the learning rate the host wrote
+for this step, and the step's loss, so that an update whose loss is not finite is skipped on the device
 (the CPU path skips it on the host). Step counters (`opt.count`,
 `opt.la_count`) live on the device too and are advanced by `tick`, so Adam's
 bias corrections 1/(1 - beta^t) are computed on the device, once per thread.
@@ -99,13 +100,13 @@ def _gradient_descent(dtype: str) -> dict:
 def _moments(dtype: str) -> dict:
     """Adam, NAdam, RAdam (optim/adam.py) and Rprop (optim/rprop.py)."""
     k = {}
-    k["adam"] = elementwise("adam", dtype, [P, G] + MV + [SC, COUNT] + B12E,
+    k["adam"] = elementwise("adam", dtype, [P, G] + MV + [COUNT, SC] + B12E,
                             MOMENTS + "p[i] = st(ld(p[i]) - lr / bc1 * mi / denom);", ADAM_PRE)
-    k["nadam"] = elementwise("nadam", dtype, [P, G] + MV + [SC, COUNT] + B12E, MOMENTS + """
+    k["nadam"] = elementwise("nadam", dtype, [P, G] + MV + [COUNT, SC] + B12E, MOMENTS + """
         const T num = (T)b1 / bc1 * mi + (T)(1.0 - b1) / bc1 * gi;
         p[i] = st(ld(p[i]) - lr * num / denom);""", ADAM_PRE)
     # RAdam: r_t, or un-adapted momentum while rho_t <= 4 (optim/adam.py radam_rectifier)
-    k["radam"] = elementwise("radam", dtype, [P, G] + MV + [SC, COUNT] + B12E, MOMENTS + """
+    k["radam"] = elementwise("radam", dtype, [P, G] + MV + [COUNT, SC] + B12E, MOMENTS + """
         p[i] = st(ld(p[i]) - (rect > 0 ? lr * (T)rect / bc1 * mi / denom : lr / bc1 * mi));""", ADAM_PRE + """
         const double rho_inf = 2.0 / (1.0 - b2) - 1.0;
         const double rho_t = rho_inf - 2.0 * t * pow(b2, t) / (1.0 - pow(b2, t));
@@ -128,8 +129,8 @@ def _novograd(dtype: str) -> dict:
     """NovoGrad's second moment is one scalar per parameter tensor, so each
     tensor gets a norm kernel (one block reduces ||g_l||^2 and updates v_l)
     and an update kernel over its slice."""
-    norm = rowwise("novograd_norm", dtype, [G, ("const long long", "n"), ("S*", "v"), ("const long long", "layer"),
-                                            COUNT, SC] + _d("b2"), """
+    norm = rowwise("novograd_norm", dtype, [G, ("S*", "v"), COUNT, SC, ("const long long", "n"),
+                                            ("const long long", "layer")] + _d("b2"), """
         if (!(""" + STEP_FINITE + """)) return;
         const double gs = clip_scale(sc);
         double acc = 0;
@@ -137,8 +138,8 @@ def _novograd(dtype: str) -> dict:
         const double norm2 = block_sum(acc, shared);
         // v_1 = ||g_1||^2, then v_t = beta2 v + (1 - beta2) ||g_t||^2
         if (threadIdx.x == 0) v[layer] = st((T)(count[0] == 1 ? norm2 : b2 * (double)ld(v[layer]) + (1.0 - b2) * norm2));""")
-    update = elementwise("novograd", dtype, [P, G, ("S* __restrict__", "m"), ("const S*", "v"), ("const long long", "layer"),
-                                             SC] + _d("b1", "eps", "weight_decay"), """
+    update = elementwise("novograd", dtype, [P, G, ("S* __restrict__", "m"), ("const S*", "v"), SC,
+                                             ("const long long", "layer")] + _d("b1", "eps", "weight_decay"), """
         const T gi = (ld(g[i]) * gs) * scale + (T)weight_decay * ld(p[i]);
         const T mi = (T)b1 * ld(m[i]) + gi;
         m[i] = st(mi);

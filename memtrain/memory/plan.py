@@ -155,7 +155,8 @@ def training_plan(spec, optimizer, batch_size: int, device: str = "cpu", *, micr
 
     `dataset_size` adds the epoch's permutation (host). `resident_rows` =
     (n_train, n_val) adds the data set itself, kept in the plan's memory (on a
-    GPU: resident on the device) instead of streamed batch by batch.
+    GPU: resident on the device) instead of streamed batch by batch; a third
+    count, n_test, adds the test split a CPU job holds until its final evaluation.
 
     `fused` (CPU): the step runs memtrain's fused CPU kernels (kernels/cpu), which
     need neither the optimizer's chunk scratch nor an activation scratch; False
@@ -239,12 +240,12 @@ def step_workspace(spec, optimizer, device: str, *, fused: bool = True) -> list:
 
 
 def _data_buffers(spec, b, dataset_size, resident_rows) -> list:
-    """The batch, the epoch's permutation, and a resident data set (train and validation)."""
+    """The batch, the epoch's permutation, and a resident data set (train, validation[, test])."""
     dt, width = spec.dtype.name, spec.sizes[0]
     bufs = [Buffer("x", "data", (b, width), dt, batched=True), _label_buffer(spec, b)]
     if dataset_size:
         bufs.append(Buffer("order", "data", (int(dataset_size),), INTP))
-    for prefix, n in zip(("data", "val"), resident_rows or ()):
+    for prefix, n in zip(("data", "val", "test"), resident_rows or ()):
         if n:
             bufs.append(Buffer(f"{prefix}_x", "data", (int(n), width), dt))
             label = _label_buffer(spec, int(n))

@@ -37,8 +37,9 @@ class StepBuffers:
     """Per-batch views (b <= B rows) of a plan's arrays, for training or inference."""
 
     def __init__(self, spec, arrays: dict, mode: str, cpu=None):
-        """cpu: memtrain.kernels.cpu.dispatch when the plan is a fused CPU plan (it has no
-        activation scratch: bias + activation and its backward run as fused kernels)."""
+        """cpu: the fused CPU activation kernels (train/step_kernels.py NumbaStep) when the plan is
+        a fused CPU plan (it has no activation scratch: bias + activation and its backward run as
+        fused kernels)."""
         self.spec, self.arrays, self.mode, self.cpu = spec, arrays, mode, cpu
         self.B = arrays["x"].shape[0]
         if "row_offsets" in arrays:

@@ -77,19 +77,23 @@ class _AdamFamily(Optimizer):
         self.beta2 = check_unit("beta2", beta2)
         self.eps = check_positive("eps", eps)
 
-    @property
-    def hyper(self):
-        return {"lr": self.lr, "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps}
-
     def prepare(self, t, lr):
         # Adam bias correction, 1/(1 - beta^t) (course: EMA bias correction)
         return {"lr": lr, "bc1": 1.0 - self.beta1**t, "bc2": 1.0 - self.beta2**t, "t": t}
+
+    def _moment_scalars(self, pre) -> tuple:
+        """The fused kernels' moment scalars: b1, 1-b1, b2, 1-b2, 1/sqrt(1 - b2^t), eps."""
+        b1, b2 = self.beta1, self.beta2
+        return b1, 1.0 - b1, b2, 1.0 - b2, 1.0 / math.sqrt(pre["bc2"]), self.eps
 
 
 class Adam(_AdamFamily):
     """m, v: first and second moments; count: t. - Course: Adam (Kingma & Ba 2015)."""
 
     name = "adam"
+
+    def host_scalars(self, pre):
+        return self._moment_scalars(pre) + (pre["lr"] / pre["bc1"],)
 
     def update(self, p, g, st, s, pre):
         adam_update(p, g, st["m"], st["v"], s[0], lr=pre["lr"], b1=self.beta1, b2=self.beta2, eps=self.eps,
@@ -101,6 +105,10 @@ class NAdam(_AdamFamily):
 
     name = "nadam"
     scratch_count = 2
+
+    def host_scalars(self, pre):
+        b1, bc1 = self.beta1, pre["bc1"]
+        return self._moment_scalars(pre) + (b1 / bc1, (1.0 - b1) / bc1, pre["lr"])
 
     def update(self, p, g, st, s, pre):
         nadam_update(p, g, st["m"], st["v"], s[0], s[1], lr=pre["lr"], b1=self.beta1, b2=self.beta2,
@@ -125,6 +133,11 @@ class RAdam(_AdamFamily):
         pre = super().prepare(t, lr)
         pre["rect"] = radam_rectifier(t, self.beta2)
         return pre
+
+    def host_scalars(self, pre):
+        # the kernel's last two: its step scale and whether r_t exists (else un-adapted momentum)
+        lr, bc1, rect = pre["lr"], pre["bc1"], pre["rect"]
+        return self._moment_scalars(pre) + ((lr * rect / bc1, True) if rect is not None else (lr / bc1, False))
 
     def update(self, p, g, st, s, pre):
         radam_update(p, g, st["m"], st["v"], s[0], lr=pre["lr"], b1=self.beta1, b2=self.beta2, eps=self.eps,

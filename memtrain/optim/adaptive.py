@@ -69,9 +69,8 @@ class AdaGrad(Optimizer):
         super().__init__(lr)
         self.delta = check_positive("delta", delta)
 
-    @property
-    def hyper(self):
-        return {"lr": self.lr, "delta": self.delta}
+    def host_scalars(self, pre):
+        return pre["lr"], self.delta
 
     def update(self, p, g, st, s, pre):
         adagrad_update(p, g, st["r"], s[0], lr=pre["lr"], delta=self.delta)
@@ -88,9 +87,8 @@ class RMSProp(Optimizer):
         self.rho = check_unit("rho", rho)
         self.delta = check_positive("delta", delta)
 
-    @property
-    def hyper(self):
-        return {"lr": self.lr, "rho": self.rho, "delta": self.delta}
+    def host_scalars(self, pre):
+        return pre["lr"], self.rho, 1.0 - self.rho, self.delta
 
     def update(self, p, g, st, s, pre):
         rmsprop_update(p, g, st["r"], s[0], lr=pre["lr"], rho=self.rho, delta=self.delta)
@@ -111,9 +109,8 @@ class AdaDelta(Optimizer):
         self.gamma = check_unit("gamma", gamma)
         self.eps = check_positive("eps", eps)
 
-    @property
-    def hyper(self):
-        return {"lr": self.lr, "gamma": self.gamma, "eps": self.eps}
+    def host_scalars(self, pre):
+        return pre["lr"], self.gamma, 1.0 - self.gamma, self.eps
 
     def update(self, p, g, st, s, pre):
         adadelta_update(p, g, st["eg2"], st["edx2"], s[0], s[1], lr=pre["lr"], gamma=self.gamma, eps=self.eps)

@@ -1,5 +1,8 @@
-"""Optimizer state declared as slots (optax's ScaleByAdamState), updates as
-pure functions over flat arrays, run chunk by chunk.
+"""Optimizer state declared as slots (optax's ScaleByAdamState); each update is a
+plain function (PyTorch's functional `adam(...)`) that modifies the flat
+parameter, state and scratch arrays it is given in place, run chunk by chunk
+(the NumPy reference), or one fused kernel over the whole flat vectors
+(`fused_step`, kernels/).
 
 A slot's kind says how big it is:
 - "param":     one element per parameter (P elements), in the layout of params
@@ -11,6 +14,10 @@ initial values, eagerly, before the first step.
 """
 
 from __future__ import annotations
+
+import functools
+import inspect
+from typing import NamedTuple
 
 import numpy as np
 
@@ -33,9 +40,23 @@ def chunks(n: int, size: int = CHUNK):
         yield start, min(start + size, n)
 
 
+class KernelArgs(NamedTuple):
+    """What an optimizer's fused kernel takes after the parameters and the gradient (Chainer's
+    UpdateRule owns its kernel; no dispatcher keeps a table of them)."""
+
+    slots: tuple  # state slots, by name, in the kernel's order ("param" slots sliced with p, others whole)
+    scalars: tuple  # the scalar arguments after those arrays (on a GPU after the step scalars `sc`)
+
+
+@functools.lru_cache(maxsize=None)
+def _init_parameters(cls) -> tuple:
+    return tuple(n for n in inspect.signature(cls.__init__).parameters if n != "self")
+
+
 class Optimizer:
-    """Base: subclasses set `name`, `slots`, `scratch_count`, `hyper` and
-    implement `update(p, g, st, scratch, lr, t)` on one chunk."""
+    """Base: subclasses set `name`, `slots`, `scratch_count`, keep each `__init__` argument as
+    the attribute of the same name (that is `hyper`), implement `update(p, g, st, scratch, pre)`
+    on one chunk and, where the fused kernel's scalars are not just the rate, `host_scalars`."""
 
     name = ""
     slots: tuple = ()
@@ -49,7 +70,13 @@ class Optimizer:
 
     @property
     def hyper(self) -> dict:
-        return {"lr": self.lr}
+        """The hyper-parameters, named and ordered as `__init__` takes them (scikit-learn's
+        get_params); a wrapped optimizer's (Lookahead's inner) come first, in its place."""
+        out = {}
+        for name in _init_parameters(type(self)):
+            value = getattr(self, name)
+            out.update(value.hyper if isinstance(value, Optimizer) else {name: value})
+        return out
 
     def describe(self) -> str:
         return f"{self.name}(" + ", ".join(f"{k}={v:g}" for k, v in self.hyper.items()) + ")"
@@ -99,6 +126,42 @@ class Optimizer:
 
     def update(self, p, g, st, s, pre) -> None:  # pragma: no cover - interface
         raise NotImplementedError
+
+    # -- the fused kernel (kernels/optim.py on a GPU, kernels/cpu/optim.py on the CPU) ---------
+    def kernel_args(self, device: str, pre: dict | None = None) -> KernelArgs:
+        """The arguments of this optimizer's fused kernel named `self.name`, after p and g.
+
+        "cpu": the kernel takes this step's scalars, computed on the host in float64 from
+        `pre` (this step's `prepare`) as the NumPy reference computes them (`host_scalars`).
+        "cuda": the kernel reads the rate from the device's step scalars and t from the step
+        counter, which it takes after the "param" slots; its scalars are the hyper-parameters
+        after lr, in `__init__` order."""
+        slots = tuple(s.name for s in self.slots if s.kind == "param")
+        if device == "cuda":
+            counter = tuple(s.name for s in self.slots if s.name == "count")
+            return KernelArgs(slots + counter, tuple(float(v) for k, v in self.hyper.items() if k != "lr"))
+        return KernelArgs(slots, self.host_scalars(pre))
+
+    def host_scalars(self, pre: dict) -> tuple:
+        """The CPU kernel's scalars after its arrays, in its order, as float64 (bool: a flag)."""
+        return (pre["lr"],)
+
+    def slot_arrays(self, state: dict, names, lo: int | None = None, hi: int | None = None) -> list:
+        """The state arrays `names` for a kernel over params[lo:hi]: "param" slots sliced
+        to that range, per-layer and scalar slots whole."""
+        kinds = {s.name: s.kind for s in self.all_slots()}
+        return [state[f"opt.{n}"][lo:hi] if kinds[n] == "param" else state[f"opt.{n}"] for n in names]
+
+    def fused_step(self, kernels, params, grads, state: dict, lr, layout) -> None:
+        """`step`, as one fused kernel over the flat vectors. `kernels` is the device's side
+        (kernels/cpu/dispatch.py HostKernels, kernels/dispatch.py DeviceKernels): `device`,
+        `tick(state, slot)` (advances a counter; returns t on the host, None where the counter
+        lives on the device) and `elementwise(name, arrays, scalars)`. lr: this step's rate
+        (on a GPU the kernel reads it from the device)."""
+        t = kernels.tick(state, "count") if any(s.name == "count" for s in self.slots) else 0
+        pre = self.prepare(t, lr) if t is not None else None
+        args = self.kernel_args(kernels.device, pre)
+        kernels.elementwise(self.name, [params, grads] + self.slot_arrays(state, args.slots), args.scalars)
 
 
 COUNT = Slot("count", "scalar", "int64", 0, "steps taken, t")

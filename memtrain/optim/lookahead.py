@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from memtrain.backend import array_module
 from memtrain.errors import ConfigError
-from memtrain.optim.base import Optimizer, Slot, check_unit, chunks
+from memtrain.optim.base import KernelArgs, Optimizer, Slot, check_unit, chunks
 from memtrain.validate import check_scalar
 
 
@@ -37,10 +37,6 @@ class Lookahead(Optimizer):
         )
         self.scratch_count = max(inner.scratch_count, 1)
 
-    @property
-    def hyper(self):
-        return {**self.inner.hyper, "k": self.k, "alpha": self.alpha}
-
     def describe(self) -> str:
         return f"lookahead(k={self.k}, alpha={self.alpha:g}, {self.inner.describe()})"
 
@@ -56,3 +52,17 @@ class Lookahead(Optimizer):
             slow = state["opt.slow"]
             for start, stop in chunks(params.shape[0]):
                 lookahead_sync(params[start:stop], slow[start:stop], scratch[0][: stop - start], alpha=self.alpha)
+
+    def kernel_args(self, device, pre=None):
+        """Lookahead's own kernel is the sync of the slow weights (the inner update is the inner's).
+        On a GPU it tests la_count % k itself: a captured step cannot branch on the host."""
+        if device == "cuda":
+            return KernelArgs(("slow", "la_count"), (int(self.k), float(self.alpha)))
+        return KernelArgs(("slow",), (self.alpha,))
+
+    def fused_step(self, kernels, params, grads, state, lr, layout):
+        self.inner.fused_step(kernels, params, grads, state, lr, layout)
+        n = kernels.tick(state, "la_count")
+        if n is None or n % self.k == 0:
+            args = self.kernel_args(kernels.device)
+            kernels.elementwise("lookahead_sync", [params] + self.slot_arrays(state, args.slots), args.scalars)

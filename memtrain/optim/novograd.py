@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from memtrain.backend import array_module
-from memtrain.optim.base import COUNT, Optimizer, Slot, check_positive, check_unit, chunks
+from memtrain.optim.base import COUNT, KernelArgs, Optimizer, Slot, check_positive, check_unit, chunks
 
 
 def novograd_group_update(p, g, m, s0, s1, *, lr, beta1, scale, weight_decay):
@@ -42,11 +42,6 @@ class NovoGrad(Optimizer):
         self.eps = check_positive("eps", eps)
         self.weight_decay = check_positive("weight_decay", weight_decay, allow_zero=True)
 
-    @property
-    def hyper(self):
-        return {"lr": self.lr, "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps,
-                "weight_decay": self.weight_decay}
-
     def layer_scales(self, grads, state, t: int, layout):
         """Per parameter tensor: update v_l from ||g_l||^2 and yield (lo, hi, 1/sqrt(v_l + eps)).
         Shared by this NumPy step and the fused CPU kernels (kernels/cpu/dispatch.py)."""
@@ -70,3 +65,31 @@ class NovoGrad(Optimizer):
                 a, b = lo + start, lo + stop
                 novograd_group_update(params[a:b], grads[a:b], m[a:b], scratch[0][:n], scratch[1][:n], lr=lr,
                                       beta1=self.beta1, scale=scale, weight_decay=self.weight_decay)
+
+    def kernel_args(self, device, pre=None):
+        """The update kernel's arguments for one parameter tensor (its v is one scalar per tensor).
+        cpu: pre holds lr and the tensor's scale 1/sqrt(v_l + eps) (layer_scales); cuda: pre holds
+        the tensor's index, whose v_l the kernel reads on the device."""
+        if device == "cuda":
+            return KernelArgs(("m", "v"), (pre["layer"], self.beta1, self.eps, self.weight_decay))
+        decay = self.weight_decay
+        return KernelArgs(("m",), (pre["lr"], self.beta1, pre["scale"], decay, bool(decay)))
+
+    def fused_step(self, kernels, params, grads, state, lr, layout):
+        t = kernels.tick(state, "count")
+        for lo, hi, pre in self._tensors(kernels, grads, state, t, lr, layout):
+            args = self.kernel_args(kernels.device, pre)
+            arrays = [params[lo:hi], grads[lo:hi]] + self.slot_arrays(state, args.slots, lo, hi)
+            kernels.elementwise(self.name, arrays, args.scalars)
+
+    def _tensors(self, kernels, grads, state, t, lr, layout):
+        """Per parameter tensor: (lo, hi, what its update's kernel_args read)."""
+        if t is not None:  # the host: v_l and its scale computed here, as the NumPy step computes them
+            for lo, hi, scale in self.layer_scales(grads, state, t, layout):
+                yield lo, hi, {"lr": lr, "scale": scale}
+            return
+        for li, group in enumerate(layout):  # the device: one block reduces ||g_l||^2 and updates v_l
+            lo, hi = group.offset, group.offset + group.size
+            kernels.block("novograd_norm", [grads[lo:hi], state["opt.v"], state["opt.count"]],
+                          (hi - lo, li, self.beta2))
+            yield lo, hi, {"layer": li}

@@ -55,10 +55,10 @@ class Rprop(Optimizer):
             Slot("prev_sign", "param", "int8", doc="sign of the previous gradient"),
         )
 
-    @property
-    def hyper(self):
-        return {"lr": self.lr, "eta_plus": self.eta_plus, "eta_minus": self.eta_minus,
-                "step_min": self.step_min, "step_max": self.step_max}
+    def host_scalars(self, pre):
+        # the factor 1 + f (a f + b) of rprop_update, its a and b computed once per step
+        a, b = (self.eta_plus + self.eta_minus - 2.0) / 2.0, (self.eta_plus - self.eta_minus) / 2.0
+        return a, b, self.step_min, self.step_max
 
     def update(self, p, g, st, s, pre):
         rprop_update(p, g, st["step"], st["prev_sign"], s[0], s[1], s[2], eta_plus=self.eta_plus,

@@ -62,9 +62,8 @@ class Momentum(Optimizer):
         super().__init__(lr)
         self.alpha = check_unit("alpha", alpha)
 
-    @property
-    def hyper(self):
-        return {"lr": self.lr, "alpha": self.alpha}
+    def host_scalars(self, pre):
+        return pre["lr"], self.alpha
 
     def update(self, p, g, st, s, pre):
         momentum_update(p, g, st["v"], s[0], lr=pre["lr"], alpha=self.alpha)

@@ -19,7 +19,7 @@ from memtrain.memory.batch import check_batch_rows
 from memtrain.memory.budget import with_margin
 from memtrain.memory.plan import MemoryPlan
 from memtrain.profiler.autobatch import solve
-from memtrain.train.job import data_bytes, load_job_data
+from memtrain.train.job import data_bytes, load_job_data, resident_rows_of
 from memtrain.train.setting import Setting
 from memtrain.units import format_bytes
 
@@ -31,7 +31,8 @@ class DataRows:
     n_features: int
     n_train: int
     n_val: int
-    nbytes: int
+    nbytes: int  # the training and validation arrays (what a GPU keeps resident)
+    n_test: int = 0  # held in host memory until the final evaluation: in a CPU job's plan
 
 
 @dataclass(frozen=True)
@@ -60,13 +61,14 @@ def data_rows(cfg) -> DataRows:
     got = header_rows(d.dataset, dtype=spec.dtype.name, output=spec.output.name, validation=d.validation,
                       test=d.test, validation_source=d.validation_dataset)
     if got is not None:
-        features, n_train, n_val, nbytes = got
+        features, n_train, n_val, nbytes, n_test = got
         if features != spec.sizes[0]:
             raise DataError(f"model.layers: the first size must equal the data's {features} features "
                             f"({Path(d.dataset).name}), got {spec.sizes[0]}")
-        return DataRows(features, n_train, n_val, nbytes)
+        return DataRows(features, n_train, n_val, nbytes, n_test)
     ds = load_job_data(cfg)
-    return DataRows(ds.n_features, len(ds.X_train), 0 if ds.X_val is None else len(ds.X_val), data_bytes(ds))
+    return DataRows(ds.n_features, len(ds.X_train), 0 if ds.X_val is None else len(ds.X_val), data_bytes(ds),
+                    0 if ds.X_test is None else len(ds.X_test))
 
 
 def job_setting(cfg, device_kind: str, resident_rows: DataRows | None, overhead_bytes: int = 0,
@@ -75,7 +77,8 @@ def job_setting(cfg, device_kind: str, resident_rows: DataRows | None, overhead_
     return Setting(cfg.model_spec(), cfg.optimizer.name, cfg.optimizer.hyper, device_kind,
                    overhead_bytes=overhead_bytes, overhead_source=overhead_source,
                    keep_best=bool(cfg.training.patience), fused=cfg.training.fused,
-                   resident_rows=None if resident_rows is None else (resident_rows.n_train, resident_rows.n_val))
+                   resident_rows=None if resident_rows is None else resident_rows_of(
+                       device_kind, resident_rows.n_train, resident_rows.n_val, resident_rows.n_test))
 
 
 def solve_auto(setting, raw_budget: int, device_kind: str, n_train: int, max_batch_size=None) -> int:

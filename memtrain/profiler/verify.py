@@ -99,8 +99,9 @@ def _attach_zeros(trainer, spec, rows) -> None:
         y = np.zeros(n, np.intp) if kind == "class" else np.zeros((n, C), spec.dtype)
         return np.zeros((n, spec.sizes[0]), spec.dtype), y
 
-    n_train, n_val = rows
-    trainer.attach_data(*part(n_train), part(n_val) if n_val else None, resident=True)
+    n_train, n_val, *held = rows  # (n_train, n_val[, n_test])
+    trainer.attach_data(*part(n_train), part(n_val) if n_val else None, resident=True,
+                        test=part(held[0]) if held else None)
 
 
 def _warm_up(setting, backend):

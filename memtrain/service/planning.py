@@ -49,7 +49,7 @@ class Checked:
     device_kind: str  # cpu | cuda
     batch: object  # int or "auto"
     max_batch: int  # the data set's training rows, or training.max_batch_size if smaller
-    rows: tuple  # (n_train, n_val) of the data set, as the job will split it
+    rows: tuple  # (n_train, n_val, n_test) of the data set, as the job will split it (2 in older stores)
     data_bytes: int
 
 
@@ -137,7 +137,8 @@ def validate(data: dict, *, data_roots=(), device_kinds=("cpu",), max_runtime: f
         raise SubmissionError(str(exc).removeprefix("config: ")) from None
     t = cfg.training
     max_batch = rows.n_train if t.max_batch_size is None else min(t.max_batch_size, rows.n_train)
-    return Checked(cfg.name, cfg.to_dict(), kind, t.batch_size, max_batch, (rows.n_train, rows.n_val), rows.nbytes)
+    return Checked(cfg.name, cfg.to_dict(), kind, t.batch_size, max_batch, (rows.n_train, rows.n_val, rows.n_test),
+                   rows.nbytes)
 
 
 def _without_service_keys(data: dict) -> dict:
@@ -273,8 +274,8 @@ def _job_plan(checked: Checked, budget: int, batch: int):
     from memtrain.profiler.jobplan import DataRows, plan_job  # noqa: PLC0415 - the trainer loads with the first job
 
     cfg = JobConfig.from_dict(checked.config).with_overrides({"training.batch_size": int(batch)})
-    n_train, n_val = checked.rows
-    rows = DataRows(cfg.model_spec().sizes[0], n_train, n_val, checked.data_bytes)
+    n_train, n_val, *held = checked.rows  # a job stored before the test split was planned has no n_test
+    rows = DataRows(cfg.model_spec().sizes[0], n_train, n_val, checked.data_bytes, held[0] if held else 0)
     limit = cfg.training.memory_limit if cfg.training.memory_limit is not None else budget
     return cfg, plan_job(cfg, device_kind=checked.device_kind, budget=limit, rows=rows)
 

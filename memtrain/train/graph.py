@@ -129,8 +129,8 @@ def unsupported(trainer, rows: int) -> str | None:
     spec = trainer.spec
     if not trainer.backend.is_cuda:
         return "CUDA graphs need a CUDA device"
-    if "step_scalars" not in trainer.arrays:
-        return "the plan has no device step scalars"
+    if trainer.kernels.name != "cuda":
+        return "the step does not run memtrain's CUDA kernels"
     if spec.dropout:
         return "dropout draws its masks on the host each step"
     if spec.l1 or spec.l2:
@@ -233,8 +233,8 @@ def device_step(trainer, v) -> None:
     step.loss_sum(spec, v, read=False)
     step.backward(spec, model.layers, trainer.glayers, v)
     dispatch.grad_sq_norm(trainer.grads, v.sc, dispatch.default_launcher())  # the updates skip a non-finite one
-    dispatch.optimizer_step(trainer.optimizer, model.params, trainer.grads, trainer.arrays, spec.layout,
-                            dispatch.default_launcher())
+    # lr None: the stepper wrote it to the step scalars before the replay, where the update reads it
+    trainer.kernels.optimizer_step(trainer.optimizer, model.params, trainer.grads, trainer.arrays, None, spec.layout)
 
 
 def _host(a):

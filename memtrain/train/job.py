@@ -43,7 +43,7 @@ from memtrain.train.state import JobState
 from memtrain.train.trainer import STOP, Trainer, cpu_kernels
 from memtrain.units import format_bytes
 
-__all__ = ["Job", "JobFailed", "data_bytes", "load_job_data", "run"]
+__all__ = ["Job", "JobFailed", "data_bytes", "load_job_data", "resident_rows_of", "run", "test_bytes"]
 
 
 def run(cfg, *, log_format: str = "text", progress: bool = True, stream=None, install_signals: bool = True,
@@ -197,9 +197,10 @@ class Job:
         self.resident = _resident(ds, backend, t.memory_limit, self.cfg.data.resident_share)
         self.setting = Setting(self.spec, self.cfg.optimizer.name, self.cfg.optimizer.hyper, backend.kind,
                                keep_best=bool(t.patience), fused=t.fused,
-                               resident_rows=(len(ds.X_train), _rows(ds.X_val)) if self.resident else None)
-        # on the CPU the data set is in memory already when the free memory is read
-        loaded = data_bytes(ds) if (self.resident and not backend.is_cuda) else 0
+                               resident_rows=resident_rows_of(backend.kind, len(ds.X_train), _rows(ds.X_val),
+                                                              _rows(ds.X_test)) if self.resident else None)
+        # on the CPU the data set (its test split too) is in memory already when the free memory is read
+        loaded = data_bytes(ds) + test_bytes(ds) if (self.resident and not backend.is_cuda) else 0
         self.state.memory_budget = _budget(backend, t.memory_limit, loaded)
         batch, note = t.batch_size, None
         if batch == "auto":
@@ -253,8 +254,9 @@ class Job:
             self.log("note", f"note      {note}", note=note)
         validation = (ds.X_val, ds.y_val) if ds.X_val is not None else None
         before = set(tr.arrays)
-        tr.attach_data(ds.X_train, ds.y_train, validation, resident=self.resident)
-        given = (ds.X_train, ds.y_train, ds.X_val, ds.y_val)
+        test = (ds.X_test, ds.y_test) if ds.X_test is not None else None
+        tr.attach_data(ds.X_train, ds.y_train, validation, resident=self.resident, test=test)
+        given = (ds.X_train, ds.y_train, ds.X_val, ds.y_val, ds.X_test, ds.y_test)
         adopted = [a for k, a in tr.arrays.items() if k not in before and k != "order" and isinstance(a, np.ndarray)
                    and any(a is d for d in given)]
         self.peak.untraced = sum(a.nbytes for a in adopted)  # allocated before tracing began
@@ -609,7 +611,7 @@ def _summary(cfg, tr, plan, peak, seconds, test, final_path, best_path) -> dict:
 
 def load_job_data(cfg):
     """The job's data set, split as the job splits it; its features must match the model's inputs."""
-    from memtrain.data import load_dataset  # noqa: PLC0415 - scikit-learn and friends only when a job loads data
+    from memtrain.data import load_dataset  # noqa: PLC0415 - the data loaders only when a job loads data
 
     d, spec = cfg.data, cfg.model_spec()
     ds = load_dataset(d.dataset, dtype=spec.dtype.name, label_column=d.label_column, validation=d.validation,
@@ -643,6 +645,17 @@ def _warm_up(spec, fused_optimizer=None) -> None:
 
 def data_bytes(ds) -> int:
     return sum(a.nbytes for a in (ds.X_train, ds.y_train, ds.X_val, ds.y_val) if a is not None)
+
+
+def test_bytes(ds) -> int:
+    return sum(a.nbytes for a in (ds.X_test, ds.y_test) if a is not None)
+
+
+def resident_rows_of(device_kind: str, n_train: int, n_val: int, n_test: int) -> tuple:
+    """The data rows a job's plan holds: training and validation; on the CPU also the test split,
+    which the process holds from loading until the final evaluation (a GPU plan is device memory,
+    and the test split stays on the host)."""
+    return (n_train, n_val) + ((n_test,) if device_kind == "cpu" and n_test else ())
 
 
 def _rows(a) -> int:

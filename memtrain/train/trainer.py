@@ -22,8 +22,6 @@ import numpy as np
 
 from memtrain.backend import array_module, small_ufunc_buffers
 from memtrain.errors import ConfigError
-from memtrain.kernels import dispatch
-from memtrain.kernels.source import SC_LR
 from memtrain.memory.arena import allocate
 from memtrain.memory.measure import active_pool
 from memtrain.memory.plan import MemoryPlan, training_plan
@@ -32,7 +30,7 @@ from memtrain.nn.mlp import MLP, _copy_in, evaluate_in
 from memtrain.nn.scores import REGRESSION
 from memtrain.optim import Optimizer, make_optimizer
 from memtrain.optim.schedules import Constant, Schedule
-from memtrain.train import graph
+from memtrain.train import graph, step_kernels
 from memtrain.validate import check_scalar
 
 STOP = "stop"  # what an on_step/on_epoch callback returns to end fit() after this step
@@ -82,11 +80,10 @@ class Trainer:
         self.patience = check_scalar(patience, "patience", int, min_val=1, allow_none=True)
         self.seed = check_scalar(seed, "seed", int)
         self._data_rows = (None, None)  # (n_train, n_val) resident in the plan, else None
-        self.cpu = None
-        if fused and not self.backend.is_cuda:
-            self.cpu, why = cpu_kernels(self.spec, self.optimizer)
-            if why:
-                self.notes.append(f"fused CPU kernels unavailable ({why}): the NumPy reference path runs")
+        # the update's kernels (NumPy reference, numba or CUDA), chosen once: train/step_kernels.py
+        self.kernels, why = step_kernels.choose(self.backend.kind, self.spec, self.optimizer, fused)
+        if why:
+            self.notes.append(f"fused CPU kernels unavailable ({why}): the NumPy reference path runs")
         self.plan: MemoryPlan = self._make_plan(batch_size, micro_batch_size, dataset_size)
         self.arrays = allocate(self.plan, self.backend.xp, existing={"params": model.params},
                                observer=allocation_observer)
@@ -114,15 +111,13 @@ class Trainer:
         resident = self._data_rows if self._data_rows[0] is not None else None
         return training_plan(self.spec, self.optimizer, batch_size, self.backend.kind,
                              micro_batch_size=micro_batch_size, dataset_size=dataset_size, resident_rows=resident,
-                             keep_best=self.patience is not None, fused=self.cpu is not None)
+                             keep_best=self.patience is not None, fused=self.kernels.name == "numba")
 
     def _bind(self):
         """(Re)derive views after (re)allocation."""
         self.grads = self.arrays["grads"]
         self.glayers = step.layer_views(self.spec, self.grads)
-        self.buffers = step.StepBuffers(self.spec, self.arrays, "train", cpu=self.cpu)
-        self.chunk = self.arrays.get("chunk")
-        self.scratch = list(self.chunk) if self.chunk is not None else []
+        self.buffers = step.StepBuffers(self.spec, self.arrays, "train", cpu=self.kernels.activations)
 
     @property
     def batch_size(self) -> int:
@@ -156,11 +151,12 @@ class Trainer:
         self._bind()
 
     # -- data ----------------------------------------------------------------
-    def attach_data(self, X, y, validation=None, *, resident: bool = True) -> None:
+    def attach_data(self, X, y, validation=None, *, resident: bool = True, test=None) -> None:
         """Give the trainer its data set. resident=True puts it in the plan (on a GPU:
         on the device) and copies it in once; resident=False streams each batch from
         the host arrays. Arrays already in the model dtype are used without a copy on
-        the CPU. Also plans the epoch permutation."""
+        the CPU. Also plans the epoch permutation. `test` (X, y): the test split a CPU
+        job holds in memory until its final evaluation, counted in the plan (adopted)."""
         X = _rows(self.model._inputs(X), self.spec.dtype)
         y = self.model.prepare_labels(y)
         if not resident and array_module(X) is not np:
@@ -177,10 +173,13 @@ class Trainer:
                 raise ConfigError(f"validation y: {len(yv)} labels for {len(Xv)} samples")
             val = (Xv, yv)
         n_val = len(val[0]) if val else 0
-        self._data_rows = (len(X), n_val) if resident else (None, None)
+        held = resident and not self.backend.is_cuda and test is not None
+        tst = (_rows(self.model._inputs(test[0]), self.spec.dtype), self.model.prepare_labels(test[1])) if held else None
+        self._data_rows = ((len(X), n_val) + ((len(tst[0]),) if tst else ())) if resident else (None, None)
         if resident and not self.backend.is_cuda:
             # the caller's arrays are already what the plan lists: adopt them, no copy
-            for name, a in (("data_x", X), ("data_y", y)) + ((("val_x", val[0]), ("val_y", val[1])) if val else ()):
+            for name, a in (("data_x", X), ("data_y", y)) + ((("val_x", val[0]), ("val_y", val[1])) if val else ()) \
+                    + ((("test_x", tst[0]), ("test_y", tst[1])) if tst else ()):
                 self.arrays[name] = a
         plan = self._make_plan(self.batch_size, self.plan.micro_batch_size, len(X))
         self.arrays = {k: v for k, v in self.arrays.items() if k in plan.names()}
@@ -257,8 +256,7 @@ class Trainer:
         G = self.arrays["grad_accum"] if accumulate else self.grads
         xp = self.backend.xp
         total = 0.0
-        if self.cpu is not None:
-            self.cpu.use_threads()
+        self.kernels.begin()
         for k, lo in enumerate(range(0, b, m)):
             n = min(m, b - lo)
             if self.fault_hook is not None:
@@ -276,10 +274,7 @@ class Trainer:
                     self.grads *= n / b
                     G += self.grads
         loss = total / b
-        if self.cpu is not None:
-            self.cpu.add_penalty_grad(spec, model.params, G)
-        else:
-            step.add_penalty_grad(spec, model.params, G, self.chunk)
+        self.kernels.add_penalty_grad(spec, model.params, G, self.arrays)
         norm = step.clip_by_norm(G, self.clip_norm, self.arrays.get("step_scalars"))
         self.last_grad_norm = norm
         if not (math.isfinite(loss) and math.isfinite(norm)):
@@ -288,14 +283,7 @@ class Trainer:
             return loss
         self.nonfinite_streak = 0
         self.last_lr = lr = self.schedule(self.steps)
-        if "step_scalars" in self.arrays:  # a GPU plan: one fused kernel reads lr on the device
-            self.arrays["step_scalars"][SC_LR] = lr
-            dispatch.optimizer_step(self.optimizer, model.params, G, self.arrays, spec.layout,
-                                    dispatch.default_launcher())
-        elif self.cpu is not None:
-            self.cpu.optimizer_step(self.optimizer, model.params, G, self.arrays, lr, spec.layout)
-        else:
-            self.optimizer.step(model.params, G, self.arrays, self.scratch, lr, spec.layout)
+        self.kernels.optimizer_step(self.optimizer, model.params, G, self.arrays, lr, spec.layout)
         self.steps += 1
         return loss
 
@@ -430,21 +418,10 @@ class Trainer:
 
 
 def cpu_kernels(spec, optimizer) -> tuple:
-    """(memtrain.kernels.cpu.dispatch, None) with every kernel this step calls compiled (or loaded
-    from numba's on-disk cache): numba is imported here, when a fused CPU step is built, and its
-    compile time and allocations fall before the first (measured) step. (None, why) where numba
-    is missing or cannot compile a kernel on this machine (float16 needs LLVM's half conversions)."""
-    try:
-        from memtrain.kernels.cpu import dispatch  # noqa: PLC0415 - numba only for a fused CPU step
-    except ImportError as exc:
-        return None, f"{exc.name or 'numba'} is not importable"
-    from numba.core.errors import NumbaError  # noqa: PLC0415 - numba is importable here
-
-    try:
-        dispatch.warm(spec, optimizer)
-    except NumbaError as exc:
-        return None, f"numba: {str(exc).strip().splitlines()[0]}"
-    return dispatch, None
+    """Compile (or load from numba's cache) every fused CPU kernel a step of this model and
+    optimizer calls, before anything is measured: (step kernels, None), or (None, why) where
+    numba cannot run them here (train/step_kernels.py numba_step)."""
+    return step_kernels.numba_step(spec, optimizer)
 
 
 def _rows(X, dtype):

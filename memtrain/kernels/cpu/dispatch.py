@@ -1,10 +1,12 @@
 """What a fused CPU step calls: the kernels of this package, with their scalars.
 
-Mirrors memtrain/kernels/dispatch.py (the GPU's): the same per-optimizer slot
-order (OPTIMIZER_ARGS), one update call per optimizer over the flat vectors,
-one call per layer for bias + activation and for the activation's backward.
-The step's scalars are computed on the host, in float64 exactly as the NumPy
-reference computes them (Optimizer.prepare), then cast to the compute type.
+The CPU twin of memtrain/kernels/dispatch.py (the GPU's). Each optimizer owns
+its kernel's arguments (Optimizer.kernel_args: the state slots in the kernel's
+order and the step's scalars, computed on the host in float64 exactly as the
+NumPy reference computes them, Optimizer.prepare) and drives its update
+(Optimizer.fused_step) through `HOST`; `run` casts the scalars to the compute
+type and calls the kernel. One call per layer for bias + activation and for
+the activation's backward.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import numpy as np
 from memtrain.kernels.cpu import activation as A
 from memtrain.kernels.cpu import optim as K
 from memtrain.kernels.cpu.scalar import compute_type, storage, threads
-from memtrain.kernels.dispatch import OPTIMIZER_ARGS
 
 # activation name -> the prefix of its kernels in activation.py (<prefix>_forward, <prefix>_backward)
 KERNEL = {"identity": "identity", "sigmoid": "sigmoid", "tanh": "tanh", "relu": "relu",
@@ -25,51 +26,37 @@ KERNEL = {"identity": "identity", "sigmoid": "sigmoid", "tanh": "tanh", "relu": 
           "mish": "mish", "gelu": "gelu", "prelu": "prelu"}
 
 
-def _scalars(opt, pre: dict, T) -> tuple:
-    """The kernel's scalar arguments after its arrays, in its order (optim.py)."""
-    lr, name = pre["lr"], opt.name
-    if name == "sgd":
-        return (T(lr),)
-    if name in ("momentum", "nesterov"):
-        return T(lr), T(opt.alpha)
-    if name == "adagrad":
-        return T(lr), T(opt.delta)
-    if name == "rmsprop":
-        return T(lr), T(opt.rho), T(1.0 - opt.rho), T(opt.delta)
-    if name == "adadelta":
-        return T(lr), T(opt.gamma), T(1.0 - opt.gamma), T(opt.eps)
-    if name == "rprop":
-        a, b = (opt.eta_plus + opt.eta_minus - 2.0) / 2.0, (opt.eta_plus - opt.eta_minus) / 2.0
-        return T(a), T(b), T(opt.step_min), T(opt.step_max)
-    b1, b2, bc1 = opt.beta1, opt.beta2, pre["bc1"]
-    moments = (T(b1), T(1.0 - b1), T(b2), T(1.0 - b2), T(1.0 / np.sqrt(pre["bc2"])), T(opt.eps))
-    if name == "adam":
-        return moments + (T(lr / bc1),)
-    if name == "nadam":
-        return moments + (T(b1 / bc1), T((1.0 - b1) / bc1), T(lr))
-    rect = pre["rect"]  # radam
-    return moments + ((T(lr * rect / bc1), True) if rect is not None else (T(lr / bc1), False))
+def run(name: str, arrays, scalars) -> None:
+    """The fused kernel `name` of optim.py over flat arrays (the first one's length; float16 passed
+    as its bits) and its scalars: floats cast to the first array's compute type, flags (bool) as
+    they are. One optimizer's update on a slice is `run(opt.name, [p, g, *slots], args.scalars)`
+    with `args = opt.kernel_args("cpu", opt.prepare(t, lr))`."""
+    T = compute_type(arrays[0].dtype)
+    getattr(K, name)(*(storage(a) for a in arrays), *(s if isinstance(s, bool) else T(s) for s in scalars))
+
+
+class HostKernels:
+    """The CPU side of Optimizer.fused_step: step counters advance on the host (tick returns t)."""
+
+    device = "cpu"
+
+    @staticmethod
+    def tick(state: dict, slot: str) -> int:
+        counter = state[f"opt.{slot}"]
+        counter[...] += 1
+        return int(counter)
+
+    @staticmethod
+    def elementwise(name: str, arrays, scalars) -> None:
+        run(name, arrays, scalars)
+
+
+HOST = HostKernels()
 
 
 def optimizer_step(opt, params, grads, state: dict, lr: float, layout) -> None:
     """One update of the flat `params` in place: Optimizer.step, fused."""
-    T = compute_type(params.dtype)
-    if opt.name == "lookahead":
-        optimizer_step(opt.inner, params, grads, state, lr, layout)
-        state["opt.la_count"][...] += 1
-        if int(state["opt.la_count"]) % opt.k == 0:
-            K.lookahead_sync(storage(params), storage(state["opt.slow"]), T(opt.alpha))
-        return
-    t = opt._tick(state)
-    if opt.name == "novograd":
-        m = state["opt.m"]
-        for lo, hi, scale in opt.layer_scales(grads, state, t, layout):
-            K.novograd(storage(params[lo:hi]), storage(grads[lo:hi]), storage(m[lo:hi]), T(lr), T(opt.beta1),
-                       T(scale), T(opt.weight_decay), bool(opt.weight_decay))
-        return
-    slots, _ = OPTIMIZER_ARGS[opt.name]
-    arrays = [storage(params), storage(grads)] + [storage(state[f"opt.{s}"]) for s in slots]
-    getattr(K, opt.name)(*arrays, *_scalars(opt, opt.prepare(t, lr), T))
+    opt.fused_step(HOST, params, grads, state, lr, layout)
 
 
 def add_penalty_grad(spec, params, grads) -> None:
@@ -144,9 +131,9 @@ def warm(spec, optimizer) -> None:
              for s in optimizer.all_slots()}
     optimizer.init_state(state, p)
     layout = [SimpleNamespace(offset=0, size=2, kind="weight")]
-    for _ in range(2):  # Lookahead's sync runs on its k-th step; RAdam's branch is a bool argument
+    # enough steps for every kernel of the update to run once: a wrapper that syncs every k
+    # steps (Lookahead) syncs on the k-th; RAdam's two branches are one kernel (a bool argument)
+    for _ in range(max(2, int(getattr(optimizer, "k", 0)))):
         optimizer_step(optimizer, p, np.ones(2, dtype=dt), state, 1e-3, layout)
-    if optimizer.name == "lookahead":
-        K.lookahead_sync(storage(p), storage(p.copy()), compute_type(dt)(0.5))
     if spec.l1 or spec.l2:
         add_penalty_grad(SimpleNamespace(l1=spec.l1, l2=spec.l2, layout=layout), p, p.copy())
