@@ -30,6 +30,8 @@ _WARMUP = []
 def pytest_collection_finish(session):
     """A run that compiles every fused CPU kernel (tests/test_cpu_kernels.py) fills numba's cache
     on the idle core meanwhile (tests/numba_warmup.py): ~90 s less of a fresh clone's serial run."""
+    if session.config.option.collectonly:
+        return
     if any(item.path.name == "test_cpu_kernels.py" for item in session.items):
         from numba_warmup import lock_numba_cache_writes  # noqa: PLC0415 - numba only for such a run
 
