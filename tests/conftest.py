@@ -27,18 +27,32 @@ def pytest_collection_modifyitems(config, items):
 _WARMUP = []
 
 
-def pytest_collection_finish(session):
-    """A run that compiles every fused CPU kernel (tests/test_cpu_kernels.py) fills numba's cache
-    on the idle core meanwhile (tests/numba_warmup.py): ~90 s less of a fresh clone's serial run."""
-    if session.config.option.collectonly:
+def _warm_numba_cache() -> None:
+    """Fills numba's cache with every fused CPU kernel from a process of its own (tests/numba_warmup.py),
+    on the core the serial test process leaves idle: ~90 s less of a fresh clone's run."""
+    if _WARMUP:
         return
-    if any(item.path.name == "test_cpu_kernels.py" for item in session.items):
-        from numba_warmup import lock_numba_cache_writes  # noqa: PLC0415 - numba only for such a run
+    from numba_warmup import lock_numba_cache_writes  # noqa: PLC0415 - numba only for such a run
 
-        lock_numba_cache_writes()
-        warmup = Path(__file__).with_name("numba_warmup.py")
-        _WARMUP.append(subprocess.Popen([sys.executable, str(warmup)], stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL))
+    lock_numba_cache_writes()
+    warmup = Path(__file__).with_name("numba_warmup.py")
+    _WARMUP.append(subprocess.Popen([sys.executable, str(warmup)], stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL))
+
+
+def pytest_sessionstart(session):
+    """A run of the whole directory (or of test_cpu_kernels.py, which compiles every kernel) starts
+    the warm-up before collecting, which takes a while itself."""
+    opt, here = session.config.option, Path(__file__).parent
+    if opt.collectonly or opt.keyword or opt.markexpr:
+        return
+    if any(Path(a.split("::")[0]).resolve() in (here, here / "test_cpu_kernels.py") for a in session.config.args):
+        _warm_numba_cache()
+
+
+def pytest_collection_finish(session):
+    if not session.config.option.collectonly and any(i.path.name == "test_cpu_kernels.py" for i in session.items):
+        _warm_numba_cache()
 
 
 def pytest_sessionfinish(session, exitstatus):
