@@ -59,7 +59,7 @@ def pytest_collection_finish(session):
 
 
 def pytest_sessionfinish(session, exitstatus):
-    for proc in _WARMUP:  # done long before a whole run ends; a short run stops it
+    for proc in _WARMUP:  # a whole run outlasts it; a short one stops it here
         proc.kill()
         proc.wait()
 
