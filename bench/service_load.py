@@ -122,13 +122,13 @@ def load_average() -> list:
     return [round(v, 2) for v in os.getloadavg()]
 
 
-def store_copies(state_dir: Path, template: dict, n: int) -> None:
+def store_copies(state_dir: Path, template, n: int) -> None:
     """n copies of a finished job's row in the service's store (the service is stopped)."""
-    from memtrain.service.store import Store  # noqa: PLC0415
+    from memtrain.scheduling.store import Store  # noqa: PLC0415
 
     store = Store(state_dir / "memtrain.sqlite")
     have = len(store.list())
-    row = {k: v for k, v in template.items() if k != "seq"}
+    row = template.columns()
     for i in range(have, n):
         store.insert({**row, "id": f"c{i:07d}", "name": f"copy{i}"})
     store.close()
@@ -253,7 +253,7 @@ def main(argv=None) -> int:
         job_id = call(s.url + "/jobs", "POST", {**SMALL, "name": "template"})[1]["id"]
         while call(f"{s.url}/jobs/{job_id}")[1]["state"] in ("queued", "running"):
             time.sleep(0.2)
-    from memtrain.service.store import Store  # noqa: PLC0415
+    from memtrain.scheduling.store import Store  # noqa: PLC0415
 
     store = Store(state / "memtrain.sqlite")
     template = store.get(job_id)

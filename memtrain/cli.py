@@ -239,8 +239,10 @@ def autobatch(config, layers, activation, output, dropout, dtype, device, overhe
                             dtype=dtype, optimizer=optimizer, device=backend.name, overhead=overhead,
                             backend=backend if backend.is_cuda else None, budget=memory_limit, fused=fused)
     setting, t = req.setting, (req.cfg.training if req.cfg is not None else None)
-    if multiple_of is None and backend.is_cuda:
-        multiple_of = 8
+    if multiple_of is None:  # the Job's rounding: a multiple of 8 on a GPU
+        from memtrain.train.jobplan import batch_multiple  # noqa: PLC0415
+
+        multiple_of = batch_multiple(backend.kind)
     if t is not None:  # what `train` would solve for this job file: its limit, its cap, its rows
         memory_limit = memory_limit if memory_limit is not None else t.memory_limit
         max_batch_size = max_batch_size or t.max_batch_size

@@ -65,7 +65,7 @@ def compare(config, optimizers, lr, epochs, target_accuracy, output_dir, plot, f
 def _sweep_budget(ex, device: str, memory_limit):
     """(device kind, budget, where it came from): one node of the cluster, or this machine."""
     if ex is not None:
-        from memtrain.select.sweep_launch import cluster_budget  # noqa: PLC0415
+        from memtrain.select.runner import cluster_budget  # noqa: PLC0415
 
         return cluster_budget(ex, device, memory_limit)
     from memtrain.backend import get_backend  # noqa: PLC0415
@@ -90,8 +90,8 @@ def _sweep_budget(ex, device: str, memory_limit):
 @click.option("--plot", type=click.Path(dir_okay=False), help="Write the validation metric against each hyper-parameter to this PNG.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-              help="Where trials run: local processes in waves, or a Ray cluster that places each trial by its "
-              "planned memory (pip install 'memtrain[ray]'; docs/cluster.md).")
+              help="Where trials run: local worker processes, started as their plans fit, or a Ray cluster that "
+              "places each trial by its planned memory (pip install 'memtrain[ray]'; docs/cluster.md).")
 @click.option("--ray-address", help="Ray cluster to use with --executor ray: host:port, auto or local.  "
               "[default: RAY_ADDRESS, else a cluster `ray start` began here, else a new local instance]")
 def sweep(sweep_file, output_dir, memory_limit, workers, resume, dry_run, metrics_port, plot, fmt, executor,

@@ -78,7 +78,7 @@ def _limits(command):
 @click.option("--max-attempts", default=2, show_default=True, type=click.IntRange(min=1),
               help="Runs of a job killed by a signal it did not ask for (each resumes from its checkpoint).")
 @click.option("--overhead", type=SIZE_OR_ZERO, metavar="SIZE",
-              help="Per-process overhead of a CPU job.  [default: measured once, kept in the state dir]")
+              help="Per-process overhead of a CPU job.  [default: measured once per machine, as `estimate` counts it]")
 @click.option("--job-metrics-host", default="127.0.0.1", show_default=True,
               help="Address each job's metrics exporter listens on (0.0.0.0 in a container).")
 @click.option("--job-metrics-address", metavar="HOST",

@@ -164,8 +164,9 @@ def plan_options(f):
         model_options,
         click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N (the device the plan "
                      "is for)."),
-        click.option("--overhead", type=Size(allow_zero=True), help="Device overhead to assume, e.g. 600MiB (CUDA "
-                     "default: measured on a GPU, else assumed 512 MiB)."),
+        click.option("--overhead", type=Size(allow_zero=True), help="Overhead to count beside the plan, e.g. "
+                     "600MiB: a GPU's device overhead (default: measured on a GPU, else assumed 512 MiB), or the CPU "
+                     "process overhead within --memory-limit (default: measured once per machine)."),
         click.option("--fused/--no-fused", default=None, help="CPU: the plan of memtrain's fused kernels, or of the "
                      "NumPy reference path (as `train --no-fused`).  [default: fused, or the job file's]"),
     ]

@@ -43,8 +43,10 @@ def estimate_text(r: dict) -> str:
     rows = []
     for cat in CATEGORIES:
         b = r["categories"][cat]
-        note = f" ({r['overhead']['source']})" if cat == "overhead" and b else ""
-        rows.append([cat + note, f"{b:,}", format_bytes(b), _x(m[cat])])
+        name = cat
+        if cat == "overhead" and b:  # which overhead it is (the process's or the device's) and where it came from
+            name = f"{r['overhead'].get('kind', 'device')} overhead ({r['overhead']['source']})"
+        rows.append([name, f"{b:,}", format_bytes(b), _x(m[cat])])
     rows.append(["total", f"{r['total']:,}", format_bytes(r["total"]), _x(r["total"] / max(r["categories"]["parameters"], 1))])
     out.append(_table(["category", "bytes", "size", "x params"], rows))
     if r["mode"] == "train":

@@ -5,8 +5,8 @@
 set -u
 PY=${PY:-python}
 restore() { for f in "${saved[@]}"; do cp "/tmp/planted.$$.$(basename "$f")" "$f"; done; }
-saved=(memtrain/service/app.py memtrain/service/planning.py memtrain/service/admission.py
-       memtrain/train/trainer.py memtrain/service/scheduler.py)
+saved=(memtrain/service/routers/jobs.py memtrain/service/planning.py memtrain/scheduling/admission.py
+       memtrain/train/trainer.py memtrain/scheduling/scheduler.py)
 for f in "${saved[@]}"; do cp "$f" "/tmp/planted.$$.$(basename "$f")"; done
 trap restore EXIT
 plant() {  # file, old text, new text, what the tests are
@@ -21,16 +21,16 @@ PY
   echo "$1 | $("$PY" -m pytest -q -p no:cacheprovider "${@:2}" 2>&1 | tail -1)"
   restore
 }
-plant memtrain/service/app.py '@app.delete("/jobs/{job_id}", response_model=models.Job, dependencies=guarded,' \
-  '@app.delete("/jobs/{job_id}", response_model=models.Job,' "1 DELETE without auth" tests/test_service_auth.py
+plant memtrain/service/routers/jobs.py '@guarded.delete("/jobs/{job_id}"' \
+  '@router.delete("/jobs/{job_id}"' "1 DELETE without auth" tests/test_service_auth.py
 plant memtrain/service/planning.py 'keep_best=s.keep_best, resident_rows' 'resident_rows' \
   "2 best-weights copy unplanned" tests/test_service_planning.py
-plant memtrain/service/admission.py 'now - head.queued_at >= head_wait' 'now - job.queued_at >= head_wait' \
+plant memtrain/scheduling/admission.py 'now - head.queued_at >= head_wait' 'now - job.queued_at >= head_wait' \
   "3 head-wait of the wrong job" tests/test_service_admission.py
 plant memtrain/train/trainer.py '(self.seed, 1, self.steps, micro)' '(self.seed, 1, self.steps)' \
   "4 masks repeated per micro-batch" tests/test_accumulation.py -k dropout
 "$PY" - <<'PY'
-p = "memtrain/service/scheduler.py"  # 5: the executor's start moved above the store's update
+p = "memtrain/scheduling/scheduler.py"  # 5: the executor's start moved above the store's update
 s = open(p).read()
 a = s.index("        # written before the process exists")
 j = s.index("        try:\n            h = self.executor.start(launch)")

@@ -68,6 +68,9 @@ def pytest_sessionfinish(session, exitstatus):
 def _private_cache_dir(tmp_path_factory, monkeypatch):
     """No test reads or writes the user's cache (the measured CUDA overhead per GPU model)."""
     monkeypatch.setenv("MEMTRAIN_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+    # Most tests size plans of a few KiB against limits of a few KiB or MiB: they are given no process
+    # overhead. The tests of the overhead itself (tests/test_jobplan.py) set or unset it.
+    monkeypatch.setenv("MEMTRAIN_PROCESS_OVERHEAD", "0")
 
 
 @pytest.fixture(scope="session")

@@ -74,8 +74,8 @@ class ThreadServer:
         sched._wake.set()
         sched._thread.join(10)
         for job in self.service.store.list("running"):
-            if job["ref"]:
-                ex.kill(self.service.scheduler._handle(job))
+            if job.ref:
+                ex.kill(self.service.scheduler.handle(job))
         self.server.should_exit = True
         self.thread.join(20)
         for proc in list(ex._children.values()):

@@ -194,7 +194,7 @@ def test_fused_training_is_bit_identical_to_the_reference_and_plans_no_scratch(k
     fused, tr = _train(True, **dict(kw))
     ref, tr_ref = _train(False, **dict(kw))
     assert np.array_equal(fused, ref)
-    assert tr.plan.fused and not tr_ref.plan.fused
+    assert tr.plan.numba_kernels and not tr_ref.plan.numba_kernels
     assert "chunk" not in tr.arrays and "chunk" in tr_ref.arrays
     assert tr.history[-1]["val_loss"] == tr_ref.history[-1]["val_loss"]
 
@@ -240,7 +240,7 @@ def test_without_numba_the_trainer_falls_back_to_the_reference_and_says_so():
     code = ("import sys; sys.modules['numba'] = None\n"
             "from memtrain import MLP, Trainer\n"
             "tr = Trainer(MLP([4, 3, 2]), 'adam', 2)\n"
-            "print(tr.plan.fused, tr.kernels.name, tr.notes)")
+            "print(tr.plan.numba_kernels, tr.kernels.name, tr.notes)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == ("False numpy ['fused CPU kernels unavailable (numba is not importable): "
                                   "the NumPy reference path runs']")

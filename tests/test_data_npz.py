@@ -15,8 +15,7 @@ import pytest
 
 from memtrain.config import from_dict
 from memtrain.data import header_rows
-from memtrain.profiler.jobplan import DataRows, data_rows
-from memtrain.train.job import data_bytes
+from memtrain.train.jobplan import DataRows, data_bytes, data_rows
 
 
 def declared_rows_npz(path, rows=10**9, cols=64):
@@ -77,7 +76,7 @@ def test_rows_from_the_header_are_the_rows_the_job_loads(tmp_path, case):
     spec = cfg.model_spec()
     got = header_rows(tmp_path / "d.npz", dtype=spec.dtype.name, output=spec.output.name, validation=0.15, test=0.1,
                       above=0)
-    from memtrain.train.job import load_job_data
+    from memtrain.train.jobplan import load_job_data
 
     ds = load_job_data(cfg)
     assert got == (64, len(ds.X_train), len(ds.X_val), data_bytes(ds), len(ds.X_test))

@@ -113,10 +113,10 @@ def test_cuda_plan_without_a_gpu_uses_the_assumed_overhead(monkeypatch):
     code, out = run("--layers", "100,10", "--device", "cuda", "--format", "json")
     r = json.loads(out)
     assert code == 0 and r["device"] == "cuda"
-    assert r["overhead"] == {"bytes": ASSUMED_CUDA_OVERHEAD, "source": "assumed"}
+    assert r["overhead"] == {"bytes": ASSUMED_CUDA_OVERHEAD, "source": "assumed", "kind": "device"}
     assert all(b["allocated"] % 512 == 0 for b in r["buffers"])
     code, out = run("--layers", "100,10", "--device", "cuda", "--overhead", "300MiB", "--format", "json")
-    assert json.loads(out)["overhead"] == {"bytes": 300 * 1024**2, "source": "given"}
+    assert json.loads(out)["overhead"] == {"bytes": 300 * 1024**2, "source": "given", "kind": "device"}
 
 
 def test_config_file(tmp_path):

@@ -320,7 +320,7 @@ def test_a_batch_beyond_the_rows_or_a_memory_limit_is_refused_in_one_line(tmp_pa
 
     from memtrain.cli import main
     from memtrain.errors import ConfigError, DeviceError
-    from memtrain.profiler.jobplan import plan_job
+    from memtrain.train.jobplan import plan_job
 
     rows = "training.batch_size: 100,000 is larger than the 420 training rows; expected at most 420"
     big = config(tmp_path, training={"batch_size": 100000})
@@ -379,7 +379,7 @@ def test_phases_run_one_by_one_and_the_state_is_observable(tmp_path):
 
 
 def test_plan_job_is_the_plan_the_job_allocates(tmp_path):
-    from memtrain.profiler.jobplan import plan_job
+    from memtrain.train.jobplan import plan_job
 
     cfg = config(tmp_path, training={"epochs": 1, "patience": 2})
     jp = plan_job(cfg)

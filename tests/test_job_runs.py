@@ -21,7 +21,7 @@ from memtrain.errors import ConfigError
 from memtrain.train import checkpoint as ckpt
 from memtrain.train.history import RunHistory
 from memtrain.train.job import Job, run
-from memtrain.train.joblog import Progress
+from memtrain.train.joblog import ProgressBar
 
 
 def _events(buf):
@@ -175,7 +175,7 @@ def test_the_progress_bar_only_draws_on_a_terminal(tmp_path):
 
 
 def test_samples_per_second_is_smoothed():
-    p = Progress(False, 10, None)
+    p = ProgressBar(False, 10, None)
     rates = [p.rate(128, dt) for dt in [0.001, 0.001, 0.03, 0.001, 0.0005, 0.001, 0.03, 0.001]]
     # raw rates jump 60x (4,267 .. 256,000 samples/s); the smoothed one moves by well under 2x
     assert max(rates[2:]) / min(rates[2:]) < 2

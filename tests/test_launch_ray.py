@@ -13,7 +13,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -266,28 +265,32 @@ def test_a_restarted_caller_adopts_a_detached_job_and_sees_it_end(local_ray, sma
 
 @pytest.mark.ray
 def test_a_sweep_trial_killed_by_a_signal_is_retried_and_resumes_bit_identical(executor, big_ref, tmp_path):
-    from memtrain.select.sweep_launch import run_trials  # noqa: PLC0415
+    """Through the scheduler a sweep shares with the service (select/runner.py): its retry rule."""
+    from memtrain.config import JobConfig  # noqa: PLC0415
+    from memtrain.select import runner as rn  # noqa: PLC0415
 
     d = tmp_path / "t1"
     config = big_job(d)
-    trial = SimpleNamespace(trial=SimpleNamespace(id="t1"))
 
     def kill_after_first_checkpoint():
         wait_for_checkpoint(d)
         pids = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _cmdline(p).startswith(
-            f"{sys.executable} -m memtrain.launch.worker {d}/launch-")]
+            f"{sys.executable} -m memtrain.launch.worker {d}/out/launch-")]
         assert len(pids) == 1
         os.kill(pids[0], signal.SIGKILL)
 
     killer = threading.Thread(target=kill_after_first_checkpoint)
     killer.start()
     logs = []
-    ((tp, outcome),) = run_trials([trial], executor, lambda tp: launch(d, config, 8 << 20), max_attempts=2,
-                                  log=logs.append, poll_s=0.05)
+    dev = rn.device("cpu", executor.largest_memory(), "the largest node", None)
+    ((task, job, _),) = rn.run_tasks([rn.Task("t1", JobConfig.from_dict(config), 8 << 20)], dev, executor,
+                                     max_attempts=2, log=logs.append, poll_s=0.05)
     killer.join()
+    outcome = rn.written_outcome(job)
     assert outcome["status"] == "finished" and outcome["summary"]["epochs"] == 5, outcome
-    assert logs == ["retry     t1: killed by SIGKILL; attempt 2/2 resumes from its checkpoint"]
-    assert [e["event"] for e in events(d)].count("resume") == 1
+    assert len(outcome["summary"]["history"]) == 5 and outcome["train_rows"] > 0
+    assert logs == ["retry     t1: killed by SIGKILL; retrying from its last checkpoint (attempt 2 of 2)"]
+    assert [e["event"] for e in events(d / "out")].count("resume") == 1
     assert_identical(d, big_ref)
 
 

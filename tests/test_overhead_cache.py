@@ -46,4 +46,4 @@ def test_estimate_uses_the_cached_measurement(monkeypatch):
     oc.record("NVIDIA H200", 700 * 1024**2)
     result = CliRunner().invoke(main, ["estimate", "--layers", "100,10", "--device", "cuda", "--format", "json"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["overhead"] == {"bytes": 700 * 1024**2, "source": "measured"}
+    assert json.loads(result.output)["overhead"] == {"bytes": 700 * 1024**2, "source": "measured", "kind": "device"}

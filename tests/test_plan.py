@@ -108,7 +108,7 @@ def test_plan_names_and_categories():
     assert plan.get("opt.prev_sign").dtype == "int8"
     # the fused CPU step (the default) keeps intermediates in registers: no chunk, no activation scratch
     fused = training_plan(spec, make_optimizer("rprop"), 4, dataset_size=100)
-    assert fused.fused and not plan.fused
+    assert fused.numba_kernels and not plan.numba_kernels
     assert set(names) - set(fused.names()) == {"act_scratch", "chunk"}
     saved = plan.get("act_scratch").nbytes + plan.get("chunk").nbytes
     assert plan.total - fused.total == saved == 4 * 8 * 4 + 3 * spec.n_params * 4

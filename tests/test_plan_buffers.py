@@ -69,7 +69,7 @@ def test_a_fused_cpu_step_has_exactly_the_models_buffers():
     opt = make_optimizer("adam")
     plan = training_plan(spec(), opt, 4)
     assert rows(plan) == expected(4, optimizer_slots=adam_slots(opt))
-    assert (plan.mode, plan.batch_size, plan.device, plan.micro_batch_size, plan.rows, plan.fused) == (
+    assert (plan.mode, plan.batch_size, plan.device, plan.micro_batch_size, plan.rows, plan.numba_kernels) == (
         "train", 4, "cpu", 4, 4, True)
     assert plan.total == plan.buffer_bytes == sum(b.nbytes for b in plan.buffers)
     assert plan.by_category()["parameters"] == P * 4 and plan.by_category()["gradients"] == P * 4
@@ -99,7 +99,7 @@ def test_the_numpy_reference_step_keeps_its_scratch_and_regression_labels():
     plan = training_plan(spec(l2=0.01), sgd, 4, fused=False)
     extra = {"act_scratch": ("workspace", (4 * 7,), "float32", True),
              "chunk": ("workspace", (max(sgd.scratch_count, 1), min(P, CHUNK)), "float32", False)}
-    assert rows(plan) == expected(4, optimizer_slots={}, extra=extra) and not plan.fused
+    assert rows(plan) == expected(4, optimizer_slots={}, extra=extra) and not plan.numba_kernels
     plain = training_plan(spec(activation="relu", dropout=None), sgd, 4, fused=False)
     assert "act_scratch" not in plain.names() and ("chunk" in plain.names()) == bool(sgd.scratch_count)
     mse = ModelSpec.create(SIZES, output="linear")
@@ -115,7 +115,7 @@ def test_a_gpu_step_keeps_its_scalars_on_the_device_and_rounds_each_buffer():
              "chunk": ("workspace", (1, min(P, CHUNK)), "float32", False),
              "act_scratch": ("workspace", (4 * 7,), "float32", True)}  # GELU's backward on the GPU
     assert rows(plan) == expected(4, optimizer_slots=adam_slots(opt), extra=extra)
-    assert plan.device == "cuda" and not plan.fused  # a GPU step is never the CPU's fused path
+    assert plan.device == "cuda" and not plan.numba_kernels  # a GPU step is never the CPU's fused path
     assert plan.total == sum(round_up(b.nbytes, 512) for b in plan.buffers)
     assert "chunk" not in training_plan(spec(), opt, 4, "cuda").names()  # no l1/l2: no chunk
 

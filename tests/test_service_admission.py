@@ -1,11 +1,11 @@
-"""Admission rules (memtrain/service/admission.py) on a simulated clock, with hypothesis:
+"""Admission rules (memtrain/scheduling/admission.py) on a simulated clock, with hypothesis:
 committed <= budget at every instant, every job that fits alone runs, and the head's
 wait is bounded by max(became head, queued + head_wait) + the longest run."""
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from memtrain.service.admission import Quota, Slot, Waiting, admit, blocking, over_quota, place, reasons
+from memtrain.scheduling.admission import DeviceLoad, Quota, Waiting, admit, blocking, over_quota, place, reasons
 
 BUDGETS = [1000, 600]
 
@@ -22,7 +22,7 @@ def traces(draw):
 
 
 def simulate(jobs, head_wait, max_jobs, quota=None):
-    slots = [Slot(f"d{i}", "cpu", b, max_jobs=max_jobs) for i, b in enumerate(BUDGETS)]
+    slots = [DeviceLoad(f"d{i}", "cpu", b, max_jobs=max_jobs) for i, b in enumerate(BUDGETS)]
     limits = quota or Quota()
     queue, running, started, ended, head_since = [], [], {}, {}, {}
     pending = list(jobs)
@@ -112,17 +112,17 @@ def test_budget_never_exceeded_every_job_runs_and_head_wait_is_bounded(trace):
 
 
 def test_backfill_passes_a_waiting_head_only_within_head_wait():
-    slot = Slot("cpu", "cpu", 100, committed=60, running=1, max_jobs=4)
+    slot = DeviceLoad("cpu", "cpu", 100, committed=60, running=1, max_jobs=4)
     big, small = Waiting("big", "cpu", 50, 0.0), Waiting("small", "cpu", 30, 1.0)
     assert admit([big, small], [slot], now=10.0, head_wait=60) == [("small", "cpu")]
-    slot = Slot("cpu", "cpu", 100, committed=60, running=1, max_jobs=4)
+    slot = DeviceLoad("cpu", "cpu", 100, committed=60, running=1, max_jobs=4)
     assert admit([big, small], [slot], now=61.0, head_wait=60) == []
 
 
 def test_head_wait_is_the_heads_own_wait_not_the_passing_jobs():
     """The head (queued at 0) has waited 61 s >= 60: a job queued at 50 (11 s old) may not pass it."""
     big, small = Waiting("big", "cpu", 50, 0.0), Waiting("small", "cpu", 30, 50.0)
-    slot = Slot("cpu", "cpu", 100, committed=60, running=1, max_jobs=4)
+    slot = DeviceLoad("cpu", "cpu", 100, committed=60, running=1, max_jobs=4)
     assert admit([big, small], [slot], now=61.0, head_wait=60) == []
     assert admit([big, small], [slot], now=59.0, head_wait=60) == [("small", "cpu")]
     assert (slot.committed, slot.running) == (90, 2)  # what the started job reserves, counted
@@ -143,7 +143,7 @@ def blocked_queues(draw):
 @given(blocked_queues())
 def test_nothing_passes_a_head_that_has_waited_head_wait(case):
     head_wait, head_at, now, later = case
-    slot = Slot("d", "cpu", 100, committed=60, running=1, max_jobs=10)
+    slot = DeviceLoad("d", "cpu", 100, committed=60, running=1, max_jobs=10)
     queue = [Waiting("head", "cpu", 50, float(head_at))]
     queue += [Waiting(f"j{i}", "cpu", 1, float(t)) for i, t in enumerate(later)]
     started = [job for job, _ in admit(queue, [slot], float(now), head_wait)]
@@ -154,7 +154,7 @@ def test_nothing_passes_a_head_that_has_waited_head_wait(case):
 
 
 def test_best_fit_and_auto_jobs_take_the_emptiest_device():
-    slots = [Slot("a", "cuda", 100, committed=50), Slot("b", "cuda", 100, committed=10)]
+    slots = [DeviceLoad("a", "cuda", 100, committed=50), DeviceLoad("b", "cuda", 100, committed=10)]
     for s in slots:
         s.max_jobs = 4
     assert place(Waiting("x", "cuda", 40, 0), slots).name == "a"
@@ -164,7 +164,7 @@ def test_best_fit_and_auto_jobs_take_the_emptiest_device():
 
 
 def test_a_user_over_quota_waits_without_holding_up_others():
-    slot = Slot("cpu", "cpu", 1000, max_jobs=4)
+    slot = DeviceLoad("cpu", "cpu", 1000, max_jobs=4)
     quota = Quota(default=500, per_user={"bob": 900}, used={"alice": 400})
     queue = [Waiting("a2", "cpu", 200, 0.0, user="alice"), Waiting("b1", "cpu", 300, 1.0, user="bob"),
              Waiting("b2", "cpu", 300, 2.0, user="bob"), Waiting("a3", "cpu", 100, 3.0, user="alice")]
@@ -177,13 +177,13 @@ def test_a_user_over_quota_waits_without_holding_up_others():
     assert over_quota(queue[1], quota) is None and over_quota(queue[0], None) is None
     # every reason: the quota's first, and no "it fits" beside it
     assert reasons(queue[0], [slot], quota) == [over_quota(queue[0], quota)]
-    full = Slot("cpu", "cpu", 1000, running=4, max_jobs=4)
+    full = DeviceLoad("cpu", "cpu", 1000, running=4, max_jobs=4)
     assert reasons(queue[0], [full], quota) == [over_quota(queue[0], quota), "all cpu job slots are taken (4 per "
                                                                              "device)"]
 
 
 def test_priority_goes_first_and_an_auto_job_grows_only_into_its_quota():
-    slot = Slot("cpu", "cpu", 1000, max_jobs=4)
+    slot = DeviceLoad("cpu", "cpu", 1000, max_jobs=4)
     low, high = Waiting("low", "cpu", 100, 0.0), Waiting("high", "cpu", 100, 5.0, priority=3)
     auto = Waiting("auto", "cpu", 50, 6.0, auto=True, user="bob")
     rooms = {}
@@ -200,8 +200,8 @@ def test_priority_goes_first_and_an_auto_job_grows_only_into_its_quota():
 
 def test_the_head_stops_backfill_at_exactly_head_wait_and_reserve_sets_the_commitment():
     big, small = Waiting("big", "cpu", 50, 10.0), Waiting("small", "cpu", 30, 11.0)
-    assert admit([big, small], [Slot("cpu", "cpu", 100, committed=60, max_jobs=4)], now=70.0, head_wait=60) == []
-    slot = Slot("cpu", "cpu", 100, committed=60, max_jobs=4)
+    assert admit([big, small], [DeviceLoad("cpu", "cpu", 100, committed=60, max_jobs=4)], now=70.0, head_wait=60) == []
+    slot = DeviceLoad("cpu", "cpu", 100, committed=60, max_jobs=4)
     seen = []
 
     def reserve(job, s, room):
@@ -213,29 +213,29 @@ def test_the_head_stops_backfill_at_exactly_head_wait_and_reserve_sets_the_commi
 
 
 def test_blocking_says_why_a_job_waits():
-    full = [Slot("a", "cpu", 100, committed=10, running=2, max_jobs=2)]
+    full = [DeviceLoad("a", "cpu", 100, committed=10, running=2, max_jobs=2)]
     assert blocking(Waiting("w", "cpu", 5, 0), full) == "all cpu job slots are taken (2 per device)"
-    over = [Slot("a", "cpu", 100, committed=120, running=1, max_jobs=2)]  # over-committed by a restart
+    over = [DeviceLoad("a", "cpu", 100, committed=120, running=1, max_jobs=2)]  # over-committed by a restart
     assert blocking(Waiting("w", "cpu", 5, 0), over) == "needs 5 B, 0 B free on a"
     assert blocking(Waiting("w", "cuda", 5, 0), over) == "no cuda device"
-    assert place(Waiting("w", "cpu", 40, 0), [Slot("a", "cpu", 100, committed=60, max_jobs=2)]).name == "a"
+    assert place(Waiting("w", "cpu", 40, 0), [DeviceLoad("a", "cpu", 100, committed=60, max_jobs=2)]).name == "a"
 
 
 def test_a_waiting_job_hears_every_reason_it_waits():
     """mid-2 of issue 24 waited for a slot and for memory, and heard only of the slot."""
-    full = Slot("cpu", "cpu", 100, committed=90, running=2, max_jobs=2)
+    full = DeviceLoad("cpu", "cpu", 100, committed=90, running=2, max_jobs=2)
     assert reasons(Waiting("w", "cpu", 50, 0), [full]) == [
         "all cpu job slots are taken (2 per device)", "needs 50 B, 10 B free on cpu"]
     assert blocking(Waiting("w", "cpu", 50, 0), [full]) == (
         "all cpu job slots are taken (2 per device); needs 50 B, 10 B free on cpu")
     assert reasons(Waiting("w", "cpu", 5, 0), [full]) == ["all cpu job slots are taken (2 per device)"]
-    room = Slot("cpu", "cpu", 100, committed=10, running=1, max_jobs=2)
+    room = DeviceLoad("cpu", "cpu", 100, committed=10, running=1, max_jobs=2)
     assert reasons(Waiting("w", "cpu", 50, 0), [room])[0].startswith("it fits: it starts at the scheduler's next")
     assert reasons(Waiting("w", "cuda", 5, 0), [room]) == ["no cuda device"]
 
 
 def test_a_job_that_fits_exactly_is_told_it_starts_soon():
-    exact = Slot("cpu", "cpu", 100, committed=60, running=1, max_jobs=2)
+    exact = DeviceLoad("cpu", "cpu", 100, committed=60, running=1, max_jobs=2)
     assert reasons(Waiting("w", "cpu", 40, 0), [exact]) == [
         "it fits: it starts at the scheduler's next pass, unless an earlier job that does not fit has waited past "
         "--head-wait (nothing passes that job then)"]

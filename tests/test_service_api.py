@@ -121,7 +121,7 @@ def test_killed_job_is_retried_from_its_checkpoint_and_bad_runtime_config_is_not
     while (server.request("GET", f"/jobs/{job_id}")[1]["progress"].get("epoch") or 0) < 2:
         assert time.time() < deadline
         time.sleep(0.05)
-    kill_group(server.service.store.get(job_id)["ref"])
+    kill_group(server.service.store.get(job_id).ref)
     done = server.wait(job_id)
     assert done["state"] == "succeeded" and done["attempts"] == 2
     log = (Path(server.settings.state_dir) / "jobs" / job_id / "job.log").read_text()
@@ -292,7 +292,7 @@ def test_sigterm_of_worker_mid_run_is_not_mistaken_for_cancel(server):
     while (server.request("GET", f"/jobs/{job_id}")[1]["progress"].get("epoch") or 0) < 1:
         assert time.time() < deadline
         time.sleep(0.05)
-    os.kill(json.loads(server.service.store.get(job_id)["ref"])["pid"], signal.SIGTERM)
+    os.kill(json.loads(server.service.store.get(job_id).ref)["pid"], signal.SIGTERM)
     done = server.wait(job_id)
     assert done["state"] == "succeeded" and done["attempts"] == 2
 

@@ -27,13 +27,23 @@ def test_every_endpoint_but_healthz_needs_the_token(server, path):
     assert server.request("GET", "/healthz")[0] == 200
 
 
+def app_routes(app) -> list:
+    """The app's routes, those of its included routers (routers/) too: a FastAPI that keeps an
+    included router as one entry of app.routes lists them through iter_route_contexts."""
+    try:
+        from fastapi.routing import iter_route_contexts
+    except ImportError:  # an older FastAPI copies the routers' routes into app.routes
+        return list(app.routes)
+    return list(iter_route_contexts(app.routes))
+
+
 def test_every_route_needs_the_token_but_the_documented_open_ones(server):
     """Lists the app's routes, so a route added later is checked too; docs/service.md names the open ones."""
     from memtrain.service.app import OPEN_PATHS
 
     job_id = server.request("POST", "/jobs", digits_job("listed", epochs=1), token=TOKEN)[1]["id"]
     seen = set()
-    for route in server.app.routes:
+    for route in app_routes(server.app):
         path = route.path.replace("{job_id}", job_id).replace("{name}", "swagger-ui.css")  # a /docs asset
         for method in sorted((getattr(route, "methods", None) or {"GET"}) - {"HEAD"}):
             seen.add(route.path)
@@ -69,16 +79,16 @@ def test_cancel_without_the_token_is_401_and_the_running_job_is_untouched(server
     job_id = out["id"]
     try:
         wait_for(server.url, job_id, ("running",), token=TOKEN)
-        while not server.service.store.get(job_id)["ref"]:  # its process handle, stored just after the start
+        while not server.service.store.get(job_id).ref:  # its process handle, stored just after the start
             time.sleep(0.05)
         before = server.service.store.get(job_id)
         for token in (None, "wrong-token-0123456789"):
             status, out = server.request("DELETE", f"/jobs/{job_id}", token=token)
             assert status == 401 and "Bearer" in out["detail"]
         stored = server.service.store.get(job_id)
-        assert stored["state"] == "running" and not stored["cancel_requested"] and stored["ref"] == before["ref"]
+        assert stored.state == "running" and not stored.cancel_requested and stored.ref == before.ref
         time.sleep(0.5)  # a cancel that got through would have SIGTERMed the worker by now
-        assert server.service.store.get(job_id)["state"] == "running"
+        assert server.service.store.get(job_id).state == "running"
     finally:
         assert server.request("DELETE", f"/jobs/{job_id}", token=TOKEN)[0] == 200
         assert wait_for(server.url, job_id, ("cancelled", "succeeded"), token=TOKEN)["state"] == "cancelled"

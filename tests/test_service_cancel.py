@@ -74,7 +74,7 @@ def test_ten_concurrent_deletes_and_a_burst_of_sigterms(server):
     stop checkpoint (the default handler used to be back by then and killed it mid-write)."""
     job_id = server.request("POST", "/jobs", digits_job("ten", epochs=300, batch=8))[1]["id"]
     _training(server, job_id)
-    pid = json.loads(server.service.store.get(job_id)["ref"])["pid"]
+    pid = json.loads(server.service.store.get(job_id).ref)["pid"]
     answers = []
     threads = [threading.Thread(target=lambda: answers.append(server.request("DELETE", f"/jobs/{job_id}")))
                for _ in range(10)]
@@ -206,7 +206,7 @@ def test_a_worker_whose_address_space_is_capped_mid_run_still_finishes(server):
                      data={"dataset": "synthetic:classification(12000, 64, 10)", "test": 0.5})
     job_id = server.request("POST", "/jobs", job)[1]["id"]
     _training(server, job_id)
-    pid = json.loads(server.service.store.get(job_id)["ref"])["pid"]
+    pid = json.loads(server.service.store.get(job_id).ref)["pid"]
     from memtrain.memory.measure import proc_kib
 
     vm = proc_kib(f"/proc/{pid}/status", "VmSize")

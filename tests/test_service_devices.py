@@ -58,14 +58,14 @@ def test_parse_devices_and_budget_errors(tmp_path):
     with pytest.raises(MemtrainError, match="cuda:0 is not among the devices"):
         devices.discover("cpu", {"cuda:0": GIB}, max_jobs=None, state_dir=tmp_path, cpu_overhead=0)
     (cpu,) = devices.discover("cpu", {}, max_jobs=4, state_dir=tmp_path, cpu_overhead=10, cores=8)
-    assert cpu.budget_bytes == cpu.capacity_bytes - max(devices.CPU_RESERVE_MIN, cpu.capacity_bytes // 10)
+    assert cpu.budget_bytes == cpu.free_at_start_bytes - max(devices.CPU_RESERVE_MIN, cpu.free_at_start_bytes // 10)
     assert (cpu.threads_per_job, cpu.overhead_bytes, cpu.overhead_source) == (2, 10, "given")
 
 
 def test_gpus_from_nvml(fake_nvml, tmp_path):
     assert devices.parse_devices("auto") == ["cuda:0", "cuda:1"]
     a, b = devices.discover("auto", {"cuda:1": 10 * GIB}, max_jobs=None, state_dir=tmp_path)
-    assert (a.name, a.kind, a.uuid, a.capacity_bytes) == ("cuda:0", "cuda", "GPU-aaaa", 20 * GIB)
+    assert (a.name, a.kind, a.uuid, a.free_at_start_bytes) == ("cuda:0", "cuda", "GPU-aaaa", 20 * GIB)
     assert a.budget_bytes == 20 * GIB - devices.GPU_RESERVE - int(devices.GPU_RESERVE_FRACTION * 20 * GIB)
     assert (b.budget_bytes, b.budget_source, b.max_jobs, b.overhead_source) == (10 * GIB, "given", 8, "assumed")
     overhead_cache.record("Fake A", 300 * 1024**2)  # what a memtrain run on such a GPU measured
@@ -74,7 +74,7 @@ def test_gpus_from_nvml(fake_nvml, tmp_path):
     assert (b.overhead_bytes, b.overhead_source) == (overhead.ASSUMED_CUDA_OVERHEAD, "assumed")
     assert devices.gpu_process_bytes("cuda:0", [12, 99]) == 400
     with pytest.raises(MemtrainError, match="NVML lists no GPU with index 7"):
-        devices.capacity("cuda:7")
+        devices.free_now("cuda:7")
 
 
 def test_gpu_job_gets_its_gpu_by_uuid_and_the_budget_as_its_limit(fake_nvml, tmp_path):

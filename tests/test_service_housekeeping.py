@@ -6,6 +6,7 @@ import re
 import subprocess
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 from service_helpers import ThreadServer, digits_job
 
@@ -51,7 +52,7 @@ def test_retention_keeps_the_newest_n_then_removes_by_age_and_the_size_is_report
 
 def test_expired_is_by_count_and_by_age():
     now = time.time()
-    jobs = [{"id": str(i), "ended_at": now - 3600 * i} for i in range(5)]  # 0 newest
+    jobs = [SimpleNamespace(id=str(i), ended_at=now - 3600 * i) for i in range(5)]  # JobRows' fields; 0 newest
     assert expired(jobs, keep=2, keep_seconds=10**9) == ["2", "3", "4"]
     assert expired(jobs, keep=10, keep_seconds=2.5 * 3600) == ["3", "4"]
     assert expired(jobs, keep=0, keep_seconds=10**9) == ["0", "1", "2", "3", "4"]

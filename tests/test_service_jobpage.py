@@ -8,6 +8,7 @@ import os
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import pytest
 from service_helpers import OVERHEAD, ThreadServer, digits_job
@@ -137,7 +138,7 @@ def test_a_gpu_jobs_memory_chart_compares_the_pool_peak_with_the_plan_not_host_m
     class NoDevices:
         devices = []
 
-    row = {"planned_bytes": 1 << 20, "device_kind": "cuda", "device": "cuda:0"}
+    row = SimpleNamespace(planned_bytes=1 << 20, device_kind="cuda", device="cuda:0")  # the JobRow fields it reads
     c = _memory_chart(row, [{"epoch": 1, "time": 10.0, "measured_peak_bytes": 1 << 20}], [(5.0, 300 << 20)],
                       NoDevices())
     assert c.title.startswith("GPU memory") and [s.label for s in c.series] == ["plan, measured peak"]

@@ -66,9 +66,9 @@ def allocated(launch, backend=None):
 
 def committed(service, job_id, launch):
     stored = service.store.get(job_id)
-    assert launch.config["training"]["batch_size"] == stored["batch_size"]
-    assert stored["reserved_bytes"] == stored["planned_bytes"] + launch.resources.overhead_bytes
-    return stored["planned"], stored["planned_bytes"]
+    assert launch.config["training"]["batch_size"] == stored.batch_size
+    assert stored.reserved_bytes == stored.planned_bytes + launch.resources.overhead_bytes
+    return stored.planned, stored.planned_bytes
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +96,7 @@ def test_the_best_weights_copy_is_planned_with_a_micro_batch(cpu_service):
     """The figure of the issue that found it: without the copy the service planned 827,512 B (each figure
     here 94,776 B more since the 359 test rows the job holds are planned: 359 x (64 x 4 + 8) B)."""
     job_id = cpu_service.submit(body(3, 16, None, 64), "application/json")["id"]
-    assert cpu_service.store.get(job_id)["planned_bytes"] == 904_352 + 94_776
+    assert cpu_service.store.get(job_id).planned_bytes == 904_352 + 94_776
     assert cpu_service.submit(body(None, 16, None, 64), "application/json")["planned_bytes"] == 827_512 + 94_776
 
 

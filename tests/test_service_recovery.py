@@ -13,9 +13,9 @@ import sys
 import pytest
 from service_helpers import OVERHEAD, ThreadServer, digits_job
 
+from memtrain.scheduling.store import StoreDamaged
 from memtrain.service import recovery
 from memtrain.service.core import Service, Settings
-from memtrain.service.store import StoreDamaged
 
 
 @pytest.fixture(scope="module")

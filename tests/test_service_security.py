@@ -231,11 +231,11 @@ def test_a_job_that_does_not_stop_itself_is_stopped_by_the_service(tmp_path):
         job_id = s.request("POST", "/jobs", digits_job("frozen", epochs=100000, batch=8,
                                                          training={"max_runtime": "2s"}))[1]["id"]
         s.wait(job_id, ("running",))
-        pid = json.loads(s.service.store.get(job_id)["ref"])["pid"]
+        pid = json.loads(s.service.store.get(job_id).ref)["pid"]
         os.kill(pid, signal.SIGSTOP)  # takes no step: it cannot notice its own max_runtime
         try:
             deadline = time.time() + 30
-            while s.service.store.get(job_id)["cancel_requested"] != 2:
+            while s.service.store.get(job_id).cancel_requested != 2:
                 assert time.time() < deadline, "the scheduler did not stop the job"
                 time.sleep(0.1)
         finally:

@@ -81,7 +81,7 @@ def test_a_job_beyond_its_users_quota_is_refused_and_tokens_are_checked(server):
     status, out = server.request("POST", "/jobs", {**digits_job("x"), "priority": "high"}, token=ALICE)
     assert status == 422 and out["detail"] == "priority: expected an integer from -1000000 to 1000000, got 'high'"
     assert server.request("POST", "/jobs", digits_job("x"), token="carol-token-0123456789")[0] == 401
-    assert [j for j in server.service.store.list() if j["name"] in ("big", "x")] == []
+    assert [j for j in server.service.store.list() if j.name in ("big", "x")] == []
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -112,7 +112,7 @@ def test_a_single_token_file_still_works_as_the_default_user(tmp_path):
 def test_a_state_dir_of_an_earlier_memtrain_gains_priority_and_user(tmp_path):
     import sqlite3
 
-    from memtrain.service import store
+    from memtrain.scheduling import store
 
     db = sqlite3.connect(tmp_path / "memtrain.sqlite")
     db.executescript(store._SCHEMA)  # the table as schema version 1 first made it
@@ -123,7 +123,8 @@ def test_a_state_dir_of_an_earlier_memtrain_gains_priority_and_user(tmp_path):
     db.commit()
     db.close()
     s = store.Store(tmp_path / "memtrain.sqlite")
-    assert {k: s.get("old")[k] for k in ("priority", "user")} == {"priority": 0, "user": "default"}
+    old = s.get("old")
+    assert (old.priority, old.user) == (0, "default")
     s.close()
     store.Store(tmp_path / "memtrain.sqlite").close()  # opened again: nothing left to add
 
@@ -140,7 +141,7 @@ def test_a_file_sent_to_a_service_without_data_root_is_refused_saying_how(server
     assert r.exit_code == 2 and r.output == ("memtrain: error: data.dataset: '/etc/mine.csv' is a file, and this "
                                              "service reads no files (start it with --data-root DIR); built-in "
                                              "sources: digits, synthetic:...\n")
-    assert [j for j in server.service.store.list() if j["name"] == "mine"] == []
+    assert [j for j in server.service.store.list() if j.name == "mine"] == []
 
 
 def test_serve_says_who_the_users_are_and_their_quotas(tmp_path):

@@ -1,7 +1,8 @@
-"""`memtrain sweep`: sweep files, memory planning and the concurrency planner,
+"""`memtrain sweep`: sweep files, memory planning and the shared scheduler's packing,
 results.jsonl, resume after a kill, and bad input."""
 
 import json
+import os
 
 import pytest
 from click.testing import CliRunner
@@ -9,9 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from memtrain.cli import main
+from memtrain.config import from_dict
+from memtrain.launch.executor import Exit, Handle
+from memtrain.select import runner as rn
 from memtrain.select import space as sp
 from memtrain.select import sweep as sw
-from memtrain.select.planner import plan_waves
 
 BASE = """
 [base]
@@ -81,7 +84,11 @@ def test_grid_of_4_runs_concurrently_and_writes_results_jsonl(tmp_path):
         assert x["test_accuracy"] is not None  # reported, not used
         assert x["trial"] == sp.trial_id(x["params"])
         assert (out / "trials" / x["trial"] / "model-final.npz").exists()
-    assert "wave 1" in r.output  # the schedule is printed before starting
+        # run by the service's scheduler in a worker process, with the service's thread rule: cores // workers
+        launch = json.loads((out / "trials" / x["trial"] / "launch.json").read_text())
+        assert launch["env"]["OMP_NUM_THREADS"] == max(1, (os.cpu_count() or 1) // 2)
+    # the schedule is printed before starting: each trial's plan, the scheduler's limits
+    assert "at most 2 at a time" in r.output and r.output.count("trial     ") >= 4
 
 
 def test_random_search_of_4_is_seeded_and_within_bounds(tmp_path):
@@ -108,6 +115,8 @@ def test_a_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     ran = []
 
     def dies_after_two(cfg):
+        # each finished trial is in results.jsonl before the next one starts (a kill loses none)
+        assert (len(lines(out / "results.jsonl")) if (out / "results.jsonl").exists() else 0) == len(ran)
         if len(ran) == 2:
             raise Killed("simulated kill")
         ran.append(cfg.name)
@@ -170,24 +179,77 @@ def test_trial_config_maps_names_to_job_keys(tmp_path):
         "name": "adam", "beta1": 0.85, "lr": 0.1}
 
 
-@given(st.lists(st.integers(0, 1000), max_size=40), st.integers(0, 1000), st.integers(1, 6))
-@settings(max_examples=300, deadline=None)
-def test_planner_never_schedules_more_than_the_budget(sizes, budget, workers):
-    items = [(f"t{i}", b) for i, b in enumerate(sizes)]
-    s = plan_waves(items, budget, workers)
-    scheduled = [k for wave in s.waves for k in wave]
-    size = dict(items)
-    for wave in s.waves:
-        assert 1 <= len(wave) <= workers
-        assert sum(size[k] for k in wave) <= budget
-    assert sorted(scheduled + s.skipped) == sorted(size)  # every trial once: run or skipped
-    assert all(size[k] > budget for k in s.skipped)
+class Steps:
+    """An executor whose jobs each run for a few scheduler passes (a process that takes a while),
+    checking at every start what the scheduler has running: the packing under test."""
+
+    name = "steps"
+
+    def __init__(self, size, budget, workers):
+        self.size, self.budget, self.workers = size, budget, workers
+        self.running, self.started = {}, []
+
+    def start(self, launch):
+        self.running[launch.job_id] = 1 + len(self.started) % 3
+        self.started.append(launch.job_id)
+        assert len(self.running) <= self.workers
+        assert sum(self.size[k] for k in self.running) <= self.budget
+        return Handle(launch.job_id, self.name, launch.job_id)
+
+    def poll(self, h):
+        self.running[h.ref] -= 1
+        if self.running[h.ref] > 0:
+            return None
+        del self.running[h.ref]
+        return Exit(0)
+
+    def cancel(self, h):
+        pass
+
+    def adopt(self, h):
+        return False
+
+    def close(self):
+        pass
 
 
-def test_planner_packs_and_runs_alone_what_must():
-    s = plan_waves([("a", 6), ("b", 5), ("c", 4), ("d", 11), ("e", 1)], 10, 2)
-    assert s.waves == [["a", "c"], ["b", "e"]] and s.skipped == ["d"]
-    assert plan_waves([("a", 3), ("b", 3)], 10, 1).waves == [["a"], ["b"]]
+@given(st.lists(st.integers(0, 1000), max_size=12), st.integers(0, 1000), st.integers(1, 4))
+@settings(max_examples=40, deadline=None)
+def test_the_shared_scheduler_never_runs_more_than_the_budget(tmp_path_factory, sizes, budget, workers):
+    """A sweep's trials go to the service's scheduler: at no time do the running trials' plans exceed
+    the budget or their number `workers`; each trial that fits runs once, one that does not never."""
+    d = tmp_path_factory.mktemp("packing")
+    cfg = from_dict({"name": "t", "model": {"layers": [64, 10]}, "output": {"dir": str(d / "o")},
+                     "checkpoint": {"dir": str(d / "c")}})
+    size = {f"t{i}": b for i, b in enumerate(sizes)}
+    ex = Steps(size, budget, workers)
+    dev = rn.device("cpu", budget, "given", workers)
+    ended = {task.id: job for task, job, _ in rn.run_tasks([rn.Task(k, cfg, b) for k, b in size.items()], dev, ex,
+                                                           poll_s=0)}
+    assert sorted(ended) == sorted(size)  # every trial ends once
+    assert sorted(ex.started) == sorted(k for k, b in size.items() if b <= budget)
+    for k, job in ended.items():
+        assert job.state == ("succeeded" if size[k] <= budget else "failed"), job.reason
+
+
+def test_the_scheduler_packs_what_fits_together_and_runs_alone_what_must(tmp_path):
+    cfg = from_dict({"name": "t", "model": {"layers": [64, 10]}, "output": {"dir": str(tmp_path / "o")},
+                     "checkpoint": {"dir": str(tmp_path / "c")}})
+    size = {"a": 6, "b": 5, "c": 4, "d": 11, "e": 1}
+    seen = []
+
+    class Watching(Steps):
+        def start(self, launch):
+            h = super().start(launch)
+            seen.append(sorted(self.running))
+            return h
+
+    ex = Watching(size, 10, 2)
+    ended = {t.id: j for t, j, _ in rn.run_tasks([rn.Task(k, cfg, b) for k, b in size.items()], rn.device(
+        "cpu", 10, "given", 2), ex, poll_s=0)}
+    assert seen[:2] == [["a"], ["a", "c"]]  # FIFO with backfill: b (5) waits for a (6); c (4) fits beside a
+    assert ended["d"].state == "failed" and "never fits" in ended["d"].reason
+    assert max(len(s) for s in seen) == 2
 
 
 @pytest.mark.parametrize("space, search, field", [

@@ -10,10 +10,11 @@ Besides the log, it keeps two small files in the launch's run dir, each replaced
 atomically (write to a temporary file, then rename), so a reader never sees half:
 - progress.json: the latest epoch record (epoch, step, losses), the plan's total and
   the resident memory of the worker and its children (the metrics exporter), current
-  and peak; rewritten on each JSON log event and every second.
+  and peak; rewritten on each of the Job's events (its on_event callback) and every second.
 - memory.jsonl: {"t", "rss"} appended every second for the first two minutes, then every
   five seconds: the resident memory over time the service's job page draws against the plan.
-- exit.json: {"code", "reason", "result"}: how it ended. An executor that cannot wait
+- exit.json: {"code", "reason", "result"} (and "history", "train_rows" after a run: what
+  sweep and compare rank by): how it ended. An executor that cannot wait
   on the process (it was started by an earlier service process) reads it; a process
   gone without one was killed. It is reserved as blanks (not JSON) when the worker starts,
   so the record can still be written on a disk that has filled since.
@@ -32,6 +33,7 @@ import time
 from pathlib import Path
 
 from memtrain.errors import ExitCode, JobFailed, MemtrainError
+from memtrain.jsonable import plain
 
 PROGRESS = "progress.json"
 MEMORY = "memory.jsonl"
@@ -68,6 +70,7 @@ def write_exit(path: Path, record: dict) -> None:
         return
     except OSError:
         pass
+    record = {k: record.get(k) for k in ("code", "reason", "result")}  # the history would not fit the blocks
     data = json.dumps(record, default=str).encode()[:EXIT_ROOM]
     with contextlib.suppress(OSError), open(path, "r+b") as f:
         f.write(data)
@@ -113,46 +116,28 @@ def group_rss() -> dict:
     return {p: (_rss_kib(p, "VmRSS") * 1024, _rss_kib(p, "VmHWM") * 1024) for p in pids}
 
 
-class Progress:
-    """Collects the job's JSON log events into progress.json (the only parsing: JSON lines)."""
+class ProgressFile:
+    """The job's events (its `on_event` callback) collected into progress.json, rewritten on each
+    event and every second with the resident memory of the worker and its children."""
 
-    def __init__(self, run_dir: Path, out):
-        self.path, self.out = run_dir / PROGRESS, out
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / PROGRESS
         self.state = {"event": "starting", "pid": os.getpid()}
         self.peaks = {}  # pid -> its peak: a child that has ended still counts (an upper bound)
         self.lock = threading.Lock()
-        self._buf = ""
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._every_second, daemon=True)
         self.thread.start()
 
-    # the job's log stream: pass every line through, and read the JSON events
-    def write(self, text: str) -> int:
-        with contextlib.suppress(OSError):  # a full disk under the log: the job's own writes say so
-            self.out.write(text)
-        self._buf += text
-        while "\n" in self._buf:
-            line, self._buf = self._buf.split("\n", 1)
-            self._event(line)
-        return len(text)
-
-    def flush(self) -> None:
-        with contextlib.suppress(OSError):
-            self.out.flush()
-
-    def _event(self, line: str) -> None:
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            return
-        if not isinstance(rec, dict):
-            return
+    def on_event(self, event: str, fields: dict) -> None:
+        """One Job event: its fields as the JSON log writes them (numbers, lists, strings)."""
+        rec = json.loads(json.dumps(fields, default=plain))
         with self.lock:
-            self.state["event"] = rec.get("event")
+            self.state["event"] = event
             self.state.update({k: rec[k] for k in _KEEP if k in rec})
-            if rec.get("event") == "plan":
+            if event == "plan":
                 self.state["planned_bytes"] = rec.get("total")
-            if rec.get("event") == "checkpoint":
+            if event == "checkpoint":
                 self.state["checkpoint_step"] = rec.get("step")
         self.save()
 
@@ -223,17 +208,34 @@ def main(argv=None) -> int:
     run_dir = Path(launch.get("run_dir") or Path(argv[0]).parent)
     lock = _lock(run_dir)  # noqa: F841 - held until the process exits
     reserve_exit(run_dir / EXIT)
-    progress = Progress(run_dir, sys.stdout)
+    progress = ProgressFile(run_dir)
     try:
-        code, reason, result = _run(launch, progress, argv[0], stopper)
+        code, reason, result, extra = _run(launch, progress, argv[0], stopper)
     except Exception as exc:  # a bug: its traceback goes to the log, and the caller still learns it ended
         progress.close()
         write_exit(run_dir / EXIT, {"code": int(ExitCode.FAILURE), "reason": f"{type(exc).__name__}: {exc}",
                                     "result": None})
         raise
     progress.close()
-    write_exit(run_dir / EXIT, {"code": int(code), "reason": reason, "result": result})
+    write_exit(run_dir / EXIT, {"code": int(code), "reason": reason, "result": result, **extra})
     return code
+
+
+class LogStream:
+    """stdout for the job's log: a write that fails (a full disk under the log) is dropped, since
+    the job's own writes say so and the exit record still tells how it ended."""
+
+    def __init__(self, out):
+        self.out = out
+
+    def write(self, text: str) -> int:
+        with contextlib.suppress(OSError):
+            self.out.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError):
+            self.out.flush()
 
 
 class Stopper:
@@ -260,8 +262,9 @@ class Stopper:
         return job
 
 
-def _run(launch: dict, progress: Progress, where: str, stopper: Stopper | None = None) -> tuple:
-    """(exit code, reason or None, the job's summary without its history or None)."""
+def _run(launch: dict, progress: ProgressFile, where: str, stopper: Stopper | None = None) -> tuple:
+    """(exit code, reason or None, the job's summary without its history or None, and for a job
+    that ran {"history", "train_rows"}: the epochs and training rows a sweep or compare ranks by)."""
     from memtrain.config import JobConfig  # noqa: PLC0415 - a usage error answers before the trainer loads
     from memtrain.profiler.autobatch import auto_batch  # noqa: PLC0415 - a usage error answers before the trainer loads
     from memtrain.train.job import Job  # noqa: PLC0415 - a usage error answers before the trainer loads
@@ -269,18 +272,18 @@ def _run(launch: dict, progress: Progress, where: str, stopper: Stopper | None =
     try:
         cfg = JobConfig.from_dict(launch["config"], source=launch.get("job_id", where))
         run_info = {"name": cfg.name, "job_id": launch.get("job_id")}  # run.json names the job, not "output"
-        job = Job(cfg, log_format="json", progress=False, stream=progress, batch_solver=auto_batch,
-                  run_info=run_info)
+        job = Job(cfg, log_format="json", progress=False, stream=LogStream(sys.stdout), batch_solver=auto_batch,
+                  run_info=run_info, on_event=progress.on_event)
         result = (stopper.attach(job) if stopper is not None else job).run()
     except JobFailed as exc:  # FinishFailed: exit 3, retried from its checkpoint
         _say(f"error: {exc}")
-        return exc.exit_code, f"error: {exc}", None
+        return exc.exit_code, f"error: {exc}", None, {}
     except (MemtrainError, OSError, KeyError) as exc:
         # a MemtrainError may say it is a failure (exit 1, e.g. a full disk); other bad input is never retried
         _say(f"error: {exc}")
-        return getattr(exc, "exit_code", ExitCode.USAGE), f"error: {exc}", None
-    result = {k: v for k, v in result.items() if k != "history"}
-    return ExitCode.OK, None, result
+        return getattr(exc, "exit_code", ExitCode.USAGE), f"error: {exc}", None, {}
+    extra = {"history": result.get("history"), "train_rows": job.train_rows}
+    return ExitCode.OK, None, {k: v for k, v in result.items() if k != "history"}, extra
 
 
 def _say(line: str) -> None:

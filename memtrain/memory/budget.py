@@ -145,7 +145,7 @@ def _read_int(p: Path) -> int | None:
 
 
 def check_fits(total_at, batch: int, backend, already_allocated: int = 0, field: str = "training.batch_size",
-               limit: int | None = None):
+               limit: int | None = None, limit_source: str = "training.memory_limit"):
     """Before anything is allocated: a fixed batch whose plan cannot fit the device's
     free memory, or `limit` (training.memory_limit) when that is less, is one clear error
     (bytes needed and available, the largest batch that fits), not a MemoryError
@@ -154,7 +154,7 @@ def check_fits(total_at, batch: int, backend, already_allocated: int = 0, field:
     free, source = device_budget(backend)
     free += already_allocated
     if limit is not None and limit < free:
-        free, source = limit, "training.memory_limit"
+        free, source = limit, limit_source
     if need <= free:
         return
     fit = largest_batch(total_at, free)

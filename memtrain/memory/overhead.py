@@ -1,20 +1,35 @@
-"""Device overhead: memory a device takes before the first plan buffer.
+"""Overhead: memory a job takes besides its plan's buffers, in two kinds.
 
-- CPU: 0. NumPy has no context; the interpreter's own memory is not the
-  training's (tracemalloc, which the CPU checks use, does not see it either).
+Device overhead: what a device takes before the first plan buffer.
+- CPU: 0. NumPy has no context.
 - CUDA, measured: NVML's figure for this process after CUDA initialisation
   and one warm-up GEMM (cuBLAS handle and workspace, RNG state), with the
   pool emptied, so that no plan buffer is in it. Reported as "measured".
 - CUDA, assumed: without a GPU to measure, ASSUMED_CUDA_OVERHEAD, reported as
   "assumed" and documented in docs/memory-model.md. It is a planning
   default, not a measurement: pass --overhead to use your own.
+
+Process overhead: what a CPU job's processes hold besides the plan (the interpreter,
+NumPy, SciPy, scikit-learn, numba and its compiled kernels, the metrics exporter).
+Measured once per machine and Python (train/process_probe.py, cached by
+memory/overhead_cache.process_overhead), or MEMTRAIN_PROCESS_OVERHEAD bytes when set
+(the service passes its own figure to its workers so that both count the same), or,
+where it cannot be measured, ASSUMED_CPU_PROCESS_OVERHEAD labelled "assumed".
 """
 
 from __future__ import annotations
 
+import os
+
+from memtrain.errors import ConfigError
 from memtrain.memory.measure import active_pool, process_gpu_bytes
 
 ASSUMED_CUDA_OVERHEAD = 512 * 1024**2
+# The probe job's processes measured 251-279 MiB (private + shared once) on the 2-core dev VM while
+# other test runs loaded it (train/process_probe.py, bench/process_overhead_views.py, 2026-12-03);
+# a round figure above that is the default where nothing can be measured.
+ASSUMED_CPU_PROCESS_OVERHEAD = 320 * 1024**2
+PROCESS_OVERHEAD_VAR = "MEMTRAIN_PROCESS_OVERHEAD"
 
 
 class OverheadUnmeasured(RuntimeError):
@@ -26,6 +41,20 @@ def assumed(device_kind: str) -> tuple:
     if device_kind == "cuda":
         return ASSUMED_CUDA_OVERHEAD, "assumed"
     return 0, "none"
+
+
+def assumed_process() -> tuple:
+    return ASSUMED_CPU_PROCESS_OVERHEAD, "assumed"
+
+
+def given_process() -> tuple | None:
+    """(bytes, "given") from MEMTRAIN_PROCESS_OVERHEAD, None when unset. A bad value is one line."""
+    text = os.environ.get(PROCESS_OVERHEAD_VAR)
+    if text is None or not text.strip():
+        return None
+    if not text.strip().isdigit():
+        raise ConfigError(f"{PROCESS_OVERHEAD_VAR}: expected a number of bytes (0 or more), got {text!r}")
+    return int(text), f"given ({PROCESS_OVERHEAD_VAR})"
 
 
 def measure_cuda_overhead(index: int) -> int:

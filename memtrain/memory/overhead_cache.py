@@ -80,3 +80,46 @@ def cuda_overhead(backend=None, *, measure=ovh.measure_cuda_overhead, model_of=g
     if len(data) == 1:
         return next(iter(data.values()))["bytes"], "measured"
     return ovh.assumed("cuda")
+
+
+PROCESS_FILE = "process-overhead.json"
+
+
+def process_key() -> str:
+    """What a CPU process overhead holds for: this Python, its NumPy and memtrain, this machine."""
+    import platform  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    import numpy  # noqa: PLC0415
+
+    from memtrain import __version__  # noqa: PLC0415
+
+    return f"{platform.node()} {sys.executable} python {platform.python_version()} numpy {numpy.__version__} " \
+           f"memtrain {__version__}"
+
+
+def process_overhead(measure, *, key=None) -> tuple:
+    """(bytes, source) of a CPU job's processes besides its plan: the cached figure for this
+    machine and Python ("measured <when>"), else `measure()` now (a dict with "bytes"), cached.
+    Where measuring fails, the assumed figure ("assumed"), and nothing is cached."""
+    key = key or process_key()
+    try:
+        data = json.loads((cache_dir() / PROCESS_FILE).read_text())
+        entry = data.get(key) if isinstance(data, dict) else None
+    except (OSError, ValueError):
+        data, entry = {}, None
+    if isinstance(entry, dict) and isinstance(entry.get("bytes"), int):
+        return entry["bytes"], f"measured {entry.get('measured', '')}".strip()
+    try:
+        found = measure()
+    except ovh.OverheadUnmeasured:
+        return ovh.assumed_process()
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    data = data if isinstance(data, dict) else {}
+    data[key] = {**found, "bytes": int(found["bytes"]), "measured": stamp}
+    d = cache_dir()
+    d.mkdir(parents=True, exist_ok=True)
+    tmp = d / f".{PROCESS_FILE}.{os.getpid()}"
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    os.replace(tmp, d / PROCESS_FILE)
+    return int(found["bytes"]), f"measured {stamp}"

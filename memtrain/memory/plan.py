@@ -66,7 +66,9 @@ class MemoryPlan:
     overhead_bytes: int = 0
     overhead_source: str = "none"  # "measured", "assumed", "given" or "none"
     micro_batch_size: int | None = None  # rows per forward/backward pass; None: the whole batch
-    fused: bool = False  # CPU: the step runs memtrain's fused kernels (no optimizer or activation scratch)
+    # the CPU step runs memtrain's numba kernels (no optimizer or activation scratch); False on a GPU,
+    # whose step is fused too but counts its own workspace, and for the NumPy reference path
+    numba_kernels: bool = False
 
     @property
     def rows(self) -> int:
@@ -181,7 +183,7 @@ def training_plan(spec, optimizer, batch_size: int, device: str = "cpu", *, micr
     bufs += _loss_buffers(spec, b)
     bufs += step_workspace(spec, optimizer, device, fused=fused)
     return MemoryPlan("train", B, device, tuple(bufs), int(overhead_bytes), overhead_source,
-                      micro_batch_size=b, fused=fused)
+                      micro_batch_size=b, numba_kernels=fused)
 
 
 def _activation_buffers(spec, b: int, fused: bool) -> list:

@@ -1,3 +1,3 @@
 """Services above the trainer: the estimate report, the auto batch size (solved on
-the plan, confirmed by a real step), the profile (plan vs measured) and the plan of
-a whole job before it runs (jobplan)."""
+the plan, confirmed by a real step) and the profile (plan vs measured). A whole job's
+plan before it runs is memtrain.train.jobplan (re-exported as profiler.jobplan)."""

@@ -30,6 +30,7 @@ from memtrain.memory.budget import auto_budget, with_margin
 from memtrain.memory.measure import active_pool
 from memtrain.nn.mlp import MLP
 from memtrain.profiler.verify import profile, random_batch
+from memtrain.train.jobplan import batch_cap, solve
 from memtrain.train.trainer import Trainer, oom_errors
 from memtrain.units import format_bytes
 
@@ -73,16 +74,9 @@ def solve_budget(backend, memory_limit: int | None, already_allocated: int = 0) 
     return auto_budget(backend, already_allocated)
 
 
-def solve(setting, budget: int, *, multiple_of=None, power_of_two=False, max_batch=None):
-    """The one solve on the plan (estimate, autobatch, plan_job): a BatchFit."""
-    return largest_batch(lambda b: setting.plan(b).total, budget, multiple_of=multiple_of,
-                         power_of_two=power_of_two, max_batch=max_batch)
-
-
 def _cap(max_batch, dataset_size):
     """No batch larger than the training set or max_batch_size is ever solved or probed."""
-    caps = [c for c in (max_batch, dataset_size) if c]
-    return min(caps) if caps else None
+    return batch_cap(dataset_size, max_batch)
 
 
 def _solve(setting, budget: int, multiple_of, max_batch=None) -> int:

@@ -11,15 +11,22 @@ from dataclasses import dataclass
 
 from memtrain.config import load, merge
 from memtrain.errors import ConfigError
-from memtrain.memory import overhead as ovh
 from memtrain.memory.batch import BatchFit, check_batch_rows, parse_batch_sizes
 from memtrain.memory.budget import cpu_free, default_cpu_budget, with_margin
 from memtrain.memory.measure import gpu_free_bytes
 from memtrain.memory.plan import CATEGORIES, MemoryPlan
 from memtrain.nn.spec import ModelSpec
 from memtrain.optim import OPTIMIZERS, make_optimizer
-from memtrain.profiler.autobatch import solve
-from memtrain.profiler.jobplan import data_rows, job_setting, solve_auto
+from memtrain.train.jobplan import (
+    batch_cap,
+    batch_multiple,
+    data_rows,
+    device_overhead,
+    is_resident,
+    job_setting,
+    process_overhead,
+    solve,
+)
 from memtrain.train.setting import Setting
 from memtrain.units import format_bytes
 
@@ -115,7 +122,9 @@ def report(setting: Setting, batch_size: int, *, budget: int | None = None, budg
         "categories": plan.by_category(),
         "total": plan.total,
         "multipliers": multipliers(plan),
-        "overhead": {"bytes": plan.overhead_bytes, "source": plan.overhead_source},
+        # counted against the device's memory: the process (CPU) or the CUDA context (GPU)
+        "overhead": {"bytes": plan.overhead_bytes, "source": plan.overhead_source,
+                     "kind": "device" if plan.device == "cuda" else "process"},
         "formula": {"fixed": fixed, "per_sample": per_sample, "rounding": plan.device == "cuda"},
         "buffers": [
             {"name": b.name, "category": b.category, "shape": list(b.shape), "dtype": b.dtype, "nbytes": b.nbytes,
@@ -199,22 +208,19 @@ def build_setting(*, config=None, layers=None, activation=None, output=None, dro
     """The Setting from a job file and/or flags; flags win. With a job file it is the
     Setting the Job builds (its data set resident in the plan, as `train` holds it).
 
-    `backend` is the resolved CUDA Backend when a GPU is present (then the
-    overhead is measured), else None (assumed overhead on "cuda")."""
+    The plan's overhead is what the device's memory holds besides the buffers: on a GPU the
+    device overhead (`backend` is the resolved CUDA Backend when a GPU is present, then it is
+    measured, else None: cached or assumed), on the CPU the process overhead (measured once per
+    machine) when a memory limit is given; --overhead gives it."""
     kind = "cuda" if str(device).startswith("cuda") else "cpu"
-    if overhead is not None:
-        over, source = overhead, "given"
-    elif kind == "cuda":  # measured once per GPU model and cached (memory/overhead_cache.py)
-        from memtrain.memory.overhead_cache import cuda_overhead  # noqa: PLC0415 - only an estimate for cuda reads the cache
-
-        over, source = cuda_overhead(backend)
-    else:
-        over, source = ovh.assumed(kind)
+    cfg = load(config) if config else None
+    limited = budget is not None or (cfg is not None and cfg.training.memory_limit is not None)
+    over, source = _overhead(kind, overhead, backend, limited)
     single = optimizer if optimizer and optimizer != "all" and "," not in optimizer else None
     if config:
-        cfg = merge(load(config), {"model.layers": layers, "model.activation": activation, "model.output": output,
-                                   "model.dropout": dropout, "model.dtype": dtype, "optimizer.name": single,
-                                   "training.fused": fused})
+        cfg = merge(cfg, {"model.layers": layers, "model.activation": activation, "model.output": output,
+                          "model.dropout": dropout, "model.dtype": dtype, "optimizer.name": single,
+                          "training.fused": fused})
         return _job_request(cfg, kind, int(over), source, inference, budget)
     model = {k: v for k, v in (("activation", activation), ("output", output), ("dropout", dropout),
                                ("dtype", dtype)) if v is not None}
@@ -227,11 +233,23 @@ def build_setting(*, config=None, layers=None, activation=None, output=None, dro
     return Request(setting, None)
 
 
+def _overhead(kind: str, given, backend, limited: bool) -> tuple:
+    """(bytes, source) the plan holds besides its buffers: --overhead; on a GPU its device overhead;
+    on the CPU the process overhead when a memory limit is given (the job's whole memory: the
+    process is in it), else none (a budget read from the free memory now is read by a process
+    that is loaded already)."""
+    if given is not None:
+        return given, "given"
+    if kind == "cuda":
+        return device_overhead(kind, backend)
+    return process_overhead() if limited else (0, "none")
+
+
 def _job_request(cfg, kind, over, source, inference, budget) -> Request:
     rows = data_rows(cfg)
     limit = cfg.training.memory_limit
     budget = limit if budget is None else (budget if limit is None else min(budget, limit))
-    resident = kind == "cpu" or (budget is not None and rows.nbytes <= cfg.data.resident_share * budget)
+    resident = is_resident(kind, rows.nbytes, budget, cfg.data.resident_share)
     setting = job_setting(cfg, kind, rows if resident else None, over, source)
     if inference:
         setting = dataclasses.replace(setting, inference=True, keep_best=False, resident_rows=None)
@@ -282,8 +300,9 @@ def batch_sizes(req: Request, text, budget, auto: bool, multiple_of=None, power_
             check_batch_rows(batches[0], req.n_train, "batch-size")
         return batches
     if auto:
-        t = req.cfg.training
-        b = solve_auto(req.setting, budget, req.setting.device, req.n_train, t.max_batch_size)
+        t = req.cfg.training  # the Job's solve: its overhead is in this plan, its margin is the limit's
+        b = fit(req.setting, budget, batch_multiple(req.setting.device),
+                max_batch=batch_cap(req.n_train, t.max_batch_size), margin=margin).batch_size
         if not b:
             raise ConfigError(f"memory-limit: {format_bytes(budget)} less the safety margin is too small for "
                               "batch 1 of this job's plan")

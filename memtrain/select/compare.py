@@ -24,7 +24,8 @@ from memtrain.nn.scores import REGRESSION
 from memtrain.optim import make_optimizer
 from memtrain.profiler.autobatch import auto_batch
 from memtrain.render import _table, score_cell
-from memtrain.train.job import Job, load_job_data
+from memtrain.train.job import Job
+from memtrain.train.jobplan import load_job_data
 from memtrain.units import format_bytes
 
 REPORT_SCHEMA = "memtrain.compare/1"
@@ -69,22 +70,34 @@ def _job_runner(cfg) -> tuple:
 
 def compare(cfg, optimizers: list, *, lr=None, epochs=None, output_dir="runs", target_accuracy=None,
             runner=_job_runner, log=None) -> dict:
-    """Train `cfg` once per optimizer; the report with rows ranked by best validation loss."""
+    """Train `cfg` once per optimizer; the report with rows ranked by best validation loss.
+
+    The runs go to the service's scheduler (select/runner.py) with one job slot, in this
+    process (launch/inprocess.py): one after another, so their times are comparable."""
     if target_accuracy is not None and not 0 < target_accuracy <= 1:
         raise ConfigError(f"target-accuracy: expected a fraction in (0, 1], got {target_accuracy!r}")
+    from memtrain.launch.inprocess import InProcessExecutor  # noqa: PLC0415
+    from memtrain.select import runner as rn  # noqa: PLC0415
+
     load_job_data(cfg)  # the first run's wall time should not include importing the data loader
     rows = []
-    for name in optimizers:
-        with tempfile.TemporaryDirectory(prefix="memtrain-compare-", dir=_scratch()) as tmp:
-            c = run_config(cfg, name, lr=lr, epochs=epochs, output_dir=output_dir, checkpoint_dir=tmp)
+    with tempfile.TemporaryDirectory(prefix="memtrain-compare-", dir=_scratch()) as tmp:
+        configs = {name: run_config(cfg, name, lr=lr, epochs=epochs, output_dir=output_dir,
+                                    checkpoint_dir=Path(tmp) / name.replace(":", "-")) for name in optimizers}
+        def run(launch):
             if log:
-                log(f"training  {name} ...")
-            summary, n_train = runner(c)
-        rows.append(summarize(name, summary, n_train, target_accuracy))
-        if log:
-            r = rows[-1]
-            log(f"done      {name}: best validation loss {_f(r['best_val_loss'])} "
-                f"(epoch {r['best_loss_epoch']}), {r['seconds']:.1f} s")
+                log(f"training  {launch.job_id} ...")
+            return runner(configs[launch.job_id])
+
+        executor = InProcessExecutor(run)
+        # the Job checks its own memory as `memtrain train` does: the one slot is the only limit here
+        dev = rn.device(cfg.device if cfg.device.startswith("cuda") else "cpu", 1 << 62, "one run at a time", 1)
+        for task, _, (summary, n_train) in rn.run_tasks([rn.Task(n, c) for n, c in configs.items()], dev, executor):
+            rows.append(summarize(task.id, summary, n_train, target_accuracy))
+            if log:
+                r = rows[-1]
+                log(f"done      {task.id}: best validation loss {_f(r['best_val_loss'])} "
+                    f"(epoch {r['best_loss_epoch']}), {r['seconds']:.1f} s")
     ranked = rank(rows)
     return {"schema": REPORT_SCHEMA, "job": cfg.name, "target_accuracy": target_accuracy,
             "ranked_by": "best validation loss (the test set is reported, never used to choose)", "rows": ranked}

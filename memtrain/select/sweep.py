@@ -3,8 +3,10 @@
 1. Expand the space into trials (space.py) and build each trial's job.
 2. Plan each trial's memory with the trainer's own plan (Setting(...).plan(batch));
    a trial that does not fit the budget is reported and skipped, never run.
-3. Pack the rest into waves (planner.py): the trials of a wave run at the same
-   time in worker processes, their plans together within the budget.
+3. Hand the rest to the service's scheduler (select/runner.py): a trial starts when its
+   plan fits the budget beside the running ones, at most `workers` at once, in worker
+   processes (in this process with one worker); one killed by a signal resumes from its
+   checkpoint.
 4. Append one JSON line per finished trial to OUTPUT_DIR/results.jsonl with a
    single os.write on an O_APPEND descriptor and an fsync, so a killed sweep
    loses no finished trial; `--resume` skips the trials already there.
@@ -23,15 +25,13 @@ from pathlib import Path
 
 from memtrain.errors import ConfigError, JobFailed, MemtrainError
 from memtrain.jsonable import plain
-from memtrain.memory import overhead as ovh
 from memtrain.nn.scores import ALL as SCORES
 from memtrain.profiler.autobatch import auto_batch
-from memtrain.profiler.jobplan import data_rows, job_setting
 from memtrain.render import _table, score_cell
 from memtrain.select import space as sp
 from memtrain.select.compare import summarize
-from memtrain.select.planner import plan_waves
 from memtrain.train.job import Job
+from memtrain.train.jobplan import counted_overhead, data_rows, footprint, is_resident, job_setting
 from memtrain.units import format_bytes
 
 RECORD_SCHEMA = "memtrain.sweep-trial/1"
@@ -42,9 +42,10 @@ RESULTS = "results.jsonl"
 class TrialPlan:
     trial: sp.Trial
     cfg: object  # JobConfig
-    planned_bytes: int  # what the trial reserves: its plan at its batch, or its whole limit for "auto"
+    planned_bytes: int  # what the trial reserves: its plan at its batch plus the overhead, or its whole limit for "auto"
     batch: object  # int or "auto"
     reason: str = ""  # why it cannot run (empty when it can)
+    overhead: tuple = (0, "none")  # (bytes, source) in planned_bytes: each trial's process (CPU) or CUDA context
 
 
 # -- planning -------------------------------------------------------------------------------
@@ -55,17 +56,18 @@ def plan_trials(sweep, trials, *, output_dir, budget: int, device_kind: str, met
     for a value the job would refuse, before anything runs."""
     rows = {}
     out = []
+    over = counted_overhead(device_kind)  # one figure for every trial: each runs in its own process
     for t in trials:
         try:
             cfg = sp.trial_config(sweep, t, output_dir=output_dir, metrics_port=metrics_port)
-            tp = _plan_trial(t, cfg, rows, budget, device_kind)
+            tp = _plan_trial(t, cfg, rows, budget, device_kind, over)
         except MemtrainError as exc:
             raise ConfigError(f"trial {t.id} {_params_text(t.params)}: {exc}") from None
         out.append(tp)
     return out
 
 
-def _plan_trial(t, cfg, rows, budget, device_kind) -> "TrialPlan":
+def _plan_trial(t, cfg, rows, budget, device_kind, over) -> "TrialPlan":
     spec, d = cfg.model_spec(), cfg.data
     key = (d.dataset, d.validation, d.validation_dataset, d.test, cfg.seed, spec.dtype.name, spec.output.name,
            spec.sizes[-1], d.label_column)
@@ -75,26 +77,25 @@ def _plan_trial(t, cfg, rows, budget, device_kind) -> "TrialPlan":
     if r.n_features != spec.sizes[0]:
         raise ConfigError(f"model.layers: the first size must equal the data's {r.n_features} features, "
                           f"got {spec.sizes[0]}")
-    over = ovh.assumed(device_kind)[0]  # each worker process holds its own CUDA context
-    resident = device_kind == "cpu" or r.nbytes <= d.resident_share * budget
-    setting = job_setting(cfg, device_kind, r if resident else None, over)
+    limit = cfg.training.memory_limit  # the trial's job decides with its own limit when it has one
+    resident = is_resident(device_kind, r.nbytes, budget if limit is None else min(limit, budget), d.resident_share)
+    setting = job_setting(cfg, device_kind, r if resident else None)
     batch = cfg.training.batch_size
-    one = setting.plan(1).total
+    one = footprint(setting.plan(1).total, over[0])
     if batch == "auto":
-        limit = cfg.training.memory_limit
         reserve = budget if limit is None else min(limit, budget)
         cfg = cfg.with_overrides({"training.memory_limit": reserve})  # the job's auto batch fits what was reserved
         reason = "" if one <= reserve else (f"needs {format_bytes(one)} at batch 1; the budget is "
                                            f"{format_bytes(budget)}")
-        return TrialPlan(t, cfg, reserve if not reason else one, batch, reason)
-    total = setting.plan(batch).total
+        return TrialPlan(t, cfg, reserve if not reason else one, batch, reason, over)
+    total = footprint(setting.plan(batch).total, over[0])
     reason = ""
     if one > budget:
         reason = f"needs {format_bytes(one)} even at batch 1; the budget is {format_bytes(budget)}"
     elif total > budget:
         reason = (f"needs {format_bytes(total)} at batch {batch}; the budget is {format_bytes(budget)} "
                   "(batch_size = \"auto\" would fit)")
-    return TrialPlan(t, cfg, total, batch, reason)
+    return TrialPlan(t, cfg, total, batch, reason, over)
 
 
 # -- results.jsonl -----------------------------------------------------------------------------
@@ -178,52 +179,34 @@ def make_record(sweep, tp: TrialPlan, outcome: dict) -> dict:
     return rec
 
 
-def run_sweep(sweep, *, output_dir, budget: int, budget_source: str = "given", workers: int = 1,
+def run_sweep(sweep, *, output_dir, budget: int, budget_source: str = "given", workers: int | None = 1,
               device_kind: str = "cpu", resume: bool = False, dry_run: bool = False, metrics_port=None,
               runner=None, log=print, executor=None, max_attempts: int = 2) -> dict:
     """Plan, print the schedule, run it (unless dry_run), and return the report.
 
-    `runner(cfg) -> outcome` runs one trial (default run_trial; a trial runs in a
-    worker process when its wave has more than one trial, so the runner must then be
-    importable by name). With an `executor` (memtrain.launch: Ray) the trials run
-    through it instead of local waves (select/sweep_launch.py); `workers` then caps
-    the trials handed to it at once (None: no cap)."""
+    The trials go to the service's scheduler (select/runner.py) with one device: `budget`
+    bytes, at most `workers` trials at once (None: no count limit, with an executor that
+    places by itself). They run in worker processes (memtrain.launch.local), through
+    `executor` when one is given (Ray), or in this process one at a time with one worker
+    or a `runner(cfg) -> outcome` given from code (default run_trial)."""
     out = Path(output_dir)
-    trials = sp.expand(sweep)
-    plans = plan_trials(sweep, trials, output_dir=out, budget=budget, device_kind=device_kind,
+    plans = plan_trials(sweep, sp.expand(sweep), output_dir=out, budget=budget, device_kind=device_kind,
                         metrics_port=metrics_port)
     results_path = out / RESULTS
     records, warnings = read_results(results_path)
     for w in warnings:
         log(f"warning   {w}")
-    if records and not resume and not dry_run:
-        raise ConfigError(f"output-dir: {results_path} already holds {len(records)} trial(s) of an earlier sweep; "
-                         "pass --resume to continue it, or choose another --output-dir (nothing was overwritten)")
-    other = {r.get("base") for r in records} - {sweep.base_hash()}
-    if records and other:
-        raise ConfigError(f"output-dir: {results_path} holds trials of a different base job; "
-                         "choose another --output-dir")
+    _check_earlier(sweep, records, results_path, resume, dry_run)
     done = {r["trial"] for r in records} if resume else set()
-    by_id = {tp.trial.id: tp for tp in plans}
     runnable = [tp for tp in plans if not tp.reason and tp.trial.id not in done]
-    if executor is not None:
-        from memtrain.select import sweep_launch as sl  # noqa: PLC0415
-
-        log(sl.schedule_text(sweep, plans, done, budget, budget_source, workers, executor.name,
-                             _params_text))
-        outcomes = sl.run_trials(runnable, executor, lambda tp: sl.trial_launch(tp, device_kind=device_kind,
-                                                                                capacity=budget),
-                                 workers=workers, max_attempts=max_attempts, log=log)
-    else:
-        schedule = plan_waves([(tp.trial.id, tp.planned_bytes) for tp in runnable], budget, workers)
-        assert not schedule.skipped  # every runnable plan fits on its own (checked in plan_trials)
-        log(schedule_text(sweep, plans, schedule, done, budget, budget_source, workers))
-        outcomes = _run_waves(schedule, by_id, runner or run_trial, log)
+    in_process = executor is None and (runner is not None or workers == 1)
+    log(schedule_text(sweep, plans, done, budget, budget_source, 1 if in_process else workers,
+                      "this process" if in_process else (executor.name if executor else "worker processes")))
     if dry_run:
         return report(sweep, records, plans)
-
     out.mkdir(parents=True, exist_ok=True)
-    for tp, outcome in outcomes:
+    for tp, outcome in _run(runnable, device_kind, budget, budget_source, workers, runner, executor, max_attempts,
+                            log):
         rec = make_record(sweep, tp, outcome)
         append_result(results_path, rec)
         records.append(rec)
@@ -233,25 +216,40 @@ def run_sweep(sweep, *, output_dir, budget: int, budget_source: str = "given", w
     return report(sweep, records, plans)
 
 
-def _run_waves(schedule, by_id, runner, log):
-    for n, wave in enumerate(schedule.waves, 1):
-        log(f"wave {n}/{len(schedule.waves)}  " + ", ".join(wave))
-        yield from _run_wave([by_id[k] for k in wave], runner)
+def _check_earlier(sweep, records, results_path, resume, dry_run) -> None:
+    if records and not resume and not dry_run:
+        raise ConfigError(f"output-dir: {results_path} already holds {len(records)} trial(s) of an earlier sweep; "
+                         "pass --resume to continue it, or choose another --output-dir (nothing was overwritten)")
+    other = {r.get("base") for r in records} - {sweep.base_hash()}
+    if records and other:
+        raise ConfigError(f"output-dir: {results_path} holds trials of a different base job; "
+                         "choose another --output-dir")
 
 
-def _run_wave(wave, runner):
-    """Yields (TrialPlan, outcome) as trials finish: in this process for a wave of one,
-    else one worker process per trial (spawned: a forked NumPy can deadlock)."""
-    if len(wave) == 1:
-        yield wave[0], runner(wave[0].cfg)
-        return
-    import multiprocessing  # noqa: PLC0415
-    from concurrent.futures import ProcessPoolExecutor, as_completed  # noqa: PLC0415
+def _run(plans, device_kind, budget, budget_source, workers, runner, executor, max_attempts, log):
+    """Yields (TrialPlan, outcome) as trials end, through the scheduler."""
+    import os  # noqa: PLC0415
 
-    with ProcessPoolExecutor(max_workers=len(wave), mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(runner, tp.cfg): tp for tp in wave}
-        for f in as_completed(futures):
-            yield futures[f], f.result()
+    from memtrain.select import runner as rn  # noqa: PLC0415
+
+    by_id = {tp.trial.id: tp for tp in plans}
+    if executor is None and (runner is not None or workers == 1):
+        from memtrain.launch.inprocess import InProcessExecutor  # noqa: PLC0415
+
+        call = runner or run_trial
+        executor, workers = InProcessExecutor(lambda launch: call(by_id[launch.job_id].cfg)), 1
+    elif executor is None:
+        from memtrain.launch.local import LocalExecutor  # noqa: PLC0415
+
+        executor = LocalExecutor()
+    threads = 1 if hasattr(executor, "admits") or not workers else max(1, (os.cpu_count() or 1) // workers)
+    # each trial's bytes hold its process overhead (plan_trials); the scheduler adds it back as it
+    # does for a service job, and tells the worker the figure it was admitted with
+    over = plans[0].overhead if plans else (0, "none")
+    dev = rn.device(device_kind, budget, budget_source, workers, threads, over)
+    tasks = [rn.Task(tp.trial.id, tp.cfg, tp.planned_bytes - tp.overhead[0]) for tp in plans]
+    for task, job, value in rn.run_tasks(tasks, dev, executor, max_attempts=max_attempts, log=log):
+        yield by_id[task.id], value if value is not None else rn.written_outcome(job)
 
 
 # -- report --------------------------------------------------------------------------------
@@ -274,16 +272,21 @@ def report(sweep, records, plans) -> dict:
             "note": "ranked by the validation metric; test metrics are reported, never used to choose"}
 
 
-def schedule_text(sweep, plans, schedule, done, budget, budget_source, workers) -> str:
-    ready = sum(1 for tp in plans if not tp.reason and tp.trial.id not in done)
-    lines = [f"sweep     {sweep.name}: {sweep.method} search, {len(plans)} trial(s): {len(done & {tp.trial.id for tp in plans})} "
-             f"finished, {ready} to run, {sum(1 for tp in plans if tp.reason)} skipped",
-             f"budget    {format_bytes(budget)} ({budget_source}), at most {workers} at a time"]
-    by_id = {tp.trial.id: tp for tp in plans}
-    for n, wave in enumerate(schedule.waves, 1):
-        total = sum(by_id[k].planned_bytes for k in wave)
-        lines.append(f"wave {n:<4} {format_bytes(total)}: " + "; ".join(
-            f"{k} {_params_text(by_id[k].trial.params)} {format_bytes(by_id[k].planned_bytes)}" for k in wave))
+def schedule_text(sweep, plans, done, budget, budget_source, workers, where: str) -> str:
+    """The plan as printed before a sweep starts: each trial's memory; the scheduler starts a trial
+    when its plan fits the budget beside the running ones."""
+    ready = [tp for tp in plans if not tp.reason and tp.trial.id not in done]
+    at_once = "" if workers is None else f", at most {workers} at a time"
+    lines = [f"sweep     {sweep.name}: {sweep.method} search, {len(plans)} trial(s): "
+             f"{len(done & {tp.trial.id for tp in plans})} finished, {len(ready)} to run, "
+             f"{sum(1 for tp in plans if tp.reason)} skipped",
+             f"budget    {format_bytes(budget)} ({budget_source}); a trial starts in {where} when its plan fits "
+             f"beside the running ones{at_once}"]
+    if plans:
+        nbytes, source = plans[0].overhead
+        lines.append(f"overhead  {format_bytes(nbytes)} per trial ({source}), in each trial's bytes")
+    for tp in ready:
+        lines.append(f"trial     {tp.trial.id} {_params_text(tp.trial.params)} {format_bytes(tp.planned_bytes)}")
     for tp in plans:
         if tp.reason:
             lines.append(f"skipped   {tp.trial.id} {_params_text(tp.trial.params)}: {tp.reason}")

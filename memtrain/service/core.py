@@ -14,11 +14,13 @@ from pathlib import Path
 
 from memtrain.errors import DiskFull
 from memtrain.launch.worker import PROGRESS
-from memtrain.service import admission, planning, recovery, security
+from memtrain.scheduling import admission
+from memtrain.scheduling.scheduler import Scheduler
+from memtrain.scheduling.store import STATES, JobRow, Store, now
 from memtrain.service import devices as devs
+from memtrain.service import planning, recovery, security
 from memtrain.service.housekeeping import Housekeeper
-from memtrain.service.scheduler import Scheduler
-from memtrain.service.store import STATES, Store, now
+from memtrain.service.planned_jobs import PlannedJobs
 from memtrain.units import format_bytes
 
 MIN_FREE_BYTES = 16 * 1024**2  # below this a submission is refused (507): see check_room
@@ -89,7 +91,8 @@ class Service:
                                    tick=s.tick, metrics_ports=s.metrics_ports, on_event=self._event,
                                    metrics_host=s.job_metrics_host, metrics_address=s.job_metrics_address,
                                    runtime_grace=s.runtime_grace,
-                                   quota=admission.Quota(s.user_quota, dict(s.token.quotas) if s.token else {}))
+                                   quota=admission.Quota(s.user_quota, dict(s.token.quotas) if s.token else {}),
+                                   jobs=PlannedJobs())
 
     def start(self) -> None:
         self.housekeeper.start()
@@ -101,10 +104,10 @@ class Service:
         self.store.close()
         self._lock.close()
 
-    def _event(self, kind: str, job: dict) -> None:
+    def _event(self, kind: str, job: JobRow) -> None:
         self.events[kind] = self.events.get(kind, 0) + 1
         if kind == "started":
-            self.waits.append(max(0.0, now() - job["queued_at"]))
+            self.waits.append(max(0.0, now() - job.queued_at))
 
     # -- submission ---------------------------------------------------------------------------
 
@@ -120,7 +123,7 @@ class Service:
                                         max_runtime=self.settings.max_runtime)
             mine = [d for d in self.devices if d.kind == checked.device_kind]
             plans = {d.name: planning.plan(checked, d.budget_bytes) for d in mine}
-            fits = [d for d in mine if plans[d.name].total + d.overhead_bytes <= d.budget_bytes]
+            fits = [d for d in mine if d.footprint(plans[d.name].total) <= d.budget_bytes]
             if not fits:
                 best = max(mine, key=lambda d: d.budget_bytes)
                 raise planning.NeverFits(planning.never_fits_message(
@@ -143,10 +146,9 @@ class Service:
             "priority": checked.config["priority"], "user": user,
         })
         self.events["admitted"] += 1
-        with self.scheduler._lock:
-            self.scheduler._admit()  # so the answer names the device when it starts at once
+        self.scheduler.admit_now()  # so the answer names the device when it starts at once
         job = self.store.get(job_id)
-        return {"id": job_id, "state": job["state"], "planned_bytes": job["planned_bytes"], "device": job["device"]}
+        return {"id": job_id, "state": job.state, "planned_bytes": job.planned_bytes, "device": job.device}
 
     def _insert(self, row: dict) -> None:
         """The job's own record in its dir first (what --recover rebuilds from), then its row; a row
@@ -202,7 +204,7 @@ class Service:
     def _check_quota(self, checked, p, device, user: str) -> None:
         """422 for a job its user's quota could never hold, even with none of their jobs running."""
         limit = self.scheduler.limits.limit(user)
-        need = (p.min_total if checked.batch == "auto" else p.total) + device.overhead_bytes
+        need = device.footprint(p.min_total if checked.batch == "auto" else p.total)
         if limit is not None and need > limit:
             raise planning.NeverFits(f"never fits user {user}'s quota: needs {format_bytes(need)} (plan and process "
                                      f"overhead), the quota is {format_bytes(limit)}")
@@ -215,27 +217,27 @@ class Service:
 
     # -- views -------------------------------------------------------------------------------------
 
-    def job_view(self, job: dict, slots=None, progress=None, quota=None) -> dict:
-        reason = job["reason"]
-        if job["state"] == "queued" and job["ref"]:  # handed to an executor that admits by itself
-            why = (f"for {self.settings.executor.name.capitalize()} resources: {format_bytes(job['reserved_bytes'])} "
-                   f"of memory and {job['threads']} CPU(s) free on one node")
+    def job_view(self, job: JobRow, slots=None, progress=None, quota=None) -> dict:
+        reason = job.reason
+        if job.state == "queued" and job.ref:  # handed to an executor that admits by itself
+            why = (f"for {self.settings.executor.name.capitalize()} resources: {format_bytes(job.reserved_bytes)} "
+                   f"of memory and {job.threads} CPU(s) free on one node")
             reason = f"waiting {why}" + (f" (earlier: {reason})" if reason else "")
-        elif job["state"] == "queued":
-            slots = self.scheduler.slots() if slots is None else slots
+        elif job.state == "queued":
+            slots = self.scheduler.device_loads() if slots is None else slots
             w = self.scheduler.waiting(job)
             quota = self.scheduler.quota() if quota is None else quota
             why = admission.blocking(w, slots, quota)
             reason = f"waiting: {why}" + (f" (earlier: {reason})" if reason else "")
-        prog = progress if progress is not None else (self.scheduler.progress(job) if job["state"] != "queued" else {})
+        prog = progress if progress is not None else (self.scheduler.progress(job) if job.state != "queued" else {})
         return {
-            "id": job["id"], "name": job["name"], "state": job["state"], "device": job["device"],
-            "planned_bytes": job["planned_bytes"], "planned": job["planned"], "batch_size": job["batch_size"],
-            "batch_request": job["batch_request"], "attempts": job["attempts"], "max_attempts": job["max_attempts"],
-            "submitted_at": iso(job["submitted_at"]), "started_at": iso(job["started_at"]),
-            "ended_at": iso(job["ended_at"]), "progress": prog, "result": job["result"], "reason": reason,
-            "metrics_target": job["metrics_target"] if job["state"] == "running" else None,
-            "threads": job["threads"], "priority": job["priority"], "user": job["user"],
+            "id": job.id, "name": job.name, "state": job.state, "device": job.device,
+            "planned_bytes": job.planned_bytes, "planned": job.planned, "batch_size": job.batch_size,
+            "batch_request": job.batch_request, "attempts": job.attempts, "max_attempts": job.max_attempts,
+            "submitted_at": iso(job.submitted_at), "started_at": iso(job.started_at),
+            "ended_at": iso(job.ended_at), "progress": prog, "result": job.result, "reason": reason,
+            "metrics_target": job.metrics_target if job.state == "running" else None,
+            "threads": job.threads, "priority": job.priority, "user": job.user,
         }
 
     def jobs_page(self, state: str | None = None, limit: int = 100, before: int | None = None,
@@ -247,24 +249,24 @@ class Service:
         Scheduler.progress hand out one object per unchanged row and file)."""
         _check_state(state)
         rows, nxt = self.store.page(state, limit, before)
-        queued = any(j["state"] == "queued" for j in rows)
-        slots, quota = (self.scheduler.slots(), self.scheduler.quota()) if queued else (None, None)
-        watched = [str(Path(j["run_dir"]) / PROGRESS) for j in rows if j["state"] == "running"]
+        queued = any(j.state == "queued" for j in rows)
+        slots, quota = (self.scheduler.device_loads(), self.scheduler.quota()) if queued else (None, None)
+        watched = [str(Path(j.run_dir) / PROGRESS) for j in rows if j.state == "running"]
         if serialize is None:
             return [self.job_view(j, slots, quota=quota) for j in rows], nxt, watched
         return [self._view_bytes(j, slots, serialize, quota) for j in rows], nxt, watched
 
-    def _view_bytes(self, job: dict, slots, serialize, quota=None) -> bytes:
-        if job["state"] == "queued":  # its reason depends on the other jobs: made afresh
+    def _view_bytes(self, job: JobRow, slots, serialize, quota=None) -> bytes:
+        if job.state == "queued":  # its reason depends on the other jobs: made afresh
             return serialize(self.job_view(job, slots, quota=quota))
         prog = self.scheduler.progress(job)
-        kept = self._serialised.get(job["id"])
+        kept = self._serialised.get(job.id)
         if kept is not None and kept[0] is job and kept[1] is prog:
             return kept[2]
         out = serialize(self.job_view(job, slots, prog))
         if len(self._serialised) >= 4096:  # bounded: the oldest go first
             self._serialised.pop(next(iter(self._serialised)))
-        self._serialised[job["id"]] = (job, prog, out)  # holding job and prog: identities stay unique
+        self._serialised[job.id] = (job, prog, out)  # holding job and prog: identities stay unique
         return out
 
     def job(self, job_id: str) -> dict | None:
@@ -283,18 +285,18 @@ class Service:
         out = []
         running = self.store.list("running")
         for d in self.devices:
-            mine = [j for j in running if j["device"] == d.name]
+            mine = [j for j in running if j.device == d.name]
             try:
-                free_now = devs.capacity(d.name)
+                free_now = devs.free_now(d.name)
             except Exception:  # NVML gone: the field is left out, the page still renders
                 free_now = None
             out.append({"device": d.name, "capacity_bytes": d.budget_bytes,
-                        "committed_bytes": sum(j["reserved_bytes"] for j in mine),
+                        "committed_bytes": sum(j.reserved_bytes for j in mine),
                         "measured_bytes": self._measured(d, mine),
                         "free_now_bytes": free_now, "overhead_bytes": d.overhead_bytes,
                         "overhead_source": d.overhead_source, "budget_source": d.budget_source,
                         "max_jobs": d.max_jobs, "threads_per_job": d.threads_per_job,
-                        "jobs": [j["id"] for j in mine]})
+                        "jobs": [j.id for j in mine]})
         return out
 
     def _measured(self, device, jobs) -> int:
@@ -310,19 +312,19 @@ class Service:
 
     def running_progress_files(self) -> list:
         """The files the device views read beside the store (measured memory of running jobs)."""
-        return [str(Path(j["run_dir"]) / PROGRESS) for j in self.store.list("running")]
+        return [str(Path(j.run_dir) / PROGRESS) for j in self.store.list("running")]
 
     def targets(self) -> list:
-        return [{"targets": [j["metrics_target"]], "labels": {"job_id": j["id"], "name": j["name"]}}
-                for j in self.store.list("running") if j["metrics_target"]]
+        return [{"targets": [j.metrics_target], "labels": {"job_id": j.id, "name": j.name}}
+                for j in self.store.list("running") if j.metrics_target]
 
     def log_path(self, job_id: str) -> Path | None:
         job = self.store.get(job_id)
-        return None if job is None else Path(job["run_dir"]) / "job.log"
+        return None if job is None else Path(job.run_dir) / "job.log"
 
     def is_active(self, job_id: str) -> bool:
         job = self.store.get(job_id)
-        return job is not None and job["state"] in ("queued", "running")
+        return job is not None and job.state in ("queued", "running")
 
 
 def _check_state(state: str | None) -> None:

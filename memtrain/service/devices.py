@@ -1,48 +1,41 @@
 """The devices the service places jobs on, their budgets and the per-process overhead.
 
 Budget (what plans may commit on a device), unless --budget DEVICE=SIZE gives it:
-- CPU: MemAvailable at start, less a reserve of 10% of it (at least 256 MiB) for
-  the service itself and everything else on the machine.
+- CPU: the free memory at start (memory/budget.py cpu_free: the least of MemAvailable, the
+  room under the service's cgroup limit and under its RLIMIT_AS), less a reserve of 10% of
+  it (at least 256 MiB) for the service itself and everything else on the machine.
 - GPU: NVML's free memory at start (its total less what other processes hold),
   less a reserve of 256 MiB + 2% of it.
 
-Per-process overhead (memory a job's processes take besides its plan):
-- CPU: measured once per state dir by running the worker on a tiny job and taking
-  the peak resident memory of the worker and its metrics exporter less the job's
-  plan (interpreter, NumPy, SciPy, scikit-learn, memtrain, the exporter process);
-  kept in STATE_DIR/overhead.json with the Python and memtrain versions it holds for.
+Overhead each job takes besides its plan (train/jobplan.py counted_overhead, the figure
+`memtrain estimate` and `memtrain sweep` use too):
+- CPU: the process overhead, --overhead when given, else measured once per machine and Python
+  by train/process_probe.py (a tiny job with its metrics exporter; private pages plus shared
+  pages once) and cached in the cache dir; the workers get the same figure
+  (MEMTRAIN_PROCESS_OVERHEAD), so a job sizes its plan as the service admitted it.
 - GPU: memtrain's measurement for the GPU's model when one is cached (memory/overhead_cache.py,
   stated as measured), else its assumed CUDA context size (memory/overhead.py, stated as assumed).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import platform
-import subprocess
-import sys
-import tempfile
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
-from memtrain import __version__
 from memtrain.errors import MemtrainError
-from memtrain.launch.resources import THREAD_VARS
 from memtrain.units import format_bytes
 
 CPU_RESERVE_FRACTION = 0.10
 CPU_RESERVE_MIN = 256 * 1024**2
 GPU_RESERVE = 256 * 1024**2
 GPU_RESERVE_FRACTION = 0.02
-OVERHEAD_FILE = "overhead.json"
 
 
 @dataclass(frozen=True)
 class Device:
     name: str  # cpu | cuda:N
     kind: str  # cpu | cuda
-    capacity_bytes: int  # measured at start (MemAvailable / NVML free)
+    free_at_start_bytes: int  # the free memory at start (cpu_free / NVML free), the default budget's base
     budget_bytes: int  # what plans may commit here
     budget_source: str
     max_jobs: int
@@ -50,6 +43,12 @@ class Device:
     overhead_source: str
     threads_per_job: int  # BLAS threads each job on it gets
     uuid: str = ""  # a GPU's NVML uuid: the jobs' CUDA_VISIBLE_DEVICES, whatever the CUDA ordinals
+
+    def footprint(self, plan_total: int) -> int:
+        """What a job with this plan takes of the budget: train/jobplan.py's footprint, plan + overhead."""
+        from memtrain.train.jobplan import footprint  # noqa: PLC0415 - the trainer loads with the first job
+
+        return footprint(plan_total, self.overhead_bytes)
 
     @property
     def index(self) -> int | None:
@@ -98,12 +97,12 @@ def gpu_info(name: str, with_processes: bool = False) -> dict:
     return found[0]
 
 
-def capacity(name: str) -> int:
-    """Free memory now: MemAvailable, or NVML's free memory of the GPU."""
-    from memtrain.memory import measure  # noqa: PLC0415
+def free_now(name: str) -> int:
+    """Free memory now: memory/budget.py cpu_free (as every job reads it), or NVML's free memory of the GPU."""
+    from memtrain.memory.budget import cpu_free  # noqa: PLC0415
 
     if name == "cpu":
-        return measure.mem_available()
+        return cpu_free()[0]
     return int(gpu_info(name)["memory_free"])
 
 
@@ -116,14 +115,15 @@ def gpu_process_bytes(name: str, pids) -> int:
 def default_budget(name: str, cap: int) -> tuple:
     if name == "cpu":
         reserve = max(CPU_RESERVE_MIN, int(CPU_RESERVE_FRACTION * cap))
-        return max(0, cap - reserve), f"MemAvailable {format_bytes(cap)} less a {format_bytes(reserve)} reserve"
+        return max(0, cap - reserve), f"free memory {format_bytes(cap)} less a {format_bytes(reserve)} reserve"
     reserve = GPU_RESERVE + int(GPU_RESERVE_FRACTION * cap)
     return max(0, cap - reserve), f"NVML free {format_bytes(cap)} less a {format_bytes(reserve)} reserve"
 
 
 def discover(devices: str, budgets: dict, *, max_jobs: int | None, state_dir, cpu_overhead: int | None = None,
              cores: int | None = None) -> list:
-    """The Device list the scheduler uses; `budgets` maps a device name to bytes (--budget)."""
+    """The Device list the scheduler uses; `budgets` maps a device name to bytes (--budget).
+    (`state_dir` is unused since the overhead is cached per machine, not per state dir.)"""
     names = parse_devices(devices)
     unknown = set(budgets) - set(names)
     if unknown:
@@ -132,11 +132,11 @@ def discover(devices: str, budgets: dict, *, max_jobs: int | None, state_dir, cp
     out = []
     for name in names:
         kind = "cpu" if name == "cpu" else "cuda"
-        cap = capacity(name)
+        cap = free_now(name)
         budget, source = (budgets[name], "given") if name in budgets else default_budget(name, cap)
         jobs = max_jobs or (cores if kind == "cpu" else 8)
         if kind == "cpu":
-            over, over_source = cpu_overhead_bytes(state_dir, cpu_overhead)
+            over, over_source = cpu_overhead_bytes(cpu_overhead)
             threads = max(1, cores // jobs)
         else:
             over, over_source = gpu_overhead_bytes(gpu_info(name).get("name", ""))
@@ -161,7 +161,7 @@ def cluster(executor, budgets: dict, *, state_dir, cpu_overhead: int | None = No
     budget, source = largest, f"the largest {executor.name} node's memory resource"
     if "ray" in budgets and budgets["ray"] < largest:
         budget, source = budgets["ray"], "given"
-    over, over_source = cpu_overhead_bytes(state_dir, cpu_overhead)
+    over, over_source = cpu_overhead_bytes(cpu_overhead)
     return [Device("ray", "cpu", largest, budget, source, 1_000_000, over, over_source, 1)]
 
 
@@ -177,46 +177,11 @@ def gpu_overhead_bytes(model: str) -> tuple:
     return overhead.assumed("cuda")
 
 
-def cpu_overhead_bytes(state_dir, given: int | None = None) -> tuple:
-    """(bytes, how it was found): given, read from STATE_DIR/overhead.json, or measured now."""
+def cpu_overhead_bytes(given: int | None = None) -> tuple:
+    """(bytes, how it was found): --overhead, else the process overhead every planner counts
+    (train/jobplan.py: MEMTRAIN_PROCESS_OVERHEAD, the cached measurement, or measured now)."""
     if given is not None:
         return int(given), "given"
-    path = Path(state_dir) / OVERHEAD_FILE
-    key = _overhead_key()
-    try:
-        saved = json.loads(path.read_text())
-        if saved.get("key") == key:
-            return int(saved["cpu_bytes"]), f"measured {saved['measured_at']}"
-    except (OSError, ValueError, KeyError):
-        pass
-    nbytes, detail = measure_cpu_overhead(state_dir)
-    import time  # noqa: PLC0415
+    from memtrain.train.jobplan import process_overhead  # noqa: PLC0415 - the trainer loads only when measuring
 
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    path.write_text(json.dumps({"key": key, "cpu_bytes": nbytes, "measured_at": stamp, **detail}, indent=1))
-    return nbytes, f"measured {stamp}"
-
-
-def _overhead_key() -> dict:
-    return {"python": platform.python_version(), "executable": sys.executable, "memtrain": __version__}
-
-
-def measure_cpu_overhead(state_dir) -> tuple:
-    """Run the worker on a tiny job (metrics on, as the service runs jobs) and take its peak
-    resident memory less its plan. About 2-4 s, once per state dir and Python."""
-    from memtrain.launch.worker import PROGRESS, read_json  # noqa: PLC0415
-    from memtrain.service.planning import probe_config  # noqa: PLC0415
-
-    with tempfile.TemporaryDirectory(dir=state_dir, prefix="overhead-") as tmp:
-        launch = {"job_id": "overhead-probe", "run_dir": tmp, "config": probe_config(tmp),
-                  "env": dict.fromkeys(THREAD_VARS, 1)}
-        spec = Path(tmp) / "launch.json"
-        spec.write_text(json.dumps(launch))
-        r = subprocess.run([sys.executable, "-m", "memtrain.launch.worker", str(spec)], capture_output=True,
-                           text=True, timeout=300, cwd=tmp)
-        prog = read_json(Path(tmp) / PROGRESS) or {}
-        if r.returncode != 0 or not prog.get("peak_rss_bytes") or prog.get("planned_bytes") is None:
-            raise RuntimeError(f"measuring the per-process overhead failed (exit {r.returncode}): "
-                               f"{(r.stdout + r.stderr).strip().splitlines()[-1:]}")
-        peak, planned = int(prog["peak_rss_bytes"]), int(prog["planned_bytes"])
-    return peak - planned, {"peak_rss_bytes": peak, "planned_bytes": planned}
+    return process_overhead()

@@ -16,8 +16,8 @@ import shutil
 import threading
 from pathlib import Path
 
+from memtrain.scheduling.store import now
 from memtrain.service import recovery
-from memtrain.service.store import now
 
 log = logging.getLogger("memtrain.service")
 
@@ -54,7 +54,7 @@ class Housekeeper:
 
     def _remove_checkpoints(self, job_id: str) -> None:
         job = self.store.get(job_id)
-        ckpts = Path(job["run_dir"]) / "checkpoints"
+        ckpts = Path(job.run_dir) / "checkpoints"
         if ckpts.is_dir():
             freed = du(ckpts)
             shutil.rmtree(ckpts)
@@ -72,9 +72,9 @@ class Housekeeper:
 def expired(succeeded: list, keep: int, keep_seconds: float) -> list:
     """Ids of the succeeded jobs whose checkpoints go: beyond the newest `keep` (by end time) or
     ended more than `keep_seconds` ago."""
-    ordered = sorted(succeeded, key=lambda j: j["ended_at"] or 0, reverse=True)
+    ordered = sorted(succeeded, key=lambda j: j.ended_at or 0, reverse=True)
     t = now()
-    return [j["id"] for i, j in enumerate(ordered) if i >= keep or t - (j["ended_at"] or t) > keep_seconds]
+    return [j.id for i, j in enumerate(ordered) if i >= keep or t - (j.ended_at or t) > keep_seconds]
 
 
 def du(path) -> int:

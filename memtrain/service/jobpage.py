@@ -47,28 +47,28 @@ def render_job(service, job_id: str) -> str | None:
     if row is None:
         return None
     view = service.job_view(row)
-    run = Path(row["run_dir"])
+    run = Path(row.run_dir)
     try:
         history = RunHistory(run / "output").read()
     except HistoryError:  # corrupt beyond a torn last line: the page still shows the rest
         history = []
-    active = row["state"] in ("queued", "running")
+    active = row.state in ("queued", "running")
     refresh = f"<meta http-equiv='refresh' content='{REFRESH_SECONDS}'>" if active else ""
-    title = f"{row['name']} ({row['id']})"
+    title = f"{row.name} ({row.id})"
     parts = [f"<!doctype html><html><head><meta charset='utf-8'>{refresh}<title>{_e(title)} - memtrain serve</title>"
              f"<style>{_PAGE_STYLE}</style></head><body>",
-             f"<p><a href='/'>&larr; all jobs</a> &middot; <a href='/jobs/{_e(row['id'])}'>JSON</a> &middot; "
-             f"<a href='/jobs/{_e(row['id'])}/log'>log</a></p>",
-             f"<h1>{_e(row['name'])} <small>{_e(row['id'])}</small> "
-             f"<span class='{_e(row['state'])}'>{_e(row['state'])}</span></h1>",
+             f"<p><a href='/'>&larr; all jobs</a> &middot; <a href='/jobs/{_e(row.id)}'>JSON</a> &middot; "
+             f"<a href='/jobs/{_e(row.id)}/log'>log</a></p>",
+             f"<h1>{_e(row.name)} <small>{_e(row.id)}</small> "
+             f"<span class='{_e(row.state)}'>{_e(row.state)}</span></h1>",
              _overview(service, row, view, history),
              "<h2>Curves</h2><div class='grid2'>", *_charts(row, history, _samples(run / MEMORY), service), "</div>",
              "<h2>Memory: the plan by category against what was measured</h2>", _memory(service, row, view, history),
              "<h2>Checkpoints</h2>", _checkpoints(run / "checkpoints"),
              "<h2>Events</h2>", _events(row, run / "job.log"),
-             f"<h2>Log <small>the last lines, as <code>memtrain logs {_e(row['id'])}</code> prints them; "
-             f"<a href='/jobs/{_e(row['id'])}/log'>the JSON events</a></small></h2>", _log(run / "job.log"),
-             "<h2>Config</h2>", f"<pre>{_e(json.dumps(row['config'], indent=1))}</pre>",
+             f"<h2>Log <small>the last lines, as <code>memtrain logs {_e(row.id)}</code> prints them; "
+             f"<a href='/jobs/{_e(row.id)}/log'>the JSON events</a></small></h2>", _log(run / "job.log"),
+             "<h2>Config</h2>", f"<pre>{_e(json.dumps(row.config, indent=1))}</pre>",
              f"<p><small>{'Reloads every %d s while the job is active.' % REFRESH_SECONDS if active else ''}"
              "</small></p></body></html>"]
     return "".join(parts)
@@ -79,20 +79,20 @@ def render_job(service, job_id: str) -> str | None:
 
 def _overview(service, row, view, history) -> str:
     now = time.time()
-    items = [("state", row["state"]), ("device", row["device"] or "-"),
-             ("batch", _batch(row, history)), ("attempts", f"{row['attempts']} of {row['max_attempts']}"),
-             ("submitted", iso(row["submitted_at"])), ("queued for", _queued_for(row, now)),
+    items = [("state", row.state), ("device", row.device or "-"),
+             ("batch", _batch(row, history)), ("attempts", f"{row.attempts} of {row.max_attempts}"),
+             ("submitted", iso(row.submitted_at)), ("queued for", _queued_for(row, now)),
              ("ran for", _ran_for(row, now)), ("progress", progress_text(view))]
-    if row["state"] == "queued":
+    if row.state == "queued":
         items.insert(1, ("position", _position(service, row)))
-    if row["ended_at"]:
-        items.append(("ended", iso(row["ended_at"])))
-    r = row.get("result") or {}
+    if row.ended_at:
+        items.append(("ended", iso(row.ended_at)))
+    r = row.result or {}
     if r.get("steps") is not None:
         items.append(("result", result_text(r)))
     out = ["<dl>"] + [f"<dt>{_e(k)}</dt><dd>{_e(str(v))}</dd>" for k, v in items]
     reason = view["reason"]
-    if reason and row["state"] == "queued" and reason.startswith("waiting: "):
+    if reason and row.state == "queued" and reason.startswith("waiting: "):
         # every reason it waits, one per line (the status page shows them joined by "; ")
         why, _, earlier = reason[len("waiting: "):].partition(" (earlier: ")
         lis = "".join(f"<li>{_e(w)}</li>" for w in why.split("; "))
@@ -105,29 +105,29 @@ def _overview(service, row, view, history) -> str:
 
 
 def _batch(row, history) -> str:
-    size = row["batch_size"]
+    size = row.batch_size
     text = str(size) if size else "not chosen yet"
-    if row["batch_request"] == "auto":
+    if row.batch_request == "auto":
         text += " (auto: the largest that fits the budget)"
     return text
 
 
 def _position(service, row) -> str:
-    queued = [j["id"] for j in service.store.list("queued")]  # FIFO: submission order
-    n = queued.index(row["id"]) + 1 if row["id"] in queued else None
+    queued = [j.id for j in service.store.list("queued")]  # FIFO: submission order
+    n = queued.index(row.id) + 1 if row.id in queued else None
     return "-" if n is None else f"{n} of {len(queued)} queued (first come, first served; smaller jobs may pass)"
 
 
 def _queued_for(row, now) -> str:
-    end = row["started_at"] if row["started_at"] else (now if row["state"] == "queued" else row["ended_at"] or now)
-    return duration(end - row["submitted_at"]) + (" so far" if row["state"] == "queued" else "")
+    end = row.started_at if row.started_at else (now if row.state == "queued" else row.ended_at or now)
+    return duration(end - row.submitted_at) + (" so far" if row.state == "queued" else "")
 
 
 def _ran_for(row, now) -> str:
-    if not row["started_at"]:
+    if not row.started_at:
         return "-"
-    end = row["ended_at"] or now
-    return duration(end - row["started_at"]) + (" so far" if row["state"] == "running" else "")
+    end = row.ended_at or now
+    return duration(end - row.started_at) + (" so far" if row.state == "running" else "")
 
 
 def duration(seconds: float) -> str:
@@ -168,15 +168,15 @@ def _memory_chart(row, history, samples, service) -> svg.Chart:
     t0 = samples[0][0] if samples else (history[0].get("time") if history else None)
     rss = [(t - t0, b) for t, b in samples] if t0 else []
     peaks = [(r["time"] - t0, r.get("measured_peak_bytes")) for r in history if t0 and r.get("time")]
-    planned = row["planned_bytes"]
+    planned = row.planned_bytes
     levels = [("plan", planned, "#8ab4f8")]
     peak = svg.Series("plan, measured peak", peaks, svg.COLORS[2])
-    if row["device_kind"] == "cuda":  # the plan is on the GPU: the host's resident memory is no measure of it
+    if row.device_kind == "cuda":  # the plan is on the GPU: the host's resident memory is no measure of it
         return svg.Chart("GPU memory over time (CuPy pool peak per epoch)", [peak], x_label="seconds since the first sample",
                          levels=levels, y_zero=True, y_binary=True, y_format=_bytes_tick)
-    device = next((d for d in service.devices if d.name == row["device"]), None)
+    device = next((d for d in service.devices if d.name == row.device), None)
     if device is not None:
-        levels.append(("plan + overhead", planned + device.overhead_bytes, "#a56400"))
+        levels.append(("plan + overhead", device.footprint(planned), "#a56400"))
     return svg.Chart("Memory over time", [svg.Series("resident", rss, svg.COLORS[0]), peak],
                      x_label="seconds since the first sample", levels=levels, y_zero=True, y_binary=True,
                      y_format=_bytes_tick)
@@ -207,18 +207,18 @@ def _samples(path: Path) -> list:
 
 
 def _memory(service, row, view, history) -> str:
-    planned = row["planned"] or {}
-    total = max(1, row["planned_bytes"])
+    planned = row.planned or {}
+    total = max(1, row.planned_bytes)
     rows = ["<table><tr><th>category</th><th class='n'>planned</th><th>share of the plan</th></tr>"]
     for cat, b in planned.items():
         if b:
             rows.append(f"<tr><td>{_e(cat)}</td><td class='n'>{format_bytes(b)}</td><td><div class='bar' "
                         f"style='width:240px'><div class='committed' style='width:{100 * b / total:.1f}%'></div>"
                         f"</div></td></tr>")
-    rows.append(f"<tr><th>plan</th><th class='n'>{format_bytes(row['planned_bytes'])}</th><th></th></tr></table>")
+    rows.append(f"<tr><th>plan</th><th class='n'>{format_bytes(row.planned_bytes)}</th><th></th></tr></table>")
     peak = next((r["measured_peak_bytes"] for r in reversed(history) if r.get("measured_peak_bytes")), None)
-    peak = (row.get("result") or {}).get("measured_peak_bytes") or peak
-    device = next((d for d in service.devices if d.name == row["device"]), None)
+    peak = (row.result or {}).get("measured_peak_bytes") or peak
+    device = next((d for d in service.devices if d.name == row.device), None)
     p = view["progress"] or {}
     items = []
     if peak:
@@ -227,7 +227,7 @@ def _memory(service, row, view, history) -> str:
     if device is not None:
         items.append(("process overhead", f"{format_bytes(device.overhead_bytes)} ({device.overhead_source})"))
     if p.get("rss_bytes"):
-        items.append(("resident now" if row["state"] == "running" else "resident, last reading",
+        items.append(("resident now" if row.state == "running" else "resident, last reading",
                       f"{format_bytes(p['rss_bytes'])} (the job's processes: interpreter, libraries, exporter and "
                       "the plan)"))
     if p.get("peak_rss_bytes"):
@@ -253,7 +253,7 @@ def _checkpoints(directory: Path) -> str:
 
 
 def _events(row, log: Path) -> str:
-    items = [(row["submitted_at"], "submitted", f"planned {format_bytes(row['planned_bytes'])}")]
+    items = [(row.submitted_at, "submitted", f"planned {format_bytes(row.planned_bytes)}")]
     for line in tail(log, 20000).decode("utf-8", "replace").splitlines():  # tail() reads the last 256 KiB
         if line.startswith("error:"):
             items.append((None, "error", line[len("error:"):].strip()))
@@ -265,10 +265,10 @@ def _events(row, log: Path) -> str:
         if isinstance(rec, dict) and rec.get("event") in EVENTS:
             text = rec.get("text") or ", ".join(f"{k} {v}" for k, v in rec.items() if k not in ("time", "event"))
             items.append((rec.get("time"), rec["event"], text.split("\n")[0]))
-    if row["started_at"]:
-        items.append((row["started_at"], "started", f"on {row['device'] or '-'} (attempt {row['attempts']})"))
-    if row["ended_at"]:
-        items.append((row["ended_at"], row["state"], row["reason"] or ""))
+    if row.started_at:
+        items.append((row.started_at, "started", f"on {row.device or '-'} (attempt {row.attempts})"))
+    if row.ended_at:
+        items.append((row.ended_at, row.state, row.reason or ""))
     items.sort(key=lambda i: i[0] if i[0] is not None else float("inf"))
     rows = ["<table><tr><th>time (UTC)</th><th>event</th><th>what</th></tr>"]
     rows += [f"<tr><td class='t'>{iso(t) if t else '-'}</td><td>{_e(k)}</td><td>{_e(v)}</td></tr>"

@@ -31,7 +31,7 @@ class Submitted(BaseModel):
     device: str | None
 
 
-class Progress(BaseModel):
+class JobProgress(BaseModel):
     epoch: int | None = None
     step: int | None = None
     train_loss: float | None = None
@@ -59,7 +59,7 @@ class Job(BaseModel):
     submitted_at: str
     started_at: str | None
     ended_at: str | None
-    progress: Progress
+    progress: JobProgress
     result: dict[str, Any] | None
     reason: str | None = Field(..., description="why it waits, failed or was cancelled")
     metrics_target: str | None = None

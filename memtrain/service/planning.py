@@ -1,7 +1,7 @@
 """The service's one bridge to memtrain's job API: validate, plan, place run paths.
 
 Everything the service knows about job configs, data sets and memory plans goes
-through this module (the typed JobConfig, profiler.jobplan's data rows and plan),
+through this module (the typed JobConfig, train/jobplan.py's data rows, cap and plan),
 so the rest of the service handles plain dicts (JobConfig.to_dict) and byte counts.
 
 - `parse_body`: a submission's bytes (TOML or JSON) -> dict.
@@ -135,8 +135,10 @@ def validate(data: dict, *, data_roots=(), device_kinds=("cpu",), max_runtime: f
         raise SubmissionError(exc.public) from None
     except (ValueError, TypeError, KeyError) as exc:  # MemtrainError is a ValueError
         raise SubmissionError(str(exc).removeprefix("config: ")) from None
+    from memtrain.train.jobplan import batch_cap  # noqa: PLC0415 - the trainer loads with the first job
+
     t = cfg.training
-    max_batch = rows.n_train if t.max_batch_size is None else min(t.max_batch_size, rows.n_train)
+    max_batch = batch_cap(rows.n_train, t.max_batch_size)
     return Checked(cfg.name, cfg.to_dict(), kind, t.batch_size, max_batch, (rows.n_train, rows.n_val, rows.n_test),
                    rows.nbytes)
 
@@ -158,9 +160,9 @@ def to_json(checked: Checked) -> dict:
             "data_bytes": checked.data_bytes}
 
 
-def restore(job: dict) -> Checked:
+def restore(job) -> Checked:
     """The Checked of a stored job (its `checked` column)."""
-    d = dict(job["checked"])
+    d = dict(job.checked)
     d["rows"] = tuple(d["rows"])
     return Checked(**d)
 
@@ -248,10 +250,10 @@ _ROWS_LOCK = threading.Lock()
 
 
 def _data_rows(cfg):
-    """The shape of the job's data set, split as the job splits it (profiler.jobplan.data_rows).
+    """The shape of the job's data set, split as the job splits it (train/jobplan.py data_rows).
     Loaded once per distinct data setting and model ends (50 submissions of one data set load
     it once); a data set that does not fit the model raises the job's own DataError."""
-    from memtrain.profiler.jobplan import data_rows  # noqa: PLC0415 - the trainer and data loaders load with the first job
+    from memtrain.train.jobplan import data_rows  # noqa: PLC0415 - the trainer and data loaders load with the first job
 
     spec = cfg.model_spec()
     key = json.dumps([cfg.to_dict()["data"], cfg.seed, spec.dtype.name, spec.output.name, spec.sizes[0],
@@ -268,34 +270,26 @@ def _data_rows(cfg):
 
 
 def _job_plan(checked: Checked, budget: int, batch: int):
-    """profiler.jobplan.plan_job at `batch` with the memory limit the worker gets (the job's own
+    """train/jobplan.py plan_job at `batch` with the memory limit the worker gets (the job's own
     memory_limit, else the device's budget: launch_config), so residency is decided as the job
     decides it; the data set is not loaded again (its shape is in `checked`)."""
-    from memtrain.profiler.jobplan import DataRows, plan_job  # noqa: PLC0415 - the trainer loads with the first job
+    from memtrain.train.jobplan import DataRows, plan_job  # noqa: PLC0415 - the trainer loads with the first job
 
     cfg = JobConfig.from_dict(checked.config).with_overrides({"training.batch_size": int(batch)})
     n_train, n_val, *held = checked.rows  # a job stored before the test split was planned has no n_test
     rows = DataRows(cfg.model_spec().sizes[0], n_train, n_val, checked.data_bytes, held[0] if held else 0)
     limit = cfg.training.memory_limit if cfg.training.memory_limit is not None else budget
-    return cfg, plan_job(cfg, device_kind=checked.device_kind, budget=limit, rows=rows)
+    # the overhead is the device's, added by Device.footprint where the service admits
+    return cfg, plan_job(cfg, device_kind=checked.device_kind, budget=limit, rows=rows,
+                         overhead=(0, "counted by the service per device"))
 
 
 def _plan_fn(checked: Checked, budget: int):
     """batch -> the MemoryPlan the worker's trainer allocates. plan_job's Setting has no
     micro-batch; a job with training.micro_batch_size plans with it, as its Trainer does."""
-    from memtrain.memory.plan import training_plan  # noqa: PLC0415 - with the trainer, at the first plan
-
     cfg, jp = _job_plan(checked, budget, 1)
     s, micro = jp.setting, cfg.training.micro_batch_size
-    if micro is None:
-        return s.plan
-
-    def plan(b):
-        return training_plan(s.spec, s.make_optimizer(), b, s.device, micro_batch_size=min(micro, b),
-                             keep_best=s.keep_best, resident_rows=s.resident_rows, fused=s.fused,
-                             dataset_size=s.resident_rows[0] if s.resident_rows else None)
-
-    return plan
+    return lambda b: s.plan(b, micro_batch_size=micro)
 
 
 def plan(checked: Checked, budget: int) -> Plan:
@@ -315,25 +309,27 @@ def plan_at(checked: Checked, budget: int, batch: int) -> Plan:
 
 
 def largest_batch(checked: Checked, budget: int, free: int) -> int:
-    """The largest batch (capped by the data set and max_batch_size; a multiple of 8 on a GPU
-    when that leaves one) whose plan fits `free` bytes; 0 when not even batch 1 does."""
+    """The largest batch (capped by the data set and max_batch_size, rounded as the Job rounds:
+    train/jobplan.py batch_multiple) whose plan fits `free` bytes; 0 when none does."""
+    from memtrain.train.jobplan import batch_multiple  # noqa: PLC0415 - the trainer loads with the first job
+
     fn = _plan_fn(checked, budget)
-    fit = solve_batch(lambda b: fn(b).total, free)
-    b = min(fit.batch_size, checked.max_batch)
-    if checked.device_kind == "cuda" and b >= 8:
-        b -= b % 8
-    return b
+    return solve_batch(lambda b: fn(b).total, free, multiple_of=batch_multiple(checked.device_kind),
+                       max_batch=checked.max_batch).batch_size
 
 
 def never_fits_message(checked: Checked, p: Plan, overhead: int, budgets: dict) -> str:
     """Why the job cannot run on any device even alone, naming the largest batch that would."""
+    from memtrain.train.jobplan import footprint  # noqa: PLC0415 - the trainer loads with the first job
+
     device, budget = max(budgets.items(), key=lambda kv: kv[1])
-    need = p.total + overhead
-    room = budget - overhead
+    need = footprint(p.total, overhead)
+    room = budget - overhead  # what a plan may take beside it
     best = largest_batch(checked, budget, room) if room > 0 else 0
     at = f"batch {p.batch_size}" if p.batch_size else "batch 1"
+    kind = "device" if checked.device_kind == "cuda" else "process"
     hint = f"the largest batch that fits is {best}" if best else "not even batch 1 fits"
-    return (f"never fits: needs {format_bytes(need)} at {at} (plan {format_bytes(p.total)} + process overhead "
+    return (f"never fits: needs {format_bytes(need)} at {at} (plan {format_bytes(p.total)} + {kind} overhead "
             f"{format_bytes(overhead)}); the largest budget is {format_bytes(budget)} on {device}; {hint}")
 
 
@@ -352,18 +348,16 @@ def launch_config(config: dict, run_dir, *, batch: int, memory_limit: int, metri
     return cfg.with_overrides(overrides).to_dict()
 
 
-def device_of(kind: str, name: str) -> str:
-    """The device string a worker gets: CUDA_VISIBLE_DEVICES names the GPU, so it is cuda:0."""
+def worker_device(kind: str) -> str:
+    """The device string a worker of a `kind` device gets: CUDA_VISIBLE_DEVICES (set by the scheduler)
+    names its one GPU, so it is cuda:0 whichever GPU that is; the CPU is cpu."""
     return "cuda:0" if kind == "cuda" else "cpu"
 
 
-def probe_config(run_dir) -> dict:
-    """The tiny job the per-process overhead is measured with: metrics on, like every service job, and
-    the digits data set, so scikit-learn's loaders are in the process as in most jobs."""
-    run_dir = Path(run_dir)
-    return {"name": "overhead-probe", "seed": 0, "device": "cpu",
-            "model": {"layers": [64, 8, 10]}, "optimizer": {"name": "sgd", "lr": 0.1},
-            "training": {"batch_size": 16, "epochs": 2},
-            "data": {"dataset": "digits"},
-            "checkpoint": {"dir": str(run_dir / "checkpoints")}, "output": {"dir": str(run_dir / "output")},
-            "metrics": {"port": 0, "host": "127.0.0.1"}}
+def worker_env(device) -> dict:
+    """What a job's worker is told besides its config: the CPU process overhead the service admitted
+    it with (MEMTRAIN_PROCESS_OVERHEAD), so that the job takes it from its memory_limit as the service
+    counted it, whatever figure this machine's cache holds."""
+    from memtrain.memory.overhead import PROCESS_OVERHEAD_VAR  # noqa: PLC0415
+
+    return {PROCESS_OVERHEAD_VAR: str(device.overhead_bytes)} if device.kind == "cpu" else {}

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from memtrain.launch.worker import EXIT, read_json
-from memtrain.service.store import Store, StoreDamaged, now
+from memtrain.scheduling.store import Store, StoreDamaged, now
 from memtrain.train.checkpoint import atomic_write
 
 STORE, BACKUP, JOB_FILE = "memtrain.sqlite", "memtrain.sqlite.backup", "job.json"
@@ -135,7 +135,7 @@ def _set_aside(store: Path) -> list:
 
 
 def _rebuild(db: Store, storage) -> list:
-    known = {j["id"] for j in db.list()}
+    known = {j.id for j in db.list()}
     damaged = {job_id for job_id, _ in db.bad_rows.values()}
     added, skipped = [], []
     for d in job_dirs(storage):

@@ -25,20 +25,30 @@ from pathlib import Path
 import numpy as np
 
 from memtrain.backend import get_backend, set_tf32
-from memtrain.errors import CheckpointError, ConfigError, DataError, DeviceError, FinishFailed, JobFailed
+from memtrain.errors import CheckpointError, ConfigError, DeviceError, FinishFailed, JobFailed
 from memtrain.kernels.cpu import threads_from_env
 from memtrain.memory.batch import check_batch_rows, largest_batch
 from memtrain.memory.budget import check_address_space_limit, check_fits, default_margin, device_budget
 from memtrain.memory.measure import active_pool, gpu_uuid, pool_peak_hook
 from memtrain.memory.peak import PeakMeter
-from memtrain.memory.plan import training_plan
 from memtrain.nn.mlp import MLP
 from memtrain.nn.scores import ALL as SCORES
 from memtrain.train import checkpoint as ckpt
 from memtrain.train.history import RunHistory, config_hash, trainer_history
-from memtrain.train.joblog import JobLog, Progress, epoch_line, plan_line, summary_text
+from memtrain.train.joblog import JobLog, ProgressBar, epoch_line, plan_line, summary_text
+from memtrain.train.jobplan import (
+    batch_cap,
+    batch_multiple,
+    data_bytes,
+    is_resident,
+    job_budget,
+    job_setting,
+    load_job_data,
+    resident_rows_of,
+    rows_of,
+    test_bytes,
+)
 from memtrain.train.model_io import save_model
-from memtrain.train.setting import Setting
 from memtrain.train.state import JobState
 from memtrain.train.trainer import STOP, Trainer, cpu_kernels
 from memtrain.units import format_bytes
@@ -58,10 +68,10 @@ class Job:
     any work), then run(); read `state` while it runs and `summary` after it."""
 
     def __init__(self, cfg, *, log_format="text", progress=True, stream=None, install_signals=True,
-                 batch_solver=None, run_info=None):
+                 batch_solver=None, run_info=None, on_event=None):
         self.cfg = cfg
         self.run_info = dict(run_info or {})  # RunInfo fields a caller adds to run.json (the service: name, job_id)
-        self.log = JobLog(log_format, stream or sys.stdout)
+        self.log = JobLog(log_format, stream or sys.stdout, on_event)  # on_event(event, fields): every log event
         # the bar redraws one line: on a terminal only (a log file or a pipe gets the epoch lines)
         self.show_progress = progress and log_format == "text" and _isatty(self.log.stream)
         self.install_signals = install_signals
@@ -73,6 +83,7 @@ class Job:
         self.out_dir, self.ckpt_dir = cfg.output_dir, cfg.checkpoint_dir
         self.backend = self.data = self.setting = self.trainer = self.plan = self.exporter = None
         self.batch_size = self.micro_batch_size = None
+        self.budget = None  # a Budget when training.memory_limit is set (choose_batch)
         self.resident = True
         self.peak = PeakMeter(cfg.training.measure)
         self.history = RunHistory(self.out_dir, warn=self._warn)  # run.json, history.jsonl/.csv in the run directory
@@ -81,7 +92,7 @@ class Job:
         self._history_open = False  # start() was called: every ending must finish() it
         self._epoch_samples = 0
         self._events_logged = 0  # trainer.events already in the log
-        self._rate = Progress(False, 0, None)  # its smoothed samples/s, for the epoch lines and the history
+        self._rate = ProgressBar(False, 0, None)  # its smoothed samples/s, for the epoch lines and the history
         self.summary = None
         self.stop_reason = None  # set by stop(): a signal name or "stop"
         self.failure = None
@@ -194,13 +205,18 @@ class Job:
         """A checkpoint's batch size, the given one, or solved on the plan and probed."""
         t = self.cfg.training
         ds, backend = self.data, self.backend
-        self.resident = _resident(ds, backend, t.memory_limit, self.cfg.data.resident_share)
-        self.setting = Setting(self.spec, self.cfg.optimizer.name, self.cfg.optimizer.hyper, backend.kind,
-                               keep_best=bool(t.patience), fused=t.fused,
-                               resident_rows=resident_rows_of(backend.kind, len(ds.X_train), _rows(ds.X_val),
-                                                              _rows(ds.X_test)) if self.resident else None)
+        rows = rows_of(ds)
+        # on a GPU without a limit the data set is resident when it takes its share of the free memory
+        share_of = t.memory_limit if (t.memory_limit is not None or not backend.is_cuda) else device_budget(backend)[0]
+        self.resident = is_resident(backend.kind, rows.nbytes, share_of, self.cfg.data.resident_share)
+        self.setting = job_setting(self.cfg, backend.kind, rows if self.resident else None)
+        # a memory_limit is the job's whole memory: on the CPU the process overhead is taken from it
+        self.budget = None if t.memory_limit is None else job_budget(backend.kind, t.memory_limit,
+                                                                     "training.memory_limit")
+        if self.budget is not None:
+            self.budget.check("training.memory_limit")
         # on the CPU the data set (its test split too) is in memory already when the free memory is read
-        loaded = data_bytes(ds) + test_bytes(ds) if (self.resident and not backend.is_cuda) else 0
+        loaded = rows.nbytes + test_bytes(ds) if (self.resident and not backend.is_cuda) else 0
         self.state.memory_budget = _budget(backend, t.memory_limit, loaded)
         batch, note = t.batch_size, None
         if batch == "auto":
@@ -213,7 +229,9 @@ class Job:
         if t.batch_size != "auto":
             check_batch_rows(batch, self.train_rows)
         if micro is None and t.batch_size != "auto":  # a given batch that cannot fit: one clear error, first
-            check_fits(lambda b: self.setting.plan(b).total, batch, backend, loaded, limit=t.memory_limit)
+            b = self.budget
+            check_fits(lambda n: self.setting.plan(n).total, batch, backend, loaded,
+                       limit=None if b is None else b.room, limit_source=_limit_text(b))
         self.batch_size, self.micro_batch_size = batch, micro
         if note:
             self.log("batch", note, batch_size=batch)
@@ -239,7 +257,7 @@ class Job:
                      "runs/N)", output_dir=str(self.out_dir))
         cfg, ds = self.cfg, self.data
         steps_per_epoch = self.steps_per_epoch = -(-len(ds.X_train) // self.batch_size)
-        self._bar = Progress(self.show_progress, steps_per_epoch, self.log.stream)
+        self._bar = ProgressBar(self.show_progress, steps_per_epoch, self.log.stream)
         if not self.backend.is_cuda:
             # imports a first step would make (scipy.special, numba and its compiled kernels) are not the plan's memory
             _warm_up(self.spec, cfg.optimizer.make() if cfg.training.fused else None)
@@ -534,10 +552,12 @@ class Job:
             raise ConfigError("training.batch_size: auto needs a batch solver "
                               "(Job(cfg, batch_solver=memtrain.profiler.autobatch.auto_batch))")
         self.set_state("planning")
-        r = self.batch_solver(self.setting, self.backend, memory_limit=t.memory_limit,
-                              multiple_of=8 if self.backend.is_cuda else None, dataset_size=n_train,
+        room = None if self.budget is None else self.budget.room
+        margin = None if self.budget is None else self.budget.margin
+        r = self.batch_solver(self.setting, self.backend, memory_limit=room, margin=margin,
+                              multiple_of=batch_multiple(self.backend.kind), dataset_size=n_train,
                               already_allocated=loaded, max_batch=t.max_batch_size)
-        cap = n_train if t.max_batch_size is None else min(t.max_batch_size, n_train)
+        cap = batch_cap(n_train, t.max_batch_size)
         batch = min(r.confirmed, cap)
         why = "max_batch_size" if cap < n_train else "the whole training set"
         note = (f"batch     auto: {r.confirmed:,} fits (analytic {r.analytic:,}, {len(r.probes)} probe(s), "
@@ -547,16 +567,14 @@ class Job:
 
     def _auto_micro(self, batch) -> int | None:
         """The largest micro-batch whose plan fits; None when the whole batch fits."""
-        s, limit = self.setting, self.cfg.training.memory_limit
-        raw = limit if limit is not None else device_budget(self.backend)[0]
-        opt = s.make_optimizer()
+        s = self.setting
+        raw = self.budget.room if self.budget is not None else device_budget(self.backend)[0]
 
         def total(m):
-            return training_plan(s.spec, opt, batch, s.device, micro_batch_size=min(m, batch),
-                                 keep_best=s.keep_best, resident_rows=s.resident_rows, fused=s.fused,
-                                 dataset_size=s.resident_rows[0] if s.resident_rows else None).total
+            return s.plan(batch, micro_batch_size=m).total
 
-        fit = largest_batch(total, raw - default_margin(self.backend.kind, raw))
+        margin = self.budget.margin if self.budget is not None else default_margin(self.backend.kind, raw)
+        fit = largest_batch(total, raw - margin)
         if not fit.batch_size:
             raise ConfigError(f"training.micro_batch_size: even a micro-batch of 1 needs "
                               f"{format_bytes(fit.shortfall)} more")
@@ -609,20 +627,6 @@ def _summary(cfg, tr, plan, peak, seconds, test, final_path, best_path) -> dict:
     }
 
 
-def load_job_data(cfg):
-    """The job's data set, split as the job splits it; its features must match the model's inputs."""
-    from memtrain.data import load_dataset  # noqa: PLC0415 - the data loaders only when a job loads data
-
-    d, spec = cfg.data, cfg.model_spec()
-    ds = load_dataset(d.dataset, dtype=spec.dtype.name, label_column=d.label_column, validation=d.validation,
-                      validation_source=d.validation_dataset, test=d.test, standardize=d.standardize, seed=cfg.seed,
-                      output=spec.output.name, n_outputs=spec.sizes[-1])
-    if ds.n_features != spec.sizes[0]:
-        raise DataError(f"model.layers: the first size must equal the data's {ds.n_features} features "
-                        f"({ds.name}), got {spec.sizes[0]}")
-    return ds
-
-
 def _isatty(stream) -> bool:
     try:
         return bool(stream.isatty())
@@ -643,21 +647,6 @@ def _warm_up(spec, fused_optimizer=None) -> None:
         erf(x, x)
 
 
-def data_bytes(ds) -> int:
-    return sum(a.nbytes for a in (ds.X_train, ds.y_train, ds.X_val, ds.y_val) if a is not None)
-
-
-def test_bytes(ds) -> int:
-    return sum(a.nbytes for a in (ds.X_test, ds.y_test) if a is not None)
-
-
-def resident_rows_of(device_kind: str, n_train: int, n_val: int, n_test: int) -> tuple:
-    """The data rows a job's plan holds: training and validation; on the CPU also the test split,
-    which the process holds from loading until the final evaluation (a GPU plan is device memory,
-    and the test split stays on the host)."""
-    return (n_train, n_val) + ((n_test,) if device_kind == "cpu" and n_test else ())
-
-
 def _rows(a) -> int:
     return 0 if a is None else len(a)
 
@@ -672,10 +661,9 @@ def _budget(backend, memory_limit, loaded) -> float:
         return float("nan")
 
 
-def _resident(ds, backend, memory_limit, share) -> bool:
-    """CPU: the data set is in host memory either way, so it is in the plan. CUDA: on the
-    device when it takes at most `share` of the memory budget, else streamed batch by batch."""
-    if not backend.is_cuda:
-        return True
-    budget = memory_limit if memory_limit is not None else device_budget(backend)[0]
-    return data_bytes(ds) <= float(share) * budget
+def _limit_text(budget) -> str:
+    """Where the room a fixed batch is checked against came from."""
+    if budget is None or not budget.overhead:
+        return "training.memory_limit"
+    return (f"training.memory_limit {format_bytes(budget.limit)} less the process overhead "
+            f"{format_bytes(budget.overhead)}, {budget.overhead_source}")

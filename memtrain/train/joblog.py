@@ -16,14 +16,18 @@ LOG_FORMATS = ("text", "json")
 
 
 class JobLog:
-    """Human lines, or one JSON object per line with --log-format json."""
+    """Human lines, or one JSON object per line with --log-format json. `on_event(event, fields)`,
+    when given, hears every event with its fields as they are logged (the worker's progress.json
+    and exit record): a caller reads the Job's events, never its log's text."""
 
-    def __init__(self, fmt: str, stream):
+    def __init__(self, fmt: str, stream, on_event=None):
         if fmt not in LOG_FORMATS:
             raise ConfigError(f"log-format: expected text or json, got {fmt!r}")
-        self.fmt, self.stream = fmt, stream
+        self.fmt, self.stream, self.on_event = fmt, stream, on_event
 
     def __call__(self, event: str, text: str = "", **fields):
+        if self.on_event is not None:
+            self.on_event(event, fields)
         if self.fmt == "json":
             # "text": the line the text log prints (none for an event it does not print, e.g. a
             # checkpoint), so `memtrain logs` shows a service job as `memtrain train` shows it
@@ -34,7 +38,7 @@ class JobLog:
             print(text, file=self.stream, flush=True)
 
 
-class Progress:
+class ProgressBar:
     """tqdm bar per epoch: loss, samples/s, memory. Off for JSON logs, when not wanted and when
     the stream is not a terminal (a log file gets the epoch lines only).
 

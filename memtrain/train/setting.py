@@ -31,12 +31,15 @@ class Setting:
     def make_optimizer(self):
         return make_optimizer(self.optimizer, **dict(self.hyper))
 
-    def plan(self, batch_size: int) -> MemoryPlan:
+    def plan(self, batch_size: int, micro_batch_size: int | None = None) -> MemoryPlan:
+        """The plan at `batch_size` (with `micro_batch_size` rows per pass when accumulating): the one
+        place training_plan's arguments are built from a job's setting."""
         if self.inference:
             return inference_plan(self.spec, batch_size, self.device, overhead_bytes=self.overhead_bytes,
                                   overhead_source=self.overhead_source)
+        micro = None if micro_batch_size is None else min(micro_batch_size, batch_size)
         return training_plan(self.spec, self.make_optimizer(), batch_size, self.device, keep_best=self.keep_best,
-                             resident_rows=self.resident_rows,
+                             micro_batch_size=micro, resident_rows=self.resident_rows,
                              dataset_size=self.resident_rows[0] if self.resident_rows else None,
                              overhead_bytes=self.overhead_bytes,
                              overhead_source=self.overhead_source, fused=self.fused)

@@ -4,10 +4,16 @@ It owns no state of its own: each tick reads the jobs from the store, asks the
 executor about the running ones, and writes every decision back before acting on
 it, so a service killed at any point finds the truth in SQLite (`recover`).
 
-An executor that admits jobs itself (Ray: `admits = True`) is handed every queued job
-at once, with its plan as its resource request: the job stays `queued` (with a handle)
-until the executor says it started, and the cluster, not this scheduler, decides how
-many run together (the one branch: `_hand_over`).
+Two strategies behind one interface (`Packing`, `HandOver`), chosen once from the executor:
+- Packing (local processes, in-process calls): this scheduler admits, by plan (admission.py).
+- HandOver (an executor that admits jobs itself, Ray: `admits = True`): every queued job is
+  handed over at once, with its plan as its resource request; the job stays `queued` (with a
+  handle) until the executor says it started, and the cluster, not this scheduler, decides
+  how many run together.
+
+What a job's launch looks like (its batch on a device, the config its worker runs) is the
+caller's (`jobs`): the service plans stored job files (service/planned_jobs.py), a sweep
+keeps each trial's own output dir (select/runner.py).
 
 Thread rule (CPU): a job on the CPU gets max(1, cores // max_jobs) BLAS threads
 (OMP/OPENBLAS/MKL/NUMBA_NUM_THREADS, set before NumPy and numba load). The count is fixed per
@@ -29,8 +35,8 @@ from memtrain.launch.executor import Exit, Handle, Launch, Resources
 from memtrain.launch.resources import THREAD_VARS
 from memtrain.launch.worker import EXIT, PROGRESS, read_json
 from memtrain.memory import measure
-from memtrain.service import admission, planning
-from memtrain.service.store import Store, now
+from memtrain.scheduling import admission
+from memtrain.scheduling.store import JobRow, Store, now
 from memtrain.units import format_duration
 
 log = logging.getLogger("memtrain.service")
@@ -77,11 +83,48 @@ class JobConflict(MemtrainError):
     """A request the job's state does not allow (cancel an ended job, requeue a running one): HTTP 409."""
 
 
+class Packing:
+    """This scheduler admits (local processes, in-process calls): a job starts on a device when
+    its plan fits the device's budget beside the running ones (admission.py)."""
+
+    def __init__(self, scheduler):
+        self.scheduler = scheduler
+
+    def admit(self, queued: list) -> None:
+        self.scheduler._pack(queued)
+
+    def watch(self) -> None:
+        """Nothing to watch: a job is `running` from the moment this scheduler started it."""
+
+    def ended_while_away(self, job: JobRow, h: Handle) -> Exit | None:
+        """A local child's exit is still known to the executor (None: it runs on)."""
+        return self.scheduler.executor.poll(h)
+
+
+class HandOver:
+    """The executor admits (Ray): every queued job goes to it with its plan as its resource
+    request, and stays `queued` until the executor says it started."""
+
+    def __init__(self, scheduler):
+        self.scheduler = scheduler
+
+    def admit(self, queued: list) -> None:
+        self.scheduler._hand_over(queued)
+
+    def watch(self) -> None:
+        self.scheduler._watch_handed_over()
+
+    def ended_while_away(self, job: JobRow, h: Handle) -> Exit | None:
+        """Only the worker's exit record says (None: killed, or still running)."""
+        written = read_json(Path(job.run_dir) / EXIT)
+        return None if written is None else Exit(written["code"], None, written.get("reason"))
+
+
 class Scheduler:
     def __init__(self, store: Store, executor, devices: list, state_dir, *, head_wait: float = 300.0,
                  tick: float = 0.25, metrics_ports: bool = True, on_event=None, metrics_host: str = "127.0.0.1",
                  metrics_address: str | None = None, runtime_grace: float = 60.0,
-                 quota: admission.Quota | None = None):
+                 quota: admission.Quota | None = None, jobs):
         self.store, self.executor, self.devices = store, executor, {d.name: d for d in devices}
         self.state_dir = Path(state_dir)
         self.head_wait, self.tick_seconds, self.metrics_ports = head_wait, tick, metrics_ports
@@ -94,7 +137,8 @@ class Scheduler:
         self._thread = None
         self._progress: dict = {}  # progress.json path -> ((mtime_ns, size, inode), parsed)
         self._recent_ports: list = []  # handed out lately, before their job has stored its target
-        self.executor_admits = bool(getattr(executor, "admits", False))
+        self.strategy = (HandOver if getattr(executor, "admits", False) else Packing)(self)
+        self.jobs = jobs  # the caller's: a job's batch on a device and the config its worker runs
         self.limits = quota or admission.Quota()  # its `used` stays empty: quota() counts it afresh
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -127,39 +171,34 @@ class Scheduler:
         """After a restart: re-adopt each running job's process, or requeue it to resume from
         its checkpoint (not counted as an attempt: the job did nothing wrong)."""
         for job in self.store.list("queued"):
-            h = self._handle(job)
+            h = self.handle(job)
             if h is not None and not (h.executor == self.executor.name and self.executor.adopt(h)):
-                self.store.update(job["id"], executor=None, ref=None, attempts=max(0, job["attempts"] - 1))
+                self.store.update(job.id, executor=None, ref=None, attempts=max(0, job.attempts - 1))
         for job in self.store.list("running"):
-            h = self._handle(job)
+            h = self.handle(job)
             if h is not None and h.executor != self.executor.name:
                 h = None  # started by another executor: resumed from its checkpoint by this one
             if h is not None and self.executor.adopt(h):
-                log.info("job %s: re-adopted", job["id"])
+                log.info("job %s: re-adopted", job.id)
                 continue
             ended = self._ended_while_away(job, h)
-            if ended is not None and not (ended.code is None and read_json(Path(job["run_dir"]) / EXIT) is None):
+            if ended is not None and not (ended.code is None and read_json(Path(job.run_dir) / EXIT) is None):
                 self._finish(job, ended)
             else:
                 self._requeue(job, "the service restarted and its process was gone; resuming from its checkpoint",
                               count=False)
 
-    def _ended_while_away(self, job: dict, h: Handle | None) -> Exit | None:
+    def _ended_while_away(self, job: JobRow, h: Handle | None) -> Exit | None:
         """How a job's process ended while no service watched it: a local child's exit is still
         known to the executor; otherwise only the worker's exit record says (None: killed)."""
-        if h is None:
-            return None
-        if not self.executor_admits:
-            return self.executor.poll(h)
-        written = read_json(Path(job["run_dir"]) / EXIT)
-        return None if written is None else Exit(written["code"], None, written.get("reason"))
+        return None if h is None else self.strategy.ended_while_away(job, h)
 
     # -- one tick -----------------------------------------------------------------------------------
 
     def tick(self) -> None:
         with self._lock:
             for job in self.store.list("running"):
-                h = self._handle(job)
+                h = self.handle(job)
                 if h is None:
                     continue
                 ended = self.executor.poll(h)
@@ -167,29 +206,33 @@ class Scheduler:
                     self._finish(job, ended)
                 else:
                     self._enforce_max_runtime(job, h)
-            if self.executor_admits:
-                self._watch_handed_over()
+            self.strategy.watch()
             self._admit()
 
-    def _enforce_max_runtime(self, job: dict, h: Handle) -> None:
+    def admit_now(self) -> None:
+        """One admission pass now (a submission: its answer names the device when it starts at once)."""
+        with self._lock:
+            self._admit()
+
+    def _enforce_max_runtime(self, job: JobRow, h: Handle) -> None:
         """The job stops itself after the step that passes training.max_runtime; one that does not
         (stuck loading its data, or in a step that never ends) gets SIGTERM from here once it is
         `runtime_grace` seconds past it, as a cancel does, and ends failed for its run time."""
-        limit = (job["config"].get("training") or {}).get("max_runtime")
-        if not limit or job["cancel_requested"] or job["started_at"] is None:
+        limit = (job.config.get("training") or {}).get("max_runtime")
+        if not limit or job.cancel_requested or job.started_at is None:
             return
-        if now() - job["started_at"] > limit + self.runtime_grace:
-            log.warning("job %s: %.0f s past its max_runtime and still running; stopping it", job["id"],
-                        now() - job["started_at"] - limit)
-            self.store.update(job["id"], cancel_requested=STOPPED_FOR_RUNTIME)
+        if now() - job.started_at > limit + self.runtime_grace:
+            log.warning("job %s: %.0f s past its max_runtime and still running; stopping it", job.id,
+                        now() - job.started_at - limit)
+            self.store.update(job.id, cancel_requested=STOPPED_FOR_RUNTIME)
             self.executor.cancel(h)
 
-    def slots(self) -> list:
+    def device_loads(self) -> list:
         running = self.store.list("running")
         out = []
         for d in self.devices.values():
-            mine = [j for j in running if j["device"] == d.name]
-            out.append(admission.Slot(d.name, d.kind, d.budget_bytes, sum(j["reserved_bytes"] for j in mine),
+            mine = [j for j in running if j.device == d.name]
+            out.append(admission.DeviceLoad(d.name, d.kind, d.budget_bytes, sum(j.reserved_bytes for j in mine),
                                       len(mine), d.max_jobs))
         return out
 
@@ -198,32 +241,32 @@ class Scheduler:
         executor that admits by itself)."""
         used = {}
         for job in self.store.list("running") + self.store.list("queued"):
-            if job["state"] == "running" or job["ref"]:
-                used[job["user"]] = used.get(job["user"], 0) + job["reserved_bytes"]
+            if job.state == "running" or job.ref:
+                used[job.user] = used.get(job.user, 0) + job.reserved_bytes
         return admission.Quota(self.limits.default, self.limits.per_user, used)
 
-    def waiting(self, job: dict) -> admission.Waiting:
-        over = min((d.overhead_bytes for d in self.devices.values() if d.kind == job["device_kind"]), default=0)
-        auto = job["batch_request"] == "auto"
-        need = (job["min_bytes"] if auto else job["planned_bytes"]) + over
-        return admission.Waiting(job["id"], job["device_kind"], need, job["queued_at"], auto, job["priority"],
-                                 job["user"])
+    def waiting(self, job: JobRow) -> admission.Waiting:
+        auto = job.batch_request == "auto"
+        plan = job.min_bytes if auto else job.planned_bytes
+        need = min((d.footprint(plan) for d in self.devices.values() if d.kind == job.device_kind), default=plan)
+        return admission.Waiting(job.id, job.device_kind, need, job.queued_at, auto, job.priority, job.user)
 
     def _admit(self) -> None:
-        queued = [j for j in self.store.list("queued") if not j["ref"] and self._can_ever_fit(j)]
-        if not queued:
-            return
-        if self.executor_admits:
-            return self._hand_over(queued)
-        by_id = {j["id"]: j for j in queued}
+        queued = [j for j in self.store.list("queued") if not j.ref and self._can_ever_fit(j)]
+        if queued:
+            self.strategy.admit(queued)
+
+    def _pack(self, queued: list) -> None:
+        """This scheduler admits: the jobs whose plans fit a device's budget start there."""
+        by_id = {j.id: j for j in queued}
         chosen = {}
 
         def reserve(w, slot, room):
             job = by_id[w.id]
             chosen[w.id] = self._batch_for(job, self.devices[slot.name], room)
-            return chosen[w.id][1] + self.devices[slot.name].overhead_bytes
+            return self.devices[slot.name].footprint(chosen[w.id][1])
 
-        starts = admission.admit([self.waiting(j) for j in queued], self.slots(), now(), self.head_wait, reserve,
+        starts = admission.admit([self.waiting(j) for j in queued], self.device_loads(), now(), self.head_wait, reserve,
                                  self.quota())
         for job_id, device in starts:
             self._start(by_id[job_id], self.devices[device], *chosen[job_id])
@@ -233,32 +276,32 @@ class Scheduler:
         gets the largest batch its device's whole budget (one node's memory) allows. A job over its
         user's quota stays here until that user's jobs end."""
         quota = self.quota()
-        by_id = {j["id"]: j for j in queued}
+        by_id = {j.id: j for j in queued}
         for w in admission.order([self.waiting(j) for j in queued]):
             job = by_id[w.id]
-            device = max((d for d in self.devices.values() if d.kind == job["device_kind"]),
+            device = max((d for d in self.devices.values() if d.kind == job.device_kind),
                          key=lambda d: d.budget_bytes)
             left = quota.left(w.user)
             if left is not None and w.need > left:
                 continue
             room = device.budget_bytes if left is None else min(device.budget_bytes, left)
             batch, total, by_category = self._batch_for(job, device, room)
-            quota.used[w.user] = quota.used.get(w.user, 0) + total + device.overhead_bytes
+            quota.used[w.user] = quota.used.get(w.user, 0) + device.footprint(total)
             self._start(job, device, batch, total, by_category, handed_over=True)
 
     def _watch_handed_over(self) -> None:
         """Jobs the executor holds: `running` once it started them (admission to start is the
         executor's queue wait), or finished (e.g. cancelled while waiting)."""
         for job in self.store.list("queued"):
-            h = self._handle(job)
+            h = self.handle(job)
             if h is None:
                 continue
             ended = self.executor.poll(h)
             if ended is not None:
-                self.store.update(job["id"], state="running", started_at=now())
+                self.store.update(job.id, state="running", started_at=now())
                 self._finish(job, ended)
             elif self.executor.running(h):
-                self.store.update(job["id"], expect_state="queued", state="running", started_at=now(),
+                self.store.update(job.id, expect_state="queued", state="running", started_at=now(),
                                   metrics_target=self._node_target(h))
                 self.on_event("started", job)
 
@@ -269,7 +312,7 @@ class Scheduler:
             return h.metrics_target
         return self.executor.metrics_target(h, int(h.metrics_target.rsplit(":", 1)[1]))
 
-    def _can_ever_fit(self, job: dict) -> bool:
+    def _can_ever_fit(self, job: JobRow) -> bool:
         """A job planned by an earlier service run with larger budgets (or other devices) would
         block the queue for ever as its head: it fails instead, saying why."""
         w = self.waiting(job)
@@ -288,66 +331,52 @@ class Scheduler:
                                  f"(it was planned by a service run with other {other})", None)
         return False
 
-    def _batch_for(self, job: dict, device, room: int) -> tuple:
-        """(batch, plan total, plan by category) the job starts with on `device` with `room` bytes free."""
-        if job["batch_request"] != "auto":
-            return job["batch_request"], job["planned_bytes"], job["planned"]
-        if job["batch_size"]:  # chosen by an earlier attempt: a resumed job keeps its batch (its checkpoint's)
-            p = planning.plan_at(self._checked(job), device.budget_bytes, job["batch_size"])
-            return job["batch_size"], p.total, p.by_category
-        checked = self._checked(job)
-        b = max(1, planning.largest_batch(checked, device.budget_bytes, room - device.overhead_bytes))
-        p = planning.plan_at(checked, device.budget_bytes, b)
-        return b, p.total, p.by_category
-
-    def _checked(self, job: dict):
-        return planning.restore(job)
+    def _batch_for(self, job: JobRow, device, room: int) -> tuple:
+        return self.jobs.batch_for(job, device, room)
 
     # -- start / finish -------------------------------------------------------------------------
 
-    def _start(self, job: dict, device, batch: int, total: int, by_category: dict, handed_over: bool = False) -> None:
-        run_dir = Path(job["run_dir"])
+    def _start(self, job: JobRow, device, batch: int, total: int, by_category: dict, handed_over: bool = False) -> None:
+        run_dir = Path(job.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         port = self._metrics_port() if self.metrics_ports else None
-        cfg = planning.launch_config(job["config"], run_dir, batch=batch, memory_limit=device.budget_bytes,
-                                     metrics_port=port, metrics_host=self.metrics_host,
-                                     device=planning.device_of(device.kind, device.name))
+        cfg = self.jobs.config(job, run_dir, batch, device, port, self.metrics_host)
         threads = device.threads_per_job
-        env = dict.fromkeys(THREAD_VARS, threads)  # BLAS and the fused CPU kernels alike
+        env = dict.fromkeys(THREAD_VARS, threads) | self.jobs.env(device)  # BLAS and the CPU kernels; the overhead
         if device.kind == "cuda":  # by uuid: NVML's index (cuda:N here) need not be CUDA's ordinal
             env["CUDA_VISIBLE_DEVICES"] = measure.cuda_visible_id(device.uuid) if device.uuid else device.index
-        reserved = total + device.overhead_bytes
-        launch = Launch(job["id"], cfg, str(run_dir), str(run_dir / "job.log"), device.name, port, self.metrics_host,
+        reserved = device.footprint(total)
+        launch = Launch(job.id, cfg, str(run_dir), str(run_dir / self.jobs.log_name), device.name, port, self.metrics_host,
                         env=env,
                         resources=Resources(total, device.overhead_bytes, threads, device.budget_bytes))
         # written before the process exists: a service killed in between finds a running job without a
         # handle, which recover() requeues (it never starts a second process on the same checkpoints)
-        if not self.store.update(job["id"], expect_state="queued", state="queued" if handed_over else "running",
+        if not self.store.update(job.id, expect_state="queued", state="queued" if handed_over else "running",
                                  device=device.name, batch_size=batch, planned=by_category, planned_bytes=total,
-                                 reserved_bytes=reserved, threads=threads, attempts=job["attempts"] + 1,
+                                 reserved_bytes=reserved, threads=threads, attempts=job.attempts + 1,
                                  started_at=None if handed_over else now(), reason=None, executor=None, ref=None,
                                  metrics_target=None):
             return  # cancelled meanwhile
         try:
             h = self.executor.start(launch)
         except Exception as exc:
-            self.store.update(job["id"], state="failed", ended_at=now(), reason=f"could not start: {exc}",
+            self.store.update(job.id, state="failed", ended_at=now(), reason=f"could not start: {exc}",
                               reserved_bytes=0)
             self.on_event("failed", job)
             return
         target = h.metrics_target
         if target and self.metrics_address:  # e.g. exporters on 0.0.0.0, scraped as memtrain:PORT
             target = f"{self.metrics_address}:{target.rsplit(':', 1)[1]}"
-        self.store.update(job["id"], executor=h.executor, ref=h.ref, metrics_target=target)
-        if self.store.get(job["id"])["cancel_requested"]:  # a cancel came while it started, before it had a handle
+        self.store.update(job.id, executor=h.executor, ref=h.ref, metrics_target=target)
+        if self.store.get(job.id).cancel_requested:  # a cancel came while it started, before it had a handle
             self.executor.cancel(h)
         if not handed_over:
-            self.on_event("started", {**job, "device": device.name})
+            self.on_event("started", job.replace(device=device.name))
 
     def _metrics_port(self) -> int:
         """A free port no running job was given: the kernel hands a just-released port out again,
         and the job binds it only a second later, so two jobs started together could get one port."""
-        taken = {j["metrics_target"].rsplit(":", 1)[1] for j in self.store.list("running") if j["metrics_target"]}
+        taken = {j.metrics_target.rsplit(":", 1)[1] for j in self.store.list("running") if j.metrics_target}
         taken |= {str(p) for p in self._recent_ports}
         for _ in range(100):
             port = free_port(self.metrics_host)
@@ -356,46 +385,46 @@ class Scheduler:
         self._recent_ports = (self._recent_ports + [port])[-64:]
         return port
 
-    def _finish(self, job: dict, ended: Exit) -> None:
-        written = _dict(read_json(Path(job["run_dir"]) / EXIT))
+    def _finish(self, job: JobRow, ended: Exit) -> None:
+        written = _dict(read_json(Path(job.run_dir) / EXIT))
         result = _finite(_dict(written.get("result"))) or None  # a file of another shape is no result (never a 500)
         stopped = bool(result and result.get("stopped"))
         if ended.ok and not stopped:  # it finished (perhaps before a cancel reached it)
             self._end(job, "succeeded", None, result)
-        elif job["cancel_requested"] == STOPPED_FOR_RUNTIME or (stopped and result["stopped"] == "max_runtime"):
-            limit = format_duration(job["config"]["training"]["max_runtime"])  # not retried: it would run past again
+        elif job.cancel_requested == STOPPED_FOR_RUNTIME or (stopped and result["stopped"] == "max_runtime"):
+            limit = format_duration(job.config["training"]["max_runtime"])  # not retried: it would run past again
             how = f"stopped at step {result.get('steps')} (checkpoint saved)" if stopped else "stopped by the service"
             self._end(job, "failed", f"ran past its max_runtime of {limit}: {how}", result)
-        elif job["cancel_requested"]:
+        elif job.cancel_requested:
             self._end(job, "cancelled", "cancelled on request" + (" (checkpoint saved)" if stopped else ""), result)
         elif ended.code == 2:
             self._end(job, "failed", ended.reason or "bad config (exit status 2)", None)
         elif ended.signal is not None or stopped or ended.code == ExitCode.RETRY:
             why = ended.reason or "stopped by a signal it did not ask for"
-            if job["attempts"] < job["max_attempts"]:
-                self._requeue(job, f"{why}; retrying from its last checkpoint (attempt {job['attempts'] + 1} of "
-                                   f"{job['max_attempts']})")
+            if job.attempts < job.max_attempts:
+                self._requeue(job, f"{why}; retrying from its last checkpoint (attempt {job.attempts + 1} of "
+                                   f"{job.max_attempts})")
             else:
-                self._end(job, "failed", f"{why}; gave up after {job['attempts']} attempt(s)", None)
+                self._end(job, "failed", f"{why}; gave up after {job.attempts} attempt(s)", None)
         else:
             self._end(job, "failed", ended.reason or f"exit status {ended.code}", None)
 
     def _end(self, job, state, reason, result) -> None:
         reason = None if reason is None else str(reason)  # an exit record's "reason" is the worker's word
-        self.store.update(job["id"], state=state, reason=reason, result=result, ended_at=now(), reserved_bytes=0)
+        self.store.update(job.id, state=state, reason=reason, result=result, ended_at=now(), reserved_bytes=0)
         self.on_event(state, job)
 
     def _requeue(self, job, reason, count: bool = True) -> None:
         fields = dict(state="queued", device=None, reserved_bytes=0, queued_at=now(), reason=reason,
                       executor=None, ref=None, metrics_target=None)
         if not count:
-            fields["attempts"] = max(0, job["attempts"] - 1)
-        self.store.update(job["id"], **fields)
+            fields["attempts"] = max(0, job.attempts - 1)
+        self.store.update(job.id, **fields)
         self.on_event("requeued", job)
 
     # -- requests ------------------------------------------------------------------------------
 
-    def cancel(self, job_id: str) -> dict | None:
+    def cancel(self, job_id: str) -> JobRow | None:
         """Queued: cancelled at once. Running: SIGTERM (it checkpoints), `cancelled` once it exits.
         Idempotent: the process gets one SIGTERM however many cancels arrive (a second one while it
         writes its stop checkpoint is ignored by the worker anyway). An ended job: JobConflict."""
@@ -403,27 +432,27 @@ class Scheduler:
             job = self.store.get(job_id)
             if job is None:
                 return None
-            if job["state"] not in ("queued", "running"):
-                again = f"; `memtrain requeue {job_id}` resumes it" if job["state"] in ("cancelled", "failed") else ""
-                raise JobConflict(f"job {job_id}: already {job['state']}; nothing to cancel (its files are kept"
+            if job.state not in ("queued", "running"):
+                again = f"; `memtrain requeue {job_id}` resumes it" if job.state in ("cancelled", "failed") else ""
+                raise JobConflict(f"job {job_id}: already {job.state}; nothing to cancel (its files are kept"
                                   f"{again})")
-            if job["state"] == "running" and job["cancel_requested"]:
+            if job.state == "running" and job.cancel_requested:
                 return job  # asked already: the one SIGTERM is on its way
-            if job["state"] == "queued":
+            if job.state == "queued":
                 self.store.update(job_id, expect_state="queued", state="cancelled", ended_at=now(),
                                   reason="cancelled on request (it had not started)", reserved_bytes=0)
-                h = self._handle(job)
+                h = self.handle(job)
                 if h is not None:  # handed to an executor that had not started it yet
                     self.executor.cancel(h)
-            elif job["state"] == "running":
+            elif job.state == "running":
                 self.store.update(job_id, cancel_requested=1)
-                h = self._handle(job)
+                h = self.handle(job)
                 if h is not None:
                     self.executor.cancel(h)
             self.wake()
             return self.store.get(job_id)
 
-    def requeue(self, job_id: str) -> dict | None:
+    def requeue(self, job_id: str) -> JobRow | None:
         """A cancelled or failed job back in the queue under its own id, with its attempts counted
         afresh: it resumes from its newest good checkpoint (the worker always resumes), so it ends
         as it would have without the interruption. Anything else: JobConflict."""
@@ -431,22 +460,22 @@ class Scheduler:
             job = self.store.get(job_id)
             if job is None:
                 return None
-            if job["state"] not in ("cancelled", "failed"):
-                raise JobConflict(f"job {job_id}: {job['state']}; only a cancelled or failed job can be requeued")
-            self.store.update(job_id, expect_state=job["state"], state="queued", attempts=0, cancel_requested=0,
+            if job.state not in ("cancelled", "failed"):
+                raise JobConflict(f"job {job_id}: {job.state}; only a cancelled or failed job can be requeued")
+            self.store.update(job_id, expect_state=job.state, state="queued", attempts=0, cancel_requested=0,
                               queued_at=now(), ended_at=None, result=None, device=None, reserved_bytes=0,
                               executor=None, ref=None, metrics_target=None,
-                              reason=f"requeued on request after it was {job['state']}; resumes from its checkpoint")
+                              reason=f"requeued on request after it was {job.state}; resumes from its checkpoint")
             self.on_event("requeued", job)
             self.wake()
             return self.store.get(job_id)
 
-    def progress(self, job: dict) -> dict:
+    def progress(self, job: JobRow) -> dict:
         """The job's progress.json, each field of its expected type or None: the file is the
         worker's (or anyone's who can write the run dir), and a wrong type must not fail a view.
         Parsed again only when the file changed (a stat, not a read, for a finished job's); the
         same dict is returned while it did not (read only: views tell "unchanged" by identity)."""
-        path = os.path.join(job["run_dir"], PROGRESS)
+        path = os.path.join(job.run_dir, PROGRESS)
         try:
             st = os.stat(path)
             stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
@@ -464,7 +493,8 @@ class Scheduler:
         return out
 
     @staticmethod
-    def _handle(job: dict) -> Handle | None:
-        if not job.get("ref"):
+    def handle(job: JobRow) -> Handle | None:
+        """The executor's handle of a stored job (None before it started)."""
+        if not job.ref:
             return None
-        return Handle(job["id"], job["executor"], job["ref"], job["metrics_target"])
+        return Handle(job.id, job.executor, job.ref, job.metrics_target)

@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 
 
 @dataclass
-class Slot:
-    """A device as admission sees it."""
+class DeviceLoad:
+    """A device as admission sees it: its budget, the bytes and job slots its running jobs hold."""
 
     name: str
     kind: str
@@ -80,7 +80,7 @@ def order(queue) -> list:
     return sorted(queue, key=lambda job: -job.priority)
 
 
-def place(job: Waiting, slots) -> Slot | None:
+def place(job: Waiting, slots) -> DeviceLoad | None:
     fits = [s for s in slots if s.kind == job.kind and s.running < s.max_jobs and s.committed + job.need <= s.budget]
     if not fits:
         return None

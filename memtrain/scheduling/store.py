@@ -9,6 +9,7 @@ every write is one explicit transaction.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -16,6 +17,8 @@ import sqlite3
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from memtrain.errors import DiskFull, MemtrainError
@@ -68,7 +71,65 @@ ADDED_COLUMNS = {
 }
 
 JSON_FIELDS = ("config", "checked", "planned", "result", "batch_request")
-NOT_VIEWED = ("config", "checked")  # the largest JSON, which a job's view never reads: a page leaves it undecoded
+LAZY = ("config", "checked")  # the largest JSON, which a job's view never reads: decoded when first read
+
+
+@dataclass(frozen=True)
+class JobRow:
+    """One stored job, as the columns above say (read only: Store.update writes). `config` (the
+    validated job config) and `checked` (what planning re-plans it from) are decoded when first
+    read: a page of views never reads them."""
+
+    seq: int
+    id: str
+    name: str
+    state: str
+    config_json: str
+    checked_json: str
+    device_kind: str
+    batch_request: int | str
+    batch_size: int | None
+    planned: dict
+    planned_bytes: int
+    min_bytes: int
+    reserved_bytes: int
+    device: str | None
+    threads: int | None
+    attempts: int
+    max_attempts: int
+    submitted_at: float
+    queued_at: float
+    started_at: float | None
+    ended_at: float | None
+    reason: str | None
+    result: dict | None
+    cancel_requested: int
+    executor: str | None
+    ref: str | None
+    metrics_target: str | None
+    run_dir: str
+    priority: int = 0
+    user: str = "default"
+
+    @cached_property
+    def config(self) -> dict:
+        return json.loads(self.config_json)
+
+    @cached_property
+    def checked(self) -> dict:
+        return json.loads(self.checked_json)
+
+    def columns(self) -> dict:
+        """The row as Store.insert takes it (a copy of a job: bench/service_load.py)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "seq"}
+        for k in LAZY:
+            out[k] = getattr(self, k)
+            del out[f"{k}_json"]
+        return out
+
+    def replace(self, **fields) -> "JobRow":
+        """A copy with `fields` changed (what an event names, e.g. the device it starts on)."""
+        return dataclasses.replace(self, **fields)
 
 
 class StoreDamaged(MemtrainError):
@@ -157,8 +218,8 @@ class Store:
 
     # -- writes ---------------------------------------------------------------------------
 
-    def insert(self, job: dict) -> dict:
-        """`job` holds the columns above except seq; returns the stored row."""
+    def insert(self, job: dict) -> JobRow:
+        """`job` holds the columns above except seq (a new job's, by name); returns the stored row."""
         row = {k: (json.dumps(v) if k in JSON_FIELDS and v is not None else v) for k, v in job.items()}
         cols = ", ".join(row)
         marks = ", ".join("?" for _ in row)
@@ -185,7 +246,7 @@ class Store:
 
     # -- reads ----------------------------------------------------------------------------
 
-    def get(self, job_id: str) -> dict | None:
+    def get(self, job_id: str) -> JobRow | None:
         with self._lock:
             row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
@@ -209,7 +270,7 @@ class Store:
             rows = self._db.execute(sql, args).fetchall()
         return [job for job in map(self._decode, rows) if job is not None]
 
-    def _decode(self, row) -> dict | None:
+    def _decode(self, row) -> JobRow | None:
         """The row with its JSON columns decoded; None for a damaged one (skipped by lists, logged
         once, counted in bad_rows): one bad row must not take the whole job list down."""
         try:
@@ -239,9 +300,9 @@ class Store:
         decoded = [d for d in map(self._decoded, raw) if d is not None]  # damaged rows skipped
         return decoded, (raw[-1]["seq"] if more and raw else None)
 
-    def _decoded(self, row) -> dict | None:
+    def _decoded(self, row) -> JobRow | None:
         """_decode of a page's row, kept while the row's values stay the same (a finished job's
-        never change): a poll of an unchanged page decodes no JSON. The dict is shared: read only.
+        never change): a poll of an unchanged page decodes no JSON. The row is shared (frozen).
         None for a damaged row (found at open, or by this decode)."""
         if row["seq"] in self.bad_rows:
             return None
@@ -249,7 +310,7 @@ class Store:
         d = self._rows.get(key)
         if d is None:
             try:
-                d = _decode(row, skip=NOT_VIEWED)
+                d = _decode(row, eager=False)
             except ValueError:
                 return self._decode(row)  # records it as damaged; None
             self._rows[key] = d
@@ -272,12 +333,18 @@ def damaged_message(path: Path, detail: str) -> str:
             "beside it)")
 
 
-def _decode(row, skip=()) -> dict:
+def _decode(row, eager: bool = True) -> JobRow:
+    """A JobRow of a SQLite row; ValueError for JSON that does not decode (`eager`: the lazy
+    columns are decoded now too, so a damaged one is found at this read)."""
     d = dict(row)
     for k in JSON_FIELDS:
-        if d.get(k) is not None and k not in skip:
+        if k not in LAZY and d.get(k) is not None:
             d[k] = json.loads(d[k])
-    return d
+    job = JobRow(**{(f"{k}_json" if k in LAZY else k): v for k, v in d.items()})
+    if eager:
+        for k in LAZY:
+            getattr(job, k)
+    return job
 
 
 def now() -> float:

@@ -1,0 +1,62 @@
+"""What every route depends on: the Service (`Depends(service)`), the caller's user from their
+token (`Depends(user)`), and the cached answer of a GET (view_cache) with its ETag."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import HTTPException, Request
+from fastapi.responses import Response
+
+from memtrain.service import models, security
+from memtrain.service.core import Service
+from memtrain.service.view_cache import not_modified
+
+ERRORS = {401: {"model": models.Error}, 404: {"model": models.Error}, 413: {"model": models.Error},
+          422: {"model": models.Error}, 507: {"model": models.Error}}
+ETAG = {"description": "the answer's tag: send it as If-None-Match to get 304 while nothing changed",
+        "schema": {"type": "string"}}
+
+
+def service(request: Request) -> Service:
+    """The app's Service (create_app puts it in app.state)."""
+    return request.app.state.service
+
+
+async def user(request: Request) -> str:  # async: no thread hop for a string comparison
+    """The user whose token the request carries (the default user without a token file); 401 without one."""
+    found = security.user_of(request.app.state.settings.token, request.headers.get("authorization"))
+    if found is None:
+        raise HTTPException(401, "unauthorized: send the service's token as 'Authorization: Bearer TOKEN' "
+                                 "(MEMTRAIN_TOKEN for the CLI)", headers={"WWW-Authenticate": "Bearer"})
+    return found
+
+
+async def cached(request, key, build, **options) -> Response:
+    """The answer from the view cache: a fresh one on the event loop, a new one built on a worker
+    thread (it queries the store, which a commit may hold, and reads files)."""
+    views = request.app.state.views
+    asked = (request.scope["path"], request.scope["query_string"])
+    entry = views.fresh(key)
+    if entry is None or not views.knows(asked):
+        entry = await asyncio.to_thread(views.get, key, build, request=asked, **options)
+    return answer(request.headers.get("if-none-match"), entry)
+
+
+def answer(if_none_match, entry) -> Response:
+    """The entry's answer, or 304 when the client holds it (If-None-Match)."""
+    headers = {**entry.headers, "ETag": entry.etag, "Cache-Control": "no-cache"}  # no-cache: revalidate each time
+    if not_modified(if_none_match, entry.etag):
+        return Response(status_code=304, headers=headers)
+    return Response(entry.body, media_type=entry.media_type, headers=headers)
+
+
+def as_json(adapter, value) -> bytes:
+    """`value` checked against the response model and serialised, as FastAPI does for a returned value."""
+    return adapter.dump_json(adapter.validate_python(value))
+
+
+def found(value, job_id):
+    if value is None:
+        raise HTTPException(404, f"job {job_id}: no such job")
+    return value
