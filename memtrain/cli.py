@@ -125,9 +125,10 @@ def _echo(text):
 @click.option("--gpus", type=click.IntRange(min=1), help="Data-parallel view: per-GPU memory with optimizer state replicated vs sharded N ways.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
 @click.option("--verify", is_flag=True, help="Also allocate the plan and run 3 real steps: estimated vs measured (see `memtrain profile`).")
+@click.option("--trials", type=click.IntRange(min=1), help="K trials of this plan trained as one trial array: K x a trial's buffers + the data set and process once (and the largest K in --memory-limit).")
 def estimate(config, layers, activation, output, dropout, dtype, device, overhead, fused, optimizer, batch_size,
              memory_limit, memory_alias, margin, max_batch, multiple_of, power_of_two, inference, per_layer, gpus,
-             fmt, verify):
+             fmt, verify, trials):
     """Memory of a model + optimizer + batch + dtype, from the plan the trainer allocates.
 
     With --config it is the plan `memtrain train` runs for that job file: the data set
@@ -153,13 +154,24 @@ def estimate(config, layers, activation, output, dropout, dtype, device, overhea
                             backend=backend, budget=memory, fused=fused)
     r = est.estimate(req, optimizer, batch_size, memory=memory, max_batch=max_batch, backend=backend, margin=margin,
                      multiple_of=multiple_of, power_of_two=power_of_two, per_layer=per_layer, gpus=gpus)
+    _add_trial_array(r, req.setting, trials, memory, margin)
     if r["schema"] == est.TABLE_SCHEMA:
         _echo({"table": render.table_text, "json": render.to_json, "csv": render.table_csv}[fmt](r))
         return
     _echo({"table": render.estimate_text, "json": render.to_json, "csv": render.estimate_csv}[fmt](r))
+    if trials and fmt != "json":  # the JSON holds it as "trial_array"
+        _echo({"table": render.trials_text, "csv": render.trials_csv}[fmt](r["trial_array"]))
     if verify:
         name = (r["optimizer"] or {}).get("name", req.setting.optimizer)
         _run_profile(req.setting.with_optimizer(name), r["batch_size"], 3, None, fmt, backend)
+
+
+def _add_trial_array(r, setting, trials, memory, margin) -> None:
+    """--trials K: the report's "trial_array" (profiler/trials.py)."""
+    if trials:
+        from memtrain.profiler import trials as est_trials  # noqa: PLC0415
+
+        r["trial_array"] = est_trials.array_report(setting, r, trials, budget=memory, margin=margin)
 
 
 # -- profile ------------------------------------------------------------------------

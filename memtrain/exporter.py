@@ -8,6 +8,13 @@ measuring the job's RSS and NVML usage by its pid. The exporter process exits
 when the job stops it, or when the job dies (its end of the pipe closes). It
 ignores SIGINT: a terminal's Ctrl-C reaches the whole process group, and the
 job, which checkpoints first, is the one to stop it.
+
+The job does not wait for that process to start (its interpreter, NumPy and
+prometheus_client take ~0.5 s, most of a small job's training time): the job
+binds the listening socket itself, so a port in use is still its own error at
+once and the port is known, and hands the socket to the child. A scrape that
+arrives before the child serves waits in the socket's backlog and is answered
+with the job's latest numbers once it does.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import math
 import multiprocessing as mp
 import os
 import signal
+import socket
 
 import numpy as np
 
@@ -85,33 +93,41 @@ class Exporter:
         self._arr = np.frombuffer(self._raw, dtype=np.float64)
         _pack(state, self._arr)
         static = {k: getattr(state, k) for k in STATIC}
+        sock = listen(host, port)  # OSError (a port in use) here, in the job, before anything starts
+        self.port = sock.getsockname()[1]
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_child, args=(self._raw, json.dumps(static), os.getpid(), port, host, child),
+        self._proc = ctx.Process(target=_child, args=(self._raw, json.dumps(static), os.getpid(), sock, child),
                                  name="memtrain-exporter", daemon=True)
-        _start_ignoring_sigint(self._proc)
-        child.close()
-        if not self._conn.poll(30):
-            self.stop()
-            raise OSError("the metrics exporter process did not start within 30 s")
-        kind, value = self._conn.recv()
-        if kind != "ok":
-            self._proc.join(5)
-            raise OSError(value)
-        self.port = value
+        try:
+            _start_ignoring_sigint(self._proc)  # the child gets its own copy of the socket
+        finally:
+            sock.close()
+            child.close()
 
     def publish(self, state: JobState) -> None:
         _pack(state, self._arr)
 
     def stop(self) -> None:
+        """Ends the exporter process. One still starting (it has served nothing yet: it says
+        "ready" once it serves) is terminated, so a short job never waits for its imports."""
         try:
+            ready = self._conn.poll(0)
             self._conn.send("stop")
         except (OSError, BrokenPipeError):
-            pass
+            ready = True  # it has exited already: join() returns at once
+        if not ready:
+            self._proc.terminate()
         self._proc.join(5)
         if self._proc.is_alive():
             self._proc.terminate()
             self._proc.join(5)
         self._conn.close()
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port (port 0: any free one), IPv6 for an IPv6 host."""
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+    return socket.create_server((host, port), family=family, backlog=64)
 
 
 def _start_ignoring_sigint(proc) -> None:
@@ -129,13 +145,13 @@ def _start_ignoring_sigint(proc) -> None:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
-def _child(raw, static_json, job_pid, port, host, conn) -> None:  # pragma: no cover - runs in the child
+def _child(raw, static_json, job_pid, sock, conn) -> None:  # pragma: no cover - runs in the child
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the job, which stops this process
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by the parent; now ignored
     from prometheus_client import CollectorRegistry  # noqa: PLC0415
 
-    from memtrain.metrics import JobCollector, serve  # noqa: PLC0415
+    from memtrain.metrics import JobCollector, serve_socket  # noqa: PLC0415
 
     arr = np.frombuffer(raw, dtype=np.float64)
     state = JobState(**json.loads(static_json))
@@ -147,15 +163,13 @@ def _child(raw, static_json, job_pid, port, host, conn) -> None:  # pragma: no c
 
     registry = CollectorRegistry()
     registry.register(MirrorCollector(state, pid=job_pid))
+    server, _ = serve_socket(sock, registry)
     try:
-        server, _ = serve(state, port, host=host, registry=registry)
-    except OSError as exc:
-        conn.send(("error", f"{exc.strerror or exc}"))
-        return
-    conn.send(("ok", server.server_address[1]))
-    try:
+        conn.send("ready")
         conn.recv()  # "stop", or EOFError when the job has died
-    except EOFError:
+    except (EOFError, OSError):
         pass
-    server.shutdown()
+    # no server.shutdown() and no interpreter teardown: they cost the job's stop() 0.5 s (serve_forever's
+    # poll interval) and 0.1 s; this process has nothing to flush, its serving thread ends with it
     server.server_close()
+    os._exit(0)

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import math
 import sys
+import threading
 import tracemalloc
+from http.server import ThreadingHTTPServer
 
-from prometheus_client import CollectorRegistry, disable_created_metrics, start_http_server
+from prometheus_client import CollectorRegistry, MetricsHandler, disable_created_metrics, start_http_server
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -294,3 +296,19 @@ def serve(state: JobState, port: int, host: str = "127.0.0.1", registry=None) ->
         registry = CollectorRegistry()
         registry.register(JobCollector(state))
     return start_http_server(port, addr="127.0.0.1" if host is None else host, registry=registry)
+
+
+def serve_socket(sock, registry) -> tuple:
+    """Serve `registry` at /metrics on `sock`, a socket already listening (the job bound it:
+    memtrain/exporter.py), from a daemon thread. Returns (server, thread), as serve() does."""
+    disable_created_metrics()
+
+    class Server(ThreadingHTTPServer):
+        address_family = sock.family
+
+    server = Server(sock.getsockname()[:2], MetricsHandler.factory(registry), bind_and_activate=False)
+    server.socket.close()  # the one it made; requests come to the job's socket
+    server.socket, server.server_address = sock, sock.getsockname()
+    thread = threading.Thread(target=server.serve_forever, name="memtrain-metrics", daemon=True)
+    thread.start()
+    return server, thread

@@ -201,3 +201,25 @@ def score_cell(r: dict, prefix: str, *, r2: bool = True) -> str:
         r2v = r.get(prefix + "r2") if r2 else None
         return f"RMSE {r[prefix + 'rmse']:.4g}" + ("" if r2v is None else f" R^2 {r2v:.3f}")
     return "-"
+
+
+def trials_text(a: dict) -> str:
+    """`estimate --trials K`: the trial array beside the same trials as separate jobs."""
+    rows = [[cat, f"{a['categories'][cat]:,}", format_bytes(a["categories"][cat])] for cat in CATEGORIES]
+    rows.append(["total", f"{a['total']:,}", format_bytes(a["total"])])
+    out = [f"\ntrial array: {a['trials']} trials of this plan trained as one (batch {a['batch_size']}); "
+           "the data set and the process once", _table(["category", "bytes", "size"], rows),
+           f"total(K) = {a['fixed']:,} B + K x {a['per_trial']:,} B   ({format_bytes(a['fixed'])} + K x "
+           f"{format_bytes(a['per_trial'])})",
+           f"{a['trials']} separate jobs (each its own data set, process and trial objects): "
+           f"{format_bytes(a['separate'])}; the array saves {format_bytes(a['saved'])}"]
+    if "max_trials" in a:
+        m = a["max_trials"]
+        out.append(f"largest array in {format_bytes(m['budget'])} (less the margin, {format_bytes(m['after_margin'])}):"
+                   f" {m['trials']:,} trials")
+    return "\n".join(out)
+
+
+def trials_csv(a: dict) -> str:
+    rows = [f"array:{cat},{a['categories'][cat]}" for cat in CATEGORIES] + [f"array:total,{a['total']}"]
+    return "\n".join(rows)

@@ -28,8 +28,9 @@ ROOT = Path(__file__).resolve().parent.parent
 MODULES = tomllib.loads((ROOT / "mutation" / "modules.toml").read_text())
 THRESHOLD = 0.90
 # mutmut's exit codes per mutant (mutmut.stats.status_by_exit_code): a timeout is a kill (the
-# mutant made its tests hang), "no tests" is a survivor (nothing would notice it)
-KILLED = {1, 3, 24, -24, 36}
+# mutant made its tests hang), and so is a crash of the test process (SIGABRT, SIGSEGV: e.g. a
+# numba kernel given a slice shorter than its loop); "no tests" is a survivor (nothing would notice it)
+KILLED = {1, 3, 24, -24, 36, -6, -11}
 EQUIVALENT_ROW = re.compile(r"^\|\s*`?(memtrain\.[\w.ǁ]+__mutmut_\d+)`?\s*\|")
 
 
@@ -44,14 +45,20 @@ def scratch_copy(name: str, module: dict) -> Path:
         if src.is_file():
             (work / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, work / rel)
+    write_settings(work, module)
+    return work
+
+
+def write_settings(work: Path, module: dict) -> None:
+    """mutmut's settings for this module, in place of any an earlier run wrote (--resume: today's
+    list of tests)."""
+    pyproject = (ROOT / "pyproject.toml").read_text()
     settings = {"source_paths": ["memtrain"], "only_mutate": module["files"],
                 "pytest_add_cli_args_test_selection": module["tests"],
                 # a mutant that raises half-way through a constructor leaks its open files: noise, not a kill
                 "pytest_add_cli_args": ["-p", "no:cacheprovider", "-q", "-W", "ignore::ResourceWarning"]}
     lines = ["", "[tool.mutmut]"] + [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
-    with open(work / "pyproject.toml", "a") as f:
-        f.write("\n".join(lines) + "\n")
-    return work
+    (work / "pyproject.toml").write_text(pyproject + "\n".join(lines) + "\n")
 
 
 def run(name: str, module: dict, children: int, resume: bool = False) -> int:
@@ -61,16 +68,39 @@ def run(name: str, module: dict, children: int, resume: bool = False) -> int:
         # only what the last run did not kill, against the tests as they are now (new tests added)
         names = sorted(k for k, v in results(name, module).items() if v not in KILLED)
         shutil.copytree(ROOT / "tests", work / "tests", dirs_exist_ok=True)
+        write_settings(work, module)
     else:
         work = scratch_copy(name, module)
     # mutmut puts its mutants/ first on sys.path; a PYTHONPATH naming this checkout would hide them
     # (the tests of modules.toml start no subprocess, which would import the unmutated package)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    cmd = ["nice", sys.executable, "-m", "mutmut", "run", "--max-children", str(children), *names]
-    shown = " ".join(cmd[:6] + (names if len(names) <= 3 else [f"<{len(names)} mutants>"]))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | module.get("env", {})
+    cmd = ["nice", "-n", "19", sys.executable, "-m", "mutmut", "run", "--max-children", str(children), *names]
+    shown = " ".join([f"{k}={v}" for k, v in module.get("env", {}).items()] + cmd[:9]
+                     + (names if len(names) <= 3 else [f"<{len(names)} mutants>"]))
     print(f"mutation: {name}: {shown} (in {work})", flush=True)
+    before = exit_codes(work) if resume else {}
     with open(work / "mutmut.log", "a" if resume else "w") as log:
-        return subprocess.run(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+        status = subprocess.run(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+    keep_verdicts(work, before)
+    return status
+
+
+def exit_codes(work: Path) -> dict:
+    return {k: v for meta in (work / "mutants").rglob("*.py.meta")
+            for k, v in json.loads(meta.read_text())["exit_code_by_key"].items()}
+
+
+def keep_verdicts(work: Path, before: dict) -> None:
+    """mutmut forgets every verdict when the list of tests changes (its config fingerprint); a
+    resumed run re-tests only the mutants not yet killed, so the others keep the last run's verdict
+    (tests were added since, none removed)."""
+    for meta in (work / "mutants").rglob("*.py.meta"):
+        data = json.loads(meta.read_text())
+        codes = data["exit_code_by_key"]
+        lost = {k: before[k] for k, v in codes.items() if v is None and before.get(k) is not None}
+        if lost:
+            codes.update(lost)
+            meta.write_text(json.dumps(data, indent=4))
 
 
 def equivalents() -> dict:

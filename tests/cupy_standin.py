@@ -338,6 +338,9 @@ class ndarray:  # noqa: N801 - CuPy's name
     def ravel(self):
         return self.reshape(-1)
 
+    def swapaxes(self, axis1, axis2):  # a view, as CuPy's
+        return ndarray(self._a.swapaxes(axis1, axis2), self._block)
+
     def view(self, dtype=None):
         return ndarray(self._a.view(dtype), self._block)
 

@@ -64,3 +64,15 @@ def test_cuda_backend():
     b = get_backend("cuda")
     assert b.is_cuda and b.xp.__name__ == "cupy"
     assert array_module(b.xp.zeros(2)) is b.xp
+
+
+def test_auto_without_an_nvidia_driver_does_not_import_cupy():
+    """No driver paths: device auto is the CPU at once, without CuPy's import (0.2-1.5 s of a small job)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, memtrain.backend as b; b._DRIVER_PATHS = ('/nonexistent/nvidiactl',); "
+            "print(b.get_backend('auto').kind, 'cupy' in sys.modules, 'pynvml' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["cpu", "False", "False"]

@@ -138,3 +138,35 @@ def test_bad_input_is_one_line_exit_2(job, args, field):
 def test_help():
     r = invoke("compare", "--help")
     assert r.exit_code == 0 and "--target-accuracy" in r.output and "never used to rank" in r.output
+
+
+def test_a_compare_that_cannot_fit_says_so_before_any_run(job, tmp_path, monkeypatch):
+    """The runs are planned as the sweep's trials are (plan_job, the process overhead taken from
+    memory_limit): one that cannot fit is one line, exit 2, before anything trains."""
+    monkeypatch.setenv("MEMTRAIN_PROCESS_OVERHEAD", str(30 * 1024**2))
+    job.write_text(JOB.replace("epochs = 3", 'epochs = 3\nmemory_limit = "30.25MiB"'))
+    r = invoke("compare", "--config", job, "--optimizers", "sgd,adam", "--output-dir", tmp_path / "out")
+    assert r.exit_code == 2, r.output
+    assert r.output.startswith("memtrain: error: optimizer sgd: needs ") and r.output.count("\n") == 1
+    assert "plus 30.00 MiB overhead; the budget is 30.25 MiB (training.memory_limit); nothing was run" in r.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_scheduler_gets_each_runs_plan(job, tmp_path, monkeypatch):
+    from memtrain.config import load
+    from memtrain.train import jobplan
+
+    monkeypatch.setenv("MEMTRAIN_PROCESS_OVERHEAD", str(1024**2))
+    job.write_text(JOB.replace("epochs = 3", 'epochs = 3\nmemory_limit = "64MiB"'))
+    cfg = load(job)
+    configs = {n: cmp.run_config(cfg, n, output_dir=tmp_path, checkpoint_dir=tmp_path / n) for n in ("sgd", "adam")}
+    rows = jobplan.data_rows(cfg)
+    dev, tasks = cmp.plan_runs(cfg, configs, rows)
+    assert (dev.budget_bytes, dev.overhead_bytes, dev.max_jobs) == (64 * 1024**2, 1024**2, 1)
+    for t in tasks:
+        jp = jobplan.plan_job(configs[t.id], budget=64 * 1024**2, overhead=(1024**2, "given"))
+        assert (t.planned_bytes, t.planned) == (jp.total, jp.by_category())  # the scheduler packs by plan
+    assert tasks[1].planned_bytes > tasks[0].planned_bytes  # adam's two state slots
+    auto = {n: c.with_overrides({"training.batch_size": "auto"}) for n, c in configs.items()}
+    _, tasks = cmp.plan_runs(cfg, auto, rows)
+    assert {t.planned_bytes for t in tasks} == {63 * 1024**2}  # an auto run reserves its whole room

@@ -63,6 +63,19 @@ def test_the_exporter_process_serves_what_the_job_publishes():
         scrape(ex.port)
 
 
+def test_the_job_does_not_wait_for_the_exporter_process_to_start():
+    """The constructor returns with the port bound before the child has imported anything; a
+    stop() before the child serves ends it at once and the port is closed."""
+    ex = Exporter(JobState(job="quick"), 0)
+    try:
+        assert ex.port > 0 and not ex._conn.poll(0)  # the child has not said "ready" yet
+    finally:
+        ex.stop()
+    assert not ex._proc.is_alive()
+    with pytest.raises(OSError):
+        scrape(ex.port)
+
+
 def test_port_in_use_is_an_oserror():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))

@@ -97,7 +97,7 @@ def test_a_job_on_the_gpu_reports_its_pool_peak(tmp_path):
     from memtrain.train.job import Job
 
     cfg = from_dict({"name": "g", "device": "cuda", "model": {"layers": [64, 128, 10]},
-                     "training": {"epochs": 1, "batch_size": "auto", "memory_limit": "256MiB"},
+                     "training": {"epochs": 1, "batch_size": "auto", "memory_limit": "2GiB"},
                      "output": {"dir": str(tmp_path / "out")}})
     job = Job(cfg, log_format="json", progress=False, stream=io.StringIO(), install_signals=False,
               batch_solver=auto_batch)

@@ -83,7 +83,8 @@ def test_auto_batch_on_cuda_under_a_pool_cap_compares_like_with_like(cp, tmp_pat
     pool = cp.cuda.MemoryPool()
     pool.set_limit(size=limit)  # a real cap: allocations past it raise OutOfMemoryError
     cp.cuda.set_allocator(pool.malloc)
-    cfg = _cfg(tmp_path, batch_size="auto", memory_limit=limit, epochs=1)
+    # memory_limit is the job's whole memory: the context is taken from it, the pool's buffers get the cap
+    cfg = _cfg(tmp_path, batch_size="auto", memory_limit=limit + cupy_standin.CONTEXT_BYTES, epochs=1)
     cfg = cfg.with_overrides({"data.dataset": "synthetic:classification(3000, 16, 4)",
                               "model.layers": [16, 512, 512, 4]})
     job, s, log = _run(cfg)

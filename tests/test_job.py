@@ -449,3 +449,13 @@ def test_a_tampered_sidecar_falls_back_with_a_warning_and_ends_as_an_uninterrupt
     assert (newest.parent / f"{newest.name}.corrupt").exists()
     with np.load(tmp_path / "whole" / "model-final.npz") as a, np.load(tmp_path / "b" / "model-final.npz") as b:
         assert np.array_equal(a["params"], b["params"])
+
+
+def test_a_job_process_freezes_its_heap_at_exit():
+    """Job.run() registers gc.freeze() at exit, once: the shutdown's cycle collections then skip the
+    heap NumPy and numba left (1.7-1.9 s of a small job's exit on the development VM)."""
+    code = ("import atexit, gc; from memtrain.train.job import _freeze_heap_at_exit as f; f(); f(); "
+            "atexit._run_exitfuncs(); print(gc.get_freeze_count())")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert int(r.stdout) > 1000  # every object of the interpreter, not a few

@@ -18,6 +18,7 @@ from memtrain.memory.budget import default_margin
 from memtrain.memory.process import group_memory
 from memtrain.profiler.autobatch import auto_batch
 from memtrain.profiler.estimate import build_setting
+from memtrain.select import runner
 from memtrain.select import space as sp
 from memtrain.select import sweep as sw
 from memtrain.service import devices, planning
@@ -109,7 +110,7 @@ def test_the_process_overhead_is_one_figure_and_the_batch_leaves_room_for_it(tmp
     tp = sweep_trial(fixed, tmp_path, 64 * MIB, "cpu")
     assert tp.overhead == (over, source)
     assert tp.planned_bytes == jobplan.plan_job(tp.cfg).total + over
-    (cpu,) = devices.discover("cpu", {"cpu": 64 * MIB}, max_jobs=1, state_dir=tmp_path)
+    (cpu,) = devices.discover("cpu", {"cpu": 64 * MIB}, max_jobs=1)
     assert (cpu.overhead_bytes, cpu.overhead_source) == (over, source)
     p = planning.plan(planning.validate(tp.cfg.to_dict()), cpu.budget_bytes)  # the trial's job, submitted
     assert cpu.footprint(p.total) == tp.planned_bytes  # what the service admits is what the sweep reserves
@@ -168,11 +169,14 @@ def test_free_memory_is_one_definition(monkeypatch):
     monkeypatch.setattr(bud, "cgroup_room", lambda *a: 1024 * MIB)
     monkeypatch.setattr(measure, "mem_available", lambda: 8 * 1024 * MIB)
     assert devices.free_now("cpu") == bud.cpu_free()[0] == 1024 * MIB
-    (cpu,) = devices.discover("cpu", {}, max_jobs=1, state_dir=".", cpu_overhead=0)
+    (cpu,) = devices.discover("cpu", {}, max_jobs=1, cpu_overhead=0)
     assert cpu.free_at_start_bytes == 1024 * MIB and cpu.budget_bytes == 1024 * MIB - devices.CPU_RESERVE_MIN
 
 
 # -- on a GPU (the stand-in) ------------------------------------------------------------------------
+
+
+GPU_OVERHEAD = 96 * 1024  # the stand-in GPU's device overhead, as if measured and cached (small: small limits)
 
 
 @pytest.fixture
@@ -180,8 +184,11 @@ def cp(monkeypatch, host_launcher):
     import cupy_standin
     import nvml_standin
 
+    from memtrain.memory import overhead_cache
+
     cp = cupy_standin.install(monkeypatch, host_launcher)
     monkeypatch.setitem(sys.modules, "pynvml", nvml_standin.nvml())
+    overhead_cache.record(overhead_cache.gpu_model(0), GPU_OVERHEAD)  # the cache is the test's own (conftest)
     return cp
 
 
@@ -206,7 +213,7 @@ def test_a_gpu_batch_is_rounded_by_one_rule(cp, tmp_path):
                                device_kind="cuda").setting
 
     def unrounded(limit):
-        return jobplan.solve(setting, limit - default_margin("cuda", limit)).batch_size
+        return jobplan.solve(setting, limit - GPU_OVERHEAD - default_margin("cuda", limit)).batch_size
 
     limit = next(n for n in range(24 * MIB, 25 * MIB, 1024) if unrounded(n) % 8)  # rounding has work to do
     path = job_file(tmp_path, device="cuda", rows=40000, memory_limit=limit)
@@ -214,8 +221,32 @@ def test_a_gpu_batch_is_rounded_by_one_rule(cp, tmp_path):
     b, unrounded = job.batch_size, unrounded(limit)
     assert b % 8 == 0 and b < unrounded and b > unrounded - 8  # rounded down to a multiple of 8
     assert jobplan.plan_job(load(path), device_kind="cuda").batch_size == b
-    # the estimate with the device overhead the Job's own memory_limit leaves out (the CUDA context)
-    assert estimate(path, "--device", "cuda", "--overhead", "0")["batch_size"] == b
+    assert estimate(path, "--device", "cuda")["batch_size"] == b
     checked = service_checked(path, "cuda")
-    room = limit - default_margin("cuda", limit)
+    room = limit - GPU_OVERHEAD - default_margin("cuda", limit)
     assert planning.largest_batch(checked, limit, room) == b
+
+
+def test_a_gpu_memory_limit_is_the_jobs_whole_memory_as_on_the_cpu(cp, tmp_path, monkeypatch):
+    """One rule on both devices: the CUDA context (device overhead) is taken from memory_limit before
+    the plan, by the Job as by `memtrain estimate --config` (no --overhead 0 needed) and the sweep."""
+    limit = 24 * MIB
+    path = job_file(tmp_path, device="cuda", rows=40000, memory_limit=limit)
+    job = job_phases(path, tmp_path)
+    assert (job.budget.overhead, job.budget.overhead_source) == (GPU_OVERHEAD, "measured")
+    r = estimate(path, "--device", "cuda")
+    assert r["overhead"]["bytes"] == GPU_OVERHEAD and r["overhead"]["kind"] == "device"
+    b, plan = job.batch_size, job.setting.plan
+    assert r["batch_size"] == b and r["total"] == plan(b).total + GPU_OVERHEAD
+    assert plan(b).total + GPU_OVERHEAD <= limit - default_margin("cuda", limit) < plan(b + 8).total + GPU_OVERHEAD
+    tp = sweep_trial(path, tmp_path / "sweep", limit, "cuda")
+    assert tp.planned_bytes == limit and tp.overhead == (GPU_OVERHEAD, "measured")  # the trial's job fits it
+    gpu = runner.device("cuda", limit, "given", 1, overhead=tp.overhead)  # a sweep's or service's GPU
+    told = planning.worker_env(gpu)
+    assert told == {"MEMTRAIN_DEVICE_OVERHEAD": str(GPU_OVERHEAD)}  # its worker takes off what it was admitted with
+    small = job_file(tmp_path, device="cuda", memory_limit=GPU_OVERHEAD)
+    with pytest.raises(ConfigError, match=r"training.memory_limit: 96.00 KiB is the job's whole memory, and its "
+                                          r"device overhead alone is 96.00 KiB \(measured: the CUDA context"):
+        job_phases(small, tmp_path / "small")
+    monkeypatch.setenv("MEMTRAIN_DEVICE_OVERHEAD", str(2 * GPU_OVERHEAD))
+    assert job_phases(path, tmp_path / "told").budget.overhead == 2 * GPU_OVERHEAD

@@ -56,20 +56,20 @@ def test_parse_devices_and_budget_errors(tmp_path):
         with pytest.raises(MemtrainError, match=why):
             devices.parse_devices(bad)
     with pytest.raises(MemtrainError, match="cuda:0 is not among the devices"):
-        devices.discover("cpu", {"cuda:0": GIB}, max_jobs=None, state_dir=tmp_path, cpu_overhead=0)
-    (cpu,) = devices.discover("cpu", {}, max_jobs=4, state_dir=tmp_path, cpu_overhead=10, cores=8)
+        devices.discover("cpu", {"cuda:0": GIB}, max_jobs=None, cpu_overhead=0)
+    (cpu,) = devices.discover("cpu", {}, max_jobs=4, cpu_overhead=10, cores=8)
     assert cpu.budget_bytes == cpu.free_at_start_bytes - max(devices.CPU_RESERVE_MIN, cpu.free_at_start_bytes // 10)
     assert (cpu.threads_per_job, cpu.overhead_bytes, cpu.overhead_source) == (2, 10, "given")
 
 
 def test_gpus_from_nvml(fake_nvml, tmp_path):
     assert devices.parse_devices("auto") == ["cuda:0", "cuda:1"]
-    a, b = devices.discover("auto", {"cuda:1": 10 * GIB}, max_jobs=None, state_dir=tmp_path)
+    a, b = devices.discover("auto", {"cuda:1": 10 * GIB}, max_jobs=None)
     assert (a.name, a.kind, a.uuid, a.free_at_start_bytes) == ("cuda:0", "cuda", "GPU-aaaa", 20 * GIB)
     assert a.budget_bytes == 20 * GIB - devices.GPU_RESERVE - int(devices.GPU_RESERVE_FRACTION * 20 * GIB)
     assert (b.budget_bytes, b.budget_source, b.max_jobs, b.overhead_source) == (10 * GIB, "given", 8, "assumed")
     overhead_cache.record("Fake A", 300 * 1024**2)  # what a memtrain run on such a GPU measured
-    a, b = devices.discover("auto", {}, max_jobs=None, state_dir=tmp_path)
+    a, b = devices.discover("auto", {}, max_jobs=None)
     assert (a.overhead_bytes, a.overhead_source) == (300 * 1024**2, "measured")
     assert (b.overhead_bytes, b.overhead_source) == (overhead.ASSUMED_CUDA_OVERHEAD, "assumed")
     assert devices.gpu_process_bytes("cuda:0", [12, 99]) == 400

@@ -6,6 +6,7 @@ start), on the CPU and on a GPU (NVML and the device stood in for: no GPU here).
 import io
 import itertools
 import json
+import os
 import types
 
 import numpy as np
@@ -49,12 +50,16 @@ def fake_cuda() -> Backend:
 
 
 def allocated(launch, backend=None):
-    """The job the worker would run from `launch`, up to its allocated trainer: (plan, arrays)."""
+    """The job the worker would run from `launch`, with the overhead its environment names, up to its
+    allocated trainer: (plan, arrays)."""
     job = Job(JobConfig.from_dict(launch.config), progress=False, stream=io.StringIO(), install_signals=False)
     if backend is None:
         job.open_device()
     else:
         job.backend = backend  # open_device asks the CUDA runtime; the plan needs only the device kind
+    told = {k: v for k, v in launch.env.items() if k.endswith("_OVERHEAD")}
+    saved = {k: os.environ.get(k) for k in told}
+    os.environ.update(told)
     try:
         job.load_data()
         job.choose_batch()
@@ -62,6 +67,11 @@ def allocated(launch, backend=None):
         return job.trainer.plan, job.trainer.arrays
     finally:
         job.peak.stop()
+        for k, v in saved.items():
+            if v is None:
+                del os.environ[k]
+            else:
+                os.environ[k] = v
 
 
 def committed(service, job_id, launch):

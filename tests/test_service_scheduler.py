@@ -404,7 +404,7 @@ def test_an_executor_that_admits_reads_how_a_job_ended_from_its_exit_record(tmp_
     ex.admits = True
     ex.exits = {ok: Exit(5), failed: Exit(5), gone: Exit(5)}  # not asked: the record is the truth
     try:
-        Scheduler(store, ex, devices, tmp_path / "state", jobs=PlannedJobs()).recover()
+        Scheduler(store, ex, devices, jobs=PlannedJobs()).recover()
         states = {i: (store.get(i).state, store.get(i).reason) for i in (ok, failed, gone)}
         assert states[ok] == ("succeeded", None) and store.get(ok).result == {"steps": 3}
         assert states[failed] == ("failed", "boom")

@@ -30,6 +30,7 @@ ASSUMED_CUDA_OVERHEAD = 512 * 1024**2
 # a round figure above that is the default where nothing can be measured.
 ASSUMED_CPU_PROCESS_OVERHEAD = 320 * 1024**2
 PROCESS_OVERHEAD_VAR = "MEMTRAIN_PROCESS_OVERHEAD"
+DEVICE_OVERHEAD_VAR = "MEMTRAIN_DEVICE_OVERHEAD"  # a GPU job's: the figure its service or sweep admitted it with
 
 
 class OverheadUnmeasured(RuntimeError):
@@ -47,14 +48,15 @@ def assumed_process() -> tuple:
     return ASSUMED_CPU_PROCESS_OVERHEAD, "assumed"
 
 
-def given_process() -> tuple | None:
-    """(bytes, "given") from MEMTRAIN_PROCESS_OVERHEAD, None when unset. A bad value is one line."""
-    text = os.environ.get(PROCESS_OVERHEAD_VAR)
+def given_process(var: str = PROCESS_OVERHEAD_VAR) -> tuple | None:
+    """(bytes, "given") from MEMTRAIN_PROCESS_OVERHEAD (or `var`: MEMTRAIN_DEVICE_OVERHEAD), None when
+    unset. A bad value is one line."""
+    text = os.environ.get(var)
     if text is None or not text.strip():
         return None
     if not text.strip().isdigit():
-        raise ConfigError(f"{PROCESS_OVERHEAD_VAR}: expected a number of bytes (0 or more), got {text!r}")
-    return int(text), f"given ({PROCESS_OVERHEAD_VAR})"
+        raise ConfigError(f"{var}: expected a number of bytes (0 or more), got {text!r}")
+    return int(text), f"given ({var})"
 
 
 def measure_cuda_overhead(index: int) -> int:

@@ -33,18 +33,21 @@ class MLP:
         self.initialise(seed)
 
     @classmethod
-    def from_spec(cls, spec: ModelSpec, seed: int = 0, device="cpu", *, initialise=True) -> "MLP":
+    def from_spec(cls, spec: ModelSpec, seed: int = 0, device="cpu", *, initialise=True, params=None) -> "MLP":
+        """params: the flat vector to use (a trial array's row of its stacked parameters), else allocated."""
         self = cls.__new__(cls)
-        self._setup(spec, device)
+        self._setup(spec, device, params)
         if initialise:
             self.initialise(seed)
         return self
 
-    def _setup(self, spec, device):
+    def _setup(self, spec, device, params=None):
         self.spec = spec
         self.backend = get_backend(device) if isinstance(device, str) else device
         buf = params_buffer(spec)
-        self.params = self.backend.xp.zeros(buf.shape, dtype=buf.dtype)
+        if params is not None and (tuple(params.shape) != buf.shape or params.dtype.name != buf.dtype):
+            raise ConfigError(f"params: expected {buf.shape} {buf.dtype}, got {tuple(params.shape)} {params.dtype}")
+        self.params = self.backend.xp.zeros(buf.shape, dtype=buf.dtype) if params is None else params
         self.layers = step.layer_views(spec, self.params)
 
     def initialise(self, seed: int = 0) -> None:
@@ -107,13 +110,13 @@ class MLP:
                 raise ConfigError(f"y: expected class labels of shape (n,), got {y.shape}")
             if y.size and (y.min() < 0 or y.max() >= C or not xp.all(xp.equal(xp.mod(y, 1), 0))):
                 raise ConfigError(f"y: class labels must be integers in [0, {C - 1}]")
-            return y.astype(np.intp)
+            return y.astype(np.intp, copy=False)  # labels already so are shared, not copied (trial arrays)
         y = y.reshape(len(y), -1) if y.ndim == 1 else y
         if y.shape[1] != C:
             raise ConfigError(f"y: expected targets of shape (n, {C}), got {y.shape}")
         if kind == "binary" and y.size and not xp.all((y == 0) | (y == 1)):
             raise ConfigError("y: a sigmoid output needs 0/1 labels")
-        return y.astype(self.spec.dtype)
+        return y.astype(self.spec.dtype, copy=False)
 
 
 def _copy_in(dst, src) -> None:

@@ -89,38 +89,57 @@ def sample_mask(rng, mask, keep: float, uniform) -> None:
 
 def forward(spec, layers, v, *, train: bool, rng=None, resample: bool = True) -> None:
     """z_i = h_{i-1} W_i + b_i; h_i = g(z_i) (times the dropout mask when training).
-    Leaves the output layer's logits in v.z[L]."""
+    Leaves the output layer's logits in v.z[L]. (A trial array, train/trials.py, runs the same
+    pieces with its GEMMs batched over the trials.)"""
     xp = array_module(v.x)
-    act, L = spec.activation, spec.n_layers
-    keep_in, keep_hidden = spec.dropout or (1.0, 1.0)
-    v.fused = fused = bool(train and getattr(v, "sc", None) is not None)
-    cpu = getattr(v, "cpu", None)  # fused CPU kernels (kernels/cpu), in training and evaluation
+    h = forward_input(v, train=train, rng=rng, resample=resample, keep=(spec.dropout or (1.0, 1.0))[0])
+    for i in range(1, spec.n_layers + 1):
+        xp.matmul(h, layers[i][0], out=v.z[i])
+        h = forward_layer(spec, layers, v, i, train=train, rng=rng, resample=resample)
+
+
+def forward_input(v, *, train: bool, rng=None, resample: bool = True, keep: float = 1.0):
+    """The first layer's input: the batch, times the input dropout mask when training."""
+    v.fused = bool(train and getattr(v, "sc", None) is not None)
     h = v.x
     if train and v.mask[0] is not None:
         if resample:
-            sample_mask(rng, v.mask[0], keep_in, v.uniform)
+            sample_mask(rng, v.mask[0], keep, v.uniform)
         h *= v.mask[0]  # in place: the batch buffer is refilled for every step
-    for i in range(1, L + 1):
-        W, bias, alpha = layers[i]
-        z = v.z[i]
-        xp.matmul(h, W, out=z)
-        if fused:
-            # one launch for bias + g; the output layer's bias is added by the loss kernel
-            v.out_bias = bias
-            if i < L:
-                _kernels().bias_activation_forward(act, z, bias, v.a[i], alpha, _kernels().default_launcher())
-        elif cpu is not None and i < L:
-            cpu.bias_activation_forward(act, z, bias, v.a[i], alpha)  # one pass, no scratch
-        else:
-            z += bias
+    return h
+
+
+def forward_layer(spec, layers, v, i: int, *, train: bool, rng=None, resample: bool = True):
+    """After z_i = h W_i: the bias, g and the dropout mask; returns the next layer's input
+    (None after the output layer, whose bias the loss adds on a GPU)."""
+    act, L = spec.activation, spec.n_layers
+    fused, cpu = v.fused, getattr(v, "cpu", None)  # cpu: fused CPU kernels, in training and evaluation
+    _, bias, alpha = layers[i]
+    z = v.z[i]
+    if fused:
+        # one launch for bias + g; the output layer's bias is added by the loss kernel
+        v.out_bias = bias
         if i < L:
-            if not fused and cpu is None:
-                act.forward(z, v.a[i], v.scratch[i], alpha)
-            h = v.a[i]
-            if train and v.mask[i] is not None:
-                if resample:
-                    sample_mask(rng, v.mask[i], keep_hidden, v.uniform)
-                h *= v.mask[i]
+            _kernels().bias_activation_forward(act, z, bias, v.a[i], alpha, _kernels().default_launcher())
+    elif cpu is not None and i < L:
+        cpu.bias_activation_forward(act, z, bias, v.a[i], alpha)  # one pass, no scratch
+    else:
+        z += bias
+    if i == L:
+        return None
+    if not fused and cpu is None:
+        act.forward(z, v.a[i], v.scratch[i], alpha)
+    return hidden_dropout(spec, v, i, train=train, rng=rng, resample=resample)
+
+
+def hidden_dropout(spec, v, i: int, *, train: bool, rng=None, resample: bool = True):
+    """a_i times its dropout mask when training; returns a_i, the next layer's input."""
+    h = v.a[i]
+    if train and v.mask[i] is not None:
+        if resample:
+            sample_mask(rng, v.mask[i], spec.dropout[1], v.uniform)
+        h *= v.mask[i]
+    return h
 
 
 def loss_sum(spec, v, *, read: bool = True):
@@ -147,36 +166,51 @@ def backward(spec, layers, glayers, v) -> None:
     delta_j = g'(z_j) sum_k W_kj delta_k; dL/dW = u delta; dL/db = delta.
     Needs loss_sum() to have run (it leaves the outputs in v.out)."""
     xp = array_module(v.x)
-    act, L = spec.activation, spec.n_layers
-    fused = getattr(v, "fused", False)
-    cpu = getattr(v, "cpu", None)
-    if not fused:  # the fused loss kernel already left dL/dz in v.out
-        spec.output.delta(v.out, v.y, v.rows, v.index)
-    delta = v.out
-    for i in range(L, 0, -1):
-        W, _, _ = layers[i]
-        gW, gb, _ = glayers[i]
-        h_prev = v.a[i - 1] if i > 1 else v.x
-        xp.matmul(h_prev.T, delta, out=gW)
-        if fused:
-            _kernels().column_sum(delta, gb, _kernels().default_launcher())
-        elif cpu is None or i == L:  # the fused CPU backward below sums the hidden layers' bias gradients
-            xp.sum(delta, axis=0, out=gb)
+    delta = backward_output(spec, v)
+    for i in range(spec.n_layers, 0, -1):
+        xp.matmul(layer_input(v, i).T, delta, out=glayers[i][0])
+        bias_grad(spec, glayers, v, i, delta)
         if i > 1:
-            dA = v.dA[i - 1]
-            xp.matmul(delta, W.T, out=dA)
-            if v.mask[i - 1] is not None:
-                dA *= v.mask[i - 1]
-            _, _, alpha = layers[i - 1]
-            _, gb_below, galpha = glayers[i - 1]
-            if fused:
-                _kernels().activation_backward(act, v.z[i - 1], v.a[i - 1], dA, alpha, galpha,
-                                               _kernels().default_launcher())
-            elif cpu is not None:
-                cpu.activation_backward(act, v.z[i - 1], v.a[i - 1], dA, alpha, galpha, gb_below)
-            else:
-                act.backward(v.z[i - 1], v.a[i - 1], dA, v.scratch[i - 1], alpha, galpha)
-            delta = v.z[i - 1]
+            xp.matmul(delta, layers[i][0].T, out=v.dA[i - 1])
+            delta = backward_hidden(spec, layers, glayers, v, i - 1)
+
+
+def backward_output(spec, v):
+    """dL/dz of the output layer, in v.out (the fused GPU loss kernel already left it there)."""
+    if not getattr(v, "fused", False):
+        spec.output.delta(v.out, v.y, v.rows, v.index)
+    return v.out
+
+
+def layer_input(v, i: int):
+    """What layer i multiplied its weights with (dropout applied): its weight gradient's left factor."""
+    return v.a[i - 1] if i > 1 else v.x
+
+
+def bias_grad(spec, glayers, v, i: int, delta) -> None:
+    """dL/db_i = delta summed over rows; the fused CPU backward of a hidden layer sums it itself."""
+    gb = glayers[i][1]
+    if getattr(v, "fused", False):
+        _kernels().column_sum(delta, gb, _kernels().default_launcher())
+    elif getattr(v, "cpu", None) is None or i == spec.n_layers:
+        array_module(delta).sum(delta, axis=0, out=gb)
+
+
+def backward_hidden(spec, layers, glayers, v, j: int):
+    """After dA = delta_{j+1} W_{j+1}^T: the dropout mask and g'(z_j); returns delta_j (written over z_j)."""
+    dA = v.dA[j]
+    if v.mask[j] is not None:
+        dA *= v.mask[j]
+    act = spec.activation
+    _, _, alpha = layers[j]
+    _, gb_below, galpha = glayers[j]
+    if getattr(v, "fused", False):
+        _kernels().activation_backward(act, v.z[j], v.a[j], dA, alpha, galpha, _kernels().default_launcher())
+    elif getattr(v, "cpu", None) is not None:
+        v.cpu.activation_backward(act, v.z[j], v.a[j], dA, alpha, galpha, gb_below)
+    else:
+        act.backward(v.z[j], v.a[j], dA, v.scratch[j], alpha, galpha)
+    return v.z[j]
 
 
 def weight_groups(spec):

@@ -121,12 +121,11 @@ class HandOver:
 
 
 class Scheduler:
-    def __init__(self, store: Store, executor, devices: list, state_dir, *, head_wait: float = 300.0,
+    def __init__(self, store: Store, executor, devices: list, *, head_wait: float = 300.0,
                  tick: float = 0.25, metrics_ports: bool = True, on_event=None, metrics_host: str = "127.0.0.1",
                  metrics_address: str | None = None, runtime_grace: float = 60.0,
                  quota: admission.Quota | None = None, jobs):
         self.store, self.executor, self.devices = store, executor, {d.name: d for d in devices}
-        self.state_dir = Path(state_dir)
         self.head_wait, self.tick_seconds, self.metrics_ports = head_wait, tick, metrics_ports
         self.metrics_host, self.metrics_address = metrics_host, metrics_address
         self.runtime_grace = runtime_grace  # seconds past max_runtime before the scheduler stops a job itself

@@ -25,7 +25,7 @@ from memtrain.optim import make_optimizer
 from memtrain.profiler.autobatch import auto_batch
 from memtrain.render import _table, score_cell
 from memtrain.train.job import Job
-from memtrain.train.jobplan import load_job_data
+from memtrain.train.jobplan import load_job_data, rows_of
 from memtrain.units import format_bytes
 
 REPORT_SCHEMA = "memtrain.compare/1"
@@ -79,7 +79,8 @@ def compare(cfg, optimizers: list, *, lr=None, epochs=None, output_dir="runs", t
     from memtrain.launch.inprocess import InProcessExecutor  # noqa: PLC0415
     from memtrain.select import runner as rn  # noqa: PLC0415
 
-    load_job_data(cfg)  # the first run's wall time should not include importing the data loader
+    # the first run's wall time should not include importing the data loader; its shape plans the runs
+    rows = rows_of(load_job_data(cfg))
     rows = []
     with tempfile.TemporaryDirectory(prefix="memtrain-compare-", dir=_scratch()) as tmp:
         configs = {name: run_config(cfg, name, lr=lr, epochs=epochs, output_dir=output_dir,
@@ -90,9 +91,8 @@ def compare(cfg, optimizers: list, *, lr=None, epochs=None, output_dir="runs", t
             return runner(configs[launch.job_id])
 
         executor = InProcessExecutor(run)
-        # the Job checks its own memory as `memtrain train` does: the one slot is the only limit here
-        dev = rn.device(cfg.device if cfg.device.startswith("cuda") else "cpu", 1 << 62, "one run at a time", 1)
-        for task, _, (summary, n_train) in rn.run_tasks([rn.Task(n, c) for n, c in configs.items()], dev, executor):
+        dev, tasks = plan_runs(cfg, configs, rows)  # before any run: one that cannot fit is one line, nothing trained
+        for task, _, (summary, n_train) in rn.run_tasks(tasks, dev, executor):
             rows.append(summarize(task.id, summary, n_train, target_accuracy))
             if log:
                 r = rows[-1]
@@ -101,6 +101,32 @@ def compare(cfg, optimizers: list, *, lr=None, epochs=None, output_dir="runs", t
     ranked = rank(rows)
     return {"schema": REPORT_SCHEMA, "job": cfg.name, "target_accuracy": target_accuracy,
             "ranked_by": "best validation loss (the test set is reported, never used to choose)", "rows": ranked}
+
+
+def plan_runs(cfg, configs: dict, rows) -> tuple:
+    """(the scheduler's device, a Task per run) planned as the sweep plans its trials (train/jobplan.py
+    plan_job): the device's budget is the job's memory_limit (its whole memory, the counted overhead
+    taken off as the Job takes it), else the free memory now (read by this process, loaded already).
+    `rows`: the data set's shape. Each task reserves its plan, or its whole room for batch "auto". Raises ConfigError naming the
+    optimizer whose run cannot fit, before anything runs. One slot: the runs' times are compared."""
+    from memtrain.backend import get_backend  # noqa: PLC0415
+    from memtrain.memory.budget import device_budget  # noqa: PLC0415
+    from memtrain.select import runner as rn  # noqa: PLC0415
+    from memtrain.train.jobplan import counted_overhead, plan_job  # noqa: PLC0415
+
+    limit, backend = cfg.training.memory_limit, get_backend(cfg.device)
+    if limit is None:
+        (budget, source), over = device_budget(backend), (0, "none (the free memory is read now)")
+    else:
+        budget, source, over = limit, "training.memory_limit", counted_overhead(backend.kind, backend)
+    kind, tasks = backend.kind, []
+    for name, run_cfg in configs.items():
+        jp = plan_job(run_cfg, device_kind=kind, budget=budget, rows=rows, overhead=over)
+        if jp.reason:
+            raise ConfigError(f"optimizer {name}: {jp.reason} ({source}); nothing was run")
+        reserve = jp.budget.room if run_cfg.training.batch_size == "auto" else jp.total
+        tasks.append(rn.Task(name, run_cfg, reserve, jp.by_category()))
+    return rn.device(kind, budget, source, 1, overhead=over), tasks
 
 
 def summarize(name: str, s: dict, n_train, target_accuracy) -> dict:

@@ -103,7 +103,7 @@ def run_tasks(tasks, dev, executor, *, max_attempts: int = 2, log=None, on_start
     with tempfile.TemporaryDirectory(prefix="memtrain-scheduler-") as tmp:
         store = Store(Path(tmp) / "jobs.sqlite")
         events = _Events(store, by_id, log, on_start)
-        sched = Scheduler(store, executor, [dev], tmp, head_wait=head_wait, tick=poll_s, metrics_ports=False,
+        sched = Scheduler(store, executor, [dev], head_wait=head_wait, tick=poll_s, metrics_ports=False,
                           on_event=events, jobs=TaskJobs())
         try:
             for t in tasks:

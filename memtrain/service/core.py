@@ -80,14 +80,14 @@ class Service:
 
             s.executor = LocalExecutor()
         if getattr(s.executor, "admits", False):  # Ray: one device, the cluster
-            self.devices = devs.cluster(s.executor, s.budgets, state_dir=s.state_dir, cpu_overhead=s.cpu_overhead)
+            self.devices = devs.cluster(s.executor, s.budgets, cpu_overhead=s.cpu_overhead)
         else:
             self.devices = devs.discover(s.devices, s.budgets, max_jobs=s.max_jobs_per_device,
-                                         state_dir=s.state_dir, cpu_overhead=s.cpu_overhead)
+                                         cpu_overhead=s.cpu_overhead)
         self.events = {"admitted": 0, "rejected": 0, "started": 0, "requeued": 0}
         self.waits = []  # queue waits (seconds) since start, for the histogram
         self._serialised: dict = {}  # job id -> (row, progress, bytes): jobs_page(serialize=...)
-        self.scheduler = Scheduler(self.store, s.executor, self.devices, s.state_dir, head_wait=s.head_wait,
+        self.scheduler = Scheduler(self.store, s.executor, self.devices, head_wait=s.head_wait,
                                    tick=s.tick, metrics_ports=s.metrics_ports, on_event=self._event,
                                    metrics_host=s.job_metrics_host, metrics_address=s.job_metrics_address,
                                    runtime_grace=s.runtime_grace,
@@ -117,8 +117,8 @@ class Service:
         token sent it (the quota it counts against)."""
         try:
             self.check_room()
-            data = planning.parse_body(body, content_type)
-            checked = planning.validate(data, data_roots=self.settings.data_roots,
+            job = planning.parse_body(body, content_type)  # a models.JobSubmission
+            checked = planning.validate(job.job_dict(), data_roots=self.settings.data_roots,
                                         device_kinds=sorted({d.kind for d in self.devices}),
                                         max_runtime=self.settings.max_runtime)
             mine = [d for d in self.devices if d.kind == checked.device_kind]

@@ -120,10 +120,9 @@ def default_budget(name: str, cap: int) -> tuple:
     return max(0, cap - reserve), f"NVML free {format_bytes(cap)} less a {format_bytes(reserve)} reserve"
 
 
-def discover(devices: str, budgets: dict, *, max_jobs: int | None, state_dir, cpu_overhead: int | None = None,
+def discover(devices: str, budgets: dict, *, max_jobs: int | None, cpu_overhead: int | None = None,
              cores: int | None = None) -> list:
-    """The Device list the scheduler uses; `budgets` maps a device name to bytes (--budget).
-    (`state_dir` is unused since the overhead is cached per machine, not per state dir.)"""
+    """The Device list the scheduler uses; `budgets` maps a device name to bytes (--budget)."""
     names = parse_devices(devices)
     unknown = set(budgets) - set(names)
     if unknown:
@@ -146,7 +145,7 @@ def discover(devices: str, budgets: dict, *, max_jobs: int | None, state_dir, cp
     return out
 
 
-def cluster(executor, budgets: dict, *, state_dir, cpu_overhead: int | None = None) -> list:
+def cluster(executor, budgets: dict, *, cpu_overhead: int | None = None) -> list:
     """With an executor that places jobs itself (Ray): one device, `ray`, whose budget is what one
     job may plan: the largest node's memory resource (a job runs on one node), or --budget ray=SIZE
     when smaller. The executor, not the service, decides how many run at once, so the job slots are

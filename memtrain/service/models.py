@@ -8,10 +8,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class JobSubmission(BaseModel):
-    """A job file's JSON form (the same keys as the TOML file; see docs/cli.md). The service
-    sets checkpoint.dir, output.dir and metrics.port itself."""
+    """A job file's JSON form (the same keys as the TOML file; see docs/cli.md), and a TOML
+    body parsed into it: every submission is validated by this model (strict: no "1" for 1)
+    before the job's own checks (service/planning.py `submission`). The service sets
+    checkpoint.dir, output.dir and metrics.port itself (a job file's own are replaced)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="forbid", strict=True)
     name: str | None = Field(None, description="letters, digits, '.', '_' and '-' (others become '-')")
     seed: int | None = None
     device: str | None = Field(None, description="auto, cpu, cuda or cuda:N")
@@ -21,7 +23,13 @@ class JobSubmission(BaseModel):
     training: dict[str, Any] | None = Field(None, description='batch_size: an integer or "auto"')
     data: dict[str, Any] | None = Field(None, description="dataset: digits, synthetic:..., or a file under --data-root")
     checkpoint: dict[str, Any] | None = None
+    metrics: dict[str, Any] | None = Field(None, description="linger, ...: port and host are the service's")
+    output: dict[str, Any] | None = Field(None, description="the service places a job's output itself")
     priority: int = Field(0, description="higher starts first; submission order within a priority")
+
+    def job_dict(self) -> dict:
+        """The job file's keys as sent (what was not sent stays unset: the job's defaults apply)."""
+        return self.model_dump(exclude_unset=True)
 
 
 class Submitted(BaseModel):

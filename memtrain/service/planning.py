@@ -4,7 +4,7 @@ Everything the service knows about job configs, data sets and memory plans goes
 through this module (the typed JobConfig, train/jobplan.py's data rows, cap and plan),
 so the rest of the service handles plain dicts (JobConfig.to_dict) and byte counts.
 
-- `parse_body`: a submission's bytes (TOML or JSON) -> dict.
+- `parse_body`: a submission's bytes (TOML or JSON) -> the pydantic JobSubmission (`submission`).
 - `validate`: dict -> a checked job (name sanitised, data paths confined to the
   data roots, service-owned keys refused), with the rows of its data set.
 - `plan`: bytes by category at its batch (or at batch 1 for `batch_size = "auto"`),
@@ -67,7 +67,12 @@ MAX_DEPTH = 16  # a job file nests 3 deep ([optimizer] hyper-parameters holding 
 _TOO_DEEP = f"body: nested more than {MAX_DEPTH} levels deep; a job file is a few tables of plain values"
 
 
-def parse_body(body: bytes, content_type: str) -> dict:
+def parse_body(body: bytes, content_type: str):
+    """The body, JSON or TOML, parsed and validated by the JobSubmission model (one line per error)."""
+    return submission(_parse(body, content_type))
+
+
+def _parse(body: bytes, content_type: str) -> dict:
     kind = (content_type or "").split(";")[0].strip().lower()
     try:
         text = body.decode("utf-8")
@@ -94,6 +99,41 @@ def parse_body(body: bytes, content_type: str) -> dict:
     if _depth(data) > MAX_DEPTH:  # what parses may still be too deep for the recursive checks after it
         raise SubmissionError(_TOO_DEEP)
     return data
+
+
+def submission(data: dict):
+    """`data` through the pydantic JobSubmission (strict types, no unknown top-level key); its first
+    error as one line naming the field, in the job file's own words (SubmissionError)."""
+    from pydantic import ValidationError  # noqa: PLC0415
+
+    from memtrain.service.models import JobSubmission  # noqa: PLC0415 - the service's models, not the core's
+
+    try:
+        return JobSubmission.model_validate(data)
+    except ValidationError as exc:
+        raise SubmissionError(_first_error(exc.errors(include_url=False), JobSubmission.model_fields)) from None
+
+
+_EXPECTED = {"int_type": "an integer", "string_type": "a string"}
+
+
+def _first_error(errors: list, fields) -> str:
+    """One line for pydantic's errors: unknown keys first (as the job file's own check words them)."""
+    unknown = sorted(str(e["loc"][0]) for e in errors if e["type"] == "extra_forbidden")
+    if unknown:
+        return f"unknown key(s) {', '.join(unknown)}; expected {', '.join(sorted(fields))}"
+    e = errors[0]
+    field = ".".join(map(str, e["loc"]))
+    if e["type"] == "missing":
+        return f"{field}: missing; expected {fields[field].description or 'a value'}"
+    if e["type"] == "dict_type":
+        return f"[{field}] must be a table, got {_short(e['input'])}"
+    return f"{field}: expected {_EXPECTED.get(e['type'], e['msg'])}, got {_short(e['input'])}"
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _depth(value) -> int:
@@ -355,9 +395,10 @@ def worker_device(kind: str) -> str:
 
 
 def worker_env(device) -> dict:
-    """What a job's worker is told besides its config: the CPU process overhead the service admitted
-    it with (MEMTRAIN_PROCESS_OVERHEAD), so that the job takes it from its memory_limit as the service
-    counted it, whatever figure this machine's cache holds."""
-    from memtrain.memory.overhead import PROCESS_OVERHEAD_VAR  # noqa: PLC0415
+    """What a job's worker is told besides its config: the overhead the service admitted it with (the
+    process overhead on the CPU: MEMTRAIN_PROCESS_OVERHEAD; the CUDA context: MEMTRAIN_DEVICE_OVERHEAD),
+    so that the job takes it from its memory_limit as the service counted it, whatever figure this
+    machine's cache holds."""
+    from memtrain.memory.overhead import DEVICE_OVERHEAD_VAR, PROCESS_OVERHEAD_VAR  # noqa: PLC0415
 
-    return {PROCESS_OVERHEAD_VAR: str(device.overhead_bytes)} if device.kind == "cpu" else {}
+    return {PROCESS_OVERHEAD_VAR if device.kind == "cpu" else DEVICE_OVERHEAD_VAR: str(device.overhead_bytes)}

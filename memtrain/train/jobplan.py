@@ -159,10 +159,11 @@ def _measure_process() -> dict:
 
 def device_overhead(device_kind: str, backend=None) -> tuple:
     """(bytes, source) a device takes before the first plan buffer: none on the CPU; on a GPU the
-    CUDA context and cuBLAS workspace, measured once per GPU model and cached, else assumed."""
+    CUDA context and cuBLAS workspace: MEMTRAIN_DEVICE_OVERHEAD when set (the service's figure for
+    its worker), else measured once per GPU model and cached, else assumed."""
     if device_kind != "cuda":
         return ovh.assumed("cpu")
-    return overhead_cache.cuda_overhead(backend)
+    return ovh.given_process(ovh.DEVICE_OVERHEAD_VAR) or overhead_cache.cuda_overhead(backend)
 
 
 def counted_overhead(device_kind: str, backend=None) -> tuple:
@@ -183,8 +184,8 @@ class Budget:
     device: str  # "cpu" or "cuda"
     limit: int  # the job's whole memory on its device
     source: str  # where the limit came from
-    margin: int  # kept free for what the plan cannot see
-    overhead: int  # counted against the limit: the process overhead (CPU) or the device overhead (CUDA)
+    margin: int  # kept free for what the plan cannot see (of the whole limit)
+    overhead: int  # taken from the limit first: the process overhead (CPU) or the device overhead (CUDA)
     overhead_source: str
 
     @property
@@ -199,20 +200,26 @@ class Budget:
     def footprint(self, plan_total: int) -> int:
         return footprint(plan_total, self.overhead)
 
+    @property
+    def overhead_kind(self) -> str:
+        return "device" if self.device == "cuda" else "process"
+
     def check(self, field: str) -> None:
         """One line when the overhead alone takes the whole limit (no plan could fit)."""
         if self.room <= 0:
-            raise ConfigError(f"{field}: {format_bytes(self.limit)} is the job's whole memory, and its process "
-                              f"overhead alone is {format_bytes(self.overhead)} ({self.overhead_source}: the "
-                              "interpreter, NumPy, the kernels); expected more than that, e.g. "
+            what = "the CUDA context, cuBLAS workspace" if self.device == "cuda" else "the interpreter, NumPy, the kernels"
+            raise ConfigError(f"{field}: {format_bytes(self.limit)} is the job's whole memory, and its "
+                              f"{self.overhead_kind} overhead alone is {format_bytes(self.overhead)} "
+                              f"({self.overhead_source}: {what}); expected more than that, e.g. "
                               f"{format_bytes(self.overhead + 64 * 1024**2)}")
 
 
-def job_budget(device: str, limit: int, source: str, *, margin: int | None = None, overhead=None) -> Budget:
-    """The Budget of a limit on `device`; `overhead` (bytes, source) defaults to the process
-    overhead on the CPU and none on a GPU (a job's memory_limit there bounds its pool's buffers)."""
-    over, over_source = overhead if overhead is not None else (process_overhead() if device == "cpu"
-                                                              else (0, "none"))
+def job_budget(device: str, limit: int, source: str, *, margin: int | None = None, overhead=None,
+               backend=None) -> Budget:
+    """The Budget of a limit on `device`. One rule on both devices: the limit is the job's whole
+    memory there, and the overhead counted on the device (`counted_overhead`: the process on the CPU,
+    the CUDA context on a GPU; `overhead` (bytes, source) gives it) is taken from it before the plan."""
+    over, over_source = overhead if overhead is not None else counted_overhead(device, backend)
     margin = default_margin(device, int(limit)) if margin is None else int(margin)  # estimate's: of the whole limit
     return Budget(device, int(limit), source, margin, int(over), over_source)
 

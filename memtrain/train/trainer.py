@@ -61,12 +61,14 @@ class Trainer:
     fused: on the CPU, run memtrain's fused kernels (numba; compiled once per machine and cached):
         one pass per optimizer update and per bias + activation, no scratch in the plan.
         False runs the NumPy reference path (the GPU always runs its fused CUDA kernels)
+    existing: plan buffers allocated by the caller (a trial array's views into its stacked
+        arrays, train/trials.py): used as they are, each checked against the plan
     """
 
     def __init__(self, model: MLP, optimizer="adam", batch_size: int = 32, *, micro_batch_size: int | None = None,
                  schedule: Schedule | None = None, clip_norm: float | None = None, patience: int | None = None,
                  seed: int = 0, dataset_size: int | None = None, allocation_observer=None, cuda_graph=None,
-                 loss_every: int = 1, fused: bool = True, **optimizer_hyper):
+                 loss_every: int = 1, fused: bool = True, existing: dict | None = None, **optimizer_hyper):
         self.model = model
         self.spec = model.spec
         self.backend = model.backend
@@ -85,7 +87,7 @@ class Trainer:
         if why:
             self.notes.append(f"fused CPU kernels unavailable ({why}): the NumPy reference path runs")
         self.plan: MemoryPlan = self._make_plan(batch_size, micro_batch_size, dataset_size)
-        self.arrays = allocate(self.plan, self.backend.xp, existing={"params": model.params},
+        self.arrays = allocate(self.plan, self.backend.xp, existing={**(existing or {}), "params": model.params},
                                observer=allocation_observer)
         self.optimizer.init_state(self.arrays, model.params)
         self._bind()
@@ -273,7 +275,12 @@ class Trainer:
                 else:
                     self.grads *= n / b
                     G += self.grads
-        loss = total / b
+        return self.update(G, total / b)
+
+    def update(self, G, loss: float) -> float:
+        """The rest of a step after its gradient G: l1/l2, clipping, the non-finite guard, the
+        schedule's rate and the optimizer's update; returns `loss`. A trial array calls it per trial."""
+        spec, model = self.spec, self.model
         self.kernels.add_penalty_grad(spec, model.params, G, self.arrays)
         norm = step.clip_by_norm(G, self.clip_norm, self.arrays.get("step_scalars"))
         self.last_grad_norm = norm
@@ -341,13 +348,16 @@ class Trainer:
             self.restore_best()
         return self.history
 
-    def _end_epoch(self, n, seconds, val) -> dict:
+    def _end_epoch(self, n, seconds, val, ev=None) -> dict:
+        """ev: the validation's evaluate_in() result when the caller has it (a trial array evaluates
+        its trials together)."""
         self.epoch += 1
         self.position = 0
         record = {"epoch": self.epoch, "train_loss": self._epoch_loss / n, "lr": self.last_lr,
                   "grad_norm": self.last_grad_norm, "seconds": seconds}
         if val is not None:
-            ev = evaluate_in(self.spec, self.model.layers, self.buffers, val[0], val[1])
+            if ev is None:
+                ev = evaluate_in(self.spec, self.model.layers, self.buffers, val[0], val[1])
             record.update(val_loss=ev["loss"], val_accuracy=ev["accuracy"])
             record.update({f"val_{k}": ev[k] for k in REGRESSION if ev[k] is not None})
             if self.patience is not None:

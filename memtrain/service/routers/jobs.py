@@ -21,7 +21,8 @@ PAGED = {200: {"headers": {
     "Link": {"description": 'the next page, `</jobs?...&cursor=C>; rel="next"`; absent on the last page',
              "schema": {"type": "string"}}}}}
 # the body is a job file: TOML (as `memtrain train` reads it) or its JSON form, whose schema is the
-# pydantic JobSubmission; planning.py parses and checks both the same way (one message per field)
+# pydantic JobSubmission; both are parsed into that model (planning.parse_body, streamed here under the
+# size limit: FastAPI's own body parameter would read it all and could not take TOML), one message per field
 TOML_OR_JSON = {"requestBody": {"required": True, "content": {
     "application/toml": {"schema": {"type": "string", "description": "a job file, as `memtrain train` reads"}},
     "application/json": {"schema": models.JobSubmission.model_json_schema()},
