@@ -9,17 +9,12 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from memtrain.cli import _Group
-from memtrain.cli_select import sweep as sweep_cmd
+from memtrain.cli import main
 from memtrain.config import from_dict
 from memtrain.launch.executor import Exit, Handle
 from memtrain.select import runner as rn
 from memtrain.select import space as sp
 from memtrain.select import sweep as sw
-
-# a private group with the main group's error handling: registering on memtrain.cli.main
-# here would change the CLI other tests (docs/cli.md) see
-main = _Group(name="memtrain", commands={sweep_cmd.name: sweep_cmd})
 
 BASE = """
 [base]

@@ -127,6 +127,7 @@ class ProgressFile:
         self.lock = threading.Lock()
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._every_second, daemon=True)
+        self.save()  # "starting" at once: the service sees the worker (its signal handler is set) before any data loads
         self.thread.start()
 
     def on_event(self, event: str, fields: dict) -> None:
