@@ -85,6 +85,9 @@ def _sweep_budget(ex, device: str, memory_limit):
 @click.option("--workers", type=click.IntRange(min=1), help="At most this many trials at once.  [default: CPU count]")
 @click.option("--resume", is_flag=True, help="Continue: skip the trials already in results.jsonl.")
 @click.option("--dry-run", is_flag=True, help="Print the memory plan and schedule only.")
+@click.option("--fuse/--no-fuse", default=True, show_default=True,
+              help="Train trials of one shape (layers, activation, output, dtype, batch, data set and seed) as one "
+              "trial array in one worker; --no-fuse runs each trial as its own job.")
 @click.option("--metrics-port", type=click.IntRange(min=1, max=65535),
               help="Trial i serves Prometheus metrics on PORT+i as job <sweep>-<trial id>.")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Write the validation metric against each hyper-parameter to this PNG.")
@@ -94,7 +97,7 @@ def _sweep_budget(ex, device: str, memory_limit):
               "places each trial by its planned memory (pip install 'memtrain[ray]'; docs/cluster.md).")
 @click.option("--ray-address", help="Ray cluster to use with --executor ray: host:port, auto or local.  "
               "[default: RAY_ADDRESS, else a cluster `ray start` began here, else a new local instance]")
-def sweep(sweep_file, output_dir, memory_limit, workers, resume, dry_run, metrics_port, plot, fmt, executor,
+def sweep(sweep_file, output_dir, memory_limit, workers, resume, dry_run, fuse, metrics_port, plot, fmt, executor,
           ray_address):
     """Grid or random search over a job's hyper-parameters (SWEEP_FILE: see
     docs/choosing-an-optimizer.md). Every trial's memory is planned first; trials
@@ -128,7 +131,7 @@ def sweep(sweep_file, output_dir, memory_limit, workers, resume, dry_run, metric
         rep = sw.run_sweep(s, output_dir=output_dir or f"runs/{s.name}", budget=budget, budget_source=source,
                            workers=workers or (None if ex else os.cpu_count() or 1), device_kind=kind,
                            resume=resume, dry_run=dry_run, metrics_port=metrics_port, log=_echo if dry_run else _log,
-                           executor=ex)
+                           executor=ex, fuse=fuse)
     finally:
         if ex is not None:
             ex.close()

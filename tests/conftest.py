@@ -1,3 +1,7 @@
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from memtrain.backend import _import_cupy
@@ -18,6 +22,46 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("gpu") is not None:
             item.add_marker(skip)
+
+
+_WARMUP = []
+
+
+def _warm_numba_cache() -> None:
+    """Fills numba's cache with every fused CPU kernel from a process of its own (tests/numba_warmup.py),
+    on the core the serial test process leaves idle: ~90 s less of a fresh clone's run."""
+    if _WARMUP:
+        return
+    from numba_warmup import lock_numba_cache_writes  # noqa: PLC0415 - numba only for such a run
+
+    try:
+        lock_numba_cache_writes()
+    except ImportError:  # no numba: nothing to compile (the tests say what runs instead)
+        return
+    warmup = Path(__file__).with_name("numba_warmup.py")
+    _WARMUP.append(subprocess.Popen([sys.executable, str(warmup)], stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL))
+
+
+def pytest_sessionstart(session):
+    """A run of the whole directory (or of test_cpu_kernels.py, which compiles every kernel) starts
+    the warm-up before collecting, which takes a while itself."""
+    opt, here = session.config.option, Path(__file__).parent
+    if opt.collectonly or opt.keyword or opt.markexpr:
+        return
+    if any(Path(a.split("::")[0]).resolve() in (here, here / "test_cpu_kernels.py") for a in session.config.args):
+        _warm_numba_cache()
+
+
+def pytest_collection_finish(session):
+    if not session.config.option.collectonly and any(i.path.name == "test_cpu_kernels.py" for i in session.items):
+        _warm_numba_cache()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    for proc in _WARMUP:  # a whole run outlasts it; a short one stops it here
+        proc.kill()
+        proc.wait()
 
 
 @pytest.fixture(autouse=True)

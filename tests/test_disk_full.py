@@ -64,7 +64,20 @@ def snapshot(root):
     return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+def train_here(job, out, *extra):
+    """`memtrain train` in this process (CliRunner), for the runs around the full disk's: no Python start."""
+    from click.testing import CliRunner  # noqa: PLC0415
+
+    from memtrain.cli import main  # noqa: PLC0415
+
+    r = CliRunner().invoke(main, ["train", str(job), "--output-dir", str(out), "--log-format", "json", *extra])
+    if r.exception is not None and not isinstance(r.exception, SystemExit):
+        raise r.exception
+    return subprocess.CompletedProcess(job, r.exit_code, r.stdout, r.stderr)
+
+
 def train(job, out, *extra):
+    """`memtrain train` as its own process: what a full disk does to it, stderr and exit status whole."""
     return subprocess.run([sys.executable, "-m", "memtrain.cli", "train", str(job), "--output-dir", str(out),
                            "--log-format", "json", *extra], capture_output=True, text=True, timeout=120)
 
@@ -73,7 +86,7 @@ def test_train_on_a_full_disk_is_one_line_exit_1_and_nothing_lost(tmp_path, smal
     job = tmp_path / "job.toml"
     job.write_text(JOB)
     out = small_disk / "run"
-    r = train(job, out)
+    r = train_here(job, out)
     assert r.returncode == 0, r.stderr[-2000:]
     before = snapshot(out)
     assert any(p.name.startswith("ckpt-") for p in before) and any(p.name == "model-final.npz" for p in before)
@@ -91,7 +104,7 @@ def test_train_on_a_full_disk_is_one_line_exit_1_and_nothing_lost(tmp_path, smal
 
     for p in small_disk.glob("filler-*"):
         p.unlink()
-    r = train(job, out, "--epochs", "4")
+    r = train_here(job, out, "--epochs", "4")
     assert r.returncode == 0, r.stderr[-2000:]
     assert '"event": "resume"' in r.stdout  # the same command went on where it stood
 

@@ -61,6 +61,26 @@ def cli(*args, timeout=120, **kw):
                           timeout=timeout, **kw)
 
 
+def train_cli(*args, cwd=None):
+    """`memtrain train ARGS` in this process (click's CliRunner), as cli() reports it: exit status,
+    stdout, stderr. The tests about signals and the process keep cli(); the rest save a Python
+    start and numba's kernel load per call. A bug's exception is raised, not read as an exit 1."""
+    from click.testing import CliRunner
+
+    from memtrain.cli import main
+
+    here = os.getcwd()
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        r = CliRunner().invoke(main, ["train", *map(str, args)])
+    finally:
+        os.chdir(here)
+    if r.exception is not None and not isinstance(r.exception, SystemExit):
+        raise r.exception
+    return subprocess.CompletedProcess(args, r.exit_code, r.stdout, r.stderr)
+
+
 def config(tmp_path, **sections):
     import tomllib
 
@@ -137,12 +157,12 @@ def test_sigkill_at_five_points_then_resume_is_bit_identical(tmp_path):
 def test_corrupt_newest_checkpoint_falls_back_with_a_warning(tmp_path):
     job = job_file(tmp_path, **{"epochs = 3": "epochs = 1"})
     out = tmp_path / "o"
-    assert cli("train", job, "--output-dir", out).returncode == 0
+    assert train_cli(job, "--output-dir", out).returncode == 0
     newest = ckpt.list_checkpoints(out / "checkpoints")[0]
     npz = newest.with_suffix(".npz")
     npz.write_bytes(npz.read_bytes()[:100])  # truncated
     job2 = job_file(tmp_path, **{"epochs = 3": "epochs = 2"})
-    r = cli("train", job2, "--output-dir", out, "--log-format", "json")
+    r = train_cli(job2, "--output-dir", out, "--log-format", "json")
     assert r.returncode == 0, r.stderr
     events = [json.loads(line) for line in r.stdout.splitlines()]
     warning = next(e for e in events if e["event"] == "warning")
@@ -153,8 +173,8 @@ def test_corrupt_newest_checkpoint_falls_back_with_a_warning(tmp_path):
 def test_resume_refuses_a_different_model(tmp_path):
     job = job_file(tmp_path, **{"epochs = 3": "epochs = 1"})
     out = tmp_path / "o"
-    assert cli("train", job, "--output-dir", out).returncode == 0
-    r = cli("train", job, "--output-dir", out, "--layers", "20,64,4")
+    assert train_cli(job, "--output-dir", out).returncode == 0
+    r = train_cli(job, "--output-dir", out, "--layers", "20,64,4")
     assert r.returncode == 2
     assert r.stderr.startswith("memtrain: error: resume:") and "model" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
@@ -246,7 +266,7 @@ def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, text, args, mess
     p = tmp_path / "bad.toml"
     p.write_text(text)
     out = tmp_path / "o"
-    r = cli("train", p, "--output-dir", out, *args)
+    r = train_cli(p, "--output-dir", out, *args)
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], r.stderr
@@ -272,11 +292,11 @@ def test_the_advice_of_a_finished_run_works_and_moves_the_earlier_run_aside(tmp_
     run (its checkpoints, models and run.json) whole in a dated folder beside it."""
     job = job_file(tmp_path, **{"epochs = 3": "epochs = 1"})
     out = tmp_path / "o"
-    assert cli("train", job, "--output-dir", out).returncode == 0
+    assert train_cli(job, "--output-dir", out).returncode == 0
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    again = cli("train", job, "--output-dir", out)
+    again = train_cli(job, "--output-dir", out)
     assert again.returncode == 0 and "nothing to train (--no-resume starts over" in again.stdout
-    r = cli("train", job, "--output-dir", out, "--no-resume")
+    r = train_cli(job, "--output-dir", out, "--no-resume")
     assert r.returncode == 0, r.stderr
     aside = [p for p in tmp_path.iterdir() if p.name.startswith("o.earlier-")]
     assert len(aside) == 1 and f"aside     the earlier run moved to {aside[0]} (--no-resume" in r.stdout
@@ -288,8 +308,8 @@ def test_the_advice_of_a_finished_run_works_and_moves_the_earlier_run_aside(tmp_
 
 def test_no_resume_never_moves_the_working_directory(tmp_path):
     job = job_file(tmp_path, **{"epochs = 3": "epochs = 1"})
-    assert cli("train", job, "--output-dir", ".", "--checkpoint-dir", ".", cwd=tmp_path).returncode == 0
-    r = cli("train", job, "--output-dir", ".", "--checkpoint-dir", ".", "--no-resume", cwd=tmp_path)
+    assert train_cli(job, "--output-dir", ".", "--checkpoint-dir", ".", cwd=tmp_path).returncode == 0
+    r = train_cli(job, "--output-dir", ".", "--checkpoint-dir", ".", "--no-resume", cwd=tmp_path)
     assert r.returncode == 2 and "is the working directory or above it" in r.stderr
     assert r.stderr.count("\n") == 1 and (tmp_path / "run.json").exists()
 
@@ -395,12 +415,12 @@ def test_stop_from_another_thread_checkpoints_and_the_job_resumes(tmp_path):
 def test_a_garbled_history_is_skipped_with_a_warning_and_the_job_trains_on(tmp_path):
     job = job_file(tmp_path, **{"epochs = 3": "epochs = 2"})
     out = tmp_path / "o"
-    r = cli("train", job, "--output-dir", out, "--log-format", "json")
+    r = train_cli(job, "--output-dir", out, "--log-format", "json")
     assert r.returncode == 0, r.stderr[-2000:]
     lines = (out / "history.jsonl").read_bytes().split(b"\n")
     lines[0] = b'{"epoch": 1, "train_lo\x00\xff garbled'
     (out / "history.jsonl").write_bytes(b"\n".join(lines))
-    r = cli("train", job, "--output-dir", out, "--log-format", "json", "--epochs", "3")
+    r = train_cli(job, "--output-dir", out, "--log-format", "json", "--epochs", "3")
     assert r.returncode == 0, r.stderr[-2000:]
     events = [json.loads(line) for line in r.stdout.splitlines()]
     warned = [e["message"] for e in events if e["event"] == "warning"]
@@ -412,9 +432,9 @@ def test_a_tampered_sidecar_falls_back_with_a_warning_and_ends_as_an_uninterrupt
     """The sidecar's `position` changed (valid JSON, the .npz untouched) used to resume silently into
     a different model; its own checksum sets it aside, and the previous checkpoint resumes exactly."""
     job = job_file(tmp_path)
-    r = cli("train", job, "--output-dir", tmp_path / "whole", "--log-format", "json")
+    r = train_cli(job, "--output-dir", tmp_path / "whole", "--log-format", "json")
     assert r.returncode == 0, r.stderr[-2000:]
-    r = cli("train", job, "--output-dir", tmp_path / "b", "--log-format", "json")
+    r = train_cli(job, "--output-dir", tmp_path / "b", "--log-format", "json")
     assert r.returncode == 0, r.stderr[-2000:]
     for p in (tmp_path / "b").glob("model-*"):  # as if it had been killed before writing its models
         p.unlink()
@@ -422,7 +442,7 @@ def test_a_tampered_sidecar_falls_back_with_a_warning_and_ends_as_an_uninterrupt
     record = json.loads(newest.read_text())
     record["state"]["position"] += 1
     newest.write_text(json.dumps(record, indent=1))
-    r = cli("train", job, "--output-dir", tmp_path / "b", "--log-format", "json")
+    r = train_cli(job, "--output-dir", tmp_path / "b", "--log-format", "json")
     assert r.returncode == 0, r.stderr[-2000:]
     warned = [json.loads(line)["message"] for line in r.stdout.splitlines() if '"event": "warning"' in line]
     assert any(newest.stem in w and "SHA-256 mismatch of its .json" in w and "falling back" in w for w in warned)

@@ -18,11 +18,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from memtrain.cli import _Group
-from memtrain.cli_select import sweep as sweep_cmd
+from memtrain.cli import main
 from memtrain.launch.executor import Launch, Resources
 
-main = _Group(name="memtrain", commands={sweep_cmd.name: sweep_cmd})
 THREADS = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 OVERHEAD = 64 << 20  # stands in for the measured per-process overhead
 

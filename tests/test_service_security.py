@@ -96,10 +96,13 @@ def test_a_builtin_prefix_is_no_way_out_of_the_data_root(server, layout, monkeyp
 
 
 def test_builtin_sources_by_exact_name_or_grammar(server):
+    ids = []
     for source in ("digits", " digits ", "synthetic:classification(200, 64, 10)"):
         status, out = server.request("POST", "/jobs", digits_job("builtin", epochs=1, data={"dataset": source}))
         assert status == 201, (source, out)
-        server.wait(out["id"])
+        ids.append(out["id"])
+    for job_id in ids:  # submitted together: the service runs two at once (one per core)
+        assert server.wait(job_id)["state"] == "succeeded"
     _, detail = submit_nothing_written(server, digits_job(data={"dataset": "synthetic:nope"}))
     assert "synthetic:classification(n, d, classes)" in detail  # the grammar's own message, no file opened
 

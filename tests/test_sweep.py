@@ -9,17 +9,12 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from memtrain.cli import _Group
-from memtrain.cli_select import sweep as sweep_cmd
+from memtrain.cli import main
 from memtrain.config import from_dict
 from memtrain.launch.executor import Exit, Handle
 from memtrain.select import runner as rn
 from memtrain.select import space as sp
 from memtrain.select import sweep as sw
-
-# a private group with the main group's error handling: registering on memtrain.cli.main
-# here would change the CLI other tests (docs/cli.md) see
-main = _Group(name="memtrain", commands={sweep_cmd.name: sweep_cmd})
 
 BASE = """
 [base]
@@ -74,8 +69,9 @@ def lines(path):
 
 def test_grid_of_4_runs_concurrently_and_writes_results_jsonl(tmp_path):
     out = tmp_path / "out"
+    # --no-fuse: one worker process per trial (a fused sweep: tests/test_sweep_fuse.py)
     r = invoke("sweep", write(tmp_path, GRID), "--output-dir", out, "--memory-limit", "64MiB", "--workers", "2",
-               "--format", "json")
+               "--format", "json", "--no-fuse")
     assert r.exit_code == 0, r.output
     recs = lines(out / "results.jsonl")
     assert len(recs) == 4 and {x["status"] for x in recs} == {"finished"}

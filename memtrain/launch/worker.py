@@ -127,6 +127,7 @@ class ProgressFile:
         self.lock = threading.Lock()
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._every_second, daemon=True)
+        self.save()  # "starting" at once: the service sees the worker (its signal handler is set) before any data loads
         self.thread.start()
 
     def on_event(self, event: str, fields: dict) -> None:
@@ -269,6 +270,8 @@ def _run(launch: dict, progress: ProgressFile, where: str, stopper: Stopper | No
     from memtrain.profiler.autobatch import auto_batch  # noqa: PLC0415 - a usage error answers before the trainer loads
     from memtrain.train.job import Job  # noqa: PLC0415 - a usage error answers before the trainer loads
 
+    if "array" in launch["config"]:
+        return _run_array(launch, where, stopper)
     try:
         cfg = JobConfig.from_dict(launch["config"], source=launch.get("job_id", where))
         run_info = {"name": cfg.name, "job_id": launch.get("job_id")}  # run.json names the job, not "output"
@@ -284,6 +287,22 @@ def _run(launch: dict, progress: ProgressFile, where: str, stopper: Stopper | No
         return getattr(exc, "exit_code", ExitCode.USAGE), f"error: {exc}", None, {}
     extra = {"history": result.get("history"), "train_rows": job.train_rows}
     return ExitCode.OK, None, {k: v for k, v in result.items() if k != "history"}, extra
+
+
+def _run_array(launch: dict, where: str, stopper: Stopper | None) -> tuple:
+    """A sweep's trial array (select/fuse.py): each trial's config under "array", each writing its
+    own run dir; the exit record's result holds every trial's outcome, in order, as {"array": [...]}."""
+    from memtrain.config import JobConfig  # noqa: PLC0415 - a usage error answers before the trainer loads
+    from memtrain.train.arrayjob import run_array  # noqa: PLC0415 - a usage error answers before the trainer loads
+
+    try:
+        cfgs = [JobConfig.from_dict(c, source=f"{launch.get('job_id', where)} trial {i}")
+                for i, c in enumerate(launch["config"]["array"])]
+        outcomes = run_array(cfgs, attach=None if stopper is None else stopper.attach)
+    except (MemtrainError, OSError, KeyError) as exc:
+        _say(f"error: {exc}")
+        return getattr(exc, "exit_code", ExitCode.USAGE), f"error: {exc}", None, {}
+    return ExitCode.OK, None, {"array": outcomes}, {}
 
 
 def _say(line: str) -> None:

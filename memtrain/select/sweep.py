@@ -28,6 +28,7 @@ from memtrain.jsonable import plain
 from memtrain.nn.scores import ALL as SCORES
 from memtrain.profiler.autobatch import auto_batch
 from memtrain.render import _table, score_cell
+from memtrain.select import fuse as fuse_mod
 from memtrain.select import space as sp
 from memtrain.select.compare import summarize
 from memtrain.train.job import Job
@@ -46,6 +47,8 @@ class TrialPlan:
     batch: object  # int or "auto"
     reason: str = ""  # why it cannot run (empty when it can)
     overhead: tuple = (0, "none")  # (bytes, source) in planned_bytes: each trial's process (CPU) or CUDA context
+    plan: object = None  # its MemoryPlan at its batch (None for "auto"): an array's plan stacks these
+    resident: bool = True  # its data set is held in memory (a trial array needs that)
 
 
 # -- planning -------------------------------------------------------------------------------
@@ -88,14 +91,15 @@ def _plan_trial(t, cfg, rows, budget, device_kind, over) -> "TrialPlan":
         reason = "" if one <= reserve else (f"needs {format_bytes(one)} at batch 1; the budget is "
                                            f"{format_bytes(budget)}")
         return TrialPlan(t, cfg, reserve if not reason else one, batch, reason, over)
-    total = footprint(setting.plan(batch).total, over[0])
+    plan = setting.plan(batch)
+    total = footprint(plan.total, over[0])
     reason = ""
     if one > budget:
         reason = f"needs {format_bytes(one)} even at batch 1; the budget is {format_bytes(budget)}"
     elif total > budget:
         reason = (f"needs {format_bytes(total)} at batch {batch}; the budget is {format_bytes(budget)} "
                   "(batch_size = \"auto\" would fit)")
-    return TrialPlan(t, cfg, total, batch, reason, over)
+    return TrialPlan(t, cfg, total, batch, reason, over, plan, resident)
 
 
 # -- results.jsonl -----------------------------------------------------------------------------
@@ -181,14 +185,17 @@ def make_record(sweep, tp: TrialPlan, outcome: dict) -> dict:
 
 def run_sweep(sweep, *, output_dir, budget: int, budget_source: str = "given", workers: int | None = 1,
               device_kind: str = "cpu", resume: bool = False, dry_run: bool = False, metrics_port=None,
-              runner=None, log=print, executor=None, max_attempts: int = 2) -> dict:
+              runner=None, log=print, executor=None, max_attempts: int = 2, fuse: bool = True) -> dict:
     """Plan, print the schedule, run it (unless dry_run), and return the report.
 
     The trials go to the service's scheduler (select/runner.py) with one device: `budget`
     bytes, at most `workers` trials at once (None: no count limit, with an executor that
     places by itself). They run in worker processes (memtrain.launch.local), through
     `executor` when one is given (Ray), or in this process one at a time with one worker
-    or a `runner(cfg) -> outcome` given from code (default run_trial)."""
+    or a `runner(cfg) -> outcome` given from code (default run_trial).
+
+    With `fuse` (and no runner), trials of one shape run as one trial array (select/fuse.py):
+    one task, its plan the array's, one worker; each trial's run dir and result line as alone."""
     out = Path(output_dir)
     plans = plan_trials(sweep, sp.expand(sweep), output_dir=out, budget=budget, device_kind=device_kind,
                         metrics_port=metrics_port)
@@ -200,13 +207,15 @@ def run_sweep(sweep, *, output_dir, budget: int, budget_source: str = "given", w
     done = {r["trial"] for r in records} if resume else set()
     runnable = [tp for tp in plans if not tp.reason and tp.trial.id not in done]
     in_process = executor is None and (runner is not None or workers == 1)
+    fuse = fuse and runner is None
+    arrays = [g for g in fuse_mod.groups(runnable, device_kind) if len(g) > 1] if fuse else []
     log(schedule_text(sweep, plans, done, budget, budget_source, 1 if in_process else workers,
-                      "this process" if in_process else (executor.name if executor else "worker processes")))
+                      "this process" if in_process else (executor.name if executor else "worker processes"), arrays))
     if dry_run:
         return report(sweep, records, plans)
     out.mkdir(parents=True, exist_ok=True)
     for tp, outcome in _run(runnable, device_kind, budget, budget_source, workers, runner, executor, max_attempts,
-                            log):
+                            log, fuse):
         rec = make_record(sweep, tp, outcome)
         append_result(results_path, rec)
         records.append(rec)
@@ -226,30 +235,76 @@ def _check_earlier(sweep, records, results_path, resume, dry_run) -> None:
                          "choose another --output-dir")
 
 
-def _run(plans, device_kind, budget, budget_source, workers, runner, executor, max_attempts, log):
+def _run(plans, device_kind, budget, budget_source, workers, runner, executor, max_attempts, log, fuse=False):
     """Yields (TrialPlan, outcome) as trials end, through the scheduler."""
     import os  # noqa: PLC0415
 
     from memtrain.select import runner as rn  # noqa: PLC0415
 
-    by_id = {tp.trial.id: tp for tp in plans}
+    tasks, members = _tasks(plans, device_kind, fuse)
     if executor is None and (runner is not None or workers == 1):
         from memtrain.launch.inprocess import InProcessExecutor  # noqa: PLC0415
 
-        call = runner or run_trial
-        executor, workers = InProcessExecutor(lambda launch: call(by_id[launch.job_id].cfg)), 1
+        executor, workers = InProcessExecutor(lambda launch: _call(members[launch.job_id], runner)), 1
     elif executor is None:
         from memtrain.launch.local import LocalExecutor  # noqa: PLC0415
 
         executor = LocalExecutor()
     threads = 1 if hasattr(executor, "admits") or not workers else max(1, (os.cpu_count() or 1) // workers)
-    # each trial's bytes hold its process overhead (plan_trials); the scheduler adds it back as it
+    # each trial's (or array's) bytes hold its process overhead; the scheduler adds it back as it
     # does for a service job, and tells the worker the figure it was admitted with
     over = plans[0].overhead if plans else (0, "none")
     dev = rn.device(device_kind, budget, budget_source, workers, threads, over)
-    tasks = [rn.Task(tp.trial.id, tp.cfg, tp.planned_bytes - tp.overhead[0]) for tp in plans]
     for task, job, value in rn.run_tasks(tasks, dev, executor, max_attempts=max_attempts, log=log):
-        yield by_id[task.id], value if value is not None else rn.written_outcome(job)
+        group = members[task.id]
+        if not isinstance(task.cfg, fuse_mod.ArrayConfig):
+            yield group[0], value if value is not None else rn.written_outcome(job)
+            continue
+        outcomes = value if value is not None else _array_outcomes(job, len(group), rn)
+        for tp, outcome in zip(group, outcomes, strict=True):
+            if outcome["status"] != "stopped":  # a stopped trial has no result: it runs again on --resume
+                yield tp, outcome
+
+
+def _tasks(plans, device_kind, fuse) -> tuple:
+    """The scheduler's tasks (a lone trial, or an array of trials of one shape) and each one's trials."""
+    from memtrain.select import runner as rn  # noqa: PLC0415
+
+    tasks, members = [], {}
+    for group in fuse_mod.groups(plans, device_kind) if fuse else [[tp] for tp in plans]:
+        if len(group) == 1:
+            tp = group[0]
+            tasks.append(rn.Task(tp.trial.id, tp.cfg, tp.planned_bytes - tp.overhead[0]))
+            members[tp.trial.id] = group
+            continue
+        task_id = fuse_mod.array_task_id(group)
+        run_dir = Path(group[0].cfg.output_dir).parent.parent / fuse_mod.ARRAYS / task_id
+        cfg = fuse_mod.ArrayConfig(tuple(tp.cfg for tp in group), run_dir)
+        tasks.append(rn.Task(task_id, cfg, fuse_mod.array_bytes(group)))
+        members[task_id] = group
+    return tasks, members
+
+
+def _call(group, runner):
+    """In this process: a lone trial's outcome, or an array's list of outcomes."""
+    if len(group) == 1:
+        return (runner or run_trial)(group[0].cfg)
+    from memtrain.train.arrayjob import run_array  # noqa: PLC0415
+
+    return run_array([tp.cfg for tp in group])
+
+
+def _array_outcomes(job, n: int, rn) -> list:
+    """An array worker's outcomes from its exit record; when it has none (the worker failed or
+    was killed past its retries), every trial failed with the scheduler's reason."""
+    from memtrain.launch.worker import EXIT, read_json  # noqa: PLC0415
+
+    written = read_json(Path(job.run_dir) / EXIT) or {}
+    result = written.get("result") if isinstance(written.get("result"), dict) else {}
+    outcomes = result.get("array")
+    if job.state == "succeeded" and isinstance(outcomes, list) and len(outcomes) == n:
+        return outcomes
+    return [{"status": "failed", "error": job.reason or job.state, "summary": {}, "train_rows": None}] * n
 
 
 # -- report --------------------------------------------------------------------------------
@@ -272,7 +327,7 @@ def report(sweep, records, plans) -> dict:
             "note": "ranked by the validation metric; test metrics are reported, never used to choose"}
 
 
-def schedule_text(sweep, plans, done, budget, budget_source, workers, where: str) -> str:
+def schedule_text(sweep, plans, done, budget, budget_source, workers, where: str, arrays=()) -> str:
     """The plan as printed before a sweep starts: each trial's memory; the scheduler starts a trial
     when its plan fits the budget beside the running ones."""
     ready = [tp for tp in plans if not tp.reason and tp.trial.id not in done]
@@ -287,6 +342,10 @@ def schedule_text(sweep, plans, done, budget, budget_source, workers, where: str
         lines.append(f"overhead  {format_bytes(nbytes)} per trial ({source}), in each trial's bytes")
     for tp in ready:
         lines.append(f"trial     {tp.trial.id} {_params_text(tp.trial.params)} {format_bytes(tp.planned_bytes)}")
+    for g in arrays:
+        lines.append(f"array     {fuse_mod.array_task_id(g)}: {len(g)} trials of one shape trained as one "
+                     f"(--no-fuse: one job each), {format_bytes(fuse_mod.array_bytes(g) + g[0].overhead[0])}: "
+                     + " ".join(tp.trial.id for tp in g))
     for tp in plans:
         if tp.reason:
             lines.append(f"skipped   {tp.trial.id} {_params_text(tp.trial.params)}: {tp.reason}")

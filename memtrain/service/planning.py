@@ -111,7 +111,19 @@ def submission(data: dict):
     try:
         return JobSubmission.model_validate(data)
     except ValidationError as exc:
-        raise SubmissionError(_first_error(exc.errors(include_url=False), JobSubmission.model_fields)) from None
+        errors = exc.errors(include_url=False)
+        typed = errors[0]["type"] not in ("extra_forbidden", "missing", "dict_type")
+        line = typed and _job_words(data)  # the job's own check names ranges ("from -1000000 to ...")
+        raise SubmissionError(line or _first_error(errors, JobSubmission.model_fields)) from None
+
+
+def _job_words(data: dict) -> str | None:
+    """The job file's own check's line for `data` (what `memtrain train` would say), or None."""
+    try:
+        JobConfig.from_dict(_without_service_keys(data))
+    except (ValueError, TypeError, KeyError) as exc:  # MemtrainError is a ValueError
+        return str(exc).removeprefix("config: ")
+    return None
 
 
 _EXPECTED = {"int_type": "an integer", "string_type": "a string"}
