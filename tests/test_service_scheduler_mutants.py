@@ -542,6 +542,45 @@ def test_a_queued_job_over_a_smaller_quota_after_a_restart_fails_naming_the_quot
         third.stop()
 
 
+def test_a_queued_job_over_a_smaller_budget_after_a_restart_fails_naming_the_budget(tmp_path):
+    need = one_job_bytes(tmp_path)
+    first = make(tmp_path)
+    no_room(first)
+    job_id = submit(first)
+    first.stop()
+    second = make(tmp_path, budgets={"cpu": need - 1})
+    try:
+        second.scheduler.tick()
+        out = second.store.get(job_id)
+        assert (out.state, out.reason) == ("failed", f"never fits this service's devices: needs {format_bytes(need)}; "
+                                                     f"the largest cpu budget is {format_bytes(need - 1)} (it was "
+                                                     "planned by a service run with other --budget/--devices)")
+    finally:
+        second.stop()
+
+
+def test_a_queued_gpu_job_after_a_restart_without_a_gpu_fails_naming_the_missing_device(tmp_path, monkeypatch):
+    from memtrain.memory import measure
+
+    gpus = [{"index": 0, "uuid": "GPU-aaaa", "name": "Fake A", "memory_free": 20 * GIB, "processes": []}]
+    monkeypatch.setattr(measure, "gpu_list", lambda with_processes=True: gpus)
+    first = make(tmp_path, devices="cpu,cuda:0", budgets={"cpu": GIB, "cuda:0": GIB})
+    first.scheduler.devices = {name: dataclasses.replace(d, max_jobs=0) for name, d in first.scheduler.devices.items()}
+    body = json.loads(job())
+    body["device"] = "cuda"
+    job_id = first.submit(json.dumps(body).encode(), "application/json")["id"]
+    first.stop()
+    second = make(tmp_path)
+    try:
+        second.scheduler.tick()
+        out = second.store.get(job_id)
+        assert (out.state, out.reason) == ("failed", f"never fits this service's devices: needs "
+                                                     f"{format_bytes(out.planned_bytes)}; no cuda device (it was "
+                                                     "planned by a service run with other --budget/--devices)")
+    finally:
+        second.stop()
+
+
 def test_a_job_that_fills_the_budget_exactly_and_passes_the_quota_is_refused_for_the_quota(service):
     from memtrain.scheduling import admission
 
