@@ -542,6 +542,26 @@ def test_a_queued_job_over_a_smaller_quota_after_a_restart_fails_naming_the_quot
         third.stop()
 
 
+def test_a_queued_job_over_its_users_own_quota_after_a_restart_fails_naming_it(tmp_path):
+    """The token file's quota of that user, not the --user-quota of everyone (none here)."""
+    from memtrain.service.security import Tokens
+
+    need = one_job_bytes(tmp_path)
+    first = make(tmp_path)
+    no_room(first)
+    job_id = first.submit(job(), "application/json", user="ann")["id"]
+    first.stop()
+    second = make(tmp_path, token=Tokens({"a" * 32: "ann"}, {"ann": need - 1}))
+    try:
+        second.scheduler.tick()
+        out = second.store.get(job_id)
+        assert (out.state, out.reason) == ("failed", f"never fits this service's devices: needs {format_bytes(need)}; "
+                                                     f"user ann's quota is {format_bytes(need - 1)} (it was planned "
+                                                     "by a service run with other --user-quota or token file)")
+    finally:
+        second.stop()
+
+
 def test_a_queued_job_over_a_smaller_budget_after_a_restart_fails_naming_the_budget(tmp_path):
     need = one_job_bytes(tmp_path)
     first = make(tmp_path)
