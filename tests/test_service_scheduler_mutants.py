@@ -562,6 +562,25 @@ def test_a_queued_job_over_its_users_own_quota_after_a_restart_fails_naming_it(t
         second.stop()
 
 
+def test_a_job_whose_process_is_starting_counts_against_its_users_quota(tmp_path):
+    """Running from the commit on, before the executor has handed back its handle: a view of the
+    user's next job taken in that window says the quota is taken, as it will be a moment later."""
+    need = one_job_bytes(tmp_path)
+    s = make(tmp_path, user_quota=need)
+    try:
+        no_room(s)
+        first, second = (s.submit(job(), "application/json", user="ann")["id"] for _ in range(2))
+        s.scheduler.devices["cpu"] = dataclasses.replace(s.scheduler.devices["cpu"], max_jobs=8)
+        seen = []
+        s.ex.on_start = lambda launch: seen.append((launch.job_id, s.job_view(s.store.get(second))["reason"]))
+        s.scheduler.tick()
+        taken = (f"waiting: user ann's quota: needs {format_bytes(need)}, {format_bytes(need)} of "
+                 f"{format_bytes(need)} committed by their running jobs")
+        assert seen == [(first, taken)] and s.job_view(s.store.get(second))["reason"] == taken
+    finally:
+        s.stop()
+
+
 def test_a_queued_job_over_a_smaller_budget_after_a_restart_fails_naming_the_budget(tmp_path):
     need = one_job_bytes(tmp_path)
     first = make(tmp_path)
