@@ -239,3 +239,16 @@ def test_a_job_that_fits_exactly_is_told_it_starts_soon():
     assert reasons(Waiting("w", "cpu", 40, 0), [exact]) == [
         "it fits: it starts at the scheduler's next pass, unless an earlier job that does not fit has waited past "
         "--head-wait (nothing passes that job then)"]
+
+
+def test_a_users_quota_is_named_among_every_reason_with_what_they_use_and_may_use():
+    """The words a queued job's page shows for a quota: what it needs, what the user's running
+    jobs commit (nothing yet is 0 B) and the user's own limit, also beside "no device"."""
+    quota = Quota(default=1000, per_user={"ann": 3000}, used={"ann": 2500})
+    gpu = DeviceLoad("cuda:0", "cuda", budget=10_000)
+    ann = Waiting("a", "cpu", need=600, queued_at=0.0, user="ann")
+    assert blocking(ann, [gpu], quota) == (
+        "user ann's quota: needs 600 B, 2.44 KiB of 2.93 KiB committed by their running jobs; no cpu device")
+    bob = Waiting("b", "cuda", need=1200, queued_at=0.0, user="bob")  # uses nothing yet: 0 B, the default limit
+    assert blocking(bob, [gpu], quota) == "user bob's quota: needs 1.17 KiB, 0 B of 1000 B committed by their running jobs"
+    assert reasons(Waiting("c", "cpu", need=10, queued_at=0.0, user="bob"), [gpu], quota) == ["no cpu device"]
