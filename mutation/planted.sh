@@ -3,9 +3,9 @@
 # the bug in place (it must fail), then the files are restored and the tests run again (they pass).
 # Run from the repository root with the project's python first on PATH (docs/testing.md).
 set -u
-PY=${PY:-python}
+PY=$(realpath -s "$(command -v "${PY:-python}")")  # absolute: the workers the tests start run sys.executable from other dirs
 restore() { for f in "${saved[@]}"; do cp "/tmp/planted.$$.$(basename "$f")" "$f"; done; }
-saved=(memtrain/service/routers/jobs.py memtrain/service/planning.py memtrain/scheduling/admission.py
+saved=(memtrain/service/routers/jobs.py memtrain/train/setting.py memtrain/scheduling/admission.py
        memtrain/train/trainer.py memtrain/scheduling/scheduler.py)
 for f in "${saved[@]}"; do cp "$f" "/tmp/planted.$$.$(basename "$f")"; done
 trap restore EXIT
@@ -23,7 +23,8 @@ PY
 }
 plant memtrain/service/routers/jobs.py '@guarded.delete("/jobs/{job_id}"' \
   '@router.delete("/jobs/{job_id}"' "1 DELETE without auth" tests/test_service_auth.py
-plant memtrain/service/planning.py 'keep_best=s.keep_best, resident_rows' 'resident_rows' \
+# 2: since issue 21 the one place a plan's arguments are built is Setting.plan (the service's plan too)
+plant memtrain/train/setting.py 'keep_best=self.keep_best,' 'keep_best=self.keep_best and micro is None,' \
   "2 best-weights copy unplanned" tests/test_service_planning.py
 plant memtrain/scheduling/admission.py 'now - head.queued_at >= head_wait' 'now - job.queued_at >= head_wait' \
   "3 head-wait of the wrong job" tests/test_service_admission.py
@@ -40,5 +41,5 @@ PY
 echo "5 launch before commit | $("$PY" -m pytest -q -p no:cacheprovider tests/test_service_scheduler.py \
   -k 'before_the_executor or between_commit' 2>&1 | tail -1)"
 restore
-echo "restored | $("$PY" -m pytest -q -p no:cacheprovider tests/test_service_auth.py tests/test_service_planning.py \
-  tests/test_service_admission.py tests/test_service_scheduler.py tests/test_accumulation.py 2>&1 | tail -1)"
+echo "restored | $("$PY" -m pytest -q -p no:cacheprovider -rf tests/test_service_auth.py tests/test_service_planning.py \
+  tests/test_service_admission.py tests/test_service_scheduler.py tests/test_accumulation.py 2>&1 | grep -E "^FAILED|passed|failed")"
