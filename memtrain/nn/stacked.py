@@ -89,11 +89,7 @@ def forward(s, trials, runs, *, relu: bool = False) -> None:
     for i in range(1, L + 1):
         batched_matmul(h, s.W[i], s.z[i], runs)
         if relu:
-            for lo, hi in runs:
-                z = s.z[i][lo:hi]
-                z += s.bias[i][lo:hi, None, :]
-                if i < L:
-                    array_module(z).maximum(z, 0, out=s.a[i][lo:hi])
+            _bias_relu(s, i, L, runs)
             if i < L:
                 for spec, _, v, rng in trials:
                     step.hidden_dropout(spec, v, i, train=True, rng=rng)
@@ -221,12 +217,18 @@ def _evaluate_forward(s, vs, runs, relu: bool) -> None:
     for i in range(1, L + 1):
         batched_matmul(h, s.W[i], s.z[i], runs)
         if relu:
-            for lo, hi in runs:
-                z = s.z[i][lo:hi]
-                z += s.bias[i][lo:hi, None, :]
-                if i < L:
-                    array_module(z).maximum(z, 0, out=s.a[i][lo:hi])
+            _bias_relu(s, i, L, runs)
         else:
             for _, sp, layers, v in vs:
                 step.forward_layer(sp, layers, v, i, train=False)
         h = s.a[i] if i < L else None
+
+
+def _bias_relu(s, i: int, L: int, runs) -> None:
+    """Layer i's bias added over the stack, then ReLU into its activations (not on the output
+    layer), one run of same-shape trials at a time; the training and evaluation passes share it."""
+    for lo, hi in runs:
+        z = s.z[i][lo:hi]
+        z += s.bias[i][lo:hi, None, :]
+        if i < L:
+            array_module(z).maximum(z, 0, out=s.a[i][lo:hi])
