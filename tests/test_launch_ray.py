@@ -399,6 +399,9 @@ def test_two_nodes_jobs_land_on_both_and_a_lost_node_resumes_bit_identical(clust
         assert set(placed) == {n.node_id for n in nodes}  # one CPU each: one job on each node
         wait_for_checkpoint(tmp_path / "a")
         pid = ex.details(handles[0])["pid"]
+        # held still, so the node's loss comes before the job's end (a quiet machine trains the
+        # rest of it in well under the time a node takes to be removed)
+        os.kill(pid, signal.SIGSTOP)
         c.remove_node(next(n for n in nodes if n.node_id == placed[0]), allow_graceful=False)
         (lost,) = wait(ex, handles[:1], timeout=60)
         assert lost.code is None and lost.signal == 9 and "node has died" in lost.reason
