@@ -734,26 +734,11 @@ def test_the_progress_cache_keeps_the_newest_4096_records(tmp_path, service):
         run_dir = tmp_path / "runs" / str(i)
         run_dir.mkdir(parents=True)
         (run_dir / PROGRESS).write_text('{"epoch": 1}')
-        jobs.append(SimpleNamespace(run_dir=str(run_dir), state="running"))
+        jobs.append(SimpleNamespace(run_dir=str(run_dir)))
     seen = [service.scheduler.progress(j) for j in jobs]
     assert service.scheduler.progress(jobs[1]) is seen[1]  # still kept
     assert service.scheduler.progress(jobs[0]) is not seen[0]  # the oldest went first
     assert service.scheduler.progress(jobs[0]) == seen[0]
-
-
-def test_an_ended_jobs_progress_is_read_once_after_it_ended(tmp_path, service):
-    """A page of finished jobs costs no stat per job; a file read while the job ran is read again
-    once it has ended (its worker's last write may have come after that read)."""
-    (tmp_path / PROGRESS).write_text('{"epoch": 1}')
-    running = SimpleNamespace(run_dir=str(tmp_path), state="running")
-    assert service.scheduler.progress(running)["epoch"] == 1
-    (tmp_path / PROGRESS).write_text('{"epoch": 22}')  # the worker's last write, then it ends
-    ended = SimpleNamespace(run_dir=str(tmp_path), state="succeeded")
-    first = service.scheduler.progress(ended)
-    assert first["epoch"] == 22
-    (tmp_path / PROGRESS).write_text('{"epoch": 333}')  # not a worker's: nobody runs the job now
-    assert service.scheduler.progress(ended) is first
-    assert service.scheduler.progress(running)["epoch"] == 333  # a requeued (running) job is read again
 
 
 # -- a cluster's quota, one hand-over pass at a time ------------------------------------------------

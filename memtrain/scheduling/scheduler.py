@@ -134,7 +134,7 @@ class Scheduler:
         self._wake = threading.Event()
         self._lock = threading.RLock()
         self._thread = None
-        self._progress: dict = {}  # progress.json path -> ((mtime_ns, size, inode), parsed, read after the job ended)
+        self._progress: dict = {}  # progress.json path -> ((mtime_ns, size, inode), parsed)
         self._recent_ports: list = []  # handed out lately, before their job has stored its target
         self.strategy = (HandOver if getattr(executor, "admits", False) else Packing)(self)
         self.jobs = jobs  # the caller's: a job's batch on a device and the config its worker runs
@@ -472,18 +472,15 @@ class Scheduler:
     def progress(self, job: JobRow) -> dict:
         """The job's progress.json, each field of its expected type or None: the file is the
         worker's (or anyone's who can write the run dir), and a wrong type must not fail a view.
-        Parsed again only when the file changed (a stat, not a read; not even that for a file read after its
-        job ended); the same dict is returned while it did not (read only: views tell "unchanged" by identity)."""
+        Parsed again only when the file changed (a stat, not a read, for a finished job's); the
+        same dict is returned while it did not (read only: views tell "unchanged" by identity)."""
         path = os.path.join(job.run_dir, PROGRESS)
-        ended = job.state not in ("queued", "running")
-        cached = self._progress.get(path)
-        if cached is not None and ended and cached[2]:
-            return cached[1]  # read after its worker was gone: the file no longer changes (a requeue runs it again)
         try:
             st = os.stat(path)
             stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
         except OSError:
             stamp = None
+        cached = self._progress.get(path)
         if cached is not None and stamp is not None and cached[0] == stamp:
             return cached[1]
         p = _dict(read_json(path))
@@ -491,7 +488,7 @@ class Scheduler:
         if stamp is not None:
             if len(self._progress) >= 4096:  # bounded: a page shows 100; the oldest go first
                 self._progress.pop(next(iter(self._progress)))
-            self._progress[path] = (stamp, out, ended)
+            self._progress[path] = (stamp, out)
         return out
 
     @staticmethod
