@@ -52,6 +52,18 @@ def no_room(service) -> None:
     service.scheduler.devices["cpu"] = dataclasses.replace(service.scheduler.devices["cpu"], max_jobs=0)
 
 
+def after_restart(tmp_path, user: str = "default", **settings):
+    """A job queued by a service that started none, then its state dir opened by a service with
+    `settings` and ticked once: the job's row then."""
+    (job_id,) = queued_for(tmp_path, [user])
+    second = make(tmp_path, **settings)
+    try:
+        second.scheduler.tick()
+        return second.store.get(job_id)
+    finally:
+        second.stop()
+
+
 # -- requeue on request ---------------------------------------------------------------------------
 
 
@@ -520,20 +532,11 @@ def test_a_users_running_jobs_count_against_their_quota_and_others_do_not(tmp_pa
 
 def test_a_queued_job_over_a_smaller_quota_after_a_restart_fails_naming_the_quota(tmp_path):
     need = one_job_bytes(tmp_path)
-    first = make(tmp_path)
-    no_room(first)
-    job_id = first.submit(job(), "application/json", user="ann")["id"]
-    first.stop()
-    second = make(tmp_path, user_quota=need - 1)
-    try:
-        second.scheduler.tick()
-        out = second.store.get(job_id)
-        assert (out.state, out.reason) == ("failed", f"never fits this service's devices: needs "
-                                                 f"{format_bytes(need)}; user ann's quota is {format_bytes(need - 1)} "
-                                                 "(it was planned by a service run with other --user-quota or token "
-                                                 "file)")
-    finally:
-        second.stop()
+    out = after_restart(tmp_path, "ann", user_quota=need - 1)
+    assert (out.state, out.reason) == ("failed", f"never fits this service's devices: needs "
+                                             f"{format_bytes(need)}; user ann's quota is {format_bytes(need - 1)} "
+                                             "(it was planned by a service run with other --user-quota or token "
+                                             "file)")
     third = make(tmp_path, user_quota=need)  # exactly its need: it fits
     try:
         out = third.store.get(third.submit(job(), "application/json", user="ann")["id"])
@@ -547,19 +550,10 @@ def test_a_queued_job_over_its_users_own_quota_after_a_restart_fails_naming_it(t
     from memtrain.service.security import Tokens
 
     need = one_job_bytes(tmp_path)
-    first = make(tmp_path)
-    no_room(first)
-    job_id = first.submit(job(), "application/json", user="ann")["id"]
-    first.stop()
-    second = make(tmp_path, token=Tokens({"a" * 32: "ann"}, {"ann": need - 1}))
-    try:
-        second.scheduler.tick()
-        out = second.store.get(job_id)
-        assert (out.state, out.reason) == ("failed", f"never fits this service's devices: needs {format_bytes(need)}; "
-                                                     f"user ann's quota is {format_bytes(need - 1)} (it was planned "
-                                                     "by a service run with other --user-quota or token file)")
-    finally:
-        second.stop()
+    out = after_restart(tmp_path, "ann", token=Tokens({"a" * 32: "ann"}, {"ann": need - 1}))
+    assert (out.state, out.reason) == ("failed", f"never fits this service's devices: needs {format_bytes(need)}; "
+                                                 f"user ann's quota is {format_bytes(need - 1)} (it was planned "
+                                                 "by a service run with other --user-quota or token file)")
 
 
 def test_a_job_whose_process_is_starting_counts_against_its_users_quota(tmp_path):
@@ -583,19 +577,10 @@ def test_a_job_whose_process_is_starting_counts_against_its_users_quota(tmp_path
 
 def test_a_queued_job_over_a_smaller_budget_after_a_restart_fails_naming_the_budget(tmp_path):
     need = one_job_bytes(tmp_path)
-    first = make(tmp_path)
-    no_room(first)
-    job_id = submit(first)
-    first.stop()
-    second = make(tmp_path, budgets={"cpu": need - 1})
-    try:
-        second.scheduler.tick()
-        out = second.store.get(job_id)
-        assert (out.state, out.reason) == ("failed", f"never fits this service's devices: needs {format_bytes(need)}; "
-                                                     f"the largest cpu budget is {format_bytes(need - 1)} (it was "
-                                                     "planned by a service run with other --budget/--devices)")
-    finally:
-        second.stop()
+    out = after_restart(tmp_path, budgets={"cpu": need - 1})
+    assert (out.state, out.reason) == ("failed", f"never fits this service's devices: needs {format_bytes(need)}; "
+                                                 f"the largest cpu budget is {format_bytes(need - 1)} (it was "
+                                                 "planned by a service run with other --budget/--devices)")
 
 
 def test_a_queued_gpu_job_after_a_restart_without_a_gpu_fails_naming_the_missing_device(tmp_path, monkeypatch):
