@@ -19,6 +19,7 @@ import time
 import numpy as np
 
 from memtrain.errors import JobFailed
+from memtrain.train import arraymetrics
 from memtrain.train import checkpoint as ckpt
 from memtrain.train.job import Job
 from memtrain.train.joblog import ProgressBar, plan_line
@@ -66,15 +67,21 @@ class ArrayRun:
             self.array.stop(reason=self.stop_reason)
         for job, r in zip(self.jobs, self.array.results, strict=True):
             _adopt(job, r.trainer)
-        # overflow in the batched (3-D) matmul warns where a lone job's 2-D BLAS call does not: the
-        # trainer's non-finite guard handles such a step, in an array as alone
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            self.array.train(on_epoch=self._on_epoch)
-        return [self._outcome(job, r) for job, r in zip(self.jobs, self.array.results, strict=True)]
+        metrics = arraymetrics.serve(self.jobs, self.array.plan)  # one exporter for the array, or None
+        try:
+            # overflow in the batched (3-D) matmul warns where a lone job's 2-D BLAS call does not: the
+            # trainer's non-finite guard handles such a step, in an array as alone
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                self.array.train(on_epoch=self._on_epoch)
+            return [self._outcome(job, r) for job, r in zip(self.jobs, self.array.results, strict=True)]
+        finally:
+            if metrics is not None:
+                metrics.stop()
 
     def _on_epoch(self, r, record) -> None:
         job = self.jobs[r.index]
         job._epoch_samples = len(job.data.X_train)  # the epoch's samples, for the history's samples/s
+        arraymetrics.end_of_epoch(job.state, r.trainer, record, job._epoch_samples)
         job.on_epoch(r.trainer, record)
 
     def _outcome(self, job, r) -> dict:
