@@ -11,15 +11,16 @@ import shutil
 import subprocess
 import threading
 import time
+import urllib.parse
 import urllib.request
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from test_prometheus_stack import DASHBOARDS, PROMETHEUS, _free_port, _stop, _substitute, _targets, _until
 
 from memtrain.config import from_dict
 from memtrain.memory.plan import CATEGORIES
 from memtrain.train.arrayjob import ArrayRun
-from test_prometheus_stack import DASHBOARDS, PROMETHEUS, _free_port, _stop, _substitute, _targets, _until
 
 NAMES = ("arr-t0", "arr-t1", "arr-t2")
 OPTIMIZERS = ({"name": "adam", "lr": 0.003}, {"name": "sgd", "lr": 0.05}, {"name": "momentum", "lr": 0.02})
