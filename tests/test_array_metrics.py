@@ -24,6 +24,7 @@ from memtrain.train.arrayjob import ArrayRun
 
 NAMES = ("arr-t0", "arr-t1", "arr-t2")
 OPTIMIZERS = ({"name": "adam", "lr": 0.003}, {"name": "sgd", "lr": 0.05}, {"name": "momentum", "lr": 0.02})
+ARRAY_SERIES = 10  # the array's own: its plan by category, measured sources, budget, its info
 PER_TRIAL_SERIES = 39  # a classifier trial's series once it has validated and checkpointed (docs/metrics.md)
 
 
@@ -102,6 +103,8 @@ def test_one_exporter_labels_each_trials_series_and_counts_the_array_once(array)
         # as many series as docs/metrics.md says a trial adds
         mine = sorted(n for n, labels in samples if ("trial", name) in labels)
         assert len(mine) == PER_TRIAL_SERIES, mine
+    own = sorted(n for n, labels in samples if dict(labels).get("trial", "") == "")
+    assert len(own) == len(samples) - 3 * PER_TRIAL_SERIES == ARRAY_SERIES, own
     unlabelled = {n for n, labels in samples if not any(k == "trial" for k, _ in labels)}
     assert unlabelled <= {"memtrain_memory_planned_bytes", "memtrain_memory_budget_bytes",
                           "memtrain_memory_measured_bytes", "memtrain_memory_estimate_error_ratio"}, unlabelled
