@@ -248,3 +248,20 @@ def test_a_fused_compare_plans_one_task_with_the_arrays_plan(job, tmp_path, monk
     monkeypatch.setenv("MEMTRAIN_PROCESS_OVERHEAD", str(64 * 1024**2 - array_plan(plans).total + 1))
     _, tasks = cmp.plan_runs(cfg, configs, rows, fuse=True, scratch=tmp_path)
     assert [t.id for t in tasks] == ["sgd", "adam"]
+
+
+# a lone run's 2-D matmul warns on overflow (the trainer's guard handles it)
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning",
+                            "ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.parametrize("flag", ["--fuse", "--no-fuse"])
+def test_a_run_that_fails_is_a_row_with_its_reason_not_the_end_of_the_compare(job, tmp_path, flag):
+    r = invoke("compare", "--config", job, "--optimizers", "sgd,adam", "--lr", "1e12", "--epochs", "1",
+               "--output-dir", tmp_path / "out", "--format", "json", flag)
+    assert r.exit_code == 0, r.output
+    rows = {x["optimizer"]: x for x in json.loads(r.output)["rows"]}
+    assert rows["sgd"]["failed"].startswith("training: 10 non-finite steps in a row")
+    assert rows["sgd"]["best_val_loss"] is None and rows["sgd"]["rank"] == 2  # no finite loss: last
+    assert rows["adam"]["failed"] is None and rows["adam"]["epochs"] == 1
+    assert json.loads((tmp_path / "out" / "compare" / "sgd" / "run.json").read_text())["state"] == "failed"
+    text = cmp.table_text(json.loads(r.output))
+    assert text.splitlines()[-1].startswith("failed    sgd: training: 10 non-finite steps")

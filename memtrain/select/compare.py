@@ -9,6 +9,7 @@ the best validation loss; the test accuracy is reported, never used to rank
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -66,22 +67,39 @@ def run_config(cfg, name: str, *, lr=None, epochs=None, output_dir, checkpoint_d
 
 
 def _job_runner(cfg) -> tuple:
-    """(summary, training rows) of one run."""
+    """(summary, training rows) of one run; a run that failed (diverged) is summarized from its run dir."""
     job = Job(cfg, log_format="json", progress=False, stream=io.StringIO(), install_signals=False,
               batch_solver=auto_batch)
-    return job.run(), job.train_rows
+    try:
+        return job.run(), job.train_rows
+    except JobFailed as exc:
+        return failed_summary(cfg, str(exc)), job.train_rows
 
 
 def _array_runner(cfgs) -> list:
     """(summary, training rows) of each run of an array (train/arrayjob.py), in order: each run's
-    Job writes its run dir as alone. A run that failed raises its lone job's JobFailed."""
+    Job writes its run dir as alone, a failed one too."""
     from memtrain.train.arrayjob import ArrayRun  # noqa: PLC0415 - the trial array loads only when used
 
     outcomes = ArrayRun(cfgs).run()
-    for o in outcomes:
-        if o["status"] != "finished":
-            raise JobFailed(o["error"] or o["status"])
-    return [(o["summary"], o["train_rows"]) for o in outcomes]
+    return [(o["summary"] if o["status"] == "finished" else failed_summary(c, o["error"] or o["status"]),
+             o["train_rows"]) for c, o in zip(cfgs, outcomes, strict=True)]
+
+
+def failed_summary(cfg, message: str) -> dict:
+    """A failed run's summary, as its run dir holds it (the epochs it ended before it failed: their
+    history lines, written as each epoch ended; run.json's plan), and why it failed."""
+    out = Path(cfg.output_dir)
+    hist = []
+    with contextlib.suppress(OSError):
+        for line in (out / "history.jsonl").read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                hist.append(json.loads(line))
+    run = {}
+    with contextlib.suppress(OSError, ValueError):
+        run = json.loads((out / "run.json").read_text())
+    return {"history": hist, "failed": message, "epochs": len(hist),
+            **{k: run.get(k) for k in ("batch_size", "planned_bytes", "planned_by_category")}}
 
 
 def compare(cfg, optimizers: list, *, lr=None, epochs=None, output_dir="runs", target_accuracy=None,
@@ -127,7 +145,8 @@ def compare(cfg, optimizers: list, *, lr=None, epochs=None, output_dir="runs", t
                 if log:
                     r = rows[-1]
                     log(f"done      {name}: best validation loss {_f(r['best_val_loss'])} "
-                        f"(epoch {r['best_loss_epoch']}), {r['seconds']:.1f} s")
+                        f"(epoch {r['best_loss_epoch']}), {_f(r['seconds'], 1)} s"
+                        + (f"; failed: {r['failed']}" if r["failed"] else ""))
     ranked = rank(rows)
     return {"schema": REPORT_SCHEMA, "job": cfg.name, "target_accuracy": target_accuracy,
             "ranked_by": "best validation loss (the test set is reported, never used to choose)", "rows": ranked}
@@ -241,7 +260,7 @@ def summarize(name: str, s: dict, n_train, target_accuracy) -> dict:
         "batch_size": s.get("batch_size"), "planned_bytes": s.get("planned_bytes"),
         "planned_by_category": dict(s.get("planned_by_category") or {}),
         "measured_peak_bytes": s.get("measured_peak_bytes"),
-        "history": [history_row(h) for h in hist],
+        "history": [history_row(h) for h in hist], "failed": s.get("failed"),
     }
 
 
@@ -279,14 +298,15 @@ def table_text(report: dict) -> str:
                      f"{_f(r['best_val_loss'])} ({r['best_loss_epoch'] if r['best_loss_epoch'] else '-'})",
                      _best_final(r), score_cell(r, "test_")]
                     + ([r["epochs_to_target"]] if target is not None else [])
-                    + [f"{r['seconds']:.1f}", "-" if r["samples_per_second"] is None else f"{r['samples_per_second']:,.0f}"]
+                    + [_f(r["seconds"], 1), "-" if r["samples_per_second"] is None else f"{r['samples_per_second']:,.0f}"]
                     + [_b(r["planned_bytes"]), _b(r["measured_peak_bytes"])])
-    fused = any(r["measured_peak_bytes"] is None and r["planned_bytes"] is not None for r in rows)
+    fused = any(r["measured_peak_bytes"] is None and r["planned_bytes"] is not None and not r["failed"] for r in rows)
     note = ("ranked by the best validation loss (best loss); the test score is reported, never used to choose\n"
             "memory: the plan and the measured peak of what it covers (CPU: tracemalloc);\n"
             + ("runs trained as one array have no peak of their own (--no-fuse measures each)\n" if fused else "")
             + "the final validation loss, the plan by category and the history: --format json or csv")
-    return _table(headers, body, ["<", "<"] + [">"] * (len(headers) - 2)) + "\n" + note
+    failed = "".join(f"\nfailed    {r['optimizer']}: {r['failed']}" for r in rows if r.get("failed"))
+    return _table(headers, body, ["<", "<"] + [">"] * (len(headers) - 2)) + "\n" + note + failed
 
 
 def _best_final(r: dict) -> str:
@@ -326,8 +346,8 @@ def _finite(v) -> bool:
     return v is not None and math.isfinite(v)
 
 
-def _f(v) -> str:
-    return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.4f}"
+def _f(v, digits: int = 4) -> str:
+    return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.{digits}f}"
 
 
 def _b(v) -> str:
