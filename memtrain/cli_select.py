@@ -93,8 +93,7 @@ def _sweep_budget(ex, device: str, memory_limit):
               help="Train trials of one shape (layers, activation, output, dtype, batch, data set and seed) as one "
               "trial array in one worker; --no-fuse runs each trial as its own job.")
 @click.option("--metrics-port", type=click.IntRange(min=1, max=65535),
-              help="Trial i serves Prometheus metrics on PORT+i as job <sweep>-<trial id>; an array serves all "
-              "its trials on its first trial's port, each labelled trial=<sweep>-<trial id>.")
+              help="Trial i serves metrics on PORT+i as job <sweep>-<trial id>; an array on its first's, by trial.")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Write the validation metric against each hyper-parameter to this PNG.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
