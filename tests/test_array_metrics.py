@@ -157,3 +157,18 @@ def test_a_real_prometheus_answers_the_dashboards_for_an_array(array, tmp_path):
     finally:
         _stop(proc)
         log.close()
+
+
+def test_a_port_in_use_is_one_error_before_any_trial_writes_its_run_dir(tmp_path):
+    import socket
+
+    from memtrain.errors import ConfigError
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        cfgs = [_config(tmp_path, n, o).with_overrides({"metrics.port": s.getsockname()[1]})
+                for n, o in zip(NAMES[:2], OPTIMIZERS, strict=False)]
+        with pytest.raises(ConfigError, match="^metrics.port: cannot listen on 127.0.0.1:"):
+            ArrayRun(cfgs).run()
+    assert not any((tmp_path / n / "run.json").exists() for n in NAMES[:2])

@@ -65,10 +65,11 @@ class ArrayRun:
                                 batch_size=first.batch_size, device=first.backend, fused=first.cfg.training.fused)
         if self.stop_reason:
             self.array.stop(reason=self.stop_reason)
-        for job, r in zip(self.jobs, self.array.results, strict=True):
-            _adopt(job, r.trainer)
-        metrics = arraymetrics.serve(self.jobs, self.array.plan)  # one exporter for the array, or None
+        # one exporter for the array, or None; as a lone job, before its run dir is written (a port in use)
+        metrics = arraymetrics.serve(self.jobs, self.array.plan)
         try:
+            for job, r in zip(self.jobs, self.array.results, strict=True):
+                _adopt(job, r.trainer)
             # overflow in the batched (3-D) matmul warns where a lone job's 2-D BLAS call does not: the
             # trainer's non-finite guard handles such a step, in an array as alone
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):

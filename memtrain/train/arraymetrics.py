@@ -58,8 +58,7 @@ def array_state(jobs, plan) -> JobState:
     optimizers = ",".join(dict.fromkeys(j.state.optimizer for j in jobs))
     s = JobState(job=f"array-{first.job}-{len(jobs)}", model=first.model, optimizer=optimizers, dtype=first.dtype,
                  device=first.device, gpu_index=first.gpu_index, gpu_pci_bus_id=first.gpu_pci_bus_id,
-                 gpu_uuid=first.gpu_uuid, planned_bytes=plan.by_category(), memory_budget=first.memory_budget,
-                 batch_size=first.batch_size, micro_batch_size=first.micro_batch_size)
+                 gpu_uuid=first.gpu_uuid, planned_bytes=plan.by_category(), memory_budget=first.memory_budget)
     s.set_state("training")
     return s
 
