@@ -139,6 +139,7 @@ def test_bad_input_is_one_line_exit_2(job, args, field):
 def test_help():
     r = invoke("compare", "--help")
     assert r.exit_code == 0 and "--target-accuracy" in r.output and "never used to rank" in r.output
+    assert "--fuse / --no-fuse" in r.output
 
 
 def test_a_compare_that_cannot_fit_says_so_before_any_run(job, tmp_path, monkeypatch):
