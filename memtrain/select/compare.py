@@ -2,7 +2,9 @@
 
 Each run is a normal job (memtrain.train.job.Job) on a copy of the JobConfig
 with `optimizer = {"name": NAME}`: the file's hyper-parameters belong to its
-own optimizer, so only an explicit `lr` is carried over. Rows are ranked by
+own optimizer, so only an explicit `lr` is carried over. By default the runs, which differ
+in their optimizer only, train as one trial array (train/arrayjob.py), each ending as it
+would alone; --no-fuse runs one job per optimizer. Rows are ranked by
 the best validation loss; the test accuracy is reported, never used to rank
 (course, "Regularisation": choosing on the test set is not allowed).
 """
@@ -300,7 +302,8 @@ def table_text(report: dict) -> str:
                     + ([r["epochs_to_target"]] if target is not None else [])
                     + [_f(r["seconds"], 1), "-" if r["samples_per_second"] is None else f"{r['samples_per_second']:,.0f}"]
                     + [_b(r["planned_bytes"]), _b(r["measured_peak_bytes"])])
-    fused = any(r["measured_peak_bytes"] is None and r["planned_bytes"] is not None and not r["failed"] for r in rows)
+    fused = any(r["measured_peak_bytes"] is None and r["planned_bytes"] is not None and not r.get("failed")
+                for r in rows)
     note = ("ranked by the best validation loss (best loss); the test score is reported, never used to choose\n"
             "memory: the plan and the measured peak of what it covers (CPU: tracemalloc);\n"
             + ("runs trained as one array have no peak of their own (--no-fuse measures each)\n" if fused else "")
