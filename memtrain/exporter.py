@@ -89,7 +89,7 @@ class Exporter:
 
     `trials`, [(name, JobState)]: a trial array's exporter (one for the array's one process), whose
     scrape has every trial's training series labelled `trial` (metrics.JobCollector); `state` is
-    the array's own (its memory and identity). publish(state) ships the state given, any of them."""
+    the array's own (its memory and identity). publish(state) ships that one of them."""
 
     def __init__(self, state: JobState, port: int, host: str = "127.0.0.1", trials=()):
         ctx = mp.get_context("spawn")  # not fork: the job may already run BLAS and CUDA threads
@@ -114,7 +114,7 @@ class Exporter:
             child.close()
 
     def publish(self, state: JobState) -> None:
-        _pack(state, self._arr[self._slot.get(id(state), 0)])
+        _pack(state, self._arr[self._slot[id(state)]])  # one of the states it was built with
 
     def stop(self) -> None:
         """Ends the exporter process. One still starting (it has served nothing yet: it says
