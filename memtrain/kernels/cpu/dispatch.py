@@ -35,6 +35,14 @@ def run(name: str, arrays, scalars) -> None:
     getattr(K, name)(*(storage(a) for a in arrays), *(s if isinstance(s, bool) else T(s) for s in scalars))
 
 
+def run_rows(name: str, arrays, idx, sc) -> None:
+    """The kernel `<name>_rows` of optim.py over rows of stacked (K, P) arrays: idx[a, j] is the
+    row of arrays[a] that the j-th updated trial owns, sc[s, j] its s-th scalar (float64, cast here
+    to the compute type as `run` casts each scalar; a flag as 1.0 or 0.0)."""
+    T = compute_type(arrays[0].dtype)
+    getattr(K, name + "_rows")(*(storage(a) for a in arrays), idx, sc.astype(T, copy=False))
+
+
 class HostKernels:
     """The CPU side of Optimizer.fused_step: step counters advance on the host (tick returns t)."""
 
@@ -49,6 +57,15 @@ class HostKernels:
     @staticmethod
     def elementwise(name: str, arrays, scalars) -> None:
         run(name, arrays, scalars)
+
+    @staticmethod
+    def scalar_rows(n: int, trials: int):
+        """Per-trial scalars of one rows kernel, filled on the host in float64 (run_rows casts them)."""
+        return np.empty((n, trials), dtype=np.float64)
+
+    @staticmethod
+    def rows(name: str, arrays, idx, sc) -> None:
+        run_rows(name, arrays, idx, sc)
 
 
 HOST = HostKernels()

@@ -1,0 +1,89 @@
+"""A trial array's optimizer updates: one fused kernel per optimizer group and step.
+
+Trials whose optimizers have the same update and the same hyper-parameter names
+(Optimizer.group_key) form a group. After each trial's own l1/l2, clipping,
+non-finite guard and schedule (Trainer.update_rate, on the host: the CPU has the
+loss and the norm there already), the group's trials that update this step run
+one `<optimizer>_rows` kernel over their rows of the stacked parameters,
+gradients and slots, each with its own scalars (rate, bias corrections, step
+count, hyper-parameters): Optimizer.fused_rows. A trial's elements get exactly
+the arithmetic of its lone `fused_step`, so it stays bit-identical to its lone run.
+
+Per trial, as before: NovoGrad and Lookahead (their updates are not one
+element-wise kernel: per-tensor norms, a sync every k steps), trials on the NumPy
+reference path (fused=False, or numba missing), and a group's only trial to
+update this step (the flat kernel it runs alone; no rows kernel compiled for it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from memtrain.memory.trials import stacks
+
+
+@dataclass
+class Group:
+    """Trials of one optimizer group: their indices, the stacked arrays their kernel takes
+    ([params, grads, *slots]) and idx[a, j], the row of arrays[a] that trial trials[j] owns."""
+
+    trials: list
+    arrays: list
+    idx: np.ndarray
+
+
+def _key(result, rows: dict):
+    """The group a trial can share a kernel with, or None (it updates alone)."""
+    tr = result.trainer
+    opt = tr.optimizer
+    if tr.kernels.name != "numba" or not opt.rows_fusable:
+        return None
+    return opt.group_key(), tuple(rows[(result.index, f"opt.{n}")][0] for n in _slot_names(result))
+
+
+def optimizer_groups(results, plans, arrays: dict) -> list:
+    """The groups of two or more trials (stacks: the array's stacked buffers of `plans`)."""
+    rows = {(k, s.source): (s.buffer.name, r) for s in stacks(plans) for k, r in s.rows}
+    members: dict = {}
+    for res in results:
+        key = _key(res, rows)
+        if key is not None:
+            members.setdefault(key, []).append(res.index)
+    groups = []
+    for (_, slot_stacks), trials in members.items():
+        if len(trials) < 2:
+            continue
+        names = ["params", "grads"] + [f"opt.{n}" for n in _slot_names(results[trials[0]])]
+        stacked = [rows[(trials[0], n)][0] for n in names[:2]] + list(slot_stacks)
+        idx = np.array([[rows[(k, n)][1] for k in trials] for n in names], dtype=np.int64)
+        groups.append(Group(trials, [arrays[name] for name in stacked], idx))
+    return groups
+
+
+def _slot_names(result) -> tuple:
+    opt = result.trainer.optimizer
+    return opt.kernel_args("cpu", opt.prepare(1, 1.0)).slots
+
+
+def update(results, groups: list, lrs: dict) -> None:
+    """The optimizer updates of one step: lrs[k], the rate of each trial k that updates (the
+    others skipped: non-finite, or not training). Each updated trial's `steps` advances."""
+    grouped = set()
+    for g in groups:
+        cols = [j for j, k in enumerate(g.trials) if k in lrs]
+        grouped.update(g.trials)
+        if len(cols) == 1:
+            grouped.discard(g.trials[cols[0]])  # alone this step: its own flat kernel
+        elif cols:
+            trainers = [results[g.trials[j]].trainer for j in cols]
+            idx = g.idx if len(cols) == len(g.trials) else g.idx[:, cols]
+            trainers[0].optimizer.fused_rows(trainers[0].kernels.cpu.HOST, g.arrays, idx,
+                                             [(t.optimizer, t.arrays) for t in trainers],
+                                             [lrs[g.trials[j]] for j in cols])
+    for k, lr in lrs.items():
+        tr = results[k].trainer
+        if k not in grouped:
+            tr.kernels.optimizer_step(tr.optimizer, tr.model.params, tr.grads, tr.arrays, lr, tr.spec.layout)
+        tr.steps += 1
