@@ -173,7 +173,14 @@ class Optimizer:
         array's stacked arrays: arrays = [params, grads, *slot stacks in kernel_args order], idx[a, j]
         the row of arrays[a] that the j-th trial owns, members[j] = (its optimizer, its state dict)
         and lrs[j] its rate. Each trial's scalars are its own `step_args`, so every element gets the
-        arithmetic its trial's `fused_step` gives it."""
+        arithmetic its trial's `fused_step` gives it. On a GPU the rates are in each trial's step
+        scalars already (the caller wrote them), the step counters advance on the device and the
+        kernel's scalars are each trial's hyper-parameters (kernel_args("cuda")), one column each."""
+        if kernels.device == "cuda":
+            hp = [opt.kernel_args("cuda").scalars for opt, _ in members]
+            hp = np.array(hp, dtype=np.float64).T.reshape(len(hp[0]), len(members))
+            kernels.rows(self.name, arrays, idx, hp, "count" in self.kernel_args("cuda").slots)
+            return
         sc = None
         for j, ((opt, state), lr) in enumerate(zip(members, lrs, strict=True)):
             scalars = opt.step_args(kernels, state, lr).scalars

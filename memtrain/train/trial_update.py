@@ -38,9 +38,9 @@ def _key(result, rows: dict):
     """The group a trial can share a kernel with, or None (it updates alone)."""
     tr = result.trainer
     opt = tr.optimizer
-    if tr.kernels.name != "numba" or not opt.rows_fusable:
+    if tr.kernels.name not in ("numba", "cuda") or not opt.rows_fusable:
         return None
-    return opt.group_key(), tuple(rows[(result.index, f"opt.{n}")][0] for n in _slot_names(result))
+    return opt.group_key(), tuple(rows[(result.index, n)][0] for n in _names(result)[2:])
 
 
 def optimizer_groups(results, plans, arrays: dict) -> list:
@@ -55,16 +55,20 @@ def optimizer_groups(results, plans, arrays: dict) -> list:
     for (_, slot_stacks), trials in members.items():
         if len(trials) < 2:
             continue
-        names = ["params", "grads"] + [f"opt.{n}" for n in _slot_names(results[trials[0]])]
+        names = _names(results[trials[0]])
         stacked = [rows[(trials[0], n)][0] for n in names[:2]] + list(slot_stacks)
         idx = np.array([[rows[(k, n)][1] for k in trials] for n in names], dtype=np.int64)
         groups.append(Group(trials, [arrays[name] for name in stacked], idx))
     return groups
 
 
-def _slot_names(result) -> tuple:
-    opt = result.trainer.optimizer
-    return opt.kernel_args("cpu", opt.prepare(1, 1.0)).slots
+def _names(result) -> list:
+    """The trainer buffers a rows kernel takes, in order: params, grads, the optimizer's slots as its
+    kernel names them and, on a GPU, the step scalars (where each trial's rate is)."""
+    tr = result.trainer
+    device = "cuda" if tr.kernels.name == "cuda" else "cpu"
+    slots = tr.optimizer.kernel_args(device, tr.optimizer.prepare(1, 1.0)).slots
+    return ["params", "grads"] + [f"opt.{n}" for n in slots] + (["step_scalars"] if device == "cuda" else [])
 
 
 def update(results, groups: list, lrs: dict) -> None:
@@ -77,13 +81,30 @@ def update(results, groups: list, lrs: dict) -> None:
         if len(cols) == 1:
             grouped.discard(g.trials[cols[0]])  # alone this step: its own flat kernel
         elif cols:
-            trainers = [results[g.trials[j]].trainer for j in cols]
-            idx = g.idx if len(cols) == len(g.trials) else g.idx[:, cols]
-            trainers[0].optimizer.fused_rows(trainers[0].kernels.cpu.HOST, g.arrays, idx,
-                                             [(t.optimizer, t.arrays) for t in trainers],
-                                             [lrs[g.trials[j]] for j in cols])
+            _group_update(results, g, cols, lrs)
     for k, lr in lrs.items():
         tr = results[k].trainer
         if k not in grouped:
             tr.kernels.optimizer_step(tr.optimizer, tr.model.params, tr.grads, tr.arrays, lr, tr.spec.layout)
         tr.steps += 1
+
+
+def _group_update(results, g: Group, cols: list, lrs: dict) -> None:
+    """One rows kernel for the trials g.trials[j], j in cols (two or more)."""
+    trainers = [results[g.trials[j]].trainer for j in cols]
+    idx = g.idx if len(cols) == len(g.trials) else g.idx[:, cols]
+    rates = [lrs[g.trials[j]] for j in cols]
+    first = trainers[0]
+    if first.kernels.name == "cuda":
+        from memtrain.kernels import dispatch  # noqa: PLC0415 - CuPy only on a GPU
+        from memtrain.kernels.source import SC_LR  # noqa: PLC0415
+
+        # every rate in one copy, scattered into each trial's step scalars on the device
+        sc = g.arrays[-1]
+        xp = first.backend.xp
+        sc[dispatch.on_device(idx[-1]), SC_LR] = xp.asarray(np.array(rates, dtype=np.float64))
+        idx = np.vstack([idx, np.arange(len(cols), dtype=np.int64)])  # each trial's column of hp
+        kernels = dispatch.DeviceKernels(dispatch.default_launcher(), None, first.spec.dtype.name)
+    else:
+        kernels = first.kernels.cpu.HOST
+    first.optimizer.fused_rows(kernels, g.arrays, idx, [(t.optimizer, t.arrays) for t in trainers], rates)
