@@ -8,6 +8,7 @@ and their arguments are checked on a machine without a GPU.
 from __future__ import annotations
 
 import functools
+import sys
 
 import numpy as np
 
@@ -129,11 +130,11 @@ class DeviceKernels:
         trial owns, then its column of hp, the per-trial hyper-parameters (host float64, (H, G)).
         Both are copied to the device once and kept (they change only when trials leave)."""
         trials = idx.shape[1]
-        d_idx, d_hp = on_device(idx), on_device(hp)
+        d_idx, d_hp = on_device(idx, arrays[0]), on_device(hp, arrays[0])
         if counter:  # count is the slot before sc (Optimizer.kernel_args("cuda"))
             c, sc = arrays[-2], arrays[-1]
             self.launcher.elementwise(self.kernels["tick_rows"], trials,
-                                      [on_device(idx[[-3, -2]]), c, _row_stride(c), sc, _row_stride(sc)])
+                                      [on_device(idx[[-3, -2]], c), c, _row_stride(c), sc, _row_stride(sc)])
         args = [d_idx.shape[1], d_idx, d_hp, hp.shape[1]]
         for a in arrays:
             args += [a, _row_stride(a)]
@@ -147,16 +148,17 @@ class DeviceKernels:
 _UPLOADED: dict = {}
 
 
-def on_device(host):
-    """A small host array (a rows kernel's idx or hp) on the device, copied once per content."""
+def on_device(host, like):
+    """A small host array (a rows kernel's idx or hp) where `like` lives (the device), copied once
+    per content and kept."""
     host = np.ascontiguousarray(host)
-    key = (host.dtype.str, host.shape, host.tobytes())
+    # CuPy's module where `like` is CuPy's (its type's module, as backend.array_module tells them)
+    xp = sys.modules["cupy"] if type(like).__module__.split(".")[0] == "cupy" else np
+    key = (xp.__name__, host.dtype.str, host.shape, host.tobytes())
     if key not in _UPLOADED:
         if len(_UPLOADED) >= 256:  # a process running many arrays: keep the cache small
             _UPLOADED.clear()
-        import cupy  # noqa: PLC0415 - CuPy only when a kernel is launched
-
-        _UPLOADED[key] = cupy.asarray(host)
+        _UPLOADED[key] = xp.asarray(host)
     return _UPLOADED[key]
 
 

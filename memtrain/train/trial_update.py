@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from memtrain.kernels import dispatch
+from memtrain.kernels.source import SC_LR
 from memtrain.memory.trials import stacks
 
 
@@ -59,6 +61,9 @@ def optimizer_groups(results, plans, arrays: dict) -> list:
         stacked = [rows[(trials[0], n)][0] for n in names[:2]] + list(slot_stacks)
         idx = np.array([[rows[(k, n)][1] for k in trials] for n in names], dtype=np.int64)
         groups.append(Group(trials, [arrays[name] for name in stacked], idx))
+        first = results[trials[0]].trainer
+        if first.kernels.name == "numba":  # its rows kernel compiled now, not in the first step
+            first.kernels.cpu.warm_rows(first.optimizer, first.spec.dtype)
     return groups
 
 
@@ -96,13 +101,10 @@ def _group_update(results, g: Group, cols: list, lrs: dict) -> None:
     rates = [lrs[g.trials[j]] for j in cols]
     first = trainers[0]
     if first.kernels.name == "cuda":
-        from memtrain.kernels import dispatch  # noqa: PLC0415 - CuPy only on a GPU
-        from memtrain.kernels.source import SC_LR  # noqa: PLC0415
-
         # every rate in one copy, scattered into each trial's step scalars on the device
         sc = g.arrays[-1]
         xp = first.backend.xp
-        sc[dispatch.on_device(idx[-1]), SC_LR] = xp.asarray(np.array(rates, dtype=np.float64))
+        sc[dispatch.on_device(idx[-1], sc), SC_LR] = xp.asarray(np.array(rates, dtype=np.float64))
         idx = np.vstack([idx, np.arange(len(cols), dtype=np.int64)])  # each trial's column of hp
         kernels = dispatch.DeviceKernels(dispatch.default_launcher(), None, first.spec.dtype.name)
     else:

@@ -154,3 +154,20 @@ def warm(spec, optimizer) -> None:
         optimizer_step(optimizer, p, np.ones(2, dtype=dt), state, 1e-3, layout)
     if spec.l1 or spec.l2:
         add_penalty_grad(SimpleNamespace(l1=spec.l1, l2=spec.l2, layout=layout), p, p.copy())
+
+
+def warm_rows(optimizer, dtype) -> None:
+    """Compile (or load) the rows kernel of `optimizer`'s group (Optimizer.fused_rows), on two
+    rows of two elements: a trial array calls it when it is built, before its first step."""
+    dt = np.dtype(dtype)
+    states = []
+    for _ in range(2):
+        state = {f"opt.{s.name}": np.zeros({"param": 2, "per_layer": 1, "scalar": ()}[s.kind], dtype=s.dtype or dt)
+                 for s in optimizer.all_slots()}
+        optimizer.init_state(state, np.ones(2, dtype=dt))
+        states.append(state)
+    names = optimizer.kernel_args("cpu", optimizer.prepare(1, 1.0)).slots
+    arrays = [np.ones((2, 2), dtype=dt), np.ones((2, 2), dtype=dt)]
+    arrays += [np.stack([st[f"opt.{n}"] for st in states]) for n in names]
+    idx = np.tile(np.arange(2, dtype=np.int64), (len(arrays), 1))
+    optimizer.fused_rows(HOST, arrays, idx, [(optimizer, st) for st in states], [1e-3, 1e-3])
