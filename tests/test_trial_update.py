@@ -104,6 +104,6 @@ def test_each_rows_kernel_takes_its_flat_kernels_arrays(name):
     rows = list(__import__("inspect").signature(getattr(cpu_optim, f"{name}_rows").py_func).parameters)
     opt = make_optimizer(name)
     n_arrays = 2 + len(opt.kernel_args("cpu", opt.prepare(1, 1.0)).slots)
-    assert rows == flat[:n_arrays] + ["idx", "sc"]
+    assert rows == [f"{a}_stack" for a in flat[:n_arrays]] + ["idx", "sc"]
     for dtype in ("float16", "float32", "float64"):
         assert f"memtrain_{name}_rows_{dtype}" == cuda_kernels(dtype)[f"{name}_rows"].name
