@@ -59,13 +59,24 @@ def test_one_launch_per_optimizer_group_and_exact(cp):
         host(self, kernel, n, trials, args)
 
     cs.StandinLauncher.elementwise_rows = spy
+    launcher = __import__("memtrain.kernels.dispatch", fromlist=["x"]).default_launcher()
     try:
+        before = launcher.launches
         results = array.train()
+        grouped = launcher.launches - before
+        per_trial = TrialArray(settings, X, y, batch_size=16, device="cuda")
+        per_trial._groups = []  # each trial's own launches, as before the rows kernels
+        before = launcher.launches
+        per_trial.train()
+        alone = launcher.launches - before
     finally:
         cs.StandinLauncher.elementwise_rows = host
     steps = 2 * 3
     assert sorted(set(launched)) == [(f"memtrain_{o}_rows_float32", 2) for o in ("adam", "radam", "rprop", "sgd")]
     assert len(launched) == 4 * steps
+    # per step, memtrain's update launches: Adam, RAdam 2 x (tick + update) -> tick_rows + rows each,
+    # SGD, Rprop 2 x update -> rows each: 12 -> 6 (NovoGrad's, alone, the same both ways)
+    assert alone - grouped == (12 - 6) * steps
     for r in results:
         s = r.setting
         model = MLP.from_spec(s.spec, seed=s.seed, device="cuda")
