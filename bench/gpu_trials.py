@@ -112,21 +112,20 @@ def main(argv=None) -> int:
     X, y = rng.standard_normal((ROWS, LAYERS[0])).astype(np.float32), rng.integers(0, LAYERS[-1], ROWS)
     free = backend.xp.cuda.Device(backend.index).mem_info[0] if backend.is_cuda else 64 * 1024**2
     kmax = k_max(backend, free)
-    rows, ks, last = [], [1, 2, 4] if args.dry_run else [4**i for i in range(12)], 0.0
+    rows, ks, last = [], [1, 2, 4] if args.dry_run else [4**i for i in range(12)], (1, 0.0)
     payload = {"part": "trials", "dry_run": args.dry_run, "versions": versions(backend), "k_max": kmax,
                "free_bytes": int(free), "rows": rows, "skipped": deadline.skipped}
     for k in (k for k in ks if k <= kmax):
         for way in ("grouped", "per_trial"):
-            # a run of 4x the trials takes about 4x as long: start it only where that fits
-            if deadline.allows(f"K={k} {way}") and (not rows or deadline.left() > 5 * last):
+            # a run's time grows about linearly in K: start one only where its estimate fits
+            if deadline.allows(f"K={k} {way}") and deadline.left() > 1.5 * last[1] * k / last[0]:
                 t0 = time.perf_counter()
                 rows.append(run(backend, k, way, X, y))
-                last = time.perf_counter() - t0
+                last = (k, time.perf_counter() - t0)
                 print(rows[-1], flush=True)
             elif f"K={k} {way}" not in deadline.skipped:
                 deadline.skipped.append(f"K={k} {way}")
             write(args.out, payload)  # after every row: the shell's timeout may still stop a long one
-    write(args.out, payload)
     return 0
 
 

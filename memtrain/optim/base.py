@@ -136,7 +136,7 @@ class Optimizer:
         "cuda": the kernel reads the rate from the device's step scalars and t from the step
         counter, which it takes after the "param" slots; its scalars are the hyper-parameters
         after lr, in `__init__` order."""
-        slots = tuple(s.name for s in self.slots if s.kind == "param")
+        slots = self._param_slots
         if device == "cuda":
             counter = tuple(s.name for s in self.slots if s.name == "count")
             return KernelArgs(slots + counter, tuple(float(v) for k, v in self.hyper.items() if k != "lr"))
@@ -152,11 +152,20 @@ class Optimizer:
         kinds = {s.name: s.kind for s in self.all_slots()}
         return [state[f"opt.{n}"][lo:hi] if kinds[n] == "param" else state[f"opt.{n}"] for n in names]
 
+    # per step and trial in a trial array: computed once (an optimizer's slots never change)
+    @functools.cached_property
+    def _param_slots(self) -> tuple:
+        return tuple(s.name for s in self.slots if s.kind == "param")
+
+    @functools.cached_property
+    def _counts_steps(self) -> bool:
+        return any(s.name == "count" for s in self.slots)
+
     def step_args(self, kernels, state: dict, lr) -> KernelArgs:
         """Advance this optimizer's step counter and return its fused kernel's arguments for this
         step: what `fused_step` passes, and what a trial array's one kernel per optimizer group
         takes per trial (`fused_rows`)."""
-        t = kernels.tick(state, "count") if any(s.name == "count" for s in self.slots) else 0
+        t = kernels.tick(state, "count") if self._counts_steps else 0
         return self.kernel_args(kernels.device, self.prepare(t, lr) if t is not None else None)
 
     # a trial array may update trials of this optimizer together (fused_rows); False where an

@@ -97,7 +97,7 @@ def update(results, groups: list, lrs: dict) -> None:
 def _group_update(results, g: Group, cols: list, lrs: dict) -> None:
     """One rows kernel for the trials g.trials[j], j in cols (two or more)."""
     trainers = [results[g.trials[j]].trainer for j in cols]
-    idx = g.idx if len(cols) == len(g.trials) else g.idx[:, cols]
+    idx = g.idx if len(cols) == len(g.trials) else np.ascontiguousarray(g.idx[:, cols])  # the kernel's layout
     rates = [lrs[g.trials[j]] for j in cols]
     first = trainers[0]
     if first.kernels.name == "cuda":
