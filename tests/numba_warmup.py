@@ -49,6 +49,22 @@ def warm(dtype: str) -> None:
             Trainer(MLP([2, 2, 2], dtype=dtype, **model), optimizer, 2)  # builds the fused step: compiles
         except Exception as exc:  # noqa: BLE001 - the tests report it; the rest still warms
             print(f"warm-up {dtype} {model} {optimizer}: {exc}", file=sys.stderr)
+    warm_rows(dtype)
+
+
+def warm_rows(dtype: str) -> None:
+    """A trial array's rows kernel of each optimizer that groups (tests/test_trial_update.py):
+    float32 for all of them, Adam's in the other dtypes."""
+    from memtrain.kernels.cpu import dispatch  # noqa: PLC0415 - numba is loaded by then
+    from memtrain.optim import make_optimizer  # noqa: PLC0415
+
+    for name in OPTIMIZERS if dtype == "float32" else ["adam"]:
+        opt = make_optimizer(name)
+        if opt.rows_fusable:
+            try:
+                dispatch.warm_rows(opt, dtype)
+            except Exception as exc:  # noqa: BLE001 - the tests report it
+                print(f"warm-up rows {dtype} {name}: {exc}", file=sys.stderr)
 
 
 if __name__ == "__main__":
