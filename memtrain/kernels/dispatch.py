@@ -135,6 +135,10 @@ class DeviceKernels:
             c, sc = arrays[-2], arrays[-1]
             self.launcher.elementwise(self.kernels["tick_rows"], trials,
                                       [on_device(idx[[-3, -2]], c), c, _row_stride(c), sc, _row_stride(sc)])
+        if trials > MAX_GRID_Y:  # gridDim.y's limit: the trials in slices (each its own idx)
+            for lo in range(0, trials, MAX_GRID_Y):
+                self.rows(name, arrays, idx[:, lo : lo + MAX_GRID_Y], hp, False)
+            return
         args = [d_idx.shape[1], d_idx, d_hp, hp.shape[1]]
         for a in arrays:
             args += [a, _row_stride(a)]
@@ -146,6 +150,7 @@ class DeviceKernels:
 
 
 _UPLOADED: dict = {}
+MAX_GRID_Y = 65535  # CUDA's largest gridDim.y: a rows launch's trials
 
 
 def on_device(host, like):
