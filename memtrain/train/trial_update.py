@@ -2,12 +2,20 @@
 
 Trials whose optimizers have the same update and the same hyper-parameter names
 (Optimizer.group_key) form a group. After each trial's own l1/l2, clipping,
-non-finite guard and schedule (Trainer.update_rate, on the host: the CPU has the
-loss and the norm there already), the group's trials that update this step run
-one `<optimizer>_rows` kernel over their rows of the stacked parameters,
-gradients and slots, each with its own scalars (rate, bias corrections, step
-count, hyper-parameters): Optimizer.fused_rows. A trial's elements get exactly
-the arithmetic of its lone `fused_step`, so it stays bit-identical to its lone run.
+non-finite guard and schedule (Trainer.update_rate, on the host), the group's
+trials that update this step run one `<optimizer>_rows` kernel over their rows of
+the stacked parameters, gradients and slots, each with its own scalars (rate,
+bias corrections, step count, hyper-parameters): Optimizer.fused_rows. A trial's
+elements get exactly the arithmetic of its lone `fused_step`, so it stays
+bit-identical to its lone run. A trial skipped this step (non-finite) or no longer
+training is simply not among the kernel's rows.
+
+The guard stays on the host on a GPU too: the loss and the gradient norm are read
+back per trial and step, because a lone GPU run reads them there (its norm is one
+cuBLAS dot: a device reduction of the whole stack would sum in another order and
+clip with other bits). What the group saves there is launches: per group one copy
+of the rates, one scatter into the trials' step scalars, one `tick_rows`, one
+`<optimizer>_rows`, in place of a fill, a tick and an update per trial.
 
 Per trial, as before: NovoGrad and Lookahead (their updates are not one
 element-wise kernel: per-tensor norms, a sync every k steps), trials on the NumPy
