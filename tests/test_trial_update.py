@@ -27,7 +27,13 @@ def rows_calls(monkeypatch):
         calls.append((name, idx.shape[1]))
         real(name, arrays, idx, sc)
 
+    def penalty_spy(specs, params, grads, idx):
+        calls.append(("penalty", idx.shape[1]))
+        real_penalty(specs, params, grads, idx)
+
+    real_penalty = cpu.add_penalty_grad_rows
     monkeypatch.setattr(cpu, "run_rows", spy)
+    monkeypatch.setattr(cpu, "add_penalty_grad_rows", penalty_spy)
     return calls
 
 
@@ -59,6 +65,11 @@ def test_every_fusable_optimizer_runs_one_kernel_per_group_and_is_exact(rows_cal
     assert sorted(tuple(g.trials) for g in array._groups) == [(k, k + len(FUSABLE)) for k in range(len(FUSABLE))]
     rows_calls.clear()  # the warm-up's calls (each group's kernel compiled when the array is built)
     results = array.train()
+    penalties = [n for name, n in rows_calls if name == "penalty"]
+    rows_calls[:] = [c for c in rows_calls if c[0] != "penalty"]
+    # the l1/l2 of every penalised trial of a step in one call: 14 of the 20 trials have one
+    with_penalty = [s for s in array.settings if s.spec.l1 or s.spec.l2]
+    assert len(with_penalty) == 14 and penalties[0] == 14 and len(penalties) == 4 * -(-N // B)
     assert {name for name, _ in rows_calls} == set(FUSABLE) and {n for _, n in rows_calls} == {2}
     steps = -(-N // B)
     # per group: both trials' common epochs in rows calls (the shorter one's budget)

@@ -286,12 +286,14 @@ class Trainer:
             self.steps += 1
         return loss
 
-    def update_rate(self, G, loss: float):
+    def update_rate(self, G, loss: float, penalty: bool = True):
         """`update` up to the optimizer's kernel: l1/l2, clipping, the non-finite guard (None: this
-        step is skipped) and this step's rate. A trial array calls it per trial, then updates the
-        trials of one optimizer group with one kernel and adds their steps."""
+        step is skipped) and this step's rate. A trial array calls it per trial (penalty=False where
+        it added the trial's l1/l2 itself, with others'), then updates the trials of one optimizer
+        group with one kernel and adds their steps."""
         spec, model = self.spec, self.model
-        self.kernels.add_penalty_grad(spec, model.params, G, self.arrays)
+        if penalty:
+            self.kernels.add_penalty_grad(spec, model.params, G, self.arrays)
         norm = step.clip_by_norm(G, self.clip_norm, self.arrays.get("step_scalars"))
         self.last_grad_norm = norm
         if not (math.isfinite(loss) and math.isfinite(norm)):

@@ -17,6 +17,9 @@ clip with other bits). What the group saves there is launches: per group one cop
 of the rates, one scatter into the trials' step scalars, one `tick_rows`, one
 `<optimizer>_rows`, in place of a fill, a tick and an update per trial.
 
+The l1/l2 penalties of the trials that have one (on the CPU) are one call per
+step too (`penalized`, `add_penalties`): each trial's weights with its own l1, l2.
+
 Per trial, as before: NovoGrad and Lookahead (their updates are not one
 element-wise kernel: per-tensor norms, a sync every k steps), trials on the NumPy
 reference path (fused=False, or numba missing), and a group's only trial to
@@ -118,3 +121,29 @@ def _group_update(results, g: Group, cols: list, lrs: dict) -> None:
     else:
         kernels = first.kernels.cpu.HOST
     first.optimizer.fused_rows(kernels, g.arrays, idx, [(t.optimizer, t.arrays) for t in trainers], rates)
+
+
+def penalized(results, plans) -> dict:
+    """Trial index -> (params stack, its row, grads stack, its row) for each trial on the fused CPU
+    kernels with an l1 or l2 penalty, when two or more have one (else {}: each adds its own)."""
+    rows = {(k, s.source): (s.buffer.name, r) for s in stacks(plans) for k, r in s.rows}
+    out = {r.index: (*rows[(r.index, "params")], *rows[(r.index, "grads")]) for r in results
+           if r.trainer.kernels.name == "numba" and (r.trainer.spec.l1 or r.trainer.spec.l2)}
+    if len(out) < 2:
+        return {}
+    first = results[next(iter(out))].trainer
+    first.kernels.cpu.warm_penalty_rows(first.spec)  # compiled now, not in the first step
+    return out
+
+
+def add_penalties(results, pen: dict, arrays: dict, trials) -> set:
+    """grads_W += 2 l2 W + l1 sign(W) for the trials of this step that have a penalty, in one call
+    (two or more of them); returns the indices it did, whose update_rate then skips its own."""
+    ks = [r.index for r in trials if r.index in pen]
+    if len(ks) < 2:
+        return set()
+    params, grads = pen[ks[0]][0], pen[ks[0]][2]
+    idx = np.array([[pen[k][1] for k in ks], [pen[k][3] for k in ks]], dtype=np.int64)
+    results[ks[0]].trainer.kernels.cpu.add_penalty_grad_rows([results[k].trainer.spec for k in ks], arrays[params],
+                                                             arrays[grads], idx)
+    return set(ks)

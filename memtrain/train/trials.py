@@ -132,6 +132,7 @@ class TrialArray:
                 allocation_observer(s.buffer, self.arrays[s.buffer.name])
         self.results = self._build_trials(optimizers, fused_ok)
         self._groups = trial_update.optimizer_groups(self.results, self.plans, self.arrays)
+        self._penalized = trial_update.penalized(self.results, self.plans)
         self._views = {}
 
     @property
@@ -297,12 +298,14 @@ class TrialArray:
         return spec.activation.name == "relu", spec.output.name == "softmax"
 
     def _update(self, trials, losses, b: int) -> None:
-        """Each trial's l1/l2, clipping, guard and rate (Trainer.update_rate), then the optimizer
-        updates, one fused kernel per optimizer group (train/trial_update.py)."""
+        """The l1/l2 penalties (one call for the trials that have one), each trial's clipping, guard
+        and rate (Trainer.update_rate), then the optimizer updates, one fused kernel per optimizer
+        group (train/trial_update.py)."""
         lrs = {}
+        done = trial_update.add_penalties(self.results, self._penalized, self.arrays, trials)
         for r, loss_sum in zip(trials, losses, strict=True):
             tr, loss = r.trainer, loss_sum / b
-            lr = tr.update_rate(tr.grads, loss)
+            lr = tr.update_rate(tr.grads, loss, penalty=r.index not in done)
             if lr is not None:
                 lrs[r.index] = lr
             tr._epoch_loss += loss * b

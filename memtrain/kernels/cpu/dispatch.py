@@ -88,6 +88,15 @@ def add_penalty_grad(spec, params, grads) -> None:
                            bool(spec.l2), bool(spec.l1))
 
 
+def add_penalty_grad_rows(specs, params, grads, idx) -> None:
+    """add_penalty_grad for several trials of a trial array in one call: specs[j] is the spec (its
+    l1, l2) of the trial whose rows of the stacked params and grads are idx[0, j] and idx[1, j]."""
+    T = compute_type(params.dtype)
+    sc = np.array([[2.0 * s.l2, s.l1, bool(s.l2), bool(s.l1)] for s in specs], dtype=np.float64).T.astype(T)
+    bounds = np.array([[g.offset, g.offset + g.size] for g in specs[0].layout if g.kind == "weight"], dtype=np.int64)
+    K.penalty_grad_rows(storage(params), storage(grads), np.ascontiguousarray(idx), bounds, np.ascontiguousarray(sc))
+
+
 def _act_params(act, T, backward: bool) -> tuple:
     if act.name in ("leaky_relu", "abs"):
         # forward: p1 > 0 takes max(z, alpha z) (alpha <= 1), else min; backward: p1 = 1 - alpha
@@ -171,3 +180,11 @@ def warm_rows(optimizer, dtype) -> None:
     arrays += [np.stack([st[f"opt.{n}"] for st in states]) for n in names]
     idx = np.tile(np.arange(2, dtype=np.int64), (len(arrays), 1))
     optimizer.fused_rows(HOST, arrays, idx, [(optimizer, st) for st in states], [1e-3, 1e-3])
+
+
+def warm_penalty_rows(spec) -> None:
+    """Compile (or load) add_penalty_grad_rows for `spec`'s dtype, on two rows of one weight."""
+    layout = [SimpleNamespace(offset=0, size=2, kind="weight")]
+    one = SimpleNamespace(l1=1e-3, l2=1e-3, layout=layout)
+    p = np.ones((2, 2), dtype=spec.dtype)
+    add_penalty_grad_rows([one, one], p, p.copy(), np.tile(np.arange(2, dtype=np.int64), (2, 1)))

@@ -222,3 +222,14 @@ def penalty_grad(w, gw, two_l2, l1, use_l2, use_l1):
         if use_l1:
             sw = like(wi, 1.0) if wi > 0 else (like(wi, -1.0) if wi < 0 else wi * like(wi, 0.0))
             gw[i] = st(gw, gi + sw * l1)
+
+
+@rows_kernel
+def penalty_grad_rows(w_stack, gw_stack, idx, bounds, sc):
+    # penalty_grad on each trial's weight tensors (bounds[b] = offset, end), with its own l1/l2:
+    # sc[:, j] = 2 l2, l1, use_l2, use_l1 (flags as 1 or 0), cast as the flat call casts them
+    for j in range(idx.shape[1]):
+        w, gw = w_stack[idx[0, j]], gw_stack[idx[1, j]]
+        for b in range(bounds.shape[0]):
+            lo, hi = bounds[b, 0], bounds[b, 1]
+            penalty_grad(w[lo:hi], gw[lo:hi], sc[0, j], sc[1, j], sc[2, j] != 0, sc[3, j] != 0)
