@@ -53,11 +53,16 @@ def warm(dtype: str) -> None:
 
 
 def warm_rows(dtype: str) -> None:
-    """A trial array's rows kernel of each optimizer that groups (tests/test_trial_update.py):
-    float32 for all of them, Adam's in the other dtypes."""
+    """A trial array's rows kernels (tests/test_trials.py, tests/test_trial_update.py): the l1/l2
+    penalties', and each grouping optimizer's in float32, Adam's in the other dtypes."""
     from memtrain.kernels.cpu import dispatch  # noqa: PLC0415 - numba is loaded by then
+    from memtrain.nn.spec import ModelSpec  # noqa: PLC0415
     from memtrain.optim import make_optimizer  # noqa: PLC0415
 
+    try:
+        dispatch.warm_penalty_rows(ModelSpec.create([2, 2], dtype=dtype))
+    except Exception as exc:  # noqa: BLE001 - the tests report it
+        print(f"warm-up penalty rows {dtype}: {exc}", file=sys.stderr)
     for name in OPTIMIZERS if dtype == "float32" else ["adam"]:
         opt = make_optimizer(name)
         if opt.rows_fusable:
