@@ -147,6 +147,8 @@ class StoreDamaged(MemtrainError):
 
 
 class Store:
+    ROWS_KEPT = 4096  # decoded rows kept for pages (the newest kept first go last)
+
     def __init__(self, path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -332,7 +334,7 @@ class Store:
             return self._decode(row)  # records it as damaged: None
         self._rows.pop(job.seq, None)  # re-inserted: the newest stay, the oldest go first
         self._rows[job.seq] = (job.rev, job)
-        if len(self._rows) > 4096:  # bounded
+        while len(self._rows) > self.ROWS_KEPT:
             self._rows.pop(next(iter(self._rows)))
         return job
 
