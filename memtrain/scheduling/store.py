@@ -147,7 +147,7 @@ class StoreDamaged(MemtrainError):
 
 
 class Store:
-    ROWS_KEPT = 4096  # decoded rows kept for pages (the newest kept first go last)
+    ROWS_KEPT = 4096  # decoded rows kept for pages; past it, the longest kept go first
 
     def __init__(self, path):
         self.path = Path(path)
