@@ -46,7 +46,7 @@ from memtrain.errors import ConfigError
 from memtrain.nn.spec import ModelSpec
 from memtrain.optim import make_optimizer
 from memtrain.optim.schedules import make_schedule
-from memtrain.units import MAX_BATCH, MAX_EPOCHS, parse_bytes, parse_duration
+from memtrain.units import MAX_BATCH, MAX_DURATION, MAX_EPOCHS, parse_bytes, parse_duration
 from memtrain.validate import check_scalar
 
 DEFAULT_NAME = "memtrain"
@@ -205,6 +205,7 @@ class CheckpointConfig:
     dir: str | None = None  # default OUTPUT_DIR/checkpoints
     every_steps: int = 0
     every_minutes: float = 10.0
+    min_interval: float = 10.0  # seconds between epoch-end checkpoints (0: every epoch); the last epoch always
     keep: int = 3
     resume: bool = True
 
@@ -212,6 +213,8 @@ class CheckpointConfig:
         _set(self, "dir", None if self.dir is None else str(self.dir))
         _set(self, "every_steps", check_scalar(self.every_steps, "checkpoint.every_steps", int, min_val=0))
         _set(self, "every_minutes", check_scalar(self.every_minutes, "checkpoint.every_minutes", float, min_val=0))
+        _set(self, "min_interval", check_scalar(self.min_interval, "checkpoint.min_interval", float, min_val=0,
+                                                max_val=MAX_DURATION))
         _set(self, "keep", check_scalar(self.keep, "checkpoint.keep", int, min_val=1))
         _set(self, "resume", _bool("checkpoint.resume", self.resume))
 
