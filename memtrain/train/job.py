@@ -192,7 +192,7 @@ class Job:
         set_tf32(backend, self.cfg.training.tf32)  # raises for tf32 on the CPU; resets it otherwise
         if self.cfg.training.cuda_graph and not backend.is_cuda:
             raise DeviceError(f"training.cuda_graph: CUDA graphs need a CUDA device (the device is {backend.name})")
-        if self.cfg.training.fused and not backend.is_cuda:
+        if self.cfg.fused and not backend.is_cuda:
             threads_from_env()  # a bad MEMTRAIN_CPU_THREADS is refused before anything is created
 
     def load_data(self) -> None:
@@ -264,14 +264,14 @@ class Job:
         self._bar = ProgressBar(self.show_progress, steps_per_epoch, self.log.stream)
         if not self.backend.is_cuda:
             # imports a first step would make (scipy.special, numba and its compiled kernels) are not the plan's memory
-            _warm_up(self.spec, cfg.optimizer.make() if cfg.training.fused else None)
+            _warm_up(self.spec, cfg.optimizer.make() if cfg.fused else None)
             self.peak.start()
         schedule = cfg.schedule.make(self.base_lr, cfg.training.epochs * steps_per_epoch)
         model = MLP.from_spec(self.spec, seed=cfg.seed, device=self.backend)
         tr = self.trainer = Trainer(model, cfg.optimizer.make(), self.batch_size,
                                     micro_batch_size=self.micro_batch_size, schedule=schedule,
                                     clip_norm=cfg.training.clip_norm, patience=cfg.training.patience, seed=cfg.seed,
-                                    cuda_graph=cfg.training.cuda_graph, fused=cfg.training.fused)
+                                    cuda_graph=cfg.training.cuda_graph, fused=cfg.fused)
         for note in tr.notes:
             self.log("note", f"note      {note}", note=note)
         validation = (ds.X_val, ds.y_val) if ds.X_val is not None else None
