@@ -315,7 +315,8 @@ cfg = from_dict({"device": "cpu", "model": {"layers": [20, 64, 4], "activation":
                  "training": {"batch_size": 32, "epochs": 1},
                  "data": {"dataset": "synthetic:classification(300, 20, 4)"}, "output": {"dir": sys.argv[1]}})
 s = run(cfg, progress=False, stream=io.StringIO(), install_signals=False)
-print(json.dumps({k: s.get(k) for k in ("planned_bytes", "measured_peak_bytes", "python_objects_bytes")}))
+print(json.dumps({**{k: s.get(k) for k in ("planned_bytes", "measured_peak_bytes", "python_objects_bytes")},
+                  "numba": "numba" in sys.modules}))
 """
 
 
@@ -326,3 +327,18 @@ def test_a_first_gelu_step_does_not_count_scipy_as_training_memory(tmp_path):
     s = json.loads(out.stdout)
     assert s["measured_peak_bytes"] <= s["planned_bytes"] * 1.05 + 64 * 1024  # not +12 MB of scipy.special
     assert s["python_objects_bytes"] < 2 * 1024**2
+    assert s["numba"] is False  # fused = "auto", 1,604 parameters: the NumPy path, numba never imported
+
+
+def test_fused_auto_chooses_the_path_by_size_and_the_plan_follows(tmp_path):
+    cfg = config(tmp_path)  # 20-48-32-4: 2,724 parameters
+    assert cfg.training.fused == "auto" and cfg.fused is False
+    job = Job(cfg, log_format="json", stream=io.StringIO(), install_signals=False)
+    s = job.run()
+    assert job.trainer.kernels.name == "numpy" and job.plan.numba_kernels is False  # the plan is the path's
+    assert s["planned_bytes"] <= s["measured_peak_bytes"] <= s["planned_bytes"] * 1.005 + 256 * 1024
+    assert from_dict({"model": {"layers": [784, 128, 10]}}).fused is True  # 101,770 parameters
+    assert from_dict({"model": {"layers": [784, 120, 10]}}).fused is False  # 95,410
+    assert from_dict({"model": {"layers": [4, 2]}, "training": {"fused": True}}).fused is True  # as said
+    with pytest.raises(ConfigError, match='training.fused: expected true, false or "auto", got \'yes\''):
+        from_dict({"model": {"layers": [4, 2]}, "training": {"fused": "yes"}})
