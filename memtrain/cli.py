@@ -355,9 +355,8 @@ _TRAIN_KEYS = {
 @_device_options
 def train(job_file, log_format, progress, **flags):
     """Run a training job from JOB_FILE (TOML; see docs/job-file.md) and/or flags; flags
-    override the file. Checkpoints at an epoch's end every checkpoint.min_interval seconds
-    (10), after the last epoch and on SIGTERM/SIGINT (then exits 0); resumes from the newest
-    checkpoint.
+    override the file. Checkpoints every checkpoint.min_interval (10 s) at an epoch's end, after
+    the last epoch and on SIGTERM/SIGINT (then exits 0); resumes from the newest checkpoint.
 
     \b
     Examples:
