@@ -124,11 +124,14 @@ def test_warm_workers_are_forked_isolated_and_end_as_plain_ones(tmp_path):
     assert not ex.warm.alive()
 
 
-def test_a_gpu_launch_is_never_forked(tmp_path):
+def test_a_gpu_launch_or_another_interpreter_env_is_never_forked(tmp_path):
     ex = _warm_executor()
     try:
-        h = ex.start(dataclasses.replace(launch(tmp_path, epochs=0), device="cuda:0"))
+        h = ex.start(dataclasses.replace(launch(tmp_path / "g", epochs=0), device="cuda:0"))
         assert "forked" not in json.loads(h.ref)  # a plain start: CUDA never in a forking process
-        wait(ex, h)
+        assert wait(ex, h).code == 2
+        # PYTHONPATH (a sitecustomize) is read when an interpreter starts: a fork would not apply it
+        h = ex.start(dataclasses.replace(launch(tmp_path / "p", epochs=0), env={"PYTHONPATH": str(tmp_path)}))
+        assert "forked" not in json.loads(h.ref) and wait(ex, h).code == 2
     finally:
         ex.close()

@@ -65,10 +65,22 @@ def last_error_line(log_path) -> str | None:
     return next((s.strip()[:500] for s in reversed(lines) if s.strip()), None)
 
 
+# what a forked child sets at run time (thread pools) or reads only once it runs (numba, the
+# CPU kernels); any other difference from the server's environment (PYTHONPATH, a sitecustomize,
+# MALLOC_* read by the C library at exec) needs a fresh interpreter: that launch starts plainly
+RUNTIME_ENV = frozenset({"OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS",
+                         "MEMTRAIN_CPU_THREADS"})
+
+
+def _startup_env(env: dict) -> dict:
+    return {k: v for k, v in env.items() if k not in RUNTIME_ENV}
+
+
 class WarmWorkers:
     """The fork server (launch/forkserver.py) of one executor: started at once, used once ready."""
 
     def __init__(self, python: str):
+        self.env = _startup_env(dict(os.environ))  # what the server's interpreter started with
         self.dir = tempfile.mkdtemp(prefix="memtrain-warm-")
         self.socket = os.path.join(self.dir, "s")
         self.proc = subprocess.Popen([python, "-m", "memtrain.launch.forkserver", self.socket],
@@ -78,8 +90,9 @@ class WarmWorkers:
         return self.proc.poll() is None
 
     def fork(self, spec: Path, run_dir: Path, log: str, env: dict) -> int | None:
-        """The forked worker's pid; None when the server is not ready (or cannot fork)."""
-        if not (self.alive() and os.path.exists(self.socket)):
+        """The forked worker's pid; None when the server is not ready, cannot fork, or the launch
+        needs an interpreter started with another environment."""
+        if not (self.alive() and os.path.exists(self.socket)) or _startup_env(env) != self.env:
             return None
         request = {"spec": str(spec), "run_dir": str(run_dir), "log": str(log), "env": env}
         try:
