@@ -98,9 +98,9 @@ def test_warm_workers_are_forked_isolated_and_end_as_plain_ones(tmp_path):
         doomed = ex.start(launch(tmp_path / "a", epochs=500, batch_size=8, job_id="a"))
         assert json.loads(doomed.ref)["forked"]
         pid = json.loads(doomed.ref)["pid"]
-        assert os.getsid(pid) == pid  # its own session: a signal to its group reaches it alone
         while (read_json(tmp_path / "a" / "progress.json") or {}).get("epoch") is None:
             time.sleep(0.05)
+        assert os.getsid(pid) == pid  # its own session: a signal to its group reaches it alone
         ex.kill(doomed)  # one job's crash...
         end = wait(ex, doomed)
         assert end.signal == signal.SIGKILL and "SIGKILL" in end.reason  # the exact wait status, from STATUS
