@@ -65,9 +65,11 @@ def _positive(value, default: int) -> int:
     return n if n > 0 else default
 
 
-def _child(request: dict) -> int:
+def _child(request: dict, ready: int) -> int:
     """In the forked child: become the job's own process, then run the worker."""
     os.setsid()
+    os.write(ready, b"s")  # its session exists before the caller learns its pid (a killpg finds it)
+    os.close(ready)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # as a fresh interpreter has it
@@ -101,14 +103,21 @@ def fork_job(request: dict, close: list) -> int:
     """Fork a child that runs the job; returns its pid (in the server)."""
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
+    r, w = os.pipe()
     pid = os.fork()
     if pid:
+        os.close(w)
+        try:
+            os.read(r, 1)  # the child has its own session (or has died: EOF)
+        finally:
+            os.close(r)
         return pid
     code = 1
     try:
+        os.close(r)
         for s in close:  # the server's sockets are not the job's
             s.close()
-        code = _child(request)
+        code = _child(request, w)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except BaseException:  # a bug: its traceback goes to the job's log, as a plain worker's would
