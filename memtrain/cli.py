@@ -292,7 +292,8 @@ def _device_options(f):
     fused), --tf32 and --cuda-graph nothing on the CPU."""
     f = click.option("--fused/--no-fused", default=None,
                      help="CPU: memtrain's fused kernels (one pass per optimizer update and per bias + "
-                          "activation); --no-fused runs the NumPy reference path.  [default: fused]")(f)
+                          "activation); --no-fused runs the NumPy reference path.  [default: auto: fused from "
+                          "100,000 parameters]")(f)
     f = click.option("--tf32/--no-tf32", default=None,
                      help="TF32 Tensor Cores for float32 matmuls on a GPU.  [default: off]")(f)
     return click.option("--cuda-graph/--no-cuda-graph", default=None,
