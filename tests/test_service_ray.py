@@ -97,7 +97,7 @@ def test_serve_on_ray_runs_two_at_a_time_cancels_through_ray_and_matches_local(t
     srv = ProcessServer(tmp_path / "state", "--executor", "ray", "--ray-address", ray_cluster,
                         "--storage", str(tmp_path / "storage"), "--job-metrics-host", "0.0.0.0").start()
     try:
-        long_job = digits_job("long", epochs=400)
+        long_job = digits_job("long", epochs=4000)  # still training when the cancel reaches it
         ids = [request(srv.url, "POST", "/jobs", job)[1]["id"] for job in
                (long_job, digits_job("a"), digits_job("b"), digits_job("c"))]
         seen_waiting, most_running, scraped = False, 0, None
