@@ -65,15 +65,15 @@ def last_error_line(log_path) -> str | None:
     return next((s.strip()[:500] for s in reversed(lines) if s.strip()), None)
 
 
-# what a forked child sets at run time (thread pools) or reads only once it runs (numba, the
-# CPU kernels); any other difference from the server's environment (PYTHONPATH, a sitecustomize,
-# MALLOC_* read by the C library at exec) needs a fresh interpreter: that launch starts plainly
-RUNTIME_ENV = frozenset({"OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS",
-                         "MEMTRAIN_CPU_THREADS"})
+# what a forked child sets at run time (thread pools) or reads only once it runs (numba, memtrain's
+# own MEMTRAIN_* settings, none read at import); any other difference from the server's environment
+# (PYTHONPATH, a sitecustomize, MALLOC_* read by the C library at exec) needs a fresh interpreter:
+# that launch starts plainly
+RUNTIME_ENV = frozenset({"OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"})
 
 
 def _startup_env(env: dict) -> dict:
-    return {k: v for k, v in env.items() if k not in RUNTIME_ENV}
+    return {k: v for k, v in env.items() if k not in RUNTIME_ENV and not k.startswith("MEMTRAIN_")}
 
 
 class WarmWorkers:
