@@ -124,6 +124,7 @@ class LocalExecutor:
         self.python = python or sys.executable
         self._children: dict = {}  # pid -> Popen, for processes this object started
         self._gone_since: dict = {}  # pid -> when a forked worker was first seen gone without its STATUS
+        self._forked: set = set()  # pids this executor's fork server forked (not adopted after a restart)
         if warm is None:
             warm = os.environ.get("MEMTRAIN_WARM_WORKERS", "") == "1"
         self.warm = WarmWorkers(self.python) if warm else None
@@ -150,6 +151,7 @@ class LocalExecutor:
         ref = {"pid": pid, "start": start, "run_dir": str(run_dir), "log": launch.log_path}
         if pid not in self._children:
             ref["forked"] = True
+            self._forked.add(pid)
         target = f"{launch.metrics_host}:{launch.metrics_port}" if launch.metrics_port else None
         return Handle(launch.job_id, self.name, json.dumps(ref), target)
 
@@ -159,13 +161,16 @@ class LocalExecutor:
         status = read_json(Path(ref["run_dir"]) / STATUS)
         if status is not None:
             self._gone_since.pop(ref["pid"], None)
+            self._forked.discard(ref["pid"])
             return self._exit(ref, -status["signal"] if "signal" in status else status["code"])
         if self._alive(ref):
             return None
         first = self._gone_since.setdefault(ref["pid"], time.monotonic())
-        if self.warm is not None and self.warm.alive() and time.monotonic() - first < STATUS_WAIT:
+        ours = ref["pid"] in self._forked  # forked by this executor's server: its STATUS can still come
+        if ours and self.warm.alive() and time.monotonic() - first < STATUS_WAIT:
             return None  # reaped a moment ago: its STATUS is on the way
         self._gone_since.pop(ref["pid"], None)
+        self._forked.discard(ref["pid"])
         return self._exit(ref, None)
 
     def poll(self, handle: Handle) -> Exit | None:
