@@ -13,7 +13,7 @@ import tracemalloc
 
 import pytest
 from click.testing import CliRunner
-from test_job import config, job_file
+from test_job import config, job_file, train_cli
 
 from memtrain.cli import main
 from memtrain.config import JobConfig, from_dict
@@ -114,18 +114,14 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_exit_1(tmp_path, monkey
 # -- run history ---------------------------------------------------------------------------------
 
 
-def _cli(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "memtrain.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=120, **kw)
-
-
 def test_history_survives_a_kill_exactly_and_runs_lists_it(tmp_path):
     # epoch-end checkpoints held back by min_interval: the newest checkpoint when the kill comes is
     # every_steps' step 60 (epoch 3, batch 7), older than the 3 epochs in the history
     job = job_file(tmp_path, **{"epochs = 3": "epochs = 4", "every_steps = 4": "every_steps = 30\nmin_interval = 3600",
                                 "keep = 2": "keep = 5"})
     ref = tmp_path / "ref"
-    assert _cli("train", job, "--output-dir", ref, "--log-format", "json").returncode == 0
+    # the reference run and the final resume in this process (train_cli); the killed run is a real process
+    assert train_cli(job, "--output-dir", ref, "--log-format", "json").returncode == 0
     run_dir = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "memtrain.cli", "train", str(job), "--output-dir", str(run_dir),
                              "--log-format", "json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -140,7 +136,7 @@ def test_history_survives_a_kill_exactly_and_runs_lists_it(tmp_path):
     assert [r["epoch"] for r in RunHistory(run_dir).read()] in ([1, 2], [1, 2, 3])  # epoch 3's line: log first
     assert [p.name for p in ckpt.list_checkpoints(run_dir / "checkpoints")] == [
         "ckpt-000000060.json", "ckpt-000000030.json"]  # nothing lost beyond the interval
-    done = _cli("train", job, "--output-dir", run_dir, "--log-format", "json")
+    done = train_cli(job, "--output-dir", run_dir, "--log-format", "json")
     assert done.returncode == 0, done.stderr
     resumed = [json.loads(line) for line in done.stdout.splitlines() if '"resume"' in line]
     assert [(e["step"], e["epoch"]) for e in resumed] == [(60, 2)]  # the history is cut back to it
