@@ -32,7 +32,8 @@ def _config(tmp_path, name, optimizer):
     return from_dict({"name": name, "seed": 0, "device": "cpu", "model": {"layers": [64, 16, 10]},
                       "optimizer": optimizer, "training": {"batch_size": 128, "epochs": 100_000},
                       "data": {"dataset": "digits"}, "output": {"dir": str(tmp_path / name)},
-                      "checkpoint": {"dir": str(tmp_path / name / "ck")}, "metrics": {"port": 0}})
+                      "checkpoint": {"dir": str(tmp_path / name / "ck"), "min_interval": 0},  # a checkpoint each epoch
+                      "metrics": {"port": 0}})
 
 
 def scrape(url: str) -> dict:
