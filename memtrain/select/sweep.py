@@ -242,6 +242,7 @@ def _run(plans, device_kind, budget, budget_source, workers, runner, executor, m
     from memtrain.select import runner as rn  # noqa: PLC0415
 
     tasks, members = _tasks(plans, device_kind, fuse)
+    log = _retry_text(log, tasks, members)
     if executor is None and (runner is not None or workers == 1):
         from memtrain.launch.inprocess import InProcessExecutor  # noqa: PLC0415
 
@@ -283,6 +284,24 @@ def _tasks(plans, device_kind, fuse) -> tuple:
         tasks.append(rn.Task(task_id, cfg, fuse_mod.array_bytes(group)))
         members[task_id] = group
     return tasks, members
+
+
+def _retry_text(log, tasks, members):
+    """The scheduler's retry line, with what a retried array does (train/arrayjob.py)."""
+    from memtrain.train.arrayjob import CHECKPOINTS  # noqa: PLC0415
+
+    arrays = {t.id: (len(members[t.id]), t.cfg.run_dir / CHECKPOINTS) for t in tasks
+              if isinstance(t.cfg, fuse_mod.ArrayConfig)}
+
+    def say(line: str) -> None:
+        task = line[len("retry     "):].split(":", 1)[0] if line.startswith("retry     ") else None
+        if task in arrays:
+            n, where = arrays[task]
+            line += (f"; the array's {n} trials resume from its newest checkpoint in {where}, each trial's epochs "
+                     "after it trained again")
+        log(line)
+
+    return say
 
 
 def _call(group, runner, run_dir):

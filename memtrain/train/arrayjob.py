@@ -130,13 +130,12 @@ class ArrayRun:
         job.on_epoch(r.trainer, record)
 
     def _on_step(self, trials) -> None:
-        if any(i not in self.ended and self.array.results[i].state == STOPPED for i in self.cancels):
+        if any(i not in self.ended and self.array.results[i].state == STOPPED for i in tuple(self.cancels)):
             self._save("cancel")
-        c = self.cadence
-        if c.every_steps or c.every_seconds:
-            last = trials[0].trainer.position * self.array.batch_size >= len(self.array.X)
-            if c.interval_due(arraystate.clock(self.array), last_in_epoch=last):
-                self._save("interval")
+        tr, n_batches = trials[0].trainer, self.jobs[0].steps_per_epoch
+        # the trials still training stand at the array's clock (arraystate.clock), in O(1)
+        if self.cadence.interval_due(tr.epoch * n_batches + tr.position, last_in_epoch=tr.position >= n_batches):
+            self._save("interval")
 
     # -- checkpoints ---------------------------------------------------------------------------
 
