@@ -6,6 +6,7 @@ stops on its own (ArrayRun.stop_trial, the worker's stop-trials.json) while the 
 The reference for every trial is its lone job (`memtrain train`'s Job): model-final.npz bit for
 bit, the history's epochs, run.json's end."""
 
+import contextlib
 import csv
 import json
 import os
@@ -224,13 +225,14 @@ lr = [0.001, 0.01, 0.1]
 """
 
 
-def _kill_when_past(progress, step: int, killed: list, deadline: float) -> None:
+def _kill_when_past(progress, step: int, killed: list, done: threading.Event) -> None:
     """kill -9 the array's worker once its progress says a checkpoint past `step` is written."""
-    while time.monotonic() < deadline:
+    while not done.is_set():
         p = worker.read_json(progress) or {}
         if (p.get("checkpoint_step") or 0) >= step:
-            os.kill(p["pid"], signal.SIGKILL)
-            killed.append(p["checkpoint_step"])
+            with contextlib.suppress(ProcessLookupError):  # ended already: `killed` stays empty, the test says so
+                os.kill(p["pid"], signal.SIGKILL)
+                killed.append(p["checkpoint_step"])
             return
         time.sleep(0.002)
 
@@ -251,12 +253,13 @@ def test_a_killed_array_worker_is_retried_and_every_trial_ends_as_alone(tmp_path
     plans = sw.plan_trials(sweep, sp.expand(sweep), output_dir=out, budget=2**30, device_kind="cpu")
     task = fuse.array_task_id(plans)
     array_dir = out / fuse.ARRAYS / task
-    watcher = threading.Thread(target=_kill_when_past, args=(array_dir / worker.PROGRESS, 100, killed,
-                                                             time.monotonic() + 120))
+    done = threading.Event()
+    watcher = threading.Thread(target=_kill_when_past, args=(array_dir / worker.PROGRESS, 100, killed, done))
     watcher.start()
     try:
         sw.run_sweep(sweep, output_dir=out, budget=2**30, workers=2, log=logs.append)
     finally:
+        done.set()
         watcher.join()
     assert killed, "the worker was never seen past step 100"
     text = "\n".join(logs)
@@ -264,7 +267,7 @@ def test_a_killed_array_worker_is_retried_and_every_trial_ends_as_alone(tmp_path
     assert "the array's 3 trials resume from its newest checkpoint" in text, text
     events = [json.loads(x) for x in (array_dir / "log.jsonl").read_text().splitlines() if x.startswith("{")]
     resumed = [e for e in events if e["event"] == "resume"]
-    assert len(resumed) == 1 and 100 <= resumed[0]["step"] <= killed[0] < 6 * 72
+    assert len(resumed) == 1 and 100 <= resumed[0]["step"] < 6 * 72  # mid-training: 72 steps an epoch
     names = sorted(x.name for x in (ref / "trials").iterdir())
     assert len(names) == 3
     _same_as_lone(out / "trials", ref / "trials", names)
