@@ -3,7 +3,8 @@
 The arrays are each trial's Trainer.state_arrays() under `t<k>.<name>` (parameters, every
 optimizer slot, best weights); the sidecar's state is the array's clock and one record per
 trial: its Trainer.state_meta() (steps, epoch, position, the epoch's loss so far, early
-stopping), what an array adds to a lone trainer's state (the non-finite streak, the last rate
+stopping; its epoch is also its history position: the run dir's history is cut back to that
+many rows on resume, as a lone job's `history_rows`), what an array adds to a lone trainer's state (the non-finite streak, the last rate
 and gradient norm) and its `state`: training, finished, stopped_early, failed or cancelled.
 
 No random generator state is saved, as none is for a lone job: a trial's data order is drawn
