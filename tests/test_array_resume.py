@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from memtrain.config import from_dict
+from memtrain.errors import ConfigError
 from memtrain.launch import worker
 from memtrain.select import fuse
 from memtrain.select import space as sp
@@ -191,6 +192,8 @@ def test_the_worker_stops_a_trial_named_in_stop_trials_json(tmp_path, capsys):
     run_dir.mkdir()
     worker.request_trial_stop(run_dir, 2, "cancel")
     worker.request_trial_stop(run_dir, 2, "again")  # a second request changes nothing
+    with pytest.raises(ConfigError, match="trial"):
+        worker.request_trial_stop(run_dir, -1)
     launch = {"job_id": "array-t0-3", "run_dir": str(run_dir), "config": {"array": [c.to_dict() for c in cfgs]}}
     code, reason, result, _ = worker._run_array(launch, str(run_dir / "launch.json"), None)
     assert (code, reason) == (0, None)

@@ -327,9 +327,12 @@ def request_trial_stop(run_dir, index: int, reason: str = "cancel") -> None:
     """Ask the array worker of `run_dir` to stop trial `index` (its place in the array's config)
     after its current step; the others train on. Kept in the run dir, so a retried worker (and a
     resumed array) stops it too. Atomic: the worker never reads half a request."""
+    from memtrain.validate import check_scalar  # noqa: PLC0415
+
+    index = check_scalar(index, "trial", int, min_val=0)
     path = Path(run_dir) / STOP_TRIALS
     asked = read_json(path) or {}
-    asked.setdefault(str(int(index)), str(reason))
+    asked.setdefault(str(index), str(reason))
     write_json(path, asked)
 
 
