@@ -32,7 +32,8 @@ CSV_CLOCKS = {"seconds", "samples_per_second", "planned_bytes", "measured_peak_b
 RUN_CLOCKS = {"finished_at", "seconds", "samples_per_second", "planned_bytes", "planned_by_category",
               "measured_peak_bytes"}
 # 80 training rows at batch 16: 5 steps per epoch; an interval checkpoint every 4 array steps
-TRIALS = [("adam", 0.01, None), ("momentum", 0.05, (0.9, 0.8)), ("sgd", 0.3, None)]
+# two Adam trials: one fused update kernel over both rows (train/trial_update.py), restored too
+TRIALS = [("adam", 0.01, None), ("momentum", 0.05, (0.9, 0.8)), ("sgd", 0.3, None), ("adam", 0.03, (1.0, 0.8))]
 
 
 def _cfgs(root, dtype, epochs=4):
@@ -114,7 +115,7 @@ def test_an_array_resumes_from_its_checkpoint_bit_exactly(tmp_path, lone, torn):
     log = []
     outcomes = run_array(_cfgs(root, dtype), run_dir=run_dir,
                          on_event=lambda event, fields: log.append((event, fields)))
-    assert [o["status"] for o in outcomes] == ["finished"] * 3
+    assert [o["status"] for o in outcomes] == ["finished"] * 4
     resumed = [f for e, f in log if e == "resume"]
     assert len(resumed) == 1 and resumed[0]["step"] == (5 if torn else 8)
     warnings = [f["message"] for e, f in log if e == "warning"]
@@ -123,7 +124,7 @@ def test_an_array_resumes_from_its_checkpoint_bit_exactly(tmp_path, lone, torn):
         assert (run_dir / CHECKPOINTS / "ckpt-000000008.npz.corrupt").exists()
     else:
         assert warnings == []
-    _same_as_lone(root, ref, ["t0", "t1", "t2"])
+    _same_as_lone(root, ref, ["t0", "t1", "t2", "t3"])
     assert json.loads((root / "t0" / "run.json").read_text())["resumes"] == 1
 
 
@@ -143,12 +144,12 @@ def test_a_stopped_array_trains_on_when_run_again(tmp_path, lone):
     dtype, ref = lone
     root, run_dir = tmp_path / "trials", tmp_path / "array"
     outcomes = StoppingRun(_cfgs(root, dtype), run_dir=run_dir).run()
-    assert [o["status"] for o in outcomes] == ["stopped"] * 3
-    assert {json.loads((root / f"t{k}" / "run.json").read_text())["state"] for k in range(3)} == {"stopped"}
+    assert [o["status"] for o in outcomes] == ["stopped"] * 4
+    assert {json.loads((root / f"t{k}" / "run.json").read_text())["state"] for k in range(4)} == {"stopped"}
     record = ckpt.recover(run_dir / CHECKPOINTS)
-    assert record["state"]["steps"] == 10 and [t["state"] for t in record["state"]["trials"]] == ["training"] * 3
-    assert [o["status"] for o in run_array(_cfgs(root, dtype), run_dir=run_dir)] == ["finished"] * 3
-    _same_as_lone(root, ref, ["t0", "t1", "t2"])
+    assert record["state"]["steps"] == 10 and [t["state"] for t in record["state"]["trials"]] == ["training"] * 4
+    assert [o["status"] for o in run_array(_cfgs(root, dtype), run_dir=run_dir)] == ["finished"] * 4
+    _same_as_lone(root, ref, ["t0", "t1", "t2", "t3"])
 
 
 class CancellingRun(ArrayRun):
@@ -162,26 +163,26 @@ class CancellingRun(ArrayRun):
 
 def test_one_trial_stops_and_the_others_train_on(tmp_path, lone):
     """stop_trial(1): trial 1's run dir ends "stopped" with its stop checkpoint, as a lone job's
-    cancel ends it, and it is stepped no more; trials 0 and 2 end as alone. Run again, the array
+    cancel ends it, and it is stepped no more; the others end as alone. Run again, the array
     (resumed from its last checkpoint) keeps trial 1 cancelled."""
     dtype, ref = lone
     root, run_dir = tmp_path / "trials", tmp_path / "array"
     run = CancellingRun(_cfgs(root, dtype), run_dir=run_dir)
     outcomes = run.run()
-    assert [o["status"] for o in outcomes] == ["finished", "cancelled", "finished"]
+    assert [o["status"] for o in outcomes] == ["finished", "cancelled", "finished", "finished"]
     assert outcomes[1]["error"] == "stopped on cancel"
     assert run.array.results[1].trainer.steps == 5  # its epoch 1, then no step more
     one = json.loads((root / "t1" / "run.json").read_text())
     assert (one["state"], one["message"], one["epochs"]) == ("stopped", "stopped on cancel", 1)
     assert [p.name for p in ckpt.list_checkpoints(root / "t1" / "checkpoints")][0] == "ckpt-000000005.json"
     assert not (root / "t1" / "model-final.npz").exists()
-    _same_as_lone(root, ref, ["t0", "t2"])
+    _same_as_lone(root, ref, ["t0", "t2", "t3"])
     record = ckpt.recover(run_dir / CHECKPOINTS)
     assert [t["state"] for t in record["state"]["trials"]][1] == "cancelled"
     assert record["state"]["trials"][1]["steps"] == 5
     again = run_array(_cfgs(root, dtype), run_dir=run_dir)
-    assert [o["status"] for o in again] == ["finished", "cancelled", "finished"]
-    _same_as_lone(root, ref, ["t0", "t2"])
+    assert [o["status"] for o in again] == ["finished", "cancelled", "finished", "finished"]
+    _same_as_lone(root, ref, ["t0", "t2", "t3"])
 
 
 def test_the_worker_stops_a_trial_named_in_stop_trials_json(tmp_path, capsys):
@@ -194,10 +195,10 @@ def test_the_worker_stops_a_trial_named_in_stop_trials_json(tmp_path, capsys):
     worker.request_trial_stop(run_dir, 2, "again")  # a second request changes nothing
     with pytest.raises(ConfigError, match="trial"):
         worker.request_trial_stop(run_dir, -1)
-    launch = {"job_id": "array-t0-3", "run_dir": str(run_dir), "config": {"array": [c.to_dict() for c in cfgs]}}
+    launch = {"job_id": "array-t0-4", "run_dir": str(run_dir), "config": {"array": [c.to_dict() for c in cfgs]}}
     code, reason, result, _ = worker._run_array(launch, str(run_dir / "launch.json"), None)
     assert (code, reason) == (0, None)
-    assert [o["status"] for o in result["array"]] == ["finished", "finished", "cancelled"]
+    assert [o["status"] for o in result["array"]] == ["finished", "finished", "cancelled", "finished"]
     run = json.loads((tmp_path / "trials" / "t2" / "run.json").read_text())
     assert (run["state"], run["message"], run["epochs"]) == ("stopped", "stopped on cancel", 0)
     events = [json.loads(x)["event"] for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
@@ -217,6 +218,7 @@ name = "adam"
 [base.training]
 batch_size = 16
 epochs = 6
+fused = false  # the NumPy step: a worker without numba starts with less CPU (the grouped kernels: above)
 [base.checkpoint]
 every_steps = 25
 [base.data]
