@@ -45,7 +45,7 @@ def _cfgs(root, dtype, epochs=4):
             "optimizer": {"name": opt, "lr": lr}, "schedule": {"name": "cosine", "warmup": 3},
             "training": {"batch_size": 16, "epochs": epochs, "patience": 2 if k == 2 else None},
             "data": {"dataset": "synthetic:classification(120, 10, 3)", "validation": 0.25, "standardize": False},
-            "checkpoint": {"every_steps": 4, "every_minutes": 0},
+            "checkpoint": {"every_steps": 4, "every_minutes": 0, "min_interval": 0},  # every epoch's end too
             "output": {"dir": str(root / f"t{k}")}}))
     return out
 

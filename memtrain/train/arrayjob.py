@@ -8,10 +8,11 @@ and whose data set is the first trial's one copy.
 
 Checkpoints: with a run dir (the worker's OUTPUT_DIR/arrays/<task id>, select/fuse.py), the array
 writes one checkpoint of all its trials into RUN_DIR/checkpoints (train/checkpoint.py's format:
-atomic, fsync'ed, SHA-256 over the .npz and the sidecar; contents in train/arraystate.py) at every
-epoch end, every `checkpoint.every_steps` array steps or `every_minutes`, when a trial is cancelled
-and when the array stops or ends. The cadence and `keep` are the first trial's [checkpoint] (a
-sweep's trials share their base's). A new run of the same array (a worker killed by SIGKILL and
+atomic, fsync'ed, SHA-256 over the .npz and the sidecar; contents in train/arraystate.py) at an
+epoch's end once `checkpoint.min_interval` seconds have passed since the newest one (each trial's
+history lines fsync'ed first), every `checkpoint.every_steps` array steps or `every_minutes`, when
+a trial is cancelled and when the array stops or ends. The cadence and `keep` are the first
+trial's [checkpoint] (a sweep's trials share their base's). A new run of the same array (a worker killed by SIGKILL and
 retried by the scheduler, a sweep stopped and resumed) loads the newest checkpoint that verifies
 (a torn or damaged one is set aside and the previous one used) and goes on from its step: every
 trial ends bit-identical to its uninterrupted (and its lone) run, and its history is cut back to
@@ -65,7 +66,7 @@ class ArrayRun:
         self.stop_reason = None
         self.ckpt_dir = None if run_dir is None else Path(run_dir) / CHECKPOINTS
         first = self.cfgs[0].checkpoint
-        self.cadence = ckpt.Cadence(first.every_steps, first.every_minutes * 60)
+        self.cadence = ckpt.Cadence(first.every_steps, first.every_minutes * 60, min_interval=first.min_interval)
         self.log = JobLog("json", log if log is not None else io.StringIO(), on_event)
         self.cancels = {}  # trial index -> reason: stop_trial() asked for it
         self.ended = {}  # trial index -> the outcome of a cancelled trial whose run dir has ended
@@ -101,7 +102,7 @@ class ArrayRun:
         n_train = len(first.data.X_train)
         settings = [setting_from_config(c, n_train, first.batch_size, name=c.name) for c in self.cfgs]
         self.array = TrialArray(settings, first.data.X_train, first.data.y_train, validation,
-                                batch_size=first.batch_size, device=first.backend, fused=first.cfg.training.fused)
+                                batch_size=first.batch_size, device=first.backend, fused=first.cfg.fused)
         for job, r in zip(self.jobs, self.array.results, strict=True):
             _attach(job, r.trainer)
         states = self._resume()
@@ -120,7 +121,7 @@ class ArrayRun:
         # overflow in the batched (3-D) matmul warns where a lone job's 2-D BLAS call does not: the
         # trainer's non-finite guard handles such a step, in an array as alone
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            self.array.train(on_epoch=self._on_epoch, on_step=self._on_step, after_epoch=lambda: self._save("epoch"))
+            self.array.train(on_epoch=self._on_epoch, on_step=self._on_step, after_epoch=self._after_epoch)
         self._save(self.stop_reason or "end")
         return [self._outcome(job, r) for job, r in zip(self.jobs, self.array.results, strict=True)]
 
@@ -136,6 +137,12 @@ class ArrayRun:
         # the trials still training stand at the array's clock (arraystate.clock), in O(1)
         if self.cadence.interval_due(tr.epoch * n_batches + tr.position, last_in_epoch=tr.position >= n_batches):
             self._save("interval")
+
+    def _after_epoch(self) -> None:
+        """The epoch-end checkpoint when checkpoint.min_interval has passed (as a lone job's); the
+        array's end always writes one (run)."""
+        if self.cadence.epoch_due(arraystate.clock(self.array), last=False):
+            self._save("epoch")
 
     # -- checkpoints ---------------------------------------------------------------------------
 
@@ -158,6 +165,8 @@ class ArrayRun:
         clock = arraystate.clock(self.array)
         if self._saved == (clock, tuple(states)):
             return
+        for job in self.jobs:
+            job._sync_history()  # the epochs this checkpoint holds are durable in each trial's history first
         path = ckpt.save(self.ckpt_dir, arraystate.state_arrays(self.array),
                          arraystate.state_meta(self.array, states), self.identity(), keep=self.cfgs[0].checkpoint.keep)
         self._saved = (clock, tuple(states))
