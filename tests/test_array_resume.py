@@ -43,7 +43,8 @@ def _cfgs(root, dtype, epochs=4):
             "name": f"t{k}", "seed": 3, "device": "cpu",
             "model": {"layers": [10, 12, 3], "activation": "tanh", "dropout": dropout, "dtype": dtype},
             "optimizer": {"name": opt, "lr": lr}, "schedule": {"name": "cosine", "warmup": 3},
-            "training": {"batch_size": 16, "epochs": epochs, "patience": 2 if k == 2 else None},
+            # fused: the numba kernels ("auto" runs NumPy for a model this small), the Adam pair grouped
+            "training": {"batch_size": 16, "epochs": epochs, "patience": 2 if k == 2 else None, "fused": True},
             "data": {"dataset": "synthetic:classification(120, 10, 3)", "validation": 0.25, "standardize": False},
             "checkpoint": {"every_steps": 4, "every_minutes": 0, "min_interval": 0},  # every epoch's end too
             "output": {"dir": str(root / f"t{k}")}}))
