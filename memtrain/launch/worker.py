@@ -271,7 +271,7 @@ def _run(launch: dict, progress: ProgressFile, where: str, stopper: Stopper | No
     from memtrain.train.job import Job  # noqa: PLC0415 - a usage error answers before the trainer loads
 
     if "array" in launch["config"]:
-        return _run_array(launch, where, stopper)
+        return _run_array(launch, where, stopper, progress)
     try:
         cfg = JobConfig.from_dict(launch["config"], source=launch.get("job_id", where))
         run_info = {"name": cfg.name, "job_id": launch.get("job_id")}  # run.json names the job, not "output"
@@ -289,20 +289,81 @@ def _run(launch: dict, progress: ProgressFile, where: str, stopper: Stopper | No
     return ExitCode.OK, None, {k: v for k, v in result.items() if k != "history"}, extra
 
 
-def _run_array(launch: dict, where: str, stopper: Stopper | None) -> tuple:
+def _run_array(launch: dict, where: str, stopper: Stopper | None, progress: ProgressFile | None = None) -> tuple:
     """A sweep's trial array (select/fuse.py): each trial's config under "array", each writing its
-    own run dir; the exit record's result holds every trial's outcome, in order, as {"array": [...]}."""
+    own run dir; the exit record's result holds every trial's outcome, in order, as {"array": [...]}.
+    The array checkpoints into its run dir's checkpoints/ and resumes from there when retried;
+    `stop-trials.json` there (request_trial_stop) stops single trials while it runs."""
     from memtrain.config import JobConfig  # noqa: PLC0415 - a usage error answers before the trainer loads
     from memtrain.train.arrayjob import run_array  # noqa: PLC0415 - a usage error answers before the trainer loads
 
+    run_dir = Path(launch.get("run_dir") or Path(where).parent)
+    watcher = None
     try:
         cfgs = [JobConfig.from_dict(c, source=f"{launch.get('job_id', where)} trial {i}")
                 for i, c in enumerate(launch["config"]["array"])]
-        outcomes = run_array(cfgs, attach=None if stopper is None else stopper.attach)
+
+        def attach(run):
+            nonlocal watcher
+            if stopper is not None:
+                stopper.attach(run)
+            watcher = TrialStops(run_dir / STOP_TRIALS, run)
+
+        outcomes = run_array(cfgs, attach=attach, run_dir=run_dir, log=LogStream(sys.stdout),
+                             on_event=None if progress is None else progress.on_event)
     except (MemtrainError, OSError, KeyError) as exc:
         _say(f"error: {exc}")
         return getattr(exc, "exit_code", ExitCode.USAGE), f"error: {exc}", None, {}
+    finally:
+        if watcher is not None:
+            watcher.close()
     return ExitCode.OK, None, {"array": outcomes}, {}
+
+
+STOP_TRIALS = "stop-trials.json"  # in an array's run dir: {"<trial index>": "<reason>"}, the trials to stop
+
+
+def request_trial_stop(run_dir, index: int, reason: str = "cancel") -> None:
+    """Ask the array worker of `run_dir` to stop trial `index` (its place in the array's config)
+    after its current step; the others train on. Kept in the run dir, so a retried worker (and a
+    resumed array) stops it too. Atomic: the worker never reads half a request."""
+    from memtrain.validate import check_scalar  # noqa: PLC0415
+
+    index = check_scalar(index, "trial", int, min_val=0)
+    path = Path(run_dir) / STOP_TRIALS
+    asked = read_json(path) or {}
+    asked.setdefault(str(index), str(reason))
+    write_json(path, asked)
+
+
+class TrialStops:
+    """Reads an array's stop-trials.json at start and twice a second, and stops each trial named
+    there (ArrayRun.stop_trial) once."""
+
+    def __init__(self, path: Path, run, every: float = 0.5):
+        self.path, self.run, self.seen = path, run, set()
+        self._stop = threading.Event()
+        self.check()
+        self.thread = threading.Thread(target=self._loop, args=(every,), daemon=True)
+        self.thread.start()
+
+    def check(self) -> None:
+        asked = read_json(self.path)
+        for key, reason in (asked.items() if isinstance(asked, dict) else ()):
+            if key in self.seen or not key.isdigit():
+                continue
+            self.seen.add(key)
+            try:
+                self.run.stop_trial(int(key), str(reason))
+            except MemtrainError as exc:  # an index the array does not have: said, never fatal
+                _say(f"warning: {self.path}: {exc}")
+
+    def _loop(self, every: float) -> None:
+        while not self._stop.wait(every):
+            self.check()
+
+    def close(self) -> None:
+        self._stop.set()
 
 
 def _say(line: str) -> None:
