@@ -225,10 +225,11 @@ def stack(tmp_path_factory):
 
         _until("memtrain serve", deadline, healthy)
         # Digits, 34 steps an epoch: the first epoch (validation metrics, a checkpoint) ends within a
-        # second of training; 1000 epochs outlast the test (about 45 s here), which cancels it.
+        # second of training; 50,000 epochs outlast the test (about 45 s here; 1,000 epochs of this
+        # small model on the NumPy step end in ~8 s), which cancels it.
         job_id = _http(f"http://{service}/jobs", {
             "name": JOB_NAME, "device": "cpu", "model": {"layers": [64, 32, 10]},
-            "training": {"epochs": 1000, "batch_size": 32}, "data": {"dataset": "digits"}})["id"]
+            "training": {"epochs": 50000, "batch_size": 32}, "data": {"dataset": "digits"}})["id"]
 
         def target():
             found = [t for t in _http(f"http://{service}/prometheus/targets") if t["labels"]["job_id"] == job_id]
