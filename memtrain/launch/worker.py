@@ -38,6 +38,7 @@ from memtrain.jsonable import plain
 PROGRESS = "progress.json"
 MEMORY = "memory.jsonl"
 EXIT = "exit.json"
+STOP_TRIALS = "stop-trials.json"  # a trial array's run dir: {"trials": [index, ...]} to stop (per-trial cancel)
 _KEEP = ("epoch", "step", "train_loss", "val_loss", "val_accuracy", "val_rmse", "val_mae", "val_r2", "lr",
          "batch_size", "total", "resident", "stopped", "signal")
 
@@ -295,14 +296,59 @@ def _run_array(launch: dict, where: str, stopper: Stopper | None) -> tuple:
     from memtrain.config import JobConfig  # noqa: PLC0415 - a usage error answers before the trainer loads
     from memtrain.train.arrayjob import run_array  # noqa: PLC0415 - a usage error answers before the trainer loads
 
+    runs = []
+    watcher = TrialStops(Path(launch.get("run_dir") or Path(where).parent))
+
+    def attach(run):
+        runs.append(run)
+        watcher.start(run)
+        if stopper is not None:
+            stopper.attach(run)
+
     try:
         cfgs = [JobConfig.from_dict(c, source=f"{launch.get('job_id', where)} trial {i}")
                 for i, c in enumerate(launch["config"]["array"])]
-        outcomes = run_array(cfgs, attach=None if stopper is None else stopper.attach)
+        outcomes = run_array(cfgs, attach=attach)
     except (MemtrainError, OSError, KeyError) as exc:
         _say(f"error: {exc}")
         return getattr(exc, "exit_code", ExitCode.USAGE), f"error: {exc}", None, {}
-    return ExitCode.OK, None, {"array": outcomes}, {}
+    finally:
+        watcher.close()
+    result = {"array": outcomes}
+    if runs and runs[0].stop_reason:  # the whole array stopped (a cancel, a signal): as a stopped lone job says
+        result["stopped"] = runs[0].stop_reason
+    return ExitCode.OK, None, result, {}
+
+
+class TrialStops:
+    """A trial array's per-trial cancels: the service writes the indices to stop into the run dir's
+    STOP_TRIALS (a file, so it works wherever the run dir is shared, and a retried array reads it
+    again); read at start and every quarter second, each index handed to ArrayRun.stop_trial once."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / STOP_TRIALS
+        self.seen: set = set()
+        self._stop = threading.Event()
+        self.thread = None
+
+    def start(self, run) -> None:
+        self._check(run)
+        self.thread = threading.Thread(target=self._loop, args=(run,), daemon=True)
+        self.thread.start()
+
+    def _loop(self, run) -> None:
+        while not self._stop.wait(0.25):
+            self._check(run)
+
+    def _check(self, run) -> None:
+        asked = (read_json(self.path) or {}).get("trials")
+        for index in asked if isinstance(asked, list) else []:
+            if isinstance(index, int) and index not in self.seen and 0 <= index < len(run.cfgs):
+                self.seen.add(index)
+                run.stop_trial(index, "cancel")
+
+    def close(self) -> None:
+        self._stop.set()
 
 
 def _say(line: str) -> None:

@@ -338,7 +338,8 @@ class Scheduler:
     def _start(self, job: JobRow, device, batch: int, total: int, by_category: dict, handed_over: bool = False) -> None:
         run_dir = Path(job.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        port = self._metrics_port() if self.metrics_ports else None
+        serves = getattr(self.jobs, "serves_metrics", None)  # a service's trial array serves none
+        port = self._metrics_port() if self.metrics_ports and (serves is None or serves(job)) else None
         cfg = self.jobs.config(job, run_dir, batch, device, port, self.metrics_host)
         threads = device.threads_per_job
         env = dict.fromkeys(THREAD_VARS, threads) | self.jobs.env(device)  # BLAS and the CPU kernels; the overhead
@@ -387,6 +388,8 @@ class Scheduler:
     def _finish(self, job: JobRow, ended: Exit) -> None:
         written = _dict(read_json(Path(job.run_dir) / EXIT))
         result = _finite(_dict(written.get("result"))) or None  # a file of another shape is no result (never a 500)
+        if hasattr(self.jobs, "stored_result"):  # what the caller keeps of it (a trial array's: no histories)
+            result = self.jobs.stored_result(result)
         stopped = bool(result and result.get("stopped"))
         if ended.ok and not stopped:  # it finished (perhaps before a cancel reached it)
             self._end(job, "succeeded", None, result)

@@ -39,6 +39,14 @@ class ArrayRun:
                      for c, s in zip(self.cfgs, self.streams, strict=True)]
         self.array = None
         self.stop_reason = None
+        self.stopped_trials: dict = {}  # trial index -> reason: stop_trial() before the array exists
+
+    def stop_trial(self, index: int, reason: str = "cancel") -> None:
+        """Trial `index` stops after the step running now (its checkpoint saved as a stopped lone
+        job's); the others train on (a service's per-trial cancel)."""
+        self.stopped_trials.setdefault(index, reason)
+        if self.array is not None:
+            self.array.stop(index=index, reason=reason)
 
     def stop(self, reason: str = "stop") -> None:
         """Every trial stops after the step running now (a signal, a cancel)."""
@@ -64,6 +72,8 @@ class ArrayRun:
                                 batch_size=first.batch_size, device=first.backend, fused=first.cfg.training.fused)
         if self.stop_reason:
             self.array.stop(reason=self.stop_reason)
+        for index, reason in self.stopped_trials.items():
+            self.array.stop(index=index, reason=reason)
         for job, r in zip(self.jobs, self.array.results, strict=True):
             _adopt(job, r.trainer)
         # overflow in the batched (3-D) matmul warns where a lone job's 2-D BLAS call does not: the
@@ -80,7 +90,7 @@ class ArrayRun:
     def _outcome(self, job, r) -> dict:
         """The trial's end as its lone Job ends it (Job._after_loop: a checkpoint, run.json, the log)."""
         if r.state == STOPPED:
-            job.stop(self.stop_reason or "stop")
+            job.stop(self.stop_reason or self.stopped_trials.get(r.index) or "stop")
             job._after_loop()
             return {"status": STOPPED, "error": r.message, "summary": {}, "train_rows": job.train_rows}
         try:

@@ -1,0 +1,149 @@
+"""Sweeps through a real service on 127.0.0.1 (`memtrain submit SWEEP.toml`, POST /sweeps): same-shape
+trials run as one trial array, the others as lone jobs; every trial's run dir is a lone job's; one trial
+or a whole array can be cancelled; a restart mid-sweep keeps the sweep; a bad sweep file is one 4xx line."""
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from service_helpers import ThreadServer, digits_job
+
+from memtrain.cli import main
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with ThreadServer(tmp_path_factory.mktemp("state"), max_jobs_per_device=2) as s:
+        yield s
+
+
+def sweep_body(space, epochs=2, name="s", **base):
+    return {"name": name, "base": digits_job(epochs=epochs, **base), "space": space}
+
+
+def wait_sweep(url_server, sweep_id, timeout=120):
+    deadline = time.time() + timeout
+    while True:
+        status, rep = url_server.request("GET", f"/sweeps/{sweep_id}")
+        assert status == 200, rep
+        if rep["state"] == "ended":
+            return rep
+        assert time.time() < deadline, rep["runs"]
+        time.sleep(0.2)
+
+
+def cli(server, *args):
+    return CliRunner().invoke(main, [*args, "--server", server.url])
+
+
+def test_submit_sweep_runs_arrays_and_lone_trials_each_with_a_run_dir(server, tmp_path):
+    """4 trials, 2 kinds: batch 32 (two lrs: one array of 2) and batch "auto" (a lone job each: an auto
+    batch cannot join an array); the base given as a path, inlined by `memtrain submit`."""
+    (tmp_path / "base.toml").write_text('name = "b"\nseed = 0\n[model]\nlayers = [64, 16, 10]\n[optimizer]\n'
+                                        'name = "adam"\n[training]\nepochs = 2\n')
+    (tmp_path / "sweep.toml").write_text('name = "lr"\nbase = "base.toml"\n[space]\nlr = [0.01, 0.003]\n'
+                                         'batch_size = [32, "auto"]\n')
+    out = cli(server, "submit", str(tmp_path / "sweep.toml"))
+    assert out.exit_code == 0, out.output
+    sweep_id = out.stdout.splitlines()[0]
+    rep = wait_sweep(server, sweep_id)
+    assert rep["trials"] == 4 and len(rep["jobs"]) == 3 and rep["skipped"] == []
+    assert [r["state"] for r in rep["runs"]] == ["succeeded"] * 4, rep["runs"]
+    jobs = {j["id"]: j for j in server.request("GET", "/jobs")[1] if j["sweep"] == sweep_id}
+    assert sorted(j["trials"] for j in jobs.values()) == [1, 1, 2]
+    array = next(j for j in jobs.values() if j["trials"] == 2)
+    assert array["state"] == "succeeded" and array["batch_size"] == 32
+    # the array is admitted by its plan: both trials' buffers stacked, the data set once
+    lone = next(j for j in jobs.values() if j["trials"] == 1)
+    assert array["planned_bytes"] < 2 * lone["planned_bytes"] + 2 * 1024**2
+    # each trial: its own run dir, as a lone job's, and the tools that read runs take it
+    for run in rep["runs"]:
+        d = Path(run["run_dir"])
+        assert (d / "run.json").is_file() and (d / "history.csv").is_file() and (d / "model-final.npz").is_file()
+        assert json.loads((d / "run.json").read_text())["name"].endswith(run["trial"])
+    one = Path(next(r for r in rep["runs"] if r["job"] == array["id"])["run_dir"])
+    runs = CliRunner().invoke(main, ["runs", str(one.parent), "--format", "json"])
+    assert runs.exit_code == 0 and len(json.loads(runs.stdout)["runs"]) == 2, runs.output
+    ev = CliRunner().invoke(main, ["evaluate", str(one / "model-final.npz"), "--format", "json"])
+    assert ev.exit_code == 0 and json.loads(ev.stdout)["accuracy"] > 0.5, ev.output
+    np.savez(tmp_path / "x.npz", X=np.zeros((3, 64)))
+    pr = CliRunner().invoke(main, ["predict", str(one / "model-final.npz"), "--input", str(tmp_path / "x.npz"),
+                                   "--out", str(tmp_path / "p.csv")])
+    assert pr.exit_code == 0 and len((tmp_path / "p.csv").read_text().splitlines()) == 4, pr.output
+    # ranked as `memtrain sweep` ranks: best validation loss first, every trial a row
+    scores = [r["score"] for r in rep["rows"]]
+    assert len(scores) == 4 and scores == sorted(scores) and rep["best"] == rep["rows"][0]["trial"]
+    status = cli(server, "sweep-status", sweep_id)
+    assert status.exit_code == 0 and f"* {rep['best']}" in status.output, status.output
+    # GET /jobs/{array}: its trials, and `memtrain jobs` names the count
+    one_job = server.request("GET", f"/jobs/{array['id']}")[1]
+    assert [t["state"] for t in one_job["trial_runs"]] == ["succeeded"] * 2
+    listed = cli(server, "jobs")
+    assert "[2 trials]" in listed.output, listed.output
+
+
+def test_cancel_one_trial_then_the_array(server):
+    body = sweep_body({"lr": [0.01, 0.003, 0.001]}, epochs=3000, name="long", training={"patience": 10000})
+    status, sub = server.request("POST", "/sweeps", body)
+    assert status == 201 and [j["trials"] for j in sub["jobs"]] == [3], sub
+    job_id = sub["jobs"][0]["id"]
+    runs = server.request("GET", f"/jobs/{job_id}")[1]["trial_runs"]
+    hist = [Path(r["run_dir"]) / "history.csv" for r in runs]
+    deadline = time.time() + 60
+    while not all(h.is_file() and len(h.read_text().splitlines()) > 2 for h in hist):
+        assert time.time() < deadline, server.request("GET", f"/jobs/{job_id}")[1]
+        time.sleep(0.05)
+    out = cli(server, "cancel", job_id, "--trial", runs[0]["trial"])
+    assert out.exit_code == 0 and out.output.strip() == f"{job_id} trial {runs[0]['trial']}: stopping", out.output
+    time.sleep(1.0)  # the stopped trial writes no more epochs; the others go on
+    stopped_at = len(hist[0].read_text().splitlines())
+    time.sleep(1.0)
+    assert len(hist[0].read_text().splitlines()) == stopped_at
+    assert server.request("GET", f"/jobs/{job_id}")[1]["state"] == "running"
+    assert server.request("DELETE", f"/jobs/{job_id}")[0] == 200
+    done = server.wait(job_id)
+    assert done["state"] == "cancelled" and done["reason"] == "cancelled on request (checkpoint saved)", done
+    assert [t["state"] for t in done["trial_runs"]] == ["cancelled"] * 3
+    assert all(len(h.read_text().splitlines()) > stopped_at for h in hist[1:])
+    for r in runs:  # every trial stopped as a lone job stops: with its checkpoint
+        assert list((Path(r["run_dir"]) / "checkpoints").glob("ckpt-*.npz")), r
+    status, again = server.request("DELETE", f"/jobs/{job_id}/trials/{runs[1]['trial']}")
+    assert status == 409 and "already cancelled" in again["detail"]
+    assert server.request("DELETE", f"/jobs/{job_id}/trials/nosuch")[0] == 404
+
+
+@pytest.mark.parametrize("body, content_type, words", [
+    ({"name": "x", "base": "job.toml", "space": {"lr": [0.1]}}, "application/json",
+     "base: 'job.toml' is a path, and the service reads no client files"),
+    ({"name": "x", "base": {"model": {"layers": [64, 10]}}, "space": {}}, "application/json",
+     "sweep: space: empty; declare at least one hyper-parameter"),
+    ({"name": "x", "base": {"model": {"layers": [64, 10]}}, "space": {"lr": [0.1]}, "extra": 1}, "application/json",
+     "unknown key(s) extra"),
+    ({"name": "x", "base": {"model": {"layers": [64, 10]}}, "space": {"momentum_typo": [0.1]}}, "application/json",
+     "space.momentum_typo: unknown hyper-parameter"),
+    ({"name": "x", "base": {"model": {"layers": [64, 10]}, "data": {"dataset": "/etc/passwd"}},
+      "space": {"lr": [0.1]}}, "application/json", "is a file, and this service reads no files"),
+    ('name = "x"\n[space\n', "application/toml", "body: invalid TOML"),
+])
+def test_a_bad_sweep_file_is_one_line_4xx_and_stores_nothing(server, body, content_type, words):
+    before = server.request("GET", "/jobs?limit=1000")[1]
+    status, answer = server.request("POST", "/sweeps", body, content_type=content_type)
+    assert status == 422 and words in answer["detail"] and "\n" not in answer["detail"], answer
+    assert server.request("GET", "/jobs?limit=1000")[1] == before
+
+
+def test_a_service_restarted_mid_sweep_keeps_it_and_finishes_it(tmp_path):
+    body = sweep_body({"lr": [0.01, 0.003]}, epochs=40, name="restart")
+    with ThreadServer(tmp_path / "state") as s:
+        status, sub = s.request("POST", "/sweeps", body)
+        assert status == 201, sub
+        job_id = sub["jobs"][0]["id"]
+        s.wait(job_id, states=("running",))
+    with ThreadServer(tmp_path / "state") as s:  # the first one's worker was killed with it
+        rep = wait_sweep(s, sub["id"])
+        assert rep["jobs"] == [job_id] and [r["state"] for r in rep["runs"]] == ["succeeded"] * 2, rep["runs"]
+        for r in rep["runs"]:
+            assert np.load(Path(r["run_dir"]) / "model-final.npz")
