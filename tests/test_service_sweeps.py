@@ -91,7 +91,7 @@ def test_cancel_one_trial_then_the_array(server):
     assert status == 201 and [j["trials"] for j in sub["jobs"]] == [3], sub
     job_id = sub["jobs"][0]["id"]
     runs = server.request("GET", f"/jobs/{job_id}")[1]["trial_runs"]
-    hist = [Path(r["run_dir"]) / "history.csv" for r in runs]
+    hist = [Path(r["run_dir"]) / "history.jsonl" for r in runs]  # one line per epoch
     deadline = time.time() + 60
     while not all(h.is_file() and len(h.read_text().splitlines()) > 2 for h in hist):
         assert time.time() < deadline, server.request("GET", f"/jobs/{job_id}")[1]
