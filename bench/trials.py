@@ -13,6 +13,11 @@ peak RSS of its whole process tree), medians of --runs:
 - array:      memtrain.train.trials.TrialArray, one process
 - loop:       memtrain Trainer per trial, one after another, one process
 - processes:  `memtrain train` per trial, 2 at a time (as `memtrain sweep` runs them today)
+- service:    `memtrain serve --budget cpu=1GiB` started in a fresh state dir, then the K trials as one
+              sweep file (`memtrain submit SWEEP.toml --wait`: the service runs them as trial arrays);
+              "train s" is the submit's own time (submission to the ranked results), "wall" includes
+              the service's start; the sweep's patience is the epoch count (no early stop: the same
+              work as the other ways)
 - torch_loop: PyTorch, trials one after another, one process (when torch imports)
 - torch_func: PyTorch torch.func ensemble (stack_module_state + vmap(grad(functional_call)),
               all K stepped together, per-trial learning rate), one process (when torch imports)
@@ -42,7 +47,8 @@ SCENARIOS = {
     "wide": {"layers": [784, 256, 10], "dataset": "synthetic:classification(2000, 784, 10)", "validation": 0.0,
              "epochs": 1},
 }
-WAYS = ("array", "loop", "processes", "torch_loop", "torch_func")
+WAYS = ("array", "loop", "processes", "service", "torch_loop", "torch_func")
+SERVICE_BUDGET = "cpu=1GiB"
 
 
 def learning_rates(k: int) -> list:
@@ -142,6 +148,57 @@ def way_processes(scenario: str, k: int) -> float:
         for r in running:
             r.wait()
     return time.perf_counter() - t0
+
+
+def sweep_toml(scenario: str, k: int) -> str:
+    """The K trials as a sweep file over the learning rate, its base job inline ([base] tables)."""
+    base = job_dict(scenario, 1e-3, "base", "unused")
+    del base["output"]  # the service places each trial's run dir
+    base["training"]["patience"] = SCENARIOS[scenario]["epochs"]  # no early stop: the other ways' work
+    value = json.dumps  # JSON strings, numbers, lists and booleans are TOML's too
+    lines = ['name = "bench"', "[space]", f"lr = {value(learning_rates(k))}", "[base]"]
+    lines += [f"{key} = {value(v)}" for key, v in base.items() if not isinstance(v, dict)]
+    for key, table in base.items():
+        if isinstance(table, dict):
+            lines += [f"[base.{key}]"] + [f"{kk} = {value(vv)}" for kk, vv in table.items()]
+    return "\n".join(lines) + "\n"
+
+
+def way_service(scenario: str, k: int) -> float:
+    """The K trials as one sweep through `memtrain serve` (1 GiB CPU budget): `memtrain submit --wait`."""
+    import socket  # noqa: PLC0415
+    import urllib.request  # noqa: PLC0415
+
+    with tempfile.TemporaryDirectory() as tmp, socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        sock.close()
+        url = f"http://127.0.0.1:{port}"
+        serve = subprocess.Popen([sys.executable, "-m", "memtrain.cli", "serve", "--state-dir", str(Path(tmp) / "s"),
+                                  "--port", str(port), "--devices", "cpu", "--budget", SERVICE_BUDGET,
+                                  "--log-level", "warning"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            deadline = time.time() + 120
+            while True:
+                try:
+                    urllib.request.urlopen(url + "/healthz", timeout=5).read()
+                    break
+                except OSError:
+                    if serve.poll() is not None or time.time() > deadline:
+                        raise RuntimeError(f"memtrain serve did not start: {serve.stderr.read().decode()[-2000:]}")
+                    time.sleep(0.1)
+            sweep = Path(tmp) / "sweep.toml"
+            sweep.write_text(sweep_toml(scenario, k))
+            t0 = time.perf_counter()
+            out = subprocess.run([sys.executable, "-m", "memtrain.cli", "submit", str(sweep), "--wait", "--server", url],
+                                 capture_output=True, text=True)
+            took = time.perf_counter() - t0
+            if out.returncode != 0 or " succeeded " not in out.stdout:
+                raise RuntimeError(f"memtrain submit failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
+            return took
+        finally:
+            serve.terminate()
+            serve.wait(60)
 
 
 def _torch_data(scenario: str):
