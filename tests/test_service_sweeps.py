@@ -83,6 +83,9 @@ def test_submit_sweep_runs_arrays_and_lone_trials_each_with_a_run_dir(server, tm
     assert [t["state"] for t in one_job["trial_runs"]] == ["succeeded"] * 2
     listed = cli(server, "jobs")
     assert "[2 trials]" in listed.output, listed.output
+    status, page = server.request("GET", f"/jobs/{array['id']}/page")
+    assert status == 200 and all(f"<td>{t['trial']}</td>" in page for t in one_job["trial_runs"])
+    assert "[2 trials]" in server.request("GET", "/")[1]
 
 
 def test_cancel_one_trial_then_the_array(server):
