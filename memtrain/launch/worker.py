@@ -272,7 +272,7 @@ def _run(launch: dict, progress: ProgressFile, where: str, stopper: Stopper | No
     from memtrain.train.job import Job  # noqa: PLC0415 - a usage error answers before the trainer loads
 
     if "array" in launch["config"]:
-        return _run_array(launch, where, stopper)
+        return _run_array(launch, where, stopper, progress)
     try:
         cfg = JobConfig.from_dict(launch["config"], source=launch.get("job_id", where))
         run_info = {"name": cfg.name, "job_id": launch.get("job_id")}  # run.json names the job, not "output"
@@ -290,7 +290,7 @@ def _run(launch: dict, progress: ProgressFile, where: str, stopper: Stopper | No
     return ExitCode.OK, None, {k: v for k, v in result.items() if k != "history"}, extra
 
 
-def _run_array(launch: dict, where: str, stopper: Stopper | None) -> tuple:
+def _run_array(launch: dict, where: str, stopper: Stopper | None, progress: ProgressFile | None = None) -> tuple:
     """A sweep's trial array (select/fuse.py): each trial's config under "array", each writing its
     own run dir; the exit record's result holds every trial's outcome, in order, as {"array": [...]}."""
     from memtrain.config import JobConfig  # noqa: PLC0415 - a usage error answers before the trainer loads
@@ -302,6 +302,9 @@ def _run_array(launch: dict, where: str, stopper: Stopper | None) -> tuple:
     def attach(run):
         runs.append(run)
         watcher.start(run)
+        if progress is not None:
+            for job in run.jobs:
+                job.log.on_event = _array_progress(progress)
         if stopper is not None:
             stopper.attach(run)
 
@@ -318,6 +321,17 @@ def _run_array(launch: dict, where: str, stopper: Stopper | None) -> tuple:
     if runs and runs[0].stop_reason:  # the whole array stopped (a cancel, a signal): as a stopped lone job says
         result["stopped"] = runs[0].stop_reason
     return ExitCode.OK, None, result, {}
+
+
+def _array_progress(progress: ProgressFile):
+    """A trial's events into the array's progress.json: its epoch and step only (the trials train in
+    step; their losses are each trial's own, in its run dir), so a service shows the array's epoch."""
+
+    def on_event(event: str, fields: dict) -> None:
+        if event != "plan":  # a trial's own plan, not the array's
+            progress.on_event(event, {k: fields[k] for k in ("epoch", "step") if k in fields})
+
+    return on_event
 
 
 class TrialStops:
