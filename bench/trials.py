@@ -9,7 +9,7 @@ its own data order; the data set loaded by memtrain's loader from the same job c
 - wide:   K in {1, 8, 32, 128} trials of 784-256-10 on the same kind of data
 
 Ways, each run in a fresh process (wall time from its start, imports and data included;
-peak RSS of its whole process tree), medians of --runs:
+CPU seconds (user + system) and peak RSS of its whole process tree), medians of --runs:
 - array:      memtrain.train.trials.TrialArray, one process
 - loop:       memtrain Trainer per trial, one after another, one process
 - processes:  `memtrain train` per trial, 2 at a time (as `memtrain sweep` runs them today)
@@ -82,8 +82,12 @@ def blas(way: str) -> list:
     linked in, where threadpoolctl does not see it)."""
     from threadpoolctl import threadpool_info  # noqa: PLC0415
 
+    if way == "service":  # the training runs in the service's workers: the same NumPy, their own thread count
+        import numpy  # noqa: F401, PLC0415 - loads the BLAS the workers load, for threadpoolctl to name
     out = [f"{i.get('internal_api')} {i.get('version')} kernel {i.get('architecture')} threads {i.get('num_threads')}"
            for i in threadpool_info() if i.get("user_api") == "blas"]
+    if way == "service":  # serve's default: one job per core, cores // jobs = 1 thread each
+        out = [o.rsplit(" threads ", 1)[0] + " threads 1 per service worker" for o in out]
     if way.startswith("torch"):
         import torch  # noqa: PLC0415
 
@@ -327,7 +331,11 @@ def child_main(way: str, scenario: str, k: int) -> None:
     train = globals()[f"way_{way}"](scenario, k)
     done.set()
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"train_seconds": train, "peak_rss": max(peak[0], own), "blas": blas(way)}))
+    # CPU seconds of the whole tree (children are counted once reaped: the service's workers by it):
+    # what the way costs whatever else the machine runs, beside the wall time, which depends on it
+    cpu = sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
+                                                resource.getrusage(resource.RUSAGE_CHILDREN)))
+    print(json.dumps({"train_seconds": train, "peak_rss": max(peak[0], own), "cpu_seconds": cpu, "blas": blas(way)}))
 
 
 def measure(way: str, scenario: str, k: int, env: dict) -> dict:
@@ -382,16 +390,17 @@ def main(argv=None) -> None:
           f"OPENBLAS_L2_SIZE={os.environ.get('OPENBLAS_L2_SIZE', '(unset)')}; torch: "
           f"{'yes' if tenv else 'not importable, its ways are skipped'}; {os.cpu_count()} CPUs; threads "
           f"{args.threads or 'default'}; medians of n runs")
-    print(f"{'scenario':8s} {'K':>4s} {'way':11s} {'n':>2s} {'wall s':>8s} {'train s':>8s} {'peak RSS MiB':>13s}  BLAS")
+    print(f"{'scenario':8s} {'K':>4s} {'way':11s} {'n':>2s} {'wall s':>8s} {'train s':>8s} {'cpu s':>7s} "
+          f"{'peak RSS MiB':>13s}  BLAS")
     for scenario, k in plan_runs(args):
         for way in args.ways.split(","):
             if (way.startswith("torch") and tenv is None) or (way == "processes" and k > args.max_processes):
                 continue
             n = args.slow_runs if (args.slow_runs and way in ("loop", "processes", "torch_loop")) else args.runs
             rs = [measure(way, scenario, k, tenv if way.startswith("torch") else env) for _ in range(n)]
-            med = {f: statistics.median(r[f] for r in rs) for f in ("wall", "train_seconds", "peak_rss")}
+            med = {f: statistics.median(r[f] for r in rs) for f in ("wall", "train_seconds", "cpu_seconds", "peak_rss")}
             print(f"{scenario:8s} {k:4d} {way:11s} {len(rs):2d} {med['wall']:8.2f} {med['train_seconds']:8.2f} "
-                  f"{med['peak_rss'] / 2**20:13.0f}  {'; '.join(rs[0]['blas'])}", flush=True)
+                  f"{med['cpu_seconds']:7.2f} {med['peak_rss'] / 2**20:13.0f}  {'; '.join(rs[0]['blas'])}", flush=True)
 
 
 if __name__ == "__main__":
