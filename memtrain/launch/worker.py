@@ -38,7 +38,7 @@ from memtrain.jsonable import plain
 PROGRESS = "progress.json"
 MEMORY = "memory.jsonl"
 EXIT = "exit.json"
-STOP_TRIALS = "stop-trials.json"  # a trial array's run dir: {"trials": [index, ...]} to stop (per-trial cancel)
+STOP_TRIALS = "stop-trials.json"  # in an array's run dir: {"<trial index>": "<reason>"}, the trials to stop
 _KEEP = ("epoch", "step", "train_loss", "val_loss", "val_accuracy", "val_rmse", "val_mae", "val_r2", "lr",
          "batch_size", "total", "resident", "stopped", "signal")
 
@@ -334,10 +334,19 @@ def _array_progress(progress: ProgressFile):
     return on_event
 
 
+def request_trial_stop(run_dir, index: int, reason: str = "cancel") -> None:
+    """Ask the array worker of `run_dir` to stop trial `index` (its place in the array's config) after
+    its current step; the others train on. Kept in the run dir (a file, so it works wherever the run
+    dir is shared), so a retried worker stops it too. Atomic: the worker never reads half a request."""
+    path = Path(run_dir) / STOP_TRIALS
+    asked = read_json(path) or {}
+    asked.setdefault(str(int(index)), str(reason))
+    write_json(path, asked)
+
+
 class TrialStops:
-    """A trial array's per-trial cancels: the service writes the indices to stop into the run dir's
-    STOP_TRIALS (a file, so it works wherever the run dir is shared, and a retried array reads it
-    again); read at start and every quarter second, each index handed to ArrayRun.stop_trial once."""
+    """A trial array's per-trial cancels (request_trial_stop): STOP_TRIALS read at start and every
+    quarter second, each index handed to ArrayRun.stop_trial once."""
 
     def __init__(self, run_dir: Path):
         self.path = run_dir / STOP_TRIALS
@@ -355,11 +364,11 @@ class TrialStops:
             self._check(run)
 
     def _check(self, run) -> None:
-        asked = (read_json(self.path) or {}).get("trials")
-        for index in asked if isinstance(asked, list) else []:
-            if isinstance(index, int) and index not in self.seen and 0 <= index < len(run.cfgs):
-                self.seen.add(index)
-                run.stop_trial(index, "cancel")
+        asked = read_json(self.path)
+        for key, reason in asked.items() if isinstance(asked, dict) else ():
+            if key.isdigit() and key not in self.seen and int(key) < len(run.cfgs):
+                self.seen.add(key)
+                run.stop_trial(int(key), str(reason))
 
     def close(self) -> None:
         self._stop.set()

@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 from pathlib import Path
 
 from memtrain.config import JobConfig
 from memtrain.errors import MemtrainError
-from memtrain.launch.worker import EXIT, STOP_TRIALS, read_json, write_json
+from memtrain.launch.worker import EXIT, STOP_TRIALS, read_json, request_trial_stop
 from memtrain.memory.trials import array_plan
 from memtrain.scheduling.scheduler import JobConflict
 from memtrain.scheduling.store import ACTIVE, JobRow, now
@@ -265,7 +264,7 @@ def trial_entries(svc, job: JobRow) -> list:
     return [e for e in rec.get("trials", []) if e["job"] == job.id]
 
 
-_OUTCOME_STATE = {"finished": "succeeded", "failed": "failed", "stopped": "cancelled"}
+_OUTCOME_STATE = {"finished": "succeeded", "failed": "failed", "stopped": "cancelled", "cancelled": "cancelled"}
 
 
 def trial_views(svc, job: JobRow, entries=None) -> list:
@@ -290,8 +289,9 @@ def trial_views(svc, job: JobRow, entries=None) -> list:
 
 
 def stop_list(job: JobRow) -> set:
-    asked = (read_json(Path(job.run_dir) / STOP_TRIALS) or {}).get("trials")
-    return {i for i in asked if isinstance(i, int)} if isinstance(asked, list) else set()
+    """The trial indices asked to stop (the array's STOP_TRIALS: {"<index>": reason})."""
+    asked = read_json(Path(job.run_dir) / STOP_TRIALS)
+    return {int(k) for k in asked if k.isdigit()} if isinstance(asked, dict) else set()
 
 
 def cancel_trial(svc, job_id: str, trial_id: str) -> dict | None:
@@ -310,9 +310,9 @@ def cancel_trial(svc, job_id: str, trial_id: str) -> dict | None:
         return trial_views(svc, svc.store.get(job_id), entries)[0]
     if job.state not in ACTIVE:
         raise JobConflict(f"job {job_id}: already {job.state}; trial {trial_id} has nothing to cancel")
-    with _STOPS:
-        asked = stop_list(job) | {match[0]}
-        write_json(Path(job.run_dir) / STOP_TRIALS, {"trials": sorted(asked), "time": time.time()})
+    with _STOPS:  # one read-modify-write of the file at a time
+        request_trial_stop(job.run_dir, match[0], "cancel")
+        asked = stop_list(job)
     if len(asked) == len(entries):  # every trial cancelled: the array itself is
         svc.cancel(job_id)
     return trial_views(svc, svc.store.get(job_id), entries)[match[0]]
