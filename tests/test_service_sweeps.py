@@ -46,10 +46,11 @@ def test_submit_sweep_runs_arrays_and_lone_trials_each_with_a_run_dir(server, tm
                                         'name = "adam"\n[training]\nepochs = 2\n')
     (tmp_path / "sweep.toml").write_text('name = "lr"\nbase = "base.toml"\n[space]\nlr = [0.01, 0.003]\n'
                                          'batch_size = [32, "auto"]\n')
-    out = cli(server, "submit", str(tmp_path / "sweep.toml"))
+    out = cli(server, "submit", str(tmp_path / "sweep.toml"), "--wait")  # returns once every trial has ended
     assert out.exit_code == 0, out.output
     sweep_id = out.stdout.splitlines()[0]
-    rep = wait_sweep(server, sweep_id)
+    rep = server.request("GET", f"/sweeps/{sweep_id}")[1]
+    assert rep["state"] == "ended" and f"* {rep['best']}" in out.stdout, out.output
     assert rep["trials"] == 4 and len(rep["jobs"]) == 3 and rep["skipped"] == []
     assert [r["state"] for r in rep["runs"]] == ["succeeded"] * 4, rep["runs"]
     jobs = {j["id"]: j for j in server.request("GET", "/jobs")[1] if j["sweep"] == sweep_id}
