@@ -151,3 +151,16 @@ def test_a_service_restarted_mid_sweep_keeps_it_and_finishes_it(tmp_path):
         assert rep["jobs"] == [job_id] and [r["state"] for r in rep["runs"]] == ["succeeded"] * 2, rep["runs"]
         for r in rep["runs"]:
             assert np.load(Path(r["run_dir"]) / "model-final.npz")
+
+
+def test_the_cli_says_a_bad_sweep_file_in_one_line_and_the_api_documents_sweeps(server, tmp_path):
+    (tmp_path / "bad.toml").write_text('[base.model]\nlayers = [64, 10]\n[space]\nlr = {log_uniform = [0, 1]}\n')
+    out = cli(server, "submit", str(tmp_path / "bad.toml"))
+    assert out.exit_code == 2, out.output
+    assert out.output == ("memtrain: error: sweep: space.lr: a distribution needs method = \"random\" in [search]; "
+                          "a grid takes lists\n")
+    api = server.request("GET", "/openapi.json")[1]
+    body = api["paths"]["/sweeps"]["post"]["requestBody"]["content"]
+    assert set(body) == {"application/toml", "application/json"} and "space" in body["application/json"]["schema"][
+        "properties"]
+    assert "delete" in api["paths"]["/jobs/{job_id}/trials/{trial_id}"] and "get" in api["paths"]["/sweeps/{sweep_id}"]
