@@ -233,11 +233,8 @@ class Store:
 
     def insert(self, job: dict) -> JobRow:
         """`job` holds the columns above except seq (a new job's, by name); returns the stored row."""
-        row = {k: (json.dumps(v) if k in JSON_FIELDS and v is not None else v) for k, v in job.items()}
-        cols = ", ".join(row)
-        marks = ", ".join("?" for _ in row)
         with self.transaction() as db:
-            db.execute(f"INSERT INTO jobs ({cols}) VALUES ({marks})", tuple(row.values()))
+            _insert_job(db, job)
         return self.get(job["id"])
 
     def insert_sweep(self, sweep: dict, jobs: list) -> None:
@@ -247,9 +244,7 @@ class Store:
             db.execute("INSERT INTO sweeps (id, name, record, user, submitted_at) VALUES (?, ?, ?, ?, ?)",
                        (sweep["id"], sweep["name"], json.dumps(sweep["record"]), sweep["user"], sweep["submitted_at"]))
             for job in jobs:
-                row = {k: (json.dumps(v) if k in JSON_FIELDS and v is not None else v) for k, v in job.items()}
-                db.execute(f"INSERT INTO jobs ({', '.join(row)}) VALUES ({', '.join('?' for _ in row)})",
-                           tuple(row.values()))
+                _insert_job(db, job)
 
     def sweep(self, sweep_id: str) -> dict | None:
         """A sweep's stored record (with its id, name, user and submitted_at), or None."""
@@ -363,6 +358,11 @@ class Store:
         out = dict.fromkeys(STATES, 0)
         out.update({r[0]: r[1] for r in rows})
         return out
+
+
+def _insert_job(db, job: dict) -> None:
+    row = {k: (json.dumps(v) if k in JSON_FIELDS and v is not None else v) for k, v in job.items()}
+    db.execute(f"INSERT INTO jobs ({', '.join(row)}) VALUES ({', '.join('?' for _ in row)})", tuple(row.values()))
 
 
 def damaged_message(path: Path, detail: str) -> str:
