@@ -155,6 +155,12 @@ def test_a_service_restarted_mid_sweep_keeps_it_and_finishes_it(tmp_path):
         assert rep["jobs"] == [job_id] and [r["state"] for r in rep["runs"]] == ["succeeded"] * 2, rep["runs"]
         for r in rep["runs"]:
             assert np.load(Path(r["run_dir"]) / "model-final.npz")
+    for name in ("memtrain.sqlite", "memtrain.sqlite.backup", "memtrain.sqlite-wal", "memtrain.sqlite-shm"):
+        (tmp_path / "state" / name).unlink(missing_ok=True)  # the store lost: rebuilt from the job dirs
+    with ThreadServer(tmp_path / "state", recover=True) as s:
+        again = s.request("GET", f"/sweeps/{sub['id']}")[1]
+        assert (again["jobs"], again["runs"]) == (rep["jobs"], rep["runs"])
+        assert [(r["trial"], r["score"]) for r in again["rows"]] == [(r["trial"], r["score"]) for r in rep["rows"]]
 
 
 def test_the_cli_says_a_bad_sweep_file_in_one_line_and_the_api_documents_sweeps(server, tmp_path):

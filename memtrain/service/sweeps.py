@@ -207,8 +207,9 @@ def _store(svc, sweep: dict, rows: list) -> None:
     written = []
     try:
         for row in rows:
-            recovery.write_job_file(row)
             written.append(row)
+            recovery.write_job_file(row)
+            recovery.write_sweep_file(row, sweep)
         svc.store.insert_sweep(sweep, rows)
     except OSError as exc:
         for row in written:
