@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from service_helpers import ThreadServer, digits_job
+from service_helpers import OVERHEAD, ThreadServer, digits_job
 
 from memtrain.cli import main
 from memtrain.config import JobConfig
@@ -104,6 +104,10 @@ def test_cancel_one_trial_then_the_array(server):
     while not all(h.is_file() and len(h.read_text().splitlines()) > 2 for h in hist):
         assert time.time() < deadline, server.request("GET", f"/jobs/{job_id}")[1]
         time.sleep(0.05)
+    # admitted as one job: its plan (3 trials stacked) plus one process overhead, not three
+    job = server.request("GET", f"/jobs/{job_id}")[1]
+    cpu = server.request("GET", "/devices")[1][0]
+    assert cpu["jobs"] == [job_id] and cpu["committed_bytes"] == job["planned_bytes"] + OVERHEAD
     out = cli(server, "cancel", job_id, "--trial", runs[0]["trial"])
     assert out.exit_code == 0 and out.output.strip() == f"{job_id} trial {runs[0]['trial']}: stopping", out.output
     time.sleep(1.0)  # the stopped trial writes no more epochs; the others go on
