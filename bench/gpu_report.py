@@ -74,7 +74,7 @@ def _throughput_table(t) -> list:
     return lines
 
 
-def markdown(parts, profile, autobatch, throughput, checks, tf32=None) -> str:
+def markdown(parts, profile, autobatch, throughput, checks, tf32=None, trials=None) -> str:
     lines = ["# GPU suite", ""]
     if any(p and p.get("dry_run") for p in (profile, autobatch, throughput)):
         lines += ["**Dry run**: the control flow on the CPU at toy sizes; no number here is a GPU measurement.", ""]
@@ -100,7 +100,13 @@ def markdown(parts, profile, autobatch, throughput, checks, tf32=None) -> str:
         for r in autobatch["rows"]:
             lines.append(f"| {r['model']} | {r['limit']:,} | {r['analytic']} | {r['confirmed']} | {r['probes']} | "
                          f"{r['brute_force']} | {r['brute_force_probes']} |")
-    skipped = [s for p in (profile, autobatch, throughput, tf32) if p for s in p.get("skipped", [])]
+    if trials:
+        lines += ["", f"Trial arrays (784-32-20-10 Adam, B 32; largest K that fits: {trials['k_max']:,}):", "",
+                  "| K | update | s per 32 steps | trial-steps/s | memtrain launches per step |", "|---|---|---|---|---|"]
+        lines += [f"| {r['k']} | {r['way']} | {r['seconds']:.3f} | {r['trial_steps_per_s']:,.0f} | "
+                  f"{'n/a' if r['launches_per_step'] is None else round(r['launches_per_step'], 2)} |"
+                  for r in trials["rows"]]
+    skipped = [s for p in (profile, autobatch, throughput, tf32, trials) if p for s in p.get("skipped", [])]
     if skipped:
         lines += ["", "Skipped at a part's time limit: " + "; ".join(skipped)]
     return "\n".join(lines) + "\n"
@@ -114,13 +120,14 @@ def main(argv=None) -> int:
     out = Path(argv[0])
     parts = _parts(out)
     profile, autobatch, throughput = (_load(out, n) for n in ("profile", "autobatch", "throughput"))
-    tf32 = _load(out, "throughput_tf32")
+    tf32, trials = _load(out, "throughput_tf32"), _load(out, "trials")
     dry = any(p and p.get("dry_run") for p in (profile, autobatch, throughput))
     checks = [] if dry else targets(profile, throughput)  # toy sizes on the CPU: no target applies
     summary = {"parts": parts, "targets": [{"target": t, "value": v, "met": ok} for t, v, ok in checks],
-               "profile": profile, "autobatch": autobatch, "throughput": throughput, "throughput_tf32": tf32}
+               "profile": profile, "autobatch": autobatch, "throughput": throughput, "throughput_tf32": tf32,
+               "trials": trials}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    md = markdown(parts, profile, autobatch, throughput, checks, tf32)
+    md = markdown(parts, profile, autobatch, throughput, checks, tf32, trials)
     (out / "summary.md").write_text(md)
     print(md)
     return 0 if all(p["rc"] == 0 for p in parts) else 1

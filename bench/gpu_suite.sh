@@ -11,10 +11,13 @@
 #   pytest_gpu       pytest -m gpu (kernels vs NumPy, graph step, pool vs plan)   140 s
 #   profile          planned vs CuPy pool peak vs NVML: 3 models x 4 opts x 2      80 s
 #   autobatch        auto batch under a hard pool cap vs brute-force bisection     50 s
-#   throughput       memtrain (graph on/off) vs PyTorch, GEMM rate, peak memory   120 s
+#   throughput       memtrain (graph on/off) vs PyTorch, GEMM rate, peak memory   110 s
 #   throughput_tf32  the same for 4096x4 with TF32 on (reported separately)        40 s
+#   trials           trial arrays of the course model, K = 1, 4, 16, ... up to the  30 s
+#                    largest that fits (or the time allows): optimizer update one
+#                    launch per group vs one per trial, launches per array step
 #   report           OUT_DIR/summary.json + summary.md, printed                    10 s
-# 460 s in all at most. Nothing is installed: the machine's own CuPy is used
+# 480 s in all at most. Nothing is installed: the machine's own CuPy is used
 # (installing the test extra there would add cupy-cuda12x beside cupy-cuda13x).
 set -uo pipefail
 
@@ -67,7 +70,8 @@ run_part env 20 bash -c env_part
 run_part pytest_gpu 140 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests --junitxml "$OUT/pytest_gpu.xml"
 run_part profile 80 "$PY" "$HERE/gpu_profile.py" --out "$OUT/profile.json" --time-limit 75 "${DRYFLAG[@]}"
 run_part autobatch 50 "$PY" "$HERE/gpu_autobatch.py" --out "$OUT/autobatch.json" --time-limit 45 "${DRYFLAG[@]}"
-run_part throughput 120 "$PY" "$HERE/gpu_throughput.py" --out "$OUT/throughput.json" --time-limit 115 "${DRYFLAG[@]}"
+run_part throughput 110 "$PY" "$HERE/gpu_throughput.py" --out "$OUT/throughput.json" --time-limit 105 "${DRYFLAG[@]}"
 run_part throughput_tf32 40 "$PY" "$HERE/gpu_throughput.py" --out "$OUT/throughput_tf32.json" --time-limit 35 \
     --models 4096x4 --tf32 "${DRYFLAG[@]}"
+run_part trials 30 "$PY" "$HERE/gpu_trials.py" --out "$OUT/trials.json" --time-limit 25 "${DRYFLAG[@]}"
 "$PY" "$HERE/gpu_report.py" "$OUT"

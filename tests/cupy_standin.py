@@ -613,6 +613,9 @@ class StandinLauncher:
     def rows(self, kernel, rows, args):
         self._call("rows", kernel, rows, args=args)
 
+    def elementwise_rows(self, kernel, n, trials, args):
+        self._call("elementwise_rows", kernel, n, trials, args=args)
+
     def reduce(self, kernel, n, args):
         self._call("reduce", kernel, n, args=args)
 

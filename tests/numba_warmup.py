@@ -49,6 +49,27 @@ def warm(dtype: str) -> None:
             Trainer(MLP([2, 2, 2], dtype=dtype, **model), optimizer, 2)  # builds the fused step: compiles
         except Exception as exc:  # noqa: BLE001 - the tests report it; the rest still warms
             print(f"warm-up {dtype} {model} {optimizer}: {exc}", file=sys.stderr)
+    warm_rows(dtype)
+
+
+def warm_rows(dtype: str) -> None:
+    """A trial array's rows kernels (tests/test_trials.py, tests/test_trial_update.py): the l1/l2
+    penalties', and each grouping optimizer's in float32, Adam's in the other dtypes."""
+    from memtrain.kernels.cpu import dispatch  # noqa: PLC0415 - numba is loaded by then
+    from memtrain.nn.spec import ModelSpec  # noqa: PLC0415
+    from memtrain.optim import make_optimizer  # noqa: PLC0415
+
+    try:
+        dispatch.warm_penalty_rows(ModelSpec.create([2, 2], dtype=dtype))
+    except Exception as exc:  # noqa: BLE001 - the tests report it
+        print(f"warm-up penalty rows {dtype}: {exc}", file=sys.stderr)
+    for name in OPTIMIZERS if dtype == "float32" else ["adam"]:
+        opt = make_optimizer(name)
+        if opt.rows_fusable:
+            try:
+                dispatch.warm_rows(opt, dtype)
+            except Exception as exc:  # noqa: BLE001 - the tests report it
+                print(f"warm-up rows {dtype} {name}: {exc}", file=sys.stderr)
 
 
 if __name__ == "__main__":

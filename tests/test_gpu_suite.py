@@ -53,15 +53,23 @@ def test_dry_run_runs_every_part_and_writes_json_and_markdown(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert [p["part"] for p in summary["parts"]] == ["env", "pytest_gpu", "profile", "autobatch", "throughput",
-                                                     "throughput_tf32"]
+                                                     "throughput_tf32", "trials"]
     assert all(p["rc"] == 0 and p["seconds"] < p["limit"] for p in summary["parts"]), summary["parts"]
     assert sum(p["limit"] for p in summary["parts"]) + 10 <= 8 * 60  # the suite's budget on a GPU
     assert len(summary["profile"]["rows"]) == 3 * 4 * 2 and summary["profile"]["dry_run"]
     assert {(r["optimizer"], r["framework"]) for r in summary["throughput"]["rows"]} == {
         ("sgd", "memtrain"), ("adam", "memtrain")}
     assert summary["autobatch"]["rows"][0]["confirmed"] > 0 and summary["targets"] == []
-    assert {r["model"] for r in summary["throughput_tf32"]["rows"]} == {"4096x4"}
     md = (out / "summary.md").read_text()
+    assert {r["model"] for r in summary["throughput_tf32"]["rows"]} == {"4096x4"}
+    # the dry run's K = 1, 2, 4, both ways of updating, each run or said skipped (the part's time
+    # is short and this machine may be loaded); no launches to count on the CPU
+    trials = summary["trials"]
+    ran = [f"K={r['k']} {r['way']}" for r in trials["rows"]]
+    assert ran + trials["skipped"] == [f"K={k} {w}" for k in (1, 2, 4) for w in ("grouped", "per_trial")]
+    assert ran[:2] == ["K=1 grouped", "K=1 per_trial"] and trials["k_max"] >= 4
+    assert all(r["launches_per_step"] is None and r["seconds"] > 0 for r in trials["rows"])
+    assert "Trial arrays (784-32-20-10" in md
     assert "**Dry run**" in md and "| throughput | 0 |" in md
     assert "GPU suite" in r.stdout  # the summary is printed too
     log = (out / "pytest_gpu.log").read_text()

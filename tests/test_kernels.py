@@ -64,8 +64,12 @@ def test_sources_are_generated_per_dtype_with_unique_names():
     for dtype in DTYPES:
         assert any(n.endswith(f"_{dtype}") for n in names)
     # 12 optimizers (+ tick, NovoGrad's norm, Lookahead's sync), 11 activations x 2, 3 output units
-    assert {n for n in optim.kernels("float32") if n not in ("tick", "grad_sq_norm", "novograd_norm", "lookahead_sync")} \
+    flat = {n for n in optim.kernels("float32") if not n.endswith("_rows")}
+    assert {n for n in flat if n not in ("tick", "grad_sq_norm", "novograd_norm", "lookahead_sync")} \
         | {"lookahead"} == set(OPTIMIZERS)
+    # a trial array's twin of every update that is one element-wise kernel (+ tick's)
+    fusable = {n for n in OPTIMIZERS if make_optimizer(n).rows_fusable}
+    assert {n.removesuffix("_rows") for n in optim.kernels("float32") if n.endswith("_rows")} == fusable | {"tick"}
     assert set(activation.FORMULAS) == set(ACTIVATIONS)
     assert set(loss.BODIES) == set(OUTPUTS)
     assert len(kernels) == 1 + 3 * (len(optim.kernels("float32")) + 2 * len(ACTIVATIONS) + 1 + len(OUTPUTS))

@@ -96,3 +96,29 @@ def test_status_page_shows_the_newest_and_counts_them_all(server):
     html = html.decode()
     assert status == 200 and "The newest 100" in html and "job00249" in html and "job00100" not in html
     assert f"{N // 5} failed" in html
+
+
+def test_a_page_shows_a_running_jobs_new_progress_and_a_changed_row(server):
+    job = stored_job(N + 1, "running", server.settings.state_dir)  # no process: the scheduler leaves it be
+    progress = server.settings.state_dir / job["id"] / "progress.json"
+    progress.parent.mkdir()
+    progress.write_text(json.dumps({"epoch": 1, "step": 10}))
+    server.service.store.insert(job)
+    try:
+        status, headers, page = get(server, "/jobs?limit=3")
+        assert status == 200 and page[0]["id"] == job["id"] and page[0]["progress"]["step"] == 10
+        progress.write_text(json.dumps({"epoch": 2, "step": 200}))  # the worker's next record
+        deadline = time.monotonic() + 10
+        while page[0]["progress"]["step"] != 200:  # seen within a second (view_cache.PROGRESS_SLACK)
+            assert time.monotonic() < deadline, page[0]["progress"]
+            time.sleep(0.1)
+            status, new_headers, page = get(server, "/jobs?limit=3", {"If-None-Match": headers["ETag"]})
+            assert status in (200, 304)
+            page = page if status == 200 else [{"progress": {"step": 10}}]
+        assert new_headers["ETag"] != headers["ETag"] and page[0]["progress"]["epoch"] == 2
+        older = page[1:]
+        server.service.store.update(job["id"], name="renamed")  # a store write: the next answer has it
+        status, _, page = get(server, "/jobs?limit=3")
+        assert (page[0]["name"], page[0]["progress"]["step"], page[1:]) == ("renamed", 200, older)
+    finally:
+        server.service.store.update(job["id"], state="cancelled")

@@ -486,6 +486,30 @@ def test_progress_is_the_workers_progress_record_with_every_field_named(service)
     assert service.scheduler.progress(stored) == dict.fromkeys(PROGRESS_FIELDS) | {"step": 7}
 
 
+def test_an_ended_jobs_progress_is_the_record_it_ended_with_kept_in_its_row(service):
+    from memtrain.launch.worker import PROGRESS
+
+    job_id = submit(service)
+    path = f"{service.store.get(job_id).run_dir}/{PROGRESS}"
+    with open(path, "w") as f:
+        json.dump({"epoch": 3, "step": 30, "train_loss": "NaN"}, f)  # a wrong type is kept as None
+    assert service.job(job_id)["progress"]["step"] == 30  # running: its file
+    service.cancel(job_id)
+    service.ex.exits[job_id] = Exit(None, signal.SIGTERM)
+    service.scheduler.tick()
+    ended = service.store.get(job_id)
+    assert ended.state == "cancelled" and ended.final_progress["step"] == 30
+    assert ended.final_progress["epoch"] == 3 and ended.final_progress["train_loss"] is None
+    with open(path, "w") as f:
+        f.write("not json {")  # written after it ended, not by its worker: views keep what it ended with
+    assert service.job(job_id)["progress"] == ended.final_progress
+    assert service.jobs_page(None, 5)[0][0]["progress"] == ended.final_progress
+    legacy = ended.replace(final_progress=None)  # a row stored before rows kept the record: its file
+    assert set(service.progress(legacy).values()) == {None}
+    service.requeue(job_id)
+    assert service.store.get(job_id).final_progress is None and service.job(job_id)["progress"] == {}
+
+
 def test_metrics_ports_are_never_handed_out_twice(tmp_path, monkeypatch):
     from memtrain.scheduling import scheduler as sched
 

@@ -178,16 +178,28 @@ def test_bad_input_is_a_4xx_with_one_line_and_no_traceback(server, server_log, w
 
 
 def test_a_progress_file_of_wrong_types_is_no_500(server, server_log):
-    job_id = server.request("POST", "/jobs", digits_job("garbled", epochs=1))[1]["id"]
-    assert server.wait(job_id)["state"] == "succeeded"
-    progress = Path(server.settings.state_dir) / "jobs" / job_id / "progress.json"
-    for garbage in ({"epoch": "one", "step": [1], "train_loss": "NaN", "val_loss": float("nan"), "event": 3,
-                     "rss_bytes": {"a": 1}, "val_accuracy": True}, [1, 2, 3], "not json {"):
-        progress.write_text(garbage if isinstance(garbage, str) else json.dumps(garbage))
-        status, view = server.request("GET", f"/jobs/{job_id}")
-        assert status == 200, view
-        assert all(v is None for v in view["progress"].values()), view["progress"]
-        assert server.request("GET", "/jobs")[0] == 200
+    import os
+    import signal
+
+    # a running job's file is what views read (an ended job's record is kept in its row as it ended)
+    job_id = server.request("POST", "/jobs", digits_job("garbled", epochs=100000, batch=8))[1]["id"]
+    server.wait(job_id, ("running",))
+    pid = json.loads(server.service.store.get(job_id).ref)["pid"]
+    os.kill(pid, signal.SIGSTOP)  # it writes no progress of its own meanwhile
+    try:
+        progress = Path(server.settings.state_dir) / "jobs" / job_id / "progress.json"
+        for garbage in ({"epoch": "one", "step": [1], "train_loss": "NaN", "val_loss": float("nan"), "event": 3,
+                         "rss_bytes": {"a": 1}, "val_accuracy": True}, [1, 2, 3], "not json {"):
+            progress.write_text(garbage if isinstance(garbage, str) else json.dumps(garbage))
+            status, view = server.request("GET", f"/jobs/{job_id}")
+            assert status == 200, view
+            assert all(v is None for v in view["progress"].values()), view["progress"]
+            status, page = server.request("GET", "/jobs")
+            assert status == 200 and [j["progress"] for j in page if j["id"] == job_id] == [view["progress"]]
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    server.request("DELETE", f"/jobs/{job_id}")
+    assert server.wait(job_id)["state"] == "cancelled"
     assert server_log.tracebacks() == []
 
 

@@ -8,6 +8,7 @@ and their arguments are checked on a machine without a GPU.
 from __future__ import annotations
 
 import functools
+import sys
 
 import numpy as np
 
@@ -50,6 +51,14 @@ class Launcher:
         # enough blocks to fill the device; the grid-stride loop covers the rest
         grid = max(1, min(-(-n // BLOCK), self.sm_count * 8))
         raw(kernel)((grid,), (BLOCK,), (np.int64(n), *_scalars(args)))
+
+    def elementwise_rows(self, kernel, n: int, trials: int, args) -> None:
+        """A rows kernel over `trials` rows of n elements: blockIdx.y is the trial; the blocks of
+        all rows together fill the device, as one flat kernel's do."""
+        from memtrain.kernels.compile import raw  # noqa: PLC0415 - compile.py imports CuPy
+
+        grid = max(1, min(-(-n // BLOCK), self.sm_count * 8 // max(1, trials)))
+        raw(kernel)((grid, max(1, trials)), (BLOCK,), (np.int64(n), *_scalars(args)))
 
     def rows(self, kernel, rows: int, args) -> None:
         from memtrain.kernels.compile import raw  # noqa: PLC0415 - compile.py imports CuPy
@@ -114,9 +123,53 @@ class DeviceKernels:
     def elementwise(self, name: str, arrays, scalars) -> None:
         self.launcher.elementwise(self.kernels[name], arrays[0].shape[0], [*arrays, self.sc, *scalars])
 
+    def rows(self, name: str, arrays, idx, hp, counter: bool) -> None:
+        """The update `name` for several trials of a trial array in one launch (`<name>_rows`), after
+        one `tick_rows` launch where the update has a step counter. arrays: [p, g, *slots, sc] as
+        stacks (K, ...); idx: host int64 (len(arrays) + 1, J), the row of each array that the j-th
+        trial owns, then its column of hp, the per-trial hyper-parameters (host float64, (H, G)).
+        Both are copied to the device once and kept (they change only when trials leave)."""
+        trials = idx.shape[1]
+        d_idx, d_hp = on_device(idx, arrays[0]), on_device(hp, arrays[0])
+        if counter:  # count is the slot before sc (Optimizer.kernel_args("cuda"))
+            c, sc = arrays[-2], arrays[-1]
+            self.launcher.elementwise(self.kernels["tick_rows"], trials,
+                                      [on_device(idx[[-3, -2]], c), c, _row_stride(c), sc, _row_stride(sc)])
+        if trials > MAX_GRID_Y:  # gridDim.y's limit: the trials in slices (each its own idx)
+            for lo in range(0, trials, MAX_GRID_Y):
+                self.rows(name, arrays, idx[:, lo : lo + MAX_GRID_Y], hp, False)
+            return
+        args = [d_idx.shape[1], d_idx, d_hp, hp.shape[1]]
+        for a in arrays:
+            args += [a, _row_stride(a)]
+        self.launcher.elementwise_rows(self.kernels[f"{name}_rows"], arrays[0].shape[1], trials, args)
+
     def block(self, name: str, arrays, scalars) -> None:
         """One block of ROW_BLOCK threads (a reduction whose total one thread stores)."""
         self.launcher.rows(self.kernels[name], 1, [*arrays, self.sc, *scalars])
+
+
+_UPLOADED: dict = {}
+MAX_GRID_Y = 65535  # CUDA's largest gridDim.y: a rows launch's trials
+
+
+def on_device(host, like):
+    """A small host array (a rows kernel's idx or hp) where `like` lives (the device), copied once
+    per content and kept."""
+    host = np.ascontiguousarray(host)
+    # CuPy's module where `like` is CuPy's (its type's module, as backend.array_module tells them)
+    xp = sys.modules["cupy"] if type(like).__module__.split(".")[0] == "cupy" else np
+    key = (xp.__name__, host.dtype.str, host.shape, host.tobytes())
+    if key not in _UPLOADED:
+        if len(_UPLOADED) >= 256:  # a process running many arrays: keep the cache small
+            _UPLOADED.clear()
+        _UPLOADED[key] = xp.asarray(host)
+    return _UPLOADED[key]
+
+
+def _row_stride(a) -> int:
+    """The elements between two trials' rows of a stacked array."""
+    return a.strides[0] // a.itemsize
 
 
 def optimizer_step(opt, params, grads, state: dict, layout, launcher) -> None:

@@ -29,7 +29,7 @@ HEADER = r"""
 #include <cmath>
 #include <cstring>
 using namespace std;
-struct memtrain_dim { unsigned x; };
+struct memtrain_dim { unsigned x, y; };
 extern "C" { memtrain_dim blockIdx, blockDim, threadIdx, gridDim; }
 #define __global__
 #define __device__
@@ -94,13 +94,21 @@ class HostLauncher:
         fn.restype = None
         return fn
 
-    def _set(self, block=0, threads=1, thread=0, grid=1):
+    def _set(self, block=0, threads=1, thread=0, grid=1, row=0):
         self.dims["blockIdx"].x, self.dims["blockDim"].x = block, threads
+        self.dims["blockIdx"].y = row
         self.dims["threadIdx"].x, self.dims["gridDim"].x = thread, grid
 
     def elementwise(self, kernel, n, args):
         self._set()
         self._fn(kernel)(n, *_c(args))
+
+    def elementwise_rows(self, kernel, n, trials, args):
+        """A rows kernel (source.elementwise_rows): one block row (blockIdx.y) per trial."""
+        fn, cargs = self._fn(kernel), _c(args)
+        for j in range(trials):
+            self._set(row=j)
+            fn(n, *cargs)
 
     def rows(self, kernel, rows, args):
         fn, cargs = self._fn(kernel), _c(args)
@@ -125,7 +133,7 @@ class HostLauncher:
 
 
 class _Dim(ctypes.Structure):
-    _fields_ = [("x", ctypes.c_uint)]
+    _fields_ = [("x", ctypes.c_uint), ("y", ctypes.c_uint)]
 
 
 def _c(args):

@@ -17,7 +17,17 @@ bias corrections 1/(1 - beta^t) are computed on the device, once per thread.
 
 from __future__ import annotations
 
-from memtrain.kernels.source import BLOCK_SUM, SC_GRAD_SQ, STEP_FINITE, Kernel, elementwise, prelude, rowwise, single
+from memtrain.kernels.source import (
+    BLOCK_SUM,
+    SC_GRAD_SQ,
+    STEP_FINITE,
+    Kernel,
+    elementwise,
+    elementwise_rows,
+    prelude,
+    rowwise,
+    single,
+)
 
 SC = ("const double* __restrict__", "sc")
 P = ("S* __restrict__", "p")
@@ -49,7 +59,7 @@ def _d(*names):
 def kernels(dtype: str) -> dict:
     """name -> Kernel for every optimizer update of this dtype."""
     k = {"tick": single("tick", dtype, [("long long*", "c"), SC], f"if ({STEP_FINITE}) c[0] += 1;"),
-         "grad_sq_norm": grad_sq_norm(dtype)}
+         "grad_sq_norm": grad_sq_norm(dtype), "tick_rows": tick_rows(dtype)}
     k.update(_gradient_descent(dtype))
     k.update(_moments(dtype))
     k.update(_novograd(dtype))
@@ -62,31 +72,37 @@ def kernels(dtype: str) -> dict:
     return k
 
 
+def _pair(k: dict, name: str, dtype: str, params, body: str, prologue: str = "") -> None:
+    """An update's flat kernel and its rows twin for trial arrays (source.elementwise_rows)."""
+    k[name] = elementwise(name, dtype, params, body, prologue)
+    k[f"{name}_rows"] = elementwise_rows(name, dtype, params, body, prologue)
+
+
 def _gradient_descent(dtype: str) -> dict:
     """SGD, momentum, Nesterov, AdaGrad, RMSProp, AdaDelta (optim/sgd.py, optim/adaptive.py)."""
     k = {}
-    k["sgd"] = elementwise("sgd", dtype, [P, G, SC], "p[i] = st(ld(p[i]) - lr * (ld(g[i]) * gs));", LR)
-    k["momentum"] = elementwise("momentum", dtype, [P, G, ("S* __restrict__", "v"), SC] + _d("alpha"), """
+    _pair(k, "sgd", dtype, [P, G, SC], "p[i] = st(ld(p[i]) - lr * (ld(g[i]) * gs));", LR)
+    _pair(k, "momentum", dtype, [P, G, ("S* __restrict__", "v"), SC] + _d("alpha"), """
         const T vi = (T)alpha * ld(v[i]) - lr * (ld(g[i]) * gs);
         v[i] = st(vi);
         p[i] = st(ld(p[i]) + vi);""", LR)
     # phi <- phi + alpha v - eps g (parameters kept at the look-ahead point, see optim/sgd.py)
-    k["nesterov"] = elementwise("nesterov", dtype, [P, G, ("S* __restrict__", "v"), SC] + _d("alpha"), """
+    _pair(k, "nesterov", dtype, [P, G, ("S* __restrict__", "v"), SC] + _d("alpha"), """
         const T eg = lr * (ld(g[i]) * gs);
         const T vi = (T)alpha * ld(v[i]) - eg;
         v[i] = st(vi);
         p[i] = st(ld(p[i]) - eg + (T)alpha * vi);""", LR)
-    k["adagrad"] = elementwise("adagrad", dtype, [P, G, ("S* __restrict__", "r"), SC] + _d("delta"), """
+    _pair(k, "adagrad", dtype, [P, G, ("S* __restrict__", "r"), SC] + _d("delta"), """
         const T gi = (ld(g[i]) * gs);
         const T ri = ld(r[i]) + gi * gi;
         r[i] = st(ri);
         p[i] = st(ld(p[i]) - lr * gi / ((T)delta + sqrt(ri)));""", LR)
-    k["rmsprop"] = elementwise("rmsprop", dtype, [P, G, ("S* __restrict__", "r"), SC] + _d("rho", "delta"), """
+    _pair(k, "rmsprop", dtype, [P, G, ("S* __restrict__", "r"), SC] + _d("rho", "delta"), """
         const T gi = (ld(g[i]) * gs);
         const T ri = (T)rho * ld(r[i]) + (T)(1.0 - rho) * gi * gi;
         r[i] = st(ri);
         p[i] = st(ld(p[i]) - lr * gi / sqrt((T)delta + ri));""", LR)
-    k["adadelta"] = elementwise("adadelta", dtype,
+    _pair(k, "adadelta", dtype,
                                 [P, G, ("S* __restrict__", "eg2"), ("S* __restrict__", "edx2"), SC] + _d("gamma", "eps"), """
         const T gi = (ld(g[i]) * gs);
         const T e = (T)gamma * ld(eg2[i]) + (T)(1.0 - gamma) * gi * gi;
@@ -100,19 +116,19 @@ def _gradient_descent(dtype: str) -> dict:
 def _moments(dtype: str) -> dict:
     """Adam, NAdam, RAdam (optim/adam.py) and Rprop (optim/rprop.py)."""
     k = {}
-    k["adam"] = elementwise("adam", dtype, [P, G] + MV + [COUNT, SC] + B12E,
+    _pair(k, "adam", dtype, [P, G] + MV + [COUNT, SC] + B12E,
                             MOMENTS + "p[i] = st(ld(p[i]) - lr / bc1 * mi / denom);", ADAM_PRE)
-    k["nadam"] = elementwise("nadam", dtype, [P, G] + MV + [COUNT, SC] + B12E, MOMENTS + """
+    _pair(k, "nadam", dtype, [P, G] + MV + [COUNT, SC] + B12E, MOMENTS + """
         const T num = (T)b1 / bc1 * mi + (T)(1.0 - b1) / bc1 * gi;
         p[i] = st(ld(p[i]) - lr * num / denom);""", ADAM_PRE)
     # RAdam: r_t, or un-adapted momentum while rho_t <= 4 (optim/adam.py radam_rectifier)
-    k["radam"] = elementwise("radam", dtype, [P, G] + MV + [COUNT, SC] + B12E, MOMENTS + """
+    _pair(k, "radam", dtype, [P, G] + MV + [COUNT, SC] + B12E, MOMENTS + """
         p[i] = st(ld(p[i]) - (rect > 0 ? lr * (T)rect / bc1 * mi / denom : lr / bc1 * mi));""", ADAM_PRE + """
         const double rho_inf = 2.0 / (1.0 - b2) - 1.0;
         const double rho_t = rho_inf - 2.0 * t * pow(b2, t) / (1.0 - pow(b2, t));
         const double rect = rho_t <= 4.0 ? -1.0 :
             sqrt(((rho_t - 4) * (rho_t - 2) * rho_inf) / ((rho_inf - 4) * (rho_inf - 2) * rho_t));""")
-    k["rprop"] = elementwise("rprop", dtype, [P, G, ("S* __restrict__", "step"), ("signed char* __restrict__", "prev"), SC]
+    _pair(k, "rprop", dtype, [P, G, ("S* __restrict__", "step"), ("signed char* __restrict__", "prev"), SC]
                              + _d("eta_plus", "eta_minus", "step_min", "step_max"), """
         const T gi = ld(g[i]);
         const T sg = (T)((gi > (T)0) - (gi < (T)0));
@@ -145,6 +161,15 @@ def _novograd(dtype: str) -> dict:
         m[i] = st(mi);
         p[i] = st(ld(p[i]) - lr * mi);""", LR + "const T scale = (T)(1.0 / sqrt((double)ld(v[layer]) + eps));\n")
     return {"novograd_norm": norm, "novograd": update}
+
+
+def tick_rows(dtype: str) -> Kernel:
+    """`tick` for the n trials of a rows kernel, one thread each: c[idx[i] * c_rs] += 1 where
+    that trial's step scalars (row idx[n + i] of sc) say the step is finite."""
+    body = ("const double* sc_i = sc + idx[n + i] * sc_rs;\n"
+            f"if ({STEP_FINITE.replace('sc[', 'sc_i[')}) c[idx[i] * c_rs] += 1;")
+    return elementwise("tick_rows", dtype, [("const long long* __restrict__", "idx"), ("long long*", "c"),
+                                            ("const long long", "c_rs"), SC, ("const long long", "sc_rs")], body)
 
 
 def grad_sq_norm(dtype: str) -> Kernel:

@@ -98,6 +98,37 @@ def elementwise(name: str, dtype: str, params, body: str, prologue: str = "") ->
     return Kernel(full, src, dtype)
 
 
+def elementwise_rows(name: str, dtype: str, params, body: str, prologue: str = "") -> Kernel:
+    """`elementwise`'s kernel over rows of a trial array's stacked arrays, one launch for several
+    trials (train/trial_update.py): blockIdx.y is the j-th updated trial, and every element runs
+    the same prologue and body as in the flat kernel, so it gets the same arithmetic.
+
+    After n (the row length): `trials` (gridDim.y), idx (a long long matrix: idx[a * trials + j]
+    is the row of the a-th array parameter that trial j owns; its last row is the trial's column
+    of hp) and hp (the per-trial scalars, double, hp[s * hp_n + column], uploaded once per group).
+    Each array parameter is followed by its row stride in elements (`<name>_rs`); the scalar
+    parameters are not arguments but read from hp into the names the body uses."""
+    arrays = [(c, n) for c, n in params if "*" in c]
+    scalars = [(c, n) for c, n in params if "*" not in c]
+    sig = [("const long long", "trials"), ("const long long* __restrict__", "idx"),
+           ("const double* __restrict__", "hp"), ("const long long", "hp_n")]
+    for c, n in arrays:
+        sig += [(c, n), ("const long long", f"{n}_rs")]
+    rows = "const long long j = blockIdx.y;\n" + "".join(
+        f"{n} += idx[{a} * trials + j] * {n}_rs;\n" for a, (_, n) in enumerate(arrays))
+    rows += f"const long long column = idx[{len(arrays)} * trials + j];\n" + "".join(
+        f"{c} {n} = hp[{s} * hp_n + column];\n" for s, (c, n) in enumerate(scalars))
+    full = f"memtrain_{name}_rows_{dtype}"
+    src = (prelude(dtype)
+           + f'extern "C" __global__ void {full}(const long long n, {_params(sig)}) {{\n'
+           + _indent(rows + prologue)
+           + "  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;"
+             " i += (long long)blockDim.x * gridDim.x) {\n"
+           + _indent(body, 4)
+           + "  }\n}\n")
+    return Kernel(full, src, dtype)
+
+
 # Sum of one double per thread over a block (ROW_BLOCK threads); every thread gets the total.
 BLOCK_SUM = """
 #ifdef MEMTRAIN_HOST  // the host build runs one thread per block: its value is the block's

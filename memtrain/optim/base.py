@@ -136,7 +136,7 @@ class Optimizer:
         "cuda": the kernel reads the rate from the device's step scalars and t from the step
         counter, which it takes after the "param" slots; its scalars are the hyper-parameters
         after lr, in `__init__` order."""
-        slots = tuple(s.name for s in self.slots if s.kind == "param")
+        slots = self._param_slots
         if device == "cuda":
             counter = tuple(s.name for s in self.slots if s.name == "count")
             return KernelArgs(slots + counter, tuple(float(v) for k, v in self.hyper.items() if k != "lr"))
@@ -152,15 +152,60 @@ class Optimizer:
         kinds = {s.name: s.kind for s in self.all_slots()}
         return [state[f"opt.{n}"][lo:hi] if kinds[n] == "param" else state[f"opt.{n}"] for n in names]
 
+    # per step and trial in a trial array: computed once (an optimizer's slots never change)
+    @functools.cached_property
+    def _param_slots(self) -> tuple:
+        return tuple(s.name for s in self.slots if s.kind == "param")
+
+    @functools.cached_property
+    def _counts_steps(self) -> bool:
+        return any(s.name == "count" for s in self.slots)
+
+    def step_args(self, kernels, state: dict, lr) -> KernelArgs:
+        """Advance this optimizer's step counter and return its fused kernel's arguments for this
+        step: what `fused_step` passes, and what a trial array's one kernel per optimizer group
+        takes per trial (`fused_rows`)."""
+        t = kernels.tick(state, "count") if self._counts_steps else 0
+        return self.kernel_args(kernels.device, self.prepare(t, lr) if t is not None else None)
+
+    # a trial array may update trials of this optimizer together (fused_rows); False where an
+    # update is not one element-wise kernel over the flat vector (NovoGrad, Lookahead)
+    rows_fusable = True
+
+    def group_key(self) -> tuple:
+        """Trials whose optimizers have equal keys can run one `fused_rows` kernel: the same update
+        and the same hyper-parameter names (their values become per-trial scalars)."""
+        return (type(self).__name__, self.name, tuple(self.hyper))
+
+    def fused_rows(self, kernels, arrays, idx, members, lrs) -> None:
+        """One fused kernel for several trials of one group (group_key) over their rows of a trial
+        array's stacked arrays: arrays = [params, grads, *slot stacks in kernel_args order], idx[a, j]
+        the row of arrays[a] that the j-th trial owns, members[j] = (its optimizer, its state dict)
+        and lrs[j] its rate. Each trial's scalars are its own `step_args`, so every element gets the
+        arithmetic its trial's `fused_step` gives it. On a GPU the rates are in each trial's step
+        scalars already (the caller wrote them), the step counters advance on the device and the
+        kernel's scalars are each trial's hyper-parameters (kernel_args("cuda")), one column each."""
+        if kernels.device == "cuda":
+            hp = [opt.kernel_args("cuda").scalars for opt, _ in members]
+            hp = np.array(hp, dtype=np.float64).T.reshape(len(hp[0]), len(members))
+            kernels.rows(self.name, arrays, idx, hp, "count" in self.kernel_args("cuda").slots)
+            return
+        sc = None
+        for j, ((opt, state), lr) in enumerate(zip(members, lrs, strict=True)):
+            scalars = opt.step_args(kernels, state, lr).scalars
+            if sc is None:
+                sc = kernels.scalar_rows(len(scalars), len(members))
+            sc[:, j] = scalars
+        kernels.rows(self.name, arrays, idx, sc)
+
     def fused_step(self, kernels, params, grads, state: dict, lr, layout) -> None:
         """`step`, as one fused kernel over the flat vectors. `kernels` is the device's side
         (kernels/cpu/dispatch.py HostKernels, kernels/dispatch.py DeviceKernels): `device`,
         `tick(state, slot)` (advances a counter; returns t on the host, None where the counter
-        lives on the device) and `elementwise(name, arrays, scalars)`. lr: this step's rate
+        lives on the device), `elementwise(name, arrays, scalars)` and, for a trial array,
+        `scalar_rows(n, trials)` and `rows(name, arrays, idx, sc)`. lr: this step's rate
         (on a GPU the kernel reads it from the device)."""
-        t = kernels.tick(state, "count") if any(s.name == "count" for s in self.slots) else 0
-        pre = self.prepare(t, lr) if t is not None else None
-        args = self.kernel_args(kernels.device, pre)
+        args = self.step_args(kernels, state, lr)
         kernels.elementwise(self.name, [params, grads] + self.slot_arrays(state, args.slots), args.scalars)
 
 

@@ -22,6 +22,7 @@ class Lookahead(Optimizer):
     - Course: Lookahead (Zhang et al. 2019)."""
 
     name = "lookahead"
+    rows_fusable = False  # the inner update, then a sync every k steps: a trial array updates it per trial
 
     def __init__(self, inner: Optimizer, k: int = 5, alpha: float = 0.5):
         if isinstance(inner, Lookahead):

@@ -27,6 +27,7 @@ class NovoGrad(Optimizer):
     - Course: NovoGrad (Ginsburg et al. 2019)."""
 
     name = "novograd"
+    rows_fusable = False  # per-tensor norms between kernels: a trial array updates it per trial
     slots = (
         COUNT,
         Slot("m", "param", doc="first moment of the normalised gradient"),

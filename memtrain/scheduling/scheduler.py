@@ -360,8 +360,7 @@ class Scheduler:
         try:
             h = self.executor.start(launch)
         except Exception as exc:
-            self.store.update(job.id, state="failed", ended_at=now(), reason=f"could not start: {exc}",
-                              reserved_bytes=0)
+            self.store.update(job.id, state="failed", reason=f"could not start: {exc}", **self._ending(job))
             self.on_event("failed", job)
             return
         target = h.metrics_target
@@ -413,8 +412,14 @@ class Scheduler:
 
     def _end(self, job, state, reason, result) -> None:
         reason = None if reason is None else str(reason)  # an exit record's "reason" is the worker's word
-        self.store.update(job.id, state=state, reason=reason, result=result, ended_at=now(), reserved_bytes=0)
+        self.store.update(job.id, state=state, reason=reason, result=result, **self._ending(job))
         self.on_event(state, job)
+
+    def _ending(self, job) -> dict:
+        """What every ending writes besides state and reason: the time, no reservation, and the
+        progress record as the job ended (views show an ended job's from its row: a page of
+        finished jobs reads no progress file, and the record is the one the job ended with)."""
+        return {"ended_at": now(), "reserved_bytes": 0, "final_progress": self.progress(job)}
 
     def _requeue(self, job, reason, count: bool = True) -> None:
         fields = dict(state="queued", device=None, reserved_bytes=0, queued_at=now(), reason=reason,
@@ -441,8 +446,8 @@ class Scheduler:
             if job.state == "running" and job.cancel_requested:
                 return job  # asked already: the one SIGTERM is on its way
             if job.state == "queued":
-                self.store.update(job_id, expect_state="queued", state="cancelled", ended_at=now(),
-                                  reason="cancelled on request (it had not started)", reserved_bytes=0)
+                self.store.update(job_id, expect_state="queued", state="cancelled",
+                                  reason="cancelled on request (it had not started)", **self._ending(job))
                 h = self.handle(job)
                 if h is not None:  # handed to an executor that had not started it yet
                     self.executor.cancel(h)
@@ -465,7 +470,7 @@ class Scheduler:
             if job.state not in ("cancelled", "failed"):
                 raise JobConflict(f"job {job_id}: {job.state}; only a cancelled or failed job can be requeued")
             self.store.update(job_id, expect_state=job.state, state="queued", attempts=0, cancel_requested=0,
-                              queued_at=now(), ended_at=None, result=None, device=None, reserved_bytes=0,
+                              queued_at=now(), ended_at=None, result=None, final_progress=None, device=None, reserved_bytes=0,
                               executor=None, ref=None, metrics_target=None,
                               reason=f"requeued on request after it was {job.state}; resumes from its checkpoint")
             self.on_event("requeued", job)

@@ -78,9 +78,16 @@ ADDED_COLUMNS = {
     "user": "TEXT NOT NULL DEFAULT 'default'",  # whose token submitted it (its quota)
     "sweep": "TEXT",  # the sweep (POST /sweeps) it runs trials of; NULL for a job file's job
     "trials": "INTEGER",  # how many of that sweep's trials it runs (K for a trial array, 1 alone)
+    "rev": "INTEGER NOT NULL DEFAULT 0",  # +1 at every update: a page reads (seq, rev) and fetches changed rows only
+    "final_progress": "TEXT",  # the progress record as the job ended (JSON): views do not read its file again
 }
+# a page's (seq, rev) from an index alone: the rows themselves (3 KB of JSON each) are read only when changed
+PAGE_INDEXES = """
+CREATE INDEX IF NOT EXISTS jobs_seq_rev ON jobs(seq, rev);
+CREATE INDEX IF NOT EXISTS jobs_state_rev ON jobs(state, seq, rev);
+"""
 
-JSON_FIELDS = ("config", "checked", "planned", "result", "batch_request")
+JSON_FIELDS = ("config", "checked", "planned", "result", "batch_request", "final_progress")
 LAZY = ("config", "checked")  # the largest JSON, which a job's view never reads: decoded when first read
 
 
@@ -122,6 +129,8 @@ class JobRow:
     user: str = "default"
     sweep: str | None = None
     trials: int | None = None
+    rev: int = 0
+    final_progress: dict | None = None
 
     @cached_property
     def config(self) -> dict:
@@ -150,13 +159,15 @@ class StoreDamaged(MemtrainError):
 
 
 class Store:
+    ROWS_KEPT = 4096  # decoded rows kept for pages; past it, the longest kept go first
+
     def __init__(self, path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         self.bad_rows: dict = {}  # seq -> (job id, why): rows whose JSON does not decode, skipped by every read
         self.version = 0  # +1 per committed write: cached views are valid while it stands (one writer: this process)
-        self._rows: dict = {}  # a page's rows, decoded (_decoded)
+        self._rows: dict = {}  # seq -> (rev, JobRow): a page's rows, decoded (page)
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=30)
         self._db.row_factory = sqlite3.Row
         try:
@@ -185,6 +196,8 @@ class Store:
                 if name not in have:
                     db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {decl}")
             db.execute("CREATE INDEX IF NOT EXISTS jobs_sweep ON jobs(sweep)")  # GET /sweeps/ID: its jobs
+            for sql in filter(str.strip, PAGE_INDEXES.split(";")):
+                db.execute(sql)
 
     def backup(self, dest) -> None:
         """A consistent copy of the whole store at `dest` (SQLite's online backup API: writers wait
@@ -264,7 +277,7 @@ class Store:
     def update(self, job_id: str, *, expect_state: str | None = None, **fields) -> bool:
         """Set `fields`; with expect_state, only while the job is in that state (False otherwise)."""
         row = {k: (json.dumps(v) if k in JSON_FIELDS and v is not None else v) for k, v in fields.items()}
-        sets = ", ".join(f"{k} = ?" for k in row)
+        sets = ", ".join([*(f"{k} = ?" for k in row), "rev = rev + 1"])
         sql, args = f"UPDATE jobs SET {sets} WHERE id = ?", [*row.values(), job_id]
         if expect_state is not None:
             sql += " AND state = ?"
@@ -316,9 +329,11 @@ class Store:
             return None
 
     def page(self, state: str | None, limit: int, before: int | None = None) -> tuple:
-        """(rows, next): up to `limit` jobs, newest first, with seq below `before` (an index range:
-        a page costs the same however many jobs are stored), their config and checked columns
-        left as JSON text; `next` is the `before` of the following page, None on the last."""
+        """(rows, next): up to `limit` jobs, newest first, with seq below `before`, their config and
+        checked columns left as JSON text; `next` is the `before` of the following page, None on the
+        last. Each row is the same object while its rev stands (views tell "unchanged" by identity):
+        a page reads (seq, rev) from an index and fetches only the rows it does not hold, so it costs
+        the same however many jobs are stored, and a page of unchanged jobs decodes nothing."""
         where, args = [], []
         if state is not None:
             where.append("state = ?")
@@ -326,31 +341,36 @@ class Store:
         if before is not None:
             where.append("seq < ?")
             args.append(int(before))
-        sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
+        sql = "SELECT seq, rev FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
         with self._lock:
-            rows = self._db.execute(sql + " ORDER BY seq DESC LIMIT ?", [*args, int(limit) + 1]).fetchall()
-        more = len(rows) > limit
-        raw = rows[:limit]
-        decoded = [d for d in map(self._decoded, raw) if d is not None]  # damaged rows skipped
-        return decoded, (raw[-1]["seq"] if more and raw else None)
+            keys = self._db.execute(sql + " ORDER BY seq DESC LIMIT ?", [*args, int(limit) + 1]).fetchall()
+            more, keys = len(keys) > limit, keys[:limit]
+            got = {}
+            for seq, rev in keys:
+                kept = self._rows.get(seq)
+                if kept is not None and kept[0] == rev:
+                    got[seq] = kept[1]
+            stale = [seq for seq, _ in keys if seq not in got and seq not in self.bad_rows]
+            for i in range(0, len(stale), 500):  # SQLite's bound on parameters (999 before 3.32)
+                chunk = stale[i:i + 500]
+                for row in self._db.execute(f"SELECT * FROM jobs WHERE seq IN ({','.join('?' * len(chunk))})", chunk):
+                    job = self._keep(row)
+                    if job is not None:
+                        got[job.seq] = job
+        return [got[seq] for seq, _ in keys if seq in got], (keys[-1][0] if more and keys else None)
 
-    def _decoded(self, row) -> JobRow | None:
-        """_decode of a page's row, kept while the row's values stay the same (a finished job's
-        never change): a poll of an unchanged page decodes no JSON. The row is shared (frozen).
-        None for a damaged row (found at open, or by this decode)."""
-        if row["seq"] in self.bad_rows:
-            return None
-        key = tuple(row)
-        d = self._rows.get(key)
-        if d is None:
-            try:
-                d = _decode(row, eager=False)
-            except ValueError:
-                return self._decode(row)  # records it as damaged; None
-            self._rows[key] = d
-            if len(self._rows) > 4096:  # bounded; the oldest entries go first
-                self._rows.pop(next(iter(self._rows)))
-        return d
+    def _keep(self, row) -> JobRow | None:
+        """A page's row decoded and kept under its seq with its rev (a finished job's never changes);
+        None for a damaged one, which is recorded in bad_rows instead."""
+        try:
+            job = _decode(row, eager=False)
+        except ValueError:
+            return self._decode(row)  # records it as damaged: None
+        self._rows.pop(job.seq, None)  # re-inserted: the newest stay, the oldest go first
+        self._rows[job.seq] = (job.rev, job)
+        while len(self._rows) > self.ROWS_KEPT:
+            self._rows.pop(next(iter(self._rows)))
+        return job
 
     def counts(self) -> dict:
         with self._lock:

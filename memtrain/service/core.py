@@ -5,6 +5,7 @@ app.py puts FastAPI in front of a `Service`; tests and benchmarks may drive one 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import shutil
@@ -16,7 +17,7 @@ from memtrain.errors import DiskFull
 from memtrain.launch.worker import PROGRESS
 from memtrain.scheduling import admission
 from memtrain.scheduling.scheduler import Scheduler
-from memtrain.scheduling.store import STATES, JobRow, Store, now
+from memtrain.scheduling.store import ACTIVE, STATES, JobRow, Store, now
 from memtrain.service import devices as devs
 from memtrain.service import planning, recovery, security, sweeps
 from memtrain.service.housekeeping import Housekeeper
@@ -24,6 +25,19 @@ from memtrain.service.planned_jobs import PlannedJobs
 from memtrain.units import format_bytes
 
 MIN_FREE_BYTES = 16 * 1024**2  # below this a submission is refused (507): see check_room
+
+
+@dataclass(frozen=True)
+class Serialised:
+    """A job's view as JSON bytes, with a digest of them: a page's ETag is made from its views'
+    digests (computed once per view) instead of hashing the whole answer again."""
+
+    json: bytes
+    digest: bytes
+
+    @classmethod
+    def of(cls, data: bytes) -> "Serialised":
+        return cls(data, hashlib.blake2b(data, digest_size=16).digest())
 
 
 @dataclass
@@ -86,7 +100,7 @@ class Service:
                                          cpu_overhead=s.cpu_overhead)
         self.events = {"admitted": 0, "rejected": 0, "started": 0, "requeued": 0}
         self.waits = []  # queue waits (seconds) since start, for the histogram
-        self._serialised: dict = {}  # job id -> (row, progress, bytes): jobs_page(serialize=...)
+        self._serialised: dict = {}  # job id -> (row, progress, Serialised): jobs_page(serialize=...)
         self.scheduler = Scheduler(self.store, s.executor, self.devices, head_wait=s.head_wait,
                                    tick=s.tick, metrics_ports=s.metrics_ports, on_event=self._event,
                                    metrics_host=s.job_metrics_host, metrics_address=s.job_metrics_address,
@@ -252,7 +266,7 @@ class Service:
             quota = self.scheduler.quota() if quota is None else quota
             why = admission.blocking(w, slots, quota)
             reason = f"waiting: {why}" + (f" (earlier: {reason})" if reason else "")
-        prog = progress if progress is not None else (self.scheduler.progress(job) if job.state != "queued" else {})
+        prog = progress if progress is not None else self.progress(job)
         return {
             "id": job.id, "name": job.name, "state": job.state, "device": job.device,
             "planned_bytes": job.planned_bytes, "planned": job.planned, "batch_size": job.batch_size,
@@ -264,13 +278,24 @@ class Service:
             "sweep": job.sweep, "trials": job.trials,
         }
 
+    def progress(self, job: JobRow) -> dict:
+        """What a view shows as the job's progress: none while queued; an ended job's record as it
+        ended, kept in its row (its file is not read again: a page of finished jobs stats no file);
+        else its progress file (Scheduler.progress; also an ended job's stored before rows kept one)."""
+        if job.state == "queued":
+            return {}
+        if job.final_progress is not None and job.state not in ACTIVE:
+            return job.final_progress
+        return self.scheduler.progress(job)
+
     def jobs_page(self, state: str | None = None, limit: int = 100, before: int | None = None,
                   serialize=None) -> tuple:
         """(views, next, watched): up to `limit` jobs newest first below seq `before`, the `before` of
         the next page (None on the last), and the progress files these views read that can change
         without a store write (the running jobs'). With `serialize` (view -> bytes) each view comes
-        serialised, kept per job while its row and progress are the same objects (Store.page and
-        Scheduler.progress hand out one object per unchanged row and file)."""
+        as a `Serialised` (its bytes and their digest), kept per job while its row and progress are
+        the same objects (Store.page and Scheduler.progress hand out one object per unchanged row
+        and file)."""
         _check_state(state)
         rows, nxt = self.store.page(state, limit, before)
         queued = any(j.state == "queued" for j in rows)
@@ -280,14 +305,14 @@ class Service:
             return [self.job_view(j, slots, quota=quota) for j in rows], nxt, watched
         return [self._view_bytes(j, slots, serialize, quota) for j in rows], nxt, watched
 
-    def _view_bytes(self, job: JobRow, slots, serialize, quota=None) -> bytes:
+    def _view_bytes(self, job: JobRow, slots, serialize, quota=None) -> Serialised:
         if job.state == "queued":  # its reason depends on the other jobs: made afresh
-            return serialize(self.job_view(job, slots, quota=quota))
-        prog = self.scheduler.progress(job)
+            return Serialised.of(serialize(self.job_view(job, slots, quota=quota)))
+        prog = self.progress(job)
         kept = self._serialised.get(job.id)
         if kept is not None and kept[0] is job and kept[1] is prog:
             return kept[2]
-        out = serialize(self.job_view(job, slots, prog))
+        out = Serialised.of(serialize(self.job_view(job, slots, prog)))
         if len(self._serialised) >= 4096:  # bounded: the oldest go first
             self._serialised.pop(next(iter(self._serialised)))
         self._serialised[job.id] = (job, prog, out)  # holding job and prog: identities stay unique

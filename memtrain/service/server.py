@@ -92,7 +92,7 @@ def uvicorn_config(app, settings, **options):
     arrive in full within settings.request_timeout seconds."""
     import uvicorn  # noqa: PLC0415
 
-    from memtrain.service.slow_clients import protocol  # noqa: PLC0415 - uvicorn's h11 protocol
+    from memtrain.service.slow_clients import protocol  # noqa: PLC0415 - uvicorn's httptools protocol
 
     return uvicorn.Config(app, host=settings.host, port=settings.port, http=protocol(settings.request_timeout),
                           **options)

@@ -279,20 +279,30 @@ class Trainer:
 
     def update(self, G, loss: float) -> float:
         """The rest of a step after its gradient G: l1/l2, clipping, the non-finite guard, the
-        schedule's rate and the optimizer's update; returns `loss`. A trial array calls it per trial."""
+        schedule's rate and the optimizer's update; returns `loss`."""
+        lr = self.update_rate(G, loss)
+        if lr is not None:
+            self.kernels.optimizer_step(self.optimizer, self.model.params, G, self.arrays, lr, self.spec.layout)
+            self.steps += 1
+        return loss
+
+    def update_rate(self, G, loss: float, penalty: bool = True):
+        """`update` up to the optimizer's kernel: l1/l2, clipping, the non-finite guard (None: this
+        step is skipped) and this step's rate. A trial array calls it per trial (penalty=False where
+        it added the trial's l1/l2 itself, with others'), then updates the trials of one optimizer
+        group with one kernel and adds their steps."""
         spec, model = self.spec, self.model
-        self.kernels.add_penalty_grad(spec, model.params, G, self.arrays)
+        if penalty:
+            self.kernels.add_penalty_grad(spec, model.params, G, self.arrays)
         norm = step.clip_by_norm(G, self.clip_norm, self.arrays.get("step_scalars"))
         self.last_grad_norm = norm
         if not (math.isfinite(loss) and math.isfinite(norm)):
             self.nonfinite_steps += 1  # skip: a non-finite update would poison every weight
             self.nonfinite_streak += 1
-            return loss
+            return None
         self.nonfinite_streak = 0
         self.last_lr = lr = self.schedule(self.steps)
-        self.kernels.optimizer_step(self.optimizer, model.params, G, self.arrays, lr, spec.layout)
-        self.steps += 1
-        return loss
+        return lr
 
     # -- epochs ------------------------------------------------------------
     def _shuffle(self, order, epoch: int) -> None:

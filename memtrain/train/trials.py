@@ -33,6 +33,7 @@ from memtrain.memory.trials import array_plan, stacks
 from memtrain.nn import stacked, step
 from memtrain.nn.mlp import MLP
 from memtrain.optim import make_optimizer
+from memtrain.train import trial_update
 from memtrain.train.trainer import Trainer, _gather, _rows, cpu_kernels
 from memtrain.validate import check_scalar
 
@@ -130,6 +131,8 @@ class TrialArray:
             for s in stacks(self.plans):
                 allocation_observer(s.buffer, self.arrays[s.buffer.name])
         self.results = self._build_trials(optimizers, fused_ok)
+        self._groups = trial_update.optimizer_groups(self.results, self.plans, self.arrays)
+        self._penalized = trial_update.penalized(self.results, self.plans)
         self._views = {}
 
     @property
@@ -283,8 +286,7 @@ class TrialArray:
             losses = [step.loss_sum(r.trainer.spec, v) for r, v in zip(trials, views, strict=True)]
         stacked.backward(s, [(r.trainer.spec, r.trainer.model.layers, r.trainer.glayers, v)
                              for r, v in zip(trials, views, strict=True)], runs, relu=relu, delta_done=softmax)
-        for r, loss_sum in zip(trials, losses, strict=True):
-            self._update(r, loss_sum / b, b)
+        self._update(trials, losses, b)
 
     @property
     def _stacked_ops(self) -> tuple:
@@ -295,15 +297,24 @@ class TrialArray:
         spec = self.settings[0].spec
         return spec.activation.name == "relu", spec.output.name == "softmax"
 
-    def _update(self, r, loss: float, b: int) -> None:
-        tr = r.trainer
-        tr.update(tr.grads, loss)
-        tr._epoch_loss += loss * b
-        tr.position += 1
-        limit = r.setting.max_nonfinite
-        if limit is not None and tr.nonfinite_streak >= limit:
-            r.state = "failed"
-            r.message = f"training: {tr.nonfinite_streak} non-finite steps in a row (loss {loss})"
+    def _update(self, trials, losses, b: int) -> None:
+        """The l1/l2 penalties (one call for the trials that have one), each trial's clipping, guard
+        and rate (Trainer.update_rate), then the optimizer updates, one fused kernel per optimizer
+        group (train/trial_update.py)."""
+        lrs = {}
+        done = trial_update.add_penalties(self.results, self._penalized, self.arrays, trials)
+        for r, loss_sum in zip(trials, losses, strict=True):
+            tr, loss = r.trainer, loss_sum / b
+            lr = tr.update_rate(tr.grads, loss, penalty=r.index not in done)
+            if lr is not None:
+                lrs[r.index] = lr
+            tr._epoch_loss += loss * b
+            tr.position += 1
+            limit = r.setting.max_nonfinite
+            if limit is not None and tr.nonfinite_streak >= limit:
+                r.state = "failed"
+                r.message = f"training: {tr.nonfinite_streak} non-finite steps in a row (loss {loss})"
+        trial_update.update(self.results, self._groups, lrs)
 
 
 def _shares(a, view, array: TrialArray, name: str) -> bool:

@@ -35,6 +35,14 @@ def run(name: str, arrays, scalars) -> None:
     getattr(K, name)(*(storage(a) for a in arrays), *(s if isinstance(s, bool) else T(s) for s in scalars))
 
 
+def run_rows(name: str, arrays, idx, sc) -> None:
+    """The kernel `<name>_rows` of optim.py over rows of stacked (K, P) arrays: idx[a, j] is the
+    row of arrays[a] that the j-th updated trial owns, sc[s, j] its s-th scalar (float64, cast here
+    to the compute type as `run` casts each scalar; a flag as 1.0 or 0.0)."""
+    T = compute_type(arrays[0].dtype)
+    getattr(K, name + "_rows")(*(storage(a) for a in arrays), idx, sc.astype(T, copy=False))
+
+
 class HostKernels:
     """The CPU side of Optimizer.fused_step: step counters advance on the host (tick returns t)."""
 
@@ -49,6 +57,15 @@ class HostKernels:
     @staticmethod
     def elementwise(name: str, arrays, scalars) -> None:
         run(name, arrays, scalars)
+
+    @staticmethod
+    def scalar_rows(n: int, trials: int):
+        """Per-trial scalars of one rows kernel, filled on the host in float64 (run_rows casts them)."""
+        return np.empty((n, trials), dtype=np.float64)
+
+    @staticmethod
+    def rows(name: str, arrays, idx, sc) -> None:
+        run_rows(name, arrays, idx, sc)
 
 
 HOST = HostKernels()
@@ -69,6 +86,15 @@ def add_penalty_grad(spec, params, grads) -> None:
             lo, hi = g.offset, g.offset + g.size
             K.penalty_grad(storage(params[lo:hi]), storage(grads[lo:hi]), T(2.0 * spec.l2), T(spec.l1),
                            bool(spec.l2), bool(spec.l1))
+
+
+def add_penalty_grad_rows(specs, params, grads, idx) -> None:
+    """add_penalty_grad for several trials of a trial array in one call: specs[j] is the spec (its
+    l1, l2) of the trial whose rows of the stacked params and grads are idx[0, j] and idx[1, j]."""
+    T = compute_type(params.dtype)
+    sc = np.array([[2.0 * s.l2, s.l1, bool(s.l2), bool(s.l1)] for s in specs], dtype=np.float64).T.astype(T)
+    bounds = np.array([[g.offset, g.offset + g.size] for g in specs[0].layout if g.kind == "weight"], dtype=np.int64)
+    K.penalty_grad_rows(storage(params), storage(grads), np.ascontiguousarray(idx), bounds, np.ascontiguousarray(sc))
 
 
 def _act_params(act, T, backward: bool) -> tuple:
@@ -137,3 +163,28 @@ def warm(spec, optimizer) -> None:
         optimizer_step(optimizer, p, np.ones(2, dtype=dt), state, 1e-3, layout)
     if spec.l1 or spec.l2:
         add_penalty_grad(SimpleNamespace(l1=spec.l1, l2=spec.l2, layout=layout), p, p.copy())
+
+
+def warm_rows(optimizer, dtype) -> None:
+    """Compile (or load) the rows kernel of `optimizer`'s group (Optimizer.fused_rows), on two
+    rows of two elements: a trial array calls it when it is built, before its first step."""
+    dt = np.dtype(dtype)
+    states = []
+    for _ in range(2):
+        state = {f"opt.{s.name}": np.zeros({"param": 2, "per_layer": 1, "scalar": ()}[s.kind], dtype=s.dtype or dt)
+                 for s in optimizer.all_slots()}
+        optimizer.init_state(state, np.ones(2, dtype=dt))
+        states.append(state)
+    names = optimizer.kernel_args("cpu", optimizer.prepare(1, 1.0)).slots
+    arrays = [np.ones((2, 2), dtype=dt), np.ones((2, 2), dtype=dt)]
+    arrays += [np.stack([st[f"opt.{n}"] for st in states]) for n in names]
+    idx = np.tile(np.arange(2, dtype=np.int64), (len(arrays), 1))
+    optimizer.fused_rows(HOST, arrays, idx, [(optimizer, st) for st in states], [1e-3, 1e-3])
+
+
+def warm_penalty_rows(spec) -> None:
+    """Compile (or load) add_penalty_grad_rows for `spec`'s dtype, on two rows of one weight."""
+    layout = [SimpleNamespace(offset=0, size=2, kind="weight")]
+    one = SimpleNamespace(l1=1e-3, l2=1e-3, layout=layout)
+    p = np.ones((2, 2), dtype=spec.dtype)
+    add_penalty_grad_rows([one, one], p, p.copy(), np.tile(np.arange(2, dtype=np.int64), (2, 1)))

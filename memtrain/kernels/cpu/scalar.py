@@ -35,6 +35,12 @@ def serial_kernel(fn):
     return njit(cache=True, nogil=True, error_model="numpy")(fn)
 
 
+def rows_kernel(fn):
+    """A trial array's kernel (optim.py `<name>_rows`): a serial loop over trials that calls the flat
+    kernel on each trial's rows, so its arithmetic is the flat kernel's by construction."""
+    return njit(cache=True, nogil=True, error_model="numpy")(fn)
+
+
 def threads() -> int:
     """MEMTRAIN_CPU_THREADS (package __init__), at most numba's pool size."""
     return min(threads_from_env(), numba.config.NUMBA_NUM_THREADS)

@@ -18,7 +18,7 @@ ETAG = {"description": "the answer's tag: send it as If-None-Match to get 304 wh
         "schema": {"type": "string"}}
 
 
-def service(request: Request) -> Service:
+async def service(request: Request) -> Service:  # async: FastAPI runs a plain def on a worker thread
     """The app's Service (create_app puts it in app.state)."""
     return request.app.state.service
 

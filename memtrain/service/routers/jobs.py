@@ -12,6 +12,7 @@ from memtrain.errors import DiskFull
 from memtrain.service import models, planning, security
 from memtrain.service.core import Service, tail
 from memtrain.service.routers.deps import ERRORS, ETAG, as_json, cached, found, service, user
+from memtrain.service.view_cache import etag
 
 PAGE_LIMIT = 100  # GET /jobs without ?limit=
 MAX_PAGE_LIMIT = 1000
@@ -61,7 +62,11 @@ async def jobs(request: Request, svc: Service = Depends(service),
     def build():
         parts, nxt, watched = svc.jobs_page(state, limit, cursor, serialize=lambda view: as_json(JOB, view))
         query = f"limit={limit}&cursor={nxt}" + (f"&state={state}" if state else "")
-        return b"[" + b",".join(parts) + b"]", watched, {} if nxt is None else {"Link": f'</jobs?{query}>; rel="next"'}
+        link = "" if nxt is None else f'</jobs?{query}>; rel="next"'
+        headers = {"Link": link} if link else {}
+        # the tag from the views' digests (kept with each view) and the Link: the body is not hashed again
+        headers["ETag"] = etag(*(p.digest for p in parts), link.encode())
+        return b"[" + b",".join(p.json for p in parts) + b"]", watched, headers
 
     return await cached(request, ("jobs", state, limit, cursor), build)
 
