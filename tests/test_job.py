@@ -124,7 +124,8 @@ def _final_params(out_dir):
 def test_sigkill_at_five_points_then_resume_is_bit_identical(tmp_path):
     ref_dir, run_dir = tmp_path / "ref", tmp_path / "run"
     job = job_file(tmp_path, **{"epochs = 3": "epochs = 12"})  # 324 steps: long enough to be killed 5 times
-    done = cli("train", job, "--output-dir", ref_dir, "--log-format", "json")
+    # the reference run and the final resume in this process (train_cli); the five killed runs are real processes
+    done = train_cli(job, "--output-dir", ref_dir, "--log-format", "json")
     assert done.returncode == 0, done.stderr
     reference = _final_params(ref_dir)
     rng = np.random.default_rng(7)
@@ -148,7 +149,7 @@ def test_sigkill_at_five_points_then_resume_is_bit_identical(tmp_path):
         if proc.returncode == -signal.SIGKILL:
             killed += 1
     assert killed == 5
-    done = cli("train", job, "--output-dir", run_dir, "--log-format", "json")
+    done = train_cli(job, "--output-dir", run_dir, "--log-format", "json")
     assert done.returncode == 0, done.stderr
     assert any(json.loads(line)["event"] == "resume" for line in done.stdout.splitlines())
     np.testing.assert_array_equal(_final_params(run_dir), reference)  # bit-identical

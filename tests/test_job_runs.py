@@ -13,7 +13,7 @@ import tracemalloc
 
 import pytest
 from click.testing import CliRunner
-from test_job import config, job_file
+from test_job import config, job_file, train_cli
 
 from memtrain.cli import main
 from memtrain.config import JobConfig, from_dict
@@ -71,15 +71,11 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_exit_1(tmp_path, monkey
 # -- run history ---------------------------------------------------------------------------------
 
 
-def _cli(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "memtrain.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=120, **kw)
-
-
 def test_history_survives_a_kill_exactly_and_runs_lists_it(tmp_path):
     job = job_file(tmp_path, **{"epochs = 3": "epochs = 4"})
     ref = tmp_path / "ref"
-    assert _cli("train", job, "--output-dir", ref, "--log-format", "json").returncode == 0
+    # the reference run and the final resume in this process (train_cli); the killed run is a real process
+    assert train_cli(job, "--output-dir", ref, "--log-format", "json").returncode == 0
     run_dir = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "memtrain.cli", "train", str(job), "--output-dir", str(run_dir),
                              "--log-format", "json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -91,7 +87,7 @@ def test_history_survives_a_kill_exactly_and_runs_lists_it(tmp_path):
     proc.stdout.close()
     proc.stderr.close()
     assert RunHistory(run_dir).info()["state"] == "running"  # what a kill leaves
-    done = _cli("train", job, "--output-dir", run_dir, "--log-format", "json")
+    done = train_cli(job, "--output-dir", run_dir, "--log-format", "json")
     assert done.returncode == 0, done.stderr
     keys = ("epoch", "train_loss", "val_loss", "val_accuracy", "steps")
     want = [{k: r[k] for k in keys} for r in RunHistory(ref).read()]

@@ -2,6 +2,7 @@
 the same state dir, every job finishes, with parameters bit-identical to `memtrain train` of
 the same job alone."""
 
+import json
 import os
 import subprocess
 import sys
@@ -15,7 +16,7 @@ def toml(job: dict, out_dir) -> str:
     lines = [f'name = "{job["name"]}"', f"seed = {job['seed']}"]
     for section in ("model", "optimizer", "training"):
         lines.append(f"[{section}]")
-        lines += [f"{k} = {v!r}".replace("'", '"') for k, v in job[section].items()]
+        lines += [f"{k} = {json.dumps(v)}" for k, v in job[section].items()]
     lines += ["[checkpoint]", f'dir = "{out_dir}/ckpt"', "[output]", f'dir = "{out_dir}/out"']
     return "\n".join(lines) + "\n"
 
