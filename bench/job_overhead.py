@@ -4,7 +4,7 @@
         [--source DIR] [--json PATH]
 
 The job is docs/example-job.toml (the digits MLP 64-128-10, Adam, cosine schedule, auto batch,
-checkpoints every 50 steps and every epoch, metrics on a free port) without early stopping, for
+checkpoints every 50 steps and at epoch ends (checkpoint.min_interval), metrics on a free port) without early stopping, for
 `--epochs` epochs. Each run is a fresh `memtrain train` process with its own output directory and a
 JSON log; one warm-up run first (numba's on-disk cache of the kernels, the page cache) is not
 counted. `--source DIR` runs the memtrain checkout in DIR (e.g. an exported older commit) instead
@@ -17,7 +17,8 @@ comes from the JSON log's timestamps (1 ms resolution):
   start-up + data     process start -> the `data` event (interpreter, imports, config, device, data set)
   batch (autobatch)   -> `autobatch` (the plan solved, one probe step: numba and its kernels loaded)
   metrics exporter    -> `metrics`
-  per-epoch writes    sum over epochs of `checkpoint` - `epoch` (history line, epoch-end checkpoint)
+  per-epoch writes    sum over the epochs that end with a checkpoint of `checkpoint` - `epoch` (history
+                      line, epoch-end checkpoint; the history line of an epoch without one is in the next)
   validation, other   the rest of the loop: validation passes, trainer build, epoch bookkeeping
   finish              last epoch's checkpoint -> `summary` (test evaluation, models, run.json, history.csv)
   exit                `summary` -> process exit (exporter stopped, interpreter shut down)
@@ -69,10 +70,12 @@ def breakdown(t0: float, t1: float, events: list, history: list) -> dict:
     first = {}
     for e in events:
         first.setdefault(e["event"], e["time"])
-    epochs = [e["time"] for e in events if e["event"] == "epoch"]
     ends = [e["time"] for e in events if e["event"] == "checkpoint" and e.get("reason") == "epoch"]
     training = sum(h["seconds"] for h in history)
-    writes = sum(c - e for e, c in zip(epochs, ends))
+    # an epoch's end that writes a checkpoint (every epoch before checkpoint.min_interval; now the
+    # last one and one per interval): `epoch` event -> its `checkpoint` event
+    writes = sum(c["time"] - e["time"] for e, c in zip(events, events[1:])
+                 if e["event"] == "epoch" and c["event"] == "checkpoint" and c.get("reason") == "epoch")
     loop_start = first.get("metrics", first.get("autobatch", first["data"]))
     parts = {
         "start-up + data": first["data"] - t0,

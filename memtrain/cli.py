@@ -292,7 +292,8 @@ def _device_options(f):
     fused), --tf32 and --cuda-graph nothing on the CPU."""
     f = click.option("--fused/--no-fused", default=None,
                      help="CPU: memtrain's fused kernels (one pass per optimizer update and per bias + "
-                          "activation); --no-fused runs the NumPy reference path.  [default: fused]")(f)
+                          "activation); --no-fused runs the NumPy reference path.  [default: auto: fused from "
+                          "100,000 parameters]")(f)
     f = click.option("--tf32/--no-tf32", default=None,
                      help="TF32 Tensor Cores for float32 matmuls on a GPU.  [default: off]")(f)
     return click.option("--cuda-graph/--no-cuda-graph", default=None,
@@ -355,8 +356,8 @@ _TRAIN_KEYS = {
 @_device_options
 def train(job_file, log_format, progress, **flags):
     """Run a training job from JOB_FILE (TOML; see docs/job-file.md) and/or flags; flags
-    override the file. Checkpoints every epoch (and on SIGTERM/SIGINT, then exits 0);
-    resumes from the newest checkpoint.
+    override the file. Checkpoints every checkpoint.min_interval (10 s) at an epoch's end, after
+    the last epoch and on SIGTERM/SIGINT (then exits 0); resumes from the newest checkpoint.
 
     \b
     Examples:

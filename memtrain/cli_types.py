@@ -168,7 +168,8 @@ def plan_options(f):
                      "600MiB: a GPU's device overhead (default: measured on a GPU, else assumed 512 MiB), or the CPU "
                      "process overhead within --memory-limit (default: measured once per machine)."),
         click.option("--fused/--no-fused", default=None, help="CPU: the plan of memtrain's fused kernels, or of the "
-                     "NumPy reference path (as `train --no-fused`).  [default: fused, or the job file's]"),
+                     "NumPy reference path (as `train --no-fused`).  [default: auto (fused from 100,000 "
+                     "parameters), or the job file's]"),
     ]
     for o in reversed(opts):
         f = o(f)

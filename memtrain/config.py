@@ -46,7 +46,7 @@ from memtrain.errors import ConfigError
 from memtrain.nn.spec import ModelSpec
 from memtrain.optim import make_optimizer
 from memtrain.optim.schedules import make_schedule
-from memtrain.units import MAX_BATCH, MAX_EPOCHS, parse_bytes, parse_duration
+from memtrain.units import MAX_BATCH, MAX_DURATION, MAX_EPOCHS, parse_bytes, parse_duration
 from memtrain.validate import check_scalar
 
 DEFAULT_NAME = "memtrain"
@@ -159,7 +159,7 @@ class TrainingConfig:
     measure: str = "sampled"  # CPU: tracemalloc on the first steps ("sampled"), every step ("exact") or "off"
     cuda_graph: bool | None = None  # replay the GPU step as a CUDA graph; None: on where supported, never on the CPU
     tf32: bool = False  # TF32 Tensor Cores for float32 matmuls on a GPU
-    fused: bool = True  # CPU: memtrain's fused kernels (numba); false: the NumPy reference path
+    fused: bool | str = "auto"  # CPU: memtrain's fused kernels (numba); false: the NumPy reference; auto: by size
     max_runtime: float | None = None  # seconds (a job file may say "2h"): stop with a checkpoint after this long
 
     def __post_init__(self):
@@ -178,7 +178,8 @@ class TrainingConfig:
         _set(self, "measure", _measure(self.measure))
         _set(self, "cuda_graph", _bool("training.cuda_graph", self.cuda_graph, allow_none=True))
         _set(self, "tf32", _bool("training.tf32", self.tf32))
-        _set(self, "fused", _bool("training.fused", self.fused))
+        _set(self, "fused", self.fused if self.fused == "auto" and isinstance(self.fused, str)
+             else _bool("training.fused", self.fused, expected='true, false or "auto"'))
         if self.max_runtime is not None:
             _set(self, "max_runtime", parse_duration(self.max_runtime, "training.max_runtime"))
 
@@ -205,6 +206,7 @@ class CheckpointConfig:
     dir: str | None = None  # default OUTPUT_DIR/checkpoints
     every_steps: int = 0
     every_minutes: float = 10.0
+    min_interval: float = 10.0  # seconds between epoch-end checkpoints (0: every epoch); the last epoch always
     keep: int = 3
     resume: bool = True
 
@@ -212,6 +214,8 @@ class CheckpointConfig:
         _set(self, "dir", None if self.dir is None else str(self.dir))
         _set(self, "every_steps", check_scalar(self.every_steps, "checkpoint.every_steps", int, min_val=0))
         _set(self, "every_minutes", check_scalar(self.every_minutes, "checkpoint.every_minutes", float, min_val=0))
+        _set(self, "min_interval", check_scalar(self.min_interval, "checkpoint.min_interval", float, min_val=0,
+                                                max_val=MAX_DURATION))
         _set(self, "keep", check_scalar(self.keep, "checkpoint.keep", int, min_val=1))
         _set(self, "resume", _bool("checkpoint.resume", self.resume))
 
@@ -247,12 +251,25 @@ def _measure(value) -> str:
     return value
 
 
-def _bool(name, value, *, allow_none=False) -> bool | None:
+def _bool(name, value, *, allow_none=False, expected="true or false") -> bool | None:
     if value is None and allow_none:
         return None
     if not isinstance(value, bool):
-        raise ConfigError(f"{name}: expected true or false, got {value!r}")
+        raise ConfigError(f"{name}: expected {expected}, got {value!r}")
     return value
+
+
+# training.fused = "auto": the fused CPU kernels from this many parameters on. Below it the NumPy
+# reference path runs: importing numba and loading its target context costs ~1-2 s per process,
+# while for the demo's 9,610-parameter model the kernels save ~10-30 us of a step (900 steps:
+# < 0.05 s); at ~200k parameters they save ~1 ms a step (docs/benchmarks.md, "A small job's fixed cost")
+FUSED_MIN_PARAMETERS = 100_000
+
+
+def fused_for(value, spec) -> bool:
+    """training.fused as the step runs it: true, false, or "auto" by the model's size. The plan
+    (its scratch buffers) and the trainer both take it from here, so the plan stays exact."""
+    return spec.n_params >= FUSED_MIN_PARAMETERS if value == "auto" else bool(value)
 
 
 SECTIONS = {"model": ModelConfig, "optimizer": OptimizerConfig, "schedule": ScheduleConfig,
@@ -292,6 +309,11 @@ class JobConfig:
         _set(self, "priority", check_scalar(self.priority, "priority", int, min_val=-PRIORITY_RANGE,
                                             max_val=PRIORITY_RANGE,
                                             expected=f"an integer from {-PRIORITY_RANGE} to {PRIORITY_RANGE}"))
+
+    @property
+    def fused(self) -> bool:
+        """Whether a CPU step runs the fused kernels (training.fused, "auto" resolved by size)."""
+        return fused_for(self.training.fused, self.model_spec())
 
     def model_spec(self):
         return self.model.spec()

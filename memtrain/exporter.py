@@ -26,6 +26,7 @@ import multiprocessing as mp
 import os
 import signal
 import socket
+import threading
 
 import numpy as np
 
@@ -139,9 +140,16 @@ def _start_ignoring_sigint(proc) -> None:
         proc.start()
         return
     old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    # and ignored, where this thread may set it: an ignored signal stays ignored through exec and a
+    # Python started so installs no KeyboardInterrupt handler (the blocked mask alone did not keep
+    # a Ctrl-C in the first ~0.1 s out of the spawned interpreter's start-up)
+    main = threading.current_thread() is threading.main_thread()
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
     try:
         proc.start()
     finally:
+        if main:
+            signal.signal(signal.SIGINT, handler)
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 

@@ -442,6 +442,7 @@ test = 0.1
 standardize = false
 [checkpoint]
 every_steps = 4
+min_interval = 0
 keep = KEEP
 """
 

@@ -229,7 +229,7 @@ def test_a_bad_thread_count_is_one_line_naming_the_variable(tmp_path):
     from memtrain.cli import main
 
     r = CliRunner().invoke(main, ["train", "--layers", "64,16,10", "--epochs", "1", "--output-dir", str(tmp_path / "o"),
-                                  "--no-progress"], env={"MEMTRAIN_CPU_THREADS": "two"})
+                                  "--no-progress", "--fused"], env={"MEMTRAIN_CPU_THREADS": "two"})
     assert r.exit_code == 2, r.output
     assert r.output.strip().splitlines()[-1] == \
         "memtrain: error: MEMTRAIN_CPU_THREADS: expected a positive integer, got 'two'"

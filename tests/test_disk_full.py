@@ -137,7 +137,7 @@ def test_a_job_failed_on_a_full_disk_is_requeued_and_resumes_bit_identical(small
     good checkpoint; with room again, `requeue` resumes it under its id, not from step 0."""
     import numpy as np
 
-    job = digits_job("filled", epochs=6, batch=8)
+    job = digits_job("filled", epochs=6, batch=8, checkpoint={"min_interval": 0})  # a checkpoint each epoch
     with ThreadServer(tmp_path / "state", storage=small_disk / "storage") as server:
         alone = server.request("POST", "/jobs", {**job, "name": "alone"})[1]["id"]
         assert server.wait(alone)["state"] == "succeeded"

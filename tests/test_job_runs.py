@@ -38,13 +38,56 @@ def _run(cfg, **kw):
 
 
 def test_every_steps_on_an_epoch_end_writes_that_step_once(tmp_path):
-    # 27 steps per epoch and every_steps = 27: each interval lands on an epoch end
-    cfg = config(tmp_path, checkpoint={"every_steps": 27, "keep": 10}, training={"epochs": 2})
+    # 27 steps per epoch and every_steps = 27: each interval lands on an epoch end; min_interval
+    # (long here) does not hold back a checkpoint every_steps asks for
+    cfg = config(tmp_path, checkpoint={"every_steps": 27, "keep": 10, "min_interval": 3600}, training={"epochs": 2})
     _, events = _run(cfg)
     steps = [e["step"] for e in events if e["event"] == "checkpoint"]
     assert steps == [27, 54]  # the epoch-end checkpoints, each once
     sidecar = json.loads((tmp_path / "out" / "checkpoints" / "ckpt-000000054.json").read_text())
     assert "history" not in sidecar["state"] and sidecar["history_rows"] == 2  # the history lives in the run dir
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_epoch_end_checkpoints_wait_for_min_interval_and_the_last_epoch_always_writes():
+    clock = _Clock()
+    c = ckpt.Cadence(0, 0, min_interval=10, clock=clock)
+    due = []
+    for epoch in range(1, 8):  # an epoch every 3 s: the 4th epoch is the first 10 s after the start
+        clock.now += 3
+        due.append(c.epoch_due(epoch * 5, last=epoch == 7))
+        if due[-1]:
+            c.written(epoch * 5, epoch)
+    assert due == [False, False, False, True, False, False, True]  # 12 s; then the last epoch (21 s)
+    assert ckpt.Cadence(0, 0, min_interval=0, clock=clock).epoch_due(1, last=False)  # 0: every epoch
+    assert ckpt.Cadence(5, 0, min_interval=10, clock=clock).epoch_due(10, last=False)  # every_steps lands here
+
+
+@pytest.mark.parametrize(("min_interval", "patience", "steps"), [
+    (3600, None, [81]),  # within the interval: only the last epoch's end
+    (0, None, [27, 54, 81]),  # 0: every epoch, as before
+    (3600, 1, "early"),  # early stopping ends the run: that epoch is the last and is written
+])
+def test_min_interval_decides_the_epoch_end_checkpoints(tmp_path, min_interval, patience, steps):
+    cfg = config(tmp_path, checkpoint={"every_steps": 0, "keep": 10, "min_interval": min_interval},
+                 training={"epochs": 12 if patience else 3, "patience": patience},
+                 optimizer={"name": "adam", "lr": 0.5} if patience else {"name": "adam", "lr": 0.003})
+    summary, events = _run(cfg)
+    written = [e["step"] for e in events if e["event"] == "checkpoint"]
+    if steps == "early":
+        assert summary["steps"] < 12 * 27 and written == [summary["steps"]]  # stopped early: its end is kept
+        meta = json.loads(ckpt.list_checkpoints(tmp_path / "out" / "checkpoints")[0].read_text())
+        assert meta["state"]["stopped_early"]
+    else:
+        assert written == steps
+    assert len(RunHistory(tmp_path / "out").read()) == summary["epochs"]  # every epoch in the history
 
 
 def test_a_full_disk_while_checkpointing_is_one_line_and_exit_1(tmp_path, monkeypatch):
@@ -72,23 +115,31 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_exit_1(tmp_path, monkey
 
 
 def test_history_survives_a_kill_exactly_and_runs_lists_it(tmp_path):
-    job = job_file(tmp_path, **{"epochs = 3": "epochs = 4"})
+    # epoch-end checkpoints held back by min_interval: the newest checkpoint when the kill comes is
+    # every_steps' step 60 (epoch 3, batch 7), older than the 3 epochs in the history
+    job = job_file(tmp_path, **{"epochs = 3": "epochs = 4", "every_steps = 4": "every_steps = 30\nmin_interval = 3600",
+                                "keep = 2": "keep = 5"})
     ref = tmp_path / "ref"
     # the reference run and the final resume in this process (train_cli); the killed run is a real process
     assert train_cli(job, "--output-dir", ref, "--log-format", "json").returncode == 0
     run_dir = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "memtrain.cli", "train", str(job), "--output-dir", str(run_dir),
                              "--log-format", "json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for line in proc.stdout:  # killed right after epoch 2's history line, before or during its checkpoint
-        if json.loads(line)["event"] == "epoch" and json.loads(line)["epoch"] == 2:
+    for line in proc.stdout:  # killed at epoch 3's end (just before or after its history line; no checkpoint)
+        if json.loads(line)["event"] == "epoch" and json.loads(line)["epoch"] == 3:
             proc.send_signal(signal.SIGKILL)
             break
     proc.wait(timeout=60)
     proc.stdout.close()
     proc.stderr.close()
     assert RunHistory(run_dir).info()["state"] == "running"  # what a kill leaves
+    assert [r["epoch"] for r in RunHistory(run_dir).read()] in ([1, 2], [1, 2, 3])  # epoch 3's line: log first
+    assert [p.name for p in ckpt.list_checkpoints(run_dir / "checkpoints")] == [
+        "ckpt-000000060.json", "ckpt-000000030.json"]  # nothing lost beyond the interval
     done = train_cli(job, "--output-dir", run_dir, "--log-format", "json")
     assert done.returncode == 0, done.stderr
+    resumed = [json.loads(line) for line in done.stdout.splitlines() if '"resume"' in line]
+    assert [(e["step"], e["epoch"]) for e in resumed] == [(60, 2)]  # the history is cut back to it
     keys = ("epoch", "train_loss", "val_loss", "val_accuracy", "steps")
     want = [{k: r[k] for k in keys} for r in RunHistory(ref).read()]
     got = [{k: r[k] for k in keys} for r in RunHistory(run_dir).read()]
@@ -108,6 +159,7 @@ def test_a_stopped_job_ends_its_run_as_stopped(tmp_path):
     real = job.on_step
     job.on_step = lambda tr, loss: (job.stop("SIGTERM") if tr.steps == 30 else None, real(tr, loss))[1]
     assert job.run() == {"stopped": "SIGTERM", "steps": 30}
+    assert ckpt.list_checkpoints(tmp_path / "out" / "checkpoints")[0].name == "ckpt-000000030.json"  # a stop writes
     info = RunHistory(tmp_path / "out").info()
     assert info["state"] == "stopped" and info["epochs"] == 1 and "SIGTERM" in info["message"]
 
@@ -256,10 +308,12 @@ import io, json, sys
 from memtrain.config import from_dict
 from memtrain.train.job import run
 cfg = from_dict({"device": "cpu", "model": {"layers": [20, 64, 4], "activation": "gelu"},
-                 "training": {"batch_size": 32, "epochs": 1},
+                 "training": {"batch_size": "auto", "max_batch_size": 32, "epochs": 1},
                  "data": {"dataset": "synthetic:classification(300, 20, 4)"}, "output": {"dir": sys.argv[1]}})
-s = run(cfg, progress=False, stream=io.StringIO(), install_signals=False)
-print(json.dumps({k: s.get(k) for k in ("planned_bytes", "measured_peak_bytes", "python_objects_bytes")}))
+from memtrain.profiler.autobatch import auto_batch
+s = run(cfg, progress=False, stream=io.StringIO(), install_signals=False, batch_solver=auto_batch)
+print(json.dumps({**{k: s.get(k) for k in ("planned_bytes", "measured_peak_bytes", "python_objects_bytes")},
+                  "numba": "numba" in sys.modules}))
 """
 
 
@@ -270,3 +324,18 @@ def test_a_first_gelu_step_does_not_count_scipy_as_training_memory(tmp_path):
     s = json.loads(out.stdout)
     assert s["measured_peak_bytes"] <= s["planned_bytes"] * 1.05 + 64 * 1024  # not +12 MB of scipy.special
     assert s["python_objects_bytes"] < 2 * 1024**2
+    assert s["numba"] is False  # fused = "auto", 1,604 parameters: the NumPy path, its probe too: no numba
+
+
+def test_fused_auto_chooses_the_path_by_size_and_the_plan_follows(tmp_path):
+    cfg = config(tmp_path)  # 20-48-32-4: 2,724 parameters
+    assert cfg.training.fused == "auto" and cfg.fused is False
+    job = Job(cfg, log_format="json", stream=io.StringIO(), install_signals=False)
+    s = job.run()
+    assert job.trainer.kernels.name == "numpy" and job.plan.numba_kernels is False  # the plan is the path's
+    assert s["planned_bytes"] <= s["measured_peak_bytes"] <= s["planned_bytes"] * 1.005 + 256 * 1024
+    assert from_dict({"model": {"layers": [784, 128, 10]}}).fused is True  # 101,770 parameters
+    assert from_dict({"model": {"layers": [784, 120, 10]}}).fused is False  # 95,410
+    assert from_dict({"model": {"layers": [4, 2]}, "training": {"fused": True}}).fused is True  # as said
+    with pytest.raises(ConfigError, match='training.fused: expected true, false or "auto", got \'yes\''):
+        from_dict({"model": {"layers": [4, 2]}, "training": {"fused": "yes"}})

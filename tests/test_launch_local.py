@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 import signal
 import time
 
@@ -78,3 +79,62 @@ def test_bad_config_exits_2_with_its_error_line(tmp_path):
     h = ex.start(launch(tmp_path, epochs=0))
     e = wait(ex, h)
     assert e.code == 2 and "training.epochs" in e.reason
+
+
+# -- warm workers (launch/forkserver.py) ----------------------------------------------------------
+
+
+def _warm_executor():
+    ex = LocalExecutor(warm=True)
+    deadline = time.time() + 60
+    while not os.path.exists(ex.warm.socket):  # the server has imported what a worker imports
+        assert time.time() < deadline and ex.warm.alive()
+        time.sleep(0.05)
+    return ex
+
+
+def test_warm_workers_are_forked_isolated_and_end_as_plain_ones(tmp_path):
+    ex = _warm_executor()
+    try:
+        doomed = ex.start(launch(tmp_path / "a", epochs=500, batch_size=8, job_id="a"))
+        assert json.loads(doomed.ref)["forked"]
+        pid = json.loads(doomed.ref)["pid"]
+        while (read_json(tmp_path / "a" / "progress.json") or {}).get("epoch") is None:
+            time.sleep(0.05)
+        assert os.getsid(pid) == pid  # its own session: a signal to its group reaches it alone
+        ex.kill(doomed)  # one job's crash...
+        end = wait(ex, doomed)
+        assert end.signal == signal.SIGKILL and "SIGKILL" in end.reason  # the exact wait status, from STATUS
+        assert ex.warm.alive()
+        fine = ex.start(dataclasses.replace(launch(tmp_path / "b", job_id="b"), env={"OPENBLAS_NUM_THREADS": 1}))
+        assert json.loads(fine.ref)["forked"]
+        assert wait(ex, fine).ok  # ...does not touch the next one
+        assert read_json(tmp_path / "b" / "exit.json")["result"]["epochs"] == 2
+        log = (tmp_path / "b" / "job.log").read_text()
+        assert "warm worker: forked by" in log and "openblas 1" in log  # the launch's threads, set at run time
+        (tmp_path / "b" / "worker-status.json").unlink()  # as when it ended while no service watched it
+        assert LocalExecutor().poll(fine).ok  # a restarted service reads its exit.json at once (not requeued)
+        bad = ex.start(launch(tmp_path / "c", epochs=0, job_id="c"))
+        e = wait(ex, bad)
+        assert e.code == 2 and "training.epochs" in e.reason  # exit codes as a plain worker's
+        cancelled = ex.start(launch(tmp_path / "d", epochs=500, batch_size=8, job_id="d"))
+        while (read_json(tmp_path / "d" / "progress.json") or {}).get("epoch") is None:
+            time.sleep(0.05)
+        ex.cancel(cancelled)
+        assert wait(ex, cancelled).ok and read_json(tmp_path / "d" / "exit.json")["result"]["stopped"] == "SIGTERM"
+    finally:
+        ex.close()
+    assert not ex.warm.alive()
+
+
+def test_a_gpu_launch_or_another_interpreter_env_is_never_forked(tmp_path):
+    ex = _warm_executor()
+    try:
+        h = ex.start(dataclasses.replace(launch(tmp_path / "g", epochs=0), device="cuda:0"))
+        assert "forked" not in json.loads(h.ref)  # a plain start: CUDA never in a forking process
+        assert wait(ex, h).code == 2
+        # PYTHONPATH (a sitecustomize) is read when an interpreter starts: a fork would not apply it
+        h = ex.start(dataclasses.replace(launch(tmp_path / "p", epochs=0), env={"PYTHONPATH": str(tmp_path)}))
+        assert "forked" not in json.loads(h.ref) and wait(ex, h).code == 2
+    finally:
+        ex.close()

@@ -116,7 +116,8 @@ def test_cancel_queued_and_running(server):
 
 
 def test_killed_job_is_retried_from_its_checkpoint_and_bad_runtime_config_is_not(server):
-    job_id = server.request("POST", "/jobs", digits_job("victim", epochs=12, batch=8))[1]["id"]
+    job = digits_job("victim", epochs=12, batch=8, checkpoint={"min_interval": 0})  # a checkpoint each epoch
+    job_id = server.request("POST", "/jobs", job)[1]["id"]
     deadline = time.time() + 30
     while (server.request("GET", f"/jobs/{job_id}")[1]["progress"].get("epoch") or 0) < 2:
         assert time.time() < deadline

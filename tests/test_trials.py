@@ -166,7 +166,8 @@ def test_a_trial_ends_with_the_model_its_job_writes(tmp_path):
     ds = load_job_data(cfg)
     other = from_dict({**job, "optimizer": {"name": "sgd", "lr": 0.1}})
     settings = [setting_from_config(c, len(ds.X_train), 16) for c in (other, cfg)]
-    results = TrialArray(settings, ds.X_train, ds.y_train, (ds.X_val, ds.y_val), batch_size=16).train()
+    results = TrialArray(settings, ds.X_train, ds.y_train, (ds.X_val, ds.y_val), batch_size=16,
+                         fused=cfg.fused).train()  # the path the job ran (fused = "auto")
     np.testing.assert_array_equal(results[1].model.params, final)
 
 

@@ -17,7 +17,7 @@ def run(*args):
 
 def test_trials_json_is_the_array_plan():
     r = run("--layers", "64,128,10", "--batch-size", "32", "--optimizer", "adam", "--trials", "32",
-            "--overhead", "100MiB", "--memory-limit", "1GiB", "--format", "json")
+            "--overhead", "100MiB", "--memory-limit", "1GiB", "--format", "json", "--fused")
     assert r.exit_code == 0, r.output
     a = json.loads(r.output)["trial_array"]
     one = training_plan(ModelSpec.create([64, 128, 10]), make_optimizer("adam"), 32, overhead_bytes=100 << 20)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from memtrain.config import load, merge
+from memtrain.config import fused_for, load, merge
 from memtrain.errors import ConfigError
 from memtrain.memory.batch import BatchFit, check_batch_rows, parse_batch_sizes
 from memtrain.memory.budget import cpu_free, default_cpu_budget, with_margin
@@ -228,7 +228,7 @@ def build_setting(*, config=None, layers=None, activation=None, output=None, dro
         raise ConfigError("layers: missing; pass --layers 784,128,10 or --config job.toml")
     spec = ModelSpec.create(layers, **model)
     setting = Setting(spec, single or "adam", (), kind, int(over), source, bool(inference),
-                      fused=True if fused is None else bool(fused))
+                      fused=fused_for("auto" if fused is None else fused, spec))
     setting.make_optimizer()  # validate the name now
     return Request(setting, None)
 

@@ -109,7 +109,8 @@ def _warm_up(setting, backend):
     spec = setting.spec
     tiny = type(spec).create([3, 2, 2], activation=spec.activation, dropout=spec.dropout, dtype=spec.dtype.name)
     m = MLP.from_spec(tiny, device=backend)
-    Trainer(m, "adam", batch_size=2).step(np.zeros((2, 3)), np.zeros(2, int))
+    # the setting's path: a NumPy-path step (training.fused = "auto", a small model) loads no numba
+    Trainer(m, "adam", batch_size=2, fused=setting.fused).step(np.zeros((2, 3)), np.zeros(2, int))
     if not backend.is_cuda and setting.fused:
         cpu_kernels(spec, setting.make_optimizer())  # numba and this step's kernels, compiled or loaded
 

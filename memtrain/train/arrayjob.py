@@ -69,7 +69,7 @@ class ArrayRun:
         n_train = len(first.data.X_train)
         settings = [setting_from_config(c, n_train, first.batch_size, name=c.name) for c in self.cfgs]
         self.array = TrialArray(settings, first.data.X_train, first.data.y_train, validation,
-                                batch_size=first.batch_size, device=first.backend, fused=first.cfg.training.fused)
+                                batch_size=first.batch_size, device=first.backend, fused=first.cfg.fused)
         if self.stop_reason:
             self.array.stop(reason=self.stop_reason)
         for index, reason in self.stopped_trials.items():

@@ -23,7 +23,8 @@ How a job uses this module (see each function's docstring):
   start-up   recover(dir, warn)          stale temporaries removed, bad checkpoints
                                          set aside, the newest good record (or None)
   resume     load_latest(dir, identity, warn)
-  each save  Cadence.interval_due(...) in the step callback, then
+  each save  Cadence.interval_due(...) in the step callback, Cadence.epoch_due(...)
+             at an epoch's end, then
              Cadence.should_write(...) -> save(...) -> Cadence.written(...)
 """
 
@@ -221,16 +222,34 @@ class Cadence:
         if cadence.should_write(trainer.steps, trainer.epoch):
             ckpt.save(...); cadence.written(trainer.steps, trainer.epoch)
     After a resume, `cadence.written(steps, epoch)` of the resumed state, so that a
-    stop before the next step does not write the same checkpoint again."""
+    stop before the next step does not write the same checkpoint again.
 
-    def __init__(self, every_steps: int = 0, every_seconds: float = 0.0, *, clock=time.monotonic):
+    At an epoch's end, `epoch_due(last=...)`: an epoch-end checkpoint is written when
+    `min_interval` seconds have passed since the newest checkpoint (Lightning's
+    `train_time_interval`, Keras' `save_freq`), and always after the last epoch (the
+    epochs ran out or early stopping ended them); a stop or a failure always writes one.
+    A small model's epoch takes milliseconds, while a durable checkpoint costs several
+    fsyncs: every epoch made durable was as much time as the training. A crash then
+    loses at most `min_interval` seconds of epochs (plus the one in progress): the
+    resume from the older checkpoint is exact, and the run's history is cut back to it."""
+
+    def __init__(self, every_steps: int = 0, every_seconds: float = 0.0, *, min_interval: float = 0.0,
+                 clock=time.monotonic):
         self.every_steps, self.every_seconds, self._clock = int(every_steps or 0), float(every_seconds or 0), clock
+        self.min_interval = float(min_interval or 0)
         self.last: tuple | None = None  # (steps, epoch) of the newest checkpoint on disk
         self._since = clock()
 
     def interval_due(self, step: int, *, last_in_epoch: bool) -> bool:
-        if last_in_epoch:
-            return False
+        return not last_in_epoch and self._interval(step)
+
+    def epoch_due(self, step: int, *, last: bool) -> bool:
+        """At an epoch's end: the last epoch, `min_interval` seconds since the newest checkpoint, or
+        an interval (`every_steps`, `every_seconds`) that ends at this step."""
+        elapsed = self._clock() - self._since
+        return last or self.min_interval <= 0 or elapsed >= self.min_interval or self._interval(step)
+
+    def _interval(self, step: int) -> bool:
         by_steps = self.every_steps > 0 and step % self.every_steps == 0
         by_time = self.every_seconds > 0 and self._clock() - self._since >= self.every_seconds
         return by_steps or by_time

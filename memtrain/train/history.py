@@ -3,7 +3,8 @@
 
 Crash safety:
 - `history.jsonl` is appended one complete line per write (a single `os.write`
-  on an O_APPEND descriptor, then fsync). A kill can at worst leave a torn last
+  on an O_APPEND descriptor, then fsync; a job fsyncs it once per checkpoint
+  instead, before the checkpoint). A kill can at worst leave a torn last
   line; the reader ignores it. A bad line anywhere else is corruption and an error.
 - `history.csv` and `run.json` are replaced atomically (temporary file, fsync,
   rename). The CSV is a view of the JSONL written when the run ends (any state)
@@ -190,10 +191,11 @@ class RunHistory:
         self._write_run(dataclasses.asdict(run))
         return kept
 
-    def append(self, record: dict, **extra) -> dict:
+    def append(self, record: dict, *, durable: bool = True, **extra) -> dict:
         """Add one epoch: the trainer's record plus the job's fields (`steps`,
         `samples_per_second`, `planned_bytes`, `measured_peak_bytes`). One line,
-        written whole and fsync'ed. Returns what was written."""
+        written whole and fsync'ed (`durable=False`: not fsync'ed; `sync()` later, as
+        a job does before each checkpoint). Returns what was written."""
         values = {**record, **extra}
         unknown = set(values) - set(EPOCH_FIELDS)
         if unknown:
@@ -207,7 +209,8 @@ class RunHistory:
             try:
                 if os.write(fd, line) != len(line):
                     raise OSError(errno.ENOSPC, "short write (disk full?)", str(self.jsonl))
-                os.fsync(fd)
+                if durable:
+                    os.fsync(fd)
             except OSError:
                 # cut a partial line off, or the next epoch's line would be glued to it mid-file
                 with contextlib.suppress(OSError):
@@ -216,6 +219,17 @@ class RunHistory:
         finally:
             os.close(fd)
         return row
+
+    def sync(self) -> None:
+        """fsync history.jsonl: the lines appended with `durable=False` are on disk after it."""
+        try:
+            fd = os.open(self.jsonl, os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def update(self, **fields) -> None:
         """Change fields of run.json (e.g. planned_bytes once the plan is made), atomically."""

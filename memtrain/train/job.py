@@ -89,7 +89,8 @@ class Job:
         self.resident = True
         self.peak = PeakMeter(cfg.training.measure)
         self.history = RunHistory(self.out_dir, warn=self._warn)  # run.json, history.jsonl/.csv in the run directory
-        self.cadence = ckpt.Cadence(cfg.checkpoint.every_steps, cfg.checkpoint.every_minutes * 60)
+        self.cadence = ckpt.Cadence(cfg.checkpoint.every_steps, cfg.checkpoint.every_minutes * 60,
+                                    min_interval=cfg.checkpoint.min_interval)
         self._recovered = self._resumed_record = None  # the newest good checkpoint's record at start-up (ckpt.recover)
         self._history_open = False  # start() was called: every ending must finish() it
         self._epoch_samples = 0
@@ -191,7 +192,7 @@ class Job:
         set_tf32(backend, self.cfg.training.tf32)  # raises for tf32 on the CPU; resets it otherwise
         if self.cfg.training.cuda_graph and not backend.is_cuda:
             raise DeviceError(f"training.cuda_graph: CUDA graphs need a CUDA device (the device is {backend.name})")
-        if self.cfg.training.fused and not backend.is_cuda:
+        if self.cfg.fused and not backend.is_cuda:
             threads_from_env()  # a bad MEMTRAIN_CPU_THREADS is refused before anything is created
 
     def load_data(self) -> None:
@@ -263,14 +264,14 @@ class Job:
         self._bar = ProgressBar(self.show_progress, steps_per_epoch, self.log.stream)
         if not self.backend.is_cuda:
             # imports a first step would make (scipy.special, numba and its compiled kernels) are not the plan's memory
-            _warm_up(self.spec, cfg.optimizer.make() if cfg.training.fused else None)
+            _warm_up(self.spec, cfg.optimizer.make() if cfg.fused else None)
             self.peak.start()
         schedule = cfg.schedule.make(self.base_lr, cfg.training.epochs * steps_per_epoch)
         model = MLP.from_spec(self.spec, seed=cfg.seed, device=self.backend)
         tr = self.trainer = Trainer(model, cfg.optimizer.make(), self.batch_size,
                                     micro_batch_size=self.micro_batch_size, schedule=schedule,
                                     clip_norm=cfg.training.clip_norm, patience=cfg.training.patience, seed=cfg.seed,
-                                    cuda_graph=cfg.training.cuda_graph, fused=cfg.training.fused)
+                                    cuda_graph=cfg.training.cuda_graph, fused=cfg.fused)
         for note in tr.notes:
             self.log("note", f"note      {note}", note=note)
         validation = (ds.X_val, ds.y_val) if ds.X_val is not None else None
@@ -358,10 +359,21 @@ class Job:
 
     def _append_history(self, record: dict, **fields) -> None:
         try:
-            self.history.append(record, **fields)
+            self.history.append(record, durable=False, **fields)
         except OSError as exc:  # a full disk: one line, like a checkpoint that cannot be written
             exc.filename = exc.filename or str(self.history.jsonl)
             raise JobFailed(f"history: {self._write_failed(exc)}") from None
+
+    def _sync_history(self) -> None:
+        """fsync the history lines appended since the last checkpoint: one fsync per checkpoint, not
+        per epoch (a killed process loses nothing written; a power cut loses at most the lines after
+        the newest checkpoint, which a resume from it cuts back anyway)."""
+        if self._history_open:
+            try:
+                self.history.sync()
+            except OSError as exc:
+                exc.filename = exc.filename or str(self.history.jsonl)
+                raise JobFailed(f"history: {self._write_failed(exc)}") from None
 
     def train(self) -> dict | None:
         """The loop (on_step/on_epoch after each step/epoch). Returns the stop record when
@@ -458,11 +470,14 @@ class Job:
         self._epoch_samples = 0
         self.log("epoch", epoch_line(record, self.cfg.training.epochs, self.peak.peak(), self.plan.total, rate),
                  **record, samples_per_second=rate)
-        # the epoch's history line first: a checkpoint never holds an epoch the history lacks
+        # the epoch's history line first (made durable by the next checkpoint's save): a checkpoint
+        # never holds an epoch the history lacks
         self._append_history(record, steps=tr.steps, samples_per_second=raw, planned_bytes=self.plan.total,
                             measured_peak_bytes=self.peak.peak())
         del tr.history[:-1]  # the history file holds every epoch: memory stays flat over long runs
-        self.save_checkpoint("epoch")
+        last = tr.epoch >= self.cfg.training.epochs or tr.stopped_early
+        if self.cadence.epoch_due(tr.steps, last=last):  # checkpoint.min_interval; the last epoch always
+            self.save_checkpoint("epoch")
 
     def _log_trainer_events(self, events) -> None:
         for e in events:
@@ -482,6 +497,7 @@ class Job:
             return None
         self.peak.hold()  # writing the .npz makes temporary copies: not the training step's memory
         self.set_state("checkpointing")
+        self._sync_history()  # the epochs this checkpoint holds are durable in the history before it
         # the sidecar records how many history rows the state has (one per completed epoch), not the rows
         meta = {**tr.state_meta(), "history": range(tr.epoch)}
         path = ckpt.save(self.ckpt_dir, tr.state_arrays(), meta, self.identity(), keep=self.cfg.checkpoint.keep,

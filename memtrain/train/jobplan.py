@@ -232,7 +232,7 @@ def job_setting(cfg, device_kind: str, resident_rows: DataRows | None, overhead_
     """The Setting the Job builds for `cfg`: its plan without the batch size."""
     return Setting(cfg.model_spec(), cfg.optimizer.name, cfg.optimizer.hyper, device_kind,
                    overhead_bytes=overhead_bytes, overhead_source=overhead_source,
-                   keep_best=bool(cfg.training.patience), fused=cfg.training.fused,
+                   keep_best=bool(cfg.training.patience), fused=cfg.fused,
                    resident_rows=None if resident_rows is None else resident_rows_of(
                        device_kind, resident_rows.n_train, resident_rows.n_val, resident_rows.n_test))
 
