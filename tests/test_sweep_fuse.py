@@ -1,6 +1,8 @@
 """`memtrain sweep` trains trials of one shape as one trial array (select/fuse.py,
 train/arrayjob.py): each trial ends with the model, run dir and results line it gets as a
-lone job (--no-fuse); trials of other shapes run alone; an unfinished array starts over."""
+lone job (--no-fuse); trials of other shapes run alone; an array of other trials than the
+unfinished one starts over (a retried or resumed array goes on from its checkpoint:
+tests/test_array_resume.py)."""
 
 import csv
 import json
@@ -113,10 +115,10 @@ def test_a_fused_sweep_in_worker_processes_gives_the_same(tmp_path, lone):
 
 
 def test_an_unfinished_array_starts_over_on_resume_and_keeps_finished_results(tmp_path, lone):
-    """A fused sweep killed mid-array leaves no results line for the array's trials (results are
-    appended when the array ends) and their run dirs with checkpoints: --resume keeps every line
-    already written, reruns the unfinished trials' array from its start (moving the partial run
-    dirs aside) and ends with the lone models."""
+    """Results lines lost for 3 of an array's 8 trials (results are appended when the array ends)
+    while their run dirs hold checkpoints: --resume keeps every line already written and runs the
+    3 as a new array (another id: no array checkpoint of its own), from its start, moving the
+    partial run dirs aside, and ends with the lone models."""
     out, _ = _run(tmp_path, "fused")
     lines = (out / "results.jsonl").read_text().splitlines()
     (out / "results.jsonl").write_text("\n".join(lines[:5]) + "\n")  # as if killed before 3 trials' lines

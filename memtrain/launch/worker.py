@@ -38,7 +38,6 @@ from memtrain.jsonable import plain
 PROGRESS = "progress.json"
 MEMORY = "memory.jsonl"
 EXIT = "exit.json"
-STOP_TRIALS = "stop-trials.json"  # in an array's run dir: {"<trial index>": "<reason>"}, the trials to stop
 _KEEP = ("epoch", "step", "train_loss", "val_loss", "val_accuracy", "val_rmse", "val_mae", "val_r2", "lr",
          "batch_size", "total", "resident", "stopped", "signal")
 
@@ -292,83 +291,80 @@ def _run(launch: dict, progress: ProgressFile, where: str, stopper: Stopper | No
 
 def _run_array(launch: dict, where: str, stopper: Stopper | None, progress: ProgressFile | None = None) -> tuple:
     """A sweep's trial array (select/fuse.py): each trial's config under "array", each writing its
-    own run dir; the exit record's result holds every trial's outcome, in order, as {"array": [...]}."""
+    own run dir; the exit record's result holds every trial's outcome, in order, as {"array": [...]}.
+    The array checkpoints into its run dir's checkpoints/ and resumes from there when retried;
+    `stop-trials.json` there (request_trial_stop) stops single trials while it runs."""
     from memtrain.config import JobConfig  # noqa: PLC0415 - a usage error answers before the trainer loads
     from memtrain.train.arrayjob import run_array  # noqa: PLC0415 - a usage error answers before the trainer loads
 
-    runs = []
-    watcher = TrialStops(Path(launch.get("run_dir") or Path(where).parent))
-
-    def attach(run):
-        runs.append(run)
-        watcher.start(run)
-        if progress is not None:
-            for job in run.jobs:
-                job.log.on_event = _array_progress(progress)
-        if stopper is not None:
-            stopper.attach(run)
-
+    run_dir = Path(launch.get("run_dir") or Path(where).parent)
+    watcher, runs = None, []
     try:
         cfgs = [JobConfig.from_dict(c, source=f"{launch.get('job_id', where)} trial {i}")
                 for i, c in enumerate(launch["config"]["array"])]
-        outcomes = run_array(cfgs, attach=attach)
+
+        def attach(run):
+            nonlocal watcher
+            runs.append(run)
+            if stopper is not None:
+                stopper.attach(run)
+            watcher = TrialStops(run_dir / STOP_TRIALS, run)
+
+        outcomes = run_array(cfgs, attach=attach, run_dir=run_dir, log=LogStream(sys.stdout),
+                             on_event=None if progress is None else progress.on_event)
     except (MemtrainError, OSError, KeyError) as exc:
         _say(f"error: {exc}")
         return getattr(exc, "exit_code", ExitCode.USAGE), f"error: {exc}", None, {}
     finally:
-        watcher.close()
+        if watcher is not None:
+            watcher.close()
     result = {"array": outcomes}
     if runs and runs[0].stop_reason:  # the whole array stopped (a cancel, a signal): as a stopped lone job says
         result["stopped"] = runs[0].stop_reason
     return ExitCode.OK, None, result, {}
 
 
-def _array_progress(progress: ProgressFile):
-    """A trial's events into the array's progress.json: its epoch and step only (the trials train in
-    step; their losses are each trial's own, in its run dir), so a service shows the array's epoch."""
-
-    def on_event(event: str, fields: dict) -> None:
-        if event != "plan":  # a trial's own plan, not the array's
-            progress.on_event(event, {k: fields[k] for k in ("epoch", "step") if k in fields})
-
-    return on_event
+STOP_TRIALS = "stop-trials.json"  # in an array's run dir: {"<trial index>": "<reason>"}, the trials to stop
 
 
 def request_trial_stop(run_dir, index: int, reason: str = "cancel") -> None:
-    """Ask the array worker of `run_dir` to stop trial `index` (its place in the array's config) after
-    its current step; the others train on. Kept in the run dir (a file, so it works wherever the run
-    dir is shared), so a retried worker stops it too. Atomic: the worker never reads half a request."""
+    """Ask the array worker of `run_dir` to stop trial `index` (its place in the array's config)
+    after its current step; the others train on. Kept in the run dir, so a retried worker (and a
+    resumed array) stops it too. Atomic: the worker never reads half a request."""
+    from memtrain.validate import check_scalar  # noqa: PLC0415
+
+    index = check_scalar(index, "trial", int, min_val=0)
     path = Path(run_dir) / STOP_TRIALS
     asked = read_json(path) or {}
-    asked.setdefault(str(int(index)), str(reason))
+    asked.setdefault(str(index), str(reason))
     write_json(path, asked)
 
 
 class TrialStops:
-    """A trial array's per-trial cancels (request_trial_stop): STOP_TRIALS read at start and every
-    quarter second, each index handed to ArrayRun.stop_trial once."""
+    """Reads an array's stop-trials.json at start and twice a second, and stops each trial named
+    there (ArrayRun.stop_trial) once."""
 
-    def __init__(self, run_dir: Path):
-        self.path = run_dir / STOP_TRIALS
-        self.seen: set = set()
+    def __init__(self, path: Path, run, every: float = 0.5):
+        self.path, self.run, self.seen = path, run, set()
         self._stop = threading.Event()
-        self.thread = None
-
-    def start(self, run) -> None:
-        self._check(run)
-        self.thread = threading.Thread(target=self._loop, args=(run,), daemon=True)
+        self.check()
+        self.thread = threading.Thread(target=self._loop, args=(every,), daemon=True)
         self.thread.start()
 
-    def _loop(self, run) -> None:
-        while not self._stop.wait(0.25):
-            self._check(run)
-
-    def _check(self, run) -> None:
+    def check(self) -> None:
         asked = read_json(self.path)
-        for key, reason in asked.items() if isinstance(asked, dict) else ():
-            if key.isdigit() and key not in self.seen and int(key) < len(run.cfgs):
-                self.seen.add(key)
-                run.stop_trial(int(key), str(reason))
+        for key, reason in (asked.items() if isinstance(asked, dict) else ()):
+            if key in self.seen or not key.isdigit():
+                continue
+            self.seen.add(key)
+            try:
+                self.run.stop_trial(int(key), str(reason))
+            except MemtrainError as exc:  # an index the array does not have: said, never fatal
+                _say(f"warning: {self.path}: {exc}")
+
+    def _loop(self, every: float) -> None:
+        while not self._stop.wait(every):
+            self.check()
 
     def close(self) -> None:
         self._stop.set()

@@ -242,10 +242,11 @@ def _run(plans, device_kind, budget, budget_source, workers, runner, executor, m
     from memtrain.select import runner as rn  # noqa: PLC0415
 
     tasks, members = _tasks(plans, device_kind, fuse)
+    log = _retry_text(log, tasks, members)
     if executor is None and (runner is not None or workers == 1):
         from memtrain.launch.inprocess import InProcessExecutor  # noqa: PLC0415
 
-        executor, workers = InProcessExecutor(lambda launch: _call(members[launch.job_id], runner)), 1
+        executor, workers = InProcessExecutor(lambda launch: _call(members[launch.job_id], runner, launch.run_dir)), 1
     elif executor is None:
         from memtrain.launch.local import LocalExecutor  # noqa: PLC0415
 
@@ -285,13 +286,32 @@ def _tasks(plans, device_kind, fuse) -> tuple:
     return tasks, members
 
 
-def _call(group, runner):
-    """In this process: a lone trial's outcome, or an array's list of outcomes."""
+def _retry_text(log, tasks, members):
+    """The scheduler's retry line, with what a retried array does (train/arrayjob.py)."""
+    from memtrain.train.arrayjob import CHECKPOINTS  # noqa: PLC0415
+
+    arrays = {t.id: (len(members[t.id]), t.cfg.run_dir / CHECKPOINTS) for t in tasks
+              if isinstance(t.cfg, fuse_mod.ArrayConfig)}
+
+    def say(line: str) -> None:
+        task = line[len("retry     "):].split(":", 1)[0] if line.startswith("retry     ") else None
+        if task in arrays:
+            n, where = arrays[task]
+            line += (f"; the array's {n} trials resume from its newest checkpoint in {where}, each trial's epochs "
+                     "after it trained again")
+        log(line)
+
+    return say
+
+
+def _call(group, runner, run_dir):
+    """In this process: a lone trial's outcome, or an array's list of outcomes (its checkpoints
+    in its run dir, as a worker process keeps them)."""
     if len(group) == 1:
         return (runner or run_trial)(group[0].cfg)
     from memtrain.train.arrayjob import run_array  # noqa: PLC0415
 
-    return run_array([tp.cfg for tp in group])
+    return run_array([tp.cfg for tp in group], run_dir=run_dir)
 
 
 def _array_outcomes(job, n: int, rn) -> list:

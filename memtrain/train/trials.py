@@ -201,27 +201,35 @@ class TrialArray:
             if r.state == "training":
                 r.state, r.message = "stopped", f"stopped on {reason}"
 
-    def train(self, on_epoch=None) -> list:
+    def train(self, on_epoch=None, on_step=None, after_epoch=None) -> list:
         """Train every trial to its end (its epochs, early stopping, or failure); returns the results.
-        on_epoch(result, record) is called after each trial's epoch."""
+        on_epoch(result, record) is called after each trial's epoch; on_step(trials) after each step
+        of the array, after_epoch() once the epoch has ended for all its trials (a runner's
+        checkpoints). An array restored mid-epoch (train/arraystate.py) goes on from its position."""
         n = len(self.X)
         n_batches = -(-n // self.batch_size)
         while self.active():
             t0 = time.perf_counter()
             trials = self.active()
+            start = trials[0].trainer.position  # the trials still training stand at one position
             for r in trials:
                 tr = r.trainer
                 tr._shuffle(tr.arrays["order"], tr.epoch)
-                tr._epoch_loss = 0.0
-            for _ in range(n_batches):
+                if tr.position == 0:  # a restored epoch keeps the loss summed before its checkpoint
+                    tr._epoch_loss = 0.0
+            for _ in range(start, n_batches):
                 trials = [r for r in trials if r.state == "training"]
                 if trials:
                     self._step(trials)
+                    if on_step is not None:
+                        on_step(trials)
             seconds = time.perf_counter() - t0
             trials = [r for r in trials if r.state == "training"]
             evs = self._evaluate(trials)
             for r in trials:
                 self._end_epoch(r, n, seconds, on_epoch, evs.get(r.index))
+            if after_epoch is not None and trials:
+                after_epoch()
         return self.results
 
     def _evaluate(self, trials) -> dict:
