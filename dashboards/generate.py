@@ -12,12 +12,19 @@ The `job` template variable is Prometheus's scrape job (`job="memtrain"`): the
 scrape config keeps `honor_labels` false, so the job's own name, the `job`
 label of `memtrain_job_info`, is stored as `exported_job`, and the panels
 show it from there (`group_left(exported_job)`).
+
+A trial array (docs/metrics.md, "Trial arrays") serves all its trials from one target: each
+trial's training and job series carry a `trial` label, the array's memory has none, and its
+own `memtrain_job_info` has an empty one. The `trial` variable (All: `.*`, which also matches a
+lone job's series, which have no `trial` label) filters the per-trial families, and joins to
+`memtrain_job_info` are `on (job, instance, trial)`, so an array's memory joins its own info.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -32,6 +39,14 @@ OUT = HERE / "json"
 SCHEMA_VERSION = 39  # Grafana 11.0; later versions migrate it on load
 DS = {"type": "prometheus", "uid": "${datasource}"}
 SCOPE = 'job=~"$job", instance=~"$instance"'  # every selector carries it
+TRIAL = 'trial=~"$trial"'  # and every selector of a per-trial family (memtrain/metrics.py _training)
+TRIAL_FAMILIES = {  # a trial array labels these by trial; its memory and GPU families are the process's, once
+    "memtrain_batch_size", "memtrain_micro_batch_size", "memtrain_oom_recoveries_total", "memtrain_steps_total",
+    "memtrain_samples_total", "memtrain_epoch", "memtrain_step_duration_seconds", "memtrain_train_loss",
+    "memtrain_validation_loss", "memtrain_validation_accuracy", "memtrain_validation_rmse", "memtrain_validation_mae",
+    "memtrain_validation_r2", "memtrain_learning_rate", "memtrain_gradient_norm", "memtrain_nonfinite_steps_total",
+    "memtrain_checkpoints_total", "memtrain_last_checkpoint_timestamp_seconds",
+    "memtrain_job_start_timestamp_seconds", "memtrain_job_state", "memtrain_job_info"}
 STATE_COLORS = {"planning": "blue", "training": "green", "evaluating": "purple", "checkpointing": "yellow",
                 "finished": "text", "failed": "red"}
 # Sources measured by the process itself: CuPy's pool peak and NVML on a GPU, tracemalloc on the CPU.
@@ -39,14 +54,19 @@ MEASURED = "cupy_pool_peak|nvml_process|tracemalloc_peak"
 PEAKS = "cupy_pool_peak|tracemalloc_peak"  # the job's own peak: the pool's on a GPU, tracemalloc's on the CPU
 
 
-def sel(metric: str, *matchers: str) -> str:
-    """`metric{job=~"$job", instance=~"$instance", ...}`."""
-    return f"{metric}{{{', '.join((SCOPE, *matchers))}}}"
+def sel(metric: str, *matchers: str, trial: bool = True) -> str:
+    """`metric{job=~"$job", instance=~"$instance", ...}`, and `trial=~"$trial"` for a per-trial family
+    (unless trial=False)."""
+    family = re.sub(r"_(bucket|sum|count)$", "", metric)
+    scope = (SCOPE, TRIAL) if trial and family in TRIAL_FAMILIES else (SCOPE,)
+    return f"{metric}{{{', '.join((*scope, *matchers))}}}"
 
 
 def named(expr: str) -> str:
-    """Attach the job's own name (exported_job) to a per-job series (labels job, instance), for legends."""
-    return f"{expr} * on (job, instance) group_left (exported_job) {sel('memtrain_job_info')}"
+    """Attach the job's own name (exported_job) to a per-job or per-trial series (labels job, instance,
+    and trial in an array), for legends: an array's memory (no trial label) gets the array's name."""
+    return (f"{expr} * on (job, instance, trial) group_left (exported_job) "
+            f"{sel('memtrain_job_info', trial=False)}")
 
 
 def state_code() -> str:
@@ -195,6 +215,10 @@ def variables(*, multi_instance: bool) -> list:
         query_variable("job", "Prometheus job", "label_values(memtrain_job_info, job)", multi=True),
         query_variable("instance", "Instance", 'label_values(memtrain_job_info{job=~"$job"}, instance)',
                        multi=multi_instance),
+        # a trial array's trials (empty for lone jobs); All is ".*" so that a lone job's series, which
+        # have no trial label, match too
+        {**query_variable("trial", "Trial", 'label_values(memtrain_job_info{job=~"$job", instance=~"$instance"}, '
+                          "trial)", multi=True), "allValue": ".*"},
     ]
 
 
@@ -231,21 +255,21 @@ def job_dashboard() -> dict:
     traced = sel("memtrain_memory_measured_bytes", 'source="tracemalloc_peak"')
     job = [
         state_timeline("State", "memtrain_job_state: planning, training, evaluating, checkpointing, finished, "
-                       "failed.", [target(state_code(), "{{instance}}")], w=24, h=4),
+                       "failed.", [target(state_code(), "{{instance}} {{trial}}")], w=24, h=4),
         table("Job", "memtrain_job_info: the job's name (exported_job: see docs/dashboards.md), model, optimizer, "
               "dtype and device.", "none", [target(sel("memtrain_job_info"), table=True)], w=12, h=4,
               hide=("Value",), rename={"exported_job": "name", "job": "prometheus job"}),
         stat("Running for", "time() - memtrain_job_start_timestamp_seconds: since this run of the job started.",
-             "s", [target(f"time() - {sel('memtrain_job_start_timestamp_seconds')}", "{{instance}}")], w=3),
+             "s", [target(f"time() - {sel('memtrain_job_start_timestamp_seconds')}", "{{instance}} {{trial}}")], w=3),
         stat("Epochs done", "memtrain_epoch: epochs completed.", "short",
-             [target(sel("memtrain_epoch"), "{{instance}}")], w=3),
+             [target(sel("memtrain_epoch"), "{{instance}} {{trial}}")], w=3),
         stat("Last checkpoint", "time() - memtrain_last_checkpoint_timestamp_seconds. Orange after 15 minutes "
              "(the job checkpoints every epoch and every 10 minutes by default), red after 30.", "s",
-             [target(f"time() - {sel('memtrain_last_checkpoint_timestamp_seconds')}", "{{instance}}")], w=3,
+             [target(f"time() - {sel('memtrain_last_checkpoint_timestamp_seconds')}", "{{instance}} {{trial}}")], w=3,
              steps=[{"color": "green", "value": None}, {"color": "orange", "value": 900},
                     {"color": "red", "value": 1800}]),
         stat("Checkpoints", "memtrain_checkpoints_total: checkpoints written by this run.", "short",
-             [target(sel("memtrain_checkpoints_total"), "{{instance}}")], w=3),
+             [target(sel("memtrain_checkpoints_total"), "{{instance}} {{trial}}")], w=3),
     ]
     memory = [
         timeseries("Memory: planned vs measured", "Planned bytes per category, stacked "
@@ -279,48 +303,51 @@ def job_dashboard() -> dict:
         timeseries("Batch size", "memtrain_batch_size (rows per optimizer step) and memtrain_micro_batch_size "
                    "(rows per forward/backward pass; smaller with gradient accumulation or after an OOM "
                    "recovery).", "short",
-                   [target(sel("memtrain_batch_size"), "batch"),
-                    target(sel("memtrain_micro_batch_size"), "micro-batch")], w=16, h=6, minimum=0),
+                   [target(sel("memtrain_batch_size"), "batch {{trial}}"),
+                    target(sel("memtrain_micro_batch_size"), "micro-batch {{trial}}")], w=16, h=6, minimum=0),
         stat("OOM recoveries", "memtrain_oom_recoveries_total: out-of-memory errors recovered by halving the "
              "micro-batch (the trainer's count: continues from a resumed checkpoint).", "short",
-             [target(sel("memtrain_oom_recoveries_total"), "{{instance}}")], w=8, h=6,
+             [target(sel("memtrain_oom_recoveries_total"), "{{instance}} {{trial}}")], w=8, h=6,
              steps=[{"color": "green", "value": None}, {"color": "orange", "value": 1}]),
     ]
     training = [
         timeseries("Loss", "memtrain_train_loss (last step's batch) and memtrain_validation_loss (after the last "
                    "completed epoch).", "none",
-                   [target(sel("memtrain_train_loss"), "train"),
-                    target(sel("memtrain_validation_loss"), "validation")], w=12),
+                   [target(sel("memtrain_train_loss"), "train {{trial}}"),
+                    target(sel("memtrain_validation_loss"), "validation {{trial}}")], w=12),
         timeseries("Validation accuracy", "memtrain_validation_accuracy after the last completed epoch "
                    "(a classifier; a regression has the panel beside it).",
-                   "percentunit", [target(sel("memtrain_validation_accuracy"), "validation")], w=6),
+                   "percentunit", [target(sel("memtrain_validation_accuracy"), "validation {{trial}}")], w=6),
         timeseries("Validation RMSE, MAE, R² (regression)", "A linear-output job's memtrain_validation_rmse, "
                    "memtrain_validation_mae and memtrain_validation_r2 after the last completed epoch (its loss is "
                    "half the squared error). Empty for a classifier.", "none",
-                   [target(sel("memtrain_validation_rmse"), "RMSE"), target(sel("memtrain_validation_mae"), "MAE"),
-                    target(sel("memtrain_validation_r2"), "R²")], w=6),
+                   [target(sel("memtrain_validation_rmse"), "RMSE {{trial}}"),
+                    target(sel("memtrain_validation_mae"), "MAE {{trial}}"),
+                    target(sel("memtrain_validation_r2"), "R² {{trial}}")], w=6),
         timeseries("Learning rate", "memtrain_learning_rate of the last applied update.", "sci",
-                   [target(sel("memtrain_learning_rate"), "lr")], w=9),
+                   [target(sel("memtrain_learning_rate"), "lr {{trial}}")], w=9),
         timeseries("Gradient norm", "memtrain_gradient_norm: L2 norm of the last step's gradient, before "
-                   "clipping.", "none", [target(sel("memtrain_gradient_norm"), "‖g‖")], w=9),
+                   "clipping.", "none", [target(sel("memtrain_gradient_norm"), "‖g‖ {{trial}}")], w=9),
         stat("Non-finite steps", "memtrain_nonfinite_steps_total: steps skipped because the loss or the "
              "gradient norm was not finite (the trainer's count).", "short",
-             [target(sel("memtrain_nonfinite_steps_total"), "{{instance}}")], w=6, h=8,
+             [target(sel("memtrain_nonfinite_steps_total"), "{{instance}} {{trial}}")], w=6, h=8,
              steps=[{"color": "green", "value": None}, {"color": "red", "value": 1}]),
     ]
     throughput = [
         timeseries("Samples / s", "rate(memtrain_samples_total): training samples per second.",
                    "suffix: samples/s",
-                   [target(f"rate({sel('memtrain_samples_total')}[$__rate_interval])", "{{instance}}")], w=8),
+                   [target(f"rate({sel('memtrain_samples_total')}[$__rate_interval])", "{{instance}} {{trial}}")], w=8),
         timeseries("Steps / s", "rate(memtrain_steps_total): optimizer steps per second.", "suffix: steps/s",
-                   [target(f"rate({sel('memtrain_steps_total')}[$__rate_interval])", "{{instance}}")], w=8),
+                   [target(f"rate({sel('memtrain_steps_total')}[$__rate_interval])", "{{instance}} {{trial}}")], w=8),
         timeseries("Step duration", "p50 and p95 from the memtrain_step_duration_seconds histogram, and the "
                    "mean (_sum / _count). A step's time includes checkpoints and validation run after it.", "s",
-                   [target(f"histogram_quantile({q}, sum by (job, instance, le) "
-                           f"(rate({sel('memtrain_step_duration_seconds_bucket')}[$__rate_interval])))", name)
+                   [target(f"histogram_quantile({q}, sum by (job, instance, trial, le) "
+                           f"(rate({sel('memtrain_step_duration_seconds_bucket')}[$__rate_interval])))",
+                           f"{name} {{{{trial}}}}")
                     for q, name in (("0.5", "p50"), ("0.95", "p95"))]
                    + [target(f"rate({sel('memtrain_step_duration_seconds_sum')}[$__rate_interval])"
-                             f" / rate({sel('memtrain_step_duration_seconds_count')}[$__rate_interval])", "mean")],
+                             f" / rate({sel('memtrain_step_duration_seconds_count')}[$__rate_interval])",
+                             "mean {{trial}}")],
                    w=8),
     ]
     gpu = [
@@ -346,11 +373,11 @@ def job_dashboard() -> dict:
 
 
 def fleet_dashboard() -> dict:
-    per_job = "max by (job, instance)"
+    per_job = "max by (job, instance, trial)"  # trial: empty for a job's (an array's) memory
     nvml = f"{per_job} ({sel('memtrain_memory_measured_bytes', 'source=%s' % json.dumps('nvml_process'))})"
     peak = f"{per_job} ({sel('memtrain_memory_measured_bytes', 'source=~%s' % json.dumps(PEAKS))})"
     capacity = f"{per_job} ({sel('memtrain_gpu_memory_total_bytes')})"
-    planned = f"sum by (job, instance) ({sel('memtrain_memory_planned_bytes')})"
+    planned = f"sum by (job, instance, trial) ({sel('memtrain_memory_planned_bytes')})"
     columns = {"Value #B": ("state", "none"), "Value #C": ("planned", "bytes"), "Value #D": ("peak", "bytes"),
                "Value #E": ("on GPU (NVML)", "bytes"), "Value #F": ("GPU capacity", "bytes"),
                "Value #G": ("share of GPU", "percentunit"), "Value #H": ("samples/s", "suffix: samples/s")}
@@ -358,15 +385,16 @@ def fleet_dashboard() -> dict:
         table("Jobs", "One row per job: identity (memtrain_job_info), state, planned total, measured peak "
               "(CuPy pool or tracemalloc), the process's memory on its GPU (NVML), the GPU's capacity and the "
               "share of it the job holds. Capacity is the largest GPU the job's process sees: exact when a "
-              "container is given one GPU, or when the server's GPUs are alike.", "none",
+              "container is given one GPU, or when the server's GPUs are alike. A trial array has a row of its "
+              "own (its memory, once for its process) and one per trial (its state and samples/s).", "none",
               [target(sel("memtrain_job_info"), table=True),
                target(state_code(), table=True),
                target(planned, table=True),
                target(peak, table=True),
                target(nvml, table=True),
                target(capacity, table=True),
-               target(f"{nvml} / on (job, instance) {capacity}", table=True),
-               target(f"sum by (job, instance) (rate({sel('memtrain_samples_total')}[$__rate_interval]))",
+               target(f"{nvml} / on (job, instance, trial) {capacity}", table=True),
+               target(f"sum by (job, instance, trial) (rate({sel('memtrain_samples_total')}[$__rate_interval]))",
                       table=True)],
               h=8, hide=("Value #A",),
               rename={"exported_job": "name", "job": "prometheus job",
@@ -464,7 +492,7 @@ def service_dashboard() -> dict:
                    w=12),
         state_timeline("Jobs timeline", "memtrain_job_state of every running job the service exposes in "
                        "/prometheus/targets, by the `name` label discovery gives it.",
-                       [target(jobs_state_code(), "{{name}} {{job_id}}")], h=8),
+                       [target(jobs_state_code(), "{{name}} {{job_id}} {{trial}}")], h=8),
     ]
     return {**dashboard("memtrain-service", "memtrain — service",
                         "memtrain serve: the queue, jobs by state, committed plans against measured memory and "

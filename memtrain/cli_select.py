@@ -30,9 +30,12 @@ def _log(text):
 @click.option("--target-accuracy", type=click.FloatRange(min=0, max=1, min_open=True),
               help="Also report the first epoch whose validation accuracy reaches this, e.g. 0.9.")
 @click.option("--output-dir", help="Models go to OUTPUT_DIR/compare/<optimizer>.  [default: runs/NAME]")
+@click.option("--fuse/--no-fuse", default=True, show_default=True,
+              help="Train the optimizers as one trial array in this process (same results, each run's dir as "
+              "alone); --no-fuse trains them one after another, one job each.")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Write validation-loss curves and memory bars to this PNG (needs matplotlib).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
-def compare(config, optimizers, lr, epochs, target_accuracy, output_dir, plot, fmt):
+def compare(config, optimizers, lr, epochs, target_accuracy, output_dir, fuse, plot, fmt):
     """Train the job in --config once per optimizer (same model, data, seed and epochs)
     and print one table ranked by the best validation loss. The test score is
     reported, never used to rank (accuracy; RMSE, MAE and R^2 for a linear output).
@@ -41,6 +44,7 @@ def compare(config, optimizers, lr, epochs, target_accuracy, output_dir, plot, f
     Examples:
       memtrain compare --config job.toml --optimizers adam,nadam,sgd,momentum --target-accuracy 0.9
       memtrain compare --config job.toml --epochs 10 --plot compare.png --format csv
+      memtrain compare --config job.toml --no-fuse     # one job per optimizer
     """
     from memtrain.config import load  # noqa: PLC0415
     from memtrain.profiler.estimate import all_optimizer_names  # noqa: PLC0415
@@ -53,7 +57,7 @@ def compare(config, optimizers, lr, epochs, target_accuracy, output_dir, plot, f
     cfg = load(config)
     names = cmp.parse_optimizers(optimizers) if optimizers is not None else all_optimizer_names()
     rep = cmp.compare(cfg, names, lr=lr, epochs=epochs, output_dir=output_dir or f"runs/{cfg.name}",
-                      target_accuracy=target_accuracy, log=_log if fmt == "table" else None)
+                      target_accuracy=target_accuracy, log=_log if fmt == "table" else None, fuse=fuse)
     _echo({"table": cmp.table_text, "json": cmp.table_json, "csv": cmp.table_csv}[fmt](rep))
     if plot:
         from memtrain.select.plots import compare_plot  # noqa: PLC0415
@@ -89,7 +93,7 @@ def _sweep_budget(ex, device: str, memory_limit):
               help="Train trials of one shape (layers, activation, output, dtype, batch, data set and seed) as one "
               "trial array in one worker; --no-fuse runs each trial as its own job.")
 @click.option("--metrics-port", type=click.IntRange(min=1, max=65535),
-              help="Trial i serves Prometheus metrics on PORT+i as job <sweep>-<trial id>.")
+              help="Trial i serves metrics on PORT+i as job <sweep>-<trial id>; an array on its first's, by trial.")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Write the validation metric against each hyper-parameter to this PNG.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,

@@ -86,18 +86,27 @@ def _unpack(src: np.ndarray, state: JobState) -> None:
 
 
 class Exporter:
-    """start() the exporter process; publish(state) after each step; stop() at the end."""
+    """start() the exporter process; publish(state) after each step; stop() at the end.
 
-    def __init__(self, state: JobState, port: int, host: str = "127.0.0.1"):
+    `trials`, [(name, JobState)]: a trial array's exporter (one for the array's one process), whose
+    scrape has every trial's training series labelled `trial` (metrics.JobCollector); `state` is
+    the array's own (its memory and identity). publish(state) ships that one of them."""
+
+    def __init__(self, state: JobState, port: int, host: str = "127.0.0.1", trials=()):
         ctx = mp.get_context("spawn")  # not fork: the job may already run BLAS and CUDA threads
-        self._raw = ctx.RawArray("d", _SIZE)
-        self._arr = np.frombuffer(self._raw, dtype=np.float64)
-        _pack(state, self._arr)
-        static = {k: getattr(state, k) for k in STATIC}
+        self._states = [state, *(t for _, t in trials)]
+        self._slot = {id(st): i for i, st in enumerate(self._states)}
+        self._raw = ctx.RawArray("d", _SIZE * len(self._states))
+        self._arr = np.frombuffer(self._raw, dtype=np.float64).reshape(len(self._states), _SIZE)
+        for st, row in zip(self._states, self._arr, strict=True):
+            _pack(st, row)
+        static = [{k: getattr(st, k) for k in STATIC} for st in self._states]
+        names = [str(name) for name, _ in trials]
         sock = listen(host, port)  # OSError (a port in use) here, in the job, before anything starts
         self.port = sock.getsockname()[1]
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_child, args=(self._raw, json.dumps(static), os.getpid(), sock, child),
+        self._proc = ctx.Process(target=_child, args=(self._raw, json.dumps({"states": static, "trials": names}),
+                                                      os.getpid(), sock, child),
                                  name="memtrain-exporter", daemon=True)
         try:
             _start_ignoring_sigint(self._proc)  # the child gets its own copy of the socket
@@ -106,7 +115,7 @@ class Exporter:
             child.close()
 
     def publish(self, state: JobState) -> None:
-        _pack(state, self._arr)
+        _pack(state, self._arr[self._slot[id(state)]])  # one of the states it was built with
 
     def stop(self) -> None:
         """Ends the exporter process. One still starting (it has served nothing yet: it says
@@ -161,16 +170,19 @@ def _child(raw, static_json, job_pid, sock, conn) -> None:  # pragma: no cover -
 
     from memtrain.metrics import JobCollector, serve_socket  # noqa: PLC0415
 
-    arr = np.frombuffer(raw, dtype=np.float64)
-    state = JobState(**json.loads(static_json))
+    static = json.loads(static_json)
+    states = [JobState(**st) for st in static["states"]]
+    arr = np.frombuffer(raw, dtype=np.float64).reshape(len(states), _SIZE)
 
     class MirrorCollector(JobCollector):
         def collect(self):
-            _unpack(arr, self.state)  # the job's numbers as of its last step
+            for row, st in zip(arr, states, strict=True):
+                _unpack(row, st)  # the job's numbers as of its last step (each trial's, in an array)
             return super().collect()
 
     registry = CollectorRegistry()
-    registry.register(MirrorCollector(state, pid=job_pid))
+    registry.register(MirrorCollector(states[0], pid=job_pid, trials=list(zip(static["trials"], states[1:],
+                                                                             strict=True))))
     server, _ = serve_socket(sock, registry)
     try:
         conn.send("ready")

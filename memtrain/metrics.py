@@ -48,6 +48,9 @@ _FAMILY_TYPES = {"gauge": GaugeMetricFamily, "counter": CounterMetricFamily, "hi
                  "info": InfoMetricFamily, "stateset": StateSetMetricFamily}
 
 
+TRIAL = "trial"  # the label of a trial array's per-trial series (docs/metrics.md, "Trial arrays")
+
+
 class JobCollector:
     """Collector over one JobState (prometheus client_python's Collector protocol:
     `collect()` yields metric families). Register it on a registry you own:
@@ -57,12 +60,18 @@ class JobCollector:
 
     measure_gpu=False makes no NVML or CuPy call (tests, or a scrape that must
     not touch the driver); the state's own values and the CPU readings remain.
+
+    `trials`, [(name, JobState)], makes it a trial array's collector: `state` is the array's
+    (its memory, measured once for its one process, and its identity, `memtrain_job_info` with
+    an empty `trial`), and every training and job family has one series per trial, labelled
+    `trial` with its name. Without trials no family has a `trial` label.
     """
 
-    def __init__(self, state: JobState, *, measure_gpu: bool = True, pid: int | None = None):
+    def __init__(self, state: JobState, *, measure_gpu: bool = True, pid: int | None = None, trials=()):
         self.state = state
         self.measure_gpu = measure_gpu
         self.pid = pid  # the job's process when this collector runs in another (memtrain/exporter.py)
+        self.trials = list(trials)
 
     def describe(self):
         """The families collect() can yield, without measuring anything (a registry checks
@@ -75,43 +84,12 @@ class JobCollector:
         yield from self._memory(s)
         if self.measure_gpu:
             yield from _gpus()
-        yield from _present(
-            _gauge("batch_size", "Rows per optimizer step (absent until the batch size is chosen).",
-                   s.batch_size or None),
-            _gauge("micro_batch_size", "Rows per forward/backward pass; below batch_size when gradients "
-                   "are accumulated (absent until the batch size is chosen).", s.micro_batch_size or None),
-            _counter("oom_recoveries", "Out-of-memory errors recovered by halving the micro-batch.",
-                     s.oom_recoveries),
-            _counter("steps", "Optimizer steps taken (the trainer's count; a resumed job continues it).",
-                     s.steps),
-            _counter("samples", "Training samples processed by this run.", s.samples),
-            _gauge("epoch", "Epochs completed.", s.epoch),
-            _step_durations(s),
-            _gauge("train_loss", "Training loss of the last step.", s.train_loss),
-            _gauge("validation_loss", "Validation loss after the last completed epoch.", s.validation_loss),
-            _gauge("validation_accuracy", "Validation accuracy (0..1) after the last completed epoch.",
-                   s.validation_accuracy),
-            _gauge("validation_rmse", "Validation root mean squared error (regression: a linear output) after "
-                   "the last completed epoch.", s.validation_rmse),
-            _gauge("validation_mae", "Validation mean absolute error (regression) after the last completed epoch.",
-                   s.validation_mae),
-            _gauge("validation_r2", "Validation coefficient of determination R^2 (regression) after the last "
-                   "completed epoch.", s.validation_r2),
-            _gauge("learning_rate", "Learning rate of the last applied update.", s.learning_rate),
-            _gauge("gradient_norm", "L2 norm of the last step's gradient, before clipping.", s.gradient_norm),
-            _counter("nonfinite_steps", "Steps skipped because the loss or the gradient was not finite.",
-                     s.nonfinite_steps),
-            _counter("checkpoints", "Checkpoints written by this run.", s.checkpoints),
-            _gauge("last_checkpoint_timestamp_seconds", "Unix time of the last checkpoint this run wrote.",
-                   s.last_checkpoint_time),
-            _gauge("job_start_timestamp_seconds", "Unix time this run of the job started.", s.started),
-        )
-        yield StateSetMetricFamily(PREFIX + "job_state", "The job's current state.",
-                                   value={name: s.state == name for name in JOB_STATES})
-        yield InfoMetricFamily(PREFIX + "job", "The job's identity (value 1).",
-                               value={"job": str(s.job), "model": str(s.model), "optimizer": str(s.optimizer),
-                                      "dtype": str(s.dtype), "device": str(s.device),
-                                      "gpu_uuid": str(getattr(s, "gpu_uuid", ""))})
+        if not self.trials:
+            yield from _labelled([], [([], s)])
+            return
+        series = [([str(name)], t) for name, t in zip(trial_labels([n for n, _ in self.trials]),
+                                                       (t for _, t in self.trials), strict=True)]
+        yield from _labelled([TRIAL], series, array=s)
 
     # -- memory ----------------------------------------------------------------------------------
 
@@ -256,28 +234,83 @@ def _gpus():
 # -- families ---------------------------------------------------------------------------------------
 
 
-def _present(*families):
-    return [f for f in families if f is not None]
+def _training(s) -> tuple:
+    """(kind, name, help, value) of a JobState's training and job families, in exposition order;
+    a gauge whose value is None or NaN is left out (unknown)."""
+    return (
+        ("gauge", "batch_size", "Rows per optimizer step (absent until the batch size is chosen).",
+         s.batch_size or None),
+        ("gauge", "micro_batch_size", "Rows per forward/backward pass; below batch_size when gradients "
+         "are accumulated (absent until the batch size is chosen).", s.micro_batch_size or None),
+        ("counter", "oom_recoveries", "Out-of-memory errors recovered by halving the micro-batch.", s.oom_recoveries),
+        ("counter", "steps", "Optimizer steps taken (the trainer's count; a resumed job continues it).", s.steps),
+        ("counter", "samples", "Training samples processed by this run.", s.samples),
+        ("gauge", "epoch", "Epochs completed.", s.epoch),
+        ("histogram", "step_duration_seconds", "Wall time per optimizer step, callback to callback.",
+         s.step_durations),
+        ("gauge", "train_loss", "Training loss of the last step.", s.train_loss),
+        ("gauge", "validation_loss", "Validation loss after the last completed epoch.", s.validation_loss),
+        ("gauge", "validation_accuracy", "Validation accuracy (0..1) after the last completed epoch.",
+         s.validation_accuracy),
+        ("gauge", "validation_rmse", "Validation root mean squared error (regression: a linear output) after "
+         "the last completed epoch.", s.validation_rmse),
+        ("gauge", "validation_mae", "Validation mean absolute error (regression) after the last completed epoch.",
+         s.validation_mae),
+        ("gauge", "validation_r2", "Validation coefficient of determination R^2 (regression) after the last "
+         "completed epoch.", s.validation_r2),
+        ("gauge", "learning_rate", "Learning rate of the last applied update.", s.learning_rate),
+        ("gauge", "gradient_norm", "L2 norm of the last step's gradient, before clipping.", s.gradient_norm),
+        ("counter", "nonfinite_steps", "Steps skipped because the loss or the gradient was not finite.",
+         s.nonfinite_steps),
+        ("counter", "checkpoints", "Checkpoints written by this run.", s.checkpoints),
+        ("gauge", "last_checkpoint_timestamp_seconds", "Unix time of the last checkpoint this run wrote.",
+         s.last_checkpoint_time),
+        ("gauge", "job_start_timestamp_seconds", "Unix time this run of the job started.", s.started),
+        ("stateset", "job_state", "The job's current state.", {name: s.state == name for name in JOB_STATES}),
+        ("info", "job", "The job's identity (value 1).", _identity(s)),
+    )
 
 
-def _gauge(name, doc, value):
-    """A gauge, or None (left out of the scrape) while the value is unknown: None or NaN."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    return GaugeMetricFamily(PREFIX + name, doc, value=float(value))
+def _identity(s) -> dict:
+    return {"job": str(s.job), "model": str(s.model), "optimizer": str(s.optimizer), "dtype": str(s.dtype),
+            "device": str(s.device), "gpu_uuid": str(getattr(s, "gpu_uuid", ""))}
 
 
-def _counter(name, doc, value):
-    # No created timestamp: a counter family without one yields no _created sample.
-    return CounterMetricFamily(PREFIX + name, doc, value=float(value))
+def _labelled(labelnames: list, series: list, array=None):
+    """The training and job families over `series`, [(label values, JobState)], each family declared
+    once with `labelnames` and one sample (set) per state whose value is known; a family no state
+    knows is left out. `array`: a trial array's own state, whose identity joins memtrain_job_info
+    with an empty trial label."""
+    families: dict = {}
+    for values, s in series:
+        for kind, name, doc, value in _training(s):
+            if kind == "gauge" and (value is None or (isinstance(value, float) and math.isnan(value))):
+                continue
+            fam = families.get(name)
+            if fam is None:
+                fam = families[name] = _FAMILY_TYPES[kind](PREFIX + name, doc, labels=labelnames)
+            _add(fam, kind, values, value)
+    if array is not None:
+        fam = families.setdefault("job", InfoMetricFamily(PREFIX + "job", "", labels=labelnames))
+        fam.add_metric([""] * len(labelnames), _identity(array))
+    return list(families.values())
 
 
-def _step_durations(s):
-    h = s.step_durations
-    fam = HistogramMetricFamily(PREFIX + "step_duration_seconds",
-                                "Wall time per optimizer step, callback to callback.")
-    fam.add_metric([], [(le, float(n)) for le, n in h.cumulative()], sum_value=float(h.total))
-    return fam
+def _add(fam, kind: str, values: list, value) -> None:
+    if kind == "histogram":
+        # no created timestamp (as for counters): no _created sample
+        fam.add_metric(values, [(le, float(n)) for le, n in value.cumulative()], sum_value=float(value.total))
+    elif kind in ("stateset", "info"):
+        fam.add_metric(values, value)
+    else:
+        fam.add_metric(values, float(value))
+
+
+def trial_labels(names) -> list:
+    """Each trial's `trial` label: its name, made unique with "#<position>" where names repeat
+    (two series of one family must differ in a label)."""
+    names = [str(n) for n in names]
+    return [n if names.count(n) == 1 else f"{n}#{i}" for i, n in enumerate(names)]
 
 
 # -- serving ----------------------------------------------------------------------------------------

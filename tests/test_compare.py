@@ -64,7 +64,8 @@ def test_compare_three_optimizers_on_digits_ranks_by_validation_loss(job, tmp_pa
         reached = [h["epoch"] for h in x["history"] if h["val_accuracy"] >= 0.8]
         assert x["epochs_to_target"] == (reached[0] if reached else "-")
         assert x["planned_bytes"] == sum(x["planned_by_category"].values())
-        assert x["measured_peak_bytes"] > 0 and x["samples_per_second"] > 0
+        # fused (the default): a run of the array has no peak of its own (--no-fuse measures one)
+        assert x["measured_peak_bytes"] is None and x["samples_per_second"] > 0
         assert (tmp_path / "out" / "compare" / x["optimizer"] / "model-final.npz").exists()
     by = {x["optimizer"]: x for x in rows}
     # the plan counts each optimizer's declared state: SGD none, momentum one copy, Adam two
@@ -138,6 +139,7 @@ def test_bad_input_is_one_line_exit_2(job, args, field):
 def test_help():
     r = invoke("compare", "--help")
     assert r.exit_code == 0 and "--target-accuracy" in r.output and "never used to rank" in r.output
+    assert "--fuse / --no-fuse" in r.output
 
 
 def test_a_compare_that_cannot_fit_says_so_before_any_run(job, tmp_path, monkeypatch):
@@ -170,3 +172,97 @@ def test_the_scheduler_gets_each_runs_plan(job, tmp_path, monkeypatch):
     auto = {n: c.with_overrides({"training.batch_size": "auto"}) for n, c in configs.items()}
     _, tasks = cmp.plan_runs(cfg, auto, rows)
     assert {t.planned_bytes for t in tasks} == {63 * 1024**2}  # an auto run reserves its whole room
+
+
+FUSED_JOB = """
+name = "cmpfuse"
+seed = 3
+device = "cpu"
+[model]
+layers = [64, 16, 10]
+dtype = "float64"
+[optimizer]
+name = "adam"
+[schedule]
+name = "cosine"
+warmup = 5
+[training]
+batch_size = 64
+epochs = 2
+[data]
+dataset = "digits"
+"""
+
+
+def test_compare_fuses_by_default_and_every_run_ends_as_with_no_fuse(tmp_path):
+    """Default: the optimizers train as one trial array (one task, the array's plan in its log line);
+    --no-fuse: one job each. Models bit-identical (float64, a schedule, optimizers with 0, 1 and 2
+    slots and a wrapper), the report the same apart from timing and the per-run peak."""
+    import numpy as np
+
+    job = tmp_path / "job.toml"
+    job.write_text(FUSED_JOB)
+    names = "adam,sgd,rmsprop,lookahead:momentum"
+    fused = invoke("compare", "--config", job, "--optimizers", names, "--output-dir", tmp_path / "f")
+    assert fused.exit_code == 0, fused.output
+    line = next(x for x in fused.output.splitlines() if x.startswith("array "))
+    assert "4 optimizers trained as one array (--no-fuse: one job each): plan " in line
+    assert "process overhead once" in line and line.endswith("adam sgd rmsprop lookahead:momentum")
+    assert fused.output.count("training  ") == 1  # one task for the four runs
+    reports = {}
+    for flag, out in (("--fuse", "f"), ("--no-fuse", "n")):
+        r = invoke("compare", "--config", job, "--optimizers", names, "--output-dir", tmp_path / out,
+                   "--format", "json", flag)
+        assert r.exit_code == 0, r.output
+        reports[flag] = json.loads(r.output)["rows"]
+    for d in ("adam", "sgd", "rmsprop", "lookahead-momentum"):
+        a, b = (np.load(tmp_path / o / "compare" / d / "model-final.npz") for o in ("f", "n"))
+        assert sorted(a.files) == sorted(b.files) and a["params"].dtype == np.float64
+        for k in a.files:
+            assert np.array_equal(a[k], b[k]), (d, k)
+        assert sorted(p.name for p in (tmp_path / "f" / "compare" / d).iterdir()) == sorted(
+            p.name for p in (tmp_path / "n" / "compare" / d).iterdir())
+    timing = {"seconds", "train_seconds", "samples_per_second", "measured_peak_bytes", "history"}
+    for f, n in zip(reports["--fuse"], reports["--no-fuse"], strict=True):
+        assert {k: v for k, v in f.items() if k not in timing} == {k: v for k, v in n.items() if k not in timing}
+        assert [{k: v for k, v in h.items() if k != "seconds"} for h in f["history"]] == [
+            {k: v for k, v in h.items() if k != "seconds"} for h in n["history"]]
+        assert f["measured_peak_bytes"] is None and n["measured_peak_bytes"] > 0
+
+
+def test_a_fused_compare_plans_one_task_with_the_arrays_plan(job, tmp_path, monkeypatch):
+    from memtrain.config import load
+    from memtrain.memory.trials import array_plan
+    from memtrain.select.fuse import ArrayConfig
+    from memtrain.train import jobplan
+
+    monkeypatch.setenv("MEMTRAIN_PROCESS_OVERHEAD", str(1024**2))
+    job.write_text(JOB.replace("epochs = 3", 'epochs = 3\nmemory_limit = "64MiB"'))
+    cfg = load(job)
+    configs = {n: cmp.run_config(cfg, n, output_dir=tmp_path, checkpoint_dir=tmp_path / n) for n in ("sgd", "adam")}
+    rows = jobplan.data_rows(cfg)
+    _, tasks = cmp.plan_runs(cfg, configs, rows, fuse=True, scratch=tmp_path)
+    assert len(tasks) == 1 and isinstance(tasks[0].cfg, ArrayConfig)
+    plans = [jobplan.plan_job(c, budget=64 * 1024**2, overhead=(1024**2, "given")).plan for c in configs.values()]
+    assert tasks[0].planned_bytes == array_plan(plans).total < sum(p.total for p in plans)  # the data set once
+    # an array that would not fit beside one process overhead runs its optimizers one by one
+    monkeypatch.setenv("MEMTRAIN_PROCESS_OVERHEAD", str(64 * 1024**2 - array_plan(plans).total + 1))
+    _, tasks = cmp.plan_runs(cfg, configs, rows, fuse=True, scratch=tmp_path)
+    assert [t.id for t in tasks] == ["sgd", "adam"]
+
+
+# a lone run's 2-D matmul warns on overflow (the trainer's guard handles it)
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning",
+                            "ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.parametrize("flag", ["--fuse", "--no-fuse"])
+def test_a_run_that_fails_is_a_row_with_its_reason_not_the_end_of_the_compare(job, tmp_path, flag):
+    r = invoke("compare", "--config", job, "--optimizers", "sgd,adam", "--lr", "1e12", "--epochs", "1",
+               "--output-dir", tmp_path / "out", "--format", "json", flag)
+    assert r.exit_code == 0, r.output
+    rows = {x["optimizer"]: x for x in json.loads(r.output)["rows"]}
+    assert rows["sgd"]["failed"].startswith("training: 10 non-finite steps in a row")
+    assert rows["sgd"]["best_val_loss"] is None and rows["sgd"]["rank"] == 2  # no finite loss: last
+    assert rows["adam"]["failed"] is None and rows["adam"]["epochs"] == 1
+    assert json.loads((tmp_path / "out" / "compare" / "sgd" / "run.json").read_text())["state"] == "failed"
+    text = cmp.table_text(json.loads(r.output))
+    assert text.splitlines()[-1].startswith("failed    sgd: training: 10 non-finite steps")

@@ -186,6 +186,32 @@ def test_template_variables():
             assert v["jobs"]["query"] == "label_values(memtrain_job_info, job)"
         for name in ("job", "instance"):
             assert v[name]["type"] == "query" and v[name]["datasource"] == DS
+        if uid != "memtrain-service":  # a trial array's trials; All also matches a lone job (no trial label)
+            assert v["trial"]["query"] == 'label_values(memtrain_job_info{job=~"$job", instance=~"$instance"}, trial)'
+            assert v["trial"]["allValue"] == ".*" and v["trial"]["multi"] and v["trial"]["includeAll"]
+
+
+def test_per_trial_families_are_the_exporters_and_filtered_by_trial():
+    """generate.py's TRIAL_FAMILIES are the families a trial array labels by trial (metrics.py), and
+    every selector of one (but the joins' memtrain_job_info) filters on $trial; no other does."""
+    from memtrain.metrics import PREFIX, _training
+    from memtrain.train.state import JobState
+
+    sys.path.insert(0, str(DASH))
+    import generate
+
+    kinds = {PREFIX + name + ("_total" if kind == "counter" else "_info" if kind == "info" else "")
+             for kind, name, _, _ in _training(JobState())}
+    assert generate.TRIAL_FAMILIES == kinds
+    for uid, title, expr in _exprs():
+        for m in re.finditer(r"\b(memtrain_\w+)\{([^}]*)\}", expr):
+            family = re.sub(r"_(bucket|sum|count)$", "", m.group(1))
+            filtered = 'trial=~"$trial"' in m.group(2)
+            join = m.group(1) == "memtrain_job_info" and expr[:m.start()].rstrip().endswith("group_left (exported_job)")
+            assert filtered == (family in generate.TRIAL_FAMILIES and not join and uid != "memtrain-service"), (
+                uid, title, m.group())
+        if "group_left (exported_job)" in expr:
+            assert "on (job, instance, trial) group_left (exported_job)" in expr, (uid, title, expr)
 
 
 def test_every_panel_and_target_uses_the_datasource_variable():

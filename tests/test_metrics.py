@@ -444,3 +444,30 @@ def test_the_exporter_layout_follows_the_job_state():
     assert sorted(shipped) == sorted(fields)  # every field is shipped, none twice
     assert all(f.metadata.get(EXPORT) for f in dataclasses.fields(JobState))
     assert exporter._SIZE == sum(w for _, _, w in exporter.LAYOUT)
+
+
+# -- a trial array's collector (tests/test_array_metrics.py: a real array, scraped) ------------------------
+
+
+def test_a_trial_arrays_collector_labels_each_trial_and_counts_its_memory_once():
+    array = _state(job="array-x-2", optimizer="adam,sgd")
+    trials = [("x", _state(job="x")), ("x", _state(job="x", optimizer="sgd", steps=9, validation_loss=math.nan))]
+    r = CollectorRegistry()
+    r.register(JobCollector(array, measure_gpu=False, trials=trials))
+    v = r.get_sample_value
+    assert metrics.trial_labels(["x", "x", "y"]) == ["x#0", "x#1", "y"]  # names that repeat stay apart
+    assert (v("memtrain_steps_total", {"trial": "x#0"}), v("memtrain_steps_total", {"trial": "x#1"})) == (7, 9)
+    assert v("memtrain_steps_total") is None  # no unlabelled training series in an array
+    assert v("memtrain_validation_loss", {"trial": "x#0"}) == 0.625
+    assert v("memtrain_validation_loss", {"trial": "x#1"}) is None  # unknown for that trial only
+    assert v("memtrain_step_duration_seconds_count", {"trial": "x#1"}) == 5
+    assert v("memtrain_job_state", {"trial": "x#1", "memtrain_job_state": "training"}) == 1
+    ident = {"model": "64-128-10 relu softmax", "dtype": "float32", "device": "cpu", "gpu_uuid": ""}
+    assert v("memtrain_job_info", {"trial": "", "job": "array-x-2", "optimizer": "adam,sgd", **ident}) == 1
+    assert v("memtrain_job_info", {"trial": "x#1", "job": "x", "optimizer": "sgd", **ident}) == 1
+    assert sum(v("memtrain_memory_planned_bytes", {"category": c}) for c in CATEGORIES) == sum(PLANNED.values())
+    assert _families(r) == _families(_registry(_state()))  # the same families, each declared once
+    if shutil.which("promtool"):
+        out = subprocess.run(["promtool", "check", "metrics"], input=generate_latest(r), capture_output=True,
+                             timeout=60)
+        assert out.returncode == 0 and not (out.stdout + out.stderr).strip(), (out.stdout + out.stderr).decode()

@@ -11,13 +11,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from memtrain.cli import _Group
-from memtrain.cli_select import sweep as sweep_cmd
+# the real group (click caches each command's help option from the first context that builds it:
+# a private group without -h made docs/cli.md's `-h, --help` depend on the test order)
+from memtrain.cli import main
 from memtrain.select import fuse
 from memtrain.select import space as sp
 from memtrain.select import sweep as sw
-
-main = _Group(name="memtrain", commands={sweep_cmd.name: sweep_cmd})
 
 SWEEP = """
 [base]
@@ -162,8 +161,12 @@ def test_a_trial_runs_alone_where_an_array_would_not_train_it_as_its_job(tmp_pat
     assert key is not None
     assert fuse.group_key(cfg.with_overrides({"seed": 1}), True, "cpu") != key  # the seed draws the split
     assert fuse.group_key(cfg, False, "cpu") is None  # data streamed from disk
-    for change in ({"metrics.port": 9400}, {"training.max_runtime": 60}, {"training.micro_batch_size": 32}):
+    for change in ({"training.max_runtime": 60}, {"training.micro_batch_size": 32}):
         assert fuse.group_key(cfg.with_overrides(change), True, "cpu") is None, change
+    # trials with a metrics port fuse with each other (the array serves them all, labelled `trial`), not
+    # with trials without one
+    ports = [fuse.group_key(cfg.with_overrides({"metrics.port": p}), True, "cpu") for p in (9400, 9401)]
+    assert ports[0] == ports[1] != key
 
 
 # the lone job's 2-D matmul warns on overflow (a CLI run prints the warning; the trainer's guard handles it)

@@ -4,7 +4,8 @@ Trials fuse when they have the same layer widths, activation, output unit, dtype
 size on the same data set (file, split, standardisation, label column and seed: the seed
 also draws the validation split, so trials of different seeds hold different data). A trial
 fuses only where the array trains it as its lone job would (train/arrayjob.py): on the CPU,
-resident data, a fixed batch size without micro-batches, no metrics port, no max_runtime.
+resident data, a fixed batch size without micro-batches, no max_runtime; trials with a metrics
+port fuse only with trials that have one on the same host (train/arraymetrics.py).
 Any other trial, and a group of one, runs as a lone job.
 """
 
@@ -22,12 +23,14 @@ def group_key(cfg, resident: bool, device_kind: str) -> tuple | None:
     """What trials of one array share; None for a trial that runs alone."""
     t, d = cfg.training, cfg.data
     if (device_kind != "cpu" or not resident or not isinstance(t.batch_size, int) or t.micro_batch_size is not None
-            or t.cuda_graph or t.max_runtime is not None or cfg.metrics.port is not None):
+            or t.cuda_graph or t.max_runtime is not None):
         return None
     spec = cfg.model_spec()
+    # with metrics, the array serves every trial (labelled `trial`) on its first trial's port and host
+    metrics = None if cfg.metrics.port is None else cfg.metrics.host
     return (tuple(spec.sizes), spec.activation.describe(), spec.output.name, spec.dtype.name, t.batch_size,
             str(d.dataset), d.validation, str(d.validation_dataset), d.test, d.standardize, d.label_column,
-            cfg.seed, t.fused, cfg.device)
+            cfg.seed, t.fused, cfg.device, metrics)
 
 
 def groups(plans, device_kind: str) -> list:

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from memtrain.errors import CheckpointError, ConfigError, JobFailed
-from memtrain.train import arraystate
+from memtrain.train import arraymetrics, arraystate
 from memtrain.train import checkpoint as ckpt
 from memtrain.train.job import Job
 from memtrain.train.joblog import JobLog, ProgressBar, plan_line
@@ -105,6 +105,15 @@ class ArrayRun:
                                 batch_size=first.batch_size, device=first.backend, fused=first.cfg.fused)
         for job, r in zip(self.jobs, self.array.results, strict=True):
             _attach(job, r.trainer)
+        # one exporter for the array, or None; as a lone job, before its run dir is written (a port in use)
+        metrics = arraymetrics.serve(self.jobs, self.array.plan)
+        try:
+            return self._resume_and_train()
+        finally:
+            if metrics is not None:
+                metrics.stop()
+
+    def _resume_and_train(self) -> list:
         states = self._resume()
         for job, r in zip(self.jobs, self.array.results, strict=True):
             if states is None:
@@ -128,6 +137,7 @@ class ArrayRun:
     def _on_epoch(self, r, record) -> None:
         job = self.jobs[r.index]
         job._epoch_samples = len(job.data.X_train)  # the epoch's samples, for the history's samples/s
+        arraymetrics.end_of_epoch(job.state, r.trainer, record, job._epoch_samples)
         job.on_epoch(r.trainer, record)
 
     def _on_step(self, trials) -> None:
