@@ -3,7 +3,9 @@ trials run as one trial array, the others as lone jobs; every trial's run dir is
 or a whole array can be cancelled; a restart mid-sweep keeps the sweep; a bad sweep file is one 4xx line."""
 
 import json
+import re
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -108,6 +110,9 @@ def test_cancel_one_trial_then_the_array(server):
     job = server.request("GET", f"/jobs/{job_id}")[1]
     cpu = server.request("GET", "/devices")[1][0]
     assert cpu["jobs"] == [job_id] and cpu["committed_bytes"] == job["planned_bytes"] + OVERHEAD
+    # one exporter for the array on the port the service gave it, every trial labelled
+    metrics = urllib.request.urlopen(f"http://{job['metrics_target']}/metrics", timeout=10).read().decode()
+    assert len(set(re.findall(r'trial="([^"]+)"', metrics))) == 3, metrics[:2000]
     out = cli(server, "cancel", job_id, "--trial", runs[0]["trial"])
     assert out.exit_code == 0 and out.output.strip() == f"{job_id} trial {runs[0]['trial']}: stopping", out.output
     time.sleep(1.0)  # the stopped trial writes no more epochs; the others go on

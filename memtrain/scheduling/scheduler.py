@@ -338,8 +338,7 @@ class Scheduler:
     def _start(self, job: JobRow, device, batch: int, total: int, by_category: dict, handed_over: bool = False) -> None:
         run_dir = Path(job.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        serves = getattr(self.jobs, "serves_metrics", None)  # a service's trial array serves none
-        port = self._metrics_port() if self.metrics_ports and (serves is None or serves(job)) else None
+        port = self._metrics_port() if self.metrics_ports else None
         cfg = self.jobs.config(job, run_dir, batch, device, port, self.metrics_host)
         threads = device.threads_per_job
         env = dict.fromkeys(THREAD_VARS, threads) | self.jobs.env(device)  # BLAS and the CPU kernels; the overhead

@@ -32,15 +32,10 @@ class PlannedJobs:
         """The config the worker runs: the stored one, at `batch`, writing under `run_dir` (a sweep's
         trial array: each trial's own config under "array", its run dirs as stored)."""
         if "array" in job.config:
-            return sweeps.launch_config(job.config, device, metrics_host)
+            return sweeps.launch_config(job.config, device, port, metrics_host)
         return planning.launch_config(job.config, run_dir, batch=batch, memory_limit=device.budget_bytes,
                                       metrics_port=port, metrics_host=metrics_host,
                                       device=planning.worker_device(device.kind))
-
-    @staticmethod
-    def serves_metrics(job: JobRow) -> bool:
-        """A trial array serves no metrics endpoint of its own (select/fuse.py: its trials have no port)."""
-        return "array" not in job.config
 
     @staticmethod
     def stored_result(result: dict | None) -> dict | None:

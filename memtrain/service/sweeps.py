@@ -225,13 +225,17 @@ def _store(svc, sweep: dict, rows: list) -> None:
 # -- launch -------------------------------------------------------------------------------------
 
 
-def launch_config(config: dict, device, metrics_host: str) -> dict:
+def launch_config(config: dict, device, port: int | None, metrics_host: str) -> dict:
     """An array's config as its worker runs it: each trial on the worker's device with the device's
-    budget as its memory limit (as planning.launch_config gives a lone job), its dirs as stored."""
+    budget as its memory limit (as planning.launch_config gives a lone job), its dirs as stored, and
+    the service's metrics port: the array serves every trial there, labelled `trial`
+    (train/arraymetrics.py)."""
     trials = []
     for c in config["array"]:
         cfg = JobConfig.from_dict(c)
         over = {"device": planning.worker_device(device.kind)}
+        if port is not None:
+            over.update({"metrics.port": int(port), "metrics.host": metrics_host})
         if cfg.training.memory_limit is None:
             over["training.memory_limit"] = int(device.budget_bytes)
         trials.append(cfg.with_overrides(over).to_dict())
