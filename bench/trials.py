@@ -9,10 +9,15 @@ its own data order; the data set loaded by memtrain's loader from the same job c
 - wide:   K in {1, 8, 32, 128} trials of 784-256-10 on the same kind of data
 
 Ways, each run in a fresh process (wall time from its start, imports and data included;
-peak RSS of its whole process tree), medians of --runs:
+CPU seconds (user + system) and peak RSS of its whole process tree), medians of --runs:
 - array:      memtrain.train.trials.TrialArray, one process
 - loop:       memtrain Trainer per trial, one after another, one process
 - processes:  `memtrain train` per trial, 2 at a time (as `memtrain sweep` runs them today)
+- service:    `memtrain serve --budget cpu=1GiB` started in a fresh state dir, then the K trials as one
+              sweep file (`memtrain submit SWEEP.toml --wait`: the service runs them as trial arrays);
+              "train s" is the submit's own time (submission to the ranked results), "wall" includes
+              the service's start; the sweep's patience is the epoch count (no early stop: the same
+              work as the other ways)
 - torch_loop: PyTorch, trials one after another, one process (when torch imports)
 - torch_func: PyTorch torch.func ensemble (stack_module_state + vmap(grad(functional_call)),
               all K stepped together, per-trial learning rate), one process (when torch imports)
@@ -42,7 +47,8 @@ SCENARIOS = {
     "wide": {"layers": [784, 256, 10], "dataset": "synthetic:classification(2000, 784, 10)", "validation": 0.0,
              "epochs": 1},
 }
-WAYS = ("array", "loop", "processes", "torch_loop", "torch_func")
+WAYS = ("array", "loop", "processes", "service", "torch_loop", "torch_func")
+SERVICE_BUDGET = "cpu=1GiB"
 
 
 def learning_rates(k: int) -> list:
@@ -76,8 +82,12 @@ def blas(way: str) -> list:
     linked in, where threadpoolctl does not see it)."""
     from threadpoolctl import threadpool_info  # noqa: PLC0415
 
+    if way == "service":  # the training runs in the service's workers: the same NumPy, their own thread count
+        import numpy  # noqa: F401, PLC0415 - loads the BLAS the workers load, for threadpoolctl to name
     out = [f"{i.get('internal_api')} {i.get('version')} kernel {i.get('architecture')} threads {i.get('num_threads')}"
            for i in threadpool_info() if i.get("user_api") == "blas"]
+    if way == "service":  # serve's default: one job per core, cores // jobs = 1 thread each
+        out = [o.rsplit(" threads ", 1)[0] + " threads 1 per service worker" for o in out]
     if way.startswith("torch"):
         import torch  # noqa: PLC0415
 
@@ -142,6 +152,57 @@ def way_processes(scenario: str, k: int) -> float:
         for r in running:
             r.wait()
     return time.perf_counter() - t0
+
+
+def sweep_toml(scenario: str, k: int) -> str:
+    """The K trials as a sweep file over the learning rate, its base job inline ([base] tables)."""
+    base = job_dict(scenario, 1e-3, "base", "unused")
+    del base["output"]  # the service places each trial's run dir
+    base["training"]["patience"] = SCENARIOS[scenario]["epochs"]  # no early stop: the other ways' work
+    value = json.dumps  # JSON strings, numbers, lists and booleans are TOML's too
+    lines = ['name = "bench"', "[space]", f"lr = {value(learning_rates(k))}", "[base]"]
+    lines += [f"{key} = {value(v)}" for key, v in base.items() if not isinstance(v, dict)]
+    for key, table in base.items():
+        if isinstance(table, dict):
+            lines += [f"[base.{key}]"] + [f"{kk} = {value(vv)}" for kk, vv in table.items()]
+    return "\n".join(lines) + "\n"
+
+
+def way_service(scenario: str, k: int) -> float:
+    """The K trials as one sweep through `memtrain serve` (1 GiB CPU budget): `memtrain submit --wait`."""
+    import socket  # noqa: PLC0415
+    import urllib.request  # noqa: PLC0415
+
+    with tempfile.TemporaryDirectory() as tmp, socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        sock.close()
+        url = f"http://127.0.0.1:{port}"
+        serve = subprocess.Popen([sys.executable, "-m", "memtrain.cli", "serve", "--state-dir", str(Path(tmp) / "s"),
+                                  "--port", str(port), "--devices", "cpu", "--budget", SERVICE_BUDGET,
+                                  "--log-level", "warning"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            deadline = time.time() + 120
+            while True:
+                try:
+                    urllib.request.urlopen(url + "/healthz", timeout=5).read()
+                    break
+                except OSError:
+                    if serve.poll() is not None or time.time() > deadline:
+                        raise RuntimeError(f"memtrain serve did not start: {serve.stderr.read().decode()[-2000:]}")
+                    time.sleep(0.1)
+            sweep = Path(tmp) / "sweep.toml"
+            sweep.write_text(sweep_toml(scenario, k))
+            t0 = time.perf_counter()
+            out = subprocess.run([sys.executable, "-m", "memtrain.cli", "submit", str(sweep), "--wait", "--server", url],
+                                 capture_output=True, text=True)
+            took = time.perf_counter() - t0
+            if out.returncode != 0 or " succeeded " not in out.stdout:
+                raise RuntimeError(f"memtrain submit failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
+            return took
+        finally:
+            serve.terminate()
+            serve.wait(60)
 
 
 def _torch_data(scenario: str):
@@ -270,7 +331,11 @@ def child_main(way: str, scenario: str, k: int) -> None:
     train = globals()[f"way_{way}"](scenario, k)
     done.set()
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"train_seconds": train, "peak_rss": max(peak[0], own), "blas": blas(way)}))
+    # CPU seconds of the whole tree (children are counted once reaped: the service's workers by it):
+    # what the way costs whatever else the machine runs, beside the wall time, which depends on it
+    cpu = sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
+                                                resource.getrusage(resource.RUSAGE_CHILDREN)))
+    print(json.dumps({"train_seconds": train, "peak_rss": max(peak[0], own), "cpu_seconds": cpu, "blas": blas(way)}))
 
 
 def measure(way: str, scenario: str, k: int, env: dict) -> dict:
@@ -325,16 +390,17 @@ def main(argv=None) -> None:
           f"OPENBLAS_L2_SIZE={os.environ.get('OPENBLAS_L2_SIZE', '(unset)')}; torch: "
           f"{'yes' if tenv else 'not importable, its ways are skipped'}; {os.cpu_count()} CPUs; threads "
           f"{args.threads or 'default'}; medians of n runs")
-    print(f"{'scenario':8s} {'K':>4s} {'way':11s} {'n':>2s} {'wall s':>8s} {'train s':>8s} {'peak RSS MiB':>13s}  BLAS")
+    print(f"{'scenario':8s} {'K':>4s} {'way':11s} {'n':>2s} {'wall s':>8s} {'train s':>8s} {'cpu s':>7s} "
+          f"{'peak RSS MiB':>13s}  BLAS")
     for scenario, k in plan_runs(args):
         for way in args.ways.split(","):
             if (way.startswith("torch") and tenv is None) or (way == "processes" and k > args.max_processes):
                 continue
             n = args.slow_runs if (args.slow_runs and way in ("loop", "processes", "torch_loop")) else args.runs
             rs = [measure(way, scenario, k, tenv if way.startswith("torch") else env) for _ in range(n)]
-            med = {f: statistics.median(r[f] for r in rs) for f in ("wall", "train_seconds", "peak_rss")}
+            med = {f: statistics.median(r[f] for r in rs) for f in ("wall", "train_seconds", "cpu_seconds", "peak_rss")}
             print(f"{scenario:8s} {k:4d} {way:11s} {len(rs):2d} {med['wall']:8.2f} {med['train_seconds']:8.2f} "
-                  f"{med['peak_rss'] / 2**20:13.0f}  {'; '.join(rs[0]['blas'])}", flush=True)
+                  f"{med['cpu_seconds']:7.2f} {med['peak_rss'] / 2**20:13.0f}  {'; '.join(rs[0]['blas'])}", flush=True)
 
 
 if __name__ == "__main__":

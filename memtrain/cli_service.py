@@ -1,4 +1,5 @@
-"""`memtrain serve` and its clients `submit`, `jobs`, `job`, `cancel`, `requeue`, `logs`: parse, call, print.
+"""`memtrain serve` and its clients `submit`, `jobs`, `job`, `cancel`, `requeue`, `logs`, `sweep-status`:
+parse, call, print.
 
 Registered on the main group in memtrain/cli.py, whose group turns a MemtrainError into
 one line "memtrain: error: ..." and exit status 2.
@@ -133,27 +134,54 @@ def _fmt(default="table"):
 @click.command()
 @click.argument("job_file", type=click.Path(dir_okay=False))
 @click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
-              help="Override a key of the job file (repeatable), e.g. --set training.epochs=5.")
+              help="Override a key of the job file (of a sweep's base job; repeatable), e.g. --set training.epochs=5.")
 @click.option("--priority", type=int, metavar="N",
               help="Higher starts first; jobs of one priority in submission order.  [default: the job file's "
                    "priority, else 0]")
 @click.option("--format", "fmt", type=click.Choice(["id", "json"]), default="id", show_default=True)
+@click.option("--wait", is_flag=True, help="A sweep: wait until its trials have ended, then print them ranked.")
 @_server
-def submit(job_file, sets, priority, fmt, server):
-    """Submit a job file to the service; prints the job's id (--format json: the whole answer).
+def submit(job_file, sets, priority, fmt, wait, server):
+    """Submit a job file, or a sweep file (SWEEP.toml, as `memtrain sweep` reads it), to the service;
+    prints the job's or the sweep's id (--format json: the whole answer). A sweep's same-shape trials
+    run as trial arrays, one process each; `memtrain sweep-status ID` ranks its trials.
 
     \b
     Examples:
       memtrain submit job.toml --set training.batch_size=auto
       memtrain submit job.toml --priority 10
+      memtrain submit sweep.toml --wait
     """
-    from memtrain.service.client import load_job  # noqa: PLC0415
+    from memtrain.service.client import load_submission  # noqa: PLC0415
 
-    job = load_job(job_file, sets)
+    kind, data = load_submission(job_file, sets)
     if priority is not None:
-        job["priority"] = priority
-    out = _client(server).submit(job)
+        data["priority"] = priority
+    client = _client(server)
+    out = client.submit(data) if kind == "job" else client.submit_sweep(data)
     click.echo(json.dumps(out) if fmt == "json" else out["id"])
+    if kind == "sweep" and fmt == "id":
+        from memtrain.service.client import sweep_submitted_text  # noqa: PLC0415
+
+        click.echo(sweep_submitted_text(out), err=True)
+    if kind == "sweep" and wait:
+        _print_sweep(client.wait_sweep(out["id"]), "table")
+
+
+@click.command("sweep-status")
+@click.argument("sweep_id")
+@_fmt()
+@_server
+def sweep_status(sweep_id, fmt, server):
+    """A submitted sweep's ended trials ranked by its validation metric (as `memtrain sweep` prints
+    them), then every trial's job, state and run dir."""
+    _print_sweep(_client(server).sweep(sweep_id), fmt)
+
+
+def _print_sweep(rep, fmt):
+    from memtrain.service.client import sweep_text  # noqa: PLC0415
+
+    click.echo(json.dumps(rep, indent=1) if fmt == "json" else sweep_text(rep))
 
 
 @click.command()
@@ -186,9 +214,23 @@ def job(job_id, fmt, server):
 
 @click.command()
 @click.argument("job_id")
+@click.option("--trial", metavar="TRIAL_ID",
+              help="Only this trial of a sweep's job: in a trial array it stops with a checkpoint, the others "
+                   "train on.")
 @_server
-def cancel(job_id, server):
-    """Cancel a job: a queued one at once; a running one checkpoints, then stops."""
+def cancel(job_id, trial, server):
+    """Cancel a job (a whole trial array): a queued one at once; a running one checkpoints, then
+    stops. --trial: one trial of it.
+
+    \b
+    Examples:
+      memtrain cancel 1a2b3c4d
+      memtrain cancel 1a2b3c4d --trial 5e6f7a8b9c
+    """
+    if trial is not None:
+        t = _client(server).cancel_trial(job_id, trial)
+        click.echo(f"{job_id} trial {t['trial']}: {t['state']}")
+        return
     j = _client(server).cancel(job_id)
     if j["state"] == "running":
         note = "running; stopping (it checkpoints first)"
@@ -244,4 +286,4 @@ def logs(job_id, follow, lines, fmt, server):
         click.echo(line)
 
 
-COMMANDS = (serve, submit, jobs, job, cancel, requeue, logs)
+COMMANDS = (serve, submit, jobs, job, cancel, requeue, logs, sweep_status)

@@ -298,13 +298,14 @@ def _run_array(launch: dict, where: str, stopper: Stopper | None, progress: Prog
     from memtrain.train.arrayjob import run_array  # noqa: PLC0415 - a usage error answers before the trainer loads
 
     run_dir = Path(launch.get("run_dir") or Path(where).parent)
-    watcher = None
+    watcher, runs = None, []
     try:
         cfgs = [JobConfig.from_dict(c, source=f"{launch.get('job_id', where)} trial {i}")
                 for i, c in enumerate(launch["config"]["array"])]
 
         def attach(run):
             nonlocal watcher
+            runs.append(run)
             if stopper is not None:
                 stopper.attach(run)
             watcher = TrialStops(run_dir / STOP_TRIALS, run)
@@ -317,7 +318,10 @@ def _run_array(launch: dict, where: str, stopper: Stopper | None, progress: Prog
     finally:
         if watcher is not None:
             watcher.close()
-    return ExitCode.OK, None, {"array": outcomes}, {}
+    result = {"array": outcomes}
+    if runs and runs[0].stop_reason:  # the whole array stopped (a cancel, a signal): as a stopped lone job says
+        result["stopped"] = runs[0].stop_reason
+    return ExitCode.OK, None, result, {}
 
 
 STOP_TRIALS = "stop-trials.json"  # in an array's run dir: {"<trial index>": "<reason>"}, the trials to stop

@@ -386,6 +386,8 @@ class Scheduler:
     def _finish(self, job: JobRow, ended: Exit) -> None:
         written = _dict(read_json(Path(job.run_dir) / EXIT))
         result = _finite(_dict(written.get("result"))) or None  # a file of another shape is no result (never a 500)
+        if hasattr(self.jobs, "stored_result"):  # what the caller keeps of it (a trial array's: no histories)
+            result = self.jobs.stored_result(result)
         stopped = bool(result and result.get("stopped"))
         if ended.ok and not stopped:  # it finished (perhaps before a cancel reached it)
             self._end(job, "succeeded", None, result)

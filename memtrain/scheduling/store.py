@@ -62,12 +62,22 @@ CREATE TABLE IF NOT EXISTS jobs (
     run_dir TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, seq);
+CREATE TABLE IF NOT EXISTS sweeps (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT UNIQUE NOT NULL,
+    name TEXT NOT NULL,
+    record TEXT NOT NULL,            -- the sweep file (base inline), its trials and their jobs (JSON)
+    user TEXT NOT NULL,
+    submitted_at REAL NOT NULL
+);
 """
 # columns added since schema version 1, added in place to a state dir that lacks them (an older
 # memtrain ignores them)
 ADDED_COLUMNS = {
     "priority": "INTEGER NOT NULL DEFAULT 0",  # higher starts first; FIFO within a priority
     "user": "TEXT NOT NULL DEFAULT 'default'",  # whose token submitted it (its quota)
+    "sweep": "TEXT",  # the sweep (POST /sweeps) it runs trials of; NULL for a job file's job
+    "trials": "INTEGER",  # how many of that sweep's trials it runs (K for a trial array, 1 alone)
     "rev": "INTEGER NOT NULL DEFAULT 0",  # +1 at every update: a page reads (seq, rev) and fetches changed rows only
     "final_progress": "TEXT",  # the progress record as the job ended (JSON): views do not read its file again
 }
@@ -117,6 +127,8 @@ class JobRow:
     run_dir: str
     priority: int = 0
     user: str = "default"
+    sweep: str | None = None
+    trials: int | None = None
     rev: int = 0
     final_progress: dict | None = None
 
@@ -183,6 +195,7 @@ class Store:
             for name, decl in ADDED_COLUMNS.items():
                 if name not in have:
                     db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {decl}")
+            db.execute("CREATE INDEX IF NOT EXISTS jobs_sweep ON jobs(sweep)")  # GET /sweeps/ID: its jobs
             for sql in filter(str.strip, PAGE_INDEXES.split(";")):
                 db.execute(sql)
 
@@ -233,12 +246,33 @@ class Store:
 
     def insert(self, job: dict) -> JobRow:
         """`job` holds the columns above except seq (a new job's, by name); returns the stored row."""
-        row = {k: (json.dumps(v) if k in JSON_FIELDS and v is not None else v) for k, v in job.items()}
-        cols = ", ".join(row)
-        marks = ", ".join("?" for _ in row)
         with self.transaction() as db:
-            db.execute(f"INSERT INTO jobs ({cols}) VALUES ({marks})", tuple(row.values()))
+            _insert_job(db, job)
         return self.get(job["id"])
+
+    def insert_sweep(self, sweep: dict, jobs: list) -> None:
+        """A sweep's record and the rows of its jobs (arrays and lone trials), in one transaction:
+        a sweep is stored whole or not at all."""
+        with self.transaction() as db:
+            db.execute("INSERT INTO sweeps (id, name, record, user, submitted_at) VALUES (?, ?, ?, ?, ?)",
+                       (sweep["id"], sweep["name"], json.dumps(sweep["record"]), sweep["user"], sweep["submitted_at"]))
+            for job in jobs:
+                _insert_job(db, job)
+
+    def sweep(self, sweep_id: str) -> dict | None:
+        """A sweep's stored record (with its id, name, user and submitted_at), or None."""
+        with self._lock:
+            row = self._db.execute("SELECT * FROM sweeps WHERE id = ?", (sweep_id,)).fetchone()
+        if row is None:
+            return None
+        return {**json.loads(row["record"]), "id": row["id"], "name": row["name"], "user": row["user"],
+                "submitted_at": row["submitted_at"]}
+
+    def sweep_jobs(self, sweep_id: str) -> list:
+        """The rows of a sweep's jobs, in submission order."""
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM jobs WHERE sweep = ? ORDER BY seq", (sweep_id,)).fetchall()
+        return [job for job in map(self._decode, rows) if job is not None]
 
     def update(self, job_id: str, *, expect_state: str | None = None, **fields) -> bool:
         """Set `fields`; with expect_state, only while the job is in that state (False otherwise)."""
@@ -344,6 +378,11 @@ class Store:
         out = dict.fromkeys(STATES, 0)
         out.update({r[0]: r[1] for r in rows})
         return out
+
+
+def _insert_job(db, job: dict) -> None:
+    row = {k: (json.dumps(v) if k in JSON_FIELDS and v is not None else v) for k, v in job.items()}
+    db.execute(f"INSERT INTO jobs ({', '.join(row)}) VALUES ({', '.join('?' for _ in row)})", tuple(row.values()))
 
 
 def damaged_message(path: Path, detail: str) -> str:

@@ -18,7 +18,7 @@ from memtrain import __version__
 from memtrain.errors import MemtrainError
 from memtrain.service import apidocs, security
 from memtrain.service.core import Service, Settings
-from memtrain.service.routers import jobs, status
+from memtrain.service.routers import jobs, status, sweeps
 from memtrain.service.routers.deps import answer
 from memtrain.service.view_cache import ViewCache
 
@@ -80,7 +80,7 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
     app.add_middleware(Edge, views=app.state.views, token=settings.token)
 
     _error_handlers(app)
-    for router in (status.router, jobs.router, jobs.guarded, status.guarded):
+    for router in (status.router, jobs.router, jobs.guarded, sweeps.router, sweeps.guarded, status.guarded):
         app.include_router(router)
     return app
 

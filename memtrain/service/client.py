@@ -61,6 +61,26 @@ class Client:
     def submit(self, job: dict) -> dict:
         return self.request("POST", "/jobs", json.dumps(job).encode())
 
+    def submit_sweep(self, sweep: dict) -> dict:
+        """POST /sweeps: a sweep file's dict with its base job inline (load_submission)."""
+        return self.request("POST", "/sweeps", json.dumps(sweep).encode())
+
+    def sweep(self, sweep_id: str) -> dict:
+        return self.request("GET", f"/sweeps/{_quote(sweep_id)}")
+
+    def cancel_trial(self, job_id: str, trial_id: str) -> dict:
+        return self.request("DELETE", f"/jobs/{_quote(job_id)}/trials/{_quote(trial_id)}")
+
+    def wait_sweep(self, sweep_id: str, poll: float = 0.5) -> dict:
+        """GET /sweeps/{id} until none of its jobs is queued or running; its report."""
+        import time  # noqa: PLC0415 - only here
+
+        while True:
+            rep = self.sweep(sweep_id)
+            if rep["state"] != "running":
+                return rep
+            time.sleep(poll)
+
     def jobs(self, state: str | None = None, limit: int | None = None) -> tuple:
         """(jobs newest first, more): up to `limit` (None: all), following the pages' Link headers;
         `more` says whether the service holds more than were fetched."""
@@ -135,9 +155,32 @@ def _detail(exc: urllib.error.HTTPError) -> str:
 # -- job files ------------------------------------------------------------------------------
 
 
+def load_submission(path, sets=()) -> tuple:
+    """("job", a job file's dict) or ("sweep", a sweep file's dict with its base job inline: the
+    service reads no client files). A sweep file is one with a [space] or [search] table or a base
+    (select/space.py); --set overrides go to its base job."""
+    from pathlib import Path  # noqa: PLC0415 - only for a sweep file's base path
+
+    data = read_toml(path, "job file")
+    if not ({"space", "search", "base"} & set(data)):
+        return "job", load_job(path, sets)
+    base = data.get("base")
+    if isinstance(base, str):  # relative to the sweep file, as `memtrain sweep` reads it
+        bp = Path(base) if Path(base).is_absolute() else Path(path).parent / base
+        data["base"] = read_toml(bp, "sweep base job file")
+    if isinstance(data.get("base"), dict):
+        _apply_sets(data["base"], sets, path)
+    return "sweep", data
+
+
 def load_job(path, sets=()) -> dict:
     """A TOML job file as a dict, with `section.key=value` overrides (values read as TOML)."""
     data = read_toml(path, "job file")  # one reader: unreadable, not UTF-8 and bad TOML are one line each
+    _apply_sets(data, sets, path)
+    return data
+
+
+def _apply_sets(data: dict, sets, path) -> None:
     for item in sets:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
@@ -153,7 +196,6 @@ def load_job(path, sets=()) -> dict:
             if not isinstance(node, dict):
                 raise MemtrainError(f"--set: {key}: {s} is not a table in {path}")
         node[name] = value
-    return data
 
 
 # -- text output ---------------------------------------------------------------------------------
@@ -162,7 +204,8 @@ def load_job(path, sets=()) -> dict:
 def jobs_table(jobs: list, now: float | None = None) -> str:
     rows = [("ID", "NAME", "USER", "PRI", "STATE", "DEVICE", "PLANNED", "BATCH", "PROGRESS", "AGE", "REASON")]
     for j in jobs:
-        rows.append((j["id"], j["name"], j.get("user", "default"), str(j.get("priority", 0)), j["state"],
+        rows.append((j["id"], j["name"] + (f" [{j['trials']} trials]" if (j.get("trials") or 0) > 1 else ""),
+                     j.get("user", "default"), str(j.get("priority", 0)), j["state"],
                      j["device"] or "-", format_bytes(j["planned_bytes"]),
                      str(j["batch_size"] or j["batch_request"]), progress_text(j), age(j["submitted_at"], now),
                      _short(j["reason"] or "", 60)))
@@ -217,6 +260,11 @@ def job_text(j: dict) -> str:
              f"{'ended':<12}{j['ended_at'] or '-'}", f"{'progress':<12}{progress_text(j)}"]
     if j["reason"]:
         lines.append(f"{'reason':<12}{j['reason']}")
+    if j.get("sweep"):
+        lines.append(f"{'sweep':<12}{j['sweep']} ({j.get('trials')} trial(s) in this job)")
+    for t in j.get("trial_runs") or []:
+        lines.append(f"{'trial':<12}{t['trial']} {t['state']:<10} {t['run_dir']}"
+                     + (f"  ({t['reason']})" if t.get("reason") and t["state"] != "succeeded" else ""))
     r = j.get("result") or {}
     if r.get("steps") is not None:
         lines.append(f"{'result':<12}{result_text(r)}")
@@ -232,3 +280,24 @@ def result_text(r: dict) -> str:
     scores = f"{which} loss {r[prefix + 'loss']:.4f}{score_text(r, prefix)}; " if which else ""
     took = f" in {r['seconds']:.1f} s" if r.get("seconds") is not None else ""
     return f"{scores}{r.get('steps')} steps{took}"
+
+
+def sweep_submitted_text(out: dict) -> str:
+    """What `memtrain submit SWEEP.toml` prints on stderr: the sweep's jobs (arrays and lone trials)."""
+    lines = [f"sweep {out['name']} ({out['id']}): {out['trials']} trial(s) as {len(out['jobs'])} job(s)"]
+    for j in out["jobs"]:
+        what = f"trial array of {j['trials']} trials" if j["trials"] > 1 else "lone trial"
+        lines.append(f"  job {j['id']}: {what}, {format_bytes(j['planned_bytes'])} planned, {j['state']}")
+    for s in out["skipped"]:
+        lines.append(f"  skipped {s['trial']}: {s['reason']}")
+    return "\n".join(lines)
+
+
+def sweep_text(rep: dict) -> str:
+    """GET /sweeps/{id} as `memtrain sweep` prints its ranking, then every trial's job, state and run dir."""
+    from memtrain.select.sweep import report_text  # noqa: PLC0415 - the sweep's own table
+
+    lines = [f"sweep     {rep['sweep']} ({rep['id']}): {rep['trials']} trial(s), {rep['state']}", report_text(rep)]
+    for t in rep["runs"]:
+        lines.append(f"run       {t['trial']} job {t['job']} {t['state']:<10} {t['run_dir']}")
+    return "\n".join(lines)

@@ -19,7 +19,7 @@ from memtrain.scheduling import admission
 from memtrain.scheduling.scheduler import Scheduler
 from memtrain.scheduling.store import ACTIVE, STATES, JobRow, Store, now
 from memtrain.service import devices as devs
-from memtrain.service import planning, recovery, security
+from memtrain.service import planning, recovery, security, sweeps
 from memtrain.service.housekeeping import Housekeeper
 from memtrain.service.planned_jobs import PlannedJobs
 from memtrain.units import format_bytes
@@ -164,6 +164,29 @@ class Service:
         job = self.store.get(job_id)
         return {"id": job_id, "state": job.state, "planned_bytes": job.planned_bytes, "device": job.device}
 
+    def submit_sweep(self, body: bytes, content_type: str, user: str = security.DEFAULT_USER) -> dict:
+        """A sweep file (its base inline): its trials checked and planned as jobs, grouped into trial
+        arrays and lone jobs, stored with the sweep (service/sweeps.py). SubmissionError (422) for a
+        bad sweep file or a trial no device holds, before anything is written; DiskFull (507)."""
+        try:
+            self.check_room()
+            out = sweeps.submit(self, body, content_type, user)
+        except (planning.SubmissionError, DiskFull):
+            self.events["rejected"] += 1
+            raise
+        self.events["admitted"] += len(out["jobs"])
+        self.scheduler.admit_now()
+        for j in out["jobs"]:
+            row = self.store.get(j["id"])
+            j.update(state=row.state, device=row.device)
+        return out
+
+    def sweep(self, sweep_id: str) -> dict | None:
+        return sweeps.sweep_view(self, sweep_id)
+
+    def cancel_trial(self, job_id: str, trial_id: str) -> dict | None:
+        return sweeps.cancel_trial(self, job_id, trial_id)
+
     def _insert(self, row: dict) -> None:
         """The job's own record in its dir first (what --recover rebuilds from), then its row; a row
         that cannot be stored takes its record back (a refused job must not come back on --recover)."""
@@ -252,6 +275,7 @@ class Service:
             "ended_at": iso(job.ended_at), "progress": prog, "result": job.result, "reason": reason,
             "metrics_target": job.metrics_target if job.state == "running" else None,
             "threads": job.threads, "priority": job.priority, "user": job.user,
+            "sweep": job.sweep, "trials": job.trials,
         }
 
     def progress(self, job: JobRow) -> dict:
@@ -296,7 +320,12 @@ class Service:
 
     def job(self, job_id: str) -> dict | None:
         job = self.store.get(job_id)
-        return None if job is None else self.job_view(job)
+        if job is None:
+            return None
+        view = self.job_view(job)
+        if job.sweep:  # a sweep's job: each of its trials, with its state and run dir
+            view["trial_runs"] = sweeps.trial_views(self, job)
+        return view
 
     def cancel(self, job_id: str) -> dict | None:
         job = self.scheduler.cancel(job_id)

@@ -21,6 +21,7 @@ from memtrain.service.client import progress_text, result_text
 from memtrain.service.core import iso, tail
 from memtrain.service.logtext import human_lines
 from memtrain.service.page import REFRESH_SECONDS, STYLE
+from memtrain.service.sweeps import trial_views
 from memtrain.train.checkpoint import list_checkpoints
 from memtrain.train.history import HistoryError, RunHistory
 from memtrain.units import format_bytes
@@ -62,6 +63,7 @@ def render_job(service, job_id: str) -> str | None:
              f"<h1>{_e(row.name)} <small>{_e(row.id)}</small> "
              f"<span class='{_e(row.state)}'>{_e(row.state)}</span></h1>",
              _overview(service, row, view, history),
+             _trials(service, row),
              "<h2>Curves</h2><div class='grid2'>", *_charts(row, history, _samples(run / MEMORY), service), "</div>",
              "<h2>Memory: the plan by category against what was measured</h2>", _memory(service, row, view, history),
              "<h2>Checkpoints</h2>", _checkpoints(run / "checkpoints"),
@@ -75,6 +77,18 @@ def render_job(service, job_id: str) -> str | None:
 
 
 # -- overview ----------------------------------------------------------------------------------
+
+
+def _trials(service, row) -> str:
+    """A sweep's job: each of its trials (an array's several) with its state and run dir."""
+    if not row.sweep:
+        return ""
+    body = "".join(f"<tr><td>{_e(t['trial'])}</td><td>{_e(json.dumps(t['params']))}</td>"
+                   f"<td class='{_e(t['state'])}'>{_e(t['state'])}</td><td><code>{_e(t['run_dir'])}</code></td></tr>"
+                   for t in trial_views(service, row))
+    return (f"<h2>Trials <small>of sweep <a href='/sweeps/{_e(row.sweep)}'>{_e(row.sweep)}</a>, ranked there; "
+            f"<code>memtrain cancel {_e(row.id)} --trial ID</code> stops one</small></h2>"
+            f"<table><tr><th>trial</th><th>parameters</th><th>state</th><th>run dir</th></tr>{body}</table>")
 
 
 def _overview(service, row, view, history) -> str:

@@ -32,6 +32,66 @@ class JobSubmission(BaseModel):
         return self.model_dump(exclude_unset=True)
 
 
+class SweepSubmission(BaseModel):
+    """A sweep file's JSON form (`memtrain sweep`'s SWEEP.toml; docs/choosing-an-optimizer.md), with its
+    base job inline as a [base] table: the service reads no client files (`memtrain submit SWEEP.toml`
+    inlines a base given as a path). Every trial is checked and planned as a submitted job."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    name: str | None = Field(None, description="the sweep's name (its trials are NAME-<trial id>)")
+    base: dict[str, Any] = Field(..., description="the base job: a job file's JSON form, as POST /jobs takes")
+    search: dict[str, Any] | None = Field(None, description='method ("grid" or "random"), trials, seed, metric')
+    space: dict[str, Any] = Field(..., description='hyper-parameter -> a list, or {log_uniform = [lo, hi]}, ...')
+    priority: int = Field(0, description="every job of the sweep starts at this priority")
+
+    def sweep_dict(self) -> dict:
+        """The sweep file's keys as sent, less the service's own (priority)."""
+        return self.model_dump(exclude_unset=True, exclude={"priority"})
+
+
+class SubmittedJob(BaseModel):
+    id: str
+    trials: int = Field(..., description="the sweep's trials it runs: K for a trial array, 1 for a lone trial")
+    state: str
+    planned_bytes: int
+    device: str | None
+
+
+class SweepSubmitted(BaseModel):
+    id: str = Field(..., description="the sweep's id: GET /sweeps/{id}")
+    name: str
+    trials: int = Field(..., description="trials expanded from the space")
+    jobs: list[SubmittedJob] = Field(..., description="trial arrays (same-shape trials as one job) and lone trials")
+    skipped: list[dict[str, Any]] = Field(..., description="trials that never fit a device, with why")
+
+
+class TrialRun(BaseModel):
+    trial: str = Field(..., description="the trial's id (a hash of its parameters)")
+    index: int
+    params: dict[str, Any]
+    job: str = Field(..., description="the job (trial array or lone trial) that runs it")
+    state: str = Field(..., description="queued, running, stopping, succeeded, failed or cancelled")
+    run_dir: str = Field(..., description="its run dir: run.json, history.csv, model-final.npz, as a lone job's")
+    reason: str | None = None
+
+
+class SweepReport(BaseModel):
+    id: str
+    sweep: str
+    method: str
+    metric: str
+    params: list[str]
+    trials: int
+    state: str = Field(..., description="running while any of its jobs is queued or running, else ended")
+    rows: list[dict[str, Any]] = Field(..., description="ended trials ranked by the validation metric, best first "
+                                                        "(as `memtrain sweep` ranks them)")
+    best: str | None
+    skipped: list[dict[str, Any]]
+    runs: list[TrialRun] = Field(..., description="every trial: its job, state and run dir")
+    jobs: list[str]
+    note: str
+
+
 class Submitted(BaseModel):
     id: str
     state: str
@@ -74,6 +134,10 @@ class Job(BaseModel):
     threads: int | None = None
     priority: int = Field(0, description="higher starts first; submission order within a priority")
     user: str = Field("default", description="whose token submitted it: the quota it counts against")
+    sweep: str | None = Field(None, description="the sweep whose trials it runs (POST /sweeps), else null")
+    trials: int | None = Field(None, description="how many of the sweep's trials it runs (K for a trial array)")
+    trial_runs: list[TrialRun] | None = Field(None, description="GET /jobs/{id} of a sweep's job: each trial's "
+                                                                "state and run dir")
 
 
 class Device(BaseModel):

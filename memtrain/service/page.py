@@ -72,13 +72,19 @@ def _jobs(jobs) -> str:
         e = html.escape
         rows.append(
             f"<tr><td><a href='/jobs/{e(j['id'])}/page'>{e(j['id'])}</a></td><td><a href='/jobs/{e(j['id'])}/page'>"
-            f"{e(j['name'])}</a></td><td class='{e(j['state'])}'>{e(j['state'])}</td>"
+            f"{e(j['name'])}</a>{_trials(j)}</td><td class='{e(j['state'])}'>{e(j['state'])}</td>"
             f"<td>{e(j['device'] or '-')}</td><td class='n'>{format_bytes(j['planned_bytes'])}</td>"
             f"<td class='n'>{e(str(j['batch_size'] or j['batch_request']))}</td><td>{e(progress_text(j))}</td>"
             f"<td class='n'>{age(j['submitted_at'])}</td><td>{e(_outcome(j))}</td>"
             f"<td><a href='/jobs/{e(j['id'])}/log'>log</a></td></tr>")
     rows.append("</table>")
     return "".join(rows)
+
+
+def _trials(j) -> str:
+    """A sweep's trial array: its trial count beside its name (its page lists them)."""
+    n = j.get("trials") or 0
+    return f" <small>[{n} trials]</small>" if n > 1 else ""
 
 
 def _outcome(j) -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from memtrain.scheduling.store import JobRow
-from memtrain.service import planning
+from memtrain.service import planning, sweeps
 
 
 class PlannedJobs:
@@ -29,10 +29,18 @@ class PlannedJobs:
 
     @staticmethod
     def config(job: JobRow, run_dir: Path, batch: int, device, port: int | None, metrics_host: str) -> dict:
-        """The config the worker runs: the stored one, at `batch`, writing under `run_dir`."""
+        """The config the worker runs: the stored one, at `batch`, writing under `run_dir` (a sweep's
+        trial array: each trial's own config under "array", its run dirs as stored)."""
+        if "array" in job.config:
+            return sweeps.launch_config(job.config, device, port, metrics_host)
         return planning.launch_config(job.config, run_dir, batch=batch, memory_limit=device.budget_bytes,
                                       metrics_port=port, metrics_host=metrics_host,
                                       device=planning.worker_device(device.kind))
+
+    @staticmethod
+    def stored_result(result: dict | None) -> dict | None:
+        """What the store keeps of a worker's result: an array's without its trials' histories."""
+        return sweeps.stored_result(result)
 
     @staticmethod
     def env(device) -> dict:

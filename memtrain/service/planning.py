@@ -72,6 +72,11 @@ def parse_body(body: bytes, content_type: str):
     return submission(_parse(body, content_type))
 
 
+def parse_data(body: bytes, content_type: str) -> dict:
+    """The body, JSON or TOML, as a dict (a sweep file's too): one line per error (SubmissionError)."""
+    return _parse(body, content_type)
+
+
 def _parse(body: bytes, content_type: str) -> dict:
     kind = (content_type or "").split(";")[0].strip().lower()
     try:
@@ -124,6 +129,11 @@ def _job_words(data: dict) -> str | None:
     except (ValueError, TypeError, KeyError) as exc:  # MemtrainError is a ValueError
         return str(exc).removeprefix("config: ")
     return None
+
+
+def first_error(errors: list, fields) -> str:
+    """One line for pydantic's errors of any submission model (a job's, a sweep's)."""
+    return _first_error(errors, fields)
 
 
 _EXPECTED = {"int_type": "an integer", "string_type": "a string"}
@@ -352,6 +362,13 @@ def plan(checked: Checked, budget: int) -> Plan:
         return Plan(one.by_category(), one.total, None, one.total)
     p = fn(checked.batch)
     return Plan(p.by_category(), p.total, checked.batch, one.total)
+
+
+def memory_plan(checked: Checked, budget: int) -> tuple:
+    """(the MemoryPlan at the job's fixed batch, whether its data set is resident): what a trial
+    array stacks (memory/trials.py array_plan) and whether the trial may join one (select/fuse.py)."""
+    _, jp = _job_plan(checked, budget, checked.batch)
+    return jp.plan, jp.resident
 
 
 def plan_at(checked: Checked, budget: int, batch: int) -> Plan:

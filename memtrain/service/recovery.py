@@ -31,6 +31,7 @@ from memtrain.scheduling.store import Store, StoreDamaged, now
 from memtrain.train.checkpoint import atomic_write
 
 STORE, BACKUP, JOB_FILE = "memtrain.sqlite", "memtrain.sqlite.backup", "job.json"
+SWEEP_FILE = "sweep.json"  # in each of a sweep's job dirs: the sweep's record, for --recover
 
 log = logging.getLogger("memtrain.service")
 
@@ -42,8 +43,15 @@ def write_job_file(row: dict) -> None:
     atomic_write(run_dir / JOB_FILE, lambda f: f.write(data))  # a full disk leaves no temporary behind
 
 
+def write_sweep_file(row: dict, sweep: dict) -> None:
+    """The sweep's record beside its job's record: --recover rebuilds the sweep from any of its job dirs."""
+    data = json.dumps(sweep, default=str).encode()
+    atomic_write(Path(row["run_dir"]) / SWEEP_FILE, lambda f: f.write(data))
+
+
 def remove_job_file(row: dict) -> None:
     run_dir = Path(row["run_dir"])
+    (run_dir / SWEEP_FILE).unlink(missing_ok=True)
     (run_dir / JOB_FILE).unlink(missing_ok=True)
     with contextlib.suppress(OSError):
         run_dir.rmdir()  # only when empty
@@ -153,7 +161,18 @@ def _rebuild(db: Store, storage) -> list:
     if skipped:
         said.append(f"could not rebuild {len(skipped)} job dir(s) without a readable {JOB_FILE} (written by an "
                     f"older memtrain, or damaged): {', '.join(skipped)}")
-    return said
+    return said + _rebuild_sweeps(db, storage)
+
+
+def _rebuild_sweeps(db: Store, storage) -> list:
+    """The sweeps (POST /sweeps) missing from the store, from the record each of their job dirs holds."""
+    added = []
+    for d in job_dirs(storage):
+        sweep = read_json(d / SWEEP_FILE)
+        if isinstance(sweep, dict) and "id" in sweep and sweep["id"] not in added and db.sweep(sweep["id"]) is None:
+            db.insert_sweep(sweep, [])
+            added.append(sweep["id"])
+    return [f"rebuilt {len(added)} sweep(s) from their job dirs: {', '.join(added)}"] if added else []
 
 
 def _rebuilt(row: dict, run_dir: Path) -> dict:
