@@ -158,7 +158,9 @@ def test_shared_pages_are_counted_once():
         child.stdout.close()
         child.wait(30)
     assert both.private == pytest.approx(me.private + other.private, rel=0.05)
-    assert max(me.shared, other.shared) <= both.shared < me.shared + other.shared
+    # this process runs threads (the numba warm-up) that turn a few shared pages private between the
+    # reads: a page or a few of slack; counted once, the group is megabytes below the sum
+    assert max(me.shared, other.shared) - MIB <= both.shared < me.shared + other.shared - 4 * MIB
 
 
 def test_free_memory_is_one_definition(monkeypatch):

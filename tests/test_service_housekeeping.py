@@ -25,7 +25,7 @@ def test_retention_keeps_the_newest_n_then_removes_by_age_and_the_size_is_report
         jobs = Path(s.settings.state_dir) / "jobs"
         first = s.request("POST", "/jobs", digits_job("first", epochs=1, batch=64))[1]["id"]
         assert s.wait(first)["state"] == "succeeded"
-        cancelled = s.request("POST", "/jobs", digits_job("cancelled", epochs=300, batch=8))[1]["id"]
+        cancelled = s.request("POST", "/jobs", digits_job("cancelled", epochs=300, batch=8, checkpoint={"min_interval": 0}))[1]["id"]
         _wait(lambda: list((jobs / cancelled / "checkpoints").glob("ckpt-*.json")))
         s.request("DELETE", f"/jobs/{cancelled}")
         second = s.request("POST", "/jobs", digits_job("second", epochs=1, batch=64))[1]["id"]
