@@ -68,11 +68,13 @@ def _positive(value, default: int) -> int:
 def _child(request: dict, ready: int) -> int:
     """In the forked child: become the job's own process, then run the worker."""
     os.setsid()
-    os.write(ready, b"s")  # its session exists before the caller learns its pid (a killpg finds it)
-    os.close(ready)
+    # the handlers a fresh interpreter has, before the caller learns the pid: a cancel sent at once
+    # must not reach the server's handler (which only notes it) in this process
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # as a fresh interpreter has it
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    os.write(ready, b"s")  # its session exists before the caller learns its pid (a killpg finds it)
+    os.close(ready)
     null = os.open(os.devnull, os.O_RDONLY)
     log = os.open(request["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     os.dup2(null, 0)

@@ -393,7 +393,7 @@ class Scheduler:
             self._end(job, "succeeded", None, result)
         elif job.cancel_requested == STOPPED_FOR_RUNTIME or (stopped and result["stopped"] == "max_runtime"):
             limit = format_duration(job.config["training"]["max_runtime"])  # not retried: it would run past again
-            how = f"stopped at step {result.get('steps')} (checkpoint saved)" if stopped else "stopped by the service"
+            how = _stopped_how(result) if stopped else "stopped by the service"
             self._end(job, "failed", f"ran past its max_runtime of {limit}: {how}", result)
         elif job.cancel_requested:
             self._end(job, "cancelled", "cancelled on request" + (" (checkpoint saved)" if stopped else ""), result)
@@ -504,3 +504,12 @@ class Scheduler:
         if not job.ref:
             return None
         return Handle(job.id, job.executor, job.ref, job.metrics_target)
+
+
+def _stopped_how(result: dict) -> str:
+    """How a job that stopped itself at its max_runtime ended: a lone job at a step, an array
+    (its result is {"array": [...]}) with its trials still training."""
+    if isinstance(result.get("array"), list):
+        n = sum(1 for r in result["array"] if isinstance(r, dict) and r.get("status") == "stopped")
+        return f"{n} of its {len(result['array'])} trials stopped (checkpoint saved)"
+    return f"stopped at step {result.get('steps')} (checkpoint saved)"

@@ -169,7 +169,9 @@ def _rebuild_sweeps(db: Store, storage) -> list:
     added = []
     for d in job_dirs(storage):
         sweep = read_json(d / SWEEP_FILE)
-        if isinstance(sweep, dict) and "id" in sweep and sweep["id"] not in added and db.sweep(sweep["id"]) is None:
+        # a record of another shape (hand-edited, torn) is not a sweep: its jobs are rebuilt without it
+        if (isinstance(sweep, dict) and all(k in sweep for k in ("name", "user", "submitted_at", "record"))
+                and isinstance(sweep.get("id"), str) and sweep["id"] not in added and db.sweep(sweep["id"]) is None):
             db.insert_sweep(sweep, [])
             added.append(sweep["id"])
     return [f"rebuilt {len(added)} sweep(s) from their job dirs: {', '.join(added)}"] if added else []

@@ -98,7 +98,7 @@ def plan_trial(svc, sweep, trial) -> tuple:
 
 def _without_runtime(config: dict) -> JobConfig:
     """The trial's config as select/fuse.py groups it: the service bounds an array's run time from
-    outside (its row's training.max_runtime, enforced by the scheduler), not per trial."""
+    outside (its row's training.max_runtime, the sum of its trials': _array_runtime), not per trial."""
     d = {**config, "training": {k: v for k, v in config["training"].items() if k != "max_runtime"}}
     return JobConfig.from_dict(d)
 
@@ -155,17 +155,23 @@ def _array_row(svc, part, by_trial, device) -> dict:
         d = run_dir / TRIALS_DIR / tp.trial.id
         configs.append(tp.cfg.with_overrides({"output.dir": str(d), "checkpoint.dir": str(d / "checkpoints"),
                                               "checkpoint.resume": True}).to_dict())
-    first = by_trial[part[0].trial.id][1]
     plan = array_plan([tp.plan for tp in part])
     batch = part[0].batch
     config = {"array": configs, "output": {"dir": str(run_dir)}, "checkpoint": {"dir": str(run_dir)},
-              "training": {"batch_size": batch, "max_runtime": first.config["training"].get("max_runtime")},
+              "training": {"batch_size": batch, "max_runtime": _array_runtime(part, by_trial)},
               "data": {}}
     return {"id": job_id, "name": f"{part[0].cfg.name.rsplit('-', 1)[0]}-{fuse.array_task_id(part)}",
             "config": config, "checked": {"array": [_trial_entry(tp, job_id, run_dir) for tp in part]},
             "device_kind": device.kind, "batch_request": batch, "batch_size": batch,
             "planned": plan.by_category(), "planned_bytes": plan.total, "min_bytes": plan.total,
             "run_dir": str(run_dir)}
+
+
+def _array_runtime(part: list, by_trial: dict) -> float | None:
+    """The array's run-time bound: it does the work of its K trials at once, so the sum of theirs
+    (each the trial's own training.max_runtime or the service's default); None if one has none."""
+    limits = [by_trial[tp.trial.id][1].config["training"].get("max_runtime") for tp in part]
+    return None if any(x is None for x in limits) else float(sum(limits))
 
 
 def _lone_row(svc, part, by_trial, device) -> dict:
