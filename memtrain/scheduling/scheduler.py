@@ -62,14 +62,14 @@ def _typed(value, kind):
     return value if isinstance(value, kind) else None
 
 
-def _finite(value):
+def finite(value):
     """A result record as JSON can answer it: NaN and Inf (a diverged job's losses) become None."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {str(k): _finite(v) for k, v in value.items()}
+        return {str(k): finite(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_finite(v) for v in value]
+        return [finite(v) for v in value]
     return value
 
 
@@ -385,7 +385,7 @@ class Scheduler:
 
     def _finish(self, job: JobRow, ended: Exit) -> None:
         written = _dict(read_json(Path(job.run_dir) / EXIT))
-        result = _finite(_dict(written.get("result"))) or None  # a file of another shape is no result (never a 500)
+        result = finite(_dict(written.get("result"))) or None  # a file of another shape is no result (never a 500)
         if hasattr(self.jobs, "stored_result"):  # what the caller keeps of it (a trial array's: no histories)
             result = self.jobs.stored_result(result)
         stopped = bool(result and result.get("stopped"))

@@ -18,7 +18,6 @@ train on.
 
 from __future__ import annotations
 
-import math
 import threading
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from memtrain.config import JobConfig
 from memtrain.errors import MemtrainError
 from memtrain.launch.worker import EXIT, STOP_TRIALS, read_json, request_trial_stop
 from memtrain.memory.trials import array_plan
-from memtrain.scheduling.scheduler import JobConflict
+from memtrain.scheduling.scheduler import JobConflict, finite
 from memtrain.scheduling.store import ACTIVE, JobRow, now
 from memtrain.select import fuse
 from memtrain.select import space as sp
@@ -350,7 +349,7 @@ def sweep_view(svc, sweep_id: str) -> dict | None:
     rep = sw.report(sweep, records, [])
     runs.sort(key=lambda r: r["index"])
     active = any(j.state in ACTIVE for j in jobs)
-    return _finite({**rep, "id": sweep_id, "trials": rec["count"], "skipped": rec["skipped"], "runs": runs,
+    return finite({**rep, "id": sweep_id, "trials": rec["count"], "skipped": rec["skipped"], "runs": runs,
                     "jobs": [j.id for j in jobs], "state": "running" if active else "ended"})
 
 
@@ -369,14 +368,3 @@ def _outcomes(job: JobRow, n: int) -> list:
     if isinstance(outcomes, list) and len(outcomes) == n:
         return outcomes
     return [{"status": "failed", "error": job.reason or job.state, "summary": {}, "train_rows": None}] * n
-
-
-def _finite(value):
-    """NaN and Inf (a diverged trial's losses) as None: JSON answers cannot carry them."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value

@@ -40,17 +40,23 @@ def too_large(limit: int) -> str:
 
 @router.post("/jobs", status_code=201, response_model=models.Submitted, openapi_extra=TOML_OR_JSON)
 async def submit(request: Request, who: str = Depends(user), svc: Service = Depends(service)):
+    return await submitted(request, svc.submit, who)
+
+
+async def submitted(request: Request, submit, who: str):
+    """A job or sweep file's body, read under the size limit, handed to `submit` (Service.submit or
+    submit_sweep) off the event loop (planning loads the data set): a bad file is a 422 in one line,
+    a full disk a 507 (reads go on; nothing stored was touched)."""
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > security.MAX_BODY:
             raise HTTPException(413, too_large(security.MAX_BODY))
     try:
-        # planning loads the data set (once per setting): off the event loop
-        return await asyncio.to_thread(svc.submit, bytes(body), request.headers.get("content-type", ""), who)
+        return await asyncio.to_thread(submit, bytes(body), request.headers.get("content-type", ""), who)
     except planning.SubmissionError as exc:
         raise HTTPException(422, str(exc)) from None
-    except DiskFull as exc:  # reads go on; nothing stored was touched
+    except DiskFull as exc:
         raise HTTPException(507, str(exc)) from None
 
 

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from fastapi import APIRouter, Depends, HTTPException, Request
 
-from memtrain.errors import DiskFull
-from memtrain.service import models, planning, security
+from memtrain.service import models
 from memtrain.service.core import Service
 from memtrain.service.routers.deps import ERRORS, service, user
-from memtrain.service.routers.jobs import CONFLICT, _conflict, too_large
+from memtrain.service.routers.jobs import CONFLICT, _conflict, submitted
 
 # the body is a sweep file with its base job inline: TOML (as `memtrain sweep` reads it) or its JSON form,
 # both parsed into the pydantic SweepSubmission (service/sweeps.py parse)
@@ -28,17 +25,7 @@ async def submit_sweep(request: Request, who: str = Depends(user), svc: Service 
     """Submit a sweep: its trials are planned as jobs; same-shape trials run as one trial array (one
     process, admitted by the array's plan plus one process overhead), the others as lone jobs. A bad
     sweep file, or one whose trials no device holds: 422 with one line, nothing stored."""
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > security.MAX_BODY:
-            raise HTTPException(413, too_large(security.MAX_BODY))
-    try:
-        return await asyncio.to_thread(svc.submit_sweep, bytes(body), request.headers.get("content-type", ""), who)
-    except planning.SubmissionError as exc:
-        raise HTTPException(422, str(exc)) from None
-    except DiskFull as exc:
-        raise HTTPException(507, str(exc)) from None
+    return await submitted(request, svc.submit_sweep, who)
 
 
 @guarded.get("/sweeps/{sweep_id}", response_model=models.SweepReport)
