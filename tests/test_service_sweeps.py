@@ -62,6 +62,7 @@ def test_submit_sweep_runs_arrays_and_lone_trials_each_with_a_run_dir(server, tm
     assert sorted(j["trials"] for j in jobs.values()) == [1, 1, 2]
     array = next(j for j in jobs.values() if j["trials"] == 2)
     assert array["state"] == "succeeded" and array["batch_size"] == 32
+    assert array["progress"]["epoch"] == 2  # the trials' epochs reach the array's progress (memtrain jobs)
     # the array is admitted by its plan (memory/trials.py): both trials' buffers stacked, the data set once
     row = server.service.store.get(array["id"])
     plans = [plan_job(JobConfig.from_dict(c), device_kind="cpu", budget=2 * 1024**3).plan for c in row.config["array"]]

@@ -309,6 +309,9 @@ def _run_array(launch: dict, where: str, stopper: Stopper | None, progress: Prog
             if stopper is not None:
                 stopper.attach(run)
             watcher = TrialStops(run_dir / STOP_TRIALS, run)
+            if progress is not None:  # the trials' epochs into the array's progress.json
+                for job in run.jobs:
+                    job.log.on_event = _array_progress(progress)
 
         outcomes = run_array(cfgs, attach=attach, run_dir=run_dir, log=LogStream(sys.stdout),
                              on_event=None if progress is None else progress.on_event)
@@ -322,6 +325,17 @@ def _run_array(launch: dict, where: str, stopper: Stopper | None, progress: Prog
     if runs and runs[0].stop_reason:  # the whole array stopped (a cancel, a signal): as a stopped lone job says
         result["stopped"] = runs[0].stop_reason
     return ExitCode.OK, None, result, {}
+
+
+def _array_progress(progress: ProgressFile):
+    """A trial's events into the array's progress.json: its epoch and step only (the trials train in
+    step; their losses are each trial's own, in its run dir), so a service shows the array's epoch."""
+
+    def on_event(event: str, fields: dict) -> None:
+        if event != "plan":  # a trial's own plan, not the array's
+            progress.on_event(event, {k: fields[k] for k in ("epoch", "step") if k in fields})
+
+    return on_event
 
 
 STOP_TRIALS = "stop-trials.json"  # in an array's run dir: {"<trial index>": "<reason>"}, the trials to stop
