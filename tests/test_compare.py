@@ -154,7 +154,9 @@ def test_a_compare_that_cannot_fit_says_so_before_any_run(job, tmp_path, monkeyp
     assert not (tmp_path / "out").exists()
 
 
-def test_the_scheduler_gets_each_runs_plan(job, tmp_path, monkeypatch):
+def _sgd_and_adam(job, tmp_path, monkeypatch):
+    """The job file with a 64 MiB limit and a 1 MiB process overhead: its config, the sgd and adam
+    runs' configs, and its data rows."""
     from memtrain.config import load
     from memtrain.train import jobplan
 
@@ -162,7 +164,13 @@ def test_the_scheduler_gets_each_runs_plan(job, tmp_path, monkeypatch):
     job.write_text(JOB.replace("epochs = 3", 'epochs = 3\nmemory_limit = "64MiB"'))
     cfg = load(job)
     configs = {n: cmp.run_config(cfg, n, output_dir=tmp_path, checkpoint_dir=tmp_path / n) for n in ("sgd", "adam")}
-    rows = jobplan.data_rows(cfg)
+    return cfg, configs, jobplan.data_rows(cfg)
+
+
+def test_the_scheduler_gets_each_runs_plan(job, tmp_path, monkeypatch):
+    from memtrain.train import jobplan
+
+    cfg, configs, rows = _sgd_and_adam(job, tmp_path, monkeypatch)
     dev, tasks = cmp.plan_runs(cfg, configs, rows)
     assert (dev.budget_bytes, dev.overhead_bytes, dev.max_jobs) == (64 * 1024**2, 1024**2, 1)
     for t in tasks:
@@ -231,16 +239,11 @@ def test_compare_fuses_by_default_and_every_run_ends_as_with_no_fuse(tmp_path):
 
 
 def test_a_fused_compare_plans_one_task_with_the_arrays_plan(job, tmp_path, monkeypatch):
-    from memtrain.config import load
     from memtrain.memory.trials import array_plan
     from memtrain.select.fuse import ArrayConfig
     from memtrain.train import jobplan
 
-    monkeypatch.setenv("MEMTRAIN_PROCESS_OVERHEAD", str(1024**2))
-    job.write_text(JOB.replace("epochs = 3", 'epochs = 3\nmemory_limit = "64MiB"'))
-    cfg = load(job)
-    configs = {n: cmp.run_config(cfg, n, output_dir=tmp_path, checkpoint_dir=tmp_path / n) for n in ("sgd", "adam")}
-    rows = jobplan.data_rows(cfg)
+    cfg, configs, rows = _sgd_and_adam(job, tmp_path, monkeypatch)
     _, tasks = cmp.plan_runs(cfg, configs, rows, fuse=True, scratch=tmp_path)
     assert len(tasks) == 1 and isinstance(tasks[0].cfg, ArrayConfig)
     plans = [jobplan.plan_job(c, budget=64 * 1024**2, overhead=(1024**2, "given")).plan for c in configs.values()]
