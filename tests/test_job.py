@@ -460,3 +460,20 @@ def test_a_job_process_freezes_its_heap_at_exit():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert int(r.stdout) > 1000  # every object of the interpreter, not a few
+
+
+def test_a_resume_on_another_step_path_warns_how_to_resume_exactly(tmp_path):
+    """training.fused = "auto" picks the path by size (and older versions ran numba by default): a
+    checkpoint of the fused step resumed on the NumPy step says so, and how to resume exactly."""
+    out = io.StringIO()
+    run(config(tmp_path, training={"epochs": 1, "fused": True}), progress=False, stream=io.StringIO(),
+        install_signals=False)
+    run(config(tmp_path, training={"epochs": 2, "fused": False}), log_format="json", progress=False, stream=out,
+        install_signals=False)
+    warnings = [e["message"] for e in map(json.loads, out.getvalue().splitlines()) if e["event"] == "warning"]
+    assert warnings == ["checkpoint: written by the numba step, resumed on the numpy step: the model will not be "
+                        "bit-identical to an uninterrupted run; set training.fused = true to resume exactly"]
+    again = io.StringIO()
+    run(config(tmp_path, training={"epochs": 3, "fused": False}), log_format="json", progress=False, stream=again,
+        install_signals=False)
+    assert '"warning"' not in again.getvalue()  # the same path: nothing to say

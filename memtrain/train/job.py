@@ -310,12 +310,25 @@ class Job:
         arrays, record = found
         tr = self.trainer
         tr.load_state(arrays, record["state"])
+        self._check_kernels(record["state"].get("kernels"))
         self._resumed_record = record
         self.cadence.written(tr.steps, tr.epoch)  # a stop before the next step writes nothing new
         self.state.steps, self.state.epoch = tr.steps, tr.epoch
         self.log("resume", f"resumed   from {self.ckpt_dir / record['npz']}: step {tr.steps}, epoch "
                  f"{tr.epoch + 1}, batch {tr.position}", step=tr.steps, epoch=tr.epoch, position=tr.position)
         return True
+
+    def _check_kernels(self, was: str | None) -> None:
+        """A checkpoint written by another step path (numba, numpy, cuda: training.fused = "auto"
+        decides by size, and older versions ran numba by default) resumes, with a warning that says
+        how to resume exactly. None: a checkpoint of a version that did not record it."""
+        now = self.trainer.kernels.name
+        if was is None or was == now:
+            return
+        fix = {"numba": "; set training.fused = true to resume exactly",
+               "numpy": "; set training.fused = false to resume exactly"}.get(was, "") if now != "cuda" else ""
+        self._warn(f"checkpoint: written by the {was} step, resumed on the {now} step: the model will not be "
+                   f"bit-identical to an uninterrupted run{fix}")
 
     def _start_over(self) -> None:
         """--no-resume over an earlier run: its run directory (or, when that is not a run of its

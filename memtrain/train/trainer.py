@@ -407,6 +407,7 @@ class Trainer:
             "micro_batch_size": self.micro_batch_size,
             "best_loss": None if math.isinf(self.best_loss) else self.best_loss, "best_epoch": self.best_epoch,
             "waited": self.waited, "stopped_early": self.stopped_early, "seed": self.seed,
+            "kernels": self.kernels.name,  # the step's path: a resume on another is not bit-identical
         }
 
     def identity(self) -> dict:
