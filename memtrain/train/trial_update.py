@@ -45,6 +45,7 @@ class Group:
     trials: list
     arrays: list
     idx: np.ndarray
+    device_kernels: object = None  # on a GPU: the launcher's kernels, made at the first step, kept
 
 
 def _key(result, rows: dict):
@@ -117,7 +118,9 @@ def _group_update(results, g: Group, cols: list, lrs: dict) -> None:
         xp = first.backend.xp
         sc[dispatch.on_device(idx[-1], sc), SC_LR] = xp.asarray(np.array(rates, dtype=np.float64))
         idx = np.vstack([idx, np.arange(len(cols), dtype=np.int64)])  # each trial's column of hp
-        kernels = dispatch.DeviceKernels(dispatch.default_launcher(), None, first.spec.dtype.name)
+        if g.device_kernels is None:  # once per group, not every step
+            g.device_kernels = dispatch.DeviceKernels(dispatch.default_launcher(), None, first.spec.dtype.name)
+        kernels = g.device_kernels
     else:
         kernels = first.kernels.cpu.HOST
     first.optimizer.fused_rows(kernels, g.arrays, idx, [(t.optimizer, t.arrays) for t in trainers], rates)
