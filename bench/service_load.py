@@ -17,7 +17,11 @@ into the store before the service starts (finished jobs are what accumulates).
 
 The load requests come from this process: one thread driving 4 keep-alive sockets with
 selectors, each request sent at its time (i / rate) on a free connection and its answer read
-into one buffer; plain polls (no If-None-Match, no Accept-Encoding). It runs on the same
+whole into one buffer. Plain polls (no If-None-Match) that act as the client they claim to be:
+by default `Accept-Encoding: gzip`, as browsers, requests and httpx send, each gzip answer
+inflated; `--encoding identity` sends no Accept-Encoding (the plain 150 KB body each time).
+Like urllib3's pool, a connection the server closed while it sat idle is noticed before it is
+used (a reconnect, counted apart from errors). It runs on the same
 cores as the service and the jobs, so on a small machine its own CPU time (reported, as
 `load_generator` cores) is part of what the jobs lose; it is not the service's cost. Step throughput = steps per epoch
 / the epoch's seconds, from the jobs' JSON log, over the epochs that ended inside the
@@ -36,6 +40,7 @@ import statistics
 import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -146,8 +151,8 @@ def per_request_cpu(s, requests: int) -> dict:
     t0, c0 = time.perf_counter(), cpu_seconds(pid)
     time.sleep(3)
     idle = (cpu_seconds(pid) - c0) / (time.perf_counter() - t0)
-    kinds = {"page": ("/jobs", ""), "not_modified": ("/jobs", f"If-None-Match: {etag}\r\n"),
-             "uncached": (None, "")}
+    kinds = {"page": ("/jobs", ""), "page_gzip": ("/jobs", "Accept-Encoding: gzip\r\n"),
+             "not_modified": ("/jobs", f"If-None-Match: {etag}\r\n"), "uncached": (None, "")}
     out = {"idle_cpu_share": round(idle, 4), "load_average_before": load_average()}
     for k, (path, headers) in kinds.items():
         lat, size = [], 0
@@ -156,7 +161,7 @@ def per_request_cpu(s, requests: int) -> dict:
             t = time.perf_counter()
             status, body, _ = c.get(path or f"/jobs?cursor={10**9 + i}", headers)
             lat.append(time.perf_counter() - t)
-            assert status == (304 if headers else 200), (status, body[:200])
+            assert status == (304 if "If-None" in headers else 200), (status, body[:200])
             size = len(body)
         took = time.perf_counter() - t0
         busy = cpu_seconds(pid) - c0 - idle * took
@@ -167,22 +172,36 @@ def per_request_cpu(s, requests: int) -> dict:
     return out
 
 
+ENCODINGS = {"gzip": "Accept-Encoding: gzip\r\n", "identity": ""}
+
+
 class Lean:
     """One keep-alive connection of the load generator: a prepared GET, the answer read with
-    recv_into into one buffer (no copies of a 146 KB body), its end found from Content-Length."""
+    recv_into into one buffer (no copies of a 150 KB body), its end found from Content-Length;
+    a gzip answer inflated, as an HTTP client does before handing the body over."""
 
     def __init__(self, port: int, request: bytes):
         self.sock, self.request = socket.create_connection(("127.0.0.1", port), timeout=30), request
         self.sock.setblocking(False)
-        self.buf = bytearray(1 << 20)
-        self.have, self.need, self.sent, self.status = 0, None, 0.0, 0
+        self.buf = bytearray(1 << 18)
+        self.have, self.need, self.sent, self.status, self.body = 0, None, 0.0, 0, 0
+
+    def dropped(self) -> bool:
+        """Whether the server closed this idle connection (urllib3's is_connection_dropped: readable = gone)."""
+        try:
+            self.sock.recv(1, socket.MSG_PEEK)  # b"": closed; a byte nobody asked for: not reusable either
+        except BlockingIOError:
+            return False
+        except OSError:
+            pass
+        return True
 
     def send(self) -> None:
         self.have, self.need, self.sent = 0, None, time.perf_counter()
         self.sock.sendall(self.request)  # a few dozen bytes: the socket's buffer takes them at once
 
     def read(self) -> bool:
-        """Take what arrived; True once the whole answer is in."""
+        """Take what arrived; True once the whole answer is in (and inflated, if gzip)."""
         if self.have == len(self.buf):
             self.buf += bytearray(len(self.buf))
         n = self.sock.recv_into(memoryview(self.buf)[self.have:])
@@ -196,17 +215,23 @@ class Lean:
             head = bytes(self.buf[:end])
             m = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
             self.need, self.status = end + 4 + (int(m.group(1)) if m else 0), int(head[9:12])
-        return self.have >= self.need
+            self.gzip = re.search(rb"(?i)\r\ncontent-encoding: *gzip", head) is not None
+            self.start = end + 4
+        if self.have < self.need:
+            return False
+        body = memoryview(self.buf)[self.start:self.need]
+        self.body = len(zlib.decompress(body, 16 + zlib.MAX_WBITS)) if self.gzip else len(body)
+        return True
 
 
-def poll(port: int, path: str, rate: float, seconds: float, connections: int = 4) -> dict:
+def poll(port: int, path: str, rate: float, seconds: float, connections: int = 4, encoding: str = "gzip") -> dict:
     """GET `path` at `rate` per second for `seconds`, on `connections` keep-alive connections
     driven by one thread (selectors): each request leaves at its time on a free connection.
-    Plain polls: no If-None-Match, no Accept-Encoding."""
-    request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+    Plain polls (no If-None-Match); `encoding` gzip: Accept-Encoding: gzip, answers inflated."""
+    request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{ENCODINGS[encoding]}\r\n".encode()
     free = [Lean(port, request) for _ in range(connections)]
     sel = selectors.DefaultSelector()
-    lat, errors, late, i = [], 0, 0, 0
+    lat, errors, late, i, reconnects, wire, body = [], 0, 0, 0, 0, 0, 0
     t0 = time.perf_counter()
     end = t0 + seconds
     while True:
@@ -214,6 +239,9 @@ def poll(port: int, path: str, rate: float, seconds: float, connections: int = 4
         now = time.perf_counter()
         if due < end and due <= now and free:
             c = free.pop()
+            if c.dropped():  # the server ended it while idle (keep-alive timeout): a new one, as a pool does
+                c.sock.close()
+                c, reconnects = Lean(port, request), reconnects + 1
             late += now - due > 0.01
             c.send()
             sel.register(c.sock, selectors.EVENT_READ, c)
@@ -227,6 +255,7 @@ def poll(port: int, path: str, rate: float, seconds: float, connections: int = 4
                 done = c.read()
             except OSError:
                 sel.unregister(c.sock)
+                c.sock.close()
                 errors += 1
                 free.append(Lean(port, request))
                 continue
@@ -234,16 +263,20 @@ def poll(port: int, path: str, rate: float, seconds: float, connections: int = 4
                 sel.unregister(c.sock)
                 lat.append(time.perf_counter() - c.sent)
                 errors += c.status != 200
+                wire, body = c.need - c.start, c.body
                 free.append(c)
     took = time.perf_counter() - t0
     for c in free:
         c.sock.close()
-    return {"path": path, "requests": len(lat), "achieved_rate": round(len(lat) / took, 1), "errors": errors,
-            "late": late, "connections": connections, "p50_ms": round(1000 * pct(lat, 0.5), 2),
-            "p99_ms": round(1000 * pct(lat, 0.99), 2), "max_ms": round(1000 * max(lat), 2)}
+    return {"path": path, "accept_encoding": encoding if encoding != "identity" else None,
+            "answer_bytes": wire, "body_bytes": body,
+            "requests": len(lat), "achieved_rate": round(len(lat) / took, 1), "errors": errors,
+            "reconnects": reconnects, "late": late, "connections": connections,
+            "p50_ms": round(1000 * pct(lat, 0.5), 2), "p99_ms": round(1000 * pct(lat, 0.99), 2),
+            "max_ms": round(1000 * max(lat), 2)}
 
 
-def slowdown(s, rate: float, seconds: float, rounds: int) -> dict:
+def slowdown(s, rate: float, seconds: float, rounds: int, encoding: str = "gzip") -> dict:
     """The probes' steps/s alone, then under `rate` GET /jobs per second, `rounds` times in turn
     (the machine's other load drifts: each round compares neighbouring windows); the median ratio."""
     out = {"rounds": []}
@@ -255,7 +288,7 @@ def slowdown(s, rate: float, seconds: float, rounds: int) -> dict:
         quiet_service = (cpu_seconds(s.proc.pid) - c0) / (time.time() - t0)  # its scheduler, watching two jobs
         quiet = [v for i in probes for v in epochs_in(s.state_dir, i, t0, time.time())]
         t0, c0, b0 = time.time(), cpu_seconds(s.proc.pid), cpu_seconds(os.getpid())
-        r["gets"] = poll(s.port, "/jobs", rate, seconds)
+        r["gets"] = poll(s.port, "/jobs", rate, seconds, encoding=encoding)
         took = time.time() - t0
         # what serving and asking took, in cores: on an otherwise idle machine the jobs could lose no more
         r["cores"] = {"service_quiet": round(quiet_service, 3), "service": round((cpu_seconds(s.proc.pid) - c0) / took, 3),
@@ -278,6 +311,9 @@ def main(argv=None) -> int:
     ap.add_argument("--stored", default="50,300,1000", help="stored job counts to measure GET /jobs at")
     ap.add_argument("--requests", type=int, default=2000, help="GETs of each kind per stored count")
     ap.add_argument("--slowdown-at", type=int, default=300, help="stored jobs during the throughput test")
+    ap.add_argument("--encoding", choices=sorted(ENCODINGS), default="gzip",
+                    help="what the polls accept: gzip (Accept-Encoding: gzip, as browsers, requests and httpx "
+                         "send; each answer inflated) or identity (no Accept-Encoding: the plain body)")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args(argv)
     state = Path(tempfile.mkdtemp(prefix="service-load-")) / "s"
@@ -303,7 +339,7 @@ def main(argv=None) -> int:
             report["get_jobs"][n] = per_request_cpu(s, a.requests)
             if n == a.slowdown_at:
                 report["slowdown"] = {"stored_jobs": n, "rate": a.rate, "seconds": a.seconds,
-                                      **slowdown(s, a.rate, a.seconds, a.rounds)}
+                                      **slowdown(s, a.rate, a.seconds, a.rounds, a.encoding)}
     return report_out(report, a.json)
 
 
