@@ -20,8 +20,8 @@ selectors, each request sent at its time (i / rate) on a free connection and its
 whole into one buffer. Plain polls (no If-None-Match) that act as the client they claim to be:
 by default `Accept-Encoding: gzip`, as browsers, requests and httpx send, each gzip answer
 inflated; `--encoding identity` sends no Accept-Encoding (the plain 150 KB body each time).
-Like urllib3's pool, a connection the server closed while it sat idle is noticed before it is
-used (a reconnect, counted apart from errors). It runs on the same
+Like a client's pool, a connection the server closed while it sat idle is noticed (it turns
+readable) and replaced before it is used (a reconnect, counted apart from errors). It runs on the same
 cores as the service and the jobs, so on a small machine its own CPU time (reported, as
 `load_generator` cores) is part of what the jobs lose; it is not the service's cost. Step throughput = steps per epoch
 / the epoch's seconds, from the jobs' JSON log, over the epochs that ended inside the
@@ -186,16 +186,6 @@ class Lean:
         self.buf = bytearray(1 << 18)
         self.have, self.need, self.sent, self.status, self.body = 0, None, 0.0, 0, 0
 
-    def dropped(self) -> bool:
-        """Whether the server closed this idle connection (urllib3's is_connection_dropped: readable = gone)."""
-        try:
-            self.sock.recv(1, socket.MSG_PEEK)  # b"": closed; a byte nobody asked for: not reusable either
-        except BlockingIOError:
-            return False
-        except OSError:
-            pass
-        return True
-
     def send(self) -> None:
         self.have, self.need, self.sent = 0, None, time.perf_counter()
         self.sock.sendall(self.request)  # a few dozen bytes: the socket's buffer takes them at once
@@ -226,11 +216,25 @@ class Lean:
 
 def poll(port: int, path: str, rate: float, seconds: float, connections: int = 4, encoding: str = "gzip") -> dict:
     """GET `path` at `rate` per second for `seconds`, on `connections` keep-alive connections
-    driven by one thread (selectors): each request leaves at its time on a free connection.
-    Plain polls (no If-None-Match); `encoding` gzip: Accept-Encoding: gzip, answers inflated."""
+    driven by one thread (selectors; each socket registered once): each request leaves at its time
+    on a free connection. Plain polls (no If-None-Match); `encoding` gzip: Accept-Encoding: gzip,
+    answers inflated. A free connection that turns readable was closed by the server while idle
+    (its keep-alive timeout): replaced, as a client's pool does, and counted as a reconnect."""
     request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{ENCODINGS[encoding]}\r\n".encode()
-    free = [Lean(port, request) for _ in range(connections)]
     sel = selectors.DefaultSelector()
+
+    def connect():
+        c = Lean(port, request)
+        sel.register(c.sock, selectors.EVENT_READ, c)
+        return c
+
+    def drop(c):
+        sel.unregister(c.sock)
+        c.sock.close()
+        return connect()
+
+    free = [connect() for _ in range(connections)]
+    busy = set()
     lat, errors, late, i, reconnects, wire, body = [], 0, 0, 0, 0, 0, 0
     t0 = time.perf_counter()
     end = t0 + seconds
@@ -239,28 +243,29 @@ def poll(port: int, path: str, rate: float, seconds: float, connections: int = 4
         now = time.perf_counter()
         if due < end and due <= now and free:
             c = free.pop()
-            if c.dropped():  # the server ended it while idle (keep-alive timeout): a new one, as a pool does
-                c.sock.close()
-                c, reconnects = Lean(port, request), reconnects + 1
             late += now - due > 0.01
             c.send()
-            sel.register(c.sock, selectors.EVENT_READ, c)
+            busy.add(c)
             i += 1
             continue
-        if due >= end and len(free) == connections:
+        if due >= end and not busy:
             break
         for key, _ in sel.select(max(0.0, due - now) if due < end and free else 1.0):
             c = key.data
+            if c not in busy:  # an idle one the server closed
+                free.remove(c)
+                free.append(drop(c))
+                reconnects += 1
+                continue
             try:
                 done = c.read()
             except OSError:
-                sel.unregister(c.sock)
-                c.sock.close()
+                busy.discard(c)
+                free.append(drop(c))
                 errors += 1
-                free.append(Lean(port, request))
                 continue
             if done:
-                sel.unregister(c.sock)
+                busy.discard(c)
                 lat.append(time.perf_counter() - c.sent)
                 errors += c.status != 200
                 wire, body = c.need - c.start, c.body
