@@ -309,7 +309,7 @@ def slowdown(s, rate: float, seconds: float, rounds: int, encoding: str = "gzip"
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     ap.add_argument("--rate", type=float, default=300, help="GET /jobs per second while the probes train")
     ap.add_argument("--seconds", type=float, default=15, help="each throughput window (quiet, loaded)")
     ap.add_argument("--rounds", type=int, default=3, help="quiet/loaded window pairs")
@@ -327,7 +327,8 @@ def main(argv=None) -> int:
     from threadpoolctl import threadpool_info  # noqa: PLC0415
 
     report = {"machine": machine(), "blas": [{k: i.get(k) for k in ("internal_api", "num_threads", "architecture")}
-                                             for i in threadpool_info()], "requests": a.requests}
+                                             for i in threadpool_info()], "requests": a.requests,
+              "polls_accept": "gzip (answers inflated)" if a.encoding == "gzip" else "identity (no Accept-Encoding)"}
     with Serve(state, *args) as s:  # one real finished job: the row the stored copies are made of
         job_id = call(s.url + "/jobs", "POST", {**SMALL, "name": "template"})[1]["id"]
         while call(f"{s.url}/jobs/{job_id}")[1]["state"] in ("queued", "running"):
