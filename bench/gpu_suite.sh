@@ -65,9 +65,11 @@ export -f env_part
 export PY HERE DRY
 run_part env 20 bash -c env_part
 # The same command in both modes, so the dry run collects exactly what the GPU run will (there the
-# gpu tests skip, with the reason). Every test module is imported to find the gpu marks: one that
-# cannot import without an extra (the service's uvicorn) must skip itself, not stop the collection.
-run_part pytest_gpu 140 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests --junitxml "$OUT/pytest_gpu.xml"
+# gpu tests skip, with the reason). Only the modules whose text marks a test `mark.gpu` are collected
+# (tests/conftest.py makes a gpu mark given any other way an error); one of them that cannot import
+# without an extra (the service's uvicorn) must skip itself, not stop the collection.
+mapfile -t GPU_FILES < <(grep -l "mark\.gpu" tests/test_*.py)
+run_part pytest_gpu 140 "$PY" -m pytest -q -m gpu -p no:cacheprovider "${GPU_FILES[@]}" --junitxml "$OUT/pytest_gpu.xml"
 run_part profile 80 "$PY" "$HERE/gpu_profile.py" --out "$OUT/profile.json" --time-limit 75 "${DRYFLAG[@]}"
 run_part autobatch 50 "$PY" "$HERE/gpu_autobatch.py" --out "$OUT/autobatch.json" --time-limit 45 "${DRYFLAG[@]}"
 run_part throughput 110 "$PY" "$HERE/gpu_throughput.py" --out "$OUT/throughput.json" --time-limit 105 "${DRYFLAG[@]}"

@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ _CUDA_MISSING = _cuda_reason()
 
 
 def pytest_collection_modifyitems(config, items):
+    _gpu_marks_are_visible(items)
     if _CUDA_MISSING is None:
         return
     skip = pytest.mark.skip(reason=f"no CUDA device: {_CUDA_MISSING}")
@@ -24,13 +26,33 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def _gpu_marks_are_visible(items):
+    """bench/gpu_suite.sh runs `pytest -m gpu` on the files whose text marks a test `mark.gpu` (collecting
+    every module would cost the short GPU window ~10 s): a gpu test marked some other way would be
+    missed there, so it is an error here."""
+    hidden = {str(i.path) for i in items if i.get_closest_marker("gpu") is not None and "mark.gpu" not in _text(i.path)}
+    if hidden:
+        raise pytest.UsageError(f"gpu-marked tests in files without the text 'mark.gpu': {sorted(hidden)}")
+
+
+_TEXT = {}
+
+
+def _text(path):
+    if path not in _TEXT:
+        _TEXT[path] = Path(path).read_text()
+    return _TEXT[path]
+
+
 _WARMUP = []
 
 
 def _warm_numba_cache() -> None:
-    """Fills numba's cache with every fused CPU kernel from a process of its own (tests/numba_warmup.py),
-    on the core the serial test process leaves idle: ~90 s less of a fresh clone's run."""
-    if _WARMUP:
+    """Fills numba's cache with every fused CPU kernel from a process of its own (tests/numba_warmup.py):
+    ~90 s of one core on a fresh clone that the test processes would otherwise spend compiling, each the
+    kernels its own tests reach. One warm-up per run: under pytest-xdist (`make test`) the controller
+    starts it, never a worker."""
+    if _WARMUP or os.environ.get("PYTEST_XDIST_WORKER"):
         return
     from numba_warmup import lock_numba_cache_writes  # noqa: PLC0415 - numba only for such a run
 

@@ -44,7 +44,8 @@ def _gpu_tests_collected() -> int:
 
 def test_dry_run_runs_every_part_and_writes_json_and_markdown(tmp_path):
     """On a venv without the service extra (hidden here), as on the GPU machine; its pytest part
-    collects exactly the gpu tests the real run collects, and nothing stops the collection."""
+    collects exactly the gpu tests the real run collects (from the files that mark any), and nothing
+    stops the collection."""
     hide = tmp_path / "hide"
     hide.mkdir()
     (hide / "sitecustomize.py").write_text(HIDE_SERVICE_EXTRA)
@@ -73,7 +74,7 @@ def test_dry_run_runs_every_part_and_writes_json_and_markdown(tmp_path):
     assert "**Dry run**" in md and "| throughput | 0 |" in md
     assert "GPU suite" in r.stdout  # the summary is printed too
     log = (out / "pytest_gpu.log").read_text()
-    assert "the service tests need the service extra" in log and "Interrupted" not in log
+    assert "Interrupted" not in log and "error" not in log.lower()
     suite = ET.parse(out / "pytest_gpu.xml").getroot().find("testsuite")
     assert int(suite.get("errors")) == 0 and int(suite.get("failures")) == 0
     skipped_for_cuda = [c for c in suite.iter("testcase") if "no CUDA device" in str(c.find("skipped").get("message"))]
