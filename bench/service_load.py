@@ -3,7 +3,7 @@
 then two training jobs' step throughput while GET /jobs is polled at a fixed rate, against
 the same jobs without load.
 
-    python bench/service_load.py                               # 300 GET /jobs per second, 3 x 15 s
+    python bench/service_load.py                               # 300 GET /jobs per second, 4 x 15 s
     python bench/service_load.py --rate 300 --seconds 20 --stored 50,300,1000 --requests 2000
 
 CPU per request: utime + stime of the `memtrain serve` process (/proc/PID/stat; its jobs
@@ -281,26 +281,38 @@ def poll(port: int, path: str, rate: float, seconds: float, connections: int = 4
             "max_ms": round(1000 * max(lat), 2)}
 
 
+def window(s, probes, seconds: float, load=None) -> tuple:
+    """The probes' steps/s over `seconds` (each epoch that ended in it), and the cores the service and
+    this process (the load generator) took meanwhile; `load`: a function polling for `seconds`."""
+    t0, c0, b0 = time.time(), cpu_seconds(s.proc.pid), cpu_seconds(os.getpid())
+    gets = load() if load else time.sleep(seconds)
+    took = time.time() - t0
+    steps = [v for i in probes for v in epochs_in(s.state_dir, i, t0, time.time())]
+    cores = ((cpu_seconds(s.proc.pid) - c0) / took, (cpu_seconds(os.getpid()) - b0) / took)
+    return statistics.mean(steps), cores, gets
+
+
 def slowdown(s, rate: float, seconds: float, rounds: int, encoding: str = "gzip") -> dict:
-    """The probes' steps/s alone, then under `rate` GET /jobs per second, `rounds` times in turn
-    (the machine's other load drifts: each round compares neighbouring windows); the median ratio."""
+    """The probes' steps/s alone and under `rate` GET /jobs per second, `rounds` times in turn, the
+    quiet window first in even rounds and second in odd ones (the machine's other load drifts: each
+    round compares neighbouring windows, and the order alternates so a steady drift does not favour
+    either); the median ratio."""
     out = {"rounds": []}
     probes = start_probes(s)
-    for _ in range(rounds):
-        r = {"load_average": load_average()}
-        t0, c0 = time.time(), cpu_seconds(s.proc.pid)
-        time.sleep(seconds)
-        quiet_service = (cpu_seconds(s.proc.pid) - c0) / (time.time() - t0)  # its scheduler, watching two jobs
-        quiet = [v for i in probes for v in epochs_in(s.state_dir, i, t0, time.time())]
-        t0, c0, b0 = time.time(), cpu_seconds(s.proc.pid), cpu_seconds(os.getpid())
-        r["gets"] = poll(s.port, "/jobs", rate, seconds, encoding=encoding)
-        took = time.time() - t0
+    for k in range(rounds):
+        r = {"load_average": load_average(), "order": "quiet, polled" if k % 2 == 0 else "polled, quiet"}
+        load = lambda: poll(s.port, "/jobs", rate, seconds, encoding=encoding)  # noqa: E731
+        if k % 2 == 0:
+            quiet, (quiet_service, _), _ = window(s, probes, seconds)
+            loaded, (service, generator), r["gets"] = window(s, probes, seconds, load)
+        else:
+            loaded, (service, generator), r["gets"] = window(s, probes, seconds, load)
+            quiet, (quiet_service, _), _ = window(s, probes, seconds)
         # what serving and asking took, in cores: on an otherwise idle machine the jobs could lose no more
-        r["cores"] = {"service_quiet": round(quiet_service, 3), "service": round((cpu_seconds(s.proc.pid) - c0) / took, 3),
-                      "load_generator": round((cpu_seconds(os.getpid()) - b0) / took, 3)}
-        loaded = [v for i in probes for v in epochs_in(s.state_dir, i, t0, time.time())]
-        r["steps_per_s"] = [round(statistics.mean(quiet), 1), round(statistics.mean(loaded), 1)]
-        r["ratio"] = round(statistics.mean(loaded) / statistics.mean(quiet), 3)
+        r["cores"] = {"service_quiet": round(quiet_service, 3), "service": round(service, 3),
+                      "load_generator": round(generator, 3)}
+        r["steps_per_s"] = [round(quiet, 1), round(loaded, 1)]
+        r["ratio"] = round(loaded / quiet, 3)
         out["rounds"].append(r)
     stop(s, probes)
     out["load_average_after"] = load_average()
@@ -312,7 +324,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     ap.add_argument("--rate", type=float, default=300, help="GET /jobs per second while the probes train")
     ap.add_argument("--seconds", type=float, default=15, help="each throughput window (quiet, loaded)")
-    ap.add_argument("--rounds", type=int, default=3, help="quiet/loaded window pairs")
+    ap.add_argument("--rounds", type=int, default=4, help="quiet/loaded window pairs (the order alternates)")
     ap.add_argument("--stored", default="50,300,1000", help="stored job counts to measure GET /jobs at")
     ap.add_argument("--requests", type=int, default=2000, help="GETs of each kind per stored count")
     ap.add_argument("--slowdown-at", type=int, default=300, help="stored jobs during the throughput test")
