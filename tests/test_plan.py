@@ -28,6 +28,10 @@ def data():
 
 
 def traced_run(sizes, B, optimizer, activation, dropout, X, y, dtype="float32"):
+    # the step's kernels loaded (compiled, on a cold numba cache) before tracing: machine code is the
+    # process's overhead, not the plan's, and which test process compiled them first is a matter of order
+    warm = Trainer(MLP([4, 3, 2], activation=activation, dropout=dropout, dtype=dtype), make_optimizer(optimizer), 2)
+    warm.step(np.zeros((2, 4), dtype), np.zeros(2, int))
     tracemalloc.start()
     try:
         model = MLP(sizes, activation=activation, dropout=dropout, dtype=dtype)
