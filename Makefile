@@ -33,7 +33,9 @@ test: $(TEST_STAMP)
 	$(BIN)/ruff check memtrain tests bench  # the rules kept: [tool.ruff] in pyproject.toml
 	# one test process per core (pytest-xdist, at most 4), each test module whole in one of them: its
 	# module fixtures (a Ray instance, a Prometheus, a service) start once
-	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist loadscope
+	# with bytecode written (Python's default, which some CI images turn off): otherwise each of the
+	# tests' ~hundreds of memtrain subprocesses compiles its ~80 modules from source again
+	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist loadscope
 
 bench: $(TEST_STAMP)
 	$(BIN)/python -m pip install -q 'torch==2.13.0' || echo "torch not installable: running without the peer"

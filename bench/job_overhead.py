@@ -1,7 +1,7 @@
 """A small job's fixed cost: wall time of `memtrain train` against its training time.
 
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/job_overhead.py [--runs 5] [--epochs 100]
-        [--source DIR] [--json PATH]
+    env -u PYTHONDONTWRITEBYTECODE -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE \
+        python bench/job_overhead.py [--runs 5] [--epochs 100] [--intercept] [--source DIR] [--json PATH]
 
 The job is docs/example-job.toml (the digits MLP 64-128-10, Adam, cosine schedule, auto batch,
 checkpoints every 50 steps and at epoch ends (checkpoint.min_interval), metrics on a free port) without early stopping, for
@@ -23,7 +23,15 @@ comes from the JSON log's timestamps (1 ms resolution):
   finish              last epoch's checkpoint -> `summary` (test evaluation, models, run.json, history.csv)
   exit                `summary` -> process exit (exporter stopped, interpreter shut down)
 It prints the median of each over the runs, the ratio overhead / training, the BLAS kernel
-(threadpoolctl) and the load average, which matters on a shared machine.
+(threadpoolctl), whether Python writes bytecode (a user's does; PYTHONDONTWRITEBYTECODE=1 makes
+every run compile memtrain's modules again, ~0.1 s) and the load average, which matters on a
+shared machine.
+
+--intercept: each run is followed by the same job for 1 epoch. What a job pays once, whatever its
+length, is then the intercept of wall time against epochs: per epoch = (wall(N) - wall(1)) / (N - 1)
+(the steps, the validation pass, the history line: all the work an epoch brings), once = wall(1) -
+per epoch; printed as once / (N x per epoch), beside the ratio above (which counts the validation
+passes as overhead, since the epochs' own timings leave them out).
 """
 
 from __future__ import annotations
@@ -105,10 +113,15 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=100)
     ap.add_argument("--source", type=Path, default=ROOT, help="the memtrain checkout to run (default: this one)")
     ap.add_argument("--json", type=Path, help="write every run's figures here")
+    ap.add_argument("--intercept", action="store_true", help="a 1-epoch run after each run: the one-time cost")
     a = ap.parse_args()
+    if a.intercept and a.epochs < 2:
+        ap.error("--intercept needs --epochs of 2 or more")
     source = a.source.resolve()
+    bytecode = "not written (PYTHONDONTWRITEBYTECODE)" if os.environ.get("PYTHONDONTWRITEBYTECODE") else "written"
     print(f"memtrain from {source}; BLAS: {blas()}; "
-          f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}; cores: {os.cpu_count()}")
+          f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}; bytecode {bytecode}; "
+          f"cores: {os.cpu_count()}")
     runs = []
     with tempfile.TemporaryDirectory(prefix="job-overhead-") as tmp:
         d = Path(tmp)
@@ -120,9 +133,14 @@ def main() -> None:
             tag = "warm-up" if i == 0 else f"run {i}"
             print(f"{tag:8s} wall {r['wall']:.2f} s  training {r['training']:.2f} s ({r['epochs']} epochs)  "
                   f"overhead {r['overhead']:.2f} s  load average {load:.1f}")
+            if a.intercept:
+                r["wall_1"] = run_once(job, d / f"run{i}-1", 1, source)["wall"]
+                print(f"{'':8s} wall {r['wall_1']:.2f} s (1 epoch)")
             if i:
                 runs.append(r)
     report(runs)
+    if a.intercept:
+        report_intercept(runs, a.epochs)
     if a.json:
         a.json.write_text(json.dumps({"source": str(source), "blas": blas(), "runs": runs}, indent=1))
 
@@ -137,6 +155,14 @@ def report(runs: list) -> None:
         print(f"    {p:18s} {statistics.median(r['parts'][p] for r in runs):6.2f} s")
     print(f"  overhead / training: {med['overhead'] / med['training']:.2f}x  (median wall - median training; target <= 0.5x)")
     print(f"  load average while running: {min(r['load'] for r in runs):.1f}-{max(r['load'] for r in runs):.1f}")
+
+
+def report_intercept(runs: list, epochs: int) -> None:
+    n, one = statistics.median(r["wall"] for r in runs), statistics.median(r["wall_1"] for r in runs)
+    per_epoch = (n - one) / (epochs - 1)
+    once = one - per_epoch
+    print(f"  by intercept: wall {n:.2f} s ({epochs} epochs), {one:.2f} s (1 epoch): {per_epoch * 1e3:.1f} ms "
+          f"per epoch, {once:.2f} s once; once / {epochs} epochs: {once / (epochs * per_epoch):.2f}x (target <= 0.5x)")
 
 
 if __name__ == "__main__":

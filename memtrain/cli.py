@@ -7,6 +7,7 @@ import sys
 import click
 
 from memtrain import __version__
+from memtrain.cli_lazy import LazyCommands
 from memtrain.cli_types import BATCH, SIZE, FiniteFloat, model_options, plan_options
 from memtrain.errors import ConfigError, ExitCode, MemtrainError
 from memtrain.units import MAX_BATCH
@@ -427,18 +428,14 @@ def predict(model_file, input_file, label_column, out_file, device, batch_size):
     _echo(f"wrote {n:,} predictions to {out_file}")
 
 
-# compare and sweep (model selection) live in their own module
-from memtrain.cli_runs import runs  # noqa: E402
-from memtrain.cli_select import compare, sweep  # noqa: E402
-
-main.add_command(compare)
-main.add_command(sweep)
-main.add_command(runs)
-
-from memtrain.cli_service import COMMANDS as _SERVICE_COMMANDS  # noqa: E402
-
-for _command in _SERVICE_COMMANDS:
-    main.add_command(_command)
+# compare and sweep (model selection), runs, and the service's commands live in their own modules,
+# imported when one of their commands is looked up (`memtrain train` imports none of them)
+main.commands = LazyCommands(main.commands, {
+    "compare": "memtrain.cli_select:compare", "sweep": "memtrain.cli_select:sweep", "runs": "memtrain.cli_runs:runs",
+    **{name: f"memtrain.cli_service:{attr}" for name, attr in (
+        ("serve", "serve"), ("submit", "submit"), ("jobs", "jobs"), ("job", "job"), ("cancel", "cancel"),
+        ("requeue", "requeue"), ("logs", "logs"), ("sweep-status", "sweep_status"))},
+})
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -26,7 +26,9 @@ import multiprocessing as mp
 import os
 import signal
 import socket
+import sys
 import threading
+import types
 
 import numpy as np
 
@@ -146,7 +148,7 @@ def _start_ignoring_sigint(proc) -> None:
     cannot end it with a KeyboardInterrupt traceback. A SIGINT meanwhile reaches the
     job once the mask is restored."""
     if not hasattr(signal, "pthread_sigmask"):  # not POSIX
-        proc.start()
+        _start_without_main(proc)
         return
     old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     # and ignored, where this thread may set it: an ignored signal stays ignored through exec and a
@@ -155,11 +157,24 @@ def _start_ignoring_sigint(proc) -> None:
     main = threading.current_thread() is threading.main_thread()
     handler = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
     try:
-        proc.start()
+        _start_without_main(proc)
     finally:
         if main:
             signal.signal(signal.SIGINT, handler)
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _start_without_main(proc) -> None:
+    """proc.start() with a bare __main__ in sys.modules for the moment it takes: spawn hands the
+    child the job's main module to run first as __mp_main__ (`memtrain train` is memtrain.cli,
+    so the child imported click and every command module, ~45 ms of CPU on a core the job's
+    first epochs want, issue 22); the child needs only this module, which its target names."""
+    real = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        proc.start()
+    finally:
+        sys.modules["__main__"] = real
 
 
 def _child(raw, static_json, job_pid, sock, conn) -> None:  # pragma: no cover - runs in the child

@@ -76,6 +76,36 @@ def test_the_job_does_not_wait_for_the_exporter_process_to_start():
         scrape(ex.port)
 
 
+def test_the_exporter_process_does_not_run_the_jobs_main_module(tmp_path):
+    """spawn would run the job's main module (memtrain.cli under `memtrain train`: click and every
+    command module) in the child first; the child imports only the exporter, and the job's own
+    __main__ is the same module afterwards."""
+    import subprocess
+    import sys
+
+    marker = tmp_path / "main-ran-in-child"
+    script = tmp_path / "jobmain.py"
+    script.write_text(
+        "import sys, urllib.request\n"
+        "if __name__ == '__mp_main__':\n"
+        f"    open({str(marker)!r}, 'w').close()\n"
+        "if __name__ == '__main__':\n"
+        "    from memtrain.exporter import Exporter\n"
+        "    from memtrain.train.state import JobState\n"
+        "    main = sys.modules['__main__']\n"
+        "    ex = Exporter(JobState(job='m'), 0)\n"
+        "    try:\n"
+        "        url = f'http://127.0.0.1:{ex.port}/metrics'\n"
+        "        assert b'memtrain_steps_total' in urllib.request.urlopen(url, timeout=30).read()\n"
+        "    finally:\n"
+        "        ex.stop()\n"
+        "    assert sys.modules['__main__'] is main\n"
+        "    print('served')\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.split() == ["served"], out.stderr
+    assert not marker.exists()
+
+
 def test_port_in_use_is_an_oserror():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))

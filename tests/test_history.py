@@ -37,6 +37,28 @@ def test_append_read_roundtrip_and_run_json(tmp_path):
     assert info["ended"] is None and info["pid"] > 0
 
 
+def test_start_and_finish_make_their_renames_durable_with_one_directory_fsync(tmp_path, monkeypatch):
+    """start() rewrites history.jsonl, history.csv and run.json, finish() run.json and history.csv:
+    one directory fsync each, after the last rename, makes every rename durable (two and one fewer
+    than a sync per file: part of a small job's fixed cost, issue 22)."""
+    from memtrain.train import checkpoint as ckpt
+
+    real, synced = ckpt._fsync_dir, []
+
+    def fsync_dir(directory):
+        synced.append(sorted(p.name for p in directory.iterdir() if not p.name.startswith(".")))
+        real(directory)
+
+    monkeypatch.setattr(ckpt, "_fsync_dir", fsync_dir)
+    h = RunHistory(tmp_path / "r")
+    h.start({"name": "r", "device": "cpu"})
+    assert synced == [["history.csv", "history.jsonl", "run.json"]]
+    h.append(_rec(1, 1.5), durable=False)
+    h.finish("finished")
+    assert len(synced) == 2 and h.info()["state"] == "finished" and len(_csv_rows(tmp_path / "r")) == 1
+    assert h.read()[0]["val_loss"] == 1.5
+
+
 def test_finish_records_best_state_and_csv(tmp_path):
     h = RunHistory(tmp_path)
     h.start({"name": "job", "planned_bytes": 1000})

@@ -21,6 +21,7 @@ LAYERS = [
     ("memtrain.scheduling", 5),
     ("memtrain.select", 6), ("memtrain.service", 6), ("memtrain.render", 6),
     ("memtrain.cli", 7), ("memtrain.cli_select", 7), ("memtrain.cli_types", 7), ("memtrain.cli_runs", 7),
+    ("memtrain.cli_lazy", 7),
     ("memtrain.cli_service", 7), ("memtrain.clidoc", 7), ("memtrain.__main__", 7),
 ]
 

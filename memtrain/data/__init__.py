@@ -14,13 +14,29 @@ and `standardize`; `load` puts them in order; `inputs` reads a saved model's inp
 This facade names what the rest of memtrain uses.
 """
 
-from memtrain.data.dataset import Dataset
-from memtrain.data.idx import IDX_NAME, idx_labels_path
-from memtrain.data.inputs import check_features, load_inputs
-from memtrain.data.load import load_dataset
-from memtrain.data.npzfile import HEADER_ROWS_ABOVE, header_rows, npz_headers
-from memtrain.data.params import OUTPUTS
-from memtrain.data.sources import SOURCE_FORMS, builtin_source
+from __future__ import annotations
 
-__all__ = ["HEADER_ROWS_ABOVE", "IDX_NAME", "OUTPUTS", "SOURCE_FORMS", "Dataset", "builtin_source", "check_features",
-           "header_rows", "idx_labels_path", "load_dataset", "load_inputs", "npz_headers"]
+import importlib
+
+# name -> the module that defines it, imported on first use (PEP 562): `memtrain train` of the
+# bundled digits reads no .npz, CSV or IDX file and so imports none of their readers (issue 22,
+# a small job's start-up)
+_WHERE = {
+    "Dataset": "dataset", "IDX_NAME": "idx", "idx_labels_path": "idx", "check_features": "inputs",
+    "load_inputs": "inputs", "load_dataset": "load", "HEADER_ROWS_ABOVE": "npzfile", "header_rows": "npzfile",
+    "npz_headers": "npzfile", "OUTPUTS": "params", "SOURCE_FORMS": "sources", "builtin_source": "sources",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'memtrain.data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"memtrain.data.{_WHERE[name]}"), name)
+    globals()[name] = value  # the next lookup is a plain global
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))

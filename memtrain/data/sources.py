@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from memtrain.data.csvfile import load_csv
 from memtrain.data.dataset import Raw
-from memtrain.data.digits import load_digits
-from memtrain.data.idx import IDX_NAME, load_idx
-from memtrain.data.npzfile import load_npz
-from memtrain.data.synthetic import load_synthetic
 from memtrain.errors import DataError
+
+# Each reader is imported by the branch that uses it: a job reads one source, and a small job's
+# start-up (issue 22) should not pay for the zip, CSV and IDX readers it never calls.
 
 SOURCE_FORMS = (
     "digits",
@@ -35,9 +33,23 @@ def load_source(source, field: str, label_column, seed: int) -> Raw:
     if not isinstance(source, (str, Path)):
         raise DataError(f"{field}: expected a source string, got {source!r}")
     text = str(source).strip()
-    forms = "; ".join(SOURCE_FORMS)
+    if text == "digits":
+        from memtrain.data.digits import load_digits  # noqa: PLC0415 - see above
+
+        return load_digits()
     if builtin_source(text):
-        return load_digits() if text == "digits" else load_synthetic(text, field, seed)
+        from memtrain.data.synthetic import load_synthetic  # noqa: PLC0415 - see above
+
+        return load_synthetic(text, field, seed)
+    return _load_file(text, field, label_column)
+
+
+def _load_file(text: str, field: str, label_column) -> Raw:
+    from memtrain.data.csvfile import load_csv  # noqa: PLC0415 - see above
+    from memtrain.data.idx import IDX_NAME, load_idx  # noqa: PLC0415 - see above
+    from memtrain.data.npzfile import load_npz  # noqa: PLC0415 - see above
+
+    forms = "; ".join(SOURCE_FORMS)
     if "," in text:
         parts = [p.strip() for p in text.split(",")]
         if len(parts) != 2 or not all(parts):

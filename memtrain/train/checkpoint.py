@@ -99,15 +99,18 @@ def _write_temp(path: Path, write) -> Path:
     return Path(tmp)
 
 
-def atomic_write(path: Path, write) -> None:
-    """Write one file atomically: a reader sees the old file or the whole new one."""
+def atomic_write(path: Path, write, *, sync_dir: bool = True) -> None:
+    """Write one file atomically: a reader sees the old file or the whole new one. sync_dir=False
+    leaves the rename's durability to the caller's next atomic_write in the same directory (one
+    directory fsync makes every rename made in it before durable)."""
     tmp = _write_temp(path, write)
     try:
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    if sync_dir:
+        _fsync_dir(path.parent)
 
 
 def check_creatable(directory) -> Path:

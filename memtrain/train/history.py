@@ -175,7 +175,9 @@ class RunHistory:
         self.dir.mkdir(parents=True, exist_ok=True)
         now = utc_now()
         old = self._lenient_run_json() if resume_from is not None else None
-        kept = self.truncate(resume_from if resume_from is not None else 0)
+        # the history's two files without a directory fsync: run.json's below, in the same directory,
+        # makes all three renames durable (two fsyncs fewer at every job's start, issue 22)
+        kept = self.truncate(resume_from if resume_from is not None else 0, sync_dir=False)
         if resume_from is not None and not kept and fallback:
             for r in fallback:
                 if r.get("epoch", 0) <= resume_from:
@@ -201,7 +203,10 @@ class RunHistory:
         if unknown:
             raise TypeError(f"RunHistory.append: not EpochRecord fields: {', '.join(sorted(unknown))}")
         values.setdefault("time", round(time.time(), 3))
-        row = dataclasses.asdict(EpochRecord(**values))
+        record = EpochRecord(**values)  # the layout's one definition checks the fields
+        # its fields are numbers or None: a shallow read is asdict()'s result without its deep copy
+        # of each value (~0.2 ms of every epoch, issue 22)
+        row = {name: getattr(record, name) for name in EPOCH_FIELDS}
         line = (json.dumps(_clean(row), separators=(",", ":"), allow_nan=False) + "\n").encode()
         fd = os.open(self.jsonl, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
@@ -257,23 +262,24 @@ class RunHistory:
         if b is not None:
             run.update(best_epoch=b["epoch"], best_val_loss=b["val_loss"],
                        **{f"best_val_{k}": b.get(f"val_{k}") for k in SCORES})
-        self._write_run(run)
+        self._write_run(run, sync_dir=False)  # the csv's directory fsync makes both renames durable
         self.write_csv(records)
         return run
 
-    def truncate(self, epoch: int) -> list[dict]:
+    def truncate(self, epoch: int, *, sync_dir: bool = True) -> list[dict]:
         """Keep the records of epochs 1..`epoch` (and drop a torn last line):
-        rewrites history.jsonl and history.csv atomically. Returns the records kept."""
+        rewrites history.jsonl and history.csv atomically. Returns the records kept.
+        sync_dir=False: the caller writes another file of this directory next (atomic_write)."""
         if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
             raise ValueError(f"epoch: expected an integer >= 0, got {epoch!r}")
         kept = self.read(upto_epoch=epoch) if self.jsonl.exists() else []
         data = "".join(json.dumps(r, separators=(",", ":"), allow_nan=False) + "\n" for r in kept).encode()
         self.dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.jsonl, lambda f: f.write(data))
-        self.write_csv(kept)
+        atomic_write(self.jsonl, lambda f: f.write(data), sync_dir=False)  # the csv's makes it durable
+        self.write_csv(kept, sync_dir=sync_dir)
         return kept
 
-    def write_csv(self, records: list[dict] | None = None) -> None:
+    def write_csv(self, records: list[dict] | None = None, *, sync_dir: bool = True) -> None:
         """history.csv from the JSONL (or the given records), replaced atomically."""
         records = self.read() if records is None else records
         buf = io.StringIO()
@@ -281,7 +287,7 @@ class RunHistory:
         w.writeheader()
         for r in records:
             w.writerow({k: "" if r.get(k) is None else r[k] for k in EPOCH_FIELDS})
-        atomic_write(self.csv, lambda f: f.write(buf.getvalue().encode()))
+        atomic_write(self.csv, lambda f: f.write(buf.getvalue().encode()), sync_dir=sync_dir)
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -337,9 +343,9 @@ class RunHistory:
             raise HistoryError(f"{self.run_json}: not a memtrain run file (expected format {FORMAT})")
         return run
 
-    def _write_run(self, run: dict) -> None:
+    def _write_run(self, run: dict, *, sync_dir: bool = True) -> None:
         data = json.dumps(_clean(run), indent=1, allow_nan=False).encode() + b"\n"
-        atomic_write(self.run_json, lambda f: f.write(data))
+        atomic_write(self.run_json, lambda f: f.write(data), sync_dir=sync_dir)
 
 
 def _epoch_record(line: bytes) -> dict | None:

@@ -481,11 +481,12 @@ class Job:
         raw = self._epoch_samples / seconds if seconds > 0 else None  # the epoch's own, for the history
         rate = self._rate.rate(self._epoch_samples, seconds)
         self._epoch_samples = 0
-        self.log("epoch", epoch_line(record, self.cfg.training.epochs, self.peak.peak(), self.plan.total, rate),
+        planned = self.plan.total  # a sum over the plan's buffers: once an epoch
+        self.log("epoch", epoch_line(record, self.cfg.training.epochs, self.peak.peak(), planned, rate),
                  **record, samples_per_second=rate)
         # the epoch's history line first (made durable by the next checkpoint's save): a checkpoint
         # never holds an epoch the history lacks
-        self._append_history(record, steps=tr.steps, samples_per_second=raw, planned_bytes=self.plan.total,
+        self._append_history(record, steps=tr.steps, samples_per_second=raw, planned_bytes=planned,
                             measured_peak_bytes=self.peak.peak())
         del tr.history[:-1]  # the history file holds every epoch: memory stays flat over long runs
         last = tr.epoch >= self.cfg.training.epochs or tr.stopped_early

@@ -13,7 +13,6 @@ optimizer's own business (Optimizer.fused_step, Optimizer.kernel_args).
 
 from __future__ import annotations
 
-from memtrain.kernels import dispatch
 from memtrain.kernels.source import SC_LR
 from memtrain.nn import step
 
@@ -70,6 +69,9 @@ class CudaStep(NumpyStep):
         (a captured step, whose host writes it before each replay: train/graph.py)."""
         if lr is not None:
             arrays["step_scalars"][SC_LR] = lr
+        # imported on the GPU path only: a CPU job generates no CUDA source (a small job's start-up)
+        from memtrain.kernels import dispatch  # noqa: PLC0415
+
         dispatch.optimizer_step(opt, params, grads, arrays, layout, dispatch.default_launcher())
 
 
