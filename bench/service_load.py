@@ -3,7 +3,7 @@
 then two training jobs' step throughput while GET /jobs is polled at a fixed rate, against
 the same jobs without load.
 
-    python bench/service_load.py                               # 300 GET /jobs per second, 3 x 15 s
+    python bench/service_load.py                               # 300 GET /jobs per second, 4 x 15 s
     python bench/service_load.py --rate 300 --seconds 20 --stored 50,300,1000 --requests 2000
 
 CPU per request: utime + stime of the `memtrain serve` process (/proc/PID/stat; its jobs
@@ -17,7 +17,11 @@ into the store before the service starts (finished jobs are what accumulates).
 
 The load requests come from this process: one thread driving 4 keep-alive sockets with
 selectors, each request sent at its time (i / rate) on a free connection and its answer read
-into one buffer; plain polls (no If-None-Match, no Accept-Encoding). It runs on the same
+whole into one buffer. Plain polls (no If-None-Match) that act as the client they claim to be:
+by default `Accept-Encoding: gzip`, as browsers, requests and httpx send, each gzip answer
+inflated; `--encoding identity` sends no Accept-Encoding (the plain 150 KB body each time).
+Like a client's pool, a connection the server closed while it sat idle is noticed (it turns
+readable) and replaced before it is used (a reconnect, counted apart from errors). It runs on the same
 cores as the service and the jobs, so on a small machine its own CPU time (reported, as
 `load_generator` cores) is part of what the jobs lose; it is not the service's cost. Step throughput = steps per epoch
 / the epoch's seconds, from the jobs' JSON log, over the epochs that ended inside the
@@ -36,6 +40,7 @@ import statistics
 import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -146,8 +151,8 @@ def per_request_cpu(s, requests: int) -> dict:
     t0, c0 = time.perf_counter(), cpu_seconds(pid)
     time.sleep(3)
     idle = (cpu_seconds(pid) - c0) / (time.perf_counter() - t0)
-    kinds = {"page": ("/jobs", ""), "not_modified": ("/jobs", f"If-None-Match: {etag}\r\n"),
-             "uncached": (None, "")}
+    kinds = {"page": ("/jobs", ""), "page_gzip": ("/jobs", "Accept-Encoding: gzip\r\n"),
+             "not_modified": ("/jobs", f"If-None-Match: {etag}\r\n"), "uncached": (None, "")}
     out = {"idle_cpu_share": round(idle, 4), "load_average_before": load_average()}
     for k, (path, headers) in kinds.items():
         lat, size = [], 0
@@ -156,7 +161,7 @@ def per_request_cpu(s, requests: int) -> dict:
             t = time.perf_counter()
             status, body, _ = c.get(path or f"/jobs?cursor={10**9 + i}", headers)
             lat.append(time.perf_counter() - t)
-            assert status == (304 if headers else 200), (status, body[:200])
+            assert status == (304 if "If-None" in headers else 200), (status, body[:200])
             size = len(body)
         took = time.perf_counter() - t0
         busy = cpu_seconds(pid) - c0 - idle * took
@@ -167,22 +172,26 @@ def per_request_cpu(s, requests: int) -> dict:
     return out
 
 
+ENCODINGS = {"gzip": "Accept-Encoding: gzip\r\n", "identity": ""}
+
+
 class Lean:
     """One keep-alive connection of the load generator: a prepared GET, the answer read with
-    recv_into into one buffer (no copies of a 146 KB body), its end found from Content-Length."""
+    recv_into into one buffer (no copies of a 150 KB body), its end found from Content-Length;
+    a gzip answer inflated, as an HTTP client does before handing the body over."""
 
     def __init__(self, port: int, request: bytes):
         self.sock, self.request = socket.create_connection(("127.0.0.1", port), timeout=30), request
         self.sock.setblocking(False)
-        self.buf = bytearray(1 << 20)
-        self.have, self.need, self.sent, self.status = 0, None, 0.0, 0
+        self.buf = bytearray(1 << 18)
+        self.have, self.need, self.sent, self.status, self.body = 0, None, 0.0, 0, 0
 
     def send(self) -> None:
         self.have, self.need, self.sent = 0, None, time.perf_counter()
         self.sock.sendall(self.request)  # a few dozen bytes: the socket's buffer takes them at once
 
     def read(self) -> bool:
-        """Take what arrived; True once the whole answer is in."""
+        """Take what arrived; True once the whole answer is in (and inflated, if gzip)."""
         if self.have == len(self.buf):
             self.buf += bytearray(len(self.buf))
         n = self.sock.recv_into(memoryview(self.buf)[self.have:])
@@ -196,17 +205,37 @@ class Lean:
             head = bytes(self.buf[:end])
             m = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
             self.need, self.status = end + 4 + (int(m.group(1)) if m else 0), int(head[9:12])
-        return self.have >= self.need
+            self.gzip = re.search(rb"(?i)\r\ncontent-encoding: *gzip", head) is not None
+            self.start = end + 4
+        if self.have < self.need:
+            return False
+        body = memoryview(self.buf)[self.start:self.need]
+        self.body = len(zlib.decompress(body, 16 + zlib.MAX_WBITS)) if self.gzip else len(body)
+        return True
 
 
-def poll(port: int, path: str, rate: float, seconds: float, connections: int = 4) -> dict:
+def poll(port: int, path: str, rate: float, seconds: float, connections: int = 4, encoding: str = "gzip") -> dict:
     """GET `path` at `rate` per second for `seconds`, on `connections` keep-alive connections
-    driven by one thread (selectors): each request leaves at its time on a free connection.
-    Plain polls: no If-None-Match, no Accept-Encoding."""
-    request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
-    free = [Lean(port, request) for _ in range(connections)]
+    driven by one thread (selectors; each socket registered once): each request leaves at its time
+    on a free connection. Plain polls (no If-None-Match); `encoding` gzip: Accept-Encoding: gzip,
+    answers inflated. A free connection that turns readable was closed by the server while idle
+    (its keep-alive timeout): replaced, as a client's pool does, and counted as a reconnect."""
+    request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{ENCODINGS[encoding]}\r\n".encode()
     sel = selectors.DefaultSelector()
-    lat, errors, late, i = [], 0, 0, 0
+
+    def connect():
+        c = Lean(port, request)
+        sel.register(c.sock, selectors.EVENT_READ, c)
+        return c
+
+    def drop(c):
+        sel.unregister(c.sock)
+        c.sock.close()
+        return connect()
+
+    free = [connect() for _ in range(connections)]
+    busy = set()
+    lat, errors, late, i, reconnects, wire, body = [], 0, 0, 0, 0, 0, 0
     t0 = time.perf_counter()
     end = t0 + seconds
     while True:
@@ -216,53 +245,74 @@ def poll(port: int, path: str, rate: float, seconds: float, connections: int = 4
             c = free.pop()
             late += now - due > 0.01
             c.send()
-            sel.register(c.sock, selectors.EVENT_READ, c)
+            busy.add(c)
             i += 1
             continue
-        if due >= end and len(free) == connections:
+        if due >= end and not busy:
             break
         for key, _ in sel.select(max(0.0, due - now) if due < end and free else 1.0):
             c = key.data
+            if c not in busy:  # an idle one the server closed
+                free.remove(c)
+                free.append(drop(c))
+                reconnects += 1
+                continue
             try:
                 done = c.read()
             except OSError:
-                sel.unregister(c.sock)
+                busy.discard(c)
+                free.append(drop(c))
                 errors += 1
-                free.append(Lean(port, request))
                 continue
             if done:
-                sel.unregister(c.sock)
+                busy.discard(c)
                 lat.append(time.perf_counter() - c.sent)
                 errors += c.status != 200
+                wire, body = c.need - c.start, c.body
                 free.append(c)
     took = time.perf_counter() - t0
     for c in free:
         c.sock.close()
-    return {"path": path, "requests": len(lat), "achieved_rate": round(len(lat) / took, 1), "errors": errors,
-            "late": late, "connections": connections, "p50_ms": round(1000 * pct(lat, 0.5), 2),
-            "p99_ms": round(1000 * pct(lat, 0.99), 2), "max_ms": round(1000 * max(lat), 2)}
+    return {"path": path, "accept_encoding": encoding if encoding != "identity" else None,
+            "answer_bytes": wire, "body_bytes": body,
+            "requests": len(lat), "achieved_rate": round(len(lat) / took, 1), "errors": errors,
+            "reconnects": reconnects, "late": late, "connections": connections,
+            "p50_ms": round(1000 * pct(lat, 0.5), 2), "p99_ms": round(1000 * pct(lat, 0.99), 2),
+            "max_ms": round(1000 * max(lat), 2)}
 
 
-def slowdown(s, rate: float, seconds: float, rounds: int) -> dict:
-    """The probes' steps/s alone, then under `rate` GET /jobs per second, `rounds` times in turn
-    (the machine's other load drifts: each round compares neighbouring windows); the median ratio."""
+def window(s, probes, seconds: float, load=None) -> tuple:
+    """The probes' steps/s over `seconds` (each epoch that ended in it), and the cores the service and
+    this process (the load generator) took meanwhile; `load`: a function polling for `seconds`."""
+    t0, c0, b0 = time.time(), cpu_seconds(s.proc.pid), cpu_seconds(os.getpid())
+    gets = load() if load else time.sleep(seconds)
+    took = time.time() - t0
+    steps = [v for i in probes for v in epochs_in(s.state_dir, i, t0, time.time())]
+    cores = ((cpu_seconds(s.proc.pid) - c0) / took, (cpu_seconds(os.getpid()) - b0) / took)
+    return statistics.mean(steps), cores, gets
+
+
+def slowdown(s, rate: float, seconds: float, rounds: int, encoding: str = "gzip") -> dict:
+    """The probes' steps/s alone and under `rate` GET /jobs per second, `rounds` times in turn, the
+    quiet window first in even rounds and second in odd ones (the machine's other load drifts: each
+    round compares neighbouring windows, and the order alternates so a steady drift does not favour
+    either); the median ratio."""
     out = {"rounds": []}
     probes = start_probes(s)
-    for _ in range(rounds):
-        r = {"load_average": load_average()}
-        t0, c0 = time.time(), cpu_seconds(s.proc.pid)
-        time.sleep(seconds)
-        quiet_service = (cpu_seconds(s.proc.pid) - c0) / (time.time() - t0)  # its scheduler, watching two jobs
-        quiet = [v for i in probes for v in epochs_in(s.state_dir, i, t0, time.time())]
-        t0, c0, b0 = time.time(), cpu_seconds(s.proc.pid), cpu_seconds(os.getpid())
-        r["gets"] = poll(s.port, "/jobs", rate, seconds)
-        took = time.time() - t0
+    for k in range(rounds):
+        r = {"load_average": load_average(), "order": "quiet, polled" if k % 2 == 0 else "polled, quiet"}
+        load = lambda: poll(s.port, "/jobs", rate, seconds, encoding=encoding)  # noqa: E731
+        if k % 2 == 0:
+            quiet, (quiet_service, _), _ = window(s, probes, seconds)
+            loaded, (service, generator), r["gets"] = window(s, probes, seconds, load)
+        else:
+            loaded, (service, generator), r["gets"] = window(s, probes, seconds, load)
+            quiet, (quiet_service, _), _ = window(s, probes, seconds)
         # what serving and asking took, in cores: on an otherwise idle machine the jobs could lose no more
-        r["cores"] = {"service_quiet": round(quiet_service, 3), "service": round((cpu_seconds(s.proc.pid) - c0) / took, 3),
-                      "load_generator": round((cpu_seconds(os.getpid()) - b0) / took, 3)}
-        loaded = [v for i in probes for v in epochs_in(s.state_dir, i, t0, time.time())]
-        r["steps_per_s"] = [round(statistics.mean(quiet), 1), round(statistics.mean(loaded), 1)]
-        r["ratio"] = round(statistics.mean(loaded) / statistics.mean(quiet), 3)
+        r["cores"] = {"service_quiet": round(quiet_service, 3), "service": round(service, 3),
+                      "load_generator": round(generator, 3)}
+        r["steps_per_s"] = [round(quiet, 1), round(loaded, 1)]
+        r["ratio"] = round(loaded / quiet, 3)
         out["rounds"].append(r)
     stop(s, probes)
     out["load_average_after"] = load_average()
@@ -271,13 +321,16 @@ def slowdown(s, rate: float, seconds: float, rounds: int) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     ap.add_argument("--rate", type=float, default=300, help="GET /jobs per second while the probes train")
     ap.add_argument("--seconds", type=float, default=15, help="each throughput window (quiet, loaded)")
-    ap.add_argument("--rounds", type=int, default=3, help="quiet/loaded window pairs")
+    ap.add_argument("--rounds", type=int, default=4, help="quiet/loaded window pairs (the order alternates)")
     ap.add_argument("--stored", default="50,300,1000", help="stored job counts to measure GET /jobs at")
     ap.add_argument("--requests", type=int, default=2000, help="GETs of each kind per stored count")
     ap.add_argument("--slowdown-at", type=int, default=300, help="stored jobs during the throughput test")
+    ap.add_argument("--encoding", choices=sorted(ENCODINGS), default="gzip",
+                    help="what the polls accept: gzip (Accept-Encoding: gzip, as browsers, requests and httpx "
+                         "send; each answer inflated) or identity (no Accept-Encoding: the plain body)")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args(argv)
     state = Path(tempfile.mkdtemp(prefix="service-load-")) / "s"
@@ -286,7 +339,8 @@ def main(argv=None) -> int:
     from threadpoolctl import threadpool_info  # noqa: PLC0415
 
     report = {"machine": machine(), "blas": [{k: i.get(k) for k in ("internal_api", "num_threads", "architecture")}
-                                             for i in threadpool_info()], "requests": a.requests}
+                                             for i in threadpool_info()], "requests": a.requests,
+              "polls_accept": "gzip (answers inflated)" if a.encoding == "gzip" else "identity (no Accept-Encoding)"}
     with Serve(state, *args) as s:  # one real finished job: the row the stored copies are made of
         job_id = call(s.url + "/jobs", "POST", {**SMALL, "name": "template"})[1]["id"]
         while call(f"{s.url}/jobs/{job_id}")[1]["state"] in ("queued", "running"):
@@ -303,7 +357,7 @@ def main(argv=None) -> int:
             report["get_jobs"][n] = per_request_cpu(s, a.requests)
             if n == a.slowdown_at:
                 report["slowdown"] = {"stored_jobs": n, "rate": a.rate, "seconds": a.seconds,
-                                      **slowdown(s, a.rate, a.seconds, a.rounds)}
+                                      **slowdown(s, a.rate, a.seconds, a.rounds, a.encoding)}
     return report_out(report, a.json)
 
 

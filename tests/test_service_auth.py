@@ -59,11 +59,26 @@ def test_every_route_needs_the_token_but_the_documented_open_ones(server):
 
 
 def test_a_cached_answer_still_needs_the_token(server):
-    for _ in range(3):  # the later ones are answered from the view cache, before routing (app.Edge)
+    for _ in range(3):  # the later ones are answered from the view cache by the protocol (app.Replies)
         assert server.request("GET", "/jobs?limit=3", token=TOKEN)[0] == 200
     for token in (None, "wrong-token-0123456789"):
         status, out = server.request("GET", "/jobs?limit=3", token=token)
         assert status == 401 and out["detail"].startswith("unauthorized")
+
+
+def test_an_answer_the_protocol_writes_still_needs_the_token(server):
+    from test_service_encoding import Conn  # noqa: PLC0415 - its raw keep-alive client (urllib closes each)
+
+    conn = Conn(server)
+    try:
+        for _ in range(3):  # kept alive: the later ones are written by the protocol (slow_clients, app.Replies)
+            status, _, body = conn.get("/jobs?limit=3", f"Authorization: Bearer {TOKEN}", "Accept-Encoding: gzip")
+            assert status == 200
+        for auth in ((), ("Authorization: Bearer wrong-token-0123456789",), ("Authorization: Basic x",)):
+            status, _, body = conn.get("/jobs?limit=3", *auth, "Accept-Encoding: gzip")
+            assert status == 401 and json.loads(body)["detail"].startswith("unauthorized")
+    finally:
+        conn.close()
 
 
 def test_submit_needs_the_token_and_writes_nothing_without_it(server):

@@ -294,8 +294,10 @@ def test_headers_sent_slowly_get_408_within_the_timeout(server):
 
 
 def test_a_connection_that_sends_nothing_is_closed_within_the_timeout(server):
+    # closed without a word: a 408 there would be read as the answer to the client's next request
+    # (a pooled connection left idle, then used: the load generator's one error per round)
     reply, took = _raw(server, b"")
-    assert reply.startswith(b"HTTP/1.1 408 ") and 0.9 < took < 4, (reply, took)
+    assert reply == b"" and 0.9 < took < 4, (reply, took)
 
 
 def test_a_prompt_client_keeps_its_connection(server):

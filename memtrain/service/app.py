@@ -19,7 +19,7 @@ from memtrain.errors import MemtrainError
 from memtrain.service import apidocs, security
 from memtrain.service.core import Service, Settings
 from memtrain.service.routers import jobs, status, sweeps
-from memtrain.service.routers.deps import answer
+from memtrain.service.routers.deps import answer, answer_bytes
 from memtrain.service.view_cache import ViewCache
 
 # no token: see docs/service.md; /docs-assets/{name}: Swagger UI's own files (apidocs.py)
@@ -41,23 +41,46 @@ class BodyLimit:
         return await self.app(scope, receive, send)
 
 
-class Edge:
-    """A GET that repeats an earlier one (the same path and query string) while the answer cached
-    for it stands is answered here, before routing, parsing and validation: the poll of a status
-    page or a dashboard costs a dict lookup and a few stat()s. Only with the token, checked by the
-    same security.token_ok as every route; anything else goes on to the app (ASGI middleware)."""
+class Replies:
+    """Which GETs are answered before routing: one that repeats an earlier one (the same path and
+    query string) while the answer cached for it stands, with the token (security.token_ok, as
+    every route checks it). The poll of a status page or a dashboard then costs a dict lookup and
+    a few stat()s (its body gzip-compressed once per change for a client that accepts it)."""
 
-    def __init__(self, app, views: ViewCache, token):
-        self.app, self.views, self.token = app, views, token
+    def __init__(self, views: ViewCache, token):
+        self.views, self.token = views, token
+
+    def find(self, path: str, query: bytes, headers) -> tuple | None:
+        """(If-None-Match, the entry, Accept-Encoding) for a GET answered here, else None;
+        `headers`: the request's (lower-case name, value) byte pairs."""
+        entry = self.views.for_request(path, query)
+        if entry is None:
+            return None
+        found = dict(headers)
+        auth, tag, encodings = found.get(b"authorization"), found.get(b"if-none-match"), found.get(b"accept-encoding")
+        if not security.token_ok(self.token, auth.decode("latin-1") if auth else None):
+            return None
+        return (tag.decode("latin-1") if tag else None, entry, encodings.decode("latin-1") if encodings else None)
+
+    def reply(self, path: str, query: bytes, headers) -> tuple | None:
+        """The answer's bytes (deps.answer_bytes) for slow_clients' protocol, which writes it without
+        the ASGI round (a task, six middlewares, a Response: most of a cached poll's CPU), else None."""
+        found = self.find(path, query, headers)
+        return None if found is None else answer_bytes(*found)
+
+
+class Edge:
+    """The same answers (Replies) as ASGI middleware, for a request the protocol did not answer itself
+    (a server other than `memtrain serve`'s, a pipelined request, a client not reading its answers)."""
+
+    def __init__(self, app, replies: Replies):
+        self.app, self.replies = app, replies
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and scope["method"] == "GET":
-            entry = self.views.for_request(scope["path"], scope["query_string"])
-            if entry is not None:
-                headers = dict(scope["headers"])
-                auth, tag = headers.get(b"authorization"), headers.get(b"if-none-match")
-                if security.token_ok(self.token, auth.decode("latin-1") if auth else None):
-                    return await answer(tag.decode("latin-1") if tag else None, entry)(scope, receive, send)
+            found = self.replies.find(scope["path"], scope["query_string"], scope["headers"])
+            if found is not None:
+                return await answer(*found)(scope, receive, send)
         return await self.app(scope, receive, send)
 
 
@@ -76,8 +99,9 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
     apidocs.add_docs(app, "memtrain serve")  # /docs with Swagger UI served from the package: no CDN
     app.state.service, app.state.settings = service, settings  # what routers.deps injects
     app.state.views = ViewCache(service.store)
+    app.state.replies = Replies(app.state.views, settings.token)  # server.uvicorn_config hands it to the protocol
     app.add_middleware(BodyLimit, limit=security.MAX_BODY)
-    app.add_middleware(Edge, views=app.state.views, token=settings.token)
+    app.add_middleware(Edge, replies=app.state.replies)
 
     _error_handlers(app)
     for router in (status.router, jobs.router, jobs.guarded, sweeps.router, sweeps.guarded, status.guarded):

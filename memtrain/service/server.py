@@ -89,13 +89,14 @@ def run(*, log_level="info", echo=print, **options) -> None:
 
 def uvicorn_config(app, settings, **options):
     """uvicorn's settings for the service (its tests start it with the same): each request must
-    arrive in full within settings.request_timeout seconds."""
+    arrive in full within settings.request_timeout seconds, and the GETs the view cache holds are
+    answered by the protocol itself (app.Replies)."""
     import uvicorn  # noqa: PLC0415
 
     from memtrain.service.slow_clients import protocol  # noqa: PLC0415 - uvicorn's httptools protocol
 
-    return uvicorn.Config(app, host=settings.host, port=settings.port, http=protocol(settings.request_timeout),
-                          **options)
+    return uvicorn.Config(app, host=settings.host, port=settings.port,
+                          http=protocol(settings.request_timeout, getattr(app.state, "replies", None)), **options)
 
 
 def _say_users(settings, echo) -> None:

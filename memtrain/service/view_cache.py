@@ -5,7 +5,8 @@ A view is a function of the store and of the running jobs' progress files (and, 
 the store's write counter, the progress files' mtimes and, where given, a maximum age
 say nothing changed; a poll then costs a few stat() calls, not a query, a view per job
 and a serialisation. Each answer carries an ETag, and a client that sends it back in
-If-None-Match gets 304 with no body.
+If-None-Match gets 304 with no body. An entry also keeps its body gzip-compressed, made
+the first time a client that accepts gzip asks for it (encoding.py): once per change.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from memtrain.service import encoding
 
 PROGRESS_SLACK = 1.0  # seconds an answer stands without checking the running jobs' progress files
 
@@ -30,6 +33,17 @@ class Entry:
     stamps: tuple  # (path, mtime_ns) of each watched file, None for a missing one
     made: float
     max_age: float | None  # seconds; None: until the store or a watched file changes
+    packed: dict = field(default_factory=dict, compare=False, repr=False)  # "gzip": the compressed body, once made
+
+    def compressible(self) -> bool:
+        return len(self.body) >= encoding.MIN_SIZE
+
+    def gzipped(self) -> bytes:
+        """The body gzip-compressed, made on the first call (two threads racing both make the same bytes)."""
+        packed = self.packed.get("gzip")
+        if packed is None:
+            packed = self.packed["gzip"] = encoding.gzip(self.body)
+        return packed
 
 
 def etag(*parts: bytes) -> str:
@@ -107,9 +121,10 @@ class ViewCache:
         return e
 
 
-def not_modified(if_none_match: str | None, etag: str) -> bool:
-    """If-None-Match (RFC 9110 13.1.2): '*' or a list of tags, weak ones compared weakly."""
+def not_modified(if_none_match: str | None, *etags: str) -> bool:
+    """If-None-Match (RFC 9110 13.1.2): '*' or a list of tags, weak ones compared weakly; `etags`:
+    the tags of the answer's representations (plain, gzip), any of which the client may hold."""
     if not if_none_match:
         return False
     tags = [t.strip().removeprefix("W/") for t in if_none_match.split(",")]
-    return "*" in tags or etag in tags
+    return "*" in tags or any(tag in tags for tag in etags)
