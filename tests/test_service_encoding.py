@@ -180,3 +180,19 @@ def test_accept_encoding_is_read_as_rfc_9110_says(header, expected):
 def test_gzip_is_the_same_bytes_each_time():
     body = json.dumps([{"id": i} for i in range(500)]).encode()
     assert encoding.gzip(body) == encoding.gzip(body) and gzip.decompress(encoding.gzip(body)) == body
+
+
+def test_a_uvicorn_whose_protocol_differs_answers_through_the_app(server, by_protocol, monkeypatch):
+    """The protocol's own answers read uvicorn's internals (its parser, pipeline, flow, cycle): where
+    one is missing (another uvicorn), the cached views are answered by the app, the same bytes."""
+    cls = server.server.config.http
+    monkeypatch.setattr(cls, "replies", cls.replies)  # put back after the test (the fallback clears it)
+    monkeypatch.setattr(cls, "_reply", lambda self: self.an_internal_this_uvicorn_lacks)
+    c = Conn(server)
+    try:
+        answers = [c.get("/jobs?limit=7") for _ in range(3)]
+    finally:
+        c.close()
+    assert [a[0] for a in answers] == [200] * 3 and answers[1][2] == answers[2][2] == answers[0][2]
+    assert len(json.loads(answers[2][2])) == 7
+    assert by_protocol == [] and cls.replies is None
