@@ -22,13 +22,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import multiprocessing as mp
+import mmap
 import os
+import select
 import signal
 import socket
+import subprocess
 import sys
+import tempfile
 import threading
-import types
 
 import numpy as np
 
@@ -92,48 +94,98 @@ class Exporter:
 
     `trials`, [(name, JobState)]: a trial array's exporter (one for the array's one process), whose
     scrape has every trial's training series labelled `trial` (metrics.JobCollector); `state` is
-    the array's own (its memory and identity). publish(state) ships that one of them."""
+    the array's own (its memory and identity). publish(state) ships that one of them.
+
+    The child is a plain `python -m memtrain.exporter` (subprocess), not a multiprocessing one:
+    spawn cost the job ~50 ms of imports (multiprocessing, its spawn and resource tracker) and
+    started a second process (the resource tracker) beside the exporter; the shared numbers are a
+    memfd (or an unlinked temporary file) mapped by both, the listening socket and a socketpair
+    (ready / stop; end of file when the job dies) are passed as file descriptors."""
 
     def __init__(self, state: JobState, port: int, host: str = "127.0.0.1", trials=()):
-        ctx = mp.get_context("spawn")  # not fork: the job may already run BLAS and CUDA threads
         self._states = [state, *(t for _, t in trials)]
         self._slot = {id(st): i for i, st in enumerate(self._states)}
-        self._raw = ctx.RawArray("d", _SIZE * len(self._states))
-        self._arr = np.frombuffer(self._raw, dtype=np.float64).reshape(len(self._states), _SIZE)
-        for st, row in zip(self._states, self._arr, strict=True):
-            _pack(st, row)
-        static = [{k: getattr(st, k) for k in STATIC} for st in self._states]
-        names = [str(name) for name, _ in trials]
+        static = json.dumps({"states": [{k: getattr(st, k) for k in STATIC} for st in self._states],
+                             "trials": [str(name) for name, _ in trials]}).encode()
         sock = listen(host, port)  # OSError (a port in use) here, in the job, before anything starts
         self.port = sock.getsockname()[1]
-        self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_child, args=(self._raw, json.dumps({"states": static, "trials": names}),
-                                                      os.getpid(), sock, child),
-                                 name="memtrain-exporter", daemon=True)
+        shared = child = None
         try:
-            _start_ignoring_sigint(self._proc)  # the child gets its own copy of the socket
+            shared, self._arr = _shared_rows(len(self._states), static)
+            for st, row in zip(self._states, self._arr, strict=True):
+                _pack(st, row)
+            self._conn, child = socket.socketpair()
+            fds = (shared.fileno(), sock.fileno(), child.fileno())
+            cmd = [sys.executable, "-m", "memtrain.exporter", *map(str, fds), str(os.getpid()),
+                   str(len(self._states)), str(len(static))]
+            path = os.pathsep.join(filter(None, (_PACKAGE_ROOT, os.environ.get("PYTHONPATH"))))
+            self._proc = _start_ignoring_sigint(lambda: subprocess.Popen(
+                cmd, pass_fds=fds, env={**os.environ, "PYTHONPATH": path}, stdin=subprocess.DEVNULL))
+        except BaseException:
+            if getattr(self, "_conn", None) is not None:
+                self._conn.close()
+            raise
         finally:
-            sock.close()
-            child.close()
+            for f in (shared, sock, child):
+                if f is not None:
+                    f.close()  # the child holds its own copies
+        _yield_to_the_job(self._proc.pid)
 
     def publish(self, state: JobState) -> None:
         _pack(state, self._arr[self._slot[id(state)]])  # one of the states it was built with
+
+    def ready(self) -> bool:
+        """Whether the child serves yet (it says so once; an exited child reads as ready too)."""
+        return bool(select.select([self._conn], [], [], 0)[0])
 
     def stop(self) -> None:
         """Ends the exporter process. One still starting (it has served nothing yet: it says
         "ready" once it serves) is terminated, so a short job never waits for its imports."""
         try:
-            ready = self._conn.poll(0)
-            self._conn.send("stop")
-        except (OSError, BrokenPipeError):
-            ready = True  # it has exited already: join() returns at once
+            ready = self.ready()
+            self._conn.sendall(b"s")
+        except OSError:
+            ready = True  # it has exited already: wait() returns at once
         if not ready:
             self._proc.terminate()
-        self._proc.join(5)
-        if self._proc.is_alive():
+        try:
+            self._proc.wait(5)
+        except subprocess.TimeoutExpired:
             self._proc.terminate()
-            self._proc.join(5)
+            self._proc.wait(5)
         self._conn.close()
+
+
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the child imports this memtrain
+
+
+def _shared_rows(rows: int, static: bytes):
+    """(an open file, rows x _SIZE float64 mapped from it, shared with the child), the static JSON after them."""
+    nbytes = rows * _SIZE * 8
+    if hasattr(os, "memfd_create"):
+        f = open(os.memfd_create("memtrain-exporter"), "r+b")  # noqa: SIM115 - closed once the child has it
+    else:  # not Linux: an unlinked temporary file (page cache)
+        f = tempfile.TemporaryFile()  # noqa: SIM115
+    f.truncate(nbytes + len(static))
+    f.seek(nbytes)
+    f.write(static)
+    f.flush()
+    view = mmap.mmap(f.fileno(), nbytes + len(static))
+    return f, np.frombuffer(view, dtype=np.float64, count=rows * _SIZE).reshape(rows, _SIZE)
+
+
+EXPORTER_NICENESS = 10
+
+
+def _yield_to_the_job(pid: int) -> None:
+    """The exporter at a lower CPU priority than the job (nice + EXPORTER_NICENESS): its start (an
+    interpreter, NumPy, prometheus_client: ~0.2 s of CPU) and its scrapes run on the cores the job's
+    BLAS threads want, and when both want a core the job's steps go first (issue 22: the exporter off
+    the critical path). A scrape takes it ~1 ms; at nice 10 it still gets a tenth of a contended core."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, pid, min(19, os.getpriority(os.PRIO_PROCESS, 0) + EXPORTER_NICENESS))
+    except (AttributeError, OSError):  # not POSIX, or not allowed: it runs at the job's priority, as before
+        pass
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -142,42 +194,25 @@ def listen(host: str, port: int) -> socket.socket:
     return socket.create_server((host, port), family=family, backlog=64)
 
 
-def _start_ignoring_sigint(proc) -> None:
-    """proc.start() with SIGINT blocked in this thread: the child inherits the blocked mask
-    through fork and exec, so a Ctrl-C while it imports (before _child ignores SIGINT)
-    cannot end it with a KeyboardInterrupt traceback. A SIGINT meanwhile reaches the
-    job once the mask is restored."""
+def _start_ignoring_sigint(start):
+    """start() with SIGINT blocked in this thread, and ignored where this thread may set it: the
+    child inherits the blocked mask and the ignored disposition through fork and exec, so a
+    Ctrl-C while it imports (before it ignores SIGINT itself) cannot end it with a
+    KeyboardInterrupt traceback. A SIGINT meanwhile reaches the job once the mask is restored."""
     if not hasattr(signal, "pthread_sigmask"):  # not POSIX
-        _start_without_main(proc)
-        return
+        return start()
     old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    # and ignored, where this thread may set it: an ignored signal stays ignored through exec and a
-    # Python started so installs no KeyboardInterrupt handler (the blocked mask alone did not keep
-    # a Ctrl-C in the first ~0.1 s out of the spawned interpreter's start-up)
     main = threading.current_thread() is threading.main_thread()
     handler = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
     try:
-        _start_without_main(proc)
+        return start()
     finally:
         if main:
             signal.signal(signal.SIGINT, handler)
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
-def _start_without_main(proc) -> None:
-    """proc.start() with a bare __main__ in sys.modules for the moment it takes: spawn hands the
-    child the job's main module to run first as __mp_main__ (`memtrain train` is memtrain.cli,
-    so the child imported click and every command module, ~45 ms of CPU on a core the job's
-    first epochs want, issue 22); the child needs only this module, which its target names."""
-    real = sys.modules["__main__"]
-    sys.modules["__main__"] = types.ModuleType("__main__")
-    try:
-        proc.start()
-    finally:
-        sys.modules["__main__"] = real
-
-
-def _child(raw, static_json, job_pid, sock, conn) -> None:  # pragma: no cover - runs in the child
+def _child(shared_fd, sock_fd, conn_fd, job_pid, rows, static_len) -> None:  # pragma: no cover - the child
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the job, which stops this process
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by the parent; now ignored
@@ -185,9 +220,11 @@ def _child(raw, static_json, job_pid, sock, conn) -> None:  # pragma: no cover -
 
     from memtrain.metrics import JobCollector, serve_socket  # noqa: PLC0415
 
-    static = json.loads(static_json)
+    nbytes = rows * _SIZE * 8
+    view = mmap.mmap(shared_fd, nbytes + static_len)
+    static = json.loads(view[nbytes:])
     states = [JobState(**st) for st in static["states"]]
-    arr = np.frombuffer(raw, dtype=np.float64).reshape(len(states), _SIZE)
+    arr = np.frombuffer(view, dtype=np.float64, count=rows * _SIZE).reshape(rows, _SIZE)
 
     class MirrorCollector(JobCollector):
         def collect(self):
@@ -198,13 +235,18 @@ def _child(raw, static_json, job_pid, sock, conn) -> None:  # pragma: no cover -
     registry = CollectorRegistry()
     registry.register(MirrorCollector(states[0], pid=job_pid, trials=list(zip(static["trials"], states[1:],
                                                                              strict=True))))
-    server, _ = serve_socket(sock, registry)
+    conn = socket.socket(fileno=conn_fd)
+    server, _ = serve_socket(socket.socket(fileno=sock_fd), registry)
     try:
-        conn.send("ready")
-        conn.recv()  # "stop", or EOFError when the job has died
-    except (EOFError, OSError):
+        conn.sendall(b"r")
+        conn.recv(1)  # "s" (stop), or end of file when the job has died
+    except OSError:
         pass
     # no server.shutdown() and no interpreter teardown: they cost the job's stop() 0.5 s (serve_forever's
     # poll interval) and 0.1 s; this process has nothing to flush, its serving thread ends with it
     server.server_close()
     os._exit(0)
+
+
+if __name__ == "__main__":  # pragma: no cover - the child: python -m memtrain.exporter FDS... PID ROWS LEN
+    _child(*map(int, sys.argv[1:7]))
