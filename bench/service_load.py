@@ -58,7 +58,8 @@ def pct(values, q):
 
 
 def epochs_in(state_dir: Path, job_id: str, t0: float, t1: float) -> list:
-    """steps/s of each epoch of the job that ended within [t0, t1]."""
+    """steps/s of each epoch of the job that ran wholly within [t0, t1] (one that began in the window
+    before would credit the window with time it was not measuring)."""
     steps_per_epoch = None
     out = []
     for line in (state_dir / "jobs" / job_id / "job.log").read_text().splitlines():
@@ -68,7 +69,7 @@ def epochs_in(state_dir: Path, job_id: str, t0: float, t1: float) -> list:
             continue
         if rec.get("event") == "data":
             steps_per_epoch = -(-rec["train"] // PROBE["training"]["batch_size"])
-        if rec.get("event") == "epoch" and t0 <= rec["time"] <= t1 and rec.get("seconds"):
+        if rec.get("event") == "epoch" and rec.get("seconds") and t0 <= rec["time"] - rec["seconds"] and rec["time"] <= t1:
             out.append(steps_per_epoch / rec["seconds"])
     return out
 

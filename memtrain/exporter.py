@@ -5,7 +5,7 @@ from the training step (measured: docs/benchmarks.md). Here the job writes its
 JobState's numbers into a shared array after each step (a few microseconds),
 and a separate process serves /metrics from them with the same JobCollector,
 measuring the job's RSS and NVML usage by its pid. The exporter process exits
-when the job stops it, or when the job dies (its end of the pipe closes). It
+when the job stops it, or when the job dies (its end of the socketpair closes). It
 ignores SIGINT: a terminal's Ctrl-C reaches the whole process group, and the
 job, which checkpoints first, is the one to stop it.
 
@@ -24,8 +24,8 @@ import json
 import math
 import mmap
 import os
-import select
 import signal
+import site
 import socket
 import subprocess
 import sys
@@ -116,11 +116,11 @@ class Exporter:
                 _pack(st, row)
             self._conn, child = socket.socketpair()
             fds = (shared.fileno(), sock.fileno(), child.fileno())
-            cmd = [sys.executable, "-m", "memtrain.exporter", *map(str, fds), str(os.getpid()),
+            # -P: not the working directory first on sys.path (a memtrain/ there is not the job's)
+            cmd = [sys.executable, "-P", "-m", "memtrain.exporter", *map(str, fds), str(os.getpid()),
                    str(len(self._states)), str(len(static))]
-            path = os.pathsep.join(filter(None, (_PACKAGE_ROOT, os.environ.get("PYTHONPATH"))))
             self._proc = _start_ignoring_sigint(lambda: subprocess.Popen(
-                cmd, pass_fds=fds, env={**os.environ, "PYTHONPATH": path}, stdin=subprocess.DEVNULL))
+                cmd, pass_fds=fds, env=_child_env(), stdin=subprocess.DEVNULL))
         except BaseException:
             if getattr(self, "_conn", None) is not None:
                 self._conn.close()
@@ -136,7 +136,11 @@ class Exporter:
 
     def ready(self) -> bool:
         """Whether the child serves yet (it says so once; an exited child reads as ready too)."""
-        return bool(select.select([self._conn], [], [], 0)[0])
+        try:
+            self._conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)  # b"r", or b"" at its exit
+        except BlockingIOError:
+            return False
+        return True
 
     def stop(self) -> None:
         """Ends the exporter process. One still starting (it has served nothing yet: it says
@@ -151,12 +155,21 @@ class Exporter:
         try:
             self._proc.wait(5)
         except subprocess.TimeoutExpired:
-            self._proc.terminate()
-            self._proc.wait(5)
+            self._proc.kill()
+            self._proc.wait()
         self._conn.close()
 
 
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the child imports this memtrain
+
+
+def _child_env() -> dict:
+    """The job's environment, with the directory this memtrain was imported from first on PYTHONPATH
+    unless it is a site directory the child's interpreter searches anyway (a checkout run from its
+    root, or a test that put it on sys.path)."""
+    if _PACKAGE_ROOT in {*site.getsitepackages(), site.getusersitepackages()}:
+        return dict(os.environ)
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (_PACKAGE_ROOT, os.environ.get("PYTHONPATH"))))}
 
 
 def _shared_rows(rows: int, static: bytes):

@@ -52,7 +52,7 @@ def _warm_numba_cache() -> None:
     ~90 s of one core on a fresh clone that the test processes would otherwise spend compiling, each the
     kernels its own tests reach. One warm-up per run: under pytest-xdist (`make test`) the controller
     starts it, never a worker."""
-    if _WARMUP or os.environ.get("PYTEST_XDIST_WORKER"):
+    if _WARMUP:
         return
     from numba_warmup import lock_numba_cache_writes  # noqa: PLC0415 - numba only for such a run
 
@@ -69,13 +69,27 @@ def pytest_sessionstart(session):
     """A run of the whole directory (or of test_cpu_kernels.py, which compiles every kernel) starts
     the warm-up before collecting, which takes a while itself."""
     opt, here = session.config.option, Path(__file__).parent
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # compiles beside the other workers (and the warm-up)
+        _lock_numba_cache_writes()
+        return
     if opt.collectonly or opt.keyword or opt.markexpr:
         return
     if any(Path(a.split("::")[0]).resolve() in (here, here / "test_cpu_kernels.py") for a in session.config.args):
         _warm_numba_cache()
 
 
+def _lock_numba_cache_writes() -> None:
+    from numba_warmup import lock_numba_cache_writes  # noqa: PLC0415 - numba only for such a run
+
+    try:
+        lock_numba_cache_writes()
+    except ImportError:  # no numba: nothing is compiled
+        pass
+
+
 def pytest_collection_finish(session):
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
     if not session.config.option.collectonly and any(i.path.name == "test_cpu_kernels.py" for i in session.items):
         _warm_numba_cache()
 

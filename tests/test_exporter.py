@@ -3,6 +3,7 @@
 import os
 import socket
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -78,34 +79,49 @@ def test_the_job_does_not_wait_for_the_exporter_process_to_start():
         scrape(ex.port)
 
 
-def test_the_exporter_process_does_not_run_the_jobs_main_module(tmp_path):
-    """spawn would run the job's main module (memtrain.cli under `memtrain train`: click and every
-    command module) in the child first; the child imports only the exporter, and the job's own
-    __main__ is the same module afterwards."""
+def test_the_exporter_child_runs_only_the_exporter_and_ends_with_a_killed_job(tmp_path):
+    """The child is `python -P -m memtrain.exporter` (not the job's main module, nor a memtrain/ in
+    the working directory), and a job killed by SIGKILL, which stops nothing, takes its exporter
+    with it (end of file on the socketpair) instead of leaving a process serving stale numbers."""
+    import signal
     import subprocess
     import sys
+    import time
 
-    marker = tmp_path / "main-ran-in-child"
-    script = tmp_path / "jobmain.py"
-    script.write_text(
-        "import sys, urllib.request\n"
-        "if __name__ == '__mp_main__':\n"
-        f"    open({str(marker)!r}, 'w').close()\n"
-        "if __name__ == '__main__':\n"
-        "    from memtrain.exporter import Exporter\n"
-        "    from memtrain.train.state import JobState\n"
-        "    main = sys.modules['__main__']\n"
-        "    ex = Exporter(JobState(job='m'), 0)\n"
-        "    try:\n"
-        "        url = f'http://127.0.0.1:{ex.port}/metrics'\n"
-        "        assert b'memtrain_steps_total' in urllib.request.urlopen(url, timeout=30).read()\n"
-        "    finally:\n"
-        "        ex.stop()\n"
-        "    assert sys.modules['__main__'] is main\n"
-        "    print('served')\n")
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0 and out.stdout.split() == ["served"], out.stderr
-    assert not marker.exists()
+    (tmp_path / "memtrain").mkdir()  # a shadowing package where the job runs: the child must not import it
+    (tmp_path / "memtrain" / "__init__.py").write_text("raise SystemExit('the wrong memtrain')\n")
+    code = ("import sys, time, urllib.request\n"
+            f"sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})\n"
+            "from memtrain.exporter import Exporter\n"
+            "from memtrain.train.state import JobState\n"
+            "ex = Exporter(JobState(job='k'), 0)\n"
+            "urllib.request.urlopen(f'http://127.0.0.1:{ex.port}/metrics', timeout=30).read()\n"
+            "print(ex._proc.pid, flush=True)\n"
+            "time.sleep(60)\n")
+    job = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, stdout=subprocess.PIPE, text=True)
+    try:
+        child = int(job.stdout.readline())
+        with open(f"/proc/{child}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+        assert argv[1:4] == [b"-P", b"-m", b"memtrain.exporter"], argv
+        job.send_signal(signal.SIGKILL)
+        job.wait(10)
+        deadline = time.monotonic() + 10
+        while _running(child):
+            assert time.monotonic() < deadline, "the exporter outlived its job"
+            time.sleep(0.05)
+    finally:
+        job.kill()
+        job.wait()
+        job.stdout.close()
+
+
+def _running(pid) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie not yet reaped runs nothing
+    except FileNotFoundError:
+        return False
 
 
 def test_port_in_use_is_an_oserror():

@@ -74,7 +74,7 @@ def test_dry_run_runs_every_part_and_writes_json_and_markdown(tmp_path):
     assert "**Dry run**" in md and "| throughput | 0 |" in md
     assert "GPU suite" in r.stdout  # the summary is printed too
     log = (out / "pytest_gpu.log").read_text()
-    assert "Interrupted" not in log and "error" not in log.lower()
+    assert "Interrupted" not in log  # a module that cannot be collected interrupts the run (errors: below)
     suite = ET.parse(out / "pytest_gpu.xml").getroot().find("testsuite")
     assert int(suite.get("errors")) == 0 and int(suite.get("failures")) == 0
     skipped_for_cuda = [c for c in suite.iter("testcase") if "no CUDA device" in str(c.find("skipped").get("message"))]

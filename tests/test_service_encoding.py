@@ -196,3 +196,24 @@ def test_a_uvicorn_whose_protocol_differs_answers_through_the_app(server, by_pro
     assert [a[0] for a in answers] == [200] * 3 and answers[1][2] == answers[2][2] == answers[0][2]
     assert len(json.loads(answers[2][2])) == 7
     assert by_protocol == [] and cls.replies is None
+
+
+def test_the_access_log_at_info_has_a_line_for_each_answer_and_no_logging_error(tmp_path):
+    """`memtrain serve` logs at info by default: the protocol's own answers get uvicorn's access-log
+    line like the app's (its formatter reads five arguments), not a logging error."""
+    from service_helpers import ProcessServer
+
+    (tmp_path / "state").mkdir()
+    srv = ProcessServer(tmp_path / "state", "--log-level", "info").start()
+    try:
+        c = Conn(srv)
+        try:
+            answers = [c.get("/jobs?limit=3", "Accept-Encoding: gzip") for _ in range(3)]
+        finally:
+            c.close()
+    finally:
+        srv.stop()
+    assert [a[0] for a in answers] == [200] * 3
+    log = (tmp_path / f"serve-{srv.port}.log").read_text()
+    assert "Logging error" not in log and "Traceback" not in log, log
+    assert log.count('"GET /jobs?limit=3 HTTP/1.1" 200') == 3, log

@@ -57,6 +57,9 @@ class TimedHttpToolsProtocol(HttpToolsProtocol):
         self._begun = True
         if self._clock is None:
             self._clock = self.loop.call_later(self.request_timeout, self._too_slow)
+        # a reply written here arms uvicorn's keep-alive timer (on_response_complete) while the rest of
+        # the data is still parsed; a pipelined request after it is under way, not idle
+        self._unset_keepalive_if_required()
         super().on_message_begin()
 
     def on_headers_complete(self) -> None:
@@ -110,8 +113,8 @@ class TimedHttpToolsProtocol(HttpToolsProtocol):
                 or any(name in (b"content-length", b"transfer-encoding") for name, _ in self.headers)):
             return False  # uvicorn's own path keeps order, bodies, flow control and closing right
         url = httptools.parse_url(self.url)
-        if b"%" in url.path:
-            return False
+        if b"%" in url.path or not url.path.isascii():
+            return False  # the app answers (and refuses) what is not a plain path
         try:
             found = self.replies.reply(url.path.decode("ascii"), url.query or b"", self.headers)
         except Exception:  # a bug: its traceback logged, the request left to the app (a parser callback's
@@ -123,9 +126,9 @@ class TimedHttpToolsProtocol(HttpToolsProtocol):
         server = b"".join(name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers)
         log, client = (self.access_logger if self.access_log else None), self.client  # read before the write
         self.transport.write(b"".join((STATUS_LINE[status], server, lines, b"\r\n", body)))
-        if log is not None:
-            log.info('%s - "GET %s HTTP/1.1" %d', "%s:%d" % client if client else "",
-                     self.url.decode("latin-1").replace('"', "%22"), status)
+        if log is not None:  # uvicorn's AccessFormatter reads these five arguments
+            log.info('%s - "%s %s HTTP/%s" %d', "%s:%d" % client if client else "", "GET",
+                     self.url.decode("latin-1").replace('"', "%22"), "1.1", status)
         self._replied = True
         return True
 

@@ -262,8 +262,10 @@ class RunHistory:
         if b is not None:
             run.update(best_epoch=b["epoch"], best_val_loss=b["val_loss"],
                        **{f"best_val_{k}": b.get(f"val_{k}") for k in SCORES})
-        self._write_run(run, sync_dir=False)  # the csv's directory fsync makes both renames durable
-        self.write_csv(records)
+        # the csv first, then run.json with the directory fsync that makes both renames durable: a
+        # run.json that says "finished" is never durable without its csv, even if the csv's write fails
+        self.write_csv(records, sync_dir=False)
+        self._write_run(run)
         return run
 
     def truncate(self, epoch: int, *, sync_dir: bool = True) -> list[dict]:
