@@ -81,6 +81,20 @@ def test_an_answer_the_protocol_writes_still_needs_the_token(server):
         conn.close()
 
 
+def test_repeated_authorization_headers_are_read_alike_on_both_paths(server):
+    """The first of two Authorization headers counts, for the routes (starlette) and for the answers
+    the protocol writes itself alike: a wrong one first is refused however often the GET repeats."""
+    from test_service_encoding import Conn  # noqa: PLC0415
+
+    conn = Conn(server)
+    try:
+        good, bad = f"Authorization: Bearer {TOKEN}", "Authorization: Bearer wrong-token-0123456789"
+        assert [conn.get("/jobs?limit=2", good, bad)[0] for _ in range(3)] == [200] * 3
+        assert [conn.get("/jobs?limit=2", bad, good)[0] for _ in range(3)] == [401] * 3
+    finally:
+        conn.close()
+
+
 def test_submit_needs_the_token_and_writes_nothing_without_it(server):
     before = len(server.service.store.list())
     status, out = server.request("POST", "/jobs", digits_job(epochs=1))

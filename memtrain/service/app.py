@@ -56,7 +56,9 @@ class Replies:
         entry = self.views.for_request(path, query)
         if entry is None:
             return None
-        found = dict(headers)
+        found = {}
+        for name, value in headers:  # the first of repeated headers, as the routes read them (starlette)
+            found.setdefault(name, value)
         auth, tag, encodings = found.get(b"authorization"), found.get(b"if-none-match"), found.get(b"accept-encoding")
         if not security.token_ok(self.token, auth.decode("latin-1") if auth else None):
             return None
