@@ -165,8 +165,8 @@ _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # t
 
 def _child_env() -> dict:
     """The job's environment, with the directory this memtrain was imported from first on PYTHONPATH
-    unless it is a site directory the child's interpreter searches anyway (a checkout run from its
-    root, or a test that put it on sys.path)."""
+    (a checkout run from its root, or put on sys.path by a test: -P leaves the working directory out),
+    unless it is a site directory the child's interpreter searches anyway (an installed memtrain)."""
     if _PACKAGE_ROOT in {*site.getsitepackages(), site.getusersitepackages()}:
         return dict(os.environ)
     return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (_PACKAGE_ROOT, os.environ.get("PYTHONPATH"))))}
