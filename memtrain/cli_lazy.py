@@ -11,56 +11,40 @@ all it needs; iterating names imports nothing.
 from __future__ import annotations
 
 import importlib
+from collections.abc import MutableMapping
 
 
-class LazyCommands(dict):
-    """name -> click command; `lazy`: name -> "module:attribute", imported on first lookup."""
+class LazyCommands(MutableMapping):
+    """name -> click command; `lazy`: name -> "module:attribute", imported on first lookup. Every
+    mapping operation that needs a command (lookup, values, items, pop, copy) imports it; names
+    alone (iteration, `in`, len) import nothing."""
 
     def __init__(self, commands: dict, lazy: dict[str, str]):
-        super().__init__(commands)
+        self._loaded = dict(commands)
         self._lazy = {name: where for name, where in lazy.items() if name not in commands}
-
-    def _load(self, name: str) -> None:
-        module, attr = self._lazy.pop(name).split(":")
-        super().__setitem__(name, getattr(importlib.import_module(module), attr))
-
-    def _load_all(self) -> None:
-        for name in list(self._lazy):
-            self._load(name)
 
     def __getitem__(self, name):
         if name in self._lazy:
-            self._load(name)
-        return super().__getitem__(name)
-
-    def get(self, name, default=None):
-        return self[name] if name in self else default
+            module, attr = self._lazy.pop(name).split(":")
+            self._loaded[name] = getattr(importlib.import_module(module), attr)
+        return self._loaded[name]
 
     def __setitem__(self, name, command) -> None:
         self._lazy.pop(name, None)
-        super().__setitem__(name, command)
+        self._loaded[name] = command
+
+    def __delitem__(self, name) -> None:
+        if self._lazy.pop(name, None) is None:
+            del self._loaded[name]
 
     def __contains__(self, name) -> bool:
-        return name in self._lazy or super().__contains__(name)
+        return name in self._lazy or name in self._loaded
 
     def __iter__(self):
-        yield from list(super().keys()) + list(self._lazy)
+        yield from [*self._loaded, *self._lazy]
 
     def __len__(self) -> int:
-        return super().__len__() + len(self._lazy)
+        return len(self._loaded) + len(self._lazy)
 
-    def keys(self):
-        return list(self)
-
-    def values(self):
-        self._load_all()
-        return super().values()
-
-    def items(self):
-        self._load_all()
-        return super().items()
-
-    def pop(self, name, *default):
-        if name in self._lazy:
-            self._load(name)
-        return super().pop(name, *default)
+    def __repr__(self) -> str:
+        return f"LazyCommands({sorted(self)})"

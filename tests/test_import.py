@@ -61,3 +61,16 @@ def test_memtrain_train_of_a_cpu_job_imports_only_what_it_runs(tmp_path):
     imported = sorted(m for m in loaded if m in NOT_ON_A_CPU_TRAIN or m.startswith(tuple(
         f"{p}." for p in NOT_ON_A_CPU_TRAIN)))
     assert imported == []
+
+
+def test_the_lazy_command_table_is_a_whole_mapping():
+    """Names need no import; every operation that yields a command imports it (or removes it unread)."""
+    from memtrain.cli_lazy import LazyCommands
+
+    table = LazyCommands({"a": 1}, {"b": "json:dumps", "c": "json:loads", "a": "json:nothing"})
+    assert sorted(table) == ["a", "b", "c"] and len(table) == 3 and "b" in table and table._lazy.keys() == {"b", "c"}
+    assert table.get("b") is json.dumps and table.get("zz", 0) == 0 and table["a"] == 1
+    del table["c"]  # never imported
+    assert "c" not in table and dict(table) == {"a": 1, "b": json.dumps}
+    table["b"] = 2
+    assert table.pop("b") == 2 and list(table) == ["a"] and repr(table) == "LazyCommands(['a'])"
