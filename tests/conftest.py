@@ -1,3 +1,4 @@
+import functools
 import os
 import subprocess
 import sys
@@ -35,13 +36,9 @@ def _gpu_marks_are_visible(items):
         raise pytest.UsageError(f"gpu-marked tests in files without the text 'mark.gpu': {sorted(hidden)}")
 
 
-_TEXT = {}
-
-
+@functools.cache
 def _text(path):
-    if path not in _TEXT:
-        _TEXT[path] = Path(path).read_text()
-    return _TEXT[path]
+    return Path(path).read_text()
 
 
 _WARMUP = []
@@ -52,13 +49,7 @@ def _warm_numba_cache() -> None:
     ~90 s of one core on a fresh clone that the test processes would otherwise spend compiling, each the
     kernels its own tests reach. One warm-up per run: under pytest-xdist (`make test`) the controller
     starts it, never a worker."""
-    if _WARMUP:
-        return
-    from numba_warmup import lock_numba_cache_writes  # noqa: PLC0415 - numba only for such a run
-
-    try:
-        lock_numba_cache_writes()
-    except ImportError:  # no numba: nothing to compile (the tests say what runs instead)
+    if _WARMUP or not _lock_numba_cache_writes():  # no numba: nothing to compile (the tests say what runs instead)
         return
     warmup = Path(__file__).with_name("numba_warmup.py")
     _WARMUP.append(subprocess.Popen([sys.executable, str(warmup)], stdout=subprocess.DEVNULL,
@@ -78,13 +69,15 @@ def pytest_sessionstart(session):
         _warm_numba_cache()
 
 
-def _lock_numba_cache_writes() -> None:
+def _lock_numba_cache_writes() -> bool:
+    """numba_warmup.lock_numba_cache_writes in this process; False where numba is not installed."""
     from numba_warmup import lock_numba_cache_writes  # noqa: PLC0415 - numba only for such a run
 
     try:
         lock_numba_cache_writes()
-    except ImportError:  # no numba: nothing is compiled
-        pass
+    except ImportError:
+        return False
+    return True
 
 
 def pytest_collection_finish(session):
