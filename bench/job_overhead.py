@@ -23,8 +23,8 @@ comes from the JSON log's timestamps (1 ms resolution):
   finish              last epoch's checkpoint -> `summary` (test evaluation, models, run.json, history.csv)
   exit                `summary` -> process exit (exporter stopped, interpreter shut down)
 It prints the median of each over the runs, the ratio overhead / training, the BLAS kernel
-(threadpoolctl), whether Python writes bytecode (a user's does; PYTHONDONTWRITEBYTECODE=1 makes
-every run compile memtrain's modules again, ~0.1 s) and the load average, which matters on a
+(threadpoolctl), whether Python writes bytecode (a user's does; PYTHONDONTWRITEBYTECODE=1 with no
+bytecode yet makes every run compile memtrain's modules again) and the load average, which matters on a
 shared machine.
 
 --intercept: each run is followed by the same job for 1 epoch. What a job pays once, whatever its

@@ -6,7 +6,7 @@ then the label). Importing scikit-learn to read it cost a small job ~2 s of its 
 package without running its __init__, and read as `sklearn.datasets.load_digits` reads
 it (np.loadtxt, comma-separated): the same float64 values and int labels. np.loadtxt took
 ~21 ms of a small job's start-up for its 116,805 fields; the file holds only small unsigned
-integers, which `_small_int_table` parses from the bytes in ~4 ms (the same values, asserted
+integers, which `_small_int_table` parses from the bytes in ~10 ms (the same values, asserted
 against np.loadtxt and scikit-learn in tests/test_data.py); a file that is not such a table goes to np.loadtxt.
 """
 
