@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from memtrain.units import parse_bytes  # noqa: E402
 
 CHILD = Path(__file__).with_name("rlimit_child.py")
-ENV = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+ENV = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_ARENA_MAX": "1", "OPENBLAS_NUM_THREADS": "1",
+       "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
 
 
 def child(*args) -> str:

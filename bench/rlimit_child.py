@@ -5,9 +5,12 @@ real training step (or autobatch) under a hard address-space cap (RLIMIT_AS).
     python rlimit_child.py auto CAP        -> autobatch's result as JSON
 
 The cap is CAP bytes above the process's address space after imports and a
-warm-up step, so every child starts from the same baseline.
+warm-up step, so every child starts from the same baseline. Its callers fix the
+thread counts (BLAS, OpenMP, numba) and glibc's arenas and mmap threshold, so the
+baseline does not depend on the machine's core count.
 """
 
+import gc
 import json
 import resource
 import sys
@@ -36,6 +39,10 @@ def one_step(batch: int) -> None:
 def main() -> None:
     mode = sys.argv[1]
     one_step(64)  # warm-up: libraries, BLAS buffers, first-call caches
+    # no garbage left from the warm-up and no collection during the step: memory that a collection
+    # would unmap mid-step is room the cap did not mean to give (the baseline is taken once, here)
+    gc.collect()
+    gc.disable()
     cap = int(sys.argv[-1])
     resource.setrlimit(resource.RLIMIT_AS, (vm_size() + cap, resource.RLIM_INFINITY))
     if mode == "trial":

@@ -21,7 +21,8 @@ CHILD = Path(__file__).parents[1] / "bench" / "rlimit_child.py"
 # of the plan. RLIMIT_AS makes any allocation past CAP raise MemoryError, so
 # "fits" below means a real step ran under the limit. A fixed mmap threshold
 # keeps glibc from serving large arrays from a heap that only grows.
-ENV = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+ENV = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_ARENA_MAX": "1", "OPENBLAS_NUM_THREADS": "1",
+       "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
 CAP = 96 * 1024**2
 
 
@@ -41,8 +42,10 @@ def test_autobatch_finds_the_true_limit_with_at_most_two_probes():
     # batch fits is monotonic in it) without bisecting for it: the confirmed batch runs, so it
     # is at most the limit, and the first batch above confirmed / 0.98 does not, so the limit
     # is below it: confirmed >= 0.98 x the true limit. Three children instead of ~25.
-    assert child("trial", confirmed, CAP) == "fits"  # never an untested size that would not run
-    assert child("trial", math.floor(confirmed / 0.98) + 1, CAP) == "oom"
+    above = math.floor(confirmed / 0.98) + 1
+    probes = [(p["batch_size"], p["planned"], p["measured"], p["outcome"]) for p in r["probes"]]
+    assert child("trial", confirmed, CAP) == "fits", probes  # never an untested size that would not run
+    assert child("trial", above, CAP) == "oom", (above, probes)
 
 
 def test_a_probe_that_does_not_fit_is_corrected(monkeypatch):

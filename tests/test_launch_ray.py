@@ -78,10 +78,11 @@ def events(d):
     return [json.loads(x) for x in (d / "log.jsonl").read_text().splitlines() if x.startswith("{")]
 
 
-def wait_for_checkpoint(d, timeout=60):
+def wait_for_checkpoint(d, timeout=60, ray=None):
     deadline = time.monotonic() + timeout
     while not (d / "ckpt").is_dir() or not any(p.suffix == ".json" for p in (d / "ckpt").iterdir()):
-        assert time.monotonic() < deadline, "no checkpoint written"
+        assert time.monotonic() < deadline, ("no checkpoint written", ray and ray.available_resources(),
+                                             (d / "log.jsonl").exists() and (d / "log.jsonl").read_text()[-2000:])
         time.sleep(0.02)
 
 
@@ -205,7 +206,7 @@ def executor(local_ray):
 
 
 @pytest.mark.ray
-def test_six_jobs_run_two_at_a_time_by_memory_and_match_a_lone_run(executor, small, tmp_path):
+def test_six_jobs_never_run_more_than_two_at_once_and_match_a_lone_run(executor, small, tmp_path):
     ref, planned = small
     dirs = [tmp_path / f"j{i}" for i in range(6)]
     handles = [executor.start(launch(d, job(d), planned)) for d in dirs]
@@ -218,9 +219,35 @@ def test_six_jobs_run_two_at_a_time_by_memory_and_match_a_lone_run(executor, sma
     for _, step in edges:
         running += step
         most = max(most, running)
-    assert most == 2, spans  # two fit Ray's memory at once, and two did run together
+    # two fit Ray's memory at once, three do not; whether two overlapped depends on how fast Ray starts
+    # workers beside jobs of ~0.5 s (on a loaded CI machine they ran one after another): the next test
+    # checks that two run together with jobs long enough to overlap
+    assert most <= 2, spans
     for d in dirs:
         assert_identical(d, ref)
+
+
+@pytest.mark.ray
+def test_two_jobs_run_together_and_a_third_waits_for_rays_memory(executor, small, tmp_path):
+    _, planned = small
+    dirs = [tmp_path / f"long{i}" for i in range(3)]
+    handles = [executor.start(launch(d, job(d, epochs=500), planned)) for d in dirs]
+    deadline = time.monotonic() + 60
+    while sum(map(executor.running, handles)) < 2:
+        assert time.monotonic() < deadline, ("two jobs did not start", executor.ray.available_resources())
+        time.sleep(0.05)
+    started = [h for h in handles if executor.running(h)]
+    waiting = [h for h in handles if h not in started]
+    assert [executor.poll(h) for h in started] == [None, None]  # both running at this moment
+    assert len(waiting) == 1 and executor.ray.available_resources().get("memory", 0) < planned + OVERHEAD
+    time.sleep(0.5)
+    assert not executor.running(waiting[0])  # still waiting: Ray's memory holds two requests, not three
+    executor.cancel(waiting[0])
+    assert executor.poll(waiting[0]).reason == "cancelled before Ray started it"
+    for h in started:
+        executor.cancel(h)
+    ends = wait(executor, started, timeout=60)
+    assert all(e.ok and e.signal is None for e in ends), ends  # each checkpointed on SIGTERM and exited 0
 
 
 @pytest.mark.ray
@@ -231,7 +258,7 @@ def test_cancel_sends_sigterm_the_job_checkpoints_and_a_waiting_job_leaves_the_q
     whole = int(executor.ray.cluster_resources()["memory"])
     h1 = executor.start(launch(big, job(big, layers=(64, 256, 256, 10), epochs=50, batch=16), whole, overhead=0))
     h2 = executor.start(launch(queued, job(queued), planned))
-    wait_for_checkpoint(big)
+    wait_for_checkpoint(big, ray=executor.ray)
     assert executor.running(h1) and not executor.running(h2)
     executor.cancel(h2)
     assert executor.poll(h2).reason == "cancelled before Ray started it"
