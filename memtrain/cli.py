@@ -10,6 +10,7 @@ from memtrain import __version__
 from memtrain.cli_lazy import LazyCommands
 from memtrain.cli_types import BATCH, SIZE, FiniteFloat, model_options, plan_options
 from memtrain.errors import ConfigError, ExitCode, MemtrainError
+from memtrain.quickexit import run as run_and_exit
 from memtrain.units import MAX_BATCH
 
 _NO_ARGS = getattr(click.exceptions, "NoArgsIsHelpError", ())
@@ -438,5 +439,11 @@ main.commands = LazyCommands(main.commands, {
 })
 
 
+def entry() -> None:
+    """The `memtrain` console script: main, then the process ends without the interpreter's
+    teardown (memtrain/quickexit.py). In-process callers (click's CliRunner) call main."""
+    run_and_exit(main)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    entry()

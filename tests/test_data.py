@@ -1,5 +1,6 @@
 import gzip
 import json
+import os
 import subprocess
 import sys
 
@@ -103,6 +104,33 @@ def test_digits_table_reader_gives_what_loadtxt_gives(tmp_path, text):
     np.testing.assert_array_equal(got, want)
     fast = text in ("0,1,16\n3,0,9\n", "5\n7\n", "0,100,999\n")
     assert (_small_int_table(text.encode()) is not None) == fast
+
+
+def test_digits_table_is_parsed_once_then_loaded_from_the_cache(tmp_path, monkeypatch):
+    """The parsed table is kept in the cache dir (~0.1 ms to load against ~8 ms to parse); a changed
+    source file, a damaged cache file or a cache dir that cannot be written still give the file's values."""
+    import memtrain.data.digits as digits_module
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("MEMTRAIN_CACHE_DIR", str(cache))
+    src = tmp_path / "d.csv.gz"
+    src.write_bytes(gzip.compress(b"0,1,16\n3,0,9\n"))
+    want = np.loadtxt(["0,1,16", "3,0,9"], delimiter=",", ndmin=2)
+    parsed = []
+    monkeypatch.setattr(digits_module, "read_table", lambda p: parsed.append(p) or want.copy())
+    np.testing.assert_array_equal(digits_module.cached_table(src), want)
+    (kept,) = cache.glob("digits-*.npy")
+    np.testing.assert_array_equal(digits_module.cached_table(src), want)
+    assert len(parsed) == 1  # the second call read the cache
+    kept.write_bytes(b"garbage")  # damaged: parsed again and replaced
+    np.testing.assert_array_equal(digits_module.cached_table(src), want)
+    assert len(parsed) == 2 and np.load(kept).shape == (2, 3)
+    os.utime(src, ns=(0, 10**9))  # the source changed: another name, parsed again
+    digits_module.cached_table(src)
+    assert len(parsed) == 3 and len(list(cache.glob("digits-*.npy"))) == 2
+    monkeypatch.setenv("MEMTRAIN_CACHE_DIR", str(src))  # a file, not a directory: nothing cached, no error
+    np.testing.assert_array_equal(digits_module.cached_table(src), want)
+    assert len(parsed) == 4 and not list(tmp_path.glob(".digits-*"))
 
 
 def test_digits_table_reader_refuses_ragged_rows():

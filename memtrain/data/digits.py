@@ -8,18 +8,22 @@ it (np.loadtxt, comma-separated): the same float64 values and int labels. np.loa
 ~21 ms of a small job's start-up for its 116,805 fields; the file holds only small unsigned
 integers, which `_small_int_table` parses from the bytes in ~10 ms (the same values, asserted
 against np.loadtxt and scikit-learn in tests/test_data.py); a file that is not such a table goes to np.loadtxt.
+The parsed table is kept in memtrain's cache dir (`cached_table`), so later jobs load it in ~0.1 ms.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import importlib.util
+import os
 from pathlib import Path
 
 import numpy as np
 
 from memtrain.data.dataset import Raw
 from memtrain.errors import DataError
+from memtrain.memory.overhead_cache import cache_dir
 
 _MISSING = ("dataset: 'digits' is scikit-learn's bundled data set and scikit-learn is not installed; "
             "expected `pip install scikit-learn`")
@@ -74,10 +78,35 @@ def _small_int_table(data: bytes) -> np.ndarray | None:
     return values.reshape(len(row_ends), width).astype(np.float64)
 
 
+def cached_table(path: Path) -> np.ndarray:
+    """read_table(path), kept as a .npy in memtrain's cache dir: loaded in ~0.1 ms against ~8 ms to
+    parse the text each time (a small job's start-up). The name holds the source file's size and
+    mtime, so a changed file is parsed again; a cache that cannot be read or written is skipped."""
+    st = path.stat()
+    cached = cache_dir() / f"digits-{st.st_size}-{st.st_mtime_ns}.npy"
+    try:
+        table = np.load(cached, allow_pickle=False)
+        if table.ndim == 2 and table.dtype == np.float64:
+            return table
+    except (OSError, ValueError, EOFError):
+        pass
+    table = read_table(path)
+    tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            np.save(f, table, allow_pickle=False)
+        os.replace(tmp, cached)  # whole or absent: a reader never sees half a file
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+    return table
+
+
 def load_digits() -> Raw:
     path = digits_file()
     if path is not None:
-        table = read_table(path)
+        table = cached_table(path)
         X, y = table[:, :-1], table[:, -1].astype(int, copy=False)  # as sklearn's load_digits returns them
     else:  # a scikit-learn that keeps its data elsewhere: its own loader (and its import time)
         try:

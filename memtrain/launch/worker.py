@@ -34,6 +34,7 @@ from pathlib import Path
 
 from memtrain.errors import ExitCode, JobFailed, MemtrainError
 from memtrain.jsonable import plain
+from memtrain.quickexit import exit_now
 
 PROGRESS = "progress.json"
 MEMORY = "memory.jsonl"
@@ -172,6 +173,7 @@ class ProgressFile:
 
     def close(self) -> None:
         self._stop.set()
+        self.thread.join()  # not killed mid-write by the process's quick exit (a stray temporary file)
         self.save()
 
 
@@ -382,6 +384,7 @@ class TrialStops:
 
     def close(self) -> None:
         self._stop.set()
+        self.thread.join()
 
 
 def _say(line: str) -> None:
@@ -390,4 +393,4 @@ def _say(line: str) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())  # the atexit functions, then os._exit: no interpreter teardown (memtrain/quickexit.py)
