@@ -1,7 +1,9 @@
 import functools
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -91,6 +93,25 @@ def pytest_sessionfinish(session, exitstatus):
     for proc in _WARMUP:  # a whole run outlasts it; a short one stops it here
         proc.kill()
         proc.wait()
+
+
+_USER_CACHE = []
+
+
+def pytest_configure(config):
+    """A cache dir of the run's own for what starts before a test's own (module fixtures: a service, a
+    Ray job's reference run): no process of the suite reads or writes the user's memtrain cache."""
+    _USER_CACHE.append(os.environ.get("MEMTRAIN_CACHE_DIR"))
+    os.environ["MEMTRAIN_CACHE_DIR"] = tempfile.mkdtemp(prefix="memtrain-test-cache-")
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(os.environ["MEMTRAIN_CACHE_DIR"], ignore_errors=True)
+    saved = _USER_CACHE.pop()
+    if saved is None:
+        os.environ.pop("MEMTRAIN_CACHE_DIR", None)
+    else:
+        os.environ["MEMTRAIN_CACHE_DIR"] = saved
 
 
 @pytest.fixture(autouse=True)

@@ -224,10 +224,11 @@ def test_compare_fuses_by_default_and_every_run_ends_as_with_no_fuse(tmp_path):
         assert r.exit_code == 0, r.output
         reports[flag] = json.loads(r.output)["rows"]
     for d in ("adam", "sgd", "rmsprop", "lookahead-momentum"):
-        a, b = (np.load(tmp_path / o / "compare" / d / "model-final.npz") for o in ("f", "n"))
-        assert sorted(a.files) == sorted(b.files) and a["params"].dtype == np.float64
-        for k in a.files:
-            assert np.array_equal(a[k], b[k]), (d, k)
+        with np.load(tmp_path / "f" / "compare" / d / "model-final.npz") as a, \
+                np.load(tmp_path / "n" / "compare" / d / "model-final.npz") as b:
+            assert sorted(a.files) == sorted(b.files) and a["params"].dtype == np.float64
+            for k in a.files:
+                assert np.array_equal(a[k], b[k]), (d, k)
         assert sorted(p.name for p in (tmp_path / "f" / "compare" / d).iterdir()) == sorted(
             p.name for p in (tmp_path / "n" / "compare" / d).iterdir())
     timing = {"seconds", "train_seconds", "samples_per_second", "measured_peak_bytes", "history"}

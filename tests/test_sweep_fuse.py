@@ -84,8 +84,8 @@ def _same_as_lone(out, lone):
         assert {k: v for k, v in got[t].items() if k not in RUN_FIELDS} == {
             k: v for k, v in rec.items() if k not in RUN_FIELDS}
         for name in ("model-final.npz", "model-best.npz"):
-            a, b = np.load(out / "trials" / t / name), np.load(lone / "trials" / t / name)
-            assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files), (t, name)
+            with np.load(out / "trials" / t / name) as a, np.load(lone / "trials" / t / name) as b:
+                assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files), (t, name)
         assert _history(out / "trials" / t / "history.csv") == _history(lone / "trials" / t / "history.csv")
         run = json.loads((out / "trials" / t / "run.json").read_text())
         ref = json.loads((lone / "trials" / t / "run.json").read_text())
