@@ -4,6 +4,7 @@ line before np.load allocates them, a decompressed size beyond the process' memo
 and loading read straight into the split arrays (peak RSS in a child process, tracemalloc against the plan)."""
 
 import io
+import os
 import subprocess
 import sys
 import textwrap
@@ -103,7 +104,8 @@ def _child(code: str, room: int | None = None):
     pre = "import numpy, sklearn.utils\nfrom memtrain.data import load_dataset\n"
     return subprocess.run([sys.executable, "-c", pre + cap + textwrap.dedent(code)], capture_output=True, text=True,
                           timeout=120, env={"OPENBLAS_NUM_THREADS": "1", "PATH": "/usr/bin:/bin",
-                                            "PYTHONPATH": ":".join(sys.path)})
+                                            "PYTHONPATH": ":".join(sys.path),
+                                            "MEMTRAIN_CACHE_DIR": os.environ["MEMTRAIN_CACHE_DIR"]})
 
 
 def test_a_decompressed_size_beyond_the_memory_left_is_refused_before_decompressing(tmp_path):
