@@ -114,6 +114,7 @@ def test_warm_workers_are_forked_isolated_and_end_as_plain_ones(tmp_path):
         assert read_json(tmp_path / "b" / "exit.json")["result"]["epochs"] == 2
         log = (tmp_path / "b" / "job.log").read_text()
         assert "warm worker: forked by" in log and "openblas 1" in log  # the launch's threads, set at run time
+        assert "Exception ignored" not in log  # e.g. a signal written to the server's wake-up pair
         (tmp_path / "b" / "worker-status.json").unlink()  # as when it ended while no service watched it
         assert LocalExecutor().poll(fine).ok  # a restarted service reads its exit.json at once (not requeued)
         bad = ex.start(launch(tmp_path / "c", epochs=0, job_id="c"))
