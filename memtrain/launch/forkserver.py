@@ -178,7 +178,9 @@ def serve(sock_path: str) -> int:
                     wake.recv(4096)
             if srv in ready:
                 _answer(srv, children, [wake, woken])
-    srv.close()
+    signal.set_wakeup_fd(-1)
+    for s in (srv, wake, woken):
+        s.close()
     with contextlib.suppress(OSError):
         os.unlink(sock_path)
     return 0
