@@ -6,7 +6,7 @@ imported when a CUDA device is asked for; click and prometheus_client only by
 the CLI and the metrics exporter.
 """
 
-import importlib
+from memtrain.lazy import lazy_attributes
 
 __version__ = "0.1.0"
 
@@ -27,15 +27,4 @@ _LAZY = {
 }
 
 __all__ = ["__version__", *_LAZY]
-
-
-def __getattr__(name):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value  # the next look-up is a plain attribute
-        return value
-    raise AttributeError(f"module 'memtrain' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, __all__)

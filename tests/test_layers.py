@@ -12,7 +12,7 @@ ROOT = Path(__file__).parents[1] / "memtrain"
 # (prefix, layer): the longest matching prefix wins. Keep in step with docs/architecture.md.
 LAYERS = [
     ("memtrain.backend", 0), ("memtrain.units", 0), ("memtrain.errors", 0), ("memtrain.validate", 0),
-    ("memtrain.jsonable", 0), ("memtrain.quickexit", 0),
+    ("memtrain.jsonable", 0), ("memtrain.quickexit", 0), ("memtrain.lazy", 0),
     ("memtrain.memory", 1), ("memtrain.kernels", 1),
     ("memtrain.nn", 2), ("memtrain.optim", 2),
     ("memtrain.train", 3), ("memtrain.data", 3), ("memtrain.config", 3), ("memtrain.metrics", 3),

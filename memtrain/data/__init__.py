@@ -16,27 +16,16 @@ This facade names what the rest of memtrain uses.
 
 from __future__ import annotations
 
-import importlib
+from memtrain.lazy import lazy_attributes
 
 # name -> the module that defines it, imported on first use (PEP 562): `memtrain train` of the
 # bundled digits reads no .npz, CSV or IDX file and so imports none of their readers (issue 22,
 # a small job's start-up)
-_WHERE = {
+_WHERE = {name: f"memtrain.data.{module}" for name, module in {
     "Dataset": "dataset", "IDX_NAME": "idx", "idx_labels_path": "idx", "check_features": "inputs",
     "load_inputs": "inputs", "load_dataset": "load", "HEADER_ROWS_ABOVE": "npzfile", "header_rows": "npzfile",
     "npz_headers": "npzfile", "OUTPUTS": "params", "SOURCE_FORMS": "sources", "builtin_source": "sources",
-}
+}.items()}
 
 __all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str):
-    if name not in _WHERE:
-        raise AttributeError(f"module 'memtrain.data' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"memtrain.data.{_WHERE[name]}"), name)
-    globals()[name] = value  # the next lookup is a plain global
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_WHERE))
+__getattr__, __dir__ = lazy_attributes(__name__, _WHERE)

@@ -64,15 +64,19 @@ class CudaStep(NumpyStep):
 
     name = "cuda"
 
+    def __init__(self):
+        # imported when a CUDA step is chosen, not with this module: a CPU job generates no CUDA
+        # source (a small job's start-up); once here, not in every step
+        from memtrain.kernels import dispatch  # noqa: PLC0415
+
+        self.dispatch = dispatch
+
     def optimizer_step(self, opt, params, grads, arrays: dict, lr, layout) -> None:
         """lr is written to the step scalars, where the kernels read it; None: it is there already
         (a captured step, whose host writes it before each replay: train/graph.py)."""
         if lr is not None:
             arrays["step_scalars"][SC_LR] = lr
-        # imported on the GPU path only: a CPU job generates no CUDA source (a small job's start-up)
-        from memtrain.kernels import dispatch  # noqa: PLC0415
-
-        dispatch.optimizer_step(opt, params, grads, arrays, layout, dispatch.default_launcher())
+        self.dispatch.optimizer_step(opt, params, grads, arrays, layout, self.dispatch.default_launcher())
 
 
 def choose(device: str, spec, optimizer, fused: bool) -> tuple:
