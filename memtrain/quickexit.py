@@ -2,12 +2,11 @@
 
 After a command returns, CPython finalises: it clears every module's namespace and
 collects what that frees, NumPy's and memtrain's included. A 1-epoch job of
-docs/example-job.toml spent 5.6-8.5 ms there (strace: from reaping its exporter to
-exit_group, three runs; 0.3-0.4 ms with this), importing the job's modules and exiting
-~20 ms (`python -c "import memtrain.cli, memtrain.train.job, memtrain.profiler.autobatch"`
-with and without `os._exit(0)` at its end, medians of 15 alternated runs). Nothing a
-finished command needs happens in it: its files are closed and fsynced by then. So the console script (and the job worker)
-end as mypy's `--fast-exit` does: the atexit functions (logging's flush, coverage's
+docs/example-job.toml spent 8.6-10.0 ms there (strace: from reaping its exporter to
+exit_group, three runs; 0.4-0.6 ms with this); an interpreter that has only imported a
+job's modules, 25-54 ms (bench/startup_parts.py: the same imports with and without
+os._exit). Nothing a finished command needs happens in it: its files are closed and
+fsynced by then. So the console script (and the job worker) end as mypy's `--fast-exit` does: the atexit functions (logging's flush, coverage's
 save, weakref finalizers such as a TemporaryDirectory's cleanup) run, the standard
 streams are flushed, then `os._exit`. Where that cannot stand for a normal exit (another
 non-daemon thread still runs, whose join the interpreter would wait for; a stream

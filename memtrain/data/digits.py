@@ -8,7 +8,7 @@ it (np.loadtxt, comma-separated): the same float64 values and int labels. np.loa
 ~21 ms of a small job's start-up for its 116,805 fields; the file holds only small unsigned
 integers, which `_small_int_table` parses from the bytes in ~10 ms (the same values, asserted
 against np.loadtxt and scikit-learn in tests/test_data.py); a file that is not such a table goes to np.loadtxt.
-The parsed table is kept in memtrain's cache dir (`cached_table`), so later jobs load it in ~0.1 ms.
+The parsed table is kept in memtrain's cache dir (`cached_table`), so later jobs load it in ~0.2 ms.
 """
 
 from __future__ import annotations
@@ -80,10 +80,11 @@ def _small_int_table(data: bytes) -> np.ndarray | None:
 
 
 def cached_table(path: Path) -> np.ndarray:
-    """read_table(path), kept as a .npy in memtrain's cache dir: loaded in ~0.1 ms against ~8 ms to
-    parse the text each time (a small job's start-up). The name holds a hash of the compressed file
-    (57 KB, read and hashed in ~0.1 ms): every install of the same file shares one entry, a changed
-    file is parsed again. A cache that cannot be read or written is skipped."""
+    """read_table(path), kept as a .npy in memtrain's cache dir: loaded in 0.20-0.27 ms against
+    8-12 ms to parse the text each time (a small job's start-up; bench/startup_parts.py). The name
+    holds a hash of the compressed file (57 KB, read and hashed in 0.05 ms: `timeit`, min of 15):
+    every install of the same file shares one entry, a changed file is parsed again. A cache that
+    cannot be read or written is skipped."""
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     cached = cache_dir() / f"digits-{digest}.npy"
     try:
